@@ -1,0 +1,329 @@
+//! `shellwego bench …`: benchmarks that print figures (never timed tests).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use shellwego_core::list::ListParams;
+use shellwego_store::events::EVENTS;
+use shellwego_store::list::{Arg, Scope, Sql};
+use shellwego_store::Store;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Keyset pagination: latency of the first and the 400th page of a
+    /// 100k-row list (limit 100), on SQLite and, with --postgres-url, PostgreSQL.
+    List {
+        /// Rows to seed.
+        #[arg(long, default_value_t = 100_000)]
+        rows: u32,
+        /// Page to compare with the first.
+        #[arg(long, default_value_t = 400)]
+        page: u32,
+        /// PostgreSQL server URL; a scratch database is created on it and dropped.
+        #[arg(long, env = "SHELLWEGO_TEST_DATABASE_URL")]
+        postgres_url: Option<String>,
+    },
+    /// Requests per second of an authenticated GET /v1/user at N concurrent
+    /// connections against an in-process server (SQLite in a temp dir).
+    Http {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Time from `shellwego server` exec on an empty data dir to a ready API.
+    Startup {
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+    },
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::List {
+            rows,
+            page,
+            postgres_url,
+        } => {
+            let dir = tempfile::tempdir()?;
+            let url = format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("bench.db").display()
+            );
+            bench_list("sqlite", &url, rows, page).await?;
+            match postgres_url {
+                Some(pg) => {
+                    let (url, name) = shellwego_store::scratch::create(&pg, "swbench")
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let r = bench_list("postgres", &url, rows, page).await;
+                    shellwego_store::scratch::drop(&pg, &name)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    r?;
+                }
+                None => println!(
+                    "postgres: skipped (pass --postgres-url or set SHELLWEGO_TEST_DATABASE_URL)"
+                ),
+            }
+            Ok(())
+        }
+        BenchCommand::Http {
+            connections,
+            seconds,
+        } => bench_http(connections, Duration::from_secs(seconds)).await,
+        BenchCommand::Startup { runs } => bench_startup(runs).await,
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+async fn bench_list(backend: &str, url: &str, rows: u32, page: u32) -> anyhow::Result<()> {
+    let store = Store::connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    store.migrate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let org = "org_bench";
+    let t0 = Instant::now();
+    seed_events(&store, org, rows).await?;
+    let seeded = t0.elapsed();
+
+    let scope = Scope::new().is_in("t.organization_id", [org.to_string()]);
+    let mut params = ListParams {
+        limit: 100,
+        ..Default::default()
+    };
+    let list = |p: ListParams| {
+        let (store, scope) = (store.clone(), scope.clone());
+        async move {
+            store
+                .list(&EVENTS, &scope, &p, |_| Ok(()))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    };
+    // Walk to the target page.
+    let mut cursor_for_page = None;
+    for _ in 1..page {
+        let p = list(params.clone()).await?;
+        match p.pagination.next_cursor {
+            Some(c) => params.cursor = Some(c),
+            None => bail!("the list ended before page {page}; seed more rows"),
+        }
+        cursor_for_page = params.cursor.clone();
+    }
+    let first = ListParams {
+        limit: 100,
+        ..Default::default()
+    };
+    let deep = ListParams {
+        limit: 100,
+        cursor: cursor_for_page,
+        ..Default::default()
+    };
+    let runs = 30;
+    let (mut a, mut b) = (vec![], vec![]);
+    for _ in 0..runs {
+        let t = Instant::now();
+        list(first.clone()).await?;
+        a.push(t.elapsed());
+        let t = Instant::now();
+        list(deep.clone()).await?;
+        b.push(t.elapsed());
+    }
+    let (ma, mb) = (median(a), median(b));
+    println!(
+        "{backend:8} rows={rows} seed={:.1}s  page 1: {:.2} ms  page {page}: {:.2} ms  ratio {:.2}  (median of {runs}, limit 100, includes the total count)",
+        seeded.as_secs_f64(),
+        ma.as_secs_f64() * 1e3,
+        mb.as_secs_f64() * 1e3,
+        mb.as_secs_f64() / ma.as_secs_f64().max(1e-9)
+    );
+    store.close().await;
+    Ok(())
+}
+
+async fn seed_events(store: &Store, org: &str, rows: u32) -> anyhow::Result<()> {
+    let base =
+        shellwego_core::time::to_micros(shellwego_core::time::now()) - i64::from(rows) * 1000;
+    let batch = 500u32;
+    let mut tx = store.begin().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut i = 0u32;
+    while i < rows {
+        let n = batch.min(rows - i);
+        let mut sql = Sql::default();
+        sql.push("INSERT INTO events (id, organization_id, event_type, severity, actor_type, resource_type, resource_id, metadata, created_at) VALUES ");
+        for j in 0..n {
+            if j > 0 {
+                sql.push(", ");
+            }
+            let k = i + j;
+            sql.push("(")
+                .arg(Arg::Text(shellwego_core::id::new_id("evt")))
+                .push(", ")
+                .arg(Arg::Text(org.into()))
+                .push(", ")
+                .arg(Arg::Text(
+                    ["app.deployed", "node.offline", "user.login"][(k % 3) as usize].into(),
+                ))
+                .push(", 'info', 'system', 'app', ")
+                .arg(Arg::Text(format!("app_{k}")))
+                .push(", '{}', ")
+                .arg(Arg::Int(base + i64::from(k) * 1000))
+                .push(")");
+        }
+        sql.query().execute(&mut *tx).await?;
+        i += n;
+    }
+    tx.commit().await?;
+    // Fresh statistics, as a long-running database would have.
+    let analyze = match store.backend() {
+        shellwego_store::Backend::Sqlite => "ANALYZE",
+        shellwego_store::Backend::Postgres => "ANALYZE events",
+    };
+    sqlx::query(analyze).execute(store.pool()).await?;
+    Ok(())
+}
+
+async fn bench_http(connections: usize, duration: Duration) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config =
+        shellwego_server::ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir.path());
+    config.admin_password = Some("bench-password".into());
+    let server = shellwego_server::serve::start(config.clone()).await?;
+    let base = format!("http://{}", server.addr);
+    let admin = std::fs::read_to_string(config.admin_token_path())?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()?;
+    // One token per connection: each token has its own rate-limit bucket,
+    // as 64 separate clients would.
+    let mut tokens = vec![];
+    for i in 0..connections {
+        let r: serde_json::Value = client
+            .post(format!("{base}/v1/user/tokens"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"name": format!("bench-{i}")}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        tokens.push(
+            r["token"]
+                .as_str()
+                .context("no token in response")?
+                .to_string(),
+        );
+    }
+    let ok = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let mut tasks = vec![];
+    for tok in tokens {
+        let (client, base, ok, other) = (client.clone(), base.clone(), ok.clone(), other.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(4096);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match client
+                    .get(format!("{base}/v1/user"))
+                    .bearer_auth(&tok)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        lat.push(t.elapsed());
+                    }
+                    _ => {
+                        other.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let started = Instant::now();
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "GET /v1/user (authenticated, SQLite): {connections} connections, {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} ok, {} failed",
+        ok.load(Ordering::Relaxed) as f64 / secs,
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        ok.load(Ordering::Relaxed),
+        other.load(Ordering::Relaxed)
+    );
+    server.shutdown().await?;
+    Ok(())
+}
+
+async fn bench_startup(runs: u32) -> anyhow::Result<()> {
+    let exe: PathBuf = std::env::current_exe()?;
+    let client = reqwest::Client::new();
+    let mut times = vec![];
+    for _ in 0..runs {
+        let dir = tempfile::tempdir()?;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let t = Instant::now();
+        let mut child = tokio::process::Command::new(&exe)
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env("SHELLWEGO_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()?;
+        let token = dir.path().join("admin-token");
+        loop {
+            if token.exists() {
+                if let Ok(r) = client
+                    .get(format!("http://127.0.0.1:{port}/readyz"))
+                    .send()
+                    .await
+                {
+                    if r.status().is_success() {
+                        break;
+                    }
+                }
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("server did not become ready in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        times.push(t.elapsed());
+        let _ = child.kill().await;
+    }
+    println!(
+        "startup on an empty data dir (exec → admin-token written → /readyz 200): median {:.0} ms over {runs} runs",
+        median(times).as_secs_f64() * 1e3
+    );
+    Ok(())
+}

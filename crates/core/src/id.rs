@@ -1,0 +1,46 @@
+//! Resource identifiers: `<prefix>_<random>`, URL-safe and unguessable.
+
+use rand::Rng;
+
+/// Lower-case letters and digits: safe in URLs, DNS labels and file names,
+/// and sorted the same way by every collation we run on.
+const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+/// 20 symbols of 36 ≈ 103 bits of randomness.
+const LEN: usize = 20;
+
+/// A new random id such as `evt_3k8s2d9m1x...`.
+pub fn new_id(prefix: &str) -> String {
+    let mut rng = rand::thread_rng();
+    let mut s = String::with_capacity(prefix.len() + 1 + LEN);
+    s.push_str(prefix);
+    s.push('_');
+    for _ in 0..LEN {
+        s.push(char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]));
+    }
+    s
+}
+
+/// True when `s` looks like an id we could have made with `prefix`.
+/// Used to answer 404 early for ids of the wrong shape.
+pub fn is_valid(prefix: &str, s: &str) -> bool {
+    s.strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('_'))
+        .is_some_and(|r| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| ALPHABET.contains(&b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_prefix_and_differ() {
+        let a = new_id("evt");
+        let b = new_id("evt");
+        assert!(a.starts_with("evt_"));
+        assert_eq!(a.len(), 4 + LEN);
+        assert_ne!(a, b);
+        assert!(is_valid("evt", &a));
+        assert!(!is_valid("app", &a));
+        assert!(!is_valid("evt", "evt_UPPER"));
+    }
+}

@@ -1,0 +1,14 @@
+//! The ShellWeGo domain: identifiers, tokens, the one domain error type,
+//! units (sizes, durations) and the list-query language shared by every
+//! list endpoint. Pure logic: no database, no HTTP.
+
+pub mod error;
+pub mod id;
+pub mod list;
+pub mod password;
+pub mod plan;
+pub mod time;
+pub mod token;
+pub mod units;
+
+pub use error::{Error, FieldError, RateLimitInfo, Result};

@@ -1,0 +1,205 @@
+//! Extractors that turn bad input into our problem documents with the
+//! field that was wrong, instead of axum's plain-text rejections.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
+use shellwego_api::Validate;
+use shellwego_core::list::ListParams;
+use shellwego_core::{Error, FieldError};
+
+use crate::problem::ApiError;
+
+/// A JSON request body, parsed strictly (unknown fields are errors when the
+/// type says `deny_unknown_fields`) and then validated.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned + Validate,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            Error::field(
+                "body",
+                "malformed",
+                format!("the request body could not be read: {}", e.body_text()),
+            )
+        })?;
+        Ok(JsonBody(parse_json(&bytes)?))
+    }
+}
+
+/// Parse and validate a JSON body; errors name the field.
+pub fn parse_json<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::field(
+            "body",
+            "required",
+            "a JSON object is required",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(de).map_err(json_error)?;
+    value.validate()?;
+    Ok(value)
+}
+
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
+    let path = match e.path().to_string() {
+        p if p == "." || p == "?" => String::new(),
+        p => p,
+    };
+    let inner = e.inner();
+    let (line, column) = (inner.line(), inner.column());
+    let msg = inner.to_string();
+    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    let join = |name: &str| {
+        if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let ticked = |m: &str| m.split('`').nth(1).map(str::to_string);
+    let fe = match inner.classify() {
+        Category::Syntax | Category::Eof | Category::Io => FieldError::new(
+            "body",
+            "malformed",
+            format!("the body is not valid JSON ({msg} at line {line}, column {column})"),
+        ),
+        Category::Data if msg.starts_with("unknown field") => {
+            let name = ticked(&msg).unwrap_or_default();
+            let expected = msg
+                .split_once(", expected ")
+                .map(|(_, x)| format!("; expected {}", x.replace('`', "'")))
+                .unwrap_or_default();
+            // The path already ends in the unknown field's name.
+            let field = if path.is_empty() {
+                name.clone()
+            } else {
+                path.clone()
+            };
+            FieldError::new(
+                field,
+                "unknown_field",
+                format!("unknown field '{name}'{expected}"),
+            )
+        }
+        Category::Data if msg.starts_with("missing field") => {
+            let name = ticked(&msg).unwrap_or_default();
+            FieldError::new(join(&name), "required", "this field is required")
+        }
+        Category::Data => FieldError::new(
+            if path.is_empty() {
+                "body".to_string()
+            } else {
+                path.clone()
+            },
+            "invalid_type",
+            msg.replace('`', "'"),
+        ),
+    };
+    Error::invalid(vec![fe])
+}
+
+/// Parse the query string of a list endpoint. `extra` names the
+/// endpoint-specific parameters it accepts besides limit/cursor/sort/filter.
+pub fn list_params(parts_query: Option<&str>, extra: &[&str]) -> Result<ListParams, ApiError> {
+    Ok(ListParams::parse(parts_query.unwrap_or(""), extra)?)
+}
+
+/// The raw query of the request, for `list_params`.
+pub struct Query(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Query {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(Query(parts.uri.query().map(str::to_string)))
+    }
+}
+
+/// One path parameter, with our 404/400 instead of axum's rejection.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParam(p.0))
+            .map_err(|e| ApiError(Error::field("path", "invalid_value", e.body_text())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Req {
+        replicas: u32,
+        resources: Option<Res>,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Res {
+        memory: String,
+    }
+    impl Validate for Req {
+        fn validate(&self) -> Result<(), Error> {
+            if self.replicas > 100 {
+                return Err(Error::field(
+                    "replicas",
+                    "out_of_range",
+                    "must be between 0 and 100",
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    fn field(body: &str) -> (String, String) {
+        match parse_json::<Req>(body.as_bytes()) {
+            Err(Error::Validation { errors, .. }) => {
+                (errors[0].field.clone(), errors[0].code.clone())
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            field(r#"{"replica": 3}"#),
+            ("replica".into(), "unknown_field".into())
+        );
+        assert_eq!(
+            field(r#"{"replicas": "three"}"#),
+            ("replicas".into(), "invalid_type".into())
+        );
+        assert_eq!(
+            field(r#"{"replicas": 1, "resources": {"memroy": "1g"}}"#),
+            ("resources.memroy".into(), "unknown_field".into())
+        );
+        assert_eq!(
+            field(r#"{"replicas": 101}"#),
+            ("replicas".into(), "out_of_range".into())
+        );
+        assert_eq!(
+            field(r#"{"replicas": 1,"#),
+            ("body".into(), "malformed".into())
+        );
+        assert_eq!(field(r#"{}"#), ("replicas".into(), "required".into()));
+        assert_eq!(field(""), ("body".into(), "required".into()));
+    }
+}

@@ -1,0 +1,23 @@
+//! The ShellWeGo control plane: the `/v1` HTTP API, its cross-cutting
+//! behaviour (authentication, rate limits, problem documents, request ids,
+//! metrics) and the server's life cycle (bootstrap, graceful shutdown).
+//!
+//! Layers: a handler parses its input, calls one service function and maps
+//! the result to a view; services check authorization where they fetch data
+//! (scoping every query to the caller's organizations); the store runs SQL.
+
+pub mod auth;
+pub mod docs;
+pub mod extract;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+pub mod problem;
+pub mod ratelimit;
+pub mod routes;
+pub mod serve;
+pub mod service;
+pub mod state;
+
+pub use serve::{run, ServerConfig, Started};
+pub use state::AppState;

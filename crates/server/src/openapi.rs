@@ -1,0 +1,73 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//! Every route is registered through `routes!`, so the router and the
+//! document are built from the same list and cannot disagree.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::routes::{events, health, nodes, tokens, user};
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ShellWeGo Platform API",
+        version = "1.0.0",
+        description = "The /v1 platform API of ShellWeGo. Authenticate with `Authorization: Bearer <token>`. \
+Errors are RFC 7807 problem documents (`application/problem+json`) with a `trace_id`. \
+Lists take `limit`, `cursor`, `sort` and `filter[...]` and answer `{data, pagination}`. \
+Every /v1 response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(shellwego_api::problem::Problem, shellwego_api::Pagination)),
+    tags(
+        (name = "users", description = "The calling user and their tokens"),
+        (name = "events", description = "The audit trail"),
+        (name = "nodes", description = "Machines that run apps"),
+        (name = "operations", description = "Health, readiness, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+/// Every route of the server, with its documentation.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(crate::docs::openapi_get))
+        .routes(routes!(crate::docs::docs_get))
+        .routes(routes!(user::user_get))
+        .routes(routes!(tokens::token_create, tokens::token_list))
+        .routes(routes!(tokens::token_delete))
+        .routes(routes!(events::event_list))
+        .routes(routes!(nodes::node_list))
+        .routes(routes!(nodes::node_get))
+}
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
+/// The document as checked in under `openapi/` and served at `/v1/openapi.json`.
+pub fn document_json() -> String {
+    let mut s = document().to_pretty_json().unwrap_or_else(|_| "{}".into());
+    s.push('\n');
+    s
+}

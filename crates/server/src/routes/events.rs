@@ -1,0 +1,55 @@
+//! The audit trail.
+
+use axum::extract::State;
+use axum::Json;
+use shellwego_api::events::{Event, EventActor, EventList, EventResource};
+use shellwego_api::problem::Problem;
+use shellwego_core::time::rfc3339;
+
+use crate::auth::Principal;
+use crate::extract::{list_params, Query};
+use crate::problem::ApiResult;
+use crate::routes::{pagination, ListQueryDoc};
+use crate::service;
+use crate::state::AppState;
+
+fn view(e: shellwego_store::events::Event) -> Event {
+    Event {
+        id: e.id,
+        event_type: e.event_type,
+        severity: e.severity.as_str().into(),
+        actor: EventActor {
+            kind: e.actor.kind,
+            id: e.actor.id,
+            ip: e.actor.ip,
+        },
+        resource: EventResource {
+            kind: e.resource_type,
+            id: e.resource_id,
+        },
+        metadata: e.metadata,
+        timestamp: rfc3339(e.timestamp),
+    }
+}
+
+/// List events of your organizations, newest first.
+///
+/// Filters: `type`, `severity`, `resource_type`, `resource_id`,
+/// `resource.type`, `resource.id`, `actor.type`, `actor.id`,
+/// `organization_id`, `timestamp` (ranges), `q`. Default sort `timestamp:desc`.
+#[utoipa::path(get, path = "/v1/events", tag = "events", security(("bearer" = [])), params(ListQueryDoc), responses(
+    (status = 200, body = EventList),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn event_list(
+    State(st): State<AppState>,
+    p: Principal,
+    Query(q): Query,
+) -> ApiResult<Json<EventList>> {
+    let params = list_params(q.as_deref(), &[])?;
+    let page = service::event_list(&st.store, &p, &params).await?;
+    Ok(Json(EventList {
+        data: page.items.into_iter().map(view).collect(),
+        pagination: pagination(page.pagination),
+    }))
+}

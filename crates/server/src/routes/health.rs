@@ -1,0 +1,39 @@
+//! Liveness, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use shellwego_api::Health;
+
+use crate::problem::ApiResult;
+use crate::state::AppState;
+
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: the store is reachable (503 when it is not).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, body = Health),
+    (status = 503, body = shellwego_api::problem::Problem, content_type = "application/problem+json"),
+))]
+pub async fn readyz(State(st): State<AppState>) -> ApiResult<Json<Health>> {
+    st.store.ping().await?;
+    Ok(Json(Health { status: "ok" }))
+}
+
+/// Prometheus metrics (OpenMetrics text): request count and latency by
+/// route template and status.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, body = String, content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+}

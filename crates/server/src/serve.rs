@@ -1,0 +1,193 @@
+//! The control plane's life: open the store, migrate, bootstrap, serve,
+//! and shut down gracefully.
+
+use std::future::IntoFuture;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use shellwego_core::Error;
+use shellwego_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::state::AppState;
+
+/// Settings of `shellwego server` (the CLI merges flags, environment and
+/// the config file into this).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// Password for the bootstrap admin; random when absent.
+    pub admin_password: Option<String>,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            listen,
+            data_dir: data_dir.into(),
+            database_url: None,
+            admin_password: None,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("shellwego.db").display()
+            )
+        })
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin-token")
+    }
+}
+
+/// A running server.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Started {
+    /// Stop accepting, let in-flight requests finish (bounded), close the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("server task failed")?
+    }
+
+    /// Wait until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        signal.await;
+        tracing::info!("shutdown signal received; finishing in-flight requests");
+        self.shutdown().await
+    }
+}
+
+/// Write `token` to `path` readable by the owner only, atomically.
+fn write_secret_file(path: &Path, token: &str) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let res = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    res.map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Open the store, migrate, bootstrap if empty, bind and serve.
+pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let url = config.database_url();
+    let store = Store::connect(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
+    store.migrate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(backend = store.backend().as_str(), "store ready");
+
+    let token_path = config.admin_token_path();
+    let boot = store
+        .bootstrap(config.admin_password.as_deref(), |tok| {
+            write_secret_file(&token_path, tok)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
+    if let Some(b) = boot {
+        tracing::info!(
+            organization_id = %b.organization_id,
+            user = shellwego_store::bootstrap::ADMIN_EMAIL,
+            token_file = %token_path.display(),
+            password = if b.random_password { "random (set SHELLWEGO_ADMIN_PASSWORD on first start to choose it)" } else { "from SHELLWEGO_ADMIN_PASSWORD" },
+            "bootstrapped a new installation; the admin token is in the token file"
+        );
+    }
+
+    let state = AppState::new(store.clone());
+    let app = crate::http::app(state.clone());
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+
+    let limits = state.limits.clone();
+    let janitor = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limits.retain_recent();
+        }
+    });
+
+    let (stop, stop_rx) = watch::channel(false);
+    let grace = config.shutdown_timeout;
+    let task = tokio::spawn(async move {
+        let mut rx1 = stop_rx.clone();
+        let mut rx2 = stop_rx;
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx1.wait_for(|s| *s).await;
+        })
+        .into_future();
+        let deadline = async move {
+            let _ = rx2.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        let res = tokio::select! {
+            r = serve => r.context("server failed"),
+            _ = deadline => {
+                tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; closing them");
+                Ok(())
+            }
+        };
+        janitor.abort();
+        store.close().await;
+        tracing::info!("stopped");
+        res
+    });
+    Ok(Started {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
+
+/// Run until `signal` resolves, then shut down gracefully.
+pub async fn run(
+    config: ServerConfig,
+    signal: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    start(config).await?.wait(signal).await
+}

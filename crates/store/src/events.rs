@@ -1,0 +1,195 @@
+//! The event recorder: every state change is recorded as an event row in the
+//! same transaction as the change itself, so there is never a change without
+//! its event or an event without its change.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shellwego_core::list::Dir;
+use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
+use shellwego_core::{id, Error};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::list::{Field, Kind, Resource};
+use crate::{db_err, json_col, to_json, Tx};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+            Severity::Critical => "critical",
+        }
+    }
+    fn parse(s: &str) -> Severity {
+        match s {
+            "warning" => Severity::Warning,
+            "error" => Severity::Error,
+            "critical" => Severity::Critical,
+            _ => Severity::Info,
+        }
+    }
+}
+
+/// Who caused a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// `user`, `token` or `system`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: Option<String>,
+    pub ip: Option<String>,
+}
+
+impl Actor {
+    pub fn system() -> Actor {
+        Actor {
+            kind: "system".into(),
+            id: None,
+            ip: None,
+        }
+    }
+    pub fn user(id: &str, ip: Option<String>) -> Actor {
+        Actor {
+            kind: "user".into(),
+            id: Some(id.into()),
+            ip,
+        }
+    }
+}
+
+/// An event about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub organization_id: Option<String>,
+    /// `app.deployed`, `token.created`, …
+    pub event_type: &'static str,
+    pub severity: Severity,
+    pub actor: Actor,
+    pub resource_type: &'static str,
+    pub resource_id: String,
+    pub metadata: Value,
+}
+
+impl NewEvent {
+    pub fn info(
+        event_type: &'static str,
+        actor: &Actor,
+        resource_type: &'static str,
+        resource_id: &str,
+    ) -> NewEvent {
+        NewEvent {
+            organization_id: None,
+            event_type,
+            severity: Severity::Info,
+            actor: actor.clone(),
+            resource_type,
+            resource_id: resource_id.to_string(),
+            metadata: Value::Object(Default::default()),
+        }
+    }
+    pub fn in_org(mut self, org_id: &str) -> NewEvent {
+        self.organization_id = Some(org_id.to_string());
+        self
+    }
+    pub fn meta(mut self, metadata: Value) -> NewEvent {
+        self.metadata = metadata;
+        self
+    }
+    pub fn severity(mut self, s: Severity) -> NewEvent {
+        self.severity = s;
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub id: String,
+    pub organization_id: Option<String>,
+    pub event_type: String,
+    pub severity: Severity,
+    pub actor: Actor,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub metadata: Value,
+    pub timestamp: Timestamp,
+}
+
+/// Record `e` inside the caller's transaction; returns the event id.
+pub async fn record(tx: &mut Tx, e: NewEvent) -> Result<String, Error> {
+    record_at(tx, e, to_micros(now())).await
+}
+
+/// Record with an explicit time (tests and imports).
+pub async fn record_at(tx: &mut Tx, e: NewEvent, at_micros: i64) -> Result<String, Error> {
+    let id = id::new_id("evt");
+    sqlx::query(
+        "INSERT INTO events (id, organization_id, event_type, severity, actor_type, actor_id, actor_ip, resource_type, resource_id, metadata, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&id)
+    .bind(e.organization_id)
+    .bind(e.event_type)
+    .bind(e.severity.as_str())
+    .bind(e.actor.kind)
+    .bind(e.actor.id)
+    .bind(e.actor.ip)
+    .bind(e.resource_type)
+    .bind(e.resource_id)
+    .bind(to_json(&e.metadata))
+    .bind(at_micros)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(id)
+}
+
+pub static EVENTS: Resource = Resource {
+    name: "events",
+    from: "events t",
+    columns: "t.id, t.organization_id, t.event_type, t.severity, t.actor_type, t.actor_id, t.actor_ip, t.resource_type, t.resource_id, t.metadata, t.created_at",
+    fields: &[
+        Field::new("type", "t.event_type", Kind::Text),
+        Field::new("severity", "t.severity", Kind::Text).one_of(&["info", "warning", "error", "critical"]),
+        Field::new("resource_type", "t.resource_type", Kind::Text),
+        Field::new("resource_id", "t.resource_id", Kind::Text),
+        Field::new("resource.type", "t.resource_type", Kind::Text),
+        Field::new("resource.id", "t.resource_id", Kind::Text),
+        Field::new("actor.type", "t.actor_type", Kind::Text).one_of(&["user", "token", "system"]),
+        Field::new("actor.id", "t.actor_id", Kind::Text).no_sort(),
+        Field::new("organization_id", "t.organization_id", Kind::Text).no_sort(),
+        Field::new("timestamp", "t.created_at", Kind::Time),
+        Field::new("created_at", "t.created_at", Kind::Time),
+    ],
+    search: &["t.event_type", "t.resource_id"],
+    labels: None,
+    default_sort: &[("timestamp", Dir::Desc)],
+};
+
+pub fn from_row(row: &AnyRow) -> Result<Event, Error> {
+    Ok(Event {
+        id: row.try_get("id").map_err(db_err)?,
+        organization_id: row.try_get("organization_id").map_err(db_err)?,
+        event_type: row.try_get("event_type").map_err(db_err)?,
+        severity: Severity::parse(&row.try_get::<String, _>("severity").map_err(db_err)?),
+        actor: Actor {
+            kind: row.try_get("actor_type").map_err(db_err)?,
+            id: row.try_get("actor_id").map_err(db_err)?,
+            ip: row.try_get("actor_ip").map_err(db_err)?,
+        },
+        resource_type: row.try_get("resource_type").map_err(db_err)?,
+        resource_id: row.try_get("resource_id").map_err(db_err)?,
+        metadata: json_col::<Value>(row, "metadata")?,
+        timestamp: from_micros(row.try_get("created_at").map_err(db_err)?),
+    })
+}

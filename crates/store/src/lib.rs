@@ -1,0 +1,167 @@
+//! ShellWeGo persistence: one schema (numbered SQL migrations embedded in the
+//! binary) and one set of queries, run on SQLite (the embedded default) and
+//! PostgreSQL (for HA) through sqlx's `Any` driver. Every query is written
+//! once, with `$n` placeholders, which both backends accept.
+
+pub mod bootstrap;
+pub mod events;
+pub mod list;
+pub mod nodes;
+pub mod orgs;
+pub mod scratch;
+pub mod tokens;
+pub mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use shellwego_core::Error;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+pub use sqlx::any::AnyRow;
+pub use sqlx::Row;
+
+pub type Tx = Transaction<'static, Any>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The store: a connection pool and which backend it talks to.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Map a database error to the domain error. Unique violations are
+/// conflicts; connection trouble is "unavailable"; the rest are bugs.
+pub fn db_err(e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            Error::Conflict("a resource with these values already exists".into())
+        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => Error::Unavailable(format!("the store is not reachable: {e}")),
+        _ => Error::Internal(format!("store: {e}")),
+    }
+}
+
+impl Store {
+    /// Connect to `url` (`sqlite://path?mode=rwc` or `postgres://…`).
+    pub async fn connect(url: &str) -> Result<Store, Error> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url).ok_or_else(|| {
+            Error::field(
+                "database_url",
+                "invalid_value",
+                "must start with sqlite: or postgres://",
+            )
+        })?;
+        let opts = AnyConnectOptions::from_str(url)
+            .map_err(|e| Error::field("database_url", "invalid_value", e.to_string()))?;
+        let pool_opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+        let pool_opts = match backend {
+            Backend::Sqlite => pool_opts.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL: readers never block the writer. busy_timeout: a
+                    // writer waits for another instead of failing.
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;")
+                        .await?;
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => pool_opts.max_connections(16),
+        };
+        let pool = pool_opts.connect_with(opts).await.map_err(db_err)?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Apply the embedded migrations that have not run yet.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| Error::Internal(format!("migrations failed: {e}")))
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Start a transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so two writers queue instead of one failing
+    /// with "database is locked" when it upgrades a read to a write.
+    pub async fn begin(&self) -> Result<Tx, Error> {
+        match self.backend {
+            Backend::Sqlite => self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(db_err),
+            Backend::Postgres => self.pool.begin().await.map_err(db_err),
+        }
+    }
+
+    /// Is the store reachable? (`/readyz`)
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)
+            .map(|_| ())
+    }
+
+    /// Close every connection (graceful shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Commit a transaction, mapping the error.
+pub async fn commit(tx: Tx) -> Result<(), Error> {
+    tx.commit().await.map_err(db_err)
+}
+
+/// Decode a JSON TEXT column.
+pub(crate) fn json_col<T: serde::de::DeserializeOwned + Default>(
+    row: &AnyRow,
+    col: &str,
+) -> Result<T, Error> {
+    let s: String = row.try_get(col).map_err(db_err)?;
+    Ok(serde_json::from_str(&s).unwrap_or_default())
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}

@@ -1,0 +1,205 @@
+//! Nodes: the machines apps run on. Registration and agents come with the
+//! nodes issue; this module holds the table's queries and list definition.
+
+use std::collections::BTreeMap;
+
+use shellwego_core::list::Dir;
+use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
+use shellwego_core::{id, Error};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::list::{Arg, Field, Kind, Resource, Sql};
+use crate::{db_err, Store, Tx};
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Node {
+    pub id: String,
+    pub organization_id: String,
+    pub hostname: String,
+    pub status: String,
+    pub region: String,
+    pub zone: String,
+    pub cpu_cores: i64,
+    pub memory_total: i64,
+    pub disk_total: i64,
+    pub memory_available: i64,
+    /// Millicores.
+    pub cpu_available: i64,
+    pub microvm_total: i64,
+    pub microvm_used: i64,
+    pub internal_ip: Option<String>,
+    pub public_ip: Option<String>,
+    pub kernel_version: Option<String>,
+    pub firecracker_version: Option<String>,
+    pub agent_version: Option<String>,
+    pub last_seen: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub const STATUSES: &[&str] = &["ready", "draining", "maintenance", "offline"];
+
+pub static NODES: Resource = Resource {
+    name: "nodes",
+    from: "nodes t",
+    columns: "t.id, t.organization_id, t.hostname, t.status, t.region, t.zone, t.cpu_cores, t.memory_total, t.disk_total, t.memory_available, t.cpu_available, t.microvm_total, t.microvm_used, t.internal_ip, t.public_ip, t.kernel_version, t.firecracker_version, t.agent_version, t.last_seen, t.created_at",
+    fields: &[
+        Field::new("hostname", "t.hostname", Kind::Text),
+        Field::new("status", "t.status", Kind::Text).one_of(STATUSES),
+        Field::new("region", "t.region", Kind::Text),
+        Field::new("zone", "t.zone", Kind::Text),
+        Field::new("organization_id", "t.organization_id", Kind::Text).no_sort(),
+        Field::new("capacity.cpu_cores", "t.cpu_cores", Kind::Int),
+        Field::new("capacity.memory_total", "t.memory_total", Kind::Size),
+        Field::new("capacity.disk_total", "t.disk_total", Kind::Size),
+        Field::new("capacity.memory_available", "t.memory_available", Kind::Size),
+        Field::new("created_at", "t.created_at", Kind::Time),
+        Field::new("updated_at", "t.updated_at", Kind::Time),
+        Field::new("last_seen", "COALESCE(t.last_seen, 0)", Kind::Time),
+    ],
+    search: &["t.hostname", "t.region", "t.zone"],
+    labels: Some("node"),
+    default_sort: &[("created_at", Dir::Desc)],
+};
+
+pub fn from_row(row: &AnyRow) -> Result<Node, Error> {
+    let g = |c: &str| row.try_get::<i64, _>(c).map_err(db_err);
+    let s = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db_err);
+    Ok(Node {
+        id: row.try_get("id").map_err(db_err)?,
+        organization_id: row.try_get("organization_id").map_err(db_err)?,
+        hostname: row.try_get("hostname").map_err(db_err)?,
+        status: row.try_get("status").map_err(db_err)?,
+        region: row.try_get("region").map_err(db_err)?,
+        zone: row.try_get("zone").map_err(db_err)?,
+        cpu_cores: g("cpu_cores")?,
+        memory_total: g("memory_total")?,
+        disk_total: g("disk_total")?,
+        memory_available: g("memory_available")?,
+        cpu_available: g("cpu_available")?,
+        microvm_total: g("microvm_total")?,
+        microvm_used: g("microvm_used")?,
+        internal_ip: s("internal_ip")?,
+        public_ip: s("public_ip")?,
+        kernel_version: s("kernel_version")?,
+        firecracker_version: s("firecracker_version")?,
+        agent_version: s("agent_version")?,
+        last_seen: row
+            .try_get::<Option<i64>, _>("last_seen")
+            .map_err(db_err)?
+            .map(from_micros),
+        created_at: from_micros(g("created_at")?),
+        labels: BTreeMap::new(),
+    })
+}
+
+/// Insert a node and its labels. `n.id` is assigned when empty.
+pub async fn insert(tx: &mut Tx, mut n: Node) -> Result<Node, Error> {
+    if n.id.is_empty() {
+        n.id = id::new_id("node");
+    }
+    let t = if n.created_at.timestamp() == 0 {
+        to_micros(now())
+    } else {
+        to_micros(n.created_at)
+    };
+    n.created_at = from_micros(t);
+    sqlx::query(
+        "INSERT INTO nodes (id, organization_id, hostname, status, region, zone, cpu_cores, memory_total, disk_total, memory_available, cpu_available,
+                            microvm_total, microvm_used, internal_ip, public_ip, kernel_version, firecracker_version, agent_version, last_seen, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $20)",
+    )
+    .bind(&n.id)
+    .bind(&n.organization_id)
+    .bind(&n.hostname)
+    .bind(&n.status)
+    .bind(&n.region)
+    .bind(&n.zone)
+    .bind(n.cpu_cores)
+    .bind(n.memory_total)
+    .bind(n.disk_total)
+    .bind(n.memory_available)
+    .bind(n.cpu_available)
+    .bind(n.microvm_total)
+    .bind(n.microvm_used)
+    .bind(&n.internal_ip)
+    .bind(&n.public_ip)
+    .bind(&n.kernel_version)
+    .bind(&n.firecracker_version)
+    .bind(&n.agent_version)
+    .bind(n.last_seen.map(to_micros))
+    .bind(t)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    for (k, v) in &n.labels {
+        sqlx::query("INSERT INTO labels (resource_type, resource_id, key, value) VALUES ('node', $1, $2, $3)")
+            .bind(&n.id)
+            .bind(k)
+            .bind(v)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(n)
+}
+
+impl Store {
+    /// Fill in the labels of `nodes` with one query.
+    pub async fn load_node_labels(&self, nodes: &mut [Node]) -> Result<(), Error> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let mut sql = Sql::default();
+        sql.push("SELECT resource_id, key, value FROM labels WHERE resource_type = 'node' AND resource_id IN (");
+        for (i, n) in nodes.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.arg(Arg::Text(n.id.clone()));
+        }
+        sql.push(")");
+        let rows = sql.query().fetch_all(self.pool()).await.map_err(db_err)?;
+        for r in rows {
+            let rid: String = r.try_get("resource_id").map_err(db_err)?;
+            if let Some(n) = nodes.iter_mut().find(|n| n.id == rid) {
+                n.labels.insert(
+                    r.try_get("key").map_err(db_err)?,
+                    r.try_get("value").map_err(db_err)?,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A node, if it belongs to one of `org_ids`.
+    pub async fn node(&self, node_id: &str, org_ids: &[String]) -> Result<Option<Node>, Error> {
+        let mut sql = Sql::default();
+        sql.push("SELECT ")
+            .push(NODES.columns)
+            .push(" FROM nodes t WHERE t.id = ")
+            .arg(Arg::Text(node_id.into()));
+        sql.push(" AND t.organization_id IN (");
+        if org_ids.is_empty() {
+            sql.push("NULL");
+        }
+        for (i, o) in org_ids.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.arg(Arg::Text(o.clone()));
+        }
+        sql.push(")");
+        let row = sql
+            .query()
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let mut nodes = [from_row(&row)?];
+        self.load_node_labels(&mut nodes).await?;
+        let [n] = nodes;
+        Ok(Some(n))
+    }
+}

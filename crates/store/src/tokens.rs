@@ -1,0 +1,191 @@
+//! API tokens. Only hashes are stored; see `shellwego_core::token`.
+
+use shellwego_core::list::Dir;
+use shellwego_core::plan::Plan;
+use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
+use shellwego_core::token::{self, NewToken, TokenKind};
+use shellwego_core::{id, Error};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::list::{Field, Kind, Resource};
+use crate::{db_err, json_col, to_json, Store, Tx};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub id: String,
+    pub kind: TokenKind,
+    pub name: String,
+    pub hint: String,
+    pub user_id: Option<String>,
+    pub organization_id: String,
+    pub scope: Vec<String>,
+    pub restrict_to_apps: Vec<String>,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    pub last_used_ip: Option<String>,
+}
+
+/// What authenticating a token yields: the token and its organization's plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authenticated {
+    pub token: Token,
+    pub plan: Plan,
+}
+
+pub struct NewTokenSpec<'a> {
+    pub kind: TokenKind,
+    pub name: &'a str,
+    pub user_id: Option<&'a str>,
+    pub organization_id: &'a str,
+    pub scope: &'a [String],
+    pub restrict_to_apps: &'a [String],
+    pub expires_at: Option<Timestamp>,
+}
+
+const COLUMNS: &str =
+    "t.id, t.kind, t.name, t.hint, t.user_id, t.organization_id, t.scope, t.restrict_to_apps, t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.last_used_ip";
+
+pub fn from_row(row: &AnyRow) -> Result<Token, Error> {
+    let opt_time = |c: &str| -> Result<Option<Timestamp>, Error> {
+        Ok(row
+            .try_get::<Option<i64>, _>(c)
+            .map_err(db_err)?
+            .map(from_micros))
+    };
+    let kind: String = row.try_get("kind").map_err(db_err)?;
+    Ok(Token {
+        id: row.try_get("id").map_err(db_err)?,
+        kind: TokenKind::parse(&kind)
+            .ok_or_else(|| Error::Internal(format!("unknown token kind {kind}")))?,
+        name: row.try_get("name").map_err(db_err)?,
+        hint: row.try_get("hint").map_err(db_err)?,
+        user_id: row.try_get("user_id").map_err(db_err)?,
+        organization_id: row.try_get("organization_id").map_err(db_err)?,
+        scope: json_col(row, "scope")?,
+        restrict_to_apps: json_col(row, "restrict_to_apps")?,
+        created_at: from_micros(row.try_get("created_at").map_err(db_err)?),
+        expires_at: opt_time("expires_at")?,
+        revoked_at: opt_time("revoked_at")?,
+        last_used_at: opt_time("last_used_at")?,
+        last_used_ip: row.try_get("last_used_ip").map_err(db_err)?,
+    })
+}
+
+/// Mint a token and store its hash. Returns the record and the secret,
+/// which is shown once and never stored.
+pub async fn create(tx: &mut Tx, spec: NewTokenSpec<'_>) -> Result<(Token, String), Error> {
+    let NewToken { secret, hash, hint } = token::generate(spec.kind);
+    let id = id::new_id("tok");
+    let created = from_micros(to_micros(now()));
+    let expires = spec.expires_at.map(|t| from_micros(to_micros(t)));
+    sqlx::query(
+        "INSERT INTO tokens (id, kind, token_hash, hint, name, user_id, organization_id, scope, restrict_to_apps, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&id)
+    .bind(spec.kind.as_str())
+    .bind(&hash)
+    .bind(&hint)
+    .bind(spec.name)
+    .bind(spec.user_id)
+    .bind(spec.organization_id)
+    .bind(to_json(&spec.scope))
+    .bind(to_json(&spec.restrict_to_apps))
+    .bind(to_micros(created))
+    .bind(expires.map(to_micros))
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let t = Token {
+        id,
+        kind: spec.kind,
+        name: spec.name.into(),
+        hint,
+        user_id: spec.user_id.map(Into::into),
+        organization_id: spec.organization_id.into(),
+        scope: spec.scope.to_vec(),
+        restrict_to_apps: spec.restrict_to_apps.to_vec(),
+        created_at: created,
+        expires_at: expires,
+        revoked_at: None,
+        last_used_at: None,
+        last_used_ip: None,
+    };
+    Ok((t, secret))
+}
+
+/// Revoke a token of `user_id`. Returns false when there is no such live token.
+pub async fn revoke(tx: &mut Tx, token_id: &str, user_id: &str) -> Result<bool, Error> {
+    let r = sqlx::query(
+        "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(to_micros(now()))
+    .bind(token_id)
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(r.rows_affected() > 0)
+}
+
+pub static TOKENS: Resource = Resource {
+    name: "tokens",
+    from: "tokens t",
+    columns: COLUMNS,
+    fields: &[
+        Field::new("name", "t.name", Kind::Text),
+        Field::new("type", "t.kind", Kind::Text).one_of(&[
+            "personal_access_token",
+            "service_account_token",
+            "session_token",
+            "temporary_token",
+        ]),
+        Field::new("created_at", "t.created_at", Kind::Time),
+        // Tokens without expiry sort after every expiring one.
+        Field::new(
+            "expires_at",
+            "COALESCE(t.expires_at, 9223372036854775807)",
+            Kind::Time,
+        ),
+        Field::new("last_used_at", "COALESCE(t.last_used_at, 0)", Kind::Time),
+    ],
+    search: &["t.name"],
+    labels: None,
+    default_sort: &[("created_at", Dir::Desc)],
+};
+
+impl Store {
+    /// Find the live token whose hash is `hash`. Expired and revoked tokens
+    /// are not found.
+    pub async fn authenticate(&self, hash: &str) -> Result<Option<Authenticated>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, o.plan FROM tokens t JOIN organizations o ON o.id = t.organization_id
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)"
+        ))
+        .bind(hash)
+        .bind(to_micros(now()))
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(Authenticated {
+            token: from_row(&row)?,
+            plan: Plan::parse(&row.try_get::<String, _>("plan").map_err(db_err)?),
+        }))
+    }
+
+    /// Record that a token was used (callers throttle this).
+    pub async fn touch_token(&self, token_id: &str, ip: Option<&str>) -> Result<(), Error> {
+        sqlx::query("UPDATE tokens SET last_used_at = $1, last_used_ip = $2 WHERE id = $3")
+            .bind(to_micros(now()))
+            .bind(ip)
+            .bind(token_id)
+            .execute(self.pool())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
