@@ -1,10 +1,10 @@
 //! The HTTP stack around the routes:
 //!
 //! ```text
-//! request_context   request id, tracing span, metrics, problem bodies
-//!  └ catch_panic    a panic becomes a generic 500 (the server keeps serving)
-//!     └ v1_gate     /v1 only: bearer token → Principal, rate limit + headers
-//!        └ router   routes (each records its template), 404/405 fallbacks
+//! request_context    request id, tracing span, metrics, problem bodies
+//!  └ v1_gate         /v1 only: bearer token → Principal, rate limit + headers
+//!     └ catch_panic  a panic becomes a generic 500 (the server keeps serving)
+//!        └ router    routes (each records its template), 404/405 fallbacks
 //! ```
 
 use std::net::SocketAddr;
@@ -46,8 +46,8 @@ pub fn wrap(router: Router<AppState>, state: AppState) -> Router {
         .route_layer(from_fn(record_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn_with_state(state.clone(), v1_gate))
         .layer(CatchPanicLayer::custom(on_panic))
+        .layer(from_fn_with_state(state.clone(), v1_gate))
         .layer(from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }

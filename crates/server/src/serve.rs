@@ -97,7 +97,7 @@ fn write_secret_file(path: &Path, token: &str) -> Result<(), Error> {
     res.map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))
 }
 
-/// Open the store, migrate, bootstrap if empty, bind and serve.
+/// Bind, open the store, migrate, bootstrap if empty, and serve.
 pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -106,6 +106,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
     }
+    // Bind first: a port in use fails fast, and once the admin token exists
+    // connections are already accepted (queued until serving starts).
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
     let url = config.database_url();
     let store = Store::connect(&url)
         .await
@@ -132,10 +138,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
 
     let state = AppState::new(store.clone());
     let app = crate::http::app(state.clone());
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
 
     let limits = state.limits.clone();

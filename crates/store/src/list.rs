@@ -625,50 +625,50 @@ impl Store {
             rows.reverse();
         }
 
-        let total = {
+        let count = async {
             let mut sql = Sql::default();
             sql.push("SELECT COUNT(*) AS n FROM ").push(res.from);
             push_where(&mut sql, res, scope, &conds);
             let row = sql.query().fetch_one(self.pool()).await.map_err(db_err)?;
-            row.try_get::<i64, _>("n").map_err(db_err)?
+            row.try_get::<i64, _>("n").map_err(db_err)
         };
 
         let first_keys = rows.first().map(|r| row_keys(r, &keys)).transpose()?;
         let last_keys = rows.last().map(|r| row_keys(r, &keys)).transpose()?;
-        // Is there anything on the other side of this page?
-        let exists_beyond = |vals: Vec<Arg>, backwards: bool| {
+        // After a seek, is there anything on the side of the page we came
+        // from? (Rows may have been deleted meanwhile, so ask.)
+        let probe = match cursor.pos {
+            CursorPos::After => first_keys.clone().map(|k| (k, true)),
+            CursorPos::Before => last_keys.clone().map(|k| (k, false)),
+            CursorPos::First | CursorPos::Last => None,
+        };
+        let beyond = async {
+            let Some((vals, backwards)) = probe else {
+                return Ok(None);
+            };
             let mut sql = Sql::default();
             sql.push("SELECT t.id FROM ").push(res.from);
             push_where(&mut sql, res, scope, &conds);
             push_seek(&mut sql, &keys, &vals, backwards);
+            // Ordered, so that the index is entered at the cursor instead of
+            // scanning from wherever the table happens to start.
+            push_order(&mut sql, &keys, backwards);
             sql.push(" LIMIT 1");
-            async move {
-                Ok::<bool, Error>(
-                    sql.query()
-                        .fetch_optional(self.pool())
-                        .await
-                        .map_err(db_err)?
-                        .is_some(),
-                )
-            }
+            let found = sql
+                .query()
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db_err)?;
+            Ok(Some(found.is_some()))
         };
+        // Both are independent reads: run them side by side.
+        let (total, beyond) = tokio::try_join!(count, beyond)?;
         let (has_next, has_prev) = match cursor.pos {
             CursorPos::First => (more_this_way, false),
             CursorPos::Last => (false, more_this_way),
-            CursorPos::After => {
-                let prev = match &first_keys {
-                    Some(k) => exists_beyond(k.clone(), true).await?,
-                    None => seek.as_ref().is_some_and(|_| total > 0),
-                };
-                (more_this_way, prev)
-            }
-            CursorPos::Before => {
-                let next = match &last_keys {
-                    Some(k) => exists_beyond(k.clone(), false).await?,
-                    None => total > 0,
-                };
-                (next, more_this_way)
-            }
+            // An empty page past the end: everything is behind us.
+            CursorPos::After => (more_this_way, beyond.unwrap_or(total > 0)),
+            CursorPos::Before => (beyond.unwrap_or(total > 0), more_this_way),
         };
 
         let make = |pos: CursorPos, vals: Option<&Vec<Arg>>| {

@@ -132,6 +132,7 @@ async fn a_panicking_handler_is_a_generic_500_and_the_server_keeps_serving() {
             .send()
             .await
             .unwrap();
+        assert!(r.headers().contains_key("x-ratelimit-remaining"));
         let p = problem(r, 500).await;
         assert_eq!(slug(&p), "internal-error");
         assert!(

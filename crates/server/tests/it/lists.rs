@@ -197,7 +197,7 @@ async fn limits_and_cursors_are_checked(s: Srv) {
         .get(&format!(
             "/v1/nodes?limit=10&cursor={}",
             enc(
-                &s.get("/v1/nodes?limit=10").await.1["pagination"]["next_cursor"]
+                s.get("/v1/nodes?limit=10").await.1["pagination"]["next_cursor"]
                     .as_str()
                     .unwrap()
             )

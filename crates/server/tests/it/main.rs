@@ -1,6 +1,9 @@
 //! Integration tests of the control plane: one test binary (link once),
 //! a real server per test, a real HTTP client.
 
+// Test code may panic: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod kit;
 
 mod auth;

@@ -1,0 +1,230 @@
+//! The real `shellwego` binary: start-up, bootstrap, logs, SIGTERM, --help.
+
+// Test code may panic: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_file(p: &Path) -> String {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            if !s.is_empty() {
+                return s;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} never appeared", p.display());
+}
+
+/// A raw HTTP/1.1 exchange (no client library between us and the server).
+fn http(port: u16, req: &str) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn get(port: u16, path: &str, token: &str) -> String {
+    http(port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"))
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `shellwego server`: data dir from a config file, listen address
+/// from the environment (flags > env > file > defaults).
+fn start(dir: &Path) -> Server {
+    let port = free_port();
+    let config = dir.join("shellwego.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nlog_format = \"json\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("server.log");
+    let child = Command::new(BIN)
+        .args(["server", "--config"])
+        .arg(&config)
+        .env("SHELLWEGO_LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("SHELLWEGO_DATA_DIR")
+        .env_remove("SHELLWEGO_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Server { child, port, log }
+}
+
+#[test]
+fn server_starts_on_an_empty_dir_bootstraps_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = start(dir.path());
+    let token = wait_for_file(&dir.path().join("data/admin-token"));
+    assert!(token.starts_with("pat_") && !token.contains('\n'));
+    let res = get(srv.port, "/v1/user", &token);
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    assert!(res.contains("admin@localhost"));
+    let res = get(srv.port, "/v1/user", "pat_wrong");
+    assert!(res.starts_with("HTTP/1.1 401"), "{res}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &srv.child.id().to_string()])
+        .status();
+    let status = srv.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let log = std::fs::read_to_string(&srv.log).unwrap();
+    assert!(!log.contains(&token), "the token was logged");
+    assert!(
+        log.contains("admin-token"),
+        "the log should say where the token is: {log}"
+    );
+    // JSON lines; every request line carries its request id.
+    let request_lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}"))
+        })
+        .filter(|v| v["fields"]["message"] == "request completed")
+        .collect();
+    assert_eq!(request_lines.len(), 2);
+    for l in &request_lines {
+        assert!(
+            l["span"]["request_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("req_"),
+            "{l}"
+        );
+    }
+
+    // A restart reuses the store and does not bootstrap again.
+    let srv2 = start(dir.path());
+    let t = Instant::now();
+    loop {
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", srv2.port)) {
+            let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = c.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "restart never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap(),
+        token
+    );
+    assert!(get(srv2.port, "/v1/user", &token).starts_with("HTTP/1.1 200"));
+    let log2 = std::fs::read_to_string(&srv2.log).unwrap();
+    assert!(!log2.contains("bootstrapped"), "bootstrapped twice: {log2}");
+}
+
+#[test]
+fn sigterm_during_a_slow_request_lets_it_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = start(dir.path());
+    let token = wait_for_file(&dir.path().join("data/admin-token"));
+    let body = br#"{"name": "slow upload"}"#;
+    let mut c = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    write!(
+        c,
+        "POST /v1/user/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(&body[..5]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("kill")
+        .args(["-TERM", &srv.child.id().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        srv.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    c.write_all(&body[5..]).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 201"), "{out}");
+    let status = srv.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["server", "--help"],
+        vec!["up", "--help"],
+        vec!["openapi", "--help"],
+        vec!["bench", "--help"],
+        vec!["bench", "list", "--help"],
+        vec!["bench", "http", "--help"],
+        vec!["bench", "startup", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+    }
+    let out = Command::new(BIN)
+        .args(["server", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--database-url",
+        "--config",
+        "--log-format",
+        "SHELLWEGO_LISTEN",
+    ] {
+        assert!(text.contains(flag), "server --help lacks {flag}");
+    }
+}
+
+#[test]
+fn a_bad_database_url_is_a_clear_error() {
+    let out = Command::new(BIN)
+        .args(["server", "--database-url", "mysql://x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--database-url"));
+}
