@@ -68,6 +68,12 @@ impl Validate for TokenCreateRequest {
                 "too_long",
                 "must be at most 100 characters",
             ));
+        } else if name.chars().any(char::is_control) {
+            errs.push(FieldError::new(
+                "name",
+                "invalid_value",
+                "must not contain control characters",
+            ));
         }
         for (i, s) in self.scope.iter().enumerate() {
             if !valid_permission(s) {

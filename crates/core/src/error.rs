@@ -69,6 +69,9 @@ pub enum Error {
     PaymentRequired(String),
     #[error("{0}")]
     DeploymentFailed(String),
+    /// The request body is larger than the server accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("rate limit exceeded")]
     RateLimited(RateLimitInfo),
     /// A dependency (the store) is not reachable right now.

@@ -147,6 +147,14 @@ impl ListParams {
         let mut errors = vec![];
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             let (k, v) = (k.into_owned(), v.into_owned());
+            if k.contains('\0') || v.contains('\0') {
+                errors.push(FieldError::new(
+                    k.replace('\0', ""),
+                    "invalid_value",
+                    "must not contain NUL bytes",
+                ));
+                continue;
+            }
             match k.as_str() {
                 "limit" => match v.trim().parse::<i64>() {
                     Ok(n) if (1..=MAX_LIMIT as i64).contains(&n) => p.limit = n as u32,
@@ -374,28 +382,32 @@ pub fn fingerprint(resource: &str, sort: &[SortKey], filters: &[Filter]) -> Stri
     URL_SAFE_NO_PAD.encode(&d[..9])
 }
 
-const CHECK_LEN: usize = 6;
+/// Bytes of HMAC-SHA256 kept in a cursor: enough that forging one is
+/// hopeless, short enough to keep URLs tidy.
+const MAC_LEN: usize = 12;
 
-fn check(payload: &[u8]) -> [u8; CHECK_LEN] {
-    let d = Sha256::new()
-        .chain_update(b"shellwego-cursor-v1")
-        .chain_update(payload)
-        .finalize();
-    let mut out = [0u8; CHECK_LEN];
-    out.copy_from_slice(&d[..CHECK_LEN]);
-    out
+fn mac(key: &[u8], payload: &[u8]) -> Option<[u8; MAC_LEN]> {
+    use hmac::{Hmac, Mac};
+    // HMAC accepts keys of any length, so this never returns None.
+    let mut m = Hmac::<Sha256>::new_from_slice(key).ok()?;
+    m.update(payload);
+    let tag = m.finalize().into_bytes();
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(&tag[..MAC_LEN]);
+    Some(out)
 }
 
 impl Cursor {
-    pub fn encode(&self) -> String {
+    /// Encode and sign with the installation's cursor key.
+    pub fn encode(&self, key: &[u8]) -> String {
         let mut payload = serde_json::to_vec(self).unwrap_or_default();
-        let c = check(&payload);
-        payload.extend_from_slice(&c);
+        let tag = mac(key, &payload).unwrap_or_default();
+        payload.extend_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(payload)
     }
 
     /// Decode and check a cursor. Errors are 400s naming `cursor`.
-    pub fn decode(s: &str, expected_fingerprint: &str) -> Result<Cursor> {
+    pub fn decode(s: &str, expected_fingerprint: &str, key: &[u8]) -> Result<Cursor> {
         let bad = |msg: &str| {
             Error::field(
                 "cursor",
@@ -406,11 +418,14 @@ impl Cursor {
         let raw = URL_SAFE_NO_PAD
             .decode(s.trim_end_matches('='))
             .map_err(|_| bad("the cursor does not decode"))?;
-        if raw.len() <= CHECK_LEN {
+        if raw.len() <= MAC_LEN {
             return Err(bad("the cursor does not decode"));
         }
-        let (payload, c) = raw.split_at(raw.len() - CHECK_LEN);
-        if check(payload) != c {
+        let (payload, tag) = raw.split_at(raw.len() - MAC_LEN);
+        // Constant-time comparison of the tag.
+        if !mac(key, payload)
+            .is_some_and(|m| bool::from(subtle::ConstantTimeEq::ct_eq(&m[..], tag)))
+        {
             return Err(bad("the cursor is damaged or was altered"));
         }
         let cur: Cursor =
@@ -486,14 +501,17 @@ mod tests {
             keys: vec![serde_json::json!(5), serde_json::json!("evt_x")],
             fingerprint: fp.clone(),
         };
-        let s = c.encode();
-        assert_eq!(Cursor::decode(&s, &fp).unwrap(), c);
+        let key = b"installation secret";
+        let s = c.encode(key);
+        assert_eq!(Cursor::decode(&s, &fp, key).unwrap(), c);
+        // Signed: another installation's key (or a forger) cannot make one.
+        assert!(Cursor::decode(&s, &fp, b"another key").is_err());
         // Flip one character.
         let mut chars: Vec<char> = s.chars().collect();
         chars[3] = if chars[3] == 'A' { 'B' } else { 'A' };
         let t: String = chars.into_iter().collect();
-        assert!(Cursor::decode(&t, &fp).is_err());
-        assert!(Cursor::decode("not a cursor!", &fp).is_err());
+        assert!(Cursor::decode(&t, &fp, key).is_err());
+        assert!(Cursor::decode("not a cursor!", &fp, key).is_err());
         let other = fingerprint(
             "events",
             &[SortKey {
@@ -502,6 +520,6 @@ mod tests {
             }],
             &[],
         );
-        assert!(Cursor::decode(&s, &other).is_err());
+        assert!(Cursor::decode(&s, &other, key).is_err());
     }
 }

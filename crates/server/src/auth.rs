@@ -49,18 +49,10 @@ impl Principal {
         })
     }
 
-    /// The organizations the caller may see: the user's memberships, or the
-    /// token's own organization for tokens without a user.
-    pub async fn organization_ids(&self, store: &Store) -> Result<Vec<String>, Error> {
-        match &self.user_id {
-            Some(u) => Ok(store
-                .memberships_of(u)
-                .await?
-                .into_iter()
-                .map(|(o, _)| o.id)
-                .collect()),
-            None => Ok(vec![self.organization_id.clone()]),
-        }
+    /// The organizations the caller may see: the one the token acts in.
+    /// (Authentication has checked that the token's user is a member.)
+    pub fn organization_ids(&self) -> Vec<String> {
+        vec![self.organization_id.clone()]
     }
 }
 

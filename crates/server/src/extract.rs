@@ -25,11 +25,15 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            Error::field(
-                "body",
-                "malformed",
-                format!("the request body could not be read: {}", e.body_text()),
-            )
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge("The request body is larger than 2 MiB.".into())
+            } else {
+                Error::field(
+                    "body",
+                    "malformed",
+                    format!("the request body could not be read: {}", e.body_text()),
+                )
+            }
         })?;
         Ok(JsonBody(parse_json(&bytes)?))
     }

@@ -185,6 +185,7 @@ async fn v1_gate(State(state): State<AppState>, mut req: Request, next: Next) ->
     let h = res.headers_mut();
     for (name, value) in [
         ("x-ratelimit-limit", decision.limit.to_string()),
+        ("x-ratelimit-burst", decision.burst.to_string()),
         ("x-ratelimit-remaining", decision.remaining.to_string()),
         ("x-ratelimit-reset", decision.reset.to_string()),
     ] {

@@ -157,6 +157,12 @@ pub fn spec_for(e: Error) -> ProblemSpec {
             "Deployment Failed",
             d,
         ),
+        Error::PayloadTooLarge(d) => ProblemSpec::new(
+            S::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload Too Large",
+            d,
+        ),
         Error::RateLimited(info) => {
             let mut p = ProblemSpec::new(
                 S::TOO_MANY_REQUESTS,

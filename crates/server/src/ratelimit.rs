@@ -23,6 +23,9 @@ type Keyed = RateLimiter<
 pub struct Decision {
     /// Requests per window (the plan's sustained rate).
     pub limit: u32,
+    /// Size of the bucket: requests that may be sent at once.
+    pub burst: u32,
+    /// Requests that may be sent right now (what is left of the burst).
     pub remaining: u32,
     /// Unix time (s) when the bucket is full again.
     pub reset: u64,
@@ -72,6 +75,7 @@ impl RateLimits {
         let Some((limiter, per_minute)) = self.limiters.get(&plan) else {
             return Decision {
                 limit: 0,
+                burst: 0,
                 remaining: 0,
                 reset: 0,
                 refused: None,
@@ -87,6 +91,7 @@ impl RateLimits {
                 let full_in = quota.replenish_interval() * missing;
                 Decision {
                     limit: *per_minute,
+                    burst: quota.burst_size().get(),
                     remaining,
                     reset: (now + full_in).as_secs_f64().ceil() as u64,
                     refused: None,
@@ -99,6 +104,7 @@ impl RateLimits {
                 let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
                 Decision {
                     limit: *per_minute,
+                    burst: quota.burst_size().get(),
                     remaining: 0,
                     reset: (now + full_in).as_secs_f64().ceil() as u64,
                     refused: Some(RateLimitInfo {

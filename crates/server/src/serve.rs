@@ -82,7 +82,10 @@ impl Started {
 fn write_secret_file(path: &Path, token: &str) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    // A fresh file every time, so that its mode is ours even if an old
+    // temp file was left behind.
+    let _ = std::fs::remove_file(&tmp);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;

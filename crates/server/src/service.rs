@@ -108,7 +108,7 @@ pub async fn event_list(
     p: &Principal,
     params: &ListParams,
 ) -> Result<Page<Event>, Error> {
-    let orgs = p.organization_ids(store).await?;
+    let orgs = p.organization_ids();
     let scope = Scope::new().is_in("t.organization_id", orgs);
     store.list(&EVENTS, &scope, params, events::from_row).await
 }
@@ -119,7 +119,7 @@ pub async fn node_list(
     p: &Principal,
     params: &ListParams,
 ) -> Result<Page<Node>, Error> {
-    let orgs = p.organization_ids(store).await?;
+    let orgs = p.organization_ids();
     let scope = Scope::new().is_in("t.organization_id", orgs);
     let mut page = store.list(&NODES, &scope, params, nodes::from_row).await?;
     store.load_node_labels(&mut page.items).await?;
@@ -128,7 +128,7 @@ pub async fn node_list(
 
 /// One node, if the caller's organizations have it (404 otherwise, never 403).
 pub async fn node_get(store: &Store, p: &Principal, node_id: &str) -> Result<Node, Error> {
-    let orgs = p.organization_ids(store).await?;
+    let orgs = p.organization_ids();
     store
         .node(node_id, &orgs)
         .await?

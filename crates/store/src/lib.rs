@@ -13,6 +13,7 @@ pub mod tokens;
 pub mod users;
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use shellwego_core::Error;
@@ -54,6 +55,8 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The installation's key for signing list cursors (loaded by `migrate`).
+    cursor_key: Arc<OnceLock<Vec<u8>>>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -62,6 +65,18 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// conflicts; connection trouble is "unavailable"; the rest are bugs.
 pub fn db_err(e: sqlx::Error) -> Error {
     match &e {
+        // PostgreSQL "data exception" (22xxx): a value the database refuses,
+        // such as text with a NUL byte. The caller's input, so a 400.
+        sqlx::Error::Database(d)
+            if d.code()
+                .is_some_and(|c| c.len() == 5 && c.starts_with("22")) =>
+        {
+            Error::field(
+                "body",
+                "invalid_value",
+                "a value was refused by the store (text may not contain NUL bytes)",
+            )
+        }
         sqlx::Error::Database(d) if d.is_unique_violation() => {
             Error::Conflict("a resource with these values already exists".into())
         }
@@ -100,15 +115,41 @@ impl Store {
             Backend::Postgres => pool_opts.max_connections(16),
         };
         let pool = pool_opts.connect_with(opts).await.map_err(db_err)?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            cursor_key: Arc::new(OnceLock::new()),
+        })
     }
 
-    /// Apply the embedded migrations that have not run yet.
+    /// Apply the embedded migrations that have not run yet, then load (or
+    /// create, once per installation) the key that signs list cursors.
     pub async fn migrate(&self) -> Result<(), Error> {
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|e| Error::Internal(format!("migrations failed: {e}")))
+            .map_err(|e| Error::Internal(format!("migrations failed: {e}")))?;
+        let fresh = shellwego_core::token::generate(shellwego_core::token::TokenKind::Temp).hash;
+        sqlx::query("INSERT INTO system_state (key, value, updated_at) VALUES ('cursor_key', $1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(fresh)
+            .bind(shellwego_core::time::to_micros(shellwego_core::time::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let row = sqlx::query("SELECT value FROM system_state WHERE key = 'cursor_key'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let key: String = row.try_get("value").map_err(db_err)?;
+        let _ = self.cursor_key.set(key.into_bytes());
+        Ok(())
+    }
+
+    pub(crate) fn cursor_key(&self) -> Result<&[u8], Error> {
+        self.cursor_key
+            .get()
+            .map(Vec::as_slice)
+            .ok_or_else(|| Error::Internal("the store was not migrated before use".into()))
     }
 
     pub fn backend(&self) -> Backend {

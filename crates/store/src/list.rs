@@ -221,28 +221,33 @@ fn resolve_sort(res: &Resource, sort: &[SortKey]) -> Result<Vec<SortKey>, Error>
     Ok(sort)
 }
 
+/// The ORDER BY keys: the sort as given, ending with the id (unique, so
+/// the order is total). Keys after an explicit `id` could never decide
+/// anything and are dropped.
 fn keys(res: &Resource, sort: &[SortKey]) -> Vec<Key> {
-    let mut out: Vec<Key> = sort
-        .iter()
-        .filter(|k| k.field != "id")
-        .filter_map(|k| {
-            res.fields.iter().find(|f| f.name == k.field).map(|f| Key {
+    let mut out = vec![];
+    for k in sort {
+        if k.field == "id" {
+            out.push(Key {
+                expr: ID_FIELD.expr,
+                kind: Kind::Text,
+                dir: k.dir,
+            });
+            return out;
+        }
+        if let Some(f) = res.fields.iter().find(|f| f.name == k.field) {
+            out.push(Key {
                 expr: f.expr,
                 kind: f.kind,
                 dir: k.dir,
-            })
-        })
-        .collect();
-    let id_dir = sort
-        .iter()
-        .find(|k| k.field == "id")
-        .map(|k| k.dir)
-        .or(out.last().map(|k| k.dir))
-        .unwrap_or(Dir::Asc);
+            });
+        }
+    }
+    let dir = out.last().map(|k| k.dir).unwrap_or(Dir::Asc);
     out.push(Key {
         expr: ID_FIELD.expr,
         kind: Kind::Text,
-        dir: id_dir,
+        dir,
     });
     out
 }
@@ -292,11 +297,7 @@ fn resolve_filters(res: &Resource, filters: &[Filter]) -> Result<Vec<Cond>, Erro
                     ));
                     continue;
                 }
-                let terms: Vec<String> = q
-                    .split_whitespace()
-                    .take(8)
-                    .map(|t| t.to_lowercase())
-                    .collect();
+                let terms: Vec<String> = q.split_whitespace().take(8).map(str::to_string).collect();
                 out.push(Cond::Search(terms));
             }
             Filter::Label { key, values } => {
@@ -437,12 +438,15 @@ fn push_where(sql: &mut Sql, res: &Resource, scope: &Scope, conds: &[Cond]) {
             Cond::Search(terms) => {
                 for term in terms {
                     sql.push(" AND (1=0");
+                    // LOWER() on both sides, so that each backend folds case
+                    // the same way for the text and the term (SQLite folds
+                    // ASCII only, PostgreSQL all of Unicode).
                     for col in res.search {
                         sql.push(" OR LOWER(")
                             .push(col)
-                            .push(") LIKE ")
+                            .push(") LIKE LOWER(")
                             .arg(Arg::Text(like_pattern(term)))
-                            .push(" ESCAPE '!'");
+                            .push(") ESCAPE '!'");
                     }
                     sql.push(")");
                 }
@@ -591,7 +595,7 @@ impl Store {
         let fp = fingerprint(res.name, &sort, &params.filters);
         let keys = keys(res, &sort);
         let cursor = match &params.cursor {
-            Some(c) => Cursor::decode(c, &fp)?,
+            Some(c) => Cursor::decode(c, &fp, self.cursor_key()?)?,
             None => Cursor {
                 pos: CursorPos::First,
                 keys: vec![],
@@ -666,11 +670,13 @@ impl Store {
         let (has_next, has_prev) = match cursor.pos {
             CursorPos::First => (more_this_way, false),
             CursorPos::Last => (false, more_this_way),
-            // An empty page past the end: everything is behind us.
+            // An empty page reached by a cursor (its neighbours were deleted)
+            // has every row on the side it came from: see the edge cursors.
             CursorPos::After => (more_this_way, beyond.unwrap_or(total > 0)),
             CursorPos::Before => (beyond.unwrap_or(total > 0), more_this_way),
         };
 
+        let key = self.cursor_key()?;
         let make = |pos: CursorPos, vals: Option<&Vec<Arg>>| {
             Cursor {
                 pos,
@@ -679,16 +685,21 @@ impl Store {
                     .unwrap_or_default(),
                 fingerprint: fp.clone(),
             }
-            .encode()
+            .encode(key)
         };
         let pagination = PageInfo {
             total,
             limit,
             has_more: has_next,
-            next_cursor: (has_next && last_keys.is_some())
-                .then(|| make(CursorPos::After, last_keys.as_ref())),
-            prev_cursor: (has_prev && first_keys.is_some())
-                .then(|| make(CursorPos::Before, first_keys.as_ref())),
+            // Past an empty page the neighbour is the other end of the list.
+            next_cursor: has_next.then(|| match &last_keys {
+                Some(k) => make(CursorPos::After, Some(k)),
+                None => make(CursorPos::First, None),
+            }),
+            prev_cursor: has_prev.then(|| match &first_keys {
+                Some(k) => make(CursorPos::Before, Some(k)),
+                None => make(CursorPos::Last, None),
+            }),
             first_cursor: Some(make(CursorPos::First, None)),
             last_cursor: Some(make(CursorPos::Last, None)),
         };

@@ -158,12 +158,15 @@ pub static TOKENS: Resource = Resource {
 };
 
 impl Store {
-    /// Find the live token whose hash is `hash`. Expired and revoked tokens
-    /// are not found.
+    /// Find the live token whose hash is `hash`. Expired and revoked tokens,
+    /// and user tokens whose user has left the token's organization, are
+    /// not found.
     pub async fn authenticate(&self, hash: &str) -> Result<Option<Authenticated>, Error> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS}, o.plan FROM tokens t JOIN organizations o ON o.id = t.organization_id
-             WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)"
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)
+               AND (t.user_id IS NULL OR EXISTS (
+                    SELECT 1 FROM memberships m WHERE m.organization_id = t.organization_id AND m.user_id = t.user_id))"
         ))
         .bind(hash)
         .bind(to_micros(now()))

@@ -158,7 +158,22 @@ async fn token_use_is_recorded(s: Srv) {
     assert!(seen, "last_used_at was never set");
 }
 
+async fn a_user_who_left_the_organization_loses_access(s: Srv) {
+    let (org, user, tok) = s
+        .org_with_user(shellwego_core::plan::Plan::Free, "leaver@example.com")
+        .await;
+    assert_eq!(s.get_as(&tok, "/v1/user").await.0, 200);
+    sqlx::query("DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2")
+        .bind(&org)
+        .bind(&user)
+        .execute(s.store.pool())
+        .await
+        .unwrap();
+    problem(s.call(Method::GET, "/v1/user", Some(&tok), None).await, 401).await;
+}
+
 both_backends!(
+    a_user_who_left_the_organization_loses_access,
     bootstrap_token_authenticates,
     bad_tokens_get_401_problems,
     revoked_and_expired_tokens_stop_working,

@@ -5,7 +5,7 @@ use axum::routing::get;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::kit::{fields, problem, slug, start, Backend};
+use crate::kit::{fields, problem, slug, start, Backend, Srv};
 
 #[tokio::test]
 async fn bodies_with_typos_bad_json_and_out_of_range_values_name_the_field() {
@@ -64,6 +64,32 @@ async fn bodies_with_typos_bad_json_and_out_of_range_values_name_the_field() {
     let (_, list) = s.get("/v1/user/tokens").await;
     assert_eq!(list["pagination"]["total"], 1);
 }
+
+async fn nul_bytes_and_huge_bodies_are_4xx(s: Srv) {
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/user/tokens",
+            Some(&s.token),
+            Some(json!({"name": "a\u{0}b"})),
+        )
+        .await;
+    let p = problem(r, 400).await;
+    assert_eq!(fields(&p), ["name"]);
+    let big = format!(r#"{{"name": "{}"}}"#, "x".repeat(3 << 20));
+    let r = s
+        .http
+        .post(s.url("/v1/user/tokens"))
+        .bearer_auth(&s.token)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, 413).await;
+    assert_eq!(slug(&p), "payload-too-large");
+}
+
+crate::both_backends!(nul_bytes_and_huge_bodies_are_4xx);
 
 #[tokio::test]
 async fn query_parameter_typos_are_400() {

@@ -515,7 +515,99 @@ async fn events_filter_on_nested_fields(s: Srv) {
     assert_eq!(ev["pagination"]["total"], 0);
 }
 
+async fn empty_pages_keep_their_cursors(s: Srv) {
+    let org = s.admin_org().await;
+    for i in 0..6 {
+        s.insert_node(NodeSpec::new(&org, &format!("e{i}"))).await;
+    }
+    let list = "/v1/nodes?limit=2&sort=hostname:asc";
+    let (_, p1) = s.get(list).await;
+    let next = p1["pagination"]["next_cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, p2) = s.get(&format!("{list}&cursor={}", enc(&next))).await;
+    let before_e2 = p2["pagination"]["prev_cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Everything after page 1 goes away: the cursor to page 2 still works,
+    // gives an empty page, and leads back to what is left.
+    sqlx::query("DELETE FROM nodes WHERE hostname IN ('e2', 'e3', 'e4', 'e5')")
+        .execute(s.store.pool())
+        .await
+        .unwrap();
+    let (status, empty) = s.get(&format!("{list}&cursor={}", enc(&next))).await;
+    assert_eq!(status, 200);
+    assert!(ids(&empty).is_empty());
+    assert_eq!(empty["pagination"]["has_more"], false);
+    assert_eq!(empty["pagination"]["next_cursor"], Value::Null);
+    let prev = empty["pagination"]["prev_cursor"]
+        .as_str()
+        .expect("an empty page can go back");
+    let (_, back) = s.get(&format!("{list}&cursor={}", enc(prev))).await;
+    assert_eq!(ids(&back), ids(&p1));
+
+    // A "before" page that comes back empty leads forward: the rows before
+    // e2 go away and newer ones arrive after it.
+    sqlx::query("DELETE FROM nodes WHERE hostname IN ('e0', 'e1')")
+        .execute(s.store.pool())
+        .await
+        .unwrap();
+    let z0 = s.insert_node(NodeSpec::new(&org, "z0")).await;
+    let (_, empty) = s.get(&format!("{list}&cursor={}", enc(&before_e2))).await;
+    assert!(ids(&empty).is_empty());
+    assert_eq!(empty["pagination"]["prev_cursor"], Value::Null);
+    assert_eq!(empty["pagination"]["has_more"], true);
+    let fwd = empty["pagination"]["next_cursor"]
+        .as_str()
+        .expect("an empty page can go forward");
+    let (_, ahead) = s.get(&format!("{list}&cursor={}", enc(fwd))).await;
+    assert_eq!(ids(&ahead), [z0]);
+}
+
+async fn sorting_by_id_first_orders_by_id(s: Srv) {
+    seed_fleet(&s).await;
+    let (_, page) = s.get("/v1/nodes?sort=id:asc,hostname:desc").await;
+    let got = ids(&page);
+    let mut want = got.clone();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+async fn search_and_text_filters_handle_unicode_and_nul(s: Srv) {
+    let org = s.admin_org().await;
+    s.insert_node(NodeSpec::new(&org, "École-1")).await;
+    s.insert_node(NodeSpec::new(&org, "plain")).await;
+    assert_eq!(
+        hosts(&s, &format!("filter[q]={}", enc("École"))).await,
+        ["École-1"]
+    );
+    assert_eq!(
+        hosts(&s, &format!("filter[q]={}", enc("COLE-1"))).await,
+        ["École-1"]
+    );
+    assert_eq!(
+        hosts(&s, &format!("filter[hostname]={}", enc("École-1"))).await,
+        ["École-1"]
+    );
+    for q in [
+        "filter[hostname]=a%00b",
+        "filter[q]=%00",
+        "filter[label][a%00]=b",
+    ] {
+        let r = s
+            .call(Method::GET, &format!("/v1/nodes?{q}"), Some(&s.token), None)
+            .await;
+        problem(r, 400).await;
+    }
+}
+
 both_backends!(
+    empty_pages_keep_their_cursors,
+    sorting_by_id_first_orders_by_id,
+    search_and_text_filters_handle_unicode_and_nul,
     pagination_visits_every_row_once_while_rows_are_inserted,
     limits_and_cursors_are_checked,
     filters_or_ranges_nested_labels_and_search,

@@ -119,3 +119,26 @@ async fn shutdown_lets_an_in_flight_request_finish() {
     assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
     shutdown.await.unwrap().unwrap();
 }
+
+async fn migrations_apply_to_an_empty_database_and_rerun_cleanly(s: Srv) {
+    // The server migrated an empty database at start; running again is a no-op.
+    s.store.migrate().await.unwrap();
+    for table in [
+        "organizations",
+        "users",
+        "memberships",
+        "tokens",
+        "events",
+        "nodes",
+        "labels",
+        "system_state",
+    ] {
+        let q = format!("SELECT COUNT(*) AS n FROM {table}");
+        sqlx::query(&q)
+            .fetch_one(s.store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{table}: {e}"));
+    }
+}
+
+both_backends!(migrations_apply_to_an_empty_database_and_rerun_cleanly);

@@ -24,6 +24,7 @@ async fn a_free_tier_token_gets_429_after_its_burst() {
     for _ in 0..30 {
         let r = s.call(Method::GET, "/v1/user", Some(&free), None).await;
         assert_eq!(header(&r, "x-ratelimit-limit"), Some(100));
+        assert_eq!(header(&r, "x-ratelimit-burst"), Some(20));
         assert!(header(&r, "x-ratelimit-reset").unwrap() >= now);
         if r.status() == 429 {
             refused = Some(r);
