@@ -3,8 +3,11 @@
 //! No database or HTTP-server code lives here; the server, the CLI and SDKs
 //! share these types.
 
+pub mod auth;
 pub mod events;
+pub mod mfa;
 pub mod nodes;
+pub mod orgs;
 pub mod problem;
 pub mod tokens;
 pub mod user;

@@ -30,6 +30,10 @@ pub struct TokenCreateRequest {
     /// Limit the token to these apps.
     #[serde(default)]
     pub restrict_to_apps: Vec<String>,
+    /// `personal_access_token` (default) or `temporary_token` (15 minutes,
+    /// works for one request).
+    #[serde(default, rename = "type")]
+    pub token_type: Option<String>,
 }
 
 impl TokenCreateRequest {
@@ -102,6 +106,18 @@ impl Validate for TokenCreateRequest {
                         .with_value(e.clone()),
                 ),
                 Some(_) => {}
+            }
+        }
+        if let Some(t) = &self.token_type {
+            if t != "personal_access_token" && t != "temporary_token" {
+                errs.push(
+                    FieldError::new(
+                        "type",
+                        "invalid_value",
+                        "must be personal_access_token or temporary_token",
+                    )
+                    .with_value(t.clone()),
+                );
             }
         }
         for (i, a) in self.restrict_to_apps.iter().enumerate() {

@@ -1,7 +1,10 @@
 //! `GET /v1/user`.
 
 use serde::{Deserialize, Serialize};
+use shellwego_core::{Error, FieldError};
 use utoipa::ToSchema;
+
+use crate::Validate;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CurrentUser {
@@ -28,4 +31,77 @@ pub struct ApiQuotas {
     /// Sustained API requests per minute for the calling token.
     pub requests_per_minute: u32,
     pub apps_limit: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    /// Changing the password needs the current one, and ends the user's
+    /// other sessions.
+    #[serde(default)]
+    pub password: Option<PasswordChange>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+pub const MIN_PASSWORD: usize = 10;
+
+pub fn check_password(errs: &mut Vec<FieldError>, field: &str, p: &str) {
+    let n = p.chars().count();
+    if n < MIN_PASSWORD {
+        errs.push(FieldError::new(
+            field,
+            "too_short",
+            format!("must be at least {MIN_PASSWORD} characters"),
+        ));
+    } else if n > 256 {
+        errs.push(FieldError::new(
+            field,
+            "too_long",
+            "must be at most 256 characters",
+        ));
+    }
+}
+
+impl Validate for UserUpdate {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if let Some(n) = &self.name {
+            if n.trim().is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
+                errs.push(FieldError::new(
+                    "name",
+                    "invalid_value",
+                    "must be 1-100 characters without control characters",
+                ));
+            }
+        }
+        if let Some(u) = &self.avatar_url {
+            if !(u.starts_with("https://") || u.starts_with("http://"))
+                || u.len() > 2048
+                || u.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                errs.push(
+                    FieldError::new("avatar_url", "invalid_value", "must be an http(s) URL")
+                        .with_value(u.clone()),
+                );
+            }
+        }
+        if let Some(p) = &self.password {
+            check_password(&mut errs, "password.new_password", &p.new_password);
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::invalid(errs))
+        }
+    }
 }

@@ -1,0 +1,70 @@
+//! `POST /v1/auth/token` (exchange credentials for a token) and
+//! `DELETE /v1/auth/token/{token_id}`.
+
+use serde::{Deserialize, Serialize};
+use shellwego_core::{Error, FieldError};
+use utoipa::ToSchema;
+
+use crate::tokens::valid_permission;
+use crate::Validate;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(example = "admin@company.com")]
+    pub email: String,
+    pub password: String,
+    /// A current TOTP code, or one of the recovery codes, when MFA is enabled.
+    #[serde(default)]
+    pub mfa_code: Option<String>,
+    /// Permissions for the token; empty means all the user's role allows.
+    #[serde(default)]
+    pub scope: Vec<String>,
+    /// `personal_access_token` (default, 1 year) or `session_token` (24 hours).
+    #[serde(default, rename = "type")]
+    pub token_type: Option<String>,
+    /// The organization the token acts in; default: the user's first.
+    #[serde(default)]
+    pub organization_id: Option<String>,
+}
+
+impl Validate for LoginRequest {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if self.email.trim().is_empty() {
+            errs.push(FieldError::new("email", "required", "must not be empty"));
+        }
+        if self.password.is_empty() {
+            errs.push(FieldError::new("password", "required", "must not be empty"));
+        }
+        for (i, s) in self.scope.iter().enumerate() {
+            if !valid_permission(s) {
+                errs.push(
+                    FieldError::new(
+                        format!("scope[{i}]"),
+                        "invalid_value",
+                        "must look like resource:action, e.g. apps:read",
+                    )
+                    .with_value(s.clone()),
+                );
+            }
+        }
+        if let Some(t) = &self.token_type {
+            if t != "personal_access_token" && t != "session_token" {
+                errs.push(
+                    FieldError::new(
+                        "type",
+                        "invalid_value",
+                        "must be personal_access_token or session_token",
+                    )
+                    .with_value(t.clone()),
+                );
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::invalid(errs))
+        }
+    }
+}

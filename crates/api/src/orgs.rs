@@ -1,0 +1,443 @@
+//! Organizations, members, invitations and service accounts.
+
+use serde::{Deserialize, Serialize};
+use shellwego_core::{Error, FieldError};
+use utoipa::ToSchema;
+
+use crate::tokens::valid_permission;
+use crate::{Pagination, Validate};
+
+/// Roles every organization has.
+pub const ROLES: &[&str] = &["owner", "admin", "developer", "viewer", "billing"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Organization {
+    #[schema(example = "org_2v8s9d2k1m")]
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    /// `free`, `starter`, `growth` or `enterprise`.
+    pub plan: String,
+    pub quotas: OrgQuotas,
+    pub usage: OrgUsage,
+    pub billing: serde_json::Value,
+    pub settings: OrgSettings,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgQuotas {
+    pub apps: u32,
+    pub nodes: u32,
+    pub memory_total: String,
+    pub volumes_total: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgUsage {
+    pub apps: i64,
+    pub nodes: i64,
+    pub members: i64,
+    pub memory_used: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OrgSettings {
+    /// Members without MFA get 403 on everything but MFA enrollment.
+    #[serde(default)]
+    pub enforce_mfa: bool,
+    /// Regions apps of this organization may run in (empty: any).
+    #[serde(default)]
+    pub allowed_regions: Vec<String>,
+    /// How long events are kept, e.g. `90d`, `1y`.
+    #[serde(default = "default_retention")]
+    pub audit_log_retention: String,
+}
+
+fn default_retention() -> String {
+    "1y".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationCreate {
+    pub name: String,
+    /// URL-safe name; derived from `name` when absent.
+    #[serde(default)]
+    pub slug: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationUpdate {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub billing: Option<serde_json::Value>,
+    #[serde(default)]
+    pub settings: Option<OrgSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrganizationList {
+    pub data: Vec<Organization>,
+    pub pagination: Pagination,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub resources: Vec<String>,
+    pub mfa_enabled: bool,
+    pub joined_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberList {
+    pub data: Vec<Member>,
+    pub pagination: Pagination,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberUpdate {
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Narrow the member's rights to these resources (`app:*`, `app:app_123`, `node:read`).
+    #[serde(default)]
+    pub resources: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationCreate {
+    pub email: String,
+    /// `admin`, `developer`, `viewer` or `billing` (owners are made by promotion).
+    pub role: String,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Default `7d`, at most `30d`.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Invitation {
+    #[schema(example = "inv_2v8s9d2k1m")]
+    pub id: String,
+    pub organization_id: String,
+    pub email: String,
+    pub role: String,
+    pub resources: Vec<String>,
+    /// `pending`, `accepted` or `expired`.
+    pub status: String,
+    pub expires_at: String,
+    pub created_at: String,
+    /// The one-time token, in the create response only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvitationList {
+    pub data: Vec<Invitation>,
+    pub pagination: Pagination,
+}
+
+/// Accept an invitation: as the logged-in user (empty body), or by creating
+/// the invited user (`name`, `password`) without a token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationAccept {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountCreate {
+    pub name: String,
+    /// `admin`, `developer`, `viewer` or `billing`.
+    pub role: String,
+    #[serde(default)]
+    pub scope: Vec<String>,
+    /// Lifetime of its token, default and at most `90d`.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServiceAccount {
+    #[schema(example = "sa_2v8s9d2k1m")]
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub scope: Vec<String>,
+    pub created_at: String,
+    /// The `sat_` token, in the create response only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServiceAccountList {
+    pub data: Vec<ServiceAccount>,
+    pub pagination: Pagination,
+}
+
+fn check_role(errs: &mut Vec<FieldError>, field: &str, role: &str, allow_owner: bool) {
+    let ok = ROLES.contains(&role) && (allow_owner || role != "owner");
+    if !ok {
+        let allowed = if allow_owner {
+            ROLES.join(", ")
+        } else {
+            ROLES[1..].join(", ")
+        };
+        errs.push(
+            FieldError::new(field, "invalid_value", format!("must be one of: {allowed}"))
+                .with_value(role.to_string()),
+        );
+    }
+}
+
+/// `app:*`, `app:app_123`, `node:read`, `*`.
+pub fn valid_resource(s: &str) -> bool {
+    s == "*"
+        || valid_permission(s)
+        || s.split_once(':')
+            .is_some_and(|(r, id)| !r.is_empty() && shellwego_core::id::is_valid(r, id))
+}
+
+fn check_resources(errs: &mut Vec<FieldError>, field: &str, resources: &[String]) {
+    for (i, r) in resources.iter().enumerate() {
+        if !valid_resource(r) {
+            errs.push(
+                FieldError::new(
+                    format!("{field}[{i}]"),
+                    "invalid_value",
+                    "must look like app:*, app:app_123 or node:read",
+                )
+                .with_value(r.clone()),
+            );
+        }
+    }
+}
+
+fn check_name(errs: &mut Vec<FieldError>, field: &str, name: &str) {
+    let n = name.trim();
+    if n.is_empty() {
+        errs.push(FieldError::new(field, "required", "must not be empty"));
+    } else if n.chars().count() > 100 {
+        errs.push(FieldError::new(
+            field,
+            "too_long",
+            "must be at most 100 characters",
+        ));
+    } else if n.chars().any(char::is_control) {
+        errs.push(FieldError::new(
+            field,
+            "invalid_value",
+            "must not contain control characters",
+        ));
+    }
+}
+
+pub fn valid_email(e: &str) -> bool {
+    let e = e.trim();
+    e.len() <= 254
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+}
+
+fn done(errs: Vec<FieldError>) -> Result<(), Error> {
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(errs))
+    }
+}
+
+impl Validate for OrganizationCreate {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        check_name(&mut errs, "name", &self.name);
+        if let Some(s) = &self.slug {
+            if !valid_slug(s) {
+                errs.push(
+                    FieldError::new(
+                        "slug",
+                        "invalid_value",
+                        "must be 1-63 lower-case letters, digits and dashes",
+                    )
+                    .with_value(s.clone()),
+                );
+            }
+        }
+        done(errs)
+    }
+}
+
+pub fn valid_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl Validate for OrganizationUpdate {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if let Some(n) = &self.name {
+            check_name(&mut errs, "name", n);
+        }
+        if let Some(b) = &self.billing {
+            if !b.is_object() {
+                errs.push(FieldError::new(
+                    "billing",
+                    "invalid_type",
+                    "must be an object",
+                ));
+            }
+        }
+        if let Some(s) = &self.settings {
+            let ok = shellwego_core::units::parse_duration(&s.audit_log_retention)
+                .or_else(|| {
+                    s.audit_log_retention
+                        .strip_suffix('y')
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .map(|y| std::time::Duration::from_secs(y * 365 * 86_400))
+                })
+                .is_some_and(|d| d.as_secs() >= 86_400 && d.as_secs() <= 10 * 365 * 86_400);
+            if !ok {
+                errs.push(
+                    FieldError::new(
+                        "settings.audit_log_retention",
+                        "out_of_range",
+                        "must be a duration between 1d and 10y, e.g. 90d or 1y",
+                    )
+                    .with_value(s.audit_log_retention.clone()),
+                );
+            }
+            for (i, r) in s.allowed_regions.iter().enumerate() {
+                if !valid_slug(r) {
+                    errs.push(
+                        FieldError::new(
+                            format!("settings.allowed_regions[{i}]"),
+                            "invalid_value",
+                            "must be a region name such as fra1",
+                        )
+                        .with_value(r.clone()),
+                    );
+                }
+            }
+        }
+        done(errs)
+    }
+}
+
+impl Validate for MemberUpdate {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if let Some(r) = &self.role {
+            check_role(&mut errs, "role", r, true);
+        }
+        if let Some(r) = &self.resources {
+            check_resources(&mut errs, "resources", r);
+        }
+        done(errs)
+    }
+}
+
+impl Validate for InvitationCreate {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if !valid_email(&self.email) {
+            errs.push(
+                FieldError::new("email", "invalid_value", "must be an email address")
+                    .with_value(self.email.clone()),
+            );
+        }
+        check_role(&mut errs, "role", &self.role, false);
+        check_resources(&mut errs, "resources", &self.resources);
+        if let Some(e) = &self.expires_in {
+            match shellwego_core::units::parse_duration(e).map(|d| d.as_secs()) {
+                Some(s) if (3600..=30 * 86_400).contains(&s) => {}
+                Some(_) => errs.push(
+                    FieldError::new("expires_in", "out_of_range", "must be between 1h and 30d")
+                        .with_value(e.clone()),
+                ),
+                None => errs.push(
+                    FieldError::new(
+                        "expires_in",
+                        "invalid_value",
+                        "must be a duration such as 7d",
+                    )
+                    .with_value(e.clone()),
+                ),
+            }
+        }
+        done(errs)
+    }
+}
+
+impl Validate for InvitationAccept {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if let Some(n) = &self.name {
+            check_name(&mut errs, "name", n);
+        }
+        if let Some(p) = &self.password {
+            crate::user::check_password(&mut errs, "password", p);
+        }
+        done(errs)
+    }
+}
+
+impl Validate for ServiceAccountCreate {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        check_name(&mut errs, "name", &self.name);
+        check_role(&mut errs, "role", &self.role, false);
+        for (i, s) in self.scope.iter().enumerate() {
+            if !valid_permission(s) {
+                errs.push(
+                    FieldError::new(
+                        format!("scope[{i}]"),
+                        "invalid_value",
+                        "must look like resource:action",
+                    )
+                    .with_value(s.clone()),
+                );
+            }
+        }
+        if let Some(e) = &self.expires_in {
+            match shellwego_core::units::parse_duration(e).map(|d| d.as_secs()) {
+                Some(s) if (3600..=90 * 86_400).contains(&s) => {}
+                Some(_) => errs.push(
+                    FieldError::new("expires_in", "out_of_range", "must be between 1h and 90d")
+                        .with_value(e.clone()),
+                ),
+                None => errs.push(
+                    FieldError::new(
+                        "expires_in",
+                        "invalid_value",
+                        "must be a duration such as 30d",
+                    )
+                    .with_value(e.clone()),
+                ),
+            }
+        }
+        done(errs)
+    }
+}
