@@ -441,3 +441,14 @@ impl Validate for ServiceAccountCreate {
         done(errs)
     }
 }
+
+/// The outcome of accepting an invitation. When the invitation created the
+/// user, `token` is a personal access token for them in the organization.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvitationAccepted {
+    pub organization_id: String,
+    pub user_id: String,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<crate::tokens::TokenCreated>,
+}

@@ -34,6 +34,10 @@ pub struct TokenCreateRequest {
     /// works for one request).
     #[serde(default, rename = "type")]
     pub token_type: Option<String>,
+    /// The organization the token acts in (one you belong to); default: the
+    /// organization of the token making this request.
+    #[serde(default)]
+    pub organization_id: Option<String>,
 }
 
 impl TokenCreateRequest {

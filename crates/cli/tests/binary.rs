@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
+const ADMIN_PASSWORD: &str = "binary-test-admin-password";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -76,6 +77,7 @@ fn start(dir: &Path) -> Server {
         .args(["server", "--config"])
         .arg(&config)
         .env("SHELLWEGO_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SHELLWEGO_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env_remove("SHELLWEGO_DATA_DIR")
         .env_remove("SHELLWEGO_DATABASE_URL")
         .stdout(Stdio::null())
@@ -227,4 +229,67 @@ fn a_bad_database_url_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--database-url"));
+}
+
+#[test]
+fn passwords_and_tokens_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path());
+    let admin = wait_for_file(&dir.path().join("data/admin-token"));
+    let post = |path: &str, token: Option<&str>, body: &str| {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        http(
+            srv.port,
+            &format!("POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+        )
+    };
+    // A password set through the API, a login with it, a wrong one, new tokens.
+    let password = "correct-horse-battery-staple";
+    let res = http(srv.port, &{
+        let body =
+            format!(r#"{{"password": {{"current_password": "x", "new_password": "{password}"}}}}"#);
+        format!("PATCH /v1/user HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    });
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    let res = post(
+        "/v1/auth/token",
+        None,
+        r#"{"email": "admin@localhost", "password": "wrong-secret-password"}"#,
+    );
+    assert!(res.starts_with("HTTP/1.1 401"), "{res}");
+    let res = post(
+        "/v1/auth/token",
+        None,
+        &format!(r#"{{"email": "admin@localhost", "password": "{ADMIN_PASSWORD}"}}"#),
+    );
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    let body = res.split("\r\n\r\n").nth(1).unwrap();
+    let login: serde_json::Value = serde_json::from_str(body).unwrap();
+    let login_token = login["token"].as_str().unwrap().to_string();
+    let res = post("/v1/user/tokens", Some(&admin), r#"{"name": "ci"}"#);
+    assert!(res.starts_with("HTTP/1.1 201"), "{res}");
+    let body = res.split("\r\n\r\n").nth(1).unwrap();
+    let created: serde_json::Value = serde_json::from_str(body).unwrap();
+    let new_token = created["token"].as_str().unwrap().to_string();
+    let res = post(
+        "/v1/organizations/x/invitations",
+        Some(&admin),
+        r#"{"email": "a@b.c", "role": "viewer"}"#,
+    );
+    assert!(res.starts_with("HTTP/1.1 404"), "{res}");
+    drop(srv);
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    for secret in [
+        admin.as_str(),
+        new_token.as_str(),
+        login_token.as_str(),
+        "wrong-secret-password",
+        password,
+        ADMIN_PASSWORD,
+    ] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+    assert!(log.contains("request completed"));
 }

@@ -52,8 +52,14 @@ pub struct RateLimitInfo {
 pub enum Error {
     #[error("{0}")]
     Unauthenticated(String),
+    /// The password was right but a second factor is needed (or was wrong).
+    #[error("{detail}")]
+    MfaRequired { detail: String, code: &'static str },
     #[error("{0}")]
     Forbidden(String),
+    /// The thing existed but is used up or expired (an invitation).
+    #[error("{0}")]
+    Gone(String),
     #[error("{kind} '{id}' was not found")]
     NotFound { kind: &'static str, id: String },
     #[error("{detail}")]

@@ -7,6 +7,7 @@ pub mod id;
 pub mod list;
 pub mod password;
 pub mod plan;
+pub mod rbac;
 pub mod time;
 pub mod token;
 pub mod units;

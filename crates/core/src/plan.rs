@@ -59,6 +59,17 @@ impl Plan {
         }
     }
 
+    /// (nodes, total memory bytes, total volume bytes) an organization may have.
+    pub fn resource_limits(self) -> (u32, u64, u64) {
+        const G: u64 = 1 << 30;
+        match self {
+            Plan::Free => (1, 2 * G, 10 * G),
+            Plan::Starter => (5, 64 * G, 500 * G),
+            Plan::Growth => (10, 1024 * G, 10 * 1024 * G),
+            Plan::Enterprise => (1000, 64 * 1024 * G, 1024 * 1024 * G),
+        }
+    }
+
     /// How many apps an organization on this plan may have.
     pub fn apps_limit(self) -> u32 {
         match self {

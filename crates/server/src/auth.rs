@@ -7,6 +7,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use shellwego_core::plan::Plan;
+use shellwego_core::rbac;
 use shellwego_core::time::now;
 use shellwego_core::token::{self, TokenKind};
 use shellwego_core::Error;
@@ -25,6 +26,14 @@ pub struct Principal {
     pub organization_id: String,
     pub plan: Plan,
     pub scope: Vec<String>,
+    /// The holder's role in `organization_id`.
+    pub role: String,
+    /// The membership's resource restrictions (empty: none).
+    pub member_resources: Vec<String>,
+    /// The token only sees these apps (empty: all).
+    pub restrict_to_apps: Vec<String>,
+    /// The organization enforces MFA and this user has none.
+    pub mfa_required: bool,
     pub ip: Option<IpAddr>,
 }
 
@@ -40,6 +49,42 @@ impl Principal {
                 ip,
             },
         }
+    }
+
+    /// The one authorization check: may the caller do `action` on
+    /// `resource` (optionally one resource `id`) in its organization?
+    /// Effective rights = token scope ∩ role rights ∩ membership
+    /// restrictions ∩ the token's app restriction. A specific resource the
+    /// caller may not see is "not found", not "forbidden".
+    pub fn authorize(&self, resource: &str, action: &str, id: Option<&str>) -> Result<(), Error> {
+        let perm = format!("{resource}:{action}");
+        if !rbac::role_allows(&self.role, resource, action) {
+            return Err(Error::Forbidden(format!(
+                "Your role '{}' does not allow {perm}.",
+                self.role
+            )));
+        }
+        if !rbac::scope_allows(&self.scope, resource, action) {
+            return Err(Error::Forbidden(format!(
+                "This token's scope does not include {perm}."
+            )));
+        }
+        if !rbac::restrictions_allow(&self.member_resources, resource, action, id) {
+            return Err(match id {
+                Some(i) => Error::not_found("resource", i),
+                None => Error::Forbidden(format!(
+                    "Your membership is restricted and does not include {perm}."
+                )),
+            });
+        }
+        if resource == "apps" && !self.restrict_to_apps.is_empty() {
+            if let Some(i) = id {
+                if !self.restrict_to_apps.iter().any(|a| a == i) {
+                    return Err(Error::not_found("app", i));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The user behind the token, or 403 for tokens that have none.
@@ -65,6 +110,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
                 "This endpoint needs a token: send 'Authorization: Bearer <token>'.".into(),
             ))
         })
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, ApiError> {
+        Ok(parts.extensions.get::<Principal>().cloned())
+    }
+}
+
+/// The client's IP (the TCP peer), when known.
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 
@@ -105,6 +174,10 @@ pub async fn authenticate(
         .authenticate(&token::hash(tok))
         .await?
         .ok_or_else(denied)?;
+    // Single-use tokens are used up by this request.
+    if found.token.kind == TokenKind::Temp && !store.consume_token(&found.token.id).await? {
+        return Err(denied());
+    }
     let t = found.token;
     // Remember when a token was last used, at most once a minute.
     let stale = t
@@ -125,6 +198,69 @@ pub async fn authenticate(
         organization_id: t.organization_id,
         plan: found.plan,
         scope: t.scope,
+        role: found.role,
+        member_resources: found.member_resources,
+        restrict_to_apps: t.restrict_to_apps,
+        mfa_required: found.mfa_required,
         ip,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(role: &str, scope: &[&str], resources: &[&str], apps: &[&str]) -> Principal {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect();
+        Principal {
+            token_id: "tok_x".into(),
+            token_kind: TokenKind::Pat,
+            user_id: Some("usr_x".into()),
+            organization_id: "org_x".into(),
+            plan: Plan::Free,
+            scope: v(scope),
+            role: role.into(),
+            member_resources: v(resources),
+            restrict_to_apps: v(apps),
+            mfa_required: false,
+            ip: None,
+        }
+    }
+
+    #[test]
+    fn effective_rights_are_the_intersection() {
+        // Role.
+        assert!(principal("developer", &[], &[], &[])
+            .authorize("apps", "write", None)
+            .is_ok());
+        assert!(matches!(
+            principal("viewer", &[], &[], &[]).authorize("apps", "write", None),
+            Err(Error::Forbidden(_))
+        ));
+        // Scope.
+        let p = principal("owner", &["apps:read"], &[], &[]);
+        assert!(p.authorize("apps", "read", Some("app_a")).is_ok());
+        assert!(matches!(
+            p.authorize("apps", "write", Some("app_a")),
+            Err(Error::Forbidden(_))
+        ));
+        // Membership restrictions: other apps are not found; other kinds forbidden.
+        let p = principal("developer", &[], &["app:app_a"], &[]);
+        assert!(p.authorize("apps", "write", Some("app_a")).is_ok());
+        assert!(matches!(
+            p.authorize("apps", "read", Some("app_b")),
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            p.authorize("volumes", "read", None),
+            Err(Error::Forbidden(_))
+        ));
+        // A token restricted to apps: every other app is not found.
+        let p = principal("owner", &[], &[], &["app_a"]);
+        assert!(p.authorize("apps", "read", Some("app_a")).is_ok());
+        assert!(matches!(
+            p.authorize("apps", "read", Some("app_b")),
+            Err(Error::NotFound { .. })
+        ));
+    }
 }

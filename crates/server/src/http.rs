@@ -175,6 +175,14 @@ async fn v1_gate(State(state): State<AppState>, mut req: Request, next: Next) ->
     let mut res = match (decision.refused.clone(), auth) {
         (Some(info), _) => ApiError(Error::RateLimited(info)).into_response(),
         (None, Err(e)) => ApiError(e).into_response(),
+        // An organization that enforces MFA lets members without it do
+        // one thing: enroll.
+        (None, Ok(Some(p))) if p.mfa_required && !req.uri().path().starts_with("/v1/user/mfa") => {
+            ApiError(Error::Forbidden(
+                "Your organization requires multi-factor authentication: enroll at POST /v1/user/mfa, then confirm it.".into(),
+            ))
+            .into_response()
+        }
         (None, Ok(principal)) => {
             if let Some(p) = principal {
                 req.extensions_mut().insert(p);

@@ -11,6 +11,7 @@ pub mod docs;
 pub mod extract;
 pub mod http;
 pub mod metrics;
+pub mod mfa;
 pub mod openapi;
 pub mod problem;
 pub mod ratelimit;

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::routes::{events, health, nodes, tokens, user};
+use crate::routes::{auth, events, health, nodes, orgs, tokens, user};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -24,7 +24,9 @@ Every /v1 response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-R
     modifiers(&BearerAuth),
     components(schemas(shellwego_api::problem::Problem, shellwego_api::Pagination)),
     tags(
-        (name = "users", description = "The calling user and their tokens"),
+        (name = "auth", description = "Logging in and revoking tokens"),
+        (name = "users", description = "The calling user, their tokens and MFA"),
+        (name = "organizations", description = "Organizations, members, invitations, service accounts"),
         (name = "events", description = "The audit trail"),
         (name = "nodes", description = "Machines that run apps"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
@@ -53,9 +55,27 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
         .routes(routes!(crate::docs::openapi_get))
         .routes(routes!(crate::docs::docs_get))
-        .routes(routes!(user::user_get))
+        .routes(routes!(auth::auth_token_create))
+        .routes(routes!(auth::auth_token_delete))
+        .routes(routes!(user::user_get, user::user_update))
+        .routes(routes!(user::mfa_enroll))
+        .routes(routes!(user::mfa_confirm))
+        .routes(routes!(user::mfa_disable))
         .routes(routes!(tokens::token_create, tokens::token_list))
         .routes(routes!(tokens::token_delete))
+        .routes(routes!(tokens::token_rotate))
+        .routes(routes!(orgs::org_create, orgs::org_list))
+        .routes(routes!(orgs::org_get, orgs::org_update))
+        .routes(routes!(orgs::member_list))
+        .routes(routes!(orgs::member_update, orgs::member_delete))
+        .routes(routes!(orgs::invitation_create, orgs::invitation_list))
+        .routes(routes!(orgs::invitation_delete))
+        .routes(routes!(orgs::invitation_accept))
+        .routes(routes!(
+            orgs::service_account_create,
+            orgs::service_account_list
+        ))
+        .routes(routes!(orgs::service_account_delete))
         .routes(routes!(events::event_list))
         .routes(routes!(nodes::node_list))
         .routes(routes!(nodes::node_get))

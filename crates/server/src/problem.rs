@@ -119,6 +119,17 @@ pub fn spec_for(e: Error) -> ProblemSpec {
             "Authentication Required",
             d,
         ),
+        Error::MfaRequired { detail, code } => {
+            let mut p = ProblemSpec::new(
+                S::UNAUTHORIZED,
+                "authentication-required",
+                "Authentication Required",
+                detail.clone(),
+            );
+            p.errors = vec![FieldError::new("mfa_code", code, detail)];
+            p
+        }
+        Error::Gone(d) => ProblemSpec::new(S::GONE, "gone", "Gone", d),
         Error::Forbidden(d) => ProblemSpec::new(
             S::FORBIDDEN,
             "insufficient-permissions",

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub admin_password: Option<String>,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_timeout: Duration,
+    /// Base64 master key (`SHELLWEGO_MASTER_KEY`); `None`: `<data-dir>/master.key`.
+    pub master_key: Option<String>,
 }
 
 impl ServerConfig {
@@ -38,6 +40,7 @@ impl ServerConfig {
             database_url: None,
             admin_password: None,
             shutdown_timeout: Duration::from_secs(30),
+            master_key: None,
         }
     }
 
@@ -79,7 +82,7 @@ impl Started {
 }
 
 /// Write `token` to `path` readable by the owner only, atomically.
-fn write_secret_file(path: &Path, token: &str) -> Result<(), Error> {
+pub(crate) fn write_secret_file(path: &Path, token: &str) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
     // A fresh file every time, so that its mode is ours even if an old
@@ -139,7 +142,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         );
     }
 
-    let state = AppState::new(store.clone());
+    let key = crate::mfa::Key::load_or_create(&config.data_dir, config.master_key.as_deref())
+        .map_err(|e| anyhow::anyhow!("master key: {e}"))?;
+    let state = AppState::new(store.clone(), key);
     let app = crate::http::app(state.clone());
     tracing::info!(%addr, "listening");
 

@@ -14,15 +14,18 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// The OpenAPI document, rendered once.
     pub openapi_json: Arc<String>,
+    /// The master key (encrypts TOTP secrets at rest).
+    pub key: Arc<crate::mfa::Key>,
 }
 
 impl AppState {
-    pub fn new(store: Store) -> AppState {
+    pub fn new(store: Store, key: crate::mfa::Key) -> AppState {
         AppState {
             store,
             metrics: Arc::new(Metrics::new()),
             limits: Arc::new(RateLimits::new()),
             openapi_json: Arc::new(crate::openapi::document_json()),
+            key: Arc::new(key),
         }
     }
 }

@@ -76,6 +76,7 @@ impl Store {
                 kind: TokenKind::Pat,
                 name: "bootstrap admin token",
                 user_id: Some(&user.id),
+                service_account_id: None,
                 organization_id: &org.id,
                 scope: &[],
                 restrict_to_apps: &[],

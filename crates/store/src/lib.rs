@@ -5,10 +5,13 @@
 
 pub mod bootstrap;
 pub mod events;
+pub mod invitations;
 pub mod list;
+pub mod logins;
 pub mod nodes;
 pub mod orgs;
 pub mod scratch;
+pub mod service_accounts;
 pub mod tokens;
 pub mod users;
 
@@ -203,6 +206,6 @@ pub(crate) fn json_col<T: serde::de::DeserializeOwned + Default>(
     Ok(serde_json::from_str(&s).unwrap_or_default())
 }
 
-pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }

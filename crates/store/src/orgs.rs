@@ -23,15 +23,7 @@ pub struct Organization {
 const COLUMNS: &str = "o.id, o.name, o.slug, o.plan, o.settings, o.billing, o.created_at";
 
 fn from_row(row: &AnyRow) -> Result<Organization, Error> {
-    Ok(Organization {
-        id: row.try_get("id").map_err(db_err)?,
-        name: row.try_get("name").map_err(db_err)?,
-        slug: row.try_get("slug").map_err(db_err)?,
-        plan: Plan::parse(&row.try_get::<String, _>("plan").map_err(db_err)?),
-        settings: json_col(row, "settings")?,
-        billing: json_col(row, "billing")?,
-        created_at: from_micros(row.try_get("created_at").map_err(db_err)?),
-    })
+    org_from_row(row)
 }
 
 pub async fn create(
@@ -107,5 +99,225 @@ impl Store {
         .await
         .map_err(db_err)?;
         row.as_ref().map(from_row).transpose()
+    }
+}
+
+/// Organizations a user belongs to, as a list resource (scope: `m.user_id`).
+pub static ORGANIZATIONS: crate::list::Resource = crate::list::Resource {
+    name: "organizations",
+    from: "(SELECT o.id, o.name, o.slug, o.plan, o.settings, o.billing, o.created_at, m.user_id AS member_id, m.role
+            FROM organizations o JOIN memberships m ON m.organization_id = o.id) t",
+    columns: "t.id, t.name, t.slug, t.plan, t.settings, t.billing, t.created_at, t.role",
+    fields: &[
+        crate::list::Field::new("name", "t.name", crate::list::Kind::Text),
+        crate::list::Field::new("slug", "t.slug", crate::list::Kind::Text),
+        crate::list::Field::new("plan", "t.plan", crate::list::Kind::Text).one_of(&["free", "starter", "growth", "enterprise"]),
+        crate::list::Field::new("role", "t.role", crate::list::Kind::Text),
+        crate::list::Field::new("created_at", "t.created_at", crate::list::Kind::Time),
+    ],
+    search: &["t.name", "t.slug"],
+    labels: None,
+    default_sort: &[("created_at", shellwego_core::list::Dir::Desc)],
+};
+
+pub fn org_from_row(row: &AnyRow) -> Result<Organization, Error> {
+    Ok(Organization {
+        id: row.try_get("id").map_err(db_err)?,
+        name: row.try_get("name").map_err(db_err)?,
+        slug: row.try_get("slug").map_err(db_err)?,
+        plan: Plan::parse(&row.try_get::<String, _>("plan").map_err(db_err)?),
+        settings: json_col(row, "settings")?,
+        billing: json_col(row, "billing")?,
+        created_at: from_micros(row.try_get("created_at").map_err(db_err)?),
+    })
+}
+
+/// Change name, billing and settings (None leaves a field alone).
+pub async fn update(
+    tx: &mut Tx,
+    org_id: &str,
+    name: Option<&str>,
+    billing: Option<&Value>,
+    settings: Option<&Value>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE organizations SET name = COALESCE($1, name), billing = COALESCE($2, billing), settings = COALESCE($3, settings), updated_at = $4 WHERE id = $5",
+    )
+    .bind(name)
+    .bind(billing.map(crate::to_json))
+    .bind(settings.map(crate::to_json))
+    .bind(to_micros(now()))
+    .bind(org_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// A member of an organization, with the user's profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub resources: Vec<String>,
+    pub mfa_enabled: bool,
+    pub joined_at: Timestamp,
+}
+
+pub static MEMBERS: crate::list::Resource = crate::list::Resource {
+    name: "members",
+    from: "(SELECT m.organization_id, m.user_id AS id, m.role, m.resources, m.created_at, u.email, u.name, u.mfa_enabled
+            FROM memberships m JOIN users u ON u.id = m.user_id) t",
+    columns: "t.id, t.role, t.resources, t.created_at, t.email, t.name, t.mfa_enabled",
+    fields: &[
+        crate::list::Field::new("role", "t.role", crate::list::Kind::Text),
+        crate::list::Field::new("email", "t.email", crate::list::Kind::Text),
+        crate::list::Field::new("name", "t.name", crate::list::Kind::Text),
+        crate::list::Field::new("created_at", "t.created_at", crate::list::Kind::Time),
+        crate::list::Field::new("joined_at", "t.created_at", crate::list::Kind::Time),
+    ],
+    search: &["t.email", "t.name"],
+    labels: None,
+    default_sort: &[("created_at", shellwego_core::list::Dir::Asc)],
+};
+
+pub fn member_from_row(row: &AnyRow) -> Result<Member, Error> {
+    Ok(Member {
+        user_id: row.try_get("id").map_err(db_err)?,
+        email: row.try_get("email").map_err(db_err)?,
+        name: row.try_get("name").map_err(db_err)?,
+        role: row.try_get("role").map_err(db_err)?,
+        resources: json_col(row, "resources")?,
+        mfa_enabled: row.try_get::<i64, _>("mfa_enabled").map_err(db_err)? != 0,
+        joined_at: from_micros(row.try_get("created_at").map_err(db_err)?),
+    })
+}
+
+/// The role of `user_id` in `org_id`, inside a transaction.
+pub async fn member_role(
+    tx: &mut Tx,
+    org_id: &str,
+    user_id: &str,
+) -> Result<Option<String>, Error> {
+    let row =
+        sqlx::query("SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2")
+            .bind(org_id)
+            .bind(user_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_err)?;
+    row.map(|r| r.try_get::<String, _>("role").map_err(db_err))
+        .transpose()
+}
+
+pub async fn count_owners(tx: &mut Tx, org_id: &str) -> Result<i64, Error> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM memberships WHERE organization_id = $1 AND role = 'owner'",
+    )
+    .bind(org_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    row.try_get::<i64, _>("n").map_err(db_err)
+}
+
+pub async fn update_member(
+    tx: &mut Tx,
+    org_id: &str,
+    user_id: &str,
+    role: Option<&str>,
+    resources: Option<&[String]>,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE memberships SET role = COALESCE($1, role), resources = COALESCE($2, resources) WHERE organization_id = $3 AND user_id = $4")
+        .bind(role)
+        .bind(resources.map(crate::to_json))
+        .bind(org_id)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub async fn remove_member(tx: &mut Tx, org_id: &str, user_id: &str) -> Result<(), Error> {
+    sqlx::query("DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2")
+        .bind(org_id)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    // Their tokens for this organization stop working with the membership
+    // (authentication checks it); revoke them too, for the record.
+    sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE organization_id = $2 AND user_id = $3 AND revoked_at IS NULL")
+        .bind(to_micros(now()))
+        .bind(org_id)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub async fn add_member_with(
+    tx: &mut Tx,
+    org_id: &str,
+    user_id: &str,
+    role: &str,
+    resources: &[String],
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO memberships (organization_id, user_id, role, resources, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(org_id)
+        .bind(user_id)
+        .bind(role)
+        .bind(crate::to_json(&resources))
+        .bind(to_micros(now()))
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| match db_err(e) {
+            Error::Conflict(_) => Error::Conflict("the user is already a member of this organization".into()),
+            other => other,
+        })?;
+    Ok(())
+}
+
+impl Store {
+    /// A membership's resource restrictions.
+    pub async fn member_resources(
+        &self,
+        org_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<String>, Error> {
+        let row = sqlx::query(
+            "SELECT resources FROM memberships WHERE organization_id = $1 AND user_id = $2",
+        )
+        .bind(org_id)
+        .bind(user_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err)?;
+        match row {
+            Some(r) => json_col(&r, "resources"),
+            None => Ok(vec![]),
+        }
+    }
+
+    /// Rows counted for an organization's usage.
+    pub async fn org_usage(&self, org_id: &str) -> Result<(i64, i64, i64), Error> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM nodes WHERE organization_id = $1) AS nodes,
+                    (SELECT COUNT(*) FROM memberships WHERE organization_id = $1) AS members,
+                    (SELECT CAST(COALESCE(SUM(memory_total - memory_available), 0) AS BIGINT) FROM nodes WHERE organization_id = $1) AS memory",
+        )
+        .bind(org_id)
+        .fetch_one(self.pool())
+        .await
+        .map_err(db_err)?;
+        Ok((
+            row.try_get("nodes").map_err(db_err)?,
+            row.try_get("members").map_err(db_err)?,
+            row.try_get("memory").map_err(db_err)?,
+        ))
     }
 }

@@ -18,6 +18,7 @@ pub struct Token {
     pub name: String,
     pub hint: String,
     pub user_id: Option<String>,
+    pub service_account_id: Option<String>,
     pub organization_id: String,
     pub scope: Vec<String>,
     pub restrict_to_apps: Vec<String>,
@@ -28,17 +29,25 @@ pub struct Token {
     pub last_used_ip: Option<String>,
 }
 
-/// What authenticating a token yields: the token and its organization's plan.
+/// What authenticating a token yields: the token, its organization's plan
+/// and settings, and the rights of whoever holds it there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Authenticated {
     pub token: Token,
     pub plan: Plan,
+    /// The holder's role in the token's organization (member or service account).
+    pub role: String,
+    /// The membership's resource restrictions (empty: none).
+    pub member_resources: Vec<String>,
+    /// The organization requires MFA and the token's user has none.
+    pub mfa_required: bool,
 }
 
 pub struct NewTokenSpec<'a> {
     pub kind: TokenKind,
     pub name: &'a str,
     pub user_id: Option<&'a str>,
+    pub service_account_id: Option<&'a str>,
     pub organization_id: &'a str,
     pub scope: &'a [String],
     pub restrict_to_apps: &'a [String],
@@ -46,7 +55,7 @@ pub struct NewTokenSpec<'a> {
 }
 
 const COLUMNS: &str =
-    "t.id, t.kind, t.name, t.hint, t.user_id, t.organization_id, t.scope, t.restrict_to_apps, t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.last_used_ip";
+    "t.id, t.kind, t.name, t.hint, t.user_id, t.service_account_id, t.organization_id, t.scope, t.restrict_to_apps, t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.last_used_ip";
 
 pub fn from_row(row: &AnyRow) -> Result<Token, Error> {
     let opt_time = |c: &str| -> Result<Option<Timestamp>, Error> {
@@ -63,6 +72,7 @@ pub fn from_row(row: &AnyRow) -> Result<Token, Error> {
         name: row.try_get("name").map_err(db_err)?,
         hint: row.try_get("hint").map_err(db_err)?,
         user_id: row.try_get("user_id").map_err(db_err)?,
+        service_account_id: row.try_get("service_account_id").map_err(db_err)?,
         organization_id: row.try_get("organization_id").map_err(db_err)?,
         scope: json_col(row, "scope")?,
         restrict_to_apps: json_col(row, "restrict_to_apps")?,
@@ -82,8 +92,8 @@ pub async fn create(tx: &mut Tx, spec: NewTokenSpec<'_>) -> Result<(Token, Strin
     let created = from_micros(to_micros(now()));
     let expires = spec.expires_at.map(|t| from_micros(to_micros(t)));
     sqlx::query(
-        "INSERT INTO tokens (id, kind, token_hash, hint, name, user_id, organization_id, scope, restrict_to_apps, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "INSERT INTO tokens (id, kind, token_hash, hint, name, user_id, organization_id, scope, restrict_to_apps, created_at, expires_at, service_account_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(&id)
     .bind(spec.kind.as_str())
@@ -96,6 +106,7 @@ pub async fn create(tx: &mut Tx, spec: NewTokenSpec<'_>) -> Result<(Token, Strin
     .bind(to_json(&spec.restrict_to_apps))
     .bind(to_micros(created))
     .bind(expires.map(to_micros))
+    .bind(spec.service_account_id)
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
@@ -105,6 +116,7 @@ pub async fn create(tx: &mut Tx, spec: NewTokenSpec<'_>) -> Result<(Token, Strin
         name: spec.name.into(),
         hint,
         user_id: spec.user_id.map(Into::into),
+        service_account_id: spec.service_account_id.map(Into::into),
         organization_id: spec.organization_id.into(),
         scope: spec.scope.to_vec(),
         restrict_to_apps: spec.restrict_to_apps.to_vec(),
@@ -163,10 +175,15 @@ impl Store {
     /// not found.
     pub async fn authenticate(&self, hash: &str) -> Result<Option<Authenticated>, Error> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS}, o.plan FROM tokens t JOIN organizations o ON o.id = t.organization_id
+            "SELECT {COLUMNS}, o.plan, o.settings AS org_settings, COALESCE(m.role, sa.role) AS holder_role,
+                    COALESCE(m.resources, '[]') AS member_resources, COALESCE(u.mfa_enabled, 1) AS user_mfa
+             FROM tokens t
+             JOIN organizations o ON o.id = t.organization_id
+             LEFT JOIN memberships m ON m.organization_id = t.organization_id AND m.user_id = t.user_id
+             LEFT JOIN service_accounts sa ON sa.id = t.service_account_id AND sa.organization_id = t.organization_id AND sa.deleted_at IS NULL
+             LEFT JOIN users u ON u.id = t.user_id
              WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)
-               AND (t.user_id IS NULL OR EXISTS (
-                    SELECT 1 FROM memberships m WHERE m.organization_id = t.organization_id AND m.user_id = t.user_id))"
+               AND (m.user_id IS NOT NULL OR sa.id IS NOT NULL)"
         ))
         .bind(hash)
         .bind(to_micros(now()))
@@ -174,10 +191,41 @@ impl Store {
         .await
         .map_err(db_err)?;
         let Some(row) = row else { return Ok(None) };
+        let settings: serde_json::Value = json_col(&row, "org_settings")?;
+        let enforce = settings
+            .get("enforce_mfa")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let user_mfa = row.try_get::<i64, _>("user_mfa").map_err(db_err)? != 0;
         Ok(Some(Authenticated {
             token: from_row(&row)?,
             plan: Plan::parse(&row.try_get::<String, _>("plan").map_err(db_err)?),
+            role: row.try_get("holder_role").map_err(db_err)?,
+            member_resources: json_col(&row, "member_resources")?,
+            mfa_required: enforce && !user_mfa,
         }))
+    }
+
+    /// Use up a single-use token. False when it was used already.
+    pub async fn consume_token(&self, token_id: &str) -> Result<bool, Error> {
+        let r =
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(to_micros(now()))
+                .bind(token_id)
+                .execute(self.pool())
+                .await
+                .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// A token by id, if it belongs to one of `org_ids`.
+    pub async fn token(&self, token_id: &str) -> Result<Option<Token>, Error> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens t WHERE t.id = $1"))
+            .bind(token_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(from_row).transpose()
     }
 
     /// Record that a token was used (callers throttle this).
@@ -191,4 +239,50 @@ impl Store {
             .map_err(db_err)?;
         Ok(())
     }
+}
+
+/// Revoke any token by id (authorization is the caller's job).
+pub async fn revoke_any(tx: &mut Tx, token_id: &str) -> Result<bool, Error> {
+    let r = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        .bind(to_micros(now()))
+        .bind(token_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Give a token a new secret; the old one stops working. Returns the secret.
+pub async fn rotate(
+    tx: &mut Tx,
+    token_id: &str,
+    kind: TokenKind,
+) -> Result<(String, String), Error> {
+    let NewToken { secret, hash, hint } = token::generate(kind);
+    let r = sqlx::query(
+        "UPDATE tokens SET token_hash = $1, hint = $2 WHERE id = $3 AND revoked_at IS NULL",
+    )
+    .bind(&hash)
+    .bind(&hint)
+    .bind(token_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    if r.rows_affected() == 0 {
+        return Err(Error::not_found("token", token_id));
+    }
+    Ok((secret, hint))
+}
+
+/// Revoke a user's session tokens except `keep` (after a password change).
+pub async fn revoke_sessions(tx: &mut Tx, user_id: &str, keep: &str) -> Result<u64, Error> {
+    let r = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND kind = $3 AND id <> $4 AND revoked_at IS NULL")
+        .bind(to_micros(now()))
+        .bind(user_id)
+        .bind(TokenKind::Session.as_str())
+        .bind(keep)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(r.rows_affected())
 }

@@ -1,8 +1,10 @@
 //! Handlers, one module per resource, named `<resource>_<verb>`.
 
+pub mod auth;
 pub mod events;
 pub mod health;
 pub mod nodes;
+pub mod orgs;
 pub mod tokens;
 pub mod user;
 

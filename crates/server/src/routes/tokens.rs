@@ -43,6 +43,11 @@ pub async fn token_create(
     JsonBody(req): JsonBody<TokenCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     let (t, secret) = service::token_create(&st.store, &p, &req).await?;
+    Ok((StatusCode::CREATED, Json(created(t, secret))))
+}
+
+/// The one-time view of a new (or rotated) token.
+pub(crate) fn created(t: Token, secret: String) -> TokenCreated {
     let resources = if t.restrict_to_apps.is_empty() {
         vec!["*".to_string()]
     } else {
@@ -61,19 +66,29 @@ pub async fn token_create(
     if t.scope.is_empty() {
         actions = vec!["*".into()];
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenCreated {
-            id: t.id,
-            name: t.name,
-            token: secret,
-            token_type: t.kind.as_str().into(),
-            expires_at: t.expires_at.map(rfc3339),
-            scope: t.scope,
-            restrict_to_apps: t.restrict_to_apps,
-            permissions: TokenPermissions { resources, actions },
-        }),
-    ))
+    TokenCreated {
+        id: t.id,
+        name: t.name,
+        token: secret,
+        token_type: t.kind.as_str().into(),
+        expires_at: t.expires_at.map(rfc3339),
+        scope: t.scope,
+        restrict_to_apps: t.restrict_to_apps,
+        permissions: TokenPermissions { resources, actions },
+    }
+}
+
+/// Rotate a personal access token: a new secret, the old one stops working.
+#[utoipa::path(post, path = "/v1/user/tokens/{token_id}/rotate", tag = "users", security(("bearer" = [])),
+    params(("token_id" = String, Path, description = "Token id (tok_…)")),
+    responses((status = 200, body = TokenCreated), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn token_rotate(
+    State(st): State<AppState>,
+    p: Principal,
+    PathParam(id): PathParam,
+) -> ApiResult<Json<TokenCreated>> {
+    let (t, secret) = crate::service::identity::token_rotate(&st.store, &p, &id).await?;
+    Ok(Json(created(t, secret)))
 }
 
 /// List the calling user's API tokens.

@@ -1,8 +1,14 @@
 //! The calling user.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
-use shellwego_api::user::{ApiQuotas, CurrentUser, UserOrganization};
+use shellwego_api::mfa::{MfaCode, MfaConfirmed, MfaEnrollment};
+use shellwego_api::problem::Problem;
+use shellwego_api::user::{ApiQuotas, CurrentUser, UserOrganization, UserUpdate};
+
+use crate::extract::JsonBody;
+use crate::service::identity;
 
 use crate::auth::Principal;
 use crate::problem::ApiResult;
@@ -36,4 +42,66 @@ pub async fn user_get(State(st): State<AppState>, p: Principal) -> ApiResult<Jso
             apps_limit: plan.apps_limit(),
         },
     }))
+}
+
+/// Update the current user: name, avatar_url, password (needs the current
+/// one; ends your other sessions).
+#[utoipa::path(patch, path = "/v1/user", tag = "users", security(("bearer" = [])), request_body = UserUpdate, responses(
+    (status = 200, body = CurrentUser),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn user_update(
+    State(st): State<AppState>,
+    p: Principal,
+    JsonBody(req): JsonBody<UserUpdate>,
+) -> ApiResult<Json<CurrentUser>> {
+    identity::user_update(&st.store, &p, &req).await?;
+    user_get(State(st), p).await
+}
+
+/// Start MFA enrollment: a TOTP secret for an authenticator app.
+#[utoipa::path(post, path = "/v1/user/mfa", tag = "users", security(("bearer" = [])), responses(
+    (status = 200, body = MfaEnrollment),
+    (status = 409, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn mfa_enroll(
+    State(st): State<AppState>,
+    p: Principal,
+) -> ApiResult<Json<MfaEnrollment>> {
+    let (secret, otpauth_uri) = identity::mfa_enroll(&st.store, &st.key, &p).await?;
+    Ok(Json(MfaEnrollment {
+        secret,
+        otpauth_uri,
+    }))
+}
+
+/// Confirm MFA enrollment with a code; returns 10 one-time recovery codes.
+#[utoipa::path(post, path = "/v1/user/mfa/confirm", tag = "users", security(("bearer" = [])), request_body = MfaCode, responses(
+    (status = 200, body = MfaConfirmed),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn mfa_confirm(
+    State(st): State<AppState>,
+    p: Principal,
+    JsonBody(req): JsonBody<MfaCode>,
+) -> ApiResult<Json<MfaConfirmed>> {
+    let recovery_codes = identity::mfa_confirm(&st.store, &st.key, &p, &req.code).await?;
+    Ok(Json(MfaConfirmed {
+        mfa_enabled: true,
+        recovery_codes,
+    }))
+}
+
+/// Turn MFA off, with a current code or a recovery code.
+#[utoipa::path(post, path = "/v1/user/mfa/disable", tag = "users", security(("bearer" = [])), request_body = MfaCode, responses(
+    (status = 204, description = "MFA is off"),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn mfa_disable(
+    State(st): State<AppState>,
+    p: Principal,
+    JsonBody(req): JsonBody<MfaCode>,
+) -> ApiResult<StatusCode> {
+    identity::mfa_disable(&st.store, &st.key, &p, &req.code).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -174,6 +174,7 @@ impl Srv {
                 kind: TokenKind::Pat,
                 name: "test",
                 user_id: Some(&user.id),
+                service_account_id: None,
                 organization_id: &org.id,
                 scope: &[],
                 restrict_to_apps: &[],

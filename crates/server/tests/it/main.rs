@@ -8,6 +8,7 @@ mod kit;
 
 mod auth;
 mod errors;
+mod identity;
 mod lists;
 mod openapi;
 mod ops;

@@ -6,101 +6,297 @@ use serde_json::{json, Value};
 use shellwego_core::plan::Plan;
 
 use crate::both_backends;
-use crate::kit::{problem, NodeSpec, Srv};
+use crate::kit::{NodeSpec, Srv};
 
 async fn strangers_see_nothing_of_another_organization(s: Srv) {
-    let owner_org = s.admin_org().await;
-    let node = s
-        .insert_node(NodeSpec::new(&owner_org, "owners-node"))
-        .await;
+    let org = s.admin_org().await;
+    let node = s.insert_node(NodeSpec::new(&org, "owners-node")).await;
     let (_, list) = s.get("/v1/user/tokens").await;
-    let owner_token_id = list["data"][0]["id"].as_str().unwrap().to_string();
-    let (_, _, stranger) = s.org_with_user(Plan::Free, "stranger@example.com").await;
+    let tok = list["data"][0]["id"].as_str().unwrap().to_string();
+    let admin = s.get("/v1/user").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let inv = s
+        .call(
+            Method::POST,
+            &format!("/v1/organizations/{org}/invitations"),
+            Some(&s.token),
+            Some(json!({"email": "i@example.com", "role": "viewer"})),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sa = s
+        .call(
+            Method::POST,
+            &format!("/v1/organizations/{org}/service-accounts"),
+            Some(&s.token),
+            Some(json!({"name": "ci", "role": "viewer"})),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Starter: its burst (50) covers the whole table.
+    let (_, _, stranger) = s.org_with_user(Plan::Starter, "stranger@example.com").await;
+    let secrets = [
+        org.as_str(),
+        node.as_str(),
+        tok.as_str(),
+        admin.as_str(),
+        inv.as_str(),
+        sa.as_str(),
+        "admin@localhost",
+    ];
 
-    // One case per documented /v1 route; a new route without a case fails here.
-    let mut covered = vec![];
-    let cases: Vec<(Method, &str, String, Option<Value>)> = vec![
-        (Method::GET, "/v1/user", "/v1/user".into(), None),
+    // (method, route template, concrete path, body, expected status)
+    let o = &org;
+    let cases: Vec<(Method, &str, String, Option<Value>, u16)> = vec![
+        (
+            Method::POST,
+            "/v1/auth/token",
+            "/v1/auth/token".into(),
+            Some(json!({"email": "admin@localhost", "password": "guess-guess"})),
+            401,
+        ),
+        (
+            Method::DELETE,
+            "/v1/auth/token/{token_id}",
+            format!("/v1/auth/token/{tok}"),
+            None,
+            404,
+        ),
+        (Method::GET, "/v1/user", "/v1/user".into(), None, 200),
+        (
+            Method::PATCH,
+            "/v1/user",
+            "/v1/user".into(),
+            Some(json!({"name": "Mallory"})),
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/user/mfa",
+            "/v1/user/mfa".into(),
+            None,
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/user/mfa/confirm",
+            "/v1/user/mfa/confirm".into(),
+            Some(json!({"code": "000000"})),
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/user/mfa/disable",
+            "/v1/user/mfa/disable".into(),
+            Some(json!({"code": "000000"})),
+            409,
+        ),
         (
             Method::GET,
             "/v1/user/tokens",
             "/v1/user/tokens".into(),
             None,
+            200,
         ),
         (
             Method::POST,
             "/v1/user/tokens",
             "/v1/user/tokens".into(),
             Some(json!({"name": "mine"})),
+            201,
+        ),
+        (
+            Method::POST,
+            "/v1/user/tokens",
+            "/v1/user/tokens".into(),
+            Some(json!({"name": "theirs", "organization_id": o})),
+            404,
         ),
         (
             Method::DELETE,
             "/v1/user/tokens/{token_id}",
-            format!("/v1/user/tokens/{owner_token_id}"),
+            format!("/v1/user/tokens/{tok}"),
             None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/user/tokens/{token_id}/rotate",
+            format!("/v1/user/tokens/{tok}/rotate"),
+            None,
+            404,
         ),
         (
             Method::GET,
             "/v1/events",
-            format!("/v1/events?filter[organization_id]={owner_org}"),
+            format!("/v1/events?filter[organization_id]={o}"),
             None,
+            200,
         ),
-        (Method::GET, "/v1/nodes", "/v1/nodes".into(), None),
+        (Method::GET, "/v1/nodes", "/v1/nodes".into(), None, 200),
         (
             Method::GET,
             "/v1/nodes/{node_id}",
             format!("/v1/nodes/{node}"),
             None,
+            404,
         ),
         (
             Method::GET,
             "/v1/openapi.json",
             "/v1/openapi.json".into(),
             None,
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/organizations",
+            "/v1/organizations".into(),
+            Some(json!({"name": "Strangers Inc"})),
+            201,
+        ),
+        (
+            Method::GET,
+            "/v1/organizations",
+            "/v1/organizations".into(),
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/organizations/{org_id}",
+            format!("/v1/organizations/{o}"),
+            None,
+            404,
+        ),
+        (
+            Method::PATCH,
+            "/v1/organizations/{org_id}",
+            format!("/v1/organizations/{o}"),
+            Some(json!({"name": "pwned"})),
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/organizations/{org_id}/members",
+            format!("/v1/organizations/{o}/members"),
+            None,
+            404,
+        ),
+        (
+            Method::PATCH,
+            "/v1/organizations/{org_id}/members/{user_id}",
+            format!("/v1/organizations/{o}/members/{admin}"),
+            Some(json!({"role": "viewer"})),
+            404,
+        ),
+        (
+            Method::DELETE,
+            "/v1/organizations/{org_id}/members/{user_id}",
+            format!("/v1/organizations/{o}/members/{admin}"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/organizations/{org_id}/invitations",
+            format!("/v1/organizations/{o}/invitations"),
+            Some(json!({"email": "m@example.com", "role": "admin"})),
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/organizations/{org_id}/invitations",
+            format!("/v1/organizations/{o}/invitations"),
+            None,
+            404,
+        ),
+        (
+            Method::DELETE,
+            "/v1/organizations/{org_id}/invitations/{invitation_id}",
+            format!("/v1/organizations/{o}/invitations/{inv}"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/invitations/{token}/accept",
+            "/v1/invitations/inv_guessed/accept".into(),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/organizations/{org_id}/service-accounts",
+            format!("/v1/organizations/{o}/service-accounts"),
+            Some(json!({"name": "x", "role": "admin"})),
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/organizations/{org_id}/service-accounts",
+            format!("/v1/organizations/{o}/service-accounts"),
+            None,
+            404,
+        ),
+        (
+            Method::DELETE,
+            "/v1/organizations/{org_id}/service-accounts/{service_account_id}",
+            format!("/v1/organizations/{o}/service-accounts/{sa}"),
+            None,
+            404,
         ),
     ];
-    for (method, template, path, body) in cases {
+    let mut covered = vec![];
+    for (method, template, path, body, want) in cases {
         covered.push((method.clone(), template.to_string()));
+        let asked = format!(
+            "{path} {}",
+            body.as_ref().map(Value::to_string).unwrap_or_default()
+        );
         let r = s.call(method.clone(), &path, Some(&stranger), body).await;
         let status = r.status().as_u16();
-        match (method.as_str(), template) {
-            ("GET", "/v1/user") => {
-                let u: Value = r.json().await.unwrap();
-                assert_eq!(u["email"], "stranger@example.com");
-                assert!(!u.to_string().contains(&owner_org));
+        let text = r.text().await.unwrap();
+        assert_eq!(status, want, "{method} {path}: {text}");
+        if template != "/v1/openapi.json" {
+            for secret in secrets {
+                // A 404 names the id that was asked for; nothing else leaks.
+                if !asked.contains(secret) {
+                    assert!(
+                        !text.contains(secret),
+                        "{method} {path} leaked {secret}: {text}"
+                    );
+                }
             }
-            ("GET", "/v1/user/tokens") => {
-                let l: Value = r.json().await.unwrap();
-                assert!(!l.to_string().contains(&owner_token_id));
-            }
-            ("POST", "/v1/user/tokens") => assert_eq!(status, 201),
-            ("DELETE", _) => {
-                problem(r, 404).await;
-            }
-            ("GET", "/v1/events") | ("GET", "/v1/nodes") => {
-                let l: Value = r.json().await.unwrap();
-                assert_eq!(status, 200);
-                assert_eq!(l["pagination"]["total"], 0, "{template}: {l}");
-            }
-            ("GET", "/v1/nodes/{node_id}") => {
-                let p = problem(r, 404).await;
-                assert_eq!(crate::kit::slug(&p), "resource-not-found");
-            }
-            ("GET", "/v1/openapi.json") => assert_eq!(status, 200),
-            other => panic!("no expectation for {other:?}"),
         }
     }
-    // The owner's token survived the stranger's attempt, and the owner does
-    // not see the stranger's new token or its event.
-    let (status, list) = s.get("/v1/user/tokens").await;
-    assert_eq!(status, 200);
-    assert!(list.to_string().contains(&owner_token_id));
+    // Nothing of the owner's changed.
+    let (_, me) = s.get("/v1/user").await;
+    assert_eq!(me["name"], "Administrator");
+    assert_eq!(me["organizations"][0]["role"], "owner");
+    let (_, o2) = s.get(&format!("/v1/organizations/{org}")).await;
+    assert_eq!(o2["name"], "Default");
+    let (_, list) = s.get("/v1/user/tokens").await;
+    assert!(list.to_string().contains(&tok));
     assert!(!list.to_string().contains("\"mine\""));
-    let (_, ev) = s.get("/v1/events?filter[type]=token.created").await;
-    assert_eq!(
-        ev["pagination"]["total"], 1,
-        "only the bootstrap token's event: {ev}"
-    );
+    let (_, invs) = s
+        .get(&format!(
+            "/v1/organizations/{org}/invitations?filter[email]=i@example.com"
+        ))
+        .await;
+    assert_eq!(invs["data"][0]["status"], "pending");
 
     for (method, template, _) in crate::openapi::operations() {
         if template.starts_with("/v1/") {

@@ -46,19 +46,33 @@ pub async fn token_create(
     req: &TokenCreateRequest,
 ) -> Result<(Token, String), Error> {
     let uid = p.user_id()?;
-    let lifetime = req
-        .expires_in_secs()
-        .map(Duration::from_secs)
-        .unwrap_or(TokenKind::Pat.default_lifespan());
+    // A token for another organization the user belongs to acts there.
+    let org = match &req.organization_id {
+        Some(o) => self::orgs::as_member(store, p, o).await?.organization_id,
+        None => p.organization_id.clone(),
+    };
+    let kind = match req.token_type.as_deref() {
+        Some("temporary_token") => TokenKind::Temp,
+        _ => TokenKind::Pat,
+    };
+    let lifetime = match kind {
+        // Temporary tokens live 15 minutes at most, and for one request.
+        TokenKind::Temp => TokenKind::Temp.default_lifespan(),
+        _ => req
+            .expires_in_secs()
+            .map(Duration::from_secs)
+            .unwrap_or(TokenKind::Pat.default_lifespan()),
+    };
     let expires_at = now() + chrono::Duration::from_std(lifetime).map_err(Error::internal)?;
     let mut tx = store.begin().await?;
     let (tok, secret) = tokens::create(
         &mut tx,
         NewTokenSpec {
-            kind: TokenKind::Pat,
+            kind,
             name: req.name.trim(),
             user_id: Some(uid),
-            organization_id: &p.organization_id,
+            service_account_id: None,
+            organization_id: &org,
             scope: &req.scope,
             restrict_to_apps: &req.restrict_to_apps,
             expires_at: Some(expires_at),
@@ -68,7 +82,7 @@ pub async fn token_create(
     events::record(
         &mut tx,
         NewEvent::info("token.created", &p.actor(), "token", &tok.id)
-            .in_org(&p.organization_id)
+            .in_org(&org)
             .meta(json!({"name": tok.name, "scope": tok.scope, "expires_at": shellwego_core::time::rfc3339(expires_at)})),
     )
     .await?;
@@ -108,6 +122,7 @@ pub async fn event_list(
     p: &Principal,
     params: &ListParams,
 ) -> Result<Page<Event>, Error> {
+    p.authorize("events", "read", None)?;
     let orgs = p.organization_ids();
     let scope = Scope::new().is_in("t.organization_id", orgs);
     store.list(&EVENTS, &scope, params, events::from_row).await
@@ -119,6 +134,7 @@ pub async fn node_list(
     p: &Principal,
     params: &ListParams,
 ) -> Result<Page<Node>, Error> {
+    p.authorize("nodes", "read", None)?;
     let orgs = p.organization_ids();
     let scope = Scope::new().is_in("t.organization_id", orgs);
     let mut page = store.list(&NODES, &scope, params, nodes::from_row).await?;
@@ -128,9 +144,13 @@ pub async fn node_list(
 
 /// One node, if the caller's organizations have it (404 otherwise, never 403).
 pub async fn node_get(store: &Store, p: &Principal, node_id: &str) -> Result<Node, Error> {
+    p.authorize("nodes", "read", Some(node_id))?;
     let orgs = p.organization_ids();
     store
         .node(node_id, &orgs)
         .await?
         .ok_or_else(|| Error::not_found("node", node_id))
 }
+
+pub mod identity;
+pub mod orgs;

@@ -1,0 +1,192 @@
+//! TOTP (RFC 6238) second factor, recovery codes, and the installation's
+//! master key that encrypts TOTP secrets at rest (ChaCha20-Poly1305).
+
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::ChaCha20Poly1305;
+use rand::Rng;
+use shellwego_core::{token, Error};
+use shellwego_store::{users, Tx};
+use totp_rs::{Algorithm, TOTP};
+
+/// The installation's master key. Every control plane sharing a store must
+/// use the same one (`SHELLWEGO_MASTER_KEY`, or `<data-dir>/master.key`).
+pub struct Key(ChaCha20Poly1305);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(…)")
+    }
+}
+
+impl Key {
+    pub fn from_base64(s: &str) -> Result<Key, Error> {
+        let bytes = STANDARD
+            .decode(s.trim())
+            .map_err(|_| Error::Internal("the master key is not base64".into()))?;
+        let cipher = ChaCha20Poly1305::new_from_slice(&bytes)
+            .map_err(|_| Error::Internal("the master key must be 32 bytes".into()))?;
+        Ok(Key(cipher))
+    }
+
+    /// `SHELLWEGO_MASTER_KEY` when given, else `<data_dir>/master.key`,
+    /// created (0600) on first use.
+    pub fn load_or_create(data_dir: &Path, given: Option<&str>) -> Result<Key, Error> {
+        if let Some(k) = given {
+            return Key::from_base64(k);
+        }
+        let path = data_dir.join("master.key");
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            return Key::from_base64(&s);
+        }
+        let fresh = STANDARD.encode(ChaCha20Poly1305::generate_key(&mut OsRng));
+        crate::serve::write_secret_file(&path, &fresh)?;
+        Key::from_base64(&fresh)
+    }
+
+    pub fn seal(&self, plaintext: &[u8]) -> Result<String, Error> {
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let ct = self
+            .0
+            .encrypt(&nonce, plaintext)
+            .map_err(|_| Error::Internal("encryption failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(STANDARD.encode(out))
+    }
+
+    pub fn open(&self, sealed: &str) -> Result<Vec<u8>, Error> {
+        let raw = STANDARD
+            .decode(sealed)
+            .map_err(|_| Error::Internal("sealed value is not base64".into()))?;
+        if raw.len() < 12 {
+            return Err(Error::Internal("sealed value too short".into()));
+        }
+        let (nonce, ct) = raw.split_at(12);
+        self.0
+            .decrypt(chacha20poly1305::Nonce::from_slice(nonce), ct)
+            .map_err(|_| Error::Internal("cannot decrypt: wrong master key?".into()))
+    }
+}
+
+/// A new 160-bit TOTP secret.
+pub fn new_secret() -> Vec<u8> {
+    let mut s = vec![0u8; 20];
+    rand::thread_rng().fill(&mut s[..]);
+    s
+}
+
+fn totp(secret: Vec<u8>, account: &str) -> Result<TOTP, Error> {
+    // SHA-1, 6 digits, 30 s steps: what every authenticator app speaks;
+    // one step of clock skew either way.
+    TOTP::new(
+        Algorithm::SHA1,
+        6,
+        1,
+        30,
+        secret,
+        Some("ShellWeGo".into()),
+        account.replace(':', "_"),
+    )
+    .map_err(|e| Error::Internal(format!("totp: {e}")))
+}
+
+/// Base32 secret and `otpauth://` URI for an authenticator app.
+pub fn enrollment(secret: &[u8], account: &str) -> Result<(String, String), Error> {
+    let t = totp(secret.to_vec(), account)?;
+    Ok((t.get_secret_base32(), t.get_url()))
+}
+
+pub fn verify_totp(secret: &[u8], code: &str) -> bool {
+    let code = code.trim();
+    code.len() == 6
+        && code.bytes().all(|b| b.is_ascii_digit())
+        && totp(secret.to_vec(), "x")
+            .ok()
+            .and_then(|t| t.check_current(code).ok())
+            .unwrap_or(false)
+}
+
+/// The current code for `secret` (tests, and clients of our own).
+pub fn current_code(secret: &[u8]) -> Result<String, Error> {
+    totp(secret.to_vec(), "x")?
+        .generate_current()
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Ten one-time recovery codes, `xxxxx-xxxxx`.
+pub fn recovery_codes() -> Vec<String> {
+    const A: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+    let mut rng = rand::thread_rng();
+    (0..10)
+        .map(|_| {
+            let mut s = String::with_capacity(11);
+            for i in 0..10 {
+                if i == 5 {
+                    s.push('-');
+                }
+                s.push(char::from(A[rng.gen_range(0..A.len())]));
+            }
+            s
+        })
+        .collect()
+}
+
+pub fn hash_recovery(code: &str) -> String {
+    token::hash(&code.trim().to_lowercase())
+}
+
+/// Check a login's second factor: a TOTP code, or an unused recovery code
+/// (which is used up).
+pub async fn check_login_code(
+    tx: &mut Tx,
+    key: &Key,
+    user_id: &str,
+    secret_enc: Option<&str>,
+    code: &str,
+) -> Result<bool, Error> {
+    let Some(enc) = secret_enc else {
+        return Ok(false);
+    };
+    let secret = key.open(enc)?;
+    if verify_totp(&secret, code) {
+        return Ok(true);
+    }
+    users::use_recovery_code(tx, user_id, &hash_recovery(code)).await
+}
+
+/// The current code for a base32 secret, as an authenticator app shows it.
+pub fn current_code_base32(secret_b32: &str) -> Result<String, Error> {
+    let bytes = totp_rs::Secret::Encoded(secret_b32.to_string())
+        .to_bytes()
+        .map_err(|e| Error::Internal(format!("{e:?}")))?;
+    current_code(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_and_totp() {
+        let key = Key::from_base64(&STANDARD.encode([7u8; 32])).unwrap();
+        let sealed = key.seal(b"secret").unwrap();
+        assert_eq!(key.open(&sealed).unwrap(), b"secret");
+        assert!(Key::from_base64(&STANDARD.encode([8u8; 32]))
+            .unwrap()
+            .open(&sealed)
+            .is_err());
+        let s = new_secret();
+        let code = current_code(&s).unwrap();
+        assert!(verify_totp(&s, &code));
+        assert!(!verify_totp(&s, "000000") || code == "000000");
+        let (b32, url) = enrollment(&s, "a@b.c").unwrap();
+        assert!(url.starts_with("otpauth://totp/") && url.contains(&b32));
+        let codes = recovery_codes();
+        assert_eq!(codes.len(), 10);
+        assert_ne!(codes[0], codes[1]);
+    }
+}

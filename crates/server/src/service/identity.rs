@@ -1,0 +1,420 @@
+//! Logging in, tokens beyond the basics, the user's own profile.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::json;
+use shellwego_api::auth::LoginRequest;
+use shellwego_api::user::UserUpdate;
+use shellwego_core::time::{now, to_micros};
+use shellwego_core::token::TokenKind;
+use shellwego_core::{password, Error, RateLimitInfo};
+use shellwego_store::events::{self, Actor, NewEvent, Severity};
+use shellwego_store::tokens::{self, NewTokenSpec, Token};
+use shellwego_store::{commit, logins, users, Store};
+
+use crate::auth::Principal;
+use crate::mfa;
+
+/// Failures within this window count toward a lock.
+pub const LOCK_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub const MAX_ACCOUNT_FAILURES: i64 = 5;
+pub const MAX_IP_FAILURES: i64 = 20;
+
+/// A valid argon2id hash of a random password: verified against when the
+/// email is unknown, so that both failures take the same time.
+static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn dummy_hash() -> &'static str {
+    DUMMY_HASH.get_or_init(|| password::hash(&password::random()).unwrap_or_default())
+}
+
+fn bad_credentials() -> Error {
+    Error::Unauthenticated("Invalid email or password.".into())
+}
+
+/// Exchange email and password (and an MFA code) for a token.
+pub async fn login(
+    store: &Store,
+    key: &mfa::Key,
+    ip: Option<IpAddr>,
+    req: &LoginRequest,
+) -> Result<(Token, String), Error> {
+    let ip_s = ip
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let email = req.email.trim().to_lowercase();
+    let since = to_micros(now()) - i64::try_from(LOCK_WINDOW.as_micros()).unwrap_or(0);
+    let failures = store.login_failures(&email, &ip_s, since).await?;
+    if failures.account >= MAX_ACCOUNT_FAILURES || failures.ip >= MAX_IP_FAILURES {
+        let (by_email, limit) = if failures.account >= MAX_ACCOUNT_FAILURES {
+            (true, MAX_ACCOUNT_FAILURES)
+        } else {
+            (false, MAX_IP_FAILURES)
+        };
+        let nth = if by_email {
+            store.nth_recent_failure(Some(&email), None, limit).await?
+        } else {
+            store.nth_recent_failure(None, Some(&ip_s), limit).await?
+        };
+        let unlock = nth.unwrap_or(0) + i64::try_from(LOCK_WINDOW.as_micros()).unwrap_or(0);
+        let retry = ((unlock - to_micros(now())) / 1_000_000).max(1) as u64;
+        return Err(Error::RateLimited(RateLimitInfo {
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            window_secs: u32::try_from(LOCK_WINDOW.as_secs()).unwrap_or(u32::MAX),
+            retry_after_secs: retry,
+        }));
+    }
+
+    let creds = store.credentials_by_email(&email).await?;
+    let hash = creds.as_ref().and_then(|c| c.password_hash.clone());
+    let password_ok = {
+        let (pw, h) = (
+            req.password.clone(),
+            hash.clone().unwrap_or_else(|| dummy_hash().to_string()),
+        );
+        let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &h))
+            .await
+            .map_err(Error::internal)?;
+        ok && hash.is_some()
+    };
+    let user_orgs = match &creds {
+        Some(c) => store.memberships_of(&c.user.id).await?,
+        None => vec![],
+    };
+    let first_org = user_orgs.first().map(|(o, _)| o.id.clone());
+    let actor = Actor {
+        kind: "user".into(),
+        id: creds.as_ref().map(|c| c.user.id.clone()),
+        ip: Some(ip_s.clone()),
+    };
+
+    // The second factor, when the password was right.
+    let mfa_problem = match (&creds, password_ok) {
+        (Some(c), true) if c.user.mfa_enabled => match req
+            .mfa_code
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => Some(Error::MfaRequired {
+                detail: "This account uses multi-factor authentication: send mfa_code.".into(),
+                code: "required",
+            }),
+            Some(code) => {
+                let mut tx = store.begin().await?;
+                let ok = mfa::check_login_code(
+                    &mut tx,
+                    key,
+                    &c.user.id,
+                    c.mfa_secret_enc.as_deref(),
+                    code,
+                )
+                .await?;
+                commit(tx).await?;
+                (!ok).then(|| Error::MfaRequired {
+                    detail: "The MFA code is not valid.".into(),
+                    code: "invalid_value",
+                })
+            }
+        },
+        _ => None,
+    };
+
+    if !password_ok || mfa_problem.is_some() {
+        let mut tx = store.begin().await?;
+        logins::record(&mut tx, &email, &ip_s, false).await?;
+        let resource_id = creds
+            .as_ref()
+            .map(|c| c.user.id.clone())
+            .unwrap_or_else(|| "unknown".into());
+        let reason = if password_ok {
+            "mfa"
+        } else {
+            "bad_credentials"
+        };
+        let mut ev = NewEvent::info("user.login_failed", &actor, "user", &resource_id)
+            .severity(Severity::Warning)
+            .meta(json!({"email": email, "reason": reason}));
+        if let Some(o) = &first_org {
+            ev = ev.in_org(o);
+        }
+        events::record(&mut tx, ev).await?;
+        if failures.account + 1 == MAX_ACCOUNT_FAILURES {
+            let mut ev = NewEvent::info("user.locked", &actor, "user", &resource_id)
+                .severity(Severity::Warning)
+                .meta(json!({"email": email, "minutes": LOCK_WINDOW.as_secs() / 60}));
+            if let Some(o) = &first_org {
+                ev = ev.in_org(o);
+            }
+            events::record(&mut tx, ev).await?;
+        }
+        commit(tx).await?;
+        return Err(mfa_problem.unwrap_or_else(bad_credentials));
+    }
+    let Some(creds) = creds else {
+        return Err(bad_credentials());
+    };
+
+    let org = match &req.organization_id {
+        Some(o) => user_orgs
+            .iter()
+            .find(|(x, _)| &x.id == o)
+            .map(|(x, _)| x.id.clone())
+            .ok_or_else(|| Error::not_found("organization", o))?,
+        None => first_org
+            .ok_or_else(|| Error::Forbidden("You are not a member of any organization.".into()))?,
+    };
+    let kind = match req.token_type.as_deref() {
+        Some("session_token") => TokenKind::Session,
+        _ => TokenKind::Pat,
+    };
+    let expires =
+        now() + chrono::Duration::from_std(kind.default_lifespan()).map_err(Error::internal)?;
+    let mut tx = store.begin().await?;
+    logins::record(&mut tx, &email, &ip_s, true).await?;
+    let (tok, secret) = tokens::create(
+        &mut tx,
+        NewTokenSpec {
+            kind,
+            name: if kind == TokenKind::Session {
+                "dashboard session"
+            } else {
+                "login"
+            },
+            user_id: Some(&creds.user.id),
+            service_account_id: None,
+            organization_id: &org,
+            scope: &req.scope,
+            restrict_to_apps: &[],
+            expires_at: Some(expires),
+        },
+    )
+    .await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("user.login", &actor, "user", &creds.user.id)
+            .in_org(&org)
+            .meta(json!({"token_id": tok.id, "type": kind.as_str()})),
+    )
+    .await?;
+    commit(tx).await?;
+    Ok((tok, secret))
+}
+
+/// Revoke a token: its owner may, and so may an admin of its organization.
+/// Anyone else is told it does not exist.
+pub async fn token_revoke_any(store: &Store, p: &Principal, token_id: &str) -> Result<(), Error> {
+    let t = store
+        .token(token_id)
+        .await?
+        .ok_or_else(|| Error::not_found("token", token_id))?;
+    let own = t.user_id.is_some() && t.user_id == p.user_id;
+    let admin =
+        t.organization_id == p.organization_id && p.authorize("members", "write", None).is_ok();
+    if !own && !admin {
+        return Err(Error::not_found("token", token_id));
+    }
+    let mut tx = store.begin().await?;
+    if !tokens::revoke_any(&mut tx, token_id).await? {
+        return Err(Error::not_found("token", token_id));
+    }
+    events::record(
+        &mut tx,
+        NewEvent::info("token.revoked", &p.actor(), "token", token_id).in_org(&t.organization_id),
+    )
+    .await?;
+    commit(tx).await
+}
+
+/// A new secret for one of the caller's tokens; the old one stops working.
+pub async fn token_rotate(
+    store: &Store,
+    p: &Principal,
+    token_id: &str,
+) -> Result<(Token, String), Error> {
+    let uid = p.user_id()?;
+    let t = store
+        .token(token_id)
+        .await?
+        .filter(|t| t.user_id.as_deref() == Some(uid) && t.revoked_at.is_none());
+    let t = t.ok_or_else(|| Error::not_found("token", token_id))?;
+    if t.kind != TokenKind::Pat {
+        return Err(Error::Conflict(
+            "Only personal access tokens can be rotated.".into(),
+        ));
+    }
+    let mut tx = store.begin().await?;
+    let (secret, hint) = tokens::rotate(&mut tx, token_id, t.kind).await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("token.rotated", &p.actor(), "token", token_id).in_org(&t.organization_id),
+    )
+    .await?;
+    commit(tx).await?;
+    Ok((Token { hint, ..t }, secret))
+}
+
+/// Update the caller's profile; a password change needs the current one and
+/// ends the user's other sessions.
+pub async fn user_update(store: &Store, p: &Principal, req: &UserUpdate) -> Result<(), Error> {
+    let uid = p.user_id()?;
+    let new_hash = match &req.password {
+        Some(change) => {
+            let creds = store
+                .credentials(uid)
+                .await?
+                .ok_or_else(|| Error::not_found("user", uid))?;
+            let (cur, h) = (
+                change.current_password.clone(),
+                creds.password_hash.unwrap_or_default(),
+            );
+            let ok = tokio::task::spawn_blocking(move || password::verify(&cur, &h))
+                .await
+                .map_err(Error::internal)?;
+            if !ok {
+                return Err(Error::field(
+                    "password.current_password",
+                    "invalid_value",
+                    "does not match your current password",
+                ));
+            }
+            let new = change.new_password.clone();
+            Some(
+                tokio::task::spawn_blocking(move || password::hash(&new))
+                    .await
+                    .map_err(Error::internal)??,
+            )
+        }
+        None => None,
+    };
+    let mut tx = store.begin().await?;
+    users::update_profile(
+        &mut tx,
+        uid,
+        req.name.as_deref().map(str::trim),
+        req.avatar_url.as_deref(),
+    )
+    .await?;
+    let mut changed = vec![];
+    if req.name.is_some() {
+        changed.push("name");
+    }
+    if req.avatar_url.is_some() {
+        changed.push("avatar_url");
+    }
+    if let Some(h) = new_hash {
+        users::set_password(&mut tx, uid, &h).await?;
+        let ended = tokens::revoke_sessions(&mut tx, uid, &p.token_id).await?;
+        events::record(
+            &mut tx,
+            NewEvent::info("user.password_changed", &p.actor(), "user", uid)
+                .in_org(&p.organization_id)
+                .meta(json!({"sessions_ended": ended})),
+        )
+        .await?;
+    }
+    if !changed.is_empty() {
+        events::record(
+            &mut tx,
+            NewEvent::info("user.updated", &p.actor(), "user", uid)
+                .in_org(&p.organization_id)
+                .meta(json!({"fields": changed})),
+        )
+        .await?;
+    }
+    commit(tx).await
+}
+
+/// Start MFA enrollment: a new secret, kept (encrypted) until confirmed.
+pub async fn mfa_enroll(
+    store: &Store,
+    key: &mfa::Key,
+    p: &Principal,
+) -> Result<(String, String), Error> {
+    let uid = p.user_id()?;
+    let user = store
+        .user(uid)
+        .await?
+        .ok_or_else(|| Error::not_found("user", uid))?;
+    if user.mfa_enabled {
+        return Err(Error::Conflict(
+            "MFA is on already; disable it first to enroll a new device.".into(),
+        ));
+    }
+    let secret = mfa::new_secret();
+    let (b32, uri) = mfa::enrollment(&secret, &user.email)?;
+    let mut tx = store.begin().await?;
+    users::set_mfa_pending(&mut tx, uid, &key.seal(&secret)?).await?;
+    commit(tx).await?;
+    Ok((b32, uri))
+}
+
+/// Confirm enrollment with a code; MFA is on. Returns the recovery codes.
+pub async fn mfa_confirm(
+    store: &Store,
+    key: &mfa::Key,
+    p: &Principal,
+    code: &str,
+) -> Result<Vec<String>, Error> {
+    let uid = p.user_id()?;
+    let creds = store
+        .credentials(uid)
+        .await?
+        .ok_or_else(|| Error::not_found("user", uid))?;
+    let pending = creds
+        .mfa_pending_enc
+        .ok_or_else(|| Error::Conflict("Start with POST /v1/user/mfa to get a secret.".into()))?;
+    if !mfa::verify_totp(&key.open(&pending)?, code) {
+        return Err(Error::field(
+            "code",
+            "invalid_value",
+            "the code does not match; check the authenticator's clock",
+        ));
+    }
+    let codes = mfa::recovery_codes();
+    let hashes: Vec<String> = codes.iter().map(|c| mfa::hash_recovery(c)).collect();
+    let mut tx = store.begin().await?;
+    users::set_mfa(&mut tx, uid, Some(&pending), &hashes).await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("user.mfa_enabled", &p.actor(), "user", uid).in_org(&p.organization_id),
+    )
+    .await?;
+    commit(tx).await?;
+    Ok(codes)
+}
+
+/// Turn MFA off, with a current code or a recovery code.
+pub async fn mfa_disable(
+    store: &Store,
+    key: &mfa::Key,
+    p: &Principal,
+    code: &str,
+) -> Result<(), Error> {
+    let uid = p.user_id()?;
+    let creds = store
+        .credentials(uid)
+        .await?
+        .ok_or_else(|| Error::not_found("user", uid))?;
+    if !creds.user.mfa_enabled {
+        return Err(Error::Conflict("MFA is not on.".into()));
+    }
+    let mut tx = store.begin().await?;
+    if !mfa::check_login_code(&mut tx, key, uid, creds.mfa_secret_enc.as_deref(), code).await? {
+        return Err(Error::field(
+            "code",
+            "invalid_value",
+            "not a valid code or recovery code",
+        ));
+    }
+    users::set_mfa(&mut tx, uid, None, &[]).await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("user.mfa_disabled", &p.actor(), "user", uid)
+            .in_org(&p.organization_id)
+            .severity(Severity::Warning),
+    )
+    .await?;
+    commit(tx).await
+}

@@ -1,0 +1,603 @@
+//! Organizations, members, invitations and service accounts.
+
+use std::time::Duration;
+
+use serde_json::json;
+use shellwego_api::orgs::{
+    InvitationAccept, InvitationCreate, MemberUpdate, OrganizationCreate, OrganizationUpdate,
+    ServiceAccountCreate,
+};
+use shellwego_core::list::ListParams;
+use shellwego_core::plan::Plan;
+use shellwego_core::time::now;
+use shellwego_core::token::TokenKind;
+use shellwego_core::units::parse_duration;
+use shellwego_core::{password, Error};
+use shellwego_store::events::{self, Actor, NewEvent};
+use shellwego_store::invitations::{self, Invitation, INVITATIONS};
+use shellwego_store::list::{Page, Scope};
+use shellwego_store::orgs::{self, Member, Organization, MEMBERS, ORGANIZATIONS};
+use shellwego_store::service_accounts::{self, ServiceAccount, SERVICE_ACCOUNTS};
+use shellwego_store::tokens::{self, NewTokenSpec, Token};
+use shellwego_store::{commit, users, Store};
+
+use crate::auth::Principal;
+
+/// The caller as seen by `org_id`: its own token's organization, or
+/// another organization its user belongs to (with the role held there).
+/// Anything else is "not found".
+pub async fn as_member(store: &Store, p: &Principal, org_id: &str) -> Result<Principal, Error> {
+    if org_id == p.organization_id {
+        return Ok(p.clone());
+    }
+    let Some(uid) = &p.user_id else {
+        return Err(Error::not_found("organization", org_id));
+    };
+    let found = store
+        .memberships_of(uid)
+        .await?
+        .into_iter()
+        .find(|(o, _)| o.id == org_id);
+    let Some((org, role)) = found else {
+        return Err(Error::not_found("organization", org_id));
+    };
+    let resources = store.member_resources(&org.id, uid).await?;
+    Ok(Principal {
+        organization_id: org.id,
+        plan: org.plan,
+        role,
+        member_resources: resources,
+        ..p.clone()
+    })
+}
+
+fn slugify(name: &str) -> String {
+    let mut s = String::new();
+    for c in name.trim().to_lowercase().chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c);
+        } else if !s.ends_with('-') && !s.is_empty() {
+            s.push('-');
+        }
+    }
+    let s: String = s.trim_end_matches('-').chars().take(50).collect();
+    if s.is_empty() {
+        "org".into()
+    } else {
+        s
+    }
+}
+
+/// Create an organization (Free plan); the caller becomes its owner.
+pub async fn org_create(
+    store: &Store,
+    p: &Principal,
+    req: &OrganizationCreate,
+) -> Result<Organization, Error> {
+    let uid = p.user_id()?;
+    let explicit = req.slug.is_some();
+    let base = req.slug.clone().unwrap_or_else(|| slugify(&req.name));
+    // A derived slug that is taken gets a short suffix; an explicit one is a conflict.
+    for attempt in 0..5 {
+        let slug = if attempt == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{}", &shellwego_core::id::new_id("x")[2..7])
+        };
+        let mut tx = store.begin().await?;
+        let org = match orgs::create(&mut tx, req.name.trim(), &slug, Plan::Free).await {
+            Ok(o) => o,
+            Err(Error::Conflict(_)) if !explicit => continue,
+            Err(Error::Conflict(_)) => {
+                return Err(Error::Conflict(format!("the slug '{slug}' is taken")))
+            }
+            Err(e) => return Err(e),
+        };
+        orgs::add_member(&mut tx, &org.id, uid, "owner").await?;
+        events::record(
+            &mut tx,
+            NewEvent::info("organization.created", &p.actor(), "organization", &org.id)
+                .in_org(&org.id)
+                .meta(json!({"name": org.name, "slug": org.slug})),
+        )
+        .await?;
+        events::record(
+            &mut tx,
+            NewEvent::info("member.added", &p.actor(), "user", uid)
+                .in_org(&org.id)
+                .meta(json!({"role": "owner"})),
+        )
+        .await?;
+        commit(tx).await?;
+        return Ok(org);
+    }
+    Err(Error::Conflict(
+        "could not find a free slug; pass one".into(),
+    ))
+}
+
+pub async fn org_list(
+    store: &Store,
+    p: &Principal,
+    params: &ListParams,
+) -> Result<Page<Organization>, Error> {
+    let uid = p.user_id()?;
+    store
+        .list(
+            &ORGANIZATIONS,
+            &Scope::new().is_in("t.member_id", [uid.to_string()]),
+            params,
+            orgs::org_from_row,
+        )
+        .await
+}
+
+pub async fn org_get(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+) -> Result<(Organization, (i64, i64, i64)), Error> {
+    let m = as_member(store, p, org_id).await?;
+    m.authorize("organizations", "read", None)?;
+    let org = store
+        .organization(org_id)
+        .await?
+        .ok_or_else(|| Error::not_found("organization", org_id))?;
+    let usage = store.org_usage(org_id).await?;
+    Ok((org, usage))
+}
+
+pub async fn org_update(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+    req: &OrganizationUpdate,
+) -> Result<(), Error> {
+    let m = as_member(store, p, org_id).await?;
+    m.authorize("organizations", "write", None)?;
+    let settings = req
+        .settings
+        .as_ref()
+        .map(|s| serde_json::to_value(s).unwrap_or_default());
+    let mut tx = store.begin().await?;
+    orgs::update(
+        &mut tx,
+        org_id,
+        req.name.as_deref().map(str::trim),
+        req.billing.as_ref(),
+        settings.as_ref(),
+    )
+    .await?;
+    let mut fields = vec![];
+    for (f, set) in [
+        ("name", req.name.is_some()),
+        ("billing", req.billing.is_some()),
+        ("settings", req.settings.is_some()),
+    ] {
+        if set {
+            fields.push(f);
+        }
+    }
+    events::record(
+        &mut tx,
+        NewEvent::info("organization.updated", &m.actor(), "organization", org_id)
+            .in_org(org_id)
+            .meta(json!({"fields": fields})),
+    )
+    .await?;
+    commit(tx).await
+}
+
+pub async fn member_list(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+    params: &ListParams,
+) -> Result<Page<Member>, Error> {
+    let m = as_member(store, p, org_id).await?;
+    m.authorize("members", "read", None)?;
+    store
+        .list(
+            &MEMBERS,
+            &Scope::new().is_in("t.organization_id", [org_id.to_string()]),
+            params,
+            orgs::member_from_row,
+        )
+        .await
+}
+
+/// Change a member's role or restrictions. Making or unmaking an owner
+/// takes an owner; the last owner cannot be demoted.
+pub async fn member_update(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+    user_id: &str,
+    req: &MemberUpdate,
+) -> Result<(), Error> {
+    let m = as_member(store, p, org_id).await?;
+    m.authorize("members", "write", None)?;
+    let mut tx = store.begin().await?;
+    let current = orgs::member_role(&mut tx, org_id, user_id)
+        .await?
+        .ok_or_else(|| Error::not_found("member", user_id))?;
+    if let Some(role) = &req.role {
+        let touches_owner = role == "owner" || current == "owner";
+        if touches_owner && role != &current && m.role != "owner" {
+            return Err(Error::Forbidden(
+                "Only an owner can make or unmake owners.".into(),
+            ));
+        }
+        if current == "owner" && role != "owner" && orgs::count_owners(&mut tx, org_id).await? <= 1
+        {
+            return Err(Error::Conflict(
+                "This is the organization's last owner: make someone else owner first.".into(),
+            ));
+        }
+    }
+    orgs::update_member(
+        &mut tx,
+        org_id,
+        user_id,
+        req.role.as_deref(),
+        req.resources.as_deref(),
+    )
+    .await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("member.role_changed", &m.actor(), "user", user_id)
+            .in_org(org_id)
+            .meta(json!({"previous_role": current, "role": req.role.clone().unwrap_or(current.clone()), "resources": req.resources})),
+    )
+    .await?;
+    commit(tx).await
+}
+
+/// Remove a member (or leave, for oneself). Not the last owner.
+pub async fn member_remove(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+    user_id: &str,
+) -> Result<(), Error> {
+    let m = as_member(store, p, org_id).await?;
+    let leaving = p.user_id.as_deref() == Some(user_id);
+    if !leaving {
+        m.authorize("members", "write", None)?;
+    }
+    let mut tx = store.begin().await?;
+    let role = orgs::member_role(&mut tx, org_id, user_id)
+        .await?
+        .ok_or_else(|| Error::not_found("member", user_id))?;
+    if role == "owner" {
+        if !leaving && m.role != "owner" {
+            return Err(Error::Forbidden(
+                "Only an owner can remove an owner.".into(),
+            ));
+        }
+        if orgs::count_owners(&mut tx, org_id).await? <= 1 {
+            return Err(Error::Conflict(
+                "This is the organization's last owner: make someone else owner first.".into(),
+            ));
+        }
+    }
+    orgs::remove_member(&mut tx, org_id, user_id).await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("member.removed", &m.actor(), "user", user_id)
+            .in_org(org_id)
+            .meta(json!({"role": role, "left": leaving})),
+    )
+    .await?;
+    commit(tx).await
+}
+
+pub async fn invitation_create(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+    req: &InvitationCreate,
+) -> Result<(Invitation, String), Error> {
+    let m = as_member(store, p, org_id).await?;
+    m.authorize("invitations", "write", None)?;
+    let lifetime = req
+        .expires_in
+        .as_deref()
+        .and_then(parse_duration)
+        .unwrap_or(Duration::from_secs(7 * 86_400));
+    let mut tx = store.begin().await?;
+    let (inv, secret) = invitations::create(
+        &mut tx,
+        org_id,
+        &req.email,
+        &req.role,
+        &req.resources,
+        lifetime,
+        p.user_id.as_deref(),
+    )
+    .await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("member.invited", &m.actor(), "invitation", &inv.id)
+            .in_org(org_id)
+            .meta(json!({"email": inv.email, "role": inv.role})),
+    )
+    .await?;
+    commit(tx).await?;
+    Ok((inv, secret))
+}
+
+pub async fn invitation_list(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+    params: &ListParams,
+) -> Result<Page<Invitation>, Error> {
+    let m = as_member(store, p, org_id).await?;
+    m.authorize("invitations", "read", None)?;
+    store
+        .list(
+            &INVITATIONS,
+            &Scope::new().is_in("t.organization_id", [org_id.to_string()]),
+            params,
+            invitations::from_row,
+        )
+        .await
+}
+
+pub async fn invitation_revoke(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+    inv_id: &str,
+) -> Result<(), Error> {
+    let m = as_member(store, p, org_id).await?;
+    m.authorize("invitations", "write", None)?;
+    let mut tx = store.begin().await?;
+    if !invitations::revoke(&mut tx, org_id, inv_id).await? {
+        return Err(Error::not_found("invitation", inv_id));
+    }
+    events::record(
+        &mut tx,
+        NewEvent::info("invitation.revoked", &m.actor(), "invitation", inv_id).in_org(org_id),
+    )
+    .await?;
+    commit(tx).await
+}
+
+/// What accepting an invitation did.
+pub struct Accepted {
+    pub invitation: Invitation,
+    pub user_id: String,
+    /// A token for a user the invitation created.
+    pub token: Option<(Token, String)>,
+}
+
+/// Accept an invitation as the calling user, or create the invited user.
+pub async fn invitation_accept(
+    store: &Store,
+    p: Option<&Principal>,
+    secret: &str,
+    req: &InvitationAccept,
+    ip: Option<String>,
+) -> Result<Accepted, Error> {
+    let mut tx = store.begin().await?;
+    let inv = invitations::by_token(&mut tx, secret, store.is_postgres())
+        .await?
+        .ok_or_else(|| Error::not_found("invitation", "(token)"))?;
+    match inv.status() {
+        "accepted" => return Err(Error::Gone("This invitation was used already.".into())),
+        "revoked" => return Err(Error::Gone("This invitation was withdrawn.".into())),
+        "expired" => {
+            return Err(Error::Gone(
+                "This invitation has expired; ask for a new one.".into(),
+            ))
+        }
+        _ => {}
+    }
+    let (user_id, created, actor) = match p {
+        Some(p) => {
+            let uid = p.user_id()?.to_string();
+            let user = store
+                .user(&uid)
+                .await?
+                .ok_or_else(|| Error::not_found("user", &uid))?;
+            if !user.email.eq_ignore_ascii_case(&inv.email) {
+                return Err(Error::Forbidden(format!(
+                    "This invitation is for {}, not for you.",
+                    inv.email
+                )));
+            }
+            (uid, false, p.actor())
+        }
+        None => {
+            let (Some(name), Some(pw)) = (&req.name, &req.password) else {
+                return Err(Error::invalid(vec![
+                    shellwego_core::FieldError::new(
+                        "name",
+                        "required",
+                        "log in and accept, or send name and password to create your account",
+                    ),
+                    shellwego_core::FieldError::new(
+                        "password",
+                        "required",
+                        "log in and accept, or send name and password to create your account",
+                    ),
+                ]));
+            };
+            if store.credentials_by_email(&inv.email).await?.is_some() {
+                return Err(Error::Conflict(format!(
+                    "An account for {} exists: log in and accept the invitation with its token.",
+                    inv.email
+                )));
+            }
+            let pw = pw.clone();
+            let hash = tokio::task::spawn_blocking(move || password::hash(&pw))
+                .await
+                .map_err(Error::internal)??;
+            let user = users::create(&mut tx, &inv.email, name.trim(), &hash).await?;
+            let actor = Actor::user(&user.id, ip);
+            events::record(
+                &mut tx,
+                NewEvent::info("user.created", &actor, "user", &user.id)
+                    .in_org(&inv.organization_id)
+                    .meta(json!({"email": user.email, "via": "invitation"})),
+            )
+            .await?;
+            (user.id, true, actor)
+        }
+    };
+    if !invitations::mark_accepted(&mut tx, &inv.id, &user_id).await? {
+        return Err(Error::Gone("This invitation was used already.".into()));
+    }
+    orgs::add_member_with(
+        &mut tx,
+        &inv.organization_id,
+        &user_id,
+        &inv.role,
+        &inv.resources,
+    )
+    .await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("member.joined", &actor, "user", &user_id)
+            .in_org(&inv.organization_id)
+            .meta(json!({"role": inv.role, "invitation_id": inv.id})),
+    )
+    .await?;
+    let token = if created {
+        let expires = now()
+            + chrono::Duration::from_std(TokenKind::Pat.default_lifespan())
+                .map_err(Error::internal)?;
+        Some(
+            tokens::create(
+                &mut tx,
+                NewTokenSpec {
+                    kind: TokenKind::Pat,
+                    name: "invitation",
+                    user_id: Some(&user_id),
+                    service_account_id: None,
+                    organization_id: &inv.organization_id,
+                    scope: &[],
+                    restrict_to_apps: &[],
+                    expires_at: Some(expires),
+                },
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    commit(tx).await?;
+    Ok(Accepted {
+        invitation: inv,
+        user_id,
+        token,
+    })
+}
+
+pub async fn service_account_create(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+    req: &ServiceAccountCreate,
+) -> Result<(ServiceAccount, Token, String), Error> {
+    let m = as_member(store, p, org_id).await?;
+    m.authorize("service_accounts", "write", None)?;
+    let lifetime = req
+        .expires_in
+        .as_deref()
+        .and_then(parse_duration)
+        .unwrap_or(TokenKind::Sat.default_lifespan());
+    let expires = now() + chrono::Duration::from_std(lifetime).map_err(Error::internal)?;
+    let mut tx = store.begin().await?;
+    let sa = service_accounts::create(
+        &mut tx,
+        org_id,
+        req.name.trim(),
+        &req.role,
+        &req.scope,
+        p.user_id.as_deref(),
+    )
+    .await?;
+    let (tok, secret) = tokens::create(
+        &mut tx,
+        NewTokenSpec {
+            kind: TokenKind::Sat,
+            name: &sa.name,
+            user_id: None,
+            service_account_id: Some(&sa.id),
+            organization_id: org_id,
+            scope: &req.scope,
+            restrict_to_apps: &[],
+            expires_at: Some(expires),
+        },
+    )
+    .await?;
+    events::record(
+        &mut tx,
+        NewEvent::info(
+            "service_account.created",
+            &m.actor(),
+            "service_account",
+            &sa.id,
+        )
+        .in_org(org_id)
+        .meta(json!({"name": sa.name, "role": sa.role})),
+    )
+    .await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("token.created", &m.actor(), "token", &tok.id)
+            .in_org(org_id)
+            .meta(json!({"service_account_id": sa.id})),
+    )
+    .await?;
+    commit(tx).await?;
+    Ok((sa, tok, secret))
+}
+
+pub async fn service_account_list(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+    params: &ListParams,
+) -> Result<Page<ServiceAccount>, Error> {
+    let m = as_member(store, p, org_id).await?;
+    m.authorize("service_accounts", "read", None)?;
+    let scope = Scope::new().is_in("t.organization_id", [org_id.to_string()]);
+    store
+        .list(
+            &SERVICE_ACCOUNTS,
+            &scope,
+            params,
+            service_accounts::from_row,
+        )
+        .await
+}
+
+pub async fn service_account_delete(
+    store: &Store,
+    p: &Principal,
+    org_id: &str,
+    sa_id: &str,
+) -> Result<(), Error> {
+    let m = as_member(store, p, org_id).await?;
+    m.authorize("service_accounts", "write", None)?;
+    let mut tx = store.begin().await?;
+    if !service_accounts::delete(&mut tx, org_id, sa_id).await? {
+        return Err(Error::not_found("service_account", sa_id));
+    }
+    events::record(
+        &mut tx,
+        NewEvent::info(
+            "service_account.deleted",
+            &m.actor(),
+            "service_account",
+            sa_id,
+        )
+        .in_org(org_id),
+    )
+    .await?;
+    commit(tx).await
+}

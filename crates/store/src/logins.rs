@@ -1,0 +1,78 @@
+//! Password login attempts: brute-force protection and the audit trail.
+
+use shellwego_core::time::{now, to_micros};
+use shellwego_core::{id, Error};
+use sqlx::Row;
+
+use crate::{db_err, Store, Tx};
+
+pub async fn record(tx: &mut Tx, email: &str, ip: &str, succeeded: bool) -> Result<(), Error> {
+    sqlx::query("INSERT INTO login_attempts (id, email_normalized, ip, succeeded, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id::new_id("login"))
+        .bind(email.trim().to_lowercase())
+        .bind(ip)
+        .bind(i64::from(succeeded))
+        .bind(to_micros(now()))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Failures since `since_micros` for the account and for the IP, with the
+/// time of the oldest failure that counts toward each limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Failures {
+    pub account: i64,
+    pub ip: i64,
+}
+
+impl Store {
+    pub async fn login_failures(
+        &self,
+        email: &str,
+        ip: &str,
+        since_micros: i64,
+    ) -> Result<Failures, Error> {
+        let row = sqlx::query(
+            "SELECT
+               (SELECT COUNT(*) FROM login_attempts WHERE email_normalized = $1 AND succeeded = 0 AND created_at >= $3) AS account,
+               (SELECT COUNT(*) FROM login_attempts WHERE ip = $2 AND succeeded = 0 AND created_at >= $3) AS ip",
+        )
+        .bind(email.trim().to_lowercase())
+        .bind(ip)
+        .bind(since_micros)
+        .fetch_one(self.pool())
+        .await
+        .map_err(db_err)?;
+        Ok(Failures {
+            account: row.try_get("account").map_err(db_err)?,
+            ip: row.try_get("ip").map_err(db_err)?,
+        })
+    }
+
+    /// When the `n`-th most recent failure (for the account, or the IP) was,
+    /// to know when a lock ends.
+    pub async fn nth_recent_failure(
+        &self,
+        email: Option<&str>,
+        ip: Option<&str>,
+        n: i64,
+    ) -> Result<Option<i64>, Error> {
+        let (col, val) = match (email, ip) {
+            (Some(e), _) => ("email_normalized", e.trim().to_lowercase()),
+            (None, Some(i)) => ("ip", i.to_string()),
+            (None, None) => return Ok(None),
+        };
+        let row = sqlx::query(&format!(
+            "SELECT created_at FROM login_attempts WHERE {col} = $1 AND succeeded = 0 ORDER BY created_at DESC LIMIT 1 OFFSET {}",
+            (n - 1).max(0)
+        ))
+        .bind(val)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err)?;
+        row.map(|r| r.try_get::<i64, _>("created_at").map_err(db_err))
+            .transpose()
+    }
+}
