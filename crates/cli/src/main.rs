@@ -1,8 +1,13 @@
 //! `shellwego`: one binary for the control plane, (later) the node agent and
-//! ingress, and the CLI client.
+//! ingress, and the CLI client (`auth`, `tokens`, `orgs`).
 
 mod bench;
+mod client;
+mod cmd;
 mod config;
+mod credentials;
+mod output;
+mod prompt;
 
 use std::process::ExitCode;
 
@@ -37,6 +42,12 @@ enum Command {
     /// Measure ShellWeGo's speed (prints figures; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Log in to a ShellWeGo API, log out, and show who you are.
+    Auth(cmd::auth::AuthArgs),
+    /// Create, list and revoke your API tokens.
+    Tokens(cmd::tokens::TokensArgs),
+    /// Show your organization and its members, and invite people.
+    Orgs(cmd::orgs::OrgsArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -104,12 +115,19 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Bench(b) => bench::run(b).await,
+            Command::Auth(a) => cmd::auth::run(a).await,
+            Command::Tokens(t) => cmd::tokens::run(t).await,
+            Command::Orgs(o) => cmd::orgs::run(o).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A problem document: its detail, field errors and trace id.
+            match e.downcast_ref::<client::ApiError>() {
+                Some(api) => eprint!("{}", api.report()),
+                None => eprintln!("error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

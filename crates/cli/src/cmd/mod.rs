@@ -1,0 +1,182 @@
+//! The client commands (`auth`, `tokens`, `orgs`): the options they share,
+//! how the API URL and the token are found, and list paging.
+
+pub mod auth;
+pub mod orgs;
+pub mod tokens;
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::{Map, Value};
+
+use crate::client::{ApiError, Client};
+use crate::credentials::{self, Credentials, DEFAULT_API_URL};
+use crate::output::Output;
+
+/// Options of every client command. Each value comes from the flag, then
+/// its environment variable, then the credentials file, then the default.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// API base URL [default: the one saved by `auth login`, else http://127.0.0.1:3000].
+    #[arg(long, env = "SHELLWEGO_API_URL", global = true, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// API token [default: the one saved by `auth login`].
+    #[arg(
+        long,
+        env = "SHELLWEGO_TOKEN",
+        global = true,
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Output format: aligned columns, or the API's JSON body.
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        value_enum,
+        default_value_t = Output::Table
+    )]
+    pub output: Output,
+}
+
+/// What a client command runs with.
+pub struct Ctx {
+    pub client: Client,
+    pub output: Output,
+    /// Where the credentials file is (`None`: neither XDG_CONFIG_HOME nor HOME is set).
+    pub creds_path: Option<PathBuf>,
+    /// The credentials file's contents (default when there is none).
+    pub stored: Credentials,
+    /// The token came from `--token` or `SHELLWEGO_TOKEN`, not the file.
+    pub token_from_flag_or_env: bool,
+}
+
+impl Ctx {
+    /// Resolve the API URL and token. A broken credentials file is an
+    /// error, unless `lenient` (for `auth login`, which rewrites it).
+    pub fn new(args: &ClientArgs, lenient: bool) -> anyhow::Result<Ctx> {
+        let creds_path = credentials::default_path();
+        let stored = match &creds_path {
+            Some(p) => match credentials::load(p) {
+                Ok(c) => c.unwrap_or_default(),
+                Err(e) if lenient => {
+                    eprintln!("warning: {e:#}; it will be replaced");
+                    Credentials::default()
+                }
+                Err(e) => return Err(e),
+            },
+            None => Credentials::default(),
+        };
+        let api_url = credentials::pick(args.api_url.as_deref(), stored.api_url.as_deref())
+            .unwrap_or_else(|| DEFAULT_API_URL.to_string());
+        let explicit = credentials::pick(args.token.as_deref(), None);
+        let token_from_flag_or_env = explicit.is_some();
+        let token = explicit.or_else(|| credentials::pick(None, stored.token.as_deref()));
+        Ok(Ctx {
+            client: Client::new(&api_url, token)?,
+            output: args.output,
+            creds_path,
+            stored,
+            token_from_flag_or_env,
+        })
+    }
+}
+
+/// Paging options of `list` commands.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Items per page, 1-100 [default: the API's, 20].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub limit: Option<u32>,
+    /// Fetch every page (follows pagination.next_cursor); JSON output is
+    /// then one `{data, pagination}` with all items and the last page's pagination.
+    #[arg(long, conflicts_with = "cursor")]
+    pub all: bool,
+    /// Start at this cursor (a previous page's next_cursor).
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+/// One page of a list, or with `--all` every page joined into one
+/// `{data, pagination}` body.
+pub async fn fetch_list(
+    client: &Client,
+    segments: &[&str],
+    args: &ListArgs,
+) -> Result<Value, ApiError> {
+    let what = segments.join("/");
+    let mut cursor = args.cursor.clone();
+    let mut items: Vec<Value> = vec![];
+    let mut seen: Vec<String> = vec![];
+    loop {
+        let mut query = vec![];
+        if let Some(l) = args.limit {
+            query.push(("limit", l.to_string()));
+        }
+        if let Some(c) = &cursor {
+            query.push(("cursor", c.clone()));
+        }
+        let page = client.get(segments, &query).await?;
+        if !args.all {
+            return Ok(page);
+        }
+        let Value::Object(mut page) = page else {
+            return Err(decode_error(&what, "a list is not an object"));
+        };
+        match page.remove("data") {
+            Some(Value::Array(a)) => items.extend(a),
+            Some(_) | None => return Err(decode_error(&what, "a list has no data array")),
+        }
+        let pagination = page.remove("pagination").unwrap_or(Value::Null);
+        let next = pagination
+            .get("next_cursor")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
+        let has_more = pagination
+            .get("has_more")
+            .and_then(Value::as_bool)
+            .unwrap_or(next.is_some());
+        match next {
+            Some(c) if has_more => {
+                if seen.contains(&c) {
+                    return Err(decode_error(
+                        &what,
+                        "the API returned the same cursor twice",
+                    ));
+                }
+                seen.push(c.clone());
+                cursor = Some(c);
+            }
+            Some(_) | None => {
+                let mut all = Map::new();
+                all.insert("data".into(), Value::Array(items));
+                all.insert("pagination".into(), pagination);
+                return Ok(Value::Object(all));
+            }
+        }
+    }
+}
+
+fn decode_error(what: &str, message: &str) -> ApiError {
+    ApiError::Decode {
+        url: what.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// After one page in a table: say how to get the next.
+pub fn more_hint(p: &shellwego_api::Pagination, shown: usize, all: bool) {
+    if all || !p.has_more {
+        return;
+    }
+    match &p.next_cursor {
+        Some(c) => crate::output::note(&format!(
+            "({shown} of {} shown; pass --all, or --cursor {c} for the next page)",
+            p.total
+        )),
+        None => crate::output::note(&format!("({shown} of {} shown; pass --all)", p.total)),
+    }
+}
