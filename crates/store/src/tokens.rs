@@ -145,7 +145,8 @@ pub async fn revoke(tx: &mut Tx, token_id: &str, user_id: &str) -> Result<bool, 
 
 pub static TOKENS: Resource = Resource {
     name: "tokens",
-    from: "tokens t",
+    // Revoked (and used-up temporary) tokens are kept for the record, not listed.
+    from: "(SELECT * FROM tokens WHERE revoked_at IS NULL) t",
     columns: COLUMNS,
     fields: &[
         Field::new("name", "t.name", Kind::Text),

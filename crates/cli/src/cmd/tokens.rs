@@ -42,6 +42,9 @@ pub struct CreateArgs {
     /// Limit the token to this app (app_…); repeat for more.
     #[arg(long = "restrict-to-app", value_delimiter = ',', value_name = "APP_ID")]
     pub restrict_to_apps: Vec<String>,
+    /// Make the token act in another organization you belong to.
+    #[arg(long = "org", value_name = "ORG_ID")]
+    pub org: Option<String>,
     /// A temporary token: 15 minutes, good for one request.
     #[arg(long)]
     pub temporary: bool,
@@ -64,6 +67,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
         expires_in: args.expires_in,
         restrict_to_apps: args.restrict_to_apps,
         token_type: args.temporary.then(|| "temporary_token".to_string()),
+        organization_id: args.org,
     };
     let body = ctx.client.post(&["v1", "user", "tokens"], &req).await?;
     match ctx.output {
