@@ -212,15 +212,22 @@ pub async fn member_role(
         .transpose()
 }
 
+/// The number of owners, with their rows locked until the transaction
+/// ends (PostgreSQL; SQLite's write transactions are serialized anyway), so
+/// two concurrent demotions cannot both see "another owner is left".
 pub async fn count_owners(tx: &mut Tx, org_id: &str) -> Result<i64, Error> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n FROM memberships WHERE organization_id = $1 AND role = 'owner'",
-    )
+    let lock = match tx.backend_name() {
+        "PostgreSQL" => " FOR UPDATE",
+        _ => "",
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT user_id FROM memberships WHERE organization_id = $1 AND role = 'owner'{lock}"
+    ))
     .bind(org_id)
-    .fetch_one(&mut **tx)
+    .fetch_all(&mut **tx)
     .await
     .map_err(db_err)?;
-    row.try_get::<i64, _>("n").map_err(db_err)
+    Ok(rows.len() as i64)
 }
 
 pub async fn update_member(

@@ -768,3 +768,69 @@ both_backends!(
     organizations_settings_and_mfa_enforcement,
     service_accounts_for_ci,
 );
+
+async fn tokens_cannot_mint_more_than_they_can_do(s: Srv) {
+    let narrow = json_of(
+        s.call(
+            Method::POST,
+            "/v1/user/tokens",
+            Some(&s.token),
+            Some(json!({"name": "narrow", "scope": ["events:read"]})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let narrow = narrow["token"].as_str().unwrap().to_string();
+    // Asking for more than it has: 403.
+    let p = problem(
+        s.call(
+            Method::POST,
+            "/v1/user/tokens",
+            Some(&narrow),
+            Some(json!({"name": "wide", "scope": ["nodes:read"]})),
+        )
+        .await,
+        403,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("nodes:read"));
+    // Asking for "everything" gets its own scope.
+    let child = json_of(
+        s.call(
+            Method::POST,
+            "/v1/user/tokens",
+            Some(&narrow),
+            Some(json!({"name": "child"})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    assert_eq!(child["scope"], json!(["events:read"]));
+    // A temporary token mints nothing.
+    let temp = json_of(
+        s.call(
+            Method::POST,
+            "/v1/user/tokens",
+            Some(&s.token),
+            Some(json!({"name": "t", "type": "temporary_token"})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    problem(
+        s.call(
+            Method::POST,
+            "/v1/user/tokens",
+            Some(temp["token"].as_str().unwrap()),
+            Some(json!({"name": "pat"})),
+        )
+        .await,
+        403,
+    )
+    .await;
+}
+
+both_backends!(tokens_cannot_mint_more_than_they_can_do);
