@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use crate::tokens::valid_permission;
 use crate::Validate;
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     #[schema(example = "admin@company.com")]
@@ -66,5 +66,19 @@ impl Validate for LoginRequest {
         } else {
             Err(Error::invalid(errs))
         }
+    }
+}
+
+/// Never prints the password or the MFA code.
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .field("password", &"<redacted>")
+            .field("mfa_code", &self.mfa_code.as_ref().map(|_| "<redacted>"))
+            .field("scope", &self.scope)
+            .field("token_type", &self.token_type)
+            .field("organization_id", &self.organization_id)
+            .finish()
     }
 }

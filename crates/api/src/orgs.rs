@@ -150,7 +150,7 @@ pub struct InvitationList {
 
 /// Accept an invitation: as the logged-in user (empty body), or by creating
 /// the invited user (`name`, `password`) without a token.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvitationAccept {
     #[serde(default)]
@@ -316,7 +316,8 @@ impl Validate for OrganizationUpdate {
                     s.audit_log_retention
                         .strip_suffix('y')
                         .and_then(|n| n.parse::<u64>().ok())
-                        .map(|y| std::time::Duration::from_secs(y * 365 * 86_400))
+                        .and_then(|y| y.checked_mul(365 * 86_400))
+                        .map(std::time::Duration::from_secs)
                 })
                 .is_some_and(|d| d.as_secs() >= 86_400 && d.as_secs() <= 10 * 365 * 86_400);
             if !ok {
@@ -451,4 +452,13 @@ pub struct InvitationAccepted {
     pub role: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<crate::tokens::TokenCreated>,
+}
+
+impl std::fmt::Debug for InvitationAccept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InvitationAccept")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }

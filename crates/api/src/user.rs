@@ -46,7 +46,7 @@ pub struct UserUpdate {
     pub password: Option<PasswordChange>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     pub current_password: String,
@@ -103,5 +103,11 @@ impl Validate for UserUpdate {
         } else {
             Err(Error::invalid(errs))
         }
+    }
+}
+
+impl std::fmt::Debug for PasswordChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordChange { <redacted> }")
     }
 }

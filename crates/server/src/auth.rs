@@ -87,6 +87,64 @@ impl Principal {
         Ok(())
     }
 
+    /// Managing one's own account (tokens, password, MFA) takes a personal
+    /// access or session token whose scope allows `users:write`. Returns
+    /// the user id.
+    pub fn self_service(&self) -> Result<&str, Error> {
+        let uid = self.user_id()?;
+        if !matches!(self.token_kind, TokenKind::Pat | TokenKind::Session) {
+            return Err(Error::Forbidden(
+                "Managing your account needs a personal access or session token.".into(),
+            ));
+        }
+        if !rbac::scope_allows(&self.scope, "users", "write") {
+            return Err(Error::Forbidden(
+                "This token's scope does not include users:write.".into(),
+            ));
+        }
+        Ok(uid)
+    }
+
+    /// Could this caller hand out a token with `scope` and `restrict_to_apps`?
+    /// Only if it can do no more than the caller (an empty scope means the
+    /// caller's own; an empty app list the caller's own restriction).
+    pub fn grantable(
+        &self,
+        scope: &[String],
+        restrict_to_apps: &[String],
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
+        let scope: Vec<String> = if scope.is_empty() {
+            self.scope.clone()
+        } else {
+            scope.to_vec()
+        };
+        if let Some(extra) = scope.iter().find(|s| {
+            s.split_once(':')
+                .is_none_or(|(r, a)| !rbac::scope_allows(&self.scope, r, a))
+        }) {
+            return Err(Error::Forbidden(format!(
+                "This token's scope does not include {extra}, so it cannot grant it."
+            )));
+        }
+        let apps = match (
+            self.restrict_to_apps.is_empty(),
+            restrict_to_apps.is_empty(),
+        ) {
+            (true, _) => restrict_to_apps.to_vec(),
+            (false, true) => self.restrict_to_apps.clone(),
+            (false, false) => {
+                if let Some(a) = restrict_to_apps
+                    .iter()
+                    .find(|a| !self.restrict_to_apps.contains(a))
+                {
+                    return Err(Error::not_found("app", a.as_str()));
+                }
+                restrict_to_apps.to_vec()
+            }
+        };
+        Ok((scope, apps))
+    }
+
     /// The user behind the token, or 403 for tokens that have none.
     pub fn user_id(&self) -> Result<&str, Error> {
         self.user_id.as_deref().ok_or_else(|| {

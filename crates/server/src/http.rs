@@ -106,7 +106,7 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %path);
+    let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %redact_path(&path));
     req.extensions_mut().insert(RequestId(rid.clone()));
 
     let res = next.run(req).instrument(span.clone()).await;
@@ -144,6 +144,22 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     );
     span.in_scope(|| tracing::info!(status, route = %route, latency_ms = elapsed.as_secs_f64() * 1000.0, "request completed"));
     Response::from_parts(parts, body)
+}
+
+/// The path as it may be logged: path segments that are secrets
+/// (invitation tokens, bearer tokens pasted into URLs) become `{secret}`.
+fn redact_path(path: &str) -> String {
+    const SECRET_PREFIXES: [&str; 6] = ["inv_", "pat_", "sat_", "sess_", "temp_", "sw_join_"];
+    path.split('/')
+        .map(|seg| {
+            if SECRET_PREFIXES.iter().any(|p| seg.starts_with(p)) {
+                "{secret}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// `/v1` requests: resolve the bearer token, then count the request against

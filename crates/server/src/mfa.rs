@@ -100,14 +100,33 @@ pub fn enrollment(secret: &[u8], account: &str) -> Result<(String, String), Erro
     Ok((t.get_secret_base32(), t.get_url()))
 }
 
-pub fn verify_totp(secret: &[u8], code: &str) -> bool {
+/// The 30-second time step whose code `code` is (now, or one step either
+/// side for clock skew), if any.
+pub fn totp_step(secret: &[u8], code: &str) -> Option<u64> {
     let code = code.trim();
-    code.len() == 6
-        && code.bytes().all(|b| b.is_ascii_digit())
-        && totp(secret.to_vec(), "x")
-            .ok()
-            .and_then(|t| t.check_current(code).ok())
-            .unwrap_or(false)
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let t = totp(secret.to_vec(), "x").ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let step = now / 30;
+    [step.saturating_sub(1), step, step + 1]
+        .into_iter()
+        .find(|s| {
+            let expected = t.generate(s * 30);
+            subtle_eq(expected.as_bytes(), code.as_bytes())
+        })
+}
+
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn verify_totp(secret: &[u8], code: &str) -> bool {
+    totp_step(secret, code).is_some()
 }
 
 /// The current code for `secret` (tests, and clients of our own).
@@ -152,8 +171,9 @@ pub async fn check_login_code(
         return Ok(false);
     };
     let secret = key.open(enc)?;
-    if verify_totp(&secret, code) {
-        return Ok(true);
+    if let Some(step) = totp_step(&secret, code) {
+        // Each code works once: the step must be newer than the last one used.
+        return users::use_totp_step(tx, user_id, i64::try_from(step).unwrap_or(i64::MAX)).await;
     }
     users::use_recovery_code(tx, user_id, &hash_recovery(code)).await
 }

@@ -165,3 +165,17 @@ impl Store {
         self.backend() == crate::Backend::Postgres
     }
 }
+
+impl Store {
+    /// The invitation a token stands for, read without locking.
+    pub async fn invitation_by_token(&self, secret: &str) -> Result<Option<Invitation>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM invitations t WHERE t.token_hash = $1"
+        ))
+        .bind(token::hash(secret))
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(from_row).transpose()
+    }
+}

@@ -76,3 +76,59 @@ impl Store {
             .transpose()
     }
 }
+
+/// Start an attempt: it counts as a failure until `succeeded` marks it, so
+/// that concurrent guesses are counted before any of them is checked. On
+/// PostgreSQL attempts for one account are serialized with an advisory
+/// lock (SQLite's write transactions are serialized anyway). Returns the
+/// attempt id and the failures in the window, this attempt included.
+pub async fn begin(
+    tx: &mut Tx,
+    email: &str,
+    ip: &str,
+    since_micros: i64,
+) -> Result<(String, Failures), Error> {
+    let email = email.trim().to_lowercase();
+    if tx.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT CAST(1 AS BIGINT) AS locked FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS l")
+            .bind(&email)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db_err)?;
+    }
+    let id = id::new_id("login");
+    sqlx::query("INSERT INTO login_attempts (id, email_normalized, ip, succeeded, created_at) VALUES ($1, $2, $3, 0, $4)")
+        .bind(&id)
+        .bind(&email)
+        .bind(ip)
+        .bind(to_micros(now()))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    let row = sqlx::query(
+        "SELECT
+           (SELECT COUNT(*) FROM login_attempts WHERE email_normalized = $1 AND succeeded = 0 AND created_at >= $3) AS account,
+           (SELECT COUNT(*) FROM login_attempts WHERE ip = $2 AND succeeded = 0 AND created_at >= $3) AS ip",
+    )
+    .bind(&email)
+    .bind(ip)
+    .bind(since_micros)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let f = Failures {
+        account: row.try_get("account").map_err(db_err)?,
+        ip: row.try_get("ip").map_err(db_err)?,
+    };
+    Ok((id, f))
+}
+
+/// The attempt turned out right.
+pub async fn succeeded(tx: &mut Tx, attempt_id: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE login_attempts SET succeeded = 1 WHERE id = $1")
+        .bind(attempt_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}

@@ -275,15 +275,17 @@ pub async fn rotate(
     Ok((secret, hint))
 }
 
-/// Revoke a user's session tokens except `keep` (after a password change).
-pub async fn revoke_sessions(tx: &mut Tx, user_id: &str, keep: &str) -> Result<u64, Error> {
-    let r = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND kind = $3 AND id <> $4 AND revoked_at IS NULL")
-        .bind(to_micros(now()))
-        .bind(user_id)
-        .bind(TokenKind::Session.as_str())
-        .bind(keep)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
+/// Revoke every token of a user except `keep` (after a password change:
+/// whoever knew the old password may have made tokens with it).
+pub async fn revoke_all_but(tx: &mut Tx, user_id: &str, keep: &str) -> Result<u64, Error> {
+    let r = sqlx::query(
+        "UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND id <> $3 AND revoked_at IS NULL",
+    )
+    .bind(to_micros(now()))
+    .bind(user_id)
+    .bind(keep)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
     Ok(r.rows_affected())
 }

@@ -206,3 +206,15 @@ pub async fn use_recovery_code(tx: &mut Tx, user_id: &str, code_hash: &str) -> R
         .map_err(db_err)?;
     Ok(r.rows_affected() == 1)
 }
+
+/// Accept a TOTP time step for a user if it is newer than the last one
+/// accepted (a code cannot be replayed). False when it is not.
+pub async fn use_totp_step(tx: &mut Tx, user_id: &str, step: i64) -> Result<bool, Error> {
+    let r = sqlx::query("UPDATE users SET mfa_last_step = $1 WHERE id = $2 AND (mfa_last_step IS NULL OR mfa_last_step < $1)")
+        .bind(step)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(r.rows_affected() == 1)
+}

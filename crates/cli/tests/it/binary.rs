@@ -279,6 +279,25 @@ fn passwords_and_tokens_never_reach_the_log() {
         r#"{"email": "a@b.c", "role": "viewer"}"#,
     );
     assert!(res.starts_with("HTTP/1.1 404"), "{res}");
+    // An invitation token travels in a URL path: it must not be logged either.
+    let me = get(srv.port, "/v1/user", &admin);
+    let me: serde_json::Value = serde_json::from_str(me.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let org_id = me["organizations"][0]["id"].as_str().unwrap().to_string();
+    let res = post(
+        &format!("/v1/organizations/{org_id}/invitations"),
+        Some(&admin),
+        r#"{"email": "new@example.com", "role": "viewer"}"#,
+    );
+    assert!(res.starts_with("HTTP/1.1 201"), "{res}");
+    let inv: serde_json::Value =
+        serde_json::from_str(res.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let inv_token = inv["token"].as_str().unwrap().to_string();
+    let res = post(
+        &format!("/v1/invitations/{inv_token}/accept"),
+        None,
+        r#"{"name": "New", "password": "new-user-password"}"#,
+    );
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
     drop(srv);
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
     for secret in [
@@ -288,6 +307,8 @@ fn passwords_and_tokens_never_reach_the_log() {
         "wrong-secret-password",
         password,
         ADMIN_PASSWORD,
+        inv_token.as_str(),
+        "new-user-password",
     ] {
         assert!(!log.contains(secret), "a secret reached the log");
     }

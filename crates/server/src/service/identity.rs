@@ -29,6 +29,100 @@ fn dummy_hash() -> &'static str {
     DUMMY_HASH.get_or_init(|| password::hash(&password::random()).unwrap_or_default())
 }
 
+/// Put an attempt to check a secret of `email`'s account on record before
+/// checking it, and refuse it when the account (5) or the IP (20) has
+/// failed too often within the window. The first refusal records
+/// `user.locked`. Returns the attempt's id, to mark it succeeded.
+async fn guard(
+    store: &Store,
+    email: &str,
+    ip: &str,
+    user_id: Option<&str>,
+    org: Option<&str>,
+) -> Result<String, Error> {
+    let window = i64::try_from(LOCK_WINDOW.as_micros()).unwrap_or(0);
+    let since = to_micros(now()) - window;
+    let mut tx = store.begin().await?;
+    let (id, f) = logins::begin(&mut tx, email, ip, since).await?;
+    let over_account = f.account > MAX_ACCOUNT_FAILURES;
+    let over_ip = f.ip > MAX_IP_FAILURES;
+    if !over_account && !over_ip {
+        commit(tx).await?;
+        return Ok(id);
+    }
+    if (over_account && f.account == MAX_ACCOUNT_FAILURES + 1)
+        || (!over_account && f.ip == MAX_IP_FAILURES + 1)
+    {
+        let actor = Actor {
+            kind: "user".into(),
+            id: user_id.map(str::to_string),
+            ip: Some(ip.to_string()),
+        };
+        let (rtype, rid) = if over_account {
+            ("user", user_id.unwrap_or("unknown").to_string())
+        } else {
+            ("ip", ip.to_string())
+        };
+        let mut ev = NewEvent::info("user.locked", &actor, rtype, &rid)
+            .severity(Severity::Warning)
+            .meta(json!({"email": email, "by": if over_account { "account" } else { "ip" }, "minutes": LOCK_WINDOW.as_secs() / 60}));
+        if let Some(o) = org {
+            ev = ev.in_org(o);
+        }
+        events::record(&mut tx, ev).await?;
+    }
+    commit(tx).await?;
+    let (limit, nth) = if over_account {
+        (
+            MAX_ACCOUNT_FAILURES,
+            store
+                .nth_recent_failure(Some(email), None, MAX_ACCOUNT_FAILURES)
+                .await?,
+        )
+    } else {
+        (
+            MAX_IP_FAILURES,
+            store
+                .nth_recent_failure(None, Some(ip), MAX_IP_FAILURES)
+                .await?,
+        )
+    };
+    let retry = ((nth.unwrap_or(0) + window - to_micros(now())) / 1_000_000).max(1) as u64;
+    Err(Error::RateLimited(RateLimitInfo {
+        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        window_secs: u32::try_from(LOCK_WINDOW.as_secs()).unwrap_or(u32::MAX),
+        retry_after_secs: retry,
+    }))
+}
+
+/// Check a secret of the calling user's (current password, MFA code) under
+/// the same lockout as logins.
+async fn guarded_check(
+    store: &Store,
+    p: &Principal,
+    email: &str,
+    check: impl std::future::Future<Output = Result<bool, Error>>,
+) -> Result<bool, Error> {
+    let ip =
+        p.ip.map(|i| i.to_string())
+            .unwrap_or_else(|| "unknown".into());
+    let attempt = guard(
+        store,
+        email,
+        &ip,
+        p.user_id.as_deref(),
+        Some(&p.organization_id),
+    )
+    .await?;
+    let ok = check.await?;
+    if ok {
+        let mut tx = store.begin().await?;
+        logins::succeeded(&mut tx, &attempt).await?;
+        commit(tx).await?;
+    }
+    Ok(ok)
+}
+
 fn bad_credentials() -> Error {
     Error::Unauthenticated("Invalid email or password.".into())
 }
@@ -44,29 +138,21 @@ pub async fn login(
         .map(|i| i.to_string())
         .unwrap_or_else(|| "unknown".into());
     let email = req.email.trim().to_lowercase();
-    let since = to_micros(now()) - i64::try_from(LOCK_WINDOW.as_micros()).unwrap_or(0);
-    let failures = store.login_failures(&email, &ip_s, since).await?;
-    if failures.account >= MAX_ACCOUNT_FAILURES || failures.ip >= MAX_IP_FAILURES {
-        let (by_email, limit) = if failures.account >= MAX_ACCOUNT_FAILURES {
-            (true, MAX_ACCOUNT_FAILURES)
-        } else {
-            (false, MAX_IP_FAILURES)
-        };
-        let nth = if by_email {
-            store.nth_recent_failure(Some(&email), None, limit).await?
-        } else {
-            store.nth_recent_failure(None, Some(&ip_s), limit).await?
-        };
-        let unlock = nth.unwrap_or(0) + i64::try_from(LOCK_WINDOW.as_micros()).unwrap_or(0);
-        let retry = ((unlock - to_micros(now())) / 1_000_000).max(1) as u64;
-        return Err(Error::RateLimited(RateLimitInfo {
-            limit: u32::try_from(limit).unwrap_or(u32::MAX),
-            window_secs: u32::try_from(LOCK_WINDOW.as_secs()).unwrap_or(u32::MAX),
-            retry_after_secs: retry,
-        }));
-    }
-
     let creds = store.credentials_by_email(&email).await?;
+    let user_id = creds.as_ref().map(|c| c.user.id.clone());
+    let user_orgs = match &user_id {
+        Some(u) => store.memberships_of(u).await?,
+        None => vec![],
+    };
+    let first_org = user_orgs.first().map(|(o, _)| o.id.clone());
+    let attempt = guard(
+        store,
+        &email,
+        &ip_s,
+        user_id.as_deref(),
+        first_org.as_deref(),
+    )
+    .await?;
     let hash = creds.as_ref().and_then(|c| c.password_hash.clone());
     let password_ok = {
         let (pw, h) = (
@@ -78,11 +164,6 @@ pub async fn login(
             .map_err(Error::internal)?;
         ok && hash.is_some()
     };
-    let user_orgs = match &creds {
-        Some(c) => store.memberships_of(&c.user.id).await?,
-        None => vec![],
-    };
-    let first_org = user_orgs.first().map(|(o, _)| o.id.clone());
     let actor = Actor {
         kind: "user".into(),
         id: creds.as_ref().map(|c| c.user.id.clone()),
@@ -122,8 +203,8 @@ pub async fn login(
     };
 
     if !password_ok || mfa_problem.is_some() {
+        // The attempt is on record as a failure already (see `guard`).
         let mut tx = store.begin().await?;
-        logins::record(&mut tx, &email, &ip_s, false).await?;
         let resource_id = creds
             .as_ref()
             .map(|c| c.user.id.clone())
@@ -140,15 +221,6 @@ pub async fn login(
             ev = ev.in_org(o);
         }
         events::record(&mut tx, ev).await?;
-        if failures.account + 1 == MAX_ACCOUNT_FAILURES {
-            let mut ev = NewEvent::info("user.locked", &actor, "user", &resource_id)
-                .severity(Severity::Warning)
-                .meta(json!({"email": email, "minutes": LOCK_WINDOW.as_secs() / 60}));
-            if let Some(o) = &first_org {
-                ev = ev.in_org(o);
-            }
-            events::record(&mut tx, ev).await?;
-        }
         commit(tx).await?;
         return Err(mfa_problem.unwrap_or_else(bad_credentials));
     }
@@ -172,7 +244,7 @@ pub async fn login(
     let expires =
         now() + chrono::Duration::from_std(kind.default_lifespan()).map_err(Error::internal)?;
     let mut tx = store.begin().await?;
-    logins::record(&mut tx, &email, &ip_s, true).await?;
+    logins::succeeded(&mut tx, &attempt).await?;
     let (tok, secret) = tokens::create(
         &mut tx,
         NewTokenSpec {
@@ -233,12 +305,20 @@ pub async fn token_rotate(
     p: &Principal,
     token_id: &str,
 ) -> Result<(Token, String), Error> {
-    let uid = p.user_id()?;
+    let uid = p.self_service()?;
     let t = store
         .token(token_id)
         .await?
         .filter(|t| t.user_id.as_deref() == Some(uid) && t.revoked_at.is_none());
     let t = t.ok_or_else(|| Error::not_found("token", token_id))?;
+    // Rotating hands out the token's secret: only to a caller that could
+    // have made such a token itself.
+    let (scope, apps) = p.grantable(&t.scope, &t.restrict_to_apps)?;
+    if scope != t.scope || apps != t.restrict_to_apps {
+        return Err(Error::Forbidden(
+            "This token cannot rotate a token that can do more than itself.".into(),
+        ));
+    }
     if t.kind != TokenKind::Pat {
         return Err(Error::Conflict(
             "Only personal access tokens can be rotated.".into(),
@@ -258,7 +338,7 @@ pub async fn token_rotate(
 /// Update the caller's profile; a password change needs the current one and
 /// ends the user's other sessions.
 pub async fn user_update(store: &Store, p: &Principal, req: &UserUpdate) -> Result<(), Error> {
-    let uid = p.user_id()?;
+    let uid = p.self_service()?;
     let new_hash = match &req.password {
         Some(change) => {
             let creds = store
@@ -269,9 +349,14 @@ pub async fn user_update(store: &Store, p: &Principal, req: &UserUpdate) -> Resu
                 change.current_password.clone(),
                 creds.password_hash.unwrap_or_default(),
             );
-            let ok = tokio::task::spawn_blocking(move || password::verify(&cur, &h))
-                .await
-                .map_err(Error::internal)?;
+            // Guessing the current password with a stolen token is limited
+            // like logins.
+            let verify = async move {
+                tokio::task::spawn_blocking(move || password::verify(&cur, &h))
+                    .await
+                    .map_err(Error::internal)
+            };
+            let ok = guarded_check(store, p, &creds.user.email, verify).await?;
             if !ok {
                 return Err(Error::field(
                     "password.current_password",
@@ -305,12 +390,12 @@ pub async fn user_update(store: &Store, p: &Principal, req: &UserUpdate) -> Resu
     }
     if let Some(h) = new_hash {
         users::set_password(&mut tx, uid, &h).await?;
-        let ended = tokens::revoke_sessions(&mut tx, uid, &p.token_id).await?;
+        let ended = tokens::revoke_all_but(&mut tx, uid, &p.token_id).await?;
         events::record(
             &mut tx,
             NewEvent::info("user.password_changed", &p.actor(), "user", uid)
                 .in_org(&p.organization_id)
-                .meta(json!({"sessions_ended": ended})),
+                .meta(json!({"tokens_revoked": ended})),
         )
         .await?;
     }
@@ -332,7 +417,7 @@ pub async fn mfa_enroll(
     key: &mfa::Key,
     p: &Principal,
 ) -> Result<(String, String), Error> {
-    let uid = p.user_id()?;
+    let uid = p.self_service()?;
     let user = store
         .user(uid)
         .await?
@@ -357,7 +442,7 @@ pub async fn mfa_confirm(
     p: &Principal,
     code: &str,
 ) -> Result<Vec<String>, Error> {
-    let uid = p.user_id()?;
+    let uid = p.self_service()?;
     let creds = store
         .credentials(uid)
         .await?
@@ -392,7 +477,7 @@ pub async fn mfa_disable(
     p: &Principal,
     code: &str,
 ) -> Result<(), Error> {
-    let uid = p.user_id()?;
+    let uid = p.self_service()?;
     let creds = store
         .credentials(uid)
         .await?
@@ -400,8 +485,21 @@ pub async fn mfa_disable(
     if !creds.user.mfa_enabled {
         return Err(Error::Conflict("MFA is not on.".into()));
     }
+    let ip =
+        p.ip.map(|i| i.to_string())
+            .unwrap_or_else(|| "unknown".into());
+    let attempt = guard(
+        store,
+        &creds.user.email,
+        &ip,
+        Some(uid),
+        Some(&p.organization_id),
+    )
+    .await?;
     let mut tx = store.begin().await?;
+    logins::succeeded(&mut tx, &attempt).await?;
     if !mfa::check_login_code(&mut tx, key, uid, creds.mfa_secret_enc.as_deref(), code).await? {
+        // Rolled back: the attempt stays a failure.
         return Err(Error::field(
             "code",
             "invalid_value",

@@ -45,44 +45,9 @@ pub async fn token_create(
     p: &Principal,
     req: &TokenCreateRequest,
 ) -> Result<(Token, String), Error> {
-    let uid = p.user_id()?;
-    // A token can only mint tokens that can do no more than itself, and
-    // single-use tokens mint nothing.
-    if !matches!(p.token_kind, TokenKind::Pat | TokenKind::Session) {
-        return Err(Error::Forbidden(
-            "Only personal access and session tokens can create tokens.".into(),
-        ));
-    }
-    let scope: Vec<String> = if req.scope.is_empty() {
-        p.scope.clone()
-    } else {
-        req.scope.clone()
-    };
-    if let Some(extra) = scope.iter().find(|s| {
-        s.split_once(':')
-            .is_none_or(|(r, a)| !shellwego_core::rbac::scope_allows(&p.scope, r, a))
-    }) {
-        return Err(Error::Forbidden(format!(
-            "This token's scope does not include {extra}, so it cannot grant it."
-        )));
-    }
-    let restrict: Vec<String> = match (
-        p.restrict_to_apps.is_empty(),
-        req.restrict_to_apps.is_empty(),
-    ) {
-        (true, _) => req.restrict_to_apps.clone(),
-        (false, true) => p.restrict_to_apps.clone(),
-        (false, false) => {
-            if let Some(a) = req
-                .restrict_to_apps
-                .iter()
-                .find(|a| !p.restrict_to_apps.contains(a))
-            {
-                return Err(Error::not_found("app", a));
-            }
-            req.restrict_to_apps.clone()
-        }
-    };
+    let uid = p.self_service()?;
+    // A token can only mint tokens that can do no more than itself.
+    let (scope, restrict) = p.grantable(&req.scope, &req.restrict_to_apps)?;
     // A token for another organization the user belongs to acts there.
     let org = match &req.organization_id {
         Some(o) => self::orgs::as_member(store, p, o).await?.organization_id,
@@ -140,7 +105,7 @@ pub async fn token_list(
 
 /// Revoke one of the calling user's tokens; another user's is "not found".
 pub async fn token_revoke(store: &Store, p: &Principal, token_id: &str) -> Result<(), Error> {
-    let uid = p.user_id()?;
+    let uid = p.self_service()?;
     let mut tx = store.begin().await?;
     if !tokens::revoke(&mut tx, token_id, uid).await? {
         return Err(Error::not_found("token", token_id));

@@ -42,13 +42,37 @@ pub async fn as_member(store: &Store, p: &Principal, org_id: &str) -> Result<Pri
         return Err(Error::not_found("organization", org_id));
     };
     let resources = store.member_resources(&org.id, uid).await?;
+    // That organization's own MFA policy applies, not the token's.
+    let enforce = org
+        .settings
+        .get("enforce_mfa")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let has_mfa = store.user(uid).await?.is_some_and(|u| u.mfa_enabled);
+    if enforce && !has_mfa {
+        return Err(Error::Forbidden(
+            "This organization requires multi-factor authentication: enroll at POST /v1/user/mfa, then confirm it.".into(),
+        ));
+    }
     Ok(Principal {
         organization_id: org.id,
         plan: org.plan,
         role,
         member_resources: resources,
+        mfa_required: false,
         ..p.clone()
     })
+}
+
+/// Granting access to others (invitations, service accounts) takes a
+/// membership without resource restrictions: a restricted member cannot
+/// hand out more than they have.
+fn unrestricted(m: &Principal) -> Result<(), Error> {
+    if m.member_resources.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("Your membership is restricted to some resources, so you cannot grant access to others.".into()))
+    }
 }
 
 fn slugify(name: &str) -> String {
@@ -221,13 +245,23 @@ pub async fn member_update(
     let current = orgs::member_role(&mut tx, org_id, user_id)
         .await?
         .ok_or_else(|| Error::not_found("member", user_id))?;
+    let to_owner = req.role.as_deref() == Some("owner");
+    if (current == "owner" || to_owner) && m.role != "owner" {
+        return Err(Error::Forbidden(
+            "Only an owner can change an owner's membership or make someone owner.".into(),
+        ));
+    }
+    if p.user_id.as_deref() == Some(user_id) && m.role != "owner" {
+        return Err(Error::Forbidden(
+            "You cannot change your own membership; ask an owner.".into(),
+        ));
+    }
+    if !m.member_resources.is_empty() {
+        return Err(Error::Forbidden(
+            "Your membership is restricted to some resources, so you cannot change others'.".into(),
+        ));
+    }
     if let Some(role) = &req.role {
-        let touches_owner = role == "owner" || current == "owner";
-        if touches_owner && role != &current && m.role != "owner" {
-            return Err(Error::Forbidden(
-                "Only an owner can make or unmake owners.".into(),
-            ));
-        }
         if current == "owner" && role != "owner" && orgs::count_owners(&mut tx, org_id).await? <= 1
         {
             return Err(Error::Conflict(
@@ -300,6 +334,7 @@ pub async fn invitation_create(
 ) -> Result<(Invitation, String), Error> {
     let m = as_member(store, p, org_id).await?;
     m.authorize("invitations", "write", None)?;
+    unrestricted(&m)?;
     let lifetime = req
         .expires_in
         .as_deref()
@@ -381,61 +416,76 @@ pub async fn invitation_accept(
     req: &InvitationAccept,
     ip: Option<String>,
 ) -> Result<Accepted, Error> {
-    let mut tx = store.begin().await?;
-    let inv = invitations::by_token(&mut tx, secret, store.is_postgres())
+    fn usable(inv: &Invitation) -> Result<(), Error> {
+        match inv.status() {
+            "accepted" => Err(Error::Gone("This invitation was used already.".into())),
+            "revoked" => Err(Error::Gone("This invitation was withdrawn.".into())),
+            "expired" => Err(Error::Gone(
+                "This invitation has expired; ask for a new one.".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+    // Everything slow or read-only happens before the write transaction
+    // (on SQLite it holds the database's write lock).
+    let peek = store
+        .invitation_by_token(secret)
         .await?
         .ok_or_else(|| Error::not_found("invitation", "(token)"))?;
-    match inv.status() {
-        "accepted" => return Err(Error::Gone("This invitation was used already.".into())),
-        "revoked" => return Err(Error::Gone("This invitation was withdrawn.".into())),
-        "expired" => {
-            return Err(Error::Gone(
-                "This invitation has expired; ask for a new one.".into(),
-            ))
-        }
-        _ => {}
+    usable(&peek)?;
+    enum Who {
+        Existing(String, Actor),
+        New { name: String, hash: String },
     }
-    let (user_id, created, actor) = match p {
+    let who = match p {
         Some(p) => {
             let uid = p.user_id()?.to_string();
             let user = store
                 .user(&uid)
                 .await?
                 .ok_or_else(|| Error::not_found("user", &uid))?;
-            if !user.email.eq_ignore_ascii_case(&inv.email) {
+            if !user.email.eq_ignore_ascii_case(&peek.email) {
                 return Err(Error::Forbidden(format!(
                     "This invitation is for {}, not for you.",
-                    inv.email
+                    peek.email
                 )));
             }
-            (uid, false, p.actor())
+            Who::Existing(uid, p.actor())
         }
         None => {
             let (Some(name), Some(pw)) = (&req.name, &req.password) else {
+                let msg = "log in and accept, or send name and password to create your account";
                 return Err(Error::invalid(vec![
-                    shellwego_core::FieldError::new(
-                        "name",
-                        "required",
-                        "log in and accept, or send name and password to create your account",
-                    ),
-                    shellwego_core::FieldError::new(
-                        "password",
-                        "required",
-                        "log in and accept, or send name and password to create your account",
-                    ),
+                    shellwego_core::FieldError::new("name", "required", msg),
+                    shellwego_core::FieldError::new("password", "required", msg),
                 ]));
             };
-            if store.credentials_by_email(&inv.email).await?.is_some() {
+            if store.credentials_by_email(&peek.email).await?.is_some() {
                 return Err(Error::Conflict(format!(
                     "An account for {} exists: log in and accept the invitation with its token.",
-                    inv.email
+                    peek.email
                 )));
             }
             let pw = pw.clone();
             let hash = tokio::task::spawn_blocking(move || password::hash(&pw))
                 .await
                 .map_err(Error::internal)??;
-            let user = users::create(&mut tx, &inv.email, name.trim(), &hash).await?;
+            Who::New {
+                name: name.trim().to_string(),
+                hash,
+            }
+        }
+    };
+
+    let mut tx = store.begin().await?;
+    let inv = invitations::by_token(&mut tx, secret, store.is_postgres())
+        .await?
+        .ok_or_else(|| Error::not_found("invitation", "(token)"))?;
+    usable(&inv)?;
+    let (user_id, created, actor) = match who {
+        Who::Existing(uid, actor) => (uid, false, actor),
+        Who::New { name, hash } => {
+            let user = users::create(&mut tx, &inv.email, &name, &hash).await?;
             let actor = Actor::user(&user.id, ip);
             events::record(
                 &mut tx,
@@ -504,6 +554,9 @@ pub async fn service_account_create(
 ) -> Result<(ServiceAccount, Token, String), Error> {
     let m = as_member(store, p, org_id).await?;
     m.authorize("service_accounts", "write", None)?;
+    unrestricted(&m)?;
+    // The account's token can do no more than the caller's.
+    let (scope, _) = m.grantable(&req.scope, &[])?;
     let lifetime = req
         .expires_in
         .as_deref()
@@ -516,7 +569,7 @@ pub async fn service_account_create(
         org_id,
         req.name.trim(),
         &req.role,
-        &req.scope,
+        &scope,
         p.user_id.as_deref(),
     )
     .await?;
@@ -528,7 +581,7 @@ pub async fn service_account_create(
             user_id: None,
             service_account_id: Some(&sa.id),
             organization_id: org_id,
-            scope: &req.scope,
+            scope: &scope,
             restrict_to_apps: &[],
             expires_at: Some(expires),
         },

@@ -66,7 +66,7 @@ async fn bad_tokens_get_401_problems(s: Srv) {
 }
 
 async fn revoked_and_expired_tokens_stop_working(s: Srv) {
-    // Make a token, use it, revoke it with itself, and it is dead.
+    // Make a token, use it, revoke it, and it is dead.
     let r = s
         .call(
             Method::POST,
@@ -96,7 +96,7 @@ async fn revoked_and_expired_tokens_stop_working(s: Srv) {
         .call(
             Method::DELETE,
             &format!("/v1/user/tokens/{id}"),
-            Some(&tok),
+            Some(&s.token),
             None,
         )
         .await;

@@ -180,6 +180,17 @@ async fn mfa_enrollment_login_and_recovery_codes(s: Srv) {
         200,
     )
     .await;
+    // The same code does not work twice.
+    let p = problem(
+        login(
+            &s,
+            json!({"email": "admin@localhost", "password": ADMIN_PASSWORD, "mfa_code": code}),
+        )
+        .await,
+        401,
+    )
+    .await;
+    assert_eq!(fields(&p), ["mfa_code"]);
     // A recovery code works once.
     json_of(login(&s, json!({"email": "admin@localhost", "password": ADMIN_PASSWORD, "mfa_code": recovery[0]})).await, 200).await;
     let p = problem(login(&s, json!({"email": "admin@localhost", "password": ADMIN_PASSWORD, "mfa_code": recovery[0]})).await, 401).await;
@@ -253,7 +264,33 @@ async fn temporary_rotated_and_session_tokens(s: Srv) {
     problem(s.call(Method::GET, "/v1/user", Some(old), None).await, 401).await;
     assert_eq!(s.get_as(new, "/v1/user").await.0, 200);
 
-    // A session token ends when the password changes (other than the token used).
+    // An admin may revoke a member's token via /v1/auth/token; a stranger may not.
+    let (_, _, stranger) = s.org_with_user(Plan::Free, "x@example.com").await;
+    problem(
+        s.call(
+            Method::DELETE,
+            &format!("/v1/auth/token/{id}"),
+            Some(&stranger),
+            None,
+        )
+        .await,
+        404,
+    )
+    .await;
+    assert_eq!(
+        s.call(
+            Method::DELETE,
+            &format!("/v1/auth/token/{id}"),
+            Some(&s.token),
+            None
+        )
+        .await
+        .status(),
+        204
+    );
+    problem(s.call(Method::GET, "/v1/user", Some(new), None).await, 401).await;
+    // A password change ends every other token of the user: sessions and
+    // PATs alike (whoever knew the old password may have made some).
     let sess = json_of(login(&s, json!({"email": "admin@localhost", "password": ADMIN_PASSWORD, "type": "session_token"})).await, 200).await;
     let sess = sess["token"].as_str().unwrap().to_string();
     assert!(sess.starts_with("sess_"));
@@ -294,32 +331,6 @@ async fn temporary_rotated_and_session_tokens(s: Srv) {
         401,
     )
     .await;
-
-    // An admin may revoke a member's token via /v1/auth/token; a stranger may not.
-    let (_, _, stranger) = s.org_with_user(Plan::Free, "x@example.com").await;
-    problem(
-        s.call(
-            Method::DELETE,
-            &format!("/v1/auth/token/{id}"),
-            Some(&stranger),
-            None,
-        )
-        .await,
-        404,
-    )
-    .await;
-    assert_eq!(
-        s.call(
-            Method::DELETE,
-            &format!("/v1/auth/token/{id}"),
-            Some(&s.token),
-            None
-        )
-        .await
-        .status(),
-        204
-    );
-    problem(s.call(Method::GET, "/v1/user", Some(new), None).await, 401).await;
 }
 
 /// Invite `email` as `role` into the admin's org and accept by creating the
@@ -770,12 +781,65 @@ both_backends!(
 );
 
 async fn tokens_cannot_mint_more_than_they_can_do(s: Srv) {
-    let narrow = json_of(
+    let mint = |tok: String, body: Value| {
+        let s = &s;
+        async move {
+            s.call(Method::POST, "/v1/user/tokens", Some(&tok), Some(body))
+                .await
+        }
+    };
+    // Without users:write a token cannot manage the account at all.
+    let read_only = json_of(
+        mint(
+            s.token.clone(),
+            json!({"name": "ro", "scope": ["events:read"]}),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let read_only = read_only["token"].as_str().unwrap().to_string();
+    problem(
+        mint(
+            read_only.clone(),
+            json!({"name": "x", "scope": ["events:read"]}),
+        )
+        .await,
+        403,
+    )
+    .await;
+    problem(
+        s.call(
+            Method::PATCH,
+            "/v1/user",
+            Some(&read_only),
+            Some(json!({"name": "x"})),
+        )
+        .await,
+        403,
+    )
+    .await;
+    // It cannot rotate the user's full token either (that would hand out its secret).
+    let (_, list) = s
+        .get("/v1/user/tokens?filter[name]=bootstrap admin token")
+        .await;
+    let full_id = list["data"][0]["id"].as_str().unwrap().to_string();
+    problem(
         s.call(
             Method::POST,
-            "/v1/user/tokens",
-            Some(&s.token),
-            Some(json!({"name": "narrow", "scope": ["events:read"]})),
+            &format!("/v1/user/tokens/{full_id}/rotate"),
+            Some(&read_only),
+            None,
+        )
+        .await,
+        403,
+    )
+    .await;
+
+    let narrow = json_of(
+        mint(
+            s.token.clone(),
+            json!({"name": "narrow", "scope": ["events:read", "users:write"]}),
         )
         .await,
         201,
@@ -784,48 +848,80 @@ async fn tokens_cannot_mint_more_than_they_can_do(s: Srv) {
     let narrow = narrow["token"].as_str().unwrap().to_string();
     // Asking for more than it has: 403.
     let p = problem(
-        s.call(
-            Method::POST,
-            "/v1/user/tokens",
-            Some(&narrow),
-            Some(json!({"name": "wide", "scope": ["nodes:read"]})),
+        mint(
+            narrow.clone(),
+            json!({"name": "wide", "scope": ["nodes:read"]}),
         )
         .await,
         403,
     )
     .await;
     assert!(p["detail"].as_str().unwrap().contains("nodes:read"));
-    // Asking for "everything" gets its own scope.
-    let child = json_of(
+    problem(
         s.call(
             Method::POST,
-            "/v1/user/tokens",
+            &format!("/v1/user/tokens/{full_id}/rotate"),
             Some(&narrow),
-            Some(json!({"name": "child"})),
+            None,
         )
         .await,
-        201,
+        403,
     )
     .await;
-    assert_eq!(child["scope"], json!(["events:read"]));
+    // Asking for "everything" gets its own scope.
+    let child = json_of(mint(narrow.clone(), json!({"name": "child"})).await, 201).await;
+    assert_eq!(child["scope"], json!(["events:read", "users:write"]));
     // A temporary token mints nothing.
     let temp = json_of(
-        s.call(
-            Method::POST,
-            "/v1/user/tokens",
-            Some(&s.token),
-            Some(json!({"name": "t", "type": "temporary_token"})),
+        mint(
+            s.token.clone(),
+            json!({"name": "t", "type": "temporary_token"}),
         )
         .await,
         201,
     )
     .await;
     problem(
+        mint(
+            temp["token"].as_str().unwrap().to_string(),
+            json!({"name": "pat"}),
+        )
+        .await,
+        403,
+    )
+    .await;
+    // A service account made by a scoped token inherits that scope.
+    let org = s.admin_org().await;
+    let scoped = json_of(
+        mint(
+            s.token.clone(),
+            json!({"name": "sa-maker", "scope": ["service_accounts:write", "events:read"]}),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let sa = json_of(
         s.call(
             Method::POST,
-            "/v1/user/tokens",
-            Some(temp["token"].as_str().unwrap()),
-            Some(json!({"name": "pat"})),
+            &format!("/v1/organizations/{org}/service-accounts"),
+            Some(scoped["token"].as_str().unwrap()),
+            Some(json!({"name": "bot", "role": "admin"})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    assert_eq!(
+        sa["scope"],
+        json!(["service_accounts:write", "events:read"])
+    );
+    problem(
+        s.call(
+            Method::PATCH,
+            &format!("/v1/organizations/{org}"),
+            Some(sa["token"].as_str().unwrap()),
+            Some(json!({"name": "x"})),
         )
         .await,
         403,
@@ -833,4 +929,116 @@ async fn tokens_cannot_mint_more_than_they_can_do(s: Srv) {
     .await;
 }
 
-both_backends!(tokens_cannot_mint_more_than_they_can_do);
+async fn concurrent_guesses_are_all_counted(s: Srv) {
+    let mut handles = vec![];
+    for _ in 0..12 {
+        let (http, url) = (s.http.clone(), s.url("/v1/auth/token"));
+        handles.push(tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({"email": "admin@localhost", "password": "wrong-password"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut codes = vec![];
+    for h in handles {
+        codes.push(h.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 401).count(), 5, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 7, "{codes:?}");
+}
+
+async fn another_orgs_mfa_policy_and_owner_protections(s: Srv) {
+    let org = s.admin_org().await;
+    // A user whose own org does not enforce MFA reaches an org that does: refused there.
+    let (_, _, other) = s.org_with_user(Plan::Free, "multi@example.com").await;
+    let inv = json_of(
+        s.call(
+            Method::POST,
+            &format!("/v1/organizations/{org}/invitations"),
+            Some(&s.token),
+            Some(json!({"email": "multi@example.com", "role": "admin"})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    json_of(
+        s.call(
+            Method::POST,
+            &format!("/v1/invitations/{}/accept", inv["token"].as_str().unwrap()),
+            Some(&other),
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        s.get_as(&other, &format!("/v1/organizations/{org}/members"))
+            .await
+            .0,
+        200
+    );
+    // An admin cannot touch the owner's membership, nor their own.
+    let admin_id = s.get("/v1/user").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other_id = s.get_as(&other, "/v1/user").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    problem(
+        s.call(
+            Method::PATCH,
+            &format!("/v1/organizations/{org}/members/{admin_id}"),
+            Some(&other),
+            Some(json!({"resources": ["node:read"]})),
+        )
+        .await,
+        403,
+    )
+    .await;
+    problem(
+        s.call(
+            Method::PATCH,
+            &format!("/v1/organizations/{org}/members/{other_id}"),
+            Some(&other),
+            Some(json!({"resources": []})),
+        )
+        .await,
+        403,
+    )
+    .await;
+    let r = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/organizations/{org}"),
+            Some(&s.token),
+            Some(json!({"settings": {"enforce_mfa": true, "audit_log_retention": "1y"}})),
+        )
+        .await;
+    json_of(r, 200).await;
+    let p = problem(
+        s.call(
+            Method::GET,
+            &format!("/v1/organizations/{org}/members"),
+            Some(&other),
+            None,
+        )
+        .await,
+        403,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("multi-factor"));
+}
+
+both_backends!(
+    tokens_cannot_mint_more_than_they_can_do,
+    concurrent_guesses_are_all_counted,
+    another_orgs_mfa_policy_and_owner_protections
+);
