@@ -25,6 +25,9 @@ pub struct Node {
     pub kernel_version: Option<String>,
     pub firecracker_version: Option<String>,
     pub agent_version: Option<String>,
+    pub qemu_version: Option<String>,
+    /// Runtime drivers that work on this node (`process`, `container`, `microvm`).
+    pub drivers: Vec<String>,
     pub last_seen: Option<String>,
     pub created_at: String,
 }
@@ -64,4 +67,202 @@ pub struct NodeNetworking {
 pub struct NodeList {
     pub data: Vec<Node>,
     pub pagination: Pagination,
+}
+
+/// `POST /v1/nodes`: register a machine; an agent joins it with the token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegister {
+    #[schema(example = "my-server-01")]
+    pub hostname: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub capabilities: NodeCapabilities,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCapabilities {
+    #[serde(default)]
+    pub kvm: bool,
+    #[serde(default)]
+    pub nested_virtualization: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeRegistered {
+    pub id: String,
+    /// `sw_join_…`: single use, valid for one hour.
+    pub join_token: String,
+    pub install_script: String,
+}
+
+/// `PATCH /v1/nodes/{node_id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpdate {
+    /// Replaces the node's labels.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `ready`, `draining` (no new instances) or `maintenance`.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// `POST /v1/agent/join`: what an agent reports when it joins.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentJoin {
+    pub join_token: String,
+    #[serde(default)]
+    pub hostname: String,
+    pub cpu_cores: i64,
+    /// Bytes.
+    pub memory_total: i64,
+    pub memory_available: i64,
+    pub disk_total: i64,
+    #[serde(default)]
+    pub kernel_version: Option<String>,
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    #[serde(default)]
+    pub firecracker_version: Option<String>,
+    #[serde(default)]
+    pub qemu_version: Option<String>,
+    #[serde(default)]
+    pub drivers: Vec<String>,
+    #[serde(default)]
+    pub kvm: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentJoined {
+    pub node_id: String,
+    /// `nsec_…`: the node's long-lived credential; keep it secret.
+    pub credential: String,
+    /// Seconds an agent may wait in one `sync` call.
+    pub sync_wait_secs: u64,
+}
+
+/// `POST /v1/agent/sync`: the agent's status going up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSync {
+    /// The desired-state generation the agent has applied.
+    #[serde(default)]
+    pub generation: i64,
+    /// Hold the request up to this many seconds (1–30) while nothing changes.
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+    #[serde(default)]
+    pub memory_available: Option<i64>,
+}
+
+/// The node's desired state coming down.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentDesired {
+    pub generation: i64,
+    /// Instances the node should run (apps arrive with the scheduler).
+    pub instances: Vec<serde_json::Value>,
+}
+
+impl crate::Validate for NodeRegister {
+    fn validate(&self) -> Result<(), shellwego_core::Error> {
+        let mut errs = vec![];
+        let h = self.hostname.trim();
+        if h.is_empty() || h.len() > 253 || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errs.push(shellwego_core::FieldError::new(
+                "hostname",
+                "invalid_value",
+                "must be a host name (1-253 characters, no spaces)",
+            ));
+        }
+        check_labels(&mut errs, &self.labels);
+        done(errs)
+    }
+}
+
+impl crate::Validate for NodeUpdate {
+    fn validate(&self) -> Result<(), shellwego_core::Error> {
+        let mut errs = vec![];
+        if let Some(s) = &self.status {
+            if !["ready", "draining", "maintenance"].contains(&s.as_str()) {
+                errs.push(
+                    shellwego_core::FieldError::new(
+                        "status",
+                        "invalid_value",
+                        "must be ready, draining or maintenance",
+                    )
+                    .with_value(s.clone()),
+                );
+            }
+        }
+        if let Some(l) = &self.labels {
+            check_labels(&mut errs, l);
+        }
+        done(errs)
+    }
+}
+
+impl crate::Validate for AgentJoin {
+    fn validate(&self) -> Result<(), shellwego_core::Error> {
+        let mut errs = vec![];
+        for (f, v) in [
+            ("cpu_cores", self.cpu_cores),
+            ("memory_total", self.memory_total),
+            ("memory_available", self.memory_available),
+            ("disk_total", self.disk_total),
+        ] {
+            if v < 0 {
+                errs.push(shellwego_core::FieldError::new(
+                    f,
+                    "out_of_range",
+                    "must not be negative",
+                ));
+            }
+        }
+        done(errs)
+    }
+}
+
+impl crate::Validate for AgentSync {
+    fn validate(&self) -> Result<(), shellwego_core::Error> {
+        match self.wait_secs {
+            Some(w) if !(1..=30).contains(&w) => Err(shellwego_core::Error::field(
+                "wait_secs",
+                "out_of_range",
+                "must be between 1 and 30",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn check_labels(errs: &mut Vec<shellwego_core::FieldError>, labels: &BTreeMap<String, String>) {
+    for (k, v) in labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= 63
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        if !key_ok || v.len() > 255 || v.chars().any(char::is_control) {
+            errs.push(shellwego_core::FieldError::new(
+                format!("labels.{k}"),
+                "invalid_value",
+                "keys: 1-63 letters, digits, - _ . /; values: up to 255 characters",
+            ));
+        }
+    }
+}
+
+fn done(errs: Vec<shellwego_core::FieldError>) -> Result<(), shellwego_core::Error> {
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(shellwego_core::Error::invalid(errs))
+    }
 }

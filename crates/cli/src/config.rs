@@ -39,6 +39,9 @@ pub struct ServerArgs {
     /// How long in-flight requests may run after SIGTERM/SIGINT [default: 30s].
     #[arg(long, env = "SHELLWEGO_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// A node whose agent is silent this long becomes offline [default: 30s].
+    #[arg(long, env = "SHELLWEGO_NODE_TIMEOUT", value_name = "DURATION")]
+    pub node_timeout: Option<String>,
 }
 
 /// The config file. Every key is optional; unknown keys are errors.
@@ -50,6 +53,7 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     pub log_format: Option<LogFormat>,
     pub shutdown_timeout: Option<String>,
+    pub node_timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -90,6 +94,14 @@ impl ServerArgs {
             server.shutdown_timeout = parse_duration(&t)
                 .with_context(|| format!("shutdown timeout '{t}' is not a duration such as 30s"))?;
         }
+        if let Some(t) = self.node_timeout.or(file.node_timeout) {
+            server.node_timeout = parse_duration(&t)
+                .filter(|d| d.as_secs() >= 1)
+                .with_context(|| format!("node timeout '{t}' is not a duration such as 30s"))?;
+        }
+        server.master_key = std::env::var("SHELLWEGO_MASTER_KEY")
+            .ok()
+            .filter(|s| !s.is_empty());
         server.admin_password = std::env::var("SHELLWEGO_ADMIN_PASSWORD")
             .ok()
             .filter(|s| !s.is_empty());
@@ -138,6 +150,7 @@ mod tests {
             database_url: None,
             log_format: None,
             shutdown_timeout: None,
+            node_timeout: None,
         };
         let s = args.resolve(false).unwrap();
         assert_eq!(s.server.listen.port(), 5000);

@@ -82,6 +82,15 @@ pub fn generate(kind: TokenKind) -> NewToken {
     NewToken { secret, hash, hint }
 }
 
+/// A secret of another kind (`sw_join_…`, `nsec_…`, `inv_…`) with the same
+/// randomness as tokens: `(secret, hash)`.
+pub fn secret_with_prefix(prefix: &str) -> (String, String) {
+    let body = Alphanumeric.sample_string(&mut rand::thread_rng(), SECRET_LEN);
+    let secret = format!("{prefix}{body}");
+    let h = hash(&secret);
+    (secret, h)
+}
+
 /// Hex SHA-256 of a token: the only form in which tokens are stored.
 pub fn hash(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());

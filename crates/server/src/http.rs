@@ -166,7 +166,9 @@ fn redact_path(path: &str) -> String {
 /// the token's (or, without one, the client IP's) rate limit.
 async fn v1_gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if !(path == "/v1" || path.starts_with("/v1/")) {
+    // The agent channel authenticates nodes itself (node credentials are
+    // not user tokens) and is not subject to API rate limits.
+    if !(path == "/v1" || path.starts_with("/v1/")) || path.starts_with("/v1/agent/") {
         return next.run(req).await;
     }
     let ip = req

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::routes::{auth, events, health, nodes, orgs, tokens, user};
+use crate::routes::{agent, auth, events, health, nodes, orgs, tokens, user};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -29,6 +29,7 @@ Every /v1 response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-R
         (name = "organizations", description = "Organizations, members, invitations, service accounts"),
         (name = "events", description = "The audit trail"),
         (name = "nodes", description = "Machines that run apps"),
+        (name = "agent", description = "The node agent's channel (node credentials, not user tokens)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -77,8 +78,14 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(orgs::service_account_delete))
         .routes(routes!(events::event_list))
-        .routes(routes!(nodes::node_list))
-        .routes(routes!(nodes::node_get))
+        .routes(routes!(nodes::node_list, nodes::node_create))
+        .routes(routes!(
+            nodes::node_get,
+            nodes::node_update,
+            nodes::node_delete
+        ))
+        .routes(routes!(agent::agent_join))
+        .routes(routes!(agent::agent_sync))
 }
 
 pub fn document() -> utoipa::openapi::OpenApi {

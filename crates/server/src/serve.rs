@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Base64 master key (`SHELLWEGO_MASTER_KEY`); `None`: `<data-dir>/master.key`.
     pub master_key: Option<String>,
+    /// A node not heard from for this long becomes `offline`.
+    pub node_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -41,6 +43,7 @@ impl ServerConfig {
             admin_password: None,
             shutdown_timeout: Duration::from_secs(30),
             master_key: None,
+            node_timeout: Duration::from_secs(30),
         }
     }
 
@@ -157,6 +160,24 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         }
     });
 
+    // The liveness controller: silent nodes become offline.
+    let (liveness_store, node_timeout) = (store.clone(), config.node_timeout);
+    let liveness = tokio::spawn(async move {
+        let every = (node_timeout / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = crate::service::node_agents::mark_silent_nodes_offline(
+                &liveness_store,
+                node_timeout,
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "liveness check failed");
+            }
+        }
+    });
+
     let (stop, stop_rx) = watch::channel(false);
     let grace = config.shutdown_timeout;
     let task = tokio::spawn(async move {
@@ -182,6 +203,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
             }
         };
         janitor.abort();
+        liveness.abort();
         store.close().await;
         tracing::info!("stopped");
         res

@@ -36,6 +36,8 @@ pub struct Node {
     pub last_seen: Option<Timestamp>,
     pub created_at: Timestamp,
     pub labels: BTreeMap<String, String>,
+    pub drivers: Vec<String>,
+    pub qemu_version: Option<String>,
 }
 
 pub const STATUSES: &[&str] = &["ready", "draining", "maintenance", "offline"];
@@ -43,7 +45,7 @@ pub const STATUSES: &[&str] = &["ready", "draining", "maintenance", "offline"];
 pub static NODES: Resource = Resource {
     name: "nodes",
     from: "nodes t",
-    columns: "t.id, t.organization_id, t.hostname, t.status, t.region, t.zone, t.cpu_cores, t.memory_total, t.disk_total, t.memory_available, t.cpu_available, t.microvm_total, t.microvm_used, t.internal_ip, t.public_ip, t.kernel_version, t.firecracker_version, t.agent_version, t.last_seen, t.created_at",
+    columns: "t.id, t.organization_id, t.hostname, t.status, t.region, t.zone, t.cpu_cores, t.memory_total, t.disk_total, t.memory_available, t.cpu_available, t.microvm_total, t.microvm_used, t.internal_ip, t.public_ip, t.kernel_version, t.firecracker_version, t.agent_version, t.last_seen, t.created_at, t.drivers, t.qemu_version",
     fields: &[
         Field::new("hostname", "t.hostname", Kind::Text),
         Field::new("status", "t.status", Kind::Text).one_of(STATUSES),
@@ -91,6 +93,8 @@ pub fn from_row(row: &AnyRow) -> Result<Node, Error> {
             .map(from_micros),
         created_at: from_micros(g("created_at")?),
         labels: BTreeMap::new(),
+        drivers: crate::json_col(row, "drivers")?,
+        qemu_version: s("qemu_version")?,
     })
 }
 
@@ -202,4 +206,240 @@ impl Store {
         let [n] = nodes;
         Ok(Some(n))
     }
+}
+
+/// What an agent reports about its host when it joins or syncs.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostReport {
+    pub hostname: String,
+    pub cpu_cores: i64,
+    pub memory_total: i64,
+    pub memory_available: i64,
+    pub disk_total: i64,
+    pub kernel_version: Option<String>,
+    pub agent_version: Option<String>,
+    pub firecracker_version: Option<String>,
+    pub qemu_version: Option<String>,
+    pub drivers: Vec<String>,
+    pub kvm: bool,
+}
+
+/// Register a node (organization, hostname, region, zone and labels from
+/// `node`) that an agent will join with the returned one-time token
+/// (`sw_join_…`, valid for `valid_for`).
+pub async fn register(
+    tx: &mut Tx,
+    node: Node,
+    capabilities: &serde_json::Value,
+    valid_for: std::time::Duration,
+) -> Result<(Node, String), Error> {
+    let (secret, hash) = shellwego_core::token::secret_with_prefix("sw_join_");
+    let node = insert(
+        tx,
+        Node {
+            status: "offline".into(),
+            ..node
+        },
+    )
+    .await?;
+    let expires = to_micros(now()) + i64::try_from(valid_for.as_micros()).unwrap_or(0);
+    sqlx::query("UPDATE nodes SET join_token_hash = $1, join_expires_at = $2, capabilities = $3 WHERE id = $4")
+        .bind(&hash)
+        .bind(expires)
+        .bind(crate::to_json(capabilities))
+        .bind(&node.id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok((node, secret))
+}
+
+/// Exchange a join token for a node credential (`nsec_…`): once, before it
+/// expires. Records what the host reported and marks the node ready.
+/// Returns `(node id, organization id, credential)`.
+pub async fn join(
+    tx: &mut Tx,
+    join_secret: &str,
+    r: &HostReport,
+) -> Result<Option<(String, String, String)>, Error> {
+    let lock = if tx.backend_name() == "PostgreSQL" {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let row = sqlx::query(&format!(
+        "SELECT id, organization_id, join_expires_at FROM nodes WHERE join_token_hash = $1{lock}"
+    ))
+    .bind(shellwego_core::token::hash(join_secret))
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let Some(row) = row else { return Ok(None) };
+    let expires: Option<i64> = row.try_get("join_expires_at").map_err(db_err)?;
+    if expires.is_none_or(|e| e <= to_micros(now())) {
+        return Ok(None);
+    }
+    let id: String = row.try_get("id").map_err(db_err)?;
+    let org: String = row.try_get("organization_id").map_err(db_err)?;
+    let (credential, cred_hash) = shellwego_core::token::secret_with_prefix("nsec_");
+    let t = to_micros(now());
+    sqlx::query(
+        "UPDATE nodes SET join_token_hash = NULL, join_expires_at = NULL, credential_hash = $1, status = 'ready', last_seen = $2, updated_at = $2,
+                hostname = CASE WHEN $3 = '' THEN hostname ELSE $3 END, cpu_cores = $4, memory_total = $5, memory_available = $6, disk_total = $7,
+                cpu_available = $8, kernel_version = $9, agent_version = $10, firecracker_version = $11, qemu_version = $12, drivers = $13,
+                capabilities = $14
+         WHERE id = $15",
+    )
+    .bind(&cred_hash)
+    .bind(t)
+    .bind(&r.hostname)
+    .bind(r.cpu_cores)
+    .bind(r.memory_total)
+    .bind(r.memory_available)
+    .bind(r.disk_total)
+    .bind(r.cpu_cores * 1000)
+    .bind(&r.kernel_version)
+    .bind(&r.agent_version)
+    .bind(&r.firecracker_version)
+    .bind(&r.qemu_version)
+    .bind(crate::to_json(&r.drivers))
+    .bind(crate::to_json(&serde_json::json!({"kvm": r.kvm})))
+    .bind(&id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(Some((id, org, credential)))
+}
+
+/// The node a credential belongs to: `(id, organization id, generation)`.
+impl Store {
+    pub async fn node_by_credential(
+        &self,
+        credential: &str,
+    ) -> Result<Option<(String, String, i64)>, Error> {
+        let row = sqlx::query(
+            "SELECT id, organization_id, generation FROM nodes WHERE credential_hash = $1",
+        )
+        .bind(shellwego_core::token::hash(credential))
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err)?;
+        row.map(|r| {
+            Ok::<_, Error>((
+                r.try_get("id").map_err(db_err)?,
+                r.try_get("organization_id").map_err(db_err)?,
+                r.try_get("generation").map_err(db_err)?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Nodes not heard from since `cutoff` that are not offline yet.
+    pub async fn stale_nodes(
+        &self,
+        cutoff_micros: i64,
+    ) -> Result<Vec<(String, String, Option<i64>)>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, organization_id, last_seen FROM nodes WHERE status <> 'offline' AND credential_hash IS NOT NULL AND (last_seen IS NULL OR last_seen < $1)",
+        )
+        .bind(cutoff_micros)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id").map_err(db_err)?,
+                    r.try_get("organization_id").map_err(db_err)?,
+                    r.try_get("last_seen").map_err(db_err)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// A heartbeat: the node is alive. An offline node comes back `ready`
+/// (draining and maintenance stay). Returns true when it came back.
+pub async fn heartbeat(
+    tx: &mut Tx,
+    node_id: &str,
+    memory_available: Option<i64>,
+) -> Result<bool, Error> {
+    let t = to_micros(now());
+    let back = sqlx::query(
+        "UPDATE nodes SET status = 'ready', updated_at = $1 WHERE id = $2 AND status = 'offline'",
+    )
+    .bind(t)
+    .bind(node_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?
+    .rows_affected()
+        == 1;
+    sqlx::query("UPDATE nodes SET last_seen = $1, memory_available = COALESCE($2, memory_available) WHERE id = $3")
+        .bind(t)
+        .bind(memory_available)
+        .bind(node_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(back)
+}
+
+/// Mark a node offline unless it is already. True when this call did it.
+pub async fn mark_offline(tx: &mut Tx, node_id: &str) -> Result<bool, Error> {
+    let r = sqlx::query("UPDATE nodes SET status = 'offline', updated_at = $1 WHERE id = $2 AND status <> 'offline'")
+        .bind(to_micros(now()))
+        .bind(node_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Change status and/or replace labels.
+pub async fn update(
+    tx: &mut Tx,
+    node_id: &str,
+    status: Option<&str>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE nodes SET status = COALESCE($1, status), updated_at = $2 WHERE id = $3")
+        .bind(status)
+        .bind(to_micros(now()))
+        .bind(node_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    if let Some(labels) = labels {
+        sqlx::query("DELETE FROM labels WHERE resource_type = 'node' AND resource_id = $1")
+            .bind(node_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        for (k, v) in labels {
+            sqlx::query("INSERT INTO labels (resource_type, resource_id, key, value) VALUES ('node', $1, $2, $3)")
+                .bind(node_id)
+                .bind(k)
+                .bind(v)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn delete(tx: &mut Tx, node_id: &str) -> Result<(), Error> {
+    sqlx::query("DELETE FROM labels WHERE resource_type = 'node' AND resource_id = $1")
+        .bind(node_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    sqlx::query("DELETE FROM nodes WHERE id = $1")
+        .bind(node_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
 }

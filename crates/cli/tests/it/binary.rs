@@ -194,6 +194,7 @@ fn every_command_has_help() {
         vec!["server", "--help"],
         vec!["up", "--help"],
         vec!["openapi", "--help"],
+        vec!["agent", "--help"],
         vec!["bench", "--help"],
         vec!["bench", "list", "--help"],
         vec!["bench", "http", "--help"],
@@ -313,4 +314,104 @@ fn passwords_and_tokens_never_reach_the_log() {
         assert!(!log.contains(secret), "a secret reached the log");
     }
     assert!(log.contains("request completed"));
+}
+
+#[test]
+fn an_agent_joins_once_and_a_restart_reuses_its_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path());
+    let admin = wait_for_file(&dir.path().join("data/admin-token"));
+    let body = r#"{"hostname": "worker", "region": "local"}"#;
+    let res = http(
+        srv.port,
+        &format!(
+            "POST /v1/nodes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(res.starts_with("HTTP/1.1 201"), "{res}");
+    let reg: serde_json::Value =
+        serde_json::from_str(res.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let (node_id, join_token) = (
+        reg["id"].as_str().unwrap().to_string(),
+        reg["join_token"].as_str().unwrap().to_string(),
+    );
+    let agent_dir = dir.path().join("agent");
+    let cp = format!("http://127.0.0.1:{}", srv.port);
+    let run_agent = |token: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "agent",
+            "--control-plane",
+            &cp,
+            "--name",
+            "agent-under-test",
+            "--sync-wait",
+            "1",
+            "--data-dir",
+        ])
+        .arg(&agent_dir);
+        if let Some(t) = token {
+            c.args(["--join-token", t]);
+        }
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let node = |want: &str| {
+        let t = Instant::now();
+        loop {
+            let res = get(srv.port, &format!("/v1/nodes/{node_id}"), &admin);
+            let n: serde_json::Value =
+                serde_json::from_str(res.split("\r\n\r\n").nth(1).unwrap_or("null"))
+                    .unwrap_or_default();
+            if n["status"] == want {
+                return n;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "node never became {want}: {n}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut agent = run_agent(Some(&join_token));
+    let n = node("ready");
+    assert_eq!(n["hostname"], "agent-under-test");
+    assert!(n["capacity"]["cpu_cores"].as_i64().unwrap() >= 1);
+    assert!(n["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d == "process"));
+    let cred = agent_dir.join("node-credential.toml");
+    let t = Instant::now();
+    while !cred.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cred).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // SIGKILL, then restart without the (used) join token: same node.
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let mut again = run_agent(None);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        again.try_wait().unwrap().is_none(),
+        "the restarted agent exited"
+    );
+    let n = node("ready");
+    assert_eq!(n["id"], node_id.as_str());
+    let list = get(srv.port, "/v1/nodes", &admin);
+    assert_eq!(
+        list.matches("\"id\":\"node_").count(),
+        1,
+        "no duplicate node: {list}"
+    );
+    again.kill().unwrap();
+    again.wait().unwrap();
 }

@@ -1,5 +1,6 @@
 //! Handlers, one module per resource, named `<resource>_<verb>`.
 
+pub mod agent;
 pub mod auth;
 pub mod events;
 pub mod health;

@@ -58,6 +58,8 @@ fn view(n: shellwego_store::nodes::Node) -> Node {
         kernel_version: n.kernel_version,
         firecracker_version: n.firecracker_version,
         agent_version: n.agent_version,
+        qemu_version: n.qemu_version,
+        drivers: n.drivers,
         last_seen: n.last_seen.map(rfc3339),
         created_at: rfc3339(n.created_at),
     }
@@ -99,4 +101,75 @@ pub async fn node_get(
     PathParam(id): PathParam,
 ) -> ApiResult<Json<Node>> {
     Ok(Json(view(service::node_get(&st.store, &p, &id).await?)))
+}
+
+/// Register a node; run `shellwego agent --join-token …` on it within an hour.
+#[utoipa::path(post, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])), request_body = shellwego_api::nodes::NodeRegister, responses(
+    (status = 201, body = shellwego_api::nodes::NodeRegistered),
+    (status = 403, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn node_create(
+    State(st): State<AppState>,
+    p: Principal,
+    headers: axum::http::HeaderMap,
+    crate::extract::JsonBody(req): crate::extract::JsonBody<shellwego_api::nodes::NodeRegister>,
+) -> ApiResult<(
+    axum::http::StatusCode,
+    Json<shellwego_api::nodes::NodeRegistered>,
+)> {
+    let (node, join_token) =
+        crate::service::node_agents::node_register(&st.store, &p, &req).await?;
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:3000");
+    let install_script = format!("shellwego agent --control-plane http://{host} --join-token {join_token} --data-dir /var/lib/shellwego-agent");
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(shellwego_api::nodes::NodeRegistered {
+            id: node.id,
+            join_token,
+            install_script,
+        }),
+    ))
+}
+
+/// Change a node's labels or status (`draining` stops new placements).
+#[utoipa::path(patch, path = "/v1/nodes/{node_id}", tag = "nodes", security(("bearer" = [])),
+    params(("node_id" = String, Path, description = "Node id (node_…)")), request_body = shellwego_api::nodes::NodeUpdate,
+    responses((status = 200, body = Node), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn node_update(
+    State(st): State<AppState>,
+    p: Principal,
+    PathParam(id): PathParam,
+    crate::extract::JsonBody(req): crate::extract::JsonBody<shellwego_api::nodes::NodeUpdate>,
+) -> ApiResult<Json<Node>> {
+    crate::service::node_agents::node_update(&st.store, &p, &id, &req).await?;
+    Ok(Json(view(service::node_get(&st.store, &p, &id).await?)))
+}
+
+/// Remove a node. (`migrate_apps=true` is accepted; nodes run no instances
+/// until the scheduler exists, so there is nothing to move yet.)
+#[utoipa::path(delete, path = "/v1/nodes/{node_id}", tag = "nodes", security(("bearer" = [])),
+    params(("node_id" = String, Path, description = "Node id (node_…)"), ("migrate_apps" = Option<bool>, Query, description = "Move instances first")),
+    responses((status = 204, description = "Removed"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn node_delete(
+    State(st): State<AppState>,
+    p: Principal,
+    PathParam(id): PathParam,
+    Query(q): Query,
+) -> ApiResult<axum::http::StatusCode> {
+    let params = list_params(q.as_deref(), &["migrate_apps"])?;
+    if let Some(v) = params.extra("migrate_apps") {
+        if v != "true" && v != "false" {
+            return Err(shellwego_core::Error::field(
+                "migrate_apps",
+                "invalid_value",
+                "must be true or false",
+            )
+            .into());
+        }
+    }
+    crate::service::node_agents::node_delete(&st.store, &p, &id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

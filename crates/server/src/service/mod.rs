@@ -155,4 +155,5 @@ pub async fn node_get(store: &Store, p: &Principal, node_id: &str) -> Result<Nod
 }
 
 pub mod identity;
+pub mod node_agents;
 pub mod orgs;

@@ -63,6 +63,8 @@ pub async fn start(backend: Backend) -> Option<Srv> {
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
     cfg.admin_password = Some(ADMIN_PASSWORD.into());
     cfg.shutdown_timeout = std::time::Duration::from_secs(5);
+    // Short, so that the liveness tests need not wait 30 s.
+    cfg.node_timeout = std::time::Duration::from_secs(2);
     let pg = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {

@@ -10,6 +10,7 @@ mod auth;
 mod errors;
 mod identity;
 mod lists;
+mod node_join;
 mod openapi;
 mod ops;
 mod ratelimit;

@@ -154,6 +154,43 @@ async fn strangers_see_nothing_of_another_organization(s: Srv) {
             404,
         ),
         (
+            Method::PATCH,
+            "/v1/nodes/{node_id}",
+            format!("/v1/nodes/{node}"),
+            Some(json!({"status": "draining"})),
+            404,
+        ),
+        (
+            Method::DELETE,
+            "/v1/nodes/{node_id}",
+            format!("/v1/nodes/{node}"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/nodes",
+            "/v1/nodes".into(),
+            Some(json!({"hostname": "strangers-box"})),
+            201,
+        ),
+        (
+            Method::POST,
+            "/v1/agent/join",
+            "/v1/agent/join".into(),
+            Some(
+                json!({"join_token": "sw_join_guess", "cpu_cores": 1, "memory_total": 1, "memory_available": 1, "disk_total": 1}),
+            ),
+            401,
+        ),
+        (
+            Method::POST,
+            "/v1/agent/sync",
+            "/v1/agent/sync".into(),
+            Some(json!({"generation": 0, "wait_secs": 1})),
+            401,
+        ),
+        (
             Method::GET,
             "/v1/openapi.json",
             "/v1/openapi.json".into(),
@@ -297,6 +334,10 @@ async fn strangers_see_nothing_of_another_organization(s: Srv) {
         ))
         .await;
     assert_eq!(invs["data"][0]["status"], "pending");
+    assert_eq!(
+        s.get(&format!("/v1/nodes/{node}")).await.1["status"],
+        "ready"
+    );
 
     for (method, template, _) in crate::openapi::operations() {
         if template.starts_with("/v1/") {
