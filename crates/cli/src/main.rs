@@ -1,7 +1,6 @@
 //! `shellwego`: one binary for the control plane, (later) the node agent and
 //! ingress, and the CLI client (`auth`, `tokens`, `orgs`).
 
-mod agent;
 mod bench;
 mod client;
 mod cmd;
@@ -39,7 +38,7 @@ enum Command {
     /// Run the control plane only (API server, controllers, store).
     Server(ServerArgs),
     /// Run a node agent: join a control plane and keep its channel open.
-    Agent(agent::AgentArgs),
+    Agent(shellwego_agent::AgentArgs),
     /// Print the OpenAPI 3.1 document of the /v1 API.
     Openapi,
     /// Measure ShellWeGo's speed (prints figures; see docs/benchmarks.md).
@@ -115,7 +114,7 @@ fn main() -> ExitCode {
             Command::Server(a) => serve(a, false).await,
             Command::Agent(a) => {
                 init_logging(LogFormat::Pretty);
-                agent::run(a, shutdown_signal()).await
+                shellwego_agent::run(a, shutdown_signal()).await
             }
             Command::Openapi => {
                 print!("{}", shellwego_server::openapi::document_json());

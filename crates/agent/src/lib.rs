@@ -1,4 +1,4 @@
-//! `shellwego agent`: joins a control plane with a join token (once; the
+//! The ShellWeGo node agent (`shellwego agent`): joins a control plane with a join token (once; the
 //! node credential is kept in the data dir, mode 0600, and reused on
 //! restart), reports the host's capacity, and keeps the agent channel open:
 //! `POST /v1/agent/sync` long-polls carry status up (they are the node's
