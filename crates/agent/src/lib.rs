@@ -31,9 +31,26 @@ pub struct AgentArgs {
     /// Host name to report [default: the machine's].
     #[arg(long)]
     pub name: Option<String>,
-    /// Seconds each sync may be held by the control plane (the heartbeat interval).
+    /// Region to report (overrides the one given at registration).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Zone to report.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// A label `key=value` to add to the node; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Seconds each sync may be held by the control plane (the heartbeat
+    /// interval); the control plane may ask for less.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=30))]
     pub sync_wait: u64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not key=value")),
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,6 +58,9 @@ struct Credential {
     control_plane: String,
     node_id: String,
     credential: String,
+    /// The longest sync wait the control plane wants (its liveness timeout / 3).
+    #[serde(default)]
+    sync_wait_secs: Option<u64>,
 }
 
 fn credential_path(dir: &Path) -> PathBuf {
@@ -106,6 +126,9 @@ fn host_report(args: &AgentArgs, join_token: String) -> AgentJoin {
         qemu_version,
         drivers,
         kvm,
+        region: args.region.clone(),
+        zone: args.zone.clone(),
+        labels: args.labels.iter().cloned().collect(),
     }
 }
 
@@ -145,6 +168,7 @@ async fn load_or_join(args: &AgentArgs, http: &reqwest::Client) -> anyhow::Resul
         control_plane: args.control_plane.clone(),
         node_id: joined.node_id,
         credential: joined.credential,
+        sync_wait_secs: Some(joined.sync_wait_secs),
     };
     write_private(&path, &toml::to_string(&c)?)?;
     tracing::info!(node_id = %c.node_id, "joined the control plane");
@@ -183,9 +207,12 @@ pub async fn run(
         let mut generation = 0;
         let mut backoff = Duration::from_millis(500);
         loop {
+            let wait = cred
+                .sync_wait_secs
+                .map_or(args.sync_wait, |w| w.clamp(1, 30).min(args.sync_wait));
             let body = AgentSync {
                 generation,
-                wait_secs: Some(args.sync_wait),
+                wait_secs: Some(wait),
                 memory_available: memory_available(),
             };
             match http

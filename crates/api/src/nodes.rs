@@ -138,6 +138,14 @@ pub struct AgentJoin {
     pub drivers: Vec<String>,
     #[serde(default)]
     pub kvm: bool,
+    /// Override the region set at registration.
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Added to (and overriding) the labels set at registration.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -211,35 +219,90 @@ impl crate::Validate for NodeUpdate {
 
 impl crate::Validate for AgentJoin {
     fn validate(&self) -> Result<(), shellwego_core::Error> {
+        use shellwego_core::FieldError;
+        const MAX_BYTES: i64 = 1 << 60;
         let mut errs = vec![];
+        if !(0..=100_000).contains(&self.cpu_cores) {
+            errs.push(FieldError::new(
+                "cpu_cores",
+                "out_of_range",
+                "must be between 0 and 100000",
+            ));
+        }
         for (f, v) in [
-            ("cpu_cores", self.cpu_cores),
             ("memory_total", self.memory_total),
             ("memory_available", self.memory_available),
             ("disk_total", self.disk_total),
         ] {
-            if v < 0 {
-                errs.push(shellwego_core::FieldError::new(
+            if !(0..=MAX_BYTES).contains(&v) {
+                errs.push(FieldError::new(
                     f,
                     "out_of_range",
-                    "must not be negative",
+                    "must be between 0 and 2^60 bytes",
                 ));
             }
         }
+        let text = |errs: &mut Vec<FieldError>, f: &str, v: &str, max: usize| {
+            if v.len() > max || v.chars().any(char::is_control) {
+                errs.push(FieldError::new(
+                    f,
+                    "invalid_value",
+                    format!("must be at most {max} characters without control characters"),
+                ));
+            }
+        };
+        text(&mut errs, "hostname", &self.hostname, 253);
+        for (f, v) in [
+            ("kernel_version", &self.kernel_version),
+            ("agent_version", &self.agent_version),
+            ("firecracker_version", &self.firecracker_version),
+            ("qemu_version", &self.qemu_version),
+            ("region", &self.region),
+            ("zone", &self.zone),
+        ] {
+            if let Some(v) = v {
+                text(&mut errs, f, v, 200);
+            }
+        }
+        for (i, d) in self.drivers.iter().enumerate() {
+            if !["process", "container", "microvm"].contains(&d.as_str()) {
+                errs.push(
+                    FieldError::new(
+                        format!("drivers[{i}]"),
+                        "invalid_value",
+                        "must be process, container or microvm",
+                    )
+                    .with_value(d.clone()),
+                );
+            }
+        }
+        check_labels(&mut errs, &self.labels);
         done(errs)
     }
 }
 
 impl crate::Validate for AgentSync {
     fn validate(&self) -> Result<(), shellwego_core::Error> {
-        match self.wait_secs {
-            Some(w) if !(1..=30).contains(&w) => Err(shellwego_core::Error::field(
-                "wait_secs",
-                "out_of_range",
-                "must be between 1 and 30",
-            )),
-            _ => Ok(()),
+        if let Some(w) = self.wait_secs {
+            if !(1..=30).contains(&w) {
+                return Err(shellwego_core::Error::field(
+                    "wait_secs",
+                    "out_of_range",
+                    "must be between 1 and 30",
+                ));
+            }
         }
+        if self
+            .memory_available
+            .is_some_and(|m| !(0..=1 << 60).contains(&m))
+        {
+            return Err(shellwego_core::Error::field(
+                "memory_available",
+                "out_of_range",
+                "must be between 0 and 2^60 bytes",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -167,8 +167,9 @@ fn redact_path(path: &str) -> String {
 async fn v1_gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     // The agent channel authenticates nodes itself (node credentials are
-    // not user tokens) and is not subject to API rate limits.
-    if !(path == "/v1" || path.starts_with("/v1/")) || path.starts_with("/v1/agent/") {
+    // not user tokens) and is not subject to API rate limits. (Joining
+    // carries no token, so it is limited per IP like any anonymous call.)
+    if !(path == "/v1" || path.starts_with("/v1/")) || path == "/v1/agent/sync" {
         return next.run(req).await;
     }
     let ip = req

@@ -147,7 +147,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
 
     let key = crate::mfa::Key::load_or_create(&config.data_dir, config.master_key.as_deref())
         .map_err(|e| anyhow::anyhow!("master key: {e}"))?;
-    let state = AppState::new(store.clone(), key);
+    let (stop, stop_rx) = watch::channel(false);
+    let state = AppState::new(store.clone(), key, config.node_timeout, stop_rx.clone());
     let app = crate::http::app(state.clone());
     tracing::info!(%addr, "listening");
 
@@ -164,6 +165,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     let (liveness_store, node_timeout) = (store.clone(), config.node_timeout);
     let liveness = tokio::spawn(async move {
         let every = (node_timeout / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
+        // After a (re)start, give every agent a full timeout to be heard
+        // from before judging: a control-plane restart changes nothing.
+        tokio::time::sleep(node_timeout).await;
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
@@ -178,7 +182,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         }
     });
 
-    let (stop, stop_rx) = watch::channel(false);
     let grace = config.shutdown_timeout;
     let task = tokio::spawn(async move {
         let mut rx1 = stop_rx.clone();

@@ -222,6 +222,11 @@ pub struct HostReport {
     pub qemu_version: Option<String>,
     pub drivers: Vec<String>,
     pub kvm: bool,
+    /// Given by the agent's flags; empty keeps what registration set.
+    pub region: String,
+    pub zone: String,
+    /// Merged over the labels set at registration.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Register a node (organization, hostname, region, zone and labels from
@@ -268,7 +273,7 @@ pub async fn join(
         ""
     };
     let row = sqlx::query(&format!(
-        "SELECT id, organization_id, join_expires_at FROM nodes WHERE join_token_hash = $1{lock}"
+        "SELECT id, organization_id, join_expires_at, capabilities FROM nodes WHERE join_token_hash = $1{lock}"
     ))
     .bind(shellwego_core::token::hash(join_secret))
     .fetch_optional(&mut **tx)
@@ -281,6 +286,11 @@ pub async fn join(
     }
     let id: String = row.try_get("id").map_err(db_err)?;
     let org: String = row.try_get("organization_id").map_err(db_err)?;
+    let mut caps: serde_json::Value = crate::json_col(&row, "capabilities")?;
+    if !caps.is_object() {
+        caps = serde_json::json!({});
+    }
+    caps["kvm"] = serde_json::Value::Bool(r.kvm);
     let (credential, cred_hash) = shellwego_core::token::secret_with_prefix("nsec_");
     let t = to_micros(now());
     sqlx::query(
@@ -297,17 +307,41 @@ pub async fn join(
     .bind(r.memory_total)
     .bind(r.memory_available)
     .bind(r.disk_total)
-    .bind(r.cpu_cores * 1000)
+    .bind(r.cpu_cores.saturating_mul(1000))
     .bind(&r.kernel_version)
     .bind(&r.agent_version)
     .bind(&r.firecracker_version)
     .bind(&r.qemu_version)
     .bind(crate::to_json(&r.drivers))
-    .bind(crate::to_json(&serde_json::json!({"kvm": r.kvm})))
+    .bind(crate::to_json(&caps))
     .bind(&id)
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
+    sqlx::query("UPDATE nodes SET region = CASE WHEN $1 = '' THEN region ELSE $1 END, zone = CASE WHEN $2 = '' THEN zone ELSE $2 END WHERE id = $3")
+        .bind(&r.region)
+        .bind(&r.zone)
+        .bind(&id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    for (k, v) in &r.labels {
+        sqlx::query(
+            "DELETE FROM labels WHERE resource_type = 'node' AND resource_id = $1 AND key = $2",
+        )
+        .bind(&id)
+        .bind(k)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("INSERT INTO labels (resource_type, resource_id, key, value) VALUES ('node', $1, $2, $3)")
+            .bind(&id)
+            .bind(k)
+            .bind(v)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+    }
     Ok(Some((id, org, credential)))
 }
 
@@ -358,8 +392,9 @@ impl Store {
     }
 }
 
-/// A heartbeat: the node is alive. An offline node comes back `ready`
-/// (draining and maintenance stay). Returns true when it came back.
+/// A heartbeat: the node is alive. An offline node comes back with the
+/// status it had before (ready, draining or maintenance). Returns true when
+/// it came back.
 pub async fn heartbeat(
     tx: &mut Tx,
     node_id: &str,
@@ -367,7 +402,7 @@ pub async fn heartbeat(
 ) -> Result<bool, Error> {
     let t = to_micros(now());
     let back = sqlx::query(
-        "UPDATE nodes SET status = 'ready', updated_at = $1 WHERE id = $2 AND status = 'offline'",
+        "UPDATE nodes SET status = COALESCE(status_before_offline, 'ready'), status_before_offline = NULL, updated_at = $1 WHERE id = $2 AND status = 'offline'",
     )
     .bind(t)
     .bind(node_id)
@@ -386,14 +421,20 @@ pub async fn heartbeat(
     Ok(back)
 }
 
-/// Mark a node offline unless it is already. True when this call did it.
-pub async fn mark_offline(tx: &mut Tx, node_id: &str) -> Result<bool, Error> {
-    let r = sqlx::query("UPDATE nodes SET status = 'offline', updated_at = $1 WHERE id = $2 AND status <> 'offline'")
-        .bind(to_micros(now()))
-        .bind(node_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
+/// Mark a node offline if it is not already and has still not been heard
+/// from since `cutoff` (a heartbeat racing this check wins). True when this
+/// call did it.
+pub async fn mark_offline(tx: &mut Tx, node_id: &str, cutoff_micros: i64) -> Result<bool, Error> {
+    let r = sqlx::query(
+        "UPDATE nodes SET status_before_offline = status, status = 'offline', updated_at = $1
+         WHERE id = $2 AND status <> 'offline' AND (last_seen IS NULL OR last_seen < $3)",
+    )
+    .bind(to_micros(now()))
+    .bind(node_id)
+    .bind(cutoff_micros)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
     Ok(r.rows_affected() == 1)
 }
 

@@ -17,9 +17,6 @@ use crate::problem::ApiResult;
 use crate::service::node_agents;
 use crate::state::AppState;
 
-/// Longest a sync may be held.
-pub const MAX_WAIT: Duration = Duration::from_secs(30);
-
 /// Exchange a join token for the node's credential (`nsec_…`).
 #[utoipa::path(post, path = "/v1/agent/join", tag = "agent", request_body = AgentJoin, responses(
     (status = 200, body = AgentJoined),
@@ -35,7 +32,7 @@ pub async fn agent_join(
     Ok(Json(AgentJoined {
         node_id,
         credential,
-        sync_wait_secs: 10,
+        sync_wait_secs: st.sync_wait().as_secs(),
     }))
 }
 
@@ -61,9 +58,14 @@ pub async fn agent_sync(
     let (node_id, org, generation) = node_agents::node_for_credential(&st.store, bearer).await?;
     node_agents::agent_heartbeat(&st.store, &node_id, &org, req.memory_available).await?;
     if req.generation == generation {
-        // Nothing new: hold the call (the agent's heartbeat interval).
-        let wait = Duration::from_secs(req.wait_secs.unwrap_or(10)).min(MAX_WAIT);
-        tokio::time::sleep(wait).await;
+        // Nothing new: hold the call (it is the agent's heartbeat interval),
+        // but never past a third of the liveness timeout, nor a shutdown.
+        let wait = Duration::from_secs(req.wait_secs.unwrap_or(10)).min(st.sync_wait());
+        let mut stopping = st.stopping.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
     }
     Ok(Json(AgentDesired {
         generation,

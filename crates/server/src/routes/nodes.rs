@@ -40,8 +40,16 @@ fn view(n: shellwego_store::nodes::Node) -> Node {
             cpu_available: format!("{:.1}", n.cpu_available as f64 / 1000.0),
         },
         usage: NodeUsage {
-            cpu_percent: pct(n.cpu_cores * 1000 - n.cpu_available, n.cpu_cores * 1000),
-            memory_percent: pct(n.memory_total - n.memory_available, n.memory_total),
+            cpu_percent: pct(
+                n.cpu_cores
+                    .saturating_mul(1000)
+                    .saturating_sub(n.cpu_available),
+                n.cpu_cores.saturating_mul(1000),
+            ),
+            memory_percent: pct(
+                n.memory_total.saturating_sub(n.memory_available.max(0)),
+                n.memory_total,
+            ),
             disk_percent: 0.0,
         },
         running_apps: 0,
@@ -122,6 +130,13 @@ pub async fn node_create(
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
+        // Only a plain host[:port] goes into a shell command.
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
         .unwrap_or("127.0.0.1:3000");
     let install_script = format!("shellwego agent --control-plane http://{host} --join-token {join_token} --data-dir /var/lib/shellwego-agent");
     Ok((

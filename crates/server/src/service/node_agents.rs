@@ -111,6 +111,9 @@ pub async fn agent_join(
         qemu_version: req.qemu_version.clone(),
         drivers: req.drivers.clone(),
         kvm: req.kvm,
+        region: req.region.clone().unwrap_or_default(),
+        zone: req.zone.clone().unwrap_or_default(),
+        labels: req.labels.clone(),
     };
     let mut tx = store.begin().await?;
     let Some((node_id, org, credential)) = nodes::join(&mut tx, &req.join_token, &report).await?
@@ -179,7 +182,7 @@ pub async fn mark_silent_nodes_offline(store: &Store, timeout: Duration) -> Resu
     let mut n = 0;
     for (id, org, last_seen) in store.stale_nodes(cutoff).await? {
         let mut tx = store.begin().await?;
-        if nodes::mark_offline(&mut tx, &id).await? {
+        if nodes::mark_offline(&mut tx, &id, cutoff).await? {
             let last = last_seen.map(|t| rfc3339(shellwego_core::time::from_micros(t)));
             events::record(
                 &mut tx,

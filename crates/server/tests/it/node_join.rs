@@ -82,7 +82,17 @@ async fn nodes_register_join_heartbeat_and_go_offline(s: Srv) {
     let p = problem(sync(&s, &cred, json!({"wait_secs": 99})).await, 400).await;
     assert_eq!(fields(&p), ["wait_secs"]);
 
-    // Silence: offline, with an event; a sync brings it back.
+    // An operator drains it; then it falls silent: offline, with an event.
+    let r = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/nodes/{id}"),
+            Some(&s.token),
+            Some(json!({"status": "draining"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    // A sync brings it back as it was: still draining.
     let mut offline = false;
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -105,7 +115,10 @@ async fn nodes_register_join_heartbeat_and_go_offline(s: Srv) {
             .status(),
         200
     );
-    assert_eq!(s.get(&format!("/v1/nodes/{id}")).await.1["status"], "ready");
+    assert_eq!(
+        s.get(&format!("/v1/nodes/{id}")).await.1["status"],
+        "draining"
+    );
     let (_, ev) = s
         .get(&format!(
             "/v1/events?filter[type]=node.online&filter[resource_id]={id}"
@@ -206,6 +219,17 @@ async fn expired_join_tokens_and_viewers(s: Srv) {
         401,
     )
     .await;
+    // Absurd reports are 400s, not overflows.
+    let mut bad = report("sw_join_made_up");
+    bad["cpu_cores"] = json!(i64::MAX);
+    bad["hostname"] = json!("a\u{0}b");
+    let p = problem(
+        s.call(Method::POST, "/v1/agent/join", None, Some(bad))
+            .await,
+        400,
+    )
+    .await;
+    assert_eq!(fields(&p), ["cpu_cores", "hostname"]);
     let p = problem(
         s.call(
             Method::POST,
