@@ -5,7 +5,6 @@ use serde::{Deserialize, Serialize};
 use shellwego_core::{Error, FieldError};
 use utoipa::ToSchema;
 
-use crate::tokens::valid_permission;
 use crate::Validate;
 
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
@@ -37,18 +36,7 @@ impl Validate for LoginRequest {
         if self.password.is_empty() {
             errs.push(FieldError::new("password", "required", "must not be empty"));
         }
-        for (i, s) in self.scope.iter().enumerate() {
-            if !valid_permission(s) {
-                errs.push(
-                    FieldError::new(
-                        format!("scope[{i}]"),
-                        "invalid_value",
-                        "must look like resource:action, e.g. apps:read",
-                    )
-                    .with_value(s.clone()),
-                );
-            }
-        }
+        crate::check_scope(&mut errs, &self.scope);
         if let Some(t) = &self.token_type {
             if t != "personal_access_token" && t != "session_token" {
                 errs.push(
@@ -61,11 +49,7 @@ impl Validate for LoginRequest {
                 );
             }
         }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::invalid(errs))
-        }
+        crate::finish(errs)
     }
 }
 

@@ -22,6 +22,31 @@ pub trait Validate {
     fn validate(&self) -> Result<(), Error>;
 }
 
+/// Every entry of `scope` must look like `resource:action`.
+pub(crate) fn check_scope(errs: &mut Vec<shellwego_core::FieldError>, scope: &[String]) {
+    for (i, s) in scope.iter().enumerate() {
+        if !tokens::valid_permission(s) {
+            errs.push(
+                shellwego_core::FieldError::new(
+                    format!("scope[{i}]"),
+                    "invalid_value",
+                    "must look like resource:action, e.g. apps:read",
+                )
+                .with_value(s.clone()),
+            );
+        }
+    }
+}
+
+/// No field problems: Ok; else one validation error listing them all.
+pub(crate) fn finish(errs: Vec<shellwego_core::FieldError>) -> Result<(), Error> {
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(errs))
+    }
+}
+
 /// The pagination block of every list response.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
 pub struct Pagination {

@@ -191,7 +191,7 @@ impl crate::Validate for NodeRegister {
             ));
         }
         check_labels(&mut errs, &self.labels);
-        done(errs)
+        crate::finish(errs)
     }
 }
 
@@ -213,7 +213,7 @@ impl crate::Validate for NodeUpdate {
         if let Some(l) = &self.labels {
             check_labels(&mut errs, l);
         }
-        done(errs)
+        crate::finish(errs)
     }
 }
 
@@ -277,7 +277,7 @@ impl crate::Validate for AgentJoin {
             }
         }
         check_labels(&mut errs, &self.labels);
-        done(errs)
+        crate::finish(errs)
     }
 }
 
@@ -319,13 +319,5 @@ fn check_labels(errs: &mut Vec<shellwego_core::FieldError>, labels: &BTreeMap<St
                 "keys: 1-63 letters, digits, - _ . /; values: up to 255 characters",
             ));
         }
-    }
-}
-
-fn done(errs: Vec<shellwego_core::FieldError>) -> Result<(), shellwego_core::Error> {
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(shellwego_core::Error::invalid(errs))
     }
 }

@@ -258,14 +258,6 @@ pub fn valid_email(e: &str) -> bool {
             .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
 }
 
-fn done(errs: Vec<FieldError>) -> Result<(), Error> {
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::invalid(errs))
-    }
-}
-
 impl Validate for OrganizationCreate {
     fn validate(&self) -> Result<(), Error> {
         let mut errs = vec![];
@@ -282,7 +274,7 @@ impl Validate for OrganizationCreate {
                 );
             }
         }
-        done(errs)
+        crate::finish(errs)
     }
 }
 
@@ -343,7 +335,7 @@ impl Validate for OrganizationUpdate {
                 }
             }
         }
-        done(errs)
+        crate::finish(errs)
     }
 }
 
@@ -356,7 +348,7 @@ impl Validate for MemberUpdate {
         if let Some(r) = &self.resources {
             check_resources(&mut errs, "resources", r);
         }
-        done(errs)
+        crate::finish(errs)
     }
 }
 
@@ -388,7 +380,7 @@ impl Validate for InvitationCreate {
                 ),
             }
         }
-        done(errs)
+        crate::finish(errs)
     }
 }
 
@@ -401,7 +393,7 @@ impl Validate for InvitationAccept {
         if let Some(p) = &self.password {
             crate::user::check_password(&mut errs, "password", p);
         }
-        done(errs)
+        crate::finish(errs)
     }
 }
 
@@ -410,18 +402,7 @@ impl Validate for ServiceAccountCreate {
         let mut errs = vec![];
         check_name(&mut errs, "name", &self.name);
         check_role(&mut errs, "role", &self.role, false);
-        for (i, s) in self.scope.iter().enumerate() {
-            if !valid_permission(s) {
-                errs.push(
-                    FieldError::new(
-                        format!("scope[{i}]"),
-                        "invalid_value",
-                        "must look like resource:action",
-                    )
-                    .with_value(s.clone()),
-                );
-            }
-        }
+        crate::check_scope(&mut errs, &self.scope);
         if let Some(e) = &self.expires_in {
             match shellwego_core::units::parse_duration(e).map(|d| d.as_secs()) {
                 Some(s) if (3600..=90 * 86_400).contains(&s) => {}
@@ -439,7 +420,7 @@ impl Validate for ServiceAccountCreate {
                 ),
             }
         }
-        done(errs)
+        crate::finish(errs)
     }
 }
 

@@ -83,18 +83,7 @@ impl Validate for TokenCreateRequest {
                 "must not contain control characters",
             ));
         }
-        for (i, s) in self.scope.iter().enumerate() {
-            if !valid_permission(s) {
-                errs.push(
-                    FieldError::new(
-                        format!("scope[{i}]"),
-                        "invalid_value",
-                        "must look like resource:action, e.g. apps:read",
-                    )
-                    .with_value(s.clone()),
-                );
-            }
-        }
+        crate::check_scope(&mut errs, &self.scope);
         if let Some(e) = &self.expires_in {
             match parse_duration(e).map(|d| d.as_secs()) {
                 None => errs.push(
@@ -136,11 +125,7 @@ impl Validate for TokenCreateRequest {
                 );
             }
         }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::invalid(errs))
-        }
+        crate::finish(errs)
     }
 }
 

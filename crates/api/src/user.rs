@@ -98,11 +98,7 @@ impl Validate for UserUpdate {
         if let Some(p) = &self.password {
             check_password(&mut errs, "password.new_password", &p.new_password);
         }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::invalid(errs))
-        }
+        crate::finish(errs)
     }
 }
 
