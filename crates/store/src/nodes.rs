@@ -137,16 +137,44 @@ pub async fn insert(tx: &mut Tx, mut n: Node) -> Result<Node, Error> {
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
-    for (k, v) in &n.labels {
+    put_labels(tx, &n.id, &n.labels, false).await?;
+    Ok(n)
+}
+
+/// Set a node's labels: replacing all of them, or only the keys given.
+async fn put_labels(
+    tx: &mut Tx,
+    node_id: &str,
+    labels: &BTreeMap<String, String>,
+    replace_all: bool,
+) -> Result<(), Error> {
+    if replace_all {
+        sqlx::query("DELETE FROM labels WHERE resource_type = 'node' AND resource_id = $1")
+            .bind(node_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+    }
+    for (k, v) in labels {
+        if !replace_all {
+            sqlx::query(
+                "DELETE FROM labels WHERE resource_type = 'node' AND resource_id = $1 AND key = $2",
+            )
+            .bind(node_id)
+            .bind(k)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        }
         sqlx::query("INSERT INTO labels (resource_type, resource_id, key, value) VALUES ('node', $1, $2, $3)")
-            .bind(&n.id)
+            .bind(node_id)
             .bind(k)
             .bind(v)
             .execute(&mut **tx)
             .await
             .map_err(db_err)?;
     }
-    Ok(n)
+    Ok(())
 }
 
 impl Store {
@@ -325,23 +353,7 @@ pub async fn join(
         .execute(&mut **tx)
         .await
         .map_err(db_err)?;
-    for (k, v) in &r.labels {
-        sqlx::query(
-            "DELETE FROM labels WHERE resource_type = 'node' AND resource_id = $1 AND key = $2",
-        )
-        .bind(&id)
-        .bind(k)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
-        sqlx::query("INSERT INTO labels (resource_type, resource_id, key, value) VALUES ('node', $1, $2, $3)")
-            .bind(&id)
-            .bind(k)
-            .bind(v)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-    }
+    put_labels(tx, &id, &r.labels, false).await?;
     Ok(Some((id, org, credential)))
 }
 
@@ -453,20 +465,7 @@ pub async fn update(
         .await
         .map_err(db_err)?;
     if let Some(labels) = labels {
-        sqlx::query("DELETE FROM labels WHERE resource_type = 'node' AND resource_id = $1")
-            .bind(node_id)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-        for (k, v) in labels {
-            sqlx::query("INSERT INTO labels (resource_type, resource_id, key, value) VALUES ('node', $1, $2, $3)")
-                .bind(node_id)
-                .bind(k)
-                .bind(v)
-                .execute(&mut **tx)
-                .await
-                .map_err(db_err)?;
-        }
+        put_labels(tx, node_id, labels, true).await?;
     }
     Ok(())
 }

@@ -12,7 +12,8 @@ use crate::kit::{fields, problem, Srv};
 fn report(token: &str) -> Value {
     json!({"join_token": token, "hostname": "worker-1", "cpu_cores": 8, "memory_total": 16u64 << 30,
            "memory_available": 12u64 << 30, "disk_total": 100u64 << 30, "kernel_version": "6.1.0",
-           "agent_version": "0.1.0", "drivers": ["process", "container"], "kvm": false})
+           "agent_version": "0.1.0", "drivers": ["process", "container"], "kvm": false,
+           "zone": "fra1-b", "labels": {"rack": "r1"}})
 }
 
 async fn sync(s: &Srv, credential: &str, body: Value) -> reqwest::Response {
@@ -67,7 +68,13 @@ async fn nodes_register_join_heartbeat_and_go_offline(s: Srv) {
     assert_eq!(n["capacity"]["cpu_cores"], 8);
     assert_eq!(n["capacity"]["memory_total"], "16g");
     assert_eq!(n["drivers"], json!(["process", "container"]));
-    assert_eq!(n["labels"]["gpu"], "true");
+    assert_eq!(
+        n["labels"],
+        json!({"gpu": "true", "rack": "r1"}),
+        "the agent's labels are added to registration's"
+    );
+    assert_eq!(n["zone"], "fra1-b");
+    assert_eq!(n["region"], "fra1");
     assert!(n["last_seen"].is_string());
 
     // Sync: the credential authenticates; a user token does not.
