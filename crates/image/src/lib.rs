@@ -1,0 +1,1 @@
+//! Images and archives (being written).
