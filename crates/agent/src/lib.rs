@@ -214,6 +214,7 @@ pub async fn run(
                 generation,
                 wait_secs: Some(wait),
                 memory_available: memory_available(),
+                ..Default::default()
             };
             match http
                 .post(&url)

@@ -3,6 +3,7 @@
 //! No database or HTTP-server code lives here; the server, the CLI and SDKs
 //! share these types.
 
+pub mod apps;
 pub mod auth;
 pub mod events;
 pub mod mfa;

@@ -114,6 +114,71 @@ pub struct NodeUpdate {
     pub status: Option<String>,
 }
 
+/// `POST /v1/nodes/{node_id}/actions/drain`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDrain {
+    /// Instances moved at a time (default 1, 1 … 100): each is replaced on
+    /// another node and healthy there before it stops here.
+    #[serde(default)]
+    pub batch_size: Option<i64>,
+    /// Give up waiting after this long (default `10m`); instances not moved
+    /// by then are stopped and placed elsewhere from scratch.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Only move instances to these nodes.
+    #[serde(default)]
+    pub destination_nodes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeDrained {
+    pub node_id: String,
+    pub status: String,
+    /// Instances that will be moved.
+    pub instances: i64,
+}
+
+impl crate::Validate for NodeDrain {
+    fn validate(&self) -> Result<(), shellwego_core::Error> {
+        use shellwego_core::FieldError;
+        let mut errs = vec![];
+        if self.batch_size.is_some_and(|b| !(1..=100).contains(&b)) {
+            errs.push(FieldError::new(
+                "batch_size",
+                "out_of_range",
+                "must be between 1 and 100",
+            ));
+        }
+        if let Some(t) = &self.timeout {
+            match shellwego_core::units::parse_duration(t) {
+                Some(d) if d.as_secs() >= 1 && d.as_secs() <= 86_400 => {}
+                _ => errs.push(
+                    FieldError::new(
+                        "timeout",
+                        "invalid_value",
+                        "must be a duration between 1s and 24h, such as 10m",
+                    )
+                    .with_value(t.clone()),
+                ),
+            }
+        }
+        for (i, n) in self.destination_nodes.iter().enumerate() {
+            if !n.starts_with("node_") {
+                errs.push(
+                    FieldError::new(
+                        format!("destination_nodes[{i}]"),
+                        "invalid_value",
+                        "must be a node id (node_…)",
+                    )
+                    .with_value(n.clone()),
+                );
+            }
+        }
+        crate::finish(errs)
+    }
+}
+
 /// `POST /v1/agent/join`: what an agent reports when it joins.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -169,14 +234,106 @@ pub struct AgentSync {
     pub wait_secs: Option<u64>,
     #[serde(default)]
     pub memory_available: Option<i64>,
+    /// Every instance the agent has (absent: the agent has not looked yet,
+    /// so nothing is concluded from it).
+    #[serde(default)]
+    pub instances: Option<Vec<InstanceReport>>,
+    /// What happened since the last sync (crashes, OOM kills).
+    #[serde(default)]
+    pub events: Vec<AgentEvent>,
+    /// The address instances on this node are reached at.
+    #[serde(default)]
+    pub internal_ip: Option<String>,
 }
 
 /// The node's desired state coming down.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentDesired {
     pub generation: i64,
-    /// Instances the node should run (apps arrive with the scheduler).
-    pub instances: Vec<serde_json::Value>,
+    /// Every instance the node should run; the agent stops any other.
+    pub instances: Vec<DesiredInstance>,
+}
+
+/// One instance a node should run, with all it needs to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DesiredInstance {
+    pub id: String,
+    pub app_id: String,
+    pub app_name: String,
+    pub organization_id: String,
+    /// The app version; a new version is a new instance.
+    pub version: i64,
+    /// `process`, `container` or `microvm`.
+    pub driver: String,
+    /// An OCI image reference to pull.
+    pub image: Option<String>,
+    /// A tarball to fetch: an http(s) URL, or a path on the control plane
+    /// (`/v1/agent/uploads/upl_…`) fetched with the node credential.
+    pub archive_url: Option<String>,
+    /// Overrides the image's entrypoint and cmd, or the Procfile's `web:` line.
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    /// Bytes.
+    pub memory: i64,
+    pub cpu_millis: i64,
+    pub health_check: DesiredHealthCheck,
+    pub stop_timeout_ms: u64,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DesiredHealthCheck {
+    /// HTTP GET path; none means a TCP connect check.
+    pub path: Option<String>,
+    /// None: the instance's own port.
+    pub port: Option<u16>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub grace_ms: u64,
+}
+
+/// An instance as the agent sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceReport {
+    pub id: String,
+    /// `starting`, `healthy`, `unhealthy`, `crashed`, `stopping`, `stopped`, `failed`.
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Microseconds since the epoch.
+    #[serde(default)]
+    pub started_at: Option<i64>,
+    #[serde(default)]
+    pub health_checks_passed: i64,
+    #[serde(default)]
+    pub restarts: i64,
+    /// The image by digest (`nginx:alpine@sha256:…`), once pulled.
+    #[serde(default)]
+    pub image_pinned: Option<String>,
+}
+
+/// Something that happened to an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEvent {
+    pub instance_id: String,
+    /// `crashed`, `oom_killed`, `unhealthy`, `failed`.
+    pub kind: String,
+    pub reason: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Microseconds since the epoch.
+    pub at: i64,
 }
 
 impl crate::Validate for NodeRegister {
@@ -300,6 +457,29 @@ impl crate::Validate for AgentSync {
                 "memory_available",
                 "out_of_range",
                 "must be between 0 and 2^60 bytes",
+            ));
+        }
+        let reports = self.instances.as_deref().unwrap_or_default();
+        if reports.len() > 10_000 || self.events.len() > 10_000 {
+            return Err(shellwego_core::Error::field(
+                "instances",
+                "too_many",
+                "at most 10000 instances and 10000 events per sync",
+            ));
+        }
+        let short = |s: &str| s.len() <= 4096;
+        if !reports
+            .iter()
+            .all(|r| short(&r.id) && short(&r.status) && r.reason.as_deref().is_none_or(short))
+            || !self
+                .events
+                .iter()
+                .all(|e| short(&e.instance_id) && short(&e.kind) && short(&e.reason))
+        {
+            return Err(shellwego_core::Error::field(
+                "instances",
+                "invalid_value",
+                "texts in reports are at most 4096 bytes",
             ));
         }
         Ok(())

@@ -8,6 +8,7 @@ pub mod list;
 pub mod password;
 pub mod plan;
 pub mod rbac;
+pub mod sched;
 pub mod time;
 pub mod token;
 pub mod units;

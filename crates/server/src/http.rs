@@ -169,7 +169,10 @@ async fn v1_gate(State(state): State<AppState>, mut req: Request, next: Next) ->
     // The agent channel authenticates nodes itself (node credentials are
     // not user tokens) and is not subject to API rate limits. (Joining
     // carries no token, so it is limited per IP like any anonymous call.)
-    if !(path == "/v1" || path.starts_with("/v1/")) || path == "/v1/agent/sync" {
+    if !(path == "/v1" || path.starts_with("/v1/"))
+        || path == "/v1/agent/sync"
+        || path.starts_with("/v1/agent/uploads/")
+    {
         return next.run(req).await;
     }
     let ip = req

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::routes::{agent, auth, events, health, nodes, orgs, tokens, user};
+use crate::routes::{agent, apps, auth, events, health, nodes, orgs, tokens, user};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -28,6 +28,7 @@ Every /v1 response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-R
         (name = "users", description = "The calling user, their tokens and MFA"),
         (name = "organizations", description = "Organizations, members, invitations, service accounts"),
         (name = "events", description = "The audit trail"),
+        (name = "apps", description = "Apps, their instances, and uploaded archives"),
         (name = "nodes", description = "Machines that run apps"),
         (name = "agent", description = "The node agent's channel (node credentials, not user tokens)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
@@ -84,8 +85,17 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             nodes::node_update,
             nodes::node_delete
         ))
+        .routes(routes!(nodes::node_drain))
+        .routes(routes!(apps::app_list, apps::app_create))
+        .routes(routes!(apps::app_get, apps::app_update, apps::app_delete))
+        .routes(routes!(apps::app_start))
+        .routes(routes!(apps::app_stop))
+        .routes(routes!(apps::app_restart))
+        .routes(routes!(apps::app_scale))
+        .routes(routes!(apps::upload_create))
         .routes(routes!(agent::agent_join))
         .routes(routes!(agent::agent_sync))
+        .routes(routes!(agent::agent_upload_get))
 }
 
 pub fn document() -> utoipa::openapi::OpenApi {

@@ -148,7 +148,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     let key = crate::mfa::Key::load_or_create(&config.data_dir, config.master_key.as_deref())
         .map_err(|e| anyhow::anyhow!("master key: {e}"))?;
     let (stop, stop_rx) = watch::channel(false);
-    let state = AppState::new(store.clone(), key, config.node_timeout, stop_rx.clone());
+    let mut state = AppState::new(store.clone(), key, config.node_timeout, stop_rx.clone());
+    state.uploads_dir = config.data_dir.join("uploads");
+    std::fs::create_dir_all(&state.uploads_dir)
+        .with_context(|| format!("cannot create {}", state.uploads_dir.display()))?;
     let app = crate::http::app(state.clone());
     tracing::info!(%addr, "listening");
 
@@ -161,8 +164,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         }
     });
 
+    let controller = tokio::spawn(crate::service::controller::run(state.clone()));
+
     // The liveness controller: silent nodes become offline.
     let (liveness_store, node_timeout) = (store.clone(), config.node_timeout);
+    let liveness_state = state.clone();
     let liveness = tokio::spawn(async move {
         let every = (node_timeout / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
         // After a (re)start, give every agent a full timeout to be heard
@@ -171,13 +177,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            if let Err(e) = crate::service::node_agents::mark_silent_nodes_offline(
+            match crate::service::node_agents::mark_silent_nodes_offline(
                 &liveness_store,
                 node_timeout,
             )
             .await
             {
-                tracing::warn!(error = %e, "liveness check failed");
+                Ok(0) => {}
+                Ok(_) => liveness_state.changed(),
+                Err(e) => tracing::warn!(error = %e, "liveness check failed"),
             }
         }
     });
@@ -207,6 +215,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         };
         janitor.abort();
         liveness.abort();
+        controller.abort();
         store.close().await;
         tracing::info!("stopped");
         res

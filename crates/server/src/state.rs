@@ -20,6 +20,13 @@ pub struct AppState {
     pub node_timeout: std::time::Duration,
     /// Becomes true when the server starts shutting down (ends long-polls).
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Bumped whenever desired or observed state changes in this process
+    /// (wakes waiting agent syncs and the router's table refresh).
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Wakes the app controller for a pass now.
+    pub kick: Arc<tokio::sync::Notify>,
+    /// Where uploaded archives are kept.
+    pub uploads_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -37,7 +44,17 @@ impl AppState {
             key: Arc::new(key),
             node_timeout,
             stopping,
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
+            kick: Arc::new(tokio::sync::Notify::new()),
+            uploads_dir: std::env::temp_dir().join("shellwego-uploads"),
         }
+    }
+
+    /// Something changed: wake waiting syncs and the router, and have the
+    /// controller take a pass.
+    pub fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        self.kick.notify_one();
     }
 
     /// The longest an agent sync is held: a third of the liveness timeout,

@@ -3,6 +3,7 @@
 //! PostgreSQL (for HA) through sqlx's `Any` driver. Every query is written
 //! once, with `$n` placeholders, which both backends accept.
 
+pub mod apps;
 pub mod bootstrap;
 pub mod events;
 pub mod invitations;

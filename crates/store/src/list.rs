@@ -40,6 +40,10 @@ pub struct Field {
     pub sort: bool,
     /// Allowed values (empty: any).
     pub values: &'static [&'static str],
+    /// A multi-valued field kept in another table: `FROM … WHERE` text
+    /// relating it to `t` (e.g. `app_tags x WHERE x.app_id = t.id`); a row
+    /// matches when any of its values does.
+    pub within: Option<&'static str>,
 }
 
 impl Field {
@@ -51,7 +55,13 @@ impl Field {
             filter: true,
             sort: true,
             values: &[],
+            within: None,
         }
+    }
+    pub const fn within(mut self, from_where: &'static str) -> Field {
+        self.within = Some(from_where);
+        self.sort = false;
+        self
     }
     pub const fn one_of(mut self, values: &'static [&'static str]) -> Field {
         self.values = values;
@@ -167,6 +177,8 @@ pub struct Page<T> {
 #[derive(Debug)]
 enum Cond {
     In(&'static str, Vec<Arg>),
+    /// EXISTS (SELECT 1 FROM from_where AND expr IN values)
+    Within(&'static str, &'static str, Vec<Arg>),
     /// (expr >= a AND expr <= b) OR … : a time filter with bare dates.
     Ranges(&'static str, Vec<(i64, i64)>),
     Cmp(&'static str, &'static str, Arg),
@@ -365,7 +377,10 @@ fn resolve_filters(res: &Resource, filters: &[Filter]) -> Result<Vec<Cond>, Erro
                     None => {
                         let parsed: Result<Vec<Arg>, FieldError> = values.iter().map(|v| parse_value(f, &param, v, DateEdge::Start)).collect();
                         match parsed {
-                            Ok(args) => out.push(Cond::In(f.expr, args)),
+                            Ok(args) => match f.within {
+                                Some(w) => out.push(Cond::Within(w, f.expr, args)),
+                                None => out.push(Cond::In(f.expr, args)),
+                            },
                             Err(e) => errors.push(e),
                         }
                     }
@@ -400,6 +415,13 @@ fn push_where(sql: &mut Sql, res: &Resource, scope: &Scope, conds: &[Cond]) {
     for c in conds {
         match c {
             Cond::In(expr, values) => in_list(sql, expr, values),
+            Cond::Within(from_where, expr, values) => {
+                sql.push(" AND EXISTS (SELECT 1 FROM ")
+                    .push(from_where)
+                    .push(" ");
+                in_list(sql, expr, values);
+                sql.push(")");
+            }
             Cond::Ranges(expr, ranges) => {
                 sql.push(" AND (1=0");
                 for (a, b) in ranges {

@@ -359,6 +359,18 @@ pub async fn join(
 
 /// The node a credential belongs to: `(id, organization id, generation)`.
 impl Store {
+    /// The node's desired-state generation.
+    pub async fn node_generation(&self, node_id: &str) -> Result<i64, Error> {
+        let row = sqlx::query("SELECT generation FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err)?;
+        row.map(|r| r.try_get::<i64, _>("generation").map_err(db_err))
+            .transpose()
+            .map(|g| g.unwrap_or(-1))
+    }
+
     pub async fn node_by_credential(
         &self,
         credential: &str,
@@ -411,6 +423,7 @@ pub async fn heartbeat(
     tx: &mut Tx,
     node_id: &str,
     memory_available: Option<i64>,
+    internal_ip: Option<&str>,
 ) -> Result<bool, Error> {
     let t = to_micros(now());
     let back = sqlx::query(
@@ -423,9 +436,10 @@ pub async fn heartbeat(
     .map_err(db_err)?
     .rows_affected()
         == 1;
-    sqlx::query("UPDATE nodes SET last_seen = $1, memory_available = COALESCE($2, memory_available) WHERE id = $3")
+    sqlx::query("UPDATE nodes SET last_seen = $1, memory_available = COALESCE($2, memory_available), internal_ip = COALESCE($3, internal_ip) WHERE id = $4")
         .bind(t)
         .bind(memory_available)
+        .bind(internal_ip)
         .bind(node_id)
         .execute(&mut **tx)
         .await

@@ -53,3 +53,19 @@ pub async fn event_list(
         pagination: pagination(page.pagination),
     }))
 }
+
+/// The latest events about one app (newest first, at most 20), for
+/// `include=events`; empty when the caller may not read events.
+pub(crate) async fn app_events(
+    st: &AppState,
+    p: &Principal,
+    app_id: &str,
+) -> Result<Vec<Event>, shellwego_core::Error> {
+    if p.authorize("events", "read", None).is_err() {
+        return Ok(vec![]);
+    }
+    let q = format!("filter[resource_id]={app_id}&limit=20&sort=timestamp:desc");
+    let params = shellwego_core::list::ListParams::parse(&q, &[])?;
+    let page = service::event_list(&st.store, p, &params).await?;
+    Ok(page.items.into_iter().map(view).collect())
+}

@@ -1,6 +1,7 @@
 //! Handlers, one module per resource, named `<resource>_<verb>`.
 
 pub mod agent;
+pub mod apps;
 pub mod auth;
 pub mod events;
 pub mod health;

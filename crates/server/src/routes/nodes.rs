@@ -24,7 +24,7 @@ fn pct(used: i64, total: i64) -> f64 {
     }
 }
 
-fn view(n: shellwego_store::nodes::Node) -> Node {
+fn view(n: shellwego_store::nodes::Node, running_apps: i64) -> Node {
     let size = |b: i64| format_size(b.max(0) as u64);
     Node {
         id: n.id,
@@ -52,7 +52,7 @@ fn view(n: shellwego_store::nodes::Node) -> Node {
             ),
             disk_percent: 0.0,
         },
-        running_apps: 0,
+        running_apps,
         microvm_capacity: MicrovmCapacity {
             total: n.microvm_total,
             used: n.microvm_used,
@@ -90,8 +90,20 @@ pub async fn node_list(
 ) -> ApiResult<Json<NodeList>> {
     let params = list_params(q.as_deref(), &[])?;
     let page = service::node_list(&st.store, &p, &params).await?;
+    let ids: Vec<String> = page.items.iter().map(|n| n.id.clone()).collect();
+    let counts = st.store.running_apps_on_nodes(&ids).await?;
     Ok(Json(NodeList {
-        data: page.items.into_iter().map(view).collect(),
+        data: page
+            .items
+            .into_iter()
+            .map(|n| {
+                let c = counts
+                    .iter()
+                    .find(|(id, _)| *id == n.id)
+                    .map_or(0, |(_, c)| *c);
+                view(n, c)
+            })
+            .collect(),
         pagination: pagination(page.pagination),
     }))
 }
@@ -108,7 +120,18 @@ pub async fn node_get(
     p: Principal,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<Node>> {
-    Ok(Json(view(service::node_get(&st.store, &p, &id).await?)))
+    node_view(&st, &p, &id).await
+}
+
+async fn node_view(st: &AppState, p: &Principal, id: &str) -> ApiResult<Json<Node>> {
+    let n = service::node_get(&st.store, p, id).await?;
+    let c = st
+        .store
+        .running_apps_on_nodes(std::slice::from_ref(&n.id))
+        .await?
+        .first()
+        .map_or(0, |(_, c)| *c);
+    Ok(Json(view(n, c)))
 }
 
 /// Register a node; run `shellwego agent --join-token …` on it within an hour.
@@ -160,14 +183,18 @@ pub async fn node_update(
     crate::extract::JsonBody(req): crate::extract::JsonBody<shellwego_api::nodes::NodeUpdate>,
 ) -> ApiResult<Json<Node>> {
     crate::service::node_agents::node_update(&st.store, &p, &id, &req).await?;
-    Ok(Json(view(service::node_get(&st.store, &p, &id).await?)))
+    st.changed();
+    node_view(&st, &p, &id).await
 }
 
-/// Remove a node. (`migrate_apps=true` is accepted; nodes run no instances
-/// until the scheduler exists, so there is nothing to move yet.)
+/// Remove a node. Its instances are placed elsewhere at once; with
+/// `migrate_apps=true` they are first moved (replacements healthy before
+/// they stop, as in a drain), the node is deleted when it runs nothing, and
+/// the answer is 202.
 #[utoipa::path(delete, path = "/v1/nodes/{node_id}", tag = "nodes", security(("bearer" = [])),
     params(("node_id" = String, Path, description = "Node id (node_…)"), ("migrate_apps" = Option<bool>, Query, description = "Move instances first")),
-    responses((status = 204, description = "Removed"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Removed"), (status = 202, description = "Draining; removed once its instances have moved"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn node_delete(
     State(st): State<AppState>,
     p: Principal,
@@ -185,6 +212,48 @@ pub async fn node_delete(
             .into());
         }
     }
+    if params.extra("migrate_apps") == Some("true") {
+        let req = shellwego_api::nodes::NodeDrain::default();
+        let n = crate::service::node_agents::node_drain(&st.store, &p, &id, &req, true).await?;
+        st.changed();
+        if n > 0 {
+            return Ok(axum::http::StatusCode::ACCEPTED);
+        }
+    }
     crate::service::node_agents::node_delete(&st.store, &p, &id).await?;
+    st.changed();
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Drain a node: no new instances go there, and each of its instances is
+/// replaced on another node and healthy there before it stops here
+/// (`batch_size` at a time, to `destination_nodes` if given). After
+/// `timeout`, what has not moved is stopped and placed elsewhere.
+#[utoipa::path(post, path = "/v1/nodes/{node_id}/actions/drain", tag = "nodes", security(("bearer" = [])),
+    params(("node_id" = String, Path, description = "Node id (node_…)")), request_body(content = Option<shellwego_api::nodes::NodeDrain>),
+    responses((status = 202, body = shellwego_api::nodes::NodeDrained), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn node_drain(
+    State(st): State<AppState>,
+    p: Principal,
+    PathParam(id): PathParam,
+    body: axum::body::Bytes,
+) -> ApiResult<(
+    axum::http::StatusCode,
+    Json<shellwego_api::nodes::NodeDrained>,
+)> {
+    let req: shellwego_api::nodes::NodeDrain = if body.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        crate::extract::parse_json(&body)?
+    };
+    let n = crate::service::node_agents::node_drain(&st.store, &p, &id, &req, false).await?;
+    st.changed();
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(shellwego_api::nodes::NodeDrained {
+            node_id: id,
+            status: "draining".into(),
+            instances: n,
+        }),
+    ))
 }

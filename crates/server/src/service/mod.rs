@@ -154,6 +154,8 @@ pub async fn node_get(store: &Store, p: &Principal, node_id: &str) -> Result<Nod
         .ok_or_else(|| Error::not_found("node", node_id))
 }
 
+pub mod apps;
+pub mod controller;
 pub mod identity;
 pub mod node_agents;
 pub mod orgs;

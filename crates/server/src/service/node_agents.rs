@@ -92,6 +92,76 @@ pub async fn node_delete(store: &Store, p: &Principal, node_id: &str) -> Result<
     commit(tx).await
 }
 
+/// Start draining a node (see the route). Returns the number of instances
+/// it runs.
+pub async fn node_drain(
+    store: &Store,
+    p: &Principal,
+    node_id: &str,
+    req: &shellwego_api::nodes::NodeDrain,
+    delete_when_drained: bool,
+) -> Result<i64, Error> {
+    p.authorize("nodes", "write", Some(node_id))?;
+    let node = store
+        .node(node_id, &p.organization_ids())
+        .await?
+        .ok_or_else(|| Error::not_found("node", node_id))?;
+    for (i, d) in req.destination_nodes.iter().enumerate() {
+        if d == node_id || store.node(d, &p.organization_ids()).await?.is_none() {
+            return Err(Error::field(
+                format!("destination_nodes[{i}]"),
+                "not_found",
+                "must be another node of this organization",
+            ));
+        }
+    }
+    let timeout = req
+        .timeout
+        .as_deref()
+        .and_then(shellwego_core::units::parse_duration)
+        .unwrap_or(Duration::from_secs(600));
+    let deadline = to_micros(now()) + i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX / 2);
+    let mut tx = store.begin().await?;
+    shellwego_store::apps::start_drain(
+        &mut tx,
+        node_id,
+        req.batch_size.unwrap_or(1),
+        &req.destination_nodes,
+        deadline,
+        delete_when_drained,
+    )
+    .await?;
+    let n = shellwego_store::apps::count_on_node(&mut tx, node_id).await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("node.draining", &p.actor(), "node", node_id)
+            .in_org(&node.organization_id)
+            .meta(json!({"instances": n, "batch_size": req.batch_size.unwrap_or(1), "timeout_secs": timeout.as_secs(), "destination_nodes": req.destination_nodes, "delete_when_drained": delete_when_drained})),
+    )
+    .await?;
+    commit(tx).await?;
+    Ok(n)
+}
+
+/// Delete nodes that were waiting to run nothing (`migrate_apps=true`).
+pub async fn delete_drained_nodes(store: &Store) -> Result<usize, Error> {
+    let mut n = 0;
+    for (id, org) in store.drained_nodes_to_delete().await? {
+        let mut tx = store.begin().await?;
+        nodes::delete(&mut tx, &id).await?;
+        events::record(
+            &mut tx,
+            NewEvent::info("node.deleted", &Actor::system(), "node", &id)
+                .in_org(&org)
+                .meta(json!({"reason": "drained"})),
+        )
+        .await?;
+        commit(tx).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// An agent joins with its one-time token; a used, expired or unknown token
 /// is a 401.
 pub async fn agent_join(
@@ -161,16 +231,19 @@ pub async fn agent_heartbeat(
     node_id: &str,
     org: &str,
     memory_available: Option<i64>,
-) -> Result<(), Error> {
+    internal_ip: Option<&str>,
+) -> Result<bool, Error> {
     let mut tx = store.begin().await?;
-    if nodes::heartbeat(&mut tx, node_id, memory_available).await? {
+    let back = nodes::heartbeat(&mut tx, node_id, memory_available, internal_ip).await?;
+    if back {
         events::record(
             &mut tx,
             NewEvent::info("node.online", &Actor::system(), "node", node_id).in_org(org),
         )
         .await?;
     }
-    commit(tx).await
+    commit(tx).await?;
+    Ok(back)
 }
 
 /// One pass of the liveness controller: nodes silent for longer than

@@ -45,6 +45,34 @@ async fn strangers_see_nothing_of_another_organization(s: Srv) {
         .as_str()
         .unwrap()
         .to_string();
+    let app = s
+        .call(
+            Method::POST,
+            "/v1/apps",
+            Some(&s.token),
+            Some(json!({"name": "owners-app", "image": "nginx:alpine", "replicas": 0})),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let upl = s
+        .call(
+            Method::POST,
+            "/v1/uploads",
+            Some(&s.token),
+            Some(json!("tarball bytes")),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["upload_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Starter: its burst (50) covers the whole table.
     let (_, _, stranger) = s.org_with_user(Plan::Starter, "stranger@example.com").await;
     let secrets = [
@@ -54,6 +82,8 @@ async fn strangers_see_nothing_of_another_organization(s: Srv) {
         admin.as_str(),
         inv.as_str(),
         sa.as_str(),
+        app.as_str(),
+        upl.as_str(),
         "admin@localhost",
     ];
 
@@ -173,6 +203,84 @@ async fn strangers_see_nothing_of_another_organization(s: Srv) {
             "/v1/nodes".into(),
             Some(json!({"hostname": "strangers-box"})),
             201,
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/{node_id}/actions/drain",
+            format!("/v1/nodes/{node}/actions/drain"),
+            Some(json!({})),
+            404,
+        ),
+        (Method::GET, "/v1/apps", "/v1/apps".into(), None, 200),
+        (
+            Method::POST,
+            "/v1/apps",
+            "/v1/apps".into(),
+            Some(json!({"name": "owners-app", "image": "busybox", "replicas": 0})),
+            201,
+        ),
+        (
+            Method::GET,
+            "/v1/apps/{app_id}",
+            format!("/v1/apps/{app}"),
+            None,
+            404,
+        ),
+        (
+            Method::PATCH,
+            "/v1/apps/{app_id}",
+            format!("/v1/apps/{app}"),
+            Some(json!({"replicas": 3})),
+            404,
+        ),
+        (
+            Method::DELETE,
+            "/v1/apps/{app_id}",
+            format!("/v1/apps/{app}"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/apps/{app_id}/actions/start",
+            format!("/v1/apps/{app}/actions/start"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/apps/{app_id}/actions/stop",
+            format!("/v1/apps/{app}/actions/stop"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/apps/{app_id}/actions/restart",
+            format!("/v1/apps/{app}/actions/restart"),
+            Some(json!({"strategy": "immediate"})),
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/apps/{app_id}/scale",
+            format!("/v1/apps/{app}/scale"),
+            Some(json!({"replicas": 5})),
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/uploads",
+            "/v1/uploads".into(),
+            Some(json!("strangers archive")),
+            201,
+        ),
+        (
+            Method::GET,
+            "/v1/agent/uploads/{upload_id}",
+            format!("/v1/agent/uploads/{upl}"),
+            None,
+            401,
         ),
         (
             Method::POST,
@@ -338,6 +446,11 @@ async fn strangers_see_nothing_of_another_organization(s: Srv) {
         s.get(&format!("/v1/nodes/{node}")).await.1["status"],
         "ready"
     );
+    let (_, a) = s.get(&format!("/v1/apps/{app}")).await;
+    assert_eq!(a["name"], "owners-app");
+    assert_eq!(a["replicas"]["desired"], 0);
+    let (_, mine) = s.get("/v1/apps").await;
+    assert_eq!(mine["data"].as_array().unwrap().len(), 1, "{mine}");
 
     for (method, template, _) in crate::openapi::operations() {
         if template.starts_with("/v1/") {

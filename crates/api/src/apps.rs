@@ -1,0 +1,954 @@
+//! Apps: `/v1/apps` and their instances.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use shellwego_core::units::{parse_duration, parse_size};
+use shellwego_core::{Error, FieldError};
+use utoipa::ToSchema;
+
+use crate::events::Event;
+use crate::Pagination;
+
+/// Memory an app gets when it does not say (bytes).
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+/// CPU an app gets when it does not say (millicores).
+pub const DEFAULT_CPU_MILLIS: i64 = 500;
+pub const DEFAULT_DISK: u64 = 1 << 30;
+pub const MIN_MEMORY: u64 = 64 << 20;
+pub const MAX_MEMORY: u64 = 32 << 30;
+pub const MAX_REPLICAS: i64 = 100;
+pub const RUNTIMES: &[&str] = &["process", "container", "microvm"];
+pub const STATUSES: &[&str] = &[
+    "running",
+    "stopped",
+    "error",
+    "deploying",
+    "pending",
+    "paused",
+];
+
+/// CPU as a decimal string (`"0.5"`) or a number (`0.5`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Cpu {
+    Text(String),
+    Number(f64),
+}
+
+impl Cpu {
+    /// Millicores, when the value is a number.
+    pub fn millis(&self) -> Option<i64> {
+        let v = match self {
+            Cpu::Text(s) => s.trim().parse::<f64>().ok()?,
+            Cpu::Number(n) => *n,
+        };
+        v.is_finite().then(|| (v * 1000.0).round() as i64)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// 64m … 32g.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "256m")]
+    pub memory: Option<String>,
+    /// 0.1 … 16 cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "0.5")]
+    pub cpu: Option<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "5gb")]
+    pub disk: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// HTTP path to GET (2xx/3xx is healthy); absent means a TCP connect check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "/health")]
+    pub path: Option<String>,
+    /// Defaults to the app's port (`$PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Default `10s` (1s … 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Default `5s`; at most the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Failures in a row before the instance is unhealthy (default 3, 1 … 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Time after start during which failures do not count (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period: Option<String>,
+}
+
+/// Where the app's files come from when there is no `image`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// `docker`, `tarball` (or `git`, in a later release).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// tarball: an http(s) URL of a .tar or .tar.gz (at most 1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// tarball: an id from `POST /v1/uploads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+    /// git: repository, branch, commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub git: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Only nodes in this region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Only nodes carrying all these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// `POST /v1/apps`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppCreate {
+    /// A DNS label, unique in the organization: `<name>.<base-domain>` routes to it.
+    #[schema(example = "my-new-app")]
+    pub name: String,
+    /// An OCI image reference (`nginx:alpine`, `registry:5000/app@sha256:…`).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Overrides the image's entrypoint/cmd (or the Procfile's `web:` line).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// 0 … 100 (default 1).
+    #[serde(default)]
+    pub replicas: Option<i64>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub source: Option<Source>,
+    /// `process`, `container` or `microvm`; default: the strongest isolation the node offers.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    #[serde(default)]
+    pub placement: Option<Placement>,
+    /// Seconds between SIGTERM and SIGKILL when an instance stops (default `10s`, at most `5m`).
+    #[serde(default)]
+    pub stop_timeout: Option<String>,
+}
+
+/// What of an app decides how its instances run; kept as JSON in the store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default)]
+    pub placement: Placement,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<ScaleConstraints>,
+    /// Replacements in flight at a time during the current rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_batch: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppCreated {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub deployment_id: String,
+}
+
+/// `PATCH /v1/apps/{app_id}`: resources, replicas, env and tags here;
+/// image changes go through deployments.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppUpdate {
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    #[serde(default)]
+    pub replicas: Option<i64>,
+    /// Merged into the app's env; a `null` value removes the variable.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, Option<String>>>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `POST /v1/apps/{app_id}/actions/restart`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartRequest {
+    /// `rolling` (default) or `immediate`.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// Instances restarted at a time when rolling (default 1).
+    #[serde(default)]
+    pub batch_size: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleConstraints {
+    pub min: i64,
+    pub max: i64,
+    /// Percent of the CPU limit above which to add a replica (1 … 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_threshold: Option<i64>,
+}
+
+/// `POST /v1/apps/{app_id}/scale`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// 0 … 100; required for `manual`.
+    #[serde(default)]
+    pub replicas: Option<i64>,
+    /// `manual` (default) or `auto` (stored; acted on by metrics-driven autoscaling).
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub constraints: Option<ScaleConstraints>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Replicas {
+    /// Instances running (starting, healthy or unhealthy).
+    pub current: i64,
+    pub desired: i64,
+    pub healthy: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnvValue {
+    pub value: String,
+    pub encrypted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppDomain {
+    pub hostname: String,
+    pub tls_status: String,
+    pub certificate_expires: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppNetworking {
+    pub internal_dns: String,
+    pub public: bool,
+    pub allowed_egress: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppRuntime {
+    /// The driver the instances run under (`process`, `container`, `microvm`).
+    pub driver: Option<String>,
+    /// The driver the app asked for, if any.
+    pub requested: Option<String>,
+    pub kernel_version: Option<String>,
+    pub microvm_version: Option<String>,
+    pub firecracker_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    #[schema(example = "inst_9x2k3m8s1d")]
+    pub id: String,
+    pub node_id: Option<String>,
+    /// `pending`, `starting`, `healthy`, `unhealthy`, `crashed`, `stopping`, `stopped`, `lost`.
+    pub status: String,
+    /// Why the instance is in this state (exit code, OOM kill, failing check, no room).
+    pub status_reason: Option<String>,
+    pub ip: Option<String>,
+    pub port: Option<i64>,
+    pub driver: Option<String>,
+    pub started_at: Option<String>,
+    pub health_checks_passed: i64,
+    pub restarts: i64,
+    /// The app version this instance runs.
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct App {
+    #[schema(example = "app_2v8s9d2k1m")]
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    /// `running`, `stopped`, `error`, `deploying`, `pending` (waiting for room on a node).
+    pub status: String,
+    /// Why the app is in `error` or `pending`.
+    pub status_reason: Option<String>,
+    /// The image, by digest once a node has pulled it.
+    pub image: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub resources: Resources,
+    pub env: BTreeMap<String, EnvValue>,
+    pub domains: Vec<AppDomain>,
+    pub volumes: Vec<VolumeSpec>,
+    pub replicas: Replicas,
+    pub networking: AppNetworking,
+    pub health_check: HealthCheck,
+    pub source: Option<Source>,
+    pub placement: Placement,
+    pub runtime: AppRuntime,
+    pub instances: Vec<Instance>,
+    pub deployment_id: Option<String>,
+    pub version: i64,
+    pub autoscale: Option<ScaleConstraints>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub created_by: Option<String>,
+    pub organization_id: String,
+    pub tags: Vec<String>,
+    /// With `include=events`: the app's latest events (newest first, at most 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<Event>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppList {
+    pub data: Vec<App>,
+    pub pagination: Pagination,
+}
+
+/// `POST /v1/uploads`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UploadCreated {
+    #[schema(example = "upl_1x2c3v4b5n")]
+    pub upload_id: String,
+    pub size: i64,
+    pub sha256: String,
+}
+
+/// A DNS label: 1–63 lowercase letters, digits and hyphens, starting with a
+/// letter, not ending with a hyphen.
+pub fn valid_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// An environment variable name: letters, digits, `_`, not starting with a digit.
+pub fn valid_env_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 255
+        && !b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+fn check_resources(errs: &mut Vec<FieldError>, r: &Resources) {
+    if let Some(m) = &r.memory {
+        match parse_size(m) {
+            Some(b) if (MIN_MEMORY..=MAX_MEMORY).contains(&b) => {}
+            Some(_) => errs.push(
+                FieldError::new(
+                    "resources.memory",
+                    "out_of_range",
+                    "must be between 64m and 32g",
+                )
+                .with_value(m.clone()),
+            ),
+            None => errs.push(
+                FieldError::new(
+                    "resources.memory",
+                    "invalid_value",
+                    "must be a size such as 256m or 1g",
+                )
+                .with_value(m.clone()),
+            ),
+        }
+    }
+    if let Some(c) = &r.cpu {
+        match c.millis() {
+            Some(m) if (100..=16_000).contains(&m) => {}
+            Some(_) => errs.push(FieldError::new(
+                "resources.cpu",
+                "out_of_range",
+                "must be between 0.1 and 16 cores",
+            )),
+            None => errs.push(FieldError::new(
+                "resources.cpu",
+                "invalid_value",
+                "must be a number of cores such as \"0.5\"",
+            )),
+        }
+    }
+    if let Some(d) = &r.disk {
+        match parse_size(d) {
+            Some(b) if b >= 1 << 20 && b <= 16 << 40 => {}
+            _ => errs.push(
+                FieldError::new(
+                    "resources.disk",
+                    "invalid_value",
+                    "must be a size between 1m and 16t, such as 10gb",
+                )
+                .with_value(d.clone()),
+            ),
+        }
+    }
+}
+
+fn check_duration(
+    errs: &mut Vec<FieldError>,
+    field: &str,
+    v: &Option<String>,
+    min_ms: u128,
+    max_ms: u128,
+    range: &str,
+) {
+    if let Some(s) = v {
+        match parse_duration(s) {
+            Some(d) if (min_ms..=max_ms).contains(&d.as_millis()) => {}
+            Some(_) => errs.push(
+                FieldError::new(field, "out_of_range", format!("must be between {range}"))
+                    .with_value(s.clone()),
+            ),
+            None => errs.push(
+                FieldError::new(
+                    field,
+                    "invalid_value",
+                    "must be a duration such as 10s, 5m or 1h",
+                )
+                .with_value(s.clone()),
+            ),
+        }
+    }
+}
+
+fn check_health(errs: &mut Vec<FieldError>, h: &HealthCheck) {
+    if let Some(p) = &h.path {
+        if !p.starts_with('/') || p.len() > 1024 || p.chars().any(|c| c.is_control() || c == ' ') {
+            errs.push(
+                FieldError::new(
+                    "health_check.path",
+                    "invalid_value",
+                    "must be a URL path starting with /",
+                )
+                .with_value(p.clone()),
+            );
+        }
+    }
+    if h.port == Some(0) {
+        errs.push(FieldError::new(
+            "health_check.port",
+            "out_of_range",
+            "must be between 1 and 65535",
+        ));
+    }
+    check_duration(
+        errs,
+        "health_check.interval",
+        &h.interval,
+        1000,
+        3_600_000,
+        "1s and 1h",
+    );
+    check_duration(
+        errs,
+        "health_check.timeout",
+        &h.timeout,
+        100,
+        60_000,
+        "100ms and 60s",
+    );
+    check_duration(
+        errs,
+        "health_check.grace_period",
+        &h.grace_period,
+        0,
+        3_600_000,
+        "0s and 1h",
+    );
+    if let (Some(i), Some(t)) = (
+        h.interval.as_deref().and_then(parse_duration),
+        h.timeout.as_deref().and_then(parse_duration),
+    ) {
+        if t > i {
+            errs.push(FieldError::new(
+                "health_check.timeout",
+                "invalid_value",
+                "must not be longer than health_check.interval",
+            ));
+        }
+    }
+    if let Some(r) = h.retries {
+        if !(1..=10).contains(&r) {
+            errs.push(FieldError::new(
+                "health_check.retries",
+                "out_of_range",
+                "must be between 1 and 10",
+            ));
+        }
+    }
+}
+
+fn check_replicas(errs: &mut Vec<FieldError>, r: Option<i64>) {
+    if let Some(r) = r {
+        if !(0..=MAX_REPLICAS).contains(&r) {
+            errs.push(
+                FieldError::new("replicas", "out_of_range", "must be between 0 and 100")
+                    .with_value(r),
+            );
+        }
+    }
+}
+
+fn check_tags(errs: &mut Vec<FieldError>, tags: &[String]) {
+    if tags.len() > 20 {
+        errs.push(FieldError::new("tags", "too_many", "at most 20 tags"));
+    }
+    for (i, t) in tags.iter().enumerate() {
+        if t.is_empty()
+            || t.len() > 63
+            || t.chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == ',')
+        {
+            errs.push(
+                FieldError::new(
+                    format!("tags[{i}]"),
+                    "invalid_value",
+                    "1-63 characters, no spaces or commas",
+                )
+                .with_value(t.clone()),
+            );
+        }
+    }
+}
+
+fn check_env_name(errs: &mut Vec<FieldError>, k: &str) {
+    if !valid_env_name(k) {
+        errs.push(FieldError::new(
+            format!("env.{k}"),
+            "invalid_value",
+            "names are letters, digits and _, not starting with a digit",
+        ));
+    }
+}
+
+impl crate::Validate for AppCreate {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if !valid_dns_label(&self.name) {
+            errs.push(
+                FieldError::new(
+                    "name",
+                    "invalid_value",
+                    "must be a DNS label: 1-63 lowercase letters, digits and hyphens, starting with a letter",
+                )
+                .with_value(self.name.clone()),
+            );
+        }
+        if let Some(i) = &self.image {
+            if i.trim().is_empty()
+                || i.len() > 512
+                || i.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                errs.push(
+                    FieldError::new(
+                        "image",
+                        "invalid_value",
+                        "must be an image reference such as nginx:alpine",
+                    )
+                    .with_value(i.clone()),
+                );
+            }
+        }
+        match (&self.image, &self.source) {
+            (None, None) => errs.push(FieldError::new(
+                "image",
+                "required",
+                "give an image, or a source ({\"type\": \"tarball\", \"upload_id\": …})",
+            )),
+            (Some(_), Some(s)) if s.kind != "docker" => errs.push(FieldError::new(
+                "source",
+                "invalid_value",
+                "give either an image or a tarball source, not both",
+            )),
+            (None, Some(s)) => check_source(&mut errs, s),
+            _ => {}
+        }
+        if let Some(c) = &self.command {
+            if c.is_empty() || c.len() > 256 || c.iter().any(|a| a.contains('\0')) {
+                errs.push(FieldError::new(
+                    "command",
+                    "invalid_value",
+                    "must be a non-empty list of arguments",
+                ));
+            }
+        }
+        check_resources(&mut errs, &self.resources);
+        if self.env.len() > 500 {
+            errs.push(FieldError::new("env", "too_many", "at most 500 variables"));
+        }
+        for (k, v) in &self.env {
+            check_env_name(&mut errs, k);
+            if v.contains('\0') || v.len() > 32 * 1024 {
+                errs.push(FieldError::new(
+                    format!("env.{k}"),
+                    "invalid_value",
+                    "at most 32 KiB, no NUL bytes",
+                ));
+            }
+        }
+        if let Some(h) = &self.health_check {
+            check_health(&mut errs, h);
+        }
+        check_replicas(&mut errs, self.replicas);
+        check_tags(&mut errs, &self.tags);
+        if let Some(r) = &self.runtime {
+            if !RUNTIMES.contains(&r.as_str()) {
+                errs.push(
+                    FieldError::new(
+                        "runtime",
+                        "invalid_value",
+                        "must be process, container or microvm",
+                    )
+                    .with_value(r.clone()),
+                );
+            }
+        }
+        for (i, d) in self.domains.iter().enumerate() {
+            if d.is_empty()
+                || d.len() > 253
+                || !d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+                })
+            {
+                errs.push(
+                    FieldError::new(
+                        format!("domains[{i}]"),
+                        "invalid_value",
+                        "must be a host name such as api.example.com",
+                    )
+                    .with_value(d.clone()),
+                );
+            }
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            if !v.mount_path.starts_with('/') || v.mount_path.contains("..") {
+                errs.push(FieldError::new(
+                    format!("volumes[{i}].mount_path"),
+                    "invalid_value",
+                    "must be an absolute path",
+                ));
+            }
+            if let Some(s) = &v.size {
+                if parse_size(s).is_none() {
+                    errs.push(FieldError::new(
+                        format!("volumes[{i}].size"),
+                        "invalid_value",
+                        "must be a size such as 5gb",
+                    ));
+                }
+            }
+        }
+        if let Some(p) = &self.placement {
+            for (k, v) in &p.labels {
+                if k.is_empty() || k.len() > 63 || v.len() > 255 {
+                    errs.push(FieldError::new(
+                        format!("placement.labels.{k}"),
+                        "invalid_value",
+                        "keys 1-63 characters, values up to 255",
+                    ));
+                }
+            }
+        }
+        check_duration(
+            &mut errs,
+            "stop_timeout",
+            &self.stop_timeout,
+            0,
+            300_000,
+            "0s and 5m",
+        );
+        crate::finish(errs)
+    }
+}
+
+fn check_source(errs: &mut Vec<FieldError>, s: &Source) {
+    match s.kind.as_str() {
+        "tarball" => match (&s.url, &s.upload_id) {
+            (Some(u), None) => {
+                if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 2048 {
+                    errs.push(
+                        FieldError::new(
+                            "source.url",
+                            "invalid_value",
+                            "must be an http:// or https:// URL",
+                        )
+                        .with_value(u.clone()),
+                    );
+                }
+            }
+            (None, Some(id)) => {
+                if !id.starts_with("upl_") {
+                    errs.push(
+                        FieldError::new(
+                            "source.upload_id",
+                            "invalid_value",
+                            "must be an id from POST /v1/uploads (upl_…)",
+                        )
+                        .with_value(id.clone()),
+                    );
+                }
+            }
+            _ => errs.push(FieldError::new(
+                "source",
+                "invalid_value",
+                "a tarball source has exactly one of url or upload_id",
+            )),
+        },
+        "docker" => errs.push(FieldError::new(
+            "image",
+            "required",
+            "a docker source needs image",
+        )),
+        "git" => errs.push(FieldError::new(
+            "source.type",
+            "unsupported",
+            "git sources are not supported yet; build an image or upload a tarball",
+        )),
+        other => errs.push(
+            FieldError::new(
+                "source.type",
+                "invalid_value",
+                "must be docker, tarball or git",
+            )
+            .with_value(other.to_string()),
+        ),
+    }
+}
+
+impl crate::Validate for AppUpdate {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if let Some(r) = &self.resources {
+            check_resources(&mut errs, r);
+        }
+        check_replicas(&mut errs, self.replicas);
+        if let Some(env) = &self.env {
+            for (k, v) in env {
+                check_env_name(&mut errs, k);
+                if v.as_ref()
+                    .is_some_and(|v| v.contains('\0') || v.len() > 32 * 1024)
+                {
+                    errs.push(FieldError::new(
+                        format!("env.{k}"),
+                        "invalid_value",
+                        "at most 32 KiB, no NUL bytes",
+                    ));
+                }
+            }
+        }
+        if let Some(t) = &self.tags {
+            check_tags(&mut errs, t);
+        }
+        if let Some(h) = &self.health_check {
+            check_health(&mut errs, h);
+        }
+        crate::finish(errs)
+    }
+}
+
+impl crate::Validate for RestartRequest {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if let Some(s) = &self.strategy {
+            if s != "rolling" && s != "immediate" {
+                errs.push(
+                    FieldError::new("strategy", "invalid_value", "must be rolling or immediate")
+                        .with_value(s.clone()),
+                );
+            }
+        }
+        if let Some(b) = self.batch_size {
+            if !(1..=MAX_REPLICAS).contains(&b) {
+                errs.push(FieldError::new(
+                    "batch_size",
+                    "out_of_range",
+                    "must be between 1 and 100",
+                ));
+            }
+        }
+        crate::finish(errs)
+    }
+}
+
+impl crate::Validate for ScaleRequest {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        check_replicas(&mut errs, self.replicas);
+        let strategy = self.strategy.as_deref().unwrap_or("manual");
+        match strategy {
+            "manual" => {
+                if self.replicas.is_none() {
+                    errs.push(FieldError::new(
+                        "replicas",
+                        "required",
+                        "manual scaling needs replicas",
+                    ));
+                }
+            }
+            "auto" => match &self.constraints {
+                None => errs.push(FieldError::new(
+                    "constraints",
+                    "required",
+                    "auto scaling needs constraints {min, max}",
+                )),
+                Some(c) => {
+                    if !(0..=MAX_REPLICAS).contains(&c.min) {
+                        errs.push(FieldError::new(
+                            "constraints.min",
+                            "out_of_range",
+                            "must be between 0 and 100",
+                        ));
+                    }
+                    if !(1..=MAX_REPLICAS).contains(&c.max) || c.max < c.min {
+                        errs.push(FieldError::new(
+                            "constraints.max",
+                            "out_of_range",
+                            "must be between 1 and 100 and at least min",
+                        ));
+                    }
+                    if c.cpu_threshold.is_some_and(|t| !(1..=100).contains(&t)) {
+                        errs.push(FieldError::new(
+                            "constraints.cpu_threshold",
+                            "out_of_range",
+                            "must be between 1 and 100 (percent)",
+                        ));
+                    }
+                    if let Some(r) = self.replicas {
+                        if r < c.min || r > c.max {
+                            errs.push(FieldError::new(
+                                "replicas",
+                                "out_of_range",
+                                "must be within constraints.min and constraints.max",
+                            ));
+                        }
+                    }
+                }
+            },
+            other => errs.push(
+                FieldError::new("strategy", "invalid_value", "must be manual or auto")
+                    .with_value(other.to_string()),
+            ),
+        }
+        crate::finish(errs)
+    }
+}
+
+/// Resolved resources in store units: memory bytes, millicores, disk bytes.
+pub fn resolve_resources(r: &Resources) -> (i64, i64, i64) {
+    let size = |s: &Option<String>, d: u64| {
+        s.as_deref()
+            .and_then(parse_size)
+            .unwrap_or(d)
+            .min(i64::MAX as u64) as i64
+    };
+    (
+        size(&r.memory, DEFAULT_MEMORY),
+        r.cpu
+            .as_ref()
+            .and_then(Cpu::millis)
+            .unwrap_or(DEFAULT_CPU_MILLIS),
+        size(&r.disk, DEFAULT_DISK),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Validate;
+
+    fn base() -> AppCreate {
+        AppCreate {
+            name: "web".into(),
+            image: Some("nginx:alpine".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bounds() {
+        assert!(base().validate().is_ok());
+        let mut a = base();
+        a.resources.memory = Some("32m".into());
+        assert!(a.validate().is_err());
+        a.resources.memory = Some("32g".into());
+        assert!(a.validate().is_ok());
+        a.resources.cpu = Some(Cpu::Number(0.05));
+        assert!(a.validate().is_err());
+        a.resources.cpu = Some(Cpu::Text("16".into()));
+        assert!(a.validate().is_ok());
+        a.replicas = Some(101);
+        assert!(a.validate().is_err());
+        let mut b = base();
+        b.name = "Web".into();
+        assert!(b.validate().is_err());
+        b.name = "a-".into();
+        assert!(b.validate().is_err());
+        let mut c = base();
+        c.env.insert("1X".into(), "v".into());
+        assert!(c.validate().is_err());
+        let mut d = base();
+        d.image = None;
+        assert!(d.validate().is_err());
+    }
+}

@@ -1,0 +1,861 @@
+//! Apps, their instances, deployments and uploads: the rows. The rules
+//! (what to run where, what an app's status is) live in the server's
+//! services; these are the queries.
+
+use shellwego_core::list::Dir;
+use shellwego_core::time::{now, to_micros};
+use shellwego_core::{id, Error};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::list::{Field, Kind, Resource};
+use crate::{db_err, Store, Tx};
+
+/// An app row. `spec` is the JSON of the rest of the app's spec.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct App {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub desired_state: String,
+    pub replicas: i64,
+    pub memory: i64,
+    pub cpu_millis: i64,
+    pub disk: i64,
+    pub spec: String,
+    pub image_pinned: Option<String>,
+    pub deployment_id: Option<String>,
+    pub version: i64,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub tags: Vec<String>,
+}
+
+pub const STATUSES: &[&str] = &[
+    "running",
+    "stopped",
+    "error",
+    "deploying",
+    "pending",
+    "paused",
+];
+
+pub static APPS: Resource = Resource {
+    name: "apps",
+    from: "apps t",
+    columns: "t.id, t.organization_id, t.name, t.status, t.status_reason, t.desired_state, t.replicas, t.memory, t.cpu_millis, t.disk, t.spec, t.image_pinned, t.deployment_id, t.version, t.created_by, t.created_at, t.updated_at",
+    fields: &[
+        Field::new("name", "t.name", Kind::Text),
+        Field::new("status", "t.status", Kind::Text).one_of(STATUSES),
+        Field::new("organization_id", "t.organization_id", Kind::Text).no_sort(),
+        Field::new("replicas.desired", "t.replicas", Kind::Int),
+        Field::new("resources.memory", "t.memory", Kind::Size),
+        Field::new("resources.cpu_millis", "t.cpu_millis", Kind::Int),
+        Field::new("created_at", "t.created_at", Kind::Time),
+        Field::new("updated_at", "t.updated_at", Kind::Time),
+        Field::new("tags", "x.tag", Kind::Text).within("app_tags x WHERE x.app_id = t.id"),
+        Field::new("node_id", "x.node_id", Kind::Text)
+            .within("instances x WHERE x.app_id = t.id AND x.desired = 'running'"),
+    ],
+    search: &["t.name"],
+    labels: None,
+    default_sort: &[("created_at", Dir::Desc)],
+};
+
+pub fn from_row(row: &AnyRow) -> Result<App, Error> {
+    Ok(App {
+        id: row.try_get("id").map_err(db_err)?,
+        organization_id: row.try_get("organization_id").map_err(db_err)?,
+        name: row.try_get("name").map_err(db_err)?,
+        status: row.try_get("status").map_err(db_err)?,
+        status_reason: row.try_get("status_reason").map_err(db_err)?,
+        desired_state: row.try_get("desired_state").map_err(db_err)?,
+        replicas: row.try_get("replicas").map_err(db_err)?,
+        memory: row.try_get("memory").map_err(db_err)?,
+        cpu_millis: row.try_get("cpu_millis").map_err(db_err)?,
+        disk: row.try_get("disk").map_err(db_err)?,
+        spec: row.try_get("spec").map_err(db_err)?,
+        image_pinned: row.try_get("image_pinned").map_err(db_err)?,
+        deployment_id: row.try_get("deployment_id").map_err(db_err)?,
+        version: row.try_get("version").map_err(db_err)?,
+        created_by: row.try_get("created_by").map_err(db_err)?,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+        updated_at: row.try_get("updated_at").map_err(db_err)?,
+        tags: vec![],
+    })
+}
+
+fn lock_clause(tx: &Tx) -> &'static str {
+    if tx.backend_name() == "PostgreSQL" {
+        " FOR UPDATE"
+    } else {
+        ""
+    }
+}
+
+/// Insert an app with its tags; `a.id` is assigned when empty.
+pub async fn insert(tx: &mut Tx, mut a: App) -> Result<App, Error> {
+    if a.id.is_empty() {
+        a.id = id::new_id("app");
+    }
+    let t = to_micros(now());
+    a.created_at = t;
+    a.updated_at = t;
+    sqlx::query(
+        "INSERT INTO apps (id, organization_id, name, status, status_reason, desired_state, replicas, memory, cpu_millis, disk, spec, image_pinned, deployment_id, version, created_by, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)",
+    )
+    .bind(&a.id)
+    .bind(&a.organization_id)
+    .bind(&a.name)
+    .bind(&a.status)
+    .bind(&a.status_reason)
+    .bind(&a.desired_state)
+    .bind(a.replicas)
+    .bind(a.memory)
+    .bind(a.cpu_millis)
+    .bind(a.disk)
+    .bind(&a.spec)
+    .bind(&a.image_pinned)
+    .bind(&a.deployment_id)
+    .bind(a.version)
+    .bind(&a.created_by)
+    .bind(t)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| match db_err(e) {
+        Error::Conflict(_) => Error::Conflict(format!(
+            "An app named '{}' already exists in this organization; pick another name.",
+            a.name
+        )),
+        other => other,
+    })?;
+    set_tags(tx, &a.id, &a.tags).await?;
+    Ok(a)
+}
+
+pub async fn set_tags(tx: &mut Tx, app_id: &str, tags: &[String]) -> Result<(), Error> {
+    sqlx::query("DELETE FROM app_tags WHERE app_id = $1")
+        .bind(app_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for t in tags.iter().filter(|t| seen.insert(t.as_str())) {
+        sqlx::query("INSERT INTO app_tags (app_id, tag) VALUES ($1, $2)")
+            .bind(app_id)
+            .bind(t)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// The app, locked for the rest of the transaction (PostgreSQL; SQLite's
+/// write transactions are serialized).
+pub async fn get_for_update(tx: &mut Tx, app_id: &str) -> Result<Option<App>, Error> {
+    let lock = lock_clause(tx);
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM apps t WHERE t.id = $1{lock}",
+        APPS.columns
+    ))
+    .bind(app_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let Some(row) = row else { return Ok(None) };
+    let mut a = from_row(&row)?;
+    a.tags = tags_of(&mut **tx, &a.id).await?;
+    Ok(Some(a))
+}
+
+async fn tags_of<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    ex: E,
+    app_id: &str,
+) -> Result<Vec<String>, Error> {
+    let rows = sqlx::query("SELECT tag FROM app_tags WHERE app_id = $1 ORDER BY tag")
+        .bind(app_id)
+        .fetch_all(ex)
+        .await
+        .map_err(db_err)?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("tag").map_err(db_err))
+        .collect()
+}
+
+/// Write every mutable column of an app.
+pub async fn update(tx: &mut Tx, a: &App) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE apps SET status = $1, status_reason = $2, desired_state = $3, replicas = $4, memory = $5, cpu_millis = $6, disk = $7,
+                         spec = $8, image_pinned = $9, deployment_id = $10, version = $11, updated_at = $12
+         WHERE id = $13",
+    )
+    .bind(&a.status)
+    .bind(&a.status_reason)
+    .bind(&a.desired_state)
+    .bind(a.replicas)
+    .bind(a.memory)
+    .bind(a.cpu_millis)
+    .bind(a.disk)
+    .bind(&a.spec)
+    .bind(&a.image_pinned)
+    .bind(&a.deployment_id)
+    .bind(a.version)
+    .bind(to_micros(now()))
+    .bind(&a.id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Only the derived status (no `updated_at` change: it is not a user edit).
+pub async fn set_status(
+    tx: &mut Tx,
+    app_id: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE apps SET status = $1, status_reason = $2 WHERE id = $3")
+        .bind(status)
+        .bind(reason)
+        .bind(app_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub async fn set_image_pinned(tx: &mut Tx, app_id: &str, pinned: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE apps SET image_pinned = $1 WHERE id = $2 AND (image_pinned IS NULL OR image_pinned <> $1)")
+        .bind(pinned)
+        .bind(app_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Delete the app row (its instances are stopped by the caller first).
+pub async fn delete(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
+    sqlx::query("DELETE FROM app_tags WHERE app_id = $1")
+        .bind(app_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    sqlx::query("DELETE FROM apps WHERE id = $1")
+        .bind(app_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// One replica of an app: desired (`desired`, `node_id`, `version`) and
+/// observed (the rest, as its agent reports).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Instance {
+    pub id: String,
+    pub app_id: String,
+    pub organization_id: String,
+    pub node_id: Option<String>,
+    pub version: i64,
+    pub desired: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub replaces: Option<String>,
+    pub driver: Option<String>,
+    pub ip: Option<String>,
+    pub port: Option<i64>,
+    pub pid: Option<i64>,
+    pub memory: i64,
+    pub cpu_millis: i64,
+    pub started_at: Option<i64>,
+    pub health_checks_passed: i64,
+    pub restarts: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const INSTANCE_COLUMNS: &str = "id, app_id, organization_id, node_id, version, desired, status, status_reason, replaces, driver, ip, port, pid, memory, cpu_millis, started_at, health_checks_passed, restarts, created_at, updated_at";
+
+fn instance_from_row(row: &AnyRow) -> Result<Instance, Error> {
+    Ok(Instance {
+        id: row.try_get("id").map_err(db_err)?,
+        app_id: row.try_get("app_id").map_err(db_err)?,
+        organization_id: row.try_get("organization_id").map_err(db_err)?,
+        node_id: row.try_get("node_id").map_err(db_err)?,
+        version: row.try_get("version").map_err(db_err)?,
+        desired: row.try_get("desired").map_err(db_err)?,
+        status: row.try_get("status").map_err(db_err)?,
+        status_reason: row.try_get("status_reason").map_err(db_err)?,
+        replaces: row.try_get("replaces").map_err(db_err)?,
+        driver: row.try_get("driver").map_err(db_err)?,
+        ip: row.try_get("ip").map_err(db_err)?,
+        port: row.try_get("port").map_err(db_err)?,
+        pid: row.try_get("pid").map_err(db_err)?,
+        memory: row.try_get("memory").map_err(db_err)?,
+        cpu_millis: row.try_get("cpu_millis").map_err(db_err)?,
+        started_at: row.try_get("started_at").map_err(db_err)?,
+        health_checks_passed: row.try_get("health_checks_passed").map_err(db_err)?,
+        restarts: row.try_get("restarts").map_err(db_err)?,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+        updated_at: row.try_get("updated_at").map_err(db_err)?,
+    })
+}
+
+pub async fn insert_instance(tx: &mut Tx, mut i: Instance) -> Result<Instance, Error> {
+    if i.id.is_empty() {
+        i.id = id::new_id("inst");
+    }
+    let t = to_micros(now());
+    i.created_at = t;
+    i.updated_at = t;
+    sqlx::query(&format!(
+        "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)"
+    ))
+    .bind(&i.id)
+    .bind(&i.app_id)
+    .bind(&i.organization_id)
+    .bind(&i.node_id)
+    .bind(i.version)
+    .bind(&i.desired)
+    .bind(&i.status)
+    .bind(&i.status_reason)
+    .bind(&i.replaces)
+    .bind(&i.driver)
+    .bind(&i.ip)
+    .bind(i.port)
+    .bind(i.pid)
+    .bind(i.memory)
+    .bind(i.cpu_millis)
+    .bind(i.started_at)
+    .bind(i.health_checks_passed)
+    .bind(i.restarts)
+    .bind(t)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(i)
+}
+
+/// All instances of an app (any desired state), oldest first.
+pub async fn instances_of_app(tx: &mut Tx, app_id: &str) -> Result<Vec<Instance>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE app_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(app_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    rows.iter().map(instance_from_row).collect()
+}
+
+/// All instances assigned to a node.
+pub async fn instances_on_node(tx: &mut Tx, node_id: &str) -> Result<Vec<Instance>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE node_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(node_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    rows.iter().map(instance_from_row).collect()
+}
+
+/// Write an instance's desired and observed columns.
+pub async fn update_instance(tx: &mut Tx, i: &Instance) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE instances SET node_id = $1, desired = $2, status = $3, status_reason = $4, replaces = $5, driver = $6, ip = $7, port = $8, pid = $9,
+                              started_at = $10, health_checks_passed = $11, restarts = $12, updated_at = $13
+         WHERE id = $14",
+    )
+    .bind(&i.node_id)
+    .bind(&i.desired)
+    .bind(&i.status)
+    .bind(&i.status_reason)
+    .bind(&i.replaces)
+    .bind(&i.driver)
+    .bind(&i.ip)
+    .bind(i.port)
+    .bind(i.pid)
+    .bind(i.started_at)
+    .bind(i.health_checks_passed)
+    .bind(i.restarts)
+    .bind(to_micros(now()))
+    .bind(&i.id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub async fn delete_instance(tx: &mut Tx, id: &str) -> Result<(), Error> {
+    sqlx::query("DELETE FROM instances WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// A deployment row (the state machine comes with the deployments issue).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Deployment {
+    pub id: String,
+    pub app_id: String,
+    pub organization_id: String,
+    pub status: String,
+    pub version: i64,
+    pub image: Option<String>,
+    pub strategy: String,
+    pub initiated_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+pub async fn insert_deployment(tx: &mut Tx, mut d: Deployment) -> Result<Deployment, Error> {
+    if d.id.is_empty() {
+        d.id = id::new_id("dep");
+    }
+    let t = to_micros(now());
+    sqlx::query(
+        "INSERT INTO deployments (id, app_id, organization_id, status, version, image, strategy, initiated_by, reason, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+    )
+    .bind(&d.id)
+    .bind(&d.app_id)
+    .bind(&d.organization_id)
+    .bind(&d.status)
+    .bind(d.version)
+    .bind(&d.image)
+    .bind(&d.strategy)
+    .bind(&d.initiated_by)
+    .bind(&d.reason)
+    .bind(t)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(d)
+}
+
+/// Finish the app's deployments still in progress (a newer one supersedes them).
+pub async fn finish_deployments(
+    tx: &mut Tx,
+    app_id: &str,
+    status: &str,
+    except: Option<&str>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE deployments SET status = $1, updated_at = $2 WHERE app_id = $3 AND status = 'in_progress' AND id <> $4",
+    )
+    .bind(status)
+    .bind(to_micros(now()))
+    .bind(app_id)
+    .bind(except.unwrap_or(""))
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub async fn set_deployment_status(
+    tx: &mut Tx,
+    id: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE deployments SET status = $1, reason = COALESCE($2, reason), updated_at = $3 WHERE id = $4 AND status = 'in_progress'")
+        .bind(status)
+        .bind(reason)
+        .bind(to_micros(now()))
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub async fn insert_upload(
+    tx: &mut Tx,
+    id: &str,
+    org: &str,
+    size: i64,
+    sha256: &str,
+    created_by: Option<&str>,
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO uploads (id, organization_id, size, sha256, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(id)
+        .bind(org)
+        .bind(size)
+        .bind(sha256)
+        .bind(created_by)
+        .bind(to_micros(now()))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// What the scheduler needs of a node.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeRoom {
+    pub id: String,
+    pub organization_id: String,
+    pub status: String,
+    pub region: String,
+    pub zone: String,
+    pub cpu_millis: i64,
+    pub memory: i64,
+    pub drivers: Vec<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub drain_batch: Option<i64>,
+    pub drain_destinations: Vec<String>,
+    pub drain_deadline: Option<i64>,
+}
+
+impl Store {
+    pub async fn app(&self, app_id: &str, orgs: &[String]) -> Result<Option<App>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM apps t WHERE t.id = $1",
+            APPS.columns
+        ))
+        .bind(app_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let mut a = from_row(&row)?;
+        if !orgs.contains(&a.organization_id) {
+            return Ok(None);
+        }
+        a.tags = tags_of(self.pool(), &a.id).await?;
+        Ok(Some(a))
+    }
+
+    pub async fn app_by_name(&self, org: &str, name: &str) -> Result<Option<App>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM apps t WHERE t.organization_id = $1 AND t.name = $2",
+            APPS.columns
+        ))
+        .bind(org)
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Tags of many apps at once.
+    pub async fn tags_of_apps(&self, ids: &[String]) -> Result<Vec<(String, String)>, Error> {
+        let mut out = vec![];
+        for chunk in ids.chunks(100) {
+            let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let text = format!(
+                "SELECT app_id, tag FROM app_tags WHERE app_id IN ({}) ORDER BY tag",
+                ph.join(", ")
+            );
+            let mut q = sqlx::query_as::<_, (String, String)>(&text);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            out.extend(q.fetch_all(self.pool()).await.map_err(db_err)?);
+        }
+        Ok(out)
+    }
+
+    /// Instances of many apps at once (any desired state), oldest first.
+    pub async fn instances_of_apps(&self, ids: &[String]) -> Result<Vec<Instance>, Error> {
+        let mut out = vec![];
+        for chunk in ids.chunks(100) {
+            let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let text = format!(
+                "SELECT {INSTANCE_COLUMNS} FROM instances WHERE app_id IN ({}) ORDER BY created_at, id",
+                ph.join(", ")
+            );
+            let mut q = sqlx::query(&text);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(self.pool()).await.map_err(db_err)? {
+                out.push(instance_from_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Apps whose instances need attention: not yet placed, or on a node
+    /// that is not ready, or that stopped being wanted.
+    pub async fn apps_needing_reconcile(&self) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT i.app_id FROM instances i LEFT JOIN nodes n ON n.id = i.node_id
+             WHERE i.desired = 'running' AND (i.node_id IS NULL OR n.id IS NULL OR n.status <> 'ready' OR i.replaces IS NOT NULL)",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("app_id").map_err(db_err))
+            .collect()
+    }
+
+    /// Every app id (the controller's periodic full pass).
+    pub async fn app_ids(&self) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query("SELECT id FROM apps ORDER BY id")
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(db_err))
+            .collect()
+    }
+
+    /// Number of apps of an organization.
+    pub async fn app_count(&self, org: &str) -> Result<i64, Error> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM apps WHERE organization_id = $1")
+            .bind(org)
+            .fetch_one(self.pool())
+            .await
+            .map_err(db_err)?;
+        row.try_get("n").map_err(db_err)
+    }
+
+    /// Whether an upload exists in an organization.
+    pub async fn upload_exists(&self, id: &str, org: &str) -> Result<bool, Error> {
+        let row =
+            sqlx::query("SELECT 1 AS one FROM uploads WHERE id = $1 AND organization_id = $2")
+                .bind(id)
+                .bind(org)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db_err)?;
+        Ok(row.is_some())
+    }
+
+    /// The organization of an upload.
+    pub async fn upload_org(&self, id: &str) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT organization_id FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err)?;
+        row.map(|r| r.try_get::<String, _>("organization_id").map_err(db_err))
+            .transpose()
+    }
+
+    /// Healthy, wanted instances with an address, for the router:
+    /// `(app name, instance id, ip, port)`.
+    pub async fn routable_instances(&self) -> Result<Vec<(String, String, String, i64)>, Error> {
+        let rows = sqlx::query(
+            "SELECT a.name, i.id, i.ip, i.port FROM instances i JOIN apps a ON a.id = i.app_id
+             WHERE i.status = 'healthy' AND i.desired = 'running' AND i.ip IS NOT NULL AND i.port IS NOT NULL
+             ORDER BY a.name, i.created_at, i.id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name").map_err(db_err)?,
+                    r.try_get("id").map_err(db_err)?,
+                    r.try_get("ip").map_err(db_err)?,
+                    r.try_get("port").map_err(db_err)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Names of every app (the router answers 503, not 404, for these).
+    pub async fn app_names(&self) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query("SELECT DISTINCT name FROM apps")
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("name").map_err(db_err))
+            .collect()
+    }
+}
+
+/// Nodes of an organization with what the scheduler needs, and the
+/// resources already promised to instances on each:
+/// `(node, used memory, used millicores, instances)`.
+pub async fn node_rooms(tx: &mut Tx, org: &str) -> Result<Vec<(NodeRoom, i64, i64, i64)>, Error> {
+    let rows = sqlx::query(
+        "SELECT n.id, n.organization_id, n.status, n.region, n.zone, n.cpu_cores, n.memory_total, n.drivers, n.drain_batch, n.drain_destinations, n.drain_deadline,
+                CAST(COALESCE(SUM(i.memory), 0) AS BIGINT) AS used_memory,
+                CAST(COALESCE(SUM(i.cpu_millis), 0) AS BIGINT) AS used_cpu,
+                COUNT(i.id) AS used_slots
+         FROM nodes n LEFT JOIN instances i ON i.node_id = n.id AND i.desired = 'running'
+         WHERE n.organization_id = $1 AND n.credential_hash IS NOT NULL
+         GROUP BY n.id, n.organization_id, n.status, n.region, n.zone, n.cpu_cores, n.memory_total, n.drivers, n.drain_batch, n.drain_destinations, n.drain_deadline
+         ORDER BY n.id",
+    )
+    .bind(org)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let n = NodeRoom {
+            id: r.try_get("id").map_err(db_err)?,
+            organization_id: r.try_get("organization_id").map_err(db_err)?,
+            status: r.try_get("status").map_err(db_err)?,
+            region: r.try_get("region").map_err(db_err)?,
+            zone: r.try_get("zone").map_err(db_err)?,
+            cpu_millis: r
+                .try_get::<i64, _>("cpu_cores")
+                .map_err(db_err)?
+                .saturating_mul(1000),
+            memory: r.try_get("memory_total").map_err(db_err)?,
+            drivers: crate::json_col(r, "drivers")?,
+            labels: Default::default(),
+            drain_batch: r.try_get("drain_batch").map_err(db_err)?,
+            drain_destinations: r
+                .try_get::<Option<String>, _>("drain_destinations")
+                .map_err(db_err)?
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default(),
+            drain_deadline: r.try_get("drain_deadline").map_err(db_err)?,
+        };
+        out.push((
+            n,
+            r.try_get("used_memory").map_err(db_err)?,
+            r.try_get("used_cpu").map_err(db_err)?,
+            r.try_get("used_slots").map_err(db_err)?,
+        ));
+    }
+    let labels = sqlx::query_as::<_, (String, String, String)>(
+        "SELECT l.resource_id, l.key, l.value FROM labels l JOIN nodes n ON n.id = l.resource_id
+         WHERE l.resource_type = 'node' AND n.organization_id = $1",
+    )
+    .bind(org)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    for (id, k, v) in labels {
+        if let Some((n, ..)) = out.iter_mut().find(|(n, ..)| n.id == id) {
+            n.labels.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+/// Bump a node's generation so that its agent's waiting sync returns.
+pub async fn bump_node(tx: &mut Tx, node_id: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE nodes SET generation = generation + 1 WHERE id = $1")
+        .bind(node_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Instances a node should run (wanted and placed there), with their app rows.
+pub async fn desired_on_node(tx: &mut Tx, node_id: &str) -> Result<Vec<(Instance, App)>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {} FROM instances WHERE node_id = $1 AND desired = 'running' ORDER BY created_at, id",
+        INSTANCE_COLUMNS
+    ))
+    .bind(node_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let mut out = vec![];
+    for r in &rows {
+        let i = instance_from_row(r)?;
+        let a = sqlx::query(&format!(
+            "SELECT {} FROM apps t WHERE t.id = $1",
+            APPS.columns
+        ))
+        .bind(&i.app_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(a) = a {
+            out.push((i, from_row(&a)?));
+        }
+    }
+    Ok(out)
+}
+
+/// An organization's settings (JSON), read inside a transaction.
+pub async fn org_settings(tx: &mut Tx, org: &str) -> Result<serde_json::Value, Error> {
+    let row = sqlx::query("SELECT settings FROM organizations WHERE id = $1")
+        .bind(org)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(row
+        .and_then(|r| r.try_get::<String, _>("settings").ok())
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null))
+}
+
+/// Start draining a node: no new placements, instances move elsewhere.
+pub async fn start_drain(
+    tx: &mut Tx,
+    node_id: &str,
+    batch: i64,
+    destinations: &[String],
+    deadline: i64,
+    delete_when_drained: bool,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE nodes SET status = CASE WHEN status = 'offline' THEN status ELSE 'draining' END,
+                          status_before_offline = CASE WHEN status = 'offline' THEN 'draining' ELSE status_before_offline END,
+                          drain_batch = $1, drain_destinations = $2, drain_deadline = $3, delete_when_drained = $4, updated_at = $5
+         WHERE id = $6",
+    )
+    .bind(batch)
+    .bind(serde_json::to_string(destinations).unwrap_or_else(|_| "[]".into()))
+    .bind(deadline)
+    .bind(i64::from(delete_when_drained))
+    .bind(to_micros(now()))
+    .bind(node_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Instances (wanted) on a node.
+pub async fn count_on_node(tx: &mut Tx, node_id: &str) -> Result<i64, Error> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE node_id = $1")
+        .bind(node_id)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    row.try_get("n").map_err(db_err)
+}
+
+impl Store {
+    /// Nodes marked for deletion once drained that now run nothing.
+    pub async fn drained_nodes_to_delete(&self) -> Result<Vec<(String, String)>, Error> {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT n.id, n.organization_id FROM nodes n WHERE n.delete_when_drained = 1
+             AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.node_id = n.id)",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)
+    }
+
+    /// Apps with instances on a node.
+    pub async fn running_apps_on_nodes(&self, ids: &[String]) -> Result<Vec<(String, i64)>, Error> {
+        let mut out = vec![];
+        for id in ids {
+            let row = sqlx::query("SELECT COUNT(DISTINCT app_id) AS n FROM instances WHERE node_id = $1 AND desired = 'running'")
+                .bind(id)
+                .fetch_one(self.pool())
+                .await
+                .map_err(db_err)?;
+            out.push((id.clone(), row.try_get("n").map_err(db_err)?));
+        }
+        Ok(out)
+    }
+}
