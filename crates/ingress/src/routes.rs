@@ -1,0 +1,234 @@
+//! The route table: app name → healthy backends, swapped atomically.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use http::uri::Authority;
+
+/// One healthy instance of an app, as the proxy reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// The instance's id, for logs.
+    pub instance_id: String,
+    /// Where the instance listens for HTTP/1.1.
+    pub addr: SocketAddr,
+}
+
+/// The live route table, cheap to clone, shared between the proxy and
+/// whoever feeds it.
+///
+/// Readers take a snapshot (an `Arc` clone under a briefly held read lock)
+/// per request, so a [`replace`](Routes::replace) never blocks or disturbs a
+/// request that is already being proxied: it keeps the table it started
+/// with.
+#[derive(Clone, Default)]
+pub struct Routes {
+    current: Arc<RwLock<Arc<RouteTable>>>,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Routes").field(&self.snapshot()).finish()
+    }
+}
+
+impl Routes {
+    /// An empty table: every host gets a 404.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replace the whole table atomically: app name → healthy backends.
+    ///
+    /// Apps present with an empty `Vec` get a 503; names absent from the map
+    /// get a 404. App names are matched case-insensitively (they are stored
+    /// lowercased). An app that stays in the table keeps its round-robin
+    /// position, so a feeder that republishes the same set every few seconds
+    /// does not reset the rotation to the first backend.
+    pub fn replace(&self, table: HashMap<String, Vec<Backend>>) {
+        let old = self.snapshot();
+        let apps = table
+            .into_iter()
+            .map(|(name, backends)| {
+                let name = name.to_ascii_lowercase();
+                let next = old
+                    .apps
+                    .get(&name)
+                    .map_or_else(Arc::default, |route| Arc::clone(&route.next));
+                let route = AppRoute::new(&name, backends, next);
+                (name, route)
+            })
+            .collect();
+        let new = Arc::new(RouteTable { apps });
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = new;
+    }
+
+    /// The table as it is now; later [`replace`](Routes::replace) calls do
+    /// not change it.
+    #[must_use]
+    pub fn snapshot(&self) -> Arc<RouteTable> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&current)
+    }
+}
+
+/// One version of the route table (see [`Routes::snapshot`]).
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    apps: HashMap<String, AppRoute>,
+}
+
+impl RouteTable {
+    /// The healthy backends of `app` (case-insensitive), or `None` when the
+    /// app is not in the table.
+    #[must_use]
+    pub fn backends(&self, app: &str) -> Option<&[Backend]> {
+        self.lookup(app).map(|route| &*route.backends)
+    }
+
+    /// The app names in the table (lowercase), in no particular order.
+    pub fn apps(&self) -> impl Iterator<Item = &str> + '_ {
+        self.apps.keys().map(String::as_str)
+    }
+
+    /// How many apps the table knows.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.apps.len()
+    }
+
+    /// Whether the table knows no app at all.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty()
+    }
+
+    /// The route of `app`; allocates only when `app` has uppercase letters.
+    pub(crate) fn lookup(&self, app: &str) -> Option<&AppRoute> {
+        let key: Cow<'_, str> = if app.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(app.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(app)
+        };
+        self.apps.get(&*key)
+    }
+}
+
+/// One app's backends, with what the proxy needs precomputed.
+#[derive(Debug)]
+pub(crate) struct AppRoute {
+    pub(crate) backends: Box<[Backend]>,
+    /// `authorities[i]` is `backends[i].addr` as a URI authority, built once
+    /// here rather than per request.
+    pub(crate) authorities: Box<[Authority]>,
+    /// The round-robin counter, shared with the previous table's entry for
+    /// the same app.
+    pub(crate) next: Arc<AtomicUsize>,
+}
+
+impl AppRoute {
+    fn new(app: &str, backends: Vec<Backend>, next: Arc<AtomicUsize>) -> Self {
+        let mut kept = Vec::with_capacity(backends.len());
+        let mut authorities = Vec::with_capacity(backends.len());
+        for backend in backends {
+            match Authority::try_from(backend.addr.to_string()) {
+                Ok(authority) => {
+                    authorities.push(authority);
+                    kept.push(backend);
+                }
+                // A SocketAddr always formats as a valid authority; this arm
+                // only exists so that a surprise cannot panic.
+                Err(error) => tracing::warn!(
+                    app,
+                    instance_id = %backend.instance_id,
+                    addr = %backend.addr,
+                    %error,
+                    "backend address is not a valid URI authority; left out"
+                ),
+            }
+        }
+        Self {
+            backends: kept.into_boxed_slice(),
+            authorities: authorities.into_boxed_slice(),
+            next,
+        }
+    }
+}
+
+/// The app named by `host` under `base_domain`, or `None`.
+///
+/// `host` is a Host header or URI authority: `<app>.<base_domain>`, with an
+/// optional `:port` and an optional trailing dot, compared
+/// case-insensitively. The app is exactly the first label: `a.b.<base>` is
+/// no app. `base_domain` must already be normalised (lowercase, no leading
+/// or trailing dot).
+pub(crate) fn app_of_host<'h>(host: &'h str, base_domain: &str) -> Option<&'h str> {
+    let host = match host.rfind(':') {
+        Some(colon)
+            if colon + 1 < host.len() && host[colon + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            &host[..colon]
+        }
+        _ => host,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let split = host.len().checked_sub(base_domain.len() + 1)?;
+    let (app, rest) = (host.get(..split)?, host.get(split..)?);
+    let suffix = rest.strip_prefix('.')?;
+    if !suffix.eq_ignore_ascii_case(base_domain) || app.is_empty() || app.contains('.') {
+        return None;
+    }
+    Some(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_matching() {
+        let base = "apps.example.com";
+        assert_eq!(app_of_host("web.apps.example.com", base), Some("web"));
+        assert_eq!(app_of_host("web.apps.example.com:8080", base), Some("web"));
+        assert_eq!(app_of_host("WEB.Apps.Example.COM", base), Some("WEB"));
+        assert_eq!(app_of_host("web.apps.example.com.", base), Some("web"));
+        assert_eq!(app_of_host("web.apps.example.com.:80", base), Some("web"));
+        assert_eq!(app_of_host("a.web.apps.example.com", base), None);
+        assert_eq!(app_of_host("apps.example.com", base), None);
+        assert_eq!(app_of_host(".apps.example.com", base), None);
+        assert_eq!(app_of_host("webapps.example.com", base), None);
+        assert_eq!(app_of_host("web.other.com", base), None);
+        assert_eq!(app_of_host("web.apps.example.com:", base), None);
+        assert_eq!(app_of_host("", base), None);
+        assert_eq!(app_of_host("[::1]:80", base), None);
+        assert_eq!(app_of_host("x.localhost:1", "localhost"), Some("x"));
+    }
+
+    #[test]
+    fn replace_keeps_the_counter_of_surviving_apps() {
+        let routes = Routes::new();
+        let b = |id: &str| Backend {
+            instance_id: id.into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        routes.replace(HashMap::from([
+            ("Web".to_string(), vec![b("a"), b("b")]),
+            ("gone".to_string(), vec![]),
+        ]));
+        let first = routes.snapshot();
+        let counter = Arc::clone(&first.lookup("web").unwrap().next);
+        routes.replace(HashMap::from([("web".to_string(), vec![b("b")])]));
+        let second = routes.snapshot();
+        assert!(Arc::ptr_eq(&counter, &second.lookup("WEB").unwrap().next));
+        assert_eq!(second.backends("web").unwrap(), &[b("b")]);
+        assert!(second.backends("gone").is_none());
+        // The old snapshot is untouched.
+        assert_eq!(first.backends("web").unwrap().len(), 2);
+        assert_eq!(first.backends("gone").unwrap().len(), 0);
+    }
+}
