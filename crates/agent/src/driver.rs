@@ -1,0 +1,123 @@
+//! Runtime drivers: one trait, one implementation per isolation technique
+//! (`process`, `container`; `microvm` later). The reconciler talks to a
+//! driver only through `Command`s, each documenting when it is valid, and
+//! reads back a `Running` handle it can save and re-adopt after a restart.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a driver needs to run one instance.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub instance_id: String,
+    /// The instance's own directory (state, logs, scratch); exists.
+    pub dir: PathBuf,
+    /// The root filesystem (an image's, or a root-filesystem tarball's) or
+    /// the app directory (a tarball with a Procfile) to run in.
+    pub root: PathBuf,
+    /// True when `root` is a whole root filesystem (chroot/pivot into it);
+    /// false when it is an app directory run with the host's userland.
+    pub is_rootfs: bool,
+    /// argv; never empty.
+    pub argv: Vec<String>,
+    /// The working directory inside `root` (`/` by default).
+    pub workdir: String,
+    pub env: BTreeMap<String, String>,
+    /// The port the app must listen on (also in env as PORT).
+    pub port: u16,
+    /// Bytes; the instance is OOM-killed above it (where cgroups allow).
+    pub memory: i64,
+    pub cpu_millis: i64,
+    /// Where stdout and stderr go (appended).
+    pub log: PathBuf,
+}
+
+/// A started instance: what is saved to disk and re-adopted after an agent
+/// restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Running {
+    pub driver: String,
+    /// The app's main process as seen from the host.
+    pub pid: u32,
+    /// `/proc/<pid>/stat` start time (clock ticks since boot), so a reused
+    /// pid is never mistaken for the instance.
+    pub start_ticks: u64,
+    /// Driver-specific (container id, cgroup paths).
+    #[serde(default)]
+    pub extra: BTreeMap<String, String>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exit {
+    /// None when unknown (an adopted process, or killed by a signal).
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+}
+
+impl Exit {
+    pub fn describe(&self) -> String {
+        if self.oom_killed {
+            return "out of memory: killed by the kernel's OOM killer (raise resources.memory)".into();
+        }
+        match (self.code, self.signal) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(s)) => format!("killed by signal {s}"),
+            (None, None) => "exited (status unknown)".into(),
+        }
+    }
+}
+
+/// What the reconciler asks of a driver.
+#[derive(Debug)]
+pub enum Command<'a> {
+    /// Start the instance. Valid when it is not running (first start, or
+    /// after it exited). Returns the handle to save.
+    Start(&'a Launch),
+    /// Ask it to stop (SIGTERM to the app). Valid while running.
+    Terminate(&'a Running),
+    /// Stop it now (SIGKILL). Valid while running; after `Terminate` when
+    /// the grace period is over.
+    Kill(&'a Running),
+    /// Release what the driver made for the instance (cgroups, container
+    /// state). Valid once it has exited.
+    Cleanup { instance_id: &'a str, handle: Option<&'a Running> },
+}
+
+pub enum Reply {
+    Started(Running),
+    Done,
+}
+
+pub trait Driver: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn run(&self, cmd: Command<'_>) -> anyhow::Result<Reply>;
+    /// None while the instance runs; how it ended once it has.
+    fn poll(&self, r: &Running) -> Option<Exit>;
+    /// After an agent restart: is this saved instance still alive?
+    fn adopt(&self, r: &Running) -> bool {
+        proc_start_ticks(r.pid).is_some_and(|t| t == r.start_ticks) && !is_zombie(r.pid)
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started.
+pub fn proc_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Grace between SIGTERM and SIGKILL when nothing else is said.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
