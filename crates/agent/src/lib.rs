@@ -4,7 +4,13 @@
 //! `POST /v1/agent/sync` long-polls carry status up (they are the node's
 //! heartbeat) and bring the desired state down.
 
+pub mod cgroup;
+pub mod driver;
+pub mod process;
+pub mod reconcile;
+
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -44,6 +50,51 @@ pub struct AgentArgs {
     /// interval); the control plane may ask for less.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=30))]
     pub sync_wait: u64,
+    /// The address instances on this node are reached at [default: the
+    /// local address used to reach the control plane].
+    #[arg(long, value_name = "IP")]
+    pub advertise_ip: Option<String>,
+    /// Runtime drivers to offer, comma-separated (process, container)
+    /// [default: every one that works on this host].
+    #[arg(long, value_delimiter = ',', value_name = "DRIVERS")]
+    pub drivers: Vec<String>,
+    /// A registry (`host:port`) that may be spoken to over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+}
+
+/// The drivers that work here (and that `--drivers` allows).
+pub fn available_drivers(args: &AgentArgs) -> Vec<Arc<dyn driver::Driver>> {
+    let allowed = |n: &str| args.drivers.is_empty() || args.drivers.iter().any(|d| d == n);
+    let mut out: Vec<Arc<dyn driver::Driver>> = vec![];
+    if allowed("process") {
+        out.push(Arc::new(process::ProcessDriver::new()));
+    }
+    out
+}
+
+/// The local address this host uses to reach `control_plane` (no packet is sent).
+fn detect_ip(control_plane: &str) -> String {
+    let host = control_plane
+        .split("://")
+        .nth(1)
+        .unwrap_or(control_plane)
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1");
+    let target = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            use std::net::ToSocketAddrs;
+            let addr = target
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
+            s.connect(addr)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -76,16 +127,13 @@ fn read_first_number(text: &str, key: &str) -> Option<i64> {
 
 /// What this host has: cores, memory, disk, kernel, drivers that work here.
 fn host_report(args: &AgentArgs, join_token: String) -> AgentJoin {
+    let drivers: Vec<String> = available_drivers(args).iter().map(|d| d.name().to_string()).collect();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let kib = |k: &str| read_first_number(&meminfo, k).unwrap_or(0) * 1024;
     let on_path = |bin: &str| {
         std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
     };
-    let mut drivers = vec!["process".to_string()];
-    if on_path("runc") || on_path("crun") {
-        drivers.push("container".into());
-    }
     let kvm = Path::new("/dev/kvm").exists();
     let qemu_version = on_path("qemu-system-x86_64")
         .then(|| {
@@ -97,9 +145,6 @@ fn host_report(args: &AgentArgs, join_token: String) -> AgentJoin {
         .flatten()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.split_whitespace().nth(3).map(str::to_string));
-    if qemu_version.is_some() {
-        drivers.push("microvm".into());
-    }
     let disk_total = nix::sys::statvfs::statvfs(&args.data_dir)
         .map(|s| i64::try_from(s.blocks().saturating_mul(s.fragment_size())).unwrap_or(i64::MAX))
         .unwrap_or(0);
@@ -202,39 +247,67 @@ pub async fn run(
         .timeout(Duration::from_secs(args.sync_wait + 15))
         .build()?;
     let cred = load_or_join(&args, &http).await?;
+    let advertise_ip = args
+        .advertise_ip
+        .clone()
+        .unwrap_or_else(|| detect_ip(&cred.control_plane));
+    let ctx = Arc::new(reconcile::Ctx {
+        data_dir: args.data_dir.clone(),
+        control_plane: cred.control_plane.clone(),
+        credential: cred.credential.clone(),
+        advertise_ip: advertise_ip.clone(),
+        drivers: available_drivers(&args),
+        images: shellwego_image::ImageStore::new(args.data_dir.join("images")).ok(),
+        pull: shellwego_image::PullOptions {
+            insecure_registries: args.insecure_registries.clone(),
+            ..Default::default()
+        },
+        http: http.clone(),
+    });
+    let shared = Arc::new(reconcile::Shared::new());
+    ctx.adopt(&shared);
+    let reconciler = tokio::spawn(ctx.clone().run(shared.clone()));
     let url = format!("{}/v1/agent/sync", cred.control_plane.trim_end_matches('/'));
     let sync_loop = async {
-        let mut generation = 0;
+        let mut generation = -1;
         let mut backoff = Duration::from_millis(500);
         loop {
             let wait = cred
                 .sync_wait_secs
                 .map_or(args.sync_wait, |w| w.clamp(1, 30).min(args.sync_wait));
+            let events = shared.take_events();
             let body = AgentSync {
                 generation,
                 wait_secs: Some(wait),
                 memory_available: memory_available(),
-                ..Default::default()
+                instances: Some(shared.reports(&advertise_ip)),
+                events: events.clone(),
+                internal_ip: Some(advertise_ip.clone()),
             };
-            match http
-                .post(&url)
-                .bearer_auth(&cred.credential)
-                .json(&body)
-                .send()
-                .await
-            {
+            let send = http.post(&url).bearer_auth(&cred.credential).json(&body).send();
+            // A status change goes up at once: the waiting call is dropped
+            // and a new one carries the news.
+            let res = tokio::select! {
+                r = send => Some(r),
+                _ = shared.dirty.notified() => None,
+            };
+            let Some(res) = res else {
+                put_back(&shared, events);
+                continue;
+            };
+            match res {
                 Ok(r) if r.status().is_success() => {
                     backoff = Duration::from_millis(500);
                     match r.json::<AgentDesired>().await {
                         Ok(d) => {
                             if d.generation != generation {
-                                tracing::info!(
-                                    generation = d.generation,
-                                    instances = d.instances.len(),
-                                    "desired state changed"
-                                );
+                                tracing::info!(generation = d.generation, instances = d.instances.len(), "desired state changed");
                             }
                             generation = d.generation;
+                            if let Ok(mut w) = shared.desired.lock() {
+                                *w = Some(d.instances);
+                            }
+                            shared.wake.notify_one();
                         }
                         Err(e) => tracing::warn!(error = %e, "unreadable sync answer"),
                     }
@@ -246,18 +319,35 @@ pub async fn run(
                         credential_path(&args.data_dir).display()
                     ));
                 }
-                Ok(r) => tracing::warn!(status = %r.status(), "sync refused; retrying"),
-                Err(e) => tracing::warn!(error = %e, "control plane unreachable; retrying"),
+                Ok(r) => {
+                    put_back(&shared, events);
+                    tracing::warn!(status = %r.status(), "sync refused; retrying")
+                }
+                Err(e) => {
+                    put_back(&shared, events);
+                    tracing::warn!(error = %e, "control plane unreachable; retrying")
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     };
-    tokio::select! {
+    let res = tokio::select! {
         r = sync_loop => r,
         _ = stop => {
-            tracing::info!("agent stopping");
+            tracing::info!("agent stopping (instances keep running; a restarted agent re-adopts them)");
             Ok(())
         }
+    };
+    reconciler.abort();
+    res
+}
+
+/// Events not delivered go out with the next sync.
+fn put_back(shared: &reconcile::Shared, events: Vec<shellwego_api::nodes::AgentEvent>) {
+    if events.is_empty() {
+        return;
     }
+    let again = shared.take_events();
+    shared.restore_events(events.into_iter().chain(again).collect());
 }

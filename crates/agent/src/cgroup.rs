@@ -1,0 +1,116 @@
+//! Per-instance cgroups for the process driver, on cgroup v1 (memory and
+//! cpu hierarchies) and v2 (a unified hierarchy with the controllers
+//! enabled). Hosts without a usable controller get no limits; the driver
+//! says so in its log, and instances still run.
+
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cgroup {
+    /// Directories whose `cgroup.procs` the instance joins.
+    pub dirs: Vec<PathBuf>,
+    /// Where the OOM-kill counter lives.
+    oom_file: Option<PathBuf>,
+    v2: bool,
+}
+
+fn write(p: &Path, v: &str) -> bool {
+    std::fs::write(p, v).is_ok()
+}
+
+impl Cgroup {
+    /// Whether this host has a memory controller we can use.
+    pub fn memory_available() -> bool {
+        Path::new(ROOT).join("memory/memory.limit_in_bytes").exists()
+            || std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+    }
+
+    /// Make the instance's cgroup(s) with its limits. None when the host
+    /// offers no controller we may use.
+    pub fn create(id: &str, memory: i64, cpu_millis: i64) -> Option<Cgroup> {
+        let v1_mem = Path::new(ROOT).join("memory");
+        if v1_mem.join("memory.limit_in_bytes").exists() {
+            let mut dirs = vec![];
+            let mem = v1_mem.join("shellwego").join(id);
+            let mut oom_file = None;
+            if std::fs::create_dir_all(&mem).is_ok() {
+                write(&mem.join("memory.limit_in_bytes"), &memory.to_string());
+                // No swap beyond the limit, so the limit is the limit.
+                write(&mem.join("memory.memsw.limit_in_bytes"), &memory.to_string());
+                oom_file = Some(mem.join("memory.oom_control"));
+                dirs.push(mem);
+            }
+            for ctl in ["cpu,cpuacct", "cpu"] {
+                let base = Path::new(ROOT).join(ctl);
+                if base.join("cpu.cfs_quota_us").exists() {
+                    let cpu = base.join("shellwego").join(id);
+                    if std::fs::create_dir_all(&cpu).is_ok() {
+                        write(&cpu.join("cpu.cfs_period_us"), "100000");
+                        write(&cpu.join("cpu.cfs_quota_us"), &(cpu_millis * 100).to_string());
+                        dirs.push(cpu);
+                    }
+                    break;
+                }
+            }
+            return (!dirs.is_empty()).then_some(Cgroup { dirs, oom_file, v2: false });
+        }
+        let controllers = std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).ok()?;
+        if !controllers.split_whitespace().any(|c| c == "memory") {
+            return None;
+        }
+        let parent = Path::new(ROOT).join("shellwego");
+        std::fs::create_dir_all(&parent).ok()?;
+        write(&Path::new(ROOT).join("cgroup.subtree_control"), "+memory +cpu");
+        write(&parent.join("cgroup.subtree_control"), "+memory +cpu");
+        let dir = parent.join(id);
+        std::fs::create_dir_all(&dir).ok()?;
+        write(&dir.join("memory.max"), &memory.to_string());
+        write(&dir.join("memory.swap.max"), "0");
+        write(&dir.join("cpu.max"), &format!("{} 100000", cpu_millis * 100));
+        Some(Cgroup {
+            oom_file: Some(dir.join("memory.events")),
+            dirs: vec![dir],
+            v2: true,
+        })
+    }
+
+    /// Re-open the cgroup of an instance made earlier (after a restart).
+    pub fn open(dirs: Vec<PathBuf>) -> Cgroup {
+        let v2 = dirs.first().is_some_and(|d| d.join("memory.events").exists() && !d.join("memory.oom_control").exists());
+        let oom_file = dirs.iter().find_map(|d| {
+            [d.join("memory.oom_control"), d.join("memory.events")]
+                .into_iter()
+                .find(|f| f.exists())
+        });
+        Cgroup { dirs, oom_file, v2 }
+    }
+
+    /// `cgroup.procs` files to write the instance's pid into.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// How many times the kernel's OOM killer struck in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(f) = &self.oom_file else { return 0 };
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+
+    /// Remove the cgroup directories (they must be empty of processes).
+    pub fn remove(&self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}

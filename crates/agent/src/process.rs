@@ -1,0 +1,195 @@
+//! The `process` driver: the instance is a process of its own process
+//! group (so it outlives an agent restart and is re-adopted), in its own
+//! cgroup with memory and CPU limits where the host allows, with its own
+//! working directory, and chrooted into its root filesystem when the agent
+//! runs as root and the instance has one. Always available.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command as Cmd, Stdio};
+use std::sync::Mutex;
+
+use anyhow::Context;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::cgroup::Cgroup;
+use crate::driver::{proc_start_ticks, Command, Driver, Exit, Launch, Reply, Running};
+
+#[derive(Default)]
+pub struct ProcessDriver {
+    /// Children this agent started, reaped here so their exit codes are known.
+    children: Mutex<HashMap<u32, Child>>,
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// The cgroup `Running.extra` names.
+fn cgroup_of(r: &Running) -> Option<Cgroup> {
+    r.extra
+        .get("cgroups")
+        .filter(|s| !s.is_empty())
+        .map(|s| Cgroup::open(s.split('\n').map(PathBuf::from).collect()))
+}
+
+impl ProcessDriver {
+    pub fn new() -> ProcessDriver {
+        ProcessDriver::default()
+    }
+
+    fn start(&self, l: &Launch) -> anyhow::Result<Running> {
+        let cg = Cgroup::create(&l.instance_id, l.memory, l.cpu_millis);
+        if cg.is_none() {
+            tracing::info!(instance_id = %l.instance_id, "no usable cgroup on this host: running without memory/cpu limits");
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&l.log)
+            .with_context(|| format!("cannot open {}", l.log.display()))?;
+        let chroot = l.is_rootfs && is_root();
+        // The instance joins its cgroup before it execs the app, so every
+        // byte it allocates is counted: a tiny host shell writes its own
+        // pid into each cgroup.procs, then execs (keeping the pid).
+        let procs: Vec<String> = cg
+            .as_ref()
+            .map(|c| c.procs_files().iter().map(|p| p.display().to_string()).collect())
+            .unwrap_or_default();
+        let mut argv: Vec<String> = vec![];
+        if chroot {
+            argv.extend(["chroot".to_string(), l.root.display().to_string()]);
+            if l.workdir != "/" && !l.workdir.is_empty() && l.root.join("bin/sh").exists() {
+                argv.extend(["/bin/sh", "-c", "cd \"$0\" && exec \"$@\""].map(String::from));
+                argv.push(l.workdir.clone());
+            }
+        }
+        argv.extend(l.argv.iter().cloned());
+        let script = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
+        let mut cmd = Cmd::new("/bin/sh");
+        cmd.arg("-c").arg(script).arg("sh").arg(procs.len().to_string());
+        cmd.args(&procs).args(&argv);
+        let cwd = if chroot {
+            l.root.clone()
+        } else {
+            l.root.join(l.workdir.trim_start_matches('/'))
+        };
+        cmd.current_dir(&cwd)
+            .env_clear()
+            .envs(&l.env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        if !l.env.contains_key("PATH") {
+            cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {:?}", l.argv))?;
+        let pid = child.id();
+        let start_ticks = proc_start_ticks(pid).unwrap_or(0);
+        let mut extra = BTreeMap::new();
+        if let Some(c) = &cg {
+            extra.insert(
+                "cgroups".into(),
+                c.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join("\n"),
+            );
+            extra.insert("oom_base".into(), c.oom_kills().to_string());
+        }
+        if let Ok(mut m) = self.children.lock() {
+            m.insert(pid, child);
+        }
+        Ok(Running {
+            driver: "process".into(),
+            pid,
+            start_ticks,
+            extra,
+        })
+    }
+
+    fn signal(r: &Running, s: Signal) {
+        if let Ok(pid) = i32::try_from(r.pid) {
+            let _ = killpg(Pid::from_raw(pid), s);
+        }
+    }
+
+    fn oom(r: &Running) -> bool {
+        let base: u64 = r.extra.get("oom_base").and_then(|b| b.parse().ok()).unwrap_or(0);
+        cgroup_of(r).is_some_and(|c| c.oom_kills() > base)
+    }
+}
+
+impl Driver for ProcessDriver {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn run(&self, cmd: Command<'_>) -> anyhow::Result<Reply> {
+        match cmd {
+            Command::Start(l) => Ok(Reply::Started(self.start(l)?)),
+            Command::Terminate(r) => {
+                Self::signal(r, Signal::SIGTERM);
+                Ok(Reply::Done)
+            }
+            Command::Kill(r) => {
+                Self::signal(r, Signal::SIGKILL);
+                Ok(Reply::Done)
+            }
+            Command::Cleanup { handle, .. } => {
+                if let Some(cg) = handle.and_then(cgroup_of) {
+                    // Strays of the instance (children that did not die
+                    // with it) go now, so the cgroup can be removed.
+                    for f in cg.procs_files() {
+                        for pid in std::fs::read_to_string(&f).unwrap_or_default().lines() {
+                            if let Ok(p) = pid.trim().parse::<i32>() {
+                                let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+                            }
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    cg.remove();
+                }
+                if let (Some(r), Ok(mut m)) = (handle, self.children.lock()) {
+                    if let Some(mut c) = m.remove(&r.pid) {
+                        let _ = c.try_wait();
+                    }
+                }
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    fn poll(&self, r: &Running) -> Option<Exit> {
+        if let Ok(mut m) = self.children.lock() {
+            if let Some(c) = m.get_mut(&r.pid) {
+                return match c.try_wait() {
+                    Ok(None) => None,
+                    Ok(Some(st)) => {
+                        m.remove(&r.pid);
+                        Some(Exit {
+                            code: st.code(),
+                            signal: st.signal(),
+                            oom_killed: Self::oom(r),
+                        })
+                    }
+                    Err(_) => Some(Exit { code: None, signal: None, oom_killed: Self::oom(r) }),
+                };
+            }
+        }
+        // Adopted (started by an earlier agent): alive as long as the same
+        // process is there.
+        if self.adopt(r) {
+            None
+        } else {
+            Some(Exit {
+                code: None,
+                signal: None,
+                oom_killed: Self::oom(r),
+            })
+        }
+    }
+}

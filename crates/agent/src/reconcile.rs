@@ -1,0 +1,710 @@
+//! The reconciler: makes the node's assigned instances true and keeps them
+//! true. For each desired instance it prepares the files (pulls the image,
+//! or fetches and unpacks the archive), starts it through its driver,
+//! health-checks it, restarts it with exponential backoff when it exits,
+//! and stops (SIGTERM, then SIGKILL after the stop timeout) and cleans up
+//! instances that are no longer wanted. Each instance's state is saved in
+//! its directory, so a restarted agent re-adopts the processes that still
+//! run instead of starting duplicates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use shellwego_api::nodes::{AgentEvent, DesiredInstance, InstanceReport};
+use tokio::sync::Notify;
+
+use crate::driver::{Command, Driver, Exit, Launch, Reply, Running};
+
+/// Largest archive fetched for a tarball source.
+const MAX_ARCHIVE: u64 = 1 << 30;
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const TICK: Duration = Duration::from_millis(200);
+
+/// What is saved per instance in `<dir>/state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Saved {
+    desired: DesiredInstance,
+    port: u16,
+    running: Option<Running>,
+    started_at: Option<i64>,
+    restarts: i64,
+    image_pinned: Option<String>,
+    launch: Option<SavedLaunch>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedLaunch {
+    root: PathBuf,
+    is_rootfs: bool,
+    argv: Vec<String>,
+    workdir: String,
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct Local {
+    saved: Saved,
+    dir: PathBuf,
+    status: String,
+    reason: Option<String>,
+    preparing: bool,
+    retry_at: Option<Instant>,
+    consecutive_crashes: u32,
+    stop_deadline: Option<Instant>,
+    health_passed: i64,
+    health_failures: u32,
+    next_check: Instant,
+    checking: bool,
+    healthy_since: Option<Instant>,
+}
+
+/// Shared between the reconciler loop and the sync loop.
+pub struct Shared {
+    pub desired: Mutex<Option<Vec<DesiredInstance>>>,
+    locals: Mutex<BTreeMap<String, Local>>,
+    events: Mutex<Vec<AgentEvent>>,
+    /// Something the control plane should hear about changed.
+    pub dirty: Notify,
+    /// The desired state changed.
+    pub wake: Notify,
+    /// Adoption of existing instances is done; reports are complete.
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+pub struct Ctx {
+    pub data_dir: PathBuf,
+    pub control_plane: String,
+    pub credential: String,
+    pub advertise_ip: String,
+    pub drivers: Vec<Arc<dyn Driver>>,
+    pub images: Option<shellwego_image::ImageStore>,
+    pub pull: shellwego_image::PullOptions,
+    pub http: reqwest::Client,
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            desired: Mutex::new(None),
+            locals: Mutex::new(BTreeMap::new()),
+            events: Mutex::new(vec![]),
+            dirty: Notify::new(),
+            wake: Notify::new(),
+            ready: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Every instance this agent has, as the control plane wants to hear.
+    pub fn reports(&self, advertise_ip: &str) -> Vec<InstanceReport> {
+        let Ok(locals) = self.locals.lock() else { return vec![] };
+        locals
+            .iter()
+            .map(|(id, l)| InstanceReport {
+                id: id.clone(),
+                status: l.status.clone(),
+                reason: l.reason.clone(),
+                driver: Some(l.saved.desired.driver.clone()),
+                ip: Some(
+                    l.saved
+                        .running
+                        .as_ref()
+                        .and_then(|r| r.extra.get("ip").cloned())
+                        .unwrap_or_else(|| advertise_ip.to_string()),
+                ),
+                port: Some(l.saved.port),
+                pid: l.saved.running.as_ref().map(|r| r.pid),
+                started_at: l.saved.started_at,
+                health_checks_passed: l.health_passed,
+                restarts: l.saved.restarts,
+                image_pinned: l.saved.image_pinned.clone(),
+            })
+            .collect()
+    }
+
+    pub fn take_events(&self) -> Vec<AgentEvent> {
+        self.events.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
+    }
+
+    pub fn restore_events(&self, events: Vec<AgentEvent>) {
+        if let Ok(mut e) = self.events.lock() {
+            *e = events;
+        }
+    }
+
+    fn event(&self, instance_id: &str, kind: &str, reason: String, exit_code: Option<i32>) {
+        if let Ok(mut e) = self.events.lock() {
+            e.push(AgentEvent {
+                instance_id: instance_id.to_string(),
+                kind: kind.into(),
+                reason,
+                exit_code,
+                at: now_micros(),
+            });
+        }
+        self.dirty.notify_one();
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new()
+    }
+}
+
+fn instances_dir(data: &Path) -> PathBuf {
+    data.join("instances")
+}
+
+fn save(l: &Local) {
+    if let Ok(text) = serde_json::to_string_pretty(&l.saved) {
+        let tmp = l.dir.join("state.json.tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, l.dir.join("state.json"));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn backoff(n: u32) -> Duration {
+    (Duration::from_millis(500) * 2u32.saturating_pow(n.min(8))).min(MAX_BACKOFF)
+}
+
+impl Ctx {
+    fn driver(&self, name: &str) -> Option<Arc<dyn Driver>> {
+        self.drivers.iter().find(|d| d.name() == name).cloned()
+    }
+
+    /// Re-adopt what earlier runs of the agent left: live instances keep
+    /// running; dead ones are restarted if still wanted.
+    pub fn adopt(&self, shared: &Shared) {
+        let Ok(entries) = std::fs::read_dir(instances_dir(&self.data_dir)) else {
+            shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            return;
+        };
+        let mut locals = match shared.locals.lock() {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        for e in entries.flatten() {
+            let dir = e.path();
+            let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else { continue };
+            let Ok(mut saved) = serde_json::from_str::<Saved>(&text) else { continue };
+            let id = saved.desired.id.clone();
+            let alive = saved.running.as_ref().is_some_and(|r| {
+                self.driver(&r.driver).is_some_and(|d| d.adopt(r))
+            });
+            if alive {
+                tracing::info!(instance_id = %id, pid = saved.running.as_ref().map(|r| r.pid), "re-adopted a running instance");
+            } else {
+                saved.running = None;
+            }
+            locals.insert(
+                id,
+                Local {
+                    status: if alive { "starting".into() } else { "crashed".into() },
+                    reason: (!alive).then(|| "was not running when the agent started".into()),
+                    preparing: false,
+                    retry_at: (!alive).then(Instant::now),
+                    consecutive_crashes: 0,
+                    stop_deadline: None,
+                    health_passed: 0,
+                    health_failures: 0,
+                    next_check: Instant::now(),
+                    checking: false,
+                    healthy_since: None,
+                    saved,
+                    dir,
+                },
+            );
+        }
+        shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The reconciler loop; runs forever.
+    pub async fn run(self: Arc<Self>, shared: Arc<Shared>) {
+        loop {
+            tokio::select! {
+                _ = shared.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            self.pass(&shared);
+        }
+    }
+
+    fn pass(self: &Arc<Self>, shared: &Arc<Shared>) {
+        let desired = match shared.desired.lock() {
+            Ok(d) => d.clone(),
+            Err(_) => return,
+        };
+        // Until the control plane has answered once, change nothing.
+        let Some(desired) = desired else { return };
+        let want: HashMap<&str, &DesiredInstance> = desired.iter().map(|d| (d.id.as_str(), d)).collect();
+        let mut dirty = false;
+        let mut to_prepare = vec![];
+        let mut to_check = vec![];
+        {
+            let Ok(mut locals) = shared.locals.lock() else { return };
+            // New instances.
+            for d in &desired {
+                if !locals.contains_key(&d.id) {
+                    let dir = instances_dir(&self.data_dir).join(&d.id);
+                    if let Err(e) = std::fs::create_dir_all(&dir) {
+                        tracing::warn!(error = %e, "cannot create an instance directory");
+                        continue;
+                    }
+                    let l = Local {
+                        saved: Saved {
+                            desired: d.clone(),
+                            port: free_port(),
+                            running: None,
+                            started_at: None,
+                            restarts: 0,
+                            image_pinned: None,
+                            launch: None,
+                        },
+                        dir,
+                        status: "starting".into(),
+                        reason: Some("preparing".into()),
+                        preparing: true,
+                        retry_at: None,
+                        consecutive_crashes: 0,
+                        stop_deadline: None,
+                        health_passed: 0,
+                        health_failures: 0,
+                        next_check: Instant::now(),
+                        checking: false,
+                        healthy_since: None,
+                    };
+                    save(&l);
+                    to_prepare.push(d.clone());
+                    locals.insert(d.id.clone(), l);
+                    dirty = true;
+                }
+            }
+            let mut gone = vec![];
+            for (id, l) in locals.iter_mut() {
+                let Some(driver) = self.driver(&l.saved.desired.driver) else {
+                    if l.status != "failed" {
+                        l.status = "failed".into();
+                        l.reason = Some(format!("this node has no {} driver", l.saved.desired.driver));
+                        dirty = true;
+                    }
+                    if !want.contains_key(id.as_str()) {
+                        gone.push(id.clone());
+                    }
+                    continue;
+                };
+                if !want.contains_key(id.as_str()) {
+                    // Stop: SIGTERM, SIGKILL after the stop timeout, then clean up.
+                    match &l.saved.running {
+                        Some(r) => {
+                            if l.stop_deadline.is_none() {
+                                let _ = driver.run(Command::Terminate(r));
+                                l.stop_deadline = Some(Instant::now() + Duration::from_millis(l.saved.desired.stop_timeout_ms));
+                                l.status = "stopping".into();
+                                dirty = true;
+                            }
+                            if driver.poll(r).is_some() {
+                                let _ = driver.run(Command::Cleanup { instance_id: id, handle: Some(r) });
+                                gone.push(id.clone());
+                            } else if l.stop_deadline.is_some_and(|d| Instant::now() > d) {
+                                let _ = driver.run(Command::Kill(r));
+                            }
+                        }
+                        None if !l.preparing => {
+                            let _ = driver.run(Command::Cleanup { instance_id: id, handle: None });
+                            gone.push(id.clone());
+                        }
+                        None => {}
+                    }
+                    continue;
+                }
+                // Running: has it exited?
+                if let Some(r) = l.saved.running.clone() {
+                    if let Some(exit) = driver.poll(&r) {
+                        let _ = driver.run(Command::Cleanup { instance_id: id, handle: Some(&r) });
+                        self.crashed(shared, l, &exit);
+                        dirty = true;
+                    } else if !l.checking && Instant::now() >= l.next_check {
+                        l.checking = true;
+                        let hc = &l.saved.desired.health_check;
+                        l.next_check = Instant::now() + Duration::from_millis(hc.interval_ms.clamp(500, 3_600_000).min(if l.status == "healthy" { u64::MAX } else { 1000 }));
+                        let ip = r.extra.get("ip").cloned().unwrap_or_else(|| "127.0.0.1".into());
+                        to_check.push((id.clone(), ip, hc.port.unwrap_or(l.saved.port), hc.path.clone(), hc.timeout_ms));
+                    }
+                    continue;
+                }
+                // Not running, prepared: start when its backoff is over.
+                if !l.preparing && l.retry_at.is_some_and(|t| Instant::now() >= t) {
+                    l.retry_at = None;
+                    match self.start(l, &driver) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            let reason = format!("cannot start: {e:#}");
+                            shared.event(id, "failed", reason.clone(), None);
+                            l.status = "failed".into();
+                            l.reason = Some(reason);
+                            l.consecutive_crashes += 1;
+                            l.retry_at = Some(Instant::now() + backoff(l.consecutive_crashes));
+                        }
+                    }
+                    save(l);
+                    dirty = true;
+                }
+            }
+            for id in gone {
+                if let Some(l) = locals.remove(&id) {
+                    let _ = std::fs::remove_dir_all(&l.dir);
+                }
+                dirty = true;
+            }
+        }
+        for d in to_prepare {
+            let (ctx, shared) = (self.clone(), shared.clone());
+            tokio::spawn(async move {
+                let res = ctx.prepare(&d).await;
+                let Ok(mut locals) = shared.locals.lock() else { return };
+                let Some(l) = locals.get_mut(&d.id) else { return };
+                l.preparing = false;
+                match res {
+                    Ok((launch, pinned)) => {
+                        l.saved.launch = Some(launch);
+                        l.saved.image_pinned = pinned;
+                        l.retry_at = Some(Instant::now());
+                        l.reason = None;
+                    }
+                    Err(e) => {
+                        let reason = format!("{e:#}");
+                        tracing::warn!(instance_id = %d.id, error = %reason, "cannot prepare the instance");
+                        l.status = "failed".into();
+                        l.reason = Some(reason.clone());
+                        l.consecutive_crashes += 1;
+                        // Try again later (a registry may come back).
+                        l.preparing = true;
+                        let wait = backoff(l.consecutive_crashes);
+                        let (ctx2, shared2, d2) = (ctx.clone(), shared.clone(), d.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            retry_prepare(ctx2, shared2, d2).await;
+                        });
+                        drop(locals);
+                        shared.event(&d.id, "failed", reason, None);
+                        return;
+                    }
+                }
+                save(l);
+                drop(locals);
+                shared.wake.notify_one();
+                shared.dirty.notify_one();
+            });
+        }
+        for (id, ip, port, path, timeout_ms) in to_check {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let res = check(&ip, port, path.as_deref(), Duration::from_millis(timeout_ms.max(100))).await;
+                let Ok(mut locals) = shared.locals.lock() else { return };
+                let Some(l) = locals.get_mut(&id) else { return };
+                l.checking = false;
+                if l.saved.running.is_none() || l.stop_deadline.is_some() {
+                    return;
+                }
+                let hc = l.saved.desired.health_check.clone();
+                let before = (l.status.clone(), l.reason.clone());
+                match res {
+                    Ok(()) => {
+                        l.health_passed += 1;
+                        l.health_failures = 0;
+                        l.status = "healthy".into();
+                        l.reason = None;
+                        l.healthy_since.get_or_insert_with(Instant::now);
+                        if l.healthy_since.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+                            l.consecutive_crashes = 0;
+                        }
+                    }
+                    Err(e) => {
+                        l.health_failures += 1;
+                        let in_grace = l
+                            .saved
+                            .started_at
+                            .is_some_and(|t| now_micros() - t < (hc.grace_ms as i64) * 1000);
+                        if l.status == "healthy" && l.health_failures >= hc.retries.max(1) {
+                            l.status = "unhealthy".into();
+                            l.reason = Some(format!("health check failing: {e}"));
+                            l.healthy_since = None;
+                            drop(locals);
+                            shared.event(&id, "unhealthy", format!("health check failing: {e}"), None);
+                            return;
+                        } else if l.status != "healthy" && !in_grace && l.health_failures >= hc.retries.max(1) {
+                            l.status = "unhealthy".into();
+                            l.reason = Some(format!("health check failing: {e}"));
+                        } else if l.status != "healthy" && l.status != "unhealthy" {
+                            l.reason = Some(format!("waiting for the health check: {e}"));
+                        }
+                    }
+                }
+                if (l.status.clone(), l.reason.clone()) != before {
+                    drop(locals);
+                    shared.dirty.notify_one();
+                }
+            });
+        }
+        if dirty {
+            shared.dirty.notify_one();
+        }
+    }
+
+    fn crashed(&self, shared: &Shared, l: &mut Local, exit: &Exit) {
+        let id = l.saved.desired.id.clone();
+        let reason = exit.describe();
+        tracing::warn!(instance_id = %id, %reason, "instance exited");
+        l.saved.running = None;
+        l.saved.restarts += 1;
+        l.consecutive_crashes += 1;
+        l.healthy_since = None;
+        l.health_failures = 0;
+        l.status = "crashed".into();
+        let wait = backoff(l.consecutive_crashes.saturating_sub(1));
+        l.reason = Some(format!("{reason}; restarting in {:.1}s", wait.as_secs_f64()));
+        l.retry_at = Some(Instant::now() + wait);
+        save(l);
+        let kind = if exit.oom_killed { "oom_killed" } else { "crashed" };
+        shared.event(&id, kind, reason, exit.code);
+    }
+
+    fn start(&self, l: &mut Local, driver: &Arc<dyn Driver>) -> anyhow::Result<()> {
+        let Some(sl) = l.saved.launch.clone() else { bail!("not prepared") };
+        let d = &l.saved.desired;
+        let mut env = sl.env.clone();
+        env.extend(d.env.clone());
+        env.insert("PORT".into(), l.saved.port.to_string());
+        env.insert("SHELLWEGO_APP".into(), d.app_name.clone());
+        env.insert("SHELLWEGO_APP_ID".into(), d.app_id.clone());
+        env.insert("SHELLWEGO_INSTANCE_ID".into(), d.id.clone());
+        env.insert("SHELLWEGO_REGION".into(), d.region.clone());
+        let launch = Launch {
+            instance_id: d.id.clone(),
+            dir: l.dir.clone(),
+            root: sl.root.clone(),
+            is_rootfs: sl.is_rootfs,
+            argv: sl.argv.clone(),
+            workdir: sl.workdir.clone(),
+            env,
+            port: l.saved.port,
+            memory: d.memory,
+            cpu_millis: d.cpu_millis,
+            log: l.dir.join("output.log"),
+        };
+        match driver.run(Command::Start(&launch))? {
+            Reply::Started(r) => {
+                tracing::info!(instance_id = %d.id, pid = r.pid, driver = driver.name(), port = l.saved.port, "instance started");
+                l.saved.running = Some(r);
+                l.saved.started_at = Some(now_micros());
+                l.status = "starting".into();
+                l.reason = None;
+                l.next_check = Instant::now() + Duration::from_millis(200);
+                Ok(())
+            }
+            Reply::Done => bail!("the driver did not start the instance"),
+        }
+    }
+
+    /// Get the instance's files ready: returns how to launch it and the
+    /// image by digest.
+    async fn prepare(&self, d: &DesiredInstance) -> anyhow::Result<(SavedLaunch, Option<String>)> {
+        if let Some(image) = &d.image {
+            let Some(store) = &self.images else { bail!("this agent has no image store") };
+            let pulled = store
+                .pull(image, &self.pull)
+                .await
+                .with_context(|| format!("cannot pull {image}"))?;
+            let c = &pulled.config;
+            let argv = match &d.command {
+                Some(cmd) => cmd.clone(),
+                None => c.entrypoint.iter().chain(c.cmd.iter()).cloned().collect(),
+            };
+            if argv.is_empty() {
+                bail!("the image {image} has no entrypoint or cmd; give the app a command");
+            }
+            let env = c
+                .env
+                .iter()
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect();
+            return Ok((
+                SavedLaunch {
+                    root: pulled.rootfs.clone(),
+                    is_rootfs: true,
+                    argv,
+                    workdir: c.working_dir.clone().unwrap_or_else(|| "/".into()),
+                    env,
+                },
+                Some(pulled.pinned.clone()),
+            ));
+        }
+        let Some(url) = &d.archive_url else { bail!("the instance has neither an image nor an archive") };
+        let archive = self.fetch(url).await?;
+        let root = instances_dir(&self.data_dir).join(&d.id).join("root");
+        let _ = std::fs::remove_dir_all(&root);
+        let root2 = root.clone();
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&archive)?;
+            shellwego_image::unpack_archive(std::io::BufReader::new(f), &root2, &shellwego_image::UnpackOptions::default())
+                .map_err(anyhow::Error::from)
+        })
+        .await
+        .context("unpacking was interrupted")?
+        .context("cannot unpack the archive")?;
+        let procfile = std::fs::read_to_string(root.join("Procfile")).ok();
+        let is_rootfs = procfile.is_none() && (root.join("bin").is_dir() || root.join("usr/bin").is_dir());
+        let argv = match (&d.command, &procfile) {
+            (Some(c), _) => c.clone(),
+            (None, Some(p)) => {
+                let line = p
+                    .lines()
+                    .find_map(|l| l.strip_prefix("web:"))
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .context("the Procfile has no 'web:' line")?;
+                vec!["/bin/sh".into(), "-c".into(), line.to_string()]
+            }
+            (None, None) => bail!("the archive has no Procfile and the app no command"),
+        };
+        Ok((
+            SavedLaunch {
+                root,
+                is_rootfs,
+                argv,
+                workdir: "/".into(),
+                env: BTreeMap::new(),
+            },
+            None,
+        ))
+    }
+
+    /// Download an archive (cached by URL) and return its path.
+    async fn fetch(&self, url: &str) -> anyhow::Result<PathBuf> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let key: String = sha2::Sha256::digest(url.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let dir = self.data_dir.join("archives");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(&key);
+        if path.exists() {
+            return Ok(path);
+        }
+        let (full, auth) = if url.starts_with('/') {
+            (format!("{}{url}", self.control_plane.trim_end_matches('/')), true)
+        } else {
+            (url.to_string(), false)
+        };
+        let mut req = self.http.get(&full).timeout(Duration::from_secs(600));
+        if auth {
+            req = req.bearer_auth(&self.credential);
+        }
+        let mut res = req.send().await.with_context(|| format!("cannot fetch {full}"))?;
+        if !res.status().is_success() {
+            bail!("fetching {full} answered {}", res.status());
+        }
+        let tmp = dir.join(format!("{key}.part"));
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        let mut size = 0u64;
+        while let Some(chunk) = res.chunk().await? {
+            size += chunk.len() as u64;
+            if size > MAX_ARCHIVE {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                bail!("the archive at {full} is larger than 1 GiB");
+            }
+            f.write_all(&chunk).await?;
+        }
+        f.sync_all().await?;
+        tokio::fs::rename(&tmp, &path).await?;
+        Ok(path)
+    }
+}
+
+async fn retry_prepare(ctx: Arc<Ctx>, shared: Arc<Shared>, d: DesiredInstance) {
+    let still_wanted = shared
+        .desired
+        .lock()
+        .ok()
+        .and_then(|w| w.as_ref().map(|w| w.iter().any(|x| x.id == d.id)))
+        .unwrap_or(false);
+    if !still_wanted {
+        if let Ok(mut l) = shared.locals.lock() {
+            if let Some(x) = l.get_mut(&d.id) {
+                x.preparing = false;
+            }
+        }
+        return;
+    }
+    let res = ctx.prepare(&d).await;
+    let Ok(mut locals) = shared.locals.lock() else { return };
+    let Some(l) = locals.get_mut(&d.id) else { return };
+    match res {
+        Ok((launch, pinned)) => {
+            l.preparing = false;
+            l.saved.launch = Some(launch);
+            l.saved.image_pinned = pinned;
+            l.retry_at = Some(Instant::now());
+            l.status = "starting".into();
+            l.reason = None;
+            save(l);
+        }
+        Err(e) => {
+            l.consecutive_crashes += 1;
+            l.reason = Some(format!("{e:#}"));
+            let wait = backoff(l.consecutive_crashes);
+            let (ctx2, shared2, d2) = (ctx.clone(), shared.clone(), d.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                Box::pin(retry_prepare(ctx2, shared2, d2)).await;
+            });
+        }
+    }
+    drop(locals);
+    shared.dirty.notify_one();
+    shared.wake.notify_one();
+}
+
+/// One health check: TCP connect, or an HTTP GET that must answer 2xx/3xx.
+async fn check(ip: &str, port: u16, path: Option<&str>, timeout: Duration) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect((ip, port))
+            .await
+            .map_err(|e| format!("cannot connect to port {port}: {e}"))?;
+        let Some(path) = path else { return Ok(()) };
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: shellwego-health\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 64];
+        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+        let line = String::from_utf8_lossy(&buf[..n]);
+        let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        if (200..400).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("GET {path} answered {code}"))
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+    }
+}
