@@ -287,9 +287,15 @@ pub async fn run(
             let send = http.post(&url).bearer_auth(&cred.credential).json(&body).send();
             // A status change goes up at once: the waiting call is dropped
             // and a new one carries the news.
-            let res = tokio::select! {
-                r = send => Some(r),
-                _ = shared.dirty.notified() => None,
+            // (A call carrying events is never dropped: they would be
+            // recorded twice.)
+            let res = if events.is_empty() {
+                tokio::select! {
+                    r = send => Some(r),
+                    _ = shared.dirty.notified() => None,
+                }
+            } else {
+                Some(send.await)
             };
             let Some(res) = res else {
                 put_back(&shared, events);

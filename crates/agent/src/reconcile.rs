@@ -399,11 +399,7 @@ impl Ctx {
                         // Try again later (a registry may come back).
                         l.preparing = true;
                         let wait = backoff(l.consecutive_crashes);
-                        let (ctx2, shared2, d2) = (ctx.clone(), shared.clone(), d.clone());
-                        tokio::spawn(async move {
-                            tokio::time::sleep(wait).await;
-                            retry_prepare(ctx2, shared2, d2).await;
-                        });
+                        tokio::spawn(retry_prepare(ctx.clone(), shared.clone(), d.clone(), wait));
                         drop(locals);
                         shared.event(&d.id, "failed", reason, None);
                         return;
@@ -639,48 +635,53 @@ impl Ctx {
     }
 }
 
-async fn retry_prepare(ctx: Arc<Ctx>, shared: Arc<Shared>, d: DesiredInstance) {
-    let still_wanted = shared
-        .desired
-        .lock()
-        .ok()
-        .and_then(|w| w.as_ref().map(|w| w.iter().any(|x| x.id == d.id)))
-        .unwrap_or(false);
-    if !still_wanted {
-        if let Ok(mut l) = shared.locals.lock() {
-            if let Some(x) = l.get_mut(&d.id) {
-                x.preparing = false;
+/// Prepare again after a failure, with growing waits, while still wanted.
+async fn retry_prepare(ctx: Arc<Ctx>, shared: Arc<Shared>, d: DesiredInstance, mut wait: Duration) {
+    loop {
+        tokio::time::sleep(wait).await;
+        let still_wanted = shared
+            .desired
+            .lock()
+            .ok()
+            .and_then(|w| w.as_ref().map(|w| w.iter().any(|x| x.id == d.id)))
+            .unwrap_or(false);
+        if !still_wanted {
+            if let Ok(mut l) = shared.locals.lock() {
+                if let Some(x) = l.get_mut(&d.id) {
+                    x.preparing = false;
+                }
             }
+            return;
         }
-        return;
+        let res = ctx.prepare(&d).await;
+        let done = {
+            let Ok(mut locals) = shared.locals.lock() else { return };
+            let Some(l) = locals.get_mut(&d.id) else { return };
+            match res {
+                Ok((launch, pinned)) => {
+                    l.preparing = false;
+                    l.saved.launch = Some(launch);
+                    l.saved.image_pinned = pinned;
+                    l.retry_at = Some(Instant::now());
+                    l.status = "starting".into();
+                    l.reason = None;
+                    save(l);
+                    true
+                }
+                Err(e) => {
+                    l.consecutive_crashes += 1;
+                    l.reason = Some(format!("{e:#}"));
+                    wait = backoff(l.consecutive_crashes);
+                    false
+                }
+            }
+        };
+        shared.dirty.notify_one();
+        shared.wake.notify_one();
+        if done {
+            return;
+        }
     }
-    let res = ctx.prepare(&d).await;
-    let Ok(mut locals) = shared.locals.lock() else { return };
-    let Some(l) = locals.get_mut(&d.id) else { return };
-    match res {
-        Ok((launch, pinned)) => {
-            l.preparing = false;
-            l.saved.launch = Some(launch);
-            l.saved.image_pinned = pinned;
-            l.retry_at = Some(Instant::now());
-            l.status = "starting".into();
-            l.reason = None;
-            save(l);
-        }
-        Err(e) => {
-            l.consecutive_crashes += 1;
-            l.reason = Some(format!("{e:#}"));
-            let wait = backoff(l.consecutive_crashes);
-            let (ctx2, shared2, d2) = (ctx.clone(), shared.clone(), d.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                Box::pin(retry_prepare(ctx2, shared2, d2)).await;
-            });
-        }
-    }
-    drop(locals);
-    shared.dirty.notify_one();
-    shared.wake.notify_one();
 }
 
 /// One health check: TCP connect, or an HTTP GET that must answer 2xx/3xx.

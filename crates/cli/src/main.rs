@@ -32,9 +32,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything on this machine with local defaults (today: the control plane;
-    /// the node agent and the ingress join it in later releases).
-    Up(ServerArgs),
+    /// Run everything on this machine: the control plane, a local node agent and the
+    /// ingress router (apps answer at http://<app>.localhost:8000).
+    Up(UpArgs),
     /// Run the control plane only (API server, controllers, store).
     Server(ServerArgs),
     /// Run a node agent: join a control plane and keep its channel open.
@@ -90,6 +90,88 @@ async fn shutdown_signal() {
     }
 }
 
+#[derive(clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Address of the ingress router (HTTP).
+    #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
+    ingress_listen: std::net::SocketAddr,
+    /// Apps answer at <app>.<base-domain>.
+    #[arg(long, default_value = "localhost", value_name = "DOMAIN")]
+    base_domain: String,
+    /// A registry (`host:port`) the agent may pull from over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// The runtime driver the local agent offers [default: every one that works here].
+    #[arg(long, value_parser = ["process", "container", "microvm"])]
+    runtime: Option<String>,
+}
+
+/// Control plane + local agent + ingress, until a signal.
+async fn up(a: UpArgs) -> anyhow::Result<()> {
+    let settings = a.server.resolve(true)?;
+    init_logging(settings.log_format);
+    let data_dir = settings.server.data_dir.clone();
+    let started = shellwego_server::serve::start(settings.server).await?;
+    let api = started.addr;
+    // The ingress, fed from the store.
+    let routes = shellwego_ingress::Routes::new();
+    let listener = tokio::net::TcpListener::bind(a.ingress_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} for the ingress: {e}", a.ingress_listen))?;
+    let ingress_addr = listener.local_addr()?;
+    let feed = tokio::spawn(shellwego_server::serve::feed_routes(started.state.clone(), routes.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut rx = stop_rx.clone();
+    let ingress = tokio::spawn(shellwego_ingress::serve(
+        listener,
+        routes,
+        shellwego_ingress::IngressConfig {
+            base_domain: a.base_domain.clone(),
+            ..Default::default()
+        },
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
+    // The local agent: joined once, its credential kept in <data>/agent.
+    let agent_dir = data_dir.join("agent");
+    let join_token = if agent_dir.join("node-credential.toml").exists() {
+        None
+    } else {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "local".into());
+        Some(shellwego_server::serve::local_join_token(&started.state, &host).await?)
+    };
+    let agent_args = shellwego_agent::AgentArgs {
+        control_plane: format!("http://{api}"),
+        join_token,
+        data_dir: agent_dir,
+        name: None,
+        region: None,
+        zone: None,
+        labels: vec![],
+        sync_wait: 10,
+        advertise_ip: Some("127.0.0.1".into()),
+        drivers: a.runtime.iter().cloned().collect(),
+        insecure_registries: a.insecure_registries.clone(),
+    };
+    let mut agent_stop = stop_rx.clone();
+    let agent = tokio::spawn(shellwego_agent::run(agent_args, async move {
+        let _ = agent_stop.wait_for(|s| *s).await;
+    }));
+    tracing::info!(api = %api, ingress = %ingress_addr, base_domain = %a.base_domain, "shellwego is up: apps answer at http://<app>.{}:{}", a.base_domain, ingress_addr.port());
+    shutdown_signal().await;
+    tracing::info!("shutting down (instances keep running; the next `up` re-adopts them)");
+    let _ = stop_tx.send(true);
+    let _ = agent.await;
+    feed.abort();
+    let _ = ingress.await;
+    started.shutdown().await
+}
+
 async fn serve(args: ServerArgs, up: bool) -> anyhow::Result<()> {
     let settings = args.resolve(up)?;
     init_logging(settings.log_format);
@@ -110,7 +192,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Up(a) => serve(a, true).await,
+            Command::Up(a) => up(a).await,
             Command::Server(a) => serve(a, false).await,
             Command::Agent(a) => {
                 init_logging(LogFormat::Pretty);

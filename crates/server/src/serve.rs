@@ -235,3 +235,62 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     start(config).await?.wait(signal).await
 }
+
+/// Keep the ingress's route table equal to the healthy instances in the
+/// store: at once on every change this process makes, and every second
+/// (changes made by other control planes or routers sharing the store).
+pub async fn feed_routes(state: AppState, routes: shellwego_ingress::Routes) {
+    let mut changes = state.changes.subscribe();
+    let mut last: Option<Vec<(String, String, String, i64)>> = None;
+    loop {
+        match (state.store.routable_instances().await, state.store.app_names().await) {
+            (Ok(rows), Ok(names)) => {
+                if last.as_ref() != Some(&rows) || routes.snapshot().len() != names.len() {
+                    let mut table: std::collections::HashMap<String, Vec<shellwego_ingress::Backend>> =
+                        names.into_iter().map(|n| (n, vec![])).collect();
+                    for (app, id, ip, port) in &rows {
+                        let Ok(ip) = ip.parse::<std::net::IpAddr>() else { continue };
+                        let Ok(port) = u16::try_from(*port) else { continue };
+                        table.entry(app.clone()).or_default().push(shellwego_ingress::Backend {
+                            instance_id: id.clone(),
+                            addr: SocketAddr::new(ip, port),
+                        });
+                    }
+                    routes.replace(table);
+                    last = Some(rows);
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "router: cannot read routes"),
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// A one-time join token for a node of the installation's first
+/// organization (`shellwego up`'s local agent).
+pub async fn local_join_token(state: &AppState, hostname: &str) -> anyhow::Result<String> {
+    let org = state
+        .store
+        .first_organization()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .ok_or_else(|| anyhow::anyhow!("the installation has no organization"))?;
+    let mut tx = state.store.begin().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, secret) = shellwego_store::nodes::register(
+        &mut tx,
+        shellwego_store::nodes::Node {
+            organization_id: org,
+            hostname: hostname.to_string(),
+            ..Default::default()
+        },
+        &serde_json::json!({}),
+        crate::service::node_agents::JOIN_TOKEN_LIFETIME,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    shellwego_store::commit(tx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(secret)
+}

@@ -328,3 +328,14 @@ impl Store {
         ))
     }
 }
+
+impl Store {
+    /// The oldest organization (the one bootstrap made).
+    pub async fn first_organization(&self) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT id FROM organizations ORDER BY created_at, id LIMIT 1")
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err)?;
+        row.map(|r| r.try_get::<String, _>("id").map_err(db_err)).transpose()
+    }
+}
