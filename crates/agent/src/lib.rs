@@ -278,7 +278,9 @@ pub async fn run(
             let events = shared.take_events();
             let body = AgentSync {
                 generation,
-                wait_secs: Some(wait),
+                // A call carrying events is not held long (it is not
+                // dropped for newer news, see below).
+                wait_secs: Some(if events.is_empty() { wait } else { 1 }),
                 memory_available: memory_available(),
                 instances: Some(shared.reports(&advertise_ip)),
                 events: events.clone(),
