@@ -23,7 +23,9 @@ fn write(p: &Path, v: &str) -> bool {
 impl Cgroup {
     /// Whether this host has a memory controller we can use.
     pub fn memory_available() -> bool {
-        Path::new(ROOT).join("memory/memory.limit_in_bytes").exists()
+        Path::new(ROOT)
+            .join("memory/memory.limit_in_bytes")
+            .exists()
             || std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers"))
                 .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
     }
@@ -39,7 +41,10 @@ impl Cgroup {
             if std::fs::create_dir_all(&mem).is_ok() {
                 write(&mem.join("memory.limit_in_bytes"), &memory.to_string());
                 // No swap beyond the limit, so the limit is the limit.
-                write(&mem.join("memory.memsw.limit_in_bytes"), &memory.to_string());
+                write(
+                    &mem.join("memory.memsw.limit_in_bytes"),
+                    &memory.to_string(),
+                );
                 oom_file = Some(mem.join("memory.oom_control"));
                 dirs.push(mem);
             }
@@ -49,27 +54,41 @@ impl Cgroup {
                     let cpu = base.join("shellwego").join(id);
                     if std::fs::create_dir_all(&cpu).is_ok() {
                         write(&cpu.join("cpu.cfs_period_us"), "100000");
-                        write(&cpu.join("cpu.cfs_quota_us"), &(cpu_millis * 100).to_string());
+                        write(
+                            &cpu.join("cpu.cfs_quota_us"),
+                            &(cpu_millis * 100).to_string(),
+                        );
                         dirs.push(cpu);
                     }
                     break;
                 }
             }
-            return (!dirs.is_empty()).then_some(Cgroup { dirs, oom_file, v2: false });
+            return (!dirs.is_empty()).then_some(Cgroup {
+                dirs,
+                oom_file,
+                v2: false,
+            });
         }
-        let controllers = std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).ok()?;
+        let controllers =
+            std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).ok()?;
         if !controllers.split_whitespace().any(|c| c == "memory") {
             return None;
         }
         let parent = Path::new(ROOT).join("shellwego");
         std::fs::create_dir_all(&parent).ok()?;
-        write(&Path::new(ROOT).join("cgroup.subtree_control"), "+memory +cpu");
+        write(
+            &Path::new(ROOT).join("cgroup.subtree_control"),
+            "+memory +cpu",
+        );
         write(&parent.join("cgroup.subtree_control"), "+memory +cpu");
         let dir = parent.join(id);
         std::fs::create_dir_all(&dir).ok()?;
         write(&dir.join("memory.max"), &memory.to_string());
         write(&dir.join("memory.swap.max"), "0");
-        write(&dir.join("cpu.max"), &format!("{} 100000", cpu_millis * 100));
+        write(
+            &dir.join("cpu.max"),
+            &format!("{} 100000", cpu_millis * 100),
+        );
         Some(Cgroup {
             oom_file: Some(dir.join("memory.events")),
             dirs: vec![dir],
@@ -79,7 +98,9 @@ impl Cgroup {
 
     /// Re-open the cgroup of an instance made earlier (after a restart).
     pub fn open(dirs: Vec<PathBuf>) -> Cgroup {
-        let v2 = dirs.first().is_some_and(|d| d.join("memory.events").exists() && !d.join("memory.oom_control").exists());
+        let v2 = dirs.first().is_some_and(|d| {
+            d.join("memory.events").exists() && !d.join("memory.oom_control").exists()
+        });
         let oom_file = dirs.iter().find_map(|d| {
             [d.join("memory.oom_control"), d.join("memory.events")]
                 .into_iter()

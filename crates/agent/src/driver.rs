@@ -62,7 +62,8 @@ pub struct Exit {
 impl Exit {
     pub fn describe(&self) -> String {
         if self.oom_killed {
-            return "out of memory: killed by the kernel's OOM killer (raise resources.memory)".into();
+            return "out of memory: killed by the kernel's OOM killer (raise resources.memory)"
+                .into();
         }
         match (self.code, self.signal) {
             (Some(c), _) => format!("exited with code {c}"),
@@ -85,7 +86,10 @@ pub enum Command<'a> {
     Kill(&'a Running),
     /// Release what the driver made for the instance (cgroups, container
     /// state). Valid once it has exited.
-    Cleanup { instance_id: &'a str, handle: Option<&'a Running> },
+    Cleanup {
+        instance_id: &'a str,
+        handle: Option<&'a Running>,
+    },
 }
 
 pub enum Reply {

@@ -82,7 +82,11 @@ fn detect_ip(control_plane: &str) -> String {
         .split('/')
         .next()
         .unwrap_or("127.0.0.1");
-    let target = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    let target = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
     std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| {
             use std::net::ToSocketAddrs;
@@ -127,7 +131,10 @@ fn read_first_number(text: &str, key: &str) -> Option<i64> {
 
 /// What this host has: cores, memory, disk, kernel, drivers that work here.
 fn host_report(args: &AgentArgs, join_token: String) -> AgentJoin {
-    let drivers: Vec<String> = available_drivers(args).iter().map(|d| d.name().to_string()).collect();
+    let drivers: Vec<String> = available_drivers(args)
+        .iter()
+        .map(|d| d.name().to_string())
+        .collect();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let kib = |k: &str| read_first_number(&meminfo, k).unwrap_or(0) * 1024;
     let on_path = |bin: &str| {
@@ -286,7 +293,11 @@ pub async fn run(
                 events: events.clone(),
                 internal_ip: Some(advertise_ip.clone()),
             };
-            let send = http.post(&url).bearer_auth(&cred.credential).json(&body).send();
+            let send = http
+                .post(&url)
+                .bearer_auth(&cred.credential)
+                .json(&body)
+                .send();
             // A status change goes up at once: the waiting call is dropped
             // and a new one carries the news.
             // (A call carrying events is never dropped: they would be
@@ -309,7 +320,11 @@ pub async fn run(
                     match r.json::<AgentDesired>().await {
                         Ok(d) => {
                             if d.generation != generation {
-                                tracing::info!(generation = d.generation, instances = d.instances.len(), "desired state changed");
+                                tracing::info!(
+                                    generation = d.generation,
+                                    instances = d.instances.len(),
+                                    "desired state changed"
+                                );
                             }
                             generation = d.generation;
                             if let Ok(mut w) = shared.desired.lock() {

@@ -57,7 +57,12 @@ impl ProcessDriver {
         // pid into each cgroup.procs, then execs (keeping the pid).
         let procs: Vec<String> = cg
             .as_ref()
-            .map(|c| c.procs_files().iter().map(|p| p.display().to_string()).collect())
+            .map(|c| {
+                c.procs_files()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         let mut argv: Vec<String> = vec![];
         if chroot {
@@ -70,7 +75,10 @@ impl ProcessDriver {
         argv.extend(l.argv.iter().cloned());
         let script = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
         let mut cmd = Cmd::new("/bin/sh");
-        cmd.arg("-c").arg(script).arg("sh").arg(procs.len().to_string());
+        cmd.arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(procs.len().to_string());
         cmd.args(&procs).args(&argv);
         let cwd = if chroot {
             l.root.clone()
@@ -85,7 +93,10 @@ impl ProcessDriver {
             .stderr(log)
             .process_group(0);
         if !l.env.contains_key("PATH") {
-            cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+            cmd.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
         }
         let child = cmd
             .spawn()
@@ -96,7 +107,11 @@ impl ProcessDriver {
         if let Some(c) = &cg {
             extra.insert(
                 "cgroups".into(),
-                c.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join("\n"),
+                c.dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             );
             extra.insert("oom_base".into(), c.oom_kills().to_string());
         }
@@ -118,7 +133,11 @@ impl ProcessDriver {
     }
 
     fn oom(r: &Running) -> bool {
-        let base: u64 = r.extra.get("oom_base").and_then(|b| b.parse().ok()).unwrap_or(0);
+        let base: u64 = r
+            .extra
+            .get("oom_base")
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(0);
         cgroup_of(r).is_some_and(|c| c.oom_kills() > base)
     }
 }
@@ -176,7 +195,11 @@ impl Driver for ProcessDriver {
                             oom_killed: Self::oom(r),
                         })
                     }
-                    Err(_) => Some(Exit { code: None, signal: None, oom_killed: Self::oom(r) }),
+                    Err(_) => Some(Exit {
+                        code: None,
+                        signal: None,
+                        oom_killed: Self::oom(r),
+                    }),
                 };
             }
         }

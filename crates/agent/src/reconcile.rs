@@ -107,7 +107,9 @@ impl Shared {
 
     /// Every instance this agent has, as the control plane wants to hear.
     pub fn reports(&self, advertise_ip: &str) -> Vec<InstanceReport> {
-        let Ok(locals) = self.locals.lock() else { return vec![] };
+        let Ok(locals) = self.locals.lock() else {
+            return vec![];
+        };
         locals
             .iter()
             .map(|(id, l)| InstanceReport {
@@ -133,7 +135,10 @@ impl Shared {
     }
 
     pub fn take_events(&self) -> Vec<AgentEvent> {
-        self.events.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
+        self.events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
     }
 
     pub fn restore_events(&self, events: Vec<AgentEvent>) {
@@ -195,7 +200,9 @@ impl Ctx {
     /// running; dead ones are restarted if still wanted.
     pub fn adopt(&self, shared: &Shared) {
         let Ok(entries) = std::fs::read_dir(instances_dir(&self.data_dir)) else {
-            shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            shared
+                .ready
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             return;
         };
         let mut locals = match shared.locals.lock() {
@@ -204,12 +211,17 @@ impl Ctx {
         };
         for e in entries.flatten() {
             let dir = e.path();
-            let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else { continue };
-            let Ok(mut saved) = serde_json::from_str::<Saved>(&text) else { continue };
+            let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
+                continue;
+            };
+            let Ok(mut saved) = serde_json::from_str::<Saved>(&text) else {
+                continue;
+            };
             let id = saved.desired.id.clone();
-            let alive = saved.running.as_ref().is_some_and(|r| {
-                self.driver(&r.driver).is_some_and(|d| d.adopt(r))
-            });
+            let alive = saved
+                .running
+                .as_ref()
+                .is_some_and(|r| self.driver(&r.driver).is_some_and(|d| d.adopt(r)));
             if alive {
                 tracing::info!(instance_id = %id, pid = saved.running.as_ref().map(|r| r.pid), "re-adopted a running instance");
             } else {
@@ -218,7 +230,11 @@ impl Ctx {
             locals.insert(
                 id,
                 Local {
-                    status: if alive { "starting".into() } else { "crashed".into() },
+                    status: if alive {
+                        "starting".into()
+                    } else {
+                        "crashed".into()
+                    },
                     reason: (!alive).then(|| "was not running when the agent started".into()),
                     preparing: false,
                     retry_at: (!alive).then(Instant::now),
@@ -234,7 +250,9 @@ impl Ctx {
                 },
             );
         }
-        shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        shared
+            .ready
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The reconciler loop; runs forever.
@@ -255,12 +273,15 @@ impl Ctx {
         };
         // Until the control plane has answered once, change nothing.
         let Some(desired) = desired else { return };
-        let want: HashMap<&str, &DesiredInstance> = desired.iter().map(|d| (d.id.as_str(), d)).collect();
+        let want: HashMap<&str, &DesiredInstance> =
+            desired.iter().map(|d| (d.id.as_str(), d)).collect();
         let mut dirty = false;
         let mut to_prepare = vec![];
         let mut to_check = vec![];
         {
-            let Ok(mut locals) = shared.locals.lock() else { return };
+            let Ok(mut locals) = shared.locals.lock() else {
+                return;
+            };
             // New instances.
             for d in &desired {
                 if !locals.contains_key(&d.id) {
@@ -303,7 +324,10 @@ impl Ctx {
                 let Some(driver) = self.driver(&l.saved.desired.driver) else {
                     if l.status != "failed" {
                         l.status = "failed".into();
-                        l.reason = Some(format!("this node has no {} driver", l.saved.desired.driver));
+                        l.reason = Some(format!(
+                            "this node has no {} driver",
+                            l.saved.desired.driver
+                        ));
                         dirty = true;
                     }
                     if !want.contains_key(id.as_str()) {
@@ -317,19 +341,28 @@ impl Ctx {
                         Some(r) => {
                             if l.stop_deadline.is_none() {
                                 let _ = driver.run(Command::Terminate(r));
-                                l.stop_deadline = Some(Instant::now() + Duration::from_millis(l.saved.desired.stop_timeout_ms));
+                                l.stop_deadline = Some(
+                                    Instant::now()
+                                        + Duration::from_millis(l.saved.desired.stop_timeout_ms),
+                                );
                                 l.status = "stopping".into();
                                 dirty = true;
                             }
                             if driver.poll(r).is_some() {
-                                let _ = driver.run(Command::Cleanup { instance_id: id, handle: Some(r) });
+                                let _ = driver.run(Command::Cleanup {
+                                    instance_id: id,
+                                    handle: Some(r),
+                                });
                                 gone.push(id.clone());
                             } else if l.stop_deadline.is_some_and(|d| Instant::now() > d) {
                                 let _ = driver.run(Command::Kill(r));
                             }
                         }
                         None if !l.preparing => {
-                            let _ = driver.run(Command::Cleanup { instance_id: id, handle: None });
+                            let _ = driver.run(Command::Cleanup {
+                                instance_id: id,
+                                handle: None,
+                            });
                             gone.push(id.clone());
                         }
                         None => {}
@@ -339,15 +372,35 @@ impl Ctx {
                 // Running: has it exited?
                 if let Some(r) = l.saved.running.clone() {
                     if let Some(exit) = driver.poll(&r) {
-                        let _ = driver.run(Command::Cleanup { instance_id: id, handle: Some(&r) });
+                        let _ = driver.run(Command::Cleanup {
+                            instance_id: id,
+                            handle: Some(&r),
+                        });
                         self.crashed(shared, l, &exit);
                         dirty = true;
                     } else if !l.checking && Instant::now() >= l.next_check {
                         l.checking = true;
                         let hc = &l.saved.desired.health_check;
-                        l.next_check = Instant::now() + Duration::from_millis(hc.interval_ms.clamp(500, 3_600_000).min(if l.status == "healthy" { u64::MAX } else { 1000 }));
-                        let ip = r.extra.get("ip").cloned().unwrap_or_else(|| "127.0.0.1".into());
-                        to_check.push((id.clone(), ip, hc.port.unwrap_or(l.saved.port), hc.path.clone(), hc.timeout_ms));
+                        l.next_check = Instant::now()
+                            + Duration::from_millis(hc.interval_ms.clamp(500, 3_600_000).min(
+                                if l.status == "healthy" {
+                                    u64::MAX
+                                } else {
+                                    1000
+                                },
+                            ));
+                        let ip = r
+                            .extra
+                            .get("ip")
+                            .cloned()
+                            .unwrap_or_else(|| "127.0.0.1".into());
+                        to_check.push((
+                            id.clone(),
+                            ip,
+                            hc.port.unwrap_or(l.saved.port),
+                            hc.path.clone(),
+                            hc.timeout_ms,
+                        ));
                     }
                     continue;
                 }
@@ -380,8 +433,12 @@ impl Ctx {
             let (ctx, shared) = (self.clone(), shared.clone());
             tokio::spawn(async move {
                 let res = ctx.prepare(&d).await;
-                let Ok(mut locals) = shared.locals.lock() else { return };
-                let Some(l) = locals.get_mut(&d.id) else { return };
+                let Ok(mut locals) = shared.locals.lock() else {
+                    return;
+                };
+                let Some(l) = locals.get_mut(&d.id) else {
+                    return;
+                };
                 l.preparing = false;
                 match res {
                     Ok((launch, pinned)) => {
@@ -414,8 +471,16 @@ impl Ctx {
         for (id, ip, port, path, timeout_ms) in to_check {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let res = check(&ip, port, path.as_deref(), Duration::from_millis(timeout_ms.max(100))).await;
-                let Ok(mut locals) = shared.locals.lock() else { return };
+                let res = check(
+                    &ip,
+                    port,
+                    path.as_deref(),
+                    Duration::from_millis(timeout_ms.max(100)),
+                )
+                .await;
+                let Ok(mut locals) = shared.locals.lock() else {
+                    return;
+                };
                 let Some(l) = locals.get_mut(&id) else { return };
                 l.checking = false;
                 if l.saved.running.is_none() || l.stop_deadline.is_some() {
@@ -430,7 +495,9 @@ impl Ctx {
                         l.status = "healthy".into();
                         l.reason = None;
                         l.healthy_since.get_or_insert_with(Instant::now);
-                        if l.healthy_since.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+                        if l.healthy_since
+                            .is_some_and(|t| t.elapsed() > Duration::from_secs(60))
+                        {
                             l.consecutive_crashes = 0;
                         }
                     }
@@ -445,9 +512,17 @@ impl Ctx {
                             l.reason = Some(format!("health check failing: {e}"));
                             l.healthy_since = None;
                             drop(locals);
-                            shared.event(&id, "unhealthy", format!("health check failing: {e}"), None);
+                            shared.event(
+                                &id,
+                                "unhealthy",
+                                format!("health check failing: {e}"),
+                                None,
+                            );
                             return;
-                        } else if l.status != "healthy" && !in_grace && l.health_failures >= hc.retries.max(1) {
+                        } else if l.status != "healthy"
+                            && !in_grace
+                            && l.health_failures >= hc.retries.max(1)
+                        {
                             l.status = "unhealthy".into();
                             l.reason = Some(format!("health check failing: {e}"));
                         } else if l.status != "healthy" && l.status != "unhealthy" {
@@ -477,15 +552,24 @@ impl Ctx {
         l.health_failures = 0;
         l.status = "crashed".into();
         let wait = backoff(l.consecutive_crashes.saturating_sub(1));
-        l.reason = Some(format!("{reason}; restarting in {:.1}s", wait.as_secs_f64()));
+        l.reason = Some(format!(
+            "{reason}; restarting in {:.1}s",
+            wait.as_secs_f64()
+        ));
         l.retry_at = Some(Instant::now() + wait);
         save(l);
-        let kind = if exit.oom_killed { "oom_killed" } else { "crashed" };
+        let kind = if exit.oom_killed {
+            "oom_killed"
+        } else {
+            "crashed"
+        };
         shared.event(&id, kind, reason, exit.code);
     }
 
     fn start(&self, l: &mut Local, driver: &Arc<dyn Driver>) -> anyhow::Result<()> {
-        let Some(sl) = l.saved.launch.clone() else { bail!("not prepared") };
+        let Some(sl) = l.saved.launch.clone() else {
+            bail!("not prepared")
+        };
         let d = &l.saved.desired;
         let mut env = sl.env.clone();
         env.extend(d.env.clone());
@@ -525,7 +609,9 @@ impl Ctx {
     /// image by digest.
     async fn prepare(&self, d: &DesiredInstance) -> anyhow::Result<(SavedLaunch, Option<String>)> {
         if let Some(image) = &d.image {
-            let Some(store) = &self.images else { bail!("this agent has no image store") };
+            let Some(store) = &self.images else {
+                bail!("this agent has no image store")
+            };
             let pulled = store
                 .pull(image, &self.pull)
                 .await
@@ -541,7 +627,10 @@ impl Ctx {
             let env = c
                 .env
                 .iter()
-                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
                 .collect();
             return Ok((
                 SavedLaunch {
@@ -554,21 +643,28 @@ impl Ctx {
                 Some(pulled.pinned.clone()),
             ));
         }
-        let Some(url) = &d.archive_url else { bail!("the instance has neither an image nor an archive") };
+        let Some(url) = &d.archive_url else {
+            bail!("the instance has neither an image nor an archive")
+        };
         let archive = self.fetch(url).await?;
         let root = instances_dir(&self.data_dir).join(&d.id).join("root");
         let _ = std::fs::remove_dir_all(&root);
         let root2 = root.clone();
         tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&archive)?;
-            shellwego_image::unpack_archive(std::io::BufReader::new(f), &root2, &shellwego_image::UnpackOptions::default())
-                .map_err(anyhow::Error::from)
+            shellwego_image::unpack_archive(
+                std::io::BufReader::new(f),
+                &root2,
+                &shellwego_image::UnpackOptions::default(),
+            )
+            .map_err(anyhow::Error::from)
         })
         .await
         .context("unpacking was interrupted")?
         .context("cannot unpack the archive")?;
         let procfile = std::fs::read_to_string(root.join("Procfile")).ok();
-        let is_rootfs = procfile.is_none() && (root.join("bin").is_dir() || root.join("usr/bin").is_dir());
+        let is_rootfs =
+            procfile.is_none() && (root.join("bin").is_dir() || root.join("usr/bin").is_dir());
         let argv = match (&d.command, &procfile) {
             (Some(c), _) => c.clone(),
             (None, Some(p)) => {
@@ -598,7 +694,10 @@ impl Ctx {
     async fn fetch(&self, url: &str) -> anyhow::Result<PathBuf> {
         use sha2::Digest;
         use tokio::io::AsyncWriteExt;
-        let key: String = sha2::Sha256::digest(url.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let key: String = sha2::Sha256::digest(url.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let dir = self.data_dir.join("archives");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(&key);
@@ -606,7 +705,10 @@ impl Ctx {
             return Ok(path);
         }
         let (full, auth) = if url.starts_with('/') {
-            (format!("{}{url}", self.control_plane.trim_end_matches('/')), true)
+            (
+                format!("{}{url}", self.control_plane.trim_end_matches('/')),
+                true,
+            )
         } else {
             (url.to_string(), false)
         };
@@ -614,7 +716,10 @@ impl Ctx {
         if auth {
             req = req.bearer_auth(&self.credential);
         }
-        let mut res = req.send().await.with_context(|| format!("cannot fetch {full}"))?;
+        let mut res = req
+            .send()
+            .await
+            .with_context(|| format!("cannot fetch {full}"))?;
         if !res.status().is_success() {
             bail!("fetching {full} answered {}", res.status());
         }
@@ -655,8 +760,12 @@ async fn retry_prepare(ctx: Arc<Ctx>, shared: Arc<Shared>, d: DesiredInstance, m
         }
         let res = ctx.prepare(&d).await;
         let done = {
-            let Ok(mut locals) = shared.locals.lock() else { return };
-            let Some(l) = locals.get_mut(&d.id) else { return };
+            let Ok(mut locals) = shared.locals.lock() else {
+                return;
+            };
+            let Some(l) = locals.get_mut(&d.id) else {
+                return;
+            };
             match res {
                 Ok((launch, pinned)) => {
                     l.preparing = false;
@@ -693,11 +802,17 @@ async fn check(ip: &str, port: u16, path: Option<&str>, timeout: Duration) -> Re
             .map_err(|e| format!("cannot connect to port {port}: {e}"))?;
         let Some(path) = path else { return Ok(()) };
         let req = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: shellwego-health\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 64];
         let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
         let line = String::from_utf8_lossy(&buf[..n]);
-        let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         if (200..400).contains(&code) {
             Ok(())
         } else {

@@ -119,9 +119,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let routes = shellwego_ingress::Routes::new();
     let listener = tokio::net::TcpListener::bind(a.ingress_listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} for the ingress: {e}", a.ingress_listen))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen on {} for the ingress: {e}", a.ingress_listen)
+        })?;
     let ingress_addr = listener.local_addr()?;
-    let feed = tokio::spawn(shellwego_server::serve::feed_routes(started.state.clone(), routes.clone()));
+    let feed = tokio::spawn(shellwego_server::serve::feed_routes(
+        started.state.clone(),
+        routes.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx = stop_rx.clone();
     let ingress = tokio::spawn(shellwego_ingress::serve(

@@ -243,18 +243,30 @@ pub async fn feed_routes(state: AppState, routes: shellwego_ingress::Routes) {
     let mut changes = state.changes.subscribe();
     let mut last: Option<Vec<(String, String, String, i64)>> = None;
     loop {
-        match (state.store.routable_instances().await, state.store.app_names().await) {
+        match (
+            state.store.routable_instances().await,
+            state.store.app_names().await,
+        ) {
             (Ok(rows), Ok(names)) => {
                 if last.as_ref() != Some(&rows) || routes.snapshot().len() != names.len() {
-                    let mut table: std::collections::HashMap<String, Vec<shellwego_ingress::Backend>> =
-                        names.into_iter().map(|n| (n, vec![])).collect();
+                    let mut table: std::collections::HashMap<
+                        String,
+                        Vec<shellwego_ingress::Backend>,
+                    > = names.into_iter().map(|n| (n, vec![])).collect();
                     for (app, id, ip, port) in &rows {
-                        let Ok(ip) = ip.parse::<std::net::IpAddr>() else { continue };
-                        let Ok(port) = u16::try_from(*port) else { continue };
-                        table.entry(app.clone()).or_default().push(shellwego_ingress::Backend {
-                            instance_id: id.clone(),
-                            addr: SocketAddr::new(ip, port),
-                        });
+                        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+                            continue;
+                        };
+                        let Ok(port) = u16::try_from(*port) else {
+                            continue;
+                        };
+                        table
+                            .entry(app.clone())
+                            .or_default()
+                            .push(shellwego_ingress::Backend {
+                                instance_id: id.clone(),
+                                addr: SocketAddr::new(ip, port),
+                            });
                     }
                     routes.replace(table);
                     last = Some(rows);
@@ -278,7 +290,11 @@ pub async fn local_join_token(state: &AppState, hostname: &str) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .ok_or_else(|| anyhow::anyhow!("the installation has no organization"))?;
-    let mut tx = state.store.begin().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut tx = state
+        .store
+        .begin()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_, secret) = shellwego_store::nodes::register(
         &mut tx,
         shellwego_store::nodes::Node {
@@ -291,6 +307,8 @@ pub async fn local_join_token(state: &AppState, hostname: &str) -> anyhow::Resul
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    shellwego_store::commit(tx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    shellwego_store::commit(tx)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(secret)
 }

@@ -336,6 +336,7 @@ impl Store {
             .fetch_optional(self.pool())
             .await
             .map_err(db_err)?;
-        row.map(|r| r.try_get::<String, _>("id").map_err(db_err)).transpose()
+        row.map(|r| r.try_get::<String, _>("id").map_err(db_err))
+            .transpose()
     }
 }

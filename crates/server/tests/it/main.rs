@@ -6,6 +6,7 @@
 
 mod kit;
 
+mod apps;
 mod auth;
 mod errors;
 mod identity;

@@ -1,0 +1,412 @@
+//! Apps over HTTP: validation, scheduling with a clear reason when nothing
+//! fits, placement resuming by itself when a node joins, the agent channel
+//! carrying instances down and their status up, scopes and app restrictions.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::kit::{fields, problem, Srv};
+
+async fn post(s: &Srv, path: &str, token: &str, body: Value) -> reqwest::Response {
+    s.call(Method::POST, path, Some(token), Some(body)).await
+}
+
+/// Register and join a node through the API; returns (node id, credential).
+async fn join_node(s: &Srv, name: &str, cores: i64, memory: i64) -> (String, String) {
+    let reg: Value = post(
+        s,
+        "/v1/nodes",
+        &s.token,
+        json!({"hostname": name, "region": "eu"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let joined: Value = s
+        .call(
+            Method::POST,
+            "/v1/agent/join",
+            None,
+            Some(
+                json!({"join_token": reg["join_token"], "hostname": name, "cpu_cores": cores,
+                "memory_total": memory, "memory_available": memory, "disk_total": 100u64 << 30,
+                "drivers": ["process"], "zone": format!("{name}-zone")}),
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    (
+        reg["id"].as_str().unwrap().to_string(),
+        joined["credential"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn sync(s: &Srv, cred: &str, body: Value) -> Value {
+    let r = s
+        .call(Method::POST, "/v1/agent/sync", Some(cred), Some(body))
+        .await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn wait_app(s: &Srv, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let (_, a) = s.get(&format!("/v1/apps/{id}")).await;
+        if ok(&a) {
+            return a;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{what}: {a:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn apps_validate_their_input(s: Srv) {
+    let bad = json!({"name": "Bad_Name", "image": "x", "resources": {"memory": "32m", "cpu": 0.05},
+        "replicas": 101, "env": {"1X": "v"}, "health_check": {"path": "health", "interval": "5x", "retries": 0},
+        "runtime": "vm", "stop_timeout": "10m"});
+    let p = problem(post(&s, "/v1/apps", &s.token, bad).await, 400).await;
+    let f = fields(&p);
+    for want in [
+        "name",
+        "resources.memory",
+        "resources.cpu",
+        "replicas",
+        "env.1X",
+        "health_check.path",
+        "health_check.interval",
+        "health_check.retries",
+        "runtime",
+        "stop_timeout",
+    ] {
+        assert!(f.iter().any(|x| x == want), "{want} not in {f:?}");
+    }
+    let p = problem(
+        post(&s, "/v1/apps", &s.token, json!({"name": "noimage"})).await,
+        400,
+    )
+    .await;
+    assert_eq!(fields(&p), ["image"]);
+    let p = problem(
+        post(
+            &s,
+            "/v1/apps",
+            &s.token,
+            json!({"name": "x", "source": {"type": "tarball", "upload_id": "upl_nope"}}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(fields(&p), ["source.upload_id"]);
+    // Bounds are inclusive.
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "edge", "image": "x", "replicas": 0,
+        "resources": {"memory": "64m", "cpu": "16"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "edge", "image": "y", "replicas": 0}),
+    )
+    .await;
+    let p = problem(r, 409).await;
+    assert!(p["detail"].as_str().unwrap().contains("edge"), "{p}");
+    // A typo is named.
+    let p = problem(
+        post(
+            &s,
+            "/v1/apps",
+            &s.token,
+            json!({"name": "t", "image": "x", "replica": 2}),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert!(p.to_string().contains("replica"), "{p}");
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/apps/app_nope/scale",
+            Some(&s.token),
+            Some(json!({"strategy": "auto"})),
+        )
+        .await;
+    let p = problem(r, 400).await;
+    assert!(fields(&p).contains(&"constraints".to_string()), "{p}");
+}
+
+async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
+    // No node: pending, with the reason, and an event.
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "big", "image": "nginx:alpine", "replicas": 2,
+        "resources": {"memory": "1g", "cpu": "4"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["status"], "deploying");
+    assert!(created["deployment_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("dep_"));
+    let id = created["id"].as_str().unwrap().to_string();
+    let a = wait_app(&s, &id, "pending", |a| a["status"] == "pending").await;
+    assert!(
+        a["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("no node has joined"),
+        "{a}"
+    );
+    // A node too small: the reason says what is missing.
+    let (small, _) = join_node(&s, "small", 2, 8 << 30).await;
+    let a = wait_app(&s, &id, "pending on cpu", |a| {
+        a["status_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("4.0 CPU free"))
+    })
+    .await;
+    assert!(
+        a["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["node_id"].is_null()),
+        "{a}"
+    );
+    // Room appears: placement resumes without anyone asking.
+    let (n1, c1) = join_node(&s, "big-1", 16, 64 << 30).await;
+    let a = wait_app(&s, &id, "placed", |a| {
+        a["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["node_id"] == n1.as_str())
+            && a["status"] != "pending"
+    })
+    .await;
+    assert!(a["status_reason"].is_null(), "{a}");
+    let (_, ev) = s
+        .get(&format!(
+            "/v1/events?filter[type]=app.unschedulable&filter[resource_id]={id}"
+        ))
+        .await;
+    assert_eq!(ev["data"].as_array().unwrap().len(), 1, "{ev}");
+    // With two nodes, replicas of one app spread over them.
+    let (n2, c2) = join_node(&s, "big-2", 16, 64 << 30).await;
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "spread", "image": "nginx", "replicas": 2}),
+    )
+    .await;
+    let sp: Value = r.json().await.unwrap();
+    let sp = wait_app(&s, sp["id"].as_str().unwrap(), "spread placed", |a| {
+        a["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| !i["node_id"].is_null())
+    })
+    .await;
+    let nodes: Vec<&str> = sp["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 2);
+    assert_ne!(nodes[0], nodes[1], "replicas spread over nodes: {sp}");
+    assert!(!nodes.contains(&small.as_str()));
+
+    // The agent channel: instances come down with their spec, status goes up.
+    for cred in [&c1, &c2] {
+        let d = sync(&s, cred, json!({"generation": 0, "wait_secs": 1})).await;
+        let insts = d["instances"].as_array().unwrap();
+        let reports: Vec<Value> = insts
+            .iter()
+            .map(|i| json!({"id": i["id"], "status": "healthy", "port": 4567, "pid": 42, "health_checks_passed": 3}))
+            .collect();
+        if let Some(big) = insts.iter().find(|i| i["app_name"] == "big") {
+            assert_eq!(big["memory"], 1i64 << 30);
+            assert_eq!(big["cpu_millis"], 4000);
+            assert_eq!(big["driver"], "process");
+            assert_eq!(big["image"], "nginx:alpine");
+        }
+        sync(&s, cred, json!({"generation": d["generation"], "wait_secs": 1, "internal_ip": "10.1.2.3", "instances": reports})).await;
+    }
+    let a = wait_app(&s, &id, "running", |a| a["status"] == "running").await;
+    assert_eq!(
+        a["replicas"],
+        json!({"current": 2, "desired": 2, "healthy": 2})
+    );
+    assert_eq!(a["instances"][0]["ip"], "10.1.2.3");
+    assert_eq!(a["instances"][0]["port"], 4567);
+    assert_eq!(a["runtime"]["driver"], "process");
+    let (_, n) = s.get(&format!("/v1/nodes/{n1}")).await;
+    assert_eq!(n["running_apps"], 2);
+    // List filters: by node, status, tags.
+    let (_, l) = s.get(&format!("/v1/apps?filter[node_id]={n1}")).await;
+    assert_eq!(l["data"].as_array().unwrap().len(), 2, "{l}");
+    let (_, l) = s.get(&format!("/v1/apps?filter[node_id]={small}")).await;
+    assert_eq!(l["data"].as_array().unwrap().len(), 0, "{l}");
+    let (_, l) = s
+        .get("/v1/apps?filter[status]=running&filter[name]=big&include=events")
+        .await;
+    assert_eq!(l["data"][0]["id"], id.as_str());
+    assert!(!l["data"][0]["events"].as_array().unwrap().is_empty());
+
+    // A crash reported by an agent is an app.crashed event.
+    let inst = a["instances"][0]["id"].clone();
+    let cred = &c1;
+    let g = sync(&s, cred, json!({"generation": -1, "wait_secs": 1})).await["generation"].clone();
+    sync(&s, cred, json!({"generation": g, "wait_secs": 1,
+        "instances": [{"id": inst, "status": "crashed", "reason": "exited with code 3", "restarts": 1},
+                      {"id": a["instances"][1]["id"], "status": "healthy", "port": 4567}],
+        "events": [{"instance_id": inst, "kind": "crashed", "reason": "exited with code 3", "exit_code": 3, "at": 1}]})).await;
+    let (_, ev) = s
+        .get(&format!(
+            "/v1/events?filter[type]=app.crashed&filter[resource_id]={id}"
+        ))
+        .await;
+    assert_eq!(ev["data"][0]["metadata"]["exit_code"], 3, "{ev}");
+    let a = wait_app(&s, &id, "deploying after a crash", |a| {
+        a["status"] == "deploying"
+    })
+    .await;
+    assert_eq!(a["replicas"]["healthy"], 1);
+
+    // Scale down stops one (the agent is told), delete stops all.
+    let r = post(
+        &s,
+        &format!("/v1/apps/{id}/scale"),
+        &s.token,
+        json!({"replicas": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["replicas"]["desired"], 1);
+    let r = s
+        .call(
+            Method::DELETE,
+            &format!("/v1/apps/{id}"),
+            Some(&s.token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    for cred in [&c1, &c2] {
+        let d = sync(&s, cred, json!({"generation": -1, "wait_secs": 1})).await;
+        assert!(
+            d["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["app_name"] != "big"),
+            "deleted apps leave nothing to run: {d}"
+        );
+    }
+    let (st, _) = s.get(&format!("/v1/apps/{id}")).await;
+    assert_eq!(st, 404);
+}
+
+async fn scopes_and_app_restrictions_hold_on_app_routes(s: Srv) {
+    let mk = |name: &str| json!({"name": name, "image": "nginx", "replicas": 0});
+    let a1: Value = post(&s, "/v1/apps", &s.token, mk("one"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let a2: Value = post(&s, "/v1/apps", &s.token, mk("two"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (a1, a2) = (a1["id"].as_str().unwrap(), a2["id"].as_str().unwrap());
+    let tok = |body: Value| {
+        let s = &s;
+        async move {
+            let r: Value = post(s, "/v1/user/tokens", &s.token, body)
+                .await
+                .json()
+                .await
+                .unwrap();
+            r["token"].as_str().unwrap().to_string()
+        }
+    };
+    let reader = tok(json!({"name": "ro", "scope": ["apps:read"]})).await;
+    assert_eq!(s.get_as(&reader, "/v1/apps").await.0, 200);
+    assert_eq!(s.get_as(&reader, &format!("/v1/apps/{a1}")).await.0, 200);
+    for (m, path, body) in [
+        (Method::POST, "/v1/apps".to_string(), Some(mk("three"))),
+        (
+            Method::PATCH,
+            format!("/v1/apps/{a1}"),
+            Some(json!({"replicas": 1})),
+        ),
+        (Method::DELETE, format!("/v1/apps/{a1}"), None),
+        (
+            Method::POST,
+            format!("/v1/apps/{a1}/scale"),
+            Some(json!({"replicas": 1})),
+        ),
+        (Method::POST, format!("/v1/apps/{a1}/actions/stop"), None),
+        (Method::POST, format!("/v1/apps/{a1}/actions/restart"), None),
+    ] {
+        let r = s.call(m.clone(), &path, Some(&reader), body).await;
+        assert_eq!(r.status(), 403, "{m} {path} with apps:read");
+    }
+    let only_one = tok(json!({"name": "one-app", "restrict_to_apps": [a1]})).await;
+    let (_, l) = s.get_as(&only_one, "/v1/apps").await;
+    let ids: Vec<&str> = l["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [a1]);
+    assert_eq!(s.get_as(&only_one, &format!("/v1/apps/{a2}")).await.0, 404);
+    let r = s
+        .call(
+            Method::POST,
+            &format!("/v1/apps/{a2}/scale"),
+            Some(&only_one),
+            Some(json!({"replicas": 1})),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    let r = s
+        .call(
+            Method::POST,
+            &format!("/v1/apps/{a1}/scale"),
+            Some(&only_one),
+            Some(json!({"replicas": 0})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+both_backends!(
+    apps_validate_their_input,
+    placement_waits_for_room_and_resumes_by_itself,
+    scopes_and_app_restrictions_hold_on_app_routes
+);
