@@ -723,7 +723,11 @@ impl Ctx {
         if !res.status().is_success() {
             bail!("fetching {full} answered {}", res.status());
         }
-        let tmp = dir.join(format!("{key}.part"));
+        // Two instances of one app may fetch at once: each its own file.
+        let tmp = dir.join(format!(
+            "{key}.{}.part",
+            std::process::id() as u64 * 1_000_000 + (now_micros() as u64 % 1_000_000)
+        ));
         let mut f = tokio::fs::File::create(&tmp).await?;
         let mut size = 0u64;
         while let Some(chunk) = res.chunk().await? {

@@ -46,10 +46,25 @@ pub fn wrap(router: Router<AppState>, state: AppState) -> Router {
         .route_layer(from_fn(record_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn(run_to_completion))
         .layer(CatchPanicLayer::custom(on_panic))
         .layer(from_fn_with_state(state.clone(), v1_gate))
         .layer(from_fn_with_state(state.clone(), request_context))
         .with_state(state)
+}
+
+/// Handlers run to completion even when the client goes away: a request
+/// cancelled in the middle of a transaction would leave its rollback to
+/// whenever the pool reuses the connection, holding SQLite's write lock
+/// until then. (A panic inside is passed on to the panic layer.)
+async fn run_to_completion(req: Request, next: Next) -> Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(res) => res,
+        Err(e) => match e.try_into_panic() {
+            Ok(p) => std::panic::resume_unwind(p),
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        },
+    }
 }
 
 async fn record_route(req: Request, next: Next) -> Response {
