@@ -429,7 +429,7 @@ fn check_resources(errs: &mut Vec<FieldError>, r: &Resources) {
     }
     if let Some(d) = &r.disk {
         match parse_size(d) {
-            Some(b) if b >= 1 << 20 && b <= 16 << 40 => {}
+            Some(b) if ((1 << 20)..=(16 << 40)).contains(&b) => {}
             _ => errs.push(
                 FieldError::new(
                     "resources.disk",

@@ -3,6 +3,9 @@
 //! through the ingress, restarted when they crash, and re-adopted (same
 //! instances, same processes) when everything is SIGKILLed and restarted.
 
+// Test code may panic: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

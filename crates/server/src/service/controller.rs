@@ -19,7 +19,7 @@ pub async fn run(st: AppState) {
             _ = tokio::time::sleep(PASS_EVERY) => {}
         }
         n = n.wrapping_add(1);
-        let ids = if n % FULL_PASS_EVERY == 0 {
+        let ids = if n.is_multiple_of(FULL_PASS_EVERY) {
             st.store.app_ids().await
         } else {
             st.store.apps_needing_reconcile().await

@@ -210,7 +210,7 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
         .await;
     assert_eq!(ev["data"].as_array().unwrap().len(), 1, "{ev}");
     // With two nodes, replicas of one app spread over them.
-    let (n2, c2) = join_node(&s, "big-2", 16, 64 << 30).await;
+    let (_n2, c2) = join_node(&s, "big-2", 16, 64 << 30).await;
     let r = post(
         &s,
         "/v1/apps",
