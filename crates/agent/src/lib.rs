@@ -4,6 +4,9 @@
 //! `POST /v1/agent/sync` long-polls carry status up (they are the node's
 //! heartbeat) and bring the desired state down.
 
+pub mod container;
+pub mod driver;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
