@@ -5,6 +5,7 @@
 //! heartbeat) and bring the desired state down.
 
 pub mod cgroup;
+pub mod container;
 pub mod driver;
 pub mod process;
 pub mod reconcile;
@@ -67,6 +68,12 @@ pub struct AgentArgs {
 pub fn available_drivers(args: &AgentArgs) -> Vec<Arc<dyn driver::Driver>> {
     let allowed = |n: &str| args.drivers.is_empty() || args.drivers.iter().any(|d| d == n);
     let mut out: Vec<Arc<dyn driver::Driver>> = vec![];
+    if allowed("container") {
+        match container::ContainerDriver::probe() {
+            Ok(d) => out.push(Arc::new(d)),
+            Err(why) => tracing::info!(%why, "the container driver is not available here"),
+        }
+    }
     if allowed("process") {
         out.push(Arc::new(process::ProcessDriver::new()));
     }

@@ -215,7 +215,7 @@ fn instance_ids(a: &Value) -> Vec<String> {
 fn a_tarball_app_serves_through_the_ingress_survives_crashes_and_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let (api, ingress) = (free_port(), free_port());
-    let mut up = Up::start(tmp.path(), api, ingress, &[]);
+    let mut up = Up::start(tmp.path(), api, ingress, &["--runtime", "process"]);
     let archive = tmp.path().join("hello.tgz");
     assert!(Command::new("tar")
         .arg("-C")
@@ -306,7 +306,7 @@ fn a_tarball_app_serves_through_the_ingress_survives_crashes_and_restarts() {
         .map(|i| pid_of(tmp.path(), i).unwrap())
         .collect();
     up.sigkill();
-    let mut up = Up::start(tmp.path(), api, ingress, &[]);
+    let mut up = Up::start(tmp.path(), api, ingress, &["--runtime", "process"]);
     let a = up.wait_app(&id, "healthy after a restart", 60, |a| healthy(a, 2));
     assert_eq!(instance_ids(&a), before);
     let after: Vec<u32> = before

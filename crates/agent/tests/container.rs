@@ -1,0 +1,495 @@
+//! The container driver against the host's real OCI runtime: busybox root
+//! filesystems, real network namespaces, real cgroups. Skipped (with the
+//! reason printed) where `ContainerDriver::detect()` finds no working runtime
+//! or no static busybox; set `SHELLWEGO_REQUIRE_CONTAINER=1` to make that a
+//! failure instead (CI does).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shellwego_agent::container::ContainerDriver;
+use shellwego_agent::driver::{Command, Driver, Exit, Launch, Reply, Running};
+
+const BUSYBOX: &str = "/usr/bin/busybox";
+const APPLETS: [&str; 10] = [
+    "sh", "httpd", "sleep", "cat", "echo", "head", "yes", "tr", "ls", "true",
+];
+
+fn skip(why: &str) {
+    if std::env::var_os("SHELLWEGO_REQUIRE_CONTAINER").is_some() {
+        panic!("the container driver must run here but cannot: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+/// The driver, or None (and why, printed) when this host cannot run it.
+fn driver() -> Option<ContainerDriver> {
+    let t = Instant::now();
+    let probed = ContainerDriver::probe();
+    match probed {
+        Ok(d) => {
+            // Only the first call probes; the others read the cached verdict.
+            eprintln!(
+                "container driver: {} ({}), probe/detect took {:?}",
+                d.runtime(),
+                d.runtime_path().display(),
+                t.elapsed()
+            );
+            Some(d)
+        }
+        Err(why) => {
+            skip(&format!("no usable container runtime on this host: {why}"));
+            None
+        }
+    }
+}
+
+/// A root filesystem with a static busybox, its applets and a web page.
+fn busybox_rootfs(base: &Path) -> Option<PathBuf> {
+    if !Path::new(BUSYBOX).is_file() {
+        skip(&format!(
+            "{BUSYBOX} is missing (apt-get install busybox-static)"
+        ));
+        return None;
+    }
+    let root = base.join("image-rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(root.join("www/index.html"), "hello from the image\n").unwrap();
+    Some(root)
+}
+
+fn launch(base: &Path, name: &str, root: &Path, argv: &[&str], memory: i64) -> Launch {
+    let instance_id = format!("t{}-{name}", std::process::id());
+    let dir = base.join(&instance_id);
+    std::fs::create_dir_all(&dir).unwrap();
+    Launch {
+        instance_id,
+        log: dir.join("out.log"),
+        dir,
+        root: root.to_path_buf(),
+        is_rootfs: true,
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        workdir: "/".into(),
+        env: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+        port: 8080,
+        memory,
+        cpu_millis: 1000,
+    }
+}
+
+fn start(d: &ContainerDriver, l: &Launch) -> Running {
+    let t = Instant::now();
+    let r = match d.run(Command::Start(l)) {
+        Ok(Reply::Started(r)) => r,
+        Ok(Reply::Done) => panic!("Start answered Done"),
+        Err(e) => panic!("Start failed: {e:#}"),
+    };
+    println!(
+        "started {} in {:?} (ip {}, rootfs by {})",
+        l.instance_id,
+        t.elapsed(),
+        r.extra["ip"],
+        r.extra["rootfs"]
+    );
+    r
+}
+
+/// Kills and cleans up whatever a test leaves running, even on failure.
+struct Guard<'a> {
+    d: &'a ContainerDriver,
+    id: String,
+    r: Option<Running>,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = &self.r {
+            let _ = self.d.run(Command::Kill(r));
+            let _ = wait_exit(self.d, r, Duration::from_secs(5));
+        }
+        if let Err(e) = self.d.run(Command::Cleanup {
+            instance_id: &self.id,
+            handle: self.r.as_ref(),
+        }) {
+            eprintln!("cleanup of {} failed: {e:#}", self.id);
+        }
+    }
+}
+
+fn wait_exit(d: &ContainerDriver, r: &Running, within: Duration) -> Option<Exit> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(e) = d.poll(r) {
+            return Some(e);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A real HTTP/1.0 GET, retried while the server is not listening yet.
+fn http_get(ip: &str, port: u16, path: &str) -> String {
+    let addr = SocketAddr::new(ip.parse::<Ipv4Addr>().unwrap().into(), port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").unwrap();
+                let mut body = String::new();
+                s.read_to_string(&mut body).unwrap();
+                return body;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot connect to {addr}: {e}"),
+        }
+    }
+}
+
+fn ns(pid: &str, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+#[test]
+fn serves_http_from_its_own_namespaces_without_touching_the_image() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let l = launch(
+        tmp.path(),
+        "web",
+        &root,
+        &[
+            "sh",
+            "-c",
+            "echo \"started with $GREETING on $PORT\"; echo written > /www/written.txt; \
+             exec httpd -f -p $PORT -h /www",
+        ],
+        128 << 20,
+    );
+    let r = start(&d, &l);
+    let _g = Guard {
+        d: &d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    assert_eq!(r.driver, "container");
+    assert_eq!(r.extra["container_id"], l.instance_id);
+    assert_eq!(r.extra["runtime"], d.runtime());
+    assert!(d.poll(&r).is_none());
+
+    // Reachable from the host at its own address.
+    let ip = &r.extra["ip"];
+    let page = http_get(ip, l.port, "/index.html");
+    assert!(page.starts_with("HTTP/1."), "{page}");
+    assert!(page.contains("hello from the image"), "{page}");
+
+    // The container's writes land in its own layer, not in the image.
+    let written = http_get(ip, l.port, "/written.txt");
+    assert!(written.contains("written"), "{written}");
+    assert!(!root.join("www/written.txt").exists());
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        3,
+        "the image root gained entries"
+    );
+
+    // Its own network and pid namespaces; pid 1 inside.
+    let pid = r.pid.to_string();
+    assert_ne!(ns(&pid, "net"), ns("self", "net"));
+    assert_ne!(ns(&pid, "pid"), ns("self", "pid"));
+    assert_ne!(ns(&pid, "mnt"), ns("self", "mnt"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert_eq!(nspid.split_whitespace().last(), Some("1"), "{nspid}");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
+        std::fs::read_link(format!("/proc/{pid}/task/{pid}/ns/net")).unwrap()
+    );
+
+    // stdout goes to the log, with the environment given.
+    let log = std::fs::read_to_string(&l.log).unwrap();
+    assert!(log.contains("started with hi on 8080"), "log: {log}");
+
+    // The limits reached the cgroup.
+    if let Some(limit) = ContainerDriver::memory_limit(&r) {
+        assert_eq!(limit, 128 << 20);
+    }
+
+    d.run(Command::Kill(&r)).unwrap();
+    let exit = wait_exit(&d, &r, Duration::from_secs(10)).expect("still running after Kill");
+    assert!(!exit.oom_killed);
+    // Killing what is gone is fine.
+    d.run(Command::Kill(&r)).unwrap();
+    d.run(Command::Terminate(&r)).unwrap();
+}
+
+#[test]
+fn the_memory_limit_ooms_a_hog() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let l = launch(
+        tmp.path(),
+        "hog",
+        &root,
+        &[
+            "sh",
+            "-c",
+            "echo hogging; x=$(yes 0123456789abcdef | head -c 400000000); echo survived",
+        ],
+        64 << 20,
+    );
+    let r = start(&d, &l);
+    let _g = Guard {
+        d: &d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    let Some(limit) = ContainerDriver::memory_limit(&r) else {
+        skip("this host has no usable memory cgroup: cannot check OOM kills");
+        return;
+    };
+    assert_eq!(limit, 64 << 20);
+    let exit = wait_exit(&d, &r, Duration::from_secs(60)).expect("the hog is still running");
+    let log = std::fs::read_to_string(&l.log).unwrap();
+    assert!(exit.oom_killed, "{exit:?}; log: {log}");
+    assert!(exit.describe().contains("out of memory"));
+    assert!(!log.contains("survived"), "log: {log}");
+}
+
+#[test]
+fn terminate_cleanup_restart_and_distinct_addresses() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let la = launch(
+        tmp.path(),
+        "polite",
+        &root,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 1; done",
+        ],
+        64 << 20,
+    );
+    let lb = launch(tmp.path(), "sleeper", &root, &["sleep", "1000"], 64 << 20);
+    let ra = start(&d, &la);
+    let mut ga = Guard {
+        d: &d,
+        id: la.instance_id.clone(),
+        r: Some(ra.clone()),
+    };
+    let rb = start(&d, &lb);
+    let mut gb = Guard {
+        d: &d,
+        id: lb.instance_id.clone(),
+        r: Some(rb.clone()),
+    };
+    assert_ne!(ra.extra["ip"], rb.extra["ip"]);
+    assert_ne!(ra.extra["netns"], rb.extra["netns"]);
+    for r in [&ra, &rb] {
+        assert!(Path::new("/var/run/netns").join(&r.extra["netns"]).exists());
+        assert!(Path::new(&r.extra["bundle"]).join("config.json").is_file());
+    }
+
+    // A process that handles SIGTERM stops on Terminate.
+    std::thread::sleep(Duration::from_millis(200));
+    d.run(Command::Terminate(&ra)).unwrap();
+    let exit = wait_exit(&d, &ra, Duration::from_secs(15)).expect("Terminate did not stop it");
+    assert!(!exit.oom_killed);
+    assert!(std::fs::read_to_string(&la.log).unwrap().contains("bye"));
+
+    // `sleep` as pid 1 ignores SIGTERM; Kill stops it.
+    d.run(Command::Terminate(&rb)).unwrap();
+    d.run(Command::Kill(&rb)).unwrap();
+    wait_exit(&d, &rb, Duration::from_secs(10)).expect("Kill did not stop it");
+
+    for (l, r) in [(&la, &ra), (&lb, &rb)] {
+        d.run(Command::Cleanup {
+            instance_id: &l.instance_id,
+            handle: Some(r),
+        })
+        .unwrap();
+        assert!(!Path::new("/var/run/netns").join(&r.extra["netns"]).exists());
+        assert!(!Path::new("/sys/class/net").join(&r.extra["veth"]).exists());
+        assert!(!Path::new(&r.extra["bundle"]).exists());
+        assert!(l.dir.exists(), "the instance directory itself stays");
+        // Idempotent.
+        d.run(Command::Cleanup {
+            instance_id: &l.instance_id,
+            handle: Some(r),
+        })
+        .unwrap();
+    }
+    ga.r = None;
+    gb.r = None;
+
+    // The same instance starts again after its cleanup.
+    let again = start(&d, &la);
+    ga.r = Some(again.clone());
+    assert!(d.adopt(&again));
+    assert!(
+        std::fs::read_to_string(&la.log)
+            .unwrap()
+            .matches("ready")
+            .count()
+            >= 2
+    );
+    d.run(Command::Kill(&again)).unwrap();
+    wait_exit(&d, &again, Duration::from_secs(10)).expect("Kill did not stop it");
+}
+
+#[test]
+fn a_restarted_agent_adopts_a_running_container() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let l = launch(tmp.path(), "adopted", &root, &["sleep", "1000"], 64 << 20);
+    let r = start(&d, &l);
+    let saved = serde_json::to_string(&r).unwrap();
+    drop(d);
+
+    // The "new agent": a fresh driver and the handle read back from disk.
+    let d = ContainerDriver::detect().expect("detect changed its mind");
+    let r: Running = serde_json::from_str(&saved).unwrap();
+    let mut g = Guard {
+        d: &d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    assert!(d.adopt(&r));
+    assert!(d.poll(&r).is_none());
+
+    // A handle whose pid was reused is not adopted.
+    let mut stale = r.clone();
+    stale.start_ticks += 1;
+    assert!(!d.adopt(&stale));
+
+    d.run(Command::Kill(&r)).unwrap();
+    wait_exit(&d, &r, Duration::from_secs(10)).expect("Kill did not stop it");
+    assert!(!d.adopt(&r));
+
+    // Cleanup knowing only the instance id (the handle was lost).
+    d.run(Command::Cleanup {
+        instance_id: &l.instance_id,
+        handle: None,
+    })
+    .unwrap();
+    assert!(!Path::new(&r.extra["bundle"]).exists());
+    assert!(!Path::new("/var/run/netns").join(&r.extra["netns"]).exists());
+    g.r = None;
+}
+
+#[test]
+fn an_app_directory_runs_on_the_hosts_userland() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("app-release");
+    std::fs::create_dir_all(app.join("public")).unwrap();
+    std::fs::write(app.join("public/index.html"), "hello from the app\n").unwrap();
+    std::fs::write(
+        app.join("run.sh"),
+        "echo \"in $(pwd)\"; echo scratch > scratch.txt; exec sleep 1000\n",
+    )
+    .unwrap();
+    let mut l = launch(tmp.path(), "appdir", &app, &["sh", "run.sh"], 64 << 20);
+    l.is_rootfs = false;
+    let r = start(&d, &l);
+    let _g = Guard {
+        d: &d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&l.log)
+        .unwrap_or_default()
+        .contains("in /app")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(&l.log).unwrap();
+    assert!(log.contains("in /app"), "log: {log}");
+    assert!(d.poll(&r).is_none(), "log: {log}");
+    assert!(
+        !app.join("scratch.txt").exists(),
+        "the app directory was modified"
+    );
+}
+
+#[test]
+fn copies_the_root_where_an_overlay_cannot_be_mounted() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    // A ':' cannot be given to overlayfs in upperdir/workdir.
+    let base = tmp.path().join("odd:dir");
+    let l = launch(
+        &base,
+        "copied",
+        &root,
+        &[
+            "sh",
+            "-c",
+            "echo mine > /www/mine.txt; echo done; exec sleep 1000",
+        ],
+        64 << 20,
+    );
+    let r = start(&d, &l);
+    let mut g = Guard {
+        d: &d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    assert_eq!(r.extra["rootfs"], "copy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&l.log)
+        .unwrap_or_default()
+        .contains("done")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(Path::new(&r.extra["bundle"])
+        .join("rootfs/www/mine.txt")
+        .is_file());
+    assert!(!root.join("www/mine.txt").exists());
+    d.run(Command::Kill(&r)).unwrap();
+    wait_exit(&d, &r, Duration::from_secs(10)).expect("Kill did not stop it");
+    d.run(Command::Cleanup {
+        instance_id: &l.instance_id,
+        handle: Some(&r),
+    })
+    .unwrap();
+    assert!(!Path::new(&r.extra["bundle"]).exists());
+    assert!(root.join("bin/busybox").is_file());
+    g.r = None;
+}
