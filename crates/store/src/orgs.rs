@@ -311,9 +311,11 @@ impl Store {
     }
 
     /// Rows counted for an organization's usage.
-    pub async fn org_usage(&self, org_id: &str) -> Result<(i64, i64, i64), Error> {
+    /// `(nodes, members, memory used, apps)`.
+    pub async fn org_usage(&self, org_id: &str) -> Result<(i64, i64, i64, i64), Error> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM nodes WHERE organization_id = $1) AS nodes,
+                    (SELECT COUNT(*) FROM apps WHERE organization_id = $1) AS apps,
                     (SELECT COUNT(*) FROM memberships WHERE organization_id = $1) AS members,
                     (SELECT CAST(COALESCE(SUM(memory_total - memory_available), 0) AS BIGINT) FROM nodes WHERE organization_id = $1) AS memory",
         )
@@ -325,6 +327,7 @@ impl Store {
             row.try_get("nodes").map_err(db_err)?,
             row.try_get("members").map_err(db_err)?,
             row.try_get("memory").map_err(db_err)?,
+            row.try_get("apps").map_err(db_err)?,
         ))
     }
 }

@@ -22,10 +22,10 @@ use crate::state::AppState;
 
 fn org_view(
     o: shellwego_store::orgs::Organization,
-    usage: Option<(i64, i64, i64)>,
+    usage: Option<(i64, i64, i64, i64)>,
 ) -> Organization {
     let (nodes, memory, volumes) = o.plan.resource_limits();
-    let (u_nodes, u_members, u_mem) = usage.unwrap_or_default();
+    let (u_nodes, u_members, u_mem, u_apps) = usage.unwrap_or_default();
     Organization {
         id: o.id,
         name: o.name,
@@ -37,9 +37,8 @@ fn org_view(
             memory_total: format_size(memory),
             volumes_total: format_size(volumes),
         },
-        // Apps arrive with the apps issue; until then there are none to count.
         usage: OrgUsage {
-            apps: 0,
+            apps: u_apps,
             nodes: u_nodes,
             members: u_members,
             memory_used: format_size(u_mem.max(0) as u64),

@@ -160,7 +160,7 @@ pub async fn org_get(
     store: &Store,
     p: &Principal,
     org_id: &str,
-) -> Result<(Organization, (i64, i64, i64)), Error> {
+) -> Result<(Organization, (i64, i64, i64, i64)), Error> {
     let m = as_member(store, p, org_id).await?;
     m.authorize("organizations", "read", None)?;
     let org = store

@@ -342,6 +342,11 @@ async fn scopes_and_app_restrictions_hold_on_app_routes(s: Srv) {
         .await
         .unwrap();
     let (a1, a2) = (a1["id"].as_str().unwrap(), a2["id"].as_str().unwrap());
+    let org = s.admin_org().await;
+    assert_eq!(
+        s.get(&format!("/v1/organizations/{org}")).await.1["usage"]["apps"],
+        2
+    );
     let tok = |body: Value| {
         let s = &s;
         async move {
