@@ -4,4 +4,5 @@
 
 mod binary;
 mod client;
+mod cluster;
 mod platform;
