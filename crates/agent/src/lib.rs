@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod driver;
+pub mod microvm;
 pub mod process;
 pub mod reconcile;
 
@@ -55,23 +56,52 @@ pub struct AgentArgs {
     /// local address used to reach the control plane].
     #[arg(long, value_name = "IP")]
     pub advertise_ip: Option<String>,
-    /// Runtime drivers to offer, comma-separated (process, container)
-    /// [default: every one that works on this host].
+    /// Runtime drivers to offer, comma-separated (microvm, process, container)
+    /// [default: every one that works on this host; microvm only with KVM
+    /// or SHELLWEGO_MICROVM_ACCEL set].
     #[arg(long, value_delimiter = ',', value_name = "DRIVERS")]
     pub drivers: Vec<String>,
     /// A registry (`host:port`) that may be spoken to over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
+    /// CPU cores to report when joining [default: the host's]. The scheduler
+    /// places instances by the CPU they reserve (0.1 core at least) against
+    /// this figure, so a larger one overcommits the CPU (e.g. many small
+    /// instances on a small host). Read at the first start only, like the
+    /// rest of the host report.
+    #[arg(long, value_name = "CORES", value_parser = clap::value_parser!(i64).range(1..=4096))]
+    pub cpus: Option<i64>,
 }
 
 /// The drivers that work here (and that `--drivers` allows).
 pub fn available_drivers(args: &AgentArgs) -> Vec<Arc<dyn driver::Driver>> {
     let allowed = |n: &str| args.drivers.is_empty() || args.drivers.iter().any(|d| d == n);
     let mut out: Vec<Arc<dyn driver::Driver>> = vec![];
+    if allowed("microvm") {
+        match microvm::MicrovmDriver::probe() {
+            // Software emulation boots in seconds and runs code several
+            // times slower: offered only when asked for.
+            Ok(d)
+                if d.host().accel == microvm::Accel::Tcg
+                    && args.drivers.is_empty()
+                    && std::env::var_os("SHELLWEGO_MICROVM_ACCEL").is_none() =>
+            {
+                tracing::info!("the microvm driver has no KVM here, only TCG (software emulation): not offered unless asked for (--drivers ...,microvm or SHELLWEGO_MICROVM_ACCEL=tcg)")
+            }
+            Ok(d) => out.push(Arc::new(d)),
+            Err(why) if args.drivers.is_empty() => {
+                tracing::info!(%why, "the microvm driver is not available here")
+            }
+            Err(why) => tracing::warn!(%why, "the microvm driver is not available here"),
+        }
+    }
     if allowed("container") {
         match container::ContainerDriver::probe() {
             Ok(d) => out.push(Arc::new(d)),
-            Err(why) => tracing::info!(%why, "the container driver is not available here"),
+            Err(why) if args.drivers.is_empty() => {
+                tracing::info!(%why, "the container driver is not available here")
+            }
+            Err(why) => tracing::warn!(%why, "the container driver is not available here"),
         }
     }
     if allowed("process") {
@@ -171,9 +201,11 @@ fn host_report(args: &AgentArgs, join_token: String) -> AgentJoin {
     AgentJoin {
         join_token,
         hostname,
-        cpu_cores: std::thread::available_parallelism()
-            .map(|n| n.get() as i64)
-            .unwrap_or(1),
+        cpu_cores: args.cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as i64)
+                .unwrap_or(1)
+        }),
         memory_total: kib("MemTotal:"),
         memory_available: kib("MemAvailable:"),
         disk_total,
@@ -260,6 +292,18 @@ pub async fn run(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(args.sync_wait + 15))
         .build()?;
+    let drivers = available_drivers(&args);
+    for want in &args.drivers {
+        match want.as_str() {
+            "process" | "container" | "microvm" => {}
+            other => anyhow::bail!(
+                "--drivers {other}: unknown driver; use process, container or microvm"
+            ),
+        }
+        if !drivers.iter().any(|d| d.name() == want) {
+            anyhow::bail!("--drivers {want}: the {want} driver does not work on this host (the log above says why)");
+        }
+    }
     let cred = load_or_join(&args, &http).await?;
     let advertise_ip = args
         .advertise_ip
@@ -270,7 +314,7 @@ pub async fn run(
         control_plane: cred.control_plane.clone(),
         credential: cred.credential.clone(),
         advertise_ip: advertise_ip.clone(),
-        drivers: available_drivers(&args),
+        drivers,
         images: shellwego_image::ImageStore::new(args.data_dir.join("images")).ok(),
         pull: shellwego_image::PullOptions {
             insecure_registries: args.insecure_registries.clone(),
@@ -380,4 +424,45 @@ fn put_back(shared: &reconcile::Shared, events: Vec<shellwego_api::nodes::AgentE
     }
     let again = shared.take_events();
     shared.restore_events(events.into_iter().chain(again).collect());
+}
+
+#[cfg(test)]
+mod tests {
+    // Test code may panic: a panic is how a test fails.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn args(extra: &[&str]) -> AgentArgs {
+        let dir = std::env::temp_dir();
+        let mut argv = vec![
+            "agent",
+            "--control-plane",
+            "http://127.0.0.1:1",
+            "--drivers",
+            "process",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ];
+        argv.extend(extra);
+        Cli::try_parse_from(argv).unwrap().agent
+    }
+
+    #[test]
+    fn cpus_replaces_the_reported_cores() {
+        let host = host_report(&args(&[]), "t".into()).cpu_cores;
+        assert!(host >= 1);
+        assert_eq!(
+            host_report(&args(&["--cpus", "11"]), "t".into()).cpu_cores,
+            11
+        );
+        assert!(Cli::try_parse_from(["agent", "--control-plane", "x", "--cpus", "0"]).is_err());
+    }
 }

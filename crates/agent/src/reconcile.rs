@@ -23,6 +23,15 @@ use crate::driver::{Command, Driver, Exit, Launch, Reply, Running};
 const MAX_ARCHIVE: u64 = 1 << 30;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(200);
+/// How long a removed, healthy instance keeps serving after it is reported
+/// `stopping`: routers refresh their tables within a second of a change.
+const DEREGISTER_GRACE: Duration = Duration::from_secs(2);
+/// A TCP health check's connection must stay open this long.
+const TCP_SETTLE: Duration = Duration::from_millis(150);
+/// Unused images and archives are removed this often,
+const GC_EVERY: Duration = Duration::from_secs(600);
+/// and this long after an instance is removed.
+const GC_AFTER_REMOVAL: Duration = Duration::from_secs(30);
 
 /// What is saved per instance in `<dir>/state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +63,8 @@ struct Local {
     preparing: bool,
     retry_at: Option<Instant>,
     consecutive_crashes: u32,
+    /// When a removed instance gets its SIGTERM (see `DEREGISTER_GRACE`).
+    term_at: Option<Instant>,
     stop_deadline: Option<Instant>,
     health_passed: i64,
     health_failures: u32,
@@ -239,6 +250,7 @@ impl Ctx {
                     preparing: false,
                     retry_at: (!alive).then(Instant::now),
                     consecutive_crashes: 0,
+                    term_at: None,
                     stop_deadline: None,
                     health_passed: 0,
                     health_failures: 0,
@@ -257,30 +269,110 @@ impl Ctx {
 
     /// The reconciler loop; runs forever.
     pub async fn run(self: Arc<Self>, shared: Arc<Shared>) {
+        let mut next_gc = Instant::now() + GC_AFTER_REMOVAL;
         loop {
             tokio::select! {
                 _ = shared.wake.notified() => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
-            self.pass(&shared);
+            if self.pass(&shared) {
+                next_gc = next_gc.min(Instant::now() + GC_AFTER_REMOVAL);
+            }
+            if Instant::now() >= next_gc {
+                next_gc = Instant::now()
+                    + if self.gc(&shared).await {
+                        GC_EVERY
+                    } else {
+                        GC_AFTER_REMOVAL
+                    };
+            }
         }
     }
 
-    fn pass(self: &Arc<Self>, shared: &Arc<Shared>) {
+    /// Remove images and downloaded archives no instance here uses. Returns
+    /// false when it had to wait (an instance is being prepared: its image
+    /// may not be recorded yet).
+    async fn gc(&self, shared: &Shared) -> bool {
+        let (keep_images, keep_archives) = {
+            let Ok(locals) = shared.locals.lock() else {
+                return true;
+            };
+            if locals.values().any(|l| l.preparing) {
+                return false;
+            }
+            let images: Vec<String> = locals
+                .values()
+                .filter_map(|l| l.saved.image_pinned.as_deref())
+                .filter_map(|p| p.rsplit_once('@').map(|(_, d)| d.to_string()))
+                .collect();
+            let archives: std::collections::HashSet<String> = locals
+                .values()
+                .filter_map(|l| l.saved.desired.archive_url.as_deref())
+                .map(archive_key)
+                .collect();
+            (images, archives)
+        };
+        let images = self.images.clone();
+        let archives_dir = self.data_dir.join("archives");
+        let res = tokio::task::spawn_blocking(move || {
+            let mut freed = 0u64;
+            if let Some(images) = images {
+                match images.gc(&keep_images) {
+                    Ok(n) => freed += n,
+                    Err(e) => tracing::warn!(error = %e, "image gc failed"),
+                }
+            }
+            for e in std::fs::read_dir(&archives_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let key = name.split('.').next().unwrap_or_default();
+                let meta = e.metadata().ok();
+                // A `.part` is a download in progress, unless it is stale.
+                let stale = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(3600));
+                if keep_archives.contains(key) || (name.ends_with(".part") && !stale) {
+                    continue;
+                }
+                if std::fs::remove_file(e.path()).is_ok() {
+                    freed += meta.map_or(0, |m| m.len());
+                }
+            }
+            freed
+        })
+        .await;
+        if let Ok(freed) = res {
+            if freed > 0 {
+                tracing::info!(freed_bytes = freed, "removed unused images and archives");
+            }
+        }
+        true
+    }
+
+    /// One pass over every instance; true when some were removed.
+    fn pass(self: &Arc<Self>, shared: &Arc<Shared>) -> bool {
         let desired = match shared.desired.lock() {
             Ok(d) => d.clone(),
-            Err(_) => return,
+            Err(_) => return false,
         };
         // Until the control plane has answered once, change nothing.
-        let Some(desired) = desired else { return };
+        let Some(desired) = desired else {
+            return false;
+        };
         let want: HashMap<&str, &DesiredInstance> =
             desired.iter().map(|d| (d.id.as_str(), d)).collect();
         let mut dirty = false;
+        let removed;
         let mut to_prepare = vec![];
         let mut to_check = vec![];
         {
             let Ok(mut locals) = shared.locals.lock() else {
-                return;
+                return false;
             };
             // New instances.
             for d in &desired {
@@ -306,6 +398,7 @@ impl Ctx {
                         preparing: true,
                         retry_at: None,
                         consecutive_crashes: 0,
+                        term_at: None,
                         stop_deadline: None,
                         health_passed: 0,
                         health_failures: 0,
@@ -339,7 +432,22 @@ impl Ctx {
                     // Stop: SIGTERM, SIGKILL after the stop timeout, then clean up.
                     match &l.saved.running {
                         Some(r) => {
-                            if l.stop_deadline.is_none() {
+                            if l.term_at.is_none() {
+                                // Report `stopping` at once (the routers drop it), and
+                                // signal only when they have had time to: requests
+                                // already in flight to it then finish.
+                                let grace = if l.status == "healthy" {
+                                    DEREGISTER_GRACE
+                                } else {
+                                    Duration::ZERO
+                                };
+                                l.term_at = Some(Instant::now() + grace);
+                                l.status = "stopping".into();
+                                dirty = true;
+                            }
+                            if l.stop_deadline.is_none()
+                                && l.term_at.is_some_and(|t| Instant::now() >= t)
+                            {
                                 let _ = driver.run(Command::Terminate(r));
                                 l.stop_deadline = Some(
                                     Instant::now()
@@ -422,6 +530,7 @@ impl Ctx {
                     dirty = true;
                 }
             }
+            removed = !gone.is_empty();
             for id in gone {
                 if let Some(l) = locals.remove(&id) {
                     let _ = std::fs::remove_dir_all(&l.dir);
@@ -475,7 +584,7 @@ impl Ctx {
                     &ip,
                     port,
                     path.as_deref(),
-                    Duration::from_millis(timeout_ms.max(100)),
+                    Duration::from_millis(timeout_ms.max(300)),
                 )
                 .await;
                 let Ok(mut locals) = shared.locals.lock() else {
@@ -483,7 +592,7 @@ impl Ctx {
                 };
                 let Some(l) = locals.get_mut(&id) else { return };
                 l.checking = false;
-                if l.saved.running.is_none() || l.stop_deadline.is_some() {
+                if l.saved.running.is_none() || l.term_at.is_some() {
                     return;
                 }
                 let hc = l.saved.desired.health_check.clone();
@@ -539,6 +648,7 @@ impl Ctx {
         if dirty {
             shared.dirty.notify_one();
         }
+        removed
     }
 
     fn crashed(&self, shared: &Shared, l: &mut Local, exit: &Exit) {
@@ -692,12 +802,8 @@ impl Ctx {
 
     /// Download an archive (cached by URL) and return its path.
     async fn fetch(&self, url: &str) -> anyhow::Result<PathBuf> {
-        use sha2::Digest;
         use tokio::io::AsyncWriteExt;
-        let key: String = sha2::Sha256::digest(url.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let key = archive_key(url);
         let dir = self.data_dir.join("archives");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(&key);
@@ -723,6 +829,9 @@ impl Ctx {
         if !res.status().is_success() {
             bail!("fetching {full} answered {}", res.status());
         }
+        if res.content_length().is_some_and(|n| n > MAX_ARCHIVE) {
+            bail!("the archive at {full} is larger than 1 GiB");
+        }
         // Two instances of one app may fetch at once: each its own file.
         let tmp = dir.join(format!(
             "{key}.{}.part",
@@ -742,6 +851,15 @@ impl Ctx {
         tokio::fs::rename(&tmp, &path).await?;
         Ok(path)
     }
+}
+
+/// The name of an archive downloaded from `url` in `<data>/archives`.
+fn archive_key(url: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(url.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Prepare again after a failure, with growing waits, while still wanted.
@@ -804,7 +922,16 @@ async fn check(ip: &str, port: u16, path: Option<&str>, timeout: Duration) -> Re
         let mut s = tokio::net::TcpStream::connect((ip, port))
             .await
             .map_err(|e| format!("cannot connect to port {port}: {e}"))?;
-        let Some(path) = path else { return Ok(()) };
+        let Some(path) = path else {
+            // A connect alone can succeed before anything listens: a
+            // microVM's port forward accepts at once, then closes when the
+            // guest refuses. Listening means not closed at once.
+            let mut b = [0u8; 1];
+            return match tokio::time::timeout(TCP_SETTLE, s.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => Err(format!("port {port} accepted, then closed at once")),
+                Ok(Ok(_)) | Err(_) => Ok(()),
+            };
+        };
         let req = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: shellwego-health\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes())
             .await
@@ -826,5 +953,43 @@ async fn check(ip: &str, port: u16, path: Option<&str>, timeout: Duration) -> Re
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A TCP check passes for a listener that keeps the connection, and
+    /// fails for one that accepts and closes at once (a microVM's port
+    /// forward before the guest listens) and for a closed port.
+    #[tokio::test]
+    async fn a_tcp_check_needs_a_connection_that_stays_open() {
+        let keeps = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let keeps_port = keeps.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = keeps.accept().await {
+                held.push(s);
+            }
+        });
+        let closes = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closes_port = closes.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = closes.accept().await {
+                drop(s);
+            }
+        });
+        let t = Duration::from_secs(2);
+        assert_eq!(check("127.0.0.1", keeps_port, None, t).await, Ok(()));
+        let e = check("127.0.0.1", closes_port, None, t).await.unwrap_err();
+        assert!(e.contains("closed at once"), "{e}");
+        let unused = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(check("127.0.0.1", unused, None, t).await.is_err());
     }
 }

@@ -205,8 +205,8 @@ pub struct AppCreated {
     pub deployment_id: String,
 }
 
-/// `PATCH /v1/apps/{app_id}`: resources, replicas, env and tags here;
-/// image changes go through deployments.
+/// `PATCH /v1/apps/{app_id}`: resources, env and health-check changes roll,
+/// an image change goes blue-green, replicas and tags change no instance.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppUpdate {
@@ -221,6 +221,9 @@ pub struct AppUpdate {
     pub tags: Option<Vec<String>>,
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// A new image: deployed blue-green (`POST …/deploy` chooses the strategy).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// `POST /v1/apps/{app_id}/actions/restart`.
@@ -579,6 +582,26 @@ fn check_env_name(errs: &mut Vec<FieldError>, k: &str) {
     }
 }
 
+/// An image reference: non-empty, at most 512 characters, no whitespace or
+/// control characters.
+pub(crate) fn check_image(errs: &mut Vec<FieldError>, image: Option<&str>) {
+    if let Some(i) = image {
+        if i.trim().is_empty()
+            || i.len() > 512
+            || i.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            errs.push(
+                FieldError::new(
+                    "image",
+                    "invalid_value",
+                    "must be an image reference such as nginx:alpine",
+                )
+                .with_value(i.to_string()),
+            );
+        }
+    }
+}
+
 impl crate::Validate for AppCreate {
     fn validate(&self) -> Result<(), Error> {
         let mut errs = vec![];
@@ -592,21 +615,7 @@ impl crate::Validate for AppCreate {
                 .with_value(self.name.clone()),
             );
         }
-        if let Some(i) = &self.image {
-            if i.trim().is_empty()
-                || i.len() > 512
-                || i.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                errs.push(
-                    FieldError::new(
-                        "image",
-                        "invalid_value",
-                        "must be an image reference such as nginx:alpine",
-                    )
-                    .with_value(i.clone()),
-                );
-            }
-        }
+        check_image(&mut errs, self.image.as_deref());
         match (&self.image, &self.source) {
             (None, None) => errs.push(FieldError::new(
                 "image",
@@ -779,6 +788,7 @@ fn check_source(errs: &mut Vec<FieldError>, s: &Source) {
 impl crate::Validate for AppUpdate {
     fn validate(&self) -> Result<(), Error> {
         let mut errs = vec![];
+        check_image(&mut errs, self.image.as_deref());
         if let Some(r) = &self.resources {
             check_resources(&mut errs, r);
         }

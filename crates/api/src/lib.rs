@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod auth;
+pub mod deployments;
 pub mod events;
 pub mod mfa;
 pub mod nodes;

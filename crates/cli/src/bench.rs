@@ -1,5 +1,11 @@
 //! `shellwego bench …`: benchmarks that print figures (never timed tests).
 
+mod agent_memory;
+mod apps;
+mod deploy;
+mod ingress;
+mod kit;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +56,44 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         runs: u32,
     },
+    /// Create-to-healthy latency (p50/p90/p99/max) of N apps created one
+    /// after another on a real `shellwego up` in a temp dir, per driver.
+    Apps {
+        #[arg(long, default_value_t = 50)]
+        apps: usize,
+        /// The driver to measure [default: process, then container].
+        #[arg(long, value_parser = ["process", "container", "microvm"])]
+        runtime: Option<String>,
+        /// The app: `hello` (examples/hello, python3) or `busybox` (a root
+        /// filesystem of one static busybox running its httpd) [default:
+        /// hello for process, busybox for container].
+        #[arg(long, value_parser = ["hello", "busybox"])]
+        app: Option<String>,
+    },
+    /// Time from `POST …/deploy` to all traffic on the new version, per
+    /// strategy (rolling, blue-green, canary), on a real `shellwego up`.
+    Deploy {
+        /// Deployments per strategy.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 3)]
+        replicas: i64,
+    },
+    /// Resident memory of a `shellwego agent` process idle and with N
+    /// instances running and healthy (the instances' own memory apart).
+    AgentMemory {
+        #[arg(long, default_value_t = 100)]
+        instances: usize,
+    },
+    /// Requests/second and latency of an upstream called directly, through
+    /// the ingress, and through nginx as a reverse proxy (when installed).
+    Ingress {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -91,6 +135,13 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             seconds,
         } => bench_http(connections, Duration::from_secs(seconds)).await,
         BenchCommand::Startup { runs } => bench_startup(runs).await,
+        BenchCommand::Apps { apps, runtime, app } => apps::run(apps, runtime, app).await,
+        BenchCommand::AgentMemory { instances } => agent_memory::run(instances).await,
+        BenchCommand::Deploy { runs, replicas } => deploy::run(runs, replicas).await,
+        BenchCommand::Ingress {
+            seconds,
+            connections,
+        } => ingress::run(seconds, connections).await,
     }
 }
 

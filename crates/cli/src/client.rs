@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -197,8 +197,92 @@ impl Client {
         self.send(Method::POST, segments, &[], Some(body)).await
     }
 
+    /// POST without a body (actions such as `start` take none).
+    pub async fn post_empty(&self, segments: &[&str]) -> Result<Value, ApiError> {
+        self.send::<()>(Method::POST, segments, &[], None).await
+    }
+
     pub async fn delete(&self, segments: &[&str]) -> Result<Value, ApiError> {
         self.send::<()>(Method::DELETE, segments, &[], None).await
+    }
+
+    /// DELETE with query parameters (`force=true`, `migrate_apps=true`).
+    pub async fn delete_with(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Value, ApiError> {
+        self.send::<()>(Method::DELETE, segments, query, None).await
+    }
+
+    /// POST a raw body (an archive for `/v1/uploads`). `timeout` replaces
+    /// the usual one: a large upload over a slow link takes a while.
+    pub async fn post_bytes(
+        &self,
+        segments: &[&str],
+        body: Vec<u8>,
+        content_type: &str,
+        timeout: Duration,
+    ) -> Result<Value, ApiError> {
+        let url = self.url(segments, &[]);
+        let req = self
+            .http
+            .post(url.clone())
+            .header(CONTENT_TYPE, content_type)
+            .timeout(timeout)
+            .body(body);
+        self.finish(url, req).await
+    }
+
+    /// GET a body that is not JSON (a deployment's text log): the
+    /// response once its status is a success, for the caller to read
+    /// whole or as a stream. `timeout` replaces the usual one (a followed
+    /// stream lasts as long as what it follows).
+    pub async fn get_raw(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        accept: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
+        let url = self.url(segments, query);
+        let shown = url.as_str().to_string();
+        let mut req = self
+            .http
+            .get(url)
+            .header(ACCEPT, format!("{accept}, application/problem+json"))
+            .timeout(timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.map_err(|e| ApiError::Transport {
+            url: shown.clone(),
+            message: chain(&e),
+        })?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.map_err(|e| ApiError::Transport {
+            url: shown.clone(),
+            message: chain(&e),
+        })?;
+        Err(error_of(shown, status, &headers, &bytes))
+    }
+
+    /// GET a text body (`text/plain`).
+    pub async fn get_text(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<String, ApiError> {
+        let res = self.get_raw(segments, query, "text/plain", TIMEOUT).await?;
+        let shown = res.url().as_str().to_string();
+        res.text().await.map_err(|e| ApiError::Transport {
+            url: shown,
+            message: chain(&e),
+        })
     }
 
     /// One request. A success returns the JSON body (`null` when empty,
@@ -211,16 +295,20 @@ impl Client {
         body: Option<&B>,
     ) -> Result<Value, ApiError> {
         let url = self.url(segments, query);
-        let shown = url.as_str().to_string();
-        let mut req = self
-            .http
-            .request(method, url)
-            .header(ACCEPT, "application/json, application/problem+json");
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let url_for_errors = url.clone();
+        let mut req = self.http.request(method, url);
         if let Some(b) = body {
             req = req.json(b);
+        }
+        self.finish(url_for_errors, req).await
+    }
+
+    /// Send a built request (the token is added here) and read the answer.
+    async fn finish(&self, url: Url, mut req: RequestBuilder) -> Result<Value, ApiError> {
+        let shown = url.as_str().to_string();
+        req = req.header(ACCEPT, "application/json, application/problem+json");
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
         }
         let res = req.send().await.map_err(|e| ApiError::Transport {
             url: shown.clone(),

@@ -1,5 +1,6 @@
-//! `shellwego`: one binary for the control plane, (later) the node agent and
-//! ingress, and the CLI client (`auth`, `tokens`, `orgs`).
+//! `shellwego`: one binary for the control plane, the node agent, the
+//! ingress, and the CLI client (`auth`, `tokens`, `orgs`, `apps`, `deploy`,
+//! `deployments`, `nodes`).
 
 mod bench;
 mod client;
@@ -8,6 +9,7 @@ mod config;
 mod credentials;
 mod output;
 mod prompt;
+mod router;
 
 use std::process::ExitCode;
 
@@ -39,6 +41,9 @@ enum Command {
     Server(ServerArgs),
     /// Run a node agent: join a control plane and keep its channel open.
     Agent(shellwego_agent::AgentArgs),
+    /// Run the ingress router on its own, fed from a control plane's store
+    /// (routes `Host: <app>.<base-domain>` to healthy instances).
+    Router(router::RouterArgs),
     /// Print the OpenAPI 3.1 document of the /v1 API.
     Openapi,
     /// Measure ShellWeGo's speed (prints figures; see docs/benchmarks.md).
@@ -50,6 +55,15 @@ enum Command {
     Tokens(cmd::tokens::TokensArgs),
     /// Show your organization and its members, and invite people.
     Orgs(cmd::orgs::OrgsArgs),
+    /// Create, list, scale, start, stop, restart and delete apps.
+    Apps(cmd::apps::AppsArgs),
+    /// Deploy an app: a new image, a new source archive or the same again,
+    /// rolled out rolling or blue-green; --wait follows its stages.
+    Deploy(Box<cmd::deployments::DeployArgs>),
+    /// List, show and follow an app's deployments, and roll back to one.
+    Deployments(cmd::deployments::DeploymentsArgs),
+    /// List nodes, register machines, drain and remove nodes.
+    Nodes(cmd::nodes::NodesArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -162,19 +176,35 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         advertise_ip: Some("127.0.0.1".into()),
         drivers: a.runtime.iter().cloned().collect(),
         insecure_registries: a.insecure_registries.clone(),
+        cpus: None,
     };
     let mut agent_stop = stop_rx.clone();
-    let agent = tokio::spawn(shellwego_agent::run(agent_args, async move {
+    let mut agent = tokio::spawn(shellwego_agent::run(agent_args, async move {
         let _ = agent_stop.wait_for(|s| *s).await;
     }));
     tracing::info!(api = %api, ingress = %ingress_addr, base_domain = %a.base_domain, "shellwego is up: apps answer at http://<app>.{}:{}", a.base_domain, ingress_addr.port());
-    shutdown_signal().await;
+    // The local agent ending on its own (a driver that does not work here,
+    // say) ends `up` with its error.
+    let agent_failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        r = &mut agent => Some(match r {
+            Ok(Ok(())) => anyhow::anyhow!("the local agent stopped"),
+            Ok(Err(e)) => e.context("the local agent failed"),
+            Err(e) => anyhow::anyhow!("the local agent failed: {e}"),
+        }),
+    };
     tracing::info!("shutting down (instances keep running; the next `up` re-adopts them)");
     let _ = stop_tx.send(true);
-    let _ = agent.await;
+    if agent_failed.is_none() {
+        let _ = agent.await;
+    }
     feed.abort();
     let _ = ingress.await;
-    started.shutdown().await
+    started.shutdown().await?;
+    match agent_failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 async fn serve(args: ServerArgs, up: bool) -> anyhow::Result<()> {
@@ -203,6 +233,10 @@ fn main() -> ExitCode {
                 init_logging(LogFormat::Pretty);
                 shellwego_agent::run(a, shutdown_signal()).await
             }
+            Command::Router(a) => {
+                init_logging(LogFormat::Pretty);
+                router::run(a, shutdown_signal()).await
+            }
             Command::Openapi => {
                 print!("{}", shellwego_server::openapi::document_json());
                 Ok(())
@@ -211,6 +245,10 @@ fn main() -> ExitCode {
             Command::Auth(a) => cmd::auth::run(a).await,
             Command::Tokens(t) => cmd::tokens::run(t).await,
             Command::Orgs(o) => cmd::orgs::run(o).await,
+            Command::Apps(a) => cmd::apps::run(a).await,
+            Command::Deploy(d) => cmd::deployments::run_deploy(*d).await,
+            Command::Deployments(d) => cmd::deployments::run(d).await,
+            Command::Nodes(n) => cmd::nodes::run(n).await,
         }
     });
     match result {
@@ -222,6 +260,35 @@ fn main() -> ExitCode {
                 None => eprintln!("error: {e:#}"),
             }
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every `apps`, `deploy`, `deployments` and `nodes` subcommand,
+    /// argument and flag says what it is.
+    #[test]
+    fn client_commands_and_flags_have_help() {
+        fn check(c: &clap::Command, path: &str) {
+            assert!(c.get_about().is_some(), "{path} has no about");
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(a.get_help().is_some(), "{path} {id} has no help");
+            }
+            for s in c.get_subcommands() {
+                check(s, &format!("{path} {}", s.get_name()));
+            }
+        }
+        let cli = super::Cli::command();
+        for name in ["apps", "deploy", "deployments", "nodes"] {
+            let c = cli.find_subcommand(name).unwrap();
+            check(c, name);
         }
     }
 }

@@ -59,3 +59,17 @@ pub fn ask_secret(label: &str, what: &str) -> anyhow::Result<String> {
     }
     Ok(secret)
 }
+
+/// Ask `question [y/N]` on the terminal; only `y` or `yes` is yes.
+pub fn yes_no(question: &str) -> anyhow::Result<bool> {
+    {
+        let mut err = std::io::stderr().lock();
+        write!(err, "{question} [y/N] ")?;
+        err.flush()?;
+    }
+    let answer = read_line()?.unwrap_or_default();
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}

@@ -40,6 +40,10 @@ pub struct Request {
     pub labels: BTreeMap<String, String>,
     /// The organization's allowed regions (empty: any).
     pub allowed_regions: Vec<String>,
+    /// The app runs an image (a root filesystem). Only then is `microvm`
+    /// a default: an app directory (a Procfile tarball) runs on the host's
+    /// userland, which a microVM does not have.
+    pub image: bool,
 }
 
 /// Where an instance went: node index and driver.
@@ -194,6 +198,7 @@ fn fits(n: &NodeState, r: &Request, why: &mut Why) -> Option<String> {
         }
         None => match DRIVER_PREFERENCE
             .iter()
+            .filter(|d| r.image || **d != "microvm")
             .find(|d| n.drivers.iter().any(|x| x == *d))
         {
             Some(d) => (*d).to_string(),
@@ -292,5 +297,16 @@ mod tests {
             .place(&req(1))
             .unwrap_err()
             .contains("no node has joined"));
+    }
+
+    #[test]
+    fn microvm_is_the_default_for_images_only() {
+        let mut a = node("a", "z1", 8 << 30);
+        a.drivers = vec!["process".into(), "container".into(), "microvm".into()];
+        let mut c = Cluster::new(vec![a]);
+        let mut r = req(1 << 20);
+        assert_eq!(c.place(&r).unwrap().driver, "container", "an app directory");
+        r.image = true;
+        assert_eq!(c.place(&r).unwrap().driver, "microvm");
     }
 }

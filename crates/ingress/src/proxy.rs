@@ -159,6 +159,8 @@ impl Proxy {
         };
         match self.forward(forward, route, app, &request_id).await {
             Ok((resp, backend)) => {
+                self.routes
+                    .record(&backend.instance_id, resp.status().is_server_error());
                 tracing::debug!(
                     request_id = id_str(&request_id),
                     app,
@@ -182,6 +184,9 @@ impl Proxy {
                             .into()
                     }
                 };
+                if let (Some(b), Phase::Upstream) = (backend, error.phase()) {
+                    self.routes.record(&b.instance_id, true);
+                }
                 log_failure(&error, &request_id, app, backend);
                 page(error.status(), &request_id, text)
             }
@@ -213,7 +218,11 @@ impl Proxy {
             Some((Arc::new(Mutex::new(Some(body))), hint))
         };
         let count = route.backends.len();
-        let start = route.next.fetch_add(1, Ordering::Relaxed) % count;
+        let turn = route.next.fetch_add(1, Ordering::Relaxed);
+        let start = match route.schedule.len() {
+            0 => turn % count,
+            n => route.schedule[turn % n],
+        };
         let mut headers = Some(headers);
         let mut last_error = None;
         for attempt in 0..count {

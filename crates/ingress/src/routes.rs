@@ -15,6 +15,9 @@ pub struct Backend {
     pub instance_id: String,
     /// Where the instance listens for HTTP/1.1.
     pub addr: SocketAddr,
+    /// Its share of the app's requests relative to the others' (0 counts
+    /// as 1). Equal weights give plain round-robin.
+    pub weight: u32,
 }
 
 /// The live route table, cheap to clone, shared between the proxy and
@@ -27,6 +30,9 @@ pub struct Backend {
 #[derive(Clone, Default)]
 pub struct Routes {
     current: Arc<RwLock<Arc<RouteTable>>>,
+    /// Per instance: (responses, of which 5xx or failed to answer), since
+    /// the last [`Routes::take_stats`].
+    stats: Arc<std::sync::Mutex<HashMap<String, (u64, u64)>>>,
 }
 
 impl std::fmt::Debug for Routes {
@@ -66,6 +72,20 @@ impl Routes {
         let new = Arc::new(RouteTable { apps });
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         *current = new;
+    }
+
+    /// Count one answer of `instance_id` (`error`: 5xx, or no answer).
+    pub(crate) fn record(&self, instance_id: &str, error: bool) {
+        let mut m = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = m.entry(instance_id.to_string()).or_default();
+        e.0 += 1;
+        e.1 += u64::from(error);
+    }
+
+    /// Per instance, (requests, errors) counted since the last call.
+    pub fn take_stats(&self) -> HashMap<String, (u64, u64)> {
+        let mut m = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *m)
     }
 
     /// The table as it is now; later [`replace`](Routes::replace) calls do
@@ -129,6 +149,9 @@ pub(crate) struct AppRoute {
     /// The round-robin counter, shared with the previous table's entry for
     /// the same app.
     pub(crate) next: Arc<AtomicUsize>,
+    /// Backend indices in turn: a smooth weighted round-robin cycle (every
+    /// backend once when the weights are equal).
+    pub(crate) schedule: Box<[usize]>,
 }
 
 impl AppRoute {
@@ -152,12 +175,52 @@ impl AppRoute {
                 ),
             }
         }
+        let schedule = schedule(&kept);
         Self {
             backends: kept.into_boxed_slice(),
             authorities: authorities.into_boxed_slice(),
             next,
+            schedule,
         }
     }
+}
+
+/// One cycle of smooth weighted round-robin (nginx's): each backend
+/// appears `weight / gcd` times, spread out rather than in runs.
+fn schedule(backends: &[Backend]) -> Box<[usize]> {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let weights: Vec<u64> = backends
+        .iter()
+        .map(|b| u64::from(b.weight.max(1)))
+        .collect();
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let weights: Vec<i64> = weights.iter().map(|w| (w / g) as i64).collect();
+    let total: i64 = weights.iter().sum();
+    // Bounded: weights are percentages split over instances in practice.
+    let len = total.clamp(0, 100_000) as usize;
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(len);
+    for _ in 0..len {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let Some((best, _)) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, -(*i as i64)))
+        else {
+            break;
+        };
+        current[best] -= total;
+        out.push(best);
+    }
+    out.into_boxed_slice()
 }
 
 /// The app named by `host` under `base_domain`, or `None`.
@@ -191,6 +254,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn weights_split_the_cycle_smoothly() {
+        let b = |id: &str, weight| Backend {
+            instance_id: id.into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight,
+        };
+        let s = schedule(&[b("a", 45), b("b", 45), b("c", 10)]);
+        assert_eq!(s.len(), 20, "divided by the gcd, 5");
+        let count = |i| s.iter().filter(|x| **x == i).count();
+        assert_eq!((count(0), count(1), count(2)), (9, 9, 2));
+        // Spread out, not in a run.
+        assert!(s.windows(2).all(|w| !(w[0] == 2 && w[1] == 2)), "{s:?}");
+        assert_eq!(&*schedule(&[b("a", 1), b("b", 1)]), &[0, 1]);
+    }
+
+    #[test]
     fn host_matching() {
         let base = "apps.example.com";
         assert_eq!(app_of_host("web.apps.example.com", base), Some("web"));
@@ -213,6 +292,7 @@ mod tests {
     fn replace_keeps_the_counter_of_surviving_apps() {
         let routes = Routes::new();
         let b = |id: &str| Backend {
+            weight: 1,
             instance_id: id.into(),
             addr: "127.0.0.1:1".parse().unwrap(),
         };

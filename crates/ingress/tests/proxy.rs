@@ -47,6 +47,7 @@ struct TestBackend {
 impl TestBackend {
     fn backend(&self, id: &str) -> Backend {
         Backend {
+            weight: 1,
             instance_id: id.to_owned(),
             addr: self.addr,
         }
@@ -326,6 +327,7 @@ async fn round_robin_alternates_and_survives_replace() {
 #[tokio::test]
 async fn refused_connections_fall_through_to_the_next_instance() {
     let dead = Backend {
+        weight: 1,
         instance_id: "dead".into(),
         addr: dead_addr().await,
     };
@@ -398,6 +400,7 @@ async fn connect_timeouts_fall_through_to_the_next_instance() {
         ..IngressConfig::default()
     };
     let hole = Backend {
+        weight: 1,
         instance_id: "hole".into(),
         addr: blackhole_addr,
     };
@@ -433,6 +436,7 @@ async fn no_retry_once_the_request_was_sent() {
     });
     let live = id_backend("live").await;
     let closer = Backend {
+        weight: 1,
         instance_id: "closer".into(),
         addr: closer_addr,
     };
@@ -719,6 +723,7 @@ async fn upgrade_echo_backend() -> (Backend, oneshot::Receiver<String>) {
         let _ = tokio::io::copy(&mut read, &mut write).await;
     });
     let backend = Backend {
+        weight: 1,
         instance_id: "echo".into(),
         addr,
     };

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::routes::{agent, apps, auth, events, health, nodes, orgs, tokens, user};
+use crate::routes::{agent, apps, auth, deployments, events, health, nodes, orgs, tokens, user};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -29,6 +29,7 @@ Every /v1 response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-R
         (name = "organizations", description = "Organizations, members, invitations, service accounts"),
         (name = "events", description = "The audit trail"),
         (name = "apps", description = "Apps, their instances, and uploaded archives"),
+        (name = "deployments", description = "Rolling, blue-green and canary deployments, rollbacks and their logs"),
         (name = "nodes", description = "Machines that run apps"),
         (name = "agent", description = "The node agent's channel (node credentials, not user tokens)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
@@ -93,6 +94,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(apps::app_restart))
         .routes(routes!(apps::app_scale))
         .routes(routes!(apps::upload_create))
+        .routes(routes!(deployments::app_deploy))
+        .routes(routes!(deployments::deployment_list))
+        .routes(routes!(deployments::deployment_get))
+        .routes(routes!(deployments::deployment_rollback))
+        .routes(routes!(deployments::deployment_promote))
+        .routes(routes!(deployments::deployment_logs))
         .routes(routes!(agent::agent_join))
         .routes(routes!(agent::agent_sync))
         .routes(routes!(agent::agent_upload_get))

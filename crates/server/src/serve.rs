@@ -240,20 +240,27 @@ pub async fn run(
 /// store: at once on every change this process makes, and every second
 /// (changes made by other control planes or routers sharing the store).
 pub async fn feed_routes(state: AppState, routes: shellwego_ingress::Routes) {
-    let mut changes = state.changes.subscribe();
-    let mut last: Option<Vec<(String, String, String, i64)>> = None;
+    feed_routes_from(state.store.clone(), Some(state.changes.subscribe()), routes).await
+}
+
+/// Keep `routes` equal to the healthy instances in `store`: every second,
+/// and at once when `changes` moves (when the router shares a process with
+/// a control plane). Runs until `changes` closes (forever without one).
+pub async fn feed_routes_from(
+    store: Store,
+    mut changes: Option<tokio::sync::watch::Receiver<u64>>,
+    routes: shellwego_ingress::Routes,
+) {
+    let mut last: Option<Vec<shellwego_store::apps::Route>> = None;
     loop {
-        match (
-            state.store.routable_instances().await,
-            state.store.app_names().await,
-        ) {
+        match (store.routable_instances().await, store.app_names().await) {
             (Ok(rows), Ok(names)) => {
                 if last.as_ref() != Some(&rows) || routes.snapshot().len() != names.len() {
                     let mut table: std::collections::HashMap<
                         String,
                         Vec<shellwego_ingress::Backend>,
                     > = names.into_iter().map(|n| (n, vec![])).collect();
-                    for (app, id, ip, port) in &rows {
+                    for (app, id, ip, port, weight) in &rows {
                         let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
                             continue;
                         };
@@ -266,6 +273,7 @@ pub async fn feed_routes(state: AppState, routes: shellwego_ingress::Routes) {
                             .push(shellwego_ingress::Backend {
                                 instance_id: id.clone(),
                                 addr: SocketAddr::new(ip, port),
+                                weight: *weight,
                             });
                     }
                     routes.replace(table);
@@ -274,8 +282,19 @@ pub async fn feed_routes(state: AppState, routes: shellwego_ingress::Routes) {
             }
             (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "router: cannot read routes"),
         }
+        // What this router counted goes to the store (canary analysis).
+        let counts = routes.take_stats();
+        if let Err(e) = store.add_instance_traffic(&counts).await {
+            tracing::warn!(error = %e, "router: cannot record traffic counts");
+        }
+        let changed = async {
+            match changes.as_mut() {
+                Some(c) => c.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
+            open = changed => if !open { return },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }

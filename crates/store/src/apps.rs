@@ -11,6 +11,10 @@ use sqlx::Row;
 use crate::list::{Field, Kind, Resource};
 use crate::{db_err, Store, Tx};
 
+/// A route to one healthy instance: (app name, instance id, ip, port,
+/// weight among the app's routes).
+pub type Route = (String, String, String, i64, u32);
+
 /// An app row. `spec` is the JSON of the rest of the app's spec.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct App {
@@ -28,6 +32,9 @@ pub struct App {
     pub image_pinned: Option<String>,
     pub deployment_id: Option<String>,
     pub version: i64,
+    /// Where traffic goes: JSON `{"<version>": weight}`; none: every
+    /// healthy instance alike.
+    pub traffic: Option<String>,
     pub created_by: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -46,7 +53,7 @@ pub const STATUSES: &[&str] = &[
 pub static APPS: Resource = Resource {
     name: "apps",
     from: "apps t",
-    columns: "t.id, t.organization_id, t.name, t.status, t.status_reason, t.desired_state, t.replicas, t.memory, t.cpu_millis, t.disk, t.spec, t.image_pinned, t.deployment_id, t.version, t.created_by, t.created_at, t.updated_at",
+    columns: "t.id, t.organization_id, t.name, t.status, t.status_reason, t.desired_state, t.replicas, t.memory, t.cpu_millis, t.disk, t.spec, t.image_pinned, t.deployment_id, t.version, t.traffic, t.created_by, t.created_at, t.updated_at",
     fields: &[
         Field::new("name", "t.name", Kind::Text),
         Field::new("status", "t.status", Kind::Text).one_of(STATUSES),
@@ -79,6 +86,7 @@ pub fn from_row(row: &AnyRow) -> Result<App, Error> {
         disk: row.try_get("disk").map_err(db_err)?,
         spec: row.try_get("spec").map_err(db_err)?,
         image_pinned: row.try_get("image_pinned").map_err(db_err)?,
+        traffic: row.try_get("traffic").map_err(db_err)?,
         deployment_id: row.try_get("deployment_id").map_err(db_err)?,
         version: row.try_get("version").map_err(db_err)?,
         created_by: row.try_get("created_by").map_err(db_err)?,
@@ -191,7 +199,7 @@ async fn tags_of<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 pub async fn update(tx: &mut Tx, a: &App) -> Result<(), Error> {
     sqlx::query(
         "UPDATE apps SET status = $1, status_reason = $2, desired_state = $3, replicas = $4, memory = $5, cpu_millis = $6, disk = $7,
-                         spec = $8, image_pinned = $9, deployment_id = $10, version = $11, updated_at = $12
+                         spec = $8, image_pinned = $9, deployment_id = $10, version = $11, updated_at = $12, traffic = $14
          WHERE id = $13",
     )
     .bind(&a.status)
@@ -207,6 +215,7 @@ pub async fn update(tx: &mut Tx, a: &App) -> Result<(), Error> {
     .bind(a.version)
     .bind(to_micros(now()))
     .bind(&a.id)
+    .bind(&a.traffic)
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
@@ -230,10 +239,18 @@ pub async fn set_status(
     Ok(())
 }
 
-pub async fn set_image_pinned(tx: &mut Tx, app_id: &str, pinned: &str) -> Result<(), Error> {
-    sqlx::query("UPDATE apps SET image_pinned = $1 WHERE id = $2 AND (image_pinned IS NULL OR image_pinned <> $1)")
+/// The app's image by digest, when the instance reporting it runs the
+/// app's current version.
+pub async fn set_image_pinned(
+    tx: &mut Tx,
+    app_id: &str,
+    version: i64,
+    pinned: &str,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE apps SET image_pinned = $1 WHERE id = $2 AND version = $3 AND (image_pinned IS NULL OR image_pinned <> $1)")
         .bind(pinned)
         .bind(app_id)
+        .bind(version)
         .execute(&mut **tx)
         .await
         .map_err(db_err)?;
@@ -403,45 +420,6 @@ pub async fn delete_instance(tx: &mut Tx, id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A deployment row (the state machine comes with the deployments issue).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Deployment {
-    pub id: String,
-    pub app_id: String,
-    pub organization_id: String,
-    pub status: String,
-    pub version: i64,
-    pub image: Option<String>,
-    pub strategy: String,
-    pub initiated_by: Option<String>,
-    pub reason: Option<String>,
-}
-
-pub async fn insert_deployment(tx: &mut Tx, mut d: Deployment) -> Result<Deployment, Error> {
-    if d.id.is_empty() {
-        d.id = id::new_id("dep");
-    }
-    let t = to_micros(now());
-    sqlx::query(
-        "INSERT INTO deployments (id, app_id, organization_id, status, version, image, strategy, initiated_by, reason, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
-    )
-    .bind(&d.id)
-    .bind(&d.app_id)
-    .bind(&d.organization_id)
-    .bind(&d.status)
-    .bind(d.version)
-    .bind(&d.image)
-    .bind(&d.strategy)
-    .bind(&d.initiated_by)
-    .bind(&d.reason)
-    .bind(t)
-    .execute(&mut **tx)
-    .await
-    .map_err(db_err)?;
-    Ok(d)
-}
-
 /// Finish the app's deployments still in progress (a newer one supersedes them).
 pub async fn finish_deployments(
     tx: &mut Tx,
@@ -450,7 +428,8 @@ pub async fn finish_deployments(
     except: Option<&str>,
 ) -> Result<(), Error> {
     sqlx::query(
-        "UPDATE deployments SET status = $1, updated_at = $2 WHERE app_id = $3 AND status = 'in_progress' AND id <> $4",
+        "UPDATE deployments SET status = CASE WHEN status = 'in_progress' THEN $1 ELSE status END, finished_at = $2, updated_at = $2
+         WHERE app_id = $3 AND finished_at IS NULL AND id <> $4",
     )
     .bind(status)
     .bind(to_micros(now()))
@@ -459,23 +438,6 @@ pub async fn finish_deployments(
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
-    Ok(())
-}
-
-pub async fn set_deployment_status(
-    tx: &mut Tx,
-    id: &str,
-    status: &str,
-    reason: Option<&str>,
-) -> Result<(), Error> {
-    sqlx::query("UPDATE deployments SET status = $1, reason = COALESCE($2, reason), updated_at = $3 WHERE id = $4 AND status = 'in_progress'")
-        .bind(status)
-        .bind(reason)
-        .bind(to_micros(now()))
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
     Ok(())
 }
 
@@ -648,25 +610,88 @@ impl Store {
 
     /// Healthy, wanted instances with an address, for the router:
     /// `(app name, instance id, ip, port)`.
-    pub async fn routable_instances(&self) -> Result<Vec<(String, String, String, i64)>, Error> {
+    pub async fn routable_instances(&self) -> Result<Vec<Route>, Error> {
         let rows = sqlx::query(
-            "SELECT a.name, i.id, i.ip, i.port FROM instances i JOIN apps a ON a.id = i.app_id
+        "SELECT a.name, a.traffic, i.id, i.ip, i.port, i.version FROM instances i JOIN apps a ON a.id = i.app_id
              WHERE i.status = 'healthy' AND i.desired = 'running' AND i.ip IS NOT NULL AND i.port IS NOT NULL
              ORDER BY a.name, i.created_at, i.id",
         )
         .fetch_all(self.pool())
         .await
         .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("name").map_err(db_err)?,
-                    r.try_get("id").map_err(db_err)?,
-                    r.try_get("ip").map_err(db_err)?,
-                    r.try_get("port").map_err(db_err)?,
-                ))
-            })
-            .collect()
+        // (app, instance, ip, port, version, the app's version weights)
+        type Row = (
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            Option<std::collections::BTreeMap<String, u32>>,
+        );
+        let mut all: Vec<Row> = vec![];
+        for r in &rows {
+            let traffic: Option<String> = r.try_get("traffic").map_err(db_err)?;
+            all.push((
+                r.try_get("name").map_err(db_err)?,
+                r.try_get("id").map_err(db_err)?,
+                r.try_get("ip").map_err(db_err)?,
+                r.try_get("port").map_err(db_err)?,
+                r.try_get("version").map_err(db_err)?,
+                traffic.map(|t| serde_json::from_str(&t).unwrap_or_default()),
+            ));
+        }
+        // An app's `traffic` splits its requests between versions (a
+        // version's share spread evenly over its healthy instances);
+        // versions it does not name get none. Without it, all alike.
+        let mut per_version: std::collections::HashMap<(String, i64), u32> = Default::default();
+        for (app, _, _, _, v, _) in &all {
+            *per_version.entry((app.clone(), *v)).or_default() += 1;
+        }
+        let mut out = vec![];
+        for (app, id, ip, port, v, traffic) in all {
+            let weight = match &traffic {
+                None => 1000,
+                Some(w) => {
+                    let share = w.get(&v.to_string()).copied().unwrap_or(0);
+                    let n = per_version
+                        .get(&(app.clone(), v))
+                        .copied()
+                        .unwrap_or(1)
+                        .max(1);
+                    share * 1000 / n
+                }
+            };
+            if weight > 0 {
+                out.push((app, id, ip, port, weight));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Add what a router counted: per instance, (requests, errors).
+    pub async fn add_instance_traffic(
+        &self,
+        counts: &std::collections::HashMap<String, (u64, u64)>,
+    ) -> Result<(), Error> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (id, (req, err)) in counts {
+            sqlx::query(
+                "INSERT INTO instance_traffic (instance_id, requests, errors, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (instance_id) DO UPDATE SET requests = instance_traffic.requests + $2,
+                     errors = instance_traffic.errors + $3, updated_at = $4",
+            )
+            .bind(id)
+            .bind(*req as i64)
+            .bind(*err as i64)
+            .bind(to_micros(now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        crate::commit(tx).await
     }
 
     /// Names of every app (the router answers 503, not 404, for these).
@@ -765,19 +790,26 @@ pub async fn desired_on_node(tx: &mut Tx, node_id: &str) -> Result<Vec<(Instance
     .fetch_all(&mut **tx)
     .await
     .map_err(db_err)?;
+    // Their apps, in one query (not one per instance).
+    let app_rows = sqlx::query(&format!(
+        "SELECT {} FROM apps t WHERE t.id IN
+           (SELECT app_id FROM instances WHERE node_id = $1 AND desired = 'running')",
+        APPS.columns
+    ))
+    .bind(node_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let mut apps = std::collections::HashMap::new();
+    for r in &app_rows {
+        let a = from_row(r)?;
+        apps.insert(a.id.clone(), a);
+    }
     let mut out = vec![];
     for r in &rows {
         let i = instance_from_row(r)?;
-        let a = sqlx::query(&format!(
-            "SELECT {} FROM apps t WHERE t.id = $1",
-            APPS.columns
-        ))
-        .bind(&i.app_id)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db_err)?;
-        if let Some(a) = a {
-            out.push((i, from_row(&a)?));
+        if let Some(a) = apps.get(&i.app_id) {
+            out.push((i, a.clone()));
         }
     }
     Ok(out)
@@ -797,6 +829,38 @@ pub async fn org_settings(tx: &mut Tx, org: &str) -> Result<serde_json::Value, E
 }
 
 /// Start draining a node: no new placements, instances move elsewhere.
+/// Replacements under way (not healthy yet) for instances on `node_id`,
+/// across every app: what a drain has in flight.
+pub async fn drain_in_flight(tx: &mut Tx, node_id: &str) -> Result<i64, Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM instances n JOIN instances o ON o.id = n.replaces
+         WHERE o.node_id = $1 AND n.desired = 'running' AND n.status <> 'healthy'",
+    )
+    .bind(node_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(n)
+}
+
+/// What the routers counted for these instances: (requests, errors).
+pub async fn instance_traffic(tx: &mut Tx, ids: &[String]) -> Result<(i64, i64), Error> {
+    let mut total = (0, 0);
+    for id in ids {
+        let row =
+            sqlx::query("SELECT requests, errors FROM instance_traffic WHERE instance_id = $1")
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db_err)?;
+        if let Some(r) = row {
+            total.0 += r.try_get::<i64, _>("requests").map_err(db_err)?;
+            total.1 += r.try_get::<i64, _>("errors").map_err(db_err)?;
+        }
+    }
+    Ok(total)
+}
+
 pub async fn start_drain(
     tx: &mut Tx,
     node_id: &str,
@@ -846,16 +910,36 @@ impl Store {
     }
 
     /// Apps with instances on a node.
-    pub async fn running_apps_on_nodes(&self, ids: &[String]) -> Result<Vec<(String, i64)>, Error> {
-        let mut out = vec![];
-        for id in ids {
-            let row = sqlx::query("SELECT COUNT(DISTINCT app_id) AS n FROM instances WHERE node_id = $1 AND desired = 'running'")
-                .bind(id)
-                .fetch_one(self.pool())
-                .await
-                .map_err(db_err)?;
-            out.push((id.clone(), row.try_get("n").map_err(db_err)?));
+    /// What instances hold on each node: `(node, apps, reserved memory,
+    /// reserved millicores)`, counting instances meant to run (what the
+    /// scheduler counts).
+    pub async fn node_loads(&self, ids: &[String]) -> Result<Vec<(String, i64, i64, i64)>, Error> {
+        if ids.is_empty() {
+            return Ok(vec![]);
         }
-        Ok(out)
+        let marks: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT node_id, COUNT(DISTINCT app_id) AS n,
+                    CAST(COALESCE(SUM(memory), 0) AS BIGINT) AS mem,
+                    CAST(COALESCE(SUM(cpu_millis), 0) AS BIGINT) AS cpu
+             FROM instances WHERE desired = 'running' AND node_id IN ({})
+             GROUP BY node_id",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in ids {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all(self.pool()).await.map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("node_id").map_err(db_err)?,
+                    r.try_get("n").map_err(db_err)?,
+                    r.try_get("mem").map_err(db_err)?,
+                    r.try_get("cpu").map_err(db_err)?,
+                ))
+            })
+            .collect()
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod bootstrap;
+pub mod deployments;
 pub mod events;
 pub mod invitations;
 pub mod list;
@@ -167,15 +168,24 @@ impl Store {
     /// Start a transaction. On SQLite it takes the write lock up front
     /// (`BEGIN IMMEDIATE`), so two writers queue instead of one failing
     /// with "database is locked" when it upgrades a read to a write.
+    ///
+    /// The begin runs in its own task: if the caller's future is dropped
+    /// while the `BEGIN` is in flight, sqlx 0.8 can return the connection to
+    /// the pool still inside a transaction (launchbadge/sqlx#3932), and on
+    /// SQLite that connection then holds the write lock for good. A spawned
+    /// begin always completes, and an unused `Tx` rolls back when dropped.
     pub async fn begin(&self) -> Result<Tx, Error> {
-        match self.backend {
-            Backend::Sqlite => self
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(db_err),
-            Backend::Postgres => self.pool.begin().await.map_err(db_err),
-        }
+        let pool = self.pool.clone();
+        let backend = self.backend;
+        tokio::spawn(async move {
+            match backend {
+                Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+                Backend::Postgres => pool.begin().await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("the transaction task failed: {e}")))?
+        .map_err(db_err)
     }
 
     /// Is the store reachable? (`/readyz`)

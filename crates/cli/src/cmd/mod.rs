@@ -1,9 +1,15 @@
-//! The client commands (`auth`, `tokens`, `orgs`): the options they share,
-//! how the API URL and the token are found, and list paging.
+//! The client commands (`auth`, `tokens`, `orgs`, `apps`, `deploy`,
+//! `deployments`, `nodes`): the
+//! options they share, how the API URL and the token are found, list paging
+//! and `KEY=VALUE` arguments.
 
+pub mod apps;
 pub mod auth;
+pub mod deployments;
+pub mod nodes;
 pub mod orgs;
 pub mod tokens;
+mod wait;
 
 use std::path::PathBuf;
 
@@ -106,12 +112,23 @@ pub async fn fetch_list(
     segments: &[&str],
     args: &ListArgs,
 ) -> Result<Value, ApiError> {
+    fetch_list_filtered(client, segments, &[], args).await
+}
+
+/// [`fetch_list`] with more query parameters on every page
+/// (`filter[status]=running`).
+pub async fn fetch_list_filtered(
+    client: &Client,
+    segments: &[&str],
+    filters: &[(&str, String)],
+    args: &ListArgs,
+) -> Result<Value, ApiError> {
     let what = segments.join("/");
     let mut cursor = args.cursor.clone();
     let mut items: Vec<Value> = vec![];
     let mut seen: Vec<String> = vec![];
     loop {
-        let mut query = vec![];
+        let mut query = filters.to_vec();
         if let Some(l) = args.limit {
             query.push(("limit", l.to_string()));
         }
@@ -178,5 +195,66 @@ pub fn more_hint(p: &shellwego_api::Pagination, shown: usize, all: bool) {
             p.total
         )),
         None => crate::output::note(&format!("({shown} of {} shown; pass --all)", p.total)),
+    }
+}
+
+/// A `KEY=VALUE` argument (`--env`, `--label`); clap names the flag in the
+/// error, e.g. "invalid value 'FOO' for '--env <KEY=VALUE>'".
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        Some(_) => Err("the key before '=' is empty".into()),
+        None => Err(format!("expected KEY=VALUE, e.g. {s}=…")),
+    }
+}
+
+/// A duration such as `90s`, `2m` or `1h` (for `--timeout`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    shellwego_core::units::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "expected a duration such as 90s, 2m or 1h".to_string())
+}
+
+/// Ask `question` before destroying `what`, unless `--yes`. Without a
+/// terminal to ask on, refuse: a script must say `--yes`.
+pub fn confirm(what: &str, question: &str, yes: bool) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !crate::prompt::stdin_is_terminal() {
+        anyhow::bail!(
+            "not deleting {what} without confirmation: pass --yes (stdin is not a terminal to ask on)"
+        );
+    }
+    if crate::prompt::yes_no(question)? {
+        Ok(())
+    } else {
+        anyhow::bail!("cancelled; {what} was not deleted")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_need_an_equals_sign_and_a_key() {
+        assert_eq!(
+            parse_key_value("A=b=c"),
+            Ok(("A".to_string(), "b=c".to_string()))
+        );
+        assert_eq!(parse_key_value("A="), Ok(("A".to_string(), String::new())));
+        assert!(parse_key_value("FOO").is_err());
+        assert!(parse_key_value("=x").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("2m"),
+            Ok(std::time::Duration::from_secs(120))
+        );
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
     }
 }

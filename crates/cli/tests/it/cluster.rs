@@ -187,6 +187,8 @@ impl Api {
 /// `up` (node A) and `agent` (node B), each with its log in the temp dir.
 struct Cluster {
     up: Child,
+    /// `up`'s command line (to start it again on the same data and ports).
+    up_args: Vec<String>,
     agent_b: Option<Child>,
     api: Api,
     ingress: u16,
@@ -255,20 +257,22 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let (port, ingress) = (free_port(), free_port());
         let up_dir = dir.path().join("up");
-        let up = shellwego(
-            &[
-                "up",
-                "--data-dir",
-                up_dir.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--ingress-listen",
-                &format!("127.0.0.1:{ingress}"),
-                "--node-timeout",
-                node_timeout,
-            ],
-            &dir.path().join("up.log"),
-        );
+        let up_args: Vec<String> = [
+            "up",
+            "--data-dir",
+            up_dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--ingress-listen",
+            &format!("127.0.0.1:{ingress}"),
+            "--node-timeout",
+            node_timeout,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let args: Vec<&str> = up_args.iter().map(String::as_str).collect();
+        let up = shellwego(&args, &dir.path().join("up.log"));
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
@@ -276,6 +280,7 @@ impl Cluster {
             .unwrap();
         let mut cl = Cluster {
             up,
+            up_args,
             agent_b: None,
             api: Api {
                 base: format!("http://127.0.0.1:{port}"),
@@ -370,6 +375,42 @@ impl Cluster {
             .await;
         assert_eq!(status, 201, "create app: {app}");
         app["id"].as_str().unwrap().to_string()
+    }
+
+    /// SIGKILL `up` (control plane, agent A and ingress at once) and
+    /// start it again on the same data and ports.
+    fn kill_and_restart_up(&mut self) {
+        let _ = self.up.kill();
+        let _ = self.up.wait();
+        let args: Vec<&str> = self.up_args.iter().map(String::as_str).collect();
+        self.up = shellwego(&args, &self.dir.path().join("up-restarted.log"));
+    }
+
+    /// `POST /v1/apps/{id}/deploy`; the deployment's id.
+    async fn deploy(&self, app_id: &str, body: Value) -> String {
+        let (status, d) = self
+            .api
+            .post(&format!("/v1/apps/{app_id}/deploy"), body)
+            .await;
+        assert_eq!(status, 202, "deploy: {d}");
+        d["deployment_id"].as_str().unwrap().to_string()
+    }
+
+    /// Wait until the deployment has ended `successful`.
+    async fn wait_deployed(&self, dep: &str, limit: Duration) -> Value {
+        let d = Deadline::new(format!("deployment {dep} successful"), limit);
+        loop {
+            let (_, v) = self.api.get(&format!("/v1/deployments/{dep}")).await;
+            if v["status"] == "successful" {
+                return v;
+            }
+            assert!(
+                v["status"] == "in_progress" || v.get("status").is_none(),
+                "the deployment ended {}: {v:#}",
+                v["status"]
+            );
+            d.tick(&v).await;
+        }
     }
 
     async fn app(&self, id: &str) -> Value {
@@ -583,7 +624,6 @@ async fn wait_served_by(ingress: u16, ids: &[String]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "lands with the drain SIGTERM delay and the spawned BEGIN (see the session note); run with --ignored"]
 async fn drain_moves_instances_with_zero_failed_requests() {
     let t0 = Instant::now();
     let cl = Cluster::start("3s").await;
@@ -652,7 +692,6 @@ async fn drain_moves_instances_with_zero_failed_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "lands with the drain SIGTERM delay and the spawned BEGIN (see the session note); run with --ignored"]
 async fn a_silent_node_goes_offline_and_its_instances_move() {
     let t0 = Instant::now();
     let mut cl = Cluster::start("3s").await;
@@ -717,5 +756,280 @@ async fn a_silent_node_goes_offline_and_its_instances_move() {
         moved_at.unwrap().as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
+    cl.shutdown(&app_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_and_blue_green_deploys_fail_no_request() {
+    let t0 = Instant::now();
+    let cl = Cluster::start("30s").await;
+    let (a, b) = (cl.node_a.clone(), cl.node_b.clone());
+    let app_id = cl.create_hello(2).await;
+    let app = cl
+        .wait_running(&app_id, 2, &[&a, &b], true, Duration::from_secs(90))
+        .await;
+    let first: Vec<String> = instances(&app)
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    wait_served_by(cl.ingress, &first).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(cl.ingress, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rolling = cl.deploy(&app_id, json!({"strategy": "rolling"})).await;
+    let d = cl.wait_deployed(&rolling, Duration::from_secs(120)).await;
+    let rolled_in = d["metrics"]["deploy_time_ms"].as_i64().unwrap();
+    let bg = cl
+        .deploy(
+            &app_id,
+            json!({"strategy": "blue-green", "warm_window": "2s"}),
+        )
+        .await;
+    let d = cl.wait_deployed(&bg, Duration::from_secs(120)).await;
+    let switched_in = d["metrics"]["deploy_time_ms"].as_i64().unwrap();
+    let app = cl
+        .wait_running(&app_id, 2, &[&a, &b], false, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let r = load.await.unwrap();
+    println!(
+        "deploys: {} requests, {} failed; rolling took {rolled_in} ms, blue-green (2 s warm window) {switched_in} ms; served by {} instances; test took {:.1}s",
+        r.requests,
+        r.failures,
+        r.served_by.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        r.failures, 0,
+        "requests failed during the deploys: {:#?}",
+        r.failed
+    );
+    // 2 first + 2 rolled + 2 switched to, each seen serving.
+    assert!(r.served_by.len() >= 6, "{r:?}");
+    for i in instances(&app) {
+        assert!(r.served_by.contains_key(i["id"].as_str().unwrap()), "{r:?}");
+    }
+    cl.shutdown(&app_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_plane_killed_mid_deployment_finishes_it_after_a_restart() {
+    let mut cl = Cluster::start("30s").await;
+    let (a, b) = (cl.node_a.clone(), cl.node_b.clone());
+    let app_id = cl.create_hello(2).await;
+    cl.wait_running(&app_id, 2, &[&a, &b], true, Duration::from_secs(90))
+        .await;
+    let dep = cl
+        .deploy(
+            &app_id,
+            json!({"strategy": "blue-green", "warm_window": "1s"}),
+        )
+        .await;
+    // Killed once the new set exists, before the switch.
+    let d = Deadline::new("the new set created", Duration::from_secs(60));
+    loop {
+        let (_, v) = cl.api.get(&format!("/v1/deployments/{dep}")).await;
+        let at = v["progress"]["completed_steps"].as_i64().unwrap_or(0);
+        if (2..5).contains(&at) {
+            break;
+        }
+        assert!(
+            at < 5,
+            "the deployment went past the switch before the kill: {v:#}"
+        );
+        d.tick(&v).await;
+    }
+    cl.kill_and_restart_up();
+    let d = cl.wait_deployed(&dep, Duration::from_secs(120)).await;
+    assert_eq!(d["progress"]["completed_steps"], 7, "{d:#}");
+    // One version runs in the end: two instances, both of the new release.
+    let app = cl
+        .wait_running(&app_id, 2, &[&a, &b], false, Duration::from_secs(60))
+        .await;
+    let (_, list) = cl.api.get(&format!("/v1/apps/{app_id}/deployments")).await;
+    assert_eq!(list["data"][0]["id"], dep.as_str(), "{list}");
+    println!("resumed: {}", app["instances"]);
+    cl.shutdown(&app_id).await;
+}
+
+/// examples/hello as a tarball, its answers to `/` (not `/health`) with
+/// status `code`.
+fn hello_answering(dir: &Path, code: u16) -> Vec<u8> {
+    let src = dir.join(format!("hello-{code}"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::copy(Path::new(HELLO).join("Procfile"), src.join("Procfile")).unwrap();
+    let server = std::fs::read_to_string(Path::new(HELLO).join("server.py")).unwrap();
+    let changed = server.replace(
+        "self.send_response(200)",
+        &format!("self.send_response(200 if self.path == \"/health\" else {code})"),
+    );
+    assert_ne!(
+        changed, server,
+        "examples/hello/server.py changed; update this test"
+    );
+    std::fs::write(src.join("server.py"), changed).unwrap();
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .args(["-czf", "-", "Procfile", "server.py"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// `n` requests through the ingress, 4 at a time: (status → count,
+/// instance → count of 200s, transport errors).
+async fn requests(ingress: u16, n: usize) -> (BTreeMap<u16, u64>, BTreeMap<String, u64>, u64) {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{ingress}/");
+    let mut tasks = vec![];
+    for _ in 0..4 {
+        let (http, url) = (http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = (
+                BTreeMap::<u16, u64>::new(),
+                BTreeMap::<String, u64>::new(),
+                0u64,
+            );
+            for _ in 0..n / 4 {
+                match http
+                    .get(&url)
+                    .header(reqwest::header::HOST, format!("{APP}.localhost"))
+                    .send()
+                    .await
+                {
+                    Ok(r) => {
+                        let st = r.status().as_u16();
+                        *out.0.entry(st).or_default() += 1;
+                        let v: Value = r.json().await.unwrap_or(Value::Null);
+                        if st == 200 {
+                            let i = v["instance"].as_str().unwrap_or("?").to_string();
+                            *out.1.entry(i).or_default() += 1;
+                        }
+                    }
+                    Err(_) => out.2 += 1,
+                }
+            }
+            out
+        }));
+    }
+    let mut all = (BTreeMap::new(), BTreeMap::new(), 0);
+    for t in tasks {
+        let (a, b, c) = t.await.unwrap();
+        for (k, v) in a {
+            *all.0.entry(k).or_default() += v;
+        }
+        for (k, v) in b {
+            *all.1.entry(k).or_default() += v;
+        }
+        all.2 += c;
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canaries_get_their_share_through_the_ingress_and_a_failing_one_rolls_back() {
+    let cl = Cluster::start("30s").await;
+    let (a, b) = (cl.node_a.clone(), cl.node_b.clone());
+    let app_id = cl.create_hello(4).await;
+    cl.wait_running(&app_id, 4, &[&a, &b], false, Duration::from_secs(90))
+        .await;
+
+    // A good canary at 20%: about a fifth of the requests, then promoted,
+    // with no request failing throughout.
+    let good = cl.api.upload(hello_answering(cl.dir.path(), 200)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(cl.ingress, stop.clone());
+    let dep = cl
+        .deploy(
+            &app_id,
+            json!({"source": {"type": "tarball", "upload_id": good}, "strategy": "canary",
+                   "canary_steps": [20, 100], "canary_pause": "10m"}),
+        )
+        .await;
+    let d = Deadline::new("the canary serving its share", Duration::from_secs(90));
+    loop {
+        let (_, log) = cl.api.get(&format!("/v1/deployments/{dep}/logs")).await;
+        if log.as_str().is_some_and(|l| l.contains("canary: 20%")) {
+            break;
+        }
+        d.tick(&log).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the routers' refresh
+    let app = cl.app(&app_id).await;
+    let canary: Vec<String> = instances(&app)
+        .iter()
+        .filter(|i| i["version"] == 2)
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(canary.len(), 1, "{app}");
+    let (statuses, served, errors) = requests(cl.ingress, 1200).await;
+    let total: u64 = served.values().sum();
+    let share = served.get(&canary[0]).copied().unwrap_or(0) as f64 / total as f64;
+    println!("canary: {share:.3} of {total} requests ({statuses:?}, {errors} transport errors)");
+    assert!(total >= 1000, "{statuses:?}");
+    assert!(
+        (share - 0.20).abs() <= 0.05,
+        "the canary's share: {share:.3} of {total}: {served:?}"
+    );
+    let (status, body) = cl
+        .api
+        .post(&format!("/v1/deployments/{dep}/actions/promote"), json!({}))
+        .await;
+    assert_eq!(status, 200, "promote: {body}");
+    cl.wait_deployed(&dep, Duration::from_secs(120)).await;
+    cl.wait_running(&app_id, 4, &[&a, &b], false, Duration::from_secs(60))
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let r = load.await.unwrap();
+    assert_eq!(
+        r.failures, 0,
+        "requests failed during the canary: {:#?}",
+        r.failed
+    );
+
+    // A canary that answers 500: rolled back by itself on its error rate.
+    let bad = cl.api.upload(hello_answering(cl.dir.path(), 500)).await;
+    let dep = cl
+        .deploy(
+            &app_id,
+            json!({"source": {"type": "tarball", "upload_id": bad}, "strategy": "canary",
+                   "canary_steps": [20, 100], "canary_pause": "10m"}),
+        )
+        .await;
+    let d = Deadline::new("the failing canary rolled back", Duration::from_secs(120));
+    let mut sent = 0;
+    let v = loop {
+        let (_, v) = cl.api.get(&format!("/v1/deployments/{dep}")).await;
+        if v["status"] == "rolled_back" {
+            break v;
+        }
+        sent += requests(cl.ingress, 40).await.0.values().sum::<u64>();
+        d.tick(&v).await;
+    };
+    println!(
+        "failing canary rolled back after {sent} requests: {}",
+        v["status_reason"]
+    );
+    assert!(
+        v["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("with an error"),
+        "{v:#}"
+    );
+    // Everything answers 200 again.
+    cl.wait_running(&app_id, 4, &[&a, &b], false, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (statuses, _, _) = requests(cl.ingress, 200).await;
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), [&200], "{statuses:?}");
     cl.shutdown(&app_id).await;
 }

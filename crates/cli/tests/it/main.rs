@@ -1,8 +1,12 @@
 //! Integration tests of the `shellwego` binary: one test binary (link once).
 //! `binary`: the server process (start-up, bootstrap, logs, signals, --help);
-//! `client`: the CLI client commands against a real server.
+//! `client`: the CLI client commands against a real server;
+//! `apps_cli`: `apps` and `nodes` against a real `shellwego up`;
+//! `deploy_cli`: `deploy` and `deployments` against a real `shellwego up`.
 
+mod apps_cli;
 mod binary;
 mod client;
 mod cluster;
+mod deploy_cli;
 mod platform;

@@ -190,8 +190,20 @@ fn processes_of(app_id: &str) -> Vec<u32> {
 fn delete_and_wait_gone(up: &Up, id: &str) {
     let (st, _) = up.api(reqwest::Method::DELETE, &format!("/v1/apps/{id}"), None);
     assert_eq!(st, 204);
+    // Its processes are gone (a microVM's app runs inside QEMU, invisible
+    // here), and so are the agent's instances of it (QEMU included).
+    let instances = up.dir.join("data/agent/instances");
+    let held_by_agent = || {
+        std::fs::read_dir(&instances)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("state.json")).is_ok_and(|s| s.contains(id))
+            })
+    };
     let t = Instant::now();
-    while !processes_of(id).is_empty() {
+    while !processes_of(id).is_empty() || held_by_agent() {
         assert!(
             t.elapsed() < Duration::from_secs(30),
             "instances of a deleted app still run"
@@ -385,15 +397,18 @@ fn start_registry(dir: &Path) -> Option<(Registry, u16)> {
     Some((Registry(child), port))
 }
 
-#[test]
-fn an_image_from_a_real_registry_runs_pinned_by_digest() {
+/// An image built by the test, pushed to a real registry, run by `up`
+/// with `runtime` (none: the node's default), 2 replicas through the ingress.
+fn image_from_a_real_registry(test: &str, runtime: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
     let Some((_registry, port)) = start_registry(tmp.path()) else {
-        println!("SKIPPED an_image_from_a_real_registry_runs_pinned_by_digest: docker-registry is not installed (apt-get install docker-registry)");
+        println!(
+            "SKIPPED {test}: docker-registry is not installed (apt-get install docker-registry)"
+        );
         return;
     };
     if !Path::new("/bin/busybox").exists() {
-        println!("SKIPPED an_image_from_a_real_registry_runs_pinned_by_digest: /bin/busybox is missing (apt-get install busybox-static)");
+        println!("SKIPPED {test}: /bin/busybox is missing (apt-get install busybox-static)");
         return;
     }
     // The image: busybox, serving a page naming the instance that served it.
@@ -427,12 +442,11 @@ fn an_image_from_a_real_registry_runs_pinned_by_digest() {
         .unwrap();
     let (api, ingress) = (free_port(), free_port());
     let registry = format!("127.0.0.1:{port}");
-    let mut up = Up::start(
-        tmp.path(),
-        api,
-        ingress,
-        &["--insecure-registry", &registry],
-    );
+    let mut args = vec!["--insecure-registry", &registry];
+    if let Some(r) = runtime {
+        args.extend(["--runtime", r]);
+    }
+    let mut up = Up::start(tmp.path(), api, ingress, &args);
     let image = format!("{registry}/demo/web:v1");
     let (st, created) = up.api(
         reqwest::Method::POST,
@@ -441,9 +455,12 @@ fn an_image_from_a_real_registry_runs_pinned_by_digest() {
     );
     assert_eq!(st, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
-    let a = up.wait_app(&id, "2 healthy replicas of the image", 90, |a| {
+    let a = up.wait_app(&id, "2 healthy replicas of the image", 120, |a| {
         healthy(a, 2)
     });
+    if let Some(r) = runtime {
+        assert_eq!(a["runtime"]["driver"], r, "{a:#}");
+    }
     assert_eq!(
         a["image"],
         format!("{image}@{digest}"),
@@ -459,4 +476,264 @@ fn an_image_from_a_real_registry_runs_pinned_by_digest() {
     assert_eq!(both, instance_ids(&a));
     delete_and_wait_gone(&up, &id);
     up.sigterm();
+}
+
+#[test]
+fn an_image_from_a_real_registry_runs_pinned_by_digest() {
+    image_from_a_real_registry("an_image_from_a_real_registry_runs_pinned_by_digest", None);
+}
+
+/// The same image in QEMU microVMs (TCG here, KVM where it works).
+#[test]
+fn an_image_runs_in_microvms() {
+    if let Err(why) = shellwego_agent::microvm::MicrovmDriver::probe() {
+        if std::env::var_os("SHELLWEGO_REQUIRE_MICROVM").is_some() {
+            panic!("the microvm driver must run here but cannot: {why}");
+        }
+        println!("SKIPPED an_image_runs_in_microvms: {why}");
+        return;
+    }
+    image_from_a_real_registry("an_image_runs_in_microvms", Some("microvm"));
+}
+
+/// A plain HTTP file server on loopback for `source.url`: `/<name>` answers
+/// the file's bytes; `/huge.tgz` claims 2 GiB (to hit the size limit).
+fn serve_files(files: Vec<(String, Vec<u8>)>) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+            if path == "/huge.tgz" {
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2147483648\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            match files.iter().find(|(n, _)| path == format!("/{n}")) {
+                Some((_, body)) => {
+                    let _ = s.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    let _ = s.write_all(body);
+                }
+                None => {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                }
+            }
+        }
+    });
+    port
+}
+
+fn tar_dir(dir: &Path, out: &Path) -> Vec<u8> {
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-czf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    std::fs::read(out).unwrap()
+}
+
+/// Can this host limit memory (a memory cgroup we may create)?
+fn memory_cgroup_usable() -> Result<(), String> {
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    let base = if v1.join("memory.limit_in_bytes").exists() {
+        v1.to_path_buf()
+    } else if std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
+        .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+    {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        return Err("no memory cgroup controller on this host".into());
+    };
+    let probe = base.join(format!("shellwego-test-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).map_err(|e| {
+        format!(
+            "cannot create a memory cgroup under {}: {e}",
+            base.display()
+        )
+    })?;
+    let _ = std::fs::remove_dir(&probe);
+    Ok(())
+}
+
+#[test]
+fn tarballs_from_a_url_run_and_an_app_over_its_memory_limit_is_reported_oom_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hello = tar_dir(Path::new(HELLO), &tmp.path().join("hello.tgz"));
+    let hog_dir = tmp.path().join("hog");
+    std::fs::create_dir(&hog_dir).unwrap();
+    std::fs::write(hog_dir.join("Procfile"), "web: exec python3 hog.py\n").unwrap();
+    // Touches every page of 256 MiB, far over its 64 MiB limit.
+    std::fs::write(
+        hog_dir.join("hog.py"),
+        "import time\nx = b'x' * (256 << 20)\ntime.sleep(3600)\n",
+    )
+    .unwrap();
+    let hog = tar_dir(&hog_dir, &tmp.path().join("hog.tgz"));
+    let files = serve_files(vec![("hello.tgz".into(), hello), ("hog.tgz".into(), hog)]);
+    let (api, ingress) = (free_port(), free_port());
+    let mut up = Up::start(tmp.path(), api, ingress, &["--runtime", "process"]);
+
+    // `{type: "tarball", url}`: fetched by the agent, served through the ingress.
+    let (st, created) = up.api(
+        reqwest::Method::POST,
+        "/v1/apps",
+        Some(json!({"name": "fromurl", "source": {"type": "tarball", "url": format!("http://127.0.0.1:{files}/hello.tgz")},
+            "health_check": {"path": "/health", "interval": "1s"}})),
+    );
+    assert_eq!(st, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let a = up.wait_app(&id, "healthy from a url", 60, |a| healthy(a, 1));
+    let (st, body) = up.through_ingress("fromurl");
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&instance_ids(&a)[0]), "{body}");
+
+    // `shellwego router` on its own, fed from the same store, routes it too.
+    let rport = free_port();
+    let mut router = Command::new(BIN)
+        .args([
+            "router",
+            "--listen",
+            &format!("127.0.0.1:{rport}"),
+            "--data-dir",
+        ])
+        .arg(tmp.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let via_router = |host: &str| {
+        up.http
+            .get(format!("http://127.0.0.1:{rport}/"))
+            .header("Host", format!("{host}.localhost"))
+            .send()
+            .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+    };
+    let t = Instant::now();
+    loop {
+        if let Ok((200, body)) = via_router("fromurl") {
+            assert!(body.contains(&instance_ids(&a)[0]), "{body}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the router never routed fromurl"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(via_router("nope").unwrap().0, 404);
+
+    // An archive over the size limit is refused with the reason.
+    let (st, created) = up.api(
+        reqwest::Method::POST,
+        "/v1/apps",
+        Some(json!({"name": "huge", "source": {"type": "tarball", "url": format!("http://127.0.0.1:{files}/huge.tgz")}})),
+    );
+    assert_eq!(st, 201, "{created}");
+    let huge = created["id"].as_str().unwrap().to_string();
+    up.wait_app(&huge, "the size limit reported", 30, |a| {
+        a["instances"].as_array().is_some_and(|is| {
+            is.iter().any(|i| {
+                i["status_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("larger than 1 GiB"))
+            })
+        })
+    });
+
+    // Over its memory limit: OOM-killed, and said so.
+    if let Err(why) = memory_cgroup_usable() {
+        eprintln!("SKIPPED the OOM part: {why}; the process driver cannot limit memory here");
+        let _ = router.kill();
+        let _ = router.wait();
+        up.sigterm();
+        return;
+    }
+    let (st, created) = up.api(
+        reqwest::Method::POST,
+        "/v1/apps",
+        Some(json!({"name": "hog", "resources": {"memory": "64m"},
+            "source": {"type": "tarball", "url": format!("http://127.0.0.1:{files}/hog.tgz")}})),
+    );
+    assert_eq!(st, 201, "{created}");
+    let hog = created["id"].as_str().unwrap().to_string();
+    let a = up.wait_app(&hog, "an OOM kill reported on the instance", 60, |a| {
+        a["instances"].as_array().is_some_and(|is| {
+            is.iter().any(|i| {
+                i["status_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("out of memory"))
+            })
+        })
+    });
+    assert_ne!(a["status"], "running", "{a:#}");
+    let ev = up.get(&format!(
+        "/v1/events?filter[type]=app.crashed&filter[resource_id]={hog}"
+    ));
+    let first = &ev["data"][0];
+    assert_eq!(first["metadata"]["kind"], "oom_killed", "{ev:#}");
+    assert!(
+        first["metadata"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("out of memory")),
+        "{ev:#}"
+    );
+    for id in [&id, &huge, &hog] {
+        delete_and_wait_gone(&up, id);
+    }
+    // The router follows: a deleted app is unknown within a second or two.
+    let t = Instant::now();
+    while via_router("fromurl").unwrap().0 != 404 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the router still routes a deleted app"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = router.kill();
+    let _ = router.wait();
+    up.sigterm();
+}
+
+#[test]
+fn an_agent_asked_for_a_driver_it_does_not_know_says_so_and_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "agent",
+            "--control-plane",
+            "http://127.0.0.1:9",
+            "--join-token",
+            "sw_join_x",
+            "--drivers",
+            "process,firecracker",
+            "--data-dir",
+        ])
+        .arg(tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--drivers firecracker: unknown driver"),
+        "{err}"
+    );
 }

@@ -48,6 +48,9 @@ pub async fn agent_sync(
     headers: HeaderMap,
     JsonBody(req): JsonBody<AgentSync>,
 ) -> ApiResult<Json<AgentDesired>> {
+    // Subscribed before the generation is read: a change landing between
+    // the read and the wait below still wakes the wait at once.
+    let mut changes = st.changes.subscribe();
     let bearer = bearer(&headers);
     let (node_id, org, mut generation) =
         node_agents::node_for_credential(&st.store, bearer).await?;
@@ -83,7 +86,6 @@ pub async fn agent_sync(
         let wait = Duration::from_secs(req.wait_secs.unwrap_or(10)).min(st.sync_wait());
         let deadline = tokio::time::Instant::now() + wait;
         let mut stopping = st.stopping.clone();
-        let mut changes = st.changes.subscribe();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,

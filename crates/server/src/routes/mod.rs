@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod apps;
 pub mod auth;
+pub mod deployments;
 pub mod events;
 pub mod health;
 pub mod nodes;

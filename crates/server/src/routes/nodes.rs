@@ -24,28 +24,32 @@ fn pct(used: i64, total: i64) -> f64 {
     }
 }
 
-fn view(n: shellwego_store::nodes::Node, running_apps: i64) -> Node {
+/// `load`: (apps, reserved memory, reserved millicores) of the node's instances.
+fn view(n: shellwego_store::nodes::Node, load: (i64, i64, i64)) -> Node {
     let size = |b: i64| format_size(b.max(0) as u64);
+    let (running_apps, reserved_memory, reserved_cpu) = load;
+    let cpu_total = n.cpu_cores.saturating_mul(1000);
     Node {
         id: n.id,
         hostname: n.hostname,
         status: n.status,
         region: n.region,
         zone: n.zone,
+        // What the scheduler can still place here.
         capacity: NodeCapacity {
             cpu_cores: n.cpu_cores,
             memory_total: size(n.memory_total),
             disk_total: size(n.disk_total),
-            memory_available: size(n.memory_available),
-            cpu_available: format!("{:.1}", n.cpu_available as f64 / 1000.0),
-        },
-        usage: NodeUsage {
-            cpu_percent: pct(
-                n.cpu_cores
-                    .saturating_mul(1000)
-                    .saturating_sub(n.cpu_available),
-                n.cpu_cores.saturating_mul(1000),
+            memory_available: size(n.memory_total.saturating_sub(reserved_memory)),
+            cpu_available: format!(
+                "{:.1}",
+                cpu_total.saturating_sub(reserved_cpu).max(0) as f64 / 1000.0
             ),
+        },
+        // Memory: measured on the host by its agent. CPU: the share
+        // reserved by instances (measured use comes with metrics).
+        usage: NodeUsage {
+            cpu_percent: pct(reserved_cpu, cpu_total),
             memory_percent: pct(
                 n.memory_total.saturating_sub(n.memory_available.max(0)),
                 n.memory_total,
@@ -91,17 +95,17 @@ pub async fn node_list(
     let params = list_params(q.as_deref(), &[])?;
     let page = service::node_list(&st.store, &p, &params).await?;
     let ids: Vec<String> = page.items.iter().map(|n| n.id.clone()).collect();
-    let counts = st.store.running_apps_on_nodes(&ids).await?;
+    let loads = st.store.node_loads(&ids).await?;
     Ok(Json(NodeList {
         data: page
             .items
             .into_iter()
             .map(|n| {
-                let c = counts
+                let l = loads
                     .iter()
-                    .find(|(id, _)| *id == n.id)
-                    .map_or(0, |(_, c)| *c);
-                view(n, c)
+                    .find(|(id, ..)| *id == n.id)
+                    .map_or((0, 0, 0), |(_, a, m, c)| (*a, *m, *c));
+                view(n, l)
             })
             .collect(),
         pagination: pagination(page.pagination),
@@ -125,13 +129,13 @@ pub async fn node_get(
 
 async fn node_view(st: &AppState, p: &Principal, id: &str) -> ApiResult<Json<Node>> {
     let n = service::node_get(&st.store, p, id).await?;
-    let c = st
+    let l = st
         .store
-        .running_apps_on_nodes(std::slice::from_ref(&n.id))
+        .node_loads(std::slice::from_ref(&n.id))
         .await?
         .first()
-        .map_or(0, |(_, c)| *c);
-    Ok(Json(view(n, c)))
+        .map_or((0, 0, 0), |(_, a, m, c)| (*a, *m, *c));
+    Ok(Json(view(n, l)))
 }
 
 /// Register a node; run `shellwego agent --join-token …` on it within an hour.

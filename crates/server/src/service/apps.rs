@@ -26,12 +26,13 @@ use shellwego_core::list::ListParams;
 use shellwego_core::sched::{Cluster, NodeState, Request, MAX_INSTANCES_PER_NODE};
 use shellwego_core::units::parse_duration;
 use shellwego_core::Error;
-use shellwego_store::apps::{self, App, Deployment, Instance, APPS};
+use shellwego_store::apps::{self, App, Instance, APPS};
 use shellwego_store::events::{self, Actor, NewEvent, Severity};
 use shellwego_store::list::{Page, Scope};
 use shellwego_store::{commit, Store, Tx};
 
 use crate::auth::Principal;
+use crate::service::deploy;
 
 /// Replacements in flight per app when nothing else is said.
 const DEFAULT_BATCH: i64 = 1;
@@ -174,14 +175,26 @@ pub async fn app_create(
             cpu_millis,
             disk,
             spec: spec_json(&spec)?,
-            version: 1,
+            // Its first release (made next) is version 1.
+            version: 0,
             created_by: p.user_id.clone(),
             tags: req.tags.clone(),
             ..Default::default()
         },
     )
     .await?;
-    let dep = new_deployment(&mut tx, p, &mut app, "rolling", "created").await?;
+    let dep = deploy::start(
+        &mut tx,
+        &p.actor(),
+        &mut app,
+        deploy::Target::New,
+        "rolling",
+        deploy::Options::default(),
+        "created",
+        None,
+    )
+    .await?
+    .id;
     apps::update(&mut tx, &app).await?;
     events::record(
         &mut tx,
@@ -193,34 +206,6 @@ pub async fn app_create(
     reconcile_in(&mut tx, &app.id).await?;
     commit(tx).await?;
     Ok((app, dep))
-}
-
-/// A deployment for the app's current version; the caller writes `app`.
-async fn new_deployment(
-    tx: &mut Tx,
-    p: &Principal,
-    app: &mut App,
-    strategy: &str,
-    reason: &str,
-) -> Result<String, Error> {
-    apps::finish_deployments(tx, &app.id, "failed", None).await?;
-    let d = apps::insert_deployment(
-        tx,
-        Deployment {
-            app_id: app.id.clone(),
-            organization_id: app.organization_id.clone(),
-            status: "in_progress".into(),
-            version: app.version,
-            image: spec_of(app).image,
-            strategy: strategy.into(),
-            initiated_by: p.user_id.clone().or_else(|| Some(p.token_id.clone())),
-            reason: Some(reason.into()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    app.deployment_id = Some(d.id.clone());
-    Ok(d.id)
 }
 
 /// Lock the app for a change; 404 when the caller cannot see it.
@@ -288,6 +273,16 @@ pub async fn app_update(
             changed.push("health_check");
         }
     }
+    let mut strategy = "rolling";
+    if let Some(i) = &req.image {
+        if spec.image.as_ref() != Some(i) {
+            spec.image = Some(i.clone());
+            spec.source = None;
+            new_version = true;
+            strategy = "blue-green";
+            changed.push("image");
+        }
+    }
     if let Some(r) = req.replicas {
         if r != a.replicas {
             a.replicas = r;
@@ -300,15 +295,15 @@ pub async fn app_update(
     }
     a.spec = spec_json(&spec)?;
     if new_version {
-        a.version += 1;
-        spec.rollout_batch = None;
-        a.spec = spec_json(&spec)?;
-        new_deployment(
+        deploy::start(
             &mut tx,
-            p,
+            &p.actor(),
             &mut a,
-            "rolling",
+            deploy::Target::New,
+            strategy,
+            deploy::Options::default(),
             &format!("changed {}", changed.join(", ")),
+            None,
         )
         .await?;
     }
@@ -346,6 +341,7 @@ pub async fn app_delete(store: &Store, p: &Principal, app_id: &str) -> Result<()
         apps::bump_node(&mut tx, n).await?;
     }
     apps::finish_deployments(&mut tx, app_id, "failed", None).await?;
+    shellwego_store::deployments::delete_releases(&mut tx, app_id).await?;
     apps::delete(&mut tx, app_id).await?;
     events::record(
         &mut tx,
@@ -382,15 +378,24 @@ pub async fn app_action(
             let r = restart.cloned().unwrap_or_default();
             let strategy = r.strategy.unwrap_or_else(|| "rolling".into());
             let batch = r.batch_size.unwrap_or(DEFAULT_BATCH);
-            a.version += 1;
-            let mut spec = spec_of(&a);
-            spec.rollout_batch = Some(batch);
-            a.spec = spec_json(&spec)?;
             meta = json!({"strategy": strategy, "batch_size": batch});
-            new_deployment(&mut tx, p, &mut a, &strategy, "restart").await?;
+            let d = deploy::start(
+                &mut tx,
+                &p.actor(),
+                &mut a,
+                deploy::Target::New,
+                &strategy,
+                deploy::Options {
+                    batch_size: batch,
+                    ..Default::default()
+                },
+                "restart",
+                None,
+            )
+            .await?;
             if strategy == "immediate" {
                 for mut i in apps::instances_of_app(&mut tx, app_id).await? {
-                    if i.desired == "running" && i.version < a.version {
+                    if i.desired == "running" && i.version != d.version {
                         stop_instance(&mut tx, &mut i, "restarted").await?;
                     }
                 }
@@ -409,10 +414,6 @@ pub async fn app_action(
     reconcile_in(&mut tx, app_id).await?;
     commit(tx).await?;
     app_get(store, p, app_id).await
-}
-
-fn batch_of(a: &App) -> i64 {
-    spec_of(a).rollout_batch.unwrap_or(DEFAULT_BATCH).max(1)
 }
 
 pub async fn app_scale(
@@ -452,7 +453,7 @@ pub async fn app_scale(
     app_get(store, p, app_id).await
 }
 
-async fn stop_instance(tx: &mut Tx, i: &mut Instance, why: &str) -> Result<(), Error> {
+pub(crate) async fn stop_instance(tx: &mut Tx, i: &mut Instance, why: &str) -> Result<(), Error> {
     match &i.node_id {
         None => apps::delete_instance(tx, &i.id).await?,
         Some(n) => {
@@ -477,15 +478,29 @@ pub async fn reconcile(store: &Store, app_id: &str) -> Result<(), Error> {
 /// unplaced, and derive its status. Idempotent: a second call changes
 /// nothing.
 pub async fn reconcile_in(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
-    let Some(a) = apps::get_for_update(tx, app_id).await? else {
-        return Ok(());
+    // A deployment that re-targets the app (a switch, a rollback) is acted
+    // upon in the same transaction.
+    for _ in 0..3 {
+        if !reconcile_pass(tx, app_id).await? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One pass; true when the app's deployment changed the app row.
+async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
+    let Some(mut a) = apps::get_for_update(tx, app_id).await? else {
+        return Ok(false);
     };
+    let mut dep = shellwego_store::deployments::active(tx, app_id).await?;
     let rooms = apps::node_rooms(tx, &a.organization_id).await?;
     let node_status: HashMap<String, String> = rooms
         .iter()
         .map(|(n, ..)| (n.id.clone(), n.status.clone()))
         .collect();
     let now_us = shellwego_core::time::to_micros(shellwego_core::time::now());
+    let plan = deploy::plan(dep.as_ref(), a.replicas, now_us);
     let mut insts: Vec<Instance> = apps::instances_of_app(tx, app_id).await?;
     let wanted = if a.desired_state == "running" {
         a.replicas
@@ -542,9 +557,10 @@ pub async fn reconcile_in(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
             apps::update_instance(tx, i).await?;
         }
     }
+    let target_version = a.version;
     let retiring = |i: &Instance| {
         i.desired == "running"
-            && (i.version < a.version
+            && (i.version != target_version
                 || i.node_id.as_ref().is_some_and(|n| {
                     matches!(
                         node_status.get(n).map(String::as_str),
@@ -553,10 +569,12 @@ pub async fn reconcile_in(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
                 }))
     };
 
-    // 2. Replacements that are healthy retire what they replace.
+    // 2. Replacements that are healthy retire what they replace (unless
+    // the deployment holds the old set: blue-green until its switch and
+    // warm window are over).
     let healthy_repl: Vec<(String, String)> = insts
         .iter()
-        .filter(|i| i.desired == "running" && i.status == "healthy")
+        .filter(|i| i.desired == "running" && i.status == "healthy" && !plan.hold_old)
         .filter_map(|i| i.replaces.clone().map(|r| (i.id.clone(), r)))
         .collect();
     for (new_id, old_id) in healthy_repl {
@@ -613,35 +631,59 @@ pub async fn reconcile_in(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
         insts.retain(|i| i.desired == "running" || i.node_id.is_some());
     }
 
-    // 4. Retiring instances get replacements, `batch` in flight at a time
-    // (a drain's batch size when the app is moving off a draining node).
-    let drain_batch = insts
-        .iter()
-        .filter(|i| i.desired == "running")
-        .filter_map(|i| i.node_id.as_ref())
-        .filter_map(|n| {
-            rooms
-                .iter()
-                .find(|(r, ..)| &r.id == n && r.status == "draining")
-        })
-        .filter_map(|(r, ..)| r.drain_batch)
-        .min();
-    let batch = drain_batch.unwrap_or_else(|| batch_of(&a)).max(1);
+    // 4. Retiring instances get replacements: `batch` of the app's in flight
+    // at a time, except those on a draining node, which the drain's batch
+    // size limits across every app on that node.
+    let batch = plan.batch.max(1);
     let in_flight = insts
         .iter()
         .filter(|i| i.desired == "running" && i.replaces.is_some() && i.status != "healthy")
         .count() as i64;
+    let mut app_budget = (batch - in_flight).max(0);
+    let mut node_budget: HashMap<String, i64> = HashMap::new();
     let replaced: BTreeSet<String> = insts.iter().filter_map(|i| i.replaces.clone()).collect();
-    let needing: Vec<String> = insts
+    let needing: Vec<(String, Option<(String, i64)>)> = insts
         .iter()
         .filter(|i| retiring(i) && !replaced.contains(&i.id))
-        .map(|i| i.id.clone())
+        .map(|i| {
+            let drain = i.node_id.as_ref().and_then(|n| {
+                rooms
+                    .iter()
+                    .find(|(r, ..)| &r.id == n && r.status == "draining")
+                    .map(|(r, ..)| (r.id.clone(), r.drain_batch.unwrap_or(1).max(1)))
+            });
+            (i.id.clone(), drain)
+        })
         .collect();
+    // A canary step caps the new version's instances.
+    let mut new_room = plan.max_new.map(|m| {
+        m - insts
+            .iter()
+            .filter(|i| i.desired == "running" && i.version == target_version)
+            .count() as i64
+    });
     let mut new_instances: Vec<Instance> = vec![];
-    for old in needing
-        .into_iter()
-        .take((batch - in_flight).max(0) as usize)
-    {
+    for (old, drain) in needing {
+        if let Some(room) = new_room.as_mut() {
+            if *room <= 0 {
+                break;
+            }
+            *room -= 1;
+        }
+        let budget = match &drain {
+            Some((node, node_batch)) => {
+                if !node_budget.contains_key(node) {
+                    let moving = apps::drain_in_flight(tx, node).await?;
+                    node_budget.insert(node.clone(), node_batch - moving);
+                }
+                node_budget.get_mut(node)
+            }
+            None => Some(&mut app_budget),
+        };
+        let Some(budget) = budget.filter(|b| **b > 0) else {
+            continue;
+        };
+        *budget -= 1;
         new_instances.push(Instance {
             replaces: Some(old),
             ..blank_instance(&a)
@@ -694,6 +736,7 @@ pub async fn reconcile_in(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
         region: spec.placement.region.clone(),
         labels: spec.placement.labels.clone(),
         allowed_regions: org_allowed_regions(&org),
+        image: spec.image.is_some(),
     };
     let mut unplaced_reason: Option<String> = None;
     let mut touched = BTreeSet::new();
@@ -745,7 +788,15 @@ pub async fn reconcile_in(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
         apps::bump_node(tx, n).await?;
     }
 
-    // 6. Status, from what agents report.
+    // 6. The deployment moves on from what is true now.
+    if let Some(d) = dep.as_mut() {
+        if deploy::advance(tx, &mut a, &insts, d).await? {
+            apps::update(tx, &a).await?;
+            return Ok(true);
+        }
+    }
+
+    // 7. Status, from what agents report.
     let current: Vec<&Instance> = insts.iter().filter(|i| i.desired == "running").collect();
     let healthy = current
         .iter()
@@ -815,16 +866,7 @@ pub async fn reconcile_in(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
             .await?;
         }
     }
-    if let Some(dep) = &a.deployment_id {
-        match status {
-            "running" => apps::set_deployment_status(tx, dep, "successful", None).await?,
-            "stopped" if wanted == 0 => {
-                apps::set_deployment_status(tx, dep, "successful", None).await?
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    Ok(false)
 }
 
 fn blank_instance(a: &App) -> Instance {
@@ -888,7 +930,14 @@ pub async fn apply_reports(
                     }
                 }
                 if let Some(pinned) = &r.image_pinned {
-                    apps::set_image_pinned(&mut tx, &row.app_id, pinned).await?;
+                    shellwego_store::deployments::pin_release_image(
+                        &mut tx,
+                        &row.app_id,
+                        row.version,
+                        pinned,
+                    )
+                    .await?;
+                    apps::set_image_pinned(&mut tx, &row.app_id, row.version, pinned).await?;
                 }
             }
             None if reports.is_some() && row.desired == "stopped" => {
@@ -929,10 +978,24 @@ pub async fn desired_for_node(
 ) -> Result<Vec<shellwego_api::nodes::DesiredInstance>, Error> {
     let mut tx = store.begin().await?;
     let rows = apps::desired_on_node(&mut tx, node_id).await?;
+    let releases: HashMap<(String, i64), shellwego_store::deployments::Release> =
+        shellwego_store::deployments::releases_for_node(&mut tx, node_id)
+            .await?
+            .into_iter()
+            .map(|r| ((r.app_id.clone(), r.version), r))
+            .collect();
     commit(tx).await?;
     let mut out = vec![];
     for (i, a) in rows {
-        let spec = spec_of(&a);
+        // What the instance's own version runs (an older one during a
+        // deployment), the image by digest once known.
+        let release = releases.get(&(a.id.clone(), i.version));
+        let spec: AppSpec = release
+            .and_then(|r| serde_json::from_str(&r.spec).ok())
+            .unwrap_or_else(|| spec_of(&a));
+        let image = release
+            .and_then(|r| r.image_pinned.clone())
+            .or_else(|| spec.image.clone());
         let hc = &spec.health_check;
         let ms = |s: &Option<String>, d: u64| {
             s.as_deref()
@@ -954,7 +1017,7 @@ pub async fn desired_for_node(
             organization_id: a.organization_id.clone(),
             version: i.version,
             driver: i.driver.unwrap_or_else(|| "process".into()),
-            image: spec.image.clone(),
+            image,
             archive_url,
             command: spec.command.clone(),
             env: spec.env.clone(),

@@ -156,6 +156,7 @@ pub async fn node_get(store: &Store, p: &Principal, node_id: &str) -> Result<Nod
 
 pub mod apps;
 pub mod controller;
+pub mod deploy;
 pub mod identity;
 pub mod node_agents;
 pub mod orgs;

@@ -10,12 +10,12 @@ use serde_json::{json, Value};
 use crate::both_backends;
 use crate::kit::{fields, problem, Srv};
 
-async fn post(s: &Srv, path: &str, token: &str, body: Value) -> reqwest::Response {
+pub(crate) async fn post(s: &Srv, path: &str, token: &str, body: Value) -> reqwest::Response {
     s.call(Method::POST, path, Some(token), Some(body)).await
 }
 
 /// Register and join a node through the API; returns (node id, credential).
-async fn join_node(s: &Srv, name: &str, cores: i64, memory: i64) -> (String, String) {
+pub(crate) async fn join_node(s: &Srv, name: &str, cores: i64, memory: i64) -> (String, String) {
     let reg: Value = post(
         s,
         "/v1/nodes",
@@ -47,7 +47,7 @@ async fn join_node(s: &Srv, name: &str, cores: i64, memory: i64) -> (String, Str
     )
 }
 
-async fn sync(s: &Srv, cred: &str, body: Value) -> Value {
+pub(crate) async fn sync(s: &Srv, cred: &str, body: Value) -> Value {
     let r = s
         .call(Method::POST, "/v1/agent/sync", Some(cred), Some(body))
         .await;
@@ -263,6 +263,11 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
     assert_eq!(a["runtime"]["driver"], "process");
     let (_, n) = s.get(&format!("/v1/nodes/{n1}")).await;
     assert_eq!(n["running_apps"], 2);
+    // Capacity left is what the scheduler sees: 16 cores less big's 2 × 4
+    // and a spread replica's default 0.5; 64g less 2 × 1g and 256m.
+    assert_eq!(n["capacity"]["cpu_available"], "7.5", "{n}");
+    assert_eq!(n["capacity"]["memory_available"], "63232m", "{n}");
+    assert_eq!(n["usage"]["cpu_percent"], 53.1, "{n}");
     // List filters: by node, status, tags.
     let (_, l) = s.get(&format!("/v1/apps?filter[node_id]={n1}")).await;
     assert_eq!(l["data"].as_array().unwrap().len(), 2, "{l}");
@@ -410,7 +415,280 @@ async fn scopes_and_app_restrictions_hold_on_app_routes(s: Srv) {
     assert_eq!(r.status(), 200);
 }
 
+/// Instances on `node` across the given apps: (healthy or not) per instance.
+async fn on_node(s: &Srv, apps: &[&str], node: &str) -> Vec<(String, String)> {
+    let mut out = vec![];
+    for id in apps {
+        let (_, a) = s.get(&format!("/v1/apps/{id}")).await;
+        for i in a["instances"].as_array().unwrap() {
+            if i["node_id"] == node {
+                out.push((
+                    i["id"].as_str().unwrap().to_string(),
+                    i["status"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Report every instance the node should run as healthy.
+pub(crate) async fn all_healthy(s: &Srv, cred: &str) -> usize {
+    let d = sync(s, cred, json!({"generation": -1, "wait_secs": 1})).await;
+    let reports: Vec<Value> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| json!({"id": i["id"], "status": "healthy", "port": 4567, "pid": 42}))
+        .collect();
+    let n = reports.len();
+    sync(
+        s,
+        cred,
+        json!({"generation": d["generation"], "wait_secs": 1, "instances": reports}),
+    )
+    .await;
+    n
+}
+
+async fn a_drain_moves_batch_size_instances_at_a_time_across_apps(s: Srv) {
+    let (a_node, a_cred) = join_node(&s, "old", 16, 64 << 30).await;
+    let mut ids = vec![];
+    for name in ["one", "two"] {
+        let r = post(
+            &s,
+            "/v1/apps",
+            &s.token,
+            json!({"name": name, "image": "nginx", "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
+        )
+        .await;
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(all_healthy(&s, &a_cred).await, 4);
+    for id in &ids {
+        wait_app(&s, id, "running on the old node", |a| {
+            a["status"] == "running"
+        })
+        .await;
+    }
+    let (b_node, b_cred) = join_node(&s, "new", 16, 64 << 30).await;
+    let r = post(
+        &s,
+        &format!("/v1/nodes/{a_node}/actions/drain"),
+        &s.token,
+        json!({"batch_size": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    // One replacement at a time, across both apps: each must be healthy
+    // before the next starts, and the old instance stops only then.
+    for moved in 1..=4usize {
+        let t = Instant::now();
+        loop {
+            let b = on_node(&s, &ids, &b_node).await;
+            let starting = b.iter().filter(|(_, st)| st != "healthy").count();
+            assert!(starting <= 1, "batch_size 1 exceeded: {b:?}");
+            if b.len() == moved && starting == 1 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "replacement {moved} never came: {b:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Still exactly one in flight a moment later.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let b = on_node(&s, &ids, &b_node).await;
+        assert_eq!(b.len(), moved, "{b:?}");
+        let left = on_node(&s, &ids, &a_node).await;
+        assert_eq!(
+            left.len(),
+            4 - (moved - 1),
+            "the old ones stay until replaced: {left:?}"
+        );
+        all_healthy(&s, &b_cred).await;
+        all_healthy(&s, &a_cred).await;
+    }
+    for id in &ids {
+        wait_app(&s, id, "all on the new node", |a| {
+            a["status"] == "running"
+                && a["instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|i| i["node_id"] == b_node.as_str())
+        })
+        .await;
+    }
+}
+
+/// The instances the node should run for `app`: (id, memory).
+pub(crate) async fn desired_of(s: &Srv, cred: &str, app: &str) -> Vec<(String, i64)> {
+    let d = sync(s, cred, json!({"generation": -1, "wait_secs": 1})).await;
+    d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["app_id"] == app)
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_string(),
+                i["memory"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Keep a node alive (the test server's node timeout is 2 s) while a
+/// test waits: a sync with no reports every 300 ms.
+pub(crate) fn heartbeat(s: &Srv, cred: &str) -> tokio::task::JoinHandle<()> {
+    let (http, url, cred) = (
+        s.http.clone(),
+        format!("{}/v1/agent/sync", s.base),
+        cred.to_string(),
+    );
+    tokio::spawn(async move {
+        loop {
+            let _ = http
+                .post(&url)
+                .bearer_auth(&cred)
+                .json(&json!({"generation": -1, "wait_secs": 1}))
+                .send()
+                .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+async fn restarts_and_resource_changes_roll_or_replace_at_once(s: Srv) {
+    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
+    let beat = heartbeat(&s, &cred);
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "roll", "image": "nginx", "replicas": 3, "resources": {"memory": "128m", "cpu": 0.1}}),
+    )
+    .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(all_healthy(&s, &cred).await, 3);
+    wait_app(&s, &id, "running", |a| a["status"] == "running").await;
+    let first: Vec<String> = desired_of(&s, &cred, &id)
+        .await
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
+
+    // Rolling, batch 2: two replacements start; the three old ones keep
+    // running until replacements are healthy.
+    let r = post(
+        &s,
+        &format!("/v1/apps/{id}/actions/restart"),
+        &s.token,
+        json!({"strategy": "rolling", "batch_size": 2}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let now = desired_of(&s, &cred, &id).await;
+    assert_eq!(now.len(), 5, "3 old + 2 replacements: {now:?}");
+    assert!(first.iter().all(|o| now.iter().any(|(n, _)| n == o)));
+    all_healthy(&s, &cred).await; // 2 replaced; the third gets its replacement
+    let now = desired_of(&s, &cred, &id).await;
+    assert_eq!(now.len(), 4, "1 old + 3 new: {now:?}");
+    all_healthy(&s, &cred).await;
+    all_healthy(&s, &cred).await; // the agent no longer reports the stopped one
+    let a = wait_app(&s, &id, "rolled", |a| {
+        a["status"] == "running" && a["instances"].as_array().unwrap().len() == 3
+    })
+    .await;
+    let second: Vec<String> = desired_of(&s, &cred, &id)
+        .await
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
+    assert_eq!(second.len(), 3);
+    assert!(
+        second.iter().all(|n| !first.contains(n)),
+        "every instance was replaced"
+    );
+    assert_eq!(a["replicas"]["healthy"], 3);
+
+    // Immediate: the old ones stop at once, all three new start together.
+    let r = post(
+        &s,
+        &format!("/v1/apps/{id}/actions/restart"),
+        &s.token,
+        json!({"strategy": "immediate"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let now: Vec<String> = desired_of(&s, &cred, &id)
+        .await
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(now.iter().all(|n| !second.contains(n)), "{now:?}");
+    all_healthy(&s, &cred).await;
+    wait_app(&s, &id, "running after an immediate restart", |a| {
+        a["status"] == "running"
+    })
+    .await;
+
+    // A resource change rolls (one at a time by default) to the new memory.
+    let r = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/apps/{id}"),
+            Some(&s.token),
+            Some(json!({"resources": {"memory": "256m"}})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let d = desired_of(&s, &cred, &id).await;
+    assert_eq!(d.len(), 4, "3 old + 1 replacement: {d:?}");
+    assert_eq!(d.iter().filter(|x| x.1 == 256 << 20).count(), 1, "{d:?}");
+    for _ in 0..4 {
+        all_healthy(&s, &cred).await;
+    }
+    let a = wait_app(&s, &id, "rolled to 256m", |a| {
+        a["status"] == "running" && a["instances"].as_array().unwrap().len() == 3
+    })
+    .await;
+    let d = desired_of(&s, &cred, &id).await;
+    assert!(d.iter().all(|x| x.1 == 256 << 20), "{d:?}");
+    assert_eq!(a["resources"]["memory"], "256m", "{a}");
+
+    // Tags only: nothing is replaced.
+    let before: Vec<String> = d.into_iter().map(|x| x.0).collect();
+    let r = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/apps/{id}"),
+            Some(&s.token),
+            Some(json!({"tags": ["blue"]})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let after: Vec<String> = desired_of(&s, &cred, &id)
+        .await
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
+    assert_eq!(after, before);
+    beat.abort();
+}
+
 both_backends!(
+    restarts_and_resource_changes_roll_or_replace_at_once,
+    a_drain_moves_batch_size_instances_at_a_time_across_apps,
     apps_validate_their_input,
     placement_waits_for_room_and_resumes_by_itself,
     scopes_and_app_restrictions_hold_on_app_routes

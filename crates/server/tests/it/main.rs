@@ -8,6 +8,7 @@ mod kit;
 
 mod apps;
 mod auth;
+mod deployments;
 mod errors;
 mod identity;
 mod lists;

@@ -59,6 +59,10 @@ async fn strangers_see_nothing_of_another_organization(s: Srv) {
         .as_str()
         .unwrap()
         .to_string();
+    let dep = s.get(&format!("/v1/apps/{app}/deployments")).await.1["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let upl = s
         .call(
             Method::POST,
@@ -73,8 +77,11 @@ async fn strangers_see_nothing_of_another_organization(s: Srv) {
         .as_str()
         .unwrap()
         .to_string();
-    // Starter: its burst (50) covers the whole table.
-    let (_, _, stranger) = s.org_with_user(Plan::Starter, "stranger@example.com").await;
+    // Enterprise: its burst (500) covers the whole table with room to grow;
+    // the table outgrew Starter's 50 once deployments landed.
+    let (_, _, stranger) = s
+        .org_with_user(Plan::Enterprise, "stranger@example.com")
+        .await;
     let secrets = [
         org.as_str(),
         node.as_str(),
@@ -266,6 +273,48 @@ async fn strangers_see_nothing_of_another_organization(s: Srv) {
             "/v1/apps/{app_id}/scale",
             format!("/v1/apps/{app}/scale"),
             Some(json!({"replicas": 5})),
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/apps/{app_id}/deploy",
+            format!("/v1/apps/{app}/deploy"),
+            Some(json!({"image": "strangers:latest"})),
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/apps/{app_id}/deployments",
+            format!("/v1/apps/{app}/deployments"),
+            None,
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/deployments/{deployment_id}",
+            format!("/v1/deployments/{dep}"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/deployments/{deployment_id}/actions/rollback",
+            format!("/v1/deployments/{dep}/actions/rollback"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/deployments/{deployment_id}/actions/promote",
+            format!("/v1/deployments/{dep}/actions/promote"),
+            None,
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/deployments/{deployment_id}/logs",
+            format!("/v1/deployments/{dep}/logs"),
+            None,
             404,
         ),
         (

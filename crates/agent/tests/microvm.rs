@@ -1,0 +1,314 @@
+//! The microvm driver booting real QEMU guests (KVM where it works, TCG
+//! otherwise) with busybox root filesystems. Skipped (with the reason
+//! printed) where `MicrovmDriver::probe()` finds no QEMU, no kernel or no
+//! static busybox, or no guest boots; set `SHELLWEGO_REQUIRE_MICROVM=1` to
+//! make that a failure instead.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shellwego_agent::driver::{Command, Driver, Exit, Launch, Reply, Running};
+use shellwego_agent::microvm::MicrovmDriver;
+
+const BUSYBOX: &str = "/usr/bin/busybox";
+const APPLETS: [&str; 10] = [
+    "sh", "httpd", "sleep", "cat", "echo", "head", "yes", "tr", "ls", "true",
+];
+
+fn skip(why: &str) {
+    if std::env::var_os("SHELLWEGO_REQUIRE_MICROVM").is_some() {
+        panic!("the microvm driver must run here but cannot: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+fn driver() -> Option<MicrovmDriver> {
+    let t = Instant::now();
+    match MicrovmDriver::probe() {
+        Ok(d) => {
+            eprintln!(
+                "microvm driver: accel {}, kernel {}, probe took {:?}",
+                d.host().accel.name(),
+                d.host().kernel.display(),
+                t.elapsed()
+            );
+            Some(d)
+        }
+        Err(why) => {
+            skip(&format!("the microvm driver does not work here: {why}"));
+            None
+        }
+    }
+}
+
+fn busybox_rootfs(base: &Path) -> Option<PathBuf> {
+    if !Path::new(BUSYBOX).is_file() {
+        skip(&format!(
+            "{BUSYBOX} is missing (apt-get install busybox-static)"
+        ));
+        return None;
+    }
+    let root = base.join("image-rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(root.join("www/index.html"), "hello from the image\n").unwrap();
+    Some(root)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn launch(base: &Path, name: &str, root: &Path, argv: &[&str], memory: i64) -> Launch {
+    let instance_id = format!("t{}-{name}", std::process::id());
+    let dir = base.join(&instance_id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    Launch {
+        instance_id,
+        log: dir.join("out.log"),
+        dir,
+        root: root.to_path_buf(),
+        is_rootfs: true,
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        workdir: "/www".into(),
+        env: BTreeMap::from([
+            ("GREETING".to_string(), "hi 'there'".to_string()),
+            ("PORT".to_string(), port.to_string()),
+        ]),
+        port,
+        memory,
+        cpu_millis: 1000,
+    }
+}
+
+fn start(d: &MicrovmDriver, l: &Launch) -> Running {
+    match d.run(Command::Start(l)) {
+        Ok(Reply::Started(r)) => r,
+        Ok(Reply::Done) => panic!("Start answered Done"),
+        Err(e) => panic!("Start failed: {e:#}"),
+    }
+}
+
+/// Kills and cleans up whatever a test leaves running, even on failure.
+struct Guard<'a> {
+    d: &'a MicrovmDriver,
+    id: String,
+    r: Option<Running>,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = &self.r {
+            let _ = self.d.run(Command::Kill(r));
+            let _ = wait_exit(self.d, r, Duration::from_secs(5));
+        }
+        if let Err(e) = self.d.run(Command::Cleanup {
+            instance_id: &self.id,
+            handle: self.r.as_ref(),
+        }) {
+            eprintln!("cleanup of {} failed: {e:#}", self.id);
+        }
+    }
+}
+
+fn wait_exit(d: &MicrovmDriver, r: &Running, within: Duration) -> Option<Exit> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(e) = d.poll(r) {
+            return Some(e);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A real HTTP/1.0 GET over the forwarded port, retried until the guest
+/// answers (QEMU accepts and closes connections before the guest listens).
+fn http_get(port: u16, path: &str, within: Duration) -> String {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + within;
+    loop {
+        let got = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        });
+        match got {
+            Ok(b) if !b.is_empty() => return b,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => panic!("no answer from {addr} within {within:?}: {other:?}"),
+        }
+    }
+}
+
+const SERVE: &str =
+    "echo \"$GREETING\" > greeting.txt; echo serving on $PORT; exec httpd -f -p $PORT -h /www";
+
+#[test]
+fn serves_http_over_the_forwarded_port_and_stops_on_terminate() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let l = launch(tmp.path(), "web", &root, &["sh", "-c", SERVE], 64 << 20);
+    let t = Instant::now();
+    let r = start(&d, &l);
+    let mut g = Guard {
+        d: &d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    assert_eq!(r.driver, "microvm");
+    assert!(!r.extra.contains_key("ip"), "reached at the node's address");
+    println!("extra: {:?}", r.extra);
+    // QEMU's cgroup (where the host has one): the guest's RAM plus QEMU's own.
+    let guest_mib: i64 = r.extra["guest_memory_mib"].parse().unwrap();
+    assert!(guest_mib >= 128, "{guest_mib}");
+    if let Some(cgs) = r.extra.get("cgroups") {
+        let want = (guest_mib + shellwego_agent::microvm::QEMU_OVERHEAD_MIB) << 20;
+        let limit = cgs.lines().find_map(|d| {
+            ["memory.limit_in_bytes", "memory.max"]
+                .iter()
+                .find_map(|f| std::fs::read_to_string(Path::new(d).join(f)).ok())
+        });
+        assert_eq!(limit.map(|l| l.trim().to_string()), Some(want.to_string()));
+    }
+    let body = http_get(l.port, "/index.html", Duration::from_secs(180));
+    println!(
+        "boot to first HTTP answer: {:?} (accel {})",
+        t.elapsed(),
+        r.extra["accel"]
+    );
+    assert!(body.contains("hello from the image"), "{body}");
+    let body = http_get(l.port, "/greeting.txt", Duration::from_secs(10));
+    assert!(body.contains("hi 'there'"), "{body}");
+    assert!(d.poll(&r).is_none());
+    // The image is untouched: the guest wrote into its own copy.
+    assert!(!root.join("www/greeting.txt").exists());
+
+    let t = Instant::now();
+    d.run(Command::Terminate(&r)).unwrap();
+    let exit = wait_exit(&d, &r, Duration::from_secs(60)).expect("still running after Terminate");
+    println!("terminate to exit: {:?}: {}", t.elapsed(), exit.describe());
+    // busybox httpd has no SIGTERM handler: killed by it, in the guest.
+    assert_eq!(exit.signal, Some(15), "{exit:?}");
+    assert!(!exit.oom_killed);
+    let log = std::fs::read_to_string(&l.log).unwrap();
+    println!("console log:\n{log}");
+    assert!(log.contains(&format!("serving on {}", l.port)), "{log}");
+    g.r = None;
+    d.run(Command::Cleanup {
+        instance_id: &l.instance_id,
+        handle: Some(&r),
+    })
+    .unwrap();
+    assert!(!l.dir.join("microvm").exists());
+}
+
+#[test]
+fn the_exit_code_and_output_come_back() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let l = launch(
+        tmp.path(),
+        "exit3",
+        &root,
+        &["sh", "-c", "echo \"in $(pwd) as $GREETING\"; exit 3"],
+        64 << 20,
+    );
+    let r = start(&d, &l);
+    let _g = Guard {
+        d: &d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    let exit = wait_exit(&d, &r, Duration::from_secs(180)).expect("did not exit");
+    let log = std::fs::read_to_string(&l.log).unwrap();
+    assert_eq!(exit.code, Some(3), "{exit:?}; log: {log}");
+    assert!(log.contains("in /www as hi 'there'"), "{log}");
+}
+
+#[test]
+fn adopted_by_a_new_driver_after_an_agent_restart() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let l = launch(tmp.path(), "adopt", &root, &["sh", "-c", SERVE], 64 << 20);
+    let r = start(&d, &l);
+    // What the reconciler saves and reads back.
+    let saved: Running = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    drop(d);
+    let d2 = MicrovmDriver::probe().unwrap();
+    let _g = Guard {
+        d: &d2,
+        id: l.instance_id.clone(),
+        r: Some(saved.clone()),
+    };
+    assert!(d2.adopt(&saved));
+    assert!(d2.poll(&saved).is_none());
+    let body = http_get(l.port, "/index.html", Duration::from_secs(180));
+    assert!(body.contains("hello from the image"), "{body}");
+    d2.run(Command::Terminate(&saved)).unwrap();
+    let exit = wait_exit(&d2, &saved, Duration::from_secs(60)).expect("still running");
+    // Not our child: QEMU's status is unknown, the guest's is in the log.
+    assert_eq!(exit.signal, Some(15), "{exit:?}");
+    assert!(!d2.adopt(&saved));
+}
+
+#[test]
+fn the_guest_kernel_ooms_a_hog() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let l = launch(
+        tmp.path(),
+        "hog",
+        &root,
+        &[
+            "sh",
+            "-c",
+            "echo hogging; x=$(yes 0123456789abcdef | head -c 400000000); echo survived",
+        ],
+        64 << 20,
+    );
+    let r = start(&d, &l);
+    let _g = Guard {
+        d: &d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    let exit = wait_exit(&d, &r, Duration::from_secs(300)).expect("the hog is still running");
+    let log = std::fs::read_to_string(&l.log).unwrap();
+    println!("hog: {}; its log:\n{log}", exit.describe());
+    assert!(exit.oom_killed, "{exit:?}; log: {log}");
+    // The guest kernel's OOM killer, not the host's (QEMU's cgroup).
+    assert!(log.contains("Out of memory: Killed process"), "log: {log}");
+    assert!(!log.contains("survived"), "log: {log}");
+}

@@ -1,0 +1,240 @@
+//! Deployments (`POST /v1/apps/{id}/deploy`, `/v1/deployments/…`): request
+//! and response types.
+
+use serde::{Deserialize, Serialize};
+use shellwego_core::units::parse_duration;
+use shellwego_core::{Error, FieldError};
+use utoipa::ToSchema;
+
+use crate::apps::Source;
+
+/// The stages of every deployment, in order.
+pub const STAGES: &[&str] = &[
+    "resolving_image",
+    "pulling_image",
+    "creating_instances",
+    "starting_health_checks",
+    "shifting_traffic",
+    "draining_old",
+    "completed",
+];
+
+pub const STRATEGIES: &[&str] = &["rolling", "blue-green", "canary"];
+
+/// `POST /v1/apps/{app_id}/deploy`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The image to run (`myapp:v2`); absent: the app's current image or source.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A new tarball source (`{type: "tarball", upload_id | url}`).
+    #[serde(default)]
+    pub source: Option<Source>,
+    /// `rolling`, `blue-green` or `canary` [default: blue-green when the
+    /// image changes, else rolling].
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// How long new instances have to become healthy [default: 5m].
+    #[serde(default)]
+    pub health_check_timeout: Option<String>,
+    /// Undo a deployment that fails [default: true].
+    #[serde(default)]
+    pub rollback_on_failure: Option<bool>,
+    /// Rolling: instances replaced at a time [default: 1].
+    #[serde(default)]
+    pub batch_size: Option<i64>,
+    /// Blue-green: how long the old set stays warm after the switch [default: 5m].
+    #[serde(default)]
+    pub warm_window: Option<String>,
+    /// Canary: traffic percentages, ending at 100 [default: [10, 50, 100]].
+    #[serde(default)]
+    pub canary_steps: Option<Vec<u32>>,
+    /// Canary: how long each step is watched before the next [default: 1m].
+    #[serde(default)]
+    pub canary_pause: Option<String>,
+}
+
+impl crate::Validate for DeployRequest {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if let Some(s) = &self.strategy {
+            if !STRATEGIES.contains(&s.as_str()) {
+                errs.push(
+                    FieldError::new(
+                        "strategy",
+                        "invalid_value",
+                        "must be rolling, blue-green or canary",
+                    )
+                    .with_value(s.clone()),
+                );
+            }
+        }
+        crate::apps::check_image(&mut errs, self.image.as_deref());
+        if self.image.is_some() && self.source.is_some() {
+            errs.push(FieldError::new(
+                "source",
+                "invalid_value",
+                "give either an image or a source, not both",
+            ));
+        }
+        if let Some(s) = &self.source {
+            if s.kind != "tarball" {
+                errs.push(FieldError::new(
+                    "source.type",
+                    "invalid_value",
+                    "only tarball sources can be deployed here (git comes later)",
+                ));
+            }
+        }
+        for (field, v) in [
+            ("health_check_timeout", &self.health_check_timeout),
+            ("warm_window", &self.warm_window),
+            ("canary_pause", &self.canary_pause),
+        ] {
+            if let Some(v) = v {
+                match parse_duration(v) {
+                    Some(d) if d.as_secs() <= 24 * 3600 => {}
+                    _ => errs.push(
+                        FieldError::new(
+                            field,
+                            "invalid_value",
+                            "must be a duration such as 30s, 5m or 1h (at most 24h)",
+                        )
+                        .with_value(v.clone()),
+                    ),
+                }
+            }
+        }
+        if let Some(b) = self.batch_size {
+            if !(1..=100).contains(&b) {
+                errs.push(FieldError::new(
+                    "batch_size",
+                    "out_of_range",
+                    "must be between 1 and 100",
+                ));
+            }
+        }
+        if let Some(steps) = &self.canary_steps {
+            let increasing = steps.windows(2).all(|w| w[0] < w[1]);
+            if steps.is_empty()
+                || steps.len() > 10
+                || !increasing
+                || steps.first().is_some_and(|s| *s == 0)
+                || steps.last() != Some(&100)
+            {
+                errs.push(FieldError::new(
+                    "canary_steps",
+                    "invalid_value",
+                    "must be 1 to 10 increasing percentages ending at 100, such as [10, 50, 100]",
+                ));
+            }
+        }
+        crate::finish(errs)
+    }
+}
+
+/// A stage of a deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Stage {
+    pub name: String,
+    /// `pending`, `in_progress`, `completed`, `failed` or `skipped`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    /// The deployment's step log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    pub total_steps: i64,
+    pub completed_steps: i64,
+    pub current_step: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentMetrics {
+    /// Time to prepare the release (pulling images counts here).
+    pub build_time_ms: Option<i64>,
+    /// From start to completion (or failure).
+    pub deploy_time_ms: Option<i64>,
+}
+
+/// A deployment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Deployment {
+    pub id: String,
+    pub app_id: String,
+    /// `in_progress`, `successful`, `failed` (nothing undone, or the undo is
+    /// under way) or `rolled_back` (the previous version serves again).
+    pub status: String,
+    /// Why it failed or was rolled back.
+    pub status_reason: Option<String>,
+    /// The app version it deploys (`v3`).
+    pub version: String,
+    /// The image, by digest once resolved (`myapp:v2@sha256:…`).
+    pub image: Option<String>,
+    pub strategy: String,
+    pub initiated_by: Option<String>,
+    pub stages: Vec<Stage>,
+    pub progress: Progress,
+    pub metrics: DeploymentMetrics,
+    /// The deployment a rollback returns to.
+    pub rollback_target: Option<String>,
+    /// The version that served before this deployment.
+    pub previous_version: Option<String>,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+}
+
+/// `POST /v1/apps/{app_id}/deploy` answer (202).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeployAccepted {
+    pub deployment_id: String,
+    pub status: String,
+    pub progress: Progress,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentList {
+    pub data: Vec<Deployment>,
+    pub pagination: crate::Pagination,
+}
+
+/// `POST /v1/deployments/{id}/actions/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// `immediate` (all instances of the target start at once; traffic
+    /// switches when they are healthy) or `gradual` (rolling) [default: immediate].
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl crate::Validate for RollbackRequest {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if let Some(s) = &self.strategy {
+            if s != "immediate" && s != "gradual" {
+                errs.push(
+                    FieldError::new("strategy", "invalid_value", "must be immediate or gradual")
+                        .with_value(s.clone()),
+                );
+            }
+        }
+        if self.reason.as_ref().is_some_and(|r| r.len() > 1000) {
+            errs.push(FieldError::new(
+                "reason",
+                "too_long",
+                "at most 1000 characters",
+            ));
+        }
+        crate::finish(errs)
+    }
+}

@@ -1,0 +1,981 @@
+//! Deployments: every change of what an app's instances run (create,
+//! deploy, a resources/env/health-check change, restart, rollback) makes a
+//! new *release* (or re-targets an older one) and a deployment that drives
+//! the app to it.
+//!
+//! The deployment is a durable state machine whose state is rows: the
+//! deployment (strategy, options, stages, `wait_until`), the app (`version`:
+//! the target release; `traffic`: which versions the routers send requests
+//! to) and the instances with their versions. The controller's one
+//! mechanism does the moving (a replacement is healthy before what it
+//! replaces stops, see `apps::reconcile_in`); a deployment only says how:
+//! how many replacements at once ([`Plan::batch`]), whether the old set is
+//! held (blue-green keeps it warm after the switch), and where traffic goes.
+//! [`advance`] runs in every controller pass inside the app's transaction:
+//! it reads what is true, marks stages completed (never un-completes one),
+//! detects failure and rolls back. A control plane that restarts mid-way
+//! simply continues from the rows.
+//!
+//! Failure (a new instance cannot start, crash-loops, or is not healthy
+//! within `health_check_timeout`) with `rollback_on_failure`: the app is
+//! re-targeted at the version that served before (`from_version`), new
+//! instances that are not serving stop at once, traffic returns to the old
+//! version, and the deployment is `failed` until the old version is whole
+//! again, then `rolled_back`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shellwego_api::deployments::STAGES;
+use shellwego_core::time::{now, to_micros};
+use shellwego_core::Error;
+use shellwego_store::apps::{self, App, Instance};
+use shellwego_store::deployments::{self, Deployment, Release};
+use shellwego_store::events::{self, Actor, NewEvent, Severity};
+use shellwego_store::Tx;
+
+/// Restarts in a row after which a new instance counts as crash-looping.
+pub const CRASH_LOOP_RESTARTS: i64 = 3;
+
+/// A deployment's options, stored as JSON with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Options {
+    pub batch_size: i64,
+    pub health_check_timeout_ms: i64,
+    pub rollback_on_failure: bool,
+    pub warm_ms: i64,
+    pub canary_steps: Vec<u32>,
+    pub canary_pause_ms: i64,
+    /// A canary whose share of 5xx (or unanswered) requests exceeds this,
+    /// over at least `MIN_CANARY_REQUESTS`, is rolled back.
+    pub max_error_rate: f64,
+}
+
+/// Requests a canary must have served before its error rate counts.
+pub const MIN_CANARY_REQUESTS: i64 = 20;
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            batch_size: 1,
+            health_check_timeout_ms: 5 * 60 * 1000,
+            rollback_on_failure: true,
+            warm_ms: 5 * 60 * 1000,
+            canary_steps: vec![10, 50, 100],
+            canary_pause_ms: 60 * 1000,
+            max_error_rate: 0.05,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageRow {
+    pub name: String,
+    /// pending | in_progress | completed | failed
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<i64>,
+}
+
+pub fn options_of(d: &Deployment) -> Options {
+    serde_json::from_str(&d.options).unwrap_or_default()
+}
+
+pub fn stages_of(d: &Deployment) -> Vec<StageRow> {
+    let mut s: Vec<StageRow> = serde_json::from_str(&d.stages).unwrap_or_default();
+    if s.is_empty() {
+        s = STAGES
+            .iter()
+            .map(|n| StageRow {
+                name: (*n).into(),
+                status: "pending".into(),
+                ..Default::default()
+            })
+            .collect();
+    }
+    s
+}
+
+/// What the active deployment asks of the controller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Replacements in flight at a time.
+    pub batch: i64,
+    /// Healthy replacements do not yet stop what they replace.
+    pub hold_old: bool,
+    /// At most this many instances of the new version (a canary step).
+    pub max_new: Option<i64>,
+}
+
+/// A canary's traffic share at its current step.
+pub fn canary_weight(d: &Deployment) -> u32 {
+    let steps = options_of(d).canary_steps;
+    let k = usize::try_from(d.canary_step).unwrap_or(0);
+    steps
+        .get(k)
+        .or(steps.last())
+        .copied()
+        .unwrap_or(100)
+        .min(100)
+}
+
+/// Instances of the new version a canary step runs: its share of the
+/// replicas, at least one.
+pub fn canary_instances(replicas: i64, weight: u32) -> i64 {
+    ((replicas * i64::from(weight) + 99) / 100).max(1)
+}
+
+pub fn plan(dep: Option<&Deployment>, replicas: i64, now_us: i64) -> Plan {
+    let Some(d) = dep.filter(|d| d.status == "in_progress") else {
+        return Plan {
+            batch: 1,
+            hold_old: false,
+            max_new: None,
+        };
+    };
+    let o = options_of(d);
+    // Until the switch (and the warm window after it) the old set stays.
+    let held = d.wait_until.is_none_or(|w| now_us < w);
+    match d.strategy.as_str() {
+        "blue-green" => Plan {
+            batch: i64::MAX,
+            hold_old: held,
+            max_new: None,
+        },
+        "canary" => {
+            let w = canary_weight(d);
+            Plan {
+                batch: i64::MAX,
+                hold_old: w < 100 || held,
+                max_new: (w < 100).then(|| canary_instances(replicas, w)),
+            }
+        }
+        "immediate" => Plan {
+            batch: i64::MAX,
+            hold_old: false,
+            max_new: None,
+        },
+        _ => Plan {
+            batch: o.batch_size.max(1),
+            hold_old: false,
+            max_new: None,
+        },
+    }
+}
+
+/// The version label shown for an app version.
+pub fn version_label(v: i64) -> String {
+    format!("v{v}")
+}
+
+/// Start a deployment that drives `app` to `target` (a new release, written
+/// here, or an existing one for a rollback). Supersedes the app's active
+/// deployment, if any. The caller writes `app` afterwards.
+#[allow(clippy::too_many_arguments)]
+pub async fn start(
+    tx: &mut Tx,
+    actor: &Actor,
+    app: &mut App,
+    target: Target,
+    strategy: &str,
+    options: Options,
+    reason: &str,
+    rollback_target: Option<String>,
+) -> Result<Deployment, Error> {
+    let active = deployments::active(tx, &app.id).await?;
+    // The version known to serve: the active deployment's starting point,
+    // else what the app runs now (none for a new app).
+    let from_version = match &active {
+        Some(d) => d.from_version,
+        None if app.deployment_id.is_some() => Some(app.version),
+        None => None,
+    };
+    let version = match target {
+        Target::New => {
+            let v = deployments::releases_of(tx, &app.id)
+                .await?
+                .iter()
+                .map(|r| r.version)
+                .max()
+                .unwrap_or(0)
+                .max(app.version)
+                + 1;
+            deployments::insert_release(
+                tx,
+                &Release {
+                    app_id: app.id.clone(),
+                    version: v,
+                    spec: app.spec.clone(),
+                    replicas: app.replicas,
+                    memory: app.memory,
+                    cpu_millis: app.cpu_millis,
+                    disk: app.disk,
+                    image_pinned: None,
+                    created_at: 0,
+                },
+            )
+            .await?;
+            app.image_pinned = None;
+            v
+        }
+        Target::Existing(v) => {
+            let r = deployments::release(tx, &app.id, v)
+                .await?
+                .ok_or_else(|| Error::Internal(format!("release v{v} is missing")))?;
+            retarget(app, &r);
+            v
+        }
+    };
+    let spec = crate::service::apps::spec_of(app);
+    let from_version = from_version.filter(|f| *f != version);
+    // A canary needs something to compare with.
+    let strategy = if strategy == "canary" && from_version.is_none() {
+        "rolling"
+    } else {
+        strategy
+    };
+    let d = deployments::insert(
+        tx,
+        Deployment {
+            app_id: app.id.clone(),
+            organization_id: app.organization_id.clone(),
+            status: "in_progress".into(),
+            version,
+            image: app.image_pinned.clone().or(spec.image.clone()),
+            strategy: strategy.into(),
+            initiated_by: actor.id.clone(),
+            reason: Some(reason.into()),
+            stages: serde_json::to_string(&stages_of(&Deployment::default()))
+                .map_err(Error::internal)?,
+            options: serde_json::to_string(&options).map_err(Error::internal)?,
+            from_version,
+            rollback_target,
+            ..Default::default()
+        },
+    )
+    .await?;
+    if let Some(old) = active {
+        let mut old = old;
+        if old.status == "in_progress" {
+            old.status = "failed".into();
+            old.reason = Some(format!("superseded by {}", d.id));
+        }
+        old.finished_at = Some(to_micros(now()));
+        deployments::update(tx, &old).await?;
+        deployments::log(tx, &old.id, &format!("superseded by {}", d.id)).await?;
+    }
+    deployments::log(
+        tx,
+        &d.id,
+        &format!(
+            "deploying {} ({reason}) with the {strategy} strategy{}",
+            version_label(version),
+            d.from_version
+                .map(|f| format!(", replacing {}", version_label(f)))
+                .unwrap_or_default()
+        ),
+    )
+    .await?;
+    app.version = version;
+    app.deployment_id = Some(d.id.clone());
+    // Blue-green and canary: traffic stays on the old version until the
+    // switch (or the canary's first step).
+    app.traffic = match (strategy, d.from_version) {
+        ("blue-green" | "canary", Some(f)) => Some(traffic_json(&[(f, 100)])),
+        _ => None,
+    };
+    Ok(d)
+}
+
+/// Point the app's spec and resources at a release; the app's scaling
+/// (replicas, autoscale) is not part of a release and stays.
+fn retarget(app: &mut App, r: &Release) {
+    let autoscale = crate::service::apps::spec_of(app).autoscale;
+    let mut spec: shellwego_api::apps::AppSpec = serde_json::from_str(&r.spec).unwrap_or_default();
+    spec.autoscale = autoscale;
+    app.spec = serde_json::to_string(&spec).unwrap_or_else(|_| r.spec.clone());
+    (app.memory, app.cpu_millis, app.disk) = (r.memory, r.cpu_millis, r.disk);
+    app.image_pinned = r.image_pinned.clone();
+}
+
+/// What a deployment deploys.
+pub enum Target {
+    /// A new release of the app's current spec.
+    New,
+    /// An existing release (a rollback).
+    Existing(i64),
+}
+
+pub fn traffic_json(weights: &[(i64, u32)]) -> String {
+    let m: BTreeMap<String, u32> = weights.iter().map(|(v, w)| (v.to_string(), *w)).collect();
+    serde_json::to_string(&m).unwrap_or_else(|_| "{}".into())
+}
+
+/// Versions and weights of an app's `traffic` (none: every healthy instance).
+pub fn traffic_of(a: &App) -> Option<BTreeMap<i64, u32>> {
+    let t = a.traffic.as_deref()?;
+    let m: BTreeMap<String, u32> = serde_json::from_str(t).ok()?;
+    Some(
+        m.into_iter()
+            .filter_map(|(k, v)| k.parse().ok().map(|k| (k, v)))
+            .collect(),
+    )
+}
+
+fn mark(stages: &mut [StageRow], name: &str, status: &str, now_us: i64) -> bool {
+    let Some(s) = stages.iter_mut().find(|s| s.name == name) else {
+        return false;
+    };
+    if s.status == status || s.status == "completed" {
+        return false;
+    }
+    if s.started_at.is_none() {
+        s.started_at = Some(now_us);
+    }
+    if status == "completed" || status == "failed" {
+        s.completed_at = Some(now_us);
+    }
+    s.status = status.into();
+    true
+}
+
+/// Advance the app's active deployment from what is true now. `insts` are
+/// the app's instances after the controller's pass. Returns whether the
+/// app row changed (the caller writes it and passes again).
+pub async fn advance(
+    tx: &mut Tx,
+    app: &mut App,
+    insts: &[Instance],
+    dep: &mut Deployment,
+) -> Result<bool, Error> {
+    let now_us = to_micros(now());
+    let o = options_of(dep);
+    let mut stages = stages_of(dep);
+    let before = (stages.clone(), dep.status.clone(), dep.wait_until);
+    let step_before = dep.canary_step;
+    let mut app_changed = false;
+    let running: Vec<&Instance> = insts.iter().filter(|i| i.desired == "running").collect();
+    let new: Vec<&Instance> = running
+        .iter()
+        .copied()
+        .filter(|i| i.version == dep.version)
+        .collect();
+    let old: Vec<&Instance> = running
+        .iter()
+        .copied()
+        .filter(|i| i.version != dep.version)
+        .collect();
+    let wanted = if app.desired_state == "running" {
+        app.replicas
+    } else {
+        0
+    };
+    let healthy_new = new.iter().filter(|i| i.status == "healthy").count() as i64;
+
+    if dep.status == "failed" {
+        // Rolling back: done when only the old version runs, whole.
+        let whole = old.iter().filter(|i| i.status == "healthy").count() as i64 >= wanted;
+        if running.iter().all(|i| i.version == app.version) && whole {
+            dep.status = "rolled_back".into();
+            dep.finished_at = Some(now_us);
+            deployments::log(
+                tx,
+                &dep.id,
+                &format!("rolled back: {} serves again", version_label(app.version)),
+            )
+            .await?;
+            record(
+                tx,
+                app,
+                dep,
+                "deployment.rolled_back",
+                Severity::Warning,
+                json!({"reason": dep.reason, "version": version_label(app.version)}),
+            )
+            .await?;
+        }
+        deployments::update(tx, dep).await?;
+        return Ok(false);
+    }
+
+    // A canary before its last step runs a share of the new instances.
+    let weight = canary_weight(dep);
+    let canary_step = dep.strategy == "canary" && weight < 100;
+    let needed = if canary_step {
+        canary_instances(wanted, weight)
+    } else {
+        wanted
+    };
+
+    // Failure?
+    let started = dep.started_at.unwrap_or(dep.created_at);
+    let failure = if let Some(f) = new.iter().find(|i| i.status == "failed") {
+        Some(format!(
+            "instance {} cannot start: {}",
+            f.id,
+            f.status_reason.as_deref().unwrap_or("failed")
+        ))
+    } else if let Some(c) = new
+        .iter()
+        .find(|i| i.status == "crashed" && i.restarts >= CRASH_LOOP_RESTARTS)
+    {
+        Some(format!(
+            "instance {} is crash-looping: {}",
+            c.id,
+            c.status_reason.as_deref().unwrap_or("it keeps exiting")
+        ))
+    } else if wanted > 0
+        && healthy_new < needed
+        && now_us - dep.step_started_at.unwrap_or(started) > o.health_check_timeout_ms * 1000
+    {
+        let why = new
+            .iter()
+            .find(|i| i.status != "healthy")
+            .and_then(|i| i.status_reason.clone())
+            .unwrap_or_else(|| "no instance could be placed".into());
+        Some(format!(
+            "{healthy_new} of {needed} new instances healthy after {}s: {why}",
+            o.health_check_timeout_ms / 1000
+        ))
+    } else if canary_step {
+        // The routers' counts for the canary's instances.
+        let ids: Vec<String> = new.iter().map(|i| i.id.clone()).collect();
+        let (requests, errors) = apps::instance_traffic(tx, &ids).await?;
+        let rate = errors as f64 / requests.max(1) as f64;
+        (requests >= MIN_CANARY_REQUESTS && rate > o.max_error_rate).then(|| {
+            format!(
+                "the canary answered {errors} of {requests} requests with an error ({:.1}% > {:.1}%)",
+                rate * 100.0,
+                o.max_error_rate * 100.0
+            )
+        })
+    } else {
+        None
+    };
+    if let Some(reason) = failure {
+        return fail(
+            tx,
+            app,
+            insts,
+            dep,
+            &mut stages,
+            &reason,
+            o.rollback_on_failure,
+        )
+        .await;
+    }
+
+    // Stages, from what is true.
+    let prepared = |i: &&Instance| {
+        i.node_id.is_some()
+            && !(i.status == "pending"
+                || (i.status == "starting" && i.status_reason.as_deref() == Some("preparing")))
+    };
+    if wanted == 0 || new.iter().any(prepared) {
+        mark(&mut stages, "resolving_image", "completed", now_us);
+        if let Some(p) = &app.image_pinned {
+            dep.image = Some(p.clone());
+        }
+    } else {
+        mark(&mut stages, "resolving_image", "in_progress", now_us);
+    }
+    if wanted == 0
+        || (!new.is_empty() && new.iter().all(prepared)) && new.len() as i64 >= wanted.min(1)
+    {
+        if stage_done(&stages, "resolving_image") {
+            mark(&mut stages, "pulling_image", "completed", now_us);
+        }
+    } else if stage_done(&stages, "resolving_image") {
+        mark(&mut stages, "pulling_image", "in_progress", now_us);
+    }
+    if canary_step {
+        let from = dep.from_version.unwrap_or(dep.version);
+        let split = traffic_json(&[(from, 100 - weight), (dep.version, weight)]);
+        if healthy_new >= needed {
+            if app.traffic.as_deref() != Some(split.as_str()) {
+                app.traffic = Some(split);
+                app_changed = true;
+                dep.wait_until = Some(now_us + o.canary_pause_ms * 1000);
+                mark(&mut stages, "shifting_traffic", "in_progress", now_us);
+                deployments::log(
+                    tx,
+                    &dep.id,
+                    &format!(
+                        "canary: {weight}% of requests to {} ({healthy_new} instance(s)); watching for {}s",
+                        version_label(dep.version),
+                        o.canary_pause_ms / 1000
+                    ),
+                )
+                .await?;
+            } else if dep.wait_until.is_some_and(|w| now_us >= w) {
+                let ids: Vec<String> = new.iter().map(|i| i.id.clone()).collect();
+                let (requests, errors) = apps::instance_traffic(tx, &ids).await?;
+                dep.canary_step += 1;
+                dep.wait_until = None;
+                dep.step_started_at = Some(now_us);
+                deployments::log(
+                    tx,
+                    &dep.id,
+                    &format!(
+                        "canary healthy at {weight}% ({errors} errors in {requests} requests); next step: {}%",
+                        canary_weight(dep)
+                    ),
+                )
+                .await?;
+            }
+        }
+        if (stages.clone(), dep.status.clone(), dep.wait_until) != before
+            || app_changed
+            || dep.canary_step != step_before
+        {
+            dep.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
+            deployments::update(tx, dep).await?;
+        }
+        return Ok(app_changed || dep.canary_step != step_before);
+    }
+    let all_created = new.len() as i64 >= wanted && new.iter().all(|i| i.node_id.is_some());
+    if stage_done(&stages, "pulling_image") {
+        if all_created {
+            mark(&mut stages, "creating_instances", "completed", now_us);
+        } else {
+            mark(&mut stages, "creating_instances", "in_progress", now_us);
+        }
+    }
+    let all_healthy = healthy_new >= wanted;
+    if stage_done(&stages, "creating_instances") {
+        if all_healthy {
+            mark(&mut stages, "starting_health_checks", "completed", now_us);
+        } else {
+            mark(&mut stages, "starting_health_checks", "in_progress", now_us);
+        }
+    } else if !new.is_empty() && stage_done(&stages, "resolving_image") {
+        mark(&mut stages, "starting_health_checks", "in_progress", now_us);
+    }
+    if stage_done(&stages, "starting_health_checks") {
+        if mark(&mut stages, "shifting_traffic", "completed", now_us) {
+            if dep.strategy == "blue-green" || dep.strategy == "canary" {
+                // The switch: all traffic to the new set at once; the old
+                // set stays warm for the window.
+                app.traffic = Some(traffic_json(&[(dep.version, 100)]));
+                app_changed = true;
+                let warm = if dep.strategy == "canary" {
+                    0
+                } else {
+                    o.warm_ms
+                };
+                dep.wait_until = Some(now_us + warm * 1000);
+                deployments::log(
+                    tx,
+                    &dep.id,
+                    &format!(
+                        "traffic switched to {}; the old set stays warm for {}s",
+                        version_label(dep.version),
+                        o.warm_ms / 1000
+                    ),
+                )
+                .await?;
+            } else {
+                deployments::log(
+                    tx,
+                    &dep.id,
+                    &format!(
+                        "all {wanted} instances of {} healthy and serving",
+                        version_label(dep.version)
+                    ),
+                )
+                .await?;
+            }
+        }
+        if insts.iter().all(|i| i.version == dep.version) {
+            mark(&mut stages, "draining_old", "completed", now_us);
+        } else {
+            mark(&mut stages, "draining_old", "in_progress", now_us);
+        }
+    }
+    if stage_done(&stages, "draining_old") && mark(&mut stages, "completed", "completed", now_us) {
+        dep.status = "successful".into();
+        dep.finished_at = Some(now_us);
+        if app.traffic.is_some() {
+            app.traffic = None;
+            app_changed = true;
+        }
+        deployments::log(
+            tx,
+            &dep.id,
+            &format!(
+                "completed in {:.1}s",
+                (now_us - started) as f64 / 1_000_000.0
+            ),
+        )
+        .await?;
+        record(
+            tx,
+            app,
+            dep,
+            "app.deployed",
+            Severity::Info,
+            json!({"version": version_label(dep.version), "strategy": dep.strategy, "image": dep.image}),
+        )
+        .await?;
+    }
+    if (stages.clone(), dep.status.clone(), dep.wait_until) != before {
+        dep.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
+        deployments::update(tx, dep).await?;
+    }
+    Ok(app_changed)
+}
+
+fn stage_done(stages: &[StageRow], name: &str) -> bool {
+    stages
+        .iter()
+        .any(|s| s.name == name && s.status == "completed")
+}
+
+async fn record(
+    tx: &mut Tx,
+    app: &App,
+    dep: &Deployment,
+    kind: &'static str,
+    severity: Severity,
+    meta: serde_json::Value,
+) -> Result<(), Error> {
+    let mut meta = meta;
+    meta["deployment_id"] = json!(dep.id);
+    events::record(
+        tx,
+        NewEvent::info(kind, &Actor::system(), "app", &app.id)
+            .in_org(&app.organization_id)
+            .severity(severity)
+            .meta(meta),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn fail(
+    tx: &mut Tx,
+    app: &mut App,
+    insts: &[Instance],
+    dep: &mut Deployment,
+    stages: &mut [StageRow],
+    reason: &str,
+    rollback: bool,
+) -> Result<bool, Error> {
+    let now_us = to_micros(now());
+    if let Some(s) = stages
+        .iter_mut()
+        .find(|s| s.status == "in_progress" || s.status == "pending")
+    {
+        s.status = "failed".into();
+        s.started_at.get_or_insert(now_us);
+        s.completed_at = Some(now_us);
+    }
+    dep.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
+    dep.status = "failed".into();
+    dep.reason = Some(reason.to_string());
+    deployments::log(tx, &dep.id, &format!("failed: {reason}")).await?;
+    record(
+        tx,
+        app,
+        dep,
+        "deployment.failed",
+        Severity::Error,
+        json!({"reason": reason, "version": version_label(dep.version)}),
+    )
+    .await?;
+    let back_to = dep.from_version.filter(|_| rollback);
+    match back_to {
+        Some(f) => {
+            let r = deployments::release(tx, &app.id, f)
+                .await?
+                .ok_or_else(|| Error::Internal(format!("release v{f} is missing")))?;
+            app.version = f;
+            retarget(app, &r);
+            app.traffic = None;
+            // New instances that do not serve go now; healthy ones are
+            // replaced by the old version (the controller's mechanism).
+            let holding = dep.strategy == "blue-green";
+            for i in insts
+                .iter()
+                .filter(|i| i.desired == "running" && i.version == dep.version)
+            {
+                if holding || i.status != "healthy" {
+                    let mut i = i.clone();
+                    crate::service::apps::stop_instance(tx, &mut i, "its deployment failed")
+                        .await?;
+                }
+            }
+            deployments::log(
+                tx,
+                &dep.id,
+                &format!("rolling back to {}", version_label(f)),
+            )
+            .await?;
+        }
+        None => {
+            dep.finished_at = Some(now_us);
+            app.traffic = None;
+        }
+    }
+    deployments::update(tx, dep).await?;
+    apps::update(tx, app).await?;
+    Ok(true)
+}
+
+// ---- API operations ------------------------------------------------------
+
+use shellwego_api::deployments::{DeployRequest, RollbackRequest};
+use shellwego_core::list::ListParams;
+use shellwego_core::units::parse_duration;
+use shellwego_store::list::{Page, Scope};
+use shellwego_store::{commit, Store};
+
+use crate::auth::Principal;
+
+fn ms(v: &Option<String>, default: i64) -> i64 {
+    v.as_deref()
+        .and_then(parse_duration)
+        .map_or(default, |d| d.as_millis() as i64)
+}
+
+/// `POST /v1/apps/{id}/deploy`: a new release of the app (with the given
+/// image or source) and a deployment to it.
+pub async fn app_deploy(
+    store: &Store,
+    p: &Principal,
+    app_id: &str,
+    req: &DeployRequest,
+) -> Result<Deployment, Error> {
+    p.authorize("apps", "write", Some(app_id))?;
+    if let Some(upl) = req.source.as_ref().and_then(|s| s.upload_id.as_ref()) {
+        if !store.upload_exists(upl, &p.organization_id).await? {
+            return Err(Error::field(
+                "source.upload_id",
+                "not_found",
+                "no such upload in this organization; upload the archive with POST /v1/uploads first",
+            ));
+        }
+    }
+    let mut tx = store.begin().await?;
+    let mut app = match apps::get_for_update(&mut tx, app_id).await? {
+        Some(a) if a.organization_id == p.organization_id => a,
+        _ => return Err(Error::not_found("app", app_id)),
+    };
+    let mut spec = crate::service::apps::spec_of(&app);
+    let image_changed = req
+        .image
+        .as_ref()
+        .is_some_and(|i| spec.image.as_ref() != Some(i));
+    if let Some(i) = &req.image {
+        spec.image = Some(i.clone());
+        spec.source = None;
+    }
+    if let Some(s) = &req.source {
+        spec.source = Some(s.clone());
+        spec.image = None;
+    }
+    app.spec = serde_json::to_string(&spec).map_err(Error::internal)?;
+    let strategy = req.strategy.clone().unwrap_or_else(|| {
+        if image_changed {
+            "blue-green".into()
+        } else {
+            "rolling".into()
+        }
+    });
+    let d = Options::default();
+    let options = Options {
+        batch_size: req.batch_size.unwrap_or(d.batch_size),
+        health_check_timeout_ms: ms(&req.health_check_timeout, d.health_check_timeout_ms),
+        rollback_on_failure: req.rollback_on_failure.unwrap_or(true),
+        warm_ms: ms(&req.warm_window, d.warm_ms),
+        canary_steps: req.canary_steps.clone().unwrap_or(d.canary_steps),
+        canary_pause_ms: ms(&req.canary_pause, d.canary_pause_ms),
+        max_error_rate: d.max_error_rate,
+    };
+    let reason = match (&req.image, &req.source) {
+        (Some(i), _) => format!("deploy {i}"),
+        (_, Some(_)) => "deploy a new source".to_string(),
+        _ => "redeploy".to_string(),
+    };
+    let dep = start(
+        &mut tx,
+        &p.actor(),
+        &mut app,
+        Target::New,
+        &strategy,
+        options,
+        &reason,
+        None,
+    )
+    .await?;
+    apps::update(&mut tx, &app).await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("deployment.started", &p.actor(), "app", app_id)
+            .in_org(&app.organization_id)
+            .meta(json!({"deployment_id": dep.id, "version": version_label(dep.version), "strategy": strategy, "image": spec.image})),
+    )
+    .await?;
+    crate::service::apps::reconcile_in(&mut tx, app_id).await?;
+    let dep = deployments::get_in(&mut tx, &dep.id).await?.unwrap_or(dep);
+    commit(tx).await?;
+    Ok(dep)
+}
+
+pub async fn deployment_list(
+    store: &Store,
+    p: &Principal,
+    app_id: &str,
+    params: &ListParams,
+) -> Result<Page<Deployment>, Error> {
+    // 404 for an app the caller cannot see.
+    crate::service::apps::app_get(store, p, app_id).await?;
+    let scope = Scope::new()
+        .is_in("t.organization_id", p.organization_ids())
+        .is_in("t.app_id", vec![app_id.to_string()]);
+    store
+        .list(
+            &deployments::DEPLOYMENTS,
+            &scope,
+            params,
+            deployments::from_row,
+        )
+        .await
+}
+
+pub async fn deployment_get(store: &Store, p: &Principal, id: &str) -> Result<Deployment, Error> {
+    let d = store
+        .deployment(id, &p.organization_ids())
+        .await?
+        .ok_or_else(|| Error::not_found("deployment", id))?;
+    p.authorize("apps", "read", Some(&d.app_id))
+        .map_err(|_| Error::not_found("deployment", id))?;
+    Ok(d)
+}
+
+/// `POST /v1/deployments/{id}/actions/rollback`: a new deployment back to
+/// that deployment's release (its exact spec and image digest).
+pub async fn deployment_rollback(
+    store: &Store,
+    p: &Principal,
+    id: &str,
+    req: &RollbackRequest,
+) -> Result<Deployment, Error> {
+    let target = deployment_get(store, p, id).await?;
+    p.authorize("apps", "write", Some(&target.app_id))?;
+    let mut tx = store.begin().await?;
+    let Some(mut app) = apps::get_for_update(&mut tx, &target.app_id).await? else {
+        return Err(Error::not_found("deployment", id));
+    };
+    let active = deployments::active(&mut tx, &app.id).await?;
+    if app.version == target.version && active.is_none() {
+        return Err(Error::Conflict(format!(
+            "The app already runs {} ({}); pick an older deployment.",
+            version_label(target.version),
+            target.id
+        )));
+    }
+    let strategy = match req.strategy.as_deref().unwrap_or("immediate") {
+        "gradual" => "rolling",
+        _ => "blue-green",
+    };
+    let options = Options {
+        warm_ms: 0,
+        ..Default::default()
+    };
+    let reason = req
+        .reason
+        .clone()
+        .unwrap_or_else(|| format!("rollback to {}", target.id));
+    let previous = deployments::serving(&mut tx, &app.id, app.version)
+        .await?
+        .map(|d| d.id);
+    let dep = start(
+        &mut tx,
+        &p.actor(),
+        &mut app,
+        Target::Existing(target.version),
+        strategy,
+        options,
+        &reason,
+        Some(target.id.clone()),
+    )
+    .await?;
+    // What served until now is rolled back.
+    if let Some(prev) = previous {
+        if let Some(mut d) = deployments::get_in(&mut tx, &prev).await? {
+            if d.status == "successful" && d.id != target.id {
+                d.status = "rolled_back".into();
+                d.reason = Some(format!("rolled back by {}: {reason}", dep.id));
+                deployments::update(&mut tx, &d).await?;
+            }
+        }
+    }
+    apps::update(&mut tx, &app).await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("deployment.rollback", &p.actor(), "app", &app.id)
+            .in_org(&app.organization_id)
+            .meta(json!({"deployment_id": dep.id, "rollback_target": target.id, "version": version_label(target.version), "reason": reason})),
+    )
+    .await?;
+    crate::service::apps::reconcile_in(&mut tx, &app.id).await?;
+    let dep = deployments::get_in(&mut tx, &dep.id).await?.unwrap_or(dep);
+    commit(tx).await?;
+    Ok(dep)
+}
+
+/// `POST /v1/deployments/{id}/actions/promote`: a canary goes to 100% at
+/// once (no more steps or pauses); a blue-green deployment ends its warm
+/// window now.
+pub async fn deployment_promote(
+    store: &Store,
+    p: &Principal,
+    id: &str,
+) -> Result<Deployment, Error> {
+    let d = deployment_get(store, p, id).await?;
+    p.authorize("apps", "write", Some(&d.app_id))?;
+    let mut tx = store.begin().await?;
+    let Some(app) = apps::get_for_update(&mut tx, &d.app_id).await? else {
+        return Err(Error::not_found("deployment", id));
+    };
+    let Some(mut d) = deployments::get_in(&mut tx, id).await? else {
+        return Err(Error::not_found("deployment", id));
+    };
+    let now_us = to_micros(now());
+    let what = match (d.status.as_str(), d.strategy.as_str()) {
+        ("in_progress", "canary") if canary_weight(&d) < 100 => {
+            d.canary_step = options_of(&d).canary_steps.len().saturating_sub(1) as i64;
+            d.wait_until = None;
+            d.step_started_at = Some(now_us);
+            "promoted: the canary goes to 100%"
+        }
+        ("in_progress", "blue-green" | "canary") if d.wait_until.is_some() => {
+            d.wait_until = Some(now_us);
+            "promoted: the old set stops now"
+        }
+        _ => {
+            return Err(Error::Conflict(format!(
+                "Deployment {id} has nothing to promote (it is {} {}); promote a canary, or a blue-green deployment after its switch.",
+                d.status, d.strategy
+            )))
+        }
+    };
+    deployments::update(&mut tx, &d).await?;
+    deployments::log(&mut tx, &d.id, what).await?;
+    events::record(
+        &mut tx,
+        NewEvent::info("deployment.promoted", &p.actor(), "app", &app.id)
+            .in_org(&app.organization_id)
+            .meta(json!({"deployment_id": d.id})),
+    )
+    .await?;
+    crate::service::apps::reconcile_in(&mut tx, &app.id).await?;
+    let d = deployments::get_in(&mut tx, id).await?.unwrap_or(d);
+    commit(tx).await?;
+    Ok(d)
+}

@@ -1,0 +1,677 @@
+//! Deployments over HTTP with a simulated agent (its reports are what the
+//! test says): blue-green holds the old set and switches traffic at once,
+//! a crash-looping release fails and rolls back by itself, a manual
+//! rollback restores an older release, and the step log tells the story.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::apps::{heartbeat, join_node, post, sync};
+use crate::both_backends;
+use crate::kit::{problem, Srv};
+
+/// What the node should run for `app`.
+async fn desired(s: &Srv, cred: &str, app: &str) -> Vec<Value> {
+    let d = sync(s, cred, json!({"generation": -1, "wait_secs": 1})).await;
+    d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["app_id"] == app)
+        .cloned()
+        .collect()
+}
+
+/// Report the node's instances: `status(image)` says each one's state.
+async fn report(s: &Srv, cred: &str, status: impl Fn(&Value) -> Value) {
+    let d = sync(s, cred, json!({"generation": -1, "wait_secs": 1})).await;
+    let reports: Vec<Value> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let mut r = status(i);
+            r["id"] = i["id"].clone();
+            r["port"] = json!(4567);
+            r
+        })
+        .collect();
+    sync(
+        s,
+        cred,
+        json!({"generation": d["generation"], "wait_secs": 1, "internal_ip": "10.0.0.7", "instances": reports}),
+    )
+    .await;
+}
+
+fn healthy(_: &Value) -> Value {
+    json!({"status": "healthy"})
+}
+
+async fn wait_dep(s: &Srv, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let (_, d) = s.get(&format!("/v1/deployments/{id}")).await;
+        if ok(&d) {
+            return d;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{what}: {d:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Images of the instances the routers send requests to.
+async fn routed(s: &Srv, cred: &str, app: &str) -> Vec<String> {
+    let ids: Vec<String> = s
+        .store
+        .routable_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    let mut images: Vec<String> = desired(s, cred, app)
+        .await
+        .iter()
+        .filter(|i| ids.contains(&i["id"].as_str().unwrap().to_string()))
+        .map(|i| i["image"].as_str().unwrap().to_string())
+        .collect();
+    images.sort();
+    images
+}
+
+async fn deploy(s: &Srv, app: &str, body: Value) -> String {
+    let r = post(s, &format!("/v1/apps/{app}/deploy"), &s.token, body).await;
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "in_progress", "{v}");
+    assert_eq!(v["progress"]["total_steps"], 7, "{v}");
+    v["deployment_id"].as_str().unwrap().to_string()
+}
+
+async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
+    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
+    let beat = heartbeat(&s, &cred);
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "web", "image": "web:v1", "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
+    )
+    .await;
+    let created: Value = r.json().await.unwrap();
+    let app = created["id"].as_str().unwrap().to_string();
+    let first = created["deployment_id"].as_str().unwrap().to_string();
+    // The agent pulled v1 and pins it by digest.
+    report(
+        &s,
+        &cred,
+        |_| json!({"status": "healthy", "image_pinned": "web:v1@sha256:1111"}),
+    )
+    .await;
+    let d = wait_dep(&s, &first, "the first deployment completes", |d| {
+        d["status"] == "successful"
+    })
+    .await;
+    assert_eq!(d["version"], "v1");
+    assert_eq!(d["progress"]["completed_steps"], 7, "{d:#}");
+    assert!(d["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|st| st["status"] == "completed" && st["completed_at"].is_string()));
+
+    // Blue-green (the default for a new image): the whole new set starts
+    // beside the old one, traffic stays on the old set until every new
+    // instance is healthy, then switches at once.
+    let bg = deploy(&s, &app, json!({"image": "web:v2", "warm_window": "1s"})).await;
+    let now = desired(&s, &cred, &app).await;
+    assert_eq!(now.len(), 4, "2 old + 2 new: {now:#?}");
+    report(&s, &cred, |i| {
+        if i["image"] == "web:v2" {
+            json!({"status": "starting", "reason": "waiting for the health check"})
+        } else {
+            json!({"status": "healthy"})
+        }
+    })
+    .await;
+    assert_eq!(
+        routed(&s, &cred, &app).await,
+        ["web:v1@sha256:1111", "web:v1@sha256:1111"]
+    );
+    let d = wait_dep(&s, &bg, "health checks under way", |d| {
+        d["progress"]["current_step"] == "starting_health_checks"
+    })
+    .await;
+    assert_eq!(d["strategy"], "blue-green");
+    report(&s, &cred, healthy).await;
+    wait_dep(&s, &bg, "traffic switched", |d| {
+        d["progress"]["current_step"] == "draining_old"
+    })
+    .await;
+    assert_eq!(routed(&s, &cred, &app).await, ["web:v2", "web:v2"]);
+    assert_eq!(
+        desired(&s, &cred, &app).await.len(),
+        4,
+        "the old set stays warm for the window"
+    );
+    // After the window the old set stops, and the deployment completes.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let t = Instant::now();
+    while desired(&s, &cred, &app).await.len() != 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the old set never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    report(&s, &cred, healthy).await;
+    let d = wait_dep(&s, &bg, "blue-green completes", |d| {
+        d["status"] == "successful"
+    })
+    .await;
+    assert_eq!(d["previous_version"], "v1");
+    assert!(d["metrics"]["deploy_time_ms"].as_i64().unwrap() > 0);
+
+    // A release that crash-loops fails and rolls back by itself: its
+    // instance goes, v2 keeps serving, and the events say why.
+    let bad = deploy(
+        &s,
+        &app,
+        json!({"image": "web:v3", "strategy": "rolling", "health_check_timeout": "30s"}),
+    )
+    .await;
+    let now = desired(&s, &cred, &app).await;
+    assert_eq!(now.len(), 3, "one replacement at a time: {now:#?}");
+    report(&s, &cred, |i| {
+        if i["image"] == "web:v3" {
+            json!({"status": "crashed", "reason": "exited with code 1", "restarts": 3})
+        } else {
+            json!({"status": "healthy"})
+        }
+    })
+    .await;
+    let d = wait_dep(&s, &bad, "failed", |d| d["status"] != "in_progress").await;
+    assert!(
+        d["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("crash-looping"),
+        "{d:#}"
+    );
+    let now = desired(&s, &cred, &app).await;
+    assert!(now.iter().all(|i| i["image"] == "web:v2"), "{now:#?}");
+    assert_eq!(now.len(), 2);
+    report(&s, &cred, healthy).await;
+    let d = wait_dep(&s, &bad, "rolled back", |d| d["status"] == "rolled_back").await;
+    assert!(d["status_reason"]
+        .as_str()
+        .unwrap()
+        .contains("exited with code 1"));
+    for kind in ["deployment.failed", "deployment.rolled_back"] {
+        let (_, ev) = s
+            .get(&format!(
+                "/v1/events?filter[type]={kind}&filter[resource_id]={app}"
+            ))
+            .await;
+        assert_eq!(ev["data"].as_array().unwrap().len(), 1, "{kind}: {ev}");
+        assert_eq!(ev["data"][0]["metadata"]["deployment_id"], bad.as_str());
+    }
+    let (_, a) = s.get(&format!("/v1/apps/{app}")).await;
+    assert_eq!(a["image"], "web:v2", "{a:#}");
+    assert_eq!(a["status"], "running");
+
+    // Manual rollback to the first deployment: its release again.
+    let r = post(
+        &s,
+        &format!("/v1/deployments/{first}/actions/rollback"),
+        &s.token,
+        json!({"strategy": "gradual", "reason": "v2 is slow"}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let rb = r.json::<Value>().await.unwrap()["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..4 {
+        report(&s, &cred, healthy).await;
+    }
+    let d = wait_dep(&s, &rb, "the rollback completes", |d| {
+        d["status"] == "successful"
+    })
+    .await;
+    assert_eq!(d["rollback_target"], first.as_str());
+    assert_eq!(d["version"], "v1", "the first release, not a copy");
+    let now = desired(&s, &cred, &app).await;
+    assert!(
+        now.iter().all(|i| i["image"] == "web:v1@sha256:1111"),
+        "the first release's exact digest: {now:#?}"
+    );
+    assert_eq!(d["image"], "web:v1@sha256:1111", "{d:#}");
+    let (_, a) = s.get(&format!("/v1/apps/{app}")).await;
+    assert_eq!(a["image"], "web:v1@sha256:1111", "{a:#}");
+    let (_, old) = s.get(&format!("/v1/deployments/{bg}")).await;
+    assert_eq!(old["status"], "rolled_back");
+    // Rolling back to what already runs is a conflict.
+    let r = post(
+        &s,
+        &format!("/v1/deployments/{first}/actions/rollback"),
+        &s.token,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), 409);
+
+    // PATCH with a new image deploys it blue-green.
+    let r = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/apps/{app}"),
+            Some(&s.token),
+            Some(json!({"image": "web:v9"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let (_, l) = s.get(&format!("/v1/apps/{app}/deployments")).await;
+    assert_eq!(l["data"][0]["strategy"], "blue-green", "{l}");
+    assert_eq!(l["data"][0]["image"], "web:v9", "{l}");
+    let patched = l["data"][0]["id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        report(&s, &cred, healthy).await;
+    }
+
+    // The list, newest first; the step log.
+    let (_, l) = s.get(&format!("/v1/apps/{app}/deployments")).await;
+    let ids: Vec<&str> = l["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            patched.as_str(),
+            rb.as_str(),
+            bad.as_str(),
+            bg.as_str(),
+            first.as_str()
+        ]
+    );
+    let log = s
+        .call(
+            Method::GET,
+            &format!("/v1/deployments/{bg}/logs"),
+            Some(&s.token),
+            None,
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("deploying v2"), "{log}");
+    assert!(log.contains("traffic switched to v2"), "{log}");
+    assert!(log.contains("completed in"), "{log}");
+    beat.abort();
+}
+
+async fn deploy_requests_are_validated(s: Srv) {
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "v", "image": "web:v1", "replicas": 0}),
+    )
+    .await;
+    let app = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (body, field) in [
+        (json!({"strategy": "yolo"}), "strategy"),
+        (
+            json!({"health_check_timeout": "soon"}),
+            "health_check_timeout",
+        ),
+        (json!({"canary_steps": [50, 10]}), "canary_steps"),
+        (json!({"batch_size": 0}), "batch_size"),
+        (json!({"image": "a b"}), "image"),
+        (
+            json!({"image": "x", "source": {"type": "tarball", "url": "http://x/a.tgz"}}),
+            "source",
+        ),
+    ] {
+        let r = post(
+            &s,
+            &format!("/v1/apps/{app}/deploy"),
+            &s.token,
+            body.clone(),
+        )
+        .await;
+        let p = problem(r, 400).await;
+        assert_eq!(p["errors"][0]["field"], field, "{body}: {p}");
+    }
+    let r = post(&s, "/v1/apps/app_nope/deploy", &s.token, json!({})).await;
+    assert_eq!(r.status(), 404);
+    let (st, _) = s.get("/v1/deployments/dep_nope").await;
+    assert_eq!(st, 404);
+    let (st, _) = s.get("/v1/deployments/dep_nope/logs?follow=maybe").await;
+    assert_eq!(st, 400);
+}
+
+/// A release whose image cannot be pulled, one that crash-loops and one
+/// whose health check never passes each end rolled back with the reason,
+/// while the old version keeps serving.
+async fn every_failure_mode_rolls_back_and_keeps_the_old_version_serving(s: Srv) {
+    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
+    let beat = heartbeat(&s, &cred);
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "keep", "image": "keep:v1", "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
+    )
+    .await;
+    let app = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    report(&s, &cred, healthy).await;
+    let cases: [(&str, Value, &str); 3] = [
+        (
+            "keep:missing",
+            json!({"status": "failed", "reason": "cannot pull keep:missing: manifest unknown"}),
+            "manifest unknown",
+        ),
+        (
+            "keep:crashy",
+            json!({"status": "crashed", "reason": "exited with code 2", "restarts": 5}),
+            "crash-looping",
+        ),
+        (
+            "keep:sick",
+            json!({"status": "unhealthy", "reason": "health check failing: GET /health answered 500"}),
+            "healthy after 1s",
+        ),
+    ];
+    for (image, state, why) in cases {
+        let dep = deploy(
+            &s,
+            &app,
+            json!({"image": image, "strategy": "blue-green", "health_check_timeout": "1s"}),
+        )
+        .await;
+        let t = Instant::now();
+        loop {
+            report(&s, &cred, |i| {
+                if i["image"] == image {
+                    state.clone()
+                } else {
+                    json!({"status": "healthy"})
+                }
+            })
+            .await;
+            // Throughout, every request goes to the old version.
+            assert_eq!(
+                routed(&s, &cred, &app).await,
+                ["keep:v1", "keep:v1"],
+                "{image}"
+            );
+            let (_, d) = s.get(&format!("/v1/deployments/{dep}")).await;
+            if d["status"] == "rolled_back" {
+                assert!(
+                    d["status_reason"].as_str().unwrap().contains(why),
+                    "{image}: {d:#}"
+                );
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "{image}: {d:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (_, a) = s.get(&format!("/v1/apps/{app}")).await;
+        assert_eq!(a["image"], "keep:v1", "{a:#}");
+    }
+    let (_, ev) = s
+        .get(&format!(
+            "/v1/events?filter[type]=deployment.rolled_back&filter[resource_id]={app}"
+        ))
+        .await;
+    assert_eq!(ev["data"].as_array().unwrap().len(), 3, "{ev}");
+    beat.abort();
+}
+
+/// The share of the app's requests the routers give instances of `image`.
+async fn share_of(s: &Srv, cred: &str, app: &str, image: &str) -> f64 {
+    let routes = s.store.routable_instances().await.unwrap();
+    let d = desired(s, cred, app).await;
+    let (mut mine, mut all) = (0u64, 0u64);
+    for r in routes {
+        if let Some(i) = d.iter().find(|i| i["id"] == r.1.as_str()) {
+            all += u64::from(r.4);
+            if i["image"] == image {
+                mine += u64::from(r.4);
+            }
+        }
+    }
+    mine as f64 / all.max(1) as f64
+}
+
+/// Canary: a share of the new version, its traffic share in the routers,
+/// promotion step by step while its error rate (counted by the routers)
+/// stays low, automatic rollback when it does not, and `promote`.
+async fn canaries_step_up_roll_back_on_errors_and_promote(s: Srv) {
+    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
+    let beat = heartbeat(&s, &cred);
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "can", "image": "can:v1", "replicas": 4, "resources": {"memory": "64m", "cpu": 0.1}}),
+    )
+    .await;
+    let app = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    report(&s, &cred, healthy).await;
+    let counts = |id: &str, req: u64, err: u64| {
+        std::collections::HashMap::from([(id.to_string(), (req, err))])
+    };
+
+    // A bad canary: 25% (one of four instances), rolled back on its errors.
+    let bad = deploy(
+        &s,
+        &app,
+        json!({"image": "can:v2", "strategy": "canary", "canary_steps": [25, 100], "canary_pause": "30s"}),
+    )
+    .await;
+    let d = desired(&s, &cred, &app).await;
+    assert_eq!(d.len(), 5, "4 old + 1 canary: {d:#?}");
+    assert_eq!(
+        share_of(&s, &cred, &app, "can:v2").await,
+        0.0,
+        "not before it is healthy"
+    );
+    report(&s, &cred, healthy).await;
+    let t = Instant::now();
+    while share_of(&s, &cred, &app, "can:v2").await == 0.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the canary never got traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!((share_of(&s, &cred, &app, "can:v2").await - 0.25).abs() < 1e-9);
+    let canary = desired(&s, &cred, &app)
+        .await
+        .into_iter()
+        .find(|i| i["image"] == "can:v2")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Few requests decide nothing; many with errors do.
+    s.store
+        .add_instance_traffic(&counts(&canary, 5, 5))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    report(&s, &cred, healthy).await;
+    let (_, d) = s.get(&format!("/v1/deployments/{bad}")).await;
+    assert_eq!(d["status"], "in_progress", "{d:#}");
+    s.store
+        .add_instance_traffic(&counts(&canary, 95, 35))
+        .await
+        .unwrap();
+    report(&s, &cred, healthy).await;
+    let d = wait_dep(&s, &bad, "the bad canary rolled back", |d| {
+        d["status"] == "failed" || d["status"] == "rolled_back"
+    })
+    .await;
+    assert!(
+        d["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("40 of 100 requests"),
+        "{d:#}"
+    );
+    report(&s, &cred, healthy).await;
+    wait_dep(&s, &bad, "rolled back", |d| d["status"] == "rolled_back").await;
+    assert_eq!(share_of(&s, &cred, &app, "can:v1").await, 1.0);
+    assert_eq!(desired(&s, &cred, &app).await.len(), 4);
+
+    // A good canary steps up after its pause, then replaces the rest.
+    let good = deploy(
+        &s,
+        &app,
+        json!({"image": "can:v3", "strategy": "canary", "canary_steps": [25, 100], "canary_pause": "1s"}),
+    )
+    .await;
+    report(&s, &cred, healthy).await;
+    let t = Instant::now();
+    loop {
+        report(&s, &cred, healthy).await;
+        let (_, d) = s.get(&format!("/v1/deployments/{good}")).await;
+        if d["status"] == "successful" {
+            break;
+        }
+        assert_eq!(d["status"], "in_progress", "{d:#}");
+        assert!(t.elapsed() < Duration::from_secs(20), "{d:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let d = desired(&s, &cred, &app).await;
+    assert!(
+        d.iter().all(|i| i["image"] == "can:v3") && d.len() == 4,
+        "{d:#?}"
+    );
+    let log = s
+        .call(
+            Method::GET,
+            &format!("/v1/deployments/{good}/logs"),
+            Some(&s.token),
+            None,
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("canary: 25% of requests to v"), "{log}");
+    assert!(log.contains("next step: 100%"), "{log}");
+
+    // Promote skips the remaining steps and pauses.
+    let promoted = deploy(&s, &app, json!({"image": "can:v4", "strategy": "canary"})).await;
+    report(&s, &cred, healthy).await;
+    let r = post(
+        &s,
+        &format!("/v1/deployments/{promoted}/actions/promote"),
+        &s.token,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    for _ in 0..4 {
+        report(&s, &cred, healthy).await;
+    }
+    wait_dep(&s, &promoted, "promoted to the end", |d| {
+        d["status"] == "successful"
+    })
+    .await;
+    let r = post(
+        &s,
+        &format!("/v1/deployments/{promoted}/actions/promote"),
+        &s.token,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), 409, "nothing left to promote");
+    beat.abort();
+}
+
+/// One deployment at a time: a new one supersedes the one in progress,
+/// which ends `failed` with the reason; the app goes to the newest release.
+async fn a_new_deployment_supersedes_the_one_in_progress(s: Srv) {
+    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
+    let beat = heartbeat(&s, &cred);
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "sup", "image": "sup:v1", "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
+    )
+    .await;
+    let app = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    report(&s, &cred, healthy).await;
+    let slow = deploy(&s, &app, json!({"image": "sup:v2"})).await;
+    // v2 never gets healthy; v3 is deployed over it.
+    report(&s, &cred, |i| {
+        if i["image"] == "sup:v2" {
+            json!({"status": "starting", "reason": "waiting for the health check"})
+        } else {
+            json!({"status": "healthy"})
+        }
+    })
+    .await;
+    let fast = deploy(&s, &app, json!({"image": "sup:v3", "warm_window": "0s"})).await;
+    let (_, d) = s.get(&format!("/v1/deployments/{slow}")).await;
+    assert_eq!(d["status"], "failed", "{d:#}");
+    assert_eq!(
+        d["status_reason"],
+        format!("superseded by {fast}").as_str(),
+        "{d:#}"
+    );
+    assert!(d["completed_at"].is_string(), "{d:#}");
+    let t = Instant::now();
+    let d = loop {
+        report(&s, &cred, healthy).await;
+        let (_, d) = s.get(&format!("/v1/deployments/{fast}")).await;
+        if d["status"] == "successful" {
+            break d;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{d:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        d["previous_version"], "v1",
+        "the last version known to serve: {d:#}"
+    );
+    let now = desired(&s, &cred, &app).await;
+    assert!(
+        now.iter().all(|i| i["image"] == "sup:v3") && now.len() == 2,
+        "{now:#?}"
+    );
+    beat.abort();
+}
+
+both_backends!(
+    a_new_deployment_supersedes_the_one_in_progress,
+    canaries_step_up_roll_back_on_errors_and_promote,
+    every_failure_mode_rolls_back_and_keeps_the_old_version_serving,
+    deployments_switch_fail_roll_back_and_restore,
+    deploy_requests_are_validated
+);
