@@ -20,6 +20,40 @@ fn write(p: &Path, v: &str) -> bool {
     std::fs::write(p, v).is_ok()
 }
 
+/// The CPU limit (thousandths of a core) of the cgroup process `pid` is in,
+/// read through `/proc/<pid>/cgroup` (v1 `cpu` controller, else v2); None
+/// when it has none or the host offers no CPU controller.
+pub fn cpu_limit_of(pid: u32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let mut files = vec![];
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let rel = path.trim_start_matches('/');
+        if ctls.split(',').any(|c| c == "cpu") {
+            for mount in ["cpu", "cpu,cpuacct", "cpuacct,cpu"] {
+                files.push(
+                    Path::new(ROOT)
+                        .join(mount)
+                        .join(rel)
+                        .join("cpu.cfs_quota_us"),
+                );
+            }
+        } else if ctls.is_empty() {
+            files.push(Path::new(ROOT).join(rel).join("cpu.max"));
+        }
+    }
+    files.iter().find_map(|f| {
+        let q = std::fs::read_to_string(f).ok()?;
+        q.split_whitespace()
+            .next()?
+            .parse::<i64>()
+            .ok()
+            .filter(|q| *q > 0)
+            .map(|q| q / 100)
+    })
+}
+
 impl Cgroup {
     /// Whether this host has a memory controller we can use.
     pub fn memory_available() -> bool {
@@ -122,6 +156,21 @@ impl Cgroup {
             .find_map(|l| l.strip_prefix("oom_kill "))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Set the CPU limit (`cpu_millis` thousandths of a core per 100 ms).
+    pub fn set_cpu(&self, cpu_millis: i64) -> std::io::Result<()> {
+        if cpu_millis <= 0 {
+            return Ok(());
+        }
+        for d in &self.dirs {
+            if d.join("cpu.cfs_quota_us").exists() {
+                std::fs::write(d.join("cpu.cfs_quota_us"), (cpu_millis * 100).to_string())?;
+            } else if d.join("cpu.max").exists() {
+                std::fs::write(d.join("cpu.max"), format!("{} 100000", cpu_millis * 100))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn is_v2(&self) -> bool {

@@ -46,8 +46,9 @@
 //!
 //! Both get `/proc`, a tmpfs `/dev` (the runtime adds the standard device
 //! nodes), `/dev/pts`, `/dev/shm`, `/dev/mqueue`, `/sys` read-only, the
-//! cgroup tree read-only, a tmpfs `/tmp`, and the host's `/etc/resolv.conf`
-//! and `/etc/hosts` read-only.
+//! cgroup tree read-only, a tmpfs `/tmp`, the host's `/etc/resolv.conf`
+//! read-only, and an `/etc/hosts` of its own naming the container (its
+//! hostname at its address), read-only.
 //!
 //! # Process and limits
 //!
@@ -58,7 +59,8 @@
 //! `/shellwego/container/<container id>` (`cgroupsPath`, cgroupfs layout, so
 //! the driver knows where to look for OOM kills); memory limit =
 //! `launch.memory` (and memory+swap = the same where swap is on and
-//! accounted), CPU = `cpu_millis × 100` µs per 100 ms period. No seccomp
+//! accounted), CPU = `cpu_millis × 100` µs per 100 ms period (at least one
+//! core until the instance is up, then `runc update` sets it: `Driver::settle`). No seccomp
 //! profile is applied.
 //!
 //! # Networking
@@ -374,15 +376,29 @@ impl ContainerDriver {
         if !launch.env.contains_key("PORT") {
             env.push(format!("PORT={}", launch.port));
         }
+        // The container's own /etc/hosts names it, as Docker's does: a
+        // program that looks up its host name (Python's http.server does, at
+        // bind) finds it here instead of waiting on DNS it cannot reach.
+        let hostname: String = cid.chars().take(63).collect();
+        let hosts = bundle.join("hosts");
+        fs::write(
+            &hosts,
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
+                net.ip
+            ),
+        )
+        .context("cannot write the container's /etc/hosts")?;
         let config = oci_config(&ConfigInput {
             argv: &launch.argv,
             env,
             cwd: layout.cwd.clone(),
-            hostname: cid.chars().take(63).collect(),
+            hostname,
+            hosts,
             netns: Some(format!("{NETNS_DIR}/{}", net.netns)),
             cgroup: cgroup.clone(),
             memory: launch.memory,
-            cpu_millis: launch.cpu_millis,
+            cpu_millis: crate::driver::boot_cpu_millis(launch.cpu_millis),
             mounts: layout.mounts,
         });
         let text = serde_json::to_vec_pretty(&config)?;
@@ -868,6 +884,35 @@ impl Driver for ContainerDriver {
         "container"
     }
 
+    fn settle(&self, r: &Running, cpu_millis: i64) -> anyhow::Result<()> {
+        if cpu_millis <= 0 {
+            return Ok(());
+        }
+        let (rt, root) = self.runtime_for(r);
+        let cid = Self::cid_of("", Some(r));
+        let mut cmd = rt.cmd(&root);
+        cmd.args([
+            "update",
+            "--cpu-period",
+            &CPU_PERIOD.to_string(),
+            "--cpu-quota",
+            &cpu_millis
+                .saturating_mul(CPU_PERIOD / 1000)
+                .max(1000)
+                .to_string(),
+            &cid,
+        ]);
+        let out = run(cmd, RUNTIME_TIMEOUT)?;
+        if out.status.success() || !alive(r) {
+            return Ok(());
+        }
+        bail!(
+            "{} update {cid}: {}",
+            rt.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    }
+
     fn run(&self, cmd: Command<'_>) -> anyhow::Result<Reply> {
         match cmd {
             Command::Start(launch) => self.start(launch).map(Reply::Started),
@@ -933,6 +978,8 @@ struct ConfigInput<'a> {
     env: Vec<String>,
     cwd: String,
     hostname: String,
+    /// Mounted read-only at /etc/hosts.
+    hosts: PathBuf,
     netns: Option<String>,
     cgroup: String,
     memory: i64,
@@ -969,11 +1016,10 @@ fn oci_config(c: &ConfigInput<'_>) -> Value {
         json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                "options": ["nosuid", "nodev", "mode=1777"]}),
     ];
-    for f in ["/etc/resolv.conf", "/etc/hosts"] {
-        if Path::new(f).is_file() {
-            mounts.push(bind_ro(Path::new(f), f));
-        }
+    if Path::new("/etc/resolv.conf").is_file() {
+        mounts.push(bind_ro(Path::new("/etc/resolv.conf"), "/etc/resolv.conf"));
     }
+    mounts.push(bind_ro(&c.hosts, "/etc/hosts"));
     mounts.extend(c.mounts.iter().cloned());
 
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});

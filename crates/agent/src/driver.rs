@@ -97,9 +97,29 @@ pub enum Reply {
     Done,
 }
 
+/// Until an instance is up (its first health check passed, or
+/// `reconcile::BOOT_WINDOW` after its start) it may use up to this much CPU,
+/// so its start (an interpreter loading, a guest kernel booting) is not held
+/// to a small steady limit; `Driver::settle` then applies `cpu_millis`.
+pub const BOOT_CPU_MILLIS: i64 = 1000;
+
+/// The CPU limit an instance starts with (0: none).
+pub fn boot_cpu_millis(cpu_millis: i64) -> i64 {
+    if cpu_millis > 0 {
+        cpu_millis.max(BOOT_CPU_MILLIS)
+    } else {
+        0
+    }
+}
+
 pub trait Driver: Send + Sync {
     fn name(&self) -> &'static str;
     fn run(&self, cmd: Command<'_>) -> anyhow::Result<Reply>;
+    /// The instance is up: hold it to its steady CPU limit from now on (it
+    /// started with `boot_cpu_millis`). Idempotent.
+    fn settle(&self, _r: &Running, _cpu_millis: i64) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// None while the instance runs; how it ended once it has.
     fn poll(&self, r: &Running) -> Option<Exit>;
     /// After an agent restart: is this saved instance still alive?

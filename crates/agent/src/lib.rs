@@ -321,6 +321,7 @@ pub async fn run(
             ..Default::default()
         },
         http: http.clone(),
+        fetching: Default::default(),
     });
     let shared = Arc::new(reconcile::Shared::new());
     ctx.adopt(&shared);
@@ -329,7 +330,15 @@ pub async fn run(
     let sync_loop = async {
         let mut generation = -1;
         let mut backoff = Duration::from_millis(500);
+        // Reports are numbered so the control plane can tell a late one
+        // (a dropped call it still processed) from the newest; starting at
+        // the clock keeps the numbers growing across agent restarts.
+        let mut seq = 0i64;
         loop {
+            let clock = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            seq = (seq + 1).max(clock);
             let wait = cred
                 .sync_wait_secs
                 .map_or(args.sync_wait, |w| w.clamp(1, 30).min(args.sync_wait));
@@ -343,6 +352,7 @@ pub async fn run(
                 instances: Some(shared.reports(&advertise_ip)),
                 events: events.clone(),
                 internal_ip: Some(advertise_ip.clone()),
+                seq: Some(seq),
             };
             let send = http
                 .post(&url)

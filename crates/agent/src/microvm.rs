@@ -351,6 +351,12 @@ impl Driver for MicrovmDriver {
         "microvm"
     }
 
+    /// QEMU runs in the process driver's cgroup: the guest boots with the
+    /// boot allowance and runs at its limit once up.
+    fn settle(&self, r: &Running, cpu_millis: i64) -> anyhow::Result<()> {
+        self.process.settle(r, cpu_millis)
+    }
+
     fn run(&self, cmd: Command<'_>) -> anyhow::Result<Reply> {
         match cmd {
             Command::Start(l) => Ok(Reply::Started(self.start(l)?)),

@@ -42,7 +42,11 @@ impl ProcessDriver {
     }
 
     fn start(&self, l: &Launch) -> anyhow::Result<Running> {
-        let cg = Cgroup::create(&l.instance_id, l.memory, l.cpu_millis);
+        let cg = Cgroup::create(
+            &l.instance_id,
+            l.memory,
+            crate::driver::boot_cpu_millis(l.cpu_millis),
+        );
         if cg.is_none() {
             tracing::info!(instance_id = %l.instance_id, "no usable cgroup on this host: running without memory/cpu limits");
         }
@@ -145,6 +149,14 @@ impl ProcessDriver {
 impl Driver for ProcessDriver {
     fn name(&self) -> &'static str {
         "process"
+    }
+
+    fn settle(&self, r: &Running, cpu_millis: i64) -> anyhow::Result<()> {
+        if let Some(cg) = cgroup_of(r) {
+            cg.set_cpu(cpu_millis)
+                .context("cannot set the instance's CPU limit")?;
+        }
+        Ok(())
     }
 
     fn run(&self, cmd: Command<'_>) -> anyhow::Result<Reply> {

@@ -22,12 +22,20 @@ use crate::driver::{Command, Driver, Exit, Launch, Reply, Running};
 /// Largest archive fetched for a tarball source.
 const MAX_ARCHIVE: u64 = 1 << 30;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-const TICK: Duration = Duration::from_millis(200);
+/// The reconciler looks at every instance (exits, due health checks) this often.
+const TICK: Duration = Duration::from_millis(100);
 /// How long a removed, healthy instance keeps serving after it is reported
 /// `stopping`: routers refresh their tables within a second of a change.
 const DEREGISTER_GRACE: Duration = Duration::from_secs(2);
 /// A TCP health check's connection must stay open this long.
 const TCP_SETTLE: Duration = Duration::from_millis(150);
+/// How often a started instance is checked until it first passes, for this
+/// long after its start (then at its interval, at most every second).
+const STARTING_CHECK: Duration = Duration::from_millis(100);
+const STARTING_WINDOW: Duration = Duration::from_secs(5);
+/// An instance may use `driver::BOOT_CPU_MILLIS` until it first passes its
+/// health check, or this long after its start, whichever comes first.
+const BOOT_WINDOW: Duration = Duration::from_secs(30);
 /// Unused images and archives are removed this often,
 const GC_EVERY: Duration = Duration::from_secs(600);
 /// and this long after an instance is removed.
@@ -71,6 +79,8 @@ struct Local {
     next_check: Instant,
     checking: bool,
     healthy_since: Option<Instant>,
+    /// Held to its steady CPU limit (see `BOOT_WINDOW`).
+    settled: bool,
 }
 
 /// Shared between the reconciler loop and the sync loop.
@@ -95,6 +105,9 @@ pub struct Ctx {
     pub images: Option<shellwego_image::ImageStore>,
     pub pull: shellwego_image::PullOptions,
     pub http: reqwest::Client,
+    /// One lock per archive being downloaded: replicas starting together
+    /// share one download.
+    pub fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn now_micros() -> i64 {
@@ -257,6 +270,7 @@ impl Ctx {
                     next_check: Instant::now(),
                     checking: false,
                     healthy_since: None,
+                    settled: false,
                     saved,
                     dir,
                 },
@@ -402,6 +416,7 @@ impl Ctx {
                         stop_deadline: None,
                         health_passed: 0,
                         health_failures: 0,
+                        settled: false,
                         next_check: Instant::now(),
                         checking: false,
                         healthy_since: None,
@@ -489,14 +504,20 @@ impl Ctx {
                     } else if !l.checking && Instant::now() >= l.next_check {
                         l.checking = true;
                         let hc = &l.saved.desired.health_check;
-                        l.next_check = Instant::now()
-                            + Duration::from_millis(hc.interval_ms.clamp(500, 3_600_000).min(
-                                if l.status == "healthy" {
-                                    u64::MAX
-                                } else {
-                                    1000
-                                },
-                            ));
+                        // A fresh instance is checked often until it first
+                        // passes, so it serves as soon as it listens.
+                        let starting = l.status != "healthy"
+                            && l.saved.started_at.is_some_and(|t| {
+                                now_micros() - t < STARTING_WINDOW.as_micros() as i64
+                            });
+                        let every = if l.status == "healthy" {
+                            hc.interval_ms.clamp(500, 3_600_000)
+                        } else if starting {
+                            STARTING_CHECK.as_millis() as u64
+                        } else {
+                            hc.interval_ms.clamp(500, 1000)
+                        };
+                        l.next_check = Instant::now() + Duration::from_millis(every);
                         let ip = r
                             .extra
                             .get("ip")
@@ -508,7 +529,22 @@ impl Ctx {
                             hc.port.unwrap_or(l.saved.port),
                             hc.path.clone(),
                             hc.timeout_ms,
+                            starting,
                         ));
+                    }
+                    // Up (healthy, or long enough after its start): its
+                    // boot CPU allowance ends.
+                    if l.saved.running.is_some()
+                        && !l.settled
+                        && (l.status == "healthy"
+                            || l.saved
+                                .started_at
+                                .is_some_and(|t| now_micros() - t > BOOT_WINDOW.as_micros() as i64))
+                    {
+                        l.settled = true;
+                        if let Err(e) = driver.settle(&r, l.saved.desired.cpu_millis) {
+                            tracing::warn!(instance_id = %id, error = %format!("{e:#}"), "cannot apply the steady CPU limit");
+                        }
                     }
                     continue;
                 }
@@ -577,7 +613,7 @@ impl Ctx {
                 shared.dirty.notify_one();
             });
         }
-        for (id, ip, port, path, timeout_ms) in to_check {
+        for (id, ip, port, path, timeout_ms, starting) in to_check {
             let shared = shared.clone();
             tokio::spawn(async move {
                 let res = check(
@@ -609,6 +645,11 @@ impl Ctx {
                         {
                             l.consecutive_crashes = 0;
                         }
+                    }
+                    Err(e) if starting => {
+                        // The quick checks of a starting instance do not
+                        // count as failures: the regular ones that follow do.
+                        l.reason = Some(format!("waiting for the health check: {e}"));
                     }
                     Err(e) => {
                         l.health_failures += 1;
@@ -708,7 +749,8 @@ impl Ctx {
                 l.saved.started_at = Some(now_micros());
                 l.status = "starting".into();
                 l.reason = None;
-                l.next_check = Instant::now() + Duration::from_millis(200);
+                l.settled = false;
+                l.next_check = Instant::now() + STARTING_CHECK;
                 Ok(())
             }
             Reply::Done => bail!("the driver did not start the instance"),
@@ -802,13 +844,42 @@ impl Ctx {
 
     /// Download an archive (cached by URL) and return its path.
     async fn fetch(&self, url: &str) -> anyhow::Result<PathBuf> {
-        use tokio::io::AsyncWriteExt;
         let key = archive_key(url);
         let dir = self.data_dir.join("archives");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(&key);
         if path.exists() {
             return Ok(path);
+        }
+        let lock = {
+            let mut m = self
+                .fetching
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            m.entry(key.clone()).or_default().clone()
+        };
+        let _one_at_a_time = lock.lock().await;
+        let res = self.download(url, &dir, &key, &path).await;
+        if let Ok(mut m) = self.fetching.lock() {
+            // The last one out forgets the lock.
+            if Arc::strong_count(&lock) <= 2 {
+                m.remove(&key);
+            }
+        }
+        res
+    }
+
+    async fn download(
+        &self,
+        url: &str,
+        dir: &Path,
+        key: &str,
+        path: &Path,
+    ) -> anyhow::Result<PathBuf> {
+        use tokio::io::AsyncWriteExt;
+        // Fetched meanwhile by a replica that held the lock first.
+        if path.exists() {
+            return Ok(path.to_path_buf());
         }
         let (full, auth) = if url.starts_with('/') {
             (
@@ -848,8 +919,8 @@ impl Ctx {
             f.write_all(&chunk).await?;
         }
         f.sync_all().await?;
-        tokio::fs::rename(&tmp, &path).await?;
-        Ok(path)
+        tokio::fs::rename(&tmp, path).await?;
+        Ok(path.to_path_buf())
     }
 }
 

@@ -181,6 +181,7 @@ fn serves_http_from_its_own_namespaces_without_touching_the_image() {
             "sh",
             "-c",
             "echo \"started with $GREETING on $PORT\"; echo written > /www/written.txt; \
+             cp /etc/hosts /www/hosts.txt; hostname > /www/hostname.txt; \
              exec httpd -f -p $PORT -h /www",
         ],
         128 << 20,
@@ -206,6 +207,14 @@ fn serves_http_from_its_own_namespaces_without_touching_the_image() {
     let written = http_get(ip, l.port, "/written.txt");
     assert!(written.contains("written"), "{written}");
     assert!(!root.join("www/written.txt").exists());
+    // Its own /etc/hosts names it at its address (no DNS wait to find
+    // itself), and the host's is untouched.
+    let hosts = http_get(ip, l.port, "/hosts.txt");
+    let hostname = http_get(ip, l.port, "/hostname.txt");
+    let hostname = hostname.lines().last().unwrap().trim();
+    assert_eq!(hostname, l.instance_id);
+    assert!(hosts.contains(&format!("{ip}\t{hostname}")), "{hosts}");
+    assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
     assert_eq!(
         std::fs::read_dir(&root).unwrap().count(),
         3,
@@ -229,9 +238,17 @@ fn serves_http_from_its_own_namespaces_without_touching_the_image() {
     let log = std::fs::read_to_string(&l.log).unwrap();
     assert!(log.contains("started with hi on 8080"), "log: {log}");
 
-    // The limits reached the cgroup.
+    // The limits reached the cgroup: memory, and the CPU boot allowance
+    // (a core) until the driver is told the instance is up.
     if let Some(limit) = ContainerDriver::memory_limit(&r) {
         assert_eq!(limit, 128 << 20);
+    }
+    if let Some(cpu) = shellwego_agent::cgroup::cpu_limit_of(r.pid) {
+        assert_eq!(cpu, 1000);
+        d.settle(&r, 250).unwrap();
+        assert_eq!(shellwego_agent::cgroup::cpu_limit_of(r.pid), Some(250));
+    } else {
+        eprintln!("no CPU cgroup for the container: its CPU limit is not checked");
     }
 
     d.run(Command::Kill(&r)).unwrap();

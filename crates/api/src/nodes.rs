@@ -244,6 +244,12 @@ pub struct AgentSync {
     /// The address instances on this node are reached at.
     #[serde(default)]
     pub internal_ip: Option<String>,
+    /// Grows with every report the agent sends (it survives agent restarts:
+    /// the agent starts it at the time in microseconds). A report whose
+    /// `seq` is not above the last one applied for the node is older news
+    /// and its `instances` are ignored; absent: always applied.
+    #[serde(default)]
+    pub seq: Option<i64>,
 }
 
 /// The node's desired state coming down.
@@ -440,6 +446,13 @@ impl crate::Validate for AgentJoin {
 
 impl crate::Validate for AgentSync {
     fn validate(&self) -> Result<(), shellwego_core::Error> {
+        if self.seq.is_some_and(|s| s < 1) {
+            return Err(shellwego_core::Error::field(
+                "seq",
+                "out_of_range",
+                "must be a positive number that grows with every report",
+            ));
+        }
         if let Some(w) = self.wait_secs {
             if !(1..=30).contains(&w) {
                 return Err(shellwego_core::Error::field(

@@ -497,3 +497,16 @@ pub async fn delete(tx: &mut Tx, node_id: &str) -> Result<(), Error> {
         .map_err(db_err)?;
     Ok(())
 }
+
+/// Record `seq` as the node's newest applied instance report, if it is
+/// newer than the one recorded. False: an older report arrived late and
+/// must not overwrite what a newer one said.
+pub async fn claim_report_seq(tx: &mut Tx, node_id: &str, seq: i64) -> Result<bool, Error> {
+    let r = sqlx::query("UPDATE nodes SET report_seq = $1 WHERE id = $2 AND report_seq < $1")
+        .bind(seq)
+        .bind(node_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(r.rows_affected() > 0)
+}

@@ -258,6 +258,21 @@ fn a_tarball_app_serves_through_the_ingress_survives_crashes_and_restarts() {
     let id = created["id"].as_str().unwrap().to_string();
     let a = up.wait_app(&id, "2 healthy replicas", 60, |a| healthy(a, 2));
     println!("create to healthy: {:?}", t0.elapsed());
+    // Started with a core to boot on; held to its 0.5 CPU once healthy.
+    let first = pid_of(tmp.path(), &instance_ids(&a)[0]).unwrap();
+    if shellwego_agent::cgroup::cpu_limit_of(first).is_some() {
+        let t = Instant::now();
+        while shellwego_agent::cgroup::cpu_limit_of(first) != Some(500) {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "CPU limit after healthy: {:?}",
+                shellwego_agent::cgroup::cpu_limit_of(first)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    } else {
+        eprintln!("no CPU cgroup on this host: the instance's CPU limit is not checked");
+    }
     // Through the ingress, alternating over the replicas.
     let seen: Vec<String> = (0..4)
         .map(|_| {

@@ -67,6 +67,7 @@ pub async fn agent_sync(
         &node_id,
         &org,
         req.instances.as_deref(),
+        req.seq,
         &req.events,
         req.internal_ip.as_deref(),
     )

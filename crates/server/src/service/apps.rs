@@ -883,12 +883,16 @@ fn blank_instance(a: &App) -> Instance {
 }
 
 /// What the agent reported, applied to the node's instance rows. Returns
-/// the apps whose instances changed (to be reconciled).
+/// the apps whose instances changed (to be reconciled). A report with a
+/// `seq` no newer than the last applied one is stale (its call was
+/// overtaken by a newer one): its instance statuses are ignored, its events
+/// are still recorded (they are sent once).
 pub async fn apply_reports(
     store: &Store,
     node_id: &str,
     org: &str,
-    reports: Option<&[shellwego_api::nodes::InstanceReport]>,
+    mut reports: Option<&[shellwego_api::nodes::InstanceReport]>,
+    seq: Option<i64>,
     agent_events: &[shellwego_api::nodes::AgentEvent],
     node_ip: Option<&str>,
 ) -> Result<BTreeSet<String>, Error> {
@@ -897,6 +901,12 @@ pub async fn apply_reports(
         return Ok(changed);
     }
     let mut tx = store.begin().await?;
+    if let (Some(_), Some(seq)) = (reports, seq) {
+        if !shellwego_store::nodes::claim_report_seq(&mut tx, node_id, seq).await? {
+            tracing::debug!(node_id, seq, "stale instance report ignored");
+            reports = None;
+        }
+    }
     let rows = apps::instances_on_node(&mut tx, node_id).await?;
     let by_id: BTreeMap<&str, &shellwego_api::nodes::InstanceReport> = reports
         .unwrap_or_default()

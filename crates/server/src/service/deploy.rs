@@ -187,9 +187,12 @@ pub async fn start(
     rollback_target: Option<String>,
 ) -> Result<Deployment, Error> {
     let active = deployments::active(tx, &app.id).await?;
-    // The version known to serve: the active deployment's starting point,
-    // else what the app runs now (none for a new app).
+    // The version known to serve: the active deployment's own once its
+    // traffic has shifted (a blue-green in its warm window serves the new
+    // set), else its starting point; with none active, what the app runs
+    // now (none for a new app).
     let from_version = match &active {
+        Some(d) if stage_done(&stages_of(d), "shifting_traffic") => Some(d.version),
         Some(d) => d.from_version,
         None if app.deployment_id.is_some() => Some(app.version),
         None => None,

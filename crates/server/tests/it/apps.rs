@@ -283,7 +283,7 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
     let inst = a["instances"][0]["id"].clone();
     let cred = &c1;
     let g = sync(&s, cred, json!({"generation": -1, "wait_secs": 1})).await["generation"].clone();
-    sync(&s, cred, json!({"generation": g, "wait_secs": 1,
+    sync(&s, cred, json!({"generation": g, "wait_secs": 1, "seq": 200,
         "instances": [{"id": inst, "status": "crashed", "reason": "exited with code 3", "restarts": 1},
                       {"id": a["instances"][1]["id"], "status": "healthy", "port": 4567}],
         "events": [{"instance_id": inst, "kind": "crashed", "reason": "exited with code 3", "exit_code": 3, "at": 1}]})).await;
@@ -298,6 +298,30 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
     })
     .await;
     assert_eq!(a["replicas"]["healthy"], 1);
+    // A report that was overtaken (an older seq, processed late) changes
+    // nothing: the crash stays reported.
+    sync(
+        &s,
+        cred,
+        json!({"generation": g, "wait_secs": 1, "seq": 150,
+        "instances": [{"id": inst, "status": "healthy", "port": 4567},
+                      {"id": a["instances"][1]["id"], "status": "healthy", "port": 4567}]}),
+    )
+    .await;
+    let (_, a) = s.get(&format!("/v1/apps/{id}")).await;
+    assert_eq!(
+        a["replicas"]["healthy"], 1,
+        "a stale report was applied: {a}"
+    );
+    assert_eq!(a["instances"][0]["status"], "crashed", "{a}");
+    let r = post(
+        &s,
+        "/v1/agent/sync",
+        cred,
+        json!({"generation": g, "seq": 0}),
+    )
+    .await;
+    assert_eq!(fields(&problem(r, 400).await), ["seq"]);
 
     // Scale down stops one (the agent is told), delete stops all.
     let r = post(

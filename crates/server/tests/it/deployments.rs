@@ -668,7 +668,73 @@ async fn a_new_deployment_supersedes_the_one_in_progress(s: Srv) {
     beat.abort();
 }
 
+/// A blue-green deployment superseded while its old set is held warm: the
+/// warm set does not outlive it, and the new deployment starts from the
+/// version that was serving (the switched-to one).
+async fn superseding_a_blue_green_in_its_warm_window_retires_the_warm_set(s: Srv) {
+    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
+    let beat = heartbeat(&s, &cred);
+    let r = post(
+        &s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": "warm", "image": "warm:v1", "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
+    )
+    .await;
+    let app = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    report(&s, &cred, healthy).await;
+    let bg = deploy(&s, &app, json!({"image": "warm:v2", "warm_window": "1h"})).await;
+    report(&s, &cred, healthy).await;
+    wait_dep(&s, &bg, "traffic switched", |d| {
+        d["progress"]["current_step"] == "draining_old"
+    })
+    .await;
+    assert_eq!(routed(&s, &cred, &app).await, ["warm:v2", "warm:v2"]);
+    assert_eq!(desired(&s, &cred, &app).await.len(), 4, "v1 held warm");
+
+    let next = deploy(
+        &s,
+        &app,
+        json!({"image": "warm:v3", "strategy": "rolling", "batch_size": 2}),
+    )
+    .await;
+    let (_, d) = s.get(&format!("/v1/deployments/{bg}")).await;
+    assert_eq!(d["status"], "failed", "{d:#}");
+    assert_eq!(
+        d["status_reason"],
+        format!("superseded by {next}").as_str(),
+        "{d:#}"
+    );
+    // Traffic never leaves v2 for v1 while v3 comes up.
+    let t = Instant::now();
+    let d = loop {
+        let routes = routed(&s, &cred, &app).await;
+        assert!(
+            !routes.iter().any(|i| i == "warm:v1"),
+            "traffic went back to the warm set: {routes:?}"
+        );
+        report(&s, &cred, healthy).await;
+        let (_, d) = s.get(&format!("/v1/deployments/{next}")).await;
+        if d["status"] == "successful" {
+            break d;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{d:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(d["previous_version"], "v2", "{d:#}");
+    let now = desired(&s, &cred, &app).await;
+    assert!(
+        now.iter().all(|i| i["image"] == "warm:v3") && now.len() == 2,
+        "only v3 is left: {now:#?}"
+    );
+    beat.abort();
+}
+
 both_backends!(
+    superseding_a_blue_green_in_its_warm_window_retires_the_warm_set,
     a_new_deployment_supersedes_the_one_in_progress,
     canaries_step_up_roll_back_on_errors_and_promote,
     every_failure_mode_rolls_back_and_keeps_the_old_version_serving,
