@@ -116,7 +116,9 @@
 //!   files larger than 4 GiB cannot be put in the archive.
 //! * x86-64 guests only; one forwarded TCP port; no UDP in.
 //! * The probe costs up to 10 s at agent start where KVM stalls (the first
-//!   call to [`MicrovmDriver::probe`]).
+//!   call to [`MicrovmDriver::probe`]). Its guests run under util-linux's
+//!   `setpriv --pdeathsig KILL`, so an agent killed mid-probe leaves none
+//!   behind (a stalled KVM guest would otherwise spin on).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -908,7 +910,18 @@ fn probe_boot(host: &Host, accel: Accel, timeout: Duration) -> Result<Duration, 
         write_initramfs(&initrd, host, None, &l).map_err(|e| format!("{e:#}"))?;
         let argv = qemu_argv(host, accel, &initrd, MIN_GUEST_MIB, 1, &l.log, None, None);
         let t = Instant::now();
-        let mut child = Proc::new(&argv[0])
+        // The probe guest dies with the thread waiting for it, even when the
+        // agent is killed mid-probe (a stalled KVM guest would spin on):
+        // util-linux's setpriv sets the parent-death signal and execs QEMU.
+        let mut cmd = match find_on_path("setpriv") {
+            Some(setpriv) => {
+                let mut c = Proc::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(&argv[0]);
+                c
+            }
+            None => Proc::new(&argv[0]),
+        };
+        let mut child = cmd
             .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -204,11 +204,49 @@ fn save(l: &Local) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0")
-        .and_then(|l| l.local_addr())
+/// A port for a new instance: free now, not another instance's here, and
+/// outside the kernel's ephemeral range, which outgoing connections (health
+/// checks, the agent's own calls, the apps') draw from: a port handed out
+/// from that range can be taken by a connection before the app binds it.
+fn free_port(taken: &std::collections::HashSet<u16>) -> u16 {
+    let (lo, hi) = instance_ports();
+    let span = u32::from(hi - lo) + 1;
+    let start = (now_micros().unsigned_abs() % u64::from(span)) as u32;
+    for k in 0..span {
+        let p = lo + ((start + k) % span) as u16;
+        if !taken.contains(&p) && std::net::TcpListener::bind(("0.0.0.0", p)).is_ok() {
+            return p;
+        }
+    }
+    // Everything taken: let the kernel choose.
+    (0..8)
+        .filter_map(|_| {
+            std::net::TcpListener::bind("0.0.0.0:0")
+                .and_then(|l| l.local_addr())
+                .ok()
+        })
         .map(|a| a.port())
+        .find(|p| !taken.contains(p))
         .unwrap_or(0)
+}
+
+/// Instance ports: below the ephemeral range when there is room (10000 up
+/// to it), else above it.
+fn instance_ports() -> (u16, u16) {
+    let eph = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    if eph.0 > 12_000 {
+        (10_000, eph.0 - 1)
+    } else if eph.1 < 63_000 {
+        (eph.1 + 1, 65_535)
+    } else {
+        (10_000, 65_535)
+    }
 }
 
 fn backoff(n: u32) -> Duration {
@@ -389,6 +427,8 @@ impl Ctx {
                 return false;
             };
             // New instances.
+            let mut ports: std::collections::HashSet<u16> =
+                locals.values().map(|l| l.saved.port).collect();
             for d in &desired {
                 if !locals.contains_key(&d.id) {
                     let dir = instances_dir(&self.data_dir).join(&d.id);
@@ -396,10 +436,12 @@ impl Ctx {
                         tracing::warn!(error = %e, "cannot create an instance directory");
                         continue;
                     }
+                    let port = free_port(&ports);
+                    ports.insert(port);
                     let l = Local {
                         saved: Saved {
                             desired: d.clone(),
-                            port: free_port(),
+                            port,
                             running: None,
                             started_at: None,
                             restarts: 0,
@@ -1031,6 +1073,32 @@ async fn check(ip: &str, port: u16, path: Option<&str>, timeout: Duration) -> Re
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Instance ports come from outside the ephemeral range, are free, and
+    /// are never another instance's.
+    #[test]
+    fn instance_ports_avoid_the_ephemeral_range_and_each_other() {
+        let (lo, hi) = instance_ports();
+        let eph = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let eph: Vec<u16> = eph.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        assert!(hi < eph[0] || lo > eph[1], "{lo}-{hi} overlaps {eph:?}");
+        let mut taken = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let p = free_port(&taken);
+            assert!((lo..=hi).contains(&p), "{p}");
+            assert!(taken.insert(p), "{p} handed out twice");
+        }
+        // A port held by someone else is skipped.
+        let held = std::net::TcpListener::bind(("0.0.0.0", lo)).ok();
+        let all_but_lo: std::collections::HashSet<u16> = (lo + 1..=hi).collect();
+        let p = free_port(&all_but_lo);
+        if held.is_some() {
+            assert!(
+                !(lo..=hi).contains(&p) || p == 0,
+                "a bound port was handed out: {p}"
+            );
+        }
+    }
 
     /// A TCP check passes for a listener that keeps the connection, and
     /// fails for one that accepts and closes at once (a microVM's port

@@ -111,10 +111,10 @@ async fn measure(
         to_end.sort();
         println!(
             "| {name} | {} | {} | {} | {} |",
-            kit::ms(kit::pct(&to_traffic, 50.0)),
+            kit::ms(kit::pct(&to_traffic, 0.5)),
             kit::ms(to_traffic[0]),
             kit::ms(to_traffic[to_traffic.len() - 1]),
-            kit::ms(kit::pct(&to_end, 50.0)),
+            kit::ms(kit::pct(&to_end, 0.5)),
         );
     }
     api.delete(&format!("/v1/apps/{app}")).await?;

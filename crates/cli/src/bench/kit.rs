@@ -405,6 +405,10 @@ pub fn ms(d: Duration) -> String {
 
 /// Nearest-rank percentile of sorted samples (`p` in 0..=1).
 pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+    debug_assert!(
+        (0.0..=1.0).contains(&p),
+        "pct takes a fraction, not a percent: {p}"
+    );
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -752,3 +752,71 @@ fn an_agent_asked_for_a_driver_it_does_not_know_says_so_and_exits() {
         "{err}"
     );
 }
+
+/// Pids of the microvm probe guests an agent process started.
+fn probe_guests_of(agent: u32) -> Vec<u32> {
+    let mark = format!("shellwego-microvm-probe-{agent}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&mark))
+        })
+        .collect()
+}
+
+/// An agent killed while it probes QEMU (up to 10 s where KVM stalls)
+/// leaves no guest behind.
+#[test]
+fn an_agent_killed_mid_probe_leaves_no_guest_running() {
+    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        if std::env::var_os("SHELLWEGO_REQUIRE_MICROVM").is_some() {
+            panic!("qemu-system-x86_64 must be installed here");
+        }
+        println!(
+            "SKIPPED an_agent_killed_mid_probe_leaves_no_guest_running: no qemu-system-x86_64"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agent = Command::new(BIN)
+        .args([
+            "agent",
+            "--control-plane",
+            "http://127.0.0.1:9",
+            "--join-token",
+            "sw_join_x",
+            "--drivers",
+            "microvm",
+            "--data-dir",
+        ])
+        .arg(tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while probe_guests_of(agent.id()).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the agent never started a probe guest"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let t = Instant::now();
+    loop {
+        let left = probe_guests_of(agent.id());
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "probe guests outlived the agent: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
