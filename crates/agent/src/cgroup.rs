@@ -177,10 +177,19 @@ impl Cgroup {
         self.v2
     }
 
-    /// Remove the cgroup directories (they must be empty of processes).
+    /// Remove the cgroup directories (they must be empty of processes; a
+    /// process just killed may take a moment to leave, so this waits up to
+    /// a tenth of a second for it).
     pub fn remove(&self) {
         for d in &self.dirs {
-            let _ = std::fs::remove_dir(d);
+            for _ in 0..10 {
+                match std::fs::remove_dir(d) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound && d.exists() => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    _ => break,
+                }
+            }
         }
     }
 }
