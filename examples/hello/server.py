@@ -1,8 +1,10 @@
 """The sample app of the README: answers every GET with the instance that
-served it, and /health for the platform's health check. Listens on $PORT."""
+served it, and /health for the platform's health check. Listens on $PORT,
+after $START_DELAY seconds (default 0: a slow-starting app, for tests)."""
 import http.server
 import json
 import os
+import time
 
 INSTANCE = os.environ.get("SHELLWEGO_INSTANCE_ID", "local")
 APP = os.environ.get("SHELLWEGO_APP", "hello")
@@ -26,6 +28,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(os.environ.get("PORT", "8080"))
+    time.sleep(float(os.environ.get("START_DELAY", "0")))
     server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
     print(f"{APP} ({INSTANCE}) listening on port {port}", flush=True)
     server.serve_forever()

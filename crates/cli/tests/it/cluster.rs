@@ -350,6 +350,10 @@ impl Cluster {
     /// Upload examples/hello and create the app with `replicas`, health
     /// checked every second. Returns its id.
     async fn create_hello(&self, replicas: i64) -> String {
+        self.create_hello_env(replicas, json!({})).await
+    }
+
+    async fn create_hello_env(&self, replicas: i64, env: Value) -> String {
         let archive = self.dir.path().join("hello.tar.gz");
         let st = Command::new("tar")
             .arg("-C")
@@ -369,6 +373,7 @@ impl Cluster {
                     "name": APP,
                     "source": {"type": "tarball", "upload_id": upload_id},
                     "replicas": replicas,
+                    "env": env,
                     "health_check": {"path": "/health", "interval": "1s"},
                 }),
             )
@@ -818,7 +823,9 @@ async fn rolling_and_blue_green_deploys_fail_no_request() {
 async fn a_control_plane_killed_mid_deployment_finishes_it_after_a_restart() {
     let mut cl = Cluster::start("30s").await;
     let (a, b) = (cl.node_a.clone(), cl.node_b.clone());
-    let app_id = cl.create_hello(2).await;
+    // The app takes 3 s to listen, so the kill lands before the switch
+    // (a quick app is switched to within ~150 ms).
+    let app_id = cl.create_hello_env(2, json!({"START_DELAY": "3"})).await;
     cl.wait_running(&app_id, 2, &[&a, &b], true, Duration::from_secs(90))
         .await;
     let dep = cl
