@@ -610,23 +610,30 @@ async fn canaries_step_up_roll_back_on_errors_and_promote(s: Srv) {
     beat.abort();
 }
 
-/// One deployment at a time: a new one supersedes the one in progress,
-/// which ends `failed` with the reason; the app goes to the newest release.
-async fn a_new_deployment_supersedes_the_one_in_progress(s: Srv) {
-    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
-    let beat = heartbeat(&s, &cred);
+/// A node, and an app `name` (image `name:v1`, 2 replicas) serving on it:
+/// (the node's credential, the app id).
+async fn serving_app(s: &Srv, name: &str) -> (String, String) {
+    let (_node, cred) = join_node(s, "n", 16, 64 << 30).await;
     let r = post(
-        &s,
+        s,
         "/v1/apps",
         &s.token,
-        json!({"name": "sup", "image": "sup:v1", "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
+        json!({"name": name, "image": format!("{name}:v1"), "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
     )
     .await;
     let app = r.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
-    report(&s, &cred, healthy).await;
+    report(s, &cred, healthy).await;
+    (cred, app)
+}
+
+/// One deployment at a time: a new one supersedes the one in progress,
+/// which ends `failed` with the reason; the app goes to the newest release.
+async fn a_new_deployment_supersedes_the_one_in_progress(s: Srv) {
+    let (cred, app) = serving_app(&s, "sup").await;
+    let beat = heartbeat(&s, &cred);
     let slow = deploy(&s, &app, json!({"image": "sup:v2"})).await;
     // v2 never gets healthy; v3 is deployed over it.
     report(&s, &cred, |i| {
@@ -672,20 +679,8 @@ async fn a_new_deployment_supersedes_the_one_in_progress(s: Srv) {
 /// warm set does not outlive it, and the new deployment starts from the
 /// version that was serving (the switched-to one).
 async fn superseding_a_blue_green_in_its_warm_window_retires_the_warm_set(s: Srv) {
-    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
+    let (cred, app) = serving_app(&s, "warm").await;
     let beat = heartbeat(&s, &cred);
-    let r = post(
-        &s,
-        "/v1/apps",
-        &s.token,
-        json!({"name": "warm", "image": "warm:v1", "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
-    )
-    .await;
-    let app = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    report(&s, &cred, healthy).await;
     let bg = deploy(&s, &app, json!({"image": "warm:v2", "warm_window": "1h"})).await;
     report(&s, &cred, healthy).await;
     wait_dep(&s, &bg, "traffic switched", |d| {
