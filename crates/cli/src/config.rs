@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub shutdown_timeout: Option<String>,
     pub node_timeout: Option<String>,
+    /// Private targets user-given URLs may reach (`[ssrf]`).
+    pub ssrf: Option<shellwego_net::ssrf::SsrfConfig>,
 }
 
 impl FileConfig {
@@ -99,6 +101,7 @@ impl ServerArgs {
                 .filter(|d| d.as_secs() >= 1)
                 .with_context(|| format!("node timeout '{t}' is not a duration such as 30s"))?;
         }
+        server.ssrf = file.ssrf.unwrap_or_default();
         server.master_key = std::env::var("SHELLWEGO_MASTER_KEY")
             .ok()
             .filter(|s| !s.is_empty());

@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub master_key: Option<String>,
     /// A node not heard from for this long becomes `offline`.
     pub node_timeout: Duration,
+    /// The `[ssrf]` section: which private targets user-given URLs may reach.
+    pub ssrf: shellwego_net::ssrf::SsrfConfig,
 }
 
 impl ServerConfig {
@@ -44,6 +46,7 @@ impl ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             master_key: None,
             node_timeout: Duration::from_secs(30),
+            ssrf: Default::default(),
         }
     }
 
