@@ -345,13 +345,15 @@ pub struct AgentEvent {
 impl crate::Validate for NodeRegister {
     fn validate(&self) -> Result<(), shellwego_core::Error> {
         let mut errs = vec![];
-        let h = self.hostname.trim();
-        if h.is_empty() || h.len() > 253 || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            errs.push(shellwego_core::FieldError::new(
-                "hostname",
-                "invalid_value",
-                "must be a host name (1-253 characters, no spaces)",
-            ));
+        if let Some(why) = shellwego_core::names::hostname_problem(&self.hostname) {
+            errs.push(
+                shellwego_core::FieldError::new(
+                    "hostname",
+                    "invalid_value",
+                    format!("must be a host name such as web-1 or node1.example.com: {why}"),
+                )
+                .with_value(self.hostname.clone()),
+            );
         }
         check_labels(&mut errs, &self.labels);
         crate::finish(errs)

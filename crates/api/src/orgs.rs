@@ -232,21 +232,8 @@ fn check_resources(errs: &mut Vec<FieldError>, field: &str, resources: &[String]
 }
 
 fn check_name(errs: &mut Vec<FieldError>, field: &str, name: &str) {
-    let n = name.trim();
-    if n.is_empty() {
-        errs.push(FieldError::new(field, "required", "must not be empty"));
-    } else if n.chars().count() > 100 {
-        errs.push(FieldError::new(
-            field,
-            "too_long",
-            "must be at most 100 characters",
-        ));
-    } else if n.chars().any(char::is_control) {
-        errs.push(FieldError::new(
-            field,
-            "invalid_value",
-            "must not contain control characters",
-        ));
+    if let Some((code, msg)) = shellwego_core::names::display_name_problem(name, 100) {
+        errs.push(FieldError::new(field, code, msg));
     }
 }
 

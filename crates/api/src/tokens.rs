@@ -67,20 +67,14 @@ pub fn valid_permission(s: &str) -> bool {
 impl Validate for TokenCreateRequest {
     fn validate(&self) -> Result<(), Error> {
         let mut errs = vec![];
-        let name = self.name.trim();
-        if name.is_empty() {
-            errs.push(FieldError::new("name", "required", "must not be empty"));
-        } else if name.chars().count() > 100 {
+        if let Some((code, msg)) = shellwego_core::names::display_name_problem(&self.name, 100) {
+            errs.push(FieldError::new("name", code, msg));
+        }
+        if self.restrict_to_apps.len() > 100 {
             errs.push(FieldError::new(
-                "name",
+                "restrict_to_apps",
                 "too_long",
-                "must be at most 100 characters",
-            ));
-        } else if name.chars().any(char::is_control) {
-            errs.push(FieldError::new(
-                "name",
-                "invalid_value",
-                "must not contain control characters",
+                "at most 100 apps; leave it empty for all apps",
             ));
         }
         crate::check_scope(&mut errs, &self.scope);

@@ -76,12 +76,8 @@ impl Validate for UserUpdate {
     fn validate(&self) -> Result<(), Error> {
         let mut errs = vec![];
         if let Some(n) = &self.name {
-            if n.trim().is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
-                errs.push(FieldError::new(
-                    "name",
-                    "invalid_value",
-                    "must be 1-100 characters without control characters",
-                ));
+            if let Some((code, msg)) = shellwego_core::names::display_name_problem(n, 100) {
+                errs.push(FieldError::new("name", code, msg));
             }
         }
         if let Some(u) = &self.avatar_url {

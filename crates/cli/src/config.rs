@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -56,6 +57,81 @@ pub struct FileConfig {
     pub node_timeout: Option<String>,
     /// Private targets user-given URLs may reach (`[ssrf]`).
     pub ssrf: Option<shellwego_net::ssrf::SsrfConfig>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For`/`Forwarded` are believed.
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// How many Free-plan organizations one user may own.
+    pub max_free_orgs_per_user: Option<u32>,
+    /// Timeouts and connection caps of the listeners (`[http]`).
+    pub http: Option<HttpSection>,
+}
+
+/// `[http]`: how long clients may take and how many connections they may
+/// hold (the API and the agent channel on its port, and the ingress).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    /// Bytes per second, or a size per second such as "1k".
+    pub body_min_rate: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub send_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+}
+
+impl HttpSection {
+    /// The limits, from the defaults overridden by what is set.
+    pub fn limits(&self) -> anyhow::Result<shellwego_net::serve::Limits> {
+        let mut l = shellwego_net::serve::Limits::default();
+        let dur = |key: &str, v: &Option<String>, into: &mut Duration| -> anyhow::Result<()> {
+            if let Some(t) = v {
+                *into = parse_duration(t)
+                    .filter(|d| !d.is_zero())
+                    .with_context(|| {
+                        format!("[http] {key} = '{t}' is not a duration such as 10s")
+                    })?;
+            }
+            Ok(())
+        };
+        dur(
+            "header_read_timeout",
+            &self.header_read_timeout,
+            &mut l.header_read_timeout,
+        )?;
+        dur(
+            "body_read_timeout",
+            &self.body_read_timeout,
+            &mut l.body_read_timeout,
+        )?;
+        dur("idle_timeout", &self.idle_timeout, &mut l.idle_timeout)?;
+        dur("send_timeout", &self.send_timeout, &mut l.send_timeout)?;
+        if let Some(r) = &self.body_min_rate {
+            l.body_min_rate = shellwego_core::units::parse_size(r).with_context(|| {
+                format!("[http] body_min_rate = '{r}' is not a size such as 1k (bytes per second)")
+            })?;
+        }
+        for (key, v, into) in [
+            (
+                "max_connections",
+                self.max_connections,
+                &mut l.max_connections,
+            ),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip,
+                &mut l.max_connections_per_ip,
+            ),
+        ] {
+            if let Some(n) = v {
+                if n == 0 {
+                    bail!("[http] {key} must be at least 1");
+                }
+                *into = n;
+            }
+        }
+        Ok(l)
+    }
 }
 
 impl FileConfig {
@@ -102,6 +178,12 @@ impl ServerArgs {
                 .with_context(|| format!("node timeout '{t}' is not a duration such as 30s"))?;
         }
         server.ssrf = file.ssrf.unwrap_or_default();
+        server.http = file.http.unwrap_or_default().limits()?;
+        server.trusted_proxies =
+            shellwego_net::client_ip::TrustedProxies::new(file.trusted_proxies.unwrap_or_default());
+        if let Some(n) = file.max_free_orgs_per_user {
+            server.max_free_orgs_per_user = n;
+        }
         server.master_key = std::env::var("SHELLWEGO_MASTER_KEY")
             .ok()
             .filter(|s| !s.is_empty());

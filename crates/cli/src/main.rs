@@ -127,6 +127,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let settings = a.server.resolve(true)?;
     init_logging(settings.log_format);
     let data_dir = settings.server.data_dir.clone();
+    let (http_limits, trusted_proxies) = (
+        settings.server.http.clone(),
+        settings.server.trusted_proxies.clone(),
+    );
     let started = shellwego_server::serve::start(settings.server).await?;
     let api = started.addr;
     // The ingress, fed from the store.
@@ -148,6 +152,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         routes,
         shellwego_ingress::IngressConfig {
             base_domain: a.base_domain.clone(),
+            limits: http_limits,
+            trusted_proxies,
             ..Default::default()
         },
         async move {

@@ -22,12 +22,23 @@ pub struct RouterArgs {
     /// Apps answer at <app>.<base-domain>.
     #[arg(long, default_value = "localhost", value_name = "DOMAIN")]
     base_domain: String,
+    /// TOML config file; the router reads its `[http]` section (timeouts
+    /// and connection caps) and `trusted_proxies`.
+    #[arg(long, env = "SHELLWEGO_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 pub async fn run(
     a: RouterArgs,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let file = match &a.config {
+        Some(p) => crate::config::FileConfig::load(p)?,
+        None => crate::config::FileConfig::default(),
+    };
+    let limits = file.http.unwrap_or_default().limits()?;
+    let trusted_proxies =
+        shellwego_net::client_ip::TrustedProxies::new(file.trusted_proxies.unwrap_or_default());
     let url = match a.database_url {
         Some(u) => u,
         None => {
@@ -67,6 +78,8 @@ pub async fn run(
         routes,
         shellwego_ingress::IngressConfig {
             base_domain: a.base_domain,
+            limits,
+            trusted_proxies,
             ..Default::default()
         },
         stop,

@@ -78,6 +78,9 @@ pub enum Error {
     /// The request body is larger than the server accepts.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The client sent its request (body) too slowly.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("rate limit exceeded")]
     RateLimited(RateLimitInfo),
     /// A dependency (the store) is not reachable right now.

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod id;
 pub mod list;
+pub mod names;
 pub mod password;
 pub mod plan;
 pub mod rbac;

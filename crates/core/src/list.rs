@@ -22,6 +22,13 @@ use crate::error::{Error, FieldError, Result};
 
 pub const DEFAULT_LIMIT: u32 = 20;
 pub const MAX_LIMIT: u32 = 100;
+/// Most `filter[...]` parameters one request may carry.
+pub const MAX_FILTERS: usize = 20;
+/// Most values all filters of one request may list together
+/// (`filter[type]=a,b,c` is three).
+pub const MAX_FILTER_VALUES: usize = 100;
+/// Longest query string a list accepts, in bytes.
+pub const MAX_QUERY_LEN: usize = 8192;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Dir {
@@ -145,7 +152,26 @@ impl ListParams {
     pub fn parse(query: &str, extra_allowed: &[&str]) -> Result<Self> {
         let mut p = ListParams::default();
         let mut errors = vec![];
+        let (mut filters, mut values) = (0usize, 0usize);
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if k.starts_with("filter[") {
+                filters += 1;
+                values += v.split(',').filter(|x| !x.trim().is_empty()).count().max(1);
+                if filters > MAX_FILTERS {
+                    return Err(Error::field(
+                        k.into_owned(),
+                        "too_many",
+                        format!("at most {MAX_FILTERS} filter parameters per request; list several values in one (filter[type]=a,b) instead of repeating it"),
+                    ));
+                }
+                if values > MAX_FILTER_VALUES {
+                    return Err(Error::field(
+                        k.into_owned(),
+                        "too_many",
+                        format!("at most {MAX_FILTER_VALUES} filter values per request in all; narrow the filter"),
+                    ));
+                }
+            }
             let (k, v) = (k.into_owned(), v.into_owned());
             if k.contains('\0') || v.contains('\0') {
                 errors.push(FieldError::new(
@@ -199,6 +225,16 @@ impl ListParams {
                     ))
                 }
             }
+        }
+        if query.len() > MAX_QUERY_LEN {
+            errors.push(FieldError::new(
+                "query",
+                "too_long",
+                format!(
+                    "the query string is {} bytes, more than the {MAX_QUERY_LEN} a list accepts; use fewer or shorter filters",
+                    query.len()
+                ),
+            ));
         }
         if !errors.is_empty() {
             return Err(Error::invalid(errors));

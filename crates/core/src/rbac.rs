@@ -49,6 +49,27 @@ pub fn role_allows(role: &str, resource: &str, action: &str) -> bool {
     }
 }
 
+/// Does `role` grant everything a scope entry (`apps:write`, `apps:*`,
+/// `*:read`, `*:*`) names? Unparsable entries grant nothing.
+pub fn role_grants_scope(role: &str, entry: &str) -> bool {
+    let Some((r, a)) = entry.split_once(':') else {
+        return false;
+    };
+    let resources: Vec<&str> = if r == "*" {
+        RESOURCES.to_vec()
+    } else {
+        vec![r]
+    };
+    let actions: &[&str] = if a == "*" {
+        &["read", "write", "delete"]
+    } else {
+        &[a]
+    };
+    resources
+        .iter()
+        .all(|res| actions.iter().all(|act| role_allows(role, res, act)))
+}
+
 /// Is `scope` (a token's list of `resource:action`) enough for
 /// `resource:action`? An empty scope means "whatever the role allows".
 pub fn scope_allows(scope: &[String], resource: &str, action: &str) -> bool {
@@ -101,6 +122,21 @@ pub fn restrictions_allow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_within_roles() {
+        assert!(role_grants_scope("viewer", "apps:read"));
+        assert!(!role_grants_scope("viewer", "apps:write"));
+        assert!(!role_grants_scope("viewer", "apps:*"));
+        assert!(
+            !role_grants_scope("viewer", "*:read"),
+            "secrets:read is not a viewer's"
+        );
+        assert!(role_grants_scope("developer", "apps:*"));
+        assert!(!role_grants_scope("developer", "*:*"));
+        assert!(role_grants_scope("owner", "*:*"));
+        assert!(!role_grants_scope("owner", "nonsense"));
+    }
 
     #[test]
     fn roles() {

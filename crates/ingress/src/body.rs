@@ -15,14 +15,15 @@ use std::task::{Context, Poll};
 
 use http::HeaderValue;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use shellwego_net::serve::RequestBody;
 
 use crate::error::{BoxError, DownstreamBodyError, Phase, ProxyError};
 
 /// The client's request body, waiting for the attempt that will send it.
-pub(crate) type BodySlot = Arc<Mutex<Option<Incoming>>>;
+pub(crate) type BodySlot = Arc<Mutex<Option<RequestBody>>>;
 
 /// Take the body out of its slot.
-pub(crate) fn take(slot: &BodySlot) -> Option<Incoming> {
+pub(crate) fn take(slot: &BodySlot) -> Option<RequestBody> {
     slot.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
 
@@ -46,7 +47,7 @@ enum UpstreamState {
         slot: BodySlot,
         hint: SizeHint,
     },
-    Streaming(Incoming),
+    Streaming(RequestBody),
     Done,
 }
 

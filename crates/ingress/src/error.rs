@@ -152,7 +152,7 @@ impl fmt::Display for Chain<'_> {
 /// breaks off. Recognised in the upstream client's error chain so the
 /// failure is blamed on the client, not on the backend.
 #[derive(Debug)]
-pub(crate) struct DownstreamBodyError(pub(crate) hyper::Error);
+pub(crate) struct DownstreamBodyError(pub(crate) BoxError);
 
 impl fmt::Display for DownstreamBodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -162,7 +162,7 @@ impl fmt::Display for DownstreamBodyError {
 
 impl StdError for DownstreamBodyError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.0)
+        Some(&*self.0)
     }
 }
 

@@ -43,7 +43,9 @@
 //!   (`copy_bidirectional`) until either side closes. HTTP/2 extended
 //!   CONNECT (RFC 8441 WebSockets over h2) is not supported.
 //! * **Connections.** Clients speak HTTP/1.1 or HTTP/2 with prior knowledge
-//!   (h2c), detected per connection (hyper-util's auto builder). Backends
+//!   (h2c), detected per connection (hyper-util's auto builder), served by
+//!   `shellwego_net::serve`: header, body, idle and send timeouts and
+//!   connection caps ([`IngressConfig::limits`]). Backends
 //!   get HTTP/1.1 over pooled keep-alive connections (hyper-util's legacy
 //!   client with an `HttpConnector`, `TCP_NODELAY` both sides).
 //! * **Errors.** Every failure is a [`ProxyError`]: its [`Phase`] says
@@ -79,10 +81,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+pub use shellwego_net::client_ip::TrustedProxies;
+pub use shellwego_net::serve::Limits;
+use shellwego_net::serve::{ServeOptions, Stage};
+use std::net::SocketAddr;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub use error::{BoxError, Chain, Phase, ProxyError};
 pub use routes::{Backend, RouteTable, Routes};
@@ -103,8 +106,11 @@ pub struct IngressConfig {
     /// After shutdown is signalled, how long in-flight requests and open
     /// tunnels get to finish before they are cut. Default 30 s.
     pub shutdown_grace: Duration,
-    /// How long a client may take to send a request's headers. Default 30 s.
-    pub header_read_timeout: Duration,
+    /// Timeouts and connection caps for clients (`shellwego_net::serve`).
+    pub limits: Limits,
+    /// Proxies in front of the ingress: exempt from the per-address
+    /// connection cap.
+    pub trusted_proxies: TrustedProxies,
     /// How long an idle pooled connection to a backend is kept. Default 30 s.
     pub upstream_idle_timeout: Duration,
     /// How many idle connections are kept per backend. Default 128.
@@ -117,7 +123,8 @@ impl Default for IngressConfig {
             base_domain: "localhost".to_owned(),
             connect_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
-            header_read_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+            trusted_proxies: TrustedProxies::default(),
             upstream_idle_timeout: Duration::from_secs(30),
             upstream_max_idle_per_backend: 128,
         }
@@ -141,120 +148,20 @@ pub async fn serve(
     // Every connection task and tunnel holds a receiver (connections through
     // the shared `Proxy`), so `stage.closed()` doubles as "all finished".
     // Dropping `serve` drops the sender, which cuts everything.
-    let (stage, stage_rx) = watch::channel(Stage::Serving);
-    let proxy = Arc::new(Proxy::new(routes, &cfg, base_domain, stage_rx.clone()));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    accept_failed(&error).await;
-                    continue;
-                }
-            },
-        };
-        // Latency matters more than packet count for a proxy; failing to
-        // set it is harmless.
-        let _ = stream.set_nodelay(true);
+    let (stage, stage_rx) = Stage::channel();
+    let proxy = Arc::new(Proxy::new(routes, &cfg, base_domain, stage_rx));
+    let opts = ServeOptions {
+        limits: cfg.limits.clone().fitted_to_open_files(),
+        trusted_proxies: cfg.trusted_proxies.clone(),
+        shutdown_grace: cfg.shutdown_grace,
+        protocol_error: None,
+        name: "ingress",
+    };
+    let make = move |peer: SocketAddr| {
         let proxy = Arc::clone(&proxy);
-        let builder = Arc::clone(&builder);
-        let mut stage = stage_rx.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| Arc::clone(&proxy).handle(peer, req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                () = Stage::reached(&mut stage, |s| s != Stage::Serving) => {
-                    // Finish what is in flight, then close; idle
-                    // keep-alive connections close at once.
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        result = conn.as_mut() => result,
-                        () = Stage::reached(&mut stage, |s| s == Stage::Stopping) => Ok(()),
-                    }
-                }
-            };
-            if let Err(error) = result {
-                // Clients that vanish, time out or speak garbage.
-                tracing::debug!(
-                    phase = %Phase::Downstream,
-                    %peer,
-                    error = %Chain(&*error),
-                    "client connection ended with an error"
-                );
-            }
-        });
-    }
-
-    drop(listener);
-    drop(proxy);
-    drop(stage_rx);
-    stage.send_replace(Stage::Draining);
-    tracing::info!(
-        tasks = stage.receiver_count(),
-        grace = ?cfg.shutdown_grace,
-        "ingress shutting down; letting in-flight requests finish"
-    );
-    if tokio::time::timeout(cfg.shutdown_grace, stage.closed())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            tasks = stage.receiver_count(),
-            "shutdown grace period over; closing what is left"
-        );
-        stage.send_replace(Stage::Stopping);
-        stage.closed().await;
-    }
-    Ok(())
-}
-
-/// Where [`serve`] is in its life, as connections and tunnels see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// Accepting and serving.
-    Serving,
-    /// Shutdown signalled: finish in-flight requests, then close.
-    Draining,
-    /// The grace period is over: close now.
-    Stopping,
-}
-
-impl Stage {
-    /// Resolves once the stage satisfies `done`, or once `serve` is gone.
-    async fn reached(stage: &mut watch::Receiver<Stage>, done: impl Fn(Stage) -> bool) {
-        // The guard `wait_for` returns is not `Send`; drop it here.
-        let _ = stage.wait_for(|s| done(*s)).await;
-    }
-}
-
-/// Log a failed `accept`. Errors that concern one connection are skipped;
-/// others (out of file descriptors, most likely) get a short pause so the
-/// loop does not spin.
-async fn accept_failed(error: &io::Error) {
-    match error.kind() {
-        io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::Interrupted => {
-            tracing::debug!(phase = %Phase::Downstream, %error, "accept failed");
-        }
-        _ => {
-            tracing::warn!(phase = %Phase::Ingress, %error, "accept failed; pausing 50 ms");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+        service_fn(move |req| Arc::clone(&proxy).handle(peer, req))
+    };
+    shellwego_net::serve::serve(listener, opts, stage, make, shutdown).await
 }
 
 fn normalise_base_domain(base: &str) -> io::Result<Box<str>> {

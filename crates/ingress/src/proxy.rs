@@ -15,6 +15,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use shellwego_net::serve::RequestBody;
 use tokio::sync::watch;
 
 use crate::body::{self, ResponseBody, UpstreamBody};
@@ -24,7 +25,8 @@ use crate::headers::{
     X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use crate::routes::{app_of_host, AppRoute, Backend, Routes};
-use crate::{IngressConfig, Stage};
+use crate::IngressConfig;
+use shellwego_net::serve::Stage;
 
 /// Longest host shown on a 404 page.
 const MAX_HOST_SHOWN: usize = 255;
@@ -72,12 +74,16 @@ impl Proxy {
     pub(crate) async fn handle(
         self: Arc<Self>,
         peer: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         Ok(self.proxy(peer, req).await)
     }
 
-    async fn proxy(&self, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn proxy(
+        &self,
+        peer: SocketAddr,
+        mut req: Request<RequestBody>,
+    ) -> Response<ResponseBody> {
         let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(id) if is_sane_request_id(id) => id.clone(),
             _ => self.ids.next(),
@@ -404,7 +410,7 @@ struct Forward {
     method: Method,
     path: PathAndQuery,
     headers: http::HeaderMap,
-    body: Incoming,
+    body: RequestBody,
 }
 
 /// Log a failed request: clients' failures are routine (debug), ours and

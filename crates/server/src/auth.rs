@@ -126,6 +126,20 @@ impl Principal {
                 "This token's scope does not include {extra}, so it cannot grant it."
             )));
         }
+        // A token says what it can do: no scope beyond the holder's role,
+        // which would be refused on use anyway.
+        let beyond: Vec<&str> = scope
+            .iter()
+            .filter(|s| !rbac::role_grants_scope(&self.role, s))
+            .map(String::as_str)
+            .collect();
+        if !beyond.is_empty() {
+            return Err(Error::Forbidden(format!(
+                "Your role '{}' does not allow {}; ask for a token within your role's rights.",
+                self.role,
+                beyond.join(", ")
+            )));
+        }
         let apps = match (
             self.restrict_to_apps.is_empty(),
             restrict_to_apps.is_empty(),
@@ -179,19 +193,19 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Principal {
     }
 }
 
-/// The client's IP (the TCP peer), when known.
+/// The client's address as the request-context layer found it: the TCP
+/// peer, or the address a trusted proxy forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct RealIp(pub IpAddr);
+
+/// The client's IP, when known (see [`RealIp`]).
 pub struct ClientIp(pub Option<IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+        Ok(ClientIp(parts.extensions.get::<RealIp>().map(|c| c.0)))
     }
 }
 

@@ -24,9 +24,23 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        Ok(JsonBody(parse_json(&bytes)?))
+    }
+}
+
+/// A whole request body (at most 2 MiB), with read errors as problems.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 Error::PayloadTooLarge("The request body is larger than 2 MiB.".into())
+            } else if let Some(t) = body_timeout(&e) {
+                t
             } else {
                 Error::field(
                     "body",
@@ -35,8 +49,17 @@ where
                 )
             }
         })?;
-        Ok(JsonBody(parse_json(&bytes)?))
+        Ok(RawBody(bytes))
     }
+}
+
+/// A 408 when `err` is the body timeout of `shellwego_net::serve`.
+pub fn body_timeout(err: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    shellwego_net::serve::BodyTimeout::is_in(err).then(|| {
+        Error::RequestTimeout(format!(
+            "{err}; the body must arrive within the server's body timeout, at a minimum rate after that (see [http] in the server's configuration)."
+        ))
+    })
 }
 
 /// Parse and validate a JSON body; errors name the field.

@@ -1,7 +1,8 @@
 //! The HTTP stack around the routes:
 //!
 //! ```text
-//! request_context    request id, tracing span, metrics, problem bodies
+//! request_context    request id, client address, URI length, tracing span,
+//!                    metrics, problem bodies
 //!  └ v1_gate         /v1 only: bearer token → Principal, rate limit + headers
 //!     └ catch_panic  a panic becomes a generic 500 (the server keeps serving)
 //!        └ router    routes (each records its template), 404/405 fallbacks
@@ -21,7 +22,7 @@ use shellwego_core::{id, Error};
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-use crate::auth::{authenticate, presented, Presented};
+use crate::auth::{authenticate, presented, Presented, RealIp};
 use crate::metrics::RequestLabels;
 use crate::problem::{internal, ApiError, ProblemSpec};
 use crate::state::AppState;
@@ -33,6 +34,61 @@ pub struct RequestId(pub String);
 /// The matched route template, passed outwards in response extensions.
 #[derive(Debug, Clone)]
 struct RouteTemplate(String);
+
+/// Longest request target (path and query) accepted; longer ones get 414.
+pub const MAX_URI_LEN: usize = 32 * 1024;
+
+/// The service of one connection from `peer`: the application, with the
+/// peer's address as `ConnectInfo`.
+pub fn connection_service(app: Router, peer: SocketAddr) -> ConnService {
+    ConnService { app, peer }
+}
+
+/// See [`connection_service`].
+pub struct ConnService {
+    app: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<shellwego_net::serve::RequestBody>> for ConnService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = tower::util::Oneshot<Router, Request>;
+
+    fn call(&self, req: Request<shellwego_net::serve::RequestBody>) -> Self::Future {
+        use tower::ServiceExt;
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        self.app.clone().oneshot(req)
+    }
+}
+
+/// The problem document for a request hyper could not parse (it answers
+/// those itself; see `shellwego_net::serve`).
+pub fn protocol_error(status: StatusCode) -> shellwego_net::serve::ProtocolError {
+    let (slug, title, detail) = match status {
+        StatusCode::URI_TOO_LONG => (
+            "uri-too-long",
+            "URI Too Long",
+            "The request URI is longer than the server accepts; send long inputs in a request body.",
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers-too-large",
+            "Request Header Fields Too Large",
+            "The request headers are larger than the server accepts; send fewer or shorter headers.",
+        ),
+        _ => (
+            "malformed-request",
+            "Bad Request",
+            "The request is not valid HTTP/1.1 (a header may contain a NUL byte or another forbidden character, or the request line is malformed); fix the request.",
+        ),
+    };
+    let problem = ProblemSpec::new(status, slug, title, detail).into_body("", &id::new_id("req"));
+    shellwego_net::serve::ProtocolError {
+        content_type: "application/problem+json",
+        body: serde_json::to_vec(&problem).unwrap_or_default(),
+    }
+}
 
 /// The whole application.
 pub fn app(state: AppState) -> Router {
@@ -123,8 +179,32 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %redact_path(&path));
     req.extensions_mut().insert(RequestId(rid.clone()));
+    // The client's address: the peer's, or, behind a trusted proxy, the
+    // one it forwarded.
+    if let Some(peer) = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+    {
+        let ip = state.trusted_proxies.client_ip(peer, req.headers());
+        req.extensions_mut().insert(RealIp(ip));
+    }
 
-    let res = next.run(req).instrument(span.clone()).await;
+    let too_long = req
+        .uri()
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().len() > MAX_URI_LEN);
+    let res = if too_long {
+        ProblemSpec::new(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            "URI Too Long",
+            format!("The request URI is longer than {MAX_URI_LEN} bytes; use fewer query parameters, or send long inputs in a request body."),
+        )
+        .into_response()
+    } else {
+        next.run(req).instrument(span.clone()).await
+    };
     let (mut parts, body) = res.into_parts();
     let body = match parts.extensions.remove::<ProblemSpec>() {
         Some(spec) => {
@@ -190,10 +270,7 @@ async fn v1_gate(State(state): State<AppState>, mut req: Request, next: Next) ->
     {
         return next.run(req).await;
     }
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    let ip = req.extensions().get::<RealIp>().map(|c| c.0);
     let auth = match presented(req.headers()) {
         Presented::None => Ok(None),
         Presented::Malformed => Err(Error::Unauthenticated(

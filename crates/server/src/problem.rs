@@ -174,6 +174,9 @@ pub fn spec_for(e: Error) -> ProblemSpec {
             "Payload Too Large",
             d,
         ),
+        Error::RequestTimeout(d) => {
+            ProblemSpec::new(S::REQUEST_TIMEOUT, "request-timeout", "Request Timeout", d)
+        }
         Error::RateLimited(info) => {
             let mut p = ProblemSpec::new(
                 S::TOO_MANY_REQUESTS,

@@ -1,7 +1,6 @@
 //! The control plane's life: open the store, migrate, bootstrap, serve,
 //! and shut down gracefully.
 
-use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +33,12 @@ pub struct ServerConfig {
     pub node_timeout: Duration,
     /// The `[ssrf]` section: which private targets user-given URLs may reach.
     pub ssrf: shellwego_net::ssrf::SsrfConfig,
+    /// The `[http]` section: timeouts and connection caps of the listener.
+    pub http: shellwego_net::serve::Limits,
+    /// Proxies whose `X-Forwarded-For`/`Forwarded` are believed.
+    pub trusted_proxies: shellwego_net::client_ip::TrustedProxies,
+    /// How many organizations on the Free plan one user may own.
+    pub max_free_orgs_per_user: u32,
 }
 
 impl ServerConfig {
@@ -47,6 +52,9 @@ impl ServerConfig {
             master_key: None,
             node_timeout: Duration::from_secs(30),
             ssrf: Default::default(),
+            http: Default::default(),
+            trusted_proxies: Default::default(),
+            max_free_orgs_per_user: 1,
         }
     }
 
@@ -153,6 +161,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     let (stop, stop_rx) = watch::channel(false);
     let mut state = AppState::new(store.clone(), key, config.node_timeout, stop_rx.clone());
     state.uploads_dir = config.data_dir.join("uploads");
+    state.trusted_proxies = std::sync::Arc::new(config.trusted_proxies.clone());
+    state.max_free_orgs_per_user = config.max_free_orgs_per_user;
     std::fs::create_dir_all(&state.uploads_dir)
         .with_context(|| format!("cannot create {}", state.uploads_dir.display()))?;
     let app = crate::http::app(state.clone());
@@ -193,29 +203,27 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         }
     });
 
-    let grace = config.shutdown_timeout;
+    let opts = shellwego_net::serve::ServeOptions {
+        limits: config.http.clone().fitted_to_open_files(),
+        trusted_proxies: config.trusted_proxies.clone(),
+        shutdown_grace: config.shutdown_timeout,
+        protocol_error: Some(std::sync::Arc::new(crate::http::protocol_error)),
+        name: "api",
+    };
     let task = tokio::spawn(async move {
-        let mut rx1 = stop_rx.clone();
-        let mut rx2 = stop_rx;
-        let serve = axum::serve(
+        let (stage, _) = shellwego_net::serve::Stage::channel();
+        let mut rx = stop_rx;
+        let res = shellwego_net::serve::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            opts,
+            stage,
+            |peer| crate::http::connection_service(app.clone(), peer),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
         )
-        .with_graceful_shutdown(async move {
-            let _ = rx1.wait_for(|s| *s).await;
-        })
-        .into_future();
-        let deadline = async move {
-            let _ = rx2.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        };
-        let res = tokio::select! {
-            r = serve => r.context("server failed"),
-            _ = deadline => {
-                tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; closing them");
-                Ok(())
-            }
-        };
+        .await
+        .context("server failed");
         janitor.abort();
         liveness.abort();
         controller.abort();

@@ -27,6 +27,10 @@ pub struct AppState {
     pub kick: Arc<tokio::sync::Notify>,
     /// Where uploaded archives are kept.
     pub uploads_dir: std::path::PathBuf,
+    /// Proxies whose forwarding headers tell the client's address.
+    pub trusted_proxies: Arc<shellwego_net::client_ip::TrustedProxies>,
+    /// How many Free-plan organizations one user may own.
+    pub max_free_orgs_per_user: u32,
 }
 
 impl AppState {
@@ -47,6 +51,8 @@ impl AppState {
             changes: Arc::new(tokio::sync::watch::channel(0).0),
             kick: Arc::new(tokio::sync::Notify::new()),
             uploads_dir: std::env::temp_dir().join("shellwego-uploads"),
+            trusted_proxies: Arc::default(),
+            max_free_orgs_per_user: 1,
         }
     }
 

@@ -576,6 +576,26 @@ impl Store {
     }
 
     /// Number of apps of an organization.
+    /// Which of `ids` are apps of `org`.
+    pub async fn app_ids_in(&self, org: &str, ids: &[String]) -> Result<Vec<String>, Error> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT id FROM apps WHERE organization_id = $1 AND id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(org);
+        for id in ids {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all(self.pool()).await.map_err(db_err)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(db_err))
+            .collect()
+    }
+
     pub async fn app_count(&self, org: &str) -> Result<i64, Error> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM apps WHERE organization_id = $1")
             .bind(org)

@@ -82,6 +82,29 @@ pub fn db_err(e: sqlx::Error) -> Error {
                 "a value was refused by the store (text may not contain NUL bytes)",
             )
         }
+        // The request was too big for the database to plan (a huge filter:
+        // SQLite's "Expression tree is too large", "too many SQL
+        // variables"; PostgreSQL's program_limit_exceeded, 54xxx). Caused
+        // by the input, so a 400.
+        sqlx::Error::Database(d)
+            if d.code()
+                .is_some_and(|c| c.len() == 5 && c.starts_with("54"))
+                || [
+                    "Expression tree is too large",
+                    "too many SQL variables",
+                    "too many terms in compound SELECT",
+                    "LIKE or GLOB pattern too complex",
+                    "string or blob too big",
+                ]
+                .iter()
+                .any(|m| d.message().contains(m)) =>
+        {
+            Error::field(
+                "query",
+                "too_complex",
+                "the request is too large for the store to answer; use fewer filters or values",
+            )
+        }
         sqlx::Error::Database(d) if d.is_unique_violation() => {
             Error::Conflict("a resource with these values already exists".into())
         }

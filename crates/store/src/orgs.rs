@@ -66,6 +66,29 @@ pub async fn add_member(tx: &mut Tx, org_id: &str, user_id: &str, role: &str) ->
     Ok(())
 }
 
+/// How many organizations on the Free plan `user_id` owns. Concurrent
+/// calls for one user are serialized until the transaction ends (an
+/// advisory lock on PostgreSQL; SQLite's write transactions are serialized
+/// anyway), so two concurrent creations cannot both see room for one more.
+pub async fn free_orgs_owned(tx: &mut Tx, user_id: &str) -> Result<i64, Error> {
+    if tx.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT CAST(1 AS BIGINT) AS locked FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS l")
+            .bind(format!("free-orgs:{user_id}"))
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db_err)?;
+    }
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM memberships m JOIN organizations o ON o.id = m.organization_id
+         WHERE m.user_id = $1 AND m.role = 'owner' AND o.plan = 'free'",
+    )
+    .bind(user_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    row.try_get::<i64, _>("n").map_err(db_err)
+}
+
 impl Store {
     /// The organizations `user_id` belongs to, with the user's role in each,
     /// oldest membership first.

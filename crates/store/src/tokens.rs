@@ -254,25 +254,57 @@ pub async fn revoke_any(tx: &mut Tx, token_id: &str) -> Result<bool, Error> {
 }
 
 /// Give a token a new secret; the old one stops working. Returns the secret.
+/// Rotations of one token closer together than this are refused.
+pub const ROTATION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Give a token a new secret, if its secret is still `expected_hash` (the
+/// one the caller read) and it was not rotated within
+/// [`ROTATION_INTERVAL`]: of a burst of rotations exactly one succeeds,
+/// the others get 409.
 pub async fn rotate(
     tx: &mut Tx,
     token_id: &str,
     kind: TokenKind,
+    expected_hash: &str,
 ) -> Result<(String, String), Error> {
     let NewToken { secret, hash, hint } = token::generate(kind);
+    let now = to_micros(now());
+    let since = now - i64::try_from(ROTATION_INTERVAL.as_micros()).unwrap_or(0);
     let r = sqlx::query(
-        "UPDATE tokens SET token_hash = $1, hint = $2 WHERE id = $3 AND revoked_at IS NULL",
+        "UPDATE tokens SET token_hash = $1, hint = $2, rotated_at = $3
+         WHERE id = $4 AND token_hash = $5 AND revoked_at IS NULL
+           AND (rotated_at IS NULL OR rotated_at < $6)",
     )
     .bind(&hash)
     .bind(&hint)
+    .bind(now)
     .bind(token_id)
+    .bind(expected_hash)
+    .bind(since)
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
     if r.rows_affected() == 0 {
-        return Err(Error::not_found("token", token_id));
+        return Err(Error::Conflict(format!(
+            "The token was rotated (or revoked) by another request moments ago; \
+             use the secret that request returned, or rotate again in {} seconds.",
+            ROTATION_INTERVAL.as_secs()
+        )));
     }
     Ok((secret, hint))
+}
+
+impl Store {
+    /// The hash of a token's current secret (to rotate it exactly once).
+    pub async fn token_secret_hash(&self, token_id: &str) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT token_hash FROM tokens WHERE id = $1")
+            .bind(token_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err)?;
+        row.map(|r| r.try_get::<String, _>("token_hash").map_err(db_err))
+            .transpose()
+    }
 }
 
 /// Revoke every token of a user except `keep` (after a password change:

@@ -328,7 +328,7 @@ pub async fn app_restart(
     State(st): State<AppState>,
     p: Principal,
     PathParam(id): PathParam,
-    body: axum::body::Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> ApiResult<Json<App>> {
     let r: RestartRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RestartRequest::default()
@@ -378,7 +378,9 @@ pub async fn upload_create(
     let res: Result<(), Error> = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
-                Error::field("body", "malformed", format!("the upload was cut off: {e}"))
+                crate::extract::body_timeout(&e).unwrap_or_else(|| {
+                    Error::field("body", "malformed", format!("the upload was cut off: {e}"))
+                })
             })?;
             size += chunk.len() as u64;
             if size > MAX_UPLOAD {

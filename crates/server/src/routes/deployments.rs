@@ -149,7 +149,7 @@ pub async fn deployment_rollback(
     State(st): State<AppState>,
     p: Principal,
     PathParam(id): PathParam,
-    body: axum::body::Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> ApiResult<(StatusCode, Json<DeployAccepted>)> {
     let req: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest::default()

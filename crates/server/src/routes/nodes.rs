@@ -240,7 +240,7 @@ pub async fn node_drain(
     State(st): State<AppState>,
     p: Principal,
     PathParam(id): PathParam,
-    body: axum::body::Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> ApiResult<(
     axum::http::StatusCode,
     Json<shellwego_api::nodes::NodeDrained>,

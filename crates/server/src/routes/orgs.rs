@@ -104,13 +104,14 @@ fn sa_view(
 
 /// Create an organization (Free plan); you become its owner.
 #[utoipa::path(post, path = "/v1/organizations", tag = "organizations", security(("bearer" = [])), request_body = OrganizationCreate, responses(
-    (status = 201, body = Organization), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    (status = 201, body = Organization), (status = 409, body = Problem, content_type = "application/problem+json"),
+    (status = 429, description = "quota-exceeded: the caller owns as many Free organizations as one user may", body = Problem, content_type = "application/problem+json")))]
 pub async fn org_create(
     State(st): State<AppState>,
     p: Principal,
     JsonBody(req): JsonBody<OrganizationCreate>,
 ) -> ApiResult<(StatusCode, Json<Organization>)> {
-    let org = svc::org_create(&st.store, &p, &req).await?;
+    let org = svc::org_create(&st.store, &p, &req, st.max_free_orgs_per_user).await?;
     let usage = st.store.org_usage(&org.id).await?;
     Ok((StatusCode::CREATED, Json(org_view(org, Some(usage)))))
 }
@@ -264,7 +265,7 @@ pub async fn invitation_accept(
     p: Option<Principal>,
     ClientIp(ip): ClientIp,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: axum::body::Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> ApiResult<Json<InvitationAccepted>> {
     let req: InvitationAccept = if body.iter().all(u8::is_ascii_whitespace) {
         InvitationAccept::default()

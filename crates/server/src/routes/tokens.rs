@@ -81,7 +81,8 @@ pub(crate) fn created(t: Token, secret: String) -> TokenCreated {
 /// Rotate a personal access token: a new secret, the old one stops working.
 #[utoipa::path(post, path = "/v1/user/tokens/{token_id}/rotate", tag = "users", security(("bearer" = [])),
     params(("token_id" = String, Path, description = "Token id (tok_…)")),
-    responses((status = 200, body = TokenCreated), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = TokenCreated), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Rotated or revoked by a concurrent request", body = Problem, content_type = "application/problem+json")))]
 pub async fn token_rotate(
     State(st): State<AppState>,
     p: Principal,

@@ -30,69 +30,78 @@ fn dummy_hash() -> &'static str {
 }
 
 /// Put an attempt to check a secret of `email`'s account on record before
-/// checking it, and refuse it when the account (5) or the IP (20) has
-/// failed too often within the window. The first refusal records
-/// `user.locked`. Returns the attempt's id, to mark it succeeded.
+/// checking it.
+///
+/// * The account: more than 5 failures within the window lock it, correct
+///   password or not, until the window has passed (as Keycloak's temporary
+///   lockout and Kanidm's soft lock do: the account is what a guesser
+///   attacks, from however many addresses). The first refusal records
+///   `user.locked`.
+/// * The client address: more than 20 failures within the window do not
+///   lock anyone out (behind a NAT or a proxy that is everyone); they slow
+///   the guesser instead: every further failure from the address is
+///   answered only after [`ip_tarpit`]. A correct password for an account
+///   that is not locked still succeeds at once. The first such failure
+///   records `login.throttled`. (How often an address may try at all is
+///   the anonymous API rate limit's business.)
+///
+/// Returns the attempt's id (to mark it succeeded) and the delay owed if
+/// it fails.
 async fn guard(
     store: &Store,
     email: &str,
     ip: &str,
     user_id: Option<&str>,
     org: Option<&str>,
-) -> Result<String, Error> {
+) -> Result<(String, Option<Duration>), Error> {
     let window = i64::try_from(LOCK_WINDOW.as_micros()).unwrap_or(0);
     let since = to_micros(now()) - window;
     let mut tx = store.begin().await?;
     let (id, f) = logins::begin(&mut tx, email, ip, since).await?;
     let over_account = f.account > MAX_ACCOUNT_FAILURES;
     let over_ip = f.ip > MAX_IP_FAILURES;
-    if !over_account && !over_ip {
-        commit(tx).await?;
-        return Ok(id);
-    }
-    if (over_account && f.account == MAX_ACCOUNT_FAILURES + 1)
-        || (!over_account && f.ip == MAX_IP_FAILURES + 1)
-    {
-        let actor = Actor {
-            kind: "user".into(),
-            id: user_id.map(str::to_string),
-            ip: Some(ip.to_string()),
-        };
-        let (rtype, rid) = if over_account {
-            ("user", user_id.unwrap_or("unknown").to_string())
-        } else {
-            ("ip", ip.to_string())
-        };
-        let mut ev = NewEvent::info("user.locked", &actor, rtype, &rid)
+    let actor = Actor {
+        kind: "user".into(),
+        id: user_id.map(str::to_string),
+        ip: Some(ip.to_string()),
+    };
+    if over_account && f.account == MAX_ACCOUNT_FAILURES + 1 {
+        let mut ev = NewEvent::info("user.locked", &actor, "user", user_id.unwrap_or("unknown"))
             .severity(Severity::Warning)
-            .meta(json!({"email": email, "by": if over_account { "account" } else { "ip" }, "minutes": LOCK_WINDOW.as_secs() / 60}));
+            .meta(json!({"email": email, "by": "account", "minutes": LOCK_WINDOW.as_secs() / 60}));
         if let Some(o) = org {
             ev = ev.in_org(o);
         }
         events::record(&mut tx, ev).await?;
     }
+    if !over_account && f.ip == MAX_IP_FAILURES + 1 {
+        // Not in any organization's log: the address is not theirs.
+        let ev = NewEvent::info("login.throttled", &actor, "ip", ip)
+            .severity(Severity::Warning)
+            .meta(json!({"email": email, "failures": f.ip, "minutes": LOCK_WINDOW.as_secs() / 60}));
+        events::record(&mut tx, ev).await?;
+    }
     commit(tx).await?;
-    let (limit, nth) = if over_account {
-        (
-            MAX_ACCOUNT_FAILURES,
-            store
-                .nth_recent_failure(Some(email), None, MAX_ACCOUNT_FAILURES)
-                .await?,
-        )
-    } else {
-        (
-            MAX_IP_FAILURES,
-            store
-                .nth_recent_failure(None, Some(ip), MAX_IP_FAILURES)
-                .await?,
-        )
-    };
+    if !over_account {
+        return Ok((id, over_ip.then(|| ip_tarpit(f.ip))));
+    }
+    let nth = store
+        .nth_recent_failure(Some(email), None, MAX_ACCOUNT_FAILURES)
+        .await?;
     let retry = ((nth.unwrap_or(0) + window - to_micros(now())) / 1_000_000).max(1) as u64;
     Err(Error::RateLimited(RateLimitInfo {
-        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        limit: u32::try_from(MAX_ACCOUNT_FAILURES).unwrap_or(u32::MAX),
         window_secs: u32::try_from(LOCK_WINDOW.as_secs()).unwrap_or(u32::MAX),
         retry_after_secs: retry,
     }))
+}
+
+/// How long a failed attempt from an address with `failures` failures in
+/// the window waits for its answer: 1 s past the limit, doubling every 10
+/// failures, at most 16 s.
+pub fn ip_tarpit(failures: i64) -> Duration {
+    let over = (failures - MAX_IP_FAILURES - 1).clamp(0, 40);
+    Duration::from_secs(1 << (over / 10))
 }
 
 /// Check a secret of the calling user's (current password, MFA code) under
@@ -106,7 +115,7 @@ async fn guarded_check(
     let ip =
         p.ip.map(|i| i.to_string())
             .unwrap_or_else(|| "unknown".into());
-    let attempt = guard(
+    let (attempt, tarpit) = guard(
         store,
         email,
         &ip,
@@ -119,6 +128,8 @@ async fn guarded_check(
         let mut tx = store.begin().await?;
         logins::succeeded(&mut tx, &attempt).await?;
         commit(tx).await?;
+    } else if let Some(d) = tarpit {
+        tokio::time::sleep(d).await;
     }
     Ok(ok)
 }
@@ -145,7 +156,7 @@ pub async fn login(
         None => vec![],
     };
     let first_org = user_orgs.first().map(|(o, _)| o.id.clone());
-    let attempt = guard(
+    let (attempt, tarpit) = guard(
         store,
         &email,
         &ip_s,
@@ -222,6 +233,9 @@ pub async fn login(
         }
         events::record(&mut tx, ev).await?;
         commit(tx).await?;
+        if let Some(d) = tarpit {
+            tokio::time::sleep(d).await;
+        }
         return Err(mfa_problem.unwrap_or_else(bad_credentials));
     }
     let Some(creds) = creds else {
@@ -306,6 +320,12 @@ pub async fn token_rotate(
     token_id: &str,
 ) -> Result<(Token, String), Error> {
     let uid = p.self_service()?;
+    // The secret as it is now, read first: of concurrent rotations only
+    // the first to write finds it unchanged.
+    let expected = store
+        .token_secret_hash(token_id)
+        .await?
+        .ok_or_else(|| Error::not_found("token", token_id))?;
     let t = store
         .token(token_id)
         .await?
@@ -325,7 +345,7 @@ pub async fn token_rotate(
         ));
     }
     let mut tx = store.begin().await?;
-    let (secret, hint) = tokens::rotate(&mut tx, token_id, t.kind).await?;
+    let (secret, hint) = tokens::rotate(&mut tx, token_id, t.kind, &expected).await?;
     events::record(
         &mut tx,
         NewEvent::info("token.rotated", &p.actor(), "token", token_id).in_org(&t.organization_id),
@@ -488,7 +508,7 @@ pub async fn mfa_disable(
     let ip =
         p.ip.map(|i| i.to_string())
             .unwrap_or_else(|| "unknown".into());
-    let attempt = guard(
+    let (attempt, tarpit) = guard(
         store,
         &creds.user.email,
         &ip,
@@ -500,6 +520,10 @@ pub async fn mfa_disable(
     logins::succeeded(&mut tx, &attempt).await?;
     if !mfa::check_login_code(&mut tx, key, uid, creds.mfa_secret_enc.as_deref(), code).await? {
         // Rolled back: the attempt stays a failure.
+        drop(tx);
+        if let Some(d) = tarpit {
+            tokio::time::sleep(d).await;
+        }
         return Err(Error::field(
             "code",
             "invalid_value",

@@ -9,7 +9,7 @@ use shellwego_core::list::ListParams;
 use shellwego_core::plan::Plan;
 use shellwego_core::time::now;
 use shellwego_core::token::TokenKind;
-use shellwego_core::Error;
+use shellwego_core::{Error, FieldError};
 use shellwego_store::events::{self, Event, NewEvent, EVENTS};
 use shellwego_store::list::{Page, Scope};
 use shellwego_store::nodes::{self, Node, NODES};
@@ -46,13 +46,34 @@ pub async fn token_create(
     req: &TokenCreateRequest,
 ) -> Result<(Token, String), Error> {
     let uid = p.self_service()?;
-    // A token can only mint tokens that can do no more than itself.
-    let (scope, restrict) = p.grantable(&req.scope, &req.restrict_to_apps)?;
-    // A token for another organization the user belongs to acts there.
-    let org = match &req.organization_id {
-        Some(o) => self::orgs::as_member(store, p, o).await?.organization_id,
-        None => p.organization_id.clone(),
+    // A token for another organization the user belongs to acts there,
+    // with the user's role there.
+    let m = match &req.organization_id {
+        Some(o) => self::orgs::as_member(store, p, o).await?,
+        None => p.clone(),
     };
+    let org = m.organization_id.clone();
+    // A token can only mint tokens that can do no more than itself, and
+    // than the holder's role.
+    let (scope, restrict) = m.grantable(&req.scope, &req.restrict_to_apps)?;
+    // The apps it is restricted to must be apps of that organization.
+    let known = store.app_ids_in(&org, &restrict).await?;
+    let unknown: Vec<FieldError> = restrict
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !known.contains(a))
+        .map(|(i, a)| {
+            FieldError::new(
+                format!("restrict_to_apps[{i}]"),
+                "not_found",
+                format!("there is no app '{a}' in organization {org}; use ids from GET /v1/apps"),
+            )
+            .with_value(a.clone())
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::invalid(unknown));
+    }
     let kind = match req.token_type.as_deref() {
         Some("temporary_token") => TokenKind::Temp,
         _ => TokenKind::Pat,

@@ -93,10 +93,14 @@ fn slugify(name: &str) -> String {
 }
 
 /// Create an organization (Free plan); the caller becomes its owner.
+/// Create an organization on the Free plan, owned by the caller. One user
+/// may own at most `max_free_orgs` Free organizations: each has its own
+/// quotas, so more would multiply them.
 pub async fn org_create(
     store: &Store,
     p: &Principal,
     req: &OrganizationCreate,
+    max_free_orgs: u32,
 ) -> Result<Organization, Error> {
     let uid = p.user_id()?;
     let explicit = req.slug.is_some();
@@ -117,6 +121,15 @@ pub async fn org_create(
             }
             Err(e) => return Err(e),
         };
+        // Counted before this one is owned; the transaction rolls back
+        // when there is no room.
+        let owned = orgs::free_orgs_owned(&mut tx, uid).await?;
+        if owned >= i64::from(max_free_orgs) {
+            return Err(Error::QuotaExceeded(format!(
+                "You already own {owned} organization(s) on the Free plan, the most one user may own; \
+                 move one of them to a paid plan, delete one, or ask the operator to raise max_free_orgs_per_user."
+            )));
+        }
         orgs::add_member(&mut tx, &org.id, uid, "owner").await?;
         events::record(
             &mut tx,

@@ -59,6 +59,11 @@ pub struct Srv {
 /// Start a server on `backend`; `None` (with a message) when PostgreSQL is
 /// asked for but SHELLWEGO_TEST_DATABASE_URL is not set.
 pub async fn start(backend: Backend) -> Option<Srv> {
+    start_with(backend, |_| {}).await
+}
+
+/// [`start`], with the config changed by `tweak` first.
+pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Option<Srv> {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
     cfg.admin_password = Some(ADMIN_PASSWORD.into());
@@ -79,6 +84,7 @@ pub async fn start(backend: Backend) -> Option<Srv> {
             Some(PgDb { server_url, name })
         }
     };
+    tweak(&mut cfg);
     let started = start_server(cfg.clone()).await.unwrap();
     let token = std::fs::read_to_string(cfg.admin_token_path()).unwrap();
     Some(Srv {
@@ -187,6 +193,34 @@ impl Srv {
         .unwrap();
         commit(tx).await.unwrap();
         (org.id, user.id, secret)
+    }
+
+    /// A new user with `role` in `org`, and a token of theirs there.
+    pub async fn member_with_role(&self, org: &str, role: &str, email: &str) -> (String, String) {
+        let mut tx = self.store.begin().await.unwrap();
+        let user = users::create(&mut tx, email, "Test User", "x")
+            .await
+            .unwrap();
+        orgs::add_member(&mut tx, org, &user.id, role)
+            .await
+            .unwrap();
+        let (_, secret) = tokens::create(
+            &mut tx,
+            NewTokenSpec {
+                kind: TokenKind::Pat,
+                name: "test",
+                user_id: Some(&user.id),
+                service_account_id: None,
+                organization_id: org,
+                scope: &[],
+                restrict_to_apps: &[],
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+        commit(tx).await.unwrap();
+        (user.id, secret)
     }
 
     pub async fn insert_node(&self, n: NodeSpec<'_>) -> String {

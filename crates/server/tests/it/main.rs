@@ -10,6 +10,7 @@ mod apps;
 mod auth;
 mod deployments;
 mod errors;
+mod hardening;
 mod identity;
 mod lists;
 mod node_join;
