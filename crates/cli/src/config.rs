@@ -212,6 +212,29 @@ mod tests {
         assert_eq!(cfg.listen, Some(SocketAddr::from(([127, 0, 0, 1], 3000))));
         assert_eq!(cfg.log_format, Some(LogFormat::Pretty));
         assert!(parse_duration(cfg.shutdown_timeout.as_deref().unwrap()).is_some());
+        // The example spells out the defaults.
+        assert_eq!(
+            cfg.http.unwrap().limits().unwrap(),
+            shellwego_net::serve::Limits::default()
+        );
+        assert_eq!(cfg.trusted_proxies, Some(vec![]));
+        assert_eq!(cfg.max_free_orgs_per_user, Some(1));
+    }
+
+    #[test]
+    fn http_limits_and_trusted_proxies_parse() {
+        let cfg: FileConfig = toml::from_str(
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1/128\"]\n[http]\nheader_read_timeout = \"2s\"\nbody_min_rate = \"4k\"\nmax_connections_per_ip = 7\n",
+        )
+        .unwrap();
+        let l = cfg.http.unwrap().limits().unwrap();
+        assert_eq!(l.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(l.body_min_rate, 4096);
+        assert_eq!(l.max_connections_per_ip, 7);
+        assert_eq!(cfg.trusted_proxies.unwrap().len(), 2);
+        let bad: FileConfig = toml::from_str("[http]\nidle_timeout = \"soon\"\n").unwrap();
+        assert!(bad.http.unwrap().limits().is_err());
+        assert!(toml::from_str::<FileConfig>("trusted_proxies = [\"not-a-cidr\"]").is_err());
     }
 
     #[test]

@@ -960,3 +960,56 @@ async fn shutdown_cuts_open_tunnels_after_the_grace_period() {
     let read = timeout(WAIT, client.read_to_end(&mut rest)).await.unwrap();
     assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_and_caps_hold() {
+    let live = id_backend("live").await;
+    let cfg = IngressConfig {
+        limits: shellwego_ingress::Limits {
+            header_read_timeout: Duration::from_millis(500),
+            body_read_timeout: Duration::from_millis(500),
+            body_min_rate: 1000,
+            max_connections_per_ip: 20,
+            ..Default::default()
+        },
+        ..IngressConfig::default()
+    };
+    let ing = ingress_with(&[("web", vec![live.backend("live")])], cfg).await;
+    // Half-open connections (a partial head, or nothing) are closed.
+    let mut slow = vec![];
+    for i in 0..10 {
+        let mut s = TcpStream::connect(ing.addr).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: web.local")
+                .await
+                .unwrap();
+        }
+        slow.push(s);
+    }
+    // Over the per-address cap: refused at once, while others are served.
+    let mut extra = vec![];
+    for _ in 0..15 {
+        extra.push(TcpStream::connect(ing.addr).await.unwrap());
+    }
+    let mut refused = 0;
+    for s in &mut extra {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) = timeout(Duration::from_millis(200), s.read(&mut b)).await {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 5,
+        "{refused} of the connections over the cap refused"
+    );
+    drop(extra);
+    for s in &mut slow {
+        let mut b = [0u8; 64];
+        let r = timeout(Duration::from_secs(3), s.read(&mut b)).await;
+        assert!(
+            matches!(r, Ok(Ok(0) | Err(_))),
+            "a half-open connection stayed: {r:?}"
+        );
+    }
+    assert_eq!(ing.get("web.localhost", "/").await.status(), 200);
+}
