@@ -203,7 +203,13 @@ fn refused_message(host: &str, addr: &IpAddr, reason: &Reason) -> String {
     } else {
         format!("{host} resolves to {addr}, {reason}")
     };
-    format!("{what}, which user-given URLs may not reach (an operator can allow it in the [ssrf] config section)")
+    let net = IpNet::from(*addr);
+    let or_private = if reason.is_private() {
+        ", or allow_private_targets = true"
+    } else {
+        ""
+    };
+    format!("{what}, which user-given URLs may not reach; an operator can allow it in the [ssrf] section of the control plane's config (allow = [\"{net}\"]{or_private})")
 }
 
 impl SsrfError {
@@ -804,7 +810,17 @@ mod tests {
             e.to_string().starts_with("::1 is a loopback address"),
             "{e}"
         );
-        assert!(e.to_string().contains("[ssrf]"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("(allow = [\"::1/128\"], or allow_private_targets = true)"),
+            "{e}"
+        );
+        let e = SsrfError::refused("", ip("169.254.169.254"), Reason::Metadata);
+        assert!(
+            e.to_string()
+                .ends_with("(allow = [\"169.254.169.254/32\"])"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

@@ -153,6 +153,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     let (stop, stop_rx) = watch::channel(false);
     let mut state = AppState::new(store.clone(), key, config.node_timeout, stop_rx.clone());
     state.uploads_dir = config.data_dir.join("uploads");
+    state.ssrf = shellwego_net::ssrf::Guard::new(&config.ssrf);
     std::fs::create_dir_all(&state.uploads_dir)
         .with_context(|| format!("cannot create {}", state.uploads_dir.display()))?;
     let app = crate::http::app(state.clone());

@@ -27,6 +27,10 @@ pub struct AppState {
     pub kick: Arc<tokio::sync::Notify>,
     /// Where uploaded archives are kept.
     pub uploads_dir: std::path::PathBuf,
+    /// The `[ssrf]` policy: which targets user-given URLs may reach (checked
+    /// here when they are given, and sent to agents, which check it again
+    /// when they fetch).
+    pub ssrf: shellwego_net::ssrf::Guard,
 }
 
 impl AppState {
@@ -47,6 +51,7 @@ impl AppState {
             changes: Arc::new(tokio::sync::watch::channel(0).0),
             kick: Arc::new(tokio::sync::Notify::new()),
             uploads_dir: std::env::temp_dir().join("shellwego-uploads"),
+            ssrf: shellwego_net::ssrf::Guard::strict(),
         }
     }
 

@@ -16,4 +16,5 @@ mod node_join;
 mod openapi;
 mod ops;
 mod ratelimit;
+mod ssrf;
 mod stranger;
