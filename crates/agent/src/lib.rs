@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentJoined, AgentSync};
+use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentJoined, AgentSync, SsrfPolicy};
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
@@ -309,18 +309,24 @@ pub async fn run(
         .advertise_ip
         .clone()
         .unwrap_or_else(|| detect_ip(&cred.control_plane));
+    // User-given URLs (sources, registries) are fetched through the SSRF
+    // guard: strict until the first sync brings the control plane's policy.
+    let ssrf = shellwego_net::ssrf::Guard::strict();
+    let fetch = ssrf.client(reqwest::Client::builder().connect_timeout(Duration::from_secs(30)))?;
     let ctx = Arc::new(reconcile::Ctx {
         data_dir: args.data_dir.clone(),
         control_plane: cred.control_plane.clone(),
         credential: cred.credential.clone(),
         advertise_ip: advertise_ip.clone(),
         drivers,
-        images: shellwego_image::ImageStore::new(args.data_dir.join("images")).ok(),
+        images: shellwego_image::ImageStore::new(args.data_dir.join("images"), &ssrf).ok(),
         pull: shellwego_image::PullOptions {
             insecure_registries: args.insecure_registries.clone(),
             ..Default::default()
         },
         http: http.clone(),
+        ssrf: ssrf.clone(),
+        fetch,
         fetching: Default::default(),
     });
     let shared = Arc::new(reconcile::Shared::new());
@@ -388,6 +394,8 @@ pub async fn run(
                                 );
                             }
                             generation = d.generation;
+                            // Before the instances: they may need fetching.
+                            apply_ssrf_policy(&ssrf, &d.ssrf);
                             if let Ok(mut w) = shared.desired.lock() {
                                 *w = Some(d.instances);
                             }
@@ -427,6 +435,29 @@ pub async fn run(
     res
 }
 
+/// The control plane's SSRF policy, applied to every fetch of a user-given
+/// URL from now on. An `allow` entry that is not a network is left out
+/// (stricter), with a warning.
+fn apply_ssrf_policy(guard: &shellwego_net::ssrf::Guard, policy: &SsrfPolicy) {
+    let mut allow = Vec::with_capacity(policy.allow.len());
+    for a in &policy.allow {
+        match a.parse() {
+            Ok(net) => allow.push(net),
+            Err(e) => {
+                tracing::warn!(network = %a, error = %e, "ignoring an [ssrf] allow entry that is not a network")
+            }
+        }
+    }
+    let config = shellwego_net::ssrf::SsrfConfig {
+        allow,
+        allow_private_targets: policy.allow_private_targets,
+    };
+    if guard.config() != config {
+        tracing::info!(allow = ?policy.allow, allow_private_targets = policy.allow_private_targets, "SSRF policy from the control plane");
+        guard.set(&config);
+    }
+}
+
 /// Events not delivered go out with the next sync.
 fn put_back(shared: &reconcile::Shared, events: Vec<shellwego_api::nodes::AgentEvent>) {
     if events.is_empty() {
@@ -463,6 +494,22 @@ mod tests {
         ];
         argv.extend(extra);
         Cli::try_parse_from(argv).unwrap().agent
+    }
+
+    #[test]
+    fn the_control_planes_ssrf_policy_is_applied_without_bad_entries() {
+        let g = shellwego_net::ssrf::Guard::strict();
+        apply_ssrf_policy(
+            &g,
+            &SsrfPolicy {
+                allow: vec!["10.1.0.0/16".into(), "not a network".into()],
+                allow_private_targets: false,
+            },
+        );
+        assert_eq!(g.config().allow, vec!["10.1.0.0/16".parse().unwrap()]);
+        assert!(g.check_ip("10.1.2.3".parse().unwrap()).is_ok());
+        assert!(g.check_ip("10.2.0.1".parse().unwrap()).is_err());
+        assert!(g.check_ip("127.0.0.1".parse().unwrap()).is_err());
     }
 
     #[test]

@@ -104,7 +104,14 @@ pub struct Ctx {
     pub drivers: Vec<Arc<dyn Driver>>,
     pub images: Option<shellwego_image::ImageStore>,
     pub pull: shellwego_image::PullOptions,
+    /// Talks to the control plane (with the node credential).
     pub http: reqwest::Client,
+    /// The SSRF policy user-given URLs are fetched under: the control
+    /// plane's `[ssrf]` section once a sync has brought it, strict before.
+    /// `images` and `fetch` are made by it.
+    pub ssrf: shellwego_net::ssrf::Guard,
+    /// Fetches user-given URLs (tarball sources).
+    pub fetch: reqwest::Client,
     /// One lock per archive being downloaded: replicas starting together
     /// share one download.
     pub fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -923,27 +930,32 @@ impl Ctx {
         if path.exists() {
             return Ok(path.to_path_buf());
         }
-        let (full, auth) = if url.starts_with('/') {
-            (
-                format!("{}{url}", self.control_plane.trim_end_matches('/')),
-                true,
-            )
+        // A path is the control plane's own upload, fetched with the node
+        // credential; anything else is a user's URL, fetched through the
+        // SSRF guard.
+        let req = if url.starts_with('/') {
+            let full = format!("{}{url}", self.control_plane.trim_end_matches('/'));
+            self.http.get(full).bearer_auth(&self.credential)
         } else {
-            (url.to_string(), false)
+            let parsed = reqwest::Url::parse(url).with_context(|| format!("{url} is not a URL"))?;
+            self.ssrf
+                .check_target(&parsed)
+                .map_err(|e| anyhow::anyhow!("refusing to fetch {url}: {e}"))?;
+            self.fetch.get(parsed)
         };
-        let mut req = self.http.get(&full).timeout(Duration::from_secs(600));
-        if auth {
-            req = req.bearer_auth(&self.credential);
-        }
         let mut res = req
+            .timeout(Duration::from_secs(600))
             .send()
             .await
-            .with_context(|| format!("cannot fetch {full}"))?;
+            .map_err(|e| match shellwego_net::ssrf::refusal(&e) {
+                Some(why) => anyhow::anyhow!("refusing to fetch {url}: {why}"),
+                None => anyhow::Error::new(e).context(format!("cannot fetch {url}")),
+            })?;
         if !res.status().is_success() {
-            bail!("fetching {full} answered {}", res.status());
+            bail!("fetching {url} answered {}", res.status());
         }
         if res.content_length().is_some_and(|n| n > MAX_ARCHIVE) {
-            bail!("the archive at {full} is larger than 1 GiB");
+            bail!("the archive at {url} is larger than 1 GiB");
         }
         // Two instances of one app may fetch at once: each its own file.
         let tmp = dir.join(format!(
@@ -956,7 +968,7 @@ impl Ctx {
             size += chunk.len() as u64;
             if size > MAX_ARCHIVE {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                bail!("the archive at {full} is larger than 1 GiB");
+                bail!("the archive at {url} is larger than 1 GiB");
             }
             f.write_all(&chunk).await?;
         }
@@ -1073,6 +1085,93 @@ async fn check(ip: &str, port: u16, path: Option<&str>, timeout: Duration) -> Re
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP server on 127.0.0.1 answering every request with `body`;
+    /// counts the requests.
+    async fn archive_server(body: &'static [u8]) -> (u16, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.write_all(body).await;
+            }
+        });
+        (port, requests)
+    }
+
+    fn ctx(data_dir: &Path, control_plane: String) -> Ctx {
+        let ssrf = shellwego_net::ssrf::Guard::strict();
+        Ctx {
+            data_dir: data_dir.to_path_buf(),
+            control_plane,
+            credential: "nsec_test".into(),
+            advertise_ip: "127.0.0.1".into(),
+            drivers: vec![],
+            images: None,
+            pull: Default::default(),
+            http: reqwest::Client::new(),
+            fetch: ssrf.client(reqwest::Client::builder()).unwrap(),
+            ssrf,
+            fetching: Default::default(),
+        }
+    }
+
+    /// Sources are fetched through the SSRF guard (a name resolving to a
+    /// refused address included); the control plane's own uploads are not
+    /// user URLs.
+    #[tokio::test]
+    async fn source_urls_are_fetched_through_the_ssrf_guard() {
+        let (port, requests) = archive_server(b"archive").await;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path(), format!("http://127.0.0.1:{port}"));
+        for url in [
+            format!("http://localhost:{port}/a.tgz"),
+            format!("http://127.0.0.1:{port}/a.tgz"),
+            "http://169.254.169.254/latest/meta-data".to_string(),
+        ] {
+            let msg = format!("{:#}", ctx.fetch(&url).await.unwrap_err());
+            assert!(
+                msg.starts_with(&format!("refusing to fetch {url}: ")),
+                "{msg}"
+            );
+            assert!(msg.contains("[ssrf]"), "{msg}");
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 0);
+
+        let p = ctx.fetch("/v1/agent/uploads/upl_x").await.unwrap();
+        assert_eq!(std::fs::read(p).unwrap(), b"archive");
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+
+        // Once the control plane's policy opens private targets.
+        ctx.ssrf.set(&shellwego_net::ssrf::SsrfConfig {
+            allow: vec![],
+            allow_private_targets: true,
+        });
+        let p = ctx
+            .fetch(&format!("http://localhost:{port}/a.tgz"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(p).unwrap(), b"archive");
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
 
     /// Instance ports come from outside the ephemeral range, are free, and
     /// are never another instance's.

@@ -94,7 +94,10 @@ pub struct Source {
     /// `docker`, `tarball` (or `git`, in a later release).
     #[serde(rename = "type")]
     pub kind: String,
-    /// tarball: an http(s) URL of a .tar or .tar.gz (at most 1 GiB).
+    /// tarball: an http(s) URL of a .tar or .tar.gz (at most 1 GiB). Its
+    /// host must be a public address unless the operator's `[ssrf]` config
+    /// section allows it (loopback, private, link-local and cloud metadata
+    /// addresses are refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// tarball: an id from `POST /v1/uploads`.
@@ -135,6 +138,8 @@ pub struct AppCreate {
     #[schema(example = "my-new-app")]
     pub name: String,
     /// An OCI image reference (`nginx:alpine`, `registry:5000/app@sha256:…`).
+    /// A registry host must be a public address unless the operator's
+    /// `[ssrf]` config section allows it.
     #[serde(default)]
     pub image: Option<String>,
     /// Overrides the image's entrypoint/cmd (or the Procfile's `web:` line).
@@ -731,7 +736,7 @@ impl crate::Validate for AppCreate {
     }
 }
 
-fn check_source(errs: &mut Vec<FieldError>, s: &Source) {
+pub(crate) fn check_source(errs: &mut Vec<FieldError>, s: &Source) {
     match s.kind.as_str() {
         "tarball" => match (&s.url, &s.upload_id) {
             (Some(u), None) => {

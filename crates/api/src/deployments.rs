@@ -79,7 +79,9 @@ impl crate::Validate for DeployRequest {
             ));
         }
         if let Some(s) = &self.source {
-            if s.kind != "tarball" {
+            if s.kind == "tarball" {
+                crate::apps::check_source(&mut errs, s);
+            } else {
                 errs.push(FieldError::new(
                     "source.type",
                     "invalid_value",

@@ -258,6 +258,23 @@ pub struct AgentDesired {
     pub generation: i64,
     /// Every instance the node should run; the agent stops any other.
     pub instances: Vec<DesiredInstance>,
+    /// The control plane's SSRF policy (its `[ssrf]` config section): which
+    /// private addresses the agent may fetch user-given URLs (sources,
+    /// registries) from. Absent: none.
+    #[serde(default)]
+    pub ssrf: SsrfPolicy,
+}
+
+/// Private targets user-given URLs may reach besides public addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SsrfPolicy {
+    /// Networks (CIDR, `10.1.0.0/16`) allowed whatever their kind.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Loopback, private, shared, link-local and unique-local addresses are
+    /// allowed (cloud metadata addresses stay refused).
+    #[serde(default)]
+    pub allow_private_targets: bool,
 }
 
 /// One instance a node should run, with all it needs to run it.

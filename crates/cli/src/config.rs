@@ -238,6 +238,53 @@ mod tests {
     }
 
     #[test]
+    fn the_example_ssrf_section_is_strict() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/shellwego.example.toml");
+        let cfg = FileConfig::load(&path).unwrap();
+        // The SSRF guard's section, at its strict default.
+        assert_eq!(cfg.ssrf, Some(shellwego_net::ssrf::SsrfConfig::default()));
+    }
+
+    #[test]
+    fn the_ssrf_section_reaches_the_server_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[ssrf]\nallow = [\"10.1.0.0/16\", \"fd00:1::/32\"]\nallow_private_targets = true\n",
+        )
+        .unwrap();
+        let s = ServerArgs {
+            config: Some(p.clone()),
+            listen: None,
+            data_dir: None,
+            database_url: None,
+            log_format: None,
+            shutdown_timeout: None,
+            node_timeout: None,
+        }
+        .resolve(false)
+        .unwrap();
+        assert_eq!(
+            s.server.ssrf.allow,
+            vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "fd00:1::/32".parse().unwrap()
+            ]
+        );
+        assert!(s.server.ssrf.allow_private_targets);
+        // A bare address is not a network; an unknown key is a typo.
+        for bad in [
+            "[ssrf]\nallow = [\"10.1.2.3\"]\n",
+            "[ssrf]\nallow_private = true\n",
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            assert!(FileConfig::load(&p).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         assert!(toml::from_str::<FileConfig>("listn = \"127.0.0.1:1\"").is_err());
     }

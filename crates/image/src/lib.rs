@@ -7,6 +7,11 @@
 //! * **References** ([`Reference`]) are parsed like docker does:
 //!   `[registry/]repo[:tag][@sha256:…]`, `docker.io` and `library/` implied
 //!   for short names, `latest` implied when neither tag nor digest is given.
+//! * **Only allowed addresses are contacted**: the store's HTTP client is
+//!   made by the SSRF guard it is given ([`shellwego_net::ssrf::Guard`]), so
+//!   registries, their token services and the blob storage they redirect to
+//!   are reached only on addresses the operator's policy allows (checked
+//!   after DNS, on every redirect and on every new connection).
 //! * **Registry protocol** ([`ImageStore::pull`]): OCI distribution v2 over
 //!   HTTPS (plain HTTP only for hosts listed in
 //!   [`PullOptions::insecure_registries`]). Anonymous, basic and bearer-token
@@ -154,6 +159,15 @@ pub enum ImageError {
         registry: String,
         https: bool,
         detail: String,
+    },
+
+    /// The SSRF guard refused the address of the registry, or of a URL it
+    /// sent us to (a token service, blob storage).
+    #[error("refusing to contact {url} for registry {registry}: {reason}")]
+    Refused {
+        registry: String,
+        url: String,
+        reason: shellwego_net::ssrf::SsrfError,
     },
 
     /// A transfer failed after the connection was made.

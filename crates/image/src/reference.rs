@@ -344,4 +344,30 @@ mod tests {
             }
         }
     }
+
+    /// The control plane judges an image's registry with
+    /// `shellwego_net::ssrf::image_registry` (it does not depend on this
+    /// crate): both must name the same registry.
+    #[test]
+    fn the_ssrf_guard_sees_the_same_registry() {
+        for r in [
+            "nginx",
+            "nginx:alpine",
+            "bitnami/redis:7",
+            "docker.io/nginx",
+            "index.docker.io/library/nginx",
+            "ghcr.io/org/app:v1",
+            "127.0.0.1:5000/x",
+            "localhost/x",
+            "localhost:5000/team/app:v1",
+            "Registry/x",
+            "registry:5000/app",
+            &format!("registry.example.com/app@{D}"),
+            &format!("org/app@{D}"),
+        ] {
+            let registry = p(r).registry;
+            let seen = shellwego_net::ssrf::image_registry(r).unwrap_or(DOCKER_HUB);
+            assert_eq!(seen, registry, "{r}");
+        }
+    }
 }

@@ -97,6 +97,15 @@ impl RegistryClient {
     }
 
     fn transport(&self, e: reqwest::Error) -> ImageError {
+        if let Some(reason) = shellwego_net::ssrf::refusal(&e) {
+            return ImageError::Refused {
+                registry: self.registry.clone(),
+                url: e
+                    .url()
+                    .map_or_else(|| self.base.to_string(), |u| u.to_string()),
+                reason: reason.clone(),
+            };
+        }
         let https = e
             .url()
             .map_or(self.base.scheme() == "https", |u| u.scheme() == "https");

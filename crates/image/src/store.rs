@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
+use shellwego_net::ssrf::Guard;
 
 use crate::digest::{Digest, HashingReader};
 use crate::manifest::{self, Manifest, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
@@ -91,7 +92,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    /// Made by `guard`: every address it reaches is one the guard allows.
     http: reqwest::Client,
+    guard: Guard,
     shared: Arc<Shared>,
 }
 
@@ -105,23 +108,28 @@ impl fmt::Debug for ImageStore {
 
 impl ImageStore {
     /// Opens (creating its directories) the store at `root`. Several stores
-    /// (even in several processes) may share a root.
-    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+    /// (even in several processes) may share a root. Registries are
+    /// contacted only on addresses `guard` allows (its policy may change
+    /// later: [`Guard::set`]).
+    pub fn new(root: impl Into<PathBuf>, guard: &Guard) -> io::Result<Self> {
         let root = root.into();
         for dir in ["blobs/sha256", "rootfs", "tmp"] {
             fs::create_dir_all(root.join(dir))?;
         }
         // Absolute, so that rootfs paths handed out are usable anywhere.
         let root = root.canonicalize()?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("shellwego-image/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
-            .build()
+        let http = guard
+            .client(
+                reqwest::Client::builder()
+                    .user_agent(concat!("shellwego-image/", env!("CARGO_PKG_VERSION")))
+                    .connect_timeout(Duration::from_secs(30))
+                    .read_timeout(Duration::from_secs(120)),
+            )
             .map_err(io::Error::other)?;
         Ok(ImageStore {
             root,
             http,
+            guard: guard.clone(),
             shared: Arc::default(),
         })
     }
@@ -656,6 +664,16 @@ impl LazyClient<'_> {
                         reason: format!("registry is not a valid host: {e}"),
                     }
                 })?;
+                // An IP-literal registry is judged before any connection
+                // (names are judged by the client's resolver).
+                self.store
+                    .guard
+                    .check_target(&base)
+                    .map_err(|reason| ImageError::Refused {
+                        registry: r.registry.clone(),
+                        url: base.to_string(),
+                        reason,
+                    })?;
                 RegistryClient::new(
                     self.store.http.clone(),
                     base,

@@ -163,6 +163,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     state.uploads_dir = config.data_dir.join("uploads");
     state.trusted_proxies = std::sync::Arc::new(config.trusted_proxies.clone());
     state.max_free_orgs_per_user = config.max_free_orgs_per_user;
+    state.ssrf = shellwego_net::ssrf::Guard::new(&config.ssrf);
     std::fs::create_dir_all(&state.uploads_dir)
         .with_context(|| format!("cannot create {}", state.uploads_dir.display()))?;
     let app = crate::http::app(state.clone());

@@ -31,6 +31,10 @@ pub struct AppState {
     pub trusted_proxies: Arc<shellwego_net::client_ip::TrustedProxies>,
     /// How many Free-plan organizations one user may own.
     pub max_free_orgs_per_user: u32,
+    /// The `[ssrf]` policy: which targets user-given URLs may reach (checked
+    /// here when they are given, and sent to agents, which check it again
+    /// when they fetch).
+    pub ssrf: shellwego_net::ssrf::Guard,
 }
 
 impl AppState {
@@ -53,6 +57,7 @@ impl AppState {
             uploads_dir: std::env::temp_dir().join("shellwego-uploads"),
             trusted_proxies: Arc::default(),
             max_free_orgs_per_user: 1,
+            ssrf: shellwego_net::ssrf::Guard::strict(),
         }
     }
 

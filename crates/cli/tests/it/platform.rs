@@ -33,7 +33,22 @@ struct Up {
 }
 
 impl Up {
+    /// `up` with private targets allowed: the tests' registries and file
+    /// servers are on loopback.
     fn start(dir: &Path, api: u16, ingress: u16, extra: &[&str]) -> Up {
+        Self::start_with_ssrf(
+            dir,
+            api,
+            ingress,
+            extra,
+            "[ssrf]\nallow_private_targets = true\n",
+        )
+    }
+
+    /// `up` with `ssrf` as its config file.
+    fn start_with_ssrf(dir: &Path, api: u16, ingress: u16, extra: &[&str], ssrf: &str) -> Up {
+        let config = dir.join("shellwego.toml");
+        std::fs::write(&config, ssrf).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -50,6 +65,8 @@ impl Up {
                 &format!("127.0.0.1:{ingress}"),
             ])
             .args(extra)
+            .arg("--config")
+            .arg(&config)
             .env("SHELLWEGO_LOG", "info,sqlx=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -819,4 +836,94 @@ fn an_agent_killed_mid_probe_leaves_no_guest_running() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The SSRF guard through the whole platform (issue 11, item 6): the config
+/// file's `[ssrf]` section governs the control plane, which refuses a source
+/// URL on loopback when it is given, and the node agent, which refuses to
+/// follow an allowed server's redirect to loopback when it fetches.
+#[test]
+fn source_urls_reaching_refused_addresses_are_refused_when_given_and_when_fetched() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    // What must not be reached: it counts the connections it gets.
+    let secret = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let secret_port = secret.local_addr().unwrap().port();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = reached.clone();
+    std::thread::spawn(move || {
+        for s in secret.incoming() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    // The server the operator allowed, redirecting to it.
+    let allowed = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let allowed_port = allowed.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in allowed.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                format!("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{secret_port}/hello.tgz\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    let (api, ingress) = (free_port(), free_port());
+    let mut up = Up::start_with_ssrf(
+        tmp.path(),
+        api,
+        ingress,
+        &["--runtime", "process"],
+        "[ssrf]\nallow = [\"127.0.0.2/32\"]\n",
+    );
+
+    // Given: loopback is refused, naming the field and the way to allow it.
+    for url in [
+        format!("http://127.0.0.1:{secret_port}/hello.tgz"),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+    ] {
+        let (st, p) = up.api(
+            reqwest::Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "direct", "source": {"type": "tarball", "url": url}})),
+        );
+        assert_eq!(st, 400, "{p:#}");
+        assert_eq!(p["errors"][0]["field"], "source.url", "{p:#}");
+        assert!(
+            p["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("[ssrf]"),
+            "{p:#}"
+        );
+    }
+
+    // Fetched: the allowed server is asked, its redirect is not followed.
+    let (st, created) = up.api(
+        reqwest::Method::POST,
+        "/v1/apps",
+        Some(json!({"name": "redirected", "source": {"type": "tarball", "url": format!("http://127.0.0.2:{allowed_port}/hello.tgz")}})),
+    );
+    assert_eq!(st, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let a = up.wait_app(&id, "the agent's refusal reported", 60, |a| {
+        a["instances"].as_array().is_some_and(|is| {
+            is.iter().any(|i| {
+                i["status_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("refusing to fetch"))
+            })
+        })
+    });
+    let reason = a["instances"][0]["status_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("127.0.0.1 is a loopback address"),
+        "{reason}"
+    );
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+    delete_and_wait_gone(&up, &id);
+    up.sigterm();
 }

@@ -5,4 +5,5 @@
 
 mod archive;
 mod pull;
+mod ssrf;
 mod support;

@@ -10,11 +10,13 @@ use shellwego_image::push::{push_image, push_image_for_platform, push_index};
 use shellwego_image::{Credentials, ImageConfig, ImageError, ImageStore, Platform, PullOptions};
 
 use crate::registry_or_skip;
-use crate::support::{base_layer, gzip, list, push_busybox, tar, test_config, top_layer, E};
+use crate::support::{
+    base_layer, gzip, list, private_targets, push_busybox, tar, test_config, top_layer, E,
+};
 
 fn store() -> (tempfile::TempDir, ImageStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::new(dir.path().join("images")).unwrap();
+    let store = ImageStore::new(dir.path().join("images"), &private_targets()).unwrap();
     (dir, store)
 }
 
@@ -518,9 +520,9 @@ async fn concurrent_pulls_share_one_rootfs() {
     push_busybox(&reg.base, "test/concurrent", "v1").await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("images");
-    let store = ImageStore::new(&root).unwrap();
+    let store = ImageStore::new(&root, &private_targets()).unwrap();
     // A second store on the same directory: no shared lock, only renames.
-    let other = ImageStore::new(&root).unwrap();
+    let other = ImageStore::new(&root, &private_targets()).unwrap();
     let reference = Arc::new(format!("{}/test/concurrent:v1", reg.host));
     let opts = Arc::new(reg.opts());
     let mut tasks = Vec::new();

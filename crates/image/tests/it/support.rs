@@ -15,6 +15,14 @@ use tar::{EntryType, Header};
 
 pub const BUSYBOX: &str = "/bin/busybox";
 
+/// The SSRF policy of the registry tests: their registries are on loopback.
+pub fn private_targets() -> shellwego_net::ssrf::Guard {
+    shellwego_net::ssrf::Guard::new(&shellwego_net::ssrf::SsrfConfig {
+        allow: vec![],
+        allow_private_targets: true,
+    })
+}
+
 /// `docker-registry` on the PATH, or `None` after saying the test is skipped.
 pub fn registry_binary(test: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::Json;
-use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentJoined, AgentSync};
+use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentJoined, AgentSync, SsrfPolicy};
 use shellwego_api::problem::Problem;
 
 use crate::auth::ClientIp;
@@ -107,9 +107,14 @@ pub async fn agent_sync(
         .map(|n| n.region)
         .unwrap_or_default();
     let instances = crate::service::apps::desired_for_node(&st.store, &node_id, &region).await?;
+    let ssrf = st.ssrf.config();
     Ok(Json(AgentDesired {
         generation,
         instances,
+        ssrf: SsrfPolicy {
+            allow: ssrf.allow.iter().map(ToString::to_string).collect(),
+            allow_private_targets: ssrf.allow_private_targets,
+        },
     }))
 }
 

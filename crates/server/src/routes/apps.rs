@@ -211,7 +211,7 @@ pub async fn app_create(
     p: Principal,
     JsonBody(req): JsonBody<AppCreate>,
 ) -> ApiResult<(StatusCode, Json<AppCreated>)> {
-    let (app, deployment_id) = svc::app_create(&st.store, &p, &req).await?;
+    let (app, deployment_id) = svc::app_create(&st.store, &st.ssrf, &p, &req).await?;
     st.changed();
     Ok((
         StatusCode::CREATED,
@@ -243,14 +243,15 @@ pub async fn app_get(
 /// and health-check changes roll out a new version with zero downtime.
 #[utoipa::path(patch, path = "/v1/apps/{app_id}", tag = "apps", security(("bearer" = [])),
     params(("app_id" = String, Path, description = "App id (app_…)")), request_body = AppUpdate,
-    responses((status = 200, body = App), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = App), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn app_update(
     State(st): State<AppState>,
     p: Principal,
     PathParam(id): PathParam,
     JsonBody(req): JsonBody<AppUpdate>,
 ) -> ApiResult<Json<App>> {
-    svc::app_update(&st.store, &p, &id, &req).await?;
+    svc::app_update(&st.store, &st.ssrf, &p, &id, &req).await?;
     st.changed();
     let a = svc::app_get(&st.store, &p, &id).await?;
     Ok(Json(full_view(&st, &p, a, false).await?))

@@ -95,7 +95,7 @@ pub async fn app_deploy(
     PathParam(id): PathParam,
     JsonBody(req): JsonBody<DeployRequest>,
 ) -> ApiResult<(StatusCode, Json<DeployAccepted>)> {
-    let d = svc::app_deploy(&st.store, &p, &id, &req).await?;
+    let d = svc::app_deploy(&st.store, &st.ssrf, &p, &id, &req).await?;
     st.changed();
     let v = view(d);
     Ok((

@@ -20,12 +20,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::json;
 use shellwego_api::apps::{
-    resolve_resources, AppCreate, AppSpec, AppUpdate, RestartRequest, ScaleRequest,
+    resolve_resources, AppCreate, AppSpec, AppUpdate, RestartRequest, ScaleRequest, Source,
 };
 use shellwego_core::list::ListParams;
 use shellwego_core::sched::{Cluster, NodeState, Request, MAX_INSTANCES_PER_NODE};
 use shellwego_core::units::parse_duration;
 use shellwego_core::Error;
+use shellwego_core::FieldError;
+use shellwego_net::ssrf::{Guard, SsrfError};
 use shellwego_store::apps::{self, App, Instance, APPS};
 use shellwego_store::events::{self, Actor, NewEvent, Severity};
 use shellwego_store::list::{Page, Scope};
@@ -108,12 +110,55 @@ fn org_allowed_regions(settings: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Refuse an image registry or a tarball source URL that reaches an
+/// address the SSRF guard refuses: a 400 naming the field. Agents judge
+/// every fetch again (DNS answers change); this tells the user at once.
+pub(crate) async fn check_fetch_targets(
+    guard: &Guard,
+    image: Option<&str>,
+    source: Option<&Source>,
+) -> Result<(), Error> {
+    if let Some(registry) = image.and_then(shellwego_net::ssrf::image_registry) {
+        guard
+            .check_url(&format!("https://{registry}/"))
+            .await
+            .map_err(|e| target_error("image", image.unwrap_or_default(), &e))?;
+    }
+    if let Some(url) = source.and_then(|s| s.url.as_deref()) {
+        guard
+            .check_url(url)
+            .await
+            .map_err(|e| target_error("source.url", url, &e))?;
+    }
+    Ok(())
+}
+
+fn target_error(field: &str, value: &str, e: &SsrfError) -> Error {
+    let (code, message) = match e {
+        SsrfError::Refused { .. } => ("forbidden_target", e.to_string()),
+        SsrfError::Unresolvable { .. } => (
+            "unresolvable",
+            format!("{e} (the control plane must be able to resolve the host)"),
+        ),
+        SsrfError::Scheme { .. }
+        | SsrfError::InvalidUrl(_)
+        | SsrfError::NoHost
+        | SsrfError::TooManyRedirects
+        | SsrfError::UnknownPeer => ("invalid_value", e.to_string()),
+    };
+    Error::invalid(vec![
+        FieldError::new(field, code, message).with_value(value.to_string())
+    ])
+}
+
 pub async fn app_create(
     store: &Store,
+    guard: &Guard,
     p: &Principal,
     req: &AppCreate,
 ) -> Result<(App, String), Error> {
     p.authorize("apps", "write", None)?;
+    check_fetch_targets(guard, req.image.as_deref(), req.source.as_ref()).await?;
     let org = store
         .organization(&p.organization_id)
         .await?
@@ -218,11 +263,13 @@ async fn locked(tx: &mut Tx, p: &Principal, app_id: &str) -> Result<App, Error> 
 
 pub async fn app_update(
     store: &Store,
+    guard: &Guard,
     p: &Principal,
     app_id: &str,
     req: &AppUpdate,
 ) -> Result<(), Error> {
     p.authorize("apps", "write", Some(app_id))?;
+    check_fetch_targets(guard, req.image.as_deref(), None).await?;
     let mut tx = store.begin().await?;
     let mut a = locked(&mut tx, p, app_id).await?;
     let mut spec = spec_of(&a);

@@ -749,11 +749,14 @@ fn ms(v: &Option<String>, default: i64) -> i64 {
 /// image or source) and a deployment to it.
 pub async fn app_deploy(
     store: &Store,
+    guard: &shellwego_net::ssrf::Guard,
     p: &Principal,
     app_id: &str,
     req: &DeployRequest,
 ) -> Result<Deployment, Error> {
     p.authorize("apps", "write", Some(app_id))?;
+    crate::service::apps::check_fetch_targets(guard, req.image.as_deref(), req.source.as_ref())
+        .await?;
     if let Some(upl) = req.source.as_ref().and_then(|s| s.upload_id.as_ref()) {
         if !store.upload_exists(upl, &p.organization_id).await? {
             return Err(Error::field(

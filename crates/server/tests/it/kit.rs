@@ -62,14 +62,21 @@ pub async fn start(backend: Backend) -> Option<Srv> {
     start_with(backend, |_| {}).await
 }
 
-/// [`start`], with the config changed by `tweak` first.
-pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut ServerConfig)) -> Option<Srv> {
+/// [`start`], with `configure` changing the configuration first.
+pub async fn start_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> Option<Srv> {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
     cfg.admin_password = Some(ADMIN_PASSWORD.into());
     cfg.shutdown_timeout = std::time::Duration::from_secs(5);
     // Short, so that the liveness tests need not wait 30 s.
     cfg.node_timeout = std::time::Duration::from_secs(2);
+    // Tests serve registries and sources on loopback, as a self-hosted
+    // setup would on its private network (the ssrf tests say otherwise).
+    cfg.ssrf.allow_private_targets = true;
+    configure(&mut cfg);
     let pg = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {
@@ -84,7 +91,6 @@ pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut ServerConfig))
             Some(PgDb { server_url, name })
         }
     };
-    tweak(&mut cfg);
     let started = start_server(cfg.clone()).await.unwrap();
     let token = std::fs::read_to_string(cfg.admin_token_path()).unwrap();
     Some(Srv {

@@ -17,4 +17,5 @@ mod node_join;
 mod openapi;
 mod ops;
 mod ratelimit;
+mod ssrf;
 mod stranger;
