@@ -132,3 +132,189 @@ async fn docs_page_lists_the_endpoints() {
         );
     }
 }
+
+/// The served document, parsed.
+async fn served(s: &crate::kit::Srv) -> Value {
+    let r = s.call(Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// `op`'s response for `status`, with a `$ref` into `components.responses`
+/// resolved.
+fn response<'a>(doc: &'a Value, op: &'a Value, status: u16) -> Option<&'a Value> {
+    let r = op.get("responses")?.get(status.to_string())?;
+    match r.get("$ref").and_then(Value::as_str) {
+        Some(reference) => doc.pointer(reference.strip_prefix('#')?),
+        None => Some(r),
+    }
+}
+
+fn is_problem(r: &Value) -> bool {
+    r.pointer("/content/application~1problem+json/schema/$ref")
+        .and_then(Value::as_str)
+        == Some("#/components/schemas/Problem")
+}
+
+/// Issue 11, item 9: every operation documents the problem responses it
+/// can answer, as `application/problem+json` with the Problem schema. What
+/// each needs, by what it is:
+/// - every operation: 500;
+/// - every /v1 operation: 503 (the store, which authentication reads);
+/// - behind the /v1 gate (every /v1 route but the agent's node-credential
+///   ones): 401, 403 and 429; secured ones: 401;
+/// - a path parameter: 400 and 404; query parameters or a body: 400;
+/// - a body: 408 (slow body) and 413;
+/// - operations whose service can conflict: 409; invitation accept: 410.
+#[tokio::test]
+async fn every_operation_documents_the_problem_responses_it_can_answer() {
+    let s = start(Backend::Sqlite).await.unwrap();
+    let doc = served(&s).await;
+    const CONFLICTS: [&str; 12] = [
+        "app_create",
+        "token_rotate",
+        "mfa_enroll",
+        "mfa_confirm",
+        "mfa_disable",
+        "node_update",
+        "deployment_rollback",
+        "deployment_promote",
+        "org_create",
+        "member_update",
+        "member_delete",
+        "invitation_accept",
+    ];
+    let mut missing = vec![];
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let has = |place: &str| params.iter().any(|p| p["in"] == place);
+            let body = op.get("requestBody").is_some();
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            let v1 = path.starts_with("/v1/");
+            let gated = v1 && path != "/v1/agent/sync" && !path.starts_with("/v1/agent/uploads/");
+            let mut needed = vec![500];
+            if v1 {
+                needed.push(503);
+            }
+            if gated {
+                needed.extend([401, 403, 429]);
+            }
+            if secured {
+                needed.push(401);
+            }
+            if has("path") {
+                needed.extend([400, 404]);
+            }
+            if has("query") || body {
+                needed.push(400);
+            }
+            if body {
+                needed.extend([408, 413]);
+            }
+            if CONFLICTS.contains(&id) {
+                needed.push(409);
+            }
+            if id == "invitation_accept" {
+                needed.push(410);
+            }
+            for status in needed {
+                checked += 1;
+                match response(&doc, op, status) {
+                    Some(r) if is_problem(r) => {}
+                    _ => missing.push(format!("{} {path}: {status}", method.to_uppercase())),
+                }
+            }
+        }
+    }
+    assert!(checked > 300, "only {checked} responses checked");
+    assert!(
+        missing.is_empty(),
+        "operations missing problem responses:\n{}",
+        missing.join("\n")
+    );
+    // The shared responses are defined once, with the headers that go with them.
+    let shared = &doc["components"]["responses"];
+    for name in [
+        "BadRequest",
+        "Unauthorized",
+        "Forbidden",
+        "NotFound",
+        "RequestTimeout",
+        "Conflict",
+        "Gone",
+        "PayloadTooLarge",
+        "UriTooLong",
+        "TooManyRequests",
+        "RequestHeaderFieldsTooLarge",
+        "InternalError",
+        "ServiceUnavailable",
+    ] {
+        assert!(is_problem(&shared[name]), "components.responses.{name}");
+        assert!(
+            !shared[name]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "components.responses.{name} has no description"
+        );
+    }
+    assert!(shared["TooManyRequests"]["headers"]
+        .get("Retry-After")
+        .is_some());
+    assert!(shared["Unauthorized"]["headers"]
+        .get("WWW-Authenticate")
+        .is_some());
+    // A response an operation describes itself is kept.
+    let login_401 = &doc["paths"]["/v1/auth/token"]["post"]["responses"]["401"];
+    assert!(login_401.get("$ref").is_some() || is_problem(login_401));
+}
+
+/// What the server really answers is documented: every operation, called
+/// without a token, and with a token, unknown ids and a malformed body,
+/// answers a status its operation lists, and an error as
+/// `application/problem+json` where the document says so.
+#[tokio::test]
+async fn crude_probes_get_documented_answers() {
+    let s = start(Backend::Sqlite).await.unwrap();
+    let doc = served(&s).await;
+    let mut wrong = vec![];
+    for (method, template, path) in operations() {
+        let op = &doc["paths"][&template][method.as_str().to_lowercase()];
+        let body = op.get("requestBody").is_some();
+        for token in [None, Some(s.token.as_str())] {
+            let mut r = s.http.request(method.clone(), s.url(&path));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            if body {
+                r = r.header("content-type", "application/json").body("{");
+            }
+            let res = r.send().await.unwrap();
+            let status = res.status().as_u16();
+            let content_type = res
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let what = format!(
+                "{method} {template} ({}): {status}",
+                if token.is_some() { "token" } else { "no token" }
+            );
+            match response(&doc, op, status) {
+                None => wrong.push(format!("{what} is not documented")),
+                Some(r) if status >= 400 && !is_problem(r) => {
+                    wrong.push(format!("{what} is not documented as a problem"))
+                }
+                Some(_) if status >= 400 && content_type != "application/problem+json" => {
+                    wrong.push(format!("{what} came as {content_type}"))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
