@@ -318,3 +318,62 @@ async fn crude_probes_get_documented_answers() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+fn repo_file(path: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Issue 11, item 12: CI fuzzes the served document of a real `shellwego
+/// up` with schemathesis (pinned), the four checks, a fixed seed and
+/// budget, excluding no operation, and prints its figures at the end; and
+/// every request the guard hook keeps from the server is an operation the
+/// document still has (a renamed route must not silently lose its guard).
+#[test]
+fn ci_fuzzes_the_served_document() {
+    let run = repo_file(".ci/run");
+    let tests = run.find("cargo test --workspace").unwrap();
+    let fuzz = run.find(".ci/fuzz 2>&1").expect(".ci/run runs .ci/fuzz");
+    let summary = run.find("grep '^schemathesis:'").unwrap();
+    let workspace = run.find("workspace: %d passed").unwrap();
+    assert!(tests < fuzz && fuzz < summary && summary < workspace);
+
+    let script = repo_file(".ci/fuzz");
+    let version = script
+        .lines()
+        .find_map(|l| l.strip_prefix("SCHEMATHESIS_VERSION="))
+        .expect("schemathesis is pinned");
+    assert_eq!(version.split('.').count(), 3, "{version}");
+    assert!(script.contains("\"schemathesis==$SCHEMATHESIS_VERSION\""));
+    for needle in [
+        "target/debug/shellwego up",
+        "/v1/openapi.json",
+        "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+        "--seed \"$SEED\"",
+        "--max-examples \"$EXAMPLES\"",
+        "Authorization: Bearer",
+        "schemathesis: ${ops:-0} operations, ${cases:-0} cases, $failures failures",
+    ] {
+        assert!(script.contains(needle), ".ci/fuzz lacks {needle}");
+    }
+    assert!(!script.contains("--exclude"), "no operation is left out");
+
+    let doc: Value = serde_json::from_str(&shellwego_server::openapi::document_json()).unwrap();
+    let guard = repo_file(".ci/fuzz_guard.py");
+    let mut guarded = 0;
+    for line in guard.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("(\"") else {
+            continue;
+        };
+        let mut parts = rest.split('"').filter(|p| !p.trim().starts_with(','));
+        let (method, path) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(
+            doc["paths"][path][method.to_lowercase()].is_object(),
+            "the guard names {method} {path}, which the document does not have"
+        );
+        guarded += 1;
+    }
+    assert!(guarded >= 6, "{guarded}");
+}
