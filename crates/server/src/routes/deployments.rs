@@ -19,7 +19,7 @@ use shellwego_core::Error;
 use shellwego_store::deployments as store_dep;
 
 use crate::auth::Principal;
-use crate::extract::{list_params, JsonBody, PathParam, Query};
+use crate::extract::{list_params, JsonBody, OptionalJsonBody, PathParam, Query};
 use crate::problem::ApiResult;
 use crate::routes::{pagination, ListQueryDoc};
 use crate::service::deploy as svc;
@@ -149,15 +149,8 @@ pub async fn deployment_rollback(
     State(st): State<AppState>,
     p: Principal,
     PathParam(id): PathParam,
-    body: axum::body::Bytes,
+    OptionalJsonBody(req): OptionalJsonBody<RollbackRequest>,
 ) -> ApiResult<(StatusCode, Json<DeployAccepted>)> {
-    let req: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RollbackRequest::default()
-    } else {
-        let r: RollbackRequest = crate::extract::parse_json(&body)?;
-        shellwego_api::Validate::validate(&r)?;
-        r
-    };
     let d = svc::deployment_rollback(&st.store, &p, &id, &req).await?;
     st.changed();
     let v = view(d);

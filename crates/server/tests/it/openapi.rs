@@ -273,26 +273,43 @@ async fn every_operation_documents_the_problem_responses_it_can_answer() {
 }
 
 /// What the server really answers is documented: every operation, called
-/// without a token, and with a token, unknown ids and a malformed body,
-/// answers a status its operation lists, and an error as
-/// `application/problem+json` where the document says so.
+/// without a token; with a token, unknown ids and a malformed body; with a
+/// path segment that is not UTF-8 once decoded; and with a body over the
+/// 2 MiB limit, answers a status its operation lists, and an error as
+/// `application/problem+json` as the document says.
 #[tokio::test]
 async fn crude_probes_get_documented_answers() {
     let s = start(Backend::Sqlite).await.unwrap();
     let doc = served(&s).await;
+    let big = "a".repeat(3 << 20);
     let mut wrong = vec![];
+    let mut probed = 0;
     for (method, template, path) in operations() {
         let op = &doc["paths"][&template][method.as_str().to_lowercase()];
-        let body = op.get("requestBody").is_some();
-        for token in [None, Some(s.token.as_str())] {
-            let mut r = s.http.request(method.clone(), s.url(&path));
+        let has_body = op.get("requestBody").is_some();
+        let not_utf8 = path.replace("x_unknown", "%FF");
+        let mut probes: Vec<(&str, Option<&str>, &str, Option<&str>)> = vec![
+            ("no token", None, &path, has_body.then_some("{")),
+            ("malformed", Some(&s.token), &path, has_body.then_some("{")),
+        ];
+        if not_utf8 != path {
+            probes.push(("not UTF-8", Some(&s.token), &not_utf8, None));
+        }
+        if has_body {
+            probes.push(("3 MiB body", Some(&s.token), &path, Some(&big)));
+        }
+        for (probe, token, path, body) in probes {
+            let mut r = s.http.request(method.clone(), s.url(path));
             if let Some(t) = token {
                 r = r.bearer_auth(t);
             }
-            if body {
-                r = r.header("content-type", "application/json").body("{");
+            if let Some(b) = body {
+                r = r
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
             }
             let res = r.send().await.unwrap();
+            probed += 1;
             let status = res.status().as_u16();
             let content_type = res
                 .headers()
@@ -300,10 +317,7 @@ async fn crude_probes_get_documented_answers() {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
-            let what = format!(
-                "{method} {template} ({}): {status}",
-                if token.is_some() { "token" } else { "no token" }
-            );
+            let what = format!("{method} {template} ({probe}): {status}");
             match response(&doc, op, status) {
                 None => wrong.push(format!("{what} is not documented")),
                 Some(r) if status >= 400 && !is_problem(r) => {
@@ -316,6 +330,7 @@ async fn crude_probes_get_documented_answers() {
             }
         }
     }
+    assert!(probed > 150, "{probed}");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
