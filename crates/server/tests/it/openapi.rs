@@ -273,7 +273,7 @@ async fn every_operation_documents_the_problem_responses_it_can_answer() {
 }
 
 /// What the server really answers is documented: every operation, called
-/// without a token; with a token, unknown ids and a malformed body; with a
+/// without a token; with a token that is not valid; with a good one, unknown ids and a malformed body; with a
 /// path segment that is not UTF-8 once decoded; and with a body over the
 /// 2 MiB limit, answers a status its operation lists, and an error as
 /// `application/problem+json` as the document says.
@@ -281,6 +281,12 @@ async fn every_operation_documents_the_problem_responses_it_can_answer() {
 async fn crude_probes_get_documented_answers() {
     let s = start(Backend::Sqlite).await.unwrap();
     let doc = served(&s).await;
+    // A public route still answers 401 to a token that is not valid, hence
+    // the 401 (and, for MFA enforcement, 403) on every gated operation.
+    let r = s
+        .call(Method::GET, "/v1/openapi.json", Some("pat_notatoken"), None)
+        .await;
+    assert_eq!(r.status(), 401);
     let big = "a".repeat(3 << 20);
     let mut wrong = vec![];
     let mut probed = 0;
@@ -290,6 +296,8 @@ async fn crude_probes_get_documented_answers() {
         let not_utf8 = path.replace("x_unknown", "%FF");
         let mut probes: Vec<(&str, Option<&str>, &str, Option<&str>)> = vec![
             ("no token", None, &path, has_body.then_some("{")),
+            // Public /v1 routes too answer 401 to a token that is not valid.
+            ("bad token", Some("pat_notatoken"), &path, None),
             ("malformed", Some(&s.token), &path, has_body.then_some("{")),
         ];
         if not_utf8 != path {
