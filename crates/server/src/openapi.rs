@@ -158,7 +158,8 @@ its organization requires MFA and the user has not enrolled.",
     Shared {
         status: 404,
         name: "NotFound",
-        description: "A resource named in the path does not exist or is not visible to the caller.",
+        description: "A resource named in the path (or, for a few operations, in the body) does \
+not exist or is not visible to the caller.",
         headers: &[],
     },
     Shared {
