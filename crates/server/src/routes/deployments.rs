@@ -185,7 +185,8 @@ pub async fn deployment_promote(
 #[utoipa::path(get, path = "/v1/deployments/{deployment_id}/logs", tag = "deployments", security(("bearer" = [])),
     params(("deployment_id" = String, Path, description = "Deployment id (dep_…)"),
         ("follow" = Option<bool>, Query, description = "Stream new lines (SSE) until the deployment ends")),
-    responses((status = 200, description = "text/plain lines, or text/event-stream with follow=true"),
+    responses((status = 200, description = "text/plain lines, or text/event-stream with follow=true",
+            content((String = "text/plain"), (String = "text/event-stream"))),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn deployment_logs(
     State(st): State<AppState>,
