@@ -186,7 +186,7 @@ pub async fn deployment_promote(
     params(("deployment_id" = String, Path, description = "Deployment id (dep_…)"),
         ("follow" = Option<bool>, Query, description = "Stream new lines (SSE) until the deployment ends")),
     responses((status = 200, description = "text/plain lines, or text/event-stream with follow=true",
-            content((String = "text/plain"), (String = "text/event-stream"))),
+            content((String = "text/plain"), (shellwego_api::deployments::DeploymentLogEvent = "text/event-stream"))),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn deployment_logs(
     State(st): State<AppState>,

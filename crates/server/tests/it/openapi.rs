@@ -342,6 +342,76 @@ async fn crude_probes_get_documented_answers() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// The event stream of a deployment's log is documented as events (an
+/// object of `id`, `event` and `data` each), not as a string: schemathesis
+/// checks each event of a `text/event-stream` answer against the schema.
+#[tokio::test]
+async fn deployment_log_events_match_the_documented_event_schema() {
+    let s = start(Backend::Sqlite).await.unwrap();
+    let doc = served(&s).await;
+    let op = &doc["paths"]["/v1/deployments/{deployment_id}/logs"]["get"];
+    let schema = op
+        .pointer("/responses/200/content/text~1event-stream/schema/$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| doc.pointer(r.strip_prefix('#').unwrap()))
+        .expect("the event stream's schema is a component");
+    assert_eq!(schema["type"], "object", "{schema:#}");
+    assert_eq!(
+        schema["required"],
+        serde_json::json!(["data"]),
+        "{schema:#}"
+    );
+    let fields = schema["properties"].as_object().unwrap();
+
+    // No replicas: the app's first deployment ends at once, and so does
+    // following its log.
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/apps",
+            Some(&s.token),
+            Some(serde_json::json!({"name": "sse", "image": "sse:v1", "replicas": 0})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let dep = r.json::<Value>().await.unwrap()["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .http
+        .get(s.url(&format!("/v1/deployments/{dep}/logs?follow=true")))
+        .bearer_auth(&s.token)
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = r.text().await.unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .collect();
+    assert!(events.len() >= 2, "{text}");
+    for event in &events {
+        let mut has_data = false;
+        for line in event.lines() {
+            let (name, _) = line.split_once(':').unwrap_or((line, ""));
+            assert!(
+                fields.contains_key(name),
+                "field {name} of {event:?} is not documented"
+            );
+            has_data |= name == "data";
+        }
+        assert!(has_data, "{event:?}");
+    }
+    assert!(events.last().unwrap().contains("event: end"), "{text}");
+}
+
 fn repo_file(path: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
