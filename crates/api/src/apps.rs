@@ -133,9 +133,10 @@ pub struct VolumeSpec {
 /// `POST /v1/apps`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "my-new-app", "image": "nginx:alpine", "replicas": 1}))]
 pub struct AppCreate {
     /// A DNS label, unique in the organization: `<name>.<base-domain>` routes to it.
-    #[schema(example = "my-new-app")]
+    #[schema(example = "my-new-app", pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// An OCI image reference (`nginx:alpine`, `registry:5000/app@sha256:…`).
     /// A registry host must be a public address unless the operator's
@@ -157,6 +158,7 @@ pub struct AppCreate {
     pub health_check: Option<HealthCheck>,
     /// 0 … 100 (default 1).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100)]
     pub replicas: Option<i64>,
     #[serde(default)]
     pub tags: Vec<String>,

@@ -201,6 +201,21 @@ pub struct DeployAccepted {
     pub progress: Progress,
 }
 
+/// One server-sent event of `GET /v1/deployments/{id}/logs?follow=true`:
+/// a log line (`<time> <message>`) with its sequence number as `id`, until
+/// a last event `end` when the deployment has ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentLogEvent {
+    /// The line's sequence number (absent on `end`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `message` for a line, `end` for the last event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[schema(example = "2026-01-01T12:00:00.000Z pulling image nginx:alpine")]
+    pub data: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentList {
     pub data: Vec<Deployment>,

@@ -104,6 +104,7 @@ pub struct MemberList {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "developer"}))]
 pub struct MemberUpdate {
     #[serde(default)]
     pub role: Option<String>,
@@ -114,6 +115,7 @@ pub struct MemberUpdate {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "dev@example.com", "role": "developer", "expires_in": "7d"}))]
 pub struct InvitationCreate {
     pub email: String,
     /// `admin`, `developer`, `viewer` or `billing` (owners are made by promotion).
@@ -152,6 +154,7 @@ pub struct InvitationList {
 /// the invited user (`name`, `password`) without a token.
 #[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Dev", "password": "a-long-password"}))]
 pub struct InvitationAccept {
     #[serde(default)]
     pub name: Option<String>,
@@ -161,6 +164,7 @@ pub struct InvitationAccept {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "github-actions", "role": "developer"}))]
 pub struct ServiceAccountCreate {
     pub name: String,
     /// `admin`, `developer`, `viewer` or `billing`.

@@ -24,33 +24,47 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        let bytes = read_body(req, state).await?;
         Ok(JsonBody(parse_json(&bytes)?))
     }
 }
 
-/// A whole request body (at most 2 MiB), with read errors as problems.
-pub struct RawBody(pub Bytes);
+/// A JSON request body that may be left out: an empty (or blank) body is
+/// `T::default()`; anything else is parsed and validated like `JsonBody`.
+pub struct OptionalJsonBody<T>(pub T);
 
-impl<S: Send + Sync> FromRequest<S> for RawBody {
+impl<S, T> FromRequest<S> for OptionalJsonBody<T>
+where
+    T: DeserializeOwned + Validate + Default,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge("The request body is larger than 2 MiB.".into())
-            } else if let Some(t) = body_timeout(&e) {
-                t
-            } else {
-                Error::field(
-                    "body",
-                    "malformed",
-                    format!("the request body could not be read: {}", e.body_text()),
-                )
-            }
-        })?;
-        Ok(RawBody(bytes))
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        Ok(OptionalJsonBody(parse_json(&bytes)?))
     }
+}
+
+/// The whole body, with our problems (413, 400) instead of axum's plain-text
+/// rejections.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Error> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge("The request body is larger than 2 MiB.".into())
+        } else if let Some(t) = body_timeout(&e) {
+            t
+        } else {
+            Error::field(
+                "body",
+                "malformed",
+                format!("the request body could not be read: {}", e.body_text()),
+            )
+        }
+    })
 }
 
 /// A 408 when `err` is the body timeout of `shellwego_net::serve`.
@@ -148,6 +162,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         Ok(Query(parts.uri.query().map(str::to_string)))
+    }
+}
+
+/// Several path parameters (a tuple), with our 400 instead of axum's
+/// plain-text rejection (a segment that is not UTF-8 once decoded).
+pub struct PathParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for PathParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|e| ApiError(Error::field("path", "invalid_value", e.body_text())))
     }
 }
 

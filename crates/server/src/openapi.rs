@@ -2,7 +2,11 @@
 //! Every route is registered through `routes!`, so the router and the
 //! document are built from the same list and cannot disagree.
 
+use utoipa::openapi::header::Header;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -106,7 +110,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 }
 
 pub fn document() -> utoipa::openapi::OpenApi {
-    api_router().into_openapi()
+    let mut doc = api_router().into_openapi();
+    document_problems(&mut doc);
+    doc
 }
 
 /// The document as checked in under `openapi/` and served at `/v1/openapi.json`.
@@ -114,4 +120,276 @@ pub fn document_json() -> String {
     let mut s = document().to_pretty_json().unwrap_or_else(|_| "{}".into());
     s.push('\n');
     s
+}
+
+/// A problem response defined once under `components.responses`.
+struct Shared {
+    status: u16,
+    name: &'static str,
+    description: &'static str,
+    /// (header, description, integer?) the response carries.
+    headers: &'static [(&'static str, &'static str, bool)],
+}
+
+/// The problem responses operations share, by status.
+const SHARED: &[Shared] = &[
+    Shared {
+        status: 400,
+        name: "BadRequest",
+        description:
+            "The request is invalid: a malformed or invalid body, query parameter or path \
+parameter. `errors` names each field that was wrong.",
+        headers: &[],
+    },
+    Shared {
+        status: 401,
+        name: "Unauthorized",
+        description: "No token, or the token sent is malformed, unknown, expired or revoked \
+(on a route that needs none: a token was sent and is not valid).",
+        headers: &[("WWW-Authenticate", "`Bearer`", false)],
+    },
+    Shared {
+        status: 403,
+        name: "Forbidden",
+        description: "The token may not do this (its scope, role or resource restrictions), or \
+its organization requires MFA and the user has not enrolled.",
+        headers: &[],
+    },
+    Shared {
+        status: 404,
+        name: "NotFound",
+        description: "A resource named in the path (or, for a few operations, in the body) does \
+not exist or is not visible to the caller.",
+        headers: &[],
+    },
+    Shared {
+        status: 408,
+        name: "RequestTimeout",
+        description: "The request body did not arrive in time.",
+        headers: &[],
+    },
+    Shared {
+        status: 409,
+        name: "Conflict",
+        description: "The request conflicts with the resource's current state (a name or slug \
+taken, the last owner, nothing to promote, …); `detail` says what to change.",
+        headers: &[],
+    },
+    Shared {
+        status: 410,
+        name: "Gone",
+        description: "The resource existed but is no longer usable (used, withdrawn or expired).",
+        headers: &[],
+    },
+    Shared {
+        status: 413,
+        name: "PayloadTooLarge",
+        description: "The request body is larger than this operation takes.",
+        headers: &[],
+    },
+    Shared {
+        status: 414,
+        name: "UriTooLong",
+        description: "The request target is longer than the server reads (32 KiB). Answered by \
+the HTTP layer, before routing, so every operation can answer it.",
+        headers: &[],
+    },
+    Shared {
+        status: 429,
+        name: "TooManyRequests",
+        description: "The token's (or, without one, the client address's) rate limit is spent, \
+logins for the account are locked for a while, or a plan quota is reached \
+(`type` ends in `quota-exceeded`; no `Retry-After` then).",
+        headers: &[
+            (
+                "Retry-After",
+                "Seconds until a retry can succeed (rate limits and login lockouts).",
+                true,
+            ),
+            (
+                "X-RateLimit-Retry-After",
+                "The same as `Retry-After`.",
+                true,
+            ),
+        ],
+    },
+    Shared {
+        status: 431,
+        name: "RequestHeaderFieldsTooLarge",
+        description: "The request headers are larger than the server reads. Answered by the HTTP \
+layer, before routing, so every operation can answer it.",
+        headers: &[],
+    },
+    Shared {
+        status: 500,
+        name: "InternalError",
+        description: "A bug on our side. The body says nothing more than the `trace_id`: quote it \
+when reporting the problem.",
+        headers: &[],
+    },
+    Shared {
+        status: 503,
+        name: "ServiceUnavailable",
+        description: "The store is not reachable; retry shortly.",
+        headers: &[],
+    },
+];
+
+/// Operations that can answer 409 (the service reports a conflict, or a
+/// unique constraint can refuse the write).
+const CONFLICTS: &[&str] = &[
+    "app_create",
+    "token_rotate",
+    "mfa_enroll",
+    "mfa_confirm",
+    "mfa_disable",
+    "node_update",
+    "deployment_rollback",
+    "deployment_promote",
+    "org_create",
+    "member_update",
+    "member_delete",
+    "invitation_accept",
+];
+
+/// Operations without a path id that can answer 404 all the same: their
+/// body names an organization (or apps) the caller must be able to see.
+const NOT_FOUND_BY_BODY: &[&str] = &["auth_token_create", "token_create", "app_create"];
+
+/// Operations that can answer 410.
+const GONE: &[&str] = &["invitation_accept"];
+
+/// Whether the `/v1` gate (bearer token, MFA enforcement, rate limit) is
+/// in front of `path`, as in `http::v1_gate`: every `/v1` route but the
+/// agent channel's node-authenticated ones.
+fn gated(path: &str) -> bool {
+    path.starts_with("/v1/") && path != "/v1/agent/sync" && !path.starts_with("/v1/agent/uploads/")
+}
+
+/// The shared problem statuses `op` (at `path`) can answer.
+fn problem_statuses(path: &str, op: &Operation) -> Vec<u16> {
+    let id = op.operation_id.as_deref().unwrap_or("");
+    let params = op.parameters.as_deref().unwrap_or(&[]);
+    let in_path = params
+        .iter()
+        .any(|p| matches!(p.parameter_in, ParameterIn::Path));
+    let in_query = params
+        .iter()
+        .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+    let body = op.request_body.is_some();
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let v1 = path.starts_with("/v1/");
+    let gated = gated(path);
+    let mut s = vec![];
+    if in_path || in_query || body {
+        s.push(400);
+    }
+    if secured || gated {
+        s.push(401);
+    }
+    if gated {
+        s.push(403);
+    }
+    if in_path || NOT_FOUND_BY_BODY.contains(&id) {
+        s.push(404);
+    }
+    if body {
+        s.push(408);
+    }
+    if CONFLICTS.contains(&id) {
+        s.push(409);
+    }
+    if GONE.contains(&id) {
+        s.push(410);
+    }
+    if body {
+        s.push(413);
+    }
+    // The HTTP layer answers these before routing, for any path.
+    s.push(414);
+    if gated {
+        s.push(429);
+    }
+    s.push(431);
+    s.push(500);
+    // Every /v1 route reads the store (authentication does, when a token
+    // is sent), and so does readiness.
+    if v1 || path == "/readyz" {
+        s.push(503);
+    }
+    s
+}
+
+fn shared_response(sh: &Shared) -> Response {
+    let mut r = Response::new(sh.description);
+    r.content.insert(
+        "application/problem+json".into(),
+        Content::new(Some(Ref::from_schema_name("Problem"))),
+    );
+    for (name, description, integer) in sh.headers {
+        let ty = if *integer {
+            Type::Integer
+        } else {
+            Type::String
+        };
+        let mut h = Header::new(ObjectBuilder::new().schema_type(ty));
+        h.description = Some((*description).into());
+        r.headers.insert((*name).into(), h);
+    }
+    r
+}
+
+/// A response an annotation wrote as a bare problem (no description, just
+/// the Problem body): the shared one says more, so it takes its place.
+fn is_bare_problem(r: &RefOr<Response>) -> bool {
+    let RefOr::T(r) = r else {
+        return false;
+    };
+    r.description.is_empty()
+        && r.headers.is_empty()
+        && r.content.len() == 1
+        && r.content.get("application/problem+json").is_some_and(|c| {
+            matches!(&c.schema, Some(RefOr::Ref(x)) if x.ref_location == "#/components/schemas/Problem")
+        })
+}
+
+/// Define the shared problem responses once and reference them from every
+/// operation according to what it can answer. A response an operation
+/// documents itself (with a description of its own) is kept.
+fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
+    let components = doc.components.get_or_insert_with(Default::default);
+    for sh in SHARED {
+        components
+            .responses
+            .insert(sh.name.into(), RefOr::T(shared_response(sh)));
+    }
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.options,
+            &mut item.head,
+            &mut item.trace,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let needed = problem_statuses(path, op);
+            for sh in SHARED {
+                let key = sh.status.to_string();
+                let replace = match op.responses.responses.get(&key) {
+                    Some(r) => is_bare_problem(r),
+                    None => needed.contains(&sh.status),
+                };
+                if replace {
+                    op.responses
+                        .responses
+                        .insert(key, RefOr::Ref(Ref::from_response_name(sh.name)));
+                }
+            }
+        }
+    }
 }

@@ -18,7 +18,7 @@ use shellwego_core::Error;
 use shellwego_store::apps as store_apps;
 
 use crate::auth::Principal;
-use crate::extract::{list_params, JsonBody, PathParam, Query};
+use crate::extract::{list_params, JsonBody, OptionalJsonBody, PathParam, Query};
 use crate::problem::ApiResult;
 use crate::routes::{pagination, ListQueryDoc};
 use crate::service::apps as svc;
@@ -329,13 +329,8 @@ pub async fn app_restart(
     State(st): State<AppState>,
     p: Principal,
     PathParam(id): PathParam,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    OptionalJsonBody(r): OptionalJsonBody<RestartRequest>,
 ) -> ApiResult<Json<App>> {
-    let r: RestartRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RestartRequest::default()
-    } else {
-        crate::extract::parse_json(&body)?
-    };
     action(&st, &p, &id, "restart", Some(&r)).await
 }
 

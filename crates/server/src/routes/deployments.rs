@@ -19,7 +19,7 @@ use shellwego_core::Error;
 use shellwego_store::deployments as store_dep;
 
 use crate::auth::Principal;
-use crate::extract::{list_params, JsonBody, PathParam, Query};
+use crate::extract::{list_params, JsonBody, OptionalJsonBody, PathParam, Query};
 use crate::problem::ApiResult;
 use crate::routes::{pagination, ListQueryDoc};
 use crate::service::deploy as svc;
@@ -149,15 +149,8 @@ pub async fn deployment_rollback(
     State(st): State<AppState>,
     p: Principal,
     PathParam(id): PathParam,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    OptionalJsonBody(req): OptionalJsonBody<RollbackRequest>,
 ) -> ApiResult<(StatusCode, Json<DeployAccepted>)> {
-    let req: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RollbackRequest::default()
-    } else {
-        let r: RollbackRequest = crate::extract::parse_json(&body)?;
-        shellwego_api::Validate::validate(&r)?;
-        r
-    };
     let d = svc::deployment_rollback(&st.store, &p, &id, &req).await?;
     st.changed();
     let v = view(d);
@@ -192,7 +185,8 @@ pub async fn deployment_promote(
 #[utoipa::path(get, path = "/v1/deployments/{deployment_id}/logs", tag = "deployments", security(("bearer" = [])),
     params(("deployment_id" = String, Path, description = "Deployment id (dep_…)"),
         ("follow" = Option<bool>, Query, description = "Stream new lines (SSE) until the deployment ends")),
-    responses((status = 200, description = "text/plain lines, or text/event-stream with follow=true"),
+    responses((status = 200, description = "text/plain lines, or text/event-stream with follow=true",
+            content((String = "text/plain"), (shellwego_api::deployments::DeploymentLogEvent = "text/event-stream"))),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn deployment_logs(
     State(st): State<AppState>,

@@ -10,7 +10,7 @@ use shellwego_core::time::rfc3339;
 use shellwego_core::units::format_size;
 
 use crate::auth::Principal;
-use crate::extract::{list_params, PathParam, Query};
+use crate::extract::{list_params, OptionalJsonBody, PathParam, Query};
 use crate::problem::ApiResult;
 use crate::routes::{pagination, ListQueryDoc};
 use crate::service;
@@ -240,16 +240,11 @@ pub async fn node_drain(
     State(st): State<AppState>,
     p: Principal,
     PathParam(id): PathParam,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    OptionalJsonBody(req): OptionalJsonBody<shellwego_api::nodes::NodeDrain>,
 ) -> ApiResult<(
     axum::http::StatusCode,
     Json<shellwego_api::nodes::NodeDrained>,
 )> {
-    let req: shellwego_api::nodes::NodeDrain = if body.iter().all(u8::is_ascii_whitespace) {
-        Default::default()
-    } else {
-        crate::extract::parse_json(&body)?
-    };
     let n = crate::service::node_agents::node_drain(&st.store, &p, &id, &req, false).await?;
     st.changed();
     Ok((

@@ -13,7 +13,7 @@ use shellwego_core::time::rfc3339;
 use shellwego_core::units::format_size;
 
 use crate::auth::{ClientIp, Principal};
-use crate::extract::{list_params, JsonBody, Query};
+use crate::extract::{list_params, JsonBody, OptionalJsonBody, PathParams, Query};
 use crate::problem::ApiResult;
 use crate::routes::tokens::created;
 use crate::routes::{pagination, ListQueryDoc};
@@ -138,7 +138,7 @@ pub async fn org_list(
 pub async fn org_get(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path(org_id): axum::extract::Path<String>,
+    PathParams(org_id): PathParams<String>,
 ) -> ApiResult<Json<Organization>> {
     let (org, usage) = svc::org_get(&st.store, &p, &org_id).await?;
     Ok(Json(org_view(org, Some(usage))))
@@ -151,7 +151,7 @@ pub async fn org_get(
 pub async fn org_update(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path(org_id): axum::extract::Path<String>,
+    PathParams(org_id): PathParams<String>,
     JsonBody(req): JsonBody<OrganizationUpdate>,
 ) -> ApiResult<Json<Organization>> {
     svc::org_update(&st.store, &p, &org_id, &req).await?;
@@ -165,7 +165,7 @@ pub async fn org_update(
 pub async fn member_list(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path(org_id): axum::extract::Path<String>,
+    PathParams(org_id): PathParams<String>,
     Query(q): Query,
 ) -> ApiResult<Json<MemberList>> {
     let params = list_params(q.as_deref(), &[])?;
@@ -183,7 +183,7 @@ pub async fn member_list(
 pub async fn member_update(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path((org_id, user_id)): axum::extract::Path<(String, String)>,
+    PathParams((org_id, user_id)): PathParams<(String, String)>,
     JsonBody(req): JsonBody<MemberUpdate>,
 ) -> ApiResult<StatusCode> {
     svc::member_update(&st.store, &p, &org_id, &user_id, &req).await?;
@@ -197,7 +197,7 @@ pub async fn member_update(
 pub async fn member_delete(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path((org_id, user_id)): axum::extract::Path<(String, String)>,
+    PathParams((org_id, user_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
     svc::member_remove(&st.store, &p, &org_id, &user_id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -210,7 +210,7 @@ pub async fn member_delete(
 pub async fn invitation_create(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path(org_id): axum::extract::Path<String>,
+    PathParams(org_id): PathParams<String>,
     JsonBody(req): JsonBody<InvitationCreate>,
 ) -> ApiResult<(StatusCode, Json<Invitation>)> {
     let (inv, secret) = svc::invitation_create(&st.store, &p, &org_id, &req).await?;
@@ -226,7 +226,7 @@ pub async fn invitation_create(
 pub async fn invitation_list(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path(org_id): axum::extract::Path<String>,
+    PathParams(org_id): PathParams<String>,
     Query(q): Query,
 ) -> ApiResult<Json<InvitationList>> {
     let params = list_params(q.as_deref(), &[])?;
@@ -248,7 +248,7 @@ pub async fn invitation_list(
 pub async fn invitation_delete(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path((org_id, inv_id)): axum::extract::Path<(String, String)>,
+    PathParams((org_id, inv_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
     svc::invitation_revoke(&st.store, &p, &org_id, &inv_id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -264,14 +264,9 @@ pub async fn invitation_accept(
     State(st): State<AppState>,
     p: Option<Principal>,
     ClientIp(ip): ClientIp,
-    axum::extract::Path(token): axum::extract::Path<String>,
-    crate::extract::RawBody(body): crate::extract::RawBody,
+    PathParams(token): PathParams<String>,
+    OptionalJsonBody(req): OptionalJsonBody<InvitationAccept>,
 ) -> ApiResult<Json<InvitationAccepted>> {
-    let req: InvitationAccept = if body.iter().all(u8::is_ascii_whitespace) {
-        InvitationAccept::default()
-    } else {
-        crate::extract::parse_json(&body)?
-    };
     let a = svc::invitation_accept(
         &st.store,
         p.as_ref(),
@@ -295,7 +290,7 @@ pub async fn invitation_accept(
 pub async fn service_account_create(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path(org_id): axum::extract::Path<String>,
+    PathParams(org_id): PathParams<String>,
     JsonBody(req): JsonBody<ServiceAccountCreate>,
 ) -> ApiResult<(StatusCode, Json<ServiceAccount>)> {
     let (sa, tok, secret) = svc::service_account_create(&st.store, &p, &org_id, &req).await?;
@@ -311,7 +306,7 @@ pub async fn service_account_create(
 pub async fn service_account_list(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path(org_id): axum::extract::Path<String>,
+    PathParams(org_id): PathParams<String>,
     Query(q): Query,
 ) -> ApiResult<Json<ServiceAccountList>> {
     let params = list_params(q.as_deref(), &[])?;
@@ -329,7 +324,7 @@ pub async fn service_account_list(
 pub async fn service_account_delete(
     State(st): State<AppState>,
     p: Principal,
-    axum::extract::Path((org_id, sa_id)): axum::extract::Path<(String, String)>,
+    PathParams((org_id, sa_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
     svc::service_account_delete(&st.store, &p, &org_id, &sa_id).await?;
     Ok(StatusCode::NO_CONTENT)

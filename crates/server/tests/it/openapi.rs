@@ -132,3 +132,341 @@ async fn docs_page_lists_the_endpoints() {
         );
     }
 }
+
+/// The served document, parsed.
+async fn served(s: &crate::kit::Srv) -> Value {
+    let r = s.call(Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// `op`'s response for `status`, with a `$ref` into `components.responses`
+/// resolved.
+fn response<'a>(doc: &'a Value, op: &'a Value, status: u16) -> Option<&'a Value> {
+    let r = op.get("responses")?.get(status.to_string())?;
+    match r.get("$ref").and_then(Value::as_str) {
+        Some(reference) => doc.pointer(reference.strip_prefix('#')?),
+        None => Some(r),
+    }
+}
+
+fn is_problem(r: &Value) -> bool {
+    r.pointer("/content/application~1problem+json/schema/$ref")
+        .and_then(Value::as_str)
+        == Some("#/components/schemas/Problem")
+}
+
+/// Issue 11, item 9: every operation documents the problem responses it
+/// can answer, as `application/problem+json` with the Problem schema. What
+/// each needs, by what it is:
+/// - every operation: 500;
+/// - every /v1 operation: 503 (the store, which authentication reads);
+/// - behind the /v1 gate (every /v1 route but the agent's node-credential
+///   ones): 401, 403 and 429; secured ones: 401;
+/// - a path parameter: 400 and 404; query parameters or a body: 400;
+/// - a body: 408 (slow body) and 413;
+/// - operations whose service can conflict: 409; invitation accept: 410.
+#[tokio::test]
+async fn every_operation_documents_the_problem_responses_it_can_answer() {
+    let s = start(Backend::Sqlite).await.unwrap();
+    let doc = served(&s).await;
+    const CONFLICTS: [&str; 12] = [
+        "app_create",
+        "token_rotate",
+        "mfa_enroll",
+        "mfa_confirm",
+        "mfa_disable",
+        "node_update",
+        "deployment_rollback",
+        "deployment_promote",
+        "org_create",
+        "member_update",
+        "member_delete",
+        "invitation_accept",
+    ];
+    let mut missing = vec![];
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let has = |place: &str| params.iter().any(|p| p["in"] == place);
+            let body = op.get("requestBody").is_some();
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            let v1 = path.starts_with("/v1/");
+            let gated = v1 && path != "/v1/agent/sync" && !path.starts_with("/v1/agent/uploads/");
+            let mut needed = vec![500];
+            if v1 {
+                needed.push(503);
+            }
+            if gated {
+                needed.extend([401, 403, 429]);
+            }
+            if secured {
+                needed.push(401);
+            }
+            if has("path") {
+                needed.extend([400, 404]);
+            }
+            if has("query") || body {
+                needed.push(400);
+            }
+            if body {
+                needed.extend([408, 413]);
+            }
+            if CONFLICTS.contains(&id) {
+                needed.push(409);
+            }
+            if id == "invitation_accept" {
+                needed.push(410);
+            }
+            for status in needed {
+                checked += 1;
+                match response(&doc, op, status) {
+                    Some(r) if is_problem(r) => {}
+                    _ => missing.push(format!("{} {path}: {status}", method.to_uppercase())),
+                }
+            }
+        }
+    }
+    assert!(checked > 300, "only {checked} responses checked");
+    assert!(
+        missing.is_empty(),
+        "operations missing problem responses:\n{}",
+        missing.join("\n")
+    );
+    // The shared responses are defined once, with the headers that go with them.
+    let shared = &doc["components"]["responses"];
+    for name in [
+        "BadRequest",
+        "Unauthorized",
+        "Forbidden",
+        "NotFound",
+        "RequestTimeout",
+        "Conflict",
+        "Gone",
+        "PayloadTooLarge",
+        "UriTooLong",
+        "TooManyRequests",
+        "RequestHeaderFieldsTooLarge",
+        "InternalError",
+        "ServiceUnavailable",
+    ] {
+        assert!(is_problem(&shared[name]), "components.responses.{name}");
+        assert!(
+            !shared[name]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "components.responses.{name} has no description"
+        );
+    }
+    assert!(shared["TooManyRequests"]["headers"]
+        .get("Retry-After")
+        .is_some());
+    assert!(shared["Unauthorized"]["headers"]
+        .get("WWW-Authenticate")
+        .is_some());
+    // A response an operation describes itself is kept.
+    let login_401 = &doc["paths"]["/v1/auth/token"]["post"]["responses"]["401"];
+    assert!(login_401.get("$ref").is_some() || is_problem(login_401));
+}
+
+/// What the server really answers is documented: every operation, called
+/// without a token; with a token that is not valid; with a good one, unknown ids and a malformed body; with a
+/// path segment that is not UTF-8 once decoded; and with a body over the
+/// 2 MiB limit, answers a status its operation lists, and an error as
+/// `application/problem+json` as the document says.
+#[tokio::test]
+async fn crude_probes_get_documented_answers() {
+    let s = start(Backend::Sqlite).await.unwrap();
+    let doc = served(&s).await;
+    // A public route still answers 401 to a token that is not valid, hence
+    // the 401 (and, for MFA enforcement, 403) on every gated operation.
+    let r = s
+        .call(Method::GET, "/v1/openapi.json", Some("pat_notatoken"), None)
+        .await;
+    assert_eq!(r.status(), 401);
+    let big = "a".repeat(3 << 20);
+    let mut wrong = vec![];
+    let mut probed = 0;
+    for (method, template, path) in operations() {
+        let op = &doc["paths"][&template][method.as_str().to_lowercase()];
+        let has_body = op.get("requestBody").is_some();
+        let not_utf8 = path.replace("x_unknown", "%FF");
+        let mut probes: Vec<(&str, Option<&str>, &str, Option<&str>)> = vec![
+            ("no token", None, &path, has_body.then_some("{")),
+            // Public /v1 routes too answer 401 to a token that is not valid.
+            ("bad token", Some("pat_notatoken"), &path, None),
+            ("malformed", Some(&s.token), &path, has_body.then_some("{")),
+        ];
+        if not_utf8 != path {
+            probes.push(("not UTF-8", Some(&s.token), &not_utf8, None));
+        }
+        if has_body {
+            probes.push(("3 MiB body", Some(&s.token), &path, Some(&big)));
+        }
+        for (probe, token, path, body) in probes {
+            let mut r = s.http.request(method.clone(), s.url(path));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                r = r
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
+            }
+            let res = r.send().await.unwrap();
+            probed += 1;
+            let status = res.status().as_u16();
+            let content_type = res
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let what = format!("{method} {template} ({probe}): {status}");
+            match response(&doc, op, status) {
+                None => wrong.push(format!("{what} is not documented")),
+                Some(r) if status >= 400 && !is_problem(r) => {
+                    wrong.push(format!("{what} is not documented as a problem"))
+                }
+                Some(_) if status >= 400 && content_type != "application/problem+json" => {
+                    wrong.push(format!("{what} came as {content_type}"))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(probed > 150, "{probed}");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The event stream of a deployment's log is documented as events (an
+/// object of `id`, `event` and `data` each), not as a string: schemathesis
+/// checks each event of a `text/event-stream` answer against the schema.
+#[tokio::test]
+async fn deployment_log_events_match_the_documented_event_schema() {
+    let s = start(Backend::Sqlite).await.unwrap();
+    let doc = served(&s).await;
+    let op = &doc["paths"]["/v1/deployments/{deployment_id}/logs"]["get"];
+    let schema = op
+        .pointer("/responses/200/content/text~1event-stream/schema/$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| doc.pointer(r.strip_prefix('#').unwrap()))
+        .expect("the event stream's schema is a component");
+    assert_eq!(schema["type"], "object", "{schema:#}");
+    assert_eq!(
+        schema["required"],
+        serde_json::json!(["data"]),
+        "{schema:#}"
+    );
+    let fields = schema["properties"].as_object().unwrap();
+
+    // No replicas: the app's first deployment ends at once, and so does
+    // following its log.
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/apps",
+            Some(&s.token),
+            Some(serde_json::json!({"name": "sse", "image": "sse:v1", "replicas": 0})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let dep = r.json::<Value>().await.unwrap()["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .http
+        .get(s.url(&format!("/v1/deployments/{dep}/logs?follow=true")))
+        .bearer_auth(&s.token)
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = r.text().await.unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .collect();
+    assert!(events.len() >= 2, "{text}");
+    for event in &events {
+        let mut has_data = false;
+        for line in event.lines() {
+            let (name, _) = line.split_once(':').unwrap_or((line, ""));
+            assert!(
+                fields.contains_key(name),
+                "field {name} of {event:?} is not documented"
+            );
+            has_data |= name == "data";
+        }
+        assert!(has_data, "{event:?}");
+    }
+    assert!(events.last().unwrap().contains("event: end"), "{text}");
+}
+
+fn repo_file(path: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Issue 11, item 12: CI fuzzes the served document of a real `shellwego
+/// up` with schemathesis (pinned), the four checks, a fixed seed and
+/// budget, excluding no operation, and prints its figures at the end; and
+/// every request the guard hook keeps from the server is an operation the
+/// document still has (a renamed route must not silently lose its guard).
+#[test]
+fn ci_fuzzes_the_served_document() {
+    let run = repo_file(".ci/run");
+    let tests = run.find("cargo test --workspace").unwrap();
+    let fuzz = run.find(".ci/fuzz 2>&1").expect(".ci/run runs .ci/fuzz");
+    let summary = run.find("grep '^schemathesis:'").unwrap();
+    let workspace = run.find("workspace: %d passed").unwrap();
+    assert!(tests < fuzz && fuzz < summary && summary < workspace);
+
+    let script = repo_file(".ci/fuzz");
+    let version = script
+        .lines()
+        .find_map(|l| l.strip_prefix("SCHEMATHESIS_VERSION="))
+        .expect("schemathesis is pinned");
+    assert_eq!(version.split('.').count(), 3, "{version}");
+    assert!(script.contains("\"schemathesis==$SCHEMATHESIS_VERSION\""));
+    for needle in [
+        "target/debug/shellwego up",
+        "/v1/openapi.json",
+        "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+        "--seed \"$SEED\"",
+        "--max-examples \"$EXAMPLES\"",
+        "Authorization: Bearer",
+        "schemathesis: ${ops:-0} operations, ${cases:-0} cases, $failures failures",
+    ] {
+        assert!(script.contains(needle), ".ci/fuzz lacks {needle}");
+    }
+    assert!(!script.contains("--exclude"), "no operation is left out");
+
+    let doc: Value = serde_json::from_str(&shellwego_server::openapi::document_json()).unwrap();
+    let guard = repo_file(".ci/fuzz_guard.py");
+    let mut guarded = 0;
+    for line in guard.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("(\"") else {
+            continue;
+        };
+        let mut parts = rest.split('"').filter(|p| !p.trim().starts_with(','));
+        let (method, path) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(
+            doc["paths"][path][method.to_lowercase()].is_object(),
+            "the guard names {method} {path}, which the document does not have"
+        );
+        guarded += 1;
+    }
+    assert!(guarded >= 6, "{guarded}");
+}
