@@ -32,9 +32,13 @@
 //!   way out by one the application formats (RFC 7807 for the API).
 //!
 //! The timers are one watchdog per connection that sleeps until the next
-//! deadline of the state the connection is in; the state is kept by a thin
-//! wrapper around the socket (bytes read while idle, writes blocked) and
-//! around the service (requests in flight).
+//! deadline of the state the connection is in, or at most the shortest
+//! timeout; the state is kept by a thin wrapper around the socket (bytes
+//! read while idle, writes blocked) and around the service (requests in
+//! flight), with a few atomics and no wake-ups, so a busy connection costs
+//! the watchdog nothing per request. A deadline that moves earlier (the
+//! first byte of a new request on an idle keep-alive connection, a write
+//! that blocks) is seen within the shortest timeout.
 //!
 //! Shutdown is staged ([`Stage`]): when the `shutdown` future resolves,
 //! [`serve`] stops accepting, idle connections close, in-flight requests
@@ -58,7 +62,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use crate::client_ip::TrustedProxies;
@@ -108,6 +112,16 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// How often a connection's watchdog looks at it at least: the
+    /// shortest of the connection timeouts (so a deadline is kept to
+    /// within that much).
+    fn recheck(&self) -> Duration {
+        self.header_read_timeout
+            .min(self.idle_timeout)
+            .min(self.send_timeout)
+            .max(Duration::from_millis(10))
+    }
+
     /// `max_connections` lowered, if need be, to leave room under the
     /// process's open-file limit (`ulimit -n`) for everything else it
     /// opens: half the limit goes to a listener's connections at most.
@@ -272,13 +286,18 @@ where
             tokio::pin!(c);
             let mut draining = false;
             let result = loop {
-                let (deadline, why) = conn.deadline(&limits);
-                let notified = conn.notify.notified();
+                // Until the next deadline of the state the connection is in,
+                // but no longer than the shortest timeout: the state changes
+                // without waking us (a request per wake-up would cost more
+                // than the whole check), so a deadline that moved earlier is
+                // seen at most that late.
+                let (deadline, _) = conn.deadline(&limits);
+                let wake = deadline.min(Instant::now() + limits.recheck());
                 tokio::select! {
                     result = c.as_mut() => break result,
-                    () = notified => {}
-                    () = tokio::time::sleep_until(deadline) => {
-                        if conn.deadline(&limits).0 <= Instant::now() {
+                    () = tokio::time::sleep_until(wake) => {
+                        let (deadline, why) = conn.deadline(&limits);
+                        if deadline <= Instant::now() {
                             tracing::debug!(listener = name, %peer, reason = why, "connection closed: timeout");
                             break Ok(());
                         }
@@ -453,7 +472,6 @@ struct ConnState {
     idle_since: AtomicU64,
     head_since: AtomicU64,
     write_blocked_since: AtomicU64,
-    notify: Notify,
 }
 
 impl ConnState {
@@ -465,7 +483,6 @@ impl ConnState {
             idle_since: AtomicU64::new(1),
             head_since: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
-            notify: Notify::new(),
         }
     }
 
@@ -510,7 +527,6 @@ impl ConnState {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(0, Ordering::Release);
-        self.notify.notify_one();
         InFlight(Arc::clone(self))
     }
 
@@ -519,7 +535,6 @@ impl ConnState {
             && self.head_since.load(Ordering::Acquire) == 0
         {
             self.head_since.store(self.now(), Ordering::Release);
-            self.notify.notify_one();
         }
     }
 
@@ -529,7 +544,6 @@ impl ConnState {
             (true, false) => {
                 self.write_blocked_since
                     .store(self.now(), Ordering::Release);
-                self.notify.notify_one();
             }
             (false, true) => self.write_blocked_since.store(0, Ordering::Release),
             _ => {}
@@ -548,7 +562,6 @@ impl Drop for InFlight {
             c.idle_since.store(c.now(), Ordering::Release);
             c.head_since.store(0, Ordering::Release);
         }
-        c.notify.notify_one();
     }
 }
 

@@ -118,7 +118,10 @@ async fn run_to_completion(req: Request, next: Next) -> Response {
         Ok(res) => res,
         Err(e) => match e.try_into_panic() {
             Ok(p) => std::panic::resume_unwind(p),
-            Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            Err(_) => ApiError(Error::Unavailable(
+                "the request's task was cancelled (the server is shutting down)".into(),
+            ))
+            .into_response(),
         },
     }
 }

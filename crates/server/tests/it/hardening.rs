@@ -206,6 +206,26 @@ async fn connections_over_the_per_address_cap_are_refused_others_are_served() {
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_total_cap_are_refused() {
+    let s = start_with(Backend::Sqlite, |c| {
+        c.http.max_connections = 3;
+    })
+    .await
+    .unwrap();
+    let to = addr(&s);
+    let mut held = vec![];
+    for last in [5, 6, 7] {
+        held.push(connect_from([127, 0, 0, last], to).await);
+    }
+    let mut fourth = connect_from([127, 0, 0, 8], to).await;
+    assert!(closed_within(&mut fourth, Duration::from_secs(2)).await);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = s.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(r.status(), 200);
+}
+
 // --- 8. Errors from the HTTP layer are problems --------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
