@@ -176,29 +176,9 @@ impl Srv {
         let org = orgs::create(&mut tx, email, &shellwego_core::id::new_id("slug"), plan)
             .await
             .unwrap();
-        let user = users::create(&mut tx, email, "Test User", "x")
-            .await
-            .unwrap();
-        orgs::add_member(&mut tx, &org.id, &user.id, "owner")
-            .await
-            .unwrap();
-        let (_, secret) = tokens::create(
-            &mut tx,
-            NewTokenSpec {
-                kind: TokenKind::Pat,
-                name: "test",
-                user_id: Some(&user.id),
-                service_account_id: None,
-                organization_id: &org.id,
-                scope: &[],
-                restrict_to_apps: &[],
-                expires_at: None,
-            },
-        )
-        .await
-        .unwrap();
         commit(tx).await.unwrap();
-        (org.id, user.id, secret)
+        let (user, secret) = self.member_with_role(&org.id, "owner", email).await;
+        (org.id, user, secret)
     }
 
     /// A new user with `role` in `org`, and a token of theirs there.
