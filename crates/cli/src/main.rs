@@ -58,7 +58,7 @@ enum Command {
     /// Create, list, scale, start, stop, restart and delete apps.
     Apps(cmd::apps::AppsArgs),
     /// Deploy an app: a new image, a new source archive or the same again,
-    /// rolled out rolling or blue-green; --wait follows its stages.
+    /// rolled out rolling, blue-green or canary; --wait follows its stages.
     Deploy(Box<cmd::deployments::DeployArgs>),
     /// List, show and follow an app's deployments, and roll back to one.
     Deployments(cmd::deployments::DeploymentsArgs),
@@ -70,8 +70,11 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SHELLWEGO_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // Colours only for a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder

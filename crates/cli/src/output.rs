@@ -76,6 +76,26 @@ pub fn or_dash(v: Option<&str>) -> String {
 }
 
 /// A list as `a,b`, or `-` when empty.
+/// A size as the API writes it (`23635208k`, `64g`) in human units
+/// (`22.5 GiB`); what does not parse is shown as it is.
+pub fn human_size(s: &str) -> String {
+    let Some(bytes) = shellwego_core::units::parse_size(s) else {
+        return s.to_string();
+    };
+    let mut value = bytes as f64;
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if value < 1024.0 || unit == "TiB" {
+            return if unit == "B" || value.fract() == 0.0 {
+                format!("{value:.0} {unit}")
+            } else {
+                format!("{value:.1} {unit}")
+            };
+        }
+        value /= 1024.0;
+    }
+    s.to_string()
+}
+
 pub fn list(v: &[String]) -> String {
     if v.is_empty() {
         "-".into()
@@ -110,6 +130,15 @@ pub fn note(s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_size("23635208k"), "22.5 GiB");
+        assert_eq!(human_size("64g"), "64 GiB");
+        assert_eq!(human_size("512m"), "512 MiB");
+        assert_eq!(human_size("100b"), "100 B");
+        assert_eq!(human_size("-"), "-");
+    }
 
     #[test]
     fn tables_align_columns_and_do_not_pad_the_last() {

@@ -13,7 +13,7 @@ use crate::cmd::wait::Progress;
 use crate::cmd::{
     confirm, fetch_list_filtered, more_hint, parse_key_value, ClientArgs, Ctx, ListArgs,
 };
-use crate::output::{emit, fields, json, list, note, or_dash, table, Output};
+use crate::output::{emit, fields, human_size, json, list, note, or_dash, table, Output};
 
 /// Where `nodes register` tells the agent to keep its state.
 const AGENT_DATA_DIR: &str = "/var/lib/shellwego-agent";
@@ -189,7 +189,9 @@ async fn list_nodes(ctx: &Ctx, args: &NodeListArgs) -> anyhow::Result<()> {
                         format!("{}/{}", n.capacity.cpu_available, n.capacity.cpu_cores),
                         format!(
                             "{}/{}",
-                            n.capacity.memory_available, n.capacity.memory_total
+                            // No spaces inside a column.
+                            human_size(&n.capacity.memory_available).replace(' ', ""),
+                            human_size(&n.capacity.memory_total).replace(' ', "")
                         ),
                         list(&n.drivers),
                         or_dash(n.last_seen.as_deref()),
@@ -248,15 +250,17 @@ async fn get(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
                 ),
                 (
                     "MEMORY",
-                    format!("{} of {} free", c.memory_available, c.memory_total),
-                ),
-                ("DISK", c.disk_total.clone()),
-                (
-                    "USAGE",
                     format!(
-                        "cpu {}%, memory {}%",
-                        n.usage.cpu_percent, n.usage.memory_percent
+                        "{} of {} free ({}% in use, measured)",
+                        human_size(&c.memory_available),
+                        human_size(&c.memory_total),
+                        n.usage.memory_percent
                     ),
+                ),
+                ("DISK", human_size(&c.disk_total)),
+                (
+                    "RESERVED",
+                    format!("cpu {}% (by instances)", n.usage.cpu_percent),
                 ),
                 ("APPS", n.running_apps.to_string()),
                 ("DRIVERS", list(&n.drivers)),
