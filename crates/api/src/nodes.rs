@@ -12,7 +12,8 @@ pub struct Node {
     #[schema(example = "node_8s2d9k1m3x")]
     pub id: String,
     pub hostname: String,
-    /// `ready`, `draining`, `maintenance` or `offline`.
+    /// `joining` (registered; its agent has not joined yet), `ready`,
+    /// `draining`, `maintenance` or `offline`.
     pub status: String,
     pub region: String,
     pub zone: String,

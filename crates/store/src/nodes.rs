@@ -40,7 +40,8 @@ pub struct Node {
     pub qemu_version: Option<String>,
 }
 
-pub const STATUSES: &[&str] = &["ready", "draining", "maintenance", "offline"];
+/// `joining`: registered, its agent has not joined yet.
+pub const STATUSES: &[&str] = &["joining", "ready", "draining", "maintenance", "offline"];
 
 pub static NODES: Resource = Resource {
     name: "nodes",
@@ -270,7 +271,7 @@ pub async fn register(
     let node = insert(
         tx,
         Node {
-            status: "offline".into(),
+            status: "joining".into(),
             ..node
         },
     )

@@ -60,6 +60,11 @@ pub async fn node_update(
             "The node is offline; its status changes when its agent is back.".into(),
         ));
     }
+    if req.status.is_some() && node.status == "joining" {
+        return Err(Error::Conflict(
+            "The node has not joined yet; its status can change once its agent has joined.".into(),
+        ));
+    }
     let mut tx = store.begin().await?;
     nodes::update(&mut tx, node_id, req.status.as_deref(), req.labels.as_ref()).await?;
     events::record(

@@ -44,7 +44,20 @@ async fn nodes_register_join_heartbeat_and_go_offline(s: Srv) {
     assert!(token.starts_with("sw_join_"));
     assert!(reg["install_script"].as_str().unwrap().contains(&token));
     let (_, n) = s.get(&format!("/v1/nodes/{id}")).await;
-    assert_eq!(n["status"], "offline");
+    assert_eq!(n["status"], "joining");
+    // Not offline: nothing was ever heard from it, so nothing was lost.
+    let p = problem(
+        s.call(
+            Method::PATCH,
+            &format!("/v1/nodes/{id}"),
+            Some(&s.token),
+            Some(json!({"status": "maintenance"})),
+        )
+        .await,
+        409,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("not joined"), "{p}");
     assert_eq!(n["last_seen"], Value::Null);
 
     // Join: the token is exchanged once for a credential.
