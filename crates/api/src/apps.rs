@@ -240,9 +240,19 @@ pub struct RestartRequest {
     /// `rolling` (default) or `immediate`.
     #[serde(default)]
     pub strategy: Option<String>,
-    /// Instances restarted at a time when rolling (default 1).
+    /// Instances restarted at a time when rolling (default 1); the older
+    /// name of `max_surge`.
     #[serde(default)]
     pub batch_size: Option<i64>,
+    /// Rolling: extra instances started next to the running ones at a time
+    /// [default: 1]. When one fits on no node, the restart replaces in
+    /// place instead (stop one, then start its replacement).
+    #[serde(default)]
+    pub max_surge: Option<i64>,
+    /// Rolling: instances that may be down at a time [default: 0; 1 while
+    /// replacing in place].
+    #[serde(default)]
+    pub max_unavailable: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -835,15 +845,12 @@ impl crate::Validate for RestartRequest {
                 );
             }
         }
-        if let Some(b) = self.batch_size {
-            if !(1..=MAX_REPLICAS).contains(&b) {
-                errs.push(FieldError::new(
-                    "batch_size",
-                    "out_of_range",
-                    "must be between 1 and 100",
-                ));
-            }
-        }
+        crate::deployments::check_rollout_limits(
+            &mut errs,
+            self.batch_size,
+            self.max_surge,
+            self.max_unavailable,
+        );
         crate::finish(errs)
     }
 }

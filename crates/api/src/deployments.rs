@@ -41,9 +41,20 @@ pub struct DeployRequest {
     /// Undo a deployment that fails [default: true].
     #[serde(default)]
     pub rollback_on_failure: Option<bool>,
-    /// Rolling: instances replaced at a time [default: 1].
+    /// Rolling: instances replaced at a time [default: 1]; the older name
+    /// of `max_surge`.
     #[serde(default)]
     pub batch_size: Option<i64>,
+    /// Rolling and canary: extra instances started next to the running ones
+    /// at a time (Kubernetes' `maxSurge`) [default: 1]. When one of them
+    /// fits on no node, the rollout replaces in place instead (stop one,
+    /// then start its replacement).
+    #[serde(default)]
+    pub max_surge: Option<i64>,
+    /// Rolling and canary: instances that may be down at a time (Kubernetes'
+    /// `maxUnavailable`) [default: 0; 1 while replacing in place].
+    #[serde(default)]
+    pub max_unavailable: Option<i64>,
     /// Blue-green: how long the old set stays warm after the switch [default: 5m].
     #[serde(default)]
     pub warm_window: Option<String>,
@@ -108,15 +119,12 @@ impl crate::Validate for DeployRequest {
                 }
             }
         }
-        if let Some(b) = self.batch_size {
-            if !(1..=100).contains(&b) {
-                errs.push(FieldError::new(
-                    "batch_size",
-                    "out_of_range",
-                    "must be between 1 and 100",
-                ));
-            }
-        }
+        check_rollout_limits(
+            &mut errs,
+            self.batch_size,
+            self.max_surge,
+            self.max_unavailable,
+        );
         if let Some(steps) = &self.canary_steps {
             let increasing = steps.windows(2).all(|w| w[0] < w[1]);
             if steps.is_empty()
@@ -136,6 +144,51 @@ impl crate::Validate for DeployRequest {
     }
 }
 
+/// `batch_size` (1 … 100), `max_surge` and `max_unavailable` (0 … 100, not
+/// both 0), shared by deploys and restarts.
+pub fn check_rollout_limits(
+    errs: &mut Vec<FieldError>,
+    batch_size: Option<i64>,
+    max_surge: Option<i64>,
+    max_unavailable: Option<i64>,
+) {
+    if let Some(b) = batch_size {
+        if !(1..=100).contains(&b) {
+            errs.push(FieldError::new(
+                "batch_size",
+                "out_of_range",
+                "must be between 1 and 100",
+            ));
+        }
+        if max_surge.is_some() {
+            errs.push(FieldError::new(
+                "batch_size",
+                "invalid_value",
+                "batch_size is the older name of max_surge: give one of them",
+            ));
+        }
+    }
+    for (field, v) in [
+        ("max_surge", max_surge),
+        ("max_unavailable", max_unavailable),
+    ] {
+        if v.is_some_and(|v| !(0..=100).contains(&v)) {
+            errs.push(FieldError::new(
+                field,
+                "out_of_range",
+                "must be between 0 and 100",
+            ));
+        }
+    }
+    if max_surge.or(batch_size) == Some(0) && max_unavailable.unwrap_or(0) == 0 {
+        errs.push(FieldError::new(
+            "max_surge",
+            "invalid_value",
+            "max_surge and max_unavailable cannot both be 0 (nothing could move); set max_unavailable to 1 to replace in place",
+        ));
+    }
+}
+
 /// A stage of a deployment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Stage {
@@ -146,6 +199,11 @@ pub struct Stage {
     pub started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
+    /// What the stage in progress waits for (`waiting for room: no node
+    /// has room …`), or how it proceeds (`no room for a surge instance:
+    /// replacing in place, 1 at a time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The deployment's step log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_url: Option<String>,
@@ -172,7 +230,8 @@ pub struct Deployment {
     pub id: String,
     pub app_id: String,
     /// `in_progress`, `successful`, `failed` (nothing undone, or the undo is
-    /// under way) or `rolled_back` (the previous version serves again).
+    /// under way), `rolled_back` (the previous version serves again) or
+    /// `cancelled` (the app was stopped or deleted before it completed).
     pub status: String,
     /// Why it failed or was rolled back.
     pub status_reason: Option<String>,

@@ -55,7 +55,7 @@ pub struct Placed {
 
 /// A cluster being filled: node states plus how many replicas of each app
 /// are on each node and in each zone.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Cluster {
     pub nodes: Vec<NodeState>,
     per_node: HashMap<(String, usize), i64>,
@@ -79,6 +79,27 @@ impl Cluster {
                 .entry((app_id.to_string(), n.zone.clone()))
                 .or_default() += 1;
             *self.per_node.entry((app_id.to_string(), idx)).or_default() += 1;
+        }
+    }
+
+    /// An instance of `app_id` on node `idx` stops: its resources are free
+    /// again.
+    pub fn release(&mut self, app_id: &str, idx: usize, memory: i64, cpu_millis: i64) {
+        let Some(n) = self.nodes.get_mut(idx) else {
+            return;
+        };
+        n.free_cpu_millis += cpu_millis;
+        n.free_memory += memory;
+        n.free_slots += 1;
+        let zone = n.zone.clone();
+        for c in [
+            self.per_node.get_mut(&(app_id.to_string(), idx)),
+            self.per_zone.get_mut(&(app_id.to_string(), zone)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *c = (*c - 1).max(0);
         }
     }
 

@@ -420,27 +420,6 @@ pub async fn delete_instance(tx: &mut Tx, id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Finish the app's deployments still in progress (a newer one supersedes them).
-pub async fn finish_deployments(
-    tx: &mut Tx,
-    app_id: &str,
-    status: &str,
-    except: Option<&str>,
-) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE deployments SET status = CASE WHEN status = 'in_progress' THEN $1 ELSE status END, finished_at = $2, updated_at = $2
-         WHERE app_id = $3 AND finished_at IS NULL AND id <> $4",
-    )
-    .bind(status)
-    .bind(to_micros(now()))
-    .bind(app_id)
-    .bind(except.unwrap_or(""))
-    .execute(&mut **tx)
-    .await
-    .map_err(db_err)?;
-    Ok(())
-}
-
 pub async fn insert_upload(
     tx: &mut Tx,
     id: &str,

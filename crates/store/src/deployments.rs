@@ -164,6 +164,7 @@ pub static DEPLOYMENTS: Resource = Resource {
             "successful",
             "failed",
             "rolled_back",
+            "cancelled",
         ]),
         Field::new("strategy", "t.strategy", Kind::Text),
         Field::new("app_id", "t.app_id", Kind::Text).no_sort(),
@@ -236,7 +237,7 @@ pub async fn insert(tx: &mut Tx, mut d: Deployment) -> Result<Deployment, Error>
 pub async fn update(tx: &mut Tx, d: &Deployment) -> Result<(), Error> {
     sqlx::query(
         "UPDATE deployments SET status = $1, reason = $2, stages = $3, finished_at = $4, wait_until = $5, image = $6, updated_at = $7,
-                                canary_step = $9, step_started_at = $10
+                                canary_step = $9, step_started_at = $10, options = $11
          WHERE id = $8",
     )
     .bind(&d.status)
@@ -249,6 +250,7 @@ pub async fn update(tx: &mut Tx, d: &Deployment) -> Result<(), Error> {
     .bind(&d.id)
     .bind(d.canary_step)
     .bind(d.step_started_at)
+    .bind(&d.options)
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;

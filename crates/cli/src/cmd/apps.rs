@@ -193,9 +193,18 @@ pub struct RestartArgs {
     /// immediate: stop all at once [default: rolling].
     #[arg(long, value_parser = ["rolling", "immediate"])]
     pub strategy: Option<String>,
-    /// Instances replaced at a time when rolling, 1 to 100 [default: 1].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..=100))]
-    pub batch_size: Option<i64>,
+    /// Rolling: extra instances started next to the running ones at a
+    /// time, 0 to 100 (`--batch-size` is the older name). When one fits on
+    /// no node, the restart replaces in place instead: it stops an old
+    /// instance, then starts its replacement [default: 1].
+    #[arg(long, alias = "batch-size", value_name = "N", value_parser = clap::value_parser!(i64).range(0..=100))]
+    pub max_surge: Option<i64>,
+    /// Rolling: instances that may be down at a time, 0 to 100 [default: 0;
+    /// 1 while replacing in place].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..=100))]
+    pub max_unavailable: Option<i64>,
+    /// Wait until the restart's deployment has ended (the old instances
+    /// drained), then until every replica is healthy.
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -214,7 +223,9 @@ pub async fn run(args: AppsArgs) -> anyhow::Result<()> {
         AppsCommand::Restart(r) => {
             let req = RestartRequest {
                 strategy: r.strategy.clone(),
-                batch_size: r.batch_size,
+                batch_size: None,
+                max_surge: r.max_surge,
+                max_unavailable: r.max_unavailable,
             };
             action(&ctx, &r.app, Action::Restart(req), &r.wait).await
         }
@@ -585,12 +596,14 @@ async fn scale(ctx: &Ctx, args: &ScaleArgs) -> anyhow::Result<()> {
         body,
         &format!("Scaled {name} to {} replica{plural}.", args.replicas),
         &args.wait,
+        false,
     )
     .await
 }
 
 async fn action(ctx: &Ctx, app: &str, what: Action, wait: &WaitArgs) -> anyhow::Result<()> {
     let (id, name) = resolve(&ctx.client, app).await?;
+    let restarted = matches!(what, Action::Restart(_));
     let (body, done) = match what {
         Action::Start => (
             ctx.client
@@ -610,14 +623,14 @@ async fn action(ctx: &Ctx, app: &str, what: Action, wait: &WaitArgs) -> anyhow::
                 .post(&["v1", "apps", &id, "actions", "restart"], &r)
                 .await?;
             let strategy = r.strategy.as_deref().unwrap_or("rolling");
-            let done = match (strategy, r.batch_size) {
+            let done = match (strategy, r.max_surge) {
                 ("rolling", Some(b)) => format!("Restarting {name} (rolling, {b} at a time)."),
                 (s, _) => format!("Restarting {name} ({s})."),
             };
             (body, done)
         }
     };
-    finish_action(ctx, &id, body, &done, wait).await
+    finish_action(ctx, &id, body, &done, wait, restarted).await
 }
 
 /// After an action that answers with the app: say what was done, then
@@ -628,6 +641,7 @@ async fn finish_action(
     body: Value,
     done: &str,
     wait: &WaitArgs,
+    restarted: bool,
 ) -> anyhow::Result<()> {
     let a: App = decode("the app", &body)?;
     match ctx.output {
@@ -641,7 +655,18 @@ async fn finish_action(
         }
     }
     if wait.wait {
-        let app = wait::wait_app(&ctx.client, id, wait.timeout()).await?;
+        let started = std::time::Instant::now();
+        // A restart is a deployment: it is over when its old instances
+        // are drained, not when the new ones are healthy.
+        if let Some(dep) = a.deployment_id.as_deref().filter(|_| restarted) {
+            let (_, d) =
+                crate::cmd::deployments::wait_deployment(&ctx.client, dep, wait.timeout()).await?;
+            if d.status != "successful" {
+                return Err(crate::cmd::deployments::unsuccessful(&ctx.client, &d).await);
+            }
+        }
+        let left = wait.timeout().saturating_sub(started.elapsed());
+        let app = wait::wait_app(&ctx.client, id, left).await?;
         if ctx.output == Output::Json {
             emit(&json(&app)?)?;
         }

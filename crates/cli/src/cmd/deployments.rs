@@ -90,9 +90,16 @@ pub struct DeployArgs {
     /// errs [default: blue-green when the image changes, else rolling].
     #[arg(long, value_parser = ["rolling", "blue-green", "canary"])]
     pub strategy: Option<String>,
-    /// Rolling: instances replaced at a time, 1 to 100 [default: 1].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..=100))]
-    pub batch_size: Option<i64>,
+    /// Rolling and canary: extra instances started next to the running
+    /// ones at a time, 0 to 100 (`--batch-size` is the older name). When one
+    /// fits on no node, the rollout replaces in place instead: it stops an
+    /// old instance, then starts its replacement [default: 1].
+    #[arg(long, alias = "batch-size", value_name = "N", value_parser = clap::value_parser!(i64).range(0..=100))]
+    pub max_surge: Option<i64>,
+    /// Rolling and canary: instances that may be down at a time, 0 to 100
+    /// [default: 0; 1 while replacing in place].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..=100))]
+    pub max_unavailable: Option<i64>,
     /// How long new instances have to become healthy before the deployment
     /// fails, at most 24h [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = parse_api_duration)]
@@ -188,7 +195,9 @@ fn deploy_body(args: &DeployArgs, source: Option<Source>) -> DeployRequest {
         strategy: args.strategy.clone(),
         health_check_timeout: args.health_check_timeout.clone(),
         rollback_on_failure: args.no_rollback.then_some(false),
-        batch_size: args.batch_size,
+        batch_size: None,
+        max_surge: args.max_surge,
+        max_unavailable: args.max_unavailable,
         warm_window: args.warm_window.clone(),
         canary_steps: args.canary_steps.clone(),
         canary_pause: args.canary_pause.clone(),
@@ -274,6 +283,12 @@ async fn started(
     Ok(())
 }
 
+/// The error for a deployment that ended without success: its reason,
+/// what happens next and the end of its log.
+pub async fn unsuccessful(client: &Client, d: &Deployment) -> anyhow::Error {
+    anyhow::anyhow!(failure_message(d, &log_tail(client, &d.id).await))
+}
+
 /// A deployment that ended: success on stdout, else an error with the
 /// reason and the end of its log.
 async fn ended(ctx: &Ctx, body: &Value, d: &Deployment) -> anyhow::Result<()> {
@@ -303,6 +318,7 @@ fn failure_message(d: &Deployment, log: &[String]) -> String {
     let what = match d.status.as_str() {
         "rolled_back" => "was rolled back",
         "failed" => "failed",
+        "cancelled" => "was cancelled",
         other => other,
     };
     let mut msg = format!("deployment {} ({}) {what}", d.id, d.version);
@@ -477,12 +493,16 @@ fn stage_changes(printed: &mut Vec<(String, String)>, d: &Deployment) -> Vec<Str
             .iter()
             .position(|(n, _)| *n == s.name)
             .map(|i| printed[i].1.as_str());
-        if before.unwrap_or("pending") != s.status {
-            out.push(format!("stage {}: {}", s.name, s.status));
+        let now = match s.reason.as_deref().filter(|_| s.status == "in_progress") {
+            Some(r) => format!("{} ({r})", s.status),
+            None => s.status.clone(),
+        };
+        if before.unwrap_or("pending") != now {
+            out.push(format!("stage {}: {now}", s.name));
         }
         match printed.iter_mut().find(|(n, _)| *n == s.name) {
-            Some(p) => p.1.clone_from(&s.status),
-            None => printed.push((s.name.clone(), s.status.clone())),
+            Some(p) => p.1 = now,
+            None => printed.push((s.name.clone(), now)),
         }
     }
     out
@@ -511,7 +531,10 @@ fn stage_lines(d: &Deployment, spinner: Option<&str>, width: usize) -> Vec<Strin
                     None if d.status == "successful" => "✓",
                     None => "✗",
                 };
-                format!("{mark} {}{steps}", s.name)
+                match s.reason.as_deref().filter(|_| spinner.is_some()) {
+                    Some(r) => format!("{mark} {}{steps}: {r}", s.name),
+                    None => format!("{mark} {}{steps}", s.name),
+                }
             }
         };
         items.push(item);
@@ -644,10 +667,14 @@ fn show(ctx: &Ctx, body: &serde_json::Value) -> anyhow::Result<()> {
                         s.status.clone(),
                         or_dash(s.started_at.as_deref()),
                         or_dash(s.completed_at.as_deref()),
+                        or_dash(s.reason.as_deref()),
                     ]
                 })
                 .collect();
-            emit(&table(&["NAME", "STATUS", "STARTED", "COMPLETED"], &rows))?;
+            emit(&table(
+                &["NAME", "STATUS", "STARTED", "COMPLETED", "REASON"],
+                &rows,
+            ))?;
         }
     }
     Ok(())
@@ -833,7 +860,7 @@ mod tests {
             "web:v2",
             "--strategy",
             "blue-green",
-            "--batch-size",
+            "--max-surge",
             "2",
             "--health-check-timeout",
             "90s",
@@ -852,7 +879,7 @@ mod tests {
             serde_json::json!({
                 "image": "web:v2", "source": null, "strategy": "blue-green",
                 "health_check_timeout": "90s", "rollback_on_failure": false,
-                "batch_size": 2, "warm_window": "1m",
+                "batch_size": null, "max_surge": 2, "max_unavailable": null, "warm_window": "1m",
                 "canary_steps": null, "canary_pause": null
             })
         );
@@ -871,7 +898,12 @@ mod tests {
         let e = parse(&["hello", "--health-check-timeout", "soon"]).unwrap_err();
         assert!(e.to_string().contains("--health-check-timeout"), "{e}");
         assert!(parse(&["hello", "--warm-window", "25h"]).is_err());
-        assert!(parse(&["hello", "--batch-size", "0"]).is_err());
+        assert!(parse(&["hello", "--max-surge", "101"]).is_err());
+        // The older name still works.
+        assert_eq!(
+            parse(&["hello", "--batch-size", "3"]).unwrap().max_surge,
+            Some(3)
+        );
         assert!(parse(&["hello", "--image", "a", "--upload", "x.tgz"]).is_err());
         assert!(
             parse(&["hello", "--timeout", "5m"]).is_err(),

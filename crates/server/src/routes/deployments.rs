@@ -48,7 +48,7 @@ pub fn view(d: store_dep::Deployment) -> Deployment {
         app_id: d.app_id,
         status_reason: d
             .reason
-            .filter(|_| d.status == "failed" || d.status == "rolled_back"),
+            .filter(|_| matches!(d.status.as_str(), "failed" | "rolled_back" | "cancelled")),
         status: d.status,
         version: svc::version_label(d.version),
         image: d.image,
@@ -66,6 +66,7 @@ pub fn view(d: store_dep::Deployment) -> Deployment {
                 status: s.status,
                 started_at: s.started_at.map(time),
                 completed_at: s.completed_at.map(time),
+                reason: s.reason,
                 logs_url: Some(logs_url.clone()),
             })
             .collect(),

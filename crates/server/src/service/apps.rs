@@ -387,7 +387,8 @@ pub async fn app_delete(store: &Store, p: &Principal, app_id: &str) -> Result<()
     for n in &nodes {
         apps::bump_node(&mut tx, n).await?;
     }
-    apps::finish_deployments(&mut tx, app_id, "failed", None).await?;
+    let mut a = a;
+    deploy::cancel_active(&mut tx, &mut a, "the app was deleted").await?;
     shellwego_store::deployments::delete_releases(&mut tx, app_id).await?;
     apps::delete(&mut tx, app_id).await?;
     events::record(
@@ -419,13 +420,21 @@ pub async fn app_action(
         }
         "stop" => {
             a.desired_state = "stopped".into();
+            deploy::cancel_active(
+                &mut tx,
+                &mut a,
+                "the app was stopped before the deployment completed",
+            )
+            .await?;
             "app.stopped"
         }
         _ => {
             let r = restart.cloned().unwrap_or_default();
             let strategy = r.strategy.unwrap_or_else(|| "rolling".into());
-            let batch = r.batch_size.unwrap_or(DEFAULT_BATCH);
-            meta = json!({"strategy": strategy, "batch_size": batch});
+            let surge = r.max_surge.or(r.batch_size).unwrap_or(DEFAULT_BATCH);
+            let unavailable = r.max_unavailable.unwrap_or(0);
+            meta =
+                json!({"strategy": strategy, "max_surge": surge, "max_unavailable": unavailable});
             let d = deploy::start(
                 &mut tx,
                 &p.actor(),
@@ -433,7 +442,8 @@ pub async fn app_action(
                 deploy::Target::New,
                 &strategy,
                 deploy::Options {
-                    batch_size: batch,
+                    max_surge: surge,
+                    max_unavailable: unavailable,
                     ..Default::default()
                 },
                 "restart",
@@ -554,6 +564,12 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
     } else {
         0
     };
+
+    let running_at_start: BTreeSet<String> = insts
+        .iter()
+        .filter(|i| i.desired == "running")
+        .map(|i| i.id.clone())
+        .collect();
 
     // 1. Lost: on a node that is offline or gone.
     for i in insts.iter_mut().filter(|i| i.desired == "running") {
@@ -678,15 +694,25 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         insts.retain(|i| i.desired == "running" || i.node_id.is_some());
     }
 
-    // 4. Retiring instances get replacements: `batch` of the app's in flight
-    // at a time, except those on a draining node, which the drain's batch
-    // size limits across every app on that node.
-    let batch = plan.batch.max(1);
+    // 4. Retiring instances get replacements. A replacement starts next
+    // to what it replaces (a surge instance: `plan.surge` of the app's in
+    // flight at a time, or, for instances on a draining node, the drain's
+    // batch across every app on that node) or, once the surge is spent and
+    // the plan allows it, in place: what it replaces stops first, while at
+    // most `plan.unavailable` instances are down (one not healthy is down
+    // already and may go at any time).
     let in_flight = insts
         .iter()
         .filter(|i| i.desired == "running" && i.replaces.is_some() && i.status != "healthy")
         .count() as i64;
-    let mut app_budget = (batch - in_flight).max(0);
+    let mut surge_budget = plan.surge.saturating_sub(in_flight).max(0);
+    let available = |insts: &[Instance]| {
+        insts
+            .iter()
+            .filter(|i| i.desired == "running" && i.status == "healthy")
+            .count() as i64
+    };
+    let mut down_budget = plan.unavailable - (wanted - available(&insts)).max(0);
     let mut node_budget: HashMap<String, i64> = HashMap::new();
     let replaced: BTreeSet<String> = insts.iter().filter_map(|i| i.replaces.clone()).collect();
     let needing: Vec<(String, Option<(String, i64)>)> = insts
@@ -711,30 +737,50 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
     });
     let mut new_instances: Vec<Instance> = vec![];
     for (old, drain) in needing {
-        if let Some(room) = new_room.as_mut() {
-            if *room <= 0 {
-                break;
-            }
-            *room -= 1;
+        if new_room.is_some_and(|r| r <= 0) {
+            break;
         }
-        let budget = match &drain {
+        match &drain {
             Some((node, node_batch)) => {
                 if !node_budget.contains_key(node) {
                     let moving = apps::drain_in_flight(tx, node).await?;
                     node_budget.insert(node.clone(), node_batch - moving);
                 }
-                node_budget.get_mut(node)
+                let Some(budget) = node_budget.get_mut(node).filter(|b| **b > 0) else {
+                    continue;
+                };
+                *budget -= 1;
+                new_instances.push(Instance {
+                    replaces: Some(old),
+                    ..blank_instance(&a)
+                });
             }
-            None => Some(&mut app_budget),
-        };
-        let Some(budget) = budget.filter(|b| **b > 0) else {
-            continue;
-        };
-        *budget -= 1;
-        new_instances.push(Instance {
-            replaces: Some(old),
-            ..blank_instance(&a)
-        });
+            None if surge_budget > 0 => {
+                surge_budget -= 1;
+                new_instances.push(Instance {
+                    replaces: Some(old),
+                    ..blank_instance(&a)
+                });
+            }
+            None if plan.in_place => {
+                let Some(o) = insts.iter_mut().find(|i| i.id == old) else {
+                    continue;
+                };
+                let down = o.status != "healthy";
+                if !down && down_budget <= 0 {
+                    continue;
+                }
+                if !down {
+                    down_budget -= 1;
+                }
+                stop_instance(tx, o, "replaced in place").await?;
+                new_instances.push(blank_instance(&a));
+            }
+            None => continue,
+        }
+        if let Some(r) = new_room.as_mut() {
+            *r -= 1;
+        }
     }
     for _ in 0..to_create {
         new_instances.push(blank_instance(&a));
@@ -743,15 +789,29 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         insts.push(apps::insert_instance(tx, i).await?);
     }
 
-    // 5. Place what is unplaced.
+    // 5. Place what is unplaced. The rooms were read before this pass:
+    // what it stopped is free again.
     let org = apps::org_settings(tx, &a.organization_id).await?;
     let spec = spec_of(&a);
+    let mut freed: HashMap<String, (i64, i64, i64)> = HashMap::new();
+    for i in insts
+        .iter()
+        .filter(|i| i.desired != "running" && running_at_start.contains(&i.id))
+    {
+        if let Some(n) = &i.node_id {
+            let f = freed.entry(n.clone()).or_default();
+            f.0 += i.memory;
+            f.1 += i.cpu_millis;
+            f.2 += 1;
+        }
+    }
     let mut nodes_idx: Vec<String> = vec![];
     let mut cluster = Cluster::new(
         rooms
             .iter()
             .map(|(n, used_mem, used_cpu, used_slots)| {
                 nodes_idx.push(n.id.clone());
+                let (mem, cpu, slots) = freed.get(&n.id).copied().unwrap_or_default();
                 NodeState {
                     id: n.id.clone(),
                     ready: n.status == "ready",
@@ -759,9 +819,9 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
                     zone: n.zone.clone(),
                     drivers: n.drivers.clone(),
                     labels: n.labels.clone(),
-                    free_cpu_millis: n.cpu_millis - used_cpu,
-                    free_memory: n.memory - used_mem,
-                    free_slots: MAX_INSTANCES_PER_NODE - used_slots,
+                    free_cpu_millis: n.cpu_millis - used_cpu + cpu,
+                    free_memory: n.memory - used_mem + mem,
+                    free_slots: MAX_INSTANCES_PER_NODE - used_slots + slots,
                 }
             })
             .collect(),
@@ -786,6 +846,10 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         image: spec.image.is_some(),
     };
     let mut unplaced_reason: Option<String> = None;
+    // A surge replacement that fits nowhere waiting to replace in place.
+    let mut in_place_wait: Option<String> = None;
+    let mut fell_back = false;
+    let mut in_place_down = plan.in_place_unavailable() - (wanted - available(&insts)).max(0);
     let mut touched = BTreeSet::new();
     // Where the instance a replacement replaces lives, if it is draining
     // to chosen destinations.
@@ -801,17 +865,65 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
             .map(|(r, ..)| r.drain_destinations.clone())
             .unwrap_or_default()
     };
-    let snapshot = insts.clone();
-    for i in insts
-        .iter_mut()
-        .filter(|i| i.desired == "running" && i.node_id.is_none())
-    {
-        let dest = destinations_of(&i.replaces, &snapshot);
-        let placed = if dest.is_empty() {
+    for k in 0..insts.len() {
+        if !(insts[k].desired == "running" && insts[k].node_id.is_none()) {
+            continue;
+        }
+        let dest = destinations_of(&insts[k].replaces, &insts);
+        let mut placed = if dest.is_empty() {
             cluster.place(&req)
         } else {
             cluster.place_within(&req, &dest)
         };
+        // No room for a surge replacement: replace in place, if what it
+        // replaces is retiring for a new version on a ready node, the
+        // room it frees takes the replacement, and no more than allowed
+        // are down.
+        let mut waiting = false;
+        if let (Err(why), true) = (&placed, plan.in_place) {
+            let old = insts[k]
+                .replaces
+                .as_ref()
+                .and_then(|r| {
+                    insts
+                        .iter()
+                        .position(|i| &i.id == r && i.desired == "running")
+                })
+                .filter(|&o| insts[o].version != target_version)
+                .and_then(|o| {
+                    let n = insts[o].node_id.as_ref()?;
+                    let idx = nodes_idx.iter().position(|x| x == n)?;
+                    (node_status.get(n).map(String::as_str) == Some("ready")).then_some((o, idx))
+                });
+            if let Some((o, idx)) = old {
+                let mut trial = cluster.clone();
+                trial.release(&a.id, idx, insts[o].memory, insts[o].cpu_millis);
+                let down = insts[o].status != "healthy";
+                match trial.place(&req) {
+                    Ok(p) if down || in_place_down > 0 => {
+                        if !down {
+                            in_place_down -= 1;
+                        }
+                        stop_instance(
+                            tx,
+                            &mut insts[o],
+                            "replaced in place: no room for a surge instance",
+                        )
+                        .await?;
+                        cluster = trial;
+                        insts[k].replaces = None;
+                        placed = Ok(p);
+                        fell_back = true;
+                    }
+                    Ok(_) => {
+                        waiting = true;
+                        in_place_wait = Some(why.clone());
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        let i = &mut insts[k];
         match placed {
             Ok(pl) => {
                 let node = nodes_idx[pl.node].clone();
@@ -827,12 +939,37 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
                     i.status_reason = Some(why.clone());
                     apps::update_instance(tx, i).await?;
                 }
-                unplaced_reason = Some(why);
+                if !waiting {
+                    unplaced_reason = Some(why);
+                }
             }
         }
     }
     for n in &touched {
         apps::bump_node(tx, n).await?;
+    }
+    if let Some(d) = dep.as_mut().filter(|_| fell_back) {
+        let mut o = deploy::options_of(d);
+        if !o.in_place {
+            o.in_place = true;
+            d.options = serde_json::to_string(&o).map_err(Error::internal)?;
+            shellwego_store::deployments::update(tx, d).await?;
+            let n = plan.in_place_unavailable();
+            shellwego_store::deployments::log(
+                tx,
+                &d.id,
+                &format!("no room for a surge instance: replacing in place, {n} at a time"),
+            )
+            .await?;
+            events::record(
+                tx,
+                NewEvent::info("deployment.in_place", &Actor::system(), "app", &a.id)
+                    .in_org(&a.organization_id)
+                    .severity(Severity::Warning)
+                    .meta(json!({"deployment_id": d.id, "max_unavailable": n, "reason": "no node has room for a surge instance"})),
+            )
+            .await?;
+        }
     }
 
     // 6. The deployment moves on from what is true now.
@@ -857,6 +994,14 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
     let any_retiring = current.iter().any(|i| retiring(i));
     let (status, reason): (&str, Option<String>) = if let Some(why) = unplaced_reason {
         ("pending", Some(why))
+    } else if let Some(why) = in_place_wait {
+        (
+            "deploying",
+            Some(format!(
+                "replacing in place, {} at a time: no room for a surge instance ({why})",
+                plan.in_place_unavailable()
+            )),
+        )
     } else if wanted == 0 {
         if stopping > 0 || !current.is_empty() {
             (

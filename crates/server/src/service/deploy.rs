@@ -42,7 +42,14 @@ pub const CRASH_LOOP_RESTARTS: i64 = 3;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Options {
-    pub batch_size: i64,
+    /// Extra instances in flight at a time (`batch_size` before).
+    #[serde(alias = "batch_size")]
+    pub max_surge: i64,
+    /// Instances that may be down at a time.
+    pub max_unavailable: i64,
+    /// Set when a surge instance found no room and the rollout went on
+    /// replacing in place.
+    pub in_place: bool,
     pub health_check_timeout_ms: i64,
     pub rollback_on_failure: bool,
     pub warm_ms: i64,
@@ -59,7 +66,9 @@ pub const MIN_CANARY_REQUESTS: i64 = 20;
 impl Default for Options {
     fn default() -> Options {
         Options {
-            batch_size: 1,
+            max_surge: 1,
+            max_unavailable: 0,
+            in_place: false,
             health_check_timeout_ms: 5 * 60 * 1000,
             rollback_on_failure: true,
             warm_ms: 5 * 60 * 1000,
@@ -79,6 +88,9 @@ pub struct StageRow {
     pub started_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<i64>,
+    /// What the stage in progress waits for, or how it proceeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 pub fn options_of(d: &Deployment) -> Options {
@@ -103,12 +115,26 @@ pub fn stages_of(d: &Deployment) -> Vec<StageRow> {
 /// What the active deployment asks of the controller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Replacements in flight at a time.
-    pub batch: i64,
+    /// Replacements started next to what they replace, in flight at a time
+    /// (Kubernetes' `maxSurge`).
+    pub surge: i64,
+    /// Instances that may be down at a time (`maxUnavailable`): retiring
+    /// instances stopped before their replacement is healthy.
+    pub unavailable: i64,
+    /// When a surge replacement fits on no node, stop what it replaces
+    /// first (at least one may then be down at a time).
+    pub in_place: bool,
     /// Healthy replacements do not yet stop what they replace.
     pub hold_old: bool,
     /// At most this many instances of the new version (a canary step).
     pub max_new: Option<i64>,
+}
+
+impl Plan {
+    /// Instances that may be down at once when replacing in place.
+    pub fn in_place_unavailable(&self) -> i64 {
+        self.unavailable.max(1)
+    }
 }
 
 /// A canary's traffic share at its current step.
@@ -131,8 +157,13 @@ pub fn canary_instances(replicas: i64, weight: u32) -> i64 {
 
 pub fn plan(dep: Option<&Deployment>, replicas: i64, now_us: i64) -> Plan {
     let Some(d) = dep.filter(|d| d.status == "in_progress") else {
+        // No rollout (a drain, an old version left over, a rollback under
+        // way): one replacement at a time, each healthy before what it
+        // replaces stops, in place when there is no room.
         return Plan {
-            batch: 1,
+            surge: 1,
+            unavailable: 0,
+            in_place: true,
             hold_old: false,
             max_new: None,
         };
@@ -141,26 +172,35 @@ pub fn plan(dep: Option<&Deployment>, replicas: i64, now_us: i64) -> Plan {
     // Until the switch (and the warm window after it) the old set stays.
     let held = d.wait_until.is_none_or(|w| now_us < w);
     match d.strategy.as_str() {
+        // A whole second set, or nothing: never in place.
         "blue-green" => Plan {
-            batch: i64::MAX,
+            surge: i64::MAX,
+            unavailable: 0,
+            in_place: false,
             hold_old: held,
             max_new: None,
         },
         "canary" => {
             let w = canary_weight(d);
             Plan {
-                batch: i64::MAX,
+                surge: i64::MAX,
+                unavailable: o.max_unavailable,
+                in_place: true,
                 hold_old: w < 100 || held,
                 max_new: (w < 100).then(|| canary_instances(replicas, w)),
             }
         }
         "immediate" => Plan {
-            batch: i64::MAX,
+            surge: i64::MAX,
+            unavailable: 0,
+            in_place: false,
             hold_old: false,
             max_new: None,
         },
         _ => Plan {
-            batch: o.batch_size.max(1),
+            surge: o.max_surge.max(0),
+            unavailable: o.max_unavailable.max(0),
+            in_place: true,
             hold_old: false,
             max_new: None,
         },
@@ -262,14 +302,7 @@ pub async fn start(
     )
     .await?;
     if let Some(old) = active {
-        let mut old = old;
-        if old.status == "in_progress" {
-            old.status = "failed".into();
-            old.reason = Some(format!("superseded by {}", d.id));
-        }
-        old.finished_at = Some(to_micros(now()));
-        deployments::update(tx, &old).await?;
-        deployments::log(tx, &old.id, &format!("superseded by {}", d.id)).await?;
+        supersede(tx, app, old, &d).await?;
     }
     deployments::log(
         tx,
@@ -292,6 +325,119 @@ pub async fn start(
         _ => None,
     };
     Ok(d)
+}
+
+/// End the active deployment `old` because `by` replaces it. One that has
+/// shifted all its traffic and is only draining what it replaced did its
+/// job: `successful`. One still in progress is `failed` ("superseded by
+/// …"), and its instances that are not yet serving (unplaced, pending,
+/// starting) are cancelled: none of them starts later.
+async fn supersede(
+    tx: &mut Tx,
+    app: &App,
+    mut old: Deployment,
+    by: &Deployment,
+) -> Result<(), Error> {
+    let now_us = to_micros(now());
+    let mut stages = stages_of(&old);
+    let drained_only = old.status == "in_progress" && stage_done(&stages, "shifting_traffic");
+    if drained_only {
+        mark(&mut stages, "completed", "completed", now_us);
+        old.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
+        old.status = "successful".into();
+        deployments::log(
+            tx,
+            &old.id,
+            &format!(
+                "all traffic on {}; superseded by {} while draining the old instances",
+                version_label(old.version),
+                by.id
+            ),
+        )
+        .await?;
+        record(
+            tx,
+            app,
+            &old,
+            "app.deployed",
+            Severity::Info,
+            json!({"version": version_label(old.version), "strategy": old.strategy, "image": old.image}),
+        )
+        .await?;
+    } else {
+        if old.status == "in_progress" {
+            old.status = "failed".into();
+            old.reason = Some(format!("superseded by {}", by.id));
+        }
+        deployments::log(tx, &old.id, &format!("superseded by {}", by.id)).await?;
+    }
+    old.finished_at = Some(now_us);
+    deployments::update(tx, &old).await?;
+    if !drained_only && old.version != by.version {
+        let mut cancelled = 0;
+        for mut i in apps::instances_of_app(tx, &app.id).await? {
+            if i.desired == "running" && i.version == old.version && i.status != "healthy" {
+                crate::service::apps::stop_instance(
+                    tx,
+                    &mut i,
+                    &format!("cancelled: its deployment was superseded by {}", by.id),
+                )
+                .await?;
+                cancelled += 1;
+            }
+        }
+        if cancelled > 0 {
+            deployments::log(
+                tx,
+                &old.id,
+                &format!(
+                    "cancelled {cancelled} instance(s) of {} that were not serving yet",
+                    version_label(old.version)
+                ),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// End the app's active deployment because the app was stopped or is
+/// being deleted (`why`): one in progress is `cancelled`, one rolling back
+/// stays `failed`. Its traffic split ends with it.
+pub async fn cancel_active(tx: &mut Tx, app: &mut App, why: &str) -> Result<(), Error> {
+    let Some(mut d) = deployments::active(tx, &app.id).await? else {
+        return Ok(());
+    };
+    let now_us = to_micros(now());
+    let mut stages = stages_of(&d);
+    if d.status == "in_progress" {
+        if let Some(s) = stages
+            .iter_mut()
+            .find(|s| s.status == "in_progress" || s.status == "pending")
+        {
+            s.status = "failed".into();
+            s.started_at.get_or_insert(now_us);
+            s.completed_at = Some(now_us);
+            s.reason = Some(why.to_string());
+        }
+        d.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
+        d.status = "cancelled".into();
+        d.reason = Some(why.to_string());
+        record(
+            tx,
+            app,
+            &d,
+            "deployment.cancelled",
+            Severity::Warning,
+            json!({"reason": why, "version": version_label(d.version)}),
+        )
+        .await?;
+    }
+    d.finished_at = Some(now_us);
+    deployments::update(tx, &d).await?;
+    deployments::log(tx, &d.id, &format!("cancelled: {why}")).await?;
+    app.traffic = None;
+    Ok(())
 }
 
 /// Point the app's spec and resources at a release; the app's scaling
@@ -329,18 +475,31 @@ pub fn traffic_of(a: &App) -> Option<BTreeMap<i64, u32>> {
     )
 }
 
+/// Mark a stage; the stages before it that are not over are completed
+/// with it (stages follow their order, and so do their timestamps).
+/// Whether anything changed.
 fn mark(stages: &mut [StageRow], name: &str, status: &str, now_us: i64) -> bool {
-    let Some(s) = stages.iter_mut().find(|s| s.name == name) else {
+    let Some(k) = stages.iter().position(|s| s.name == name) else {
         return false;
     };
-    if s.status == status || s.status == "completed" {
+    if stages[k].status == status || stages[k].status == "completed" {
         return false;
     }
+    for e in &mut stages[..k] {
+        if e.status != "completed" && e.status != "failed" {
+            e.started_at.get_or_insert(now_us);
+            e.completed_at = Some(now_us);
+            e.status = "completed".into();
+            e.reason = None;
+        }
+    }
+    let s = &mut stages[k];
     if s.started_at.is_none() {
         s.started_at = Some(now_us);
     }
     if status == "completed" || status == "failed" {
         s.completed_at = Some(now_us);
+        s.reason = None;
     }
     s.status = status.into();
     true
@@ -414,6 +573,12 @@ pub async fn advance(
         wanted
     };
 
+    // A new instance the scheduler could not place, and why.
+    let unplaced = new
+        .iter()
+        .find(|i| i.node_id.is_none())
+        .and_then(|i| i.status_reason.clone());
+
     // Failure?
     let started = dep.started_at.unwrap_or(dep.created_at);
     let failure = if let Some(f) = new.iter().find(|i| i.status == "failed") {
@@ -443,6 +608,12 @@ pub async fn advance(
         Some(format!(
             "{healthy_new} of {needed} new instances healthy after {}s: {why}",
             o.health_check_timeout_ms / 1000
+        ))
+    } else if let Some(why) = unplaced.as_ref().filter(|_| dep.strategy == "blue-green") {
+        Some(format!(
+            "blue-green needs room for a second set of {wanted} instance(s) of {:.1} CPU and {} memory next to the running ones, and there is none: {why}; deploy with --strategy rolling to replace instances in place",
+            app.cpu_millis as f64 / 1000.0,
+            shellwego_core::units::format_size(app.memory.max(0) as u64),
         ))
     } else if canary_step {
         // The routers' counts for the canary's instances.
@@ -531,6 +702,7 @@ pub async fn advance(
                 .await?;
             }
         }
+        set_reason(&mut stages, stage_reason(&o, unplaced.as_deref()));
         if (stages.clone(), dep.status.clone(), dep.wait_until) != before
             || app_changed
             || dep.canary_step != step_before
@@ -555,10 +727,11 @@ pub async fn advance(
         } else {
             mark(&mut stages, "starting_health_checks", "in_progress", now_us);
         }
-    } else if !new.is_empty() && stage_done(&stages, "resolving_image") {
-        mark(&mut stages, "starting_health_checks", "in_progress", now_us);
     }
-    if stage_done(&stages, "starting_health_checks") {
+    // What is true, not only the stages: a canary completed the stages
+    // before `shifting_traffic` for its first step, with a share of the
+    // new instances.
+    if stage_done(&stages, "starting_health_checks") && all_created && all_healthy {
         if mark(&mut stages, "shifting_traffic", "completed", now_us) {
             if dep.strategy == "blue-green" || dep.strategy == "canary" {
                 // The switch: all traffic to the new set at once; the old
@@ -625,11 +798,45 @@ pub async fn advance(
         )
         .await?;
     }
+    if dep.status == "in_progress" {
+        set_reason(&mut stages, stage_reason(&o, unplaced.as_deref()));
+    }
     if (stages.clone(), dep.status.clone(), dep.wait_until) != before {
         dep.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
         deployments::update(tx, dep).await?;
     }
     Ok(app_changed)
+}
+
+/// Why the stage in progress is where it is: replacing in place (no room
+/// for a surge instance), or waiting for room for a new instance.
+fn stage_reason(o: &Options, unplaced: Option<&str>) -> Option<String> {
+    if o.in_place {
+        let n = o.max_unavailable.max(1);
+        Some(match unplaced {
+            Some(why) => {
+                format!("no room for a surge instance ({why}): replacing in place, {n} at a time")
+            }
+            None => format!("no room for a surge instance: replacing in place, {n} at a time"),
+        })
+    } else {
+        unplaced.map(|why| format!("waiting for room: {why}"))
+    }
+}
+
+/// The reason of the stage in progress (the first one not over); other
+/// stages keep none.
+fn set_reason(stages: &mut [StageRow], reason: Option<String>) {
+    let current = stages
+        .iter()
+        .position(|s| s.status != "completed" && s.status != "failed");
+    for (k, s) in stages.iter_mut().enumerate() {
+        if Some(k) == current {
+            s.reason.clone_from(&reason);
+        } else if s.status != "failed" {
+            s.reason = None;
+        }
+    }
 }
 
 fn stage_done(stages: &[StageRow], name: &str) -> bool {
@@ -794,13 +1001,15 @@ pub async fn app_deploy(
     });
     let d = Options::default();
     let options = Options {
-        batch_size: req.batch_size.unwrap_or(d.batch_size),
+        max_surge: req.max_surge.or(req.batch_size).unwrap_or(d.max_surge),
+        max_unavailable: req.max_unavailable.unwrap_or(d.max_unavailable),
         health_check_timeout_ms: ms(&req.health_check_timeout, d.health_check_timeout_ms),
         rollback_on_failure: req.rollback_on_failure.unwrap_or(true),
         warm_ms: ms(&req.warm_window, d.warm_ms),
         canary_steps: req.canary_steps.clone().unwrap_or(d.canary_steps),
         canary_pause_ms: ms(&req.canary_pause, d.canary_pause_ms),
         max_error_rate: d.max_error_rate,
+        in_place: false,
     };
     let reason = match (&req.image, &req.source) {
         (Some(i), _) => format!("deploy {i}"),

@@ -338,6 +338,10 @@ async fn deploy_requests_are_validated(s: Srv) {
         ),
         (json!({"canary_steps": [50, 10]}), "canary_steps"),
         (json!({"batch_size": 0}), "batch_size"),
+        (json!({"max_surge": 0}), "max_surge"),
+        (json!({"max_surge": 0, "max_unavailable": 0}), "max_surge"),
+        (json!({"max_unavailable": 101}), "max_unavailable"),
+        (json!({"batch_size": 2, "max_surge": 2}), "batch_size"),
         (json!({"image": "a b"}), "image"),
         (
             json!({"image": "x", "source": {"type": "tarball", "url": "http://x/a.tgz"}}),
@@ -696,13 +700,12 @@ async fn superseding_a_blue_green_in_its_warm_window_retires_the_warm_set(s: Srv
         json!({"image": "warm:v3", "strategy": "rolling", "batch_size": 2}),
     )
     .await;
+    // It had shifted all its traffic: superseded while draining, it did
+    // its job.
     let (_, d) = s.get(&format!("/v1/deployments/{bg}")).await;
-    assert_eq!(d["status"], "failed", "{d:#}");
-    assert_eq!(
-        d["status_reason"],
-        format!("superseded by {next}").as_str(),
-        "{d:#}"
-    );
+    assert_eq!(d["status"], "successful", "{d:#}");
+    assert!(d["completed_at"].is_string(), "{d:#}");
+    assert_stages_in_order(&d);
     // Traffic never leaves v2 for v1 while v3 comes up.
     let t = Instant::now();
     let d = loop {
@@ -728,7 +731,401 @@ async fn superseding_a_blue_green_in_its_warm_window_retires_the_warm_set(s: Srv
     beat.abort();
 }
 
+/// Stages follow their order, and so do their timestamps.
+fn assert_stages_in_order(d: &Value) {
+    let stages = d["stages"].as_array().unwrap();
+    let mut last = String::new();
+    let mut open = false;
+    for st in stages {
+        if open {
+            assert_eq!(
+                st["status"], "pending",
+                "a stage after one not over has not begun: {d:#}"
+            );
+        }
+        if st["status"] != "completed" {
+            open = true;
+        }
+        for t in [&st["started_at"], &st["completed_at"]] {
+            if let Some(t) = t.as_str() {
+                assert!(*t >= *last.as_str(), "{} before {last}: {d:#}", t);
+                last = t.to_string();
+            }
+        }
+    }
+}
+
+/// A node with 2 cores and an app of 4 replicas at 0.5 CPU: no room for
+/// one more. Returns (node credential, app id).
+async fn full_node(s: &Srv, name: &str) -> (String, String) {
+    let (_node, cred) = join_node(s, "small", 2, 64 << 30).await;
+    let r = post(
+        s,
+        "/v1/apps",
+        &s.token,
+        json!({"name": name, "image": format!("{name}:v1"), "replicas": 4, "resources": {"memory": "64m", "cpu": 0.5}}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let app = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    report(s, &cred, healthy).await;
+    (cred, app)
+}
+
+/// Report every instance healthy until `dep` ends, checking on the way
+/// that the node never runs more than `most` instances of the app and
+/// that at least `least` of them serve. The deployment's body at the end.
+async fn roll_to_the_end(
+    s: &Srv,
+    cred: &str,
+    app: &str,
+    dep: &str,
+    most: usize,
+    least: usize,
+) -> Value {
+    let t = Instant::now();
+    loop {
+        let now = desired(s, cred, app).await;
+        assert!(now.len() <= most, "{} instances: {now:#?}", now.len());
+        let serving = s.store.routable_instances().await.unwrap().len();
+        if serving < least {
+            let (_, d) = s.get(&format!("/v1/deployments/{dep}")).await;
+            let (_, a) = s.get(&format!("/v1/apps/{app}")).await;
+            panic!("only {serving} serving: {now:#?} {d:#} {a:#}");
+        }
+        report(s, cred, healthy).await;
+        let (_, d) = s.get(&format!("/v1/deployments/{dep}")).await;
+        if d["status"] != "in_progress" {
+            return d;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{d:#}");
+    }
+}
+
+/// No room for a surge instance: a rolling restart replaces in place, one
+/// at a time, saying so; a canary does the same; a blue-green deployment
+/// fails at once, naming the room it needs.
+async fn rollouts_without_room_replace_in_place(s: Srv) {
+    let (cred, app) = full_node(&s, "tight").await;
+    let beat = heartbeat(&s, &cred);
+    let r = post(
+        &s,
+        &format!("/v1/apps/{app}/actions/restart"),
+        &s.token,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let a: Value = r.json().await.unwrap();
+    let restart = a["deployment_id"].as_str().unwrap().to_string();
+    // The first pass already fell back: the stage in progress says how.
+    let (_, d) = s.get(&format!("/v1/deployments/{restart}")).await;
+    let current = d["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["status"] == "in_progress")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        current["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("replacing in place, 1 at a time")),
+        "{d:#}"
+    );
+    let d = roll_to_the_end(&s, &cred, &app, &restart, 4, 3).await;
+    assert_eq!(d["status"], "successful", "{d:#}");
+    assert_stages_in_order(&d);
+    let (_, ev) = s
+        .get(&format!(
+            "/v1/events?filter[type]=deployment.in_place&filter[resource_id]={app}"
+        ))
+        .await;
+    assert_eq!(ev["data"].as_array().unwrap().len(), 1, "{ev:#}");
+    let (_, log) = s.get(&format!("/v1/deployments/{restart}/logs")).await;
+    let _ = log;
+
+    // A canary: its share of the new version replaces in place too.
+    let canary = deploy(
+        &s,
+        &app,
+        json!({"image": "tight:v2", "strategy": "canary", "canary_steps": [25, 100], "canary_pause": "1s"}),
+    )
+    .await;
+    let d = roll_to_the_end(&s, &cred, &app, &canary, 4, 3).await;
+    assert_eq!(d["status"], "successful", "{d:#}");
+    assert_stages_in_order(&d);
+    let now = desired(&s, &cred, &app).await;
+    assert!(
+        now.len() == 4 && now.iter().all(|i| i["image"] == "tight:v2"),
+        "{now:#?}"
+    );
+
+    // Blue-green needs a second set: it fails at once and says so.
+    let r = post(
+        &s,
+        &format!("/v1/apps/{app}/deploy"),
+        &s.token,
+        json!({"image": "tight:v3", "strategy": "blue-green"}),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let bg = r.json::<Value>().await.unwrap()["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let d = wait_dep(&s, &bg, "blue-green fails fast", |d| {
+        d["status"] != "in_progress"
+    })
+    .await;
+    assert!(
+        d["status"] == "failed" || d["status"] == "rolled_back",
+        "{d:#}"
+    );
+    let why = d["status_reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("blue-green needs room for a second set of 4 instance(s) of 0.5 CPU")
+            && why.contains("--strategy rolling"),
+        "{why}"
+    );
+    report(&s, &cred, healthy).await;
+    let now = desired(&s, &cred, &app).await;
+    assert!(
+        now.len() == 4 && now.iter().all(|i| i["image"] == "tight:v2"),
+        "v2 serves on: {now:#?}"
+    );
+    beat.abort();
+}
+
+/// A rollout superseded while one of its instances is pending: that
+/// instance never starts, and the app converges to the desired count of
+/// the newest version.
+async fn a_superseded_rollout_cancels_its_pending_instances(s: Srv) {
+    let (cred, app) = full_node(&s, "cancel").await;
+    let beat = heartbeat(&s, &cred);
+    let restart = post(
+        &s,
+        &format!("/v1/apps/{app}/actions/restart"),
+        &s.token,
+        json!({}),
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap()["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The restart's replacement is placed but not started yet.
+    let pending: Vec<String> = desired(&s, &cred, &app)
+        .await
+        .iter()
+        .filter(|i| i["version"] == 2)
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(pending.len(), 1, "one replaced in place");
+    let next = deploy(
+        &s,
+        &app,
+        json!({"image": "cancel:v3", "strategy": "rolling"}),
+    )
+    .await;
+    let (_, d) = s.get(&format!("/v1/deployments/{restart}")).await;
+    assert_eq!(d["status"], "failed", "{d:#}");
+    assert_eq!(
+        d["status_reason"],
+        format!("superseded by {next}").as_str(),
+        "{d:#}"
+    );
+    let t = Instant::now();
+    loop {
+        let now = desired(&s, &cred, &app).await;
+        assert!(
+            !now.iter()
+                .any(|i| pending.contains(&i["id"].as_str().unwrap().to_string())),
+            "the cancelled instance is to run again: {now:#?}"
+        );
+        assert!(now.len() <= 4, "{now:#?}");
+        report(&s, &cred, healthy).await;
+        let (_, d) = s.get(&format!("/v1/deployments/{next}")).await;
+        if d["status"] == "successful" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{d:#}");
+    }
+    let now = desired(&s, &cred, &app).await;
+    assert!(
+        now.len() == 4 && now.iter().all(|i| i["image"] == "cancel:v3"),
+        "{now:#?}"
+    );
+    beat.abort();
+}
+
+/// Stopping an app mid-canary cancels the deployment (never
+/// `successful`); deleting one mid-rollout cancels its deployment too.
+async fn stopping_an_app_mid_rollout_cancels_its_deployment(s: Srv) {
+    let (cred, app) = serving_app(&s, "halt").await;
+    let beat = heartbeat(&s, &cred);
+    let canary = deploy(
+        &s,
+        &app,
+        json!({"image": "halt:v2", "strategy": "canary", "canary_steps": [50, 100], "canary_pause": "1h"}),
+    )
+    .await;
+    report(&s, &cred, healthy).await;
+    wait_dep(&s, &canary, "the canary's first step", |d| {
+        d["progress"]["current_step"] == "shifting_traffic"
+    })
+    .await;
+    let r = post(
+        &s,
+        &format!("/v1/apps/{app}/actions/stop"),
+        &s.token,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    for _ in 0..3 {
+        report(&s, &cred, healthy).await;
+    }
+    let (_, d) = s.get(&format!("/v1/deployments/{canary}")).await;
+    assert_eq!(d["status"], "cancelled", "{d:#}");
+    assert!(
+        d["status_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("stopped")),
+        "{d:#}"
+    );
+    assert!(d["completed_at"].is_string(), "{d:#}");
+    assert_stages_in_order(&d);
+    let (_, list) = s
+        .get(&format!(
+            "/v1/apps/{app}/deployments?filter[status]=cancelled"
+        ))
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list:#}");
+    let (_, ev) = s
+        .get(&format!(
+            "/v1/events?filter[type]=deployment.cancelled&filter[resource_id]={app}"
+        ))
+        .await;
+    assert_eq!(ev["data"].as_array().unwrap().len(), 1, "{ev:#}");
+
+    // Started again and deployed, then deleted mid-rollout.
+    post(
+        &s,
+        &format!("/v1/apps/{app}/actions/start"),
+        &s.token,
+        json!({}),
+    )
+    .await;
+    report(&s, &cred, healthy).await;
+    let rolling = deploy(&s, &app, json!({"image": "halt:v3", "strategy": "rolling"})).await;
+    let r = s
+        .call(
+            Method::DELETE,
+            &format!("/v1/apps/{app}"),
+            Some(&s.token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    let (_, ev) = s
+        .get(&format!(
+            "/v1/events?filter[type]=deployment.cancelled&filter[resource_id]={app}"
+        ))
+        .await;
+    let metas: Vec<&Value> = ev["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["metadata"])
+        .collect();
+    assert!(
+        metas
+            .iter()
+            .any(|m| m["deployment_id"] == rolling.as_str() && m["reason"] == "the app was deleted"),
+        "{ev:#}"
+    );
+    beat.abort();
+}
+
+/// A restart that has shifted all its traffic and is only draining, then
+/// a deploy at once: the restart stays `successful`.
+async fn a_deploy_right_after_a_restart_leaves_it_successful(s: Srv) {
+    let (cred, app) = serving_app(&s, "next").await;
+    let beat = heartbeat(&s, &cred);
+    let restart = post(
+        &s,
+        &format!("/v1/apps/{app}/actions/restart"),
+        &s.token,
+        json!({}),
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap()["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = Instant::now();
+    loop {
+        report(&s, &cred, healthy).await;
+        let (_, d) = s.get(&format!("/v1/deployments/{restart}")).await;
+        if d["progress"]["current_step"] == "draining_old" || d["status"] == "successful" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{d:#}");
+    }
+    let next = deploy(&s, &app, json!({"image": "next:v2", "strategy": "rolling"})).await;
+    let (_, d) = s.get(&format!("/v1/deployments/{restart}")).await;
+    assert_eq!(d["status"], "successful", "{d:#}");
+    assert_stages_in_order(&d);
+    let d = roll_to_the_end(&s, &cred, &app, &next, 3, 0).await;
+    assert_eq!(d["status"], "successful", "{d:#}");
+    beat.abort();
+}
+
+/// `max_surge: 0, max_unavailable: 1`: a restart in place by choice,
+/// never more instances than the replicas.
+async fn a_restart_without_surge_replaces_in_place(s: Srv) {
+    let (cred, app) = serving_app(&s, "nosurge").await;
+    let beat = heartbeat(&s, &cred);
+    let r = post(
+        &s,
+        &format!("/v1/apps/{app}/actions/restart"),
+        &s.token,
+        json!({"max_surge": 0, "max_unavailable": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let dep = r.json::<Value>().await.unwrap()["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let d = roll_to_the_end(&s, &cred, &app, &dep, 2, 1).await;
+    assert_eq!(d["status"], "successful", "{d:#}");
+    let r = post(
+        &s,
+        &format!("/v1/apps/{app}/actions/restart"),
+        &s.token,
+        json!({"max_surge": 0}),
+    )
+    .await;
+    let p = problem(r, 400).await;
+    assert_eq!(p["errors"][0]["field"], "max_surge", "{p}");
+    beat.abort();
+}
+
 both_backends!(
+    a_restart_without_surge_replaces_in_place,
+    rollouts_without_room_replace_in_place,
+    a_superseded_rollout_cancels_its_pending_instances,
+    stopping_an_app_mid_rollout_cancels_its_deployment,
+    a_deploy_right_after_a_restart_leaves_it_successful,
     superseding_a_blue_green_in_its_warm_window_retires_the_warm_set,
     a_new_deployment_supersedes_the_one_in_progress,
     canaries_step_up_roll_back_on_errors_and_promote,
