@@ -611,9 +611,14 @@ pub async fn advance(
         ))
     } else if let Some(why) = unplaced.as_ref().filter(|_| dep.strategy == "blue-green") {
         Some(format!(
-            "blue-green needs room for a second set of {wanted} instance(s) of {:.1} CPU and {} memory next to the running ones, and there is none: {why}; deploy with --strategy rolling to replace instances in place",
+            "blue-green needs room for a second set of {wanted} instance(s) of {:.1} CPU and {} memory next to the running ones, and there is none: {why}; {} to replace instances in place",
             app.cpu_millis as f64 / 1000.0,
             shellwego_core::units::format_size(app.memory.max(0) as u64),
+            if dep.rollback_target.is_some() {
+                "roll back with --strategy gradual"
+            } else {
+                "deploy with --strategy rolling"
+            },
         ))
     } else if canary_step {
         // The routers' counts for the canary's instances.
