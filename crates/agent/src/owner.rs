@@ -309,6 +309,22 @@ pub fn sweep_cgroups(owner: &Owner, keep: &HashSet<String>) -> Vec<Orphan> {
     out
 }
 
+/// Remove everything `owner` has on this host (containers, the processes
+/// in its cgroups, cgroups, network namespaces, overlay mounts), as an
+/// agent's sweep with no instance to keep would. For tests and tools that
+/// clean up after an agent that is gone; never while it runs.
+pub fn remove_all(owner: &Owner) -> Vec<Orphan> {
+    use crate::driver::Driver;
+    let keep = HashSet::new();
+    let mut found = vec![];
+    if let Ok(d) = crate::container::ContainerDriver::probe() {
+        found.extend(d.owned_by(owner.clone()).sweep(&keep));
+    }
+    found.extend(sweep_cgroups(owner, &keep));
+    prune(owner);
+    merge(found)
+}
+
 /// Remove this owner's empty cgroup parents and runtime directory (best
 /// effort: anything still in use stays).
 pub fn prune(owner: &Owner) {
