@@ -1,7 +1,10 @@
 //! Per-instance cgroups for the process driver, on cgroup v1 (memory and
 //! cpu hierarchies) and v2 (a unified hierarchy with the controllers
 //! enabled). Hosts without a usable controller get no limits; the driver
-//! says so in its log, and instances still run.
+//! says so in its log, and instances still run. An instance's cgroup is
+//! `<parent>/<instance id>` in each hierarchy, the parent naming the
+//! agent's owner tag and the driver (`shellwego/<tag>/process`, see
+//! [`crate::owner`]).
 
 use std::path::{Path, PathBuf};
 
@@ -64,13 +67,14 @@ impl Cgroup {
                 .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
     }
 
-    /// Make the instance's cgroup(s) with its limits. None when the host
-    /// offers no controller we may use.
-    pub fn create(id: &str, memory: i64, cpu_millis: i64) -> Option<Cgroup> {
+    /// Make the instance's cgroup(s) `parent/id` (`parent` relative to the
+    /// hierarchies' roots) with its limits. None when the host offers no
+    /// controller we may use.
+    pub fn create(parent: &Path, id: &str, memory: i64, cpu_millis: i64) -> Option<Cgroup> {
         let v1_mem = Path::new(ROOT).join("memory");
         if v1_mem.join("memory.limit_in_bytes").exists() {
             let mut dirs = vec![];
-            let mem = v1_mem.join("shellwego").join(id);
+            let mem = v1_mem.join(parent).join(id);
             let mut oom_file = None;
             if std::fs::create_dir_all(&mem).is_ok() {
                 write(&mem.join("memory.limit_in_bytes"), &memory.to_string());
@@ -85,7 +89,7 @@ impl Cgroup {
             for ctl in ["cpu,cpuacct", "cpu"] {
                 let base = Path::new(ROOT).join(ctl);
                 if base.join("cpu.cfs_quota_us").exists() {
-                    let cpu = base.join("shellwego").join(id);
+                    let cpu = base.join(parent).join(id);
                     if std::fs::create_dir_all(&cpu).is_ok() {
                         write(&cpu.join("cpu.cfs_period_us"), "100000");
                         write(
@@ -108,14 +112,15 @@ impl Cgroup {
         if !controllers.split_whitespace().any(|c| c == "memory") {
             return None;
         }
-        let parent = Path::new(ROOT).join("shellwego");
-        std::fs::create_dir_all(&parent).ok()?;
-        write(
-            &Path::new(ROOT).join("cgroup.subtree_control"),
-            "+memory +cpu",
-        );
-        write(&parent.join("cgroup.subtree_control"), "+memory +cpu");
-        let dir = parent.join(id);
+        // The controllers are enabled down every level of the parent.
+        let mut level = PathBuf::from(ROOT);
+        write(&level.join("cgroup.subtree_control"), "+memory +cpu");
+        for c in parent.components() {
+            level.push(c);
+            std::fs::create_dir_all(&level).ok()?;
+            write(&level.join("cgroup.subtree_control"), "+memory +cpu");
+        }
+        let dir = level.join(id);
         std::fs::create_dir_all(&dir).ok()?;
         write(&dir.join("memory.max"), &memory.to_string());
         write(&dir.join("memory.swap.max"), "0");

@@ -27,9 +27,10 @@
 //! * `runtime.log` — the runtime's own log (its errors end up in the error
 //!   returned by `Start`).
 //!
-//! Root filesystem (`launch.is_rootfs`): an **overlay** is mounted on the host
-//! at `bundle/rootfs` with `launch.root` as the read-only lower layer and
-//! `bundle/upper` as the writable one, so the shared, unpacked image is never
+//! Root filesystem (`launch.is_rootfs`): an **overlay** (mount source
+//! `shellwego-<owner tag>-<container id>`, see [`crate::owner`]) is mounted
+//! on the host at `bundle/rootfs` with `launch.root` as the read-only lower
+//! layer and `bundle/upper` as the writable one, so the shared, unpacked image is never
 //! modified and each start gets a fresh writable layer. Where the overlay
 //! cannot be mounted (the upper directory is itself on overlayfs, a path holds
 //! `,` or `:`, the kernel lacks overlayfs) the root is **copied** instead
@@ -56,7 +57,7 @@
 //! inside the container (no user namespace), Docker's default capability set,
 //! `noNewPrivileges`, Docker's masked and read-only `/proc` paths, all device
 //! access denied but the runtime's defaults. The cgroup is
-//! `/shellwego/container/<container id>` (`cgroupsPath`, cgroupfs layout, so
+//! `/shellwego/<owner tag>/container/<container id>` (`cgroupsPath`, cgroupfs layout, so
 //! the driver knows where to look for OOM kills); memory limit =
 //! `launch.memory` (and memory+swap = the same where swap is on and
 //! accounted), CPU = `cpu_millis × 100` µs per 100 ms period (at least one
@@ -65,10 +66,11 @@
 //!
 //! # Networking
 //!
-//! Each container gets a named network namespace `sw-<hash>` (created with
-//! `ip netns add`, so it exists at `/var/run/netns/sw-<hash>` before the
-//! container and the OCI config's network namespace `path` points at it) and
-//! a veth pair `swh<hash>` (host) / `swc<hash>` (inside). The pair is
+//! Each container gets a named network namespace `sw-<owner tag>-<container
+//! id>` (created with `ip netns add`, so it exists at `/var/run/netns/…`
+//! before the container and the OCI config's network namespace `path`
+//! points at it) and a veth pair `swh<hash>` (host) / `swc<hash>` (inside),
+//! which goes with the namespace. The pair is
 //! addressed as a /31 out of `10.89.0.0/16`: the host end gets the even
 //! address, the container the odd one (`Running.extra["ip"]`), `lo` is
 //! brought up and the default route points at the host end. The host reaches
@@ -82,7 +84,7 @@
 //!
 //! # Running, stopping, after exit
 //!
-//! `runc --root /run/shellwego/<runtime> run --detach --pid-file bundle/pid
+//! `runc --root /run/shellwego/<owner tag>/<runtime> run --detach --pid-file bundle/pid
 //! <container id>` (container id = the instance id when it is a valid runtime
 //! id, else `sw-<hash>`), stdin from `/dev/null`, stdout/stderr appended to
 //! `launch.log`: the container inherits them. `Terminate`/`Kill` are
@@ -101,7 +103,18 @@
 //!
 //! `Running.extra` holds `container_id`, `ip`, `host_ip`, `netns`, `veth`,
 //! `runtime`, `state_root`, `bundle`, `cgroup` and `rootfs` (`overlay` or
-//! `copy`).
+//! `copy`): a handle saved by an agent is re-adopted and cleaned up by those
+//! names, whatever the owner tag of the agent reading it.
+//!
+//! # Orphans
+//!
+//! `Driver::sweep` (at agent start) removes the owner's containers that no
+//! adopted instance has (`runc list` under its state root, then `runc delete
+//! --force`, the network namespace and the bundle as for `Cleanup`), then
+//! the owner's network namespaces and overlay mounts (found by name and
+//! mount source in `/proc/self/mountinfo`, wherever their directory has
+//! moved) that belong to no adopted container. The agent removes the
+//! owner's cgroups left over (see [`crate::owner`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -117,11 +130,11 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::{json, Value};
 
 use crate::driver::{self, Command, Driver, Exit, Launch, Reply, Running};
+use crate::owner::{fnv1a, Orphan, Owner};
 
-/// Our directory for runtime state, the network lock and the probe.
-const RUN_DIR: &str = "/run/shellwego";
-/// Parent of every container's cgroup (relative to the hierarchy roots).
-const CGROUP_PARENT: &str = "/shellwego/container";
+/// Our directory for the network lock and the probe (runtime state is
+/// per owner: [`Owner::run_dir`]).
+const RUN_DIR: &str = crate::owner::RUN_DIR;
 /// Where `ip netns` keeps named namespaces.
 const NETNS_DIR: &str = "/var/run/netns";
 /// Containers are addressed out of `10.89.0.0/16`, one /31 each.
@@ -207,10 +220,6 @@ struct Runtime {
 }
 
 impl Runtime {
-    fn default_state_root(&self) -> PathBuf {
-        Path::new(RUN_DIR).join(self.name)
-    }
-
     fn cmd(&self, state_root: &Path) -> Proc {
         let mut c = Proc::new(&self.path);
         c.arg("--root").arg(state_root);
@@ -247,6 +256,9 @@ static PROBED: OnceLock<Result<(Runtime, Tools), String>> = OnceLock::new();
 pub struct ContainerDriver {
     runtime: Runtime,
     tools: Tools,
+    /// Whose containers these are: names their runtime state, cgroups,
+    /// network namespaces and mounts (see [`crate::owner`]).
+    owner: Owner,
     /// Bundles of containers started by this driver, for a `Cleanup` that
     /// comes without a handle.
     bundles: Mutex<HashMap<String, PathBuf>>,
@@ -271,8 +283,26 @@ impl ContainerDriver {
         ContainerDriver {
             runtime,
             tools,
+            owner: Owner::default(),
             bundles: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The driver, making (and sweeping) the containers of `owner`.
+    pub fn owned_by(mut self, owner: Owner) -> ContainerDriver {
+        self.owner = owner;
+        self
+    }
+
+    /// The runtime's state root: `/run/shellwego/<owner tag>/<runtime>`.
+    pub fn state_root(&self) -> PathBuf {
+        self.owner.run_dir().join(self.runtime.name)
+    }
+
+    /// (network namespace, host veth, container veth) of a container.
+    fn net_names(&self, cid: &str) -> (String, String, String) {
+        let (host, peer) = veth_names(cid);
+        (self.owner.netns(cid), host, peer)
     }
 
     /// The runtime in use: `"runc"` or `"crun"`.
@@ -320,11 +350,11 @@ impl ContainerDriver {
             bail!("{} is not a directory", root.display());
         }
         let bundle = dir.join("bundle");
-        let (netns, veth, _) = net_names(&cid);
+        let (netns, veth, _) = self.net_names(&cid);
         // Leftovers of an earlier run of this instance (not cleaned up).
         self.teardown(
             &self.runtime,
-            &self.runtime.default_state_root(),
+            &self.state_root(),
             &cid,
             Some(&bundle),
             &netns,
@@ -338,7 +368,7 @@ impl ContainerDriver {
         if started.is_err() {
             if let Err(e) = self.teardown(
                 &self.runtime,
-                &self.runtime.default_state_root(),
+                &self.state_root(),
                 &cid,
                 Some(&bundle),
                 &netns,
@@ -360,7 +390,7 @@ impl ContainerDriver {
     ) -> anyhow::Result<Running> {
         let layout = self.prepare_fs(launch, root, bundle)?;
         let net = self.setup_net(cid)?;
-        let cgroup = format!("{CGROUP_PARENT}/{cid}");
+        let cgroup = format!("/{}/{cid}", self.owner.cgroup_parent("container").display());
 
         let mut env: Vec<String> = launch
             .env
@@ -404,7 +434,7 @@ impl ContainerDriver {
         let text = serde_json::to_vec_pretty(&config)?;
         fs::write(bundle.join("config.json"), text).context("cannot write config.json")?;
 
-        let state_root = self.runtime.default_state_root();
+        let state_root = self.state_root();
         fs::create_dir_all(&state_root)
             .with_context(|| format!("cannot create {}", state_root.display()))?;
         let log = OpenOptions::new()
@@ -469,8 +499,16 @@ impl ContainerDriver {
     /// The container's root (and, for an app directory, `/app`).
     fn prepare_fs(&self, launch: &Launch, root: &Path, bundle: &Path) -> anyhow::Result<Layout> {
         let rootfs = bundle.join("rootfs");
+        // Our overlays say whose they are (see `crate::owner`).
+        let source = self.owner.mount_source(&container_id(&launch.instance_id));
         if launch.is_rootfs {
-            let how = self.layer(root, &rootfs, &bundle.join("upper"), &bundle.join("work"))?;
+            let how = self.layer(
+                root,
+                &rootfs,
+                &bundle.join("upper"),
+                &bundle.join("work"),
+                &source,
+            )?;
             return Ok(Layout {
                 how,
                 mounts: Vec::new(),
@@ -504,6 +542,7 @@ impl ContainerDriver {
             &app,
             &bundle.join("app-upper"),
             &bundle.join("app-work"),
+            &source,
         )?;
         mounts.push(json!({
             "destination": "/app",
@@ -518,14 +557,15 @@ impl ContainerDriver {
         })
     }
 
-    /// `target` = `lower` with a private writable layer: an overlay when
-    /// possible, else a copy.
+    /// `target` = `lower` with a private writable layer: an overlay (its
+    /// mount source `source`) when possible, else a copy.
     fn layer(
         &self,
         lower: &Path,
         target: &Path,
         upper: &Path,
         work: &Path,
+        source: &str,
     ) -> anyhow::Result<&'static str> {
         for d in [target, upper, work] {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -539,8 +579,7 @@ impl ContainerDriver {
                 work.display()
             );
             let mut cmd = Proc::new(&self.tools.mount);
-            cmd.args(["-t", "overlay", "overlay", "-o", &opts])
-                .arg(target);
+            cmd.args(["-t", "overlay", source, "-o", &opts]).arg(target);
             match run(cmd, TOOL_TIMEOUT) {
                 Ok(out) if out.status.success() => return Ok("overlay"),
                 Ok(out) => tracing::warn!(
@@ -590,7 +629,7 @@ impl ContainerDriver {
     }
 
     fn setup_net(&self, cid: &str) -> anyhow::Result<Net> {
-        let (netns, host_veth, peer_veth) = net_names(cid);
+        let (netns, host_veth, peer_veth) = self.net_names(cid);
         self.teardown_net(&netns, &host_veth);
         self.ip(&["netns", "add", &netns])?;
         let made = (|| {
@@ -692,7 +731,7 @@ impl ContainerDriver {
             .extra
             .get("state_root")
             .map(PathBuf::from)
-            .unwrap_or_else(|| rt.default_state_root());
+            .unwrap_or_else(|| self.owner.run_dir().join(rt.name));
         (rt, root)
     }
 
@@ -740,7 +779,7 @@ impl ContainerDriver {
         let cid = Self::cid_of(instance_id, handle);
         let (rt, root) = match handle {
             Some(r) => self.runtime_for(r),
-            None => (self.runtime.clone(), self.runtime.default_state_root()),
+            None => (self.runtime.clone(), self.state_root()),
         };
         let bundle = handle
             .and_then(|r| r.extra.get("bundle").map(PathBuf::from))
@@ -755,7 +794,7 @@ impl ContainerDriver {
                 Self::state(&rt, &root, &cid)
                     .and_then(|s| s.get("bundle")?.as_str().map(PathBuf::from))
             });
-        let (mut netns, mut veth, _) = net_names(&cid);
+        let (mut netns, mut veth, _) = self.net_names(&cid);
         if let Some(r) = handle {
             if let Some(n) = r.extra.get("netns") {
                 netns.clone_from(n);
@@ -827,8 +866,48 @@ impl ContainerDriver {
         fs::remove_dir_all(&path).with_context(|| format!("cannot remove {}", path.display()))
     }
 
+    /// Remove what probes of processes that died mid-probe (an agent killed
+    /// as it started) left: their ids and directories hold their pid.
+    fn sweep_dead_probes(&self) {
+        const PREFIX: &str = "shellwego-probe-";
+        let dead = |pid: &str| {
+            !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && !Path::new("/proc").join(pid).exists()
+        };
+        let root = self.state_root();
+        for (cid, bundle, _) in Self::listed(&self.runtime, &root).unwrap_or_default() {
+            if cid.strip_prefix(PREFIX).is_some_and(dead) {
+                let (netns, veth, _) = self.net_names(&cid);
+                let _ = self.teardown(&self.runtime, &root, &cid, bundle.as_deref(), &netns, &veth);
+            }
+        }
+        for e in fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale = self
+                .owner
+                .netns_cid(&name)
+                .and_then(|c| c.strip_prefix(PREFIX))
+                .is_some_and(dead);
+            if stale {
+                let _ = self.ip(&["netns", "del", &name]);
+            }
+        }
+        for e in fs::read_dir(RUN_DIR).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale = name
+                .strip_prefix("probe-")
+                .and_then(|r| r.split('-').next())
+                .is_some_and(dead);
+            if stale {
+                let _ = self.remove_tree(&e.path());
+            }
+        }
+    }
+
     /// Start a trivial container through the normal path; Ok when it ran.
     fn probe_run(&self) -> anyhow::Result<()> {
+        self.sweep_dead_probes();
         let dir = Path::new(RUN_DIR).join(format!(
             "probe-{}-{}",
             std::process::id(),
@@ -838,11 +917,11 @@ impl ContainerDriver {
         // A crashed earlier probe with our pid (pids are reused).
         self.teardown(
             &self.runtime,
-            &self.runtime.default_state_root(),
+            &self.state_root(),
             &id,
             Some(&dir),
-            &net_names(&id).0,
-            &net_names(&id).1,
+            &self.net_names(&id).0,
+            &self.net_names(&id).1,
         )?;
         fs::create_dir_all(dir.join("app"))
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -876,6 +955,143 @@ impl ContainerDriver {
         ran?;
         cleaned?;
         removed
+    }
+}
+
+impl ContainerDriver {
+    /// The containers in `rt`'s state under `root`: (id, bundle, status).
+    fn listed(rt: &Runtime, root: &Path) -> anyhow::Result<Vec<(String, Option<PathBuf>, String)>> {
+        if !root.exists() {
+            return Ok(vec![]);
+        }
+        let mut cmd = rt.cmd(root);
+        cmd.args(["list", "--format", "json"]);
+        let out = run(cmd, RUNTIME_TIMEOUT)?;
+        if !out.status.success() {
+            bail!(
+                "{} list: {}",
+                rt.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("{} list printed no JSON", rt.name))?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                let id = c.get("id")?.as_str()?.to_string();
+                let bundle = c.get("bundle").and_then(Value::as_str).map(PathBuf::from);
+                let status = c
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+                    .to_string();
+                Some((id, bundle, status))
+            })
+            .collect())
+    }
+
+    /// Remove this owner's containers, network namespaces and overlay mounts
+    /// that belong to no container in `keep` (see [`Driver::sweep`]).
+    fn sweep_orphans(&self, keep: &HashSet<String>) -> Vec<Orphan> {
+        let mut out: Vec<Orphan> = vec![];
+        let mut note = |cid: &str, what: String| {
+            tracing::info!(container = %cid, removed = %what, "removed an orphan");
+            out.push(Orphan {
+                instance_id: cid.to_string(),
+                removed: vec![what],
+            });
+        };
+        // Containers the runtime knows (or another runtime, when an earlier
+        // run used it), with what was made for them.
+        let runtimes = std::iter::once(self.runtime.clone()).chain(
+            RUNTIMES
+                .iter()
+                .filter(|n| **n != self.runtime.name)
+                .filter_map(|name| find_binary(name).map(|path| Runtime { name, path })),
+        );
+        for rt in runtimes {
+            let root = self.owner.run_dir().join(rt.name);
+            let listed = match Self::listed(&rt, &root) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot list the runtime's containers");
+                    continue;
+                }
+            };
+            for (cid, bundle, status) in listed {
+                if keep.contains(&cid) {
+                    continue;
+                }
+                let (netns, veth, _) = self.net_names(&cid);
+                match self.teardown(&rt, &root, &cid, bundle.as_deref(), &netns, &veth) {
+                    Ok(()) => note(
+                        &cid,
+                        format!(
+                            "{} container {cid} ({status}) in {}, its network namespace {netns}{}",
+                            rt.name,
+                            root.display(),
+                            bundle
+                                .map(|b| format!(
+                                    " and its bundle {} (mounts included)",
+                                    b.display()
+                                ))
+                                .unwrap_or_default()
+                        ),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(container = %cid, error = %format!("{e:#}"), "cannot remove an orphaned container")
+                    }
+                }
+            }
+        }
+        // Network namespaces whose container is gone.
+        for e in fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(cid) = self.owner.netns_cid(&name) else {
+                continue;
+            };
+            if keep.contains(cid) {
+                continue;
+            }
+            let cid = cid.to_string();
+            match self.ip(&["netns", "del", &name]) {
+                Ok(_) => note(&cid, format!("network namespace {name}")),
+                Err(e) => {
+                    tracing::warn!(netns = %name, error = %format!("{e:#}"), "cannot delete an orphaned network namespace")
+                }
+            }
+        }
+        // Overlays (wherever their directory is now).
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<(String, PathBuf)> = info
+            .lines()
+            .filter_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let point = unescape_mount(left.split(' ').nth(4)?);
+                let source = right.split(' ').nth(1)?;
+                let cid = self.owner.mount_cid(source)?;
+                (!keep.contains(cid)).then(|| (cid.to_string(), point))
+            })
+            .collect();
+        mounts.sort_by_key(|(_, p)| std::cmp::Reverse(p.components().count()));
+        for (cid, point) in mounts {
+            let mut cmd = Proc::new(&self.tools.umount);
+            cmd.arg(&point);
+            let mut ok = run(cmd, TOOL_TIMEOUT).is_ok_and(|o| o.status.success());
+            if !ok {
+                let mut cmd = Proc::new(&self.tools.umount);
+                cmd.arg("-l").arg(&point);
+                ok = run(cmd, TOOL_TIMEOUT).is_ok_and(|o| o.status.success());
+            }
+            if ok {
+                note(&cid, format!("overlay mount {}", point.display()));
+            } else {
+                tracing::warn!(mount = %point.display(), "cannot unmount an orphaned overlay");
+            }
+        }
+        out
     }
 }
 
@@ -939,6 +1155,10 @@ impl Driver for ContainerDriver {
             signal: oom.then_some(9),
             oom_killed: oom,
         })
+    }
+
+    fn sweep(&self, keep: &HashSet<String>) -> Vec<Orphan> {
+        self.sweep_orphans(keep)
     }
 
     fn adopt(&self, r: &Running) -> bool {
@@ -1099,17 +1319,11 @@ fn container_id(instance_id: &str) -> String {
     }
 }
 
-/// (netns, host veth, container veth): interface names are at most 15 bytes.
-fn net_names(cid: &str) -> (String, String, String) {
+/// (host veth, container veth): interface names are at most 15 bytes. The
+/// pair lives and dies with the container's network namespace.
+fn veth_names(cid: &str) -> (String, String) {
     let h = format!("{:010x}", fnv1a(cid.as_bytes()) >> 24);
-    (format!("sw-{h}"), format!("swh{h}"), format!("swc{h}"))
-}
-
-/// FNV-1a: stable across builds (names derived from it outlive the agent).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    (format!("swh{h}"), format!("swc{h}"))
 }
 
 fn net_lock() -> anyhow::Result<Flock<File>> {
@@ -1203,7 +1417,7 @@ fn swap_accounted() -> bool {
 }
 
 /// Mount points at or under `path` (deepest first), from our mountinfo.
-fn mounts_under(path: &Path) -> Vec<PathBuf> {
+pub(crate) fn mounts_under(path: &Path) -> Vec<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut found: Vec<PathBuf> = info
         .lines()
@@ -1217,7 +1431,7 @@ fn mounts_under(path: &Path) -> Vec<PathBuf> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mount(s: &str) -> PathBuf {
+pub(crate) fn unescape_mount(s: &str) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -1295,7 +1509,8 @@ fn probe_host() -> Result<(Runtime, Tools), String> {
             continue;
         };
         let rt = Runtime { name, path };
-        let d = ContainerDriver::with(rt.clone(), tools.clone());
+        // The probe's objects are its own owner's (its ids hold our pid).
+        let d = ContainerDriver::with(rt.clone(), tools.clone()).owned_by(Owner::probe());
         match d.probe_run() {
             Ok(()) => {
                 tracing::info!(runtime = name, path = %rt.path.display(), "container driver available");

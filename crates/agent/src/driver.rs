@@ -3,7 +3,7 @@
 //! driver only through `Command`s, each documenting when it is valid, and
 //! reads back a `Running` handle it can save and re-adopt after a restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -125,6 +125,14 @@ pub trait Driver: Send + Sync {
     /// After an agent restart: is this saved instance still alive?
     fn adopt(&self, r: &Running) -> bool {
         proc_start_ticks(r.pid).is_some_and(|t| t == r.start_ticks) && !is_zombie(r.pid)
+    }
+    /// At agent start, after adoption: remove what this driver made for its
+    /// owner (see [`crate::owner`]) beyond its cgroups (which the agent
+    /// sweeps for every driver) and that belongs to no instance in `keep`
+    /// (the instance and container ids of the adopted instances); says
+    /// what it removed. Never touches another owner's objects.
+    fn sweep(&self, _keep: &HashSet<String>) -> Vec<crate::owner::Orphan> {
+        vec![]
     }
 }
 

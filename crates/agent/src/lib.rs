@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod container;
 pub mod driver;
 pub mod microvm;
+pub mod owner;
 pub mod process;
 pub mod reconcile;
 
@@ -71,10 +72,37 @@ pub struct AgentArgs {
     /// rest of the host report.
     #[arg(long, value_name = "CORES", value_parser = clap::value_parser!(i64).range(1..=4096))]
     pub cpus: Option<i64>,
+    /// The tag in the name of everything this agent makes on the host
+    /// (runtime state, cgroups, network namespaces, mounts), by which it
+    /// finds and removes what an earlier run left that its state does not
+    /// describe (1 to 6 of 0-9, a-z) [default: derived from the data
+    /// directory's canonical path]. Two agents on one host must not share
+    /// one.
+    #[arg(long, env = "SHELLWEGO_OWNER_TAG", value_name = "TAG")]
+    pub owner_tag: Option<owner::Owner>,
+    /// Stop every instance (SIGTERM, SIGKILL after its stop timeout) when
+    /// the agent stops. `shellwego agent` never does: it is a daemon whose
+    /// restart must not stop apps (a restarted agent re-adopts them); `up`
+    /// does unless started with `--keep-instances`.
+    #[arg(skip)]
+    pub stop_instances_on_exit: bool,
 }
 
-/// The drivers that work here (and that `--drivers` allows).
-pub fn available_drivers(args: &AgentArgs) -> Vec<Arc<dyn driver::Driver>> {
+impl AgentArgs {
+    /// This agent's owner tag: `--owner-tag`, else derived from the data
+    /// directory (which must exist).
+    pub fn owner(&self) -> anyhow::Result<owner::Owner> {
+        match &self.owner_tag {
+            Some(o) => Ok(o.clone()),
+            None => owner::Owner::for_data_dir(&self.data_dir)
+                .with_context(|| format!("cannot resolve {}", self.data_dir.display())),
+        }
+    }
+}
+
+/// The drivers that work here (and that `--drivers` allows), making the
+/// instances of `owner`.
+pub fn available_drivers(args: &AgentArgs, owner: &owner::Owner) -> Vec<Arc<dyn driver::Driver>> {
     let allowed = |n: &str| args.drivers.is_empty() || args.drivers.iter().any(|d| d == n);
     let mut out: Vec<Arc<dyn driver::Driver>> = vec![];
     if allowed("microvm") {
@@ -88,7 +116,7 @@ pub fn available_drivers(args: &AgentArgs) -> Vec<Arc<dyn driver::Driver>> {
             {
                 tracing::info!("the microvm driver has no KVM here, only TCG (software emulation): not offered unless asked for (--drivers ...,microvm or SHELLWEGO_MICROVM_ACCEL=tcg)")
             }
-            Ok(d) => out.push(Arc::new(d)),
+            Ok(d) => out.push(Arc::new(d.owned_by(owner.clone()))),
             Err(why) if args.drivers.is_empty() => {
                 tracing::info!(%why, "the microvm driver is not available here")
             }
@@ -97,7 +125,7 @@ pub fn available_drivers(args: &AgentArgs) -> Vec<Arc<dyn driver::Driver>> {
     }
     if allowed("container") {
         match container::ContainerDriver::probe() {
-            Ok(d) => out.push(Arc::new(d)),
+            Ok(d) => out.push(Arc::new(d.owned_by(owner.clone()))),
             Err(why) if args.drivers.is_empty() => {
                 tracing::info!(%why, "the container driver is not available here")
             }
@@ -105,7 +133,9 @@ pub fn available_drivers(args: &AgentArgs) -> Vec<Arc<dyn driver::Driver>> {
         }
     }
     if allowed("process") {
-        out.push(Arc::new(process::ProcessDriver::new()));
+        out.push(Arc::new(
+            process::ProcessDriver::new().owned_by(owner.clone(), "process"),
+        ));
     }
     out
 }
@@ -168,7 +198,7 @@ fn read_first_number(text: &str, key: &str) -> Option<i64> {
 
 /// What this host has: cores, memory, disk, kernel, drivers that work here.
 fn host_report(args: &AgentArgs, join_token: String) -> AgentJoin {
-    let drivers: Vec<String> = available_drivers(args)
+    let drivers: Vec<String> = available_drivers(args, &owner::Owner::default())
         .iter()
         .map(|d| d.name().to_string())
         .collect();
@@ -292,7 +322,9 @@ pub async fn run(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(args.sync_wait + 15))
         .build()?;
-    let drivers = available_drivers(&args);
+    let owner = args.owner()?;
+    tracing::info!(owner_tag = %owner, "this agent's objects on the host carry its owner tag");
+    let drivers = available_drivers(&args, &owner);
     for want in &args.drivers {
         match want.as_str() {
             "process" | "container" | "microvm" => {}
@@ -315,6 +347,7 @@ pub async fn run(
     let fetch = ssrf.client(reqwest::Client::builder().connect_timeout(Duration::from_secs(30)))?;
     let ctx = Arc::new(reconcile::Ctx {
         data_dir: args.data_dir.clone(),
+        owner: owner.clone(),
         control_plane: cred.control_plane.clone(),
         credential: cred.credential.clone(),
         advertise_ip: advertise_ip.clone(),
@@ -331,6 +364,15 @@ pub async fn run(
     });
     let shared = Arc::new(reconcile::Shared::new());
     ctx.adopt(&shared);
+    // What earlier runs left that the saved state does not describe goes
+    // before anything new is made (which the sweep would take for orphans).
+    let sweep = {
+        let (ctx, shared) = (ctx.clone(), shared.clone());
+        tokio::task::spawn_blocking(move || ctx.sweep(&shared))
+    };
+    if let Err(e) = sweep.await {
+        tracing::warn!(error = %e, "the sweep for orphaned instances failed");
+    }
     let reconciler = tokio::spawn(ctx.clone().run(shared.clone()));
     let url = format!("{}/v1/agent/sync", cred.control_plane.trim_end_matches('/'));
     let sync_loop = async {
@@ -427,11 +469,23 @@ pub async fn run(
     let res = tokio::select! {
         r = sync_loop => r,
         _ = stop => {
-            tracing::info!("agent stopping (instances keep running; a restarted agent re-adopts them)");
+            if args.stop_instances_on_exit {
+                tracing::info!("agent stopping, and its instances with it");
+            } else {
+                tracing::info!("agent stopping (instances keep running; a restarted agent re-adopts them)");
+            }
             Ok(())
         }
     };
     reconciler.abort();
+    if args.stop_instances_on_exit {
+        // Nothing may start one while they stop.
+        let _ = reconciler.await;
+        let (ctx, shared) = (ctx.clone(), shared.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || ctx.stop_all(&shared)).await {
+            tracing::warn!(error = %e, "stopping the instances failed");
+        }
+    }
     res
 }
 

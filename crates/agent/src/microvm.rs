@@ -16,7 +16,9 @@
 //!    (`rdinit=/.shellwego/init`, so an `/init` in the image is left
 //!    alone). `/etc/resolv.conf` is replaced by QEMU's DNS (`10.0.2.3`).
 //! 2. Starts `qemu-system-x86_64` through the [`ProcessDriver`]: its own
-//!    process group (the VM outlives an agent restart), its own cgroup with
+//!    process group (the VM outlives an agent restart), its own cgroup
+//!    (`shellwego/<owner tag>/microvm/<instance id>`, so an agent finds the
+//!    QEMU processes an earlier run left: [`crate::owner`]) with
 //!    a memory limit of the guest's RAM plus QEMU's own overhead
 //!    ([`QEMU_OVERHEAD_MIB`]); `Running.pid` is QEMU's pid, re-adopted by
 //!    pid and start time like any process.
@@ -134,6 +136,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::driver::{Command, Driver, Exit, Launch, Reply, Running};
+use crate::owner::Owner;
 use crate::process::ProcessDriver;
 
 /// MiB added to the guest's RAM for the QEMU process's cgroup limit (its
@@ -200,6 +203,13 @@ impl MicrovmDriver {
 
     pub fn host(&self) -> &Host {
         &self.host
+    }
+
+    /// The driver, making the VMs of `owner`: QEMU runs in the cgroup
+    /// `shellwego/<owner tag>/microvm/<instance id>` (see [`crate::owner`]).
+    pub fn owned_by(mut self, owner: Owner) -> MicrovmDriver {
+        self.process = ProcessDriver::new().owned_by(owner, "microvm");
+        self
     }
 
     fn start(&self, l: &Launch) -> anyhow::Result<Running> {

@@ -2,7 +2,11 @@
 //! group (so it outlives an agent restart and is re-adopted), in its own
 //! cgroup with memory and CPU limits where the host allows, with its own
 //! working directory, and chrooted into its root filesystem when the agent
-//! runs as root and the instance has one. Always available.
+//! runs as root and the instance has one. Always available. Its cgroups are
+//! `shellwego/<owner tag>/process/<instance id>` (see [`crate::owner`]): an
+//! agent finds the processes an earlier run left there (and no saved state
+//! describes) and kills them; on a host without a usable cgroup controller
+//! such processes cannot be told apart from others and are left alone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
@@ -17,11 +21,17 @@ use nix::unistd::Pid;
 
 use crate::cgroup::Cgroup;
 use crate::driver::{proc_start_ticks, Command, Driver, Exit, Launch, Reply, Running};
+use crate::owner::Owner;
 
 #[derive(Default)]
 pub struct ProcessDriver {
     /// Children this agent started, reaped here so their exit codes are known.
     children: Mutex<HashMap<u32, Child>>,
+    /// Whose instances these are, and the driver they are made for
+    /// (`process`, or `microvm` for QEMU): their cgroups are
+    /// `shellwego/<owner tag>/<driver>/<instance id>` (see [`crate::owner`]).
+    owner: Owner,
+    kind: Option<&'static str>,
 }
 
 fn is_root() -> bool {
@@ -41,8 +51,17 @@ impl ProcessDriver {
         ProcessDriver::default()
     }
 
+    /// The driver, making the instances of `owner` for the driver `kind`
+    /// (`process`, or `microvm` when QEMU runs through it).
+    pub fn owned_by(mut self, owner: Owner, kind: &'static str) -> ProcessDriver {
+        self.owner = owner;
+        self.kind = Some(kind);
+        self
+    }
+
     fn start(&self, l: &Launch) -> anyhow::Result<Running> {
         let cg = Cgroup::create(
+            &self.owner.cgroup_parent(self.kind.unwrap_or("process")),
             &l.instance_id,
             l.memory,
             crate::driver::boot_cpu_millis(l.cpu_millis),

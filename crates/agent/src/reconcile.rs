@@ -5,9 +5,12 @@
 //! and stops (SIGTERM, then SIGKILL after the stop timeout) and cleans up
 //! instances that are no longer wanted. Each instance's state is saved in
 //! its directory, so a restarted agent re-adopts the processes that still
-//! run instead of starting duplicates.
+//! run instead of starting duplicates; then it removes what earlier runs
+//! left that no saved state describes (orphans: see [`crate::owner`]),
+//! with an `orphan_removed` event for each instance. [`Ctx::stop_all`]
+//! stops every instance (`up` on Ctrl-C).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,6 +101,8 @@ pub struct Shared {
 
 pub struct Ctx {
     pub data_dir: PathBuf,
+    /// Names what the drivers make on the host; see [`crate::owner`].
+    pub owner: crate::owner::Owner,
     pub control_plane: String,
     pub credential: String,
     pub advertise_ip: String,
@@ -324,6 +329,157 @@ impl Ctx {
         shared
             .ready
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// After [`Ctx::adopt`], before anything new starts: remove what this
+    /// agent's owner made on the host for instances its saved state does
+    /// not describe (or describes as not running), and instance
+    /// directories without a state; one `orphan_removed` event per
+    /// instance. Blocking.
+    pub fn sweep(&self, shared: &Shared) {
+        let keep: HashSet<String> = match shared.locals.lock() {
+            Ok(locals) => locals
+                .iter()
+                .filter_map(|(id, l)| l.saved.running.as_ref().map(|r| (id, r)))
+                .flat_map(|(id, r)| {
+                    let mut names = vec![id.clone()];
+                    names.extend(r.extra.get("container_id").cloned());
+                    for paths in [r.extra.get("cgroups"), r.extra.get("cgroup")]
+                        .into_iter()
+                        .flatten()
+                    {
+                        names.extend(paths.split('\n').filter_map(|p| {
+                            Path::new(p)
+                                .file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                        }));
+                    }
+                    names
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        let mut found = vec![];
+        for d in &self.drivers {
+            found.extend(d.sweep(&keep));
+        }
+        found.extend(crate::owner::sweep_cgroups(&self.owner, &keep));
+        let orphans = crate::owner::merge(found);
+        for o in &orphans {
+            let what = o.removed.join("; ");
+            tracing::warn!(instance_id = %o.instance_id, removed = %what, "removed an orphaned instance (left by an earlier run of this agent, not in its saved state)");
+            shared.event(
+                &o.instance_id,
+                "orphan_removed",
+                format!("left by an earlier run of this agent and not in its saved state; removed: {what}"),
+                None,
+            );
+        }
+        // Directories of instances whose state was never saved.
+        let described: HashSet<String> = shared
+            .locals
+            .lock()
+            .map(|l| {
+                l.values()
+                    .map(|l| l.dir.clone())
+                    .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for e in std::fs::read_dir(instances_dir(&self.data_dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let dir = e.path();
+            if described.contains(&name) || dir.join("state.json").exists() || !dir.is_dir() {
+                continue;
+            }
+            // Never through a mount (it could reach into an image).
+            let mounted = std::fs::canonicalize(&dir)
+                .map(|d| !crate::container::mounts_under(&d).is_empty())
+                .unwrap_or(true);
+            if mounted {
+                tracing::warn!(dir = %dir.display(), "an instance directory without a state still has mounts: left alone");
+            } else if std::fs::remove_dir_all(&dir).is_ok() {
+                tracing::info!(dir = %dir.display(), "removed an instance directory without a state");
+            }
+        }
+    }
+
+    /// Stop every running instance (SIGTERM, SIGKILL after its stop
+    /// timeout) and release what its driver made; their saved state stays
+    /// (without a process), so a later start restarts those still wanted.
+    /// The reconciler loop must not run. Blocking.
+    pub fn stop_all(&self, shared: &Shared) {
+        struct Stopping {
+            id: String,
+            driver: Arc<dyn Driver>,
+            r: Running,
+            deadline: Instant,
+            killed: bool,
+            done: bool,
+        }
+        let mut all: Vec<Stopping> = match shared.locals.lock() {
+            Ok(locals) => locals
+                .iter()
+                .filter_map(|(id, l)| {
+                    let r = l.saved.running.clone()?;
+                    Some(Stopping {
+                        id: id.clone(),
+                        driver: self.driver(&r.driver)?,
+                        deadline: Instant::now()
+                            + Duration::from_millis(l.saved.desired.stop_timeout_ms),
+                        r,
+                        killed: false,
+                        done: false,
+                    })
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        if !all.is_empty() {
+            tracing::info!(instances = all.len(), "stopping the instances");
+        }
+        for s in &all {
+            if let Err(e) = s.driver.run(Command::Terminate(&s.r)) {
+                tracing::warn!(instance_id = %s.id, error = %format!("{e:#}"), "cannot signal an instance");
+            }
+        }
+        let mut pause = Duration::from_millis(2);
+        while all.iter().any(|s| !s.done) {
+            for s in all.iter_mut().filter(|s| !s.done) {
+                if s.driver.poll(&s.r).is_some() {
+                    let _ = s.driver.run(Command::Cleanup {
+                        instance_id: &s.id,
+                        handle: Some(&s.r),
+                    });
+                    s.done = true;
+                    if let Ok(mut locals) = shared.locals.lock() {
+                        if let Some(l) = locals.get_mut(&s.id) {
+                            l.saved.running = None;
+                            l.status = "stopped".into();
+                            l.reason = Some("stopped with the agent".into());
+                            save(l);
+                        }
+                    }
+                } else if !s.killed && Instant::now() > s.deadline {
+                    tracing::warn!(instance_id = %s.id, "did not stop in time: killing it");
+                    let _ = s.driver.run(Command::Kill(&s.r));
+                    s.killed = true;
+                    // A process that survives SIGKILL (uninterruptible):
+                    // given up on after a while.
+                    s.deadline = Instant::now() + Duration::from_secs(10);
+                } else if s.killed && Instant::now() > s.deadline {
+                    tracing::warn!(instance_id = %s.id, pid = s.r.pid, "still running after SIGKILL: left as it is");
+                    s.done = true;
+                }
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        crate::owner::prune(&self.owner);
     }
 
     /// The reconciler loop; runs forever.
@@ -1121,6 +1277,7 @@ mod tests {
         let ssrf = shellwego_net::ssrf::Guard::strict();
         Ctx {
             data_dir: data_dir.to_path_buf(),
+            owner: Default::default(),
             control_plane,
             credential: "nsec_test".into(),
             advertise_ip: "127.0.0.1".into(),

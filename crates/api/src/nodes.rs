@@ -351,7 +351,10 @@ pub struct InstanceReport {
 #[serde(deny_unknown_fields)]
 pub struct AgentEvent {
     pub instance_id: String,
-    /// `crashed`, `oom_killed`, `unhealthy`, `failed`.
+    /// `crashed`, `oom_killed`, `unhealthy`, `failed`, or `orphan_removed`
+    /// (the agent removed an instance an earlier run of it left on the host
+    /// and its saved state does not describe; the id may be unknown to the
+    /// control plane).
     pub kind: String,
     pub reason: String,
     #[serde(default)]

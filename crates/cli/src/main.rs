@@ -35,11 +35,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run everything on this machine: the control plane, a local node agent and the
-    /// ingress router (apps answer at http://<app>.localhost:8000).
+    /// ingress router (apps answer at http://<app>.localhost:8000). Ctrl-C or SIGTERM
+    /// stops its instances too, unless started with --keep-instances.
     Up(UpArgs),
     /// Run the control plane only (API server, controllers, store).
     Server(ServerArgs),
-    /// Run a node agent: join a control plane and keep its channel open.
+    /// Run a node agent: join a control plane and keep its channel open. Its
+    /// instances keep running when it stops (a restarted agent re-adopts them).
     Agent(shellwego_agent::AgentArgs),
     /// Run the ingress router on its own, fed from a control plane's store
     /// (routes `Host: <app>.<base-domain>` to healthy instances).
@@ -123,6 +125,17 @@ struct UpArgs {
     /// The runtime driver the local agent offers [default: every one that works here].
     #[arg(long, value_parser = ["process", "container", "microvm"])]
     runtime: Option<String>,
+    /// Leave the instances running when `up` stops (Ctrl-C, SIGTERM); the
+    /// next `up` on the same data directory re-adopts them. Without it they
+    /// are stopped (SIGTERM, then SIGKILL after their stop timeout).
+    #[arg(long)]
+    keep_instances: bool,
+    /// The local agent's owner tag, in the name of everything it makes on
+    /// the host (1 to 6 of 0-9, a-z) [default: derived from the data
+    /// directory's path]; what carries it and no saved state describes is
+    /// removed at start.
+    #[arg(long, env = "SHELLWEGO_OWNER_TAG", value_name = "TAG")]
+    owner_tag: Option<shellwego_agent::owner::Owner>,
 }
 
 /// Control plane + local agent + ingress, until a signal.
@@ -186,6 +199,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         drivers: a.runtime.iter().cloned().collect(),
         insecure_registries: a.insecure_registries.clone(),
         cpus: None,
+        owner_tag: a.owner_tag.clone(),
+        stop_instances_on_exit: !a.keep_instances,
     };
     let mut agent_stop = stop_rx.clone();
     let mut agent = tokio::spawn(shellwego_agent::run(agent_args, async move {
@@ -202,7 +217,13 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             Err(e) => anyhow::anyhow!("the local agent failed: {e}"),
         }),
     };
-    tracing::info!("shutting down (instances keep running; the next `up` re-adopts them)");
+    if a.keep_instances || agent_failed.is_some() {
+        tracing::info!("shutting down (instances keep running; the next `up` re-adopts them)");
+    } else {
+        tracing::info!(
+            "shutting down, and stopping the instances (--keep-instances leaves them running)"
+        );
+    }
     let _ = stop_tx.send(true);
     if agent_failed.is_none() {
         let _ = agent.await;

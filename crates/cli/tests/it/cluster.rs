@@ -533,6 +533,13 @@ impl Drop for Cluster {
         for p in left {
             p.kill();
         }
+        // And what the runtime keeps of them (container state, network
+        // namespaces, mounts, cgroups), by the agents' owner tags.
+        for dir in [self.agent_a_dir(), self.agent_b_dir()] {
+            if let Ok(owner) = shellwego_agent::owner::Owner::for_data_dir(&dir) {
+                shellwego_agent::owner::remove_all(&owner);
+            }
+        }
     }
 }
 

@@ -2,11 +2,13 @@
 //! `binary`: the server process (start-up, bootstrap, logs, signals, --help);
 //! `client`: the CLI client commands against a real server;
 //! `apps_cli`: `apps` and `nodes` against a real `shellwego up`;
-//! `deploy_cli`: `deploy` and `deployments` against a real `shellwego up`.
+//! `deploy_cli`: `deploy` and `deployments` against a real `shellwego up`;
+//! `orphans`: what `up` leaves on the host when killed, emptied or stopped.
 
 mod apps_cli;
 mod binary;
 mod client;
 mod cluster;
 mod deploy_cli;
+mod orphans;
 mod platform;

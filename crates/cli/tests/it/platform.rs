@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
-const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
+pub(crate) const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello");
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -23,19 +23,19 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Up {
-    child: Option<Child>,
-    dir: PathBuf,
-    api: u16,
-    ingress: u16,
-    token: String,
-    http: reqwest::blocking::Client,
+pub(crate) struct Up {
+    pub(crate) child: Option<Child>,
+    pub(crate) dir: PathBuf,
+    pub(crate) api: u16,
+    pub(crate) ingress: u16,
+    pub(crate) token: String,
+    pub(crate) http: reqwest::blocking::Client,
 }
 
 impl Up {
     /// `up` with private targets allowed: the tests' registries and file
     /// servers are on loopback.
-    fn start(dir: &Path, api: u16, ingress: u16, extra: &[&str]) -> Up {
+    pub(crate) fn start(dir: &Path, api: u16, ingress: u16, extra: &[&str]) -> Up {
         Self::start_with_ssrf(
             dir,
             api,
@@ -106,11 +106,16 @@ impl Up {
         }
     }
 
-    fn log_of(dir: &Path) -> String {
+    pub(crate) fn log_of(dir: &Path) -> String {
         std::fs::read_to_string(dir.join("up.log")).unwrap_or_default()
     }
 
-    fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut r = self
             .http
             .request(method, format!("http://127.0.0.1:{}{path}", self.api))
@@ -123,7 +128,7 @@ impl Up {
         (st, r.json().unwrap_or(Value::Null))
     }
 
-    fn get(&self, path: &str) -> Value {
+    pub(crate) fn get(&self, path: &str) -> Value {
         self.api(reqwest::Method::GET, path, None).1
     }
 
@@ -138,7 +143,13 @@ impl Up {
         (r.status().as_u16(), r.text().unwrap())
     }
 
-    fn wait_app(&self, id: &str, what: &str, secs: u64, ok: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_app(
+        &self,
+        id: &str,
+        what: &str,
+        secs: u64,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
         let t = Instant::now();
         loop {
             let a = self.get(&format!("/v1/apps/{id}"));
@@ -154,14 +165,14 @@ impl Up {
         }
     }
 
-    fn sigkill(&mut self) {
+    pub(crate) fn sigkill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn sigterm(&mut self) {
+    pub(crate) fn sigterm(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -173,17 +184,30 @@ impl Up {
 }
 
 impl Drop for Up {
+    /// SIGTERM: `up` stops its instances, so a failed test leaves none
+    /// running (SIGKILL when it does not exit within a minute).
     fn drop(&mut self) {
-        self.sigkill();
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let t = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
-fn healthy(a: &Value, n: usize) -> bool {
+pub(crate) fn healthy(a: &Value, n: usize) -> bool {
     a["status"] == "running" && a["replicas"]["healthy"] == n as i64
 }
 
 /// pid of an instance, from the agent's saved state.
-fn pid_of(dir: &Path, inst: &str) -> Option<u32> {
+pub(crate) fn pid_of(dir: &Path, inst: &str) -> Option<u32> {
     let s = std::fs::read_to_string(dir.join(format!("data/agent/instances/{inst}/state.json")))
         .ok()?;
     let v: Value = serde_json::from_str(&s).ok()?;
@@ -191,7 +215,7 @@ fn pid_of(dir: &Path, inst: &str) -> Option<u32> {
 }
 
 /// Processes whose environment says they are an instance of `app_id`.
-fn processes_of(app_id: &str) -> Vec<u32> {
+pub(crate) fn processes_of(app_id: &str) -> Vec<u32> {
     let needle = format!("SHELLWEGO_APP_ID={app_id}");
     std::fs::read_dir("/proc")
         .unwrap()
@@ -229,7 +253,7 @@ fn delete_and_wait_gone(up: &Up, id: &str) {
     }
 }
 
-fn instance_ids(a: &Value) -> Vec<String> {
+pub(crate) fn instance_ids(a: &Value) -> Vec<String> {
     let mut v: Vec<String> = a["instances"]
         .as_array()
         .unwrap()

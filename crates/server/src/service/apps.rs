@@ -1150,7 +1150,26 @@ pub async fn apply_reports(
         }
     }
     for e in agent_events {
-        let Some(row) = rows.iter().find(|r| r.id == e.instance_id) else {
+        let row = rows.iter().find(|r| r.id == e.instance_id);
+        if e.kind == "orphan_removed" {
+            // Left on the host by an earlier run of the agent (often with
+            // a data directory since removed, so unknown here): the node's.
+            let actor = Actor {
+                kind: "system".into(),
+                id: Some(node_id.to_string()),
+                ip: None,
+            };
+            events::record(
+                &mut tx,
+                NewEvent::info("instance.orphan_removed", &actor, "node", node_id)
+                    .in_org(org)
+                    .severity(Severity::Warning)
+                    .meta(json!({"instance_id": e.instance_id, "node_id": node_id, "app_id": row.map(|r| &r.app_id), "reason": e.reason})),
+            )
+            .await?;
+            continue;
+        }
+        let Some(row) = row else {
             continue;
         };
         let kind = match e.kind.as_str() {
