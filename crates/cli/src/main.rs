@@ -130,6 +130,10 @@ struct UpArgs {
     /// are stopped (SIGTERM, then SIGKILL after their stop timeout).
     #[arg(long)]
     keep_instances: bool,
+    /// CPU cores the local node reports (and the scheduler fills) instead
+    /// of the host's, as `agent --cpus`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..=4096))]
+    cpus: Option<i64>,
     /// The local agent's owner tag, in the name of everything it makes on
     /// the host (1 to 6 of 0-9, a-z) [default: derived from the data
     /// directory's path]; what carries it and no saved state describes is
@@ -198,7 +202,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         advertise_ip: Some("127.0.0.1".into()),
         drivers: a.runtime.iter().cloned().collect(),
         insecure_registries: a.insecure_registries.clone(),
-        cpus: None,
+        cpus: a.cpus,
         owner_tag: a.owner_tag.clone(),
         stop_instances_on_exit: !a.keep_instances,
     };

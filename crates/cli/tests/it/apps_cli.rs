@@ -37,6 +37,11 @@ pub(crate) struct Platform {
 
 impl Platform {
     pub(crate) fn start() -> Platform {
+        Platform::start_with(&[])
+    }
+
+    /// With more arguments for `up`.
+    pub(crate) fn start_with(extra: &[&str]) -> Platform {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("home")).unwrap();
         let (api, ingress) = (free_port(), free_port());
@@ -47,6 +52,7 @@ impl Platform {
             .args(["--listen", &format!("127.0.0.1:{api}")])
             .args(["--ingress-listen", &format!("127.0.0.1:{ingress}")])
             .args(["--runtime", "process"])
+            .args(extra)
             .env("SHELLWEGO_LOG", "info,sqlx=warn")
             .env_remove("SHELLWEGO_CONFIG")
             .env_remove("SHELLWEGO_DATABASE_URL")
@@ -106,6 +112,11 @@ impl Platform {
             .send()
             .ok()?;
         r.status().is_success().then(|| r.json().ok()).flatten()
+    }
+
+    /// The ingress's port.
+    pub(crate) fn ingress_port(&self) -> u16 {
+        self.ingress
     }
 
     /// GET / through the ingress as `<app>.localhost`.

@@ -6,6 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -311,6 +314,134 @@ fn deploy_wait_fails_with_the_reason_when_the_new_version_crash_loops() {
         "{d:#}"
     );
     assert_eq!(p.json(&["apps", "get", "hello"])["version"], 1);
+}
+
+/// GETs `hello.localhost` through the ingress in a loop until stopped:
+/// (answers, failures with what they were).
+fn traffic(
+    port: u16,
+) -> (
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<(usize, Vec<String>)>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = stop.clone();
+    let t = std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let (mut n, mut failed) = (0, vec![]);
+        while !done.load(Ordering::Relaxed) {
+            n += 1;
+            match http
+                .get(format!("http://127.0.0.1:{port}/"))
+                .header("Host", "hello.localhost")
+                .send()
+            {
+                Ok(r) if r.status() == 200 => {}
+                Ok(r) => failed.push(format!("{}: {}", r.status(), r.text().unwrap_or_default())),
+                Err(e) => failed.push(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (n, failed)
+    });
+    (stop, t)
+}
+
+/// A node reporting 2 cores, 4 replicas at the default 0.5 CPU: no room
+/// for one more. `apps restart --wait` replaces in place without a failed
+/// request through the ingress; a canary then completes; a blue-green
+/// deploy fails at once, naming the room it needs.
+#[test]
+fn a_full_node_restarts_in_place_without_failed_requests() {
+    let p = Platform::start_with(&["--cpus", "2"]);
+    let archive = hello_tarball(p.dir.path());
+    let archive = archive.to_str().unwrap();
+    p.ok(&[
+        "apps",
+        "create",
+        "hello",
+        "--upload",
+        archive,
+        "--replicas",
+        "4",
+        "--health-path",
+        "/health",
+        "--wait",
+    ]);
+    let (stop, t) = traffic(p.ingress_port());
+    let o = p.ok(&["apps", "restart", "hello", "--wait", "--timeout", "180s"]);
+    stop.store(true, Ordering::Relaxed);
+    let (n, failed) = t.join().unwrap();
+    println!(
+        "restart --wait:
+{}{}",
+        o.stdout, o.stderr
+    );
+    assert!(n > 20, "only {n} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {n} failed: {failed:?}",
+        failed.len()
+    );
+    assert!(
+        o.stderr.contains("replacing in place, 1 at a time"),
+        "{}",
+        o.stderr
+    );
+    let ids = deployment_ids(&p);
+    let restart = p.json(&["deployments", "get", &ids[0]]);
+    assert_eq!(restart["status"], "successful", "{restart:#}");
+    let a = p.json(&["apps", "get", "hello"]);
+    assert_eq!(a["replicas"]["healthy"], 4, "{a:#}");
+
+    // A canary afterwards completes, in place too.
+    let (stop, t) = traffic(p.ingress_port());
+    let o = p.ok(&[
+        "deploy",
+        "hello",
+        "--upload",
+        archive,
+        "--strategy",
+        "canary",
+        "--canary-steps",
+        "25,100",
+        "--canary-pause",
+        "2s",
+        "--wait",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let (n, failed) = t.join().unwrap();
+    assert!(o.stdout.contains("succeeded"), "{}{}", o.stdout, o.stderr);
+    assert!(
+        failed.is_empty(),
+        "{} of {n} failed: {failed:?}",
+        failed.len()
+    );
+
+    // Blue-green needs a second set of 4: it fails fast and says why.
+    let t0 = Instant::now();
+    let o = p.fails(&[
+        "deploy",
+        "hello",
+        "--upload",
+        archive,
+        "--strategy",
+        "blue-green",
+        "--wait",
+    ]);
+    assert!(
+        o.stderr
+            .contains("blue-green needs room for a second set of 4 instance(s) of 0.5 CPU")
+            && o.stderr.contains("--strategy rolling"),
+        "{}",
+        o.stderr
+    );
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let a = p.json(&["apps", "get", "hello"]);
+    assert_eq!(a["replicas"]["healthy"], 4, "the app serves on: {a:#}");
 }
 
 #[test]
