@@ -123,6 +123,10 @@ struct UpArgs {
     /// The runtime driver the local agent offers [default: every one that works here].
     #[arg(long, value_parser = ["process", "container", "microvm"])]
     runtime: Option<String>,
+    /// CPU cores the local node reports when it first joins [default: the
+    /// host's]: instances are placed by the CPU they reserve against it.
+    #[arg(long, value_name = "CORES", value_parser = clap::value_parser!(i64).range(1..=4096))]
+    cpus: Option<i64>,
 }
 
 /// Control plane + local agent + ingress, until a signal.
@@ -185,7 +189,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         advertise_ip: Some("127.0.0.1".into()),
         drivers: a.runtime.iter().cloned().collect(),
         insecure_registries: a.insecure_registries.clone(),
-        cpus: None,
+        cpus: a.cpus,
     };
     let mut agent_stop = stop_rx.clone();
     let mut agent = tokio::spawn(shellwego_agent::run(agent_args, async move {

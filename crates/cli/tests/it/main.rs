@@ -2,7 +2,8 @@
 //! `binary`: the server process (start-up, bootstrap, logs, signals, --help);
 //! `client`: the CLI client commands against a real server;
 //! `apps_cli`: `apps` and `nodes` against a real `shellwego up`;
-//! `deploy_cli`: `deploy` and `deployments` against a real `shellwego up`.
+//! `deploy_cli`: `deploy` and `deployments` against a real `shellwego up`;
+//! `walkthrough`: the README's walkthrough, run as written.
 
 mod apps_cli;
 mod binary;
@@ -10,3 +11,4 @@ mod client;
 mod cluster;
 mod deploy_cli;
 mod platform;
+mod walkthrough;
