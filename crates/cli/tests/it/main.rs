@@ -4,6 +4,7 @@
 //! `apps_cli`: `apps` and `nodes` against a real `shellwego up`;
 //! `deploy_cli`: `deploy` and `deployments` against a real `shellwego up`;
 //! `orphans`: what `up` leaves on the host when killed, emptied or stopped.
+//! `walkthrough`: the README's walkthrough, run as written.
 
 mod apps_cli;
 mod binary;
@@ -12,3 +13,4 @@ mod cluster;
 mod deploy_cli;
 mod orphans;
 mod platform;
+mod walkthrough;
