@@ -82,15 +82,23 @@ impl Cluster {
         }
     }
 
-    /// An instance of `app_id` on node `idx` stops: its resources are free
-    /// again.
+    /// Resources on node `idx` are free again (an instance not counted
+    /// with `count_existing` is gone).
+    pub fn free(&mut self, idx: usize, memory: i64, cpu_millis: i64) {
+        if let Some(n) = self.nodes.get_mut(idx) {
+            n.free_cpu_millis += cpu_millis;
+            n.free_memory += memory;
+            n.free_slots += 1;
+        }
+    }
+
+    /// An instance of `app_id` on node `idx` (counted with
+    /// `count_existing`) is gone: its resources are free again.
     pub fn release(&mut self, app_id: &str, idx: usize, memory: i64, cpu_millis: i64) {
-        let Some(n) = self.nodes.get_mut(idx) else {
+        self.free(idx, memory, cpu_millis);
+        let Some(n) = self.nodes.get(idx) else {
             return;
         };
-        n.free_cpu_millis += cpu_millis;
-        n.free_memory += memory;
-        n.free_slots += 1;
         let zone = n.zone.clone();
         for c in [
             self.per_node.get_mut(&(app_id.to_string(), idx)),

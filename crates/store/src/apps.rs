@@ -529,11 +529,13 @@ impl Store {
     }
 
     /// Apps whose instances need attention: not yet placed, or on a node
-    /// that is not ready, or that stopped being wanted.
+    /// that is not ready, or that stopped being wanted; and apps with a
+    /// deployment under way (a canary's pause ends by the clock).
     pub async fn apps_needing_reconcile(&self) -> Result<Vec<String>, Error> {
         let rows = sqlx::query(
             "SELECT DISTINCT i.app_id FROM instances i LEFT JOIN nodes n ON n.id = i.node_id
-             WHERE i.desired = 'running' AND (i.node_id IS NULL OR n.id IS NULL OR n.status <> 'ready' OR i.replaces IS NOT NULL)",
+             WHERE i.desired = 'running' AND (i.node_id IS NULL OR n.id IS NULL OR n.status <> 'ready' OR i.replaces IS NOT NULL)
+             UNION SELECT d.app_id FROM deployments d WHERE d.finished_at IS NULL",
         )
         .fetch_all(self.pool())
         .await
@@ -706,7 +708,8 @@ impl Store {
 }
 
 /// Nodes of an organization with what the scheduler needs, and the
-/// resources already promised to instances on each:
+/// resources held by instances on each (a stopping instance holds its
+/// room until its agent reports it gone):
 /// `(node, used memory, used millicores, instances)`.
 pub async fn node_rooms(tx: &mut Tx, org: &str) -> Result<Vec<(NodeRoom, i64, i64, i64)>, Error> {
     let rows = sqlx::query(
@@ -714,7 +717,7 @@ pub async fn node_rooms(tx: &mut Tx, org: &str) -> Result<Vec<(NodeRoom, i64, i6
                 CAST(COALESCE(SUM(i.memory), 0) AS BIGINT) AS used_memory,
                 CAST(COALESCE(SUM(i.cpu_millis), 0) AS BIGINT) AS used_cpu,
                 COUNT(i.id) AS used_slots
-         FROM nodes n LEFT JOIN instances i ON i.node_id = n.id AND i.desired = 'running'
+         FROM nodes n LEFT JOIN instances i ON i.node_id = n.id
          WHERE n.organization_id = $1 AND n.credential_hash IS NOT NULL
          GROUP BY n.id, n.organization_id, n.status, n.region, n.zone, n.cpu_cores, n.memory_total, n.drivers, n.drain_batch, n.drain_destinations, n.drain_deadline
          ORDER BY n.id",

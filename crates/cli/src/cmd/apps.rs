@@ -665,7 +665,12 @@ async fn finish_action(
                 return Err(crate::cmd::deployments::unsuccessful(&ctx.client, &d).await);
             }
         }
-        let left = wait.timeout().saturating_sub(started.elapsed());
+        // What is left of the timeout after the deployment's wait.
+        let left = if restarted {
+            wait.timeout().saturating_sub(started.elapsed())
+        } else {
+            wait.timeout()
+        };
         let app = wait::wait_app(&ctx.client, id, left).await?;
         if ctx.output == Output::Json {
             emit(&json(&app)?)?;

@@ -565,12 +565,6 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         0
     };
 
-    let running_at_start: BTreeSet<String> = insts
-        .iter()
-        .filter(|i| i.desired == "running")
-        .map(|i| i.id.clone())
-        .collect();
-
     // 1. Lost: on a node that is offline or gone.
     for i in insts.iter_mut().filter(|i| i.desired == "running") {
         let Some(n) = &i.node_id else { continue };
@@ -789,29 +783,16 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         insts.push(apps::insert_instance(tx, i).await?);
     }
 
-    // 5. Place what is unplaced. The rooms were read before this pass:
-    // what it stopped is free again.
+    // 5. Place what is unplaced. A stopping instance holds its room until
+    // its agent reports it gone.
     let org = apps::org_settings(tx, &a.organization_id).await?;
     let spec = spec_of(&a);
-    let mut freed: HashMap<String, (i64, i64, i64)> = HashMap::new();
-    for i in insts
-        .iter()
-        .filter(|i| i.desired != "running" && running_at_start.contains(&i.id))
-    {
-        if let Some(n) = &i.node_id {
-            let f = freed.entry(n.clone()).or_default();
-            f.0 += i.memory;
-            f.1 += i.cpu_millis;
-            f.2 += 1;
-        }
-    }
     let mut nodes_idx: Vec<String> = vec![];
     let mut cluster = Cluster::new(
         rooms
             .iter()
             .map(|(n, used_mem, used_cpu, used_slots)| {
                 nodes_idx.push(n.id.clone());
-                let (mem, cpu, slots) = freed.get(&n.id).copied().unwrap_or_default();
                 NodeState {
                     id: n.id.clone(),
                     ready: n.status == "ready",
@@ -819,9 +800,9 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
                     zone: n.zone.clone(),
                     drivers: n.drivers.clone(),
                     labels: n.labels.clone(),
-                    free_cpu_millis: n.cpu_millis - used_cpu + cpu,
-                    free_memory: n.memory - used_mem + mem,
-                    free_slots: MAX_INSTANCES_PER_NODE - used_slots + slots,
+                    free_cpu_millis: n.cpu_millis - used_cpu,
+                    free_memory: n.memory - used_mem,
+                    free_slots: MAX_INSTANCES_PER_NODE - used_slots,
                 }
             })
             .collect(),
@@ -835,6 +816,17 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
             cluster.count_existing(&a.id, idx);
         }
     }
+    // The room there will be once the app's stopping instances are gone.
+    let mut after_stops = cluster.clone();
+    for i in insts.iter().filter(|i| i.desired != "running") {
+        if let Some(idx) = i
+            .node_id
+            .as_ref()
+            .and_then(|n| nodes_idx.iter().position(|x| x == n))
+        {
+            after_stops.free(idx, i.memory, i.cpu_millis);
+        }
+    }
     let req = Request {
         app_id: a.id.clone(),
         memory: a.memory,
@@ -846,8 +838,9 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         image: spec.image.is_some(),
     };
     let mut unplaced_reason: Option<String> = None;
-    // A surge replacement that fits nowhere waiting to replace in place.
-    let mut in_place_wait: Option<String> = None;
+    // An instance that has no room yet but will have once stopping
+    // instances are gone (replacing in place, or waiting for a stop).
+    let mut room_coming: Option<String> = None;
     let mut fell_back = false;
     let mut in_place_down = plan.in_place_unavailable() - (wanted - available(&insts)).max(0);
     let mut touched = BTreeSet::new();
@@ -870,20 +863,21 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
             continue;
         }
         let dest = destinations_of(&insts[k].replaces, &insts);
-        let mut placed = if dest.is_empty() {
+        let placed = if dest.is_empty() {
             cluster.place(&req)
         } else {
             cluster.place_within(&req, &dest)
         };
-        // No room for a surge replacement: replace in place, if what it
-        // replaces is retiring for a new version on a ready node, the
-        // room it frees takes the replacement, and no more than allowed
-        // are down.
-        let mut waiting = false;
-        if let (Err(why), true) = (&placed, plan.in_place) {
+        let mut coming = false;
+        if placed.is_err() {
+            // No room for a surge replacement: replace in place if what it
+            // replaces is retiring for a new version on a ready node, its
+            // room would take the replacement, and no more than allowed
+            // are down. The replacement is placed once it has stopped.
             let old = insts[k]
                 .replaces
                 .as_ref()
+                .filter(|_| plan.in_place && dest.is_empty())
                 .and_then(|r| {
                     insts
                         .iter()
@@ -896,11 +890,12 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
                     (node_status.get(n).map(String::as_str) == Some("ready")).then_some((o, idx))
                 });
             if let Some((o, idx)) = old {
-                let mut trial = cluster.clone();
+                let mut trial = after_stops.clone();
                 trial.release(&a.id, idx, insts[o].memory, insts[o].cpu_millis);
-                let down = insts[o].status != "healthy";
-                match trial.place(&req) {
-                    Ok(p) if down || in_place_down > 0 => {
+                if trial.place(&req).is_ok() {
+                    coming = true;
+                    let down = insts[o].status != "healthy";
+                    if down || in_place_down > 0 {
                         if !down {
                             in_place_down -= 1;
                         }
@@ -910,18 +905,17 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
                             "replaced in place: no room for a surge instance",
                         )
                         .await?;
-                        cluster = trial;
+                        after_stops = trial;
                         insts[k].replaces = None;
-                        placed = Ok(p);
+                        apps::update_instance(tx, &insts[k]).await?;
                         fell_back = true;
                     }
-                    Ok(_) => {
-                        waiting = true;
-                        in_place_wait = Some(why.clone());
-                    }
-                    Err(_) => {}
                 }
+            } else if after_stops.clone().place(&req).is_ok() {
+                coming = true;
             }
+        } else {
+            let _ = after_stops.place(&req);
         }
         let i = &mut insts[k];
         match placed {
@@ -939,7 +933,9 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
                     i.status_reason = Some(why.clone());
                     apps::update_instance(tx, i).await?;
                 }
-                if !waiting {
+                if coming {
+                    room_coming = Some(why);
+                } else {
                     unplaced_reason = Some(why);
                 }
             }
@@ -955,12 +951,7 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
             d.options = serde_json::to_string(&o).map_err(Error::internal)?;
             shellwego_store::deployments::update(tx, d).await?;
             let n = plan.in_place_unavailable();
-            shellwego_store::deployments::log(
-                tx,
-                &d.id,
-                &format!("no room for a surge instance: replacing in place, {n} at a time"),
-            )
-            .await?;
+            shellwego_store::deployments::log(tx, &d.id, &deploy::in_place_reason(n, None)).await?;
             events::record(
                 tx,
                 NewEvent::info("deployment.in_place", &Actor::system(), "app", &a.id)
@@ -994,13 +985,15 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
     let any_retiring = current.iter().any(|i| retiring(i));
     let (status, reason): (&str, Option<String>) = if let Some(why) = unplaced_reason {
         ("pending", Some(why))
-    } else if let Some(why) = in_place_wait {
+    } else if let Some(why) = room_coming {
+        let in_place = fell_back || dep.as_ref().is_some_and(|d| deploy::options_of(d).in_place);
         (
             "deploying",
-            Some(format!(
-                "replacing in place, {} at a time: no room for a surge instance ({why})",
-                plan.in_place_unavailable()
-            )),
+            Some(if in_place {
+                deploy::in_place_reason(plan.in_place_unavailable(), Some(&why))
+            } else {
+                format!("waiting for stopping instances to free their room ({why})")
+            }),
         )
     } else if wanted == 0 {
         if stopping > 0 || !current.is_empty() {

@@ -579,6 +579,9 @@ pub async fn advance(
         .find(|i| i.node_id.is_none())
         .and_then(|i| i.status_reason.clone());
 
+    // New instances are still to be created or placed.
+    let creating = unplaced.is_some() || (new.len() as i64) < needed;
+
     // Failure?
     let started = dep.started_at.unwrap_or(dep.created_at);
     let failure = if let Some(f) = new.iter().find(|i| i.status == "failed") {
@@ -662,9 +665,7 @@ pub async fn advance(
     } else {
         mark(&mut stages, "resolving_image", "in_progress", now_us);
     }
-    if wanted == 0
-        || (!new.is_empty() && new.iter().all(prepared)) && new.len() as i64 >= wanted.min(1)
-    {
+    if wanted == 0 || new.iter().any(prepared) {
         if stage_done(&stages, "resolving_image") {
             mark(&mut stages, "pulling_image", "completed", now_us);
         }
@@ -707,7 +708,7 @@ pub async fn advance(
                 .await?;
             }
         }
-        set_reason(&mut stages, stage_reason(&o, unplaced.as_deref()));
+        set_reason(&mut stages, stage_reason(&o, creating, unplaced.as_deref()));
         if (stages.clone(), dep.status.clone(), dep.wait_until) != before
             || app_changed
             || dep.canary_step != step_before
@@ -749,16 +750,16 @@ pub async fn advance(
                     o.warm_ms
                 };
                 dep.wait_until = Some(now_us + warm * 1000);
-                deployments::log(
-                    tx,
-                    &dep.id,
-                    &format!(
+                let msg = if warm > 0 {
+                    format!(
                         "traffic switched to {}; the old set stays warm for {}s",
                         version_label(dep.version),
-                        o.warm_ms / 1000
-                    ),
-                )
-                .await?;
+                        warm / 1000
+                    )
+                } else {
+                    format!("traffic switched to {}", version_label(dep.version))
+                };
+                deployments::log(tx, &dep.id, &msg).await?;
             } else {
                 deployments::log(
                     tx,
@@ -804,7 +805,7 @@ pub async fn advance(
         .await?;
     }
     if dep.status == "in_progress" {
-        set_reason(&mut stages, stage_reason(&o, unplaced.as_deref()));
+        set_reason(&mut stages, stage_reason(&o, creating, unplaced.as_deref()));
     }
     if (stages.clone(), dep.status.clone(), dep.wait_until) != before {
         dep.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
@@ -813,17 +814,25 @@ pub async fn advance(
     Ok(app_changed)
 }
 
-/// Why the stage in progress is where it is: replacing in place (no room
-/// for a surge instance), or waiting for room for a new instance.
-fn stage_reason(o: &Options, unplaced: Option<&str>) -> Option<String> {
-    if o.in_place {
-        let n = o.max_unavailable.max(1);
-        Some(match unplaced {
-            Some(why) => {
-                format!("no room for a surge instance ({why}): replacing in place, {n} at a time")
-            }
-            None => format!("no room for a surge instance: replacing in place, {n} at a time"),
-        })
+/// How a rollout without room proceeds: the one wording for stages, the
+/// app's status and the log.
+pub fn in_place_reason(n: i64, why: Option<&str>) -> String {
+    match why {
+        Some(why) => {
+            format!("no room for a surge instance ({why}): replacing in place, {n} at a time")
+        }
+        None => format!("no room for a surge instance: replacing in place, {n} at a time"),
+    }
+}
+
+/// Why the stage in progress is where it is while new instances are
+/// still being created: replacing in place (no room for a surge
+/// instance), or waiting for room for a new instance.
+fn stage_reason(o: &Options, creating: bool, unplaced: Option<&str>) -> Option<String> {
+    if !creating {
+        None
+    } else if o.in_place {
+        Some(in_place_reason(o.max_unavailable.max(1), unplaced))
     } else {
         unplaced.map(|why| format!("waiting for room: {why}"))
     }

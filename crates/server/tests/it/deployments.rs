@@ -919,7 +919,18 @@ async fn a_superseded_rollout_cancels_its_pending_instances(s: Srv) {
         .as_str()
         .unwrap()
         .to_string();
-    // The restart's replacement is placed but not started yet.
+    // The first old instance stops in place; once it is gone its
+    // replacement is placed, and not started yet.
+    assert_eq!(desired(&s, &cred, &app).await.len(), 3);
+    let (_, a) = s.get(&format!("/v1/apps/{app}")).await;
+    assert_eq!(a["status"], "deploying", "{a:#}");
+    assert!(
+        a["status_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("replacing in place, 1 at a time")),
+        "{a:#}"
+    );
+    report(&s, &cred, healthy).await;
     let pending: Vec<String> = desired(&s, &cred, &app)
         .await
         .iter()
