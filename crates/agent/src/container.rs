@@ -24,6 +24,7 @@
 //! * `rootfs/` — the container's root;
 //! * `upper/`, `work/` — the overlay's writable layer (see below);
 //! * `pid` — the container's init pid (written by the runtime);
+//! * `exit-status` — how the app ended, written by our init (see below);
 //! * `runtime.log` — the runtime's own log (its errors end up in the error
 //!   returned by `Start`).
 //!
@@ -52,7 +53,11 @@
 //!
 //! # Process and limits
 //!
-//! argv, env (plus `PATH` and `PORT` when missing) and cwd as given; uid 0
+//! pid 1 of the container is **our init** (`sw-init`, see [`crate::init`]),
+//! a static binary the agent writes once to `/run/shellwego/` and
+//! bind-mounts read-only at `/.shellwego/sw-init`; the process is
+//! `/.shellwego/sw-init -- <argv>…`, and the init runs the app as its child.
+//! env (plus `PATH` and `PORT` when missing) and cwd as given; uid 0
 //! inside the container (no user namespace), Docker's default capability set,
 //! `noNewPrivileges`, Docker's masked and read-only `/proc` paths, all device
 //! access denied but the runtime's defaults. The cgroup is
@@ -85,16 +90,25 @@
 //! `runc --root /run/shellwego/<runtime> run --detach --pid-file bundle/pid
 //! <container id>` (container id = the instance id when it is a valid runtime
 //! id, else `sw-<hash>`), stdin from `/dev/null`, stdout/stderr appended to
-//! `launch.log`: the container inherits them. `Terminate`/`Kill` are
-//! `runc kill <id> TERM|KILL` (a container already gone is not an error). Note
-//! that the app is pid 1 of its namespace: the kernel drops signals it has no
-//! handler for, so an app that does not handle SIGTERM only stops at `Kill`.
+//! `launch.log`: the container inherits them. The runtime is started through
+//! `/bin/sh -c 'exec "$@" 3>bundle/exit-status'` with `--preserve-fds 1`, so
+//! the init gets that file as fd 3. `Terminate`/`Kill` are
+//! `runc kill <id> TERM|KILL` (a container already gone is not an error):
+//! TERM goes to the init, which forwards it to the app (and every other
+//! signal it receives), so an app without a SIGTERM handler stops at once
+//! instead of waiting out the grace period for `Kill` (it would, as pid 1 of
+//! its namespace: the kernel drops signals pid 1 has no handler for). KILL
+//! ends the init, and the kernel then kills everything in the namespace.
+//! The init reaps orphans, so no zombie piles up in a long-lived container.
 //!
 //! `poll` watches the init pid (with its start time, so a reused pid is not
-//! mistaken for it). The runtime is not the parent of a detached container,
-//! so the exit code is **unknown** (`code: None`); OOM kills are read from the
-//! container's memory cgroup (`memory.oom_control` on v1, `memory.events` on
-//! v2), which stays until `Cleanup`. `adopt` also asks the runtime (`state`)
+//! mistaken for it); `Running.pid` is the init's. The runtime is not the
+//! parent of a detached container; the exit code comes from
+//! `bundle/exit-status`, where the init writes how the app ended
+//! (`code` = the app's exit code, or `signal` when a signal killed it; both
+//! unknown when the init itself was killed, e.g. by `Kill`). OOM kills are
+//! read from the container's memory cgroup (`memory.oom_control` on v1,
+//! `memory.events` on v2), which stays until `Cleanup`. `adopt` also asks the runtime (`state`)
 //! that the container is running. `Cleanup` is `runc delete --force`, then the
 //! network namespace and veth are deleted, the overlay unmounted and the
 //! bundle removed (never while something is still mounted under it).
@@ -133,6 +147,8 @@ const RUNTIMES: [&str; 2] = ["runc", "crun"];
 const RUNTIME_TIMEOUT: Duration = Duration::from_secs(30);
 const TOOL_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// In the bundle: how the app ended, as our init wrote it.
+const EXIT_FILE: &str = "exit-status";
 
 /// Docker's default capability set.
 const CAPS: [&str; 14] = [
@@ -389,8 +405,16 @@ impl ContainerDriver {
             ),
         )
         .context("cannot write the container's /etc/hosts")?;
+        // Our init is pid 1 and runs the app (see `crate::init`).
+        let init = crate::init::install(Path::new(RUN_DIR))?;
+        let mut mounts = layout.mounts;
+        mounts.push(bind_ro(&init, crate::init::IN_CONTAINER));
+        let argv: Vec<String> = [crate::init::IN_CONTAINER.to_string(), "--".to_string()]
+            .into_iter()
+            .chain(launch.argv.iter().cloned())
+            .collect();
         let config = oci_config(&ConfigInput {
-            argv: &launch.argv,
+            argv: &argv,
             env,
             cwd: layout.cwd.clone(),
             hostname,
@@ -399,7 +423,7 @@ impl ContainerDriver {
             cgroup: cgroup.clone(),
             memory: launch.memory,
             cpu_millis: crate::driver::boot_cpu_millis(launch.cpu_millis),
-            mounts: layout.mounts,
+            mounts,
         });
         let text = serde_json::to_vec_pretty(&config)?;
         fs::write(bundle.join("config.json"), text).context("cannot write config.json")?;
@@ -414,9 +438,18 @@ impl ContainerDriver {
             .with_context(|| format!("cannot open the log {}", launch.log.display()))?;
         let pid_file = bundle.join("pid");
         let runtime_log = bundle.join("runtime.log");
-        let mut cmd = self.runtime.cmd(&state_root);
-        cmd.arg(format!("--log={}", runtime_log.display()))
-            .args(["run", "--detach", "--bundle"])
+        // The init reports how the app ended on fd 3, a file of the bundle
+        // (std cannot hand a child more than stdio without `unsafe`: a shell
+        // opens it and execs the runtime, which passes it on).
+        let mut cmd = Proc::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("exec \"$@\" {}>\"$0\"", crate::init::STATUS_FD))
+            .arg(bundle.join(EXIT_FILE))
+            .arg(&self.runtime.path)
+            .arg("--root")
+            .arg(&state_root)
+            .arg(format!("--log={}", runtime_log.display()))
+            .args(["run", "--detach", "--preserve-fds", "1", "--bundle"])
             .arg(bundle)
             .arg("--pid-file")
             .arg(&pid_file)
@@ -934,9 +967,20 @@ impl Driver for ContainerDriver {
             .get("cgroup")
             .and_then(|c| oom_kills(c))
             .is_some_and(|n| n > 0);
+        let ended = r
+            .extra
+            .get("bundle")
+            .and_then(|b| fs::read_to_string(Path::new(b).join(EXIT_FILE)).ok())
+            .and_then(|t| crate::init::parse_status(&t));
+        let (code, signal) = match ended {
+            Some(crate::init::Ended::Exited(c)) => (Some(c), None),
+            Some(crate::init::Ended::Killed(s)) => (None, Some(s)),
+            // The init itself was killed (`Kill`, or an OOM kill of it).
+            None => (None, oom.then_some(9)),
+        };
         Some(Exit {
-            code: None,
-            signal: oom.then_some(9),
+            code,
+            signal,
             oom_killed: oom,
         })
     }
