@@ -1380,4 +1380,135 @@ mod tests {
             Ok(())
         );
     }
+
+    fn local_listening_on(port: u16, path: Option<&str>, started_at: i64) -> Local {
+        Local {
+            saved: Saved {
+                desired: DesiredInstance {
+                    id: "inst_w".into(),
+                    app_id: "app_w".into(),
+                    app_name: "w".into(),
+                    organization_id: "org_w".into(),
+                    version: 1,
+                    driver: "process".into(),
+                    image: None,
+                    archive_url: None,
+                    command: None,
+                    env: BTreeMap::new(),
+                    memory: 64 << 20,
+                    cpu_millis: 100,
+                    health_check: shellwego_api::nodes::DesiredHealthCheck {
+                        path: path.map(String::from),
+                        port: None,
+                        interval_ms: 1000,
+                        timeout_ms: 1000,
+                        retries: 3,
+                        grace_ms: 30_000,
+                    },
+                    stop_timeout_ms: 2000,
+                    region: "local".into(),
+                },
+                port,
+                running: Some(Running {
+                    driver: "process".into(),
+                    pid: std::process::id(),
+                    start_ticks: 0,
+                    extra: BTreeMap::new(),
+                }),
+                started_at: Some(started_at),
+                restarts: 0,
+                image_pinned: None,
+                launch: None,
+            },
+            dir: PathBuf::from("/nonexistent"),
+            status: "starting".into(),
+            reason: None,
+            preparing: false,
+            retry_at: None,
+            consecutive_crashes: 0,
+            term_at: None,
+            stop_deadline: None,
+            health_passed: 0,
+            health_failures: 0,
+            next_check: Instant::now(),
+            checking: false,
+            watching: true,
+            healthy_since: None,
+            settled: false,
+        }
+    }
+
+    /// A started instance is reported healthy once its port listens and
+    /// answers its HTTP check, without waiting for the regular checks; a
+    /// watcher of an earlier run gives up.
+    #[tokio::test]
+    async fn a_starting_instance_is_healthy_once_it_listens() {
+        use std::sync::atomic::Ordering as O;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let shared = Arc::new(Shared::new());
+        let l = local_listening_on(port, Some("/health"), 7);
+        let probe = Probe::of(&l, l.saved.running.as_ref().unwrap());
+        shared.locals.lock().unwrap().insert("inst_w".into(), l);
+        let watcher = tokio::spawn(watch_start(
+            shared.clone(),
+            "inst_w".into(),
+            7,
+            probe.clone(),
+        ));
+        // Nothing listens yet: refused connects, not failures.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        {
+            let locals = shared.locals.lock().unwrap();
+            let l = &locals["inst_w"];
+            assert_eq!(l.status, "starting");
+            assert_eq!(l.health_failures, 0);
+            assert!(
+                l.reason.as_deref().unwrap_or("").contains("cannot connect"),
+                "{:?}",
+                l.reason
+            );
+        }
+        assert_eq!(shared.watchers.load(O::Relaxed), 1);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut b = [0u8; 512];
+                let _ = s.read(&mut b).await;
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nok\n").await;
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the watcher did not end")
+            .unwrap();
+        {
+            let locals = shared.locals.lock().unwrap();
+            let l = &locals["inst_w"];
+            assert_eq!(l.status, "healthy");
+            assert_eq!(l.health_passed, 1);
+            assert!(!l.watching, "the regular checks take over");
+        }
+        assert_eq!(shared.watchers.load(O::Relaxed), 0);
+
+        // A watcher of an earlier run (the instance restarted) stops at
+        // once and changes nothing.
+        let before = shared.locals.lock().unwrap()["inst_w"].health_passed;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            watch_start(shared.clone(), "inst_w".into(), 6, probe),
+        )
+        .await
+        .expect("a stale watcher did not stop");
+        assert_eq!(
+            shared.locals.lock().unwrap()["inst_w"].health_passed,
+            before
+        );
+    }
 }
