@@ -240,7 +240,6 @@ impl Runtime {
 #[derive(Debug, Clone)]
 struct Tools {
     ip: PathBuf,
-    mount: PathBuf,
     umount: PathBuf,
 }
 
@@ -251,7 +250,6 @@ impl Tools {
         };
         Ok(Tools {
             ip: get("ip", "iproute2")?,
-            mount: get("mount", "mount/util-linux")?,
             umount: get("umount", "mount/util-linux")?,
         })
     }
@@ -573,19 +571,20 @@ impl ContainerDriver {
                 upper.display(),
                 work.display()
             );
-            let mut cmd = Proc::new(&self.tools.mount);
-            cmd.args(["-t", "overlay", "overlay", "-o", &opts])
-                .arg(target);
-            match run(cmd, TOOL_TIMEOUT) {
-                Ok(out) if out.status.success() => return Ok("overlay"),
-                Ok(out) => tracing::warn!(
+            let mounted = nix::mount::mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(opts.as_str()),
+            );
+            match mounted {
+                Ok(()) => return Ok("overlay"),
+                Err(e) => tracing::warn!(
                     lower = %lower.display(),
-                    error = %String::from_utf8_lossy(&out.stderr).trim(),
+                    error = %e,
                     "overlay mount failed; copying the root instead"
                 ),
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "overlay mount failed; copying the root instead")
-                }
             }
         } else {
             tracing::warn!(lower = %lower.display(), "path unusable in overlay options; copying the root instead");
@@ -689,13 +688,10 @@ impl ContainerDriver {
 
     /// A /31 of 10.89.0.0/16 no host interface uses, searched from `seed`.
     fn free_pair(&self, seed: u64) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
-        let listing = self.ip(&["-o", "-4", "addr", "show"])?;
-        let used: HashSet<u32> = listing
-            .lines()
-            .filter_map(|l| {
-                let mut words = l.split_whitespace();
-                words.find(|w| *w == "inet")?;
-                let addr: Ipv4Addr = words.next()?.split('/').next()?.parse().ok()?;
+        let used: HashSet<u32> = nix::ifaddrs::getifaddrs()
+            .context("cannot list the host's addresses")?
+            .filter_map(|a| {
+                let addr = a.address?.as_sockaddr_in()?.ip();
                 let o = addr.octets();
                 (o[..2] == NET_PREFIX).then_some((u32::from(o[2]) << 8 | u32::from(o[3])) >> 1)
             })
