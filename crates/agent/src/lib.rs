@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod driver;
+pub mod init;
 pub mod microvm;
 pub mod owner;
 pub mod process;

@@ -30,12 +30,27 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long a removed, healthy instance keeps serving after it is reported
 /// `stopping`: routers refresh their tables within a second of a change.
 const DEREGISTER_GRACE: Duration = Duration::from_secs(2);
-/// A TCP health check's connection must stay open this long.
+/// A TCP health check's connection to a microVM must stay open this long
+/// (QEMU's port forward accepts before the guest listens).
 const TCP_SETTLE: Duration = Duration::from_millis(150);
 /// How often a started instance is checked until it first passes, for this
 /// long after its start (then at its interval, at most every second).
 const STARTING_CHECK: Duration = Duration::from_millis(100);
 const STARTING_WINDOW: Duration = Duration::from_secs(5);
+/// A freshly started instance is watched by a task of its own (see
+/// `watch_start`): it tries to connect to the health-check port after this
+/// long, then at intervals growing by an eighth each time up to
+/// `STARTING_CHECK` (at 1, 2.1, 3.4, 4.8, 6.4… ms: 22 tries in the first
+/// 100 ms, 41 in the first second, then 10 a second), and runs the health
+/// check on the first connection accepted (a refused connect costs a few
+/// microseconds). An instance that listens within a millisecond is seen
+/// healthy within a few; one that takes T to start, within about T/8 of it.
+/// With many instances starting at once the first interval grows, so that
+/// all watchers together try at most about `STARTING_POLL_BATCH` connects
+/// per `STARTING_POLL_FIRST` (4000 a second), until each is at
+/// `STARTING_CHECK` (the rate of the regular starting checks).
+const STARTING_POLL_FIRST: Duration = Duration::from_millis(1);
+const STARTING_POLL_BATCH: u32 = 4;
 /// An instance may use `driver::BOOT_CPU_MILLIS` until it first passes its
 /// health check, or this long after its start, whichever comes first.
 const BOOT_WINDOW: Duration = Duration::from_secs(30);
@@ -81,6 +96,8 @@ struct Local {
     health_failures: u32,
     next_check: Instant,
     checking: bool,
+    /// A `watch_start` task is checking it (the regular checks wait).
+    watching: bool,
     healthy_since: Option<Instant>,
     /// Held to its steady CPU limit (see `BOOT_WINDOW`).
     settled: bool,
@@ -97,6 +114,8 @@ pub struct Shared {
     pub wake: Notify,
     /// Adoption of existing instances is done; reports are complete.
     pub ready: std::sync::atomic::AtomicBool,
+    /// `watch_start` tasks running.
+    watchers: std::sync::atomic::AtomicU32,
 }
 
 pub struct Ctx {
@@ -138,6 +157,7 @@ impl Shared {
             dirty: Notify::new(),
             wake: Notify::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            watchers: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -319,6 +339,7 @@ impl Ctx {
                     health_failures: 0,
                     next_check: Instant::now(),
                     checking: false,
+                    watching: false,
                     healthy_since: None,
                     settled: false,
                     saved,
@@ -585,6 +606,7 @@ impl Ctx {
         let removed;
         let mut to_prepare = vec![];
         let mut to_check = vec![];
+        let mut to_watch = vec![];
         {
             let Ok(mut locals) = shared.locals.lock() else {
                 return false;
@@ -624,6 +646,7 @@ impl Ctx {
                         settled: false,
                         next_check: Instant::now(),
                         checking: false,
+                        watching: false,
                         healthy_since: None,
                     };
                     save(&l);
@@ -706,7 +729,7 @@ impl Ctx {
                         });
                         self.crashed(shared, l, &exit);
                         dirty = true;
-                    } else if !l.checking && Instant::now() >= l.next_check {
+                    } else if !l.checking && !l.watching && Instant::now() >= l.next_check {
                         l.checking = true;
                         let hc = &l.saved.desired.health_check;
                         // A fresh instance is checked often until it first
@@ -723,19 +746,7 @@ impl Ctx {
                             hc.interval_ms.clamp(500, 1000)
                         };
                         l.next_check = Instant::now() + Duration::from_millis(every);
-                        let ip = r
-                            .extra
-                            .get("ip")
-                            .cloned()
-                            .unwrap_or_else(|| "127.0.0.1".into());
-                        to_check.push((
-                            id.clone(),
-                            ip,
-                            hc.port.unwrap_or(l.saved.port),
-                            hc.path.clone(),
-                            hc.timeout_ms,
-                            starting,
-                        ));
+                        to_check.push((id.clone(), Probe::of(l, &r), starting));
                     }
                     // Up (healthy, or long enough after its start): its
                     // boot CPU allowance ends.
@@ -757,7 +768,12 @@ impl Ctx {
                 if !l.preparing && l.retry_at.is_some_and(|t| Instant::now() >= t) {
                     l.retry_at = None;
                     match self.start(l, &driver) {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            if let (Some(r), Some(at)) = (&l.saved.running, l.saved.started_at) {
+                                l.watching = true;
+                                to_watch.push((id.clone(), at, Probe::of(l, r)));
+                            }
+                        }
                         Err(e) => {
                             let reason = format!("cannot start: {e:#}");
                             shared.event(id, "failed", reason.clone(), None);
@@ -792,6 +808,7 @@ impl Ctx {
                 l.preparing = false;
                 match res {
                     Ok((launch, pinned)) => {
+                        tracing::debug!(instance_id = %d.id, "prepared");
                         l.saved.launch = Some(launch);
                         l.saved.image_pinned = pinned;
                         l.retry_at = Some(Instant::now());
@@ -818,78 +835,21 @@ impl Ctx {
                 shared.dirty.notify_one();
             });
         }
-        for (id, ip, port, path, timeout_ms, starting) in to_check {
+        for (id, probe, starting) in to_check {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let res = check(
-                    &ip,
-                    port,
-                    path.as_deref(),
-                    Duration::from_millis(timeout_ms.max(300)),
-                )
-                .await;
+                let res = probe.check().await;
                 let Ok(mut locals) = shared.locals.lock() else {
                     return;
                 };
                 let Some(l) = locals.get_mut(&id) else { return };
                 l.checking = false;
-                if l.saved.running.is_none() || l.term_at.is_some() {
-                    return;
-                }
-                let hc = l.saved.desired.health_check.clone();
-                let before = (l.status.clone(), l.reason.clone());
-                match res {
-                    Ok(()) => {
-                        l.health_passed += 1;
-                        l.health_failures = 0;
-                        l.status = "healthy".into();
-                        l.reason = None;
-                        l.healthy_since.get_or_insert_with(Instant::now);
-                        if l.healthy_since
-                            .is_some_and(|t| t.elapsed() > Duration::from_secs(60))
-                        {
-                            l.consecutive_crashes = 0;
-                        }
-                    }
-                    Err(e) if starting => {
-                        // The quick checks of a starting instance do not
-                        // count as failures: the regular ones that follow do.
-                        l.reason = Some(format!("waiting for the health check: {e}"));
-                    }
-                    Err(e) => {
-                        l.health_failures += 1;
-                        let in_grace = l
-                            .saved
-                            .started_at
-                            .is_some_and(|t| now_micros() - t < (hc.grace_ms as i64) * 1000);
-                        if l.status == "healthy" && l.health_failures >= hc.retries.max(1) {
-                            l.status = "unhealthy".into();
-                            l.reason = Some(format!("health check failing: {e}"));
-                            l.healthy_since = None;
-                            drop(locals);
-                            shared.event(
-                                &id,
-                                "unhealthy",
-                                format!("health check failing: {e}"),
-                                None,
-                            );
-                            return;
-                        } else if l.status != "healthy"
-                            && !in_grace
-                            && l.health_failures >= hc.retries.max(1)
-                        {
-                            l.status = "unhealthy".into();
-                            l.reason = Some(format!("health check failing: {e}"));
-                        } else if l.status != "healthy" && l.status != "unhealthy" {
-                            l.reason = Some(format!("waiting for the health check: {e}"));
-                        }
-                    }
-                }
-                if (l.status.clone(), l.reason.clone()) != before {
-                    drop(locals);
-                    shared.dirty.notify_one();
-                }
+                drop(locals);
+                record_check(&shared, &id, res, starting, None);
             });
+        }
+        for (id, started_at, probe) in to_watch {
+            tokio::spawn(watch_start(shared.clone(), id, started_at, probe));
         }
         if dirty {
             shared.dirty.notify_one();
@@ -1196,19 +1156,195 @@ async fn retry_prepare(ctx: Arc<Ctx>, shared: Arc<Shared>, d: DesiredInstance, m
     }
 }
 
+/// Where and how an instance is health-checked.
+#[derive(Debug, Clone)]
+struct Probe {
+    ip: String,
+    port: u16,
+    path: Option<String>,
+    timeout: Duration,
+    /// How long a TCP check's connection must stay open (see `TCP_SETTLE`).
+    settle: Duration,
+}
+
+impl Probe {
+    fn of(l: &Local, r: &Running) -> Probe {
+        let hc = &l.saved.desired.health_check;
+        Probe {
+            ip: r
+                .extra
+                .get("ip")
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: hc.port.unwrap_or(l.saved.port),
+            path: hc.path.clone(),
+            timeout: Duration::from_millis(hc.timeout_ms.max(300)),
+            // Only QEMU's port forward accepts before the app listens; for
+            // the other drivers an accepted connection is a listening app.
+            settle: if r.driver == "microvm" {
+                TCP_SETTLE
+            } else {
+                Duration::ZERO
+            },
+        }
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        check(
+            &self.ip,
+            self.port,
+            self.path.as_deref(),
+            self.timeout,
+            self.settle,
+        )
+        .await
+    }
+}
+
+/// Apply the result of a health check of `id` (of its run started at
+/// `run`, when given: a check of an earlier run is ignored). `starting`:
+/// a quick check of a starting instance, whose failures do not count.
+fn record_check(
+    shared: &Shared,
+    id: &str,
+    res: Result<(), String>,
+    starting: bool,
+    run: Option<i64>,
+) {
+    let Ok(mut locals) = shared.locals.lock() else {
+        return;
+    };
+    let Some(l) = locals.get_mut(id) else { return };
+    if l.saved.running.is_none()
+        || l.term_at.is_some()
+        || run.is_some_and(|at| l.saved.started_at != Some(at))
+    {
+        return;
+    }
+    let hc = l.saved.desired.health_check.clone();
+    let before = (l.status.clone(), l.reason.clone());
+    match res {
+        Ok(()) => {
+            l.health_passed += 1;
+            l.health_failures = 0;
+            l.status = "healthy".into();
+            l.reason = None;
+            l.healthy_since.get_or_insert_with(Instant::now);
+            if l.healthy_since
+                .is_some_and(|t| t.elapsed() > Duration::from_secs(60))
+            {
+                l.consecutive_crashes = 0;
+            }
+        }
+        Err(e) if starting => {
+            // The quick checks of a starting instance do not count as
+            // failures: the regular ones that follow do.
+            l.reason = Some(format!("waiting for the health check: {e}"));
+        }
+        Err(e) => {
+            l.health_failures += 1;
+            let in_grace = l
+                .saved
+                .started_at
+                .is_some_and(|t| now_micros() - t < (hc.grace_ms as i64) * 1000);
+            if l.status == "healthy" && l.health_failures >= hc.retries.max(1) {
+                l.status = "unhealthy".into();
+                l.reason = Some(format!("health check failing: {e}"));
+                l.healthy_since = None;
+                drop(locals);
+                shared.event(id, "unhealthy", format!("health check failing: {e}"), None);
+                return;
+            } else if l.status != "healthy" && !in_grace && l.health_failures >= hc.retries.max(1) {
+                l.status = "unhealthy".into();
+                l.reason = Some(format!("health check failing: {e}"));
+            } else if l.status != "healthy" && l.status != "unhealthy" {
+                l.reason = Some(format!("waiting for the health check: {e}"));
+            }
+        }
+    }
+    if (l.status.clone(), l.reason.clone()) != before {
+        drop(locals);
+        shared.dirty.notify_one();
+    }
+}
+
+/// Watch the run of `id` started at `started_at` until its health check
+/// first passes, `STARTING_WINDOW` is over or the run ends: try at once
+/// and often (see `STARTING_POLL_FIRST`), so the instance is reported
+/// healthy as soon as it listens and answers. Its failures do not count.
+async fn watch_start(shared: Arc<Shared>, id: String, started_at: i64, probe: Probe) {
+    use std::sync::atomic::Ordering;
+    let t0 = Instant::now();
+    let mut pause = STARTING_POLL_FIRST;
+    let mut tries = 0u32;
+    shared.watchers.fetch_add(1, Ordering::Relaxed);
+    loop {
+        // Many watchers at once: each tries less often (bounded in all).
+        let n = shared.watchers.load(Ordering::Relaxed);
+        let floor = STARTING_POLL_FIRST * (n / STARTING_POLL_BATCH).max(1);
+        tokio::time::sleep(pause.max(floor).min(STARTING_CHECK)).await;
+        let current = shared.locals.lock().ok().is_some_and(|locals| {
+            locals.get(&id).is_some_and(|l| {
+                l.saved.started_at == Some(started_at)
+                    && l.saved.running.is_some()
+                    && l.term_at.is_none()
+            })
+        });
+        if !current {
+            break;
+        }
+        let res = probe.check().await;
+        tries += 1;
+        let passed = res.is_ok();
+        if passed {
+            tracing::debug!(instance_id = %id, tries, after_ms = t0.elapsed().as_secs_f64() * 1e3, "first health check passed");
+        }
+        record_check(&shared, &id, res, true, Some(started_at));
+        if passed || t0.elapsed() >= STARTING_WINDOW {
+            if let Ok(mut locals) = shared.locals.lock() {
+                if let Some(l) = locals
+                    .get_mut(&id)
+                    .filter(|l| l.saved.started_at == Some(started_at))
+                {
+                    // The regular checks take over.
+                    l.watching = false;
+                    if passed {
+                        let every = l.saved.desired.health_check.interval_ms;
+                        l.next_check =
+                            Instant::now() + Duration::from_millis(every.clamp(500, 3_600_000));
+                    }
+                }
+            }
+            break;
+        }
+        pause += pause / 8;
+    }
+    shared.watchers.fetch_sub(1, Ordering::Relaxed);
+}
+
 /// One health check: TCP connect, or an HTTP GET that must answer 2xx/3xx.
-async fn check(ip: &str, port: u16, path: Option<&str>, timeout: Duration) -> Result<(), String> {
+/// A TCP check's connection must stay open for `settle` (when not zero).
+async fn check(
+    ip: &str,
+    port: u16,
+    path: Option<&str>,
+    timeout: Duration,
+    settle: Duration,
+) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect((ip, port))
             .await
             .map_err(|e| format!("cannot connect to port {port}: {e}"))?;
         let Some(path) = path else {
+            if settle.is_zero() {
+                return Ok(());
+            }
             // A connect alone can succeed before anything listens: a
             // microVM's port forward accepts at once, then closes when the
             // guest refuses. Listening means not closed at once.
             let mut b = [0u8; 1];
-            return match tokio::time::timeout(TCP_SETTLE, s.read(&mut b)).await {
+            return match tokio::time::timeout(settle, s.read(&mut b)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => Err(format!("port {port} accepted, then closed at once")),
                 Ok(Ok(_)) | Err(_) => Ok(()),
             };
@@ -1377,14 +1513,159 @@ mod tests {
             }
         });
         let t = Duration::from_secs(2);
-        assert_eq!(check("127.0.0.1", keeps_port, None, t).await, Ok(()));
-        let e = check("127.0.0.1", closes_port, None, t).await.unwrap_err();
+        let settle = TCP_SETTLE;
+        assert_eq!(
+            check("127.0.0.1", keeps_port, None, t, settle).await,
+            Ok(())
+        );
+        let e = check("127.0.0.1", closes_port, None, t, settle)
+            .await
+            .unwrap_err();
         assert!(e.contains("closed at once"), "{e}");
         let unused = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        assert!(check("127.0.0.1", unused, None, t).await.is_err());
+        assert!(check("127.0.0.1", unused, None, t, settle).await.is_err());
+        assert!(check("127.0.0.1", unused, None, t, Duration::ZERO)
+            .await
+            .is_err());
+        // Without a settle (not a microVM), an accepted connection is enough.
+        assert_eq!(
+            check("127.0.0.1", closes_port, None, t, Duration::ZERO).await,
+            Ok(())
+        );
+    }
+
+    fn local_listening_on(port: u16, path: Option<&str>, started_at: i64) -> Local {
+        Local {
+            saved: Saved {
+                desired: DesiredInstance {
+                    id: "inst_w".into(),
+                    app_id: "app_w".into(),
+                    app_name: "w".into(),
+                    organization_id: "org_w".into(),
+                    version: 1,
+                    driver: "process".into(),
+                    image: None,
+                    archive_url: None,
+                    command: None,
+                    env: BTreeMap::new(),
+                    memory: 64 << 20,
+                    cpu_millis: 100,
+                    health_check: shellwego_api::nodes::DesiredHealthCheck {
+                        path: path.map(String::from),
+                        port: None,
+                        interval_ms: 1000,
+                        timeout_ms: 1000,
+                        retries: 3,
+                        grace_ms: 30_000,
+                    },
+                    stop_timeout_ms: 2000,
+                    region: "local".into(),
+                },
+                port,
+                running: Some(Running {
+                    driver: "process".into(),
+                    pid: std::process::id(),
+                    start_ticks: 0,
+                    extra: BTreeMap::new(),
+                }),
+                started_at: Some(started_at),
+                restarts: 0,
+                image_pinned: None,
+                launch: None,
+            },
+            dir: PathBuf::from("/nonexistent"),
+            status: "starting".into(),
+            reason: None,
+            preparing: false,
+            retry_at: None,
+            consecutive_crashes: 0,
+            term_at: None,
+            stop_deadline: None,
+            health_passed: 0,
+            health_failures: 0,
+            next_check: Instant::now(),
+            checking: false,
+            watching: true,
+            healthy_since: None,
+            settled: false,
+        }
+    }
+
+    /// A started instance is reported healthy once its port listens and
+    /// answers its HTTP check, without waiting for the regular checks; a
+    /// watcher of an earlier run gives up.
+    #[tokio::test]
+    async fn a_starting_instance_is_healthy_once_it_listens() {
+        use std::sync::atomic::Ordering as O;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let shared = Arc::new(Shared::new());
+        let l = local_listening_on(port, Some("/health"), 7);
+        let probe = Probe::of(&l, l.saved.running.as_ref().unwrap());
+        shared.locals.lock().unwrap().insert("inst_w".into(), l);
+        let watcher = tokio::spawn(watch_start(
+            shared.clone(),
+            "inst_w".into(),
+            7,
+            probe.clone(),
+        ));
+        // Nothing listens yet: refused connects, not failures.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        {
+            let locals = shared.locals.lock().unwrap();
+            let l = &locals["inst_w"];
+            assert_eq!(l.status, "starting");
+            assert_eq!(l.health_failures, 0);
+            assert!(
+                l.reason.as_deref().unwrap_or("").contains("cannot connect"),
+                "{:?}",
+                l.reason
+            );
+        }
+        assert_eq!(shared.watchers.load(O::Relaxed), 1);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut b = [0u8; 512];
+                let _ = s.read(&mut b).await;
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nok\n").await;
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the watcher did not end")
+            .unwrap();
+        {
+            let locals = shared.locals.lock().unwrap();
+            let l = &locals["inst_w"];
+            assert_eq!(l.status, "healthy");
+            assert_eq!(l.health_passed, 1);
+            assert!(!l.watching, "the regular checks take over");
+        }
+        assert_eq!(shared.watchers.load(O::Relaxed), 0);
+
+        // A watcher of an earlier run (the instance restarted) stops at
+        // once and changes nothing.
+        let before = shared.locals.lock().unwrap()["inst_w"].health_passed;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            watch_start(shared.clone(), "inst_w".into(), 6, probe),
+        )
+        .await
+        .expect("a stale watcher did not stop");
+        assert_eq!(
+            shared.locals.lock().unwrap()["inst_w"].health_passed,
+            before
+        );
     }
 }

@@ -136,7 +136,7 @@ fn wait_exit(d: &ContainerDriver, r: &Running, within: Duration) -> Option<Exit>
         if Instant::now() > deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -221,7 +221,8 @@ fn serves_http_from_its_own_namespaces_without_touching_the_image() {
         "the image root gained entries"
     );
 
-    // Its own network and pid namespaces; pid 1 inside.
+    // Its own network and pid namespaces; our init is pid 1 inside, the
+    // app its child.
     let pid = r.pid.to_string();
     assert_ne!(ns(&pid, "net"), ns("self", "net"));
     assert_ne!(ns(&pid, "pid"), ns("self", "pid"));
@@ -232,6 +233,23 @@ fn serves_http_from_its_own_namespaces_without_touching_the_image() {
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
         std::fs::read_link(format!("/proc/{pid}/task/{pid}/ns/net")).unwrap()
+    );
+
+    let init = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        init.starts_with("/.shellwego/sw-init\0--\0sh\0"),
+        "{init:?}"
+    );
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let app = children
+        .split_whitespace()
+        .next()
+        .expect("the init has no child");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{app}/comm"))
+            .unwrap()
+            .trim(),
+        "httpd"
     );
 
     // stdout goes to the log, with the environment given.
@@ -340,10 +358,11 @@ fn terminate_cleanup_restart_and_distinct_addresses() {
     assert!(!exit.oom_killed);
     assert!(std::fs::read_to_string(&la.log).unwrap().contains("bye"));
 
-    // `sleep` as pid 1 ignores SIGTERM; Kill stops it.
+    // `sleep` has no SIGTERM handler; our init (pid 1) forwards the signal
+    // and `sleep` dies of it.
     d.run(Command::Terminate(&rb)).unwrap();
-    d.run(Command::Kill(&rb)).unwrap();
-    wait_exit(&d, &rb, Duration::from_secs(10)).expect("Kill did not stop it");
+    let exit = wait_exit(&d, &rb, Duration::from_secs(5)).expect("Terminate did not stop it");
+    assert_eq!(exit.signal, Some(15), "{exit:?}");
 
     for (l, r) in [(&la, &ra), (&lb, &rb)] {
         d.run(Command::Cleanup {
@@ -509,4 +528,163 @@ fn copies_the_root_where_an_overlay_cannot_be_mounted() {
     assert!(!Path::new(&r.extra["bundle"]).exists());
     assert!(root.join("bin/busybox").is_file());
     g.r = None;
+}
+
+/// How long Terminate takes to stop `r` (from the signal to the exit, as
+/// `poll` sees it).
+fn time_terminate(d: &ContainerDriver, r: &Running) -> (Duration, Exit) {
+    let t = Instant::now();
+    d.run(Command::Terminate(r)).unwrap();
+    let exit = wait_exit(d, r, Duration::from_secs(15)).expect("Terminate did not stop it");
+    (t.elapsed(), exit)
+}
+
+#[test]
+fn apps_without_a_sigterm_handler_stop_at_once_on_terminate() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    // busybox `sleep` in an image; the README's sample app (python3, no
+    // SIGTERM handler) as an app directory on the host's userland.
+    let ls = launch(tmp.path(), "sleeps", &root, &["sleep", "1000"], 64 << 20);
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+    let mut lh = launch(
+        tmp.path(),
+        "hello",
+        &hello,
+        &["python3", "server.py"],
+        128 << 20,
+    );
+    lh.is_rootfs = false;
+    lh.port = 8123;
+    let rs = start(&d, &ls);
+    let _gs = Guard {
+        d: &d,
+        id: ls.instance_id.clone(),
+        r: Some(rs.clone()),
+    };
+    let rh = start(&d, &lh);
+    let _gh = Guard {
+        d: &d,
+        id: lh.instance_id.clone(),
+        r: Some(rh.clone()),
+    };
+    let page = http_get(&rh.extra["ip"], lh.port, "/health");
+    assert!(page.contains("ok"), "{page}");
+
+    for (name, r) in [("busybox sleep", &rs), ("examples/hello", &rh)] {
+        let (took, exit) = time_terminate(&d, r);
+        println!("{name}: Terminate to exit in {took:?} ({exit:?})");
+        assert_eq!(exit.signal, Some(15), "{name}: {exit:?}");
+        assert_eq!(exit.code, None, "{name}: {exit:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{name} took {took:?} to stop on SIGTERM"
+        );
+    }
+}
+
+#[test]
+fn the_apps_exit_code_is_reported() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    // (name, argv, code, signal)
+    type Case<'a> = (&'a str, &'a [&'a str], Option<i32>, Option<i32>);
+    let cases: [Case; 4] = [
+        ("three", &["sh", "-c", "exit 3"], Some(3), None),
+        ("zero", &["true"], Some(0), None),
+        ("selfkill", &["sh", "-c", "kill -USR1 $$"], None, Some(10)),
+        ("missing", &["no-such-program"], Some(127), None),
+    ];
+    for (name, argv, code, signal) in cases {
+        let l = launch(tmp.path(), name, &root, argv, 64 << 20);
+        let r = start(&d, &l);
+        let _g = Guard {
+            d: &d,
+            id: l.instance_id.clone(),
+            r: Some(r.clone()),
+        };
+        let exit = wait_exit(&d, &r, Duration::from_secs(10)).expect("still running");
+        assert_eq!((exit.code, exit.signal), (code, signal), "{name}: {exit:?}");
+        assert!(!exit.oom_killed);
+        if name == "missing" {
+            let log = std::fs::read_to_string(&l.log).unwrap();
+            assert!(
+                log.contains("cannot run no-such-program"),
+                "{name}: log: {log}"
+            );
+        }
+    }
+}
+
+/// Processes of the pid namespace of `pid` that are zombies.
+fn zombies_in_namespace_of(pid: u32) -> Vec<String> {
+    let target = ns(&pid.to_string(), "pid");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|p| p.chars().all(|c| c.is_ascii_digit()))
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/ns/pid"))
+                .ok()
+                .as_ref()
+                == Some(&target)
+        })
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn orphans_of_the_app_are_reaped() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    // The inner shell leaves a background `sleep` behind and exits; that
+    // orphan goes to pid 1 and ends 0.2 s later. The app (`sleep 1000`)
+    // never waits for anything.
+    let l = launch(
+        tmp.path(),
+        "orphans",
+        &root,
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3; do sh -c 'sleep 0.2 &'; done; echo forked; exec sleep 1000",
+        ],
+        64 << 20,
+    );
+    let r = start(&d, &l);
+    let _g = Guard {
+        d: &d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&l.log)
+        .unwrap_or_default()
+        .contains("forked")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(d.poll(&r).is_none(), "the app ended early");
+    let zombies = zombies_in_namespace_of(r.pid);
+    assert!(
+        zombies.is_empty(),
+        "zombies left in the container: {zombies:?}"
+    );
 }

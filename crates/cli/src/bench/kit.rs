@@ -41,9 +41,13 @@ impl Child {
     fn start(name: String, program: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
         let file = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
+        // SHELLWEGO_BENCH_LOG: the servers' log filter, to trace a run
+        // (e.g. `info,sqlx=warn,shellwego_agent=debug`).
+        let filter =
+            std::env::var("SHELLWEGO_BENCH_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
         let child = tokio::process::Command::new(program)
             .args(args)
-            .env("SHELLWEGO_LOG", "info,sqlx=warn")
+            .env("SHELLWEGO_LOG", filter)
             .stdin(std::process::Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
