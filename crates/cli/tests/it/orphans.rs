@@ -69,6 +69,25 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Processes whose environment names one of `instances`.
+/// The processes of `pids` whose parent is not among them (a container's
+/// init, not the app it runs).
+fn top_processes(pids: Vec<u32>) -> Vec<u32> {
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid …: comm may hold spaces, so after the last ')'.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    pids.iter()
+        .copied()
+        .filter(|p| parent(*p).is_none_or(|pp| !pids.contains(&pp)))
+        .collect()
+}
+
 fn processes_of_instances(instances: &[String]) -> Vec<u32> {
     let needles: Vec<String> = instances
         .iter()
@@ -277,7 +296,8 @@ fn a_killed_up_re_adopts_its_containers_and_an_emptied_data_dir_removes_them_not
         .iter()
         .all(|i| i["restarts"] == 0));
     assert!(orphan_events(&a).is_empty(), "{:?}", orphan_events(&a));
-    let mut running = processes_of(&app);
+    // Each container's init and the app under it: the inits count.
+    let mut running = top_processes(processes_of(&app));
     running.sort();
     let mut expected = pids.clone();
     expected.sort();
