@@ -817,6 +817,18 @@ pub async fn desired_on_node(tx: &mut Tx, node_id: &str) -> Result<Vec<(Instance
     Ok(out)
 }
 
+/// Nodes of an organization registered whose agent has not joined yet.
+pub async fn joining_nodes(tx: &mut Tx, org: &str) -> Result<i64, Error> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM nodes WHERE organization_id = $1 AND credential_hash IS NULL",
+    )
+    .bind(org)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    row.try_get::<i64, _>("n").map_err(db_err)
+}
+
 /// An organization's settings (JSON), read inside a transaction.
 pub async fn org_settings(tx: &mut Tx, org: &str) -> Result<serde_json::Value, Error> {
     let row = sqlx::query("SELECT settings FROM organizations WHERE id = $1")

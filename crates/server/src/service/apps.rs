@@ -944,6 +944,16 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
     for n in &touched {
         apps::bump_node(tx, n).await?;
     }
+    // No node at all, but some registered: they are about to join (the
+    // local agent of `shellwego up` joins its own within seconds).
+    if unplaced_reason.is_some() && rooms.is_empty() {
+        let joining = apps::joining_nodes(tx, &a.organization_id).await?;
+        if joining > 0 {
+            unplaced_reason = Some(format!(
+                "no node has joined this organization yet; {joining} registered node(s) wait for their agent to join"
+            ));
+        }
+    }
     if let Some(d) = dep.as_mut().filter(|_| fell_back) {
         let mut o = deploy::options_of(d);
         if !o.in_place {

@@ -175,6 +175,22 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
             .contains("no node has joined"),
         "{a}"
     );
+    // A node registered, its agent not joined yet: the reason says so.
+    let r = post(
+        &s,
+        "/v1/nodes",
+        &s.token,
+        json!({"hostname": "soon", "region": "eu"}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let a = wait_app(&s, &id, "pending on a joining node", |a| {
+        a["status_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("1 registered node(s) wait for their agent to join"))
+    })
+    .await;
+    assert_eq!(a["status"], "pending", "{a}");
     // A node too small: the reason says what is missing.
     let (small, _) = join_node(&s, "small", 2, 8 << 30).await;
     let a = wait_app(&s, &id, "pending on cpu", |a| {
