@@ -755,6 +755,22 @@ fn assert_stages_in_order(d: &Value) {
     }
 }
 
+/// `POST …/actions/restart` with `body`: the restart's deployment id.
+async fn restart(s: &Srv, app: &str, body: Value) -> String {
+    let r = post(
+        s,
+        &format!("/v1/apps/{app}/actions/restart"),
+        &s.token,
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A node with 2 cores and an app of 4 replicas at 0.5 CPU: no room for
 /// one more. Returns (node credential, app id).
 async fn full_node(s: &Srv, name: &str) -> (String, String) {
@@ -811,16 +827,7 @@ async fn roll_to_the_end(
 async fn rollouts_without_room_replace_in_place(s: Srv) {
     let (cred, app) = full_node(&s, "tight").await;
     let beat = heartbeat(&s, &cred);
-    let r = post(
-        &s,
-        &format!("/v1/apps/{app}/actions/restart"),
-        &s.token,
-        json!({}),
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    let a: Value = r.json().await.unwrap();
-    let restart = a["deployment_id"].as_str().unwrap().to_string();
+    let restart = restart(&s, &app, json!({})).await;
     // The first pass already fell back: the stage in progress says how.
     let (_, d) = s.get(&format!("/v1/deployments/{restart}")).await;
     let current = d["stages"]
@@ -906,19 +913,7 @@ async fn rollouts_without_room_replace_in_place(s: Srv) {
 async fn a_superseded_rollout_cancels_its_pending_instances(s: Srv) {
     let (cred, app) = full_node(&s, "cancel").await;
     let beat = heartbeat(&s, &cred);
-    let restart = post(
-        &s,
-        &format!("/v1/apps/{app}/actions/restart"),
-        &s.token,
-        json!({}),
-    )
-    .await
-    .json::<Value>()
-    .await
-    .unwrap()["deployment_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let restart = restart(&s, &app, json!({})).await;
     // The first old instance stops in place; once it is gone its
     // replacement is placed, and not started yet.
     assert_eq!(desired(&s, &cred, &app).await.len(), 3);
@@ -1069,19 +1064,7 @@ async fn stopping_an_app_mid_rollout_cancels_its_deployment(s: Srv) {
 async fn a_deploy_right_after_a_restart_leaves_it_successful(s: Srv) {
     let (cred, app) = serving_app(&s, "next").await;
     let beat = heartbeat(&s, &cred);
-    let restart = post(
-        &s,
-        &format!("/v1/apps/{app}/actions/restart"),
-        &s.token,
-        json!({}),
-    )
-    .await
-    .json::<Value>()
-    .await
-    .unwrap()["deployment_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let restart = restart(&s, &app, json!({})).await;
     let t = Instant::now();
     loop {
         report(&s, &cred, healthy).await;
@@ -1105,18 +1088,7 @@ async fn a_deploy_right_after_a_restart_leaves_it_successful(s: Srv) {
 async fn a_restart_without_surge_replaces_in_place(s: Srv) {
     let (cred, app) = serving_app(&s, "nosurge").await;
     let beat = heartbeat(&s, &cred);
-    let r = post(
-        &s,
-        &format!("/v1/apps/{app}/actions/restart"),
-        &s.token,
-        json!({"max_surge": 0, "max_unavailable": 1}),
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    let dep = r.json::<Value>().await.unwrap()["deployment_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let dep = restart(&s, &app, json!({"max_surge": 0, "max_unavailable": 1})).await;
     let d = roll_to_the_end(&s, &cred, &app, &dep, 2, 1).await;
     assert_eq!(d["status"], "successful", "{d:#}");
     let r = post(
