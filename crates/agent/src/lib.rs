@@ -12,6 +12,7 @@ pub mod microvm;
 pub mod owner;
 pub mod process;
 pub mod reconcile;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -575,7 +575,10 @@ impl Ctx {
                 if keep_archives.contains(key) || (name.ends_with(".part") && !stale) {
                     continue;
                 }
-                if std::fs::remove_file(e.path()).is_ok() {
+                // An archive is a file; its unpacked tree a directory.
+                if meta.as_ref().is_some_and(|m| m.is_dir()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                } else if std::fs::remove_file(e.path()).is_ok() {
                     freed += meta.map_or(0, |m| m.len());
                 }
             }
@@ -968,17 +971,12 @@ impl Ctx {
         let _ = std::fs::remove_dir_all(&root);
         let root2 = root.clone();
         tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&archive)?;
-            shellwego_image::unpack_archive(
-                std::io::BufReader::new(f),
-                &root2,
-                &shellwego_image::UnpackOptions::default(),
-            )
-            .map_err(anyhow::Error::from)
+            let tree = unpacked(&archive)?;
+            crate::tree::copy_tree(&tree, &root2)
+                .with_context(|| format!("cannot copy {} to {}", tree.display(), root2.display()))
         })
         .await
-        .context("unpacking was interrupted")?
-        .context("cannot unpack the archive")?;
+        .context("unpacking was interrupted")??;
         let procfile = std::fs::read_to_string(root.join("Procfile")).ok();
         let is_rootfs =
             procfile.is_none() && (root.join("bin").is_dir() || root.join("usr/bin").is_dir());
@@ -1092,6 +1090,43 @@ impl Ctx {
         tokio::fs::rename(&tmp, path).await?;
         Ok(path.to_path_buf())
     }
+}
+
+/// The tree of a downloaded archive, unpacked once beside it
+/// (`<archive>.tree`, removed with it by [`Ctx::gc`]); instances copy it.
+fn unpacked(archive: &Path) -> anyhow::Result<PathBuf> {
+    let mut name = archive.file_name().unwrap_or_default().to_os_string();
+    name.push(".tree");
+    let tree = archive.with_file_name(name);
+    if tree.is_dir() {
+        return Ok(tree);
+    }
+    // Unpacked under a name of its own, then renamed: a crash leaves a
+    // `.part` (swept by gc), never a half tree under the final name.
+    let tmp = archive.with_file_name(format!(
+        "{}.tree-{}.part",
+        archive.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id() as u64 * 1_000_000 + (now_micros() as u64 % 1_000_000)
+    ));
+    let f = std::fs::File::open(archive)?;
+    let res = shellwego_image::unpack_archive(
+        std::io::BufReader::new(f),
+        &tmp,
+        &shellwego_image::UnpackOptions::default(),
+    )
+    .context("cannot unpack the archive")
+    .and_then(|_| {
+        // Another instance of the same archive may have won the race.
+        match std::fs::rename(&tmp, &tree) {
+            Ok(()) => Ok(()),
+            Err(_) if tree.is_dir() => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e).context("cannot keep the unpacked archive")),
+        }
+    });
+    if tmp.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res.map(|()| tree)
 }
 
 /// The name of an archive downloaded from `url` in `<data>/archives`.
