@@ -172,7 +172,7 @@ impl Body for ResponseBody {
                     tracing::warn!(
                         phase = %Phase::Upstream,
                         retry_safe = false,
-                        request_id = crate::proxy::id_str(request_id),
+                        request_id = crate::headers::id_str(request_id),
                         %error,
                         "instance failed while sending the response body"
                     );

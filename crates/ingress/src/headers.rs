@@ -140,6 +140,12 @@ pub(crate) fn is_sane_request_id(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:+/=@-".contains(b))
 }
 
+/// A request id for logs; ids are sane by construction, so this never
+/// falls back in practice.
+pub(crate) fn id_str(request_id: &HeaderValue) -> &str {
+    request_id.to_str().unwrap_or("-")
+}
+
 /// Generates request ids: 32 lowercase hex digits, the first 16 random per
 /// process, the last 16 a bijective scramble of a counter, so ids are unique
 /// within a process and, with overwhelming probability, across processes.

@@ -3,6 +3,13 @@
 //!
 //! # Design
 //!
+//! * **Phases.** A request goes through pingora's phases, `request_filter
+//!   → upstream_peer → upstream_request_filter →` forward `→
+//!   response_filter → logging`, with one context per request. Each concern
+//!   below that is not forwarding itself (CONNECT rejection, the host,
+//!   routing, header rewriting, counting, logging) is one hook in a fixed
+//!   list, so a new one (ACME http-01, custom domains, path routing) is one
+//!   more hook; see `phases.rs` and `hooks.rs`.
 //! * **Routing.** [`Routes`] holds an `Arc<RouteTable>` behind a lock that is
 //!   only ever held for a pointer copy. Each request takes a snapshot, so
 //!   [`Routes::replace`] swaps the whole table atomically and a request
@@ -72,6 +79,8 @@
 mod body;
 mod error;
 mod headers;
+mod hooks;
+mod phases;
 mod proxy;
 mod routes;
 

@@ -1,16 +1,18 @@
-//! Proxying one request: route, rewrite, forward with connect-failure
-//! fallback, stream the answer back, or hand an upgraded connection to a
-//! tunnel.
+//! The proxy core: runs the phases of one request (see `phases.rs`) in
+//! order, forwards it with connect-failure fallback, streams the answer
+//! back or hands an upgraded connection to a tunnel, and turns a failure
+//! into a page. What a request is checked for, where it goes and how its
+//! headers change is up to the hooks (`hooks.rs`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS};
 use http::uri::{self, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body, Bytes, Incoming};
+use http::{request, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -20,23 +22,18 @@ use tokio::sync::watch;
 
 use crate::body::{self, ResponseBody, UpstreamBody};
 use crate::error::{caused_by_downstream_body, BoxError, Phase, ProxyError};
-use crate::headers::{
-    append_forwarded_for, is_sane_request_id, is_upgrade_request, strip_hop_by_hop, RequestIds,
-    X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
-};
-use crate::routes::{app_of_host, AppRoute, Backend, Routes};
+use crate::headers::{id_str, is_sane_request_id, is_upgrade_request, RequestIds, X_REQUEST_ID};
+use crate::hooks;
+use crate::phases::{Hooks, RequestCtx};
+use crate::routes::Routes;
 use crate::IngressConfig;
 use shellwego_net::serve::Stage;
 
-/// Longest host shown on a 404 page.
-const MAX_HOST_SHOWN: usize = 255;
-
 /// Everything a request needs, shared by all connections.
 pub(crate) struct Proxy {
-    routes: Routes,
     client: Client<HttpConnector, UpstreamBody>,
-    /// Normalised: lowercase, no leading or trailing dot.
-    base_domain: Box<str>,
+    /// The phase hooks, in order.
+    hooks: Hooks,
     ids: RequestIds,
     /// Where `serve` is in its life; tunnels hold a clone, which is also
     /// how shutdown knows when they are gone.
@@ -62,9 +59,8 @@ impl Proxy {
             .set_host(false)
             .build(connector);
         Self {
-            routes,
             client,
-            base_domain,
+            hooks: hooks::standard(routes, base_domain),
             ids: RequestIds::new(),
             stage,
         }
@@ -79,6 +75,8 @@ impl Proxy {
         Ok(self.proxy(peer, req).await)
     }
 
+    /// One request through every phase: the hooks up to forwarding, the
+    /// forward, the response hooks, then logging; a tunnel starts last.
     async fn proxy(
         &self,
         peer: SocketAddr,
@@ -88,127 +86,77 @@ impl Proxy {
             Some(id) if is_sane_request_id(id) => id.clone(),
             _ => self.ids.next(),
         };
-
-        if req.method() == Method::CONNECT {
-            return page(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &request_id,
-                "405 Method Not Allowed: the ingress does not tunnel CONNECT requests.\n".into(),
-            );
+        let mut ctx = RequestCtx::new(request_id, peer);
+        // The upgrade handle lives in the request's extensions, which the
+        // hooks (seeing only the head) must not be able to lose.
+        ctx.upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
+        let downstream_upgrade = ctx.upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (head, body) = req.into_parts();
+        let (resp, tunnel) = self.run(&mut ctx, head, body, downstream_upgrade).await;
+        self.hooks.logging(&ctx);
+        if let Some(tunnel) = tunnel {
+            self.spawn_tunnel(tunnel, ctx);
         }
+        resp
+    }
 
-        // The authority of an absolute-form or HTTP/2 request wins over Host
-        // (RFC 9112 §3.2.2).
-        let host = match req.uri().authority() {
-            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-            None => req.headers().get(HOST).cloned(),
-        };
-        let Some(host) = host else {
-            return page(
-                StatusCode::BAD_REQUEST,
-                &request_id,
-                "400 Bad Request: the request names no host.\n".into(),
-            );
-        };
-        let Ok(host_str) = host.to_str() else {
-            return page(
-                StatusCode::BAD_REQUEST,
-                &request_id,
-                "400 Bad Request: the Host header is not a valid host.\n".into(),
-            );
-        };
-        let table = self.routes.snapshot();
-        let Some((app, route)) = app_of_host(host_str, &self.base_domain)
-            .and_then(|app| table.lookup(app).map(|route| (app, route)))
-        else {
-            let shown = host_str.get(..MAX_HOST_SHOWN).unwrap_or(host_str);
-            return page(
-                StatusCode::NOT_FOUND,
-                &request_id,
-                format!("404 Not Found: no app is served at host \"{shown}\".\n"),
-            );
-        };
-        if route.backends.is_empty() {
-            let mut resp = page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &request_id,
-                format!(
-                    "503 Service Unavailable: no healthy instance of app \"{app}\"; \
-                     try again shortly.\n"
-                ),
-            );
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
+    /// The phases up to a response head: request hooks, forward, response
+    /// hooks. Returns the tunnel to start when both sides switch protocols.
+    async fn run(
+        &self,
+        ctx: &mut RequestCtx,
+        mut head: request::Parts,
+        body: RequestBody,
+        downstream_upgrade: Option<OnUpgrade>,
+    ) -> (Response<ResponseBody>, Option<Tunnel>) {
+        if let ControlFlow::Break(resp) = self.hooks.request(&mut head, ctx) {
+            return (resp, None);
         }
-
-        let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let headers = &mut parts.headers;
-        strip_hop_by_hop(headers, upgrade);
-        append_forwarded_for(headers, peer.ip());
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        headers.insert(&X_FORWARDED_HOST, host.clone());
-        headers.insert(HOST, host.clone());
-        headers.insert(&X_REQUEST_ID, request_id.clone());
-
         let forward = Forward {
-            method: parts.method,
-            path: parts
+            method: head.method,
+            path: head
                 .uri
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            headers: parts.headers,
+            headers: head.headers,
             body,
         };
-        match self.forward(forward, route, app, &request_id).await {
+        match self.forward(forward, ctx).await {
             Ok((resp, backend)) => {
-                self.routes
-                    .record(&backend.instance_id, resp.status().is_server_error());
-                tracing::debug!(
-                    request_id = id_str(&request_id),
-                    app,
-                    instance_id = %backend.instance_id,
-                    status = resp.status().as_u16(),
-                    "proxied"
-                );
-                self.respond(resp, downstream_upgrade, request_id, app, backend)
+                ctx.set_backend(Some(backend));
+                ctx.upstream_status = Some(resp.status());
+                self.respond(resp, downstream_upgrade, ctx)
             }
             Err((error, backend)) => {
-                let text = match error.phase() {
-                    Phase::Upstream if error.retry_safe() => format!(
-                        "502 Bad Gateway: no instance of app \"{app}\" accepted a connection.\n"
-                    ),
-                    Phase::Upstream => format!(
-                        "502 Bad Gateway: the instance of app \"{app}\" failed to answer.\n"
-                    ),
-                    Phase::Downstream => format!("400 Bad Request: {}.\n", error.what()),
-                    Phase::Ingress => {
-                        "500 Internal Server Error: the ingress could not forward the request.\n"
-                            .into()
-                    }
-                };
-                if let (Some(b), Phase::Upstream) = (backend, error.phase()) {
-                    self.routes.record(&b.instance_id, true);
-                }
-                log_failure(&error, &request_id, app, backend);
-                page(error.status(), &request_id, text)
+                ctx.set_backend(backend);
+                let page = error_page(&error, ctx);
+                ctx.error = Some(error);
+                (page, None)
             }
         }
     }
 
     /// Send the request to the app's backends in round-robin order: the
     /// next one in turn first, then, only while connecting fails (so
-    /// nothing was sent), each of the others once.
-    async fn forward<'r>(
+    /// nothing was sent), each of the others once. The backends are
+    /// [`RequestCtx::route`]'s, and are returned by index: the one that
+    /// answered, or the one that failed after connecting.
+    async fn forward(
         &self,
         forward: Forward,
-        route: &'r AppRoute,
-        app: &str,
-        request_id: &HeaderValue,
-    ) -> Result<(Response<Incoming>, &'r Backend), (ProxyError, Option<&'r Backend>)> {
+        ctx: &RequestCtx,
+    ) -> Result<(Response<Incoming>, usize), (ProxyError, Option<usize>)> {
+        let no_backend = || ProxyError::new(Phase::Ingress, false, "app has no usable backend");
+        // The hooks answer a request without a route or backends before it
+        // gets here; this only keeps a mistake in a hook from panicking.
+        let Some(route) = ctx.route.as_deref() else {
+            return Err((no_backend(), None));
+        };
+        if route.backends.is_empty() {
+            return Err((no_backend(), None));
+        }
+        let (app, request_id) = (ctx.app().unwrap_or(""), &ctx.request_id);
         let Forward {
             method,
             path,
@@ -267,7 +215,7 @@ impl Proxy {
             *out.headers_mut() = headers;
 
             match self.client.request(out).await {
-                Ok(resp) => return Ok((resp, backend)),
+                Ok(resp) => return Ok((resp, index)),
                 Err(error) => {
                     let untouched = slot.as_ref().is_none_or(|(slot, _)| body::untouched(slot));
                     if error.is_connect() && untouched {
@@ -295,29 +243,22 @@ impl Proxy {
                         (Phase::Upstream, "request to the instance failed")
                     };
                     let error = ProxyError::new(phase, false, what).with_source(error);
-                    return Err((error, Some(backend)));
+                    return Err((error, Some(index)));
                 }
             }
         }
-        Err((
-            last_error.unwrap_or_else(|| {
-                ProxyError::new(Phase::Ingress, false, "app has no usable backend")
-            }),
-            None,
-        ))
+        Err((last_error.unwrap_or_else(no_backend), None))
     }
 
-    /// Turn the backend's response into the client's: hop-by-hop headers
-    /// out, request id in, body streamed. A 101 to an upgrade request
-    /// starts a tunnel.
+    /// Turn the backend's response into the client's through the
+    /// `response_filter` hooks, body streamed. A 101 to an upgrade request
+    /// comes with the tunnel to start.
     fn respond(
         &self,
         mut resp: Response<Incoming>,
         downstream_upgrade: Option<OnUpgrade>,
-        request_id: HeaderValue,
-        app: &str,
-        backend: &Backend,
-    ) -> Response<ResponseBody> {
+        ctx: &mut RequestCtx,
+    ) -> (Response<ResponseBody>, Option<Tunnel>) {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(downstream) = downstream_upgrade else {
                 let error = ProxyError::new(
@@ -325,45 +266,48 @@ impl Proxy {
                     false,
                     "instance switched protocols without being asked to",
                 );
-                log_failure(&error, &request_id, app, Some(backend));
-                return page(
+                let app = ctx.app().unwrap_or("");
+                let page = ctx.page(
                     error.status(),
-                    &request_id,
                     format!("502 Bad Gateway: the instance of app \"{app}\" answered wrongly.\n"),
                 );
+                ctx.error = Some(error);
+                return (page, None);
             };
             let upstream = hyper::upgrade::on(&mut resp);
             let (mut parts, _) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers, true);
-            parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-            self.spawn_tunnel(downstream, upstream, request_id, app, backend);
-            return Response::from_parts(parts, ResponseBody::empty());
+            self.hooks.response(&mut parts, ctx);
+            let tunnel = Tunnel {
+                downstream,
+                upstream,
+            };
+            return (
+                Response::from_parts(parts, ResponseBody::empty()),
+                Some(tunnel),
+            );
         }
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
-        parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-        Response::from_parts(
-            parts,
-            ResponseBody::Upstream {
-                inner: body,
-                request_id,
-            },
-        )
+        self.hooks.response(&mut parts, ctx);
+        let body = ResponseBody::Upstream {
+            inner: body,
+            request_id: ctx.request_id.clone(),
+        };
+        (Response::from_parts(parts, body), None)
     }
 
     /// Once both sides have switched protocols, copy bytes both ways until
     /// either side closes or the shutdown grace period is over.
-    fn spawn_tunnel(
-        &self,
-        downstream: OnUpgrade,
-        upstream: OnUpgrade,
-        request_id: HeaderValue,
-        app: &str,
-        backend: &Backend,
-    ) {
+    fn spawn_tunnel(&self, tunnel: Tunnel, ctx: RequestCtx) {
+        let Tunnel {
+            downstream,
+            upstream,
+        } = tunnel;
         let mut stage = self.stage.clone();
-        let app = app.to_owned();
-        let instance_id = backend.instance_id.clone();
+        let app = ctx.app().unwrap_or("").to_owned();
+        let instance_id = ctx
+            .backend()
+            .map_or_else(String::new, |b| b.instance_id.clone());
+        let request_id = ctx.request_id;
         tokio::spawn(async move {
             let tunnel = async {
                 let (client, instance) = tokio::try_join!(downstream, upstream)?;
@@ -413,49 +357,26 @@ struct Forward {
     body: RequestBody,
 }
 
-/// Log a failed request: clients' failures are routine (debug), ours and
-/// the backends' are not (warn). Never logs bodies.
-fn log_failure(error: &ProxyError, request_id: &HeaderValue, app: &str, backend: Option<&Backend>) {
-    let instance_id = backend.map_or("", |b| b.instance_id.as_str());
-    match error.phase() {
-        Phase::Downstream => tracing::debug!(
-            phase = %error.phase(),
-            retry_safe = error.retry_safe(),
-            request_id = id_str(request_id),
-            app,
-            instance_id,
-            error = %error.chain(),
-            "request failed"
-        ),
-        Phase::Upstream | Phase::Ingress => tracing::warn!(
-            phase = %error.phase(),
-            retry_safe = error.retry_safe(),
-            request_id = id_str(request_id),
-            app,
-            instance_id,
-            error = %error.chain(),
-            "request failed"
-        ),
-    }
+/// Both sides of an upgraded connection, once the backend answered 101.
+struct Tunnel {
+    downstream: OnUpgrade,
+    upstream: OnUpgrade,
 }
 
-/// A request id for logs; ids are sane by construction, so this never
-/// falls back in practice.
-pub(crate) fn id_str(request_id: &HeaderValue) -> &str {
-    request_id.to_str().unwrap_or("-")
-}
-
-/// One of the ingress's own short plain-text pages.
-fn page(status: StatusCode, request_id: &HeaderValue, text: String) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::Page(Some(Bytes::from(text))));
-    *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(&X_REQUEST_ID, request_id.clone());
-    resp
+/// The page for a request that failed after a route was chosen.
+fn error_page(error: &ProxyError, ctx: &RequestCtx) -> Response<ResponseBody> {
+    let app = ctx.app().unwrap_or("");
+    let text = match error.phase() {
+        Phase::Upstream if error.retry_safe() => {
+            format!("502 Bad Gateway: no instance of app \"{app}\" accepted a connection.\n")
+        }
+        Phase::Upstream => {
+            format!("502 Bad Gateway: the instance of app \"{app}\" failed to answer.\n")
+        }
+        Phase::Downstream => format!("400 Bad Request: {}.\n", error.what()),
+        Phase::Ingress => {
+            "500 Internal Server Error: the ingress could not forward the request.\n".into()
+        }
+    };
+    ctx.page(error.status(), text)
 }

@@ -65,7 +65,7 @@ impl Routes {
                     .apps
                     .get(&name)
                     .map_or_else(Arc::default, |route| Arc::clone(&route.next));
-                let route = AppRoute::new(&name, backends, next);
+                let route = Arc::new(AppRoute::new(&name, backends, next));
                 (name, route)
             })
             .collect();
@@ -100,7 +100,9 @@ impl Routes {
 /// One version of the route table (see [`Routes::snapshot`]).
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    apps: HashMap<String, AppRoute>,
+    /// Each route behind its own `Arc`, so a request holds on to its app's
+    /// route without holding (or copying) the whole table.
+    apps: HashMap<String, Arc<AppRoute>>,
 }
 
 impl RouteTable {
@@ -129,7 +131,7 @@ impl RouteTable {
     }
 
     /// The route of `app`; allocates only when `app` has uppercase letters.
-    pub(crate) fn lookup(&self, app: &str) -> Option<&AppRoute> {
+    pub(crate) fn lookup(&self, app: &str) -> Option<&Arc<AppRoute>> {
         let key: Cow<'_, str> = if app.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(app.to_ascii_lowercase())
         } else {
