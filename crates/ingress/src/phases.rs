@@ -14,7 +14,8 @@
 //!
 //! # Why a list of trait objects with sync methods
 //!
-//! The hooks are a `Box<[Box<dyn Hook>]>` built once per server, and every
+//! The hooks are a `Box<[Box<dyn Hook>]>` built once per `serve` and held
+//! by the one proxy all connections share (so `Box`, not `Arc`), and every
 //! [`Hook`] method has a default that does nothing, so a hook implements
 //! only the phases it cares about and adding one is a single line in the
 //! list. A fixed pipeline of typed hooks would save a few indirect calls
@@ -28,6 +29,10 @@
 //! domain lookup, a token bucket) works on memory it already has, so no
 //! future is boxed per hook per request. A hook that really needs to wait
 //! would get an async phase of its own in the core.
+//!
+//! Hooks see request and response heads (`http::request::Parts`,
+//! `http::response::Parts`), never bodies: bodies stream through the core
+//! untouched, and a head is easy to build in a unit test.
 //!
 //! Within a phase hooks run in list order, and a phase finishes for every
 //! hook before the next phase starts. The first hook that answers in
@@ -43,13 +48,13 @@
 //! table's own `Arc`. There is no start `Instant` yet: nothing reads one
 //! today; the access-log hook will add it.
 
+use std::net::SocketAddr;
 use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use http::{request, response, HeaderValue, Response, StatusCode};
 use hyper::body::Bytes;
-use std::net::SocketAddr;
 
 use crate::body::ResponseBody;
 use crate::error::ProxyError;
@@ -85,7 +90,9 @@ pub(crate) trait Hook: Send + Sync {
     fn response_filter(&self, _resp: &mut response::Parts, _ctx: &RequestCtx) {}
 
     /// Last phase, once per request, after its response head is decided
-    /// (the body may still be streaming): count and log the outcome.
+    /// (the body may still be streaming): count and log the outcome. A
+    /// request dropped before that (its client went away) does not get
+    /// here.
     fn logging(&self, _ctx: &RequestCtx) {}
 }
 

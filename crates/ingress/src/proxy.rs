@@ -87,8 +87,9 @@ impl Proxy {
             _ => self.ids.next(),
         };
         let mut ctx = RequestCtx::new(request_id, peer);
-        // The upgrade handle lives in the request's extensions, which the
-        // hooks (seeing only the head) must not be able to lose.
+        // Taken out before any hook runs: the handle to the client's side of
+        // an upgrade is in the request's extensions, and the tunnel is the
+        // core's business, not a hook's.
         ctx.upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let downstream_upgrade = ctx.upgrade.then(|| hyper::upgrade::on(&mut req));
         let (head, body) = req.into_parts();
