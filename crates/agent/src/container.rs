@@ -134,10 +134,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Proc, ExitStatus, Output, Stdio};
+use std::process::{Command as Proc, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -146,6 +145,10 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::{json, Value};
 
 use crate::driver::{self, Command, Driver, Exit, Launch, Reply, Running};
+use crate::host::{
+    self, cgroup_mounts, find_binary, is_root, mounts_under, oom_kills_at, run, run_input,
+    wait_timeout, DEFAULT_PATH,
+};
 use crate::owner::{fnv1a, Orphan, Owner};
 
 /// Our directory for the network lock and the probe (runtime state is
@@ -161,7 +164,6 @@ const CPU_PERIOD: i64 = 100_000;
 const RUNTIMES: [&str; 2] = ["runc", "crun"];
 const RUNTIME_TIMEOUT: Duration = Duration::from_secs(30);
 const TOOL_TIMEOUT: Duration = Duration::from_secs(15);
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// In the bundle: how the app ended, as our init wrote it.
 const EXIT_FILE: &str = "exit-status";
 
@@ -1111,15 +1113,11 @@ impl ContainerDriver {
             }
         }
         // Overlays (wherever their directory is now).
-        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<(String, PathBuf)> = info
-            .lines()
-            .filter_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                let point = unescape_mount(left.split(' ').nth(4)?);
-                let source = right.split(' ').nth(1)?;
-                let cid = self.owner.mount_cid(source)?;
-                (!keep.contains(cid)).then(|| (cid.to_string(), point))
+        let mut mounts: Vec<(String, PathBuf)> = host::mounts()
+            .into_iter()
+            .filter_map(|m| {
+                let cid = self.owner.mount_cid(&m.source)?;
+                (!keep.contains(cid)).then(|| (cid.to_string(), m.point))
             })
             .collect();
         mounts.sort_by_key(|(_, p)| std::cmp::Reverse(p.components().count()));
@@ -1195,7 +1193,7 @@ impl Driver for ContainerDriver {
         let oom = r
             .extra
             .get("cgroup")
-            .and_then(|c| oom_kills(c))
+            .and_then(|c| oom_kills_at(c))
             .is_some_and(|n| n > 0);
         let ended = r
             .extra
@@ -1408,57 +1406,6 @@ fn overlay_safe(p: &Path) -> bool {
         .is_some_and(|s| !s.contains([',', ':', '\\', '\n']))
 }
 
-#[derive(Default)]
-struct CgroupMounts {
-    memory_v1: Option<PathBuf>,
-    unified: Option<PathBuf>,
-}
-
-fn cgroup_mounts() -> CgroupMounts {
-    let mut m = CgroupMounts::default();
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(point) = left.split(' ').nth(4) else {
-            continue;
-        };
-        let mut r = right.split(' ');
-        let (fstype, _source, opts) = (r.next(), r.next(), r.next().unwrap_or(""));
-        match fstype {
-            Some("cgroup") if opts.split(',').any(|o| o == "memory") => {
-                m.memory_v1.get_or_insert_with(|| unescape_mount(point));
-            }
-            Some("cgroup2") => {
-                m.unified.get_or_insert_with(|| unescape_mount(point));
-            }
-            _ => {}
-        }
-    }
-    m
-}
-
-/// OOM kills recorded in a container's memory cgroup.
-fn oom_kills(cgroup: &str) -> Option<u64> {
-    let rel = cgroup.trim_start_matches('/');
-    let mounts = cgroup_mounts();
-    let read_key = |file: PathBuf| -> Option<u64> {
-        let text = fs::read_to_string(file).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse().ok())
-    };
-    if let Some(v1) = &mounts.memory_v1 {
-        if let Some(n) = read_key(v1.join(rel).join("memory.oom_control")) {
-            return Some(n);
-        }
-    }
-    mounts
-        .unified
-        .and_then(|v2| read_key(v2.join(rel).join("memory.events")))
-}
-
 /// Swap is on and the memory cgroup accounts it (else a swap limit is moot,
 /// or refused).
 fn swap_accounted() -> bool {
@@ -1474,45 +1421,6 @@ fn swap_accounted() -> bool {
     }
 }
 
-/// Mount points at or under `path` (deepest first), from our mountinfo.
-pub(crate) fn mounts_under(path: &Path) -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mount)
-        .filter(|p| p.starts_with(path))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    found
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-pub(crate) fn unescape_mount(s: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .and_then(|d| {
-                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
-                u8::try_from(v).ok()
-            });
-        if let Some(v) = octal {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
 fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -1522,37 +1430,6 @@ fn log_tail(path: &Path) -> String {
     } else {
         tail
     }
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|u| u.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// `name` on PATH, else in the usual system directories.
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(
-            [
-                "/usr/local/sbin",
-                "/usr/local/bin",
-                "/usr/sbin",
-                "/usr/bin",
-                "/sbin",
-                "/bin",
-            ]
-            .into_iter()
-            .map(PathBuf::from),
-        )
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 fn probe_host() -> Result<(Runtime, Tools), String> {
@@ -1581,73 +1458,4 @@ fn probe_host() -> Result<(Runtime, Tools), String> {
         }
     }
     Err(format!("no working OCI runtime: {}", reasons.join("; ")))
-}
-
-/// Run a tool to completion (stdin from /dev/null), killing it after `timeout`.
-fn run(cmd: Proc, timeout: Duration) -> anyhow::Result<Output> {
-    run_input(cmd, None, timeout)
-}
-
-/// Like [`run`], with `input` on its stdin.
-fn run_input(mut cmd: Proc, input: Option<Vec<u8>>, timeout: Duration) -> anyhow::Result<Output> {
-    use std::io::Write;
-    let what = format!("{:?}", cmd.get_program());
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("cannot run {what}"))?;
-    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
-        // Small (a few commands): fits the pipe; a tool that exits early
-        // makes this fail, and its status says why.
-        let _ = stdin.write_all(&bytes);
-    }
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|o| Box::new(o) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|e| Box::new(e) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .map(|pipe| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    })
-    .collect();
-    let status = wait_timeout(child, timeout).with_context(|| what.clone())?;
-    let mut bufs = readers.into_iter().map(|t| t.join().unwrap_or_default());
-    Ok(Output {
-        status,
-        stdout: bufs.next().unwrap_or_default(),
-        stderr: bufs.next().unwrap_or_default(),
-    })
-}
-
-fn wait_timeout(mut child: Child, timeout: Duration) -> anyhow::Result<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(200);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("timed out after {timeout:?}");
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
 }

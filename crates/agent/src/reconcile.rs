@@ -419,7 +419,7 @@ impl Ctx {
             }
             // Never through a mount (it could reach into an image).
             let mounted = std::fs::canonicalize(&dir)
-                .map(|d| !crate::container::mounts_under(&d).is_empty())
+                .map(|d| !crate::host::mounts_under(&d).is_empty())
                 .unwrap_or(true);
             if mounted {
                 tracing::warn!(dir = %dir.display(), "an instance directory without a state still has mounts: left alone");
