@@ -1,5 +1,5 @@
 //! Runtime drivers: one trait, one implementation per isolation technique
-//! (`process`, `container`; `microvm` later). The reconciler talks to a
+//! (`process`, `container`, `microvm`). The reconciler talks to a
 //! driver only through `Command`s, each documenting when it is valid, and
 //! reads back a `Running` handle it can save and re-adopt after a restart.
 
