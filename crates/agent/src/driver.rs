@@ -92,6 +92,18 @@ pub enum Command<'a> {
     },
 }
 
+impl Command<'_> {
+    /// The command's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Start(_) => "start",
+            Command::Terminate(_) => "terminate",
+            Command::Kill(_) => "kill",
+            Command::Cleanup { .. } => "cleanup",
+        }
+    }
+}
+
 pub enum Reply {
     Started(Running),
     Done,
