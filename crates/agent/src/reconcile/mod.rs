@@ -9,6 +9,12 @@
 //! left that no saved state describes (orphans: see [`crate::owner`]),
 //! with an `orphan_removed` event for each instance. [`Ctx::stop_all`]
 //! stops every instance (`up` on Ctrl-C).
+//!
+//! Where each instance is in its life cycle is a [`phase::InstancePhase`],
+//! changed only by one transition function (see [`phase`]); a pass over
+//! the instances ([`Ctx::pass`]) is a few named steps (new instances, an
+//! unwanted one stopped, a running one tended, a due start) that do the
+//! I/O and report what came of it to that function.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
