@@ -2,9 +2,9 @@
 //! the host's OCI runtime (`runc`, or `crun` where it works), in its own
 //! pid, ipc, uts, mount and network namespaces and its own cgroup.
 //!
-//! The work is split by concern: [`runtime`] (which OCI runtime, the
-//! probe), [`layout`] (the bundle: OCI config, root filesystem, mounts)
-//! and [`net`] (network namespace and veth); this file holds the driver's
+//! The work is split by concern: `runtime.rs` (which OCI runtime, the
+//! probe), `layout.rs` (the bundle: OCI config, root filesystem, mounts)
+//! and `net.rs` (network namespace and veth); this file holds the driver's
 //! life cycle.
 //!
 //! # Running, stopping, after exit

@@ -70,7 +70,7 @@
 //!
 //! # Accelerator and host requirements
 //!
-//! See [`host`]: KVM when a guest really boots with it, TCG otherwise;
+//! See `host.rs`: KVM when a guest really boots with it, TCG otherwise;
 //! QEMU, a kernel with its modules and a static busybox.
 //!
 //! # Measured (this development host: 2 cores, nested, TCG)

@@ -10,9 +10,9 @@
 //! with an `orphan_removed` event for each instance. [`Ctx::stop_all`]
 //! stops every instance (`up` on Ctrl-C).
 //!
-//! Where each instance is in its life cycle is a [`phase::InstancePhase`],
-//! changed only by one transition function (see [`phase`]); a pass over
-//! the instances ([`Ctx::pass`]) is a few named steps (new instances, an
+//! Where each instance is in its life cycle is a `InstancePhase`,
+//! changed only by one transition function (see `phase.rs`); a pass over
+//! the instances (`Ctx::pass`) is a few named steps (new instances, an
 //! unwanted one stopped, a running one tended, a due start) that do the
 //! I/O and report what came of it to that function.
 
@@ -91,7 +91,7 @@ struct SavedLaunch {
 }
 
 /// One instance on this node: what is saved, and where it is in its life
-/// cycle (see [`phase`]).
+/// cycle (see `phase.rs`).
 #[derive(Debug)]
 struct Local {
     saved: Saved,
