@@ -155,11 +155,9 @@ impl Cgroup {
 
     /// How many times the kernel's OOM killer struck in this cgroup.
     pub fn oom_kills(&self) -> u64 {
-        let Some(f) = &self.oom_file else { return 0 };
-        let text = std::fs::read_to_string(f).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse().ok())
+        self.oom_file
+            .as_deref()
+            .and_then(crate::host::oom_kill_count)
             .unwrap_or(0)
     }
 

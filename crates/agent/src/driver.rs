@@ -1,5 +1,5 @@
 //! Runtime drivers: one trait, one implementation per isolation technique
-//! (`process`, `container`; `microvm` later). The reconciler talks to a
+//! (`process`, `container`, `microvm`). The reconciler talks to a
 //! driver only through `Command`s, each documenting when it is valid, and
 //! reads back a `Running` handle it can save and re-adopt after a restart.
 
@@ -90,6 +90,18 @@ pub enum Command<'a> {
         instance_id: &'a str,
         handle: Option<&'a Running>,
     },
+}
+
+impl Command<'_> {
+    /// The command's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Start(_) => "start",
+            Command::Terminate(_) => "terminate",
+            Command::Kill(_) => "kill",
+            Command::Cleanup { .. } => "cleanup",
+        }
+    }
 }
 
 pub enum Reply {

@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod driver;
+pub mod host;
 pub mod init;
 pub mod microvm;
 pub mod owner;

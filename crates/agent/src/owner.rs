@@ -191,23 +191,6 @@ pub fn merge(found: impl IntoIterator<Item = Orphan>) -> Vec<Orphan> {
         .collect()
 }
 
-/// Every mounted cgroup hierarchy (v1 controllers, v2 unified).
-fn cgroup_hierarchies() -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            let fstype = right.split(' ').next()?;
-            matches!(fstype, "cgroup" | "cgroup2").then(|| crate::container::unescape_mount(point))
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .into_iter()
@@ -233,7 +216,7 @@ fn pids_in(cgroup: &Path) -> Vec<i32> {
 pub fn sweep_cgroups(owner: &Owner, keep: &HashSet<String>) -> Vec<Orphan> {
     // (driver, name) -> directories in each hierarchy.
     let mut found: BTreeMap<(String, String), Vec<PathBuf>> = BTreeMap::new();
-    for h in cgroup_hierarchies() {
+    for h in crate::host::cgroup_hierarchies() {
         for driver_dir in subdirs(&h.join(CGROUP_TOP).join(owner.tag())) {
             let driver = driver_dir
                 .file_name()
@@ -328,7 +311,7 @@ pub fn remove_all(owner: &Owner) -> Vec<Orphan> {
 /// Remove this owner's empty cgroup parents and runtime directory (best
 /// effort: anything still in use stays).
 pub fn prune(owner: &Owner) {
-    for h in cgroup_hierarchies() {
+    for h in crate::host::cgroup_hierarchies() {
         let top = h.join(CGROUP_TOP).join(owner.tag());
         for d in subdirs(&top) {
             let _ = fs::remove_dir(d);

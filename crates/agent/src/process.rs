@@ -16,7 +16,7 @@ use std::process::{Child, Command as Cmd, Stdio};
 use std::sync::Mutex;
 
 use anyhow::Context;
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::cgroup::Cgroup;
@@ -32,10 +32,6 @@ pub struct ProcessDriver {
     /// `shellwego/<owner tag>/<driver>/<instance id>` (see [`crate::owner`]).
     owner: Owner,
     kind: Option<&'static str>,
-}
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
 }
 
 /// The cgroup `Running.extra` names.
@@ -74,7 +70,7 @@ impl ProcessDriver {
             .append(true)
             .open(&l.log)
             .with_context(|| format!("cannot open {}", l.log.display()))?;
-        let chroot = l.is_rootfs && is_root();
+        let chroot = l.is_rootfs && crate::host::is_root();
         // The instance joins its cgroup before it execs the app, so every
         // byte it allocates is counted: a tiny host shell writes its own
         // pid into each cgroup.procs, then execs (keeping the pid).
@@ -116,10 +112,7 @@ impl ProcessDriver {
             .stderr(log)
             .process_group(0);
         if !l.env.contains_key("PATH") {
-            cmd.env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            );
+            cmd.env("PATH", crate::host::DEFAULT_PATH);
         }
         let child = cmd
             .spawn()
@@ -150,9 +143,7 @@ impl ProcessDriver {
     }
 
     fn signal(r: &Running, s: Signal) {
-        if let Ok(pid) = i32::try_from(r.pid) {
-            let _ = killpg(Pid::from_raw(pid), s);
-        }
+        crate::host::signal_group(r.pid, s);
     }
 
     fn oom(r: &Running) -> bool {

@@ -9,6 +9,12 @@
 //! left that no saved state describes (orphans: see [`crate::owner`]),
 //! with an `orphan_removed` event for each instance. [`Ctx::stop_all`]
 //! stops every instance (`up` on Ctrl-C).
+//!
+//! Where each instance is in its life cycle is a `InstancePhase`,
+//! changed only by one transition function (see `phase.rs`); a pass over
+//! the instances (`Ctx::pass`) is a few named steps (new instances, an
+//! unwanted one stopped, a running one tended, a due start) that do the
+//! I/O and report what came of it to that function.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,7 +26,11 @@ use serde::{Deserialize, Serialize};
 use shellwego_api::nodes::{AgentEvent, DesiredInstance, InstanceReport};
 use tokio::sync::Notify;
 
-use crate::driver::{Command, Driver, Exit, Launch, Reply, Running};
+use crate::driver::{Command, Driver, Launch, Reply, Running};
+
+mod phase;
+
+use phase::{Happened, InstancePhase, Waiting};
 
 /// Largest archive fetched for a tarball source.
 const MAX_ARCHIVE: u64 = 1 << 30;
@@ -80,27 +90,44 @@ struct SavedLaunch {
     env: BTreeMap<String, String>,
 }
 
+/// One instance on this node: what is saved, and where it is in its life
+/// cycle (see `phase.rs`).
 #[derive(Debug)]
 struct Local {
     saved: Saved,
     dir: PathBuf,
-    status: String,
+    /// Changed only by [`Local::transition`].
+    phase: InstancePhase,
+    /// Reported with the status: why it is in its phase.
     reason: Option<String>,
-    preparing: bool,
-    retry_at: Option<Instant>,
     consecutive_crashes: u32,
-    /// When a removed instance gets its SIGTERM (see `DEREGISTER_GRACE`).
-    term_at: Option<Instant>,
-    stop_deadline: Option<Instant>,
     health_passed: i64,
     health_failures: u32,
+    /// When the next regular health check is due.
     next_check: Instant,
+    /// A regular health check task is in flight (not part of the life
+    /// cycle: the task's result may arrive in any phase).
     checking: bool,
     /// A `watch_start` task is checking it (the regular checks wait).
     watching: bool,
-    healthy_since: Option<Instant>,
-    /// Held to its steady CPU limit (see `BOOT_WINDOW`).
-    settled: bool,
+}
+
+impl Local {
+    /// A new instance, in `phase`.
+    fn new(saved: Saved, dir: PathBuf, phase: InstancePhase, reason: Option<String>) -> Local {
+        Local {
+            saved,
+            dir,
+            phase,
+            reason,
+            consecutive_crashes: 0,
+            health_passed: 0,
+            health_failures: 0,
+            next_check: Instant::now(),
+            checking: false,
+            watching: false,
+        }
+    }
 }
 
 /// Shared between the reconciler loop and the sync loop.
@@ -170,7 +197,7 @@ impl Shared {
             .iter()
             .map(|(id, l)| InstanceReport {
                 id: id.clone(),
-                status: l.status.clone(),
+                status: l.phase.status().to_string(),
                 reason: l.reason.clone(),
                 driver: Some(l.saved.desired.driver.clone()),
                 ip: Some(
@@ -285,6 +312,93 @@ fn backoff(n: u32) -> Duration {
     (Duration::from_millis(500) * 2u32.saturating_pow(n.min(8))).min(MAX_BACKOFF)
 }
 
+/// What a pass decided to do once the instances are unlocked.
+#[derive(Default)]
+struct Work {
+    /// New instances to prepare.
+    prepare: Vec<DesiredInstance>,
+    /// Regular health checks: (instance, where, a starting instance's).
+    check: Vec<(String, Probe, bool)>,
+    /// Fresh starts to watch: (instance, its start, where).
+    watch: Vec<(String, i64, Probe)>,
+    /// Instances to forget (stopped and cleaned up, or never runnable).
+    gone: Vec<String>,
+    /// The control plane should hear about a change.
+    dirty: bool,
+}
+
+/// Run a driver command whose answer is not needed (`Terminate`, `Kill`,
+/// `Cleanup`); a failure is logged, never dropped: a failed cleanup can
+/// leave cgroups, network namespaces or overlays behind.
+fn command(driver: &dyn Driver, instance_id: &str, cmd: Command<'_>) {
+    let name = cmd.name();
+    if let Err(e) = driver.run(cmd) {
+        tracing::warn!(
+            instance_id = %instance_id,
+            command = name,
+            driver = driver.name(),
+            error = %format!("{e:#}"),
+            "driver command failed"
+        );
+    }
+}
+
+/// Step: an instance that is no longer wanted. A running one is reported
+/// `stopping` at once, gets SIGTERM when the routers have dropped it (see
+/// `DEREGISTER_GRACE`) and SIGKILL after its stop timeout, then is cleaned
+/// up and forgotten; one that is not running is cleaned up and forgotten
+/// (once its preparation, if any, is over).
+fn stop_unwanted(id: &str, l: &mut Local, driver: &dyn Driver, work: &mut Work) {
+    let Some(r) = l.saved.running.clone() else {
+        if !l.phase.is_preparing() {
+            command(
+                driver,
+                id,
+                Command::Cleanup {
+                    instance_id: id,
+                    handle: None,
+                },
+            );
+            work.gone.push(id.to_string());
+        }
+        return;
+    };
+    if !l.phase.is_leaving() {
+        // Report `stopping` at once (the routers drop it), and signal only
+        // when they have had time to: requests already in flight to it
+        // then finish.
+        let grace = if matches!(l.phase, InstancePhase::Healthy { .. }) {
+            DEREGISTER_GRACE
+        } else {
+            Duration::ZERO
+        };
+        l.transition(Happened::Removed {
+            term_at: Instant::now() + grace,
+        });
+        work.dirty = true;
+    }
+    if matches!(l.phase, InstancePhase::Deregistering { term_at } if Instant::now() >= term_at) {
+        command(driver, id, Command::Terminate(&r));
+        l.transition(Happened::Terminated {
+            deadline: Instant::now() + Duration::from_millis(l.saved.desired.stop_timeout_ms),
+        });
+        work.dirty = true;
+    }
+    if driver.poll(&r).is_some() {
+        command(
+            driver,
+            id,
+            Command::Cleanup {
+                instance_id: id,
+                handle: Some(&r),
+            },
+        );
+        work.gone.push(id.to_string());
+    } else if matches!(l.phase, InstancePhase::Stopping { deadline } if Instant::now() > deadline) {
+        command(driver, id, Command::Kill(&r));
+    }
+}
+
 impl Ctx {
     fn driver(&self, name: &str) -> Option<Arc<dyn Driver>> {
         self.drivers.iter().find(|d| d.name() == name).cloned()
@@ -321,31 +435,20 @@ impl Ctx {
             } else {
                 saved.running = None;
             }
-            locals.insert(
-                id,
-                Local {
-                    status: if alive {
-                        "starting".into()
-                    } else {
-                        "crashed".into()
+            // A live one is checked until it passes, like a fresh start; a
+            // dead one is restarted at once.
+            let (phase, reason) = if alive {
+                (InstancePhase::Starting { settled: false }, None)
+            } else {
+                (
+                    InstancePhase::Backoff {
+                        until: Instant::now(),
+                        after: Waiting::Crashed,
                     },
-                    reason: (!alive).then(|| "was not running when the agent started".into()),
-                    preparing: false,
-                    retry_at: (!alive).then(Instant::now),
-                    consecutive_crashes: 0,
-                    term_at: None,
-                    stop_deadline: None,
-                    health_passed: 0,
-                    health_failures: 0,
-                    next_check: Instant::now(),
-                    checking: false,
-                    watching: false,
-                    healthy_since: None,
-                    settled: false,
-                    saved,
-                    dir,
-                },
-            );
+                    Some("was not running when the agent started".into()),
+                )
+            };
+            locals.insert(id, Local::new(saved, dir, phase, reason));
         }
         shared
             .ready
@@ -419,7 +522,7 @@ impl Ctx {
             }
             // Never through a mount (it could reach into an image).
             let mounted = std::fs::canonicalize(&dir)
-                .map(|d| !crate::container::mounts_under(&d).is_empty())
+                .map(|d| !crate::host::mounts_under(&d).is_empty())
                 .unwrap_or(true);
             if mounted {
                 tracing::warn!(dir = %dir.display(), "an instance directory without a state still has mounts: left alone");
@@ -472,22 +575,24 @@ impl Ctx {
         while all.iter().any(|s| !s.done) {
             for s in all.iter_mut().filter(|s| !s.done) {
                 if s.driver.poll(&s.r).is_some() {
-                    let _ = s.driver.run(Command::Cleanup {
-                        instance_id: &s.id,
-                        handle: Some(&s.r),
-                    });
+                    command(
+                        s.driver.as_ref(),
+                        &s.id,
+                        Command::Cleanup {
+                            instance_id: &s.id,
+                            handle: Some(&s.r),
+                        },
+                    );
                     s.done = true;
                     if let Ok(mut locals) = shared.locals.lock() {
                         if let Some(l) = locals.get_mut(&s.id) {
-                            l.saved.running = None;
-                            l.status = "stopped".into();
-                            l.reason = Some("stopped with the agent".into());
+                            l.transition(Happened::StoppedWithAgent);
                             save(l);
                         }
                     }
                 } else if !s.killed && Instant::now() > s.deadline {
                     tracing::warn!(instance_id = %s.id, "did not stop in time: killing it");
-                    let _ = s.driver.run(Command::Kill(&s.r));
+                    command(s.driver.as_ref(), &s.id, Command::Kill(&s.r));
                     s.killed = true;
                     // A process that survives SIGKILL (uninterruptible):
                     // given up on after a while.
@@ -533,7 +638,7 @@ impl Ctx {
             let Ok(locals) = shared.locals.lock() else {
                 return true;
             };
-            if locals.values().any(|l| l.preparing) {
+            if locals.values().any(|l| l.phase.is_preparing()) {
                 return false;
             }
             let images: Vec<String> = locals
@@ -593,7 +698,10 @@ impl Ctx {
         true
     }
 
-    /// One pass over every instance; true when some were removed.
+    /// One pass over every instance; true when some were removed. The
+    /// steps run under the lock of the instances and only decide (and
+    /// call the drivers, which answer at once); preparation and health
+    /// checks run as tasks of their own, started at the end.
     fn pass(self: &Arc<Self>, shared: &Arc<Shared>) -> bool {
         let desired = match shared.desired.lock() {
             Ok(d) => d.clone(),
@@ -605,240 +713,189 @@ impl Ctx {
         };
         let want: HashMap<&str, &DesiredInstance> =
             desired.iter().map(|d| (d.id.as_str(), d)).collect();
-        let mut dirty = false;
-        let removed;
-        let mut to_prepare = vec![];
-        let mut to_check = vec![];
-        let mut to_watch = vec![];
+        let mut work = Work::default();
         {
             let Ok(mut locals) = shared.locals.lock() else {
                 return false;
             };
-            // New instances.
-            let mut ports: std::collections::HashSet<u16> =
-                locals.values().map(|l| l.saved.port).collect();
-            for d in &desired {
-                if !locals.contains_key(&d.id) {
-                    let dir = instances_dir(&self.data_dir).join(&d.id);
-                    if let Err(e) = std::fs::create_dir_all(&dir) {
-                        tracing::warn!(error = %e, "cannot create an instance directory");
-                        continue;
-                    }
-                    let port = free_port(&ports);
-                    ports.insert(port);
-                    let l = Local {
-                        saved: Saved {
-                            desired: d.clone(),
-                            port,
-                            running: None,
-                            started_at: None,
-                            restarts: 0,
-                            image_pinned: None,
-                            launch: None,
-                        },
-                        dir,
-                        status: "starting".into(),
-                        reason: Some("preparing".into()),
-                        preparing: true,
-                        retry_at: None,
-                        consecutive_crashes: 0,
-                        term_at: None,
-                        stop_deadline: None,
-                        health_passed: 0,
-                        health_failures: 0,
-                        settled: false,
-                        next_check: Instant::now(),
-                        checking: false,
-                        watching: false,
-                        healthy_since: None,
-                    };
-                    save(&l);
-                    to_prepare.push(d.clone());
-                    locals.insert(d.id.clone(), l);
-                    dirty = true;
-                }
-            }
-            let mut gone = vec![];
+            self.add_new(&desired, &mut locals, &mut work);
             for (id, l) in locals.iter_mut() {
                 let Some(driver) = self.driver(&l.saved.desired.driver) else {
-                    if l.status != "failed" {
-                        l.status = "failed".into();
-                        l.reason = Some(format!(
-                            "this node has no {} driver",
-                            l.saved.desired.driver
-                        ));
-                        dirty = true;
+                    if l.phase.status() != "failed" {
+                        l.transition(Happened::NoDriver);
+                        work.dirty = true;
                     }
                     if !want.contains_key(id.as_str()) {
-                        gone.push(id.clone());
+                        work.gone.push(id.clone());
                     }
                     continue;
                 };
                 if !want.contains_key(id.as_str()) {
-                    // Stop: SIGTERM, SIGKILL after the stop timeout, then clean up.
-                    match &l.saved.running {
-                        Some(r) => {
-                            if l.term_at.is_none() {
-                                // Report `stopping` at once (the routers drop it), and
-                                // signal only when they have had time to: requests
-                                // already in flight to it then finish.
-                                let grace = if l.status == "healthy" {
-                                    DEREGISTER_GRACE
-                                } else {
-                                    Duration::ZERO
-                                };
-                                l.term_at = Some(Instant::now() + grace);
-                                l.status = "stopping".into();
-                                dirty = true;
-                            }
-                            if l.stop_deadline.is_none()
-                                && l.term_at.is_some_and(|t| Instant::now() >= t)
-                            {
-                                let _ = driver.run(Command::Terminate(r));
-                                l.stop_deadline = Some(
-                                    Instant::now()
-                                        + Duration::from_millis(l.saved.desired.stop_timeout_ms),
-                                );
-                                l.status = "stopping".into();
-                                dirty = true;
-                            }
-                            if driver.poll(r).is_some() {
-                                let _ = driver.run(Command::Cleanup {
-                                    instance_id: id,
-                                    handle: Some(r),
-                                });
-                                gone.push(id.clone());
-                            } else if l.stop_deadline.is_some_and(|d| Instant::now() > d) {
-                                let _ = driver.run(Command::Kill(r));
-                            }
-                        }
-                        None if !l.preparing => {
-                            let _ = driver.run(Command::Cleanup {
-                                instance_id: id,
-                                handle: None,
-                            });
-                            gone.push(id.clone());
-                        }
-                        None => {}
-                    }
-                    continue;
-                }
-                // Running: has it exited?
-                if let Some(r) = l.saved.running.clone() {
-                    if let Some(exit) = driver.poll(&r) {
-                        let _ = driver.run(Command::Cleanup {
-                            instance_id: id,
-                            handle: Some(&r),
-                        });
-                        self.crashed(shared, l, &exit);
-                        dirty = true;
-                    } else if !l.checking && !l.watching && Instant::now() >= l.next_check {
-                        l.checking = true;
-                        let hc = &l.saved.desired.health_check;
-                        // A fresh instance is checked often until it first
-                        // passes, so it serves as soon as it listens.
-                        let starting = l.status != "healthy"
-                            && l.saved.started_at.is_some_and(|t| {
-                                now_micros() - t < STARTING_WINDOW.as_micros() as i64
-                            });
-                        let every = if l.status == "healthy" {
-                            hc.interval_ms.clamp(500, 3_600_000)
-                        } else if starting {
-                            STARTING_CHECK.as_millis() as u64
-                        } else {
-                            hc.interval_ms.clamp(500, 1000)
-                        };
-                        l.next_check = Instant::now() + Duration::from_millis(every);
-                        to_check.push((id.clone(), Probe::of(l, &r), starting));
-                    }
-                    // Up (healthy, or long enough after its start): its
-                    // boot CPU allowance ends.
-                    if l.saved.running.is_some()
-                        && !l.settled
-                        && (l.status == "healthy"
-                            || l.saved
-                                .started_at
-                                .is_some_and(|t| now_micros() - t > BOOT_WINDOW.as_micros() as i64))
-                    {
-                        l.settled = true;
-                        if let Err(e) = driver.settle(&r, l.saved.desired.cpu_millis) {
-                            tracing::warn!(instance_id = %id, error = %format!("{e:#}"), "cannot apply the steady CPU limit");
-                        }
-                    }
-                    continue;
-                }
-                // Not running, prepared: start when its backoff is over.
-                if !l.preparing && l.retry_at.is_some_and(|t| Instant::now() >= t) {
-                    l.retry_at = None;
-                    match self.start(l, &driver) {
-                        Ok(()) => {
-                            if let (Some(r), Some(at)) = (&l.saved.running, l.saved.started_at) {
-                                l.watching = true;
-                                to_watch.push((id.clone(), at, Probe::of(l, r)));
-                            }
-                        }
-                        Err(e) => {
-                            let reason = format!("cannot start: {e:#}");
-                            shared.event(id, "failed", reason.clone(), None);
-                            l.status = "failed".into();
-                            l.reason = Some(reason);
-                            l.consecutive_crashes += 1;
-                            l.retry_at = Some(Instant::now() + backoff(l.consecutive_crashes));
-                        }
-                    }
-                    save(l);
-                    dirty = true;
+                    stop_unwanted(id, l, driver.as_ref(), &mut work);
+                } else if let Some(r) = l.saved.running.clone() {
+                    self.tend_running(shared, id, l, driver.as_ref(), &r, &mut work);
+                } else if l.phase.start_due(Instant::now()) {
+                    self.start_due(shared, id, l, &driver, &mut work);
                 }
             }
-            removed = !gone.is_empty();
-            for id in gone {
-                if let Some(l) = locals.remove(&id) {
+            for id in &work.gone {
+                if let Some(l) = locals.remove(id) {
                     let _ = std::fs::remove_dir_all(&l.dir);
                 }
-                dirty = true;
+                work.dirty = true;
             }
         }
-        for d in to_prepare {
-            let (ctx, shared) = (self.clone(), shared.clone());
-            tokio::spawn(async move {
-                let res = ctx.prepare(&d).await;
-                let Ok(mut locals) = shared.locals.lock() else {
-                    return;
-                };
-                let Some(l) = locals.get_mut(&d.id) else {
-                    return;
-                };
-                l.preparing = false;
-                match res {
-                    Ok((launch, pinned)) => {
-                        tracing::debug!(instance_id = %d.id, "prepared");
-                        l.saved.launch = Some(launch);
-                        l.saved.image_pinned = pinned;
-                        l.retry_at = Some(Instant::now());
-                        l.reason = None;
-                    }
-                    Err(e) => {
-                        let reason = format!("{e:#}");
-                        tracing::warn!(instance_id = %d.id, error = %reason, "cannot prepare the instance");
-                        l.status = "failed".into();
-                        l.reason = Some(reason.clone());
-                        l.consecutive_crashes += 1;
-                        // Try again later (a registry may come back).
-                        l.preparing = true;
-                        let wait = backoff(l.consecutive_crashes);
-                        tokio::spawn(retry_prepare(ctx.clone(), shared.clone(), d.clone(), wait));
-                        drop(locals);
-                        shared.event(&d.id, "failed", reason, None);
-                        return;
-                    }
-                }
-                save(l);
-                drop(locals);
-                shared.wake.notify_one();
-                shared.dirty.notify_one();
-            });
+        let removed = !work.gone.is_empty();
+        self.spawn_work(shared, work);
+        removed
+    }
+
+    /// Step: a `Local` for each desired instance this node does not have
+    /// yet, with a free port; its preparation starts after the pass.
+    fn add_new(
+        &self,
+        desired: &[DesiredInstance],
+        locals: &mut BTreeMap<String, Local>,
+        work: &mut Work,
+    ) {
+        let mut ports: HashSet<u16> = locals.values().map(|l| l.saved.port).collect();
+        for d in desired {
+            if locals.contains_key(&d.id) {
+                continue;
+            }
+            let dir = instances_dir(&self.data_dir).join(&d.id);
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                tracing::warn!(error = %e, "cannot create an instance directory");
+                continue;
+            }
+            let port = free_port(&ports);
+            ports.insert(port);
+            let saved = Saved {
+                desired: d.clone(),
+                port,
+                running: None,
+                started_at: None,
+                restarts: 0,
+                image_pinned: None,
+                launch: None,
+            };
+            let l = Local::new(
+                saved,
+                dir,
+                InstancePhase::Preparing { retrying: false },
+                Some("preparing".into()),
+            );
+            save(&l);
+            work.prepare.push(d.clone());
+            locals.insert(d.id.clone(), l);
+            work.dirty = true;
         }
-        for (id, probe, starting) in to_check {
+    }
+
+    /// Step: a running, wanted instance. Has it exited (then it restarts
+    /// after a backoff)? Is a health check due? Is its boot CPU allowance
+    /// over?
+    fn tend_running(
+        &self,
+        shared: &Shared,
+        id: &str,
+        l: &mut Local,
+        driver: &dyn Driver,
+        r: &Running,
+        work: &mut Work,
+    ) {
+        if let Some(exit) = driver.poll(r) {
+            command(
+                driver,
+                id,
+                Command::Cleanup {
+                    instance_id: id,
+                    handle: Some(r),
+                },
+            );
+            let reason = exit.describe();
+            tracing::warn!(instance_id = %id, %reason, "instance exited");
+            let kind = if exit.oom_killed {
+                "oom_killed"
+            } else {
+                "crashed"
+            };
+            let code = exit.code;
+            l.transition(Happened::Exited(exit));
+            save(l);
+            shared.event(id, kind, reason, code);
+            work.dirty = true;
+            return;
+        }
+        let healthy = matches!(l.phase, InstancePhase::Healthy { .. });
+        if !l.checking && !l.watching && Instant::now() >= l.next_check {
+            l.checking = true;
+            let hc = &l.saved.desired.health_check;
+            // A fresh instance is checked often until it first passes, so
+            // it serves as soon as it listens.
+            let starting = !healthy
+                && l.saved
+                    .started_at
+                    .is_some_and(|t| now_micros() - t < STARTING_WINDOW.as_micros() as i64);
+            let every = if healthy {
+                hc.interval_ms.clamp(500, 3_600_000)
+            } else if starting {
+                STARTING_CHECK.as_millis() as u64
+            } else {
+                hc.interval_ms.clamp(500, 1000)
+            };
+            l.next_check = Instant::now() + Duration::from_millis(every);
+            work.check.push((id.to_string(), Probe::of(l, r), starting));
+        }
+        // Up (healthy, or long enough after its start): its boot CPU
+        // allowance ends.
+        let boot_over = l
+            .saved
+            .started_at
+            .is_some_and(|t| now_micros() - t > BOOT_WINDOW.as_micros() as i64);
+        if l.phase.is_up() && !l.phase.is_settled() && (healthy || boot_over) {
+            l.transition(Happened::Settled);
+            if let Err(e) = driver.settle(r, l.saved.desired.cpu_millis) {
+                tracing::warn!(instance_id = %id, error = %format!("{e:#}"), "cannot apply the steady CPU limit");
+            }
+        }
+    }
+
+    /// Step: a prepared instance that is not running and whose backoff is
+    /// over: start it, and watch it closely until it first passes.
+    fn start_due(
+        &self,
+        shared: &Shared,
+        id: &str,
+        l: &mut Local,
+        driver: &Arc<dyn Driver>,
+        work: &mut Work,
+    ) {
+        match self.start(l, driver) {
+            Ok(r) => {
+                l.transition(Happened::Started(r));
+                if let (Some(r), Some(at)) = (&l.saved.running, l.saved.started_at) {
+                    l.watching = true;
+                    work.watch.push((id.to_string(), at, Probe::of(l, r)));
+                }
+            }
+            Err(e) => {
+                let reason = format!("cannot start: {e:#}");
+                shared.event(id, "failed", reason.clone(), None);
+                l.transition(Happened::StartFailed(reason));
+            }
+        }
+        save(l);
+        work.dirty = true;
+    }
+
+    /// Start the tasks a pass decided on: preparations, health checks and
+    /// watchers of fresh starts.
+    fn spawn_work(self: &Arc<Self>, shared: &Arc<Shared>, work: Work) {
+        for d in work.prepare {
+            tokio::spawn(first_prepare(self.clone(), shared.clone(), d));
+        }
+        for (id, probe, starting) in work.check {
             let shared = shared.clone();
             tokio::spawn(async move {
                 let res = probe.check().await;
@@ -851,41 +908,16 @@ impl Ctx {
                 record_check(&shared, &id, res, starting, None);
             });
         }
-        for (id, started_at, probe) in to_watch {
+        for (id, started_at, probe) in work.watch {
             tokio::spawn(watch_start(shared.clone(), id, started_at, probe));
         }
-        if dirty {
+        if work.dirty {
             shared.dirty.notify_one();
         }
-        removed
     }
 
-    fn crashed(&self, shared: &Shared, l: &mut Local, exit: &Exit) {
-        let id = l.saved.desired.id.clone();
-        let reason = exit.describe();
-        tracing::warn!(instance_id = %id, %reason, "instance exited");
-        l.saved.running = None;
-        l.saved.restarts += 1;
-        l.consecutive_crashes += 1;
-        l.healthy_since = None;
-        l.health_failures = 0;
-        l.status = "crashed".into();
-        let wait = backoff(l.consecutive_crashes.saturating_sub(1));
-        l.reason = Some(format!(
-            "{reason}; restarting in {:.1}s",
-            wait.as_secs_f64()
-        ));
-        l.retry_at = Some(Instant::now() + wait);
-        save(l);
-        let kind = if exit.oom_killed {
-            "oom_killed"
-        } else {
-            "crashed"
-        };
-        shared.event(&id, kind, reason, exit.code);
-    }
-
-    fn start(&self, l: &mut Local, driver: &Arc<dyn Driver>) -> anyhow::Result<()> {
+    /// Ask the driver to start the instance; the handle to save.
+    fn start(&self, l: &Local, driver: &Arc<dyn Driver>) -> anyhow::Result<Running> {
         let Some(sl) = l.saved.launch.clone() else {
             bail!("not prepared")
         };
@@ -913,13 +945,7 @@ impl Ctx {
         match driver.run(Command::Start(&launch))? {
             Reply::Started(r) => {
                 tracing::info!(instance_id = %d.id, pid = r.pid, driver = driver.name(), port = l.saved.port, "instance started");
-                l.saved.running = Some(r);
-                l.saved.started_at = Some(now_micros());
-                l.status = "starting".into();
-                l.reason = None;
-                l.settled = false;
-                l.next_check = Instant::now() + STARTING_CHECK;
-                Ok(())
+                Ok(r)
             }
             Reply::Done => bail!("the driver did not start the instance"),
         }
@@ -1138,6 +1164,41 @@ fn archive_key(url: &str) -> String {
         .collect()
 }
 
+/// Prepare a new instance; on failure, try again with growing waits
+/// ([`retry_prepare`]).
+async fn first_prepare(ctx: Arc<Ctx>, shared: Arc<Shared>, d: DesiredInstance) {
+    let res = ctx.prepare(&d).await;
+    let Ok(mut locals) = shared.locals.lock() else {
+        return;
+    };
+    let Some(l) = locals.get_mut(&d.id) else {
+        return;
+    };
+    match res {
+        Ok((launch, pinned)) => {
+            tracing::debug!(instance_id = %d.id, "prepared");
+            l.saved.launch = Some(launch);
+            l.saved.image_pinned = pinned;
+            l.transition(Happened::Prepared);
+        }
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::warn!(instance_id = %d.id, error = %reason, "cannot prepare the instance");
+            l.transition(Happened::PrepareFailed(reason.clone()));
+            // Try again later (a registry may come back).
+            let wait = backoff(l.consecutive_crashes);
+            tokio::spawn(retry_prepare(ctx.clone(), shared.clone(), d.clone(), wait));
+            drop(locals);
+            shared.event(&d.id, "failed", reason, None);
+            return;
+        }
+    }
+    save(l);
+    drop(locals);
+    shared.wake.notify_one();
+    shared.dirty.notify_one();
+}
+
 /// Prepare again after a failure, with growing waits, while still wanted.
 async fn retry_prepare(ctx: Arc<Ctx>, shared: Arc<Shared>, d: DesiredInstance, mut wait: Duration) {
     loop {
@@ -1151,7 +1212,7 @@ async fn retry_prepare(ctx: Arc<Ctx>, shared: Arc<Shared>, d: DesiredInstance, m
         if !still_wanted {
             if let Ok(mut l) = shared.locals.lock() {
                 if let Some(x) = l.get_mut(&d.id) {
-                    x.preparing = false;
+                    x.transition(Happened::PrepareAbandoned);
                 }
             }
             return;
@@ -1166,18 +1227,14 @@ async fn retry_prepare(ctx: Arc<Ctx>, shared: Arc<Shared>, d: DesiredInstance, m
             };
             match res {
                 Ok((launch, pinned)) => {
-                    l.preparing = false;
                     l.saved.launch = Some(launch);
                     l.saved.image_pinned = pinned;
-                    l.retry_at = Some(Instant::now());
-                    l.status = "starting".into();
-                    l.reason = None;
+                    l.transition(Happened::Prepared);
                     save(l);
                     true
                 }
                 Err(e) => {
-                    l.consecutive_crashes += 1;
-                    l.reason = Some(format!("{e:#}"));
+                    l.transition(Happened::PrepareFailed(format!("{e:#}")));
                     wait = backoff(l.consecutive_crashes);
                     false
                 }
@@ -1250,54 +1307,22 @@ fn record_check(
         return;
     };
     let Some(l) = locals.get_mut(id) else { return };
-    if l.saved.running.is_none()
-        || l.term_at.is_some()
-        || run.is_some_and(|at| l.saved.started_at != Some(at))
-    {
+    // A check of an earlier run, or of an instance that is no longer up,
+    // changes nothing.
+    if !l.phase.is_up() || run.is_some_and(|at| l.saved.started_at != Some(at)) {
         return;
     }
-    let hc = l.saved.desired.health_check.clone();
-    let before = (l.status.clone(), l.reason.clone());
-    match res {
-        Ok(()) => {
-            l.health_passed += 1;
-            l.health_failures = 0;
-            l.status = "healthy".into();
-            l.reason = None;
-            l.healthy_since.get_or_insert_with(Instant::now);
-            if l.healthy_since
-                .is_some_and(|t| t.elapsed() > Duration::from_secs(60))
-            {
-                l.consecutive_crashes = 0;
-            }
-        }
-        Err(e) if starting => {
-            // The quick checks of a starting instance do not count as
-            // failures: the regular ones that follow do.
-            l.reason = Some(format!("waiting for the health check: {e}"));
-        }
-        Err(e) => {
-            l.health_failures += 1;
-            let in_grace = l
-                .saved
-                .started_at
-                .is_some_and(|t| now_micros() - t < (hc.grace_ms as i64) * 1000);
-            if l.status == "healthy" && l.health_failures >= hc.retries.max(1) {
-                l.status = "unhealthy".into();
-                l.reason = Some(format!("health check failing: {e}"));
-                l.healthy_since = None;
-                drop(locals);
-                shared.event(id, "unhealthy", format!("health check failing: {e}"), None);
-                return;
-            } else if l.status != "healthy" && !in_grace && l.health_failures >= hc.retries.max(1) {
-                l.status = "unhealthy".into();
-                l.reason = Some(format!("health check failing: {e}"));
-            } else if l.status != "healthy" && l.status != "unhealthy" {
-                l.reason = Some(format!("waiting for the health check: {e}"));
-            }
-        }
-    }
-    if (l.status.clone(), l.reason.clone()) != before {
+    let was_healthy = matches!(l.phase, InstancePhase::Healthy { .. });
+    let happened = match res {
+        Ok(()) => Happened::CheckPassed,
+        Err(error) => Happened::CheckFailed { error, starting },
+    };
+    let changed = l.transition(happened);
+    if was_healthy && matches!(l.phase, InstancePhase::Unhealthy { .. }) {
+        let reason = l.reason.clone().unwrap_or_default();
+        drop(locals);
+        shared.event(id, "unhealthy", reason, None);
+    } else if changed {
         drop(locals);
         shared.dirty.notify_one();
     }
@@ -1322,7 +1347,7 @@ async fn watch_start(shared: Arc<Shared>, id: String, started_at: i64, probe: Pr
             locals.get(&id).is_some_and(|l| {
                 l.saved.started_at == Some(started_at)
                     && l.saved.running.is_some()
-                    && l.term_at.is_none()
+                    && !l.phase.is_leaving()
             })
         });
         if !current {
@@ -1573,7 +1598,7 @@ mod tests {
         );
     }
 
-    fn local_listening_on(port: u16, path: Option<&str>, started_at: i64) -> Local {
+    pub(super) fn local_listening_on(port: u16, path: Option<&str>, started_at: i64) -> Local {
         Local {
             saved: Saved {
                 desired: DesiredInstance {
@@ -1613,20 +1638,14 @@ mod tests {
                 launch: None,
             },
             dir: PathBuf::from("/nonexistent"),
-            status: "starting".into(),
+            phase: InstancePhase::Starting { settled: false },
             reason: None,
-            preparing: false,
-            retry_at: None,
             consecutive_crashes: 0,
-            term_at: None,
-            stop_deadline: None,
             health_passed: 0,
             health_failures: 0,
             next_check: Instant::now(),
             checking: false,
             watching: true,
-            healthy_since: None,
-            settled: false,
         }
     }
 
@@ -1657,7 +1676,7 @@ mod tests {
         {
             let locals = shared.locals.lock().unwrap();
             let l = &locals["inst_w"];
-            assert_eq!(l.status, "starting");
+            assert_eq!(l.phase.status(), "starting");
             assert_eq!(l.health_failures, 0);
             assert!(
                 l.reason.as_deref().unwrap_or("").contains("cannot connect"),
@@ -1683,7 +1702,7 @@ mod tests {
         {
             let locals = shared.locals.lock().unwrap();
             let l = &locals["inst_w"];
-            assert_eq!(l.status, "healthy");
+            assert_eq!(l.phase.status(), "healthy");
             assert_eq!(l.health_passed, 1);
             assert!(!l.watching, "the regular checks take over");
         }

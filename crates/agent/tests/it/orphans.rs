@@ -6,18 +6,16 @@
 //! where the container driver cannot run; `SHELLWEGO_REQUIRE_CONTAINER=1`
 //! makes that a failure.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shellwego_agent::container::ContainerDriver;
-use shellwego_agent::driver::{Command, Driver, Launch, Reply, Running};
+use shellwego_agent::driver::{Command, Driver, Launch};
 use shellwego_agent::owner::{sweep_cgroups, Owner};
 use shellwego_agent::process::ProcessDriver;
 
-const BUSYBOX: &str = "/usr/bin/busybox";
+use crate::support::{self, alive, eventually, skip, start, wait_dead, REQUIRE_CONTAINER};
 
 /// A tag no other test (or test run) uses.
 fn owner(n: u32) -> Owner {
@@ -26,45 +24,10 @@ fn owner(n: u32) -> Owner {
 }
 
 fn launch(base: &Path, id: &str, root: &Path, is_rootfs: bool, argv: &[&str]) -> Launch {
-    let dir = base.join(id);
-    std::fs::create_dir_all(&dir).unwrap();
-    Launch {
-        instance_id: id.into(),
-        log: dir.join("out.log"),
-        dir,
-        root: root.to_path_buf(),
-        is_rootfs,
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        workdir: "/".into(),
-        env: BTreeMap::new(),
-        port: 8080,
-        memory: 64 << 20,
-        cpu_millis: 100,
-    }
-}
-
-fn start(d: &dyn Driver, l: &Launch) -> Running {
-    match d.run(Command::Start(l)) {
-        Ok(Reply::Started(r)) => r,
-        Ok(Reply::Done) => panic!("Start answered Done"),
-        Err(e) => panic!("Start failed: {e:#}"),
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rfind(')').is_some_and(|i| !s[i + 2..].starts_with('Z')))
-}
-
-fn wait_dead(pid: u32) -> bool {
-    let t = Instant::now();
-    while alive(pid) {
-        if t.elapsed() > Duration::from_secs(5) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
+    let mut l = support::launch(base, id, root, argv);
+    l.is_rootfs = is_rootfs;
+    l.cpu_millis = 100;
+    l
 }
 
 /// Cgroup directories named `name` under `shellwego/<tag>/` in any hierarchy.
@@ -122,6 +85,16 @@ fn processes_in_an_owners_cgroups_are_swept_by_that_owner_only() {
         &launch(tmp.path(), &theirs, &root, false, &["sleep", "300"]),
     );
     assert!(!cgroups_named(&a, &orphan).is_empty());
+    // `Start` returns before the instance's shell has joined its cgroups:
+    // the sweep is to find it there.
+    assert!(eventually(Duration::from_secs(5), || {
+        cgroups_named(&a, &orphan).iter().all(|c| {
+            !std::fs::read_to_string(c.join("cgroup.procs"))
+                .unwrap_or_default()
+                .trim()
+                .is_empty()
+        })
+    }));
 
     let found = sweep_cgroups(&a, &HashSet::from([kept.clone()]));
     assert_eq!(found.len(), 1, "{found:?}");
@@ -149,15 +122,9 @@ fn processes_in_an_owners_cgroups_are_swept_by_that_owner_only() {
 }
 
 fn busybox_rootfs(base: &Path) -> Option<PathBuf> {
-    if !Path::new(BUSYBOX).is_file() {
-        eprintln!("SKIPPED: {BUSYBOX} is missing (apt-get install busybox-static)");
-        return None;
-    }
-    let root = base.join("image-rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", root.join("bin/sleep")).unwrap();
-    Some(root)
+    support::busybox_rootfs(base)
+        .map_err(|why| skip(None, &why))
+        .ok()
 }
 
 /// What the host has of container `cid`: runc state under the owner's
@@ -189,10 +156,10 @@ fn traces(o: &Owner, d: &ContainerDriver, cid: &str) -> Vec<String> {
 fn containers_of_an_owner_are_swept_by_that_owner_only() {
     let (Ok(d1), Ok(d2)) = (ContainerDriver::probe(), ContainerDriver::probe()) else {
         let why = ContainerDriver::probe().err().unwrap_or_default();
-        if std::env::var_os("SHELLWEGO_REQUIRE_CONTAINER").is_some() {
-            panic!("the container driver must run here but cannot: {why}");
-        }
-        eprintln!("SKIPPED: no container driver here: {why}");
+        skip(
+            Some(REQUIRE_CONTAINER),
+            &format!("no container driver here: {why}"),
+        );
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

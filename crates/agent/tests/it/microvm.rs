@@ -4,30 +4,17 @@
 //! static busybox, or no guest boots; set `SHELLWEGO_REQUIRE_MICROVM=1` to
 //! make that a failure instead.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use shellwego_agent::driver::{Command, Driver, Exit, Launch, Reply, Running};
+use shellwego_agent::driver::{Command, Driver, Launch, Running};
 use shellwego_agent::microvm::MicrovmDriver;
 
-const BUSYBOX: &str = "/usr/bin/busybox";
-const APPLETS: [&str; 10] = [
-    "sh", "httpd", "sleep", "cat", "echo", "head", "yes", "tr", "ls", "true",
-];
+use crate::support::{self, free_port, skip, wait_exit, Guard, REQUIRE_MICROVM};
 
-fn skip(why: &str) {
-    if std::env::var_os("SHELLWEGO_REQUIRE_MICROVM").is_some() {
-        panic!("the microvm driver must run here but cannot: {why}");
-    }
-    eprintln!("SKIPPED: {why}");
-}
-
-fn driver() -> Option<MicrovmDriver> {
+pub fn driver() -> Option<MicrovmDriver> {
     let t = Instant::now();
     match MicrovmDriver::probe() {
         Ok(d) => {
@@ -40,124 +27,43 @@ fn driver() -> Option<MicrovmDriver> {
             Some(d)
         }
         Err(why) => {
-            skip(&format!("the microvm driver does not work here: {why}"));
+            skip(
+                Some(REQUIRE_MICROVM),
+                &format!("the microvm driver does not work here: {why}"),
+            );
             None
         }
     }
 }
 
 fn busybox_rootfs(base: &Path) -> Option<PathBuf> {
-    if !Path::new(BUSYBOX).is_file() {
-        skip(&format!(
-            "{BUSYBOX} is missing (apt-get install busybox-static)"
-        ));
-        return None;
-    }
-    let root = base.join("image-rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("www")).unwrap();
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    for a in APPLETS {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    std::fs::write(root.join("www/index.html"), "hello from the image\n").unwrap();
-    Some(root)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    support::busybox_rootfs(base)
+        .map_err(|why| skip(Some(REQUIRE_MICROVM), &why))
+        .ok()
 }
 
 fn launch(base: &Path, name: &str, root: &Path, argv: &[&str], memory: i64) -> Launch {
     let instance_id = format!("t{}-{name}", std::process::id());
-    let dir = base.join(&instance_id);
-    std::fs::create_dir_all(&dir).unwrap();
+    let mut l = support::launch(base, &instance_id, root, argv);
     let port = free_port();
-    Launch {
-        instance_id,
-        log: dir.join("out.log"),
-        dir,
-        root: root.to_path_buf(),
-        is_rootfs: true,
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        workdir: "/www".into(),
-        env: BTreeMap::from([
-            ("GREETING".to_string(), "hi 'there'".to_string()),
-            ("PORT".to_string(), port.to_string()),
-        ]),
-        port,
-        memory,
-        cpu_millis: 1000,
-    }
+    l.workdir = "/www".into();
+    l.env = BTreeMap::from([
+        ("GREETING".to_string(), "hi 'there'".to_string()),
+        ("PORT".to_string(), port.to_string()),
+    ]);
+    l.port = port;
+    l.memory = memory;
+    l
 }
 
 fn start(d: &MicrovmDriver, l: &Launch) -> Running {
-    match d.run(Command::Start(l)) {
-        Ok(Reply::Started(r)) => r,
-        Ok(Reply::Done) => panic!("Start answered Done"),
-        Err(e) => panic!("Start failed: {e:#}"),
-    }
-}
-
-/// Kills and cleans up whatever a test leaves running, even on failure.
-struct Guard<'a> {
-    d: &'a MicrovmDriver,
-    id: String,
-    r: Option<Running>,
-}
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        if let Some(r) = &self.r {
-            let _ = self.d.run(Command::Kill(r));
-            let _ = wait_exit(self.d, r, Duration::from_secs(5));
-        }
-        if let Err(e) = self.d.run(Command::Cleanup {
-            instance_id: &self.id,
-            handle: self.r.as_ref(),
-        }) {
-            eprintln!("cleanup of {} failed: {e:#}", self.id);
-        }
-    }
-}
-
-fn wait_exit(d: &MicrovmDriver, r: &Running, within: Duration) -> Option<Exit> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(e) = d.poll(r) {
-            return Some(e);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::start(d, l)
 }
 
 /// A real HTTP/1.0 GET over the forwarded port, retried until the guest
 /// answers (QEMU accepts and closes connections before the guest listens).
 fn http_get(port: u16, path: &str, within: Duration) -> String {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + within;
-    loop {
-        let got = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        });
-        match got {
-            Ok(b) if !b.is_empty() => return b,
-            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            other => panic!("no answer from {addr} within {within:?}: {other:?}"),
-        }
-    }
+    support::http_get(SocketAddr::from(([127, 0, 0, 1], port)), path, within)
 }
 
 const SERVE: &str =

@@ -4,31 +4,18 @@
 //! or no static busybox; set `SHELLWEGO_REQUIRE_CONTAINER=1` to make that a
 //! failure instead (CI does).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shellwego_agent::container::ContainerDriver;
-use shellwego_agent::driver::{Command, Driver, Exit, Launch, Reply, Running};
+use shellwego_agent::driver::{Command, Driver, Exit, Launch, Running};
 
-const BUSYBOX: &str = "/usr/bin/busybox";
-const APPLETS: [&str; 10] = [
-    "sh", "httpd", "sleep", "cat", "echo", "head", "yes", "tr", "ls", "true",
-];
-
-fn skip(why: &str) {
-    if std::env::var_os("SHELLWEGO_REQUIRE_CONTAINER").is_some() {
-        panic!("the container driver must run here but cannot: {why}");
-    }
-    eprintln!("SKIPPED: {why}");
-}
+use crate::support::{self, skip, wait_exit, Guard, REQUIRE_CONTAINER};
 
 /// The driver, or None (and why, printed) when this host cannot run it.
-fn driver() -> Option<ContainerDriver> {
+pub fn driver() -> Option<ContainerDriver> {
     let t = Instant::now();
     let probed = ContainerDriver::probe();
     match probed {
@@ -43,7 +30,10 @@ fn driver() -> Option<ContainerDriver> {
             Some(d)
         }
         Err(why) => {
-            skip(&format!("no usable container runtime on this host: {why}"));
+            skip(
+                Some(REQUIRE_CONTAINER),
+                &format!("no usable container runtime on this host: {why}"),
+            );
             None
         }
     }
@@ -51,115 +41,33 @@ fn driver() -> Option<ContainerDriver> {
 
 /// A root filesystem with a static busybox, its applets and a web page.
 fn busybox_rootfs(base: &Path) -> Option<PathBuf> {
-    if !Path::new(BUSYBOX).is_file() {
-        skip(&format!(
-            "{BUSYBOX} is missing (apt-get install busybox-static)"
-        ));
-        return None;
-    }
-    let root = base.join("image-rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("www")).unwrap();
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    for a in APPLETS {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    std::fs::write(root.join("www/index.html"), "hello from the image\n").unwrap();
-    Some(root)
+    support::busybox_rootfs(base)
+        .map_err(|why| skip(Some(REQUIRE_CONTAINER), &why))
+        .ok()
 }
 
 fn launch(base: &Path, name: &str, root: &Path, argv: &[&str], memory: i64) -> Launch {
     let instance_id = format!("t{}-{name}", std::process::id());
-    let dir = base.join(&instance_id);
-    std::fs::create_dir_all(&dir).unwrap();
-    Launch {
-        instance_id,
-        log: dir.join("out.log"),
-        dir,
-        root: root.to_path_buf(),
-        is_rootfs: true,
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        workdir: "/".into(),
-        env: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
-        port: 8080,
-        memory,
-        cpu_millis: 1000,
-    }
+    let mut l = support::launch(base, &instance_id, root, argv);
+    l.env = BTreeMap::from([("GREETING".to_string(), "hi".to_string())]);
+    l.memory = memory;
+    l
 }
 
 fn start(d: &ContainerDriver, l: &Launch) -> Running {
-    let t = Instant::now();
-    let r = match d.run(Command::Start(l)) {
-        Ok(Reply::Started(r)) => r,
-        Ok(Reply::Done) => panic!("Start answered Done"),
-        Err(e) => panic!("Start failed: {e:#}"),
-    };
+    let r = support::start(d, l);
     println!(
-        "started {} in {:?} (ip {}, rootfs by {})",
-        l.instance_id,
-        t.elapsed(),
-        r.extra["ip"],
-        r.extra["rootfs"]
+        "started {} (ip {}, rootfs by {})",
+        l.instance_id, r.extra["ip"], r.extra["rootfs"]
     );
     r
 }
 
-/// Kills and cleans up whatever a test leaves running, even on failure.
-struct Guard<'a> {
-    d: &'a ContainerDriver,
-    id: String,
-    r: Option<Running>,
-}
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        if let Some(r) = &self.r {
-            let _ = self.d.run(Command::Kill(r));
-            let _ = wait_exit(self.d, r, Duration::from_secs(5));
-        }
-        if let Err(e) = self.d.run(Command::Cleanup {
-            instance_id: &self.id,
-            handle: self.r.as_ref(),
-        }) {
-            eprintln!("cleanup of {} failed: {e:#}", self.id);
-        }
-    }
-}
-
-fn wait_exit(d: &ContainerDriver, r: &Running, within: Duration) -> Option<Exit> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(e) = d.poll(r) {
-            return Some(e);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// A real HTTP/1.0 GET, retried while the server is not listening yet.
+/// A real HTTP/1.0 GET to the container's address, retried while the
+/// server is not listening yet.
 fn http_get(ip: &str, port: u16, path: &str) -> String {
-    let addr = SocketAddr::new(ip.parse::<Ipv4Addr>().unwrap().into(), port);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").unwrap();
-                let mut body = String::new();
-                s.read_to_string(&mut body).unwrap();
-                return body;
-            }
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("cannot connect to {addr}: {e}"),
-        }
-    }
+    let addr = SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port);
+    support::http_get(addr, path, Duration::from_secs(10))
 }
 
 fn ns(pid: &str, kind: &str) -> PathBuf {
@@ -302,7 +210,10 @@ fn the_memory_limit_ooms_a_hog() {
         r: Some(r.clone()),
     };
     let Some(limit) = ContainerDriver::memory_limit(&r) else {
-        skip("this host has no usable memory cgroup: cannot check OOM kills");
+        skip(
+            Some(REQUIRE_CONTAINER),
+            "this host has no usable memory cgroup: cannot check OOM kills",
+        );
         return;
     };
     assert_eq!(limit, 64 << 20);
