@@ -1,6 +1,7 @@
 //! The ShellWeGo domain: identifiers, tokens, the one domain error type,
 //! units (sizes, durations) and the list-query language shared by every
-//! list endpoint. Pure logic: no database, no HTTP.
+//! list endpoint, and the typed model (`model`: every state word as an enum,
+//! typed ids, the stored app spec). Pure logic: no database, no HTTP.
 //!
 //! Features: `crypto` (default) brings password hashing, token minting,
 //! signed list cursors and random ids; the API contract crate turns it off
@@ -10,6 +11,7 @@
 pub mod error;
 pub mod id;
 pub mod list;
+pub mod model;
 pub mod names;
 #[cfg(feature = "crypto")]
 pub mod password;
