@@ -31,12 +31,15 @@
 //! | [`ScaleMode`] | `manual`, `auto` | the scale request's `strategy` |
 //! | [`AppAction`] | `start`, `stop`, `restart` | `POST /v1/apps/{id}/actions/{action}` |
 //! | [`AgentEventKind`] | `crashed`, `oom_killed`, `unhealthy`, `failed`, `orphan_removed` | `AgentEvent.kind` from the agent |
+//! | [`InvitationStatus`] | `pending`, `accepted`, `revoked`, `expired` | derived from an invitation row (the store's `Invitation::status`) |
 //! | [`ActorKind`] | `user`, `token`, `system` | `events.actor_type` |
 //! | [`EventKind`] | `app.created`, `deployment.started`, … (52 names, see the enum) | `events.event_type` |
 //!
 //! Already enums elsewhere, so not repeated here: token kinds
-//! (`token::TokenKind`), plans (`plan`), event severity (the store's
-//! `events::Severity`).
+//! (`token::TokenKind`), plans (`plan::Plan`), event severity (the store's
+//! `events::Severity`). Left as strings on purpose: role names (the Shell
+//! API defines roles beside the five built-in ones), an event's resource type, a
+//! volume's `type` (free text today).
 //!
 //! Ids ([`ids`]): [`AppId`] `app_`, [`DeploymentId`] `dep_`, [`EventId`]
 //! `evt_`, [`InstanceId`] `inst_`, [`InvitationId`] `inv_`, [`LoginId`]

@@ -220,6 +220,17 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// Where an invitation stands: derived from its row (`accepted_at`,
+    /// `revoked_at`, `expires_at`), not stored, but sent and matched on.
+    pub enum InvitationStatus ("invitation status") {
+        Pending = "pending",
+        Accepted = "accepted",
+        Revoked = "revoked",
+        Expired = "expired",
+    }
+}
+
+vocabulary! {
     /// Who caused a change (`events.actor_type`).
     pub enum ActorKind ("actor type") {
         User = "user",
@@ -453,6 +464,12 @@ mod tests {
                 "failed",
                 "orphan_removed",
             ],
+        );
+        check(
+            InvitationStatus::ALL,
+            InvitationStatus::NAMES,
+            InvitationStatus::as_str,
+            &["pending", "accepted", "revoked", "expired"],
         );
         check(
             ActorKind::ALL,
