@@ -38,8 +38,8 @@
 //! Already enums elsewhere, so not repeated here: token kinds
 //! (`token::TokenKind`), plans (`plan::Plan`), event severity (the store's
 //! `events::Severity`). Left as strings on purpose: role names (the Shell
-//! API defines roles beside the five built-in ones), an event's resource type, a
-//! volume's `type` (free text today).
+//! API defines roles beside the five built-in ones), an event's resource
+//! type, a volume's `type` (free text today).
 //!
 //! Ids ([`ids`]): [`AppId`] `app_`, [`DeploymentId`] `dep_`, [`EventId`]
 //! `evt_`, [`InstanceId`] `inst_`, [`InvitationId`] `inv_`, [`LoginId`]
