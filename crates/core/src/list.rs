@@ -13,9 +13,12 @@
 //! This module parses the syntax and encodes cursors; which fields exist and
 //! how they map to columns is declared per resource in the store.
 
+#[cfg(feature = "crypto")]
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+#[cfg(feature = "crypto")]
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "crypto")]
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, FieldError, Result};
@@ -405,6 +408,7 @@ pub struct Cursor {
 }
 
 /// A short hash identifying a (resource, sort, filters) combination.
+#[cfg(feature = "crypto")]
 pub fn fingerprint(resource: &str, sort: &[SortKey], filters: &[Filter]) -> String {
     let mut h = Sha256::new();
     h.update(resource.as_bytes());
@@ -420,8 +424,10 @@ pub fn fingerprint(resource: &str, sort: &[SortKey], filters: &[Filter]) -> Stri
 
 /// Bytes of HMAC-SHA256 kept in a cursor: enough that forging one is
 /// hopeless, short enough to keep URLs tidy.
+#[cfg(feature = "crypto")]
 const MAC_LEN: usize = 12;
 
+#[cfg(feature = "crypto")]
 fn mac(key: &[u8], payload: &[u8]) -> Option<[u8; MAC_LEN]> {
     use hmac::{Hmac, Mac};
     // HMAC accepts keys of any length, so this never returns None.
@@ -433,6 +439,8 @@ fn mac(key: &[u8], payload: &[u8]) -> Option<[u8; MAC_LEN]> {
     Some(out)
 }
 
+// Signing needs hmac/sha2: part of the `crypto` feature.
+#[cfg(feature = "crypto")]
 impl Cursor {
     /// Encode and sign with the installation's cursor key.
     pub fn encode(&self, key: &[u8]) -> String {
@@ -529,6 +537,7 @@ mod tests {
         assert!(ListParams::parse("include=volumes", &["include"]).is_ok());
     }
 
+    #[cfg(feature = "crypto")]
     #[test]
     fn cursors_round_trip_and_detect_tampering() {
         let fp = fingerprint("events", &[], &[]);
