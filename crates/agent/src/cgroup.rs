@@ -196,3 +196,126 @@ impl Cgroup {
         }
     }
 }
+
+/// What [`favor_dynmods`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DynMods {
+    /// The host has no cgroup v2 mount (the option exists only there).
+    NoCgroup2,
+    /// Every cgroup v2 mount has it already.
+    Already,
+    /// Remounted these with it.
+    Set(Vec<PathBuf>),
+}
+
+/// Remount the host's cgroup v2 hierarchy with `favordynmods` (Linux ≥
+/// 6.0), keeping every option it has.
+///
+/// Moving a process into a cgroup takes the kernel's threadgroup lock for
+/// writing, which, unless this option is set, waits for an RCU grace period
+/// whenever no migration happened in the last few milliseconds: 5–8 ms here
+/// for the first write to `cgroup.procs`, paid by every instance start
+/// (ours, and runc's). With it, the first write takes well under a
+/// millisecond, and forks and exits on the host pay a little more (their
+/// side of the lock stops being free). The option is global to the kernel,
+/// so setting it on the (even controller-less) v2 mount of a hybrid host
+/// helps the v1 hierarchies too. `shellwego agent --no-cgroup-favordynmods`
+/// leaves the host alone.
+pub fn favor_dynmods() -> anyhow::Result<DynMods> {
+    use nix::mount::MsFlags;
+    let v2: Vec<crate::host::Mount> = crate::host::mounts()
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup2")
+        .collect();
+    if v2.is_empty() {
+        return Ok(DynMods::NoCgroup2);
+    }
+    let mut set = vec![];
+    for m in v2 {
+        if m.options.split(',').any(|o| o == "favordynmods") {
+            continue;
+        }
+        // A remount replaces the mount's flags and the hierarchy's options
+        // with what it is given: give back every one, plus ours.
+        let mut flags = MsFlags::MS_REMOUNT;
+        for o in m.mount_options.split(',') {
+            flags |= match o {
+                "ro" => MsFlags::MS_RDONLY,
+                "nosuid" => MsFlags::MS_NOSUID,
+                "nodev" => MsFlags::MS_NODEV,
+                "noexec" => MsFlags::MS_NOEXEC,
+                "noatime" => MsFlags::MS_NOATIME,
+                "nodiratime" => MsFlags::MS_NODIRATIME,
+                "relatime" => MsFlags::MS_RELATIME,
+                "strictatime" => MsFlags::MS_STRICTATIME,
+                _ => MsFlags::empty(),
+            };
+        }
+        let mut data: Vec<&str> = m
+            .options
+            .split(',')
+            .filter(|o| !o.is_empty() && *o != "rw" && *o != "ro")
+            .collect();
+        data.push("favordynmods");
+        let data = data.join(",");
+        nix::mount::mount(
+            None::<&str>,
+            &m.point,
+            None::<&str>,
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot remount {} with {data}: {e}", m.point.display()))?;
+        set.push(m.point);
+    }
+    Ok(if set.is_empty() {
+        DynMods::Already
+    } else {
+        DynMods::Set(set)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Changes the host as the agent would (the option is what an agent sets
+    /// at start anyway); needs root and a cgroup v2 mount.
+    #[test]
+    fn favordynmods_is_added_and_every_other_option_kept() {
+        if !crate::host::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let before: Vec<crate::host::Mount> = crate::host::mounts()
+            .into_iter()
+            .filter(|m| m.fstype == "cgroup2")
+            .collect();
+        let outcome = favor_dynmods().unwrap();
+        if before.is_empty() {
+            assert_eq!(outcome, DynMods::NoCgroup2);
+            return;
+        }
+        let after: Vec<crate::host::Mount> = crate::host::mounts()
+            .into_iter()
+            .filter(|m| m.fstype == "cgroup2")
+            .collect();
+        assert_eq!(before.len(), after.len());
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(b.point, a.point);
+            assert_eq!(
+                b.mount_options, a.mount_options,
+                "the mount's flags are kept"
+            );
+            let mut want: Vec<&str> = b.options.split(',').collect();
+            if !want.contains(&"favordynmods") {
+                want.push("favordynmods");
+            }
+            let mut got: Vec<&str> = a.options.split(',').collect();
+            want.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, want, "the hierarchy's options are kept");
+        }
+        assert_eq!(favor_dynmods().unwrap(), DynMods::Already);
+    }
+}

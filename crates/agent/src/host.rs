@@ -125,6 +125,8 @@ pub struct Mount {
     pub source: String,
     /// The superblock options (`rw,memory` for a v1 memory hierarchy).
     pub options: String,
+    /// The mount point's own options (`rw,nosuid,nodev,relatime`).
+    pub mount_options: String,
 }
 
 /// Our mount table, from `/proc/self/mountinfo` (empty when unreadable).
@@ -133,10 +135,13 @@ pub fn mounts() -> Vec<Mount> {
     info.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let point = unescape_mount(left.split(' ').nth(4)?);
+            let mut l = left.split(' ').skip(4);
+            let point = unescape_mount(l.next()?);
+            let mount_options = l.next().unwrap_or("").to_string();
             let mut r = right.split(' ');
             Some(Mount {
                 point,
+                mount_options,
                 fstype: r.next()?.to_string(),
                 source: r.next().unwrap_or("").to_string(),
                 options: r.next().unwrap_or("").to_string(),

@@ -83,6 +83,14 @@ pub struct AgentArgs {
     /// one.
     #[arg(long, env = "SHELLWEGO_OWNER_TAG", value_name = "TAG")]
     pub owner_tag: Option<owner::Owner>,
+    /// Leave the host's cgroup v2 mount options alone. By default an agent
+    /// running as root remounts the cgroup v2 hierarchy with
+    /// `favordynmods` (Linux 6.0 or later; every other option kept): moving
+    /// an instance into its cgroup then takes well under a millisecond
+    /// instead of an RCU grace period (5–8 ms), for a little more cost on
+    /// every fork and exit on the host. See docs/operations.md.
+    #[arg(long)]
+    pub no_cgroup_favordynmods: bool,
     /// Stop every instance (SIGTERM, SIGKILL after its stop timeout) when
     /// the agent stops. `shellwego agent` never does: it is a daemon whose
     /// restart must not stop apps (a restarted agent re-adopts them); `up`
@@ -327,6 +335,18 @@ pub async fn run(
         .build()?;
     let owner = args.owner()?;
     tracing::info!(owner_tag = %owner, "this agent's objects on the host carry its owner tag");
+    if !args.no_cgroup_favordynmods && host::is_root() {
+        match cgroup::favor_dynmods() {
+            Ok(cgroup::DynMods::Set(points)) => tracing::info!(
+                mounts = ?points,
+                "remounted the cgroup v2 hierarchy with favordynmods: instances join their cgroups faster (--no-cgroup-favordynmods leaves it alone)"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::info!(error = %e, "cannot set favordynmods on the cgroup v2 hierarchy (Linux 6.0 or later has it); instance starts wait for the kernel on cgroup moves")
+            }
+        }
+    }
     let drivers = available_drivers(&args, &owner);
     for want in &args.drivers {
         match want.as_str() {

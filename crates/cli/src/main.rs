@@ -140,6 +140,10 @@ struct UpArgs {
     /// removed at start.
     #[arg(long, env = "SHELLWEGO_OWNER_TAG", value_name = "TAG")]
     owner_tag: Option<shellwego_agent::owner::Owner>,
+    /// Leave the host's cgroup v2 mount options alone, as `agent
+    /// --no-cgroup-favordynmods`.
+    #[arg(long)]
+    no_cgroup_favordynmods: bool,
 }
 
 /// Control plane + local agent + ingress, until a signal.
@@ -204,6 +208,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         insecure_registries: a.insecure_registries.clone(),
         cpus: a.cpus,
         owner_tag: a.owner_tag.clone(),
+        no_cgroup_favordynmods: a.no_cgroup_favordynmods,
         stop_instances_on_exit: !a.keep_instances,
     };
     let mut agent_stop = stop_rx.clone();
