@@ -166,7 +166,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         })?;
     let ingress_addr = listener.local_addr()?;
     let feed = tokio::spawn(shellwego_server::serve::feed_routes(
-        started.state.clone(),
+        started.ctx.clone(),
         routes.clone(),
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -192,7 +192,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "local".into());
-        Some(shellwego_server::serve::local_join_token(&started.state, &host).await?)
+        Some(shellwego_server::serve::local_join_token(&started.ctx, &host).await?)
     };
     let agent_args = shellwego_agent::AgentArgs {
         control_plane: format!("http://{api}"),

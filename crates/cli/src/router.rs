@@ -67,9 +67,8 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
     let routes = shellwego_ingress::Routes::new();
-    let feed = tokio::spawn(shellwego_server::serve::feed_routes_from(
+    let feed = tokio::spawn(shellwego_server::controller::routes::feed_routes_from(
         store.clone(),
-        None,
         routes.clone(),
     ));
     tracing::info!(listen = %addr, base_domain = %a.base_domain, "router is up: apps answer at http://<app>.{}:{}", a.base_domain, addr.port());

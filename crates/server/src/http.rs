@@ -279,7 +279,7 @@ async fn v1_gate(State(state): State<AppState>, mut req: Request, next: Next) ->
         Presented::Malformed => Err(Error::Unauthenticated(
             "The Authorization header must be 'Bearer <token>'.".into(),
         )),
-        Presented::Bearer(tok) => authenticate(&state.store, tok, ip).await.map(Some),
+        Presented::Bearer(tok) => authenticate(&state.ctx.store, tok, ip).await.map(Some),
     };
     let (plan, key) = match &auth {
         Ok(Some(p)) => (p.plan, format!("token:{}", p.token_id)),

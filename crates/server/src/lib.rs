@@ -7,15 +7,20 @@
 //! (scoping every query to the caller's organizations); the store runs SQL.
 
 pub mod auth;
+pub mod bus;
+pub mod controller;
+pub mod ctx;
 pub mod docs;
 pub mod extract;
 pub mod http;
 pub mod metrics;
 pub mod mfa;
+pub mod model;
 pub mod openapi;
 pub mod problem;
 pub mod ratelimit;
 pub mod routes;
+mod secret_file;
 pub mod serve;
 pub mod service;
 pub mod state;

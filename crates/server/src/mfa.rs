@@ -43,7 +43,7 @@ impl Key {
             return Key::from_base64(&s);
         }
         let fresh = STANDARD.encode(ChaCha20Poly1305::generate_key(&mut OsRng));
-        crate::serve::write_secret_file(&path, &fresh)?;
+        crate::secret_file::write_secret_file(&path, &fresh)?;
         Key::from_base64(&fresh)
     }
 

@@ -1,18 +1,19 @@
 //! The control plane's life: open the store, migrate, bootstrap, serve,
 //! and shut down gracefully.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use shellwego_core::Error;
 use shellwego_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use std::sync::Arc;
+
+use crate::ctx::ServerCtx;
 use crate::state::AppState;
 
 /// Settings of `shellwego server` (the CLI merges flags, environment and
@@ -76,6 +77,7 @@ impl ServerConfig {
 pub struct Started {
     pub addr: SocketAddr,
     pub state: AppState,
+    pub ctx: Arc<ServerCtx>,
     stop: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -93,28 +95,6 @@ impl Started {
         tracing::info!("shutdown signal received; finishing in-flight requests");
         self.shutdown().await
     }
-}
-
-/// Write `token` to `path` readable by the owner only, atomically.
-pub(crate) fn write_secret_file(path: &Path, token: &str) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    // A fresh file every time, so that its mode is ours even if an old
-    // temp file was left behind.
-    let _ = std::fs::remove_file(&tmp);
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let res = (|| {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    res.map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Bind, open the store, migrate, bootstrap if empty, and serve.
@@ -142,7 +122,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     let token_path = config.admin_token_path();
     let boot = store
         .bootstrap(config.admin_password.as_deref(), |tok| {
-            write_secret_file(&token_path, tok)
+            crate::secret_file::write_secret_file(&token_path, tok)
         })
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
@@ -159,13 +139,23 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     let key = crate::mfa::Key::load_or_create(&config.data_dir, config.master_key.as_deref())
         .map_err(|e| anyhow::anyhow!("master key: {e}"))?;
     let (stop, stop_rx) = watch::channel(false);
-    let mut state = AppState::new(store.clone(), key, config.node_timeout, stop_rx.clone());
-    state.uploads_dir = config.data_dir.join("uploads");
-    state.trusted_proxies = std::sync::Arc::new(config.trusted_proxies.clone());
-    state.max_free_orgs_per_user = config.max_free_orgs_per_user;
-    state.ssrf = shellwego_net::ssrf::Guard::new(&config.ssrf);
-    std::fs::create_dir_all(&state.uploads_dir)
-        .with_context(|| format!("cannot create {}", state.uploads_dir.display()))?;
+    let settings = crate::ctx::Settings {
+        node_timeout: config.node_timeout,
+        uploads_dir: config.data_dir.join("uploads"),
+        max_free_orgs_per_user: config.max_free_orgs_per_user,
+        ssrf: shellwego_net::ssrf::Guard::new(&config.ssrf),
+    };
+    std::fs::create_dir_all(&settings.uploads_dir)
+        .with_context(|| format!("cannot create {}", settings.uploads_dir.display()))?;
+    let ctx = Arc::new(ServerCtx {
+        store: store.clone(),
+        bus: crate::bus::InProcessBus::new(),
+        key,
+        config: settings,
+        stopping: stop_rx.clone(),
+    });
+    let mut state = AppState::new(ctx.clone(), crate::openapi::document_json());
+    state.trusted_proxies = Arc::new(config.trusted_proxies.clone());
     let app = crate::http::app(state.clone());
     tracing::info!(%addr, "listening");
 
@@ -178,31 +168,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         }
     });
 
-    let controller = tokio::spawn(crate::service::controller::run(state.clone()));
-
-    // The liveness controller: silent nodes become offline.
-    let (liveness_store, node_timeout) = (store.clone(), config.node_timeout);
-    let liveness_state = state.clone();
-    let liveness = tokio::spawn(async move {
-        let every = (node_timeout / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
-        // After a (re)start, give every agent a full timeout to be heard
-        // from before judging: a control-plane restart changes nothing.
-        tokio::time::sleep(node_timeout).await;
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            match crate::service::node_agents::mark_silent_nodes_offline(
-                &liveness_store,
-                node_timeout,
-            )
-            .await
-            {
-                Ok(0) => {}
-                Ok(_) => liveness_state.changed(),
-                Err(e) => tracing::warn!(error = %e, "liveness check failed"),
-            }
-        }
-    });
+    let controllers = crate::controller::start_all(&ctx);
 
     let opts = shellwego_net::serve::ServeOptions {
         limits: config.http.clone().fitted_to_open_files(),
@@ -226,8 +192,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         .await
         .context("server failed");
         janitor.abort();
-        liveness.abort();
-        controller.abort();
+        for c in controllers {
+            c.abort();
+        }
         store.close().await;
         tracing::info!("stopped");
         res
@@ -235,6 +202,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     Ok(Started {
         addr,
         state,
+        ctx,
         stop,
         task,
     })
@@ -249,79 +217,22 @@ pub async fn run(
 }
 
 /// Keep the ingress's route table equal to the healthy instances in the
-/// store: at once on every change this process makes, and every second
-/// (changes made by other control planes or routers sharing the store).
-pub async fn feed_routes(state: AppState, routes: shellwego_ingress::Routes) {
-    feed_routes_from(state.store.clone(), Some(state.changes.subscribe()), routes).await
-}
-
-/// Keep `routes` equal to the healthy instances in `store`: every second,
-/// and at once when `changes` moves (when the router shares a process with
-/// a control plane). Runs until `changes` closes (forever without one).
-pub async fn feed_routes_from(
-    store: Store,
-    mut changes: Option<tokio::sync::watch::Receiver<u64>>,
-    routes: shellwego_ingress::Routes,
-) {
-    let mut last: Option<Vec<shellwego_store::apps::Route>> = None;
-    loop {
-        match (store.routable_instances().await, store.app_names().await) {
-            (Ok(rows), Ok(names)) => {
-                if last.as_ref() != Some(&rows) || routes.snapshot().len() != names.len() {
-                    let mut table: std::collections::HashMap<
-                        String,
-                        Vec<shellwego_ingress::Backend>,
-                    > = names.into_iter().map(|n| (n, vec![])).collect();
-                    for (app, id, ip, port, weight) in &rows {
-                        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
-                            continue;
-                        };
-                        let Ok(port) = u16::try_from(*port) else {
-                            continue;
-                        };
-                        table
-                            .entry(app.clone())
-                            .or_default()
-                            .push(shellwego_ingress::Backend {
-                                instance_id: id.clone(),
-                                addr: SocketAddr::new(ip, port),
-                                weight: *weight,
-                            });
-                    }
-                    routes.replace(table);
-                    last = Some(rows);
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "router: cannot read routes"),
-        }
-        // What this router counted goes to the store (canary analysis).
-        let counts = routes.take_stats();
-        if let Err(e) = store.add_instance_traffic(&counts).await {
-            tracing::warn!(error = %e, "router: cannot record traffic counts");
-        }
-        let changed = async {
-            match changes.as_mut() {
-                Some(c) => c.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            open = changed => if !open { return },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+/// store: at once on every change, and every second (changes made by other
+/// control planes or routers sharing the store), until the server stops.
+pub async fn feed_routes(ctx: Arc<ServerCtx>, routes: shellwego_ingress::Routes) {
+    crate::controller::run(crate::controller::routes::RouteFeed::new(routes), ctx).await
 }
 
 /// A one-time join token for a node of the installation's first
 /// organization (`shellwego up`'s local agent).
-pub async fn local_join_token(state: &AppState, hostname: &str) -> anyhow::Result<String> {
-    let org = state
+pub async fn local_join_token(ctx: &ServerCtx, hostname: &str) -> anyhow::Result<String> {
+    let org = ctx
         .store
         .first_organization()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .ok_or_else(|| anyhow::anyhow!("the installation has no organization"))?;
-    let mut tx = state
+    let mut tx = ctx
         .store
         .begin()
         .await
@@ -334,7 +245,7 @@ pub async fn local_join_token(state: &AppState, hostname: &str) -> anyhow::Resul
             ..Default::default()
         },
         &serde_json::json!({}),
-        crate::service::node_agents::JOIN_TOKEN_LIFETIME,
+        crate::service::nodes::JOIN_TOKEN_LIFETIME,
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::model;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,7 +16,6 @@ use shellwego_api::problem::Problem;
 use shellwego_core::time::{from_micros, rfc3339};
 use shellwego_core::units::format_size;
 use shellwego_core::Error;
-use shellwego_store::apps as store_apps;
 
 use crate::auth::Principal;
 use crate::extract::{list_params, JsonBody, OptionalJsonBody, PathParam, Query};
@@ -24,10 +24,7 @@ use crate::routes::{pagination, ListQueryDoc};
 use crate::service::apps as svc;
 use crate::state::AppState;
 
-/// The largest archive `POST /v1/uploads` takes.
-pub const MAX_UPLOAD: u64 = 1 << 30;
-
-fn instance_view(i: store_apps::Instance) -> Instance {
+fn instance_view(i: model::Instance) -> Instance {
     Instance {
         id: i.id,
         node_id: i.node_id,
@@ -43,13 +40,11 @@ fn instance_view(i: store_apps::Instance) -> Instance {
     }
 }
 
-pub(crate) fn view(a: store_apps::App, insts: Vec<store_apps::Instance>) -> App {
-    let spec = svc::spec_of(&a);
-    let current: Vec<&store_apps::Instance> =
-        insts.iter().filter(|i| i.desired == "running").collect();
-    let running = |i: &&&store_apps::Instance| {
-        matches!(i.status.as_str(), "starting" | "healthy" | "unhealthy")
-    };
+pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
+    let spec = crate::controller::instances::spec_of(&a);
+    let current: Vec<&model::Instance> = insts.iter().filter(|i| i.desired == "running").collect();
+    let running =
+        |i: &&&model::Instance| matches!(i.status.as_str(), "starting" | "healthy" | "unhealthy");
     let replicas = Replicas {
         current: current.iter().filter(running).count() as i64,
         desired: if a.desired_state == "running" {
@@ -132,13 +127,10 @@ pub(crate) fn view(a: store_apps::App, insts: Vec<store_apps::Instance>) -> App 
 async fn full_view(
     st: &AppState,
     p: &Principal,
-    a: store_apps::App,
+    a: model::App,
     include_events: bool,
 ) -> Result<App, Error> {
-    let insts = st
-        .store
-        .instances_of_apps(std::slice::from_ref(&a.id))
-        .await?;
+    let insts = svc::instances_of(&st.ctx, &[&a]).await?;
     let id = a.id.clone();
     let mut v = view(a, insts);
     if include_events {
@@ -182,9 +174,8 @@ pub async fn app_list(
     Query(q): Query,
 ) -> ApiResult<Json<AppList>> {
     let (events, params) = includes(q.as_deref())?;
-    let page = svc::app_list(&st.store, &p, &params).await?;
-    let ids: Vec<String> = page.items.iter().map(|a| a.id.clone()).collect();
-    let mut insts = st.store.instances_of_apps(&ids).await?;
+    let page = svc::app_list(&st.ctx, &p, &params).await?;
+    let mut insts = svc::instances_of(&st.ctx, &page.items.iter().collect::<Vec<_>>()).await?;
     let mut data = Vec::with_capacity(page.items.len());
     for a in page.items {
         let (mine, rest): (Vec<_>, Vec<_>) = insts.into_iter().partition(|i| i.app_id == a.id);
@@ -211,8 +202,7 @@ pub async fn app_create(
     p: Principal,
     JsonBody(req): JsonBody<AppCreate>,
 ) -> ApiResult<(StatusCode, Json<AppCreated>)> {
-    let (app, deployment_id) = svc::app_create(&st.store, &st.ssrf, &p, &req).await?;
-    st.changed();
+    let (app, deployment_id) = svc::app_create(&st.ctx, &p, &req).await?;
     Ok((
         StatusCode::CREATED,
         Json(AppCreated {
@@ -235,7 +225,7 @@ pub async fn app_get(
     Query(q): Query,
 ) -> ApiResult<Json<App>> {
     let (events, _) = includes(q.as_deref())?;
-    let a = svc::app_get(&st.store, &p, &id).await?;
+    let a = svc::app_get(&st.ctx, &p, &id).await?;
     Ok(Json(full_view(&st, &p, a, events).await?))
 }
 
@@ -251,9 +241,8 @@ pub async fn app_update(
     PathParam(id): PathParam,
     JsonBody(req): JsonBody<AppUpdate>,
 ) -> ApiResult<Json<App>> {
-    svc::app_update(&st.store, &st.ssrf, &p, &id, &req).await?;
-    st.changed();
-    let a = svc::app_get(&st.store, &p, &id).await?;
+    svc::app_update(&st.ctx, &p, &id, &req).await?;
+    let a = svc::app_get(&st.ctx, &p, &id).await?;
     Ok(Json(full_view(&st, &p, a, false).await?))
 }
 
@@ -279,8 +268,7 @@ pub async fn app_delete(
             }
         }
     }
-    svc::app_delete(&st.store, &p, &id).await?;
-    st.changed();
+    svc::app_delete(&st.ctx, &p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -291,8 +279,7 @@ async fn action(
     what: &str,
     r: Option<&RestartRequest>,
 ) -> ApiResult<Json<App>> {
-    let a = svc::app_action(&st.store, p, id, what, r).await?;
-    st.changed();
+    let a = svc::app_action(&st.ctx, p, id, what, r).await?;
     Ok(Json(full_view(st, p, a, false).await?))
 }
 
@@ -344,8 +331,7 @@ pub async fn app_scale(
     PathParam(id): PathParam,
     JsonBody(req): JsonBody<ScaleRequest>,
 ) -> ApiResult<Json<App>> {
-    let a = svc::app_scale(&st.store, &p, &id, &req).await?;
-    st.changed();
+    let a = svc::app_scale(&st.ctx, &p, &id, &req).await?;
     Ok(Json(full_view(&st, &p, a, false).await?))
 }
 
@@ -359,72 +345,20 @@ pub async fn upload_create(
     p: Principal,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<UploadCreated>)> {
-    use sha2::Digest;
-    use tokio::io::AsyncWriteExt;
-    p.authorize("apps", "write", None)?;
-    let id = shellwego_core::id::new_id("upl");
-    let path = st.uploads_dir.join(&id);
-    let tmp = st.uploads_dir.join(format!("{id}.part"));
-    let mut f = tokio::fs::File::create(&tmp)
-        .await
-        .map_err(Error::internal)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut size: u64 = 0;
-    let mut stream = body.into_data_stream();
-    let res: Result<(), Error> = async {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                crate::extract::body_timeout(&e).unwrap_or_else(|| {
-                    Error::field("body", "malformed", format!("the upload was cut off: {e}"))
-                })
-            })?;
-            size += chunk.len() as u64;
-            if size > MAX_UPLOAD {
-                return Err(Error::PayloadTooLarge("An upload is at most 1 GiB.".into()));
-            }
-            hasher.update(&chunk);
-            f.write_all(&chunk).await.map_err(Error::internal)?;
-        }
-        if size == 0 {
-            return Err(Error::field(
-                "body",
-                "required",
-                "send the archive (.tar or .tar.gz) as the request body",
-            ));
-        }
-        f.sync_all().await.map_err(Error::internal)?;
-        Ok(())
-    }
-    .await;
-    if let Err(e) = res {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e.into());
-    }
-    tokio::fs::rename(&tmp, &path)
-        .await
-        .map_err(Error::internal)?;
-    let sha = hex_lower(&hasher.finalize());
-    let mut tx = st.store.begin().await?;
-    store_apps::insert_upload(
-        &mut tx,
-        &id,
-        &p.organization_id,
-        size as i64,
-        &sha,
-        p.user_id.as_deref(),
-    )
-    .await?;
-    shellwego_store::commit(tx).await?;
+    let stream = body.into_data_stream().map(|chunk| {
+        chunk.map_err(|e| {
+            crate::extract::body_timeout(&e).unwrap_or_else(|| {
+                Error::field("body", "malformed", format!("the upload was cut off: {e}"))
+            })
+        })
+    });
+    let (id, size, sha) = svc::upload_create(&st.ctx, &p, stream).await?;
     Ok((
         StatusCode::CREATED,
         Json(UploadCreated {
             upload_id: id,
-            size: size as i64,
+            size,
             sha256: sha,
         }),
     ))
-}
-
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

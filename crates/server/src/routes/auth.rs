@@ -31,7 +31,7 @@ pub async fn auth_token_create(
     ClientIp(ip): ClientIp,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> ApiResult<Json<TokenCreated>> {
-    let (tok, secret) = identity::login(&st.store, &st.key, ip, &req).await?;
+    let (tok, secret) = identity::login(&st.ctx, ip, &req).await?;
     Ok(Json(created(tok, secret)))
 }
 
@@ -44,6 +44,6 @@ pub async fn auth_token_delete(
     p: Principal,
     PathParam(id): PathParam,
 ) -> ApiResult<StatusCode> {
-    identity::token_revoke_any(&st.store, &p, &id).await?;
+    identity::token_revoke_any(&st.ctx, &p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

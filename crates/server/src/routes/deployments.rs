@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use crate::model;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
@@ -16,21 +17,20 @@ use shellwego_api::deployments::{
 use shellwego_api::problem::Problem;
 use shellwego_core::time::{from_micros, now, rfc3339, to_micros};
 use shellwego_core::Error;
-use shellwego_store::deployments as store_dep;
 
 use crate::auth::Principal;
 use crate::extract::{list_params, JsonBody, OptionalJsonBody, PathParam, Query};
 use crate::problem::ApiResult;
 use crate::routes::{pagination, ListQueryDoc};
-use crate::service::deploy as svc;
+use crate::service::deployments as svc;
 use crate::state::AppState;
 
 fn time(t: i64) -> String {
     rfc3339(from_micros(t))
 }
 
-pub fn view(d: store_dep::Deployment) -> Deployment {
-    let stages = svc::stages_of(&d);
+pub fn view(d: model::Deployment) -> Deployment {
+    let stages = crate::controller::rollout::stages_of(&d);
     let logs_url = format!("/v1/deployments/{}/logs", d.id);
     let completed = stages.iter().filter(|s| s.status == "completed").count() as i64;
     let current = stages
@@ -50,7 +50,7 @@ pub fn view(d: store_dep::Deployment) -> Deployment {
             .reason
             .filter(|_| matches!(d.status.as_str(), "failed" | "rolled_back" | "cancelled")),
         status: d.status,
-        version: svc::version_label(d.version),
+        version: crate::controller::rollout::version_label(d.version),
         image: d.image,
         strategy: d.strategy,
         initiated_by: d.initiated_by,
@@ -75,7 +75,9 @@ pub fn view(d: store_dep::Deployment) -> Deployment {
             deploy_time_ms: Some((end - started) / 1000),
         },
         rollback_target: d.rollback_target,
-        previous_version: d.from_version.map(svc::version_label),
+        previous_version: d
+            .from_version
+            .map(crate::controller::rollout::version_label),
         created_at: time(d.created_at),
         completed_at: d.finished_at.map(time),
     }
@@ -96,8 +98,7 @@ pub async fn app_deploy(
     PathParam(id): PathParam,
     JsonBody(req): JsonBody<DeployRequest>,
 ) -> ApiResult<(StatusCode, Json<DeployAccepted>)> {
-    let d = svc::app_deploy(&st.store, &st.ssrf, &p, &id, &req).await?;
-    st.changed();
+    let d = svc::app_deploy(&st.ctx, &p, &id, &req).await?;
     let v = view(d);
     Ok((
         StatusCode::ACCEPTED,
@@ -120,7 +121,7 @@ pub async fn deployment_list(
     Query(q): Query,
 ) -> ApiResult<Json<DeploymentList>> {
     let params = list_params(q.as_deref(), &[])?;
-    let page = svc::deployment_list(&st.store, &p, &id, &params).await?;
+    let page = svc::deployment_list(&st.ctx, &p, &id, &params).await?;
     Ok(Json(DeploymentList {
         data: page.items.into_iter().map(view).collect(),
         pagination: pagination(page.pagination),
@@ -136,7 +137,7 @@ pub async fn deployment_get(
     p: Principal,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<Deployment>> {
-    Ok(Json(view(svc::deployment_get(&st.store, &p, &id).await?)))
+    Ok(Json(view(svc::deployment_get(&st.ctx, &p, &id).await?)))
 }
 
 /// Roll back to this deployment: a new deployment of its release (the same
@@ -152,8 +153,7 @@ pub async fn deployment_rollback(
     PathParam(id): PathParam,
     OptionalJsonBody(req): OptionalJsonBody<RollbackRequest>,
 ) -> ApiResult<(StatusCode, Json<DeployAccepted>)> {
-    let d = svc::deployment_rollback(&st.store, &p, &id, &req).await?;
-    st.changed();
+    let d = svc::deployment_rollback(&st.ctx, &p, &id, &req).await?;
     let v = view(d);
     Ok((
         StatusCode::ACCEPTED,
@@ -176,8 +176,7 @@ pub async fn deployment_promote(
     p: Principal,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<Deployment>> {
-    let d = svc::deployment_promote(&st.store, &p, &id).await?;
-    st.changed();
+    let d = svc::deployment_promote(&st.ctx, &p, &id).await?;
     Ok(Json(view(d)))
 }
 
@@ -203,36 +202,30 @@ pub async fn deployment_logs(
             return Err(Error::field("follow", "invalid_value", "must be true or false").into())
         }
     };
-    let d = svc::deployment_get(&st.store, &p, &id).await?;
+    let d = svc::deployment_get(&st.ctx, &p, &id).await?;
     let line = |(_, at, m): &(i64, i64, String)| format!("{} {m}", time(*at));
     if !follow {
-        let lines = st.store.deployment_log(&d.id, 0).await?;
+        let lines = svc::deployment_log(&st.ctx, &d, 0).await?;
         let mut body: String = lines.iter().map(|l| line(l) + "\n").collect();
         if body.is_empty() {
             body.push('\n');
         }
         return Ok(([("content-type", "text/plain; charset=utf-8")], body).into_response());
     }
-    let store = st.store.clone();
-    let orgs = p.organization_ids();
+    let ctx = st.ctx.clone();
     let stream = futures::stream::unfold((0i64, false), move |(seq, done)| {
-        let (store, id, orgs) = (store.clone(), d.id.clone(), orgs.clone());
+        let (ctx, d, p) = (ctx.clone(), d.clone(), p.clone());
         async move {
             if done {
                 return None;
             }
             loop {
-                let lines = store.deployment_log(&id, seq).await.unwrap_or_default();
+                let lines = svc::deployment_log(&ctx, &d, seq).await.unwrap_or_default();
                 if let Some(l) = lines.first() {
                     let ev = Event::default().id(l.0.to_string()).data(line(l));
                     return Some((Ok::<_, Infallible>(ev), (l.0, false)));
                 }
-                let finished = store
-                    .deployment(&id, &orgs)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_none_or(|d| d.finished_at.is_some());
+                let finished = svc::deployment_ended(&ctx, &p, &d.id).await;
                 if finished {
                     let ev = Event::default()
                         .event("end")

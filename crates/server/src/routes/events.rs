@@ -13,7 +13,7 @@ use crate::routes::{pagination, ListQueryDoc};
 use crate::service;
 use crate::state::AppState;
 
-fn view(e: shellwego_store::events::Event) -> Event {
+fn view(e: crate::model::Event) -> Event {
     Event {
         id: e.id,
         event_type: e.event_type,
@@ -47,7 +47,7 @@ pub async fn event_list(
     Query(q): Query,
 ) -> ApiResult<Json<EventList>> {
     let params = list_params(q.as_deref(), &[])?;
-    let page = service::event_list(&st.store, &p, &params).await?;
+    let page = service::events::event_list(&st.ctx, &p, &params).await?;
     Ok(Json(EventList {
         data: page.items.into_iter().map(view).collect(),
         pagination: pagination(page.pagination),
@@ -66,6 +66,6 @@ pub(crate) async fn app_events(
     }
     let q = format!("filter[resource_id]={app_id}&limit=20&sort=timestamp:desc");
     let params = shellwego_core::list::ListParams::parse(&q, &[])?;
-    let page = service::event_list(&st.store, p, &params).await?;
+    let page = service::events::event_list(&st.ctx, p, &params).await?;
     Ok(page.items.into_iter().map(view).collect())
 }

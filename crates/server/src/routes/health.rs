@@ -21,7 +21,7 @@ pub async fn healthz() -> Json<Health> {
     (status = 503, body = shellwego_api::problem::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn readyz(State(st): State<AppState>) -> ApiResult<Json<Health>> {
-    st.store.ping().await?;
+    crate::service::health::ready(&st.ctx).await?;
     Ok(Json(Health { status: "ok" }))
 }
 

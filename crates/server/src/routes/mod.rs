@@ -11,8 +11,8 @@ pub mod orgs;
 pub mod tokens;
 pub mod user;
 
+use crate::model::PageInfo;
 use shellwego_api::Pagination;
-use shellwego_store::list::PageInfo;
 
 pub(crate) fn pagination(p: PageInfo) -> Pagination {
     Pagination {

@@ -25,7 +25,7 @@ fn pct(used: i64, total: i64) -> f64 {
 }
 
 /// `load`: (apps, reserved memory, reserved millicores) of the node's instances.
-fn view(n: shellwego_store::nodes::Node, load: (i64, i64, i64)) -> Node {
+fn view(n: crate::model::Node, load: (i64, i64, i64)) -> Node {
     let size = |b: i64| format_size(b.max(0) as u64);
     let (running_apps, reserved_memory, reserved_cpu) = load;
     let cpu_total = n.cpu_cores.saturating_mul(1000);
@@ -93,9 +93,8 @@ pub async fn node_list(
     Query(q): Query,
 ) -> ApiResult<Json<NodeList>> {
     let params = list_params(q.as_deref(), &[])?;
-    let page = service::node_list(&st.store, &p, &params).await?;
-    let ids: Vec<String> = page.items.iter().map(|n| n.id.clone()).collect();
-    let loads = st.store.node_loads(&ids).await?;
+    let page = service::nodes::node_list(&st.ctx, &p, &params).await?;
+    let loads = service::nodes::node_loads(&st.ctx, &page.items.iter().collect::<Vec<_>>()).await?;
     Ok(Json(NodeList {
         data: page
             .items
@@ -128,10 +127,8 @@ pub async fn node_get(
 }
 
 async fn node_view(st: &AppState, p: &Principal, id: &str) -> ApiResult<Json<Node>> {
-    let n = service::node_get(&st.store, p, id).await?;
-    let l = st
-        .store
-        .node_loads(std::slice::from_ref(&n.id))
+    let n = service::nodes::node_get(&st.ctx, p, id).await?;
+    let l = service::nodes::node_loads(&st.ctx, &[&n])
         .await?
         .first()
         .map_or((0, 0, 0), |(_, a, m, c)| (*a, *m, *c));
@@ -152,8 +149,7 @@ pub async fn node_create(
     axum::http::StatusCode,
     Json<shellwego_api::nodes::NodeRegistered>,
 )> {
-    let (node, join_token) =
-        crate::service::node_agents::node_register(&st.store, &p, &req).await?;
+    let (node, join_token) = crate::service::nodes::node_register(&st.ctx, &p, &req).await?;
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -186,8 +182,7 @@ pub async fn node_update(
     PathParam(id): PathParam,
     crate::extract::JsonBody(req): crate::extract::JsonBody<shellwego_api::nodes::NodeUpdate>,
 ) -> ApiResult<Json<Node>> {
-    crate::service::node_agents::node_update(&st.store, &p, &id, &req).await?;
-    st.changed();
+    crate::service::nodes::node_update(&st.ctx, &p, &id, &req).await?;
     node_view(&st, &p, &id).await
 }
 
@@ -218,14 +213,12 @@ pub async fn node_delete(
     }
     if params.extra("migrate_apps") == Some("true") {
         let req = shellwego_api::nodes::NodeDrain::default();
-        let n = crate::service::node_agents::node_drain(&st.store, &p, &id, &req, true).await?;
-        st.changed();
+        let n = crate::service::nodes::node_drain(&st.ctx, &p, &id, &req, true).await?;
         if n > 0 {
             return Ok(axum::http::StatusCode::ACCEPTED);
         }
     }
-    crate::service::node_agents::node_delete(&st.store, &p, &id).await?;
-    st.changed();
+    crate::service::nodes::node_delete(&st.ctx, &p, &id).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
@@ -245,8 +238,7 @@ pub async fn node_drain(
     axum::http::StatusCode,
     Json<shellwego_api::nodes::NodeDrained>,
 )> {
-    let n = crate::service::node_agents::node_drain(&st.store, &p, &id, &req, false).await?;
-    st.changed();
+    let n = crate::service::nodes::node_drain(&st.ctx, &p, &id, &req, false).await?;
     Ok((
         axum::http::StatusCode::ACCEPTED,
         Json(shellwego_api::nodes::NodeDrained {

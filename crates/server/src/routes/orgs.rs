@@ -20,10 +20,7 @@ use crate::routes::{pagination, ListQueryDoc};
 use crate::service::orgs as svc;
 use crate::state::AppState;
 
-fn org_view(
-    o: shellwego_store::orgs::Organization,
-    usage: Option<(i64, i64, i64, i64)>,
-) -> Organization {
+fn org_view(o: crate::model::Organization, usage: Option<(i64, i64, i64, i64)>) -> Organization {
     let (nodes, memory, volumes) = o.plan.resource_limits();
     let (u_nodes, u_members, u_mem, u_apps) = usage.unwrap_or_default();
     Organization {
@@ -54,7 +51,7 @@ fn org_view(
     }
 }
 
-fn member_view(m: shellwego_store::orgs::Member) -> Member {
+fn member_view(m: crate::model::Member) -> Member {
     Member {
         user_id: m.user_id,
         email: m.email,
@@ -66,10 +63,7 @@ fn member_view(m: shellwego_store::orgs::Member) -> Member {
     }
 }
 
-fn invitation_view(
-    i: shellwego_store::invitations::Invitation,
-    token: Option<String>,
-) -> Invitation {
+fn invitation_view(i: crate::model::Invitation, token: Option<String>) -> Invitation {
     Invitation {
         status: i.status().into(),
         id: i.id,
@@ -84,7 +78,7 @@ fn invitation_view(
 }
 
 fn sa_view(
-    s: shellwego_store::service_accounts::ServiceAccount,
+    s: crate::model::ServiceAccount,
     token: Option<(String, Option<String>)>,
 ) -> ServiceAccount {
     let (token, token_expires_at) = match token {
@@ -111,8 +105,7 @@ pub async fn org_create(
     p: Principal,
     JsonBody(req): JsonBody<OrganizationCreate>,
 ) -> ApiResult<(StatusCode, Json<Organization>)> {
-    let org = svc::org_create(&st.store, &p, &req, st.max_free_orgs_per_user).await?;
-    let usage = st.store.org_usage(&org.id).await?;
+    let (org, usage) = svc::org_create(&st.ctx, &p, &req).await?;
     Ok((StatusCode::CREATED, Json(org_view(org, Some(usage)))))
 }
 
@@ -124,7 +117,7 @@ pub async fn org_list(
     Query(q): Query,
 ) -> ApiResult<Json<OrganizationList>> {
     let params = list_params(q.as_deref(), &[])?;
-    let page = svc::org_list(&st.store, &p, &params).await?;
+    let page = svc::org_list(&st.ctx, &p, &params).await?;
     Ok(Json(OrganizationList {
         data: page.items.into_iter().map(|o| org_view(o, None)).collect(),
         pagination: pagination(page.pagination),
@@ -140,7 +133,7 @@ pub async fn org_get(
     p: Principal,
     PathParams(org_id): PathParams<String>,
 ) -> ApiResult<Json<Organization>> {
-    let (org, usage) = svc::org_get(&st.store, &p, &org_id).await?;
+    let (org, usage) = svc::org_get(&st.ctx, &p, &org_id).await?;
     Ok(Json(org_view(org, Some(usage))))
 }
 
@@ -154,8 +147,8 @@ pub async fn org_update(
     PathParams(org_id): PathParams<String>,
     JsonBody(req): JsonBody<OrganizationUpdate>,
 ) -> ApiResult<Json<Organization>> {
-    svc::org_update(&st.store, &p, &org_id, &req).await?;
-    let (org, usage) = svc::org_get(&st.store, &p, &org_id).await?;
+    svc::org_update(&st.ctx, &p, &org_id, &req).await?;
+    let (org, usage) = svc::org_get(&st.ctx, &p, &org_id).await?;
     Ok(Json(org_view(org, Some(usage))))
 }
 
@@ -169,7 +162,7 @@ pub async fn member_list(
     Query(q): Query,
 ) -> ApiResult<Json<MemberList>> {
     let params = list_params(q.as_deref(), &[])?;
-    let page = svc::member_list(&st.store, &p, &org_id, &params).await?;
+    let page = svc::member_list(&st.ctx, &p, &org_id, &params).await?;
     Ok(Json(MemberList {
         data: page.items.into_iter().map(member_view).collect(),
         pagination: pagination(page.pagination),
@@ -186,7 +179,7 @@ pub async fn member_update(
     PathParams((org_id, user_id)): PathParams<(String, String)>,
     JsonBody(req): JsonBody<MemberUpdate>,
 ) -> ApiResult<StatusCode> {
-    svc::member_update(&st.store, &p, &org_id, &user_id, &req).await?;
+    svc::member_update(&st.ctx, &p, &org_id, &user_id, &req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -199,7 +192,7 @@ pub async fn member_delete(
     p: Principal,
     PathParams((org_id, user_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    svc::member_remove(&st.store, &p, &org_id, &user_id).await?;
+    svc::member_remove(&st.ctx, &p, &org_id, &user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -213,7 +206,7 @@ pub async fn invitation_create(
     PathParams(org_id): PathParams<String>,
     JsonBody(req): JsonBody<InvitationCreate>,
 ) -> ApiResult<(StatusCode, Json<Invitation>)> {
-    let (inv, secret) = svc::invitation_create(&st.store, &p, &org_id, &req).await?;
+    let (inv, secret) = svc::invitation_create(&st.ctx, &p, &org_id, &req).await?;
     Ok((
         StatusCode::CREATED,
         Json(invitation_view(inv, Some(secret))),
@@ -230,7 +223,7 @@ pub async fn invitation_list(
     Query(q): Query,
 ) -> ApiResult<Json<InvitationList>> {
     let params = list_params(q.as_deref(), &[])?;
-    let page = svc::invitation_list(&st.store, &p, &org_id, &params).await?;
+    let page = svc::invitation_list(&st.ctx, &p, &org_id, &params).await?;
     Ok(Json(InvitationList {
         data: page
             .items
@@ -250,7 +243,7 @@ pub async fn invitation_delete(
     p: Principal,
     PathParams((org_id, inv_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    svc::invitation_revoke(&st.store, &p, &org_id, &inv_id).await?;
+    svc::invitation_revoke(&st.ctx, &p, &org_id, &inv_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -267,14 +260,8 @@ pub async fn invitation_accept(
     PathParams(token): PathParams<String>,
     OptionalJsonBody(req): OptionalJsonBody<InvitationAccept>,
 ) -> ApiResult<Json<InvitationAccepted>> {
-    let a = svc::invitation_accept(
-        &st.store,
-        p.as_ref(),
-        &token,
-        &req,
-        ip.map(|i| i.to_string()),
-    )
-    .await?;
+    let a = svc::invitation_accept(&st.ctx, p.as_ref(), &token, &req, ip.map(|i| i.to_string()))
+        .await?;
     Ok(Json(InvitationAccepted {
         organization_id: a.invitation.organization_id,
         user_id: a.user_id,
@@ -293,7 +280,7 @@ pub async fn service_account_create(
     PathParams(org_id): PathParams<String>,
     JsonBody(req): JsonBody<ServiceAccountCreate>,
 ) -> ApiResult<(StatusCode, Json<ServiceAccount>)> {
-    let (sa, tok, secret) = svc::service_account_create(&st.store, &p, &org_id, &req).await?;
+    let (sa, tok, secret) = svc::service_account_create(&st.ctx, &p, &org_id, &req).await?;
     Ok((
         StatusCode::CREATED,
         Json(sa_view(sa, Some((secret, tok.expires_at.map(rfc3339))))),
@@ -310,7 +297,7 @@ pub async fn service_account_list(
     Query(q): Query,
 ) -> ApiResult<Json<ServiceAccountList>> {
     let params = list_params(q.as_deref(), &[])?;
-    let page = svc::service_account_list(&st.store, &p, &org_id, &params).await?;
+    let page = svc::service_account_list(&st.ctx, &p, &org_id, &params).await?;
     Ok(Json(ServiceAccountList {
         data: page.items.into_iter().map(|s| sa_view(s, None)).collect(),
         pagination: pagination(page.pagination),
@@ -326,6 +313,6 @@ pub async fn service_account_delete(
     p: Principal,
     PathParams((org_id, sa_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    svc::service_account_delete(&st.store, &p, &org_id, &sa_id).await?;
+    svc::service_account_delete(&st.ctx, &p, &org_id, &sa_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,6 @@
 //! The calling user's API tokens.
 
+use crate::model::Token;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -8,7 +9,6 @@ use shellwego_api::tokens::{
     TokenCreateRequest, TokenCreated, TokenInfo, TokenList, TokenPermissions,
 };
 use shellwego_core::time::rfc3339;
-use shellwego_store::tokens::Token;
 
 use crate::auth::Principal;
 use crate::extract::{list_params, JsonBody, PathParam, Query};
@@ -42,7 +42,7 @@ pub async fn token_create(
     p: Principal,
     JsonBody(req): JsonBody<TokenCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    let (t, secret) = service::token_create(&st.store, &p, &req).await?;
+    let (t, secret) = service::tokens::token_create(&st.ctx, &p, &req).await?;
     Ok((StatusCode::CREATED, Json(created(t, secret))))
 }
 
@@ -88,7 +88,7 @@ pub async fn token_rotate(
     p: Principal,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<TokenCreated>> {
-    let (t, secret) = crate::service::identity::token_rotate(&st.store, &p, &id).await?;
+    let (t, secret) = crate::service::identity::token_rotate(&st.ctx, &p, &id).await?;
     Ok(Json(created(t, secret)))
 }
 
@@ -106,7 +106,7 @@ pub async fn token_list(
     Query(q): Query,
 ) -> ApiResult<Json<TokenList>> {
     let params = list_params(q.as_deref(), &[])?;
-    let page = service::token_list(&st.store, &p, &params).await?;
+    let page = service::tokens::token_list(&st.ctx, &p, &params).await?;
     Ok(Json(TokenList {
         data: page.items.into_iter().map(info).collect(),
         pagination: pagination(page.pagination),
@@ -125,6 +125,6 @@ pub async fn token_delete(
     p: Principal,
     PathParam(id): PathParam,
 ) -> ApiResult<StatusCode> {
-    service::token_revoke(&st.store, &p, &id).await?;
+    service::tokens::token_revoke(&st.ctx, &p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -21,8 +21,8 @@ use crate::state::AppState;
     (status = 401, body = shellwego_api::problem::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn user_get(State(st): State<AppState>, p: Principal) -> ApiResult<Json<CurrentUser>> {
-    let (user, orgs) = service::user_current(&st.store, &p).await?;
-    let plan = service::plan_of(&p);
+    let (user, orgs) = service::identity::user_current(&st.ctx, &p).await?;
+    let plan = service::identity::plan_of(&p);
     Ok(Json(CurrentUser {
         id: user.id,
         email: user.email,
@@ -55,7 +55,7 @@ pub async fn user_update(
     p: Principal,
     JsonBody(req): JsonBody<UserUpdate>,
 ) -> ApiResult<Json<CurrentUser>> {
-    identity::user_update(&st.store, &p, &req).await?;
+    identity::user_update(&st.ctx, &p, &req).await?;
     user_get(State(st), p).await
 }
 
@@ -68,7 +68,7 @@ pub async fn mfa_enroll(
     State(st): State<AppState>,
     p: Principal,
 ) -> ApiResult<Json<MfaEnrollment>> {
-    let (secret, otpauth_uri) = identity::mfa_enroll(&st.store, &st.key, &p).await?;
+    let (secret, otpauth_uri) = identity::mfa_enroll(&st.ctx, &p).await?;
     Ok(Json(MfaEnrollment {
         secret,
         otpauth_uri,
@@ -85,7 +85,7 @@ pub async fn mfa_confirm(
     p: Principal,
     JsonBody(req): JsonBody<MfaCode>,
 ) -> ApiResult<Json<MfaConfirmed>> {
-    let recovery_codes = identity::mfa_confirm(&st.store, &st.key, &p, &req.code).await?;
+    let recovery_codes = identity::mfa_confirm(&st.ctx, &p, &req.code).await?;
     Ok(Json(MfaConfirmed {
         mfa_enabled: true,
         recovery_codes,
@@ -102,6 +102,6 @@ pub async fn mfa_disable(
     p: Principal,
     JsonBody(req): JsonBody<MfaCode>,
 ) -> ApiResult<StatusCode> {
-    identity::mfa_disable(&st.store, &st.key, &p, &req.code).await?;
+    identity::mfa_disable(&st.ctx, &p, &req.code).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,9 +11,14 @@ use shellwego_core::token::TokenKind;
 use shellwego_core::{password, Error, RateLimitInfo};
 use shellwego_store::events::{self, Actor, NewEvent, Severity};
 use shellwego_store::tokens::{self, NewTokenSpec, Token};
-use shellwego_store::{commit, logins, users, Store};
+use shellwego_store::{commit, logins, users};
+
+use shellwego_core::plan::Plan;
+use shellwego_store::orgs::Organization;
+use shellwego_store::users::User;
 
 use crate::auth::Principal;
+use crate::ctx::ServerCtx;
 use crate::mfa;
 
 /// Failures within this window count toward a lock.
@@ -48,12 +53,13 @@ fn dummy_hash() -> &'static str {
 /// Returns the attempt's id (to mark it succeeded) and the delay owed if
 /// it fails.
 async fn guard(
-    store: &Store,
+    ctx: &ServerCtx,
     email: &str,
     ip: &str,
     user_id: Option<&str>,
     org: Option<&str>,
 ) -> Result<(String, Option<Duration>), Error> {
+    let store = &ctx.store;
     let window = i64::try_from(LOCK_WINDOW.as_micros()).unwrap_or(0);
     let since = to_micros(now()) - window;
     let mut tx = store.begin().await?;
@@ -107,16 +113,17 @@ pub fn ip_tarpit(failures: i64) -> Duration {
 /// Check a secret of the calling user's (current password, MFA code) under
 /// the same lockout as logins.
 async fn guarded_check(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     email: &str,
     check: impl std::future::Future<Output = Result<bool, Error>>,
 ) -> Result<bool, Error> {
+    let store = &ctx.store;
     let ip =
         p.ip.map(|i| i.to_string())
             .unwrap_or_else(|| "unknown".into());
     let (attempt, tarpit) = guard(
-        store,
+        ctx,
         email,
         &ip,
         p.user_id.as_deref(),
@@ -140,11 +147,11 @@ fn bad_credentials() -> Error {
 
 /// Exchange email and password (and an MFA code) for a token.
 pub async fn login(
-    store: &Store,
-    key: &mfa::Key,
+    ctx: &ServerCtx,
     ip: Option<IpAddr>,
     req: &LoginRequest,
 ) -> Result<(Token, String), Error> {
+    let store = &ctx.store;
     let ip_s = ip
         .map(|i| i.to_string())
         .unwrap_or_else(|| "unknown".into());
@@ -156,14 +163,8 @@ pub async fn login(
         None => vec![],
     };
     let first_org = user_orgs.first().map(|(o, _)| o.id.clone());
-    let (attempt, tarpit) = guard(
-        store,
-        &email,
-        &ip_s,
-        user_id.as_deref(),
-        first_org.as_deref(),
-    )
-    .await?;
+    let (attempt, tarpit) =
+        guard(ctx, &email, &ip_s, user_id.as_deref(), first_org.as_deref()).await?;
     let hash = creds.as_ref().and_then(|c| c.password_hash.clone());
     let password_ok = {
         let (pw, h) = (
@@ -197,7 +198,7 @@ pub async fn login(
                 let mut tx = store.begin().await?;
                 let ok = mfa::check_login_code(
                     &mut tx,
-                    key,
+                    &ctx.key,
                     &c.user.id,
                     c.mfa_secret_enc.as_deref(),
                     code,
@@ -290,7 +291,8 @@ pub async fn login(
 
 /// Revoke a token: its owner may, and so may an admin of its organization.
 /// Anyone else is told it does not exist.
-pub async fn token_revoke_any(store: &Store, p: &Principal, token_id: &str) -> Result<(), Error> {
+pub async fn token_revoke_any(ctx: &ServerCtx, p: &Principal, token_id: &str) -> Result<(), Error> {
+    let store = &ctx.store;
     let t = store
         .token(token_id)
         .await?
@@ -315,10 +317,11 @@ pub async fn token_revoke_any(store: &Store, p: &Principal, token_id: &str) -> R
 
 /// A new secret for one of the caller's tokens; the old one stops working.
 pub async fn token_rotate(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     token_id: &str,
 ) -> Result<(Token, String), Error> {
+    let store = &ctx.store;
     let uid = p.self_service()?;
     // The secret as it is now, read first: of concurrent rotations only
     // the first to write finds it unchanged.
@@ -357,7 +360,8 @@ pub async fn token_rotate(
 
 /// Update the caller's profile; a password change needs the current one and
 /// ends the user's other sessions.
-pub async fn user_update(store: &Store, p: &Principal, req: &UserUpdate) -> Result<(), Error> {
+pub async fn user_update(ctx: &ServerCtx, p: &Principal, req: &UserUpdate) -> Result<(), Error> {
+    let store = &ctx.store;
     let uid = p.self_service()?;
     let new_hash = match &req.password {
         Some(change) => {
@@ -376,7 +380,7 @@ pub async fn user_update(store: &Store, p: &Principal, req: &UserUpdate) -> Resu
                     .await
                     .map_err(Error::internal)
             };
-            let ok = guarded_check(store, p, &creds.user.email, verify).await?;
+            let ok = guarded_check(ctx, p, &creds.user.email, verify).await?;
             if !ok {
                 return Err(Error::field(
                     "password.current_password",
@@ -432,11 +436,8 @@ pub async fn user_update(store: &Store, p: &Principal, req: &UserUpdate) -> Resu
 }
 
 /// Start MFA enrollment: a new secret, kept (encrypted) until confirmed.
-pub async fn mfa_enroll(
-    store: &Store,
-    key: &mfa::Key,
-    p: &Principal,
-) -> Result<(String, String), Error> {
+pub async fn mfa_enroll(ctx: &ServerCtx, p: &Principal) -> Result<(String, String), Error> {
+    let store = &ctx.store;
     let uid = p.self_service()?;
     let user = store
         .user(uid)
@@ -450,18 +451,14 @@ pub async fn mfa_enroll(
     let secret = mfa::new_secret();
     let (b32, uri) = mfa::enrollment(&secret, &user.email)?;
     let mut tx = store.begin().await?;
-    users::set_mfa_pending(&mut tx, uid, &key.seal(&secret)?).await?;
+    users::set_mfa_pending(&mut tx, uid, &ctx.key.seal(&secret)?).await?;
     commit(tx).await?;
     Ok((b32, uri))
 }
 
 /// Confirm enrollment with a code; MFA is on. Returns the recovery codes.
-pub async fn mfa_confirm(
-    store: &Store,
-    key: &mfa::Key,
-    p: &Principal,
-    code: &str,
-) -> Result<Vec<String>, Error> {
+pub async fn mfa_confirm(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<Vec<String>, Error> {
+    let store = &ctx.store;
     let uid = p.self_service()?;
     let creds = store
         .credentials(uid)
@@ -470,7 +467,7 @@ pub async fn mfa_confirm(
     let pending = creds
         .mfa_pending_enc
         .ok_or_else(|| Error::Conflict("Start with POST /v1/user/mfa to get a secret.".into()))?;
-    if !mfa::verify_totp(&key.open(&pending)?, code) {
+    if !mfa::verify_totp(&ctx.key.open(&pending)?, code) {
         return Err(Error::field(
             "code",
             "invalid_value",
@@ -491,12 +488,8 @@ pub async fn mfa_confirm(
 }
 
 /// Turn MFA off, with a current code or a recovery code.
-pub async fn mfa_disable(
-    store: &Store,
-    key: &mfa::Key,
-    p: &Principal,
-    code: &str,
-) -> Result<(), Error> {
+pub async fn mfa_disable(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<(), Error> {
+    let store = &ctx.store;
     let uid = p.self_service()?;
     let creds = store
         .credentials(uid)
@@ -509,7 +502,7 @@ pub async fn mfa_disable(
         p.ip.map(|i| i.to_string())
             .unwrap_or_else(|| "unknown".into());
     let (attempt, tarpit) = guard(
-        store,
+        ctx,
         &creds.user.email,
         &ip,
         Some(uid),
@@ -518,7 +511,15 @@ pub async fn mfa_disable(
     .await?;
     let mut tx = store.begin().await?;
     logins::succeeded(&mut tx, &attempt).await?;
-    if !mfa::check_login_code(&mut tx, key, uid, creds.mfa_secret_enc.as_deref(), code).await? {
+    if !mfa::check_login_code(
+        &mut tx,
+        &ctx.key,
+        uid,
+        creds.mfa_secret_enc.as_deref(),
+        code,
+    )
+    .await?
+    {
         // Rolled back: the attempt stays a failure.
         drop(tx);
         if let Some(d) = tarpit {
@@ -539,4 +540,24 @@ pub async fn mfa_disable(
     )
     .await?;
     commit(tx).await
+}
+
+/// The calling user with their organizations and roles.
+pub async fn user_current(
+    ctx: &ServerCtx,
+    p: &Principal,
+) -> Result<(User, Vec<(Organization, String)>), Error> {
+    let store = &ctx.store;
+    let uid = p.user_id()?;
+    let user = store
+        .user(uid)
+        .await?
+        .ok_or_else(|| Error::Unauthenticated("the token's user no longer exists".into()))?;
+    let orgs = store.memberships_of(uid).await?;
+    Ok((user, orgs))
+}
+
+/// The plan whose quotas apply to the caller.
+pub fn plan_of(p: &Principal) -> Plan {
+    p.plan
 }

@@ -19,14 +19,16 @@ use shellwego_store::list::{Page, Scope};
 use shellwego_store::orgs::{self, Member, Organization, MEMBERS, ORGANIZATIONS};
 use shellwego_store::service_accounts::{self, ServiceAccount, SERVICE_ACCOUNTS};
 use shellwego_store::tokens::{self, NewTokenSpec, Token};
-use shellwego_store::{commit, users, Store};
+use shellwego_store::{commit, users};
 
 use crate::auth::Principal;
+use crate::ctx::ServerCtx;
 
 /// The caller as seen by `org_id`: its own token's organization, or
 /// another organization its user belongs to (with the role held there).
 /// Anything else is "not found".
-pub async fn as_member(store: &Store, p: &Principal, org_id: &str) -> Result<Principal, Error> {
+pub async fn as_member(ctx: &ServerCtx, p: &Principal, org_id: &str) -> Result<Principal, Error> {
+    let store = &ctx.store;
     if org_id == p.organization_id {
         return Ok(p.clone());
     }
@@ -97,11 +99,21 @@ fn slugify(name: &str) -> String {
 /// may own at most `max_free_orgs` Free organizations: each has its own
 /// quotas, so more would multiply them.
 pub async fn org_create(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     req: &OrganizationCreate,
-    max_free_orgs: u32,
+) -> Result<(Organization, (i64, i64, i64, i64)), Error> {
+    let org = org_insert(ctx, p, req).await?;
+    let usage = ctx.store.org_usage(&org.id).await?;
+    Ok((org, usage))
+}
+
+async fn org_insert(
+    ctx: &ServerCtx,
+    p: &Principal,
+    req: &OrganizationCreate,
 ) -> Result<Organization, Error> {
+    let store = &ctx.store;
     let uid = p.user_id()?;
     let explicit = req.slug.is_some();
     let base = req.slug.clone().unwrap_or_else(|| slugify(&req.name));
@@ -124,7 +136,7 @@ pub async fn org_create(
         // Counted before this one is owned; the transaction rolls back
         // when there is no room.
         let owned = orgs::free_orgs_owned(&mut tx, uid).await?;
-        if owned >= i64::from(max_free_orgs) {
+        if owned >= i64::from(ctx.config.max_free_orgs_per_user) {
             return Err(Error::QuotaExceeded(format!(
                 "You already own {owned} organization(s) on the Free plan, the most one user may own; \
                  move one of them to a paid plan, delete one, or ask the operator to raise max_free_orgs_per_user."
@@ -154,10 +166,11 @@ pub async fn org_create(
 }
 
 pub async fn org_list(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     params: &ListParams,
 ) -> Result<Page<Organization>, Error> {
+    let store = &ctx.store;
     let uid = p.user_id()?;
     store
         .list(
@@ -170,11 +183,12 @@ pub async fn org_list(
 }
 
 pub async fn org_get(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
 ) -> Result<(Organization, (i64, i64, i64, i64)), Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     m.authorize("organizations", "read", None)?;
     let org = store
         .organization(org_id)
@@ -185,12 +199,13 @@ pub async fn org_get(
 }
 
 pub async fn org_update(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
     req: &OrganizationUpdate,
 ) -> Result<(), Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     m.authorize("organizations", "write", None)?;
     let settings = req
         .settings
@@ -226,12 +241,13 @@ pub async fn org_update(
 }
 
 pub async fn member_list(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
     params: &ListParams,
 ) -> Result<Page<Member>, Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     m.authorize("members", "read", None)?;
     store
         .list(
@@ -246,13 +262,14 @@ pub async fn member_list(
 /// Change a member's role or restrictions. Making or unmaking an owner
 /// takes an owner; the last owner cannot be demoted.
 pub async fn member_update(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
     user_id: &str,
     req: &MemberUpdate,
 ) -> Result<(), Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     m.authorize("members", "write", None)?;
     let mut tx = store.begin().await?;
     let current = orgs::member_role(&mut tx, org_id, user_id)
@@ -302,12 +319,13 @@ pub async fn member_update(
 
 /// Remove a member (or leave, for oneself). Not the last owner.
 pub async fn member_remove(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
     user_id: &str,
 ) -> Result<(), Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     let leaving = p.user_id.as_deref() == Some(user_id);
     if !leaving {
         m.authorize("members", "write", None)?;
@@ -340,12 +358,13 @@ pub async fn member_remove(
 }
 
 pub async fn invitation_create(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
     req: &InvitationCreate,
 ) -> Result<(Invitation, String), Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     m.authorize("invitations", "write", None)?;
     unrestricted(&m)?;
     let lifetime = req
@@ -376,12 +395,13 @@ pub async fn invitation_create(
 }
 
 pub async fn invitation_list(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
     params: &ListParams,
 ) -> Result<Page<Invitation>, Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     m.authorize("invitations", "read", None)?;
     store
         .list(
@@ -394,12 +414,13 @@ pub async fn invitation_list(
 }
 
 pub async fn invitation_revoke(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
     inv_id: &str,
 ) -> Result<(), Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     m.authorize("invitations", "write", None)?;
     let mut tx = store.begin().await?;
     if !invitations::revoke(&mut tx, org_id, inv_id).await? {
@@ -423,12 +444,13 @@ pub struct Accepted {
 
 /// Accept an invitation as the calling user, or create the invited user.
 pub async fn invitation_accept(
-    store: &Store,
+    ctx: &ServerCtx,
     p: Option<&Principal>,
     secret: &str,
     req: &InvitationAccept,
     ip: Option<String>,
 ) -> Result<Accepted, Error> {
+    let store = &ctx.store;
     fn usable(inv: &Invitation) -> Result<(), Error> {
         match inv.status() {
             "accepted" => Err(Error::Gone("This invitation was used already.".into())),
@@ -560,12 +582,13 @@ pub async fn invitation_accept(
 }
 
 pub async fn service_account_create(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
     req: &ServiceAccountCreate,
 ) -> Result<(ServiceAccount, Token, String), Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     m.authorize("service_accounts", "write", None)?;
     unrestricted(&m)?;
     // The account's token can do no more than the caller's.
@@ -624,12 +647,13 @@ pub async fn service_account_create(
 }
 
 pub async fn service_account_list(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
     params: &ListParams,
 ) -> Result<Page<ServiceAccount>, Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     m.authorize("service_accounts", "read", None)?;
     let scope = Scope::new().is_in("t.organization_id", [org_id.to_string()]);
     store
@@ -643,12 +667,13 @@ pub async fn service_account_list(
 }
 
 pub async fn service_account_delete(
-    store: &Store,
+    ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
     sa_id: &str,
 ) -> Result<(), Error> {
-    let m = as_member(store, p, org_id).await?;
+    let store = &ctx.store;
+    let m = as_member(ctx, p, org_id).await?;
     m.authorize("service_accounts", "write", None)?;
     let mut tx = store.begin().await?;
     if !service_accounts::delete(&mut tx, org_id, sa_id).await? {

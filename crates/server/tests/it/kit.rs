@@ -97,7 +97,7 @@ pub async fn start_with(
         base: format!("http://{}", started.addr),
         token,
         http: reqwest::Client::new(),
-        store: started.state.store.clone(),
+        store: started.ctx.store.clone(),
         started: Some(started),
         cfg,
         _dir: dir,

@@ -70,7 +70,7 @@ async fn a_restart_does_not_bootstrap_again(mut s: Srv) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(again.state.store.count_organizations().await.unwrap(), 1);
+    assert_eq!(again.ctx.store.count_organizations().await.unwrap(), 1);
     again.shutdown().await.unwrap();
 }
 

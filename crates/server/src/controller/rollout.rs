@@ -35,8 +35,7 @@ use shellwego_store::deployments::{self, Deployment, Release};
 use shellwego_store::events::{self, Actor, NewEvent, Severity};
 use shellwego_store::Tx;
 
-/// Restarts in a row after which a new instance counts as crash-looping.
-pub const CRASH_LOOP_RESTARTS: i64 = 3;
+use super::instances::{spec_of, stop_instance, CRASH_LOOP_RESTARTS};
 
 /// A deployment's options, stored as JSON with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,7 +272,7 @@ pub async fn start(
             v
         }
     };
-    let spec = crate::service::apps::spec_of(app);
+    let spec = spec_of(app);
     let from_version = from_version.filter(|f| *f != version);
     // A canary needs something to compare with.
     let strategy = if strategy == "canary" && from_version.is_none() {
@@ -377,7 +376,7 @@ async fn supersede(
         let mut cancelled = 0;
         for mut i in apps::instances_of_app(tx, &app.id).await? {
             if i.desired == "running" && i.version == old.version && i.status != "healthy" {
-                crate::service::apps::stop_instance(
+                stop_instance(
                     tx,
                     &mut i,
                     &format!("cancelled: its deployment was superseded by {}", by.id),
@@ -443,7 +442,7 @@ pub async fn cancel_active(tx: &mut Tx, app: &mut App, why: &str) -> Result<(), 
 /// Point the app's spec and resources at a release; the app's scaling
 /// (replicas, autoscale) is not part of a release and stays.
 fn retarget(app: &mut App, r: &Release) {
-    let autoscale = crate::service::apps::spec_of(app).autoscale;
+    let autoscale = spec_of(app).autoscale;
     let mut spec: shellwego_api::apps::AppSpec = serde_json::from_str(&r.spec).unwrap_or_default();
     spec.autoscale = autoscale;
     app.spec = serde_json::to_string(&spec).unwrap_or_else(|_| r.spec.clone());
@@ -929,8 +928,7 @@ async fn fail(
             {
                 if holding || i.status != "healthy" {
                     let mut i = i.clone();
-                    crate::service::apps::stop_instance(tx, &mut i, "its deployment failed")
-                        .await?;
+                    stop_instance(tx, &mut i, "its deployment failed").await?;
                 }
             }
             deployments::log(
@@ -948,263 +946,4 @@ async fn fail(
     deployments::update(tx, dep).await?;
     apps::update(tx, app).await?;
     Ok(true)
-}
-
-// ---- API operations ------------------------------------------------------
-
-use shellwego_api::deployments::{DeployRequest, RollbackRequest};
-use shellwego_core::list::ListParams;
-use shellwego_core::units::parse_duration;
-use shellwego_store::list::{Page, Scope};
-use shellwego_store::{commit, Store};
-
-use crate::auth::Principal;
-
-fn ms(v: &Option<String>, default: i64) -> i64 {
-    v.as_deref()
-        .and_then(parse_duration)
-        .map_or(default, |d| d.as_millis() as i64)
-}
-
-/// `POST /v1/apps/{id}/deploy`: a new release of the app (with the given
-/// image or source) and a deployment to it.
-pub async fn app_deploy(
-    store: &Store,
-    guard: &shellwego_net::ssrf::Guard,
-    p: &Principal,
-    app_id: &str,
-    req: &DeployRequest,
-) -> Result<Deployment, Error> {
-    p.authorize("apps", "write", Some(app_id))?;
-    crate::service::apps::check_fetch_targets(guard, req.image.as_deref(), req.source.as_ref())
-        .await?;
-    if let Some(upl) = req.source.as_ref().and_then(|s| s.upload_id.as_ref()) {
-        if !store.upload_exists(upl, &p.organization_id).await? {
-            return Err(Error::field(
-                "source.upload_id",
-                "not_found",
-                "no such upload in this organization; upload the archive with POST /v1/uploads first",
-            ));
-        }
-    }
-    let mut tx = store.begin().await?;
-    let mut app = match apps::get_for_update(&mut tx, app_id).await? {
-        Some(a) if a.organization_id == p.organization_id => a,
-        _ => return Err(Error::not_found("app", app_id)),
-    };
-    let mut spec = crate::service::apps::spec_of(&app);
-    let image_changed = req
-        .image
-        .as_ref()
-        .is_some_and(|i| spec.image.as_ref() != Some(i));
-    if let Some(i) = &req.image {
-        spec.image = Some(i.clone());
-        spec.source = None;
-    }
-    if let Some(s) = &req.source {
-        spec.source = Some(s.clone());
-        spec.image = None;
-    }
-    app.spec = serde_json::to_string(&spec).map_err(Error::internal)?;
-    let strategy = req.strategy.clone().unwrap_or_else(|| {
-        if image_changed {
-            "blue-green".into()
-        } else {
-            "rolling".into()
-        }
-    });
-    let d = Options::default();
-    let options = Options {
-        max_surge: req.max_surge.or(req.batch_size).unwrap_or(d.max_surge),
-        max_unavailable: req.max_unavailable.unwrap_or(d.max_unavailable),
-        health_check_timeout_ms: ms(&req.health_check_timeout, d.health_check_timeout_ms),
-        rollback_on_failure: req.rollback_on_failure.unwrap_or(true),
-        warm_ms: ms(&req.warm_window, d.warm_ms),
-        canary_steps: req.canary_steps.clone().unwrap_or(d.canary_steps),
-        canary_pause_ms: ms(&req.canary_pause, d.canary_pause_ms),
-        max_error_rate: d.max_error_rate,
-        in_place: false,
-    };
-    let reason = match (&req.image, &req.source) {
-        (Some(i), _) => format!("deploy {i}"),
-        (_, Some(_)) => "deploy a new source".to_string(),
-        _ => "redeploy".to_string(),
-    };
-    let dep = start(
-        &mut tx,
-        &p.actor(),
-        &mut app,
-        Target::New,
-        &strategy,
-        options,
-        &reason,
-        None,
-    )
-    .await?;
-    apps::update(&mut tx, &app).await?;
-    events::record(
-        &mut tx,
-        NewEvent::info("deployment.started", &p.actor(), "app", app_id)
-            .in_org(&app.organization_id)
-            .meta(json!({"deployment_id": dep.id, "version": version_label(dep.version), "strategy": strategy, "image": spec.image})),
-    )
-    .await?;
-    crate::service::apps::reconcile_in(&mut tx, app_id).await?;
-    let dep = deployments::get_in(&mut tx, &dep.id).await?.unwrap_or(dep);
-    commit(tx).await?;
-    Ok(dep)
-}
-
-pub async fn deployment_list(
-    store: &Store,
-    p: &Principal,
-    app_id: &str,
-    params: &ListParams,
-) -> Result<Page<Deployment>, Error> {
-    // 404 for an app the caller cannot see.
-    crate::service::apps::app_get(store, p, app_id).await?;
-    let scope = Scope::new()
-        .is_in("t.organization_id", p.organization_ids())
-        .is_in("t.app_id", vec![app_id.to_string()]);
-    store
-        .list(
-            &deployments::DEPLOYMENTS,
-            &scope,
-            params,
-            deployments::from_row,
-        )
-        .await
-}
-
-pub async fn deployment_get(store: &Store, p: &Principal, id: &str) -> Result<Deployment, Error> {
-    let d = store
-        .deployment(id, &p.organization_ids())
-        .await?
-        .ok_or_else(|| Error::not_found("deployment", id))?;
-    p.authorize("apps", "read", Some(&d.app_id))
-        .map_err(|_| Error::not_found("deployment", id))?;
-    Ok(d)
-}
-
-/// `POST /v1/deployments/{id}/actions/rollback`: a new deployment back to
-/// that deployment's release (its exact spec and image digest).
-pub async fn deployment_rollback(
-    store: &Store,
-    p: &Principal,
-    id: &str,
-    req: &RollbackRequest,
-) -> Result<Deployment, Error> {
-    let target = deployment_get(store, p, id).await?;
-    p.authorize("apps", "write", Some(&target.app_id))?;
-    let mut tx = store.begin().await?;
-    let Some(mut app) = apps::get_for_update(&mut tx, &target.app_id).await? else {
-        return Err(Error::not_found("deployment", id));
-    };
-    let active = deployments::active(&mut tx, &app.id).await?;
-    if app.version == target.version && active.is_none() {
-        return Err(Error::Conflict(format!(
-            "The app already runs {} ({}); pick an older deployment.",
-            version_label(target.version),
-            target.id
-        )));
-    }
-    let strategy = match req.strategy.as_deref().unwrap_or("immediate") {
-        "gradual" => "rolling",
-        _ => "blue-green",
-    };
-    let options = Options {
-        warm_ms: 0,
-        ..Default::default()
-    };
-    let reason = req
-        .reason
-        .clone()
-        .unwrap_or_else(|| format!("rollback to {}", target.id));
-    let previous = deployments::serving(&mut tx, &app.id, app.version)
-        .await?
-        .map(|d| d.id);
-    let dep = start(
-        &mut tx,
-        &p.actor(),
-        &mut app,
-        Target::Existing(target.version),
-        strategy,
-        options,
-        &reason,
-        Some(target.id.clone()),
-    )
-    .await?;
-    // What served until now is rolled back.
-    if let Some(prev) = previous {
-        if let Some(mut d) = deployments::get_in(&mut tx, &prev).await? {
-            if d.status == "successful" && d.id != target.id {
-                d.status = "rolled_back".into();
-                d.reason = Some(format!("rolled back by {}: {reason}", dep.id));
-                deployments::update(&mut tx, &d).await?;
-            }
-        }
-    }
-    apps::update(&mut tx, &app).await?;
-    events::record(
-        &mut tx,
-        NewEvent::info("deployment.rollback", &p.actor(), "app", &app.id)
-            .in_org(&app.organization_id)
-            .meta(json!({"deployment_id": dep.id, "rollback_target": target.id, "version": version_label(target.version), "reason": reason})),
-    )
-    .await?;
-    crate::service::apps::reconcile_in(&mut tx, &app.id).await?;
-    let dep = deployments::get_in(&mut tx, &dep.id).await?.unwrap_or(dep);
-    commit(tx).await?;
-    Ok(dep)
-}
-
-/// `POST /v1/deployments/{id}/actions/promote`: a canary goes to 100% at
-/// once (no more steps or pauses); a blue-green deployment ends its warm
-/// window now.
-pub async fn deployment_promote(
-    store: &Store,
-    p: &Principal,
-    id: &str,
-) -> Result<Deployment, Error> {
-    let d = deployment_get(store, p, id).await?;
-    p.authorize("apps", "write", Some(&d.app_id))?;
-    let mut tx = store.begin().await?;
-    let Some(app) = apps::get_for_update(&mut tx, &d.app_id).await? else {
-        return Err(Error::not_found("deployment", id));
-    };
-    let Some(mut d) = deployments::get_in(&mut tx, id).await? else {
-        return Err(Error::not_found("deployment", id));
-    };
-    let now_us = to_micros(now());
-    let what = match (d.status.as_str(), d.strategy.as_str()) {
-        ("in_progress", "canary") if canary_weight(&d) < 100 => {
-            d.canary_step = options_of(&d).canary_steps.len().saturating_sub(1) as i64;
-            d.wait_until = None;
-            d.step_started_at = Some(now_us);
-            "promoted: the canary goes to 100%"
-        }
-        ("in_progress", "blue-green" | "canary") if d.wait_until.is_some() => {
-            d.wait_until = Some(now_us);
-            "promoted: the old set stops now"
-        }
-        _ => {
-            return Err(Error::Conflict(format!(
-                "Deployment {id} has nothing to promote (it is {} {}); promote a canary, or a blue-green deployment after its switch.",
-                d.status, d.strategy
-            )))
-        }
-    };
-    deployments::update(&mut tx, &d).await?;
-    deployments::log(&mut tx, &d.id, what).await?;
-    events::record(
-        &mut tx,
-        NewEvent::info("deployment.promoted", &p.actor(), "app", &app.id)
-            .in_org(&app.organization_id)
-            .meta(json!({"deployment_id": d.id})),
-    )
-    .await?;
-    crate::service::apps::reconcile_in(&mut tx, &app.id).await?;
-    let d = deployments::get_in(&mut tx, id).await?.unwrap_or(d);
-    commit(tx).await?;
-    Ok(d)
 }

@@ -1,0 +1,83 @@
+//! Controllers: the control plane's background loops. Each one compares
+//! what the store says should be with what is, and acts; one pass at a
+//! time, woken by the topics it cares about (see [`crate::bus`]) and, since
+//! a notification is only a hint, every `every()` regardless.
+//!
+//! - [`reconcile::Reconcile`]: apps whose instances need attention;
+//! - [`nodes::Liveness`]: silent nodes become offline;
+//! - [`nodes::DrainedNodes`]: drained nodes marked for deletion go;
+//! - [`routes::RouteFeed`]: the in-process ingress's route table.
+//!
+//! [`run`] is the one loop they all share.
+
+pub mod instances;
+pub mod nodes;
+pub mod reconcile;
+pub mod rollout;
+pub mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shellwego_core::Error;
+
+use crate::bus::Topic;
+use crate::ctx::ServerCtx;
+
+pub trait Controller: Send + 'static {
+    /// For log lines.
+    const NAME: &'static str;
+    /// Topics that wake it before `every()` is up.
+    fn wakes_on(&self) -> &'static [Topic];
+    /// The longest it sleeps between passes.
+    fn every(&self, ctx: &ServerCtx) -> Duration;
+    /// How long to wait before the first pass (after a start).
+    fn first_pass_after(&self, _ctx: &ServerCtx) -> Duration {
+        Duration::ZERO
+    }
+    /// One pass. Returns the topics its changes touched (published after
+    /// the pass; a controller must not return the topics it wakes on, or
+    /// it would wake itself forever).
+    fn pass(
+        &mut self,
+        ctx: &ServerCtx,
+    ) -> impl Future<Output = Result<&'static [Topic], Error>> + Send;
+}
+
+/// Run `c` until the server stops.
+pub async fn run<C: Controller>(mut c: C, ctx: Arc<ServerCtx>) {
+    let mut wake = ctx.bus.subscribe(c.wakes_on());
+    let mut stopping = ctx.stopping.clone();
+    let first = c.first_pass_after(&ctx);
+    if !first.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(first) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+    loop {
+        match c.pass(&ctx).await {
+            Ok(topics) => {
+                if !topics.is_empty() {
+                    ctx.publish(topics);
+                }
+            }
+            Err(e) => tracing::warn!(controller = C::NAME, error = %e, "controller pass failed"),
+        }
+        tokio::select! {
+            woke = wake.changed() => if woke.is_err() { return },
+            _ = tokio::time::sleep(c.every(&ctx)) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Start every controller of a control plane.
+pub fn start_all(ctx: &Arc<ServerCtx>) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(run(reconcile::Reconcile::default(), ctx.clone())),
+        tokio::spawn(run(nodes::DrainedNodes, ctx.clone())),
+        tokio::spawn(run(nodes::Liveness, ctx.clone())),
+    ]
+}

@@ -1,0 +1,396 @@
+//! The agent channel: a node joins once with its join token, then keeps
+//! calling `sync` (HTTP long-poll): each call carries the node's status up
+//! (and is its heartbeat) and returns the node's desired state as soon as
+//! it differs from the generation the agent has, or after `wait_secs`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde_json::json;
+use shellwego_api::apps::AppSpec;
+use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentSync, SsrfPolicy};
+use shellwego_core::units::parse_duration;
+use shellwego_core::Error;
+use shellwego_store::apps;
+use shellwego_store::commit;
+use shellwego_store::events::{self, Actor, NewEvent, Severity};
+use shellwego_store::nodes::{self, HostReport};
+
+use crate::bus::Topic;
+use crate::controller::instances::spec_of;
+use crate::ctx::{ServerCtx, DESIRED};
+
+/// An agent joins with its one-time token; a used, expired or unknown token
+/// is a 401.
+pub async fn agent_join(
+    ctx: &ServerCtx,
+    req: &AgentJoin,
+    ip: Option<String>,
+) -> Result<(String, String), Error> {
+    let store = &ctx.store;
+    let report = HostReport {
+        hostname: req.hostname.trim().to_string(),
+        cpu_cores: req.cpu_cores,
+        memory_total: req.memory_total,
+        memory_available: req.memory_available,
+        disk_total: req.disk_total,
+        kernel_version: req.kernel_version.clone(),
+        agent_version: req.agent_version.clone(),
+        firecracker_version: req.firecracker_version.clone(),
+        qemu_version: req.qemu_version.clone(),
+        drivers: req.drivers.clone(),
+        kvm: req.kvm,
+        region: req.region.clone().unwrap_or_default(),
+        zone: req.zone.clone().unwrap_or_default(),
+        labels: req.labels.clone(),
+    };
+    let mut tx = store.begin().await?;
+    let Some((node_id, org, credential)) = nodes::join(&mut tx, &req.join_token, &report).await?
+    else {
+        return Err(Error::Unauthenticated(
+            "The join token is invalid, used or expired; register the node again for a new one."
+                .into(),
+        ));
+    };
+    let actor = Actor {
+        kind: "system".into(),
+        id: Some(node_id.clone()),
+        ip,
+    };
+    events::record(
+        &mut tx,
+        NewEvent::info("node.joined", &actor, "node", &node_id)
+            .in_org(&org)
+            .meta(json!({"hostname": report.hostname, "drivers": report.drivers})),
+    )
+    .await?;
+    commit(tx).await?;
+    ctx.publish(DESIRED);
+    Ok((node_id, credential))
+}
+
+/// One sync call: apply what the agent reports (it is also the node's
+/// heartbeat), reconcile the apps that changed, then hold the call until
+/// the node's desired state differs from the generation the agent has —
+/// woken at once by changes of this process, and re-reading the store
+/// every second for those of other control planes sharing the database —
+/// but never past a third of the liveness timeout, nor a shutdown.
+pub async fn agent_sync(
+    ctx: &ServerCtx,
+    credential: Option<&str>,
+    req: &AgentSync,
+) -> Result<AgentDesired, Error> {
+    // Subscribed before the generation is read: a change landing between
+    // the read and the wait below still wakes the wait at once.
+    let mut changes = ctx.bus.subscribe(&[Topic::Nodes]);
+    let (node_id, org, mut generation) = node_for_credential(ctx, credential).await?;
+    let back = agent_heartbeat(
+        ctx,
+        &node_id,
+        &org,
+        req.memory_available,
+        req.internal_ip.as_deref(),
+    )
+    .await?;
+    let changed = apply_reports(
+        ctx,
+        &node_id,
+        &org,
+        req.instances.as_deref(),
+        req.seq,
+        &req.events,
+        req.internal_ip.as_deref(),
+    )
+    .await?;
+    for app_id in &changed {
+        crate::controller::reconcile::reconcile(ctx, app_id).await?;
+    }
+    if back || !changed.is_empty() {
+        ctx.publish(DESIRED);
+    }
+    if req.generation == generation {
+        let wait = Duration::from_secs(req.wait_secs.unwrap_or(10)).min(ctx.sync_wait());
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut stopping = ctx.stopping.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stopping.wait_for(|s| *s) => break,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            generation = ctx.store.node_generation(&node_id).await?;
+            if generation != req.generation {
+                break;
+            }
+        }
+    }
+    let region = ctx
+        .store
+        .node(&node_id, std::slice::from_ref(&org))
+        .await?
+        .map(|n| n.region)
+        .unwrap_or_default();
+    let instances = desired_for_node(ctx, &node_id, &region).await?;
+    let ssrf = ctx.config.ssrf.config();
+    Ok(AgentDesired {
+        generation,
+        instances,
+        ssrf: SsrfPolicy {
+            allow: ssrf.allow.iter().map(ToString::to_string).collect(),
+            allow_private_targets: ssrf.allow_private_targets,
+        },
+    })
+}
+
+/// An uploaded archive a node may download (one of its organization's):
+/// its path and size. Anything else is a 404.
+pub async fn agent_upload(
+    ctx: &ServerCtx,
+    credential: Option<&str>,
+    upload_id: &str,
+) -> Result<(tokio::fs::File, u64), Error> {
+    let (_, org, _) = node_for_credential(ctx, credential).await?;
+    let not_found = || Error::not_found("upload", upload_id);
+    if !upload_id.starts_with("upl_")
+        || !upload_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(not_found());
+    }
+    if ctx.store.upload_org(upload_id).await?.as_deref() != Some(org.as_str()) {
+        return Err(not_found());
+    }
+    let f = tokio::fs::File::open(ctx.config.uploads_dir.join(upload_id))
+        .await
+        .map_err(|_| not_found())?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    Ok((f, len))
+}
+
+/// The node a request's `Authorization: Bearer nsec_…` belongs to.
+pub async fn node_for_credential(
+    ctx: &ServerCtx,
+    credential: Option<&str>,
+) -> Result<(String, String, i64), Error> {
+    let store = &ctx.store;
+    let denied = || {
+        Error::Unauthenticated(
+            "This endpoint needs a node credential: 'Authorization: Bearer nsec_…'.".into(),
+        )
+    };
+    let c = credential
+        .filter(|c| c.starts_with("nsec_"))
+        .ok_or_else(denied)?;
+    store.node_by_credential(c).await?.ok_or_else(denied)
+}
+
+/// A sync is a heartbeat; a node that was offline is back (an event says so).
+pub async fn agent_heartbeat(
+    ctx: &ServerCtx,
+    node_id: &str,
+    org: &str,
+    memory_available: Option<i64>,
+    internal_ip: Option<&str>,
+) -> Result<bool, Error> {
+    let store = &ctx.store;
+    let mut tx = store.begin().await?;
+    let back = nodes::heartbeat(&mut tx, node_id, memory_available, internal_ip).await?;
+    if back {
+        events::record(
+            &mut tx,
+            NewEvent::info("node.online", &Actor::system(), "node", node_id).in_org(org),
+        )
+        .await?;
+    }
+    commit(tx).await?;
+    Ok(back)
+}
+
+/// What the agent reported, applied to the node's instance rows. Returns
+/// the apps whose instances changed (to be reconciled). A report with a
+/// `seq` no newer than the last applied one is stale (its call was
+/// overtaken by a newer one): its instance statuses are ignored, its events
+/// are still recorded (they are sent once).
+pub async fn apply_reports(
+    ctx: &ServerCtx,
+    node_id: &str,
+    org: &str,
+    mut reports: Option<&[shellwego_api::nodes::InstanceReport]>,
+    seq: Option<i64>,
+    agent_events: &[shellwego_api::nodes::AgentEvent],
+    node_ip: Option<&str>,
+) -> Result<BTreeSet<String>, Error> {
+    let store = &ctx.store;
+    let mut changed = BTreeSet::new();
+    if reports.is_none() && agent_events.is_empty() {
+        return Ok(changed);
+    }
+    let mut tx = store.begin().await?;
+    if let (Some(_), Some(seq)) = (reports, seq) {
+        if !shellwego_store::nodes::claim_report_seq(&mut tx, node_id, seq).await? {
+            tracing::debug!(node_id, seq, "stale instance report ignored");
+            reports = None;
+        }
+    }
+    let rows = apps::instances_on_node(&mut tx, node_id).await?;
+    let by_id: BTreeMap<&str, &shellwego_api::nodes::InstanceReport> = reports
+        .unwrap_or_default()
+        .iter()
+        .map(|r| (r.id.as_str(), r))
+        .collect();
+    for row in &rows {
+        match by_id.get(row.id.as_str()) {
+            Some(r) => {
+                let mut i = row.clone();
+                i.status = match (row.desired.as_str(), r.status.as_str()) {
+                    ("stopped", "stopped") => "stopped".into(),
+                    ("stopped", _) => "stopping".into(),
+                    (_, s) => s.to_string(),
+                };
+                i.status_reason = r.reason.clone();
+                i.driver = r.driver.clone().or(i.driver);
+                i.ip =
+                    r.ip.clone()
+                        .or_else(|| node_ip.map(str::to_string))
+                        .or(i.ip);
+                i.port = r.port.map(i64::from).or(i.port);
+                i.pid = r.pid.map(i64::from);
+                i.started_at = r.started_at;
+                i.health_checks_passed = r.health_checks_passed;
+                i.restarts = r.restarts;
+                if i != *row {
+                    apps::update_instance(&mut tx, &i).await?;
+                    if i.status != row.status || i.restarts != row.restarts {
+                        changed.insert(row.app_id.clone());
+                    }
+                }
+                if let Some(pinned) = &r.image_pinned {
+                    shellwego_store::deployments::pin_release_image(
+                        &mut tx,
+                        &row.app_id,
+                        row.version,
+                        pinned,
+                    )
+                    .await?;
+                    apps::set_image_pinned(&mut tx, &row.app_id, row.version, pinned).await?;
+                }
+            }
+            None if reports.is_some() && row.desired == "stopped" => {
+                apps::delete_instance(&mut tx, &row.id).await?;
+                changed.insert(row.app_id.clone());
+            }
+            None => {}
+        }
+    }
+    for e in agent_events {
+        let row = rows.iter().find(|r| r.id == e.instance_id);
+        if e.kind == "orphan_removed" {
+            // Left on the host by an earlier run of the agent (often with
+            // a data directory since removed, so unknown here): the node's.
+            let actor = Actor {
+                kind: "system".into(),
+                id: Some(node_id.to_string()),
+                ip: None,
+            };
+            events::record(
+                &mut tx,
+                NewEvent::info("instance.orphan_removed", &actor, "node", node_id)
+                    .in_org(org)
+                    .severity(Severity::Warning)
+                    .meta(json!({"instance_id": e.instance_id, "node_id": node_id, "app_id": row.map(|r| &r.app_id), "reason": e.reason})),
+            )
+            .await?;
+            continue;
+        }
+        let Some(row) = row else {
+            continue;
+        };
+        let kind = match e.kind.as_str() {
+            "crashed" | "oom_killed" => "app.crashed",
+            "unhealthy" => "app.unhealthy",
+            _ => "app.instance_failed",
+        };
+        events::record(
+            &mut tx,
+            NewEvent::info(kind, &Actor { kind: "system".into(), id: Some(node_id.to_string()), ip: None }, "app", &row.app_id)
+                .in_org(org)
+                .severity(Severity::Warning)
+                .meta(json!({"instance_id": e.instance_id, "node_id": node_id, "kind": e.kind, "reason": e.reason, "exit_code": e.exit_code})),
+        )
+        .await?;
+        changed.insert(row.app_id.clone());
+    }
+    commit(tx).await?;
+    Ok(changed)
+}
+
+/// The node's desired state: every instance it should run, with its spec.
+pub async fn desired_for_node(
+    ctx: &ServerCtx,
+    node_id: &str,
+    region: &str,
+) -> Result<Vec<shellwego_api::nodes::DesiredInstance>, Error> {
+    let store = &ctx.store;
+    let mut tx = store.begin().await?;
+    let rows = apps::desired_on_node(&mut tx, node_id).await?;
+    let releases: HashMap<(String, i64), shellwego_store::deployments::Release> =
+        shellwego_store::deployments::releases_for_node(&mut tx, node_id)
+            .await?
+            .into_iter()
+            .map(|r| ((r.app_id.clone(), r.version), r))
+            .collect();
+    commit(tx).await?;
+    let mut out = vec![];
+    for (i, a) in rows {
+        // What the instance's own version runs (an older one during a
+        // deployment), the image by digest once known.
+        let release = releases.get(&(a.id.clone(), i.version));
+        let spec: AppSpec = release
+            .and_then(|r| serde_json::from_str(&r.spec).ok())
+            .unwrap_or_else(|| spec_of(&a));
+        let image = release
+            .and_then(|r| r.image_pinned.clone())
+            .or_else(|| spec.image.clone());
+        let hc = &spec.health_check;
+        let ms = |s: &Option<String>, d: u64| {
+            s.as_deref()
+                .and_then(parse_duration)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(d)
+        };
+        let archive_url = spec.source.as_ref().and_then(|s| {
+            s.url.clone().or_else(|| {
+                s.upload_id
+                    .as_ref()
+                    .map(|u| format!("/v1/agent/uploads/{u}"))
+            })
+        });
+        out.push(shellwego_api::nodes::DesiredInstance {
+            id: i.id,
+            app_id: a.id.clone(),
+            app_name: a.name.clone(),
+            organization_id: a.organization_id.clone(),
+            version: i.version,
+            driver: i.driver.unwrap_or_else(|| "process".into()),
+            image,
+            archive_url,
+            command: spec.command.clone(),
+            env: spec.env.clone(),
+            memory: i.memory,
+            cpu_millis: i.cpu_millis,
+            health_check: shellwego_api::nodes::DesiredHealthCheck {
+                path: hc.path.clone(),
+                port: hc.port,
+                interval_ms: ms(&hc.interval, 10_000),
+                timeout_ms: ms(&hc.timeout, 5_000),
+                retries: hc.retries.unwrap_or(3),
+                grace_ms: ms(&hc.grace_period, 30_000),
+            },
+            stop_timeout_ms: ms(&spec.stop_timeout, 10_000),
+            region: region.to_string(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,22 @@
+//! The event (audit) log, as the caller may see it.
+
+use shellwego_core::list::ListParams;
+use shellwego_core::Error;
+use shellwego_store::events::{self, Event, EVENTS};
+use shellwego_store::list::{Page, Scope};
+
+use crate::auth::Principal;
+use crate::ctx::ServerCtx;
+
+/// Events of the caller's organizations.
+pub async fn event_list(
+    ctx: &ServerCtx,
+    p: &Principal,
+    params: &ListParams,
+) -> Result<Page<Event>, Error> {
+    let store = &ctx.store;
+    p.authorize("events", "read", None)?;
+    let orgs = p.organization_ids();
+    let scope = Scope::new().is_in("t.organization_id", orgs);
+    store.list(&EVENTS, &scope, params, events::from_row).await
+}
