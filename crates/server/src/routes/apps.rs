@@ -321,7 +321,7 @@ pub async fn app_restart(
     action(&st, &p, &id, "restart", Some(&r)).await
 }
 
-/// Scale: `manual` sets replicas; `auto` stores min/max/cpu_threshold.
+/// Scale: `manual` sets replicas; `auto` keeps min/max/cpu_threshold.
 #[utoipa::path(post, path = "/v1/apps/{app_id}/scale", tag = "apps", security(("bearer" = [])),
     params(("app_id" = String, Path, description = "App id (app_…)")), request_body = ScaleRequest,
     responses((status = 200, body = App), (status = 404, body = Problem, content_type = "application/problem+json")))]

@@ -15,7 +15,7 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the store is reachable (503 when it is not).
+/// Readiness: the database is reachable (503 when it is not).
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, body = Health),
     (status = 503, body = shellwego_api::problem::Problem, content_type = "application/problem+json"),
