@@ -30,14 +30,15 @@ use std::collections::{BTreeSet, HashMap};
 use serde_json::json;
 use shellwego_core::sched::{Cluster, NodeState, Request, MAX_INSTANCES_PER_NODE};
 use shellwego_core::Error;
-use shellwego_store::apps::{self, Instance};
+use shellwego_store::apps::{self, App, Instance, NodeRoom};
+use shellwego_store::deployments::Deployment;
 use shellwego_store::events::{self, Actor, NewEvent, Severity};
 use shellwego_store::{commit, Tx};
 
 use super::instances::{
     blank_instance, org_allowed_regions, spec_of, stop_instance, CRASH_LOOP_RESTARTS,
 };
-use super::rollout as deploy;
+use super::rollout::{self as deploy, Plan};
 use crate::ctx::ServerCtx;
 
 /// Reconcile one app in its own transaction.
@@ -62,26 +63,110 @@ pub async fn reconcile_in(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// What one pass works on: the app (locked for the transaction), its active
+/// deployment and the plan it implies, the organization's nodes with the
+/// room on each, and the app's instances. Each step below changes the
+/// instances and writes what it changed.
+struct Pass {
+    app: App,
+    dep: Option<Deployment>,
+    rooms: Vec<(NodeRoom, i64, i64, i64)>,
+    node_status: HashMap<String, String>,
+    now_us: i64,
+    plan: Plan,
+    insts: Vec<Instance>,
+    /// Replicas wanted now (0 for a stopped app).
+    wanted: i64,
+}
+
+/// Why instances are not placed yet: step 5's outcome, for the status.
+struct Placement {
+    /// No node has room (the scheduler's reason).
+    unplaced: Option<String>,
+    /// Room is coming: stopping instances will free it.
+    room_coming: Option<String>,
+    /// A surge replacement fell back to replacing in place this pass.
+    fell_back: bool,
+}
+
 /// One pass; true when the app's deployment changed the app row.
 async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
-    let Some(mut a) = apps::get_for_update(tx, app_id).await? else {
+    let Some(app) = apps::get_for_update(tx, app_id).await? else {
         return Ok(false);
     };
-    let mut dep = shellwego_store::deployments::active(tx, app_id).await?;
-    let rooms = apps::node_rooms(tx, &a.organization_id).await?;
+    let dep = shellwego_store::deployments::active(tx, app_id).await?;
+    let rooms = apps::node_rooms(tx, &app.organization_id).await?;
     let node_status: HashMap<String, String> = rooms
         .iter()
         .map(|(n, ..)| (n.id.clone(), n.status.clone()))
         .collect();
     let now_us = shellwego_core::time::to_micros(shellwego_core::time::now());
-    let plan = deploy::plan(dep.as_ref(), a.replicas, now_us);
-    let mut insts: Vec<Instance> = apps::instances_of_app(tx, app_id).await?;
-    let wanted = if a.desired_state == "running" {
-        a.replicas
+    let plan = deploy::plan(dep.as_ref(), app.replicas, now_us);
+    let insts: Vec<Instance> = apps::instances_of_app(tx, app_id).await?;
+    let wanted = if app.desired_state == "running" {
+        app.replicas
     } else {
         0
     };
+    let mut p = Pass {
+        app,
+        dep,
+        rooms,
+        node_status,
+        now_us,
+        plan,
+        insts,
+        wanted,
+    };
+    lose(tx, &mut p).await?;
+    retire(tx, &mut p).await?;
+    let to_create = scale(tx, &mut p).await?;
+    replace(tx, &mut p, to_create).await?;
+    let placement = place(tx, &mut p).await?;
+    // 6. The deployment moves on from what is true now.
+    if let Some(d) = p.dep.as_mut() {
+        if deploy::advance(tx, &mut p.app, &p.insts, d).await? {
+            apps::update(tx, &p.app).await?;
+            return Ok(true);
+        }
+    }
+    derive_status(tx, &mut p, placement).await?;
+    Ok(false)
+}
 
+/// A running instance that must go while the app keeps serving: of an
+/// older version, or on a draining node or one in maintenance.
+fn is_retiring(node_status: &HashMap<String, String>, version: i64, i: &Instance) -> bool {
+    i.desired == "running"
+        && (i.version != version
+            || i.node_id.as_ref().is_some_and(|n| {
+                matches!(
+                    node_status.get(n).map(String::as_str),
+                    Some("draining") | Some("maintenance")
+                )
+            }))
+}
+
+/// Running instances that pass their health checks.
+fn available(insts: &[Instance]) -> i64 {
+    insts
+        .iter()
+        .filter(|i| i.desired == "running" && i.status == "healthy")
+        .count() as i64
+}
+
+/// Step 1: Lost instances (their node went offline or is gone) go, a drain past
+/// its deadline stops what it has not moved, and a replacement whose
+/// retiring instance is gone becomes a plain instance.
+async fn lose(tx: &mut Tx, p: &mut Pass) -> Result<(), Error> {
+    let Pass {
+        app: a,
+        insts,
+        rooms,
+        node_status,
+        now_us,
+        ..
+    } = p;
     // 1. Lost: on a node that is offline or gone.
     for i in insts.iter_mut().filter(|i| i.desired == "running") {
         let Some(n) = &i.node_id else { continue };
@@ -98,7 +183,7 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
             apps::delete_instance(tx, &i.id).await?;
             events::record(
                 tx,
-                NewEvent::info("instance.lost", &Actor::system(), "app", app_id)
+                NewEvent::info("instance.lost", &Actor::system(), "app", &a.id)
                     .in_org(&a.organization_id)
                     .severity(Severity::Warning)
                     .meta(json!({"instance_id": i.id, "node_id": n, "reason": i.status_reason})),
@@ -110,7 +195,7 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
     for i in insts.iter_mut().filter(|i| i.desired == "running") {
         let Some(n) = i.node_id.clone() else { continue };
         let overdue = rooms.iter().any(|(r, ..)| {
-            r.id == n && r.status == "draining" && r.drain_deadline.is_some_and(|d| d < now_us)
+            r.id == n && r.status == "draining" && r.drain_deadline.is_some_and(|d| d < *now_us)
         });
         if overdue {
             stop_instance(tx, i, "the node's drain timed out").await?;
@@ -131,18 +216,12 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
             apps::update_instance(tx, i).await?;
         }
     }
-    let target_version = a.version;
-    let retiring = |i: &Instance| {
-        i.desired == "running"
-            && (i.version != target_version
-                || i.node_id.as_ref().is_some_and(|n| {
-                    matches!(
-                        node_status.get(n).map(String::as_str),
-                        Some("draining") | Some("maintenance")
-                    )
-                }))
-    };
+    Ok(())
+}
 
+/// Step 2: Healthy replacements retire what they replace.
+async fn retire(tx: &mut Tx, p: &mut Pass) -> Result<(), Error> {
+    let Pass { insts, plan, .. } = p;
     // 2. Replacements that are healthy retire what they replace (unless
     // the deployment holds the old set: blue-green until its switch and
     // warm window are over).
@@ -161,7 +240,19 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         }
     }
     insts.retain(|i| i.desired == "running" || i.node_id.is_some());
+    Ok(())
+}
 
+/// Step 3: The replica count: how many instances to create (returned), and
+/// the extra ones stopped.
+async fn scale(tx: &mut Tx, p: &mut Pass) -> Result<i64, Error> {
+    let Pass {
+        app: a,
+        insts,
+        node_status,
+        wanted,
+        ..
+    } = p;
     // 3. The replica count: slots are current instances plus retiring ones
     // (a retiring instance holds its slot until its replacement is healthy).
     let active: Vec<&Instance> = insts
@@ -169,6 +260,8 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         .filter(|i| i.desired == "running" && i.replaces.is_none())
         .collect();
     let slots = active.len() as i64;
+    let wanted = *wanted;
+    let retiring = |i: &Instance| is_retiring(node_status, a.version, i);
     let mut to_create = 0;
     if slots < wanted {
         to_create = wanted - slots;
@@ -204,7 +297,21 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         }
         insts.retain(|i| i.desired == "running" || i.node_id.is_some());
     }
+    Ok(to_create)
+}
 
+/// Step 4: Replacements for retiring instances (surge, drain batch or in
+/// place), and the `to_create` new instances.
+async fn replace(tx: &mut Tx, p: &mut Pass, to_create: i64) -> Result<(), Error> {
+    let Pass {
+        app: a,
+        insts,
+        rooms,
+        node_status,
+        plan,
+        wanted,
+        ..
+    } = p;
     // 4. Retiring instances get replacements. A replacement starts next
     // to what it replaces (a surge instance: `plan.surge` of the app's in
     // flight at a time, or, for instances on a draining node, the drain's
@@ -217,13 +324,10 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         .filter(|i| i.desired == "running" && i.replaces.is_some() && i.status != "healthy")
         .count() as i64;
     let mut surge_budget = plan.surge.saturating_sub(in_flight).max(0);
-    let available = |insts: &[Instance]| {
-        insts
-            .iter()
-            .filter(|i| i.desired == "running" && i.status == "healthy")
-            .count() as i64
-    };
-    let mut down_budget = plan.unavailable - (wanted - available(&insts)).max(0);
+    let wanted = *wanted;
+    let target_version = a.version;
+    let retiring = |i: &Instance| is_retiring(node_status, a.version, i);
+    let mut down_budget = plan.unavailable - (wanted - available(insts)).max(0);
     let mut node_budget: HashMap<String, i64> = HashMap::new();
     let replaced: BTreeSet<String> = insts.iter().filter_map(|i| i.replaces.clone()).collect();
     let needing: Vec<(String, Option<(String, i64)>)> = insts
@@ -263,14 +367,14 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
                 *budget -= 1;
                 new_instances.push(Instance {
                     replaces: Some(old),
-                    ..blank_instance(&a)
+                    ..blank_instance(a)
                 });
             }
             None if surge_budget > 0 => {
                 surge_budget -= 1;
                 new_instances.push(Instance {
                     replaces: Some(old),
-                    ..blank_instance(&a)
+                    ..blank_instance(a)
                 });
             }
             None if plan.in_place => {
@@ -285,7 +389,7 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
                     down_budget -= 1;
                 }
                 stop_instance(tx, o, "replaced in place").await?;
-                new_instances.push(blank_instance(&a));
+                new_instances.push(blank_instance(a));
             }
             None => continue,
         }
@@ -294,16 +398,33 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         }
     }
     for _ in 0..to_create {
-        new_instances.push(blank_instance(&a));
+        new_instances.push(blank_instance(a));
     }
     for i in new_instances {
         insts.push(apps::insert_instance(tx, i).await?);
     }
+    Ok(())
+}
 
+/// Step 5: Placement of what is unplaced, falling back to replacing in place
+/// when a surge instance fits nowhere.
+async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
+    let Pass {
+        app: a,
+        dep,
+        insts,
+        rooms,
+        node_status,
+        plan,
+        wanted,
+        ..
+    } = p;
     // 5. Place what is unplaced. A stopping instance holds its room until
     // its agent reports it gone.
+    let wanted = *wanted;
+    let target_version = a.version;
     let org = apps::org_settings(tx, &a.organization_id).await?;
-    let spec = spec_of(&a);
+    let spec = spec_of(a);
     let mut nodes_idx: Vec<String> = vec![];
     let mut cluster = Cluster::new(
         rooms
@@ -359,7 +480,7 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
     // instances are gone (replacing in place, or waiting for a stop).
     let mut room_coming: Option<String> = None;
     let mut fell_back = false;
-    let mut in_place_down = plan.in_place_unavailable() - (wanted - available(&insts)).max(0);
+    let mut in_place_down = plan.in_place_unavailable() - (wanted - available(insts)).max(0);
     let mut touched = BTreeSet::new();
     // Where the instance a replacement replaces lives, if it is draining
     // to chosen destinations.
@@ -379,7 +500,7 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         if !(insts[k].desired == "running" && insts[k].node_id.is_none()) {
             continue;
         }
-        let dest = destinations_of(&insts[k].replaces, &insts);
+        let dest = destinations_of(&insts[k].replaces, insts);
         let placed = if dest.is_empty() {
             cluster.place(&req)
         } else {
@@ -489,16 +610,32 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
             .await?;
         }
     }
+    Ok(Placement {
+        unplaced: unplaced_reason,
+        room_coming,
+        fell_back,
+    })
+}
 
-    // 6. The deployment moves on from what is true now.
-    if let Some(d) = dep.as_mut() {
-        if deploy::advance(tx, &mut a, &insts, d).await? {
-            apps::update(tx, &a).await?;
-            return Ok(true);
-        }
-    }
-
+/// Step 7: The app's status and reason, from what agents report.
+async fn derive_status(tx: &mut Tx, p: &mut Pass, placement: Placement) -> Result<(), Error> {
+    let Pass {
+        app: a,
+        dep,
+        insts,
+        node_status,
+        plan,
+        wanted,
+        ..
+    } = p;
     // 7. Status, from what agents report.
+    let wanted = *wanted;
+    let retiring = |i: &Instance| is_retiring(node_status, a.version, i);
+    let Placement {
+        unplaced: unplaced_reason,
+        room_coming,
+        fell_back,
+    } = placement;
     let current: Vec<&Instance> = insts.iter().filter(|i| i.desired == "running").collect();
     let healthy = current
         .iter()
@@ -578,7 +715,7 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
             .await?;
         }
     }
-    Ok(false)
+    Ok(())
 }
 
 const PASS_EVERY: Duration = Duration::from_secs(2);
