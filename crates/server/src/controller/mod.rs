@@ -81,3 +81,73 @@ pub fn start_all(ctx: &Arc<ServerCtx>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(run(nodes::Liveness, ctx.clone())),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Counts its passes; wakes on `Apps`, otherwise once an hour.
+    struct Counter(Arc<AtomicU32>);
+
+    impl Controller for Counter {
+        const NAME: &'static str = "counter";
+        fn wakes_on(&self) -> &'static [Topic] {
+            &[Topic::Apps]
+        }
+        fn every(&self, _: &ServerCtx) -> Duration {
+            Duration::from_secs(3600)
+        }
+        async fn pass(&mut self, _: &ServerCtx) -> Result<&'static [Topic], Error> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(&[Topic::Routes])
+        }
+    }
+
+    async fn wait_for(n: &AtomicU32, want: u32) {
+        let t = tokio::time::Instant::now();
+        while n.load(Ordering::SeqCst) < want {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{} passes, not {want}",
+                n.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_controller_passes_at_start_on_its_topics_and_stops_with_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let ctx = Arc::new(ServerCtx {
+            store: shellwego_store::Store::connect(&url).await.unwrap(),
+            bus: crate::bus::InProcessBus::new(),
+            key: crate::mfa::Key::load_or_create(dir.path(), None).unwrap(),
+            config: Default::default(),
+            stopping,
+        });
+        let passes = Arc::new(AtomicU32::new(0));
+        let mut routes = ctx.bus.subscribe(&[Topic::Routes]);
+        let task = tokio::spawn(run(Counter(passes.clone()), ctx.clone()));
+        // A pass at start, and what it returned is published.
+        wait_for(&passes, 1).await;
+        tokio::time::timeout(Duration::from_secs(5), routes.changed())
+            .await
+            .expect("the pass's topics are published")
+            .unwrap();
+        // Another topic does not wake it; its own does.
+        ctx.publish(&[Topic::Nodes]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(passes.load(Ordering::SeqCst), 1);
+        ctx.publish(&[Topic::Apps]);
+        wait_for(&passes, 2).await;
+        // The server stopping ends the loop.
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the controller stops with the server")
+            .unwrap();
+    }
+}
