@@ -13,6 +13,7 @@ use shellwego_api::apps::{
     EnvValue, Instance, Replicas, Resources, RestartRequest, ScaleRequest, UploadCreated,
 };
 use shellwego_api::problem::Problem;
+use shellwego_core::model::AppAction;
 use shellwego_core::time::{from_micros, rfc3339};
 use shellwego_core::units::format_size;
 use shellwego_core::Error;
@@ -276,7 +277,7 @@ async fn action(
     st: &AppState,
     p: &Principal,
     id: &str,
-    what: &str,
+    what: AppAction,
     r: Option<&RestartRequest>,
 ) -> ApiResult<Json<App>> {
     let a = svc::app_action(&st.ctx, p, id, what, r).await?;
@@ -292,7 +293,7 @@ pub async fn app_start(
     p: Principal,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<App>> {
-    action(&st, &p, &id, "start", None).await
+    action(&st, &p, &id, AppAction::Start, None).await
 }
 
 /// Stop an app (its replica count is kept for the next start).
@@ -304,7 +305,7 @@ pub async fn app_stop(
     p: Principal,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<App>> {
-    action(&st, &p, &id, "stop", None).await
+    action(&st, &p, &id, AppAction::Stop, None).await
 }
 
 /// Restart every instance: `rolling` (a new instance is healthy before an
@@ -318,7 +319,7 @@ pub async fn app_restart(
     PathParam(id): PathParam,
     OptionalJsonBody(r): OptionalJsonBody<RestartRequest>,
 ) -> ApiResult<Json<App>> {
-    action(&st, &p, &id, "restart", Some(&r)).await
+    action(&st, &p, &id, AppAction::Restart, Some(&r)).await
 }
 
 /// Scale: `manual` sets replicas; `auto` keeps min/max/cpu_threshold.

@@ -10,6 +10,7 @@ use shellwego_api::apps::{
     resolve_resources, AppCreate, AppSpec, AppUpdate, RestartRequest, ScaleRequest, Source,
 };
 use shellwego_core::list::ListParams;
+use shellwego_core::model::AppAction;
 use shellwego_core::Error;
 use shellwego_core::FieldError;
 use shellwego_net::ssrf::{Guard, SsrfError};
@@ -377,7 +378,7 @@ pub async fn app_action(
     ctx: &ServerCtx,
     p: &Principal,
     app_id: &str,
-    action: &str,
+    action: AppAction,
     restart: Option<&RestartRequest>,
 ) -> Result<App, Error> {
     p.authorize("apps", "write", Some(app_id))?;
@@ -386,11 +387,11 @@ pub async fn app_action(
     let mut a = locked(&mut tx, p, app_id).await?;
     let mut meta = json!({});
     let event = match action {
-        "start" => {
+        AppAction::Start => {
             a.desired_state = "running".into();
             "app.started"
         }
-        "stop" => {
+        AppAction::Stop => {
             a.desired_state = "stopped".into();
             deploy::cancel_active(
                 &mut tx,
@@ -400,7 +401,7 @@ pub async fn app_action(
             .await?;
             "app.stopped"
         }
-        _ => {
+        AppAction::Restart => {
             let r = restart.cloned().unwrap_or_default();
             let strategy = r.strategy.unwrap_or_else(|| "rolling".into());
             let surge = r.max_surge.or(r.batch_size).unwrap_or(DEFAULT_BATCH);
