@@ -794,7 +794,10 @@ fn an_agent_asked_for_a_driver_it_does_not_know_says_so_and_exits() {
     );
 }
 
-/// Pids of the microvm probe guests an agent process started.
+/// Pids of the microvm probe guests an agent process started: QEMU itself,
+/// not the `setpriv` that execs it (until setpriv has set the parent-death
+/// signal, which it does before the exec, killing the agent could not
+/// take the guest along).
 fn probe_guests_of(agent: u32) -> Vec<u32> {
     let mark = format!("shellwego-microvm-probe-{agent}-");
     std::fs::read_dir("/proc")
@@ -803,6 +806,10 @@ fn probe_guests_of(agent: u32) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&mark))
+                && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+                    exe.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"))
+                })
         })
         .collect()
 }
