@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use shellwego_core::model;
 use shellwego_core::units::{parse_duration, parse_size};
 use shellwego_core::{Error, FieldError};
 use utoipa::ToSchema;
@@ -934,6 +935,149 @@ pub fn resolve_resources(r: &Resources) -> (i64, i64, i64) {
             .unwrap_or(DEFAULT_CPU_MILLIS),
         size(&r.disk, DEFAULT_DISK),
     )
+}
+
+/// The stored spec (`shellwego_core::model::AppSpec`) as the API shows it.
+impl From<&model::AppSpec> for AppSpec {
+    fn from(s: &model::AppSpec) -> AppSpec {
+        AppSpec {
+            image: s.image.clone(),
+            command: s.command.clone(),
+            env: s.env.clone(),
+            domains: s.domains.clone(),
+            volumes: s
+                .volumes
+                .iter()
+                .map(|v| VolumeSpec {
+                    mount_path: v.mount_path.clone(),
+                    size: v.size.clone(),
+                    kind: v.kind.clone(),
+                })
+                .collect(),
+            health_check: HealthCheck {
+                path: s.health_check.path.clone(),
+                port: s.health_check.port,
+                interval: s.health_check.interval.clone(),
+                timeout: s.health_check.timeout.clone(),
+                retries: s.health_check.retries,
+                grace_period: s.health_check.grace_period.clone(),
+            },
+            source: s.source.as_ref().map(|src| Source {
+                kind: src.kind.to_string(),
+                url: src.url.clone(),
+                upload_id: src.upload_id.as_ref().map(|u| u.to_string()),
+                git: src.git.clone(),
+            }),
+            runtime: s.runtime.map(|r| r.to_string()),
+            placement: Placement {
+                region: s.placement.region.clone(),
+                labels: s.placement.labels.clone(),
+            },
+            stop_timeout: s.stop_timeout.clone(),
+            autoscale: s.autoscale.as_ref().map(|a| ScaleConstraints {
+                min: a.min,
+                max: a.max,
+                cpu_threshold: a.cpu_threshold,
+            }),
+            rollout_batch: s.rollout_batch,
+        }
+    }
+}
+
+impl AppSpec {
+    /// The spec to store, once validated: its words become the model's
+    /// (an unknown source type, runtime or upload id is a 400 naming it).
+    pub fn to_model(&self) -> Result<model::AppSpec, Error> {
+        let mut errs = vec![];
+        let runtime = match self.runtime.as_deref().map(str::parse::<model::DriverKind>) {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                errs.push(FieldError::new("runtime", "invalid_value", e.to_string()));
+                None
+            }
+        };
+        let source = match &self.source {
+            None => None,
+            Some(src) => {
+                let kind = src
+                    .kind
+                    .parse::<model::SourceKind>()
+                    .map_err(|e| FieldError::new("source.type", "invalid_value", e.to_string()));
+                let upload_id = src
+                    .upload_id
+                    .as_deref()
+                    .map(str::parse::<model::UploadId>)
+                    .transpose()
+                    .map_err(|e| {
+                        FieldError::new("source.upload_id", "invalid_value", e.to_string())
+                    });
+                match (kind, upload_id) {
+                    (Ok(kind), Ok(upload_id)) => Some(model::SourceSpec {
+                        kind,
+                        url: src.url.clone(),
+                        upload_id,
+                        git: src.git.clone(),
+                    }),
+                    (kind, upload_id) => {
+                        errs.extend(kind.err());
+                        errs.extend(upload_id.err());
+                        None
+                    }
+                }
+            }
+        };
+        crate::finish(errs)?;
+        Ok(model::AppSpec {
+            version: model::SPEC_VERSION,
+            image: self.image.clone(),
+            command: self.command.clone(),
+            env: self.env.clone(),
+            domains: self.domains.clone(),
+            volumes: self
+                .volumes
+                .iter()
+                .map(|v| model::VolumeSpec {
+                    mount_path: v.mount_path.clone(),
+                    size: v.size.clone(),
+                    kind: v.kind.clone(),
+                })
+                .collect(),
+            health_check: (&self.health_check).into(),
+            source,
+            runtime,
+            placement: model::PlacementSpec {
+                region: self.placement.region.clone(),
+                labels: self.placement.labels.clone(),
+            },
+            stop_timeout: self.stop_timeout.clone(),
+            autoscale: self.autoscale.as_ref().map(Into::into),
+            rollout_batch: self.rollout_batch,
+        })
+    }
+}
+
+impl From<&HealthCheck> for model::HealthCheckSpec {
+    fn from(h: &HealthCheck) -> model::HealthCheckSpec {
+        model::HealthCheckSpec {
+            path: h.path.clone(),
+            port: h.port,
+            interval: h.interval.clone(),
+            timeout: h.timeout.clone(),
+            retries: h.retries,
+            grace_period: h.grace_period.clone(),
+        }
+    }
+}
+
+impl From<&ScaleConstraints> for model::ScaleConstraints {
+    fn from(a: &ScaleConstraints) -> model::ScaleConstraints {
+        model::ScaleConstraints {
+            min: a.min,
+            max: a.max,
+            cpu_threshold: a.cpu_threshold,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 //! services; these are the queries.
 
 use shellwego_core::list::Dir;
+use shellwego_core::model::{AppSpec, AppStatus, DesiredState, DriverKind, InstanceStatus};
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 
 use crate::list::{Field, Kind, Resource};
 use crate::{db_err, Store, Tx};
@@ -15,20 +16,20 @@ use crate::{db_err, Store, Tx};
 /// weight among the app's routes).
 pub type Route = (String, String, String, i64, u32);
 
-/// An app row. `spec` is the JSON of the rest of the app's spec.
+/// An app row; `spec` is the stored document of the rest of its spec.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct App {
     pub id: String,
     pub organization_id: String,
     pub name: String,
-    pub status: String,
+    pub status: AppStatus,
     pub status_reason: Option<String>,
-    pub desired_state: String,
+    pub desired_state: DesiredState,
     pub replicas: i64,
     pub memory: i64,
     pub cpu_millis: i64,
     pub disk: i64,
-    pub spec: String,
+    pub spec: AppSpec,
     pub image_pinned: Option<String>,
     pub deployment_id: Option<String>,
     pub version: i64,
@@ -38,17 +39,9 @@ pub struct App {
     pub created_by: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// From `app_tags`, loaded beside the row.
     pub tags: Vec<String>,
 }
-
-pub const STATUSES: &[&str] = &[
-    "running",
-    "stopped",
-    "error",
-    "deploying",
-    "pending",
-    "paused",
-];
 
 pub static APPS: Resource = Resource {
     name: "apps",
@@ -56,7 +49,7 @@ pub static APPS: Resource = Resource {
     columns: "t.id, t.organization_id, t.name, t.status, t.status_reason, t.desired_state, t.replicas, t.memory, t.cpu_millis, t.disk, t.spec, t.image_pinned, t.deployment_id, t.version, t.traffic, t.created_by, t.created_at, t.updated_at",
     fields: &[
         Field::new("name", "t.name", Kind::Text),
-        Field::new("status", "t.status", Kind::Text).one_of(STATUSES),
+        Field::new("status", "t.status", Kind::Text).one_of(AppStatus::NAMES),
         Field::new("organization_id", "t.organization_id", Kind::Text).no_sort(),
         Field::new("replicas.desired", "t.replicas", Kind::Int),
         Field::new("resources.memory", "t.memory", Kind::Size),
@@ -73,8 +66,10 @@ pub static APPS: Resource = Resource {
 };
 
 pub fn from_row(row: &AnyRow) -> Result<App, Error> {
+    let id: String = row.try_get("id").map_err(db_err)?;
+    let spec = crate::doc_col(row, "apps", &id, "spec")?;
     Ok(App {
-        id: row.try_get("id").map_err(db_err)?,
+        id,
         organization_id: row.try_get("organization_id").map_err(db_err)?,
         name: row.try_get("name").map_err(db_err)?,
         status: row.try_get("status").map_err(db_err)?,
@@ -84,7 +79,7 @@ pub fn from_row(row: &AnyRow) -> Result<App, Error> {
         memory: row.try_get("memory").map_err(db_err)?,
         cpu_millis: row.try_get("cpu_millis").map_err(db_err)?,
         disk: row.try_get("disk").map_err(db_err)?,
-        spec: row.try_get("spec").map_err(db_err)?,
+        spec,
         image_pinned: row.try_get("image_pinned").map_err(db_err)?,
         traffic: row.try_get("traffic").map_err(db_err)?,
         deployment_id: row.try_get("deployment_id").map_err(db_err)?,
@@ -119,14 +114,14 @@ pub async fn insert(tx: &mut Tx, mut a: App) -> Result<App, Error> {
     .bind(&a.id)
     .bind(&a.organization_id)
     .bind(&a.name)
-    .bind(&a.status)
+    .bind(a.status)
     .bind(&a.status_reason)
-    .bind(&a.desired_state)
+    .bind(a.desired_state)
     .bind(a.replicas)
     .bind(a.memory)
     .bind(a.cpu_millis)
     .bind(a.disk)
-    .bind(&a.spec)
+    .bind(crate::to_json(&a.spec))
     .bind(&a.image_pinned)
     .bind(&a.deployment_id)
     .bind(a.version)
@@ -202,14 +197,14 @@ pub async fn update(tx: &mut Tx, a: &App) -> Result<(), Error> {
                          spec = $8, image_pinned = $9, deployment_id = $10, version = $11, updated_at = $12, traffic = $14
          WHERE id = $13",
     )
-    .bind(&a.status)
+    .bind(a.status)
     .bind(&a.status_reason)
-    .bind(&a.desired_state)
+    .bind(a.desired_state)
     .bind(a.replicas)
     .bind(a.memory)
     .bind(a.cpu_millis)
     .bind(a.disk)
-    .bind(&a.spec)
+    .bind(crate::to_json(&a.spec))
     .bind(&a.image_pinned)
     .bind(&a.deployment_id)
     .bind(a.version)
@@ -226,7 +221,7 @@ pub async fn update(tx: &mut Tx, a: &App) -> Result<(), Error> {
 pub async fn set_status(
     tx: &mut Tx,
     app_id: &str,
-    status: &str,
+    status: AppStatus,
     reason: Option<&str>,
 ) -> Result<(), Error> {
     sqlx::query("UPDATE apps SET status = $1, status_reason = $2 WHERE id = $3")
@@ -274,18 +269,18 @@ pub async fn delete(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
 
 /// One replica of an app: desired (`desired`, `node_id`, `version`) and
 /// observed (the rest, as its agent reports).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, sqlx::FromRow)]
 pub struct Instance {
     pub id: String,
     pub app_id: String,
     pub organization_id: String,
     pub node_id: Option<String>,
     pub version: i64,
-    pub desired: String,
-    pub status: String,
+    pub desired: DesiredState,
+    pub status: InstanceStatus,
     pub status_reason: Option<String>,
     pub replaces: Option<String>,
-    pub driver: Option<String>,
+    pub driver: Option<DriverKind>,
     pub ip: Option<String>,
     pub port: Option<i64>,
     pub pid: Option<i64>,
@@ -301,28 +296,7 @@ pub struct Instance {
 const INSTANCE_COLUMNS: &str = "id, app_id, organization_id, node_id, version, desired, status, status_reason, replaces, driver, ip, port, pid, memory, cpu_millis, started_at, health_checks_passed, restarts, created_at, updated_at";
 
 fn instance_from_row(row: &AnyRow) -> Result<Instance, Error> {
-    Ok(Instance {
-        id: row.try_get("id").map_err(db_err)?,
-        app_id: row.try_get("app_id").map_err(db_err)?,
-        organization_id: row.try_get("organization_id").map_err(db_err)?,
-        node_id: row.try_get("node_id").map_err(db_err)?,
-        version: row.try_get("version").map_err(db_err)?,
-        desired: row.try_get("desired").map_err(db_err)?,
-        status: row.try_get("status").map_err(db_err)?,
-        status_reason: row.try_get("status_reason").map_err(db_err)?,
-        replaces: row.try_get("replaces").map_err(db_err)?,
-        driver: row.try_get("driver").map_err(db_err)?,
-        ip: row.try_get("ip").map_err(db_err)?,
-        port: row.try_get("port").map_err(db_err)?,
-        pid: row.try_get("pid").map_err(db_err)?,
-        memory: row.try_get("memory").map_err(db_err)?,
-        cpu_millis: row.try_get("cpu_millis").map_err(db_err)?,
-        started_at: row.try_get("started_at").map_err(db_err)?,
-        health_checks_passed: row.try_get("health_checks_passed").map_err(db_err)?,
-        restarts: row.try_get("restarts").map_err(db_err)?,
-        created_at: row.try_get("created_at").map_err(db_err)?,
-        updated_at: row.try_get("updated_at").map_err(db_err)?,
-    })
+    Instance::from_row(row).map_err(db_err)
 }
 
 pub async fn insert_instance(tx: &mut Tx, mut i: Instance) -> Result<Instance, Error> {
@@ -340,11 +314,11 @@ pub async fn insert_instance(tx: &mut Tx, mut i: Instance) -> Result<Instance, E
     .bind(&i.organization_id)
     .bind(&i.node_id)
     .bind(i.version)
-    .bind(&i.desired)
-    .bind(&i.status)
+    .bind(i.desired)
+    .bind(i.status)
     .bind(&i.status_reason)
     .bind(&i.replaces)
-    .bind(&i.driver)
+    .bind(i.driver)
     .bind(&i.ip)
     .bind(i.port)
     .bind(i.pid)
@@ -392,11 +366,11 @@ pub async fn update_instance(tx: &mut Tx, i: &Instance) -> Result<(), Error> {
          WHERE id = $14",
     )
     .bind(&i.node_id)
-    .bind(&i.desired)
-    .bind(&i.status)
+    .bind(i.desired)
+    .bind(i.status)
     .bind(&i.status_reason)
     .bind(&i.replaces)
-    .bind(&i.driver)
+    .bind(i.driver)
     .bind(&i.ip)
     .bind(i.port)
     .bind(i.pid)
@@ -439,23 +413,6 @@ pub async fn insert_upload(
         .await
         .map_err(db_err)?;
     Ok(())
-}
-
-/// What the scheduler needs of a node.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct NodeRoom {
-    pub id: String,
-    pub organization_id: String,
-    pub status: String,
-    pub region: String,
-    pub zone: String,
-    pub cpu_millis: i64,
-    pub memory: i64,
-    pub drivers: Vec<String>,
-    pub labels: std::collections::BTreeMap<String, String>,
-    pub drain_batch: Option<i64>,
-    pub drain_destinations: Vec<String>,
-    pub drain_deadline: Option<i64>,
 }
 
 impl Store {
@@ -707,81 +664,6 @@ impl Store {
     }
 }
 
-/// Nodes of an organization with what the scheduler needs, and the
-/// resources held by instances on each (a stopping instance holds its
-/// room until its agent reports it gone):
-/// `(node, used memory, used millicores, instances)`.
-pub async fn node_rooms(tx: &mut Tx, org: &str) -> Result<Vec<(NodeRoom, i64, i64, i64)>, Error> {
-    let rows = sqlx::query(
-        "SELECT n.id, n.organization_id, n.status, n.region, n.zone, n.cpu_cores, n.memory_total, n.drivers, n.drain_batch, n.drain_destinations, n.drain_deadline,
-                CAST(COALESCE(SUM(i.memory), 0) AS BIGINT) AS used_memory,
-                CAST(COALESCE(SUM(i.cpu_millis), 0) AS BIGINT) AS used_cpu,
-                COUNT(i.id) AS used_slots
-         FROM nodes n LEFT JOIN instances i ON i.node_id = n.id
-         WHERE n.organization_id = $1 AND n.credential_hash IS NOT NULL
-         GROUP BY n.id, n.organization_id, n.status, n.region, n.zone, n.cpu_cores, n.memory_total, n.drivers, n.drain_batch, n.drain_destinations, n.drain_deadline
-         ORDER BY n.id",
-    )
-    .bind(org)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_err)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let n = NodeRoom {
-            id: r.try_get("id").map_err(db_err)?,
-            organization_id: r.try_get("organization_id").map_err(db_err)?,
-            status: r.try_get("status").map_err(db_err)?,
-            region: r.try_get("region").map_err(db_err)?,
-            zone: r.try_get("zone").map_err(db_err)?,
-            cpu_millis: r
-                .try_get::<i64, _>("cpu_cores")
-                .map_err(db_err)?
-                .saturating_mul(1000),
-            memory: r.try_get("memory_total").map_err(db_err)?,
-            drivers: crate::json_col(r, "drivers")?,
-            labels: Default::default(),
-            drain_batch: r.try_get("drain_batch").map_err(db_err)?,
-            drain_destinations: r
-                .try_get::<Option<String>, _>("drain_destinations")
-                .map_err(db_err)?
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .unwrap_or_default(),
-            drain_deadline: r.try_get("drain_deadline").map_err(db_err)?,
-        };
-        out.push((
-            n,
-            r.try_get("used_memory").map_err(db_err)?,
-            r.try_get("used_cpu").map_err(db_err)?,
-            r.try_get("used_slots").map_err(db_err)?,
-        ));
-    }
-    let labels = sqlx::query_as::<_, (String, String, String)>(
-        "SELECT l.resource_id, l.key, l.value FROM labels l JOIN nodes n ON n.id = l.resource_id
-         WHERE l.resource_type = 'node' AND n.organization_id = $1",
-    )
-    .bind(org)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_err)?;
-    for (id, k, v) in labels {
-        if let Some((n, ..)) = out.iter_mut().find(|(n, ..)| n.id == id) {
-            n.labels.insert(k, v);
-        }
-    }
-    Ok(out)
-}
-
-/// Bump a node's generation so that its agent's waiting sync returns.
-pub async fn bump_node(tx: &mut Tx, node_id: &str) -> Result<(), Error> {
-    sqlx::query("UPDATE nodes SET generation = generation + 1 WHERE id = $1")
-        .bind(node_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?;
-    Ok(())
-}
-
 /// Instances a node should run (wanted and placed there), with their app rows.
 pub async fn desired_on_node(tx: &mut Tx, node_id: &str) -> Result<Vec<(Instance, App)>, Error> {
     let rows = sqlx::query(&format!(
@@ -817,46 +699,6 @@ pub async fn desired_on_node(tx: &mut Tx, node_id: &str) -> Result<Vec<(Instance
     Ok(out)
 }
 
-/// Nodes of an organization registered whose agent has not joined yet.
-pub async fn joining_nodes(tx: &mut Tx, org: &str) -> Result<i64, Error> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n FROM nodes WHERE organization_id = $1 AND credential_hash IS NULL",
-    )
-    .bind(org)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(db_err)?;
-    row.try_get::<i64, _>("n").map_err(db_err)
-}
-
-/// An organization's settings (JSON), read inside a transaction.
-pub async fn org_settings(tx: &mut Tx, org: &str) -> Result<serde_json::Value, Error> {
-    let row = sqlx::query("SELECT settings FROM organizations WHERE id = $1")
-        .bind(org)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db_err)?;
-    Ok(row
-        .and_then(|r| r.try_get::<String, _>("settings").ok())
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(serde_json::Value::Null))
-}
-
-/// Start draining a node: no new placements, instances move elsewhere.
-/// Replacements under way (not healthy yet) for instances on `node_id`,
-/// across every app: what a drain has in flight.
-pub async fn drain_in_flight(tx: &mut Tx, node_id: &str) -> Result<i64, Error> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM instances n JOIN instances o ON o.id = n.replaces
-         WHERE o.node_id = $1 AND n.desired = 'running' AND n.status <> 'healthy'",
-    )
-    .bind(node_id)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(db_err)?;
-    Ok(n)
-}
-
 /// What the routers counted for these instances: (requests, errors).
 pub async fn instance_traffic(tx: &mut Tx, ids: &[String]) -> Result<(i64, i64), Error> {
     let mut total = (0, 0);
@@ -873,87 +715,4 @@ pub async fn instance_traffic(tx: &mut Tx, ids: &[String]) -> Result<(i64, i64),
         }
     }
     Ok(total)
-}
-
-pub async fn start_drain(
-    tx: &mut Tx,
-    node_id: &str,
-    batch: i64,
-    destinations: &[String],
-    deadline: i64,
-    delete_when_drained: bool,
-) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE nodes SET status = CASE WHEN status = 'offline' THEN status ELSE 'draining' END,
-                          status_before_offline = CASE WHEN status = 'offline' THEN 'draining' ELSE status_before_offline END,
-                          drain_batch = $1, drain_destinations = $2, drain_deadline = $3, delete_when_drained = $4, updated_at = $5
-         WHERE id = $6",
-    )
-    .bind(batch)
-    .bind(serde_json::to_string(destinations).unwrap_or_else(|_| "[]".into()))
-    .bind(deadline)
-    .bind(i64::from(delete_when_drained))
-    .bind(to_micros(now()))
-    .bind(node_id)
-    .execute(&mut **tx)
-    .await
-    .map_err(db_err)?;
-    Ok(())
-}
-
-/// Instances (wanted) on a node.
-pub async fn count_on_node(tx: &mut Tx, node_id: &str) -> Result<i64, Error> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE node_id = $1")
-        .bind(node_id)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db_err)?;
-    row.try_get("n").map_err(db_err)
-}
-
-impl Store {
-    /// Nodes marked for deletion once drained that now run nothing.
-    pub async fn drained_nodes_to_delete(&self) -> Result<Vec<(String, String)>, Error> {
-        sqlx::query_as::<_, (String, String)>(
-            "SELECT n.id, n.organization_id FROM nodes n WHERE n.delete_when_drained = 1
-             AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.node_id = n.id)",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err)
-    }
-
-    /// Apps with instances on a node.
-    /// What instances hold on each node: `(node, apps, reserved memory,
-    /// reserved millicores)`, counting instances meant to run (what the
-    /// scheduler counts).
-    pub async fn node_loads(&self, ids: &[String]) -> Result<Vec<(String, i64, i64, i64)>, Error> {
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        let marks: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT node_id, COUNT(DISTINCT app_id) AS n,
-                    CAST(COALESCE(SUM(memory), 0) AS BIGINT) AS mem,
-                    CAST(COALESCE(SUM(cpu_millis), 0) AS BIGINT) AS cpu
-             FROM instances WHERE desired = 'running' AND node_id IN ({})
-             GROUP BY node_id",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for id in ids {
-            q = q.bind(id);
-        }
-        let rows = q.fetch_all(self.pool()).await.map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("node_id").map_err(db_err)?,
-                    r.try_get("n").map_err(db_err)?,
-                    r.try_get("mem").map_err(db_err)?,
-                    r.try_get("cpu").map_err(db_err)?,
-                ))
-            })
-            .collect()
-    }
 }

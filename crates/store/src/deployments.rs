@@ -3,6 +3,7 @@
 //! machine lives in the server's `service::deploy`.
 
 use shellwego_core::list::Dir;
+use shellwego_core::model::{AppSpec, DeployOptions, DeploymentStage, DeploymentStatus, Strategy};
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
@@ -16,7 +17,7 @@ use crate::{db_err, Store, Tx};
 pub struct Release {
     pub app_id: String,
     pub version: i64,
-    pub spec: String,
+    pub spec: AppSpec,
     pub replicas: i64,
     pub memory: i64,
     pub cpu_millis: i64,
@@ -29,10 +30,13 @@ const RELEASE_COLUMNS: &str =
     "app_id, version, spec, replicas, memory, cpu_millis, disk, image_pinned, created_at";
 
 fn release_from_row(r: &AnyRow) -> Result<Release, Error> {
+    let app_id: String = r.try_get("app_id").map_err(db_err)?;
+    let version: i64 = r.try_get("version").map_err(db_err)?;
+    let spec = crate::doc_col(r, "releases", &format!("{app_id} v{version}"), "spec")?;
     Ok(Release {
-        app_id: r.try_get("app_id").map_err(db_err)?,
-        version: r.try_get("version").map_err(db_err)?,
-        spec: r.try_get("spec").map_err(db_err)?,
+        app_id,
+        version,
+        spec,
         replicas: r.try_get("replicas").map_err(db_err)?,
         memory: r.try_get("memory").map_err(db_err)?,
         cpu_millis: r.try_get("cpu_millis").map_err(db_err)?,
@@ -49,7 +53,7 @@ pub async fn insert_release(tx: &mut Tx, r: &Release) -> Result<(), Error> {
     )
     .bind(&r.app_id)
     .bind(r.version)
-    .bind(&r.spec)
+    .bind(crate::to_json(&r.spec))
     .bind(r.replicas)
     .bind(r.memory)
     .bind(r.cpu_millis)
@@ -133,15 +137,16 @@ pub struct Deployment {
     pub id: String,
     pub app_id: String,
     pub organization_id: String,
-    /// in_progress | successful | failed | rolled_back
-    pub status: String,
+    pub status: DeploymentStatus,
     pub version: i64,
     pub image: Option<String>,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub initiated_by: Option<String>,
     pub reason: Option<String>,
-    pub stages: String,
-    pub options: String,
+    /// Every stage, in order (a row stored with none reads as the initial
+    /// stages).
+    pub stages: Vec<DeploymentStage>,
+    pub options: DeployOptions,
     pub from_version: Option<i64>,
     pub rollback_target: Option<String>,
     pub started_at: Option<i64>,
@@ -159,13 +164,7 @@ pub static DEPLOYMENTS: Resource = Resource {
     from: "deployments t",
     columns: "t.id, t.app_id, t.organization_id, t.status, t.version, t.image, t.strategy, t.initiated_by, t.reason, t.stages, t.options, t.from_version, t.rollback_target, t.started_at, t.finished_at, t.wait_until, t.canary_step, t.step_started_at, t.created_at, t.updated_at",
     fields: &[
-        Field::new("status", "t.status", Kind::Text).one_of(&[
-            "in_progress",
-            "successful",
-            "failed",
-            "rolled_back",
-            "cancelled",
-        ]),
+        Field::new("status", "t.status", Kind::Text).one_of(DeploymentStatus::NAMES),
         Field::new("strategy", "t.strategy", Kind::Text),
         Field::new("app_id", "t.app_id", Kind::Text).no_sort(),
         Field::new("created_at", "t.created_at", Kind::Time),
@@ -176,8 +175,14 @@ pub static DEPLOYMENTS: Resource = Resource {
 };
 
 pub fn from_row(r: &AnyRow) -> Result<Deployment, Error> {
+    let id: String = r.try_get("id").map_err(db_err)?;
+    let mut stages: Vec<DeploymentStage> = crate::doc_col(r, "deployments", &id, "stages")?;
+    if stages.is_empty() {
+        stages = DeploymentStage::initial();
+    }
+    let options = crate::doc_col(r, "deployments", &id, "options")?;
     Ok(Deployment {
-        id: r.try_get("id").map_err(db_err)?,
+        id,
         app_id: r.try_get("app_id").map_err(db_err)?,
         organization_id: r.try_get("organization_id").map_err(db_err)?,
         status: r.try_get("status").map_err(db_err)?,
@@ -186,8 +191,8 @@ pub fn from_row(r: &AnyRow) -> Result<Deployment, Error> {
         strategy: r.try_get("strategy").map_err(db_err)?,
         initiated_by: r.try_get("initiated_by").map_err(db_err)?,
         reason: r.try_get("reason").map_err(db_err)?,
-        stages: r.try_get("stages").map_err(db_err)?,
-        options: r.try_get("options").map_err(db_err)?,
+        stages,
+        options,
         from_version: r.try_get("from_version").map_err(db_err)?,
         rollback_target: r.try_get("rollback_target").map_err(db_err)?,
         started_at: r.try_get("started_at").map_err(db_err)?,
@@ -216,14 +221,14 @@ pub async fn insert(tx: &mut Tx, mut d: Deployment) -> Result<Deployment, Error>
     .bind(&d.id)
     .bind(&d.app_id)
     .bind(&d.organization_id)
-    .bind(&d.status)
+    .bind(d.status)
     .bind(d.version)
     .bind(&d.image)
-    .bind(&d.strategy)
+    .bind(d.strategy)
     .bind(&d.initiated_by)
     .bind(&d.reason)
-    .bind(&d.stages)
-    .bind(&d.options)
+    .bind(crate::to_json(&d.stages))
+    .bind(crate::to_json(&d.options))
     .bind(d.from_version)
     .bind(&d.rollback_target)
     .bind(t)
@@ -240,9 +245,9 @@ pub async fn update(tx: &mut Tx, d: &Deployment) -> Result<(), Error> {
                                 canary_step = $9, step_started_at = $10, options = $11
          WHERE id = $8",
     )
-    .bind(&d.status)
+    .bind(d.status)
     .bind(&d.reason)
-    .bind(&d.stages)
+    .bind(crate::to_json(&d.stages))
     .bind(d.finished_at)
     .bind(d.wait_until)
     .bind(&d.image)
@@ -250,7 +255,7 @@ pub async fn update(tx: &mut Tx, d: &Deployment) -> Result<(), Error> {
     .bind(&d.id)
     .bind(d.canary_step)
     .bind(d.step_started_at)
-    .bind(&d.options)
+    .bind(crate::to_json(&d.options))
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;

@@ -240,6 +240,33 @@ pub(crate) fn json_col<T: serde::de::DeserializeOwned + Default>(
     Ok(serde_json::from_str(&s).unwrap_or_default())
 }
 
+/// Decode a JSON document column of one row. A document that does not
+/// parse is an error naming the table, the row and the column: never a
+/// silent default.
+pub(crate) fn doc_col<T: serde::de::DeserializeOwned>(
+    row: &AnyRow,
+    table: &str,
+    id: &str,
+    col: &str,
+) -> Result<T, Error> {
+    let s: String = row.try_get(col).map_err(db_err)?;
+    doc(table, id, col, &s)
+}
+
+/// Parse a stored JSON document of row `id` of `table`.
+pub fn doc<T: serde::de::DeserializeOwned>(
+    table: &str,
+    id: &str,
+    col: &str,
+    text: &str,
+) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|e| {
+        Error::Internal(format!(
+            "store: {table} row {id}: the {col} document does not parse: {e}"
+        ))
+    })
+}
+
 pub(crate) fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use shellwego_core::list::Dir;
+use shellwego_core::model::NodeStatus;
 use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
@@ -17,7 +18,7 @@ pub struct Node {
     pub id: String,
     pub organization_id: String,
     pub hostname: String,
-    pub status: String,
+    pub status: NodeStatus,
     pub region: String,
     pub zone: String,
     pub cpu_cores: i64,
@@ -40,16 +41,13 @@ pub struct Node {
     pub qemu_version: Option<String>,
 }
 
-/// `joining`: registered, its agent has not joined yet.
-pub const STATUSES: &[&str] = &["joining", "ready", "draining", "maintenance", "offline"];
-
 pub static NODES: Resource = Resource {
     name: "nodes",
     from: "nodes t",
     columns: "t.id, t.organization_id, t.hostname, t.status, t.region, t.zone, t.cpu_cores, t.memory_total, t.disk_total, t.memory_available, t.cpu_available, t.microvm_total, t.microvm_used, t.internal_ip, t.public_ip, t.kernel_version, t.firecracker_version, t.agent_version, t.last_seen, t.created_at, t.drivers, t.qemu_version",
     fields: &[
         Field::new("hostname", "t.hostname", Kind::Text),
-        Field::new("status", "t.status", Kind::Text).one_of(STATUSES),
+        Field::new("status", "t.status", Kind::Text).one_of(NodeStatus::NAMES),
         Field::new("region", "t.region", Kind::Text),
         Field::new("zone", "t.zone", Kind::Text),
         Field::new("organization_id", "t.organization_id", Kind::Text).no_sort(),
@@ -118,7 +116,7 @@ pub async fn insert(tx: &mut Tx, mut n: Node) -> Result<Node, Error> {
     .bind(&n.id)
     .bind(&n.organization_id)
     .bind(&n.hostname)
-    .bind(&n.status)
+    .bind(n.status)
     .bind(&n.region)
     .bind(&n.zone)
     .bind(n.cpu_cores)
@@ -271,7 +269,7 @@ pub async fn register(
     let node = insert(
         tx,
         Node {
-            status: "joining".into(),
+            status: NodeStatus::Joining,
             ..node
         },
     )
@@ -469,7 +467,7 @@ pub async fn mark_offline(tx: &mut Tx, node_id: &str, cutoff_micros: i64) -> Res
 pub async fn update(
     tx: &mut Tx,
     node_id: &str,
-    status: Option<&str>,
+    status: Option<NodeStatus>,
     labels: Option<&BTreeMap<String, String>>,
 ) -> Result<(), Error> {
     sqlx::query("UPDATE nodes SET status = COALESCE($1, status), updated_at = $2 WHERE id = $3")
@@ -510,4 +508,206 @@ pub async fn claim_report_seq(tx: &mut Tx, node_id: &str, seq: i64) -> Result<bo
         .await
         .map_err(db_err)?;
     Ok(r.rows_affected() > 0)
+}
+
+/// What the scheduler needs of a node.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeRoom {
+    pub id: String,
+    pub organization_id: String,
+    pub status: NodeStatus,
+    pub region: String,
+    pub zone: String,
+    pub cpu_millis: i64,
+    pub memory: i64,
+    pub drivers: Vec<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub drain_batch: Option<i64>,
+    pub drain_destinations: Vec<String>,
+    pub drain_deadline: Option<i64>,
+}
+
+/// Nodes of an organization with what the scheduler needs, and the
+/// resources held by instances on each (a stopping instance holds its
+/// room until its agent reports it gone):
+/// `(node, used memory, used millicores, instances)`.
+pub async fn node_rooms(tx: &mut Tx, org: &str) -> Result<Vec<(NodeRoom, i64, i64, i64)>, Error> {
+    let rows = sqlx::query(
+        "SELECT n.id, n.organization_id, n.status, n.region, n.zone, n.cpu_cores, n.memory_total, n.drivers, n.drain_batch, n.drain_destinations, n.drain_deadline,
+                CAST(COALESCE(SUM(i.memory), 0) AS BIGINT) AS used_memory,
+                CAST(COALESCE(SUM(i.cpu_millis), 0) AS BIGINT) AS used_cpu,
+                COUNT(i.id) AS used_slots
+         FROM nodes n LEFT JOIN instances i ON i.node_id = n.id
+         WHERE n.organization_id = $1 AND n.credential_hash IS NOT NULL
+         GROUP BY n.id, n.organization_id, n.status, n.region, n.zone, n.cpu_cores, n.memory_total, n.drivers, n.drain_batch, n.drain_destinations, n.drain_deadline
+         ORDER BY n.id",
+    )
+    .bind(org)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let n = NodeRoom {
+            id: r.try_get("id").map_err(db_err)?,
+            organization_id: r.try_get("organization_id").map_err(db_err)?,
+            status: r.try_get("status").map_err(db_err)?,
+            region: r.try_get("region").map_err(db_err)?,
+            zone: r.try_get("zone").map_err(db_err)?,
+            cpu_millis: r
+                .try_get::<i64, _>("cpu_cores")
+                .map_err(db_err)?
+                .saturating_mul(1000),
+            memory: r.try_get("memory_total").map_err(db_err)?,
+            drivers: crate::json_col(r, "drivers")?,
+            labels: Default::default(),
+            drain_batch: r.try_get("drain_batch").map_err(db_err)?,
+            drain_destinations: r
+                .try_get::<Option<String>, _>("drain_destinations")
+                .map_err(db_err)?
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default(),
+            drain_deadline: r.try_get("drain_deadline").map_err(db_err)?,
+        };
+        out.push((
+            n,
+            r.try_get("used_memory").map_err(db_err)?,
+            r.try_get("used_cpu").map_err(db_err)?,
+            r.try_get("used_slots").map_err(db_err)?,
+        ));
+    }
+    let labels = sqlx::query_as::<_, (String, String, String)>(
+        "SELECT l.resource_id, l.key, l.value FROM labels l JOIN nodes n ON n.id = l.resource_id
+         WHERE l.resource_type = 'node' AND n.organization_id = $1",
+    )
+    .bind(org)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    for (id, k, v) in labels {
+        if let Some((n, ..)) = out.iter_mut().find(|(n, ..)| n.id == id) {
+            n.labels.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+/// Bump a node's generation so that its agent's waiting sync returns.
+pub async fn bump_node(tx: &mut Tx, node_id: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE nodes SET generation = generation + 1 WHERE id = $1")
+        .bind(node_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Nodes of an organization registered whose agent has not joined yet.
+pub async fn joining_nodes(tx: &mut Tx, org: &str) -> Result<i64, Error> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM nodes WHERE organization_id = $1 AND credential_hash IS NULL",
+    )
+    .bind(org)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    row.try_get::<i64, _>("n").map_err(db_err)
+}
+
+/// Replacements under way (not healthy yet) for instances on `node_id`,
+/// across every app: what a drain has in flight.
+pub async fn drain_in_flight(tx: &mut Tx, node_id: &str) -> Result<i64, Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM instances n JOIN instances o ON o.id = n.replaces
+         WHERE o.node_id = $1 AND n.desired = 'running' AND n.status <> 'healthy'",
+    )
+    .bind(node_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(n)
+}
+
+/// Start draining a node: no new placements, instances move elsewhere.
+pub async fn start_drain(
+    tx: &mut Tx,
+    node_id: &str,
+    batch: i64,
+    destinations: &[String],
+    deadline: i64,
+    delete_when_drained: bool,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE nodes SET status = CASE WHEN status = 'offline' THEN status ELSE 'draining' END,
+                          status_before_offline = CASE WHEN status = 'offline' THEN 'draining' ELSE status_before_offline END,
+                          drain_batch = $1, drain_destinations = $2, drain_deadline = $3, delete_when_drained = $4, updated_at = $5
+         WHERE id = $6",
+    )
+    .bind(batch)
+    .bind(serde_json::to_string(destinations).unwrap_or_else(|_| "[]".into()))
+    .bind(deadline)
+    .bind(i64::from(delete_when_drained))
+    .bind(to_micros(now()))
+    .bind(node_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Instances (wanted) on a node.
+pub async fn count_on_node(tx: &mut Tx, node_id: &str) -> Result<i64, Error> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE node_id = $1")
+        .bind(node_id)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    row.try_get("n").map_err(db_err)
+}
+
+impl Store {
+    /// Nodes marked for deletion once drained that now run nothing.
+    pub async fn drained_nodes_to_delete(&self) -> Result<Vec<(String, String)>, Error> {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT n.id, n.organization_id FROM nodes n WHERE n.delete_when_drained = 1
+             AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.node_id = n.id)",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)
+    }
+
+    /// Apps with instances on a node.
+    /// What instances hold on each node: `(node, apps, reserved memory,
+    /// reserved millicores)`, counting instances meant to run (what the
+    /// scheduler counts).
+    pub async fn node_loads(&self, ids: &[String]) -> Result<Vec<(String, i64, i64, i64)>, Error> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT node_id, COUNT(DISTINCT app_id) AS n,
+                    CAST(COALESCE(SUM(memory), 0) AS BIGINT) AS mem,
+                    CAST(COALESCE(SUM(cpu_millis), 0) AS BIGINT) AS cpu
+             FROM instances WHERE desired = 'running' AND node_id IN ({})
+             GROUP BY node_id",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in ids {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all(self.pool()).await.map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("node_id").map_err(db_err)?,
+                    r.try_get("n").map_err(db_err)?,
+                    r.try_get("mem").map_err(db_err)?,
+                    r.try_get("cpu").map_err(db_err)?,
+                ))
+            })
+            .collect()
+    }
 }

@@ -366,3 +366,16 @@ impl Store {
             .transpose()
     }
 }
+
+/// An organization's settings (JSON), read inside a transaction.
+pub async fn org_settings(tx: &mut Tx, org: &str) -> Result<serde_json::Value, Error> {
+    let row = sqlx::query("SELECT settings FROM organizations WHERE id = $1")
+        .bind(org)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(row
+        .and_then(|r| r.try_get::<String, _>("settings").ok())
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null))
+}

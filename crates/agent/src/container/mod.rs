@@ -62,7 +62,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde_json::Value;
 
 use crate::driver::{self, Command, Driver, Exit, Launch, Reply, Running};
 use crate::host::{
@@ -615,7 +614,8 @@ impl Driver for ContainerDriver {
         let (rt, root) = self.runtime_for(r);
         let cid = Self::cid_of("", Some(r));
         let running = Self::state(&rt, &root, &cid)
-            .is_some_and(|s| s.get("status").and_then(Value::as_str) == Some("running"));
+            .and_then(|s| serde_json::from_value::<OciStatus>(s.get("status")?.clone()).ok())
+            == Some(OciStatus::Running);
         if running {
             self.remember(&cid, r.extra.get("bundle").map(PathBuf::from));
         }
@@ -653,4 +653,16 @@ fn log_tail(path: &Path) -> String {
     } else {
         tail
     }
+}
+
+/// A container's state as the OCI runtime specification names it (what
+/// `runc state` prints): the runtime's words, not ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum OciStatus {
+    Creating,
+    Created,
+    Running,
+    Stopped,
+    Paused,
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use shellwego_api::nodes::{AgentEvent, DesiredInstance, InstanceReport};
+use shellwego_core::model::InstanceStatus;
 use tokio::sync::Notify;
 
 use crate::driver::{Command, Driver, Launch, Reply, Running};
@@ -721,7 +722,7 @@ impl Ctx {
             self.add_new(&desired, &mut locals, &mut work);
             for (id, l) in locals.iter_mut() {
                 let Some(driver) = self.driver(&l.saved.desired.driver) else {
-                    if l.phase.status() != "failed" {
+                    if l.phase.status() != InstanceStatus::Failed {
                         l.transition(Happened::NoDriver);
                         work.dirty = true;
                     }
@@ -1676,7 +1677,7 @@ mod tests {
         {
             let locals = shared.locals.lock().unwrap();
             let l = &locals["inst_w"];
-            assert_eq!(l.phase.status(), "starting");
+            assert_eq!(l.phase.status(), InstanceStatus::Starting);
             assert_eq!(l.health_failures, 0);
             assert!(
                 l.reason.as_deref().unwrap_or("").contains("cannot connect"),
@@ -1702,7 +1703,7 @@ mod tests {
         {
             let locals = shared.locals.lock().unwrap();
             let l = &locals["inst_w"];
-            assert_eq!(l.phase.status(), "healthy");
+            assert_eq!(l.phase.status(), InstanceStatus::Healthy);
             assert_eq!(l.health_passed, 1);
             assert!(!l.watching, "the regular checks take over");
         }

@@ -10,6 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use shellwego_core::model::InstanceStatus;
+
 use super::{backoff, now_micros, Local, STARTING_CHECK};
 use crate::driver::{Exit, Running};
 
@@ -60,21 +62,23 @@ pub(super) enum Waiting {
 
 impl InstancePhase {
     /// The status reported to the control plane (the wire contract).
-    pub(super) fn status(&self) -> &'static str {
+    pub(super) fn status(&self) -> InstanceStatus {
         match self {
-            InstancePhase::Preparing { retrying: false } => "starting",
-            InstancePhase::Preparing { retrying: true } => "failed",
+            InstancePhase::Preparing { retrying: false } => InstanceStatus::Starting,
+            InstancePhase::Preparing { retrying: true } => InstanceStatus::Failed,
             InstancePhase::Backoff { after, .. } => match after {
-                Waiting::Prepared => "starting",
-                Waiting::Crashed => "crashed",
-                Waiting::StartFailed => "failed",
+                Waiting::Prepared => InstanceStatus::Starting,
+                Waiting::Crashed => InstanceStatus::Crashed,
+                Waiting::StartFailed => InstanceStatus::Failed,
             },
-            InstancePhase::Starting { .. } => "starting",
-            InstancePhase::Healthy { .. } => "healthy",
-            InstancePhase::Unhealthy { .. } => "unhealthy",
-            InstancePhase::Deregistering { .. } | InstancePhase::Stopping { .. } => "stopping",
-            InstancePhase::Failed => "failed",
-            InstancePhase::Stopped => "stopped",
+            InstancePhase::Starting { .. } => InstanceStatus::Starting,
+            InstancePhase::Healthy { .. } => InstanceStatus::Healthy,
+            InstancePhase::Unhealthy { .. } => InstanceStatus::Unhealthy,
+            InstancePhase::Deregistering { .. } | InstancePhase::Stopping { .. } => {
+                InstanceStatus::Stopping
+            }
+            InstancePhase::Failed => InstanceStatus::Failed,
+            InstancePhase::Stopped => InstanceStatus::Stopped,
         }
     }
 
@@ -331,48 +335,66 @@ mod tests {
         }
     }
 
-    /// The status words are the wire contract: one per phase, as the
-    /// control plane has always heard them.
+    /// One status per phase, as the control plane has always heard it (the
+    /// words themselves are the model's, tested in `shellwego_core`).
     #[test]
     fn each_phase_reports_its_status_word() {
         let now = Instant::now();
         let cases = [
-            (InstancePhase::Preparing { retrying: false }, "starting"),
-            (InstancePhase::Preparing { retrying: true }, "failed"),
+            (
+                InstancePhase::Preparing { retrying: false },
+                InstanceStatus::Starting,
+            ),
+            (
+                InstancePhase::Preparing { retrying: true },
+                InstanceStatus::Failed,
+            ),
             (
                 InstancePhase::Backoff {
                     until: now,
                     after: Waiting::Prepared,
                 },
-                "starting",
+                InstanceStatus::Starting,
             ),
             (
                 InstancePhase::Backoff {
                     until: now,
                     after: Waiting::Crashed,
                 },
-                "crashed",
+                InstanceStatus::Crashed,
             ),
             (
                 InstancePhase::Backoff {
                     until: now,
                     after: Waiting::StartFailed,
                 },
-                "failed",
+                InstanceStatus::Failed,
             ),
-            (InstancePhase::Starting { settled: false }, "starting"),
+            (
+                InstancePhase::Starting { settled: false },
+                InstanceStatus::Starting,
+            ),
             (
                 InstancePhase::Healthy {
                     since: now,
                     settled: true,
                 },
-                "healthy",
+                InstanceStatus::Healthy,
             ),
-            (InstancePhase::Unhealthy { settled: false }, "unhealthy"),
-            (InstancePhase::Deregistering { term_at: now }, "stopping"),
-            (InstancePhase::Stopping { deadline: now }, "stopping"),
-            (InstancePhase::Failed, "failed"),
-            (InstancePhase::Stopped, "stopped"),
+            (
+                InstancePhase::Unhealthy { settled: false },
+                InstanceStatus::Unhealthy,
+            ),
+            (
+                InstancePhase::Deregistering { term_at: now },
+                InstanceStatus::Stopping,
+            ),
+            (
+                InstancePhase::Stopping { deadline: now },
+                InstanceStatus::Stopping,
+            ),
+            (InstancePhase::Failed, InstanceStatus::Failed),
+            (InstancePhase::Stopped, InstanceStatus::Stopped),
         ];
         for (phase, word) in cases {
             assert_eq!(phase.status(), word, "{phase:?}");
@@ -393,7 +415,10 @@ mod tests {
         assert_eq!(l.consecutive_crashes, 1);
         assert!(l.transition(Happened::Prepared));
         assert!(l.phase.start_due(Instant::now()));
-        assert_eq!((l.phase.status(), l.reason.as_deref()), ("starting", None));
+        assert_eq!(
+            (l.phase.status(), l.reason.as_deref()),
+            (InstanceStatus::Starting, None)
+        );
 
         l.transition(Happened::Started(r.clone()));
         assert_eq!(l.phase, InstancePhase::Starting { settled: false });
@@ -410,7 +435,7 @@ mod tests {
                 starting: false,
             });
         }
-        assert_eq!(l.phase.status(), "starting");
+        assert_eq!(l.phase.status(), InstanceStatus::Starting);
         assert!(l.reason.as_deref().unwrap().starts_with("waiting for"));
 
         l.transition(Happened::Settled);
@@ -426,7 +451,7 @@ mod tests {
                 error: "500".into(),
                 starting: false,
             });
-            assert_eq!(l.phase.status() == "unhealthy", n == 3, "{n}");
+            assert_eq!(l.phase.status() == InstanceStatus::Unhealthy, n == 3, "{n}");
         }
         assert_eq!(l.reason.as_deref(), Some("health check failing: 500"));
         assert!(l.phase.is_settled(), "settled holds for the run");
@@ -435,7 +460,7 @@ mod tests {
         assert!(l.saved.running.is_none());
         assert_eq!(l.saved.restarts, 1);
         assert_eq!(l.consecutive_crashes, 2);
-        assert_eq!(l.phase.status(), "crashed");
+        assert_eq!(l.phase.status(), InstanceStatus::Crashed);
         assert!(!l.phase.start_due(Instant::now()), "backs off first");
         assert!(l
             .reason
@@ -447,7 +472,7 @@ mod tests {
         assert_eq!(l.health_passed, 1);
 
         assert!(l.transition(Happened::StartFailed("no such file".into())));
-        assert_eq!(l.phase.status(), "failed");
+        assert_eq!(l.phase.status(), InstanceStatus::Failed);
         assert_eq!(l.consecutive_crashes, 3);
     }
 
@@ -459,14 +484,14 @@ mod tests {
         let now = Instant::now();
         assert!(l.transition(Happened::Removed { term_at: now }));
         assert!(l.phase.is_leaving());
-        assert_eq!(l.phase.status(), "stopping");
+        assert_eq!(l.phase.status(), InstanceStatus::Stopping);
         assert!(!l.transition(Happened::CheckPassed));
         assert!(!l.transition(Happened::Terminated { deadline: now }));
         assert_eq!(l.phase, InstancePhase::Stopping { deadline: now });
         assert!(l.transition(Happened::StoppedWithAgent));
         assert_eq!(
             (l.phase.status(), l.reason.as_deref()),
-            ("stopped", Some("stopped with the agent"))
+            (InstanceStatus::Stopped, Some("stopped with the agent"))
         );
         assert!(l.saved.running.is_none());
     }
@@ -483,7 +508,10 @@ mod tests {
         l.transition(Happened::NoDriver);
         assert_eq!(
             (l.phase.status(), l.reason.as_deref()),
-            ("failed", Some("this node has no process driver"))
+            (
+                InstanceStatus::Failed,
+                Some("this node has no process driver")
+            )
         );
         // Its preparation ending does not make it startable.
         l.transition(Happened::Prepared);

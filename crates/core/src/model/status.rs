@@ -4,6 +4,7 @@
 use super::vocabulary;
 
 vocabulary! {
+    #[derive(Default)]
     /// What an app is doing, as a whole (`apps.status`).
     pub enum AppStatus ("app status") {
         /// Its desired instances are healthy.
@@ -15,6 +16,7 @@ vocabulary! {
         /// A deployment is under way, or instances are starting.
         Deploying = "deploying",
         /// Waiting for room on a node.
+        #[default]
         Pending = "pending",
         /// Listed by the spec and accepted as a filter; nothing sets it yet.
         Paused = "paused",
@@ -22,18 +24,22 @@ vocabulary! {
 }
 
 vocabulary! {
+    #[derive(Default)]
     /// What the user wants of an app (`apps.desired_state`), and what the
     /// controller wants of one instance (`instances.desired`).
     pub enum DesiredState ("desired state") {
+        #[default]
         Running = "running",
         Stopped = "stopped",
     }
 }
 
 vocabulary! {
+    #[derive(Default)]
     /// Where an instance is in its life (`instances.status`).
     pub enum InstanceStatus ("instance status") {
         /// Placed on no node yet, or not yet started by its agent.
+        #[default]
         Pending = "pending",
         /// Started (or being prepared: reason `preparing`); not yet healthy.
         Starting = "starting",
@@ -66,9 +72,11 @@ impl InstanceStatus {
 }
 
 vocabulary! {
+    #[derive(Default)]
     /// A node's state (`nodes.status`).
     pub enum NodeStatus ("node status") {
         /// Registered; its agent has not joined yet.
+        #[default]
         Joining = "joining",
         Ready = "ready",
         /// Takes no new instances; its instances are moved away.
@@ -85,8 +93,10 @@ impl NodeStatus {
 }
 
 vocabulary! {
+    #[derive(Default)]
     /// A deployment's outcome so far (`deployments.status`).
     pub enum DeploymentStatus ("deployment status") {
+        #[default]
         InProgress = "in_progress",
         Successful = "successful",
         /// Nothing undone, or the undo is under way.
@@ -122,10 +132,12 @@ vocabulary! {
 }
 
 vocabulary! {
+    #[derive(Default)]
     /// How a deployment replaces instances (`deployments.strategy`).
     pub enum Strategy ("deployment strategy") {
         /// A few replacements at a time, each healthy before what it
         /// replaces stops.
+        #[default]
         Rolling = "rolling",
         /// A whole second set; traffic switches when it is healthy, and the
         /// old set stays warm for a while.

@@ -1,8 +1,8 @@
-//! What the reconciler, the rollout and the API operations share: an
-//! app's stored spec, a new blank instance, telling one to stop, and when
+//! What the reconciler, the rollout and the API operations share: a new
+//! blank instance, telling one to stop, and when
 //! a crashing instance counts as a crash loop.
 
-use shellwego_api::apps::AppSpec;
+use shellwego_core::model::{DesiredState, InstanceStatus};
 use shellwego_core::Error;
 use shellwego_store::apps::{self, App, Instance};
 use shellwego_store::Tx;
@@ -12,11 +12,11 @@ pub async fn stop_instance(tx: &mut Tx, i: &mut Instance, why: &str) -> Result<(
     match &i.node_id {
         None => apps::delete_instance(tx, &i.id).await?,
         Some(n) => {
-            i.desired = "stopped".into();
-            i.status = "stopping".into();
+            i.desired = DesiredState::Stopped;
+            i.status = InstanceStatus::Stopping;
             i.status_reason = Some(why.into());
             apps::update_instance(tx, i).await?;
-            apps::bump_node(tx, n).await?;
+            shellwego_store::nodes::bump_node(tx, n).await?;
         }
     }
     Ok(())
@@ -27,8 +27,8 @@ pub fn blank_instance(a: &App) -> Instance {
         app_id: a.id.clone(),
         organization_id: a.organization_id.clone(),
         version: a.version,
-        desired: "running".into(),
-        status: "pending".into(),
+        desired: DesiredState::Running,
+        status: InstanceStatus::Pending,
         memory: a.memory,
         cpu_millis: a.cpu_millis,
         ..Default::default()
@@ -38,15 +38,6 @@ pub fn blank_instance(a: &App) -> Instance {
 /// Restarts in a row after which a crashing instance makes the app `error`
 /// (and fails a rollout).
 pub const CRASH_LOOP_RESTARTS: i64 = 3;
-
-/// The app's stored spec.
-pub fn spec_of(a: &App) -> AppSpec {
-    serde_json::from_str(&a.spec).unwrap_or_default()
-}
-
-pub fn spec_json(s: &AppSpec) -> Result<String, Error> {
-    serde_json::to_string(s).map_err(Error::internal)
-}
 
 /// The regions an organization's settings allow (empty: any).
 pub fn org_allowed_regions(settings: &serde_json::Value) -> Vec<String> {

@@ -28,16 +28,16 @@ use crate::bus::Topic;
 use std::collections::{BTreeSet, HashMap};
 
 use serde_json::json;
+use shellwego_core::model::{AppStatus, DesiredState, DriverKind, InstanceStatus, NodeStatus};
 use shellwego_core::sched::{Cluster, NodeState, Request, MAX_INSTANCES_PER_NODE};
 use shellwego_core::Error;
-use shellwego_store::apps::{self, App, Instance, NodeRoom};
+use shellwego_store::apps::{self, App, Instance};
 use shellwego_store::deployments::Deployment;
 use shellwego_store::events::{self, Actor, NewEvent, Severity};
+use shellwego_store::nodes::{self, NodeRoom};
 use shellwego_store::{commit, Tx};
 
-use super::instances::{
-    blank_instance, org_allowed_regions, spec_of, stop_instance, CRASH_LOOP_RESTARTS,
-};
+use super::instances::{blank_instance, org_allowed_regions, stop_instance, CRASH_LOOP_RESTARTS};
 use super::rollout::{self as deploy, Plan};
 use crate::ctx::ServerCtx;
 
@@ -71,7 +71,7 @@ struct Pass {
     app: App,
     dep: Option<Deployment>,
     rooms: Vec<(NodeRoom, i64, i64, i64)>,
-    node_status: HashMap<String, String>,
+    node_status: HashMap<String, NodeStatus>,
     now_us: i64,
     plan: Plan,
     insts: Vec<Instance>,
@@ -95,15 +95,15 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
         return Ok(false);
     };
     let dep = shellwego_store::deployments::active(tx, app_id).await?;
-    let rooms = apps::node_rooms(tx, &app.organization_id).await?;
-    let node_status: HashMap<String, String> = rooms
+    let rooms = nodes::node_rooms(tx, &app.organization_id).await?;
+    let node_status: HashMap<String, NodeStatus> = rooms
         .iter()
-        .map(|(n, ..)| (n.id.clone(), n.status.clone()))
+        .map(|(n, ..)| (n.id.clone(), n.status))
         .collect();
     let now_us = shellwego_core::time::to_micros(shellwego_core::time::now());
     let plan = deploy::plan(dep.as_ref(), app.replicas, now_us);
     let insts: Vec<Instance> = apps::instances_of_app(tx, app_id).await?;
-    let wanted = if app.desired_state == "running" {
+    let wanted = if app.desired_state == DesiredState::Running {
         app.replicas
     } else {
         0
@@ -136,13 +136,13 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
 
 /// A running instance that must go while the app keeps serving: of an
 /// older version, or on a draining node or one in maintenance.
-fn is_retiring(node_status: &HashMap<String, String>, version: i64, i: &Instance) -> bool {
-    i.desired == "running"
+fn is_retiring(node_status: &HashMap<String, NodeStatus>, version: i64, i: &Instance) -> bool {
+    i.desired == DesiredState::Running
         && (i.version != version
             || i.node_id.as_ref().is_some_and(|n| {
                 matches!(
-                    node_status.get(n).map(String::as_str),
-                    Some("draining") | Some("maintenance")
+                    node_status.get(n).copied(),
+                    Some(NodeStatus::Draining) | Some(NodeStatus::Maintenance)
                 )
             }))
 }
@@ -151,7 +151,7 @@ fn is_retiring(node_status: &HashMap<String, String>, version: i64, i: &Instance
 fn available(insts: &[Instance]) -> i64 {
     insts
         .iter()
-        .filter(|i| i.desired == "running" && i.status == "healthy")
+        .filter(|i| i.desired == DesiredState::Running && i.status == InstanceStatus::Healthy)
         .count() as i64
 }
 
@@ -168,12 +168,15 @@ async fn lose(tx: &mut Tx, p: &mut Pass) -> Result<(), Error> {
         ..
     } = p;
     // 1. Lost: on a node that is offline or gone.
-    for i in insts.iter_mut().filter(|i| i.desired == "running") {
+    for i in insts
+        .iter_mut()
+        .filter(|i| i.desired == DesiredState::Running)
+    {
         let Some(n) = &i.node_id else { continue };
-        let status = node_status.get(n).map(String::as_str);
-        if status.is_none() || status == Some("offline") {
-            i.desired = "stopped".into();
-            i.status = "lost".into();
+        let status = node_status.get(n).copied();
+        if status.is_none() || status == Some(NodeStatus::Offline) {
+            i.desired = DesiredState::Stopped;
+            i.status = InstanceStatus::Lost;
             i.status_reason = Some(match status {
                 None => "its node was removed".into(),
                 Some(_) => format!("its node {n} went offline"),
@@ -192,10 +195,15 @@ async fn lose(tx: &mut Tx, p: &mut Pass) -> Result<(), Error> {
         }
     }
     // A drain past its deadline stops what it has not moved yet.
-    for i in insts.iter_mut().filter(|i| i.desired == "running") {
+    for i in insts
+        .iter_mut()
+        .filter(|i| i.desired == DesiredState::Running)
+    {
         let Some(n) = i.node_id.clone() else { continue };
         let overdue = rooms.iter().any(|(r, ..)| {
-            r.id == n && r.status == "draining" && r.drain_deadline.is_some_and(|d| d < *now_us)
+            r.id == n
+                && r.status == NodeStatus::Draining
+                && r.drain_deadline.is_some_and(|d| d < *now_us)
         });
         if overdue {
             stop_instance(tx, i, "the node's drain timed out").await?;
@@ -204,10 +212,13 @@ async fn lose(tx: &mut Tx, p: &mut Pass) -> Result<(), Error> {
     // A replacement whose retiring instance is gone is a plain instance now.
     let running_ids: BTreeSet<String> = insts
         .iter()
-        .filter(|i| i.desired == "running")
+        .filter(|i| i.desired == DesiredState::Running)
         .map(|i| i.id.clone())
         .collect();
-    for i in insts.iter_mut().filter(|i| i.desired == "running") {
+    for i in insts
+        .iter_mut()
+        .filter(|i| i.desired == DesiredState::Running)
+    {
         if i.replaces
             .as_ref()
             .is_some_and(|r| !running_ids.contains(r))
@@ -227,7 +238,11 @@ async fn retire(tx: &mut Tx, p: &mut Pass) -> Result<(), Error> {
     // warm window are over).
     let healthy_repl: Vec<(String, String)> = insts
         .iter()
-        .filter(|i| i.desired == "running" && i.status == "healthy" && !plan.hold_old)
+        .filter(|i| {
+            i.desired == DesiredState::Running
+                && i.status == InstanceStatus::Healthy
+                && !plan.hold_old
+        })
         .filter_map(|i| i.replaces.clone().map(|r| (i.id.clone(), r)))
         .collect();
     for (new_id, old_id) in healthy_repl {
@@ -239,7 +254,7 @@ async fn retire(tx: &mut Tx, p: &mut Pass) -> Result<(), Error> {
             apps::update_instance(tx, new).await?;
         }
     }
-    insts.retain(|i| i.desired == "running" || i.node_id.is_some());
+    insts.retain(|i| i.desired == DesiredState::Running || i.node_id.is_some());
     Ok(())
 }
 
@@ -257,7 +272,7 @@ async fn scale(tx: &mut Tx, p: &mut Pass) -> Result<i64, Error> {
     // (a retiring instance holds its slot until its replacement is healthy).
     let active: Vec<&Instance> = insts
         .iter()
-        .filter(|i| i.desired == "running" && i.replaces.is_none())
+        .filter(|i| i.desired == DesiredState::Running && i.replaces.is_none())
         .collect();
     let slots = active.len() as i64;
     let wanted = *wanted;
@@ -274,7 +289,7 @@ async fn scale(tx: &mut Tx, p: &mut Pass) -> Result<i64, Error> {
                     0
                 } else if i.node_id.is_none() {
                     1
-                } else if i.status != "healthy" {
+                } else if i.status != InstanceStatus::Healthy {
                     2
                 } else {
                     3
@@ -288,14 +303,17 @@ async fn scale(tx: &mut Tx, p: &mut Pass) -> Result<i64, Error> {
             .take((slots - wanted) as usize)
             .map(|(_, _, id)| id)
             .collect();
-        for i in insts.iter_mut().filter(|i| i.desired == "running") {
+        for i in insts
+            .iter_mut()
+            .filter(|i| i.desired == DesiredState::Running)
+        {
             let victim =
                 extra.contains(&i.id) || i.replaces.as_ref().is_some_and(|r| extra.contains(r));
             if victim {
                 stop_instance(tx, i, "scaled down").await?;
             }
         }
-        insts.retain(|i| i.desired == "running" || i.node_id.is_some());
+        insts.retain(|i| i.desired == DesiredState::Running || i.node_id.is_some());
     }
     Ok(to_create)
 }
@@ -321,7 +339,11 @@ async fn replace(tx: &mut Tx, p: &mut Pass, to_create: i64) -> Result<(), Error>
     // already and may go at any time).
     let in_flight = insts
         .iter()
-        .filter(|i| i.desired == "running" && i.replaces.is_some() && i.status != "healthy")
+        .filter(|i| {
+            i.desired == DesiredState::Running
+                && i.replaces.is_some()
+                && i.status != InstanceStatus::Healthy
+        })
         .count() as i64;
     let mut surge_budget = plan.surge.saturating_sub(in_flight).max(0);
     let wanted = *wanted;
@@ -337,7 +359,7 @@ async fn replace(tx: &mut Tx, p: &mut Pass, to_create: i64) -> Result<(), Error>
             let drain = i.node_id.as_ref().and_then(|n| {
                 rooms
                     .iter()
-                    .find(|(r, ..)| &r.id == n && r.status == "draining")
+                    .find(|(r, ..)| &r.id == n && r.status == NodeStatus::Draining)
                     .map(|(r, ..)| (r.id.clone(), r.drain_batch.unwrap_or(1).max(1)))
             });
             (i.id.clone(), drain)
@@ -347,7 +369,7 @@ async fn replace(tx: &mut Tx, p: &mut Pass, to_create: i64) -> Result<(), Error>
     let mut new_room = plan.max_new.map(|m| {
         m - insts
             .iter()
-            .filter(|i| i.desired == "running" && i.version == target_version)
+            .filter(|i| i.desired == DesiredState::Running && i.version == target_version)
             .count() as i64
     });
     let mut new_instances: Vec<Instance> = vec![];
@@ -358,7 +380,7 @@ async fn replace(tx: &mut Tx, p: &mut Pass, to_create: i64) -> Result<(), Error>
         match &drain {
             Some((node, node_batch)) => {
                 if !node_budget.contains_key(node) {
-                    let moving = apps::drain_in_flight(tx, node).await?;
+                    let moving = nodes::drain_in_flight(tx, node).await?;
                     node_budget.insert(node.clone(), node_batch - moving);
                 }
                 let Some(budget) = node_budget.get_mut(node).filter(|b| **b > 0) else {
@@ -381,7 +403,7 @@ async fn replace(tx: &mut Tx, p: &mut Pass, to_create: i64) -> Result<(), Error>
                 let Some(o) = insts.iter_mut().find(|i| i.id == old) else {
                     continue;
                 };
-                let down = o.status != "healthy";
+                let down = o.status != InstanceStatus::Healthy;
                 if !down && down_budget <= 0 {
                     continue;
                 }
@@ -423,8 +445,8 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
     // its agent reports it gone.
     let wanted = *wanted;
     let target_version = a.version;
-    let org = apps::org_settings(tx, &a.organization_id).await?;
-    let spec = spec_of(a);
+    let org = shellwego_store::orgs::org_settings(tx, &a.organization_id).await?;
+    let spec = &a.spec;
     let mut nodes_idx: Vec<String> = vec![];
     let mut cluster = Cluster::new(
         rooms
@@ -433,7 +455,7 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
                 nodes_idx.push(n.id.clone());
                 NodeState {
                     id: n.id.clone(),
-                    ready: n.status == "ready",
+                    ready: n.status == NodeStatus::Ready,
                     region: n.region.clone(),
                     zone: n.zone.clone(),
                     drivers: n.drivers.clone(),
@@ -445,7 +467,7 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
             })
             .collect(),
     );
-    for i in insts.iter().filter(|i| i.desired == "running") {
+    for i in insts.iter().filter(|i| i.desired == DesiredState::Running) {
         if let Some(idx) = i
             .node_id
             .as_ref()
@@ -456,7 +478,7 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
     }
     // The room there will be once the app's stopping instances are gone.
     let mut after_stops = cluster.clone();
-    for i in insts.iter().filter(|i| i.desired != "running") {
+    for i in insts.iter().filter(|i| i.desired != DesiredState::Running) {
         if let Some(idx) = i
             .node_id
             .as_ref()
@@ -469,7 +491,7 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
         app_id: a.id.clone(),
         memory: a.memory,
         cpu_millis: a.cpu_millis,
-        driver: spec.runtime.clone(),
+        driver: spec.runtime.map(|d| d.to_string()),
         region: spec.placement.region.clone(),
         labels: spec.placement.labels.clone(),
         allowed_regions: org_allowed_regions(&org),
@@ -491,13 +513,13 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
             .and_then(|n| {
                 rooms
                     .iter()
-                    .find(|(r, ..)| &r.id == n && r.status == "draining")
+                    .find(|(r, ..)| &r.id == n && r.status == NodeStatus::Draining)
             })
             .map(|(r, ..)| r.drain_destinations.clone())
             .unwrap_or_default()
     };
     for k in 0..insts.len() {
-        if !(insts[k].desired == "running" && insts[k].node_id.is_none()) {
+        if !(insts[k].desired == DesiredState::Running && insts[k].node_id.is_none()) {
             continue;
         }
         let dest = destinations_of(&insts[k].replaces, insts);
@@ -519,20 +541,20 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
                 .and_then(|r| {
                     insts
                         .iter()
-                        .position(|i| &i.id == r && i.desired == "running")
+                        .position(|i| &i.id == r && i.desired == DesiredState::Running)
                 })
                 .filter(|&o| insts[o].version != target_version)
                 .and_then(|o| {
                     let n = insts[o].node_id.as_ref()?;
                     let idx = nodes_idx.iter().position(|x| x == n)?;
-                    (node_status.get(n).map(String::as_str) == Some("ready")).then_some((o, idx))
+                    (node_status.get(n).copied() == Some(NodeStatus::Ready)).then_some((o, idx))
                 });
             if let Some((o, idx)) = old {
                 let mut trial = after_stops.clone();
                 trial.release(&a.id, idx, insts[o].memory, insts[o].cpu_millis);
                 if trial.place(&req).is_ok() {
                     coming = true;
-                    let down = insts[o].status != "healthy";
+                    let down = insts[o].status != InstanceStatus::Healthy;
                     if down || in_place_down > 0 {
                         if !down {
                             in_place_down -= 1;
@@ -560,8 +582,8 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
             Ok(pl) => {
                 let node = nodes_idx[pl.node].clone();
                 i.node_id = Some(node.clone());
-                i.driver = Some(pl.driver);
-                i.status = "pending".into();
+                i.driver = Some(pl.driver.parse::<DriverKind>().map_err(Error::internal)?);
+                i.status = InstanceStatus::Pending;
                 i.status_reason = None;
                 apps::update_instance(tx, i).await?;
                 touched.insert(node);
@@ -580,12 +602,12 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
         }
     }
     for n in &touched {
-        apps::bump_node(tx, n).await?;
+        nodes::bump_node(tx, n).await?;
     }
     // No node at all, but some registered: they are about to join (the
     // local agent of `shellwego up` joins its own within seconds).
     if unplaced_reason.is_some() && rooms.is_empty() {
-        let joining = apps::joining_nodes(tx, &a.organization_id).await?;
+        let joining = nodes::joining_nodes(tx, &a.organization_id).await?;
         if joining > 0 {
             unplaced_reason = Some(format!(
                 "no node has joined this organization yet; {joining} registered node(s) wait for their agent to join"
@@ -593,10 +615,8 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
         }
     }
     if let Some(d) = dep.as_mut().filter(|_| fell_back) {
-        let mut o = deploy::options_of(d);
-        if !o.in_place {
-            o.in_place = true;
-            d.options = serde_json::to_string(&o).map_err(Error::internal)?;
+        if !d.options.in_place {
+            d.options.in_place = true;
             shellwego_store::deployments::update(tx, d).await?;
             let n = plan.in_place_unavailable();
             shellwego_store::deployments::log(tx, &d.id, &deploy::in_place_reason(n, None)).await?;
@@ -636,23 +656,29 @@ async fn derive_status(tx: &mut Tx, p: &mut Pass, placement: Placement) -> Resul
         room_coming,
         fell_back,
     } = placement;
-    let current: Vec<&Instance> = insts.iter().filter(|i| i.desired == "running").collect();
+    let current: Vec<&Instance> = insts
+        .iter()
+        .filter(|i| i.desired == DesiredState::Running)
+        .collect();
     let healthy = current
         .iter()
-        .filter(|i| i.status == "healthy" && !retiring(i))
+        .filter(|i| i.status == InstanceStatus::Healthy && !retiring(i))
         .count() as i64;
     let crashing = current.iter().find(|i| {
-        matches!(i.status.as_str(), "crashed" | "failed")
-            && (i.restarts >= CRASH_LOOP_RESTARTS || i.status == "failed")
+        matches!(i.status, InstanceStatus::Crashed | InstanceStatus::Failed)
+            && (i.restarts >= CRASH_LOOP_RESTARTS || i.status == InstanceStatus::Failed)
     });
-    let stopping = insts.iter().filter(|i| i.desired == "stopped").count();
+    let stopping = insts
+        .iter()
+        .filter(|i| i.desired == DesiredState::Stopped)
+        .count();
     let any_retiring = current.iter().any(|i| retiring(i));
-    let (status, reason): (&str, Option<String>) = if let Some(why) = unplaced_reason {
-        ("pending", Some(why))
+    let (status, reason): (AppStatus, Option<String>) = if let Some(why) = unplaced_reason {
+        (AppStatus::Pending, Some(why))
     } else if let Some(why) = room_coming {
-        let in_place = fell_back || dep.as_ref().is_some_and(|d| deploy::options_of(d).in_place);
+        let in_place = fell_back || dep.as_ref().is_some_and(|d| d.options.in_place);
         (
-            "deploying",
+            AppStatus::Deploying,
             Some(if in_place {
                 deploy::in_place_reason(plan.in_place_unavailable(), Some(&why))
             } else {
@@ -662,15 +688,15 @@ async fn derive_status(tx: &mut Tx, p: &mut Pass, placement: Placement) -> Resul
     } else if wanted == 0 {
         if stopping > 0 || !current.is_empty() {
             (
-                "deploying",
+                AppStatus::Deploying,
                 Some(format!("stopping {} instance(s)", stopping + current.len())),
             )
         } else {
-            ("stopped", None)
+            (AppStatus::Stopped, None)
         }
     } else if let Some(c) = crashing.filter(|_| healthy < wanted) {
         (
-            "error",
+            AppStatus::Error,
             Some(format!(
                 "instance {} is crash-looping ({} restarts): {}",
                 c.id,
@@ -681,26 +707,26 @@ async fn derive_status(tx: &mut Tx, p: &mut Pass, placement: Placement) -> Resul
             )),
         )
     } else if healthy >= wanted && !any_retiring {
-        ("running", None)
+        (AppStatus::Running, None)
     } else {
-        ("deploying", None)
+        (AppStatus::Deploying, None)
     };
     if status != a.status || reason != a.status_reason {
         apps::set_status(tx, &a.id, status, reason.as_deref()).await?;
         let mut e = None;
-        if status == "pending" && a.status != "pending" {
+        if status == AppStatus::Pending && a.status != AppStatus::Pending {
             e = Some(
                 NewEvent::info("app.unschedulable", &Actor::system(), "app", &a.id)
                     .severity(Severity::Warning),
             );
-        } else if status == "running" && a.status != "running" {
+        } else if status == AppStatus::Running && a.status != AppStatus::Running {
             e = Some(NewEvent::info(
                 "app.running",
                 &Actor::system(),
                 "app",
                 &a.id,
             ));
-        } else if status == "error" && a.status != "error" {
+        } else if status == AppStatus::Error && a.status != AppStatus::Error {
             e = Some(
                 NewEvent::info("app.error", &Actor::system(), "app", &a.id)
                     .severity(Severity::Error),

@@ -22,12 +22,25 @@
 //! instances that are not serving stop at once, traffic returns to the old
 //! version, and the deployment is `failed` until the old version is whole
 //! again, then `rolled_back`.
+//!
+//! # Shape
+//!
+//! The transitions are one pure function, [`step`]: `(deployment, what is
+//! observed, now) -> (deployment, effects)`. It reads nothing and writes
+//! nothing; the [`Effect`]s it returns (log lines, events, instances to
+//! stop, the app's traffic split, a rollback's re-target) are carried out
+//! by [`advance`] in the app's transaction. [`supersede_step`] and
+//! [`cancel_step`] are the same for a deployment that another replaces or
+//! that the app's stop ends. The table-driven tests at the end of this file
+//! run every stage of every strategy through them without a database.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-use shellwego_api::deployments::STAGES;
+use serde_json::{json, Value};
+use shellwego_core::model::{
+    DeployOptions, DeploymentStage, DeploymentStatus, DesiredState, EventKind, InstanceStatus,
+    Stage, StageStatus, Strategy,
+};
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::Error;
 use shellwego_store::apps::{self, App, Instance};
@@ -35,81 +48,13 @@ use shellwego_store::deployments::{self, Deployment, Release};
 use shellwego_store::events::{self, Actor, NewEvent, Severity};
 use shellwego_store::Tx;
 
-use super::instances::{spec_of, stop_instance, CRASH_LOOP_RESTARTS};
+use super::instances::{stop_instance, CRASH_LOOP_RESTARTS};
 
-/// A deployment's options, stored as JSON with it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Options {
-    /// Extra instances in flight at a time (`batch_size` before).
-    #[serde(alias = "batch_size")]
-    pub max_surge: i64,
-    /// Instances that may be down at a time.
-    pub max_unavailable: i64,
-    /// Set when a surge instance found no room and the rollout went on
-    /// replacing in place.
-    pub in_place: bool,
-    pub health_check_timeout_ms: i64,
-    pub rollback_on_failure: bool,
-    pub warm_ms: i64,
-    pub canary_steps: Vec<u32>,
-    pub canary_pause_ms: i64,
-    /// A canary whose share of 5xx (or unanswered) requests exceeds this,
-    /// over at least `MIN_CANARY_REQUESTS`, is rolled back.
-    pub max_error_rate: f64,
-}
+/// A deployment's options (the stored `deployments.options` document).
+pub type Options = DeployOptions;
 
 /// Requests a canary must have served before its error rate counts.
 pub const MIN_CANARY_REQUESTS: i64 = 20;
-
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            max_surge: 1,
-            max_unavailable: 0,
-            in_place: false,
-            health_check_timeout_ms: 5 * 60 * 1000,
-            rollback_on_failure: true,
-            warm_ms: 5 * 60 * 1000,
-            canary_steps: vec![10, 50, 100],
-            canary_pause_ms: 60 * 1000,
-            max_error_rate: 0.05,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StageRow {
-    pub name: String,
-    /// pending | in_progress | completed | failed
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completed_at: Option<i64>,
-    /// What the stage in progress waits for, or how it proceeds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-pub fn options_of(d: &Deployment) -> Options {
-    serde_json::from_str(&d.options).unwrap_or_default()
-}
-
-pub fn stages_of(d: &Deployment) -> Vec<StageRow> {
-    let mut s: Vec<StageRow> = serde_json::from_str(&d.stages).unwrap_or_default();
-    if s.is_empty() {
-        s = STAGES
-            .iter()
-            .map(|n| StageRow {
-                name: (*n).into(),
-                status: "pending".into(),
-                ..Default::default()
-            })
-            .collect();
-    }
-    s
-}
 
 /// What the active deployment asks of the controller.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,7 +83,7 @@ impl Plan {
 
 /// A canary's traffic share at its current step.
 pub fn canary_weight(d: &Deployment) -> u32 {
-    let steps = options_of(d).canary_steps;
+    let steps = &d.options.canary_steps;
     let k = usize::try_from(d.canary_step).unwrap_or(0);
     steps
         .get(k)
@@ -155,7 +100,7 @@ pub fn canary_instances(replicas: i64, weight: u32) -> i64 {
 }
 
 pub fn plan(dep: Option<&Deployment>, replicas: i64, now_us: i64) -> Plan {
-    let Some(d) = dep.filter(|d| d.status == "in_progress") else {
+    let Some(d) = dep.filter(|d| d.status == DeploymentStatus::InProgress) else {
         // No rollout (a drain, an old version left over, a rollback under
         // way): one replacement at a time, each healthy before what it
         // replaces stops, in place when there is no room.
@@ -167,19 +112,19 @@ pub fn plan(dep: Option<&Deployment>, replicas: i64, now_us: i64) -> Plan {
             max_new: None,
         };
     };
-    let o = options_of(d);
+    let o = &d.options;
     // Until the switch (and the warm window after it) the old set stays.
     let held = d.wait_until.is_none_or(|w| now_us < w);
-    match d.strategy.as_str() {
+    match d.strategy {
         // A whole second set, or nothing: never in place.
-        "blue-green" => Plan {
+        Strategy::BlueGreen => Plan {
             surge: i64::MAX,
             unavailable: 0,
             in_place: false,
             hold_old: held,
             max_new: None,
         },
-        "canary" => {
+        Strategy::Canary => {
             let w = canary_weight(d);
             Plan {
                 surge: i64::MAX,
@@ -189,14 +134,14 @@ pub fn plan(dep: Option<&Deployment>, replicas: i64, now_us: i64) -> Plan {
                 max_new: (w < 100).then(|| canary_instances(replicas, w)),
             }
         }
-        "immediate" => Plan {
+        Strategy::Immediate => Plan {
             surge: i64::MAX,
             unavailable: 0,
             in_place: false,
             hold_old: false,
             max_new: None,
         },
-        _ => Plan {
+        Strategy::Rolling => Plan {
             surge: o.max_surge.max(0),
             unavailable: o.max_unavailable.max(0),
             in_place: true,
@@ -211,6 +156,48 @@ pub fn version_label(v: i64) -> String {
     format!("v{v}")
 }
 
+/// Something [`step`] decided that touches more than the deployment row;
+/// [`advance`] carries them out in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// A line of the deployment's log.
+    Log(String),
+    /// An event about the app (the deployment's id is added to `meta`).
+    Event {
+        kind: EventKind,
+        severity: Severity,
+        meta: Value,
+    },
+    /// Stop this instance of the app.
+    Stop { instance: String, reason: String },
+    /// The app's traffic split (JSON `{"<version>": weight}`, none: every
+    /// healthy instance alike).
+    SetTraffic(Option<String>),
+    /// Re-target the app at the release of this version (a rollback).
+    RollBackTo(i64),
+}
+
+/// What a pass of the controller sees when the deployment moves on.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The app row after the controller's pass.
+    pub app: &'a App,
+    /// The app's instances after the controller's pass.
+    pub insts: &'a [Instance],
+    /// What the routers counted for the new version's instances,
+    /// `(requests, errors)`: read for a canary before its last step.
+    pub canary_traffic: (i64, i64),
+}
+
+impl Observed<'_> {
+    /// Whether [`step`] reads `canary_traffic` for this deployment.
+    pub fn needs_canary_traffic(d: &Deployment) -> bool {
+        d.status == DeploymentStatus::InProgress
+            && d.strategy == Strategy::Canary
+            && canary_weight(d) < 100
+    }
+}
+
 /// Start a deployment that drives `app` to `target` (a new release, written
 /// here, or an existing one for a rollback). Supersedes the app's active
 /// deployment, if any. The caller writes `app` afterwards.
@@ -220,7 +207,7 @@ pub async fn start(
     actor: &Actor,
     app: &mut App,
     target: Target,
-    strategy: &str,
+    strategy: Strategy,
     options: Options,
     reason: &str,
     rollback_target: Option<String>,
@@ -231,7 +218,7 @@ pub async fn start(
     // set), else its starting point; with none active, what the app runs
     // now (none for a new app).
     let from_version = match &active {
-        Some(d) if stage_done(&stages_of(d), "shifting_traffic") => Some(d.version),
+        Some(d) if stage_done(&d.stages, Stage::ShiftingTraffic) => Some(d.version),
         Some(d) => d.from_version,
         None if app.deployment_id.is_some() => Some(app.version),
         None => None,
@@ -272,11 +259,10 @@ pub async fn start(
             v
         }
     };
-    let spec = spec_of(app);
     let from_version = from_version.filter(|f| *f != version);
     // A canary needs something to compare with.
-    let strategy = if strategy == "canary" && from_version.is_none() {
-        "rolling"
+    let strategy = if strategy == Strategy::Canary && from_version.is_none() {
+        Strategy::Rolling
     } else {
         strategy
     };
@@ -285,15 +271,14 @@ pub async fn start(
         Deployment {
             app_id: app.id.clone(),
             organization_id: app.organization_id.clone(),
-            status: "in_progress".into(),
+            status: DeploymentStatus::InProgress,
             version,
-            image: app.image_pinned.clone().or(spec.image.clone()),
-            strategy: strategy.into(),
+            image: app.image_pinned.clone().or(app.spec.image.clone()),
+            strategy,
             initiated_by: actor.id.clone(),
             reason: Some(reason.into()),
-            stages: serde_json::to_string(&stages_of(&Deployment::default()))
-                .map_err(Error::internal)?,
-            options: serde_json::to_string(&options).map_err(Error::internal)?,
+            stages: DeploymentStage::initial(),
+            options,
             from_version,
             rollback_target,
             ..Default::default()
@@ -301,7 +286,10 @@ pub async fn start(
     )
     .await?;
     if let Some(old) = active {
-        supersede(tx, app, old, &d).await?;
+        let insts = apps::instances_of_app(tx, &app.id).await?;
+        let (old, effects) = supersede_step(&old, &d, &insts, now_us());
+        deployments::update(tx, &old).await?;
+        apply(tx, app, &old, &insts, effects).await?;
     }
     deployments::log(
         tx,
@@ -320,10 +308,16 @@ pub async fn start(
     // Blue-green and canary: traffic stays on the old version until the
     // switch (or the canary's first step).
     app.traffic = match (strategy, d.from_version) {
-        ("blue-green" | "canary", Some(f)) => Some(traffic_json(&[(f, 100)])),
-        _ => None,
+        (Strategy::BlueGreen | Strategy::Canary, Some(f)) => Some(traffic_json(&[(f, 100)])),
+        (Strategy::BlueGreen | Strategy::Canary | Strategy::Rolling | Strategy::Immediate, _) => {
+            None
+        }
     };
     Ok(d)
+}
+
+fn now_us() -> i64 {
+    to_micros(now())
 }
 
 /// End the active deployment `old` because `by` replaces it. One that has
@@ -331,121 +325,100 @@ pub async fn start(
 /// job: `successful`. One still in progress is `failed` ("superseded by
 /// …"), and its instances that are not yet serving (unplaced, pending,
 /// starting) are cancelled: none of them starts later.
-async fn supersede(
-    tx: &mut Tx,
-    app: &App,
-    mut old: Deployment,
+pub fn supersede_step(
+    old: &Deployment,
     by: &Deployment,
-) -> Result<(), Error> {
-    let now_us = to_micros(now());
-    let mut stages = stages_of(&old);
-    let drained_only = old.status == "in_progress" && stage_done(&stages, "shifting_traffic");
+    insts: &[Instance],
+    now_us: i64,
+) -> (Deployment, Vec<Effect>) {
+    let mut old = old.clone();
+    let mut fx = vec![];
+    let drained_only = old.status == DeploymentStatus::InProgress
+        && stage_done(&old.stages, Stage::ShiftingTraffic);
     if drained_only {
-        mark(&mut stages, "completed", "completed", now_us);
-        old.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
-        old.status = "successful".into();
-        deployments::log(
-            tx,
-            &old.id,
-            &format!(
-                "all traffic on {}; superseded by {} while draining the old instances",
-                version_label(old.version),
-                by.id
-            ),
-        )
-        .await?;
-        record(
-            tx,
-            app,
-            &old,
-            "app.deployed",
-            Severity::Info,
-            json!({"version": version_label(old.version), "strategy": old.strategy, "image": old.image}),
-        )
-        .await?;
+        mark(
+            &mut old.stages,
+            Stage::Completed,
+            StageStatus::Completed,
+            now_us,
+        );
+        old.status = DeploymentStatus::Successful;
+        fx.push(Effect::Log(format!(
+            "all traffic on {}; superseded by {} while draining the old instances",
+            version_label(old.version),
+            by.id
+        )));
+        fx.push(deployed_event(&old));
     } else {
-        if old.status == "in_progress" {
-            old.status = "failed".into();
+        if old.status == DeploymentStatus::InProgress {
+            old.status = DeploymentStatus::Failed;
             old.reason = Some(format!("superseded by {}", by.id));
         }
-        deployments::log(tx, &old.id, &format!("superseded by {}", by.id)).await?;
+        fx.push(Effect::Log(format!("superseded by {}", by.id)));
     }
     old.finished_at = Some(now_us);
-    deployments::update(tx, &old).await?;
     if !drained_only && old.version != by.version {
         let mut cancelled = 0;
-        for mut i in apps::instances_of_app(tx, &app.id).await? {
-            if i.desired == "running" && i.version == old.version && i.status != "healthy" {
-                stop_instance(
-                    tx,
-                    &mut i,
-                    &format!("cancelled: its deployment was superseded by {}", by.id),
-                )
-                .await?;
-                cancelled += 1;
-            }
+        for i in insts.iter().filter(|i| {
+            i.desired == DesiredState::Running
+                && i.version == old.version
+                && i.status != InstanceStatus::Healthy
+        }) {
+            fx.push(Effect::Stop {
+                instance: i.id.clone(),
+                reason: format!("cancelled: its deployment was superseded by {}", by.id),
+            });
+            cancelled += 1;
         }
         if cancelled > 0 {
-            deployments::log(
-                tx,
-                &old.id,
-                &format!(
-                    "cancelled {cancelled} instance(s) of {} that were not serving yet",
-                    version_label(old.version)
-                ),
-            )
-            .await?;
+            fx.push(Effect::Log(format!(
+                "cancelled {cancelled} instance(s) of {} that were not serving yet",
+                version_label(old.version)
+            )));
         }
     }
-    Ok(())
+    (old, fx)
 }
 
 /// End the app's active deployment because the app was stopped or is
 /// being deleted (`why`): one in progress is `cancelled`, one rolling back
 /// stays `failed`. Its traffic split ends with it.
 pub async fn cancel_active(tx: &mut Tx, app: &mut App, why: &str) -> Result<(), Error> {
-    let Some(mut d) = deployments::active(tx, &app.id).await? else {
+    let Some(d) = deployments::active(tx, &app.id).await? else {
         return Ok(());
     };
-    let now_us = to_micros(now());
-    let mut stages = stages_of(&d);
-    if d.status == "in_progress" {
-        if let Some(s) = stages
-            .iter_mut()
-            .find(|s| s.status == "in_progress" || s.status == "pending")
-        {
-            s.status = "failed".into();
-            s.started_at.get_or_insert(now_us);
-            s.completed_at = Some(now_us);
-            s.reason = Some(why.to_string());
-        }
-        d.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
-        d.status = "cancelled".into();
+    let (d, effects) = cancel_step(&d, why, now_us());
+    deployments::update(tx, &d).await?;
+    apply(tx, app, &d, &[], effects).await?;
+    Ok(())
+}
+
+/// [`cancel_active`]'s transition.
+pub fn cancel_step(d: &Deployment, why: &str, now_us: i64) -> (Deployment, Vec<Effect>) {
+    let mut d = d.clone();
+    let mut fx = vec![];
+    if d.status == DeploymentStatus::InProgress {
+        fail_current_stage(&mut d.stages, now_us, Some(why));
+        d.status = DeploymentStatus::Cancelled;
         d.reason = Some(why.to_string());
-        record(
-            tx,
-            app,
-            &d,
-            "deployment.cancelled",
-            Severity::Warning,
-            json!({"reason": why, "version": version_label(d.version)}),
-        )
-        .await?;
+        fx.push(Effect::Event {
+            kind: EventKind::DeploymentCancelled,
+            severity: Severity::Warning,
+            meta: json!({"reason": why, "version": version_label(d.version)}),
+        });
     }
     d.finished_at = Some(now_us);
-    deployments::update(tx, &d).await?;
-    deployments::log(tx, &d.id, &format!("cancelled: {why}")).await?;
-    app.traffic = None;
-    Ok(())
+    fx.push(Effect::Log(format!("cancelled: {why}")));
+    fx.push(Effect::SetTraffic(None));
+    (d, fx)
 }
 
 /// Point the app's spec and resources at a release; the app's scaling
 /// (replicas, autoscale) is not part of a release and stays.
 fn retarget(app: &mut App, r: &Release) {
-    let autoscale = spec_of(app).autoscale;
-    let mut spec: shellwego_api::apps::AppSpec = serde_json::from_str(&r.spec).unwrap_or_default();
-    spec.autoscale = autoscale;
-    app.spec = serde_json::to_string(&spec).unwrap_or_else(|_| r.spec.clone());
+    let autoscale = app.spec.autoscale.clone();
+    app.spec = r.spec.clone();
+    app.spec.autoscale = autoscale;
     (app.memory, app.cpu_millis, app.disk) = (r.memory, r.cpu_millis, r.disk);
     app.image_pinned = r.image_pinned.clone();
 }
@@ -474,21 +447,28 @@ pub fn traffic_of(a: &App) -> Option<BTreeMap<i64, u32>> {
     )
 }
 
+fn is_over(s: StageStatus) -> bool {
+    match s {
+        StageStatus::Completed | StageStatus::Failed => true,
+        StageStatus::Pending | StageStatus::InProgress => false,
+    }
+}
+
 /// Mark a stage; the stages before it that are not over are completed
 /// with it (stages follow their order, and so do their timestamps).
 /// Whether anything changed.
-fn mark(stages: &mut [StageRow], name: &str, status: &str, now_us: i64) -> bool {
+fn mark(stages: &mut [DeploymentStage], name: Stage, status: StageStatus, now_us: i64) -> bool {
     let Some(k) = stages.iter().position(|s| s.name == name) else {
         return false;
     };
-    if stages[k].status == status || stages[k].status == "completed" {
+    if stages[k].status == status || stages[k].status == StageStatus::Completed {
         return false;
     }
     for e in &mut stages[..k] {
-        if e.status != "completed" && e.status != "failed" {
+        if !is_over(e.status) {
             e.started_at.get_or_insert(now_us);
             e.completed_at = Some(now_us);
-            e.status = "completed".into();
+            e.status = StageStatus::Completed;
             e.reason = None;
         }
     }
@@ -496,30 +476,132 @@ fn mark(stages: &mut [StageRow], name: &str, status: &str, now_us: i64) -> bool 
     if s.started_at.is_none() {
         s.started_at = Some(now_us);
     }
-    if status == "completed" || status == "failed" {
+    if is_over(status) {
         s.completed_at = Some(now_us);
         s.reason = None;
     }
-    s.status = status.into();
+    s.status = status;
     true
 }
 
-/// Advance the app's active deployment from what is true now. `insts` are
-/// the app's instances after the controller's pass. Returns whether the
-/// app row changed (the caller writes it and passes again).
+/// The first stage not yet over fails (a failed or cancelled deployment).
+fn fail_current_stage(stages: &mut [DeploymentStage], now_us: i64, why: Option<&str>) {
+    if let Some(s) = stages.iter_mut().find(|s| !is_over(s.status)) {
+        s.status = StageStatus::Failed;
+        s.started_at.get_or_insert(now_us);
+        s.completed_at = Some(now_us);
+        if let Some(why) = why {
+            s.reason = Some(why.to_string());
+        }
+    }
+}
+
+/// Advance the app's active deployment from what is true now: [`step`],
+/// then its effects. `insts` are the app's instances after the
+/// controller's pass. Returns whether the app row changed (the caller
+/// writes it and passes again).
 pub async fn advance(
     tx: &mut Tx,
     app: &mut App,
     insts: &[Instance],
     dep: &mut Deployment,
 ) -> Result<bool, Error> {
-    let now_us = to_micros(now());
-    let o = options_of(dep);
-    let mut stages = stages_of(dep);
-    let before = (stages.clone(), dep.status.clone(), dep.wait_until);
-    let step_before = dep.canary_step;
+    let canary_traffic = if Observed::needs_canary_traffic(dep) {
+        let ids: Vec<String> = insts
+            .iter()
+            .filter(|i| i.desired == DesiredState::Running && i.version == dep.version)
+            .map(|i| i.id.clone())
+            .collect();
+        apps::instance_traffic(tx, &ids).await?
+    } else {
+        (0, 0)
+    };
+    let observed = Observed {
+        app,
+        insts,
+        canary_traffic,
+    };
+    let (next, effects) = step(dep, &observed, now_us());
+    // A canary's next step is a new plan: the caller passes again.
+    let next_step = next.canary_step != dep.canary_step;
+    if next != *dep {
+        deployments::update(tx, &next).await?;
+    }
+    *dep = next;
+    Ok(apply(tx, app, dep, insts, effects).await? || next_step)
+}
+
+/// Carry out `effects` of deployment `dep` in order (`insts`: the app's
+/// instances, which `Stop` effects name); whether the app row changed.
+async fn apply(
+    tx: &mut Tx,
+    app: &mut App,
+    dep: &Deployment,
+    insts: &[Instance],
+    effects: Vec<Effect>,
+) -> Result<bool, Error> {
     let mut app_changed = false;
-    let running: Vec<&Instance> = insts.iter().filter(|i| i.desired == "running").collect();
+    for e in effects {
+        match e {
+            Effect::Log(line) => deployments::log(tx, &dep.id, &line).await?,
+            Effect::Event {
+                kind,
+                severity,
+                mut meta,
+            } => {
+                meta["deployment_id"] = json!(dep.id);
+                events::record(
+                    tx,
+                    NewEvent::info(kind.as_str(), &Actor::system(), "app", &app.id)
+                        .in_org(&app.organization_id)
+                        .severity(severity)
+                        .meta(meta),
+                )
+                .await?;
+            }
+            Effect::Stop { instance, reason } => {
+                if let Some(i) = insts.iter().find(|i| i.id == instance) {
+                    stop_instance(tx, &mut i.clone(), &reason).await?;
+                }
+            }
+            Effect::SetTraffic(t) => {
+                app.traffic = t;
+                app_changed = true;
+            }
+            Effect::RollBackTo(v) => {
+                let r = deployments::release(tx, &app.id, v)
+                    .await?
+                    .ok_or_else(|| Error::Internal(format!("release v{v} is missing")))?;
+                app.version = v;
+                retarget(app, &r);
+                app_changed = true;
+            }
+        }
+    }
+    Ok(app_changed)
+}
+
+fn deployed_event(d: &Deployment) -> Effect {
+    Effect::Event {
+        kind: EventKind::AppDeployed,
+        severity: Severity::Info,
+        meta: json!({"version": version_label(d.version), "strategy": d.strategy, "image": d.image}),
+    }
+}
+
+/// One transition of a deployment from what is observed: the deployment
+/// as it is after this pass, and what else must happen. Pure: the same
+/// inputs give the same outputs.
+pub fn step(dep: &Deployment, obs: &Observed, now_us: i64) -> (Deployment, Vec<Effect>) {
+    let mut dep = dep.clone();
+    let mut fx = vec![];
+    let app = obs.app;
+    let insts = obs.insts;
+    let o = dep.options.clone();
+    let running: Vec<&Instance> = insts
+        .iter()
+        .filter(|i| i.desired == DesiredState::Running)
+        .collect();
     let new: Vec<&Instance> = running
         .iter()
         .copied()
@@ -530,42 +612,43 @@ pub async fn advance(
         .copied()
         .filter(|i| i.version != dep.version)
         .collect();
-    let wanted = if app.desired_state == "running" {
+    let wanted = if app.desired_state == DesiredState::Running {
         app.replicas
     } else {
         0
     };
-    let healthy_new = new.iter().filter(|i| i.status == "healthy").count() as i64;
+    let healthy = |i: &&&Instance| i.status == InstanceStatus::Healthy;
+    let healthy_new = new.iter().filter(healthy).count() as i64;
 
-    if dep.status == "failed" {
-        // Rolling back: done when only the old version runs, whole.
-        let whole = old.iter().filter(|i| i.status == "healthy").count() as i64 >= wanted;
-        if running.iter().all(|i| i.version == app.version) && whole {
-            dep.status = "rolled_back".into();
-            dep.finished_at = Some(now_us);
-            deployments::log(
-                tx,
-                &dep.id,
-                &format!("rolled back: {} serves again", version_label(app.version)),
-            )
-            .await?;
-            record(
-                tx,
-                app,
-                dep,
-                "deployment.rolled_back",
-                Severity::Warning,
-                json!({"reason": dep.reason, "version": version_label(app.version)}),
-            )
-            .await?;
+    match dep.status {
+        DeploymentStatus::InProgress => {}
+        DeploymentStatus::Failed => {
+            // Rolling back: done when only the old version runs, whole.
+            let whole = old.iter().filter(healthy).count() as i64 >= wanted;
+            if running.iter().all(|i| i.version == app.version) && whole {
+                dep.status = DeploymentStatus::RolledBack;
+                dep.finished_at = Some(now_us);
+                fx.push(Effect::Log(format!(
+                    "rolled back: {} serves again",
+                    version_label(app.version)
+                )));
+                fx.push(Effect::Event {
+                    kind: EventKind::DeploymentRolledBack,
+                    severity: Severity::Warning,
+                    meta: json!({"reason": dep.reason, "version": version_label(app.version)}),
+                });
+            }
+            return (dep, fx);
         }
-        deployments::update(tx, dep).await?;
-        return Ok(false);
+        // Over: nothing moves any more.
+        DeploymentStatus::Successful
+        | DeploymentStatus::RolledBack
+        | DeploymentStatus::Cancelled => return (dep, fx),
     }
 
     // A canary before its last step runs a share of the new instances.
-    let weight = canary_weight(dep);
-    let canary_step = dep.strategy == "canary" && weight < 100;
+    let weight = canary_weight(&dep);
+    let canary_step = dep.strategy == Strategy::Canary && weight < 100;
     let needed = if canary_step {
         canary_instances(wanted, weight)
     } else {
@@ -581,9 +664,209 @@ pub async fn advance(
     // New instances are still to be created or placed.
     let creating = unplaced.is_some() || (new.len() as i64) < needed;
 
-    // Failure?
+    if let Some(reason) = failure(
+        &dep,
+        obs,
+        &new,
+        wanted,
+        needed,
+        healthy_new,
+        canary_step,
+        unplaced.as_deref(),
+        now_us,
+    ) {
+        fail(&mut dep, &mut fx, insts, &reason, now_us);
+        return (dep, fx);
+    }
+
+    // Stages, from what is true.
+    let prepared = |i: &&Instance| {
+        i.node_id.is_some()
+            && !(i.status == InstanceStatus::Pending
+                || (i.status == InstanceStatus::Starting
+                    && i.status_reason.as_deref() == Some("preparing")))
+    };
+    let stages = &mut dep.stages;
+    if wanted == 0 || new.iter().any(prepared) {
+        mark(
+            stages,
+            Stage::ResolvingImage,
+            StageStatus::Completed,
+            now_us,
+        );
+        if let Some(p) = &app.image_pinned {
+            dep.image = Some(p.clone());
+        }
+    } else {
+        mark(
+            stages,
+            Stage::ResolvingImage,
+            StageStatus::InProgress,
+            now_us,
+        );
+    }
+    let stages = &mut dep.stages;
+    if wanted == 0 || new.iter().any(prepared) {
+        if stage_done(stages, Stage::ResolvingImage) {
+            mark(stages, Stage::PullingImage, StageStatus::Completed, now_us);
+        }
+    } else if stage_done(stages, Stage::ResolvingImage) {
+        mark(stages, Stage::PullingImage, StageStatus::InProgress, now_us);
+    }
+    if canary_step {
+        let from = dep.from_version.unwrap_or(dep.version);
+        let split = traffic_json(&[(from, 100 - weight), (dep.version, weight)]);
+        if healthy_new >= needed {
+            if app.traffic.as_deref() != Some(split.as_str()) {
+                fx.push(Effect::SetTraffic(Some(split)));
+                dep.wait_until = Some(now_us + o.canary_pause_ms * 1000);
+                mark(
+                    &mut dep.stages,
+                    Stage::ShiftingTraffic,
+                    StageStatus::InProgress,
+                    now_us,
+                );
+                fx.push(Effect::Log(format!(
+                    "canary: {weight}% of requests to {} ({healthy_new} instance(s)); watching for {}s",
+                    version_label(dep.version),
+                    o.canary_pause_ms / 1000
+                )));
+            } else if dep.wait_until.is_some_and(|w| now_us >= w) {
+                let (requests, errors) = obs.canary_traffic;
+                dep.canary_step += 1;
+                dep.wait_until = None;
+                dep.step_started_at = Some(now_us);
+                fx.push(Effect::Log(format!(
+                    "canary healthy at {weight}% ({errors} errors in {requests} requests); next step: {}%",
+                    canary_weight(&dep)
+                )));
+            }
+        }
+        set_reason(
+            &mut dep.stages,
+            stage_reason(&o, creating, unplaced.as_deref()),
+        );
+        return (dep, fx);
+    }
+    let stages = &mut dep.stages;
+    let all_created = new.len() as i64 >= wanted && new.iter().all(|i| i.node_id.is_some());
+    if stage_done(stages, Stage::PullingImage) {
+        let s = if all_created {
+            StageStatus::Completed
+        } else {
+            StageStatus::InProgress
+        };
+        mark(stages, Stage::CreatingInstances, s, now_us);
+    }
+    let all_healthy = healthy_new >= wanted;
+    if stage_done(stages, Stage::CreatingInstances) {
+        let s = if all_healthy {
+            StageStatus::Completed
+        } else {
+            StageStatus::InProgress
+        };
+        mark(stages, Stage::StartingHealthChecks, s, now_us);
+    }
+    // What is true, not only the stages: a canary completed the stages
+    // before `shifting_traffic` for its first step, with a share of the
+    // new instances.
+    if stage_done(stages, Stage::StartingHealthChecks) && all_created && all_healthy {
+        if mark(
+            stages,
+            Stage::ShiftingTraffic,
+            StageStatus::Completed,
+            now_us,
+        ) {
+            match dep.strategy {
+                Strategy::BlueGreen | Strategy::Canary => {
+                    // The switch: all traffic to the new set at once; the
+                    // old set stays warm for the window.
+                    fx.push(Effect::SetTraffic(Some(traffic_json(&[(
+                        dep.version,
+                        100,
+                    )]))));
+                    let warm = if dep.strategy == Strategy::Canary {
+                        0
+                    } else {
+                        o.warm_ms
+                    };
+                    dep.wait_until = Some(now_us + warm * 1000);
+                    fx.push(Effect::Log(if warm > 0 {
+                        format!(
+                            "traffic switched to {}; the old set stays warm for {}s",
+                            version_label(dep.version),
+                            warm / 1000
+                        )
+                    } else {
+                        format!("traffic switched to {}", version_label(dep.version))
+                    }));
+                }
+                Strategy::Rolling | Strategy::Immediate => {
+                    fx.push(Effect::Log(format!(
+                        "all {wanted} instances of {} healthy and serving",
+                        version_label(dep.version)
+                    )));
+                }
+            }
+        }
+        let s = if insts.iter().all(|i| i.version == dep.version) {
+            StageStatus::Completed
+        } else {
+            StageStatus::InProgress
+        };
+        mark(&mut dep.stages, Stage::DrainingOld, s, now_us);
+    }
+    if stage_done(&dep.stages, Stage::DrainingOld)
+        && mark(
+            &mut dep.stages,
+            Stage::Completed,
+            StageStatus::Completed,
+            now_us,
+        )
+    {
+        dep.status = DeploymentStatus::Successful;
+        dep.finished_at = Some(now_us);
+        // The traffic split ends with the rollout (the switch of this pass
+        // included).
+        let split =
+            app.traffic.is_some() || fx.iter().any(|e| matches!(e, Effect::SetTraffic(Some(_))));
+        if split {
+            fx.push(Effect::SetTraffic(None));
+        }
+        let started = dep.started_at.unwrap_or(dep.created_at);
+        fx.push(Effect::Log(format!(
+            "completed in {:.1}s",
+            (now_us - started) as f64 / 1_000_000.0
+        )));
+        fx.push(deployed_event(&dep));
+    }
+    if dep.status == DeploymentStatus::InProgress {
+        set_reason(
+            &mut dep.stages,
+            stage_reason(&o, creating, unplaced.as_deref()),
+        );
+    }
+    (dep, fx)
+}
+
+/// Why the rollout fails now, if it does: a new instance cannot start or
+/// crash-loops, the new instances are not healthy in time, a blue-green
+/// finds no room for its second set, or a canary answers too many errors.
+#[allow(clippy::too_many_arguments)]
+fn failure(
+    dep: &Deployment,
+    obs: &Observed,
+    new: &[&Instance],
+    wanted: i64,
+    needed: i64,
+    healthy_new: i64,
+    canary_step: bool,
+    unplaced: Option<&str>,
+    now_us: i64,
+) -> Option<String> {
+    let o = &dep.options;
     let started = dep.started_at.unwrap_or(dep.created_at);
-    let failure = if let Some(f) = new.iter().find(|i| i.status == "failed") {
+    if let Some(f) = new.iter().find(|i| i.status == InstanceStatus::Failed) {
         Some(format!(
             "instance {} cannot start: {}",
             f.id,
@@ -591,7 +874,7 @@ pub async fn advance(
         ))
     } else if let Some(c) = new
         .iter()
-        .find(|i| i.status == "crashed" && i.restarts >= CRASH_LOOP_RESTARTS)
+        .find(|i| i.status == InstanceStatus::Crashed && i.restarts >= CRASH_LOOP_RESTARTS)
     {
         Some(format!(
             "instance {} is crash-looping: {}",
@@ -604,18 +887,18 @@ pub async fn advance(
     {
         let why = new
             .iter()
-            .find(|i| i.status != "healthy")
+            .find(|i| i.status != InstanceStatus::Healthy)
             .and_then(|i| i.status_reason.clone())
             .unwrap_or_else(|| "no instance could be placed".into());
         Some(format!(
             "{healthy_new} of {needed} new instances healthy after {}s: {why}",
             o.health_check_timeout_ms / 1000
         ))
-    } else if let Some(why) = unplaced.as_ref().filter(|_| dep.strategy == "blue-green") {
+    } else if let Some(why) = unplaced.filter(|_| dep.strategy == Strategy::BlueGreen) {
         Some(format!(
             "blue-green needs room for a second set of {wanted} instance(s) of {:.1} CPU and {} memory next to the running ones, and there is none: {why}; {} to replace instances in place",
-            app.cpu_millis as f64 / 1000.0,
-            shellwego_core::units::format_size(app.memory.max(0) as u64),
+            obs.app.cpu_millis as f64 / 1000.0,
+            shellwego_core::units::format_size(obs.app.memory.max(0) as u64),
             if dep.rollback_target.is_some() {
                 "roll back with --strategy gradual"
             } else {
@@ -623,9 +906,7 @@ pub async fn advance(
             },
         ))
     } else if canary_step {
-        // The routers' counts for the canary's instances.
-        let ids: Vec<String> = new.iter().map(|i| i.id.clone()).collect();
-        let (requests, errors) = apps::instance_traffic(tx, &ids).await?;
+        let (requests, errors) = obs.canary_traffic;
         let rate = errors as f64 / requests.max(1) as f64;
         (requests >= MIN_CANARY_REQUESTS && rate > o.max_error_rate).then(|| {
             format!(
@@ -636,181 +917,50 @@ pub async fn advance(
         })
     } else {
         None
-    };
-    if let Some(reason) = failure {
-        return fail(
-            tx,
-            app,
-            insts,
-            dep,
-            &mut stages,
-            &reason,
-            o.rollback_on_failure,
-        )
-        .await;
     }
+}
 
-    // Stages, from what is true.
-    let prepared = |i: &&Instance| {
-        i.node_id.is_some()
-            && !(i.status == "pending"
-                || (i.status == "starting" && i.status_reason.as_deref() == Some("preparing")))
-    };
-    if wanted == 0 || new.iter().any(prepared) {
-        mark(&mut stages, "resolving_image", "completed", now_us);
-        if let Some(p) = &app.image_pinned {
-            dep.image = Some(p.clone());
-        }
-    } else {
-        mark(&mut stages, "resolving_image", "in_progress", now_us);
-    }
-    if wanted == 0 || new.iter().any(prepared) {
-        if stage_done(&stages, "resolving_image") {
-            mark(&mut stages, "pulling_image", "completed", now_us);
-        }
-    } else if stage_done(&stages, "resolving_image") {
-        mark(&mut stages, "pulling_image", "in_progress", now_us);
-    }
-    if canary_step {
-        let from = dep.from_version.unwrap_or(dep.version);
-        let split = traffic_json(&[(from, 100 - weight), (dep.version, weight)]);
-        if healthy_new >= needed {
-            if app.traffic.as_deref() != Some(split.as_str()) {
-                app.traffic = Some(split);
-                app_changed = true;
-                dep.wait_until = Some(now_us + o.canary_pause_ms * 1000);
-                mark(&mut stages, "shifting_traffic", "in_progress", now_us);
-                deployments::log(
-                    tx,
-                    &dep.id,
-                    &format!(
-                        "canary: {weight}% of requests to {} ({healthy_new} instance(s)); watching for {}s",
-                        version_label(dep.version),
-                        o.canary_pause_ms / 1000
-                    ),
-                )
-                .await?;
-            } else if dep.wait_until.is_some_and(|w| now_us >= w) {
-                let ids: Vec<String> = new.iter().map(|i| i.id.clone()).collect();
-                let (requests, errors) = apps::instance_traffic(tx, &ids).await?;
-                dep.canary_step += 1;
-                dep.wait_until = None;
-                dep.step_started_at = Some(now_us);
-                deployments::log(
-                    tx,
-                    &dep.id,
-                    &format!(
-                        "canary healthy at {weight}% ({errors} errors in {requests} requests); next step: {}%",
-                        canary_weight(dep)
-                    ),
-                )
-                .await?;
+/// The deployment fails for `reason`: with `rollback_on_failure` and a
+/// version to return to, the app is re-targeted at it, its new instances
+/// that do not serve stop at once (all of them for a blue-green, whose
+/// old set still serves) and the deployment stays active until the old
+/// version is whole; without, it ends here.
+fn fail(dep: &mut Deployment, fx: &mut Vec<Effect>, insts: &[Instance], reason: &str, now_us: i64) {
+    fail_current_stage(&mut dep.stages, now_us, None);
+    dep.status = DeploymentStatus::Failed;
+    dep.reason = Some(reason.to_string());
+    fx.push(Effect::Log(format!("failed: {reason}")));
+    fx.push(Effect::Event {
+        kind: EventKind::DeploymentFailed,
+        severity: Severity::Error,
+        meta: json!({"reason": reason, "version": version_label(dep.version)}),
+    });
+    let back_to = dep.from_version.filter(|_| dep.options.rollback_on_failure);
+    match back_to {
+        Some(f) => {
+            fx.push(Effect::RollBackTo(f));
+            fx.push(Effect::SetTraffic(None));
+            // New instances that do not serve go now; healthy ones are
+            // replaced by the old version (the controller's mechanism).
+            let holding = dep.strategy == Strategy::BlueGreen;
+            for i in insts
+                .iter()
+                .filter(|i| i.desired == DesiredState::Running && i.version == dep.version)
+            {
+                if holding || i.status != InstanceStatus::Healthy {
+                    fx.push(Effect::Stop {
+                        instance: i.id.clone(),
+                        reason: "its deployment failed".into(),
+                    });
+                }
             }
+            fx.push(Effect::Log(format!("rolling back to {}", version_label(f))));
         }
-        set_reason(&mut stages, stage_reason(&o, creating, unplaced.as_deref()));
-        if (stages.clone(), dep.status.clone(), dep.wait_until) != before
-            || app_changed
-            || dep.canary_step != step_before
-        {
-            dep.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
-            deployments::update(tx, dep).await?;
-        }
-        return Ok(app_changed || dep.canary_step != step_before);
-    }
-    let all_created = new.len() as i64 >= wanted && new.iter().all(|i| i.node_id.is_some());
-    if stage_done(&stages, "pulling_image") {
-        if all_created {
-            mark(&mut stages, "creating_instances", "completed", now_us);
-        } else {
-            mark(&mut stages, "creating_instances", "in_progress", now_us);
+        None => {
+            dep.finished_at = Some(now_us);
+            fx.push(Effect::SetTraffic(None));
         }
     }
-    let all_healthy = healthy_new >= wanted;
-    if stage_done(&stages, "creating_instances") {
-        if all_healthy {
-            mark(&mut stages, "starting_health_checks", "completed", now_us);
-        } else {
-            mark(&mut stages, "starting_health_checks", "in_progress", now_us);
-        }
-    }
-    // What is true, not only the stages: a canary completed the stages
-    // before `shifting_traffic` for its first step, with a share of the
-    // new instances.
-    if stage_done(&stages, "starting_health_checks") && all_created && all_healthy {
-        if mark(&mut stages, "shifting_traffic", "completed", now_us) {
-            if dep.strategy == "blue-green" || dep.strategy == "canary" {
-                // The switch: all traffic to the new set at once; the old
-                // set stays warm for the window.
-                app.traffic = Some(traffic_json(&[(dep.version, 100)]));
-                app_changed = true;
-                let warm = if dep.strategy == "canary" {
-                    0
-                } else {
-                    o.warm_ms
-                };
-                dep.wait_until = Some(now_us + warm * 1000);
-                let msg = if warm > 0 {
-                    format!(
-                        "traffic switched to {}; the old set stays warm for {}s",
-                        version_label(dep.version),
-                        warm / 1000
-                    )
-                } else {
-                    format!("traffic switched to {}", version_label(dep.version))
-                };
-                deployments::log(tx, &dep.id, &msg).await?;
-            } else {
-                deployments::log(
-                    tx,
-                    &dep.id,
-                    &format!(
-                        "all {wanted} instances of {} healthy and serving",
-                        version_label(dep.version)
-                    ),
-                )
-                .await?;
-            }
-        }
-        if insts.iter().all(|i| i.version == dep.version) {
-            mark(&mut stages, "draining_old", "completed", now_us);
-        } else {
-            mark(&mut stages, "draining_old", "in_progress", now_us);
-        }
-    }
-    if stage_done(&stages, "draining_old") && mark(&mut stages, "completed", "completed", now_us) {
-        dep.status = "successful".into();
-        dep.finished_at = Some(now_us);
-        if app.traffic.is_some() {
-            app.traffic = None;
-            app_changed = true;
-        }
-        deployments::log(
-            tx,
-            &dep.id,
-            &format!(
-                "completed in {:.1}s",
-                (now_us - started) as f64 / 1_000_000.0
-            ),
-        )
-        .await?;
-        record(
-            tx,
-            app,
-            dep,
-            "app.deployed",
-            Severity::Info,
-            json!({"version": version_label(dep.version), "strategy": dep.strategy, "image": dep.image}),
-        )
-        .await?;
-    }
-    if dep.status == "in_progress" {
-        set_reason(&mut stages, stage_reason(&o, creating, unplaced.as_deref()));
-    }
-    if (stages.clone(), dep.status.clone(), dep.wait_until) != before {
-        dep.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
-        deployments::update(tx, dep).await?;
-    }
-    Ok(app_changed)
 }
 
 /// How a rollout without room proceeds: the one wording for stages, the
@@ -839,111 +989,22 @@ fn stage_reason(o: &Options, creating: bool, unplaced: Option<&str>) -> Option<S
 
 /// The reason of the stage in progress (the first one not over); other
 /// stages keep none.
-fn set_reason(stages: &mut [StageRow], reason: Option<String>) {
-    let current = stages
-        .iter()
-        .position(|s| s.status != "completed" && s.status != "failed");
+fn set_reason(stages: &mut [DeploymentStage], reason: Option<String>) {
+    let current = stages.iter().position(|s| !is_over(s.status));
     for (k, s) in stages.iter_mut().enumerate() {
         if Some(k) == current {
             s.reason.clone_from(&reason);
-        } else if s.status != "failed" {
+        } else if s.status != StageStatus::Failed {
             s.reason = None;
         }
     }
 }
 
-fn stage_done(stages: &[StageRow], name: &str) -> bool {
+pub fn stage_done(stages: &[DeploymentStage], name: Stage) -> bool {
     stages
         .iter()
-        .any(|s| s.name == name && s.status == "completed")
+        .any(|s| s.name == name && s.status == StageStatus::Completed)
 }
 
-async fn record(
-    tx: &mut Tx,
-    app: &App,
-    dep: &Deployment,
-    kind: &'static str,
-    severity: Severity,
-    meta: serde_json::Value,
-) -> Result<(), Error> {
-    let mut meta = meta;
-    meta["deployment_id"] = json!(dep.id);
-    events::record(
-        tx,
-        NewEvent::info(kind, &Actor::system(), "app", &app.id)
-            .in_org(&app.organization_id)
-            .severity(severity)
-            .meta(meta),
-    )
-    .await?;
-    Ok(())
-}
-
-async fn fail(
-    tx: &mut Tx,
-    app: &mut App,
-    insts: &[Instance],
-    dep: &mut Deployment,
-    stages: &mut [StageRow],
-    reason: &str,
-    rollback: bool,
-) -> Result<bool, Error> {
-    let now_us = to_micros(now());
-    if let Some(s) = stages
-        .iter_mut()
-        .find(|s| s.status == "in_progress" || s.status == "pending")
-    {
-        s.status = "failed".into();
-        s.started_at.get_or_insert(now_us);
-        s.completed_at = Some(now_us);
-    }
-    dep.stages = serde_json::to_string(&stages).map_err(Error::internal)?;
-    dep.status = "failed".into();
-    dep.reason = Some(reason.to_string());
-    deployments::log(tx, &dep.id, &format!("failed: {reason}")).await?;
-    record(
-        tx,
-        app,
-        dep,
-        "deployment.failed",
-        Severity::Error,
-        json!({"reason": reason, "version": version_label(dep.version)}),
-    )
-    .await?;
-    let back_to = dep.from_version.filter(|_| rollback);
-    match back_to {
-        Some(f) => {
-            let r = deployments::release(tx, &app.id, f)
-                .await?
-                .ok_or_else(|| Error::Internal(format!("release v{f} is missing")))?;
-            app.version = f;
-            retarget(app, &r);
-            app.traffic = None;
-            // New instances that do not serve go now; healthy ones are
-            // replaced by the old version (the controller's mechanism).
-            let holding = dep.strategy == "blue-green";
-            for i in insts
-                .iter()
-                .filter(|i| i.desired == "running" && i.version == dep.version)
-            {
-                if holding || i.status != "healthy" {
-                    let mut i = i.clone();
-                    stop_instance(tx, &mut i, "its deployment failed").await?;
-                }
-            }
-            deployments::log(
-                tx,
-                &dep.id,
-                &format!("rolling back to {}", version_label(f)),
-            )
-            .await?;
-        }
-        None => {
-            dep.finished_at = Some(now_us);
-            app.traffic = None;
-        }
-    }
-    deployments::update(tx, dep).await?;
-    apps::update(tx, app).await?;
-    Ok(true)
-}
+#[cfg(test)]
+mod tests;

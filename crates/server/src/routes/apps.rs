@@ -13,7 +13,7 @@ use shellwego_api::apps::{
     EnvValue, Instance, Replicas, Resources, RestartRequest, ScaleRequest, UploadCreated,
 };
 use shellwego_api::problem::Problem;
-use shellwego_core::model::AppAction;
+use shellwego_core::model::{AppAction, DesiredState, InstanceStatus};
 use shellwego_core::time::{from_micros, rfc3339};
 use shellwego_core::units::format_size;
 use shellwego_core::Error;
@@ -29,11 +29,11 @@ fn instance_view(i: model::Instance) -> Instance {
     Instance {
         id: i.id,
         node_id: i.node_id,
-        status: i.status,
+        status: i.status.to_string(),
         status_reason: i.status_reason,
         ip: i.ip,
         port: i.port,
-        driver: i.driver,
+        driver: i.driver.map(|d| d.to_string()),
         started_at: i.started_at.map(|t| rfc3339(from_micros(t))),
         health_checks_passed: i.health_checks_passed,
         restarts: i.restarts,
@@ -42,20 +42,33 @@ fn instance_view(i: model::Instance) -> Instance {
 }
 
 pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
-    let spec = crate::controller::instances::spec_of(&a);
-    let current: Vec<&model::Instance> = insts.iter().filter(|i| i.desired == "running").collect();
-    let running =
-        |i: &&&model::Instance| matches!(i.status.as_str(), "starting" | "healthy" | "unhealthy");
+    let spec = shellwego_api::apps::AppSpec::from(&a.spec);
+    let current: Vec<&model::Instance> = insts
+        .iter()
+        .filter(|i| i.desired == DesiredState::Running)
+        .collect();
+    let running = |i: &&&model::Instance| match i.status {
+        InstanceStatus::Starting | InstanceStatus::Healthy | InstanceStatus::Unhealthy => true,
+        InstanceStatus::Pending
+        | InstanceStatus::Crashed
+        | InstanceStatus::Stopping
+        | InstanceStatus::Stopped
+        | InstanceStatus::Failed
+        | InstanceStatus::Lost => false,
+    };
     let replicas = Replicas {
         current: current.iter().filter(running).count() as i64,
-        desired: if a.desired_state == "running" {
+        desired: if a.desired_state == DesiredState::Running {
             a.replicas
         } else {
             0
         },
-        healthy: current.iter().filter(|i| i.status == "healthy").count() as i64,
+        healthy: current
+            .iter()
+            .filter(|i| i.status == InstanceStatus::Healthy)
+            .count() as i64,
     };
-    let driver = current.iter().find_map(|i| i.driver.clone());
+    let driver = current.iter().find_map(|i| i.driver.map(|d| d.to_string()));
     App {
         slug: a.name.clone(),
         networking: AppNetworking {
@@ -64,7 +77,7 @@ pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
             allowed_egress: vec!["0.0.0.0/0".into()],
         },
         name: a.name,
-        status: a.status,
+        status: a.status.to_string(),
         status_reason: a.status_reason,
         image: a.image_pinned.or(spec.image),
         command: spec.command,
@@ -109,7 +122,7 @@ pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
         },
         instances: insts
             .into_iter()
-            .filter(|i| i.desired == "running" || i.status == "stopping")
+            .filter(|i| i.desired == DesiredState::Running || i.status == InstanceStatus::Stopping)
             .map(instance_view)
             .collect(),
         deployment_id: a.deployment_id,

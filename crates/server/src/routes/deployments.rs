@@ -15,6 +15,7 @@ use shellwego_api::deployments::{
     RollbackRequest, Stage,
 };
 use shellwego_api::problem::Problem;
+use shellwego_core::model::{DeploymentStatus, Stage as CoreStage, StageStatus};
 use shellwego_core::time::{from_micros, now, rfc3339, to_micros};
 use shellwego_core::Error;
 
@@ -30,29 +31,36 @@ fn time(t: i64) -> String {
 }
 
 pub fn view(d: model::Deployment) -> Deployment {
-    let stages = crate::controller::rollout::stages_of(&d);
+    let stages = d.stages;
     let logs_url = format!("/v1/deployments/{}/logs", d.id);
-    let completed = stages.iter().filter(|s| s.status == "completed").count() as i64;
+    let completed = stages
+        .iter()
+        .filter(|s| s.status == StageStatus::Completed)
+        .count() as i64;
     let current = stages
         .iter()
-        .find(|s| s.status != "completed")
-        .map_or("completed".to_string(), |s| s.name.clone());
+        .find(|s| s.status != StageStatus::Completed)
+        .map_or(CoreStage::Completed, |s| s.name)
+        .to_string();
     let started = d.started_at.unwrap_or(d.created_at);
     let pulled = stages
         .iter()
-        .find(|s| s.name == "pulling_image")
+        .find(|s| s.name == CoreStage::PullingImage)
         .and_then(|s| s.completed_at);
     let end = d.finished_at.unwrap_or_else(|| to_micros(now()));
     Deployment {
         id: d.id,
         app_id: d.app_id,
-        status_reason: d
-            .reason
-            .filter(|_| matches!(d.status.as_str(), "failed" | "rolled_back" | "cancelled")),
-        status: d.status,
+        status_reason: d.reason.filter(|_| match d.status {
+            DeploymentStatus::Failed
+            | DeploymentStatus::RolledBack
+            | DeploymentStatus::Cancelled => true,
+            DeploymentStatus::InProgress | DeploymentStatus::Successful => false,
+        }),
+        status: d.status.to_string(),
         version: crate::controller::rollout::version_label(d.version),
         image: d.image,
-        strategy: d.strategy,
+        strategy: d.strategy.to_string(),
         initiated_by: d.initiated_by,
         progress: Progress {
             total_steps: stages.len() as i64,
@@ -62,8 +70,8 @@ pub fn view(d: model::Deployment) -> Deployment {
         stages: stages
             .into_iter()
             .map(|s| Stage {
-                name: s.name,
-                status: s.status,
+                name: s.name.to_string(),
+                status: s.status.to_string(),
                 started_at: s.started_at.map(time),
                 completed_at: s.completed_at.map(time),
                 reason: s.reason,

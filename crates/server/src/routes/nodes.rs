@@ -32,7 +32,7 @@ fn view(n: crate::model::Node, load: (i64, i64, i64)) -> Node {
     Node {
         id: n.id,
         hostname: n.hostname,
-        status: n.status,
+        status: n.status.to_string(),
         region: n.region,
         zone: n.zone,
         // What the scheduler can still place here.

@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::json;
-use shellwego_api::apps::AppSpec;
 use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentSync, SsrfPolicy};
-use shellwego_core::units::parse_duration;
+use shellwego_core::model::{
+    AgentEventKind, DesiredState, DriverKind, EventKind, InstanceStatus, UnknownValue,
+};
 use shellwego_core::Error;
 use shellwego_store::apps;
 use shellwego_store::commit;
@@ -17,7 +18,6 @@ use shellwego_store::events::{self, Actor, NewEvent, Severity};
 use shellwego_store::nodes::{self, HostReport};
 
 use crate::bus::Topic;
-use crate::controller::instances::spec_of;
 use crate::ctx::{ServerCtx, DESIRED};
 
 /// An agent joins with its one-time token; a used, expired or unknown token
@@ -244,13 +244,24 @@ pub async fn apply_reports(
         match by_id.get(row.id.as_str()) {
             Some(r) => {
                 let mut i = row.clone();
-                i.status = match (row.desired.as_str(), r.status.as_str()) {
-                    ("stopped", "stopped") => "stopped".into(),
-                    ("stopped", _) => "stopping".into(),
-                    (_, s) => s.to_string(),
+                let reported: InstanceStatus = r.status.parse().map_err(|e: UnknownValue| {
+                    Error::field("instances.status", "invalid_value", e.to_string())
+                })?;
+                i.status = match (row.desired, reported) {
+                    (DesiredState::Stopped, InstanceStatus::Stopped) => InstanceStatus::Stopped,
+                    (DesiredState::Stopped, _) => InstanceStatus::Stopping,
+                    (DesiredState::Running, s) => s,
                 };
                 i.status_reason = r.reason.clone();
-                i.driver = r.driver.clone().or(i.driver);
+                let driver = r
+                    .driver
+                    .as_deref()
+                    .map(str::parse::<DriverKind>)
+                    .transpose()
+                    .map_err(|e| {
+                        Error::field("instances.driver", "invalid_value", e.to_string())
+                    })?;
+                i.driver = driver.or(i.driver);
                 i.ip =
                     r.ip.clone()
                         .or_else(|| node_ip.map(str::to_string))
@@ -277,7 +288,7 @@ pub async fn apply_reports(
                     apps::set_image_pinned(&mut tx, &row.app_id, row.version, pinned).await?;
                 }
             }
-            None if reports.is_some() && row.desired == "stopped" => {
+            None if reports.is_some() && row.desired == DesiredState::Stopped => {
                 apps::delete_instance(&mut tx, &row.id).await?;
                 changed.insert(row.app_id.clone());
             }
@@ -286,7 +297,10 @@ pub async fn apply_reports(
     }
     for e in agent_events {
         let row = rows.iter().find(|r| r.id == e.instance_id);
-        if e.kind == "orphan_removed" {
+        // A kind this server does not know (a newer agent's) counts as a
+        // failure of the instance.
+        let kind = e.kind.parse::<AgentEventKind>().ok();
+        if kind == Some(AgentEventKind::OrphanRemoved) {
             // Left on the host by an earlier run of the agent (often with
             // a data directory since removed, so unknown here): the node's.
             let actor = Actor {
@@ -307,11 +321,14 @@ pub async fn apply_reports(
         let Some(row) = row else {
             continue;
         };
-        let kind = match e.kind.as_str() {
-            "crashed" | "oom_killed" => "app.crashed",
-            "unhealthy" => "app.unhealthy",
-            _ => "app.instance_failed",
-        };
+        let kind = match kind {
+            Some(AgentEventKind::Crashed | AgentEventKind::OomKilled) => EventKind::AppCrashed,
+            Some(AgentEventKind::Unhealthy) => EventKind::AppUnhealthy,
+            Some(AgentEventKind::Failed | AgentEventKind::OrphanRemoved) | None => {
+                EventKind::AppInstanceFailed
+            }
+        }
+        .as_str();
         events::record(
             &mut tx,
             NewEvent::info(kind, &Actor { kind: "system".into(), id: Some(node_id.to_string()), ip: None }, "app", &row.app_id)
@@ -347,19 +364,12 @@ pub async fn desired_for_node(
         // What the instance's own version runs (an older one during a
         // deployment), the image by digest once known.
         let release = releases.get(&(a.id.clone(), i.version));
-        let spec: AppSpec = release
-            .and_then(|r| serde_json::from_str(&r.spec).ok())
-            .unwrap_or_else(|| spec_of(&a));
+        let spec = release.map_or(&a.spec, |r| &r.spec);
         let image = release
             .and_then(|r| r.image_pinned.clone())
             .or_else(|| spec.image.clone());
         let hc = &spec.health_check;
-        let ms = |s: &Option<String>, d: u64| {
-            s.as_deref()
-                .and_then(parse_duration)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(d)
-        };
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
         let archive_url = spec.source.as_ref().and_then(|s| {
             s.url.clone().or_else(|| {
                 s.upload_id
@@ -373,7 +383,7 @@ pub async fn desired_for_node(
             app_name: a.name.clone(),
             organization_id: a.organization_id.clone(),
             version: i.version,
-            driver: i.driver.unwrap_or_else(|| "process".into()),
+            driver: i.driver.unwrap_or(DriverKind::Process).to_string(),
             image,
             archive_url,
             command: spec.command.clone(),
@@ -383,12 +393,12 @@ pub async fn desired_for_node(
             health_check: shellwego_api::nodes::DesiredHealthCheck {
                 path: hc.path.clone(),
                 port: hc.port,
-                interval_ms: ms(&hc.interval, 10_000),
-                timeout_ms: ms(&hc.timeout, 5_000),
-                retries: hc.retries.unwrap_or(3),
-                grace_ms: ms(&hc.grace_period, 30_000),
+                interval_ms: ms(hc.interval()),
+                timeout_ms: ms(hc.timeout()),
+                retries: hc.retries(),
+                grace_ms: ms(hc.grace_period()),
             },
-            stop_timeout_ms: ms(&spec.stop_timeout, 10_000),
+            stop_timeout_ms: ms(spec.stop_timeout()),
             region: region.to_string(),
         });
     }

@@ -10,7 +10,9 @@ use shellwego_api::apps::{
     resolve_resources, AppCreate, AppSpec, AppUpdate, RestartRequest, ScaleRequest, Source,
 };
 use shellwego_core::list::ListParams;
-use shellwego_core::model::AppAction;
+use shellwego_core::model::{
+    AppAction, AppStatus, DesiredState, HealthCheckSpec, InstanceStatus, ScaleMode, Strategy,
+};
 use shellwego_core::Error;
 use shellwego_core::FieldError;
 use shellwego_net::ssrf::{Guard, SsrfError};
@@ -20,7 +22,7 @@ use shellwego_store::list::{Page, Scope};
 use shellwego_store::{commit, Tx};
 
 use crate::auth::Principal;
-use crate::controller::instances::{org_allowed_regions, spec_json, spec_of, stop_instance};
+use crate::controller::instances::{org_allowed_regions, stop_instance};
 use crate::controller::reconcile::reconcile_in;
 use crate::controller::rollout as deploy;
 use crate::ctx::{ServerCtx, DESIRED};
@@ -184,13 +186,13 @@ pub async fn app_create(
         App {
             organization_id: org.id.clone(),
             name: req.name.clone(),
-            status: "deploying".into(),
-            desired_state: "running".into(),
+            status: AppStatus::Deploying,
+            desired_state: DesiredState::Running,
             replicas: req.replicas.unwrap_or(1),
             memory,
             cpu_millis,
             disk,
-            spec: spec_json(&spec)?,
+            spec: spec.to_model()?,
             // Its first release (made next) is version 1.
             version: 0,
             created_by: p.user_id.clone(),
@@ -204,7 +206,7 @@ pub async fn app_create(
         &p.actor(),
         &mut app,
         deploy::Target::New,
-        "rolling",
+        Strategy::Rolling,
         deploy::Options::default(),
         "created",
         None,
@@ -243,7 +245,7 @@ pub async fn app_update(
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
     let mut a = locked(&mut tx, p, app_id).await?;
-    let mut spec = spec_of(&a);
+    let spec = &mut a.spec;
     let mut new_version = false;
     let mut changed = vec![];
     if let Some(r) = &req.resources {
@@ -285,19 +287,20 @@ pub async fn app_update(
         }
     }
     if let Some(h) = &req.health_check {
-        if *h != spec.health_check {
-            spec.health_check = h.clone();
+        let h = HealthCheckSpec::from(h);
+        if h != spec.health_check {
+            spec.health_check = h;
             new_version = true;
             changed.push("health_check");
         }
     }
-    let mut strategy = "rolling";
+    let mut strategy = Strategy::Rolling;
     if let Some(i) = &req.image {
         if spec.image.as_ref() != Some(i) {
             spec.image = Some(i.clone());
             spec.source = None;
             new_version = true;
-            strategy = "blue-green";
+            strategy = Strategy::BlueGreen;
             changed.push("image");
         }
     }
@@ -311,7 +314,6 @@ pub async fn app_update(
         apps::set_tags(&mut tx, app_id, t).await?;
         changed.push("tags");
     }
-    a.spec = spec_json(&spec)?;
     if new_version {
         deploy::start(
             &mut tx,
@@ -350,14 +352,14 @@ pub async fn app_delete(ctx: &ServerCtx, p: &Principal, app_id: &str) -> Result<
         }
         if i.node_id.is_none() {
             apps::delete_instance(&mut tx, &i.id).await?;
-        } else if i.desired != "stopped" {
-            i.desired = "stopped".into();
-            i.status = "stopping".into();
+        } else if i.desired != DesiredState::Stopped {
+            i.desired = DesiredState::Stopped;
+            i.status = InstanceStatus::Stopping;
             apps::update_instance(&mut tx, &i).await?;
         }
     }
     for n in &nodes {
-        apps::bump_node(&mut tx, n).await?;
+        shellwego_store::nodes::bump_node(&mut tx, n).await?;
     }
     let mut a = a;
     deploy::cancel_active(&mut tx, &mut a, "the app was deleted").await?;
@@ -388,11 +390,11 @@ pub async fn app_action(
     let mut meta = json!({});
     let event = match action {
         AppAction::Start => {
-            a.desired_state = "running".into();
+            a.desired_state = DesiredState::Running;
             "app.started"
         }
         AppAction::Stop => {
-            a.desired_state = "stopped".into();
+            a.desired_state = DesiredState::Stopped;
             deploy::cancel_active(
                 &mut tx,
                 &mut a,
@@ -403,7 +405,12 @@ pub async fn app_action(
         }
         AppAction::Restart => {
             let r = restart.cloned().unwrap_or_default();
-            let strategy = r.strategy.unwrap_or_else(|| "rolling".into());
+            let strategy = match r.strategy.as_deref() {
+                None => Strategy::Rolling,
+                Some(s) => s
+                    .parse::<Strategy>()
+                    .map_err(|e| Error::field("strategy", "invalid_value", e.to_string()))?,
+            };
             let surge = r.max_surge.or(r.batch_size).unwrap_or(DEFAULT_BATCH);
             let unavailable = r.max_unavailable.unwrap_or(0);
             meta =
@@ -413,7 +420,7 @@ pub async fn app_action(
                 &p.actor(),
                 &mut a,
                 deploy::Target::New,
-                &strategy,
+                strategy,
                 deploy::Options {
                     max_surge: surge,
                     max_unavailable: unavailable,
@@ -423,9 +430,9 @@ pub async fn app_action(
                 None,
             )
             .await?;
-            if strategy == "immediate" {
+            if strategy == Strategy::Immediate {
                 for mut i in apps::instances_of_app(&mut tx, app_id).await? {
-                    if i.desired == "running" && i.version != d.version {
+                    if i.desired == DesiredState::Running && i.version != d.version {
                         stop_instance(&mut tx, &mut i, "restarted").await?;
                     }
                 }
@@ -456,27 +463,31 @@ pub async fn app_scale(
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
     let mut a = locked(&mut tx, p, app_id).await?;
-    let mut spec = spec_of(&a);
     let before = a.replicas;
-    match req.strategy.as_deref().unwrap_or("manual") {
-        "auto" => {
-            spec.autoscale = req.constraints.clone();
+    let mode = match req.strategy.as_deref() {
+        None => ScaleMode::Manual,
+        Some(s) => s
+            .parse::<ScaleMode>()
+            .map_err(|e| Error::field("strategy", "invalid_value", e.to_string()))?,
+    };
+    match mode {
+        ScaleMode::Auto => {
+            a.spec.autoscale = req.constraints.as_ref().map(Into::into);
             if let Some(c) = &req.constraints {
                 a.replicas = req.replicas.unwrap_or(a.replicas).clamp(c.min, c.max);
             }
         }
-        _ => {
-            spec.autoscale = None;
+        ScaleMode::Manual => {
+            a.spec.autoscale = None;
             a.replicas = req.replicas.unwrap_or(a.replicas);
         }
     }
-    a.spec = spec_json(&spec)?;
     apps::update(&mut tx, &a).await?;
     events::record(
         &mut tx,
         NewEvent::info("app.scaled", &p.actor(), "app", app_id)
             .in_org(&a.organization_id)
-            .meta(json!({"from": before, "to": a.replicas, "strategy": req.strategy.as_deref().unwrap_or("manual"), "constraints": req.constraints})),
+            .meta(json!({"from": before, "to": a.replicas, "strategy": mode, "constraints": req.constraints})),
     )
     .await?;
     reconcile_in(&mut tx, app_id).await?;

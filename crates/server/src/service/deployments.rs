@@ -3,6 +3,7 @@
 //! `crate::controller::rollout`.
 
 use serde_json::json;
+use shellwego_core::model::{DeploymentStatus, RollbackStrategy, Strategy};
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::Error;
 use shellwego_store::apps::{self};
@@ -15,9 +16,7 @@ use shellwego_core::units::parse_duration;
 use shellwego_store::list::{Page, Scope};
 
 use crate::auth::Principal;
-use crate::controller::rollout::{
-    canary_weight, options_of, start, version_label, Options, Target,
-};
+use crate::controller::rollout::{canary_weight, start, version_label, Options, Target};
 use crate::ctx::{ServerCtx, DESIRED};
 
 fn ms(v: &Option<String>, default: i64) -> i64 {
@@ -57,7 +56,8 @@ pub async fn app_deploy(
         Some(a) if a.organization_id == p.organization_id => a,
         _ => return Err(Error::not_found("app", app_id)),
     };
-    let mut spec = crate::controller::instances::spec_of(&app);
+    // Edited in the API's words, stored in the model's.
+    let mut spec = shellwego_api::apps::AppSpec::from(&app.spec);
     let image_changed = req
         .image
         .as_ref()
@@ -70,14 +70,14 @@ pub async fn app_deploy(
         spec.source = Some(s.clone());
         spec.image = None;
     }
-    app.spec = serde_json::to_string(&spec).map_err(Error::internal)?;
-    let strategy = req.strategy.clone().unwrap_or_else(|| {
-        if image_changed {
-            "blue-green".into()
-        } else {
-            "rolling".into()
-        }
-    });
+    app.spec = spec.to_model()?;
+    let strategy = match req.strategy.as_deref() {
+        Some(s) => s
+            .parse::<Strategy>()
+            .map_err(|e| Error::field("strategy", "invalid_value", e.to_string()))?,
+        None if image_changed => Strategy::BlueGreen,
+        None => Strategy::Rolling,
+    };
     let d = Options::default();
     let options = Options {
         max_surge: req.max_surge.or(req.batch_size).unwrap_or(d.max_surge),
@@ -89,6 +89,7 @@ pub async fn app_deploy(
         canary_pause_ms: ms(&req.canary_pause, d.canary_pause_ms),
         max_error_rate: d.max_error_rate,
         in_place: false,
+        version: d.version,
     };
     let reason = match (&req.image, &req.source) {
         (Some(i), _) => format!("deploy {i}"),
@@ -100,7 +101,7 @@ pub async fn app_deploy(
         &p.actor(),
         &mut app,
         Target::New,
-        &strategy,
+        strategy,
         options,
         &reason,
         None,
@@ -176,10 +177,13 @@ pub async fn deployment_rollback(
             target.id
         )));
     }
-    let strategy = match req.strategy.as_deref().unwrap_or("immediate") {
-        "gradual" => "rolling",
-        _ => "blue-green",
-    };
+    let strategy = match req.strategy.as_deref() {
+        None => RollbackStrategy::Immediate,
+        Some(s) => s
+            .parse::<RollbackStrategy>()
+            .map_err(|e| Error::field("strategy", "invalid_value", e.to_string()))?,
+    }
+    .strategy();
     let options = Options {
         warm_ms: 0,
         ..Default::default()
@@ -205,8 +209,8 @@ pub async fn deployment_rollback(
     // What served until now is rolled back.
     if let Some(prev) = previous {
         if let Some(mut d) = deployments::get_in(&mut tx, &prev).await? {
-            if d.status == "successful" && d.id != target.id {
-                d.status = "rolled_back".into();
+            if d.status == DeploymentStatus::Successful && d.id != target.id {
+                d.status = DeploymentStatus::RolledBack;
                 d.reason = Some(format!("rolled back by {}: {reason}", dep.id));
                 deployments::update(&mut tx, &d).await?;
             }
@@ -245,18 +249,27 @@ pub async fn deployment_promote(
         return Err(Error::not_found("deployment", id));
     };
     let now_us = to_micros(now());
-    let what = match (d.status.as_str(), d.strategy.as_str()) {
-        ("in_progress", "canary") if canary_weight(&d) < 100 => {
-            d.canary_step = options_of(&d).canary_steps.len().saturating_sub(1) as i64;
+    let what = match (d.status, d.strategy) {
+        (DeploymentStatus::InProgress, Strategy::Canary) if canary_weight(&d) < 100 => {
+            d.canary_step = d.options.canary_steps.len().saturating_sub(1) as i64;
             d.wait_until = None;
             d.step_started_at = Some(now_us);
             "promoted: the canary goes to 100%"
         }
-        ("in_progress", "blue-green" | "canary") if d.wait_until.is_some() => {
+        (DeploymentStatus::InProgress, Strategy::BlueGreen | Strategy::Canary)
+            if d.wait_until.is_some() =>
+        {
             d.wait_until = Some(now_us);
             "promoted: the old set stops now"
         }
-        _ => {
+        (
+            DeploymentStatus::InProgress
+            | DeploymentStatus::Successful
+            | DeploymentStatus::Failed
+            | DeploymentStatus::RolledBack
+            | DeploymentStatus::Cancelled,
+            Strategy::Rolling | Strategy::BlueGreen | Strategy::Canary | Strategy::Immediate,
+        ) => {
             return Err(Error::Conflict(format!(
                 "Deployment {id} has nothing to promote (it is {} {}); promote a canary, or a blue-green deployment after its switch.",
                 d.status, d.strategy

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use shellwego_api::nodes::{NodeRegister, NodeUpdate};
 use shellwego_core::list::ListParams;
+use shellwego_core::model::NodeStatus;
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::Error;
 use shellwego_store::commit;
@@ -61,19 +62,25 @@ pub async fn node_update(
         .node(node_id, &p.organization_ids())
         .await?
         .ok_or_else(|| Error::not_found("node", node_id))?;
-    if req.status.is_some() && node.status == "offline" {
+    if req.status.is_some() && node.status == NodeStatus::Offline {
         return Err(Error::Conflict(
             "The node is offline; its status changes when its agent is back.".into(),
         ));
     }
-    if req.status.is_some() && node.status == "joining" {
+    if req.status.is_some() && node.status == NodeStatus::Joining {
         return Err(Error::Conflict(
             "The node has not joined yet; its status can change once its agent has joined.".into(),
         ));
     }
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
-    nodes::update(&mut tx, node_id, req.status.as_deref(), req.labels.as_ref()).await?;
+    let status = req
+        .status
+        .as_deref()
+        .map(str::parse::<NodeStatus>)
+        .transpose()
+        .map_err(|e| Error::field("status", "invalid_value", e.to_string()))?;
+    nodes::update(&mut tx, node_id, status, req.labels.as_ref()).await?;
     events::record(
         &mut tx,
         NewEvent::info("node.updated", &p.actor(), "node", node_id)
@@ -138,7 +145,7 @@ pub async fn node_drain(
     let deadline = to_micros(now()) + i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX / 2);
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
-    shellwego_store::apps::start_drain(
+    shellwego_store::nodes::start_drain(
         &mut tx,
         node_id,
         req.batch_size.unwrap_or(1),
@@ -147,7 +154,7 @@ pub async fn node_drain(
         delete_when_drained,
     )
     .await?;
-    let n = shellwego_store::apps::count_on_node(&mut tx, node_id).await?;
+    let n = shellwego_store::nodes::count_on_node(&mut tx, node_id).await?;
     events::record(
         &mut tx,
         NewEvent::info("node.draining", &p.actor(), "node", node_id)

@@ -216,7 +216,7 @@ impl Srv {
             Node {
                 organization_id: n.org.into(),
                 hostname: n.hostname.into(),
-                status: n.status.into(),
+                status: n.status.parse().unwrap(),
                 region: n.region.into(),
                 zone: format!("{}-a", n.region),
                 cpu_cores: n.cpu_cores,

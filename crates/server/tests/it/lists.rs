@@ -75,7 +75,7 @@ async fn pagination_visits_every_row_once_while_rows_are_inserted(s: Srv) {
                     shellwego_store::nodes::Node {
                         organization_id: org.clone(),
                         hostname: format!("bg-{i}"),
-                        status: "ready".into(),
+                        status: shellwego_core::model::NodeStatus::Ready,
                         ..Default::default()
                     },
                 )
