@@ -24,6 +24,7 @@ mod secret_file;
 pub mod serve;
 pub mod service;
 pub mod state;
+pub mod steps;
 
 pub use serve::{run, ServerConfig, Started};
 pub use state::AppState;

@@ -11,6 +11,7 @@ pub mod invitations;
 pub mod list;
 pub mod logins;
 pub mod nodes;
+pub mod operations;
 pub mod orgs;
 pub mod scratch;
 pub mod service_accounts;

@@ -82,6 +82,8 @@ pub type InvitationId = Id<kind::Invitation>;
 pub type LoginId = Id<kind::Login>;
 /// `node_…`
 pub type NodeId = Id<kind::Node>;
+/// `op_…` (a multi-step operation)
+pub type OperationId = Id<kind::Operation>;
 /// `org_…`
 pub type OrgId = Id<kind::Org>;
 /// `req_…` (a request's trace id)
@@ -146,6 +148,13 @@ pub mod kind {
     impl IdKind for Node {
         const PREFIX: &'static str = "node";
         const WHAT: &'static str = "node id";
+    }
+
+    #[derive(Debug)]
+    pub enum Operation {}
+    impl IdKind for Operation {
+        const PREFIX: &'static str = "op";
+        const WHAT: &'static str = "operation id";
     }
 
     #[derive(Debug)]

@@ -32,6 +32,7 @@
 //! | [`AppAction`] | `start`, `stop`, `restart` | `POST /v1/apps/{id}/actions/{action}` |
 //! | [`AgentEventKind`] | `crashed`, `oom_killed`, `unhealthy`, `failed`, `orphan_removed` | `AgentEvent.kind` from the agent |
 //! | [`InvitationStatus`] | `pending`, `accepted`, `revoked`, `expired` | derived from an invitation row (the store's `Invitation::status`) |
+//! | [`OperationStatus`] | `running`, `undoing`, `succeeded`, `undone`, `undo_failed` | `operations.status` (the server's step runner); the first, second and last are picked up again ([`OperationStatus::UNFINISHED`]) |
 //! | [`ActorKind`] | `user`, `token`, `system` | `events.actor_type` |
 //! | [`EventKind`] | `app.created`, `deployment.started`, … (52 names, see the enum) | `events.event_type` |
 //!
@@ -43,10 +44,10 @@
 //!
 //! Ids ([`ids`]): [`AppId`] `app_`, [`DeploymentId`] `dep_`, [`EventId`]
 //! `evt_`, [`InstanceId`] `inst_`, [`InvitationId`] `inv_`, [`LoginId`]
-//! `login_`, [`NodeId`] `node_`, [`OrgId`] `org_`, [`RequestId`] `req_`,
-//! [`ServiceAccountId`] `sa_`, [`TokenId`] `tok_`, [`UploadId`] `upl_`,
-//! [`UserId`] `usr_`. Releases have no id of their own (an app id and a
-//! version).
+//! `login_`, [`NodeId`] `node_`, [`OperationId`] `op_`, [`OrgId`] `org_`,
+//! [`RequestId`] `req_`, [`ServiceAccountId`] `sa_`, [`TokenId`] `tok_`,
+//! [`UploadId`] `upl_`, [`UserId`] `usr_`. Releases have no id of their own
+//! (an app id and a version).
 //!
 //! The stored spec ([`spec`]): [`AppSpec`] (the `apps.spec` and
 //! `releases.spec` JSON), [`DeployOptions`] (`deployments.options`),

@@ -232,6 +232,42 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// Where a multi-step operation stands (`operations.status`; the
+    /// server's `steps` runner). `step` is read with it.
+    pub enum OperationStatus ("operation status") {
+        /// Steps run forward; `step` is the next one to run.
+        Running = "running",
+        /// A step failed (`error` says which and why); the steps up to and
+        /// including it are undone in reverse order; `step` is the next
+        /// one to undo.
+        Undoing = "undoing",
+        /// Every step ran. Final.
+        Succeeded = "succeeded",
+        /// A step failed and every step up to it was undone; `error` keeps
+        /// why. Final.
+        Undone = "undone",
+        /// An undo failed (`undo_error`); the undo of `step` is tried
+        /// again after a pause, so this is not final: it becomes `undone`
+        /// once every undo has gone through.
+        UndoFailed = "undo_failed",
+    }
+}
+
+impl OperationStatus {
+    /// The statuses a runner picks up (the rest are final).
+    pub const UNFINISHED: &'static [OperationStatus] =
+        &[Self::Running, Self::Undoing, Self::UndoFailed];
+
+    /// Succeeded or undone: nothing more will run.
+    pub const fn is_final(self) -> bool {
+        match self {
+            Self::Succeeded | Self::Undone => true,
+            Self::Running | Self::Undoing | Self::UndoFailed => false,
+        }
+    }
+}
+
+vocabulary! {
     /// Where an invitation stands: derived from its row (`accepted_at`,
     /// `revoked_at`, `expires_at`), not stored, but sent and matched on.
     pub enum InvitationStatus ("invitation status") {
@@ -409,6 +445,15 @@ mod tests {
                 "cancelled",
             ],
         );
+        check(
+            OperationStatus::ALL,
+            OperationStatus::NAMES,
+            OperationStatus::as_str,
+            &["running", "undoing", "succeeded", "undone", "undo_failed"],
+        );
+        for s in OperationStatus::ALL {
+            assert_eq!(OperationStatus::UNFINISHED.contains(s), !s.is_final());
+        }
         check(
             Stage::ALL,
             Stage::NAMES,
