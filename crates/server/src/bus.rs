@@ -32,10 +32,12 @@ pub enum Topic {
     Nodes,
     /// Which instances serve traffic changed: routers re-read their table.
     Routes,
+    /// Events were recorded (the audit log grew): event streams read on.
+    Events,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 3] = [Topic::Apps, Topic::Nodes, Topic::Routes];
+    pub const ALL: [Topic; 4] = [Topic::Apps, Topic::Nodes, Topic::Routes, Topic::Events];
 
     /// The topic's name (log lines, and the channel name of a bus that
     /// crosses processes).
@@ -44,6 +46,7 @@ impl Topic {
             Topic::Apps => "apps",
             Topic::Nodes => "nodes",
             Topic::Routes => "routes",
+            Topic::Events => "events",
         }
     }
 
@@ -52,6 +55,7 @@ impl Topic {
             Topic::Apps => 0,
             Topic::Nodes => 1,
             Topic::Routes => 2,
+            Topic::Events => 3,
         }
     }
 }
@@ -92,7 +96,7 @@ impl Subscription {
 
 /// The bus of one process: a counter per topic.
 pub struct InProcessBus {
-    counters: [watch::Sender<u64>; 3],
+    counters: [watch::Sender<u64>; Topic::ALL.len()],
 }
 
 impl InProcessBus {
@@ -111,7 +115,7 @@ impl EventBus for InProcessBus {
     }
 
     fn subscribe(&self, topics: &[Topic]) -> Subscription {
-        let mut seen = [false; 3];
+        let mut seen = [false; Topic::ALL.len()];
         let rx = topics
             .iter()
             .filter(|t| !std::mem::replace(&mut seen[t.index()], true))

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shellwego_core::Error;
+use shellwego_store::events::{self, NewEvent};
 use shellwego_store::{Store, Tx};
 use tokio::sync::watch;
 
@@ -57,6 +58,7 @@ impl ServerCtx {
         Ok(Unit {
             tx: self.store.begin().await?,
             topics: Vec::new(),
+            audit: Vec::new(),
             bus: &*self.bus,
         })
     }
@@ -74,11 +76,15 @@ impl ServerCtx {
     }
 }
 
-/// A transaction plus the topics it touched. Dereferences to the
-/// transaction, so store functions take `&mut unit`.
+/// A transaction plus the topics it touched and the events it records.
+/// Dereferences to the transaction, so store functions take `&mut unit`.
+/// The events are written in the transaction when it commits (a change
+/// and its audit entry land together or not at all); the topics, and
+/// [`Topic::Events`] when events were recorded, are published after.
 pub struct Unit<'c> {
     tx: Tx,
     topics: Vec<Topic>,
+    audit: Vec<NewEvent>,
     bus: &'c dyn EventBus,
 }
 
@@ -96,8 +102,19 @@ impl Unit<'_> {
         }
     }
 
-    /// Commit, then publish what was touched.
-    pub async fn commit(self) -> Result<(), Error> {
+    /// Record this event with the change (written when the unit commits).
+    pub fn record(&mut self, e: NewEvent) {
+        self.audit.push(e);
+    }
+
+    /// Write the recorded events, commit, then publish what was touched.
+    pub async fn commit(mut self) -> Result<(), Error> {
+        if !self.audit.is_empty() {
+            for e in std::mem::take(&mut self.audit) {
+                events::record(&mut self.tx, e).await?;
+            }
+            self.touch(&[Topic::Events]);
+        }
         shellwego_store::commit(self.tx).await?;
         if !self.topics.is_empty() {
             self.bus.publish(&self.topics);

@@ -214,9 +214,11 @@ pub async fn node_delete(
     if params.extra("migrate_apps") == Some("true") {
         let req = shellwego_api::nodes::NodeDrain::default();
         let n = crate::service::nodes::node_drain(&st.ctx, &p, &id, &req, true).await?;
-        if n > 0 {
-            return Ok(axum::http::StatusCode::ACCEPTED);
-        }
+        return Ok(if n > 0 {
+            axum::http::StatusCode::ACCEPTED
+        } else {
+            axum::http::StatusCode::NO_CONTENT
+        });
     }
     crate::service::nodes::node_delete(&st.ctx, &p, &id).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)

@@ -13,8 +13,7 @@ use shellwego_core::model::{
 };
 use shellwego_core::Error;
 use shellwego_store::apps;
-use shellwego_store::commit;
-use shellwego_store::events::{self, Actor, NewEvent, Severity};
+use shellwego_store::events::{Actor, NewEvent, Severity};
 use shellwego_store::nodes::{self, HostReport};
 
 use crate::bus::Topic;
@@ -27,7 +26,7 @@ pub async fn agent_join(
     req: &AgentJoin,
     ip: Option<String>,
 ) -> Result<(String, String), Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let report = HostReport {
         hostname: req.hostname.trim().to_string(),
         cpu_cores: req.cpu_cores,
@@ -44,7 +43,7 @@ pub async fn agent_join(
         zone: req.zone.clone().unwrap_or_default(),
         labels: req.labels.clone(),
     };
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     let Some((node_id, org, credential)) = nodes::join(&mut tx, &req.join_token, &report).await?
     else {
         return Err(Error::Unauthenticated(
@@ -57,14 +56,12 @@ pub async fn agent_join(
         id: Some(node_id.clone()),
         ip,
     };
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("node.joined", &actor, "node", &node_id)
             .in_org(&org)
             .meta(json!({"hostname": report.hostname, "drivers": report.drivers})),
-    )
-    .await?;
-    commit(tx).await?;
+    );
+    tx.commit().await?;
     ctx.publish(DESIRED);
     Ok((node_id, credential))
 }
@@ -194,17 +191,13 @@ pub async fn agent_heartbeat(
     memory_available: Option<i64>,
     internal_ip: Option<&str>,
 ) -> Result<bool, Error> {
-    let store = &ctx.store;
-    let mut tx = store.begin().await?;
+    let _store = &ctx.store;
+    let mut tx = ctx.unit().await?;
     let back = nodes::heartbeat(&mut tx, node_id, memory_available, internal_ip).await?;
     if back {
-        events::record(
-            &mut tx,
-            NewEvent::info("node.online", &Actor::system(), "node", node_id).in_org(org),
-        )
-        .await?;
+        tx.record(NewEvent::info("node.online", &Actor::system(), "node", node_id).in_org(org));
     }
-    commit(tx).await?;
+    tx.commit().await?;
     Ok(back)
 }
 
@@ -222,12 +215,12 @@ pub async fn apply_reports(
     agent_events: &[shellwego_api::nodes::AgentEvent],
     node_ip: Option<&str>,
 ) -> Result<BTreeSet<String>, Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let mut changed = BTreeSet::new();
     if reports.is_none() && agent_events.is_empty() {
         return Ok(changed);
     }
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     if let (Some(_), Some(seq)) = (reports, seq) {
         if !shellwego_store::nodes::claim_report_seq(&mut tx, node_id, seq).await? {
             tracing::debug!(node_id, seq, "stale instance report ignored");
@@ -308,14 +301,10 @@ pub async fn apply_reports(
                 id: Some(node_id.to_string()),
                 ip: None,
             };
-            events::record(
-                &mut tx,
-                NewEvent::info("instance.orphan_removed", &actor, "node", node_id)
+            tx.record(NewEvent::info("instance.orphan_removed", &actor, "node", node_id)
                     .in_org(org)
                     .severity(Severity::Warning)
-                    .meta(json!({"instance_id": e.instance_id, "node_id": node_id, "app_id": row.map(|r| &r.app_id), "reason": e.reason})),
-            )
-            .await?;
+                    .meta(json!({"instance_id": e.instance_id, "node_id": node_id, "app_id": row.map(|r| &r.app_id), "reason": e.reason})));
             continue;
         }
         let Some(row) = row else {
@@ -329,17 +318,13 @@ pub async fn apply_reports(
             }
         }
         .as_str();
-        events::record(
-            &mut tx,
-            NewEvent::info(kind, &Actor { kind: "system".into(), id: Some(node_id.to_string()), ip: None }, "app", &row.app_id)
+        tx.record(NewEvent::info(kind, &Actor { kind: "system".into(), id: Some(node_id.to_string()), ip: None }, "app", &row.app_id)
                 .in_org(org)
                 .severity(Severity::Warning)
-                .meta(json!({"instance_id": e.instance_id, "node_id": node_id, "kind": e.kind, "reason": e.reason, "exit_code": e.exit_code})),
-        )
-        .await?;
+                .meta(json!({"instance_id": e.instance_id, "node_id": node_id, "kind": e.kind, "reason": e.reason, "exit_code": e.exit_code})));
         changed.insert(row.app_id.clone());
     }
-    commit(tx).await?;
+    tx.commit().await?;
     Ok(changed)
 }
 
@@ -349,8 +334,8 @@ pub async fn desired_for_node(
     node_id: &str,
     region: &str,
 ) -> Result<Vec<shellwego_api::nodes::DesiredInstance>, Error> {
-    let store = &ctx.store;
-    let mut tx = store.begin().await?;
+    let _store = &ctx.store;
+    let mut tx = ctx.unit().await?;
     let rows = apps::desired_on_node(&mut tx, node_id).await?;
     let releases: HashMap<(String, i64), shellwego_store::deployments::Release> =
         shellwego_store::deployments::releases_for_node(&mut tx, node_id)
@@ -358,7 +343,7 @@ pub async fn desired_for_node(
             .into_iter()
             .map(|r| ((r.app_id.clone(), r.version), r))
             .collect();
-    commit(tx).await?;
+    tx.commit().await?;
     let mut out = vec![];
     for (i, a) in rows {
         // What the instance's own version runs (an older one during a

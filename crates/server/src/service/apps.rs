@@ -17,9 +17,9 @@ use shellwego_core::Error;
 use shellwego_core::FieldError;
 use shellwego_net::ssrf::{Guard, SsrfError};
 use shellwego_store::apps::{self, App, Instance, APPS};
-use shellwego_store::events::{self, NewEvent};
+use shellwego_store::events::NewEvent;
 use shellwego_store::list::{Page, Scope};
-use shellwego_store::{commit, Tx};
+use shellwego_store::Tx;
 
 use crate::auth::Principal;
 use crate::controller::instances::{org_allowed_regions, stop_instance};
@@ -214,13 +214,11 @@ pub async fn app_create(
     .await?
     .id;
     apps::update(&mut tx, &app).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("app.created", &p.actor(), "app", &app.id)
             .in_org(&app.organization_id)
             .meta(json!({"name": app.name, "replicas": app.replicas, "deployment_id": dep})),
-    )
-    .await?;
+    );
     reconcile_in(&mut tx, &app.id).await?;
     tx.commit().await?;
     Ok((app, dep))
@@ -328,13 +326,11 @@ pub async fn app_update(
         .await?;
     }
     apps::update(&mut tx, &a).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("app.updated", &p.actor(), "app", app_id)
             .in_org(&a.organization_id)
             .meta(json!({"changed": changed, "version": a.version})),
-    )
-    .await?;
+    );
     reconcile_in(&mut tx, app_id).await?;
     tx.commit().await
 }
@@ -365,13 +361,11 @@ pub async fn app_delete(ctx: &ServerCtx, p: &Principal, app_id: &str) -> Result<
     deploy::cancel_active(&mut tx, &mut a, "the app was deleted").await?;
     shellwego_store::deployments::delete_releases(&mut tx, app_id).await?;
     apps::delete(&mut tx, app_id).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("app.deleted", &p.actor(), "app", app_id)
             .in_org(&a.organization_id)
             .meta(json!({"name": a.name})),
-    )
-    .await?;
+    );
     tx.commit().await
 }
 
@@ -441,13 +435,11 @@ pub async fn app_action(
         }
     };
     apps::update(&mut tx, &a).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info(event, &p.actor(), "app", app_id)
             .in_org(&a.organization_id)
             .meta(meta),
-    )
-    .await?;
+    );
     reconcile_in(&mut tx, app_id).await?;
     tx.commit().await?;
     app_get(ctx, p, app_id).await
@@ -483,13 +475,9 @@ pub async fn app_scale(
         }
     }
     apps::update(&mut tx, &a).await?;
-    events::record(
-        &mut tx,
-        NewEvent::info("app.scaled", &p.actor(), "app", app_id)
+    tx.record(NewEvent::info("app.scaled", &p.actor(), "app", app_id)
             .in_org(&a.organization_id)
-            .meta(json!({"from": before, "to": a.replicas, "strategy": mode, "constraints": req.constraints})),
-    )
-    .await?;
+            .meta(json!({"from": before, "to": a.replicas, "strategy": mode, "constraints": req.constraints})));
     reconcile_in(&mut tx, app_id).await?;
     tx.commit().await?;
     app_get(ctx, p, app_id).await
@@ -558,7 +546,7 @@ pub async fn upload_create<B: AsRef<[u8]>>(
         .iter()
         .map(|x| format!("{x:02x}"))
         .collect();
-    let mut tx = ctx.store.begin().await?;
+    let mut tx = ctx.unit().await?;
     apps::insert_upload(
         &mut tx,
         &id,
@@ -568,6 +556,6 @@ pub async fn upload_create<B: AsRef<[u8]>>(
         p.user_id.as_deref(),
     )
     .await?;
-    commit(tx).await?;
+    tx.commit().await?;
     Ok((id, size as i64, sha))
 }

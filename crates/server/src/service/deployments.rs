@@ -8,7 +8,7 @@ use shellwego_core::time::{now, to_micros};
 use shellwego_core::Error;
 use shellwego_store::apps::{self};
 use shellwego_store::deployments::{self, Deployment};
-use shellwego_store::events::{self, NewEvent};
+use shellwego_store::events::NewEvent;
 
 use shellwego_api::deployments::{DeployRequest, RollbackRequest};
 use shellwego_core::list::ListParams;
@@ -108,13 +108,9 @@ pub async fn app_deploy(
     )
     .await?;
     apps::update(&mut tx, &app).await?;
-    events::record(
-        &mut tx,
-        NewEvent::info("deployment.started", &p.actor(), "app", app_id)
+    tx.record(NewEvent::info("deployment.started", &p.actor(), "app", app_id)
             .in_org(&app.organization_id)
-            .meta(json!({"deployment_id": dep.id, "version": version_label(dep.version), "strategy": strategy, "image": spec.image})),
-    )
-    .await?;
+            .meta(json!({"deployment_id": dep.id, "version": version_label(dep.version), "strategy": strategy, "image": spec.image})));
     crate::controller::reconcile::reconcile_in(&mut tx, app_id).await?;
     let dep = deployments::get_in(&mut tx, &dep.id).await?.unwrap_or(dep);
     tx.commit().await?;
@@ -217,13 +213,9 @@ pub async fn deployment_rollback(
         }
     }
     apps::update(&mut tx, &app).await?;
-    events::record(
-        &mut tx,
-        NewEvent::info("deployment.rollback", &p.actor(), "app", &app.id)
+    tx.record(NewEvent::info("deployment.rollback", &p.actor(), "app", &app.id)
             .in_org(&app.organization_id)
-            .meta(json!({"deployment_id": dep.id, "rollback_target": target.id, "version": version_label(target.version), "reason": reason})),
-    )
-    .await?;
+            .meta(json!({"deployment_id": dep.id, "rollback_target": target.id, "version": version_label(target.version), "reason": reason})));
     crate::controller::reconcile::reconcile_in(&mut tx, &app.id).await?;
     let dep = deployments::get_in(&mut tx, &dep.id).await?.unwrap_or(dep);
     tx.commit().await?;
@@ -278,13 +270,11 @@ pub async fn deployment_promote(
     };
     deployments::update(&mut tx, &d).await?;
     deployments::log(&mut tx, &d.id, what).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("deployment.promoted", &p.actor(), "app", &app.id)
             .in_org(&app.organization_id)
             .meta(json!({"deployment_id": d.id})),
-    )
-    .await?;
+    );
     crate::controller::reconcile::reconcile_in(&mut tx, &app.id).await?;
     let d = deployments::get_in(&mut tx, id).await?.unwrap_or(d);
     tx.commit().await?;

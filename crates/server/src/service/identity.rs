@@ -9,9 +9,9 @@ use shellwego_api::user::UserUpdate;
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::token::TokenKind;
 use shellwego_core::{password, Error, RateLimitInfo};
-use shellwego_store::events::{self, Actor, NewEvent, Severity};
+use shellwego_store::events::{Actor, NewEvent, Severity};
 use shellwego_store::tokens::{self, NewTokenSpec, Token};
-use shellwego_store::{commit, logins, users};
+use shellwego_store::{logins, users};
 
 use shellwego_core::plan::Plan;
 use shellwego_store::orgs::Organization;
@@ -62,7 +62,7 @@ async fn guard(
     let store = &ctx.store;
     let window = i64::try_from(LOCK_WINDOW.as_micros()).unwrap_or(0);
     let since = to_micros(now()) - window;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     let (id, f) = logins::begin(&mut tx, email, ip, since).await?;
     let over_account = f.account > MAX_ACCOUNT_FAILURES;
     let over_ip = f.ip > MAX_IP_FAILURES;
@@ -78,16 +78,16 @@ async fn guard(
         if let Some(o) = org {
             ev = ev.in_org(o);
         }
-        events::record(&mut tx, ev).await?;
+        tx.record(ev);
     }
     if !over_account && f.ip == MAX_IP_FAILURES + 1 {
         // Not in any organization's log: the address is not theirs.
         let ev = NewEvent::info("login.throttled", &actor, "ip", ip)
             .severity(Severity::Warning)
             .meta(json!({"email": email, "failures": f.ip, "minutes": LOCK_WINDOW.as_secs() / 60}));
-        events::record(&mut tx, ev).await?;
+        tx.record(ev);
     }
-    commit(tx).await?;
+    tx.commit().await?;
     if !over_account {
         return Ok((id, over_ip.then(|| ip_tarpit(f.ip))));
     }
@@ -118,7 +118,7 @@ async fn guarded_check(
     email: &str,
     check: impl std::future::Future<Output = Result<bool, Error>>,
 ) -> Result<bool, Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let ip =
         p.ip.map(|i| i.to_string())
             .unwrap_or_else(|| "unknown".into());
@@ -132,9 +132,9 @@ async fn guarded_check(
     .await?;
     let ok = check.await?;
     if ok {
-        let mut tx = store.begin().await?;
+        let mut tx = ctx.unit().await?;
         logins::succeeded(&mut tx, &attempt).await?;
-        commit(tx).await?;
+        tx.commit().await?;
     } else if let Some(d) = tarpit {
         tokio::time::sleep(d).await;
     }
@@ -195,7 +195,7 @@ pub async fn login(
                 code: "required",
             }),
             Some(code) => {
-                let mut tx = store.begin().await?;
+                let mut tx = ctx.unit().await?;
                 let ok = mfa::check_login_code(
                     &mut tx,
                     &ctx.key,
@@ -204,7 +204,7 @@ pub async fn login(
                     code,
                 )
                 .await?;
-                commit(tx).await?;
+                tx.commit().await?;
                 (!ok).then(|| Error::MfaRequired {
                     detail: "The MFA code is not valid.".into(),
                     code: "invalid_value",
@@ -216,7 +216,7 @@ pub async fn login(
 
     if !password_ok || mfa_problem.is_some() {
         // The attempt is on record as a failure already (see `guard`).
-        let mut tx = store.begin().await?;
+        let mut tx = ctx.unit().await?;
         let resource_id = creds
             .as_ref()
             .map(|c| c.user.id.clone())
@@ -232,8 +232,8 @@ pub async fn login(
         if let Some(o) = &first_org {
             ev = ev.in_org(o);
         }
-        events::record(&mut tx, ev).await?;
-        commit(tx).await?;
+        tx.record(ev);
+        tx.commit().await?;
         if let Some(d) = tarpit {
             tokio::time::sleep(d).await;
         }
@@ -258,7 +258,7 @@ pub async fn login(
     };
     let expires =
         now() + chrono::Duration::from_std(kind.default_lifespan()).map_err(Error::internal)?;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     logins::succeeded(&mut tx, &attempt).await?;
     let (tok, secret) = tokens::create(
         &mut tx,
@@ -278,14 +278,12 @@ pub async fn login(
         },
     )
     .await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("user.login", &actor, "user", &creds.user.id)
             .in_org(&org)
             .meta(json!({"token_id": tok.id, "type": kind.as_str()})),
-    )
-    .await?;
-    commit(tx).await?;
+    );
+    tx.commit().await?;
     Ok((tok, secret))
 }
 
@@ -303,16 +301,14 @@ pub async fn token_revoke_any(ctx: &ServerCtx, p: &Principal, token_id: &str) ->
     if !own && !admin {
         return Err(Error::not_found("token", token_id));
     }
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     if !tokens::revoke_any(&mut tx, token_id).await? {
         return Err(Error::not_found("token", token_id));
     }
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("token.revoked", &p.actor(), "token", token_id).in_org(&t.organization_id),
-    )
-    .await?;
-    commit(tx).await
+    );
+    tx.commit().await
 }
 
 /// A new secret for one of the caller's tokens; the old one stops working.
@@ -347,14 +343,12 @@ pub async fn token_rotate(
             "Only personal access tokens can be rotated.".into(),
         ));
     }
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     let (secret, hint) = tokens::rotate(&mut tx, token_id, t.kind, &expected).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("token.rotated", &p.actor(), "token", token_id).in_org(&t.organization_id),
-    )
-    .await?;
-    commit(tx).await?;
+    );
+    tx.commit().await?;
     Ok((Token { hint, ..t }, secret))
 }
 
@@ -397,7 +391,7 @@ pub async fn user_update(ctx: &ServerCtx, p: &Principal, req: &UserUpdate) -> Re
         }
         None => None,
     };
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     users::update_profile(
         &mut tx,
         uid,
@@ -415,24 +409,20 @@ pub async fn user_update(ctx: &ServerCtx, p: &Principal, req: &UserUpdate) -> Re
     if let Some(h) = new_hash {
         users::set_password(&mut tx, uid, &h).await?;
         let ended = tokens::revoke_all_but(&mut tx, uid, &p.token_id).await?;
-        events::record(
-            &mut tx,
+        tx.record(
             NewEvent::info("user.password_changed", &p.actor(), "user", uid)
                 .in_org(&p.organization_id)
                 .meta(json!({"tokens_revoked": ended})),
-        )
-        .await?;
+        );
     }
     if !changed.is_empty() {
-        events::record(
-            &mut tx,
+        tx.record(
             NewEvent::info("user.updated", &p.actor(), "user", uid)
                 .in_org(&p.organization_id)
                 .meta(json!({"fields": changed})),
-        )
-        .await?;
+        );
     }
-    commit(tx).await
+    tx.commit().await
 }
 
 /// Start MFA enrollment: a new secret, kept (encrypted) until confirmed.
@@ -450,9 +440,9 @@ pub async fn mfa_enroll(ctx: &ServerCtx, p: &Principal) -> Result<(String, Strin
     }
     let secret = mfa::new_secret();
     let (b32, uri) = mfa::enrollment(&secret, &user.email)?;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     users::set_mfa_pending(&mut tx, uid, &ctx.key.seal(&secret)?).await?;
-    commit(tx).await?;
+    tx.commit().await?;
     Ok((b32, uri))
 }
 
@@ -476,14 +466,12 @@ pub async fn mfa_confirm(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<V
     }
     let codes = mfa::recovery_codes();
     let hashes: Vec<String> = codes.iter().map(|c| mfa::hash_recovery(c)).collect();
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     users::set_mfa(&mut tx, uid, Some(&pending), &hashes).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("user.mfa_enabled", &p.actor(), "user", uid).in_org(&p.organization_id),
-    )
-    .await?;
-    commit(tx).await?;
+    );
+    tx.commit().await?;
     Ok(codes)
 }
 
@@ -509,7 +497,7 @@ pub async fn mfa_disable(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<(
         Some(&p.organization_id),
     )
     .await?;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     logins::succeeded(&mut tx, &attempt).await?;
     if !mfa::check_login_code(
         &mut tx,
@@ -532,14 +520,12 @@ pub async fn mfa_disable(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<(
         ));
     }
     users::set_mfa(&mut tx, uid, None, &[]).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("user.mfa_disabled", &p.actor(), "user", uid)
             .in_org(&p.organization_id)
             .severity(Severity::Warning),
-    )
-    .await?;
-    commit(tx).await
+    );
+    tx.commit().await
 }
 
 /// The calling user with their organizations and roles.

@@ -10,8 +10,7 @@ use shellwego_core::list::ListParams;
 use shellwego_core::model::NodeStatus;
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::Error;
-use shellwego_store::commit;
-use shellwego_store::events::{self, NewEvent};
+use shellwego_store::events::NewEvent;
 use shellwego_store::list::{Page, Scope};
 use shellwego_store::nodes::{self, Node, NODES};
 
@@ -26,10 +25,10 @@ pub async fn node_register(
     p: &Principal,
     req: &NodeRegister,
 ) -> Result<(Node, String), Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     p.authorize("nodes", "write", None)?;
     let caps = serde_json::to_value(&req.capabilities).map_err(Error::internal)?;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     let template = Node {
         organization_id: p.organization_id.clone(),
         hostname: req.hostname.trim().to_string(),
@@ -39,14 +38,12 @@ pub async fn node_register(
         ..Default::default()
     };
     let (node, secret) = nodes::register(&mut tx, template, &caps, JOIN_TOKEN_LIFETIME).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("node.registered", &p.actor(), "node", &node.id)
             .in_org(&p.organization_id)
             .meta(json!({"hostname": node.hostname})),
-    )
-    .await?;
-    commit(tx).await?;
+    );
+    tx.commit().await?;
     Ok((node, secret))
 }
 
@@ -81,15 +78,13 @@ pub async fn node_update(
         .transpose()
         .map_err(|e| Error::field("status", "invalid_value", e.to_string()))?;
     nodes::update(&mut tx, node_id, status, req.labels.as_ref()).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("node.updated", &p.actor(), "node", node_id)
             .in_org(&node.organization_id)
             .meta(
                 json!({"previous_status": node.status, "status": req.status, "labels": req.labels}),
             ),
-    )
-    .await?;
+    );
     tx.commit().await
 }
 
@@ -103,18 +98,17 @@ pub async fn node_delete(ctx: &ServerCtx, p: &Principal, node_id: &str) -> Resul
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
     nodes::delete(&mut tx, node_id).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("node.deleted", &p.actor(), "node", node_id)
             .in_org(&node.organization_id)
             .meta(json!({"hostname": node.hostname})),
-    )
-    .await?;
+    );
     tx.commit().await
 }
 
 /// Start draining a node (see the route). Returns the number of instances
-/// it runs.
+/// it runs. With `delete_when_drained`, a node that runs none is deleted
+/// at once (and 0 returned).
 pub async fn node_drain(
     ctx: &ServerCtx,
     p: &Principal,
@@ -145,6 +139,19 @@ pub async fn node_drain(
     let deadline = to_micros(now()) + i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX / 2);
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
+    // Deleting a node that runs nothing: delete it now, in this
+    // transaction (leaving it to the drained-nodes controller would race
+    // with the caller's next step).
+    if delete_when_drained && shellwego_store::nodes::count_on_node(&mut tx, node_id).await? == 0 {
+        nodes::delete(&mut tx, node_id).await?;
+        tx.record(
+            NewEvent::info("node.deleted", &p.actor(), "node", node_id)
+                .in_org(&node.organization_id)
+                .meta(json!({"hostname": node.hostname})),
+        );
+        tx.commit().await?;
+        return Ok(0);
+    }
     shellwego_store::nodes::start_drain(
         &mut tx,
         node_id,
@@ -155,13 +162,9 @@ pub async fn node_drain(
     )
     .await?;
     let n = shellwego_store::nodes::count_on_node(&mut tx, node_id).await?;
-    events::record(
-        &mut tx,
-        NewEvent::info("node.draining", &p.actor(), "node", node_id)
+    tx.record(NewEvent::info("node.draining", &p.actor(), "node", node_id)
             .in_org(&node.organization_id)
-            .meta(json!({"instances": n, "batch_size": req.batch_size.unwrap_or(1), "timeout_secs": timeout.as_secs(), "destination_nodes": req.destination_nodes, "delete_when_drained": delete_when_drained})),
-    )
-    .await?;
+            .meta(json!({"instances": n, "batch_size": req.batch_size.unwrap_or(1), "timeout_secs": timeout.as_secs(), "destination_nodes": req.destination_nodes, "delete_when_drained": delete_when_drained})));
     tx.commit().await?;
     Ok(n)
 }

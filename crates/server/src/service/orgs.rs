@@ -13,13 +13,13 @@ use shellwego_core::time::now;
 use shellwego_core::token::TokenKind;
 use shellwego_core::units::parse_duration;
 use shellwego_core::{password, Error};
-use shellwego_store::events::{self, Actor, NewEvent};
+use shellwego_store::events::{Actor, NewEvent};
 use shellwego_store::invitations::{self, Invitation, INVITATIONS};
 use shellwego_store::list::{Page, Scope};
 use shellwego_store::orgs::{self, Member, Organization, MEMBERS, ORGANIZATIONS};
 use shellwego_store::service_accounts::{self, ServiceAccount, SERVICE_ACCOUNTS};
 use shellwego_store::tokens::{self, NewTokenSpec, Token};
-use shellwego_store::{commit, users};
+use shellwego_store::users;
 
 use crate::auth::Principal;
 use crate::ctx::ServerCtx;
@@ -113,7 +113,7 @@ async fn org_insert(
     p: &Principal,
     req: &OrganizationCreate,
 ) -> Result<Organization, Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let uid = p.user_id()?;
     let explicit = req.slug.is_some();
     let base = req.slug.clone().unwrap_or_else(|| slugify(&req.name));
@@ -124,7 +124,7 @@ async fn org_insert(
         } else {
             format!("{base}-{}", &shellwego_core::id::new_id("x")[2..7])
         };
-        let mut tx = store.begin().await?;
+        let mut tx = ctx.unit().await?;
         let org = match orgs::create(&mut tx, req.name.trim(), &slug, Plan::Free).await {
             Ok(o) => o,
             Err(Error::Conflict(_)) if !explicit => continue,
@@ -143,21 +143,17 @@ async fn org_insert(
             )));
         }
         orgs::add_member(&mut tx, &org.id, uid, "owner").await?;
-        events::record(
-            &mut tx,
+        tx.record(
             NewEvent::info("organization.created", &p.actor(), "organization", &org.id)
                 .in_org(&org.id)
                 .meta(json!({"name": org.name, "slug": org.slug})),
-        )
-        .await?;
-        events::record(
-            &mut tx,
+        );
+        tx.record(
             NewEvent::info("member.added", &p.actor(), "user", uid)
                 .in_org(&org.id)
                 .meta(json!({"role": "owner"})),
-        )
-        .await?;
-        commit(tx).await?;
+        );
+        tx.commit().await?;
         return Ok(org);
     }
     Err(Error::Conflict(
@@ -204,14 +200,14 @@ pub async fn org_update(
     org_id: &str,
     req: &OrganizationUpdate,
 ) -> Result<(), Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let m = as_member(ctx, p, org_id).await?;
     m.authorize("organizations", "write", None)?;
     let settings = req
         .settings
         .as_ref()
         .map(|s| serde_json::to_value(s).unwrap_or_default());
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     orgs::update(
         &mut tx,
         org_id,
@@ -230,14 +226,12 @@ pub async fn org_update(
             fields.push(f);
         }
     }
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("organization.updated", &m.actor(), "organization", org_id)
             .in_org(org_id)
             .meta(json!({"fields": fields})),
-    )
-    .await?;
-    commit(tx).await
+    );
+    tx.commit().await
 }
 
 pub async fn member_list(
@@ -268,10 +262,10 @@ pub async fn member_update(
     user_id: &str,
     req: &MemberUpdate,
 ) -> Result<(), Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let m = as_member(ctx, p, org_id).await?;
     m.authorize("members", "write", None)?;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     let current = orgs::member_role(&mut tx, org_id, user_id)
         .await?
         .ok_or_else(|| Error::not_found("member", user_id))?;
@@ -307,14 +301,10 @@ pub async fn member_update(
         req.resources.as_deref(),
     )
     .await?;
-    events::record(
-        &mut tx,
-        NewEvent::info("member.role_changed", &m.actor(), "user", user_id)
+    tx.record(NewEvent::info("member.role_changed", &m.actor(), "user", user_id)
             .in_org(org_id)
-            .meta(json!({"previous_role": current, "role": req.role.clone().unwrap_or(current.clone()), "resources": req.resources})),
-    )
-    .await?;
-    commit(tx).await
+            .meta(json!({"previous_role": current, "role": req.role.clone().unwrap_or(current.clone()), "resources": req.resources})));
+    tx.commit().await
 }
 
 /// Remove a member (or leave, for oneself). Not the last owner.
@@ -324,13 +314,13 @@ pub async fn member_remove(
     org_id: &str,
     user_id: &str,
 ) -> Result<(), Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let m = as_member(ctx, p, org_id).await?;
     let leaving = p.user_id.as_deref() == Some(user_id);
     if !leaving {
         m.authorize("members", "write", None)?;
     }
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     let role = orgs::member_role(&mut tx, org_id, user_id)
         .await?
         .ok_or_else(|| Error::not_found("member", user_id))?;
@@ -347,14 +337,12 @@ pub async fn member_remove(
         }
     }
     orgs::remove_member(&mut tx, org_id, user_id).await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("member.removed", &m.actor(), "user", user_id)
             .in_org(org_id)
             .meta(json!({"role": role, "left": leaving})),
-    )
-    .await?;
-    commit(tx).await
+    );
+    tx.commit().await
 }
 
 pub async fn invitation_create(
@@ -363,7 +351,7 @@ pub async fn invitation_create(
     org_id: &str,
     req: &InvitationCreate,
 ) -> Result<(Invitation, String), Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let m = as_member(ctx, p, org_id).await?;
     m.authorize("invitations", "write", None)?;
     unrestricted(&m)?;
@@ -372,7 +360,7 @@ pub async fn invitation_create(
         .as_deref()
         .and_then(parse_duration)
         .unwrap_or(Duration::from_secs(7 * 86_400));
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     let (inv, secret) = invitations::create(
         &mut tx,
         org_id,
@@ -383,14 +371,12 @@ pub async fn invitation_create(
         p.user_id.as_deref(),
     )
     .await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("member.invited", &m.actor(), "invitation", &inv.id)
             .in_org(org_id)
             .meta(json!({"email": inv.email, "role": inv.role})),
-    )
-    .await?;
-    commit(tx).await?;
+    );
+    tx.commit().await?;
     Ok((inv, secret))
 }
 
@@ -419,19 +405,17 @@ pub async fn invitation_revoke(
     org_id: &str,
     inv_id: &str,
 ) -> Result<(), Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let m = as_member(ctx, p, org_id).await?;
     m.authorize("invitations", "write", None)?;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     if !invitations::revoke(&mut tx, org_id, inv_id).await? {
         return Err(Error::not_found("invitation", inv_id));
     }
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("invitation.revoked", &m.actor(), "invitation", inv_id).in_org(org_id),
-    )
-    .await?;
-    commit(tx).await
+    );
+    tx.commit().await
 }
 
 /// What accepting an invitation did.
@@ -512,7 +496,7 @@ pub async fn invitation_accept(
         }
     };
 
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     let inv = invitations::by_token(&mut tx, secret, store.is_postgres())
         .await?
         .ok_or_else(|| Error::not_found("invitation", "(token)"))?;
@@ -522,13 +506,11 @@ pub async fn invitation_accept(
         Who::New { name, hash } => {
             let user = users::create(&mut tx, &inv.email, &name, &hash).await?;
             let actor = Actor::user(&user.id, ip);
-            events::record(
-                &mut tx,
+            tx.record(
                 NewEvent::info("user.created", &actor, "user", &user.id)
                     .in_org(&inv.organization_id)
                     .meta(json!({"email": user.email, "via": "invitation"})),
-            )
-            .await?;
+            );
             (user.id, true, actor)
         }
     };
@@ -543,13 +525,11 @@ pub async fn invitation_accept(
         &inv.resources,
     )
     .await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("member.joined", &actor, "user", &user_id)
             .in_org(&inv.organization_id)
             .meta(json!({"role": inv.role, "invitation_id": inv.id})),
-    )
-    .await?;
+    );
     let token = if created {
         let expires = now()
             + chrono::Duration::from_std(TokenKind::Pat.default_lifespan())
@@ -573,7 +553,7 @@ pub async fn invitation_accept(
     } else {
         None
     };
-    commit(tx).await?;
+    tx.commit().await?;
     Ok(Accepted {
         invitation: inv,
         user_id,
@@ -587,7 +567,7 @@ pub async fn service_account_create(
     org_id: &str,
     req: &ServiceAccountCreate,
 ) -> Result<(ServiceAccount, Token, String), Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let m = as_member(ctx, p, org_id).await?;
     m.authorize("service_accounts", "write", None)?;
     unrestricted(&m)?;
@@ -599,7 +579,7 @@ pub async fn service_account_create(
         .and_then(parse_duration)
         .unwrap_or(TokenKind::Sat.default_lifespan());
     let expires = now() + chrono::Duration::from_std(lifetime).map_err(Error::internal)?;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     let sa = service_accounts::create(
         &mut tx,
         org_id,
@@ -623,8 +603,7 @@ pub async fn service_account_create(
         },
     )
     .await?;
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info(
             "service_account.created",
             &m.actor(),
@@ -633,16 +612,13 @@ pub async fn service_account_create(
         )
         .in_org(org_id)
         .meta(json!({"name": sa.name, "role": sa.role})),
-    )
-    .await?;
-    events::record(
-        &mut tx,
+    );
+    tx.record(
         NewEvent::info("token.created", &m.actor(), "token", &tok.id)
             .in_org(org_id)
             .meta(json!({"service_account_id": sa.id})),
-    )
-    .await?;
-    commit(tx).await?;
+    );
+    tx.commit().await?;
     Ok((sa, tok, secret))
 }
 
@@ -672,15 +648,14 @@ pub async fn service_account_delete(
     org_id: &str,
     sa_id: &str,
 ) -> Result<(), Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let m = as_member(ctx, p, org_id).await?;
     m.authorize("service_accounts", "write", None)?;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     if !service_accounts::delete(&mut tx, org_id, sa_id).await? {
         return Err(Error::not_found("service_account", sa_id));
     }
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info(
             "service_account.deleted",
             &m.actor(),
@@ -688,7 +663,6 @@ pub async fn service_account_delete(
             sa_id,
         )
         .in_org(org_id),
-    )
-    .await?;
-    commit(tx).await
+    );
+    tx.commit().await
 }

@@ -8,8 +8,7 @@ use shellwego_core::list::ListParams;
 use shellwego_core::time::now;
 use shellwego_core::token::TokenKind;
 use shellwego_core::{Error, FieldError};
-use shellwego_store::commit;
-use shellwego_store::events::{self, NewEvent};
+use shellwego_store::events::NewEvent;
 use shellwego_store::list::{Page, Scope};
 use shellwego_store::tokens::{self, NewTokenSpec, Token, TOKENS};
 
@@ -65,7 +64,7 @@ pub async fn token_create(
             .unwrap_or(TokenKind::Pat.default_lifespan()),
     };
     let expires_at = now() + chrono::Duration::from_std(lifetime).map_err(Error::internal)?;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     let (tok, secret) = tokens::create(
         &mut tx,
         NewTokenSpec {
@@ -80,14 +79,10 @@ pub async fn token_create(
         },
     )
     .await?;
-    events::record(
-        &mut tx,
-        NewEvent::info("token.created", &p.actor(), "token", &tok.id)
+    tx.record(NewEvent::info("token.created", &p.actor(), "token", &tok.id)
             .in_org(&org)
-            .meta(json!({"name": tok.name, "scope": tok.scope, "expires_at": shellwego_core::time::rfc3339(expires_at)})),
-    )
-    .await?;
-    commit(tx).await?;
+            .meta(json!({"name": tok.name, "scope": tok.scope, "expires_at": shellwego_core::time::rfc3339(expires_at)})));
+    tx.commit().await?;
     Ok((tok, secret))
 }
 
@@ -105,16 +100,14 @@ pub async fn token_list(
 
 /// Revoke one of the calling user's tokens; another user's is "not found".
 pub async fn token_revoke(ctx: &ServerCtx, p: &Principal, token_id: &str) -> Result<(), Error> {
-    let store = &ctx.store;
+    let _store = &ctx.store;
     let uid = p.self_service()?;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.unit().await?;
     if !tokens::revoke(&mut tx, token_id, uid).await? {
         return Err(Error::not_found("token", token_id));
     }
-    events::record(
-        &mut tx,
+    tx.record(
         NewEvent::info("token.revoked", &p.actor(), "token", token_id).in_org(&p.organization_id),
-    )
-    .await?;
-    commit(tx).await
+    );
+    tx.commit().await
 }
