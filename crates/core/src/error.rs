@@ -89,6 +89,14 @@ pub enum Error {
     /// A bug or an unexpected failure. The message is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// An unexpected failure of a dependency (the store's driver, a
+    /// serializer), its cause kept (`source()`) for the log, never sent.
+    #[error("internal error: {context}")]
+    InternalSource {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 impl Error {
@@ -123,5 +131,16 @@ impl Error {
 
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::Internal(e.to_string())
+    }
+
+    /// An unexpected failure in `context`, keeping `source` as its cause.
+    pub fn internal_source(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::InternalSource {
+            context: context.into(),
+            source: Box::new(source),
+        }
     }
 }

@@ -203,6 +203,17 @@ pub fn spec_for(e: Error) -> ProblemSpec {
             tracing::error!(error = %d, "internal error");
             internal()
         }
+        Error::InternalSource { context, source } => {
+            let mut cause = source.to_string();
+            let mut next = source.source();
+            while let Some(e) = next {
+                cause.push_str(": ");
+                cause.push_str(&e.to_string());
+                next = e.source();
+            }
+            tracing::error!(error = %context, cause = %cause, "internal error");
+            internal()
+        }
     }
 }
 

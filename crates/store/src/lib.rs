@@ -67,6 +67,16 @@ pub struct Store {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// What the store refuses because of the values it was given: a 400 that
+/// says why, naming no request field (the store does not know which field
+/// a value came from; a service that does names it).
+fn refused(why: &str) -> Error {
+    Error::Validation {
+        detail: why.to_string(),
+        errors: vec![],
+    }
+}
+
 /// Map a database error to the domain error. Unique violations are
 /// conflicts; connection trouble is "unavailable"; the rest are bugs.
 pub fn db_err(e: sqlx::Error) -> Error {
@@ -77,11 +87,7 @@ pub fn db_err(e: sqlx::Error) -> Error {
             if d.code()
                 .is_some_and(|c| c.len() == 5 && c.starts_with("22")) =>
         {
-            Error::field(
-                "body",
-                "invalid_value",
-                "a value was refused by the store (text may not contain NUL bytes)",
-            )
+            refused("a value was refused by the store (text may not contain NUL bytes)")
         }
         // The request was too big for the database to plan (a huge filter:
         // SQLite's "Expression tree is too large", "too many SQL
@@ -100,11 +106,7 @@ pub fn db_err(e: sqlx::Error) -> Error {
                 .iter()
                 .any(|m| d.message().contains(m)) =>
         {
-            Error::field(
-                "query",
-                "too_complex",
-                "the request is too large for the store to answer; use fewer filters or values",
-            )
+            refused("the request is too large for the store to answer; use fewer filters or values")
         }
         sqlx::Error::Database(d) if d.is_unique_violation() => {
             Error::Conflict("a resource with these values already exists".into())
@@ -113,7 +115,7 @@ pub fn db_err(e: sqlx::Error) -> Error {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_) => Error::Unavailable(format!("the store is not reachable: {e}")),
-        _ => Error::Internal(format!("store: {e}")),
+        _ => Error::internal_source("store", e),
     }
 }
 
@@ -262,9 +264,10 @@ pub fn doc<T: serde::de::DeserializeOwned>(
     text: &str,
 ) -> Result<T, Error> {
     serde_json::from_str(text).map_err(|e| {
-        Error::Internal(format!(
-            "store: {table} row {id}: the {col} document does not parse: {e}"
-        ))
+        Error::internal_source(
+            format!("store: {table} row {id}: the {col} document does not parse"),
+            e,
+        )
     })
 }
 
