@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentJoined, AgentSync, SsrfPolicy};
+use shellwego_api::agent::{AgentDesired, AgentJoin, AgentJoined, AgentSync, SsrfPolicy};
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
@@ -536,7 +536,7 @@ fn apply_ssrf_policy(guard: &shellwego_net::ssrf::Guard, policy: &SsrfPolicy) {
 }
 
 /// Events not delivered go out with the next sync.
-fn put_back(shared: &reconcile::Shared, events: Vec<shellwego_api::nodes::AgentEvent>) {
+fn put_back(shared: &reconcile::Shared, events: Vec<shellwego_api::agent::AgentEvent>) {
     if events.is_empty() {
         return;
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use shellwego_api::nodes::{AgentEvent, DesiredInstance, InstanceReport};
+use shellwego_api::agent::{AgentEvent, DesiredInstance, InstanceReport};
 use tokio::sync::Notify;
 
 use crate::driver::{Command, Driver, Launch, Reply, Running};
@@ -1614,7 +1614,7 @@ mod tests {
                     env: BTreeMap::new(),
                     memory: 64 << 20,
                     cpu_millis: 100,
-                    health_check: shellwego_api::nodes::DesiredHealthCheck {
+                    health_check: shellwego_api::agent::DesiredHealthCheck {
                         path: path.map(String::from),
                         port: None,
                         interval_ms: 1000,

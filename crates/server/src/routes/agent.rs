@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::Json;
-use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentJoined, AgentSync};
+use shellwego_api::agent::{AgentDesired, AgentJoin, AgentJoined, AgentSync};
 use shellwego_api::problem::Problem;
 
 use crate::auth::ClientIp;

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::json;
+use shellwego_api::agent::{AgentDesired, AgentJoin, AgentSync, SsrfPolicy};
 use shellwego_api::apps::AppSpec;
-use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentSync, SsrfPolicy};
 use shellwego_core::units::parse_duration;
 use shellwego_core::Error;
 use shellwego_store::apps;
@@ -217,9 +217,9 @@ pub async fn apply_reports(
     ctx: &ServerCtx,
     node_id: &str,
     org: &str,
-    mut reports: Option<&[shellwego_api::nodes::InstanceReport]>,
+    mut reports: Option<&[shellwego_api::agent::InstanceReport]>,
     seq: Option<i64>,
-    agent_events: &[shellwego_api::nodes::AgentEvent],
+    agent_events: &[shellwego_api::agent::AgentEvent],
     node_ip: Option<&str>,
 ) -> Result<BTreeSet<String>, Error> {
     let store = &ctx.store;
@@ -235,7 +235,7 @@ pub async fn apply_reports(
         }
     }
     let rows = apps::instances_on_node(&mut tx, node_id).await?;
-    let by_id: BTreeMap<&str, &shellwego_api::nodes::InstanceReport> = reports
+    let by_id: BTreeMap<&str, &shellwego_api::agent::InstanceReport> = reports
         .unwrap_or_default()
         .iter()
         .map(|r| (r.id.as_str(), r))
@@ -331,7 +331,7 @@ pub async fn desired_for_node(
     ctx: &ServerCtx,
     node_id: &str,
     region: &str,
-) -> Result<Vec<shellwego_api::nodes::DesiredInstance>, Error> {
+) -> Result<Vec<shellwego_api::agent::DesiredInstance>, Error> {
     let store = &ctx.store;
     let mut tx = store.begin().await?;
     let rows = apps::desired_on_node(&mut tx, node_id).await?;
@@ -367,7 +367,7 @@ pub async fn desired_for_node(
                     .map(|u| format!("/v1/agent/uploads/{u}"))
             })
         });
-        out.push(shellwego_api::nodes::DesiredInstance {
+        out.push(shellwego_api::agent::DesiredInstance {
             id: i.id,
             app_id: a.id.clone(),
             app_name: a.name.clone(),
@@ -380,7 +380,7 @@ pub async fn desired_for_node(
             env: spec.env.clone(),
             memory: i.memory,
             cpu_millis: i.cpu_millis,
-            health_check: shellwego_api::nodes::DesiredHealthCheck {
+            health_check: shellwego_api::agent::DesiredHealthCheck {
                 path: hc.path.clone(),
                 port: hc.port,
                 interval_ms: ms(&hc.interval, 10_000),
