@@ -3,7 +3,6 @@
 //! `deployments`, `nodes`).
 
 mod bench;
-mod client;
 mod cmd;
 mod config;
 mod credentials;
@@ -303,7 +302,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A problem document: its detail, field errors and trace id.
-            match e.downcast_ref::<client::ApiError>() {
+            match e.downcast_ref::<shellwego_client::ApiError>() {
                 Some(api) => eprint!("{}", api.report()),
                 None => eprintln!("error: {e:#}"),
             }
