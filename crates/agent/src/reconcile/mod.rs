@@ -149,14 +149,12 @@ pub struct Ctx {
     pub data_dir: PathBuf,
     /// Names what the drivers make on the host; see [`crate::owner`].
     pub owner: crate::owner::Owner,
-    pub control_plane: String,
-    pub credential: String,
+    /// The control plane's agent channel, with the node credential.
+    pub channel: shellwego_client::agent::AgentClient,
     pub advertise_ip: String,
     pub drivers: Vec<Arc<dyn Driver>>,
     pub images: Option<shellwego_image::ImageStore>,
     pub pull: shellwego_image::PullOptions,
-    /// Talks to the control plane (with the node credential).
-    pub http: reqwest::Client,
     /// The SSRF policy user-given URLs are fetched under: the control
     /// plane's `[ssrf]` section once a sync has brought it, strict before.
     /// `images` and `fetch` are made by it.
@@ -1074,8 +1072,7 @@ impl Ctx {
         // credential; anything else is a user's URL, fetched through the
         // SSRF guard.
         let req = if url.starts_with('/') {
-            let full = format!("{}{url}", self.control_plane.trim_end_matches('/'));
-            self.http.get(full).bearer_auth(&self.credential)
+            self.channel.upload(url)
         } else {
             let parsed = reqwest::Url::parse(url).with_context(|| format!("{url} is not a URL"))?;
             self.ssrf
@@ -1474,13 +1471,16 @@ mod tests {
         Ctx {
             data_dir: data_dir.to_path_buf(),
             owner: Default::default(),
-            control_plane,
-            credential: "nsec_test".into(),
+            channel: shellwego_client::agent::AgentClient::new(
+                &control_plane,
+                Duration::from_secs(60),
+            )
+            .unwrap()
+            .with_credential("nsec_test"),
             advertise_ip: "127.0.0.1".into(),
             drivers: vec![],
             images: None,
             pull: Default::default(),
-            http: reqwest::Client::new(),
             fetch: ssrf.client(reqwest::Client::builder()).unwrap(),
             ssrf,
             fetching: Default::default(),
