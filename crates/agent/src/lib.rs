@@ -22,7 +22,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentJoined, AgentSync, SsrfPolicy};
+use shellwego_api::agent::{AgentJoin, AgentSync, SsrfPolicy};
+use shellwego_client::agent::{AgentClient, AgentError};
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
@@ -269,7 +270,7 @@ fn memory_available() -> Option<i64> {
     read_first_number(&meminfo, "MemAvailable:").map(|k| k * 1024)
 }
 
-async fn load_or_join(args: &AgentArgs, http: &reqwest::Client) -> anyhow::Result<Credential> {
+async fn load_or_join(args: &AgentArgs, channel: &AgentClient) -> anyhow::Result<Credential> {
     let path = credential_path(&args.data_dir);
     if let Ok(text) = std::fs::read_to_string(&path) {
         let c: Credential =
@@ -280,22 +281,16 @@ async fn load_or_join(args: &AgentArgs, http: &reqwest::Client) -> anyhow::Resul
     let Some(token) = args.join_token.clone() else {
         bail!("this node has not joined yet: pass --join-token (from POST /v1/nodes)");
     };
-    let url = format!("{}/v1/agent/join", args.control_plane.trim_end_matches('/'));
-    let res = http
-        .post(&url)
-        .json(&host_report(args, token))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    if !res.status().is_success() {
-        let status = res.status();
-        let body: serde_json::Value = res.json().await.unwrap_or_default();
-        bail!(
+    let joined = match channel.join(&host_report(args, token)).await {
+        Ok(j) => j,
+        Err(AgentError::Refused { status, detail }) => bail!(
             "joining failed ({status}): {}",
-            body["detail"].as_str().unwrap_or("no detail")
-        );
-    }
-    let joined: AgentJoined = res.json().await?;
+            detail.as_deref().unwrap_or("no detail")
+        ),
+        // "cannot reach <url>", and why.
+        Err(e @ AgentError::Transport { .. }) => return Err(e.into()),
+        Err(AgentError::Decode { source, .. }) => return Err(source.into()),
+    };
     let c = Credential {
         control_plane: args.control_plane.clone(),
         node_id: joined.node_id,
@@ -330,9 +325,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(args.sync_wait + 15))
-        .build()?;
+    // A sync is held up to its wait; the timeout leaves room beyond it.
+    let channel = AgentClient::new(
+        &args.control_plane,
+        Duration::from_secs(args.sync_wait + 15),
+    )?;
     let owner = args.owner()?;
     tracing::info!(owner_tag = %owner, "this agent's objects on the host carry its owner tag");
     if !args.no_cgroup_favordynmods && host::is_root() {
@@ -359,7 +356,11 @@ pub async fn run(
             anyhow::bail!("--drivers {want}: the {want} driver does not work on this host (the log above says why)");
         }
     }
-    let cred = load_or_join(&args, &http).await?;
+    let cred = load_or_join(&args, &channel).await?;
+    // The control plane the credential was issued by.
+    let channel = channel
+        .at(&cred.control_plane)
+        .with_credential(&cred.credential);
     let advertise_ip = args
         .advertise_ip
         .clone()
@@ -371,8 +372,7 @@ pub async fn run(
     let ctx = Arc::new(reconcile::Ctx {
         data_dir: args.data_dir.clone(),
         owner: owner.clone(),
-        control_plane: cred.control_plane.clone(),
-        credential: cred.credential.clone(),
+        channel: channel.clone(),
         advertise_ip: advertise_ip.clone(),
         drivers,
         images: shellwego_image::ImageStore::new(args.data_dir.join("images"), &ssrf).ok(),
@@ -380,7 +380,6 @@ pub async fn run(
             insecure_registries: args.insecure_registries.clone(),
             ..Default::default()
         },
-        http: http.clone(),
         ssrf: ssrf.clone(),
         fetch,
         fetching: Default::default(),
@@ -397,7 +396,6 @@ pub async fn run(
         tracing::warn!(error = %e, "the sweep for orphaned instances failed");
     }
     let reconciler = tokio::spawn(ctx.clone().run(shared.clone()));
-    let url = format!("{}/v1/agent/sync", cred.control_plane.trim_end_matches('/'));
     let sync_loop = async {
         let mut generation = -1;
         let mut backoff = Duration::from_millis(500);
@@ -425,11 +423,7 @@ pub async fn run(
                 internal_ip: Some(advertise_ip.clone()),
                 seq: Some(seq),
             };
-            let send = http
-                .post(&url)
-                .bearer_auth(&cred.credential)
-                .json(&body)
-                .send();
+            let send = channel.sync(&body);
             // A status change goes up at once: the waiting call is dropped
             // and a new one carries the news.
             // (A call carrying events is never dropped: they would be
@@ -447,9 +441,9 @@ pub async fn run(
                 continue;
             };
             match res {
-                Ok(r) if r.status().is_success() => {
+                Ok(answer) => {
                     backoff = Duration::from_millis(500);
-                    match r.json::<AgentDesired>().await {
+                    match answer.desired().await {
                         Ok(d) => {
                             if d.generation != generation {
                                 tracing::info!(
@@ -466,21 +460,31 @@ pub async fn run(
                             }
                             shared.wake.notify_one();
                         }
-                        Err(e) => tracing::warn!(error = %e, "unreadable sync answer"),
+                        Err(
+                            AgentError::Decode { source: e, .. }
+                            | AgentError::Transport { source: e, .. },
+                        ) => tracing::warn!(error = %e, "unreadable sync answer"),
+                        Err(e @ AgentError::Refused { .. }) => {
+                            tracing::warn!(error = %e, "unreadable sync answer")
+                        }
                     }
                     continue;
                 }
-                Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                Err(AgentError::Refused { status, .. })
+                    if status == shellwego_client::StatusCode::UNAUTHORIZED =>
+                {
                     return Err(anyhow::anyhow!(
                         "the control plane no longer accepts this node's credential (was the node deleted?); remove {} and join again",
                         credential_path(&args.data_dir).display()
                     ));
                 }
-                Ok(r) => {
+                Err(AgentError::Refused { status, .. }) => {
                     put_back(&shared, events);
-                    tracing::warn!(status = %r.status(), "sync refused; retrying")
+                    tracing::warn!(status = %status, "sync refused; retrying")
                 }
-                Err(e) => {
+                Err(
+                    AgentError::Transport { source: e, .. } | AgentError::Decode { source: e, .. },
+                ) => {
                     put_back(&shared, events);
                     tracing::warn!(error = %e, "control plane unreachable; retrying")
                 }
@@ -536,7 +540,7 @@ fn apply_ssrf_policy(guard: &shellwego_net::ssrf::Guard, policy: &SsrfPolicy) {
 }
 
 /// Events not delivered go out with the next sync.
-fn put_back(shared: &reconcile::Shared, events: Vec<shellwego_api::nodes::AgentEvent>) {
+fn put_back(shared: &reconcile::Shared, events: Vec<shellwego_api::agent::AgentEvent>) {
     if events.is_empty() {
         return;
     }

@@ -1,8 +1,10 @@
 //! The ShellWeGo API contract: request and response bodies of the `/v1`
-//! platform API with their OpenAPI schemas, and the validation of requests.
+//! platform API with their OpenAPI schemas, and the validation of requests;
+//! and, apart in [`agent`], the internal agent protocol (versioned on its own).
 //! No database or HTTP-server code lives here; the server, the CLI and SDKs
 //! share these types.
 
+pub mod agent;
 pub mod apps;
 pub mod auth;
 pub mod deployments;

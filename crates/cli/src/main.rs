@@ -3,7 +3,6 @@
 //! `deployments`, `nodes`).
 
 mod bench;
-mod client;
 mod cmd;
 mod config;
 mod credentials;
@@ -47,7 +46,12 @@ enum Command {
     /// (routes `Host: <app>.<base-domain>` to healthy instances).
     Router(router::RouterArgs),
     /// Print the OpenAPI 3.1 document of the /v1 API.
-    Openapi,
+    Openapi {
+        /// Print the agent protocol's document instead (the internal
+        /// channel between node agents and the control plane).
+        #[arg(long)]
+        agent: bool,
+    },
     /// Measure ShellWeGo's speed (prints figures; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -276,8 +280,12 @@ fn main() -> ExitCode {
                 init_logging(LogFormat::Pretty);
                 router::run(a, shutdown_signal()).await
             }
-            Command::Openapi => {
+            Command::Openapi { agent: false } => {
                 print!("{}", shellwego_server::openapi::document_json());
+                Ok(())
+            }
+            Command::Openapi { agent: true } => {
+                print!("{}", shellwego_server::openapi::agent_document_json());
                 Ok(())
             }
             Command::Bench(b) => bench::run(b).await,
@@ -294,7 +302,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A problem document: its detail, field errors and trace id.
-            match e.downcast_ref::<client::ApiError>() {
+            match e.downcast_ref::<shellwego_client::ApiError>() {
                 Some(api) => eprint!("{}", api.report()),
                 None => eprintln!("error: {e:#}"),
             }

@@ -92,7 +92,7 @@ pub fn protocol_error(status: StatusCode) -> shellwego_net::serve::ProtocolError
 
 /// The whole application.
 pub fn app(state: AppState) -> Router {
-    let (router, _) = crate::openapi::api_router().split_for_parts();
+    let (router, _) = crate::openapi::router().split_for_parts();
     wrap(router, state)
 }
 

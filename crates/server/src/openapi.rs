@@ -1,6 +1,10 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations.
-//! Every route is registered through `routes!`, so the router and the
-//! document are built from the same list and cannot disagree.
+//! The OpenAPI 3.1 documents, generated from the handlers' annotations:
+//! the public `/v1` platform API (`openapi/platform-api.json`, served at
+//! `/v1/openapi.json`) and, apart, the internal agent protocol
+//! (`openapi/agent-api.json`, versioned by
+//! [`shellwego_api::agent::PROTOCOL_VERSION`]). Every route is registered
+//! through `routes!`, so the router and the documents are built from the
+//! same lists and cannot disagree.
 
 use utoipa::openapi::header::Header;
 use utoipa::openapi::path::{Operation, ParameterIn};
@@ -35,11 +39,33 @@ Every /v1 response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-R
         (name = "apps", description = "Apps, their instances, and uploaded archives"),
         (name = "deployments", description = "Rolling, blue-green and canary deployments, rollbacks and their logs"),
         (name = "nodes", description = "Machines that run apps"),
-        (name = "agent", description = "The node agent's channel (node credentials, not user tokens)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
 struct ApiDoc;
+
+/// The agent protocol's document. Its `info.version` is the protocol
+/// version (set in [`agent_document`]), not the platform API's.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ShellWeGo Agent Protocol",
+        description = "The internal channel between a node agent and the control plane: joining with a \
+one-time join token, then `sync` long-polls that carry the node's status up and its desired state \
+down, and downloads of uploaded archives. Not part of the public /v1 platform API and versioned \
+apart from it: an agent names the protocol version it speaks in the `ShellWeGo-Agent-Protocol` \
+header (absent: 1); a version the control plane does not speak is answered 400. `sync` and the \
+downloads authenticate with the node credential (`Authorization: Bearer nsec_…`). Errors are RFC \
+7807 problem documents, as on /v1.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(shellwego_api::problem::Problem)),
+    tags(
+        (name = "agent", description = "The node agent's channel (node credentials, not user tokens)"),
+    )
+)]
+struct AgentApiDoc;
 
 struct BearerAuth;
 
@@ -54,7 +80,13 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every route of the server, with its documentation.
+/// Every route of the server, public and agent channel, for the HTTP
+/// stack (the documentation that comes with it is not used).
+pub fn router() -> OpenApiRouter<AppState> {
+    api_router().merge(agent_router())
+}
+
+/// The public `/v1` routes (and the operational ones), with their documentation.
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
@@ -104,20 +136,45 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(deployments::deployment_rollback))
         .routes(routes!(deployments::deployment_promote))
         .routes(routes!(deployments::deployment_logs))
+}
+
+/// The agent channel's routes, with their documentation.
+pub fn agent_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(AgentApiDoc::openapi())
         .routes(routes!(agent::agent_join))
         .routes(routes!(agent::agent_sync))
         .routes(routes!(agent::agent_upload_get))
 }
 
+/// The public `/v1` document.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = api_router().into_openapi();
     document_problems(&mut doc);
     doc
 }
 
-/// The document as checked in under `openapi/` and served at `/v1/openapi.json`.
+/// The public document as checked in under `openapi/platform-api.json`
+/// and served at `/v1/openapi.json`.
 pub fn document_json() -> String {
-    let mut s = document().to_pretty_json().unwrap_or_else(|_| "{}".into());
+    to_json(&document())
+}
+
+/// The agent protocol's document.
+pub fn agent_document() -> utoipa::openapi::OpenApi {
+    let mut doc = agent_router().into_openapi();
+    doc.info.version = shellwego_api::agent::PROTOCOL_VERSION.to_string();
+    document_problems(&mut doc);
+    doc
+}
+
+/// The agent protocol's document as checked in under
+/// `openapi/agent-api.json` (`shellwego openapi --agent`).
+pub fn agent_document_json() -> String {
+    to_json(&agent_document())
+}
+
+fn to_json(doc: &utoipa::openapi::OpenApi) -> String {
+    let mut s = doc.to_pretty_json().unwrap_or_else(|_| "{}".into());
     s.push('\n');
     s
 }
@@ -276,12 +333,16 @@ fn problem_statuses(path: &str, op: &Operation) -> Vec<u16> {
     let in_query = params
         .iter()
         .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+    // A header the operation reads (the agent protocol's version) can be wrong.
+    let in_header = params
+        .iter()
+        .any(|p| matches!(p.parameter_in, ParameterIn::Header));
     let body = op.request_body.is_some();
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
     let v1 = path.starts_with("/v1/");
     let gated = gated(path);
     let mut s = vec![];
-    if in_path || in_query || body {
+    if in_path || in_query || in_header || body {
         s.push(400);
     }
     if secured || gated {

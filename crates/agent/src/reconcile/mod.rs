@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use shellwego_api::nodes::{AgentEvent, DesiredInstance, InstanceReport};
+use shellwego_api::agent::{AgentEvent, DesiredInstance, InstanceReport};
 use shellwego_core::model::InstanceStatus;
 use tokio::sync::Notify;
 
@@ -150,14 +150,12 @@ pub struct Ctx {
     pub data_dir: PathBuf,
     /// Names what the drivers make on the host; see [`crate::owner`].
     pub owner: crate::owner::Owner,
-    pub control_plane: String,
-    pub credential: String,
+    /// The control plane's agent channel, with the node credential.
+    pub channel: shellwego_client::agent::AgentClient,
     pub advertise_ip: String,
     pub drivers: Vec<Arc<dyn Driver>>,
     pub images: Option<shellwego_image::ImageStore>,
     pub pull: shellwego_image::PullOptions,
-    /// Talks to the control plane (with the node credential).
-    pub http: reqwest::Client,
     /// The SSRF policy user-given URLs are fetched under: the control
     /// plane's `[ssrf]` section once a sync has brought it, strict before.
     /// `images` and `fetch` are made by it.
@@ -1075,8 +1073,7 @@ impl Ctx {
         // credential; anything else is a user's URL, fetched through the
         // SSRF guard.
         let req = if url.starts_with('/') {
-            let full = format!("{}{url}", self.control_plane.trim_end_matches('/'));
-            self.http.get(full).bearer_auth(&self.credential)
+            self.channel.upload(url)
         } else {
             let parsed = reqwest::Url::parse(url).with_context(|| format!("{url} is not a URL"))?;
             self.ssrf
@@ -1475,13 +1472,16 @@ mod tests {
         Ctx {
             data_dir: data_dir.to_path_buf(),
             owner: Default::default(),
-            control_plane,
-            credential: "nsec_test".into(),
+            channel: shellwego_client::agent::AgentClient::new(
+                &control_plane,
+                Duration::from_secs(60),
+            )
+            .unwrap()
+            .with_credential("nsec_test"),
             advertise_ip: "127.0.0.1".into(),
             drivers: vec![],
             images: None,
             pull: Default::default(),
-            http: reqwest::Client::new(),
             fetch: ssrf.client(reqwest::Client::builder()).unwrap(),
             ssrf,
             fetching: Default::default(),
@@ -1615,7 +1615,7 @@ mod tests {
                     env: BTreeMap::new(),
                     memory: 64 << 20,
                     cpu_millis: 100,
-                    health_check: shellwego_api::nodes::DesiredHealthCheck {
+                    health_check: shellwego_api::agent::DesiredHealthCheck {
                         path: path.map(String::from),
                         port: None,
                         interval_ms: 1000,

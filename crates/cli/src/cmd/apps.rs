@@ -7,22 +7,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
-use serde_json::Value;
 use shellwego_api::apps::{
-    App, AppCreate, AppCreated, AppList, Cpu, HealthCheck, Placement, Resources, RestartRequest,
-    ScaleRequest, Source, UploadCreated,
+    App, AppCreate, Cpu, HealthCheck, Placement, Resources, RestartRequest, ScaleRequest, Source,
 };
+use shellwego_client::{Answer, AppAction, Client, ListQuery};
 
-use crate::client::{decode, Client};
 use crate::cmd::wait::{self, app_line};
-use crate::cmd::{
-    confirm, fetch_list_filtered, more_hint, parse_duration, parse_key_value, ClientArgs, Ctx,
-    ListArgs,
-};
+use crate::cmd::{confirm, more_hint, parse_duration, parse_key_value, ClientArgs, Ctx, ListArgs};
 use crate::output::{emit, fields, json, list, note, or_dash, table, Output};
-
-/// How long an upload may take.
-const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, Args)]
 pub struct AppsArgs {
@@ -218,8 +210,8 @@ pub async fn run(args: AppsArgs) -> anyhow::Result<()> {
         AppsCommand::Get { app } => get(&ctx, &app).await,
         AppsCommand::Delete(d) => delete(&ctx, &d).await,
         AppsCommand::Scale(s) => scale(&ctx, &s).await,
-        AppsCommand::Start(a) => action(&ctx, &a.app, Action::Start, &a.wait).await,
-        AppsCommand::Stop(a) => action(&ctx, &a.app, Action::Stop, &a.wait).await,
+        AppsCommand::Start(a) => action(&ctx, &a.app, AppAction::Start, &a.wait).await,
+        AppsCommand::Stop(a) => action(&ctx, &a.app, AppAction::Stop, &a.wait).await,
         AppsCommand::Restart(r) => {
             let req = RestartRequest {
                 strategy: r.strategy.clone(),
@@ -227,39 +219,26 @@ pub async fn run(args: AppsArgs) -> anyhow::Result<()> {
                 max_surge: r.max_surge,
                 max_unavailable: r.max_unavailable,
             };
-            action(&ctx, &r.app, Action::Restart(req), &r.wait).await
+            action(&ctx, &r.app, AppAction::Restart(req), &r.wait).await
         }
     }
-}
-
-/// `POST /v1/apps/{id}/actions/…`.
-enum Action {
-    Start,
-    Stop,
-    Restart(RestartRequest),
 }
 
 /// An app named by id or by name: `(id, name)`.
 pub(crate) async fn resolve(client: &Client, app: &str) -> anyhow::Result<(String, String)> {
     let app = app.trim();
     if app.starts_with("app_") {
-        let body = client.get(&["v1", "apps", app], &[]).await?;
-        let a: App = decode("GET /v1/apps/{app_id}", &body)?;
+        let a = client.apps().get(app).await?.into_inner();
         return Ok((a.id, a.name));
     }
     if !shellwego_api::apps::valid_dns_label(app) {
         bail!("no app named '{app}' (names are lowercase DNS labels; ids start with app_)");
     }
-    let body = client
-        .get(
-            &["v1", "apps"],
-            &[
-                ("filter[name]", app.to_string()),
-                ("limit", "100".to_string()),
-            ],
-        )
-        .await?;
-    let l: AppList = decode("GET /v1/apps", &body)?;
+    let l = client
+        .apps()
+        .list(&ListQuery::new().filter("name", app).limit(Some(100)))
+        .await?
+        .into_inner();
     let mut found: Vec<App> = l.data.into_iter().filter(|a| a.name == app).collect();
     match found.len() {
         0 => bail!("no app named '{app}' (see `shellwego apps list`)"),
@@ -296,23 +275,14 @@ pub(crate) async fn upload(ctx: &Ctx, path: &Path) -> anyhow::Result<String> {
             path.display()
         );
     }
-    let body = ctx
-        .client
-        .post_bytes(
-            &["v1", "uploads"],
-            bytes,
-            "application/octet-stream",
-            UPLOAD_TIMEOUT,
-        )
-        .await?;
-    let u: UploadCreated = decode("POST /v1/uploads", &body)?;
+    let u = ctx.client.apps().upload(bytes).await?;
     note(&format!(
         "Uploaded {} ({} bytes) as {}.",
         path.display(),
         u.size,
         u.upload_id
     ));
-    Ok(u.upload_id)
+    Ok(u.into_inner().upload_id)
 }
 
 /// The `POST /v1/apps` body the flags describe (the source comes apart).
@@ -377,11 +347,10 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
         })
     };
     let req = create_body(&args, source)?;
-    let body = ctx.client.post(&["v1", "apps"], &req).await?;
-    let c: AppCreated = decode("POST /v1/apps", &body)?;
+    let c = ctx.client.apps().create(&req).await?;
     match ctx.output {
         Output::Json if args.wait.wait => {}
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(c.body())?)?,
         Output::Table => emit(&fields(&[
             ("ID", c.id.clone()),
             ("NAME", c.name.clone()),
@@ -392,7 +361,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
     if args.wait.wait {
         let app = wait::wait_app(&ctx.client, &c.id, args.wait.timeout()).await?;
         if ctx.output == Output::Json {
-            emit(&json(&app)?)?;
+            emit(&json(app.body())?)?;
         }
     }
     Ok(())
@@ -414,22 +383,21 @@ fn origin(a: &App) -> String {
 }
 
 async fn list_apps(ctx: &Ctx, args: &AppListArgs) -> anyhow::Result<()> {
-    let mut filters = vec![];
-    for (key, value) in [
-        ("filter[status]", &args.status),
-        ("filter[tags]", &args.tag),
-        ("filter[node_id]", &args.node),
-        ("filter[q]", &args.query),
+    let mut query = args.list.query();
+    for (field, value) in [
+        ("status", &args.status),
+        ("tags", &args.tag),
+        ("node_id", &args.node),
+        ("q", &args.query),
     ] {
         if let Some(v) = value {
-            filters.push((key, v.clone()));
+            query = query.filter(field, v.clone());
         }
     }
-    let body = fetch_list_filtered(&ctx.client, &["v1", "apps"], &filters, &args.list).await?;
+    let l = ctx.client.apps().list(&query).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(l.body())?)?,
         Output::Table => {
-            let l: AppList = decode("GET /v1/apps", &body)?;
             let rows: Vec<Vec<String>> = l
                 .data
                 .iter()
@@ -455,11 +423,10 @@ async fn list_apps(ctx: &Ctx, args: &AppListArgs) -> anyhow::Result<()> {
 
 async fn get(ctx: &Ctx, app: &str) -> anyhow::Result<()> {
     let (id, _) = resolve(&ctx.client, app).await?;
-    let body = ctx.client.get(&["v1", "apps", &id], &[]).await?;
+    let a = ctx.client.apps().get(&id).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(a.body())?)?,
         Output::Table => {
-            let a: App = decode("GET /v1/apps/{app_id}", &body)?;
             emit(&app_fields(&a))?;
             emit("\n")?;
             if a.instances.is_empty() {
@@ -567,12 +534,7 @@ async fn delete(ctx: &Ctx, args: &DeleteArgs) -> anyhow::Result<()> {
         &format!("Delete {what}? Its instances are stopped."),
         args.yes,
     )?;
-    let query = if args.force {
-        vec![("force", "true".to_string())]
-    } else {
-        vec![]
-    };
-    ctx.client.delete_with(&["v1", "apps", &id], &query).await?;
+    ctx.client.apps().delete(&id, args.force).await?;
     match ctx.output {
         // 204: the API's body is empty, and so is ours.
         Output::Json => {}
@@ -588,12 +550,12 @@ async fn scale(ctx: &Ctx, args: &ScaleArgs) -> anyhow::Result<()> {
         strategy: None,
         constraints: None,
     };
-    let body = ctx.client.post(&["v1", "apps", &id, "scale"], &req).await?;
+    let a = ctx.client.apps().scale(&id, &req).await?;
     let plural = if args.replicas == 1 { "" } else { "s" };
     finish_action(
         ctx,
         &id,
-        body,
+        &a,
         &format!("Scaled {name} to {} replica{plural}.", args.replicas),
         &args.wait,
         false,
@@ -601,36 +563,22 @@ async fn scale(ctx: &Ctx, args: &ScaleArgs) -> anyhow::Result<()> {
     .await
 }
 
-async fn action(ctx: &Ctx, app: &str, what: Action, wait: &WaitArgs) -> anyhow::Result<()> {
+async fn action(ctx: &Ctx, app: &str, what: AppAction, wait: &WaitArgs) -> anyhow::Result<()> {
     let (id, name) = resolve(&ctx.client, app).await?;
-    let restarted = matches!(what, Action::Restart(_));
-    let (body, done) = match what {
-        Action::Start => (
-            ctx.client
-                .post_empty(&["v1", "apps", &id, "actions", "start"])
-                .await?,
-            format!("Starting {name}."),
-        ),
-        Action::Stop => (
-            ctx.client
-                .post_empty(&["v1", "apps", &id, "actions", "stop"])
-                .await?,
-            format!("Stopping {name}."),
-        ),
-        Action::Restart(r) => {
-            let body = ctx
-                .client
-                .post(&["v1", "apps", &id, "actions", "restart"], &r)
-                .await?;
+    let restarted = matches!(what, AppAction::Restart(_));
+    let a = ctx.client.apps().action(&id, &what).await?;
+    let done = match &what {
+        AppAction::Start => format!("Starting {name}."),
+        AppAction::Stop => format!("Stopping {name}."),
+        AppAction::Restart(r) => {
             let strategy = r.strategy.as_deref().unwrap_or("rolling");
-            let done = match (strategy, r.max_surge) {
+            match (strategy, r.max_surge) {
                 ("rolling", Some(b)) => format!("Restarting {name} (rolling, {b} at a time)."),
                 (s, _) => format!("Restarting {name} ({s})."),
-            };
-            (body, done)
+            }
         }
     };
-    finish_action(ctx, &id, body, &done, wait, restarted).await
+    finish_action(ctx, &id, &a, &done, wait, restarted).await
 }
 
 /// After an action that answers with the app: say what was done, then
@@ -638,19 +586,18 @@ async fn action(ctx: &Ctx, app: &str, what: Action, wait: &WaitArgs) -> anyhow::
 async fn finish_action(
     ctx: &Ctx,
     id: &str,
-    body: Value,
+    a: &Answer<App>,
     done: &str,
     wait: &WaitArgs,
     restarted: bool,
 ) -> anyhow::Result<()> {
-    let a: App = decode("the app", &body)?;
     match ctx.output {
         Output::Json if wait.wait => {}
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(a.body())?)?,
         Output::Table => {
             emit(&format!("{done}\n"))?;
             if !wait.wait {
-                note(&app_line(&a));
+                note(&app_line(a));
             }
         }
     }
@@ -659,7 +606,7 @@ async fn finish_action(
         // A restart is a deployment: it is over when its old instances
         // are drained, not when the new ones are healthy.
         if let Some(dep) = a.deployment_id.as_deref().filter(|_| restarted) {
-            let (_, d) =
+            let d =
                 crate::cmd::deployments::wait_deployment(&ctx.client, dep, wait.timeout()).await?;
             if d.status != "successful" {
                 return Err(crate::cmd::deployments::unsuccessful(&ctx.client, &d).await);
@@ -673,7 +620,7 @@ async fn finish_action(
         };
         let app = wait::wait_app(&ctx.client, id, left).await?;
         if ctx.output == Output::Json {
-            emit(&json(&app)?)?;
+            emit(&json(app.body())?)?;
         }
     }
     Ok(())

@@ -3,11 +3,9 @@
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use shellwego_api::auth::LoginRequest;
-use shellwego_api::tokens::TokenCreated;
-use shellwego_api::user::CurrentUser;
+use shellwego_client::StatusCode;
 
-use crate::client::{decode, Client};
-use crate::cmd::{ClientArgs, Ctx};
+use crate::cmd::{client_for, ClientArgs, Ctx};
 use crate::credentials::{self, Credentials};
 use crate::output::{emit, fields, json, note, or_dash, Output};
 use crate::prompt;
@@ -96,10 +94,10 @@ async fn login(ctx: &Ctx, args: LoginArgs) -> anyhow::Result<()> {
         organization_id: args.org,
     };
     // No bearer token on a login: a stale SHELLWEGO_TOKEN must not get in the way.
-    let anonymous = Client::new(ctx.client.base(), None)?;
+    let anonymous = ctx.client.anonymous();
     let mut attempts = 0;
-    let body = loop {
-        match anonymous.post(&["v1", "auth", "token"], &req).await {
+    let created = loop {
+        match anonymous.auth().login(&req).await {
             Ok(v) => break v,
             // Ask for the code only when it was not given as a flag.
             Err(e) if e.wants_mfa_code() && args.mfa_code.is_none() && attempts < MFA_ATTEMPTS => {
@@ -112,7 +110,6 @@ async fn login(ctx: &Ctx, args: LoginArgs) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     };
-    let created: TokenCreated = decode("POST /v1/auth/token", &body)?;
     let previous = ctx.stored.clone();
     let creds = Credentials {
         api_url: Some(ctx.client.base().to_string()),
@@ -123,7 +120,7 @@ async fn login(ctx: &Ctx, args: LoginArgs) -> anyhow::Result<()> {
     credentials::save(&path, &creds)?;
     retire(&previous, &creds).await;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(created.body())?)?,
         Output::Table => emit(&format!(
             "Logged in to {} as {}.\n{}",
             ctx.client.base(),
@@ -155,8 +152,8 @@ async fn retire(previous: &Credentials, new: &Credentials) {
     if Some(url) != new.api_url.as_deref() || previous.token_id == new.token_id {
         return;
     }
-    if let Ok(c) = Client::new(url, Some(token)) {
-        let _ = c.delete(&["v1", "auth", "token", id]).await;
+    if let Ok(c) = client_for(url, Some(token)) {
+        let _ = c.auth().revoke(id).await;
     }
 }
 
@@ -179,12 +176,12 @@ async fn logout(ctx: &Ctx) -> anyhow::Result<()> {
         .unwrap_or_else(|| ctx.client.base().to_string());
     let message = match stored.token_id.clone() {
         Some(id) => {
-            let client = Client::new(&url, Some(token))?;
-            match client.delete(&["v1", "auth", "token", &id]).await {
+            let client = client_for(&url, Some(token))?;
+            match client.auth().revoke(&id).await {
                 Ok(_) => format!("Logged out of {url}; token {id} revoked.\n"),
                 // The token no longer works (expired or revoked elsewhere):
                 // forgetting it is all that is left to do.
-                Err(e) if e.status() == Some(reqwest::StatusCode::UNAUTHORIZED) => {
+                Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => {
                     format!("Logged out of {url}; token {id} was no longer valid.\n")
                 }
                 // Anything else: keep the token, so logout can be retried.
@@ -212,11 +209,11 @@ async fn logout(ctx: &Ctx) -> anyhow::Result<()> {
 
 async fn whoami(ctx: &Ctx) -> anyhow::Result<()> {
     ctx.client.require_token()?;
-    let body = ctx.client.get(&["v1", "user"], &[]).await?;
+    let u = ctx.client.user().get().await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(u.body())?)?,
         Output::Table => {
-            let u: CurrentUser = decode("GET /v1/user", &body)?;
+            let u = u.into_inner();
             let orgs: Vec<String> = u
                 .organizations
                 .iter()

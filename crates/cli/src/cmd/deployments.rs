@@ -13,21 +13,16 @@ use clap::{ArgGroup, Args, Subcommand};
 use futures::StreamExt;
 use serde_json::Value;
 use shellwego_api::apps::Source;
-use shellwego_api::deployments::{
-    DeployAccepted, DeployRequest, Deployment, DeploymentList, RollbackRequest,
-};
+use shellwego_api::deployments::{DeployRequest, Deployment, RollbackRequest};
+use shellwego_client::{Answer, ApiError, Client, LogEvent};
 
-use crate::client::{decode, ApiError, Client};
 use crate::cmd::apps::{resolve, upload};
 use crate::cmd::wait::POLL;
-use crate::cmd::{fetch_list, more_hint, parse_duration, ClientArgs, Ctx, ListArgs};
+use crate::cmd::{more_hint, parse_duration, ClientArgs, Ctx, ListArgs};
 use crate::output::{emit, fields, json, note, or_dash, table, Output};
 
 /// How long `--wait` waits when `--timeout` is not given.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// How long `logs --follow` may stream: a deployment lasts at most its
-/// health-check timeout plus its warm window (24h each).
-const FOLLOW_TIMEOUT: Duration = Duration::from_secs(3 * 24 * 3600);
 /// Spinner frames per poll on a terminal.
 const TICKS_PER_POLL: u32 = 5;
 const FRAMES: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
@@ -224,14 +219,10 @@ pub async fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
         })
     };
     let req = deploy_body(&args, source);
-    let body = ctx
-        .client
-        .post(&["v1", "apps", &id, "deploy"], &req)
-        .await?;
-    let a: DeployAccepted = decode("POST /v1/apps/{app_id}/deploy", &body)?;
+    let a = ctx.client.apps().deploy(&id, &req).await?;
     started(
         &ctx,
-        &body,
+        a.body(),
         &[
             ("DEPLOYMENT", a.deployment_id.clone()),
             ("APP", format!("{name} ({id})")),
@@ -277,8 +268,8 @@ async fn started(
         }
     }
     if wait.wait {
-        let (body, d) = wait_deployment(&ctx.client, id, wait.timeout()).await?;
-        return ended(ctx, &body, &d).await;
+        let d = wait_deployment(&ctx.client, id, wait.timeout()).await?;
+        return ended(ctx, &d).await;
     }
     Ok(())
 }
@@ -291,9 +282,9 @@ pub async fn unsuccessful(client: &Client, d: &Deployment) -> anyhow::Error {
 
 /// A deployment that ended: success on stdout, else an error with the
 /// reason and the end of its log.
-async fn ended(ctx: &Ctx, body: &Value, d: &Deployment) -> anyhow::Result<()> {
+async fn ended(ctx: &Ctx, d: &Answer<Deployment>) -> anyhow::Result<()> {
     if ctx.output == Output::Json {
-        emit(&json(body)?)?;
+        emit(&json(d.body())?)?;
     }
     if d.status == "successful" {
         if ctx.output == Output::Table {
@@ -345,10 +336,7 @@ fn failure_message(d: &Deployment, log: &[String]) -> String {
 
 /// The last lines of a deployment's log (none when it cannot be read).
 async fn log_tail(client: &Client, id: &str) -> Vec<String> {
-    let Ok(text) = client
-        .get_text(&["v1", "deployments", id, "logs"], &[])
-        .await
-    else {
+    let Ok(text) = client.deployments().logs(id).await else {
         return vec![];
     };
     let lines: Vec<String> = text
@@ -360,17 +348,18 @@ async fn log_tail(client: &Client, id: &str) -> Vec<String> {
 }
 
 /// Poll `GET /v1/deployments/{id}` until the deployment ends (any status
-/// but `in_progress`), showing its stages; its body then. Fails at `timeout`.
+/// but `in_progress`), showing its stages; the deployment then. Fails at
+/// `timeout`.
 pub async fn wait_deployment(
     client: &Client,
     id: &str,
     timeout: Duration,
-) -> anyhow::Result<(Value, Deployment)> {
+) -> anyhow::Result<Answer<Deployment>> {
     let started = Instant::now();
     let mut view = StageView::new(std::io::stderr().is_terminal());
     loop {
-        let body = match client.get(&["v1", "deployments", id], &[]).await {
-            Ok(b) => b,
+        let d = match client.deployments().get(id).await {
+            Ok(d) => d,
             // A blip (the API restarting) is not the deployment failing.
             Err(ApiError::Transport { .. }) if started.elapsed() < timeout => {
                 view.pause().await;
@@ -378,11 +367,10 @@ pub async fn wait_deployment(
             }
             Err(e) => return Err(e.into()),
         };
-        let d: Deployment = decode("GET /v1/deployments/{deployment_id}", &body)?;
         view.update(&d);
         if d.status != "in_progress" {
             view.finish();
-            return Ok((body, d));
+            return Ok(d);
         }
         if started.elapsed() >= timeout {
             view.finish();
@@ -570,11 +558,14 @@ fn stage_lines(d: &Deployment, spinner: Option<&str>, width: usize) -> Vec<Strin
 
 async fn list(ctx: &Ctx, args: &DeploymentListArgs) -> anyhow::Result<()> {
     let (id, _) = resolve(&ctx.client, &args.app).await?;
-    let body = fetch_list(&ctx.client, &["v1", "apps", &id, "deployments"], &args.list).await?;
+    let l = ctx
+        .client
+        .deployments()
+        .list(&id, &args.list.query())
+        .await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(l.body())?)?,
         Output::Table => {
-            let l: DeploymentList = decode("GET /v1/apps/{app_id}/deployments", &body)?;
             let rows: Vec<Vec<String>> = l
                 .data
                 .iter()
@@ -632,31 +623,20 @@ fn deployment_fields(d: &Deployment) -> String {
 }
 
 async fn promote(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
-    let body = ctx
-        .client
-        .post(
-            &["v1", "deployments", id.trim(), "actions", "promote"],
-            &serde_json::json!({}),
-        )
-        .await?;
-    show(ctx, &body)
+    let d = ctx.client.deployments().promote(id.trim()).await?;
+    show(ctx, &d)
 }
 
 async fn get(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
-    let body = ctx
-        .client
-        .get(&["v1", "deployments", id.trim()], &[])
-        .await?;
-    show(ctx, &body)
+    let d = ctx.client.deployments().get(id.trim()).await?;
+    show(ctx, &d)
 }
 
-fn show(ctx: &Ctx, body: &serde_json::Value) -> anyhow::Result<()> {
-    let body = body.clone();
+fn show(ctx: &Ctx, d: &Answer<Deployment>) -> anyhow::Result<()> {
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(d.body())?)?,
         Output::Table => {
-            let d: Deployment = decode("GET /v1/deployments/{deployment_id}", &body)?;
-            emit(&deployment_fields(&d))?;
+            emit(&deployment_fields(d))?;
             emit("\n")?;
             let rows: Vec<Vec<String>> = d
                 .stages
@@ -697,40 +677,23 @@ fn log_line(output: Output, line: &str) -> anyhow::Result<String> {
 }
 
 async fn logs(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<()> {
-    let segments = ["v1", "deployments", args.id.trim(), "logs"];
+    let id = args.id.trim();
     if !args.follow {
-        let text = ctx.client.get_text(&segments, &[]).await?;
+        let text = ctx.client.deployments().logs(id).await?;
         for l in text.lines().filter(|l| !l.trim().is_empty()) {
             emit(&log_line(ctx.output, l)?)?;
         }
         return Ok(());
     }
-    let res = ctx
-        .client
-        .get_raw(
-            &segments,
-            &[("follow", "true".to_string())],
-            "text/event-stream",
-            FOLLOW_TIMEOUT,
-        )
-        .await?;
-    let url = res.url().as_str().to_string();
-    let mut stream = res.bytes_stream();
-    let mut sse = SseParser::default();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::Transport {
-            url: url.clone(),
-            message: e.to_string(),
-        })?;
-        for ev in sse.feed(&chunk) {
-            match ev {
-                SseEvent::Data(d) => {
-                    for l in d.lines() {
-                        emit(&log_line(ctx.output, l)?)?;
-                    }
+    let mut events = ctx.client.deployments().follow_logs(id).await?;
+    while let Some(ev) = events.next().await {
+        match ev? {
+            LogEvent::Data(d) => {
+                for l in d.lines() {
+                    emit(&log_line(ctx.output, l)?)?;
                 }
-                SseEvent::End => return Ok(()),
             }
+            LogEvent::End => return Ok(()),
         }
     }
     bail!(
@@ -739,71 +702,16 @@ async fn logs(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<()> {
     )
 }
 
-/// What a server-sent event stream carries for `logs --follow`.
-#[derive(Debug, PartialEq)]
-enum SseEvent {
-    /// The `data:` lines of a message, joined with newlines.
-    Data(String),
-    /// The `end` event: the deployment has ended.
-    End,
-}
-
-/// Server-sent events, fed as they arrive (chunks split anywhere).
-#[derive(Default)]
-struct SseParser {
-    buf: Vec<u8>,
-    event: String,
-    data: Vec<String>,
-}
-
-impl SseParser {
-    fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        self.buf.extend_from_slice(chunk);
-        let mut out = vec![];
-        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
-            let raw: Vec<u8> = self.buf.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&raw);
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                // Dispatch.
-                let event = std::mem::take(&mut self.event);
-                let data = std::mem::take(&mut self.data);
-                if event == "end" {
-                    out.push(SseEvent::End);
-                } else if !data.is_empty() {
-                    out.push(SseEvent::Data(data.join("\n")));
-                }
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "data" => self.data.push(value.to_string()),
-                "event" => self.event = value.to_string(),
-                _ => {}
-            }
-        }
-        out
-    }
-}
-
 async fn rollback(ctx: &Ctx, args: &RollbackArgs) -> anyhow::Result<()> {
     let target = args.id.trim();
     let req = RollbackRequest {
         strategy: args.strategy.clone(),
         reason: args.reason.clone(),
     };
-    let body = ctx
-        .client
-        .post(&["v1", "deployments", target, "actions", "rollback"], &req)
-        .await?;
-    let a: DeployAccepted = decode("POST /v1/deployments/{id}/actions/rollback", &body)?;
+    let a = ctx.client.deployments().rollback(target, &req).await?;
     started(
         ctx,
-        &body,
+        a.body(),
         &[
             ("DEPLOYMENT", a.deployment_id.clone()),
             ("ROLLBACK TO", target.to_string()),
@@ -1005,24 +913,6 @@ mod tests {
         assert_eq!(
             failure_message(&d, &[]),
             "deployment dep_1 (v2) was rolled back: instance inst_1 is crash-looping"
-        );
-    }
-
-    #[test]
-    fn server_sent_events_split_anywhere() {
-        let mut p = SseParser::default();
-        let stream = "id: 1\ndata: t1 deploying v2\n\n: keep-alive\n\ndata: a\r\ndata: b\r\n\r\nevent: end\ndata: the deployment has ended\n\n";
-        let mut got = vec![];
-        for chunk in stream.as_bytes().chunks(7) {
-            got.extend(p.feed(chunk));
-        }
-        assert_eq!(
-            got,
-            vec![
-                SseEvent::Data("t1 deploying v2".into()),
-                SseEvent::Data("a\nb".into()),
-                SseEvent::End
-            ]
         );
     }
 

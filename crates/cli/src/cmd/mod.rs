@@ -13,12 +13,10 @@ mod wait;
 
 use std::path::PathBuf;
 
-use clap::Args;
-use serde_json::{Map, Value};
-
-use crate::client::{ApiError, Client};
 use crate::credentials::{self, Credentials, DEFAULT_API_URL};
 use crate::output::Output;
+use clap::Args;
+use shellwego_client::{Client, ClientError, ListQuery};
 
 /// Options of every client command. Each value comes from the flag, then
 /// its environment variable, then the credentials file, then the default.
@@ -81,13 +79,22 @@ impl Ctx {
         let token_from_flag_or_env = explicit.is_some();
         let token = explicit.or_else(|| credentials::pick(None, stored.token.as_deref()));
         Ok(Ctx {
-            client: Client::new(&api_url, token)?,
+            client: client_for(&api_url, token)?,
             output: args.output,
             creds_path,
             stored,
             token_from_flag_or_env,
         })
     }
+}
+
+/// A client of the API at `url` that names itself `shellwego-cli/<version>`.
+pub fn client_for(url: &str, token: Option<String>) -> Result<Client, ClientError> {
+    Client::with_user_agent(
+        url,
+        token,
+        concat!("shellwego-cli/", env!("CARGO_PKG_VERSION")),
+    )
 }
 
 /// Paging options of `list` commands.
@@ -105,82 +112,13 @@ pub struct ListArgs {
     pub cursor: Option<String>,
 }
 
-/// One page of a list, or with `--all` every page joined into one
-/// `{data, pagination}` body.
-pub async fn fetch_list(
-    client: &Client,
-    segments: &[&str],
-    args: &ListArgs,
-) -> Result<Value, ApiError> {
-    fetch_list_filtered(client, segments, &[], args).await
-}
-
-/// [`fetch_list`] with more query parameters on every page
-/// (`filter[status]=running`).
-pub async fn fetch_list_filtered(
-    client: &Client,
-    segments: &[&str],
-    filters: &[(&str, String)],
-    args: &ListArgs,
-) -> Result<Value, ApiError> {
-    let what = segments.join("/");
-    let mut cursor = args.cursor.clone();
-    let mut items: Vec<Value> = vec![];
-    let mut seen: Vec<String> = vec![];
-    loop {
-        let mut query = filters.to_vec();
-        if let Some(l) = args.limit {
-            query.push(("limit", l.to_string()));
-        }
-        if let Some(c) = &cursor {
-            query.push(("cursor", c.clone()));
-        }
-        let page = client.get(segments, &query).await?;
-        if !args.all {
-            return Ok(page);
-        }
-        let Value::Object(mut page) = page else {
-            return Err(decode_error(&what, "a list is not an object"));
-        };
-        match page.remove("data") {
-            Some(Value::Array(a)) => items.extend(a),
-            Some(_) | None => return Err(decode_error(&what, "a list has no data array")),
-        }
-        let pagination = page.remove("pagination").unwrap_or(Value::Null);
-        let next = pagination
-            .get("next_cursor")
-            .and_then(Value::as_str)
-            .filter(|c| !c.is_empty())
-            .map(str::to_string);
-        let has_more = pagination
-            .get("has_more")
-            .and_then(Value::as_bool)
-            .unwrap_or(next.is_some());
-        match next {
-            Some(c) if has_more => {
-                if seen.contains(&c) {
-                    return Err(decode_error(
-                        &what,
-                        "the API returned the same cursor twice",
-                    ));
-                }
-                seen.push(c.clone());
-                cursor = Some(c);
-            }
-            Some(_) | None => {
-                let mut all = Map::new();
-                all.insert("data".into(), Value::Array(items));
-                all.insert("pagination".into(), pagination);
-                return Ok(Value::Object(all));
-            }
-        }
-    }
-}
-
-fn decode_error(what: &str, message: &str) -> ApiError {
-    ApiError::Decode {
-        url: what.to_string(),
-        message: message.to_string(),
+impl ListArgs {
+    /// The list call these options ask for (filters are added to it).
+    pub fn query(&self) -> ListQuery {
+        ListQuery::new()
+            .limit(self.limit)
+            .cursor(self.cursor.clone())
+            .all(self.all)
     }
 }
 

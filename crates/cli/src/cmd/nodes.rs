@@ -6,13 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use shellwego_api::apps::AppList;
-use shellwego_api::nodes::{Node, NodeDrain, NodeDrained, NodeList, NodeRegister, NodeRegistered};
+use shellwego_api::nodes::{Node, NodeDrain, NodeRegister};
+use shellwego_client::{Answer, ApiError, Client, ListQuery, StatusCode};
 
-use crate::client::{decode, ApiError, Client};
 use crate::cmd::wait::Progress;
-use crate::cmd::{
-    confirm, fetch_list_filtered, more_hint, parse_key_value, ClientArgs, Ctx, ListArgs,
-};
+use crate::cmd::{confirm, more_hint, parse_key_value, ClientArgs, Ctx, ListArgs};
 use crate::output::{emit, fields, human_size, json, list, note, or_dash, table, Output};
 
 /// Where `nodes register` tells the agent to keep its state.
@@ -133,22 +131,16 @@ pub async fn run(args: NodesArgs) -> anyhow::Result<()> {
 async fn resolve(client: &Client, node: &str) -> anyhow::Result<Node> {
     let node = node.trim();
     if node.starts_with("node_") {
-        let body = client.get(&["v1", "nodes", node], &[]).await?;
-        return Ok(decode("GET /v1/nodes/{node_id}", &body)?);
+        return Ok(client.nodes().get(node).await?.into_inner());
     }
     if node.is_empty() || node.contains(',') {
         bail!("no node named '{node}'");
     }
-    let body = client
-        .get(
-            &["v1", "nodes"],
-            &[
-                ("filter[hostname]", node.to_string()),
-                ("limit", "100".to_string()),
-            ],
-        )
-        .await?;
-    let l: NodeList = decode("GET /v1/nodes", &body)?;
+    let l = client
+        .nodes()
+        .list(&ListQuery::new().filter("hostname", node).limit(Some(100)))
+        .await?
+        .into_inner();
     let mut found: Vec<Node> = l.data.into_iter().filter(|n| n.hostname == node).collect();
     match found.len() {
         0 => bail!("no node named '{node}' (see `shellwego nodes list`)"),
@@ -164,18 +156,17 @@ async fn resolve(client: &Client, node: &str) -> anyhow::Result<Node> {
 }
 
 async fn list_nodes(ctx: &Ctx, args: &NodeListArgs) -> anyhow::Result<()> {
-    let mut filters = vec![];
+    let mut query = args.list.query();
     if let Some(s) = &args.status {
-        filters.push(("filter[status]", s.clone()));
+        query = query.filter("status", s.clone());
     }
     if let Some(r) = &args.region {
-        filters.push(("filter[region]", r.clone()));
+        query = query.filter("region", r.clone());
     }
-    let body = fetch_list_filtered(&ctx.client, &["v1", "nodes"], &filters, &args.list).await?;
+    let l = ctx.client.nodes().list(&query).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(l.body())?)?,
         Output::Table => {
-            let l: NodeList = decode("GET /v1/nodes", &body)?;
             let rows: Vec<Vec<String>> = l
                 .data
                 .iter()
@@ -222,11 +213,10 @@ async fn get(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
     let id = resolve(&ctx.client, node).await?.id;
     // The body as the API gives it for this id (the resolved one may have
     // come from a list).
-    let body = ctx.client.get(&["v1", "nodes", &id], &[]).await?;
+    let n = ctx.client.nodes().get(&id).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(n.body())?)?,
         Output::Table => {
-            let n: Node = decode("GET /v1/nodes/{node_id}", &body)?;
             let c = &n.capacity;
             let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let versions: Vec<String> = [
@@ -298,11 +288,10 @@ async fn register(ctx: &Ctx, args: RegisterArgs) -> anyhow::Result<()> {
         labels: args.labels.into_iter().collect(),
         capabilities: Default::default(),
     };
-    let body = ctx.client.post(&["v1", "nodes"], &req).await?;
+    let r = ctx.client.nodes().register(&req).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(r.body())?)?,
         Output::Table => {
-            let r: NodeRegistered = decode("POST /v1/nodes", &body)?;
             let api = ctx.client.base();
             emit(&fields(&[
                 ("ID", r.id.clone()),
@@ -350,13 +339,9 @@ async fn drain(ctx: &Ctx, args: DrainArgs) -> anyhow::Result<()> {
         timeout: args.timeout,
         destination_nodes: args.destinations,
     };
-    let body = ctx
-        .client
-        .post(&["v1", "nodes", &node.id, "actions", "drain"], &req)
-        .await?;
-    let d: NodeDrained = decode("POST /v1/nodes/{node_id}/actions/drain", &body)?;
+    let d = ctx.client.nodes().drain(&node.id, &req).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(d.body())?)?,
         Output::Table => {
             let plural = if d.instances == 1 { "" } else { "s" };
             emit(&format!(
@@ -376,7 +361,7 @@ async fn drain(ctx: &Ctx, args: DrainArgs) -> anyhow::Result<()> {
 /// none, the instances stopping there (no longer meant to run, so no
 /// filter finds them) are looked for in every app.
 async fn instances_on(client: &Client, node_id: &str) -> Result<(usize, usize), ApiError> {
-    let on_node = |l: &AppList, stopping: bool| {
+    let on_node = |l: &Answer<AppList>, stopping: bool| {
         l.data
             .iter()
             .flat_map(|a| &a.instances)
@@ -384,19 +369,14 @@ async fn instances_on(client: &Client, node_id: &str) -> Result<(usize, usize), 
             .filter(|i| !stopping || i.status == "stopping")
             .count()
     };
-    let all = ListArgs {
-        limit: Some(100),
-        all: true,
-        cursor: None,
-    };
-    let filter = [("filter[node_id]", node_id.to_string())];
-    let body = fetch_list_filtered(client, &["v1", "apps"], &filter, &all).await?;
-    let moving = on_node(&decode("GET /v1/apps", &body)?, false);
+    let all = ListQuery::new().limit(Some(100)).all(true);
+    let apps = client.apps();
+    let filtered = apps.list(&all.clone().filter("node_id", node_id)).await?;
+    let moving = on_node(&filtered, false);
     if moving > 0 {
         return Ok((moving, 0));
     }
-    let body = fetch_list_filtered(client, &["v1", "apps"], &[], &all).await?;
-    Ok((0, on_node(&decode("GET /v1/apps", &body)?, true)))
+    Ok((0, on_node(&apps.list(&all).await?, true)))
 }
 
 async fn wait_drained(client: &Client, node: &Node, timeout: Duration) -> anyhow::Result<()> {
@@ -446,18 +426,14 @@ async fn delete(ctx: &Ctx, args: &DeleteArgs) -> anyhow::Result<()> {
         &format!("Delete node {name}? {what}"),
         args.yes,
     )?;
-    let query = if args.migrate_apps {
-        vec![("migrate_apps", "true".to_string())]
-    } else {
-        vec![]
-    };
     ctx.client
-        .delete_with(&["v1", "nodes", &node.id], &query)
+        .nodes()
+        .delete(&node.id, args.migrate_apps)
         .await?;
     // 204 (deleted) or, with --migrate-apps, 202 (draining first): ask.
-    let still_there = match ctx.client.get(&["v1", "nodes", &node.id], &[]).await {
+    let still_there = match ctx.client.nodes().get(&node.id).await {
         Ok(_) => true,
-        Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => false,
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => false,
         Err(e) => return Err(e.into()),
     };
     match ctx.output {

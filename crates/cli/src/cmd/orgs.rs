@@ -3,11 +3,10 @@
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use shellwego_api::orgs::{Invitation, InvitationCreate, MemberList, Organization};
-use shellwego_api::user::CurrentUser;
+use shellwego_api::orgs::InvitationCreate;
+use shellwego_client::Client;
 
-use crate::client::{decode, Client};
-use crate::cmd::{fetch_list, more_hint, ClientArgs, Ctx, ListArgs};
+use crate::cmd::{more_hint, ClientArgs, Ctx, ListArgs};
 use crate::output::{emit, fields, json, list, note, or_dash, table, Output};
 
 #[derive(Debug, Args)]
@@ -63,8 +62,7 @@ async fn org_id(client: &Client, org: Option<String>) -> anyhow::Result<String> 
     if let Some(o) = org.map(|o| o.trim().to_string()).filter(|o| !o.is_empty()) {
         return Ok(o);
     }
-    let body = client.get(&["v1", "user"], &[]).await?;
-    let u: CurrentUser = decode("GET /v1/user", &body)?;
+    let u = client.user().get().await?.into_inner();
     u.organizations
         .into_iter()
         .next()
@@ -73,11 +71,10 @@ async fn org_id(client: &Client, org: Option<String>) -> anyhow::Result<String> 
 }
 
 async fn get(ctx: &Ctx, org: &str) -> anyhow::Result<()> {
-    let body = ctx.client.get(&["v1", "organizations", org], &[]).await?;
+    let o = ctx.client.orgs().get(org).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(o.body())?)?,
         Output::Table => {
-            let o: Organization = decode("GET /v1/organizations/{org_id}", &body)?;
             let q = &o.quotas;
             let u = &o.usage;
             emit(&fields(&[
@@ -104,11 +101,10 @@ async fn get(ctx: &Ctx, org: &str) -> anyhow::Result<()> {
 }
 
 async fn members(ctx: &Ctx, org: &str, args: &ListArgs) -> anyhow::Result<()> {
-    let body = fetch_list(&ctx.client, &["v1", "organizations", org, "members"], args).await?;
+    let l = ctx.client.orgs().members(org, &args.query()).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(l.body())?)?,
         Output::Table => {
-            let l: MemberList = decode("GET /v1/organizations/{org_id}/members", &body)?;
             let rows: Vec<Vec<String>> = l
                 .data
                 .iter()
@@ -149,14 +145,11 @@ async fn invite(ctx: &Ctx, org: &str, args: InviteArgs) -> anyhow::Result<()> {
         resources: args.resources,
         expires_in: args.expires_in,
     };
-    let body = ctx
-        .client
-        .post(&["v1", "organizations", org, "invitations"], &req)
-        .await?;
+    let i = ctx.client.orgs().invite(org, &req).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(i.body())?)?,
         Output::Table => {
-            let i: Invitation = decode("POST /v1/organizations/{org_id}/invitations", &body)?;
+            let i = i.into_inner();
             emit(&fields(&[
                 ("ID", i.id),
                 ("ORGANIZATION", i.organization_id),

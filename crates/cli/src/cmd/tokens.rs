@@ -1,10 +1,9 @@
 //! `shellwego tokens create|list|revoke`: the calling user's API tokens.
 
 use clap::{Args, Subcommand};
-use shellwego_api::tokens::{TokenCreateRequest, TokenCreated, TokenList};
+use shellwego_api::tokens::TokenCreateRequest;
 
-use crate::client::decode;
-use crate::cmd::{fetch_list, more_hint, ClientArgs, Ctx, ListArgs};
+use crate::cmd::{more_hint, ClientArgs, Ctx, ListArgs};
 use crate::output::{emit, fields, json, list, note, or_dash, table, Output};
 
 #[derive(Debug, Args)]
@@ -69,11 +68,11 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
         token_type: args.temporary.then(|| "temporary_token".to_string()),
         organization_id: args.org,
     };
-    let body = ctx.client.post(&["v1", "user", "tokens"], &req).await?;
+    let t = ctx.client.tokens().create(&req).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(t.body())?)?,
         Output::Table => {
-            let t: TokenCreated = decode("POST /v1/user/tokens", &body)?;
+            let t = t.into_inner();
             emit(&fields(&[
                 ("ID", t.id),
                 ("NAME", t.name),
@@ -90,11 +89,10 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
 }
 
 async fn list_tokens(ctx: &Ctx, args: &ListArgs) -> anyhow::Result<()> {
-    let body = fetch_list(&ctx.client, &["v1", "user", "tokens"], args).await?;
+    let l = ctx.client.tokens().list(&args.query()).await?;
     match ctx.output {
-        Output::Json => emit(&json(&body)?)?,
+        Output::Json => emit(&json(l.body())?)?,
         Output::Table => {
-            let l: TokenList = decode("GET /v1/user/tokens", &body)?;
             let rows: Vec<Vec<String>> = l
                 .data
                 .iter()
@@ -131,7 +129,7 @@ async fn list_tokens(ctx: &Ctx, args: &ListArgs) -> anyhow::Result<()> {
 }
 
 async fn revoke(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
-    ctx.client.delete(&["v1", "user", "tokens", id]).await?;
+    ctx.client.tokens().revoke(id).await?;
     match ctx.output {
         // 204: the API's body is empty, and so is ours.
         Output::Json => {}

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shellwego_api::apps::App;
-
-use crate::client::{decode, ApiError, Client};
+use shellwego_client::{Answer, ApiError, Client};
 
 /// Time between two polls of the API.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -105,14 +104,14 @@ pub fn settled(a: &App) -> bool {
     }
 }
 
-/// Poll `GET /v1/apps/{id}` until the app settles; its body then. Fails on
+/// Poll `GET /v1/apps/{id}` until the app settles; the app then. Fails on
 /// `error` status or at `timeout`, with the reason and the latest events.
-pub async fn wait_app(client: &Client, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+pub async fn wait_app(client: &Client, id: &str, timeout: Duration) -> anyhow::Result<Answer<App>> {
     let started = Instant::now();
     let mut progress = Progress::new();
     loop {
-        let body = match client.get(&["v1", "apps", id], &[]).await {
-            Ok(b) => b,
+        let a = match client.apps().get(id).await {
+            Ok(a) => a,
             // A blip (the API restarting) is not the app failing: retry
             // until the deadline.
             Err(ApiError::Transport { .. }) if started.elapsed() < timeout => {
@@ -121,11 +120,10 @@ pub async fn wait_app(client: &Client, id: &str, timeout: Duration) -> anyhow::R
             }
             Err(e) => return Err(e.into()),
         };
-        let a: App = decode("GET /v1/apps/{app_id}", &body)?;
         let line = app_line(&a);
         if settled(&a) {
             progress.done("✓", line);
-            return Ok(body);
+            return Ok(a);
         }
         if a.status == "error" {
             progress.done("✗", line);
@@ -161,16 +159,10 @@ pub async fn wait_app(client: &Client, id: &str, timeout: Duration) -> anyhow::R
 /// The app's latest events, one per line after a heading, or "" when
 /// there are none (or they cannot be read).
 async fn recent_events(client: &Client, id: &str) -> String {
-    let Ok(body) = client
-        .get(&["v1", "apps", id], &[("include", "events".to_string())])
-        .await
-    else {
+    let Ok(a) = client.apps().get_with_events(id).await else {
         return String::new();
     };
-    let Ok(a) = decode::<App>("GET /v1/apps/{app_id}?include=events", &body) else {
-        return String::new();
-    };
-    let events = a.events.unwrap_or_default();
+    let events = a.into_inner().events.unwrap_or_default();
     if events.is_empty() {
         return String::new();
     }

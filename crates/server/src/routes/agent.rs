@@ -1,23 +1,72 @@
-//! The agent channel's routes (see `crate::service::agent_channel`).
+//! The agent channel's routes (see `crate::service::agent_channel`): the
+//! internal agent protocol, documented apart from `/v1`
+//! (`openapi/agent-api.json`) and versioned by
+//! [`shellwego_api::agent::PROTOCOL_VERSION`]. Every route first checks the
+//! version the agent names in the `ShellWeGo-Agent-Protocol` header.
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::Json;
-use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentJoined, AgentSync};
+use shellwego_api::agent::{
+    AgentDesired, AgentJoin, AgentJoined, AgentSync, PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
 use shellwego_api::problem::Problem;
+use shellwego_core::{Error, FieldError};
 
 use crate::auth::ClientIp;
 use crate::extract::JsonBody;
-use crate::problem::ApiResult;
+use crate::problem::{ApiError, ApiResult};
 use crate::service::agent_channel;
 use crate::state::AppState;
 
+/// The agent protocol version a call is made in: its
+/// `ShellWeGo-Agent-Protocol` header, 1 when there is none (agents older
+/// than the header). A version this control plane does not speak is a 400
+/// naming the header, before anything else of the call is read.
+pub struct AgentProtocol;
+
+impl<S: Send + Sync> FromRequestParts<S> for AgentProtocol {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        check_protocol(&parts.headers).map_err(ApiError)
+    }
+}
+
+fn check_protocol(headers: &HeaderMap) -> Result<AgentProtocol, Error> {
+    let Some(value) = headers.get(PROTOCOL_HEADER) else {
+        return Ok(AgentProtocol);
+    };
+    let text = String::from_utf8_lossy(value.as_bytes()).trim().to_string();
+    let problem = |message: String| {
+        Error::invalid(vec![FieldError::new(
+            PROTOCOL_HEADER,
+            "unsupported_version",
+            message,
+        )
+        .with_value(text.clone())])
+    };
+    match text.parse::<u32>() {
+        Ok(v) if v == PROTOCOL_VERSION => Ok(AgentProtocol),
+        Ok(v) => Err(problem(format!(
+            "this control plane speaks agent protocol {PROTOCOL_VERSION}, not {v}: run an agent of the control plane's version"
+        ))),
+        Err(_) => Err(problem(format!(
+            "must be an agent protocol version number; this control plane speaks {PROTOCOL_VERSION}"
+        ))),
+    }
+}
+
 /// Exchange a join token for the node's credential (`nsec_…`).
-#[utoipa::path(post, path = "/v1/agent/join", tag = "agent", request_body = AgentJoin, responses(
+#[utoipa::path(post, path = "/v1/agent/join", tag = "agent", request_body = AgentJoin,
+    params(("ShellWeGo-Agent-Protocol" = Option<u32>, Header, description = "The agent protocol version the agent speaks (absent: 1).")),
+    responses(
     (status = 200, body = AgentJoined),
     (status = 401, body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn agent_join(
+    _: AgentProtocol,
     State(st): State<AppState>,
     ClientIp(ip): ClientIp,
     JsonBody(req): JsonBody<AgentJoin>,
@@ -33,11 +82,14 @@ pub async fn agent_join(
 
 /// Report status and receive the desired state (long-poll). Authenticated
 /// with the node credential.
-#[utoipa::path(post, path = "/v1/agent/sync", tag = "agent", security(("bearer" = [])), request_body = AgentSync, responses(
+#[utoipa::path(post, path = "/v1/agent/sync", tag = "agent", security(("bearer" = [])), request_body = AgentSync,
+    params(("ShellWeGo-Agent-Protocol" = Option<u32>, Header, description = "The agent protocol version the agent speaks (absent: 1).")),
+    responses(
     (status = 200, body = AgentDesired),
     (status = 401, body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn agent_sync(
+    _: AgentProtocol,
     State(st): State<AppState>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<AgentSync>,
@@ -60,11 +112,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Download an uploaded archive for an instance of the node's organization.
 #[utoipa::path(get, path = "/v1/agent/uploads/{upload_id}", tag = "agent", security(("bearer" = [])),
-    params(("upload_id" = String, Path, description = "Upload id (upl_…)")),
+    params(("upload_id" = String, Path, description = "Upload id (upl_…)"),
+        ("ShellWeGo-Agent-Protocol" = Option<u32>, Header, description = "The agent protocol version the agent speaks (absent: 1).")),
     responses((status = 200, description = "The archive", content_type = "application/octet-stream"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn agent_upload_get(
+    _: AgentProtocol,
     State(st): State<AppState>,
     headers: HeaderMap,
     crate::extract::PathParam(id): crate::extract::PathParam,
@@ -76,4 +130,31 @@ pub async fn agent_upload_get(
         .header(header::CONTENT_LENGTH, len)
         .body(body)
         .map_err(shellwego_core::Error::internal)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: Option<&str>) -> Result<AgentProtocol, Error> {
+        let mut h = HeaderMap::new();
+        if let Some(v) = value {
+            h.insert(PROTOCOL_HEADER, v.parse().unwrap());
+        }
+        check_protocol(&h)
+    }
+
+    #[test]
+    fn the_protocol_header_is_1_or_absent() {
+        assert!(with(None).is_ok());
+        assert!(with(Some("1")).is_ok());
+        assert!(with(Some(" 1 ")).is_ok());
+        for bad in ["2", "0", "one", ""] {
+            let Err(Error::Validation { detail, errors }) = with(Some(bad)) else {
+                panic!("{bad} is accepted");
+            };
+            assert!(detail.contains(PROTOCOL_HEADER), "{detail}");
+            assert_eq!(errors[0].field, PROTOCOL_HEADER);
+        }
+    }
 }

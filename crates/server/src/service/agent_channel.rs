@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::json;
-use shellwego_api::nodes::{AgentDesired, AgentJoin, AgentSync, SsrfPolicy};
+use shellwego_api::agent::{AgentDesired, AgentJoin, AgentSync, SsrfPolicy};
 use shellwego_core::model::{
     AgentEventKind, DesiredState, DriverKind, EventKind, InstanceStatus, UnknownValue,
 };
@@ -210,9 +210,9 @@ pub async fn apply_reports(
     ctx: &ServerCtx,
     node_id: &str,
     org: &str,
-    mut reports: Option<&[shellwego_api::nodes::InstanceReport]>,
+    mut reports: Option<&[shellwego_api::agent::InstanceReport]>,
     seq: Option<i64>,
-    agent_events: &[shellwego_api::nodes::AgentEvent],
+    agent_events: &[shellwego_api::agent::AgentEvent],
     node_ip: Option<&str>,
 ) -> Result<BTreeSet<String>, Error> {
     let _store = &ctx.store;
@@ -228,7 +228,7 @@ pub async fn apply_reports(
         }
     }
     let rows = apps::instances_on_node(&mut tx, node_id).await?;
-    let by_id: BTreeMap<&str, &shellwego_api::nodes::InstanceReport> = reports
+    let by_id: BTreeMap<&str, &shellwego_api::agent::InstanceReport> = reports
         .unwrap_or_default()
         .iter()
         .map(|r| (r.id.as_str(), r))
@@ -333,7 +333,7 @@ pub async fn desired_for_node(
     ctx: &ServerCtx,
     node_id: &str,
     region: &str,
-) -> Result<Vec<shellwego_api::nodes::DesiredInstance>, Error> {
+) -> Result<Vec<shellwego_api::agent::DesiredInstance>, Error> {
     let _store = &ctx.store;
     let mut tx = ctx.unit().await?;
     let rows = apps::desired_on_node(&mut tx, node_id).await?;
@@ -362,7 +362,7 @@ pub async fn desired_for_node(
                     .map(|u| format!("/v1/agent/uploads/{u}"))
             })
         });
-        out.push(shellwego_api::nodes::DesiredInstance {
+        out.push(shellwego_api::agent::DesiredInstance {
             id: i.id,
             app_id: a.id.clone(),
             app_name: a.name.clone(),
@@ -375,7 +375,7 @@ pub async fn desired_for_node(
             env: spec.env.clone(),
             memory: i.memory,
             cpu_millis: i.cpu_millis,
-            health_check: shellwego_api::nodes::DesiredHealthCheck {
+            health_check: shellwego_api::agent::DesiredHealthCheck {
                 path: hc.path.clone(),
                 port: hc.port,
                 interval_ms: ms(hc.interval()),

@@ -1,5 +1,6 @@
-//! The OpenAPI document: valid 3.1, checked in and current, and in
-//! agreement with the router.
+//! The OpenAPI documents (the public /v1 one and the agent protocol's):
+//! valid 3.1, checked in and current, and together in agreement with the
+//! router.
 
 use std::path::PathBuf;
 
@@ -10,6 +11,10 @@ use crate::kit::{start, Backend};
 
 fn checked_in_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../openapi/platform-api.json")
+}
+
+fn checked_in_agent_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../openapi/agent-api.json")
 }
 
 #[tokio::test]
@@ -39,11 +44,92 @@ async fn served_document_is_openapi_3_1_and_matches_the_checked_in_copy() {
         "openapi/platform-api.json is stale: run `SHELLWEGO_UPDATE_OPENAPI=1 cargo test -p shellwego-server openapi` \
          (or `shellwego openapi > openapi/platform-api.json`) and commit it"
     );
+    // The agent protocol is not part of the public contract.
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    for path in doc["paths"].as_object().unwrap().keys() {
+        assert!(
+            !path.starts_with("/v1/agent/"),
+            "{path} is in the /v1 document"
+        );
+    }
+    for schema in [
+        "AgentSync",
+        "AgentJoin",
+        "DesiredInstance",
+        "InstanceReport",
+    ] {
+        assert!(
+            doc["components"]["schemas"].get(schema).is_none(),
+            "{schema} is in the /v1 document"
+        );
+    }
 }
 
-/// Every (method, path) of the document, with path parameters filled in.
+/// The agent protocol has a document of its own, versioned by the
+/// protocol, checked in beside the public one.
+#[test]
+fn agent_document_is_openapi_3_1_and_matches_the_checked_in_copy() {
+    let generated = shellwego_server::openapi::agent_document_json();
+    let spec = oas3::from_json(&generated).expect("the document parses as OpenAPI 3.1");
+    assert!(
+        spec.openapi.starts_with("3.1"),
+        "openapi = {}",
+        spec.openapi
+    );
+    assert_eq!(
+        spec.info.version,
+        shellwego_api::agent::PROTOCOL_VERSION.to_string()
+    );
+    let paths = spec.paths.as_ref().unwrap();
+    for path in [
+        "/v1/agent/join",
+        "/v1/agent/sync",
+        "/v1/agent/uploads/{upload_id}",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} is not in the agent document"
+        );
+    }
+    assert_eq!(paths.len(), 3, "only the agent channel's routes");
+
+    let path = checked_in_agent_path();
+    if std::env::var("SHELLWEGO_UPDATE_OPENAPI").is_ok() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "openapi/agent-api.json is stale: run `SHELLWEGO_UPDATE_OPENAPI=1 cargo test -p shellwego-server openapi` \
+         (or `shellwego openapi --agent > openapi/agent-api.json`) and commit it"
+    );
+}
+
+/// Every (method, path) of both documents (the public one, then the agent
+/// protocol's), with path parameters filled in: every route of the server.
 pub fn operations() -> Vec<(Method, String, String)> {
-    let doc: Value = serde_json::from_str(&shellwego_server::openapi::document_json()).unwrap();
+    let mut ops = public_operations();
+    ops.extend(operations_of(
+        &shellwego_server::openapi::agent_document_json(),
+    ));
+    ops
+}
+
+/// Every (method, path) of the public /v1 document.
+pub fn public_operations() -> Vec<(Method, String, String)> {
+    operations_of(&shellwego_server::openapi::document_json())
+}
+
+/// Both documents, parsed: the public one, then the agent protocol's.
+fn documents() -> [Value; 2] {
+    [
+        serde_json::from_str(&shellwego_server::openapi::document_json()).unwrap(),
+        serde_json::from_str(&shellwego_server::openapi::agent_document_json()).unwrap(),
+    ]
+}
+
+fn operations_of(json: &str) -> Vec<(Method, String, String)> {
+    let doc: Value = serde_json::from_str(json).unwrap();
     let mut out = vec![];
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
@@ -125,7 +211,7 @@ async fn docs_page_lists_the_endpoints() {
         .unwrap()
         .starts_with("text/html"));
     let html = r.text().await.unwrap();
-    for (_, template, _) in operations() {
+    for (_, template, _) in public_operations() {
         assert!(
             html.contains(&format!("<code>{template}</code>")),
             "{template} missing from /docs"
@@ -170,6 +256,19 @@ fn is_problem(r: &Value) -> bool {
 async fn every_operation_documents_the_problem_responses_it_can_answer() {
     let s = start(Backend::Sqlite).await.unwrap();
     let doc = served(&s).await;
+    let checked = check_problem_responses(&doc);
+    assert!(checked > 300, "only {checked} responses checked");
+    // A response an operation describes itself is kept.
+    let login_401 = &doc["paths"]["/v1/auth/token"]["post"]["responses"]["401"];
+    assert!(login_401.get("$ref").is_some() || is_problem(login_401));
+    // The agent protocol's document follows the same rules.
+    let [_, agent_doc] = documents();
+    let checked = check_problem_responses(&agent_doc);
+    assert!(checked >= 20, "only {checked} responses checked");
+}
+
+/// Check `doc`'s operations as above; how many responses were checked.
+fn check_problem_responses(doc: &Value) -> usize {
     const CONFLICTS: [&str; 12] = [
         "app_create",
         "token_rotate",
@@ -208,7 +307,8 @@ async fn every_operation_documents_the_problem_responses_it_can_answer() {
             if has("path") {
                 needed.extend([400, 404]);
             }
-            if has("query") || body {
+            // A header the operation reads (the agent protocol's version).
+            if has("query") || has("header") || body {
                 needed.push(400);
             }
             if body {
@@ -222,14 +322,13 @@ async fn every_operation_documents_the_problem_responses_it_can_answer() {
             }
             for status in needed {
                 checked += 1;
-                match response(&doc, op, status) {
+                match response(doc, op, status) {
                     Some(r) if is_problem(r) => {}
                     _ => missing.push(format!("{} {path}: {status}", method.to_uppercase())),
                 }
             }
         }
     }
-    assert!(checked > 300, "only {checked} responses checked");
     assert!(
         missing.is_empty(),
         "operations missing problem responses:\n{}",
@@ -267,9 +366,7 @@ async fn every_operation_documents_the_problem_responses_it_can_answer() {
     assert!(shared["Unauthorized"]["headers"]
         .get("WWW-Authenticate")
         .is_some());
-    // A response an operation describes itself is kept.
-    let login_401 = &doc["paths"]["/v1/auth/token"]["post"]["responses"]["401"];
-    assert!(login_401.get("$ref").is_some() || is_problem(login_401));
+    checked
 }
 
 /// What the server really answers is documented: every operation, called
@@ -281,6 +378,7 @@ async fn every_operation_documents_the_problem_responses_it_can_answer() {
 async fn crude_probes_get_documented_answers() {
     let s = start(Backend::Sqlite).await.unwrap();
     let doc = served(&s).await;
+    let [_, agent_doc] = documents();
     // A public route still answers 401 to a token that is not valid, hence
     // the 401 (and, for MFA enforcement, 403) on every gated operation.
     let r = s
@@ -291,7 +389,14 @@ async fn crude_probes_get_documented_answers() {
     let mut wrong = vec![];
     let mut probed = 0;
     for (method, template, path) in operations() {
-        let op = &doc["paths"][&template][method.as_str().to_lowercase()];
+        // An operation of the public document, else of the agent protocol's.
+        let (doc, op) = match doc["paths"].get(&template) {
+            Some(item) => (&doc, &item[method.as_str().to_lowercase()]),
+            None => (
+                &agent_doc,
+                &agent_doc["paths"][&template][method.as_str().to_lowercase()],
+            ),
+        };
         let has_body = op.get("requestBody").is_some();
         let not_utf8 = path.replace("x_unknown", "%FF");
         let mut probes: Vec<(&str, Option<&str>, &str, Option<&str>)> = vec![
@@ -300,6 +405,17 @@ async fn crude_probes_get_documented_answers() {
             ("bad token", Some("pat_notatoken"), &path, None),
             ("malformed", Some(&s.token), &path, has_body.then_some("{")),
         ];
+        // The agent channel refuses a protocol version it does not speak,
+        // before anything else. (With a token: anonymous calls share one
+        // rate limit per address, which the probes above come close to.)
+        if template.starts_with("/v1/agent/") {
+            probes.push((
+                "agent protocol 2",
+                Some(&s.token),
+                &path,
+                has_body.then_some("{"),
+            ));
+        }
         if not_utf8 != path {
             probes.push(("not UTF-8", Some(&s.token), &not_utf8, None));
         }
@@ -308,6 +424,9 @@ async fn crude_probes_get_documented_answers() {
         }
         for (probe, token, path, body) in probes {
             let mut r = s.http.request(method.clone(), s.url(path));
+            if probe == "agent protocol 2" {
+                r = r.header(shellwego_api::agent::PROTOCOL_HEADER, "2");
+            }
             if let Some(t) = token {
                 r = r.bearer_auth(t);
             }
@@ -326,7 +445,13 @@ async fn crude_probes_get_documented_answers() {
                 .unwrap_or_default()
                 .to_string();
             let what = format!("{method} {template} ({probe}): {status}");
-            match response(&doc, op, status) {
+            if probe == "agent protocol 2" {
+                let text = res.text().await.unwrap_or_default();
+                if status != 400 || !text.contains(shellwego_api::agent::PROTOCOL_HEADER) {
+                    wrong.push(format!("{what} does not name the protocol header: {text}"));
+                }
+            }
+            match response(doc, op, status) {
                 None => wrong.push(format!("{what} is not documented")),
                 Some(r) if status >= 400 && !is_problem(r) => {
                     wrong.push(format!("{what} is not documented as a problem"))
