@@ -209,7 +209,7 @@ pub struct AppSpec {
 pub struct AppCreated {
     pub id: String,
     pub name: String,
-    pub status: String,
+    pub status: model::AppStatus,
     pub deployment_id: String,
 }
 
@@ -311,9 +311,9 @@ pub struct AppNetworking {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AppRuntime {
     /// The driver the instances run under (`process`, `container`, `microvm`).
-    pub driver: Option<String>,
+    pub driver: Option<model::DriverKind>,
     /// The driver the app asked for, if any.
-    pub requested: Option<String>,
+    pub requested: Option<model::DriverKind>,
     pub kernel_version: Option<String>,
     pub microvm_version: Option<String>,
     pub firecracker_version: Option<String>,
@@ -324,13 +324,12 @@ pub struct Instance {
     #[schema(example = "inst_9x2k3m8s1d")]
     pub id: String,
     pub node_id: Option<String>,
-    /// `pending`, `starting`, `healthy`, `unhealthy`, `crashed`, `stopping`, `stopped`, `lost`.
-    pub status: String,
+    pub status: model::InstanceStatus,
     /// Why the instance is in this state (exit code, OOM kill, failing check, no room).
     pub status_reason: Option<String>,
     pub ip: Option<String>,
     pub port: Option<i64>,
-    pub driver: Option<String>,
+    pub driver: Option<model::DriverKind>,
     pub started_at: Option<String>,
     pub health_checks_passed: i64,
     pub restarts: i64,
@@ -344,8 +343,8 @@ pub struct App {
     pub id: String,
     pub name: String,
     pub slug: String,
-    /// `running`, `stopped`, `error`, `deploying`, `pending` (waiting for room on a node).
-    pub status: String,
+    /// `pending`: waiting for room on a node.
+    pub status: model::AppStatus,
     /// Why the app is in `error` or `pending`.
     pub status_reason: Option<String>,
     /// The image, by digest once a node has pulled it.

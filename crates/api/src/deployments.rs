@@ -2,6 +2,7 @@
 //! and response types.
 
 use serde::{Deserialize, Serialize};
+use shellwego_core::model;
 use shellwego_core::units::parse_duration;
 use shellwego_core::{Error, FieldError};
 use utoipa::ToSchema;
@@ -189,12 +190,13 @@ pub fn check_rollout_limits(
     }
 }
 
-/// A stage of a deployment.
+/// A stage of a deployment. (Its schema is `DeploymentStage`: `Stage` is
+/// the stage names' enum.)
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = DeploymentStage)]
 pub struct Stage {
-    pub name: String,
-    /// `pending`, `in_progress`, `completed`, `failed` or `skipped`.
-    pub status: String,
+    pub name: model::Stage,
+    pub status: model::StageStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -229,17 +231,17 @@ pub struct DeploymentMetrics {
 pub struct Deployment {
     pub id: String,
     pub app_id: String,
-    /// `in_progress`, `successful`, `failed` (nothing undone, or the undo is
-    /// under way), `rolled_back` (the previous version serves again) or
-    /// `cancelled` (the app was stopped or deleted before it completed).
-    pub status: String,
+    /// `failed`: nothing undone, or the undo is under way; `rolled_back`:
+    /// the previous version serves again; `cancelled`: the app was stopped
+    /// or deleted before it completed.
+    pub status: model::DeploymentStatus,
     /// Why it failed or was rolled back.
     pub status_reason: Option<String>,
     /// The app version it deploys (`v3`).
     pub version: String,
     /// The image, by digest once resolved (`myapp:v2@sha256:…`).
     pub image: Option<String>,
-    pub strategy: String,
+    pub strategy: model::Strategy,
     pub initiated_by: Option<String>,
     pub stages: Vec<Stage>,
     pub progress: Progress,
@@ -256,7 +258,7 @@ pub struct Deployment {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeployAccepted {
     pub deployment_id: String,
-    pub status: String,
+    pub status: model::DeploymentStatus,
     pub progress: Progress,
 }
 

@@ -14,6 +14,10 @@ pub mod nodes;
 pub mod orgs;
 pub mod problem;
 pub mod tokens;
+
+/// The words the DTOs carry (statuses, stages, strategies, drivers): the
+/// domain model's enums, re-exported so a client needs only this crate.
+pub use shellwego_core::model;
 pub mod user;
 
 use serde::Serialize;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use shellwego_core::model;
 use utoipa::ToSchema;
 
 use crate::Pagination;
@@ -14,9 +15,8 @@ pub struct Node {
     #[schema(example = "node_8s2d9k1m3x")]
     pub id: String,
     pub hostname: String,
-    /// `joining` (registered; its agent has not joined yet), `ready`,
-    /// `draining`, `maintenance` or `offline`.
-    pub status: String,
+    /// `joining`: registered, its agent has not joined yet.
+    pub status: model::NodeStatus,
     pub region: String,
     pub zone: String,
     pub capacity: NodeCapacity,
@@ -137,7 +137,7 @@ pub struct NodeDrain {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeDrained {
     pub node_id: String,
-    pub status: String,
+    pub status: model::NodeStatus,
     /// Instances that will be moved.
     pub instances: i64,
 }

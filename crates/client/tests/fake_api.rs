@@ -196,7 +196,7 @@ async fn actions_without_a_body_send_none_and_login_sends_no_token() {
     .await;
     let c = Client::new(&fake.url, Some("pat_stale".into())).unwrap();
     let a = c.apps().action("app_1", &AppAction::Stop).await.unwrap();
-    assert_eq!(a.status, "stopped");
+    assert_eq!(a.status, shellwego_api::model::AppStatus::Stopped);
     let login = shellwego_api::auth::LoginRequest {
         email: "a@example.com".into(),
         password: "pw".into(),

@@ -589,13 +589,18 @@ impl Store {
         let mut all: Vec<Row> = vec![];
         for r in &rows {
             let traffic: Option<String> = r.try_get("traffic").map_err(db_err)?;
+            let app: String = r.try_get("name").map_err(db_err)?;
+            let traffic = match traffic {
+                None => None,
+                Some(t) => Some(crate::doc("apps", &app, "traffic", &t)?),
+            };
             all.push((
                 r.try_get("name").map_err(db_err)?,
                 r.try_get("id").map_err(db_err)?,
                 r.try_get("ip").map_err(db_err)?,
                 r.try_get("port").map_err(db_err)?,
                 r.try_get("version").map_err(db_err)?,
-                traffic.map(|t| serde_json::from_str(&t).unwrap_or_default()),
+                traffic,
             ));
         }
         // An app's `traffic` splits its requests between versions (a

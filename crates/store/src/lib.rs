@@ -235,12 +235,17 @@ pub async fn commit(tx: Tx) -> Result<(), Error> {
 }
 
 /// Decode a JSON TEXT column.
-pub(crate) fn json_col<T: serde::de::DeserializeOwned + Default>(
+/// One that does not parse is an error naming the column and the row (its
+/// `id` column, when it has one), never a default.
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(
     row: &AnyRow,
     col: &str,
 ) -> Result<T, Error> {
     let s: String = row.try_get(col).map_err(db_err)?;
-    Ok(serde_json::from_str(&s).unwrap_or_default())
+    let id = row
+        .try_get::<String, _>("id")
+        .unwrap_or_else(|_| "?".into());
+    doc("a", &id, col, &s)
 }
 
 /// Decode a JSON document column of one row. A document that does not

@@ -548,8 +548,8 @@ pub async fn node_rooms(tx: &mut Tx, org: &str) -> Result<Vec<(NodeRoom, i64, i6
     .map_err(db_err)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
+        let id: String = r.try_get("id").map_err(db_err)?;
         let n = NodeRoom {
-            id: r.try_get("id").map_err(db_err)?,
             organization_id: r.try_get("organization_id").map_err(db_err)?,
             status: r.try_get("status").map_err(db_err)?,
             region: r.try_get("region").map_err(db_err)?,
@@ -562,11 +562,14 @@ pub async fn node_rooms(tx: &mut Tx, org: &str) -> Result<Vec<(NodeRoom, i64, i6
             drivers: crate::json_col(r, "drivers")?,
             labels: Default::default(),
             drain_batch: r.try_get("drain_batch").map_err(db_err)?,
-            drain_destinations: r
+            drain_destinations: match r
                 .try_get::<Option<String>, _>("drain_destinations")
                 .map_err(db_err)?
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .unwrap_or_default(),
+            {
+                None => vec![],
+                Some(s) => crate::doc("nodes", &id, "drain_destinations", &s)?,
+            },
+            id,
             drain_deadline: r.try_get("drain_deadline").map_err(db_err)?,
         };
         out.push((

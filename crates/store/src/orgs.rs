@@ -374,8 +374,11 @@ pub async fn org_settings(tx: &mut Tx, org: &str) -> Result<serde_json::Value, E
         .fetch_optional(&mut **tx)
         .await
         .map_err(db_err)?;
-    Ok(row
-        .and_then(|r| r.try_get::<String, _>("settings").ok())
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(serde_json::Value::Null))
+    match row {
+        None => Ok(serde_json::Value::Null),
+        Some(r) => {
+            let s: String = r.try_get("settings").map_err(db_err)?;
+            crate::doc("organizations", org, "settings", &s)
+        }
+    }
 }

@@ -11,6 +11,7 @@ use shellwego_api::apps::{
     App, AppCreate, Cpu, HealthCheck, Placement, Resources, RestartRequest, ScaleRequest, Source,
 };
 use shellwego_client::{Answer, AppAction, Client, ListQuery};
+use shellwego_core::model::DeploymentStatus;
 
 use crate::cmd::wait::{self, app_line};
 use crate::cmd::{confirm, more_hint, parse_duration, parse_key_value, ClientArgs, Ctx, ListArgs};
@@ -354,7 +355,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
         Output::Table => emit(&fields(&[
             ("ID", c.id.clone()),
             ("NAME", c.name.clone()),
-            ("STATUS", c.status.clone()),
+            ("STATUS", c.status.to_string()),
             ("DEPLOYMENT", c.deployment_id.clone()),
         ]))?,
     }
@@ -404,7 +405,7 @@ async fn list_apps(ctx: &Ctx, args: &AppListArgs) -> anyhow::Result<()> {
                 .map(|a| {
                     vec![
                         a.name.clone(),
-                        a.status.clone(),
+                        a.status.to_string(),
                         format!("{}/{}", a.replicas.healthy, a.replicas.desired),
                         origin(a),
                         a.id.clone(),
@@ -438,7 +439,7 @@ async fn get(ctx: &Ctx, app: &str) -> anyhow::Result<()> {
                     .map(|i| {
                         let status = match i.status_reason.as_deref().filter(|r| !r.is_empty()) {
                             Some(r) => format!("{} ({r})", i.status),
-                            None => i.status.clone(),
+                            None => i.status.to_string(),
                         };
                         vec![
                             i.id.clone(),
@@ -459,7 +460,7 @@ async fn get(ctx: &Ctx, app: &str) -> anyhow::Result<()> {
 fn app_fields(a: &App) -> String {
     let status = match a.status_reason.as_deref().filter(|r| !r.is_empty()) {
         Some(r) => format!("{} ({r})", a.status),
-        None => a.status.clone(),
+        None => a.status.to_string(),
     };
     let r = &a.resources;
     let cpu = match &r.cpu {
@@ -512,8 +513,8 @@ fn app_fields(a: &App) -> String {
             or_dash(
                 a.runtime
                     .driver
-                    .as_deref()
-                    .or(a.runtime.requested.as_deref()),
+                    .map(|d| d.as_str())
+                    .or(a.runtime.requested.map(|d| d.as_str())),
             ),
         ),
         ("HEALTH CHECK", health),
@@ -608,7 +609,7 @@ async fn finish_action(
         if let Some(dep) = a.deployment_id.as_deref().filter(|_| restarted) {
             let d =
                 crate::cmd::deployments::wait_deployment(&ctx.client, dep, wait.timeout()).await?;
-            if d.status != "successful" {
+            if d.status != DeploymentStatus::Successful {
                 return Err(crate::cmd::deployments::unsuccessful(&ctx.client, &d).await);
             }
         }

@@ -15,6 +15,7 @@ use serde_json::Value;
 use shellwego_api::apps::Source;
 use shellwego_api::deployments::{DeployRequest, Deployment, RollbackRequest};
 use shellwego_client::{Answer, ApiError, Client, LogEvent};
+use shellwego_core::model::{DeploymentStatus, StageStatus};
 
 use crate::cmd::apps::{resolve, upload};
 use crate::cmd::wait::POLL;
@@ -226,7 +227,7 @@ pub async fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
         &[
             ("DEPLOYMENT", a.deployment_id.clone()),
             ("APP", format!("{name} ({id})")),
-            ("STATUS", a.status.clone()),
+            ("STATUS", a.status.to_string()),
         ],
         &a.deployment_id,
         &args.wait,
@@ -286,7 +287,7 @@ async fn ended(ctx: &Ctx, d: &Answer<Deployment>) -> anyhow::Result<()> {
     if ctx.output == Output::Json {
         emit(&json(d.body())?)?;
     }
-    if d.status == "successful" {
+    if d.status == DeploymentStatus::Successful {
         if ctx.output == Output::Table {
             let took = d
                 .metrics
@@ -316,7 +317,7 @@ fn failure_message(d: &Deployment, log: &[String]) -> String {
     if let Some(r) = d.status_reason.as_deref().filter(|r| !r.is_empty()) {
         let _ = write!(msg, ": {r}");
     }
-    if d.status == "failed" && d.completed_at.is_none() {
+    if d.status == DeploymentStatus::Failed && d.completed_at.is_none() {
         if let Some(prev) = &d.previous_version {
             let _ = write!(
                 msg,
@@ -368,7 +369,7 @@ pub async fn wait_deployment(
             Err(e) => return Err(e.into()),
         };
         view.update(&d);
-        if d.status != "in_progress" {
+        if d.status != DeploymentStatus::InProgress {
             view.finish();
             return Ok(d);
         }
@@ -479,18 +480,22 @@ fn stage_changes(printed: &mut Vec<(String, String)>, d: &Deployment) -> Vec<Str
     for s in &d.stages {
         let before = printed
             .iter()
-            .position(|(n, _)| *n == s.name)
+            .position(|(n, _)| n == s.name.as_str())
             .map(|i| printed[i].1.as_str());
-        let now = match s.reason.as_deref().filter(|_| s.status == "in_progress") {
+        let now = match s
+            .reason
+            .as_deref()
+            .filter(|_| s.status == StageStatus::InProgress)
+        {
             Some(r) => format!("{} ({r})", s.status),
-            None => s.status.clone(),
+            None => s.status.to_string(),
         };
         if before.unwrap_or("pending") != now {
             out.push(format!("stage {}: {now}", s.name));
         }
-        match printed.iter_mut().find(|(n, _)| *n == s.name) {
+        match printed.iter_mut().find(|(n, _)| n == s.name.as_str()) {
             Some(p) => p.1 = now,
-            None => printed.push((s.name.clone(), now)),
+            None => printed.push((s.name.to_string(), now)),
         }
     }
     out
@@ -516,7 +521,7 @@ fn stage_lines(d: &Deployment, spinner: Option<&str>, width: usize) -> Vec<Strin
                 current = true;
                 let mark = match spinner {
                     Some(f) => f,
-                    None if d.status == "successful" => "✓",
+                    None if d.status == DeploymentStatus::Successful => "✓",
                     None => "✗",
                 };
                 match s.reason.as_deref().filter(|_| spinner.is_some()) {
@@ -527,7 +532,7 @@ fn stage_lines(d: &Deployment, spinner: Option<&str>, width: usize) -> Vec<Strin
         };
         items.push(item);
     }
-    if !current && d.status == "in_progress" {
+    if !current && d.status == DeploymentStatus::InProgress {
         items.push(format!(
             "{} {}{steps}",
             spinner.unwrap_or("·"),
@@ -536,7 +541,7 @@ fn stage_lines(d: &Deployment, spinner: Option<&str>, width: usize) -> Vec<Strin
     }
     if spinner.is_none() {
         items.push(match d.status_reason.as_deref().filter(|r| !r.is_empty()) {
-            Some(r) if d.status != "successful" => format!("→ {}: {r}", d.status),
+            Some(r) if d.status != DeploymentStatus::Successful => format!("→ {}: {r}", d.status),
             _ => format!("→ {}", d.status),
         });
     }
@@ -573,8 +578,8 @@ async fn list(ctx: &Ctx, args: &DeploymentListArgs) -> anyhow::Result<()> {
                     vec![
                         d.id.clone(),
                         d.version.clone(),
-                        d.status.clone(),
-                        d.strategy.clone(),
+                        d.status.to_string(),
+                        d.strategy.to_string(),
                         or_dash(d.image.as_deref()),
                         d.created_at.clone(),
                     ]
@@ -601,9 +606,9 @@ fn deployment_fields(d: &Deployment) -> String {
         ("ID", d.id.clone()),
         ("APP", d.app_id.clone()),
         ("VERSION", d.version.clone()),
-        ("STATUS", d.status.clone()),
+        ("STATUS", d.status.to_string()),
         ("REASON", or_dash(d.status_reason.as_deref())),
-        ("STRATEGY", d.strategy.clone()),
+        ("STRATEGY", d.strategy.to_string()),
         ("IMAGE", or_dash(d.image.as_deref())),
         (
             "PROGRESS",
@@ -643,8 +648,8 @@ fn show(ctx: &Ctx, d: &Answer<Deployment>) -> anyhow::Result<()> {
                 .iter()
                 .map(|s| {
                     vec![
-                        s.name.clone(),
-                        s.status.clone(),
+                        s.name.to_string(),
+                        s.status.to_string(),
                         or_dash(s.started_at.as_deref()),
                         or_dash(s.completed_at.as_deref()),
                         or_dash(s.reason.as_deref()),
@@ -715,7 +720,7 @@ async fn rollback(ctx: &Ctx, args: &RollbackArgs) -> anyhow::Result<()> {
         &[
             ("DEPLOYMENT", a.deployment_id.clone()),
             ("ROLLBACK TO", target.to_string()),
-            ("STATUS", a.status.clone()),
+            ("STATUS", a.status.to_string()),
         ],
         &a.deployment_id,
         &args.wait,
@@ -741,13 +746,13 @@ mod tests {
     fn dep(status: &str, stages: &[(&str, &str)], done: i64, current: &str) -> Deployment {
         Deployment {
             id: "dep_1".into(),
-            status: status.into(),
+            status: status.parse().unwrap(),
             version: "v2".into(),
             stages: stages
                 .iter()
                 .map(|(n, s)| shellwego_api::deployments::Stage {
-                    name: (*n).into(),
-                    status: (*s).into(),
+                    name: n.parse().unwrap(),
+                    status: s.parse().unwrap(),
                     ..Default::default()
                 })
                 .collect(),
@@ -908,7 +913,7 @@ mod tests {
              (rolling back to v1; see `shellwego deployments get dep_1`)\n\
              latest log lines:\n  t failed: x"
         );
-        d.status = "rolled_back".into();
+        d.status = DeploymentStatus::RolledBack;
         d.completed_at = Some("t".into());
         assert_eq!(
             failure_message(&d, &[]),

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use shellwego_api::apps::AppList;
 use shellwego_api::nodes::{Node, NodeDrain, NodeRegister};
 use shellwego_client::{Answer, ApiError, Client, ListQuery, StatusCode};
+use shellwego_core::model::InstanceStatus;
 
 use crate::cmd::wait::Progress;
 use crate::cmd::{confirm, more_hint, parse_key_value, ClientArgs, Ctx, ListArgs};
@@ -174,7 +175,7 @@ async fn list_nodes(ctx: &Ctx, args: &NodeListArgs) -> anyhow::Result<()> {
                     vec![
                         n.id.clone(),
                         or_dash(Some(&n.hostname)),
-                        n.status.clone(),
+                        n.status.to_string(),
                         or_dash(Some(&n.region)),
                         n.running_apps.to_string(),
                         format!("{}/{}", n.capacity.cpu_available, n.capacity.cpu_cores),
@@ -231,7 +232,7 @@ async fn get(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
             emit(&fields(&[
                 ("ID", n.id.clone()),
                 ("HOSTNAME", or_dash(Some(&n.hostname))),
-                ("STATUS", n.status.clone()),
+                ("STATUS", n.status.to_string()),
                 ("REGION", or_dash(Some(&n.region))),
                 ("ZONE", or_dash(Some(&n.zone))),
                 (
@@ -366,7 +367,7 @@ async fn instances_on(client: &Client, node_id: &str) -> Result<(usize, usize), 
             .iter()
             .flat_map(|a| &a.instances)
             .filter(|i| i.node_id.as_deref() == Some(node_id))
-            .filter(|i| !stopping || i.status == "stopping")
+            .filter(|i| !stopping || i.status == InstanceStatus::Stopping)
             .count()
     };
     let all = ListQuery::new().limit(Some(100)).all(true);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shellwego_api::apps::App;
 use shellwego_client::{Answer, ApiError, Client};
+use shellwego_core::model::AppStatus;
 
 /// Time between two polls of the API.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -98,9 +99,9 @@ pub fn app_line(a: &App) -> String {
 /// it wants none, as after `stop` or `scale 0`) `stopped`.
 pub fn settled(a: &App) -> bool {
     if a.replicas.desired == 0 {
-        a.status == "stopped"
+        a.status == AppStatus::Stopped
     } else {
-        a.status == "running" && a.replicas.healthy >= a.replicas.desired
+        a.status == AppStatus::Running && a.replicas.healthy >= a.replicas.desired
     }
 }
 
@@ -125,7 +126,7 @@ pub async fn wait_app(client: &Client, id: &str, timeout: Duration) -> anyhow::R
             progress.done("✓", line);
             return Ok(a);
         }
-        if a.status == "error" {
+        if a.status == AppStatus::Error {
             progress.done("✗", line);
             let mut msg = format!(
                 "{} ({}) failed: {}",

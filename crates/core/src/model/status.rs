@@ -109,8 +109,10 @@ vocabulary! {
 }
 
 vocabulary! {
+    #[derive(Default)]
     /// The stages of every deployment, in order (`ALL` is that order).
     pub enum Stage ("deployment stage") {
+        #[default]
         ResolvingImage = "resolving_image",
         PullingImage = "pulling_image",
         CreatingInstances = "creating_instances",
@@ -122,8 +124,10 @@ vocabulary! {
 }
 
 vocabulary! {
+    #[derive(Default)]
     /// Where one stage of a deployment is.
     pub enum StageStatus ("stage status") {
+        #[default]
         Pending = "pending",
         InProgress = "in_progress",
         Completed = "completed",

@@ -29,11 +29,11 @@ fn instance_view(i: model::Instance) -> Instance {
     Instance {
         id: i.id,
         node_id: i.node_id,
-        status: i.status.to_string(),
+        status: i.status,
         status_reason: i.status_reason,
         ip: i.ip,
         port: i.port,
-        driver: i.driver.map(|d| d.to_string()),
+        driver: i.driver,
         started_at: i.started_at.map(|t| rfc3339(from_micros(t))),
         health_checks_passed: i.health_checks_passed,
         restarts: i.restarts,
@@ -68,7 +68,7 @@ pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
             .filter(|i| i.status == InstanceStatus::Healthy)
             .count() as i64,
     };
-    let driver = current.iter().find_map(|i| i.driver.map(|d| d.to_string()));
+    let driver = current.iter().find_map(|i| i.driver);
     App {
         slug: a.name.clone(),
         networking: AppNetworking {
@@ -77,7 +77,7 @@ pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
             allowed_egress: vec!["0.0.0.0/0".into()],
         },
         name: a.name,
-        status: a.status.to_string(),
+        status: a.status,
         status_reason: a.status_reason,
         image: a.image_pinned.or(spec.image),
         command: spec.command,
@@ -115,7 +115,7 @@ pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
         placement: spec.placement,
         runtime: AppRuntime {
             driver,
-            requested: spec.runtime,
+            requested: a.spec.runtime,
             kernel_version: None,
             microvm_version: None,
             firecracker_version: None,
@@ -222,7 +222,7 @@ pub async fn app_create(
         Json(AppCreated {
             id: app.id,
             name: app.name,
-            status: "deploying".into(),
+            status: shellwego_core::model::AppStatus::Deploying,
             deployment_id,
         }),
     ))

@@ -57,10 +57,10 @@ pub fn view(d: model::Deployment) -> Deployment {
             | DeploymentStatus::Cancelled => true,
             DeploymentStatus::InProgress | DeploymentStatus::Successful => false,
         }),
-        status: d.status.to_string(),
+        status: d.status,
         version: crate::controller::rollout::version_label(d.version),
         image: d.image,
-        strategy: d.strategy.to_string(),
+        strategy: d.strategy,
         initiated_by: d.initiated_by,
         progress: Progress {
             total_steps: stages.len() as i64,
@@ -70,8 +70,8 @@ pub fn view(d: model::Deployment) -> Deployment {
         stages: stages
             .into_iter()
             .map(|s| Stage {
-                name: s.name.to_string(),
-                status: s.status.to_string(),
+                name: s.name,
+                status: s.status,
                 started_at: s.started_at.map(time),
                 completed_at: s.completed_at.map(time),
                 reason: s.reason,

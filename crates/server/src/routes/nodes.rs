@@ -32,7 +32,7 @@ fn view(n: crate::model::Node, load: (i64, i64, i64)) -> Node {
     Node {
         id: n.id,
         hostname: n.hostname,
-        status: n.status.to_string(),
+        status: n.status,
         region: n.region,
         zone: n.zone,
         // What the scheduler can still place here.
@@ -245,7 +245,7 @@ pub async fn node_drain(
         axum::http::StatusCode::ACCEPTED,
         Json(shellwego_api::nodes::NodeDrained {
             node_id: id,
-            status: "draining".into(),
+            status: shellwego_core::model::NodeStatus::Draining,
             instances: n,
         }),
     ))
