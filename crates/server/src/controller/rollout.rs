@@ -436,17 +436,6 @@ pub fn traffic_json(weights: &[(i64, u32)]) -> String {
     serde_json::to_string(&m).unwrap_or_else(|_| "{}".into())
 }
 
-/// Versions and weights of an app's `traffic` (none: every healthy instance).
-pub fn traffic_of(a: &App) -> Option<BTreeMap<i64, u32>> {
-    let t = a.traffic.as_deref()?;
-    let m: BTreeMap<String, u32> = serde_json::from_str(t).ok()?;
-    Some(
-        m.into_iter()
-            .filter_map(|(k, v)| k.parse().ok().map(|k| (k, v)))
-            .collect(),
-    )
-}
-
 fn is_over(s: StageStatus) -> bool {
     match s {
         StageStatus::Completed | StageStatus::Failed => true,
