@@ -733,10 +733,23 @@ async fn derive_status(tx: &mut Tx, p: &mut Pass, placement: Placement) -> Resul
             );
         }
         if let Some(e) = e {
+            /// What an app's status event says of its instances.
+            #[derive(serde::Serialize)]
+            struct Meta<'a> {
+                reason: Option<&'a str>,
+                /// Instances passing their checks.
+                healthy: i64,
+                desired: i64,
+            }
+            let meta = Meta {
+                reason: reason.as_deref(),
+                healthy,
+                desired: wanted,
+            };
             events::record(
                 tx,
                 e.in_org(&a.organization_id)
-                    .meta(json!({"reason": reason, "healthy": healthy, "desired": wanted})),
+                    .meta(serde_json::to_value(meta).map_err(Error::internal)?),
             )
             .await?;
         }
