@@ -115,13 +115,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             bench_list("sqlite", &url, rows, page).await?;
             match postgres_url {
                 Some(pg) => {
-                    let (url, name) = shellwego_store::scratch::create(&pg, "swbench")
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let r = bench_list("postgres", &url, rows, page).await;
-                    shellwego_store::scratch::drop(&pg, &name)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let db = shellwego_testkit::db::PgDb::empty(&pg, "swbench").await?;
+                    let r = bench_list("postgres", db.url(), rows, page).await;
+                    db.drop_now().await?;
                     r?;
                 }
                 None => println!(

@@ -12,7 +12,6 @@ pub mod list;
 pub mod logins;
 pub mod nodes;
 pub mod orgs;
-pub mod scratch;
 pub mod service_accounts;
 pub mod tokens;
 pub mod users;
@@ -65,6 +64,12 @@ pub struct Store {
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The embedded migrations (the test kit fingerprints them to reuse a
+/// migrated template database).
+pub fn migrator() -> &'static sqlx::migrate::Migrator {
+    &MIGRATOR
+}
 
 /// Map a database error to the domain error. Unique violations are
 /// conflicts; connection trouble is "unavailable"; the rest are bugs.

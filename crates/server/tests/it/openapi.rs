@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::kit::{start, Backend};
+use shellwego_testkit::server::TestServer;
+use shellwego_testkit::Backend;
 
 fn checked_in_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../openapi/platform-api.json")
@@ -14,7 +15,7 @@ fn checked_in_path() -> PathBuf {
 
 #[tokio::test]
 async fn served_document_is_openapi_3_1_and_matches_the_checked_in_copy() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let r = s.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(r.status(), 200);
     let served = r.text().await.unwrap();
@@ -67,7 +68,7 @@ pub fn operations() -> Vec<(Method, String, String)> {
 
 #[tokio::test]
 async fn every_route_is_documented_and_every_documented_route_exists() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let ops = operations();
     assert!(ops.len() >= 11);
     for (method, template, path) in &ops {
@@ -117,7 +118,7 @@ async fn every_route_is_documented_and_every_documented_route_exists() {
 
 #[tokio::test]
 async fn docs_page_lists_the_endpoints() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let r = s.call(Method::GET, "/docs", None, None).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
@@ -134,7 +135,7 @@ async fn docs_page_lists_the_endpoints() {
 }
 
 /// The served document, parsed.
-async fn served(s: &crate::kit::Srv) -> Value {
+async fn served(s: &TestServer) -> Value {
     let r = s.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
@@ -168,7 +169,7 @@ fn is_problem(r: &Value) -> bool {
 /// - operations whose service can conflict: 409; invitation accept: 410.
 #[tokio::test]
 async fn every_operation_documents_the_problem_responses_it_can_answer() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let doc = served(&s).await;
     const CONFLICTS: [&str; 12] = [
         "app_create",
@@ -279,7 +280,7 @@ async fn every_operation_documents_the_problem_responses_it_can_answer() {
 /// `application/problem+json` as the document says.
 #[tokio::test]
 async fn crude_probes_get_documented_answers() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let doc = served(&s).await;
     // A public route still answers 401 to a token that is not valid, hence
     // the 401 (and, for MFA enforcement, 403) on every gated operation.
@@ -347,7 +348,7 @@ async fn crude_probes_get_documented_answers() {
 /// checks each event of a `text/event-stream` answer against the schema.
 #[tokio::test]
 async fn deployment_log_events_match_the_documented_event_schema() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let doc = served(&s).await;
     let op = &doc["paths"]["/v1/deployments/{deployment_id}/logs"]["get"];
     let schema = op
