@@ -242,7 +242,7 @@ impl Drop for Proc {
                 "----- the last lines of `{}`'s log ({}) -----\n{}",
                 self.name,
                 self.log.display(),
-                self.log_tail(60)
+                self.log_tail(100)
             );
         }
         let _ = self.child.kill();
@@ -637,6 +637,14 @@ impl Platform {
         self.proc.as_ref().map(Proc::id)
     }
 
+    /// An error, with the end of its log, when it is not running.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.proc.as_mut() {
+            Some(p) => p.check_alive(),
+            None => bail!("`shellwego {}` was stopped", self.spec.role.as_str()),
+        }
+    }
+
     /// SIGKILL (instances are left running, as on a crash).
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
@@ -738,13 +746,25 @@ impl Platform {
 
     /// GET `/` through the ingress as `<app>.localhost`: status and body.
     pub fn through_ingress(&self, app: &str) -> (u16, String) {
-        let host = format!("{app}.localhost");
-        let r = crate::http::send(
-            SocketAddr::from(([127, 0, 0, 1], self.ingress_port)),
-            &crate::http::Request::new("GET", "/").host(&host),
-        )
-        .unwrap_or_else(|e| panic!("GET / as {host} through the ingress: {e}"));
-        (r.status, r.text())
+        through(self.ingress_port, app)
+            .unwrap_or_else(|e| panic!("GET / as {app}.localhost through the ingress: {e}"))
+    }
+
+    /// `shellwego router` on `port`, fed from this platform's store (its
+    /// data dir), with the platform's environment, logging to `router.log`
+    /// in its directory.
+    pub fn router(&self, port: u16) -> Proc {
+        let args: Vec<OsString> = vec![
+            "router".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}").into(),
+            "--data-dir".into(),
+            self.data_dir.clone().into(),
+        ];
+        let mut cmd = shellwego_command(&self.spec.bin, &args);
+        cmd.envs(self.spec.env.iter().map(|(k, v)| (k, v)));
+        Proc::spawn("shellwego router", &mut cmd, &self.dir.join("router.log"))
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Wait until app `id` satisfies `ok` (polled every 200 ms, up to
@@ -785,8 +805,8 @@ impl Platform {
     }
 
     /// Register a node named `name` and start `shellwego agent` for it
-    /// with `data_dir`, `extra` arguments and its log in `log`: the node's
-    /// id and the agent process.
+    /// with `data_dir`, `extra` arguments, the platform's environment and
+    /// its log in `log`: the node's id and the agent process.
     pub fn join_agent(
         &self,
         name: &str,
@@ -816,7 +836,12 @@ impl Platform {
             name.into(),
         ];
         args.extend(extra.iter().map(OsString::from));
-        Ok((node, Proc::shellwego(&self.spec.bin, &args, log)?))
+        let mut cmd = shellwego_command(&self.spec.bin, &args);
+        cmd.envs(self.spec.env.iter().map(|(k, v)| (k, v)));
+        Ok((
+            node,
+            Proc::spawn(format!("shellwego agent {name}"), &mut cmd, log)?,
+        ))
     }
 
     /// Delete every app and wait (up to `limit`) until their instances are
@@ -867,7 +892,7 @@ impl Drop for Platform {
             eprintln!(
                 "----- the last lines of {} -----\n{}",
                 self.log.display(),
-                self.log_tail(60)
+                self.log_tail(100)
             );
         }
         if panicking {
@@ -938,6 +963,17 @@ impl Default for CliHome {
     }
 }
 
+/// GET `/` from a router or ingress on `port` as `<app>.localhost`:
+/// status and body.
+pub fn through(port: u16, app: &str) -> std::io::Result<(u16, String)> {
+    let host = format!("{app}.localhost");
+    let r = crate::http::send(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &crate::http::Request::new("GET", "/").host(&host),
+    )?;
+    Ok((r.status, r.text()))
+}
+
 /// Every pid in `/proc`.
 pub fn pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -993,4 +1029,52 @@ pub fn instance_pid(agent_dir: &Path, inst: &str) -> Option<u32> {
     v["running"]["pid"]
         .as_u64()
         .and_then(|p| u32::try_from(p).ok())
+}
+
+/// What a finished command did.
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub ok: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<std::process::Output> for Out {
+    fn from(o: std::process::Output) -> Out {
+        Out {
+            ok: o.status.success(),
+            code: o.status.code(),
+            stdout: String::from_utf8(o.stdout).expect("stdout is UTF-8"),
+            stderr: String::from_utf8(o.stderr).expect("stderr is UTF-8"),
+        }
+    }
+}
+
+/// Run `c` to its end, capturing its output.
+pub fn run(c: &mut Command) -> Out {
+    c.output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"))
+        .into()
+}
+
+/// Run `c` with `input` piped to its stdin.
+pub fn run_with_stdin(c: &mut Command, input: &str) -> Out {
+    use std::io::Write;
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("a piped stdin")
+        .write_all(input.as_bytes())
+        .expect("writing stdin");
+    child
+        .wait_with_output()
+        .expect("waiting for the command")
+        .into()
 }
