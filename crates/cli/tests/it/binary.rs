@@ -164,17 +164,28 @@ fn sigterm_during_a_slow_request_lets_it_finish() {
 
 #[test]
 fn every_command_has_help() {
-    let commands = [
+    let mut commands = vec![
         vec!["--help"],
         vec!["server", "--help"],
         vec!["up", "--help"],
         vec!["openapi", "--help"],
         vec!["agent", "--help"],
-        vec!["bench", "--help"],
-        vec!["bench", "list", "--help"],
-        vec!["bench", "http", "--help"],
-        vec!["bench", "startup", "--help"],
     ];
+    // `bench` is built with the `bench` feature only (`--all-features`).
+    if cfg!(feature = "bench") {
+        commands.extend([
+            vec!["bench", "--help"],
+            vec!["bench", "list", "--help"],
+            vec!["bench", "http", "--help"],
+            vec!["bench", "startup", "--help"],
+        ]);
+    } else {
+        let out = Command::new(BIN)
+            .args(["bench", "--help"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "bench is not in the default build");
+    }
     for args in commands {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
