@@ -111,13 +111,16 @@ async fn make_template(
     server_url: &str,
     name: &str,
 ) -> anyhow::Result<()> {
-    let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(name)
-        .fetch_optional(&mut *conn)
-        .await?
-        .is_some();
-    if exists {
-        return Ok(());
+    let found: Option<(bool, bool)> =
+        sqlx::query_as("SELECT datistemplate, datallowconn FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match found {
+        Some((true, false)) => return Ok(()),
+        // Renamed, but its maker stopped before closing it to connections.
+        Some(_) => return close_template(conn, name).await,
+        None => {}
     }
     // A build a crashed process left behind is garbage now.
     let stale: Vec<(String,)> = sqlx::query_as(
@@ -133,25 +136,70 @@ async fn make_template(
     // Built under another name and renamed when done, so that a template
     // under its final name is always complete.
     let build = fresh_name(&format!("{name}_build"));
+    let made = build_template(conn, server_url, &build, name).await;
+    if made.is_err() {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {build} WITH (FORCE)"))
+            .execute(&mut *conn)
+            .await;
+    }
+    made
+}
+
+async fn build_template(
+    conn: &mut PgConnection,
+    server_url: &str,
+    build: &str,
+    name: &str,
+) -> anyhow::Result<()> {
     sqlx::query(&format!("CREATE DATABASE {build}"))
         .execute(&mut *conn)
         .await?;
-    let store = Store::connect(&with_database(server_url, &build))
+    let store = Store::connect(&with_database(server_url, build))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let migrated = store.migrate().await;
     store.close().await;
     migrated.map_err(|e| anyhow::anyhow!("migrating the template: {e}"))?;
-    sqlx::query(&format!("ALTER DATABASE {build} RENAME TO {name}"))
-        .execute(&mut *conn)
-        .await?;
-    // Nobody connects to it (a connection would make copying it fail).
+    // A connection of the pool may outlive its close (seen with sqlx's Any
+    // pool): nobody else knows this database, so end whatever is left.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(build)
+    .execute(&mut *conn)
+    .await?;
+    execute_retrying(conn, &format!("ALTER DATABASE {build} RENAME TO {name}")).await?;
+    close_template(conn, name).await
+}
+
+/// Mark `name` a template nobody may connect to (a connection would make
+/// copying it fail).
+async fn close_template(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
     sqlx::query(&format!(
         "ALTER DATABASE {name} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
     ))
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Execute `sql`, again while PostgreSQL says its database is in use
+/// (55006, object_in_use: a connection is still there or on its way out;
+/// PostgreSQL itself waits up to 5 s before saying so), up to 20 times.
+async fn execute_retrying(conn: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
+    let mut tries = 0;
+    loop {
+        match sqlx::query(sql).execute(&mut *conn).await {
+            Ok(_) => return Ok(()),
+            Err(sqlx::Error::Database(d))
+                if d.code().as_deref() == Some("55006") && tries < 100 =>
+            {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// A scratch PostgreSQL database, dropped (its users disconnected) when
@@ -169,23 +217,11 @@ impl PgDb {
         let template = pg_template(server_url).await?;
         let name = fresh_name(prefix);
         let mut conn = admin(server_url).await?;
-        let mut tries = 0;
-        loop {
-            let r = sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
-                .execute(&mut conn)
-                .await;
-            match r {
-                Ok(_) => break,
-                // 55006 object_in_use: something touched the template.
-                Err(sqlx::Error::Database(d))
-                    if d.code().as_deref() == Some("55006") && tries < 50 =>
-                {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        execute_retrying(
+            &mut conn,
+            &format!("CREATE DATABASE {name} TEMPLATE {template}"),
+        )
+        .await?;
         let _ = conn.close().await;
         Ok(PgDb::named(server_url, name))
     }
