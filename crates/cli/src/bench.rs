@@ -115,13 +115,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             bench_list("sqlite", &url, rows, page).await?;
             match postgres_url {
                 Some(pg) => {
-                    let (url, name) = shellwego_store::scratch::create(&pg, "swbench")
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let r = bench_list("postgres", &url, rows, page).await;
-                    shellwego_store::scratch::drop(&pg, &name)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let db = shellwego_testkit::db::PgDb::empty(&pg, "swbench").await?;
+                    let r = bench_list("postgres", db.url(), rows, page).await;
+                    db.drop_now().await?;
                     r?;
                 }
                 None => println!(
@@ -343,46 +339,24 @@ async fn bench_http(connections: usize, duration: Duration) -> anyhow::Result<()
 
 async fn bench_startup(runs: u32) -> anyhow::Result<()> {
     let exe: PathBuf = std::env::current_exe()?;
-    let client = reqwest::Client::new();
     let mut times = vec![];
     for _ in 0..runs {
         let dir = tempfile::tempdir()?;
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-            l.local_addr()?.port()
-        };
+        let port = kit::free_port()?;
         let t = Instant::now();
-        let mut child = tokio::process::Command::new(&exe)
-            .args([
-                "server",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(dir.path())
+        // Ready: its admin token written and /readyz answering 200.
+        let mut server = kit::Platform::server(&exe)
+            .dir(dir.path())
+            .data_dir(dir.path())
+            .ports(port, 0)
             .env("SHELLWEGO_LOG", "warn")
-            .kill_on_drop(true)
-            .spawn()?;
-        let token = dir.path().join("admin-token");
-        loop {
-            if token.exists() {
-                if let Ok(r) = client
-                    .get(format!("http://127.0.0.1:{port}/readyz"))
-                    .send()
-                    .await
-                {
-                    if r.status().is_success() {
-                        break;
-                    }
-                }
-            }
-            if t.elapsed() > Duration::from_secs(30) {
-                bail!("server did not become ready in 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+            .timeout(Duration::from_secs(30))
+            .poll(Duration::from_millis(2))
+            .start_async()
+            .await
+            .context("server did not become ready in 30 s")?;
         times.push(t.elapsed());
-        let _ = child.kill().await;
+        server.kill();
     }
     println!(
         "startup on an empty data dir (exec → admin-token written → /readyz 200): median {:.0} ms over {runs} runs",

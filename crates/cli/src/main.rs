@@ -2,6 +2,7 @@
 //! ingress, and the CLI client (`auth`, `tokens`, `orgs`, `apps`, `deploy`,
 //! `deployments`, `nodes`).
 
+#[cfg(feature = "bench")]
 mod bench;
 mod cmd;
 mod config;
@@ -52,7 +53,9 @@ enum Command {
         #[arg(long)]
         agent: bool,
     },
+    // (Built with the `bench` feature only.)
     /// Measure ShellWeGo's speed (prints figures; see docs/benchmarks.md).
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Log in to a ShellWeGo API, log out, and show who you are.
@@ -288,6 +291,7 @@ fn main() -> ExitCode {
                 print!("{}", shellwego_server::openapi::agent_document_json());
                 Ok(())
             }
+            #[cfg(feature = "bench")]
             Command::Bench(b) => bench::run(b).await,
             Command::Auth(a) => cmd::auth::run(a).await,
             Command::Tokens(t) => cmd::tokens::run(t).await,

@@ -383,12 +383,16 @@ mod tests {
         org: String,
         stop: watch::Sender<bool>,
         _dir: tempfile::TempDir,
-        /// A scratch PostgreSQL database: (server URL, name).
-        pg: Option<(String, String)>,
+        /// A scratch PostgreSQL database.
+        pg: Option<shellwego_testkit::db::PgDb>,
     }
 
     impl Db {
-        async fn open(dir: tempfile::TempDir, url: &str, pg: Option<(String, String)>) -> Db {
+        async fn open(
+            dir: tempfile::TempDir,
+            url: &str,
+            pg: Option<shellwego_testkit::db::PgDb>,
+        ) -> Db {
             let store = Store::connect(url).await.unwrap();
             store.migrate().await.unwrap();
             let mut tx = store.begin().await.unwrap();
@@ -415,8 +419,8 @@ mod tests {
 
         async fn close(self) {
             self.ctx.store.close().await;
-            if let Some((server, name)) = &self.pg {
-                shellwego_store::scratch::drop(server, name).await.unwrap();
+            if let Some(db) = self.pg {
+                db.drop_now().await.unwrap();
             }
         }
     }
@@ -428,11 +432,12 @@ mod tests {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let mut dbs = vec![Db::open(dir, &url, None).await];
         if let Ok(server) = std::env::var("SHELLWEGO_TEST_DATABASE_URL") {
-            let (url, name) = shellwego_store::scratch::create(&server, "swtest")
+            let db = shellwego_testkit::db::PgDb::empty(&server, "swtest")
                 .await
                 .unwrap();
             let dir = tempfile::tempdir().unwrap();
-            dbs.push(Db::open(dir, &url, Some((server, name))).await);
+            let url = db.url().to_string();
+            dbs.push(Db::open(dir, &url, Some(db)).await);
         }
         dbs
     }

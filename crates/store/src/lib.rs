@@ -13,7 +13,6 @@ pub mod logins;
 pub mod nodes;
 pub mod operations;
 pub mod orgs;
-pub mod scratch;
 pub mod service_accounts;
 pub mod tokens;
 pub mod users;
@@ -75,6 +74,12 @@ fn refused(why: &str) -> Error {
         detail: why.to_string(),
         errors: vec![],
     }
+}
+
+/// The embedded migrations (the test kit fingerprints them to reuse a
+/// migrated template database).
+pub fn migrator() -> &'static sqlx::migrate::Migrator {
+    &MIGRATOR
 }
 
 /// Map a database error to the domain error. Unique violations are

@@ -258,11 +258,13 @@ mod tests {
         check(store.clone(), org).await;
         store.close().await;
         if let Ok(server) = std::env::var("SHELLWEGO_TEST_DATABASE_URL") {
-            let (url, name) = crate::scratch::create(&server, "swtest").await.unwrap();
-            let (store, org) = migrated(&url).await;
+            let db = shellwego_testkit::db::PgDb::empty(&server, "swtest")
+                .await
+                .unwrap();
+            let (store, org) = migrated(db.url()).await;
             check(store.clone(), org).await;
             store.close().await;
-            crate::scratch::drop(&server, &name).await.unwrap();
+            db.drop_now().await.unwrap();
         }
     }
 

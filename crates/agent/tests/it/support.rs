@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,14 +52,8 @@ pub fn busybox_rootfs(base: &Path) -> Result<PathBuf, String> {
     Ok(root)
 }
 
-/// A TCP port nothing listens on now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A TCP port nothing listens on now (the kit's).
+pub use shellwego_testkit::free_port;
 
 /// A launch of `argv` in the root filesystem `root`, in its own directory
 /// `<base>/<instance_id>` (made here), logging to `out.log` there: port

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use shellwego_api::apps::MAX_REPLICAS;
 
-use super::kit::{self, Api, Child, Mem};
+use super::kit::{self, Api, Mem, Platform, Proc};
 
 /// CPU each instance reserves: the smallest the API allows.
 const CPU_MILLIS: i64 = 100;
@@ -21,50 +21,26 @@ const CPU_WINDOW: Duration = Duration::from_secs(10);
 
 pub async fn run(instances: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (server_dir, agent_dir) = (dir.path().join("server"), dir.path().join("agent"));
-    let port = kit::free_port()?;
-    let mut server = Child::spawn(
-        &[
-            "server".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--data-dir".into(),
-            server_dir.display().to_string(),
-        ],
-        &dir.path().join("server.log"),
-    )?;
-    let api = Api::wait_ready(&mut server, port, &server_dir).await?;
-    let reg = api
-        .post("/v1/nodes", &json!({"hostname": "bench-agent"}))
+    let agent_dir = dir.path().join("agent");
+    let mut server = kit::server(dir.path(), &[])?
+        .data_dir(dir.path().join("server"))
+        .start_async()
         .await?;
-    let (node, token) = (
-        reg["id"].as_str().context("no node id")?.to_string(),
-        reg["join_token"]
-            .as_str()
-            .context("no join token")?
-            .to_string(),
-    );
+    let api = server.api();
     let host_cores = std::thread::available_parallelism().map_or(1, |n| n.get() as i64);
     // Enough cores for every instance's CPU reservation (and one spare).
     let needed = (instances as i64 * CPU_MILLIS + 999) / 1000 + 1;
-    let cpus = needed.max(host_cores);
-    let mut agent = Child::spawn(
+    let cpus = needed.max(host_cores).to_string();
+    let (node, mut agent) = server.join_agent(
+        "bench-agent",
+        &agent_dir,
         &[
-            "agent".into(),
-            "--control-plane".into(),
-            api.base.clone(),
-            "--join-token".into(),
-            token,
-            "--data-dir".into(),
-            agent_dir.display().to_string(),
-            "--name".into(),
-            "bench-agent".into(),
-            "--advertise-ip".into(),
-            "127.0.0.1".into(),
-            "--drivers".into(),
-            "process".into(),
-            "--cpus".into(),
-            cpus.to_string(),
+            "--advertise-ip",
+            "127.0.0.1",
+            "--drivers",
+            "process",
+            "--cpus",
+            &cpus,
         ],
         &dir.path().join("agent.log"),
     )?;
@@ -76,15 +52,15 @@ pub async fn run(instances: usize) -> anyhow::Result<()> {
         &agent_dir,
         dir.path(),
         instances,
-        (host_cores, cpus),
+        (host_cores, needed.max(host_cores)),
     )
     .await;
-    agent.terminate(Duration::from_secs(10)).await;
+    agent.terminate_async(Duration::from_secs(10)).await;
     let left = kit::reap_leftovers(&agent_dir).await;
     if left > 0 {
         eprintln!("note: {left} instance(s) were left running; stopped them");
     }
-    server.terminate(Duration::from_secs(10)).await;
+    server.terminate_async(Duration::from_secs(10)).await;
     if res.is_err() {
         eprintln!("the end of the agent's log:\n{}", agent.log_tail(40));
     }
@@ -94,8 +70,8 @@ pub async fn run(instances: usize) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     api: &Api,
-    agent: &mut Child,
-    server: &Child,
+    agent: &mut Proc,
+    server: &Platform,
     node: &str,
     agent_dir: &Path,
     tmp: &Path,
@@ -103,7 +79,7 @@ async fn measure(
     (host_cores, cpus): (i64, i64),
 ) -> anyhow::Result<()> {
     api.wait_node(Some(node), "process").await?;
-    let pid = agent.pid()?;
+    let pid = agent.id();
     tokio::time::sleep(SETTLE).await;
     let idle = kit::mem_of(pid)?;
     let idle_cpu = kit::cpu_share(pid, CPU_WINDOW).await;
@@ -154,7 +130,7 @@ async fn measure(
     let loaded = kit::mem_of(pid)?;
     let loaded_cpu = kit::cpu_share(pid, CPU_WINDOW).await;
     let (procs, inst_rss, inst_pss) = instance_memory(agent_dir);
-    let server_mem = kit::mem_of(server.pid()?)?;
+    let server_mem = kit::mem_of(server.pid().context("the server was stopped")?)?;
 
     for id in &apps {
         api.delete(&format!("/v1/apps/{id}")).await?;

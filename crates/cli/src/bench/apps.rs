@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use super::kit::{self, Api, Child};
+use super::kit::{self, Api, Platform};
 
 /// How often the app is read while waiting for it to be healthy. The wait
 /// adds POLL/2 on average; polling much faster than this takes enough CPU
@@ -62,23 +62,12 @@ struct Sample {
 
 async fn bench_driver(driver: &str, app: &str, n: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let (api_port, ingress_port) = (kit::free_port()?, kit::free_port()?);
-    let args: Vec<String> = vec![
-        "up".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{api_port}"),
-        "--ingress-listen".into(),
-        format!("127.0.0.1:{ingress_port}"),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--runtime".into(),
-        driver.into(),
-    ];
-    let mut up = Child::spawn(&args, &dir.path().join("up.log"))?;
-    let res = measure(&mut up, api_port, &data, dir.path(), driver, app, n).await;
-    up.terminate(Duration::from_secs(15)).await;
-    let left = kit::reap_leftovers(&data.join("agent")).await;
+    let mut up = kit::up(dir.path(), &["--runtime", driver])?
+        .start_async()
+        .await?;
+    let res = measure(&mut up, dir.path(), driver, app, n).await;
+    up.terminate_async(Duration::from_secs(15)).await;
+    let left = kit::reap_leftovers(&up.agent_dir()).await;
     if left > 0 {
         eprintln!("note: {left} instance(s) were left running; stopped them");
     }
@@ -89,15 +78,13 @@ async fn bench_driver(driver: &str, app: &str, n: usize) -> anyhow::Result<()> {
 }
 
 async fn measure(
-    up: &mut Child,
-    port: u16,
-    data: &Path,
+    up: &mut Platform,
     tmp: &Path,
     driver: &str,
     app: &str,
     n: usize,
 ) -> anyhow::Result<()> {
-    let api = Api::wait_ready(up, port, data).await?;
+    let api = up.api();
     let node = api.wait_node(None, driver).await?;
     let (_, node) = api.get(&format!("/v1/nodes/{node}")).await?;
     let cores = node["capacity"]["cpu_cores"].as_i64().unwrap_or(1);
@@ -138,7 +125,7 @@ async fn measure(
         }
         b
     };
-    let agent_dir = data.join("agent");
+    let agent_dir = up.agent_dir();
 
     // The first app also fetches the archive into the agent's cache.
     let warm = one(&api, &agent_dir, body("bench-warmup".into())).await?;

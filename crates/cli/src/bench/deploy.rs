@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use super::kit::{self, Api, Child};
+use super::kit::{self, Api, Platform};
 
 const STRATEGIES: &[(&str, &str)] = &[
     ("rolling", r#"{"strategy": "rolling"}"#),
@@ -26,23 +26,12 @@ pub async fn run(runs: usize, replicas: i64) -> anyhow::Result<()> {
         bail!("--runs must be at least 1 and --replicas 1 to 20");
     }
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let (api_port, ingress_port) = (kit::free_port()?, kit::free_port()?);
-    let args: Vec<String> = vec![
-        "up".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{api_port}"),
-        "--ingress-listen".into(),
-        format!("127.0.0.1:{ingress_port}"),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--runtime".into(),
-        "process".into(),
-    ];
-    let mut up = Child::spawn(&args, &dir.path().join("up.log"))?;
-    let res = measure(&mut up, api_port, &data, dir.path(), runs, replicas).await;
-    up.terminate(Duration::from_secs(15)).await;
-    kit::reap_leftovers(&data.join("agent")).await;
+    let mut up = kit::up(dir.path(), &["--runtime", "process"])?
+        .start_async()
+        .await?;
+    let res = measure(&up, dir.path(), runs, replicas).await;
+    up.terminate_async(Duration::from_secs(15)).await;
+    kit::reap_leftovers(&up.agent_dir()).await;
     if res.is_err() {
         eprintln!("the end of `shellwego up`'s log:\n{}", up.log_tail(40));
     }
@@ -50,14 +39,12 @@ pub async fn run(runs: usize, replicas: i64) -> anyhow::Result<()> {
 }
 
 async fn measure(
-    up: &mut Child,
-    port: u16,
-    data: &std::path::Path,
+    up: &Platform,
     tmp: &std::path::Path,
     runs: usize,
     replicas: i64,
 ) -> anyhow::Result<()> {
-    let api = Api::wait_ready(up, port, data).await?;
+    let api = up.api();
     api.wait_node(None, "process").await?;
     let src = tmp.join("app");
     kit::write_hello(&src)?;

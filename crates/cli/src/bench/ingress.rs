@@ -85,7 +85,7 @@ pub async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
             targets.push(Target {
                 name: "nginx",
                 addr: n.addr,
-                proxy: Probe::Tree(n.child.pid()?),
+                proxy: Probe::Tree(n.child.id()),
             });
             Some(n)
         }
@@ -94,7 +94,7 @@ pub async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
 
     let res = measure(&targets, Duration::from_secs(seconds), connections).await;
     if let Some(n) = &mut nginx {
-        n.child.terminate(Duration::from_secs(5)).await;
+        n.child.terminate_async(Duration::from_secs(5)).await;
     }
     let _ = stop_tx.send(());
     drop((upstream_rt, ingress_rt));
@@ -396,7 +396,7 @@ fn nginx_binary() -> Option<PathBuf> {
 }
 
 struct Nginx {
-    child: kit::Child,
+    child: kit::Proc,
     addr: SocketAddr,
     version: String,
 }
@@ -466,7 +466,14 @@ http {{
             "-e".into(),
             format!("{d}/nginx-error.log"),
         ];
-        let mut child = kit::Child::spawn_program(bin, &args, &dir.join("nginx.log"))?;
+        let mut child = kit::Proc::spawn(
+            bin.display().to_string(),
+            std::process::Command::new(bin)
+                .args(&args)
+                .env("SHELLWEGO_LOG", kit::log_filter())
+                .stdin(std::process::Stdio::null()),
+            &dir.join("nginx.log"),
+        )?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let t = Instant::now();
         while tokio::net::TcpStream::connect(addr).await.is_err() {

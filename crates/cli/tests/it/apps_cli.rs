@@ -1,323 +1,64 @@
 //! `shellwego apps …` and `shellwego nodes …` of the real binary against a
 //! real `shellwego up` (control plane, local agent with the process driver,
-//! ingress) on free ports with its own data dir; the CLI gets the API URL
-//! and the admin token through SHELLWEGO_API_URL and SHELLWEGO_TOKEN, and
-//! HOME/XDG_CONFIG_HOME in a temp dir. Its harness ([`Platform`]) serves
-//! `deploy_cli` too.
+//! ingress) on free ports with its own data dir ([`start`]); the CLI gets
+//! the API URL and the admin token through SHELLWEGO_API_URL and
+//! SHELLWEGO_TOKEN, and HOME/XDG_CONFIG_HOME in a temp dir
+//! ([`Platform::cli`]). `deploy_cli` starts its platform here too.
 
 // Test code may panic: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use shellwego_testkit::fixtures::hello_tarball;
+use shellwego_testkit::platform::{processes_of, run, Platform, Ready};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
-const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{bin, field, row, Cli, BIN};
 
 /// `shellwego up --runtime process` in a temp dir, its local node ready.
-pub(crate) struct Platform {
-    child: Option<Child>,
-    pub(crate) dir: tempfile::TempDir,
-    api: u16,
-    ingress: u16,
-    token: String,
-    http: reqwest::blocking::Client,
+pub(crate) fn start() -> Platform {
+    start_with(&[])
 }
 
-impl Platform {
-    pub(crate) fn start() -> Platform {
-        Platform::start_with(&[])
-    }
+/// With more arguments for `up`.
+pub(crate) fn start_with(extra: &[&str]) -> Platform {
+    Platform::up(bin())
+        .args(&["--runtime", "process"])
+        .args(extra)
+        .ready(Ready::Node)
+        .start()
+}
 
-    /// With more arguments for `up`.
-    pub(crate) fn start_with(extra: &[&str]) -> Platform {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("home")).unwrap();
-        let (api, ingress) = (free_port(), free_port());
-        let child = Command::new(BIN)
-            .arg("up")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen", &format!("127.0.0.1:{api}")])
-            .args(["--ingress-listen", &format!("127.0.0.1:{ingress}")])
-            .args(["--runtime", "process"])
-            .args(extra)
-            .env("SHELLWEGO_LOG", "info,sqlx=warn")
-            .env_remove("SHELLWEGO_CONFIG")
-            .env_remove("SHELLWEGO_DATABASE_URL")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("up.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        let mut p = Platform {
-            child: Some(child),
-            dir,
-            api,
-            ingress,
-            token: String::new(),
-            http,
-        };
-        let tok_path = p.dir.path().join("data/admin-token");
-        p.until(30, "up to start and its local node to be ready", |p| {
-            let Ok(t) = std::fs::read_to_string(&tok_path) else {
-                return false;
-            };
-            p.token = t.trim().to_string();
-            !p.token.is_empty()
-                && p.api_get("/v1/nodes").is_some_and(|n| {
-                    n["data"]
-                        .as_array()
-                        .is_some_and(|d| d.iter().any(|n| n["status"] == "ready"))
-                })
-        });
-        p
-    }
-
-    pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
-    }
-
-    fn until(&mut self, secs: u64, what: &str, mut ok: impl FnMut(&mut Platform) -> bool) {
-        let t = Instant::now();
-        while !ok(self) {
-            assert!(
-                t.elapsed() < Duration::from_secs(secs),
-                "timed out waiting for {what}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    pub(crate) fn api_get(&self, path: &str) -> Option<Value> {
-        let r = self
-            .http
-            .get(format!("http://127.0.0.1:{}{path}", self.api))
-            .bearer_auth(&self.token)
-            .send()
-            .ok()?;
-        r.status().is_success().then(|| r.json().ok()).flatten()
-    }
-
-    /// The ingress's port.
-    pub(crate) fn ingress_port(&self) -> u16 {
-        self.ingress
-    }
-
-    /// GET / through the ingress as `<app>.localhost`.
-    fn through_ingress(&self, app: &str) -> (u16, String) {
-        let r = self
-            .http
-            .get(format!("http://127.0.0.1:{}/", self.ingress))
-            .header("Host", format!("{app}.localhost"))
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.text().unwrap())
-    }
-
-    /// The ingress answers `status` for `app` (its routes follow the store
-    /// within a second).
-    fn ingress_answers(&mut self, app: &str, status: u16) -> String {
-        let mut last = (0, String::new());
-        self.until(10, &format!("{app} to answer {status}"), |p| {
-            last = p.through_ingress(app);
-            last.0 == status
-        });
-        last.1
-    }
-
-    fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    /// The CLI as the bootstrap admin, through the environment, with a
-    /// temp home and an empty stdin.
-    pub(crate) fn cli(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("HOME", self.home())
-            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"))
-            .env(
-                "SHELLWEGO_API_URL",
-                format!("http://127.0.0.1:{}", self.api),
-            )
-            .env("SHELLWEGO_TOKEN", &self.token)
-            .stdin(Stdio::null());
-        c
-    }
-
-    pub(crate) fn ok(&self, args: &[&str]) -> Out {
-        let o = run(&mut self.cli(args));
+/// Wait (up to `secs`) until `ok`, failing with `up`'s log.
+fn until(p: &Platform, secs: u64, what: &str, mut ok: impl FnMut(&Platform) -> bool) {
+    let t = Instant::now();
+    while !ok(p) {
         assert!(
-            o.ok,
-            "{args:?} failed ({:?}):\nstdout: {}\nstderr: {}\n{}",
-            o.code,
-            o.stdout,
-            o.stderr,
-            self.log()
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}\n{}",
+            p.log()
         );
-        o
-    }
-
-    pub(crate) fn fails(&self, args: &[&str]) -> Out {
-        let o = run(&mut self.cli(args));
-        assert!(!o.ok, "{args:?} should have failed:\n{}", o.stdout);
-        o
-    }
-
-    pub(crate) fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        let out = self.ok(&a).stdout;
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-impl Drop for Platform {
-    /// Instances outlive `up` (the next one re-adopts them): delete every
-    /// app and wait for its processes to go before stopping `up`.
-    fn drop(&mut self) {
-        let ids: Vec<String> = self
-            .api_get("/v1/apps?limit=100")
-            .and_then(|l| {
-                l["data"].as_array().map(|d| {
-                    d.iter()
-                        .filter_map(|a| a["id"].as_str().map(str::to_string))
-                        .collect()
-                })
-            })
-            .unwrap_or_default();
-        for id in &ids {
-            let _ = self
-                .http
-                .delete(format!("http://127.0.0.1:{}/v1/apps/{id}", self.api))
-                .bearer_auth(&self.token)
-                .send();
-        }
-        // Every instance, of these apps or of ones deleted earlier, runs
-        // in the agent's data dir.
-        let data = self.dir.path().join("data");
-        let t = Instant::now();
-        while !processes_in(&data).is_empty() && t.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Processes working in `dir` (instances run in the agent's data dir).
-fn processes_in(dir: &Path) -> Vec<u32> {
-    pids()
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
-        })
-        .collect()
-}
-
-/// Processes whose environment says they are an instance of `app_id`.
-fn processes_of(app_id: &str) -> Vec<u32> {
-    let needle = format!("SHELLWEGO_APP_ID={app_id}");
-    pids()
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-        })
-        .collect()
-}
-
-pub(crate) struct Out {
-    pub(crate) ok: bool,
-    pub(crate) code: Option<i32>,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-}
-
-pub(crate) fn run(c: &mut Command) -> Out {
-    let o = c.output().unwrap();
-    Out {
-        ok: o.status.success(),
-        code: o.status.code(),
-        stdout: String::from_utf8(o.stdout).unwrap(),
-        stderr: String::from_utf8(o.stderr).unwrap(),
-    }
-}
-
-/// The value of `KEY  value` in a fields table.
-pub(crate) fn field(table: &str, key: &str) -> String {
-    table
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)
-                .filter(|rest| rest.starts_with("  "))
-                .map(|rest| rest.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no {key} in:\n{table}"))
-}
-
-/// The row of a table whose first column is `first`, split on runs of
-/// two or more spaces.
-pub(crate) fn row(table: &str, first: &str) -> Vec<String> {
-    table
-        .lines()
-        .map(|l| {
-            l.split("  ")
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .find(|cells| cells.first().is_some_and(|c| c == first))
-        .unwrap_or_else(|| panic!("no row {first} in:\n{table}"))
-}
-
-pub(crate) fn hello_tarball(dir: &Path) -> PathBuf {
-    let archive = dir.join("hello.tgz");
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(HELLO)
-        .arg("-czf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    archive
+/// The ingress answers `status` for `app` (its routes follow the store
+/// within a second); the body.
+fn ingress_answers(p: &Platform, app: &str, status: u16) -> String {
+    let mut last = (0, String::new());
+    until(p, 10, &format!("{app} to answer {status}"), |p| {
+        last = p.through_ingress(app);
+        last.0 == status
+    });
+    last.1
 }
 
 #[test]
 fn apps_create_list_get_scale_stop_start_restart_delete_through_the_cli() {
-    let mut p = Platform::start();
-    let archive = hello_tarball(p.dir.path());
+    let p = start();
+    let archive = hello_tarball(p.dir());
     let archive = archive.to_str().unwrap();
 
     // Create from an uploaded tarball and wait: healthy on return.
@@ -348,7 +89,7 @@ fn apps_create_list_get_scale_stop_start_restart_delete_through_the_cli() {
         o.stderr
     );
     assert!(!o.stderr.contains('\r'), "{}", o.stderr);
-    let body = p.ingress_answers("hello", 200);
+    let body = ingress_answers(&p, "hello", 200);
     let served: Value = serde_json::from_str(&body).unwrap();
     assert!(served["instance"].as_str().unwrap().starts_with("inst_"));
 
@@ -419,7 +160,7 @@ fn apps_create_list_get_scale_stop_start_restart_delete_through_the_cli() {
         o.stderr
     );
     assert_eq!(p.json(&["apps", "get", "hello"])["status"], "stopped");
-    p.ingress_answers("hello", 503);
+    ingress_answers(&p, "hello", 503);
 
     // start and restart with -o json --wait: the app once settled.
     let a = p.json(&["apps", "start", &id, "--wait"]);
@@ -447,7 +188,7 @@ fn apps_create_list_get_scale_stop_start_restart_delete_through_the_cli() {
         .collect();
     assert_eq!(running.len(), 1, "{a:#}");
     assert_ne!(running[0]["id"], before.as_str(), "a new instance: {a:#}");
-    p.ingress_answers("hello", 200);
+    ingress_answers(&p, "hello", 200);
 
     // Names that do not exist, and mistakes in flags.
     let o = p.fails(&["apps", "get", "nope"]);
@@ -482,16 +223,16 @@ fn apps_create_list_get_scale_stop_start_restart_delete_through_the_cli() {
     );
     assert_eq!(p.json(&["apps", "list"])["data"], serde_json::json!([]));
     p.fails(&["apps", "get", "hello"]);
-    p.ingress_answers("hello", 404);
-    p.until(30, "the deleted app's processes to exit", |_| {
+    ingress_answers(&p, "hello", 404);
+    until(&p, 30, "the deleted app's processes to exit", |_| {
         processes_of(&id).is_empty()
     });
 }
 
 #[test]
 fn apps_create_wait_fails_with_the_reason_when_the_app_crash_loops() {
-    let p = Platform::start();
-    let archive = hello_tarball(p.dir.path());
+    let p = start();
+    let archive = hello_tarball(p.dir());
     let o = p.fails(&[
         "apps",
         "create",
@@ -534,8 +275,8 @@ fn apps_create_wait_fails_with_the_reason_when_the_app_crash_loops() {
 
 #[test]
 fn nodes_list_get_register_drain_delete_through_the_cli() {
-    let mut p = Platform::start();
-    let api = format!("http://127.0.0.1:{}", p.api);
+    let p = start();
+    let api = p.url();
 
     // The local node of `up`.
     let l = p.json(&["nodes", "list"]);
@@ -606,7 +347,7 @@ fn nodes_list_get_register_drain_delete_through_the_cli() {
 
     // Drain the only node with an app on it: nowhere to move to, so after
     // the drain's timeout its instance is stopped and the app is pending.
-    let archive = hello_tarball(p.dir.path());
+    let archive = hello_tarball(p.dir());
     let o = p.ok(&[
         "apps",
         "create",
@@ -631,8 +372,8 @@ fn nodes_list_get_register_drain_delete_through_the_cli() {
     // Drained means nothing runs there any more.
     assert_eq!(processes_of(&app), Vec::<u32>::new(), "{}", o.stderr);
     assert_eq!(p.json(&["nodes", "get", &local])["status"], "draining");
-    p.until(10, "hello to be pending", |p| {
-        p.api_get("/v1/apps?filter[name]=hello")
+    until(&p, 10, "hello to be pending", |p| {
+        p.get_ok("/v1/apps?filter[name]=hello")
             .is_some_and(|l| l["data"][0]["status"] == "pending")
     });
 }

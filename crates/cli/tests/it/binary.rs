@@ -6,57 +6,40 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
+use shellwego_testkit::http::exchange;
+use shellwego_testkit::platform::{shellwego_command, Proc};
+use shellwego_testkit::{free_port, wait_for_file};
+
+use crate::support::{bin, BIN};
+
 const ADMIN_PASSWORD: &str = "binary-test-admin-password";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_file(p: &Path) -> String {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(20) {
-        if let Ok(s) = std::fs::read_to_string(p) {
-            if !s.is_empty() {
-                return s;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{} never appeared", p.display());
-}
 
 /// A raw HTTP/1.1 exchange (no client library between us and the server).
 fn http(port: u16, req: &str) -> String {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out
+    exchange(port, req)
 }
 
 fn get(port: u16, path: &str, token: &str) -> String {
     http(port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"))
 }
 
-struct Server {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
+/// SIGTERM through kill(1), as an operator would send it. (Sent the
+/// moment the admin token exists, with no process spawned in between, it
+/// can beat the server's signal handler, which is installed once the
+/// server has started: the server then dies of the signal.)
+fn sigterm(p: &Proc) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &p.id().to_string()])
+        .status();
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+struct Server {
+    proc: Proc,
+    port: u16,
+    log: std::path::PathBuf,
 }
 
 /// Start `shellwego server`: data dir from a config file, listen address
@@ -72,19 +55,15 @@ fn start(dir: &Path) -> Server {
         ),
     )
     .unwrap();
+    // A fresh log for each start (a restart's log says what it did).
     let log = dir.join("server.log");
-    let child = Command::new(BIN)
-        .args(["server", "--config"])
-        .arg(&config)
+    std::fs::File::create(&log).unwrap();
+    let mut cmd = shellwego_command(bin(), &["server", "--config"]);
+    cmd.arg(&config)
         .env("SHELLWEGO_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SHELLWEGO_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env_remove("SHELLWEGO_DATA_DIR")
-        .env_remove("SHELLWEGO_DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Server { child, port, log }
+        .env("SHELLWEGO_ADMIN_PASSWORD", ADMIN_PASSWORD);
+    let proc = Proc::spawn("shellwego server", &mut cmd, &log).unwrap();
+    Server { proc, port, log }
 }
 
 #[test]
@@ -99,10 +78,8 @@ fn server_starts_on_an_empty_dir_bootstraps_and_serves() {
     let res = get(srv.port, "/v1/user", "pat_wrong");
     assert!(res.starts_with("HTTP/1.1 401"), "{res}");
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &srv.child.id().to_string()])
-        .status();
-    let status = srv.child.wait().unwrap();
+    sigterm(&srv.proc);
+    let status = srv.proc.wait();
     assert!(status.success(), "exit status {status}");
     let log = std::fs::read_to_string(&srv.log).unwrap();
     assert!(!log.contains(&token), "the token was logged");
@@ -171,35 +148,45 @@ fn sigterm_during_a_slow_request_lets_it_finish() {
     .unwrap();
     c.write_all(&body[..5]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let _ = Command::new("kill")
-        .args(["-TERM", &srv.child.id().to_string()])
-        .status();
+    sigterm(&srv.proc);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        srv.child.try_wait().unwrap().is_none(),
+        srv.proc.try_wait().is_none(),
         "exited with a request in flight"
     );
     c.write_all(&body[5..]).unwrap();
     let mut out = String::new();
     c.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 201"), "{out}");
-    let status = srv.child.wait().unwrap();
+    let status = srv.proc.wait();
     assert!(status.success(), "exit status {status}");
 }
 
 #[test]
 fn every_command_has_help() {
-    for args in [
+    let mut commands = vec![
         vec!["--help"],
         vec!["server", "--help"],
         vec!["up", "--help"],
         vec!["openapi", "--help"],
         vec!["agent", "--help"],
-        vec!["bench", "--help"],
-        vec!["bench", "list", "--help"],
-        vec!["bench", "http", "--help"],
-        vec!["bench", "startup", "--help"],
-    ] {
+    ];
+    // `bench` is built with the `bench` feature only (`--all-features`).
+    if cfg!(feature = "bench") {
+        commands.extend([
+            vec!["bench", "--help"],
+            vec!["bench", "list", "--help"],
+            vec!["bench", "http", "--help"],
+            vec!["bench", "startup", "--help"],
+        ]);
+    } else {
+        let out = Command::new(BIN)
+            .args(["bench", "--help"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "bench is not in the default build");
+    }
+    for args in commands {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8(out.stdout).unwrap();
@@ -338,9 +325,9 @@ fn an_agent_joins_once_and_a_restart_reuses_its_credential() {
     );
     let agent_dir = dir.path().join("agent");
     let cp = format!("http://127.0.0.1:{}", srv.port);
+    let agent_log = dir.path().join("agent.log");
     let run_agent = |token: Option<&str>| {
-        let mut c = Command::new(BIN);
-        c.args([
+        let mut args = vec![
             "agent",
             "--control-plane",
             &cp,
@@ -348,16 +335,13 @@ fn an_agent_joins_once_and_a_restart_reuses_its_credential() {
             "agent-under-test",
             "--sync-wait",
             "1",
-            "--data-dir",
-        ])
-        .arg(&agent_dir);
+        ];
         if let Some(t) = token {
-            c.args(["--join-token", t]);
+            args.extend(["--join-token", t]);
         }
-        c.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        let mut c = shellwego_command(bin(), &args);
+        c.arg("--data-dir").arg(&agent_dir);
+        Proc::spawn("shellwego agent", &mut c, &agent_log).unwrap()
     };
     let node = |want: &str| {
         let t = Instant::now();
@@ -396,14 +380,10 @@ fn an_agent_joins_once_and_a_restart_reuses_its_credential() {
         0o600
     );
     // SIGKILL, then restart without the (used) join token: same node.
-    agent.kill().unwrap();
-    agent.wait().unwrap();
+    agent.kill();
     let mut again = run_agent(None);
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        again.try_wait().unwrap().is_none(),
-        "the restarted agent exited"
-    );
+    assert!(again.try_wait().is_none(), "the restarted agent exited");
     let n = node("ready");
     assert_eq!(n["id"], node_id.as_str());
     let list = get(srv.port, "/v1/nodes", &admin);
@@ -412,6 +392,5 @@ fn an_agent_joins_once_and_a_restart_reuses_its_credential() {
         1,
         "no duplicate node: {list}"
     );
-    again.kill().unwrap();
-    again.wait().unwrap();
+    again.kill();
 }

@@ -10,60 +10,38 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+use shellwego_testkit::free_port;
+use shellwego_testkit::platform::{run, run_with_stdin, CliHome, Out, Platform, Ready};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
+use crate::support::{bin, field, BIN};
+
 const ADMIN_EMAIL: &str = "admin@localhost";
 const ADMIN_PASSWORD: &str = "admin-password-1";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_file(p: &Path) -> String {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) {
-        if let Ok(s) = std::fs::read_to_string(p) {
-            if !s.is_empty() {
-                return s;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{} never appeared", p.display());
-}
-
-/// A temp HOME and XDG_CONFIG_HOME for the CLI.
+/// A temp HOME and XDG_CONFIG_HOME for the CLI, and its credentials file.
 struct Home {
-    dir: tempfile::TempDir,
+    cli: CliHome,
 }
 
 impl Home {
     fn new() -> Home {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("home")).unwrap();
-        Home { dir }
+        Home {
+            cli: CliHome::new(),
+        }
     }
 
     fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    fn xdg(&self) -> PathBuf {
-        self.dir.path().join("xdg")
+        self.cli.home()
     }
 
     /// Where the CLI keeps its credentials with XDG_CONFIG_HOME set.
     fn creds(&self) -> PathBuf {
-        self.xdg().join("shellwego/credentials.toml")
+        self.cli.xdg().join("shellwego/credentials.toml")
     }
 
     fn read_creds(&self) -> toml::Table {
@@ -79,14 +57,7 @@ impl Home {
     /// The CLI with this home, no token or URL from the test's own
     /// environment, and an empty stdin.
     fn cli(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("HOME", self.home())
-            .env("XDG_CONFIG_HOME", self.xdg())
-            .env_remove("SHELLWEGO_TOKEN")
-            .env_remove("SHELLWEGO_API_URL")
-            .stdin(Stdio::null());
-        c
+        self.cli.command(bin(), args)
     }
 }
 
@@ -100,43 +71,6 @@ fn set_mode(p: &Path, mode: u32) {
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
-struct Out {
-    ok: bool,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn out(o: Output) -> Out {
-    Out {
-        ok: o.status.success(),
-        code: o.status.code(),
-        stdout: String::from_utf8(o.stdout).unwrap(),
-        stderr: String::from_utf8(o.stderr).unwrap(),
-    }
-}
-
-fn run(c: &mut Command) -> Out {
-    out(c.output().unwrap())
-}
-
-/// Run with `input` piped to stdin.
-fn run_with_stdin(c: &mut Command, input: &str) -> Out {
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    out(child.wait_with_output().unwrap())
 }
 
 fn ok(c: &mut Command) -> String {
@@ -160,62 +94,32 @@ fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
-/// The value of `KEY  value` in a fields table.
-fn field(table: &str, key: &str) -> String {
-    table
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)
-                .filter(|rest| rest.starts_with("  "))
-                .map(|rest| rest.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no {key} in:\n{table}"))
-}
-
 /// A started `shellwego server` and a home for the CLI.
 struct Kit {
+    // First: stopped before its home (and its files) go.
+    server: Platform,
     home: Home,
-    server: Child,
-    port: u16,
     admin_token: String,
-}
-
-impl Drop for Kit {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
 }
 
 impl Kit {
     fn start() -> Kit {
         let home = Home::new();
-        let data = home.dir.path().join("data");
-        let port = free_port();
-        let server = Command::new(BIN)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+        let server = Platform::server(bin())
+            .dir(home.cli.dir())
             .env("SHELLWEGO_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env_remove("SHELLWEGO_CONFIG")
-            .env_remove("SHELLWEGO_DATABASE_URL")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(home.dir.path().join("server.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let admin_token = wait_for_file(&data.join("admin-token"));
+            .ready(Ready::Token)
+            .start();
+        let admin_token = server.token().to_string();
         Kit {
-            home,
             server,
-            port,
+            home,
             admin_token,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     fn cli(&self, args: &[&str]) -> Command {

@@ -11,25 +11,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{json, Value};
+use shellwego_testkit::api::Api;
+use shellwego_testkit::fixtures::{app_serving, tar_gz, HELLO_PROCFILE, HELLO_SERVER_PY};
+use shellwego_testkit::platform::{Platform, Proc as Process, Ready};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
-const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello");
+use crate::support::bin;
+
 const POLL: Duration = Duration::from_millis(200);
 const APP: &str = "hello";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A process as the agents record it: a pid and its start time, so that a
 /// reused pid is never taken for the instance.
@@ -94,12 +90,6 @@ fn all_instance_procs(agent_dir: &Path) -> Vec<Proc> {
         .collect()
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(cannot read: {e})"));
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// A bounded wait: `tick` sleeps one poll interval, or fails the test with
 /// what was last seen.
 struct Deadline {
@@ -128,68 +118,10 @@ impl Deadline {
     }
 }
 
-/// The /v1 API with the admin token.
-#[derive(Clone)]
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    /// `(status, JSON body)`; status 0 when the request itself failed.
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        match req.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let text = r.text().await.unwrap_or_default();
-                (
-                    status,
-                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                )
-            }
-            Err(e) => (0, Value::String(format!("request failed: {e:#}"))),
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    async fn upload(&self, archive: Vec<u8>) -> String {
-        let res = self
-            .http
-            .post(format!("{}/v1/uploads", self.base))
-            .bearer_auth(&self.token)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(archive)
-            .send()
-            .await
-            .unwrap();
-        let status = res.status();
-        let body: Value = res.json().await.unwrap();
-        assert_eq!(status, 201, "upload: {body}");
-        body["upload_id"].as_str().unwrap().to_string()
-    }
-}
-
 /// `up` (node A) and `agent` (node B), each with its log in the temp dir.
 struct Cluster {
-    up: Child,
-    /// `up`'s command line (to start it again on the same data and ports).
-    up_args: Vec<String>,
-    agent_b: Option<Child>,
+    up: Platform,
+    agent_b: Option<Process>,
     api: Api,
     ingress: u16,
     node_a: String,
@@ -200,53 +132,9 @@ struct Cluster {
     dir: tempfile::TempDir,
 }
 
-fn shellwego(args: &[&str], log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    let mut c = Command::new(BIN);
-    c.args(args);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHELLWEGO_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("SHELLWEGO_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn sigterm(child: &mut Child, limit: Duration) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!(
-        "pid {} ignored SIGTERM for {limit:?}; killing it",
-        child.id()
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 impl Cluster {
-    fn up_dir(&self) -> PathBuf {
-        self.dir.path().join("up")
-    }
-
     fn agent_a_dir(&self) -> PathBuf {
-        self.up_dir().join("agent")
+        self.up.agent_dir()
     }
 
     fn agent_b_dir(&self) -> PathBuf {
@@ -255,83 +143,39 @@ impl Cluster {
 
     async fn start(node_timeout: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let (port, ingress) = (free_port(), free_port());
-        let up_dir = dir.path().join("up");
-        let up_args: Vec<String> = [
-            "up",
-            "--data-dir",
-            up_dir.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--ingress-listen",
-            &format!("127.0.0.1:{ingress}"),
-            "--node-timeout",
-            node_timeout,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let args: Vec<&str> = up_args.iter().map(String::as_str).collect();
-        let up = shellwego(&args, &dir.path().join("up.log"));
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
+        let up = Platform::up(bin())
+            .dir(dir.path())
+            .data_dir(dir.path().join("up"))
+            .args(&["--node-timeout", node_timeout])
+            .env("SHELLWEGO_LOG", "info")
+            .ready(Ready::Token)
+            .start_async()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let api = up.api();
+        let ingress = up.ingress_port();
+        let (node_b, agent_b) = up
+            .join_agent(
+                "b",
+                &dir.path().join("b"),
+                &["--sync-wait", "1"],
+                &dir.path().join("b.log"),
+            )
             .unwrap();
         let mut cl = Cluster {
             up,
-            up_args,
-            agent_b: None,
-            api: Api {
-                base: format!("http://127.0.0.1:{port}"),
-                token: String::new(),
-                http,
-            },
+            agent_b: Some(agent_b),
+            api,
             ingress,
             node_a: String::new(),
-            node_b: String::new(),
+            node_b,
             orphans: vec![],
             dir,
         };
-        let token_file = up_dir.join("admin-token");
-        let d = Deadline::new("the admin token file", Duration::from_secs(60));
-        cl.api.token = loop {
-            match std::fs::read_to_string(&token_file) {
-                Ok(t) if !t.is_empty() => break t.trim().to_string(),
-                _ => {}
-            }
-            assert!(
-                cl.up.try_wait().unwrap().is_none(),
-                "`up` exited: {}",
-                tail(&cl.dir.path().join("up.log"), 50)
-            );
-            d.tick(&token_file.display()).await;
-        };
-
-        let (status, reg) = cl.api.post("/v1/nodes", json!({"hostname": "b"})).await;
-        assert_eq!(status, 201, "register node b: {reg}");
-        cl.node_b = reg["id"].as_str().unwrap().to_string();
-        let b_dir = cl.agent_b_dir();
-        cl.agent_b = Some(shellwego(
-            &[
-                "agent",
-                "--control-plane",
-                &cl.api.base,
-                "--join-token",
-                reg["join_token"].as_str().unwrap(),
-                "--data-dir",
-                b_dir.to_str().unwrap(),
-                "--name",
-                "b",
-                "--sync-wait",
-                "1",
-            ],
-            &cl.dir.path().join("b.log"),
-        ));
 
         let d = Deadline::new("both nodes ready", Duration::from_secs(60));
         loop {
-            let (_, nodes) = cl.api.get("/v1/nodes").await;
+            let (_, nodes) = cl.api.call(Method::GET, "/v1/nodes", None).await;
             let list = nodes["data"].as_array().cloned().unwrap_or_default();
             let ready: Vec<&str> = list
                 .iter()
@@ -354,48 +198,30 @@ impl Cluster {
     }
 
     async fn create_hello_env(&self, replicas: i64, env: Value) -> String {
-        let archive = self.dir.path().join("hello.tar.gz");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(HELLO)
-            .arg("-czf")
-            .arg(&archive)
-            .args(["Procfile", "server.py"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "tar failed");
-        let upload_id = self.api.upload(std::fs::read(&archive).unwrap()).await;
-        let (status, app) = self
-            .api
-            .post(
-                "/v1/apps",
-                json!({
-                    "name": APP,
-                    "source": {"type": "tarball", "upload_id": upload_id},
-                    "replicas": replicas,
-                    "env": env,
-                    "health_check": {"path": "/health", "interval": "1s"},
-                }),
-            )
-            .await;
-        assert_eq!(status, 201, "create app: {app}");
+        let app = app_serving(APP, replicas)
+            .with(json!({"env": env}))
+            .create(&self.api)
+            .await
+            .unwrap_or_else(|e| panic!("create app: {e:#}"));
         app["id"].as_str().unwrap().to_string()
     }
 
     /// SIGKILL `up` (control plane, agent A and ingress at once) and
     /// start it again on the same data and ports.
     fn kill_and_restart_up(&mut self) {
-        let _ = self.up.kill();
-        let _ = self.up.wait();
-        let args: Vec<&str> = self.up_args.iter().map(String::as_str).collect();
-        self.up = shellwego(&args, &self.dir.path().join("up-restarted.log"));
+        self.up.kill();
+        self.up.restart();
     }
 
     /// `POST /v1/apps/{id}/deploy`; the deployment's id.
     async fn deploy(&self, app_id: &str, body: Value) -> String {
         let (status, d) = self
             .api
-            .post(&format!("/v1/apps/{app_id}/deploy"), body)
+            .call(
+                Method::POST,
+                &format!("/v1/apps/{app_id}/deploy"),
+                Some(body),
+            )
             .await;
         assert_eq!(status, 202, "deploy: {d}");
         d["deployment_id"].as_str().unwrap().to_string()
@@ -405,7 +231,10 @@ impl Cluster {
     async fn wait_deployed(&self, dep: &str, limit: Duration) -> Value {
         let d = Deadline::new(format!("deployment {dep} successful"), limit);
         loop {
-            let (_, v) = self.api.get(&format!("/v1/deployments/{dep}")).await;
+            let (_, v) = self
+                .api
+                .call(Method::GET, &format!("/v1/deployments/{dep}"), None)
+                .await;
             if v["status"] == "successful" {
                 return v;
             }
@@ -419,7 +248,10 @@ impl Cluster {
     }
 
     async fn app(&self, id: &str) -> Value {
-        self.api.get(&format!("/v1/apps/{id}")).await.1
+        self.api
+            .call(Method::GET, &format!("/v1/apps/{id}"), None)
+            .await
+            .1
     }
 
     /// Wait until the app is running with `n` healthy instances, one per
@@ -480,7 +312,7 @@ impl Cluster {
         procs.extend(all_instance_procs(&self.agent_b_dir()));
         let (status, body) = self
             .api
-            .send(reqwest::Method::DELETE, &format!("/v1/apps/{app_id}"), None)
+            .call(Method::DELETE, &format!("/v1/apps/{app_id}"), None)
             .await;
         assert!((200..300).contains(&status), "delete app: {status} {body}");
         for p in &self.orphans {
@@ -498,34 +330,26 @@ impl Cluster {
             d.tick(&format!("{left:?}")).await;
         }
         if let Some(mut b) = self.agent_b.take() {
-            sigterm(&mut b, Duration::from_secs(15));
+            b.terminate(Duration::from_secs(15));
         }
-        sigterm(&mut self.up, Duration::from_secs(40));
+        self.up.terminate(Duration::from_secs(40));
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // (Each process prints the end of its log when the test fails.)
         if std::thread::panicking() {
             self.dir.disable_cleanup(true);
-            for log in ["up.log", "b.log"] {
-                let path = self.dir.path().join(log);
-                eprintln!(
-                    "----- last lines of {} -----\n{}",
-                    path.display(),
-                    tail(&path, 300)
-                );
-            }
             eprintln!(
-                "----- the test's files are kept in {} -----",
+                "----- the test's files (logs: up.log, b.log) are kept in {} -----",
                 self.dir.path().display()
             );
         }
         if let Some(mut b) = self.agent_b.take() {
-            let _ = b.kill();
-            let _ = b.wait();
+            b.kill();
         }
-        sigterm(&mut self.up, Duration::from_secs(10));
+        self.up.terminate(Duration::from_secs(10));
         // `up` and agents leave instances running when they stop.
         let mut left = self.orphans.clone();
         left.extend(all_instance_procs(&self.agent_a_dir()));
@@ -658,9 +482,10 @@ async fn drain_moves_instances_with_zero_failed_requests() {
     let drain_start = Instant::now();
     let (status, body) = cl
         .api
-        .post(
+        .call(
+            Method::POST,
             &format!("/v1/nodes/{b}/actions/drain"),
-            json!({"batch_size": 1}),
+            Some(json!({"batch_size": 1})),
         )
         .await;
     assert_eq!(status, 202, "drain: {body}");
@@ -698,7 +523,10 @@ async fn drain_moves_instances_with_zero_failed_requests() {
         r.failed
     );
     assert!(r.requests >= 50, "too few requests: {r:?}");
-    let (_, node) = cl.api.get(&format!("/v1/nodes/{b}")).await;
+    let (_, node) = cl
+        .api
+        .call(Method::GET, &format!("/v1/nodes/{b}"), None)
+        .await;
     assert_eq!(node["status"], "draining", "{node}");
     cl.shutdown(&app_id).await;
 }
@@ -718,8 +546,7 @@ async fn a_silent_node_goes_offline_and_its_instances_move() {
 
     // The machine is cut off: the agent dies, its instances keep running.
     let mut agent = cl.agent_b.take().unwrap();
-    agent.kill().unwrap();
-    agent.wait().unwrap();
+    agent.kill();
     let cut = Instant::now();
 
     let (mut offline_at, mut event_at, mut moved_at) = (None, None, None);
@@ -728,8 +555,14 @@ async fn a_silent_node_goes_offline_and_its_instances_move() {
         Duration::from_secs(45),
     );
     loop {
-        let (_, node) = cl.api.get(&format!("/v1/nodes/{b}")).await;
-        let (_, events) = cl.api.get("/v1/events?filter[type]=node.offline").await;
+        let (_, node) = cl
+            .api
+            .call(Method::GET, &format!("/v1/nodes/{b}"), None)
+            .await;
+        let (_, events) = cl
+            .api
+            .call(Method::GET, "/v1/events?filter[type]=node.offline", None)
+            .await;
         let app = cl.app(&app_id).await;
         if offline_at.is_none() && node["status"] == "offline" {
             offline_at = Some(cut.elapsed());
@@ -844,7 +677,10 @@ async fn a_control_plane_killed_mid_deployment_finishes_it_after_a_restart() {
     // Killed once the new set exists, before the switch.
     let d = Deadline::new("the new set created", Duration::from_secs(60));
     loop {
-        let (_, v) = cl.api.get(&format!("/v1/deployments/{dep}")).await;
+        let (_, v) = cl
+            .api
+            .call(Method::GET, &format!("/v1/deployments/{dep}"), None)
+            .await;
         let at = v["progress"]["completed_steps"].as_i64().unwrap_or(0);
         if (2..5).contains(&at) {
             break;
@@ -862,7 +698,10 @@ async fn a_control_plane_killed_mid_deployment_finishes_it_after_a_restart() {
     let app = cl
         .wait_running(&app_id, 2, &[&a, &b], false, Duration::from_secs(60))
         .await;
-    let (_, list) = cl.api.get(&format!("/v1/apps/{app_id}/deployments")).await;
+    let (_, list) = cl
+        .api
+        .call(Method::GET, &format!("/v1/apps/{app_id}/deployments"), None)
+        .await;
     assert_eq!(list["data"][0]["id"], dep.as_str(), "{list}");
     println!("resumed: {}", app["instances"]);
     cl.shutdown(&app_id).await;
@@ -873,25 +712,17 @@ async fn a_control_plane_killed_mid_deployment_finishes_it_after_a_restart() {
 fn hello_answering(dir: &Path, code: u16) -> Vec<u8> {
     let src = dir.join(format!("hello-{code}"));
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::copy(Path::new(HELLO).join("Procfile"), src.join("Procfile")).unwrap();
-    let server = std::fs::read_to_string(Path::new(HELLO).join("server.py")).unwrap();
-    let changed = server.replace(
+    std::fs::write(src.join("Procfile"), HELLO_PROCFILE).unwrap();
+    let changed = HELLO_SERVER_PY.replace(
         "self.send_response(200)",
         &format!("self.send_response(200 if self.path == \"/health\" else {code})"),
     );
     assert_ne!(
-        changed, server,
+        changed, HELLO_SERVER_PY,
         "examples/hello/server.py changed; update this test"
     );
     std::fs::write(src.join("server.py"), changed).unwrap();
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&src)
-        .args(["-czf", "-", "Procfile", "server.py"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    out.stdout
+    tar_gz(&src).unwrap()
 }
 
 /// `n` requests through the ingress, 4 at a time: (status → count,
@@ -958,7 +789,11 @@ async fn canaries_get_their_share_through_the_ingress_and_a_failing_one_rolls_ba
 
     // A good canary at 20%: about a fifth of the requests, then promoted,
     // with no request failing throughout.
-    let good = cl.api.upload(hello_answering(cl.dir.path(), 200)).await;
+    let good = cl
+        .api
+        .upload(hello_answering(cl.dir.path(), 200))
+        .await
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(cl.ingress, stop.clone());
     let dep = cl
@@ -970,7 +805,10 @@ async fn canaries_get_their_share_through_the_ingress_and_a_failing_one_rolls_ba
         .await;
     let d = Deadline::new("the canary serving its share", Duration::from_secs(90));
     loop {
-        let (_, log) = cl.api.get(&format!("/v1/deployments/{dep}/logs")).await;
+        let (_, log) = cl
+            .api
+            .call(Method::GET, &format!("/v1/deployments/{dep}/logs"), None)
+            .await;
         if log.as_str().is_some_and(|l| l.contains("canary: 20%")) {
             break;
         }
@@ -995,7 +833,11 @@ async fn canaries_get_their_share_through_the_ingress_and_a_failing_one_rolls_ba
     );
     let (status, body) = cl
         .api
-        .post(&format!("/v1/deployments/{dep}/actions/promote"), json!({}))
+        .call(
+            Method::POST,
+            &format!("/v1/deployments/{dep}/actions/promote"),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(status, 200, "promote: {body}");
     cl.wait_deployed(&dep, Duration::from_secs(120)).await;
@@ -1010,7 +852,11 @@ async fn canaries_get_their_share_through_the_ingress_and_a_failing_one_rolls_ba
     );
 
     // A canary that answers 500: rolled back by itself on its error rate.
-    let bad = cl.api.upload(hello_answering(cl.dir.path(), 500)).await;
+    let bad = cl
+        .api
+        .upload(hello_answering(cl.dir.path(), 500))
+        .await
+        .unwrap();
     let dep = cl
         .deploy(
             &app_id,
@@ -1021,7 +867,10 @@ async fn canaries_get_their_share_through_the_ingress_and_a_failing_one_rolls_ba
     let d = Deadline::new("the failing canary rolled back", Duration::from_secs(120));
     let mut sent = 0;
     let v = loop {
-        let (_, v) = cl.api.get(&format!("/v1/deployments/{dep}")).await;
+        let (_, v) = cl
+            .api
+            .call(Method::GET, &format!("/v1/deployments/{dep}"), None)
+            .await;
         if v["status"] == "rolled_back" {
             break v;
         }

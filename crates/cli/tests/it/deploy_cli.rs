@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::apps_cli::{field, hello_tarball, row, run, Platform};
+use shellwego_testkit::fixtures::hello_tarball;
+use shellwego_testkit::platform::{run, Platform};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
+use crate::apps_cli::{start, start_with};
+use crate::support::{field, row, Cli, BIN};
 
 /// The ids of `deployments list hello`, newest first.
 fn deployment_ids(p: &Platform) -> Vec<String> {
@@ -28,8 +30,8 @@ fn deployment_ids(p: &Platform) -> Vec<String> {
 
 #[test]
 fn deploy_list_get_logs_rollback_through_the_cli() {
-    let p = Platform::start();
-    let archive = hello_tarball(p.dir.path());
+    let p = start();
+    let archive = hello_tarball(p.dir());
     let archive = archive.to_str().unwrap();
     p.ok(&[
         "apps",
@@ -231,7 +233,7 @@ fn deploy_list_get_logs_rollback_through_the_cli() {
         .to_string();
     let t = std::time::Instant::now();
     loop {
-        let o = crate::apps_cli::run(&mut p.cli(&["deployments", "promote", &id]));
+        let o = run(&mut p.cli(&["deployments", "promote", &id]));
         if o.code == Some(0) {
             break;
         }
@@ -258,8 +260,8 @@ fn deploy_list_get_logs_rollback_through_the_cli() {
 
 #[test]
 fn deploy_wait_fails_with_the_reason_when_the_new_version_crash_loops() {
-    let p = Platform::start();
-    let archive = hello_tarball(p.dir.path());
+    let p = start();
+    let archive = hello_tarball(p.dir());
     p.ok(&[
         "apps",
         "create",
@@ -271,14 +273,14 @@ fn deploy_wait_fails_with_the_reason_when_the_new_version_crash_loops() {
         "--wait",
     ]);
     // A release whose web process exits at once.
-    let bad = p.dir.path().join("bad");
+    let bad = p.dir().join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(
         bad.join("Procfile"),
         "web: python3 -c 'import sys; sys.exit(3)'\n",
     )
     .unwrap();
-    let bad_tgz = p.dir.path().join("bad.tgz");
+    let bad_tgz = p.dir().join("bad.tgz");
     assert!(Command::new("tar")
         .arg("-C")
         .arg(&bad)
@@ -356,8 +358,8 @@ fn traffic(
 /// deploy fails at once, naming the room it needs.
 #[test]
 fn a_full_node_restarts_in_place_without_failed_requests() {
-    let p = Platform::start_with(&["--cpus", "2"]);
-    let archive = hello_tarball(p.dir.path());
+    let p = start_with(&["--cpus", "2"]);
+    let archive = hello_tarball(p.dir());
     let archive = archive.to_str().unwrap();
     p.ok(&[
         "apps",

@@ -5,6 +5,8 @@
 //! `deploy_cli`: `deploy` and `deployments` against a real `shellwego up`;
 //! `orphans`: what `up` leaves on the host when killed, emptied or stopped.
 //! `walkthrough`: the README's walkthrough, run as written.
+//! `support`: what they share on top of `shellwego_testkit` (which starts
+//! the platforms: `shellwego_testkit::platform::Platform`).
 
 mod apps_cli;
 mod binary;
@@ -13,4 +15,5 @@ mod cluster;
 mod deploy_cli;
 mod orphans;
 mod platform;
+mod support;
 mod walkthrough;

@@ -13,59 +13,29 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::platform::{free_port, healthy, instance_ids, pid_of, processes_of, Up, BIN, HELLO};
+use nix::sys::signal::Signal;
+use shellwego_testkit::fixtures::app_serving;
+use shellwego_testkit::free_port;
+use shellwego_testkit::platform::{alive, processes_of, processes_with_env, Platform};
 
-/// The hello example as an upload; its id.
-fn upload_hello(up: &Up) -> String {
-    let archive = up.dir.join("hello.tgz");
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(HELLO)
-        .arg("-czf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    let r = up
-        .http
-        .post(format!("http://127.0.0.1:{}/v1/uploads", up.api))
-        .bearer_auth(&up.token)
-        .body(std::fs::read(&archive).unwrap())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: Value = r.json().unwrap();
-    v["upload_id"].as_str().unwrap().to_string()
-}
+use crate::platform::{pid_of, up};
+use crate::support::{healthy, instance_ids, BIN};
 
 /// A healthy app of the hello example with `replicas` replicas: (id, its
 /// instance ids).
-fn hello_app(up: &Up, name: &str, replicas: usize) -> (String, Vec<String>) {
-    let upload = upload_hello(up);
-    let (st, created) = up.api(
-        reqwest::Method::POST,
-        "/v1/apps",
-        Some(json!({"name": name, "replicas": replicas,
-            "source": {"type": "tarball", "upload_id": upload},
-            "resources": {"cpu": "0.1", "memory": "128m"},
-            "health_check": {"path": "/health", "interval": "1s"}})),
-    );
-    assert_eq!(st, 201, "{created}");
+fn hello_app(up: &Platform, name: &str, replicas: usize) -> (String, Vec<String>) {
+    let created = app_serving(name, replicas as i64)
+        .with(json!({"resources": {"cpu": "0.1", "memory": "128m"}}))
+        .create_on(up);
     let id = created["id"].as_str().unwrap().to_string();
     let a = up.wait_app(&id, "healthy replicas", 90, |a| healthy(a, replicas));
     (id, instance_ids(&a))
 }
 
-fn pids_of(up: &Up, ids: &[String]) -> Vec<u32> {
+fn pids_of(up: &Platform, ids: &[String]) -> Vec<u32> {
     ids.iter()
-        .map(|i| pid_of(&up.dir, i).expect("a running instance has a pid"))
+        .map(|i| pid_of(up, i).expect("a running instance has a pid"))
         .collect()
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rfind(')').is_some_and(|i| !s[i + 2..].starts_with('Z')))
 }
 
 /// Processes whose environment names one of `instances`.
@@ -93,17 +63,7 @@ fn processes_of_instances(instances: &[String]) -> Vec<u32> {
         .iter()
         .map(|i| format!("SHELLWEGO_INSTANCE_ID={i}"))
         .collect();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                env.split(|b| *b == 0)
-                    .any(|kv| needles.iter().any(|n| kv == n.as_bytes()))
-            })
-        })
-        .collect()
+    processes_with_env(&needles)
 }
 
 /// Directories at most `depth` levels under `dir`.
@@ -183,7 +143,7 @@ fn leftovers(instances: &[String], data: &Path) -> Vec<String> {
     out
 }
 
-fn wait_no_leftovers(instances: &[String], data: &Path, dir: &Path) {
+fn wait_no_leftovers(instances: &[String], data: &Path, log: &str) {
     let t = Instant::now();
     loop {
         let left = leftovers(instances, data);
@@ -192,14 +152,13 @@ fn wait_no_leftovers(instances: &[String], data: &Path, dir: &Path) {
         }
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "still on the host: {left:#?}\n{}",
-            Up::log_of(dir)
+            "still on the host: {left:#?}\n{log}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn orphan_events(up: &Up) -> Vec<Value> {
+fn orphan_events(up: &Platform) -> Vec<Value> {
     up.get("/v1/events?filter[type]=instance.orphan_removed&limit=100")["data"]
         .as_array()
         .cloned()
@@ -225,10 +184,10 @@ fn containers_work() -> bool {
 /// `up.log` has synced with its control plane (so it has adopted what it
 /// could and swept the rest: `wait_app` alone could be answered from
 /// before the restart).
-fn wait_agent_synced(up: &Up, before: usize) {
+fn wait_agent_synced(up: &Platform, before: usize) {
     let t = Instant::now();
     loop {
-        let log = Up::log_of(&up.dir);
+        let log = up.log();
         let fresh: Vec<&str> = log.lines().skip(before).collect();
         if fresh.iter().any(|l| l.contains("desired state changed")) {
             return;
@@ -241,21 +200,15 @@ fn wait_agent_synced(up: &Up, before: usize) {
     }
 }
 
-fn log_lines(dir: &Path) -> usize {
-    Up::log_of(dir).lines().count()
+fn log_lines(up: &Platform) -> usize {
+    up.log().lines().count()
 }
 
-fn signal(up: &mut Up, sig: &str) -> Duration {
-    let mut c = up.child.take().unwrap();
+/// Send `up` `sig` and wait until it exits, successfully; how long it took.
+fn signal(up: &mut Platform, sig: Signal) -> Duration {
     let t = Instant::now();
-    assert!(Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(c.id().to_string())
-        .status()
-        .unwrap()
-        .success());
-    let st = c.wait().unwrap();
-    assert!(st.success(), "up exited with {st}: {}", Up::log_of(&up.dir));
+    let st = up.signal(sig);
+    assert!(st.success(), "up exited with {st}: {}", up.log());
     t.elapsed()
 }
 
@@ -266,26 +219,20 @@ fn a_killed_up_re_adopts_its_containers_and_an_emptied_data_dir_removes_them_not
     }
     // Another agent on this machine, with a container of its own.
     let other = tempfile::tempdir().unwrap();
-    let b = Up::start(
-        other.path(),
-        free_port(),
-        free_port(),
-        &["--runtime", "container"],
-    );
+    let b = up(other.path(), &["--runtime", "container"]).start();
     let (b_app, b_ids) = hello_app(&b, "bystander", 1);
     let b_pids = pids_of(&b, &b_ids);
 
     let tmp = tempfile::tempdir().unwrap();
-    let (api, ingress) = (free_port(), free_port());
-    let mut a = Up::start(tmp.path(), api, ingress, &["--runtime", "container"]);
+    let mut a = up(tmp.path(), &["--runtime", "container"]).start();
     let (app, ids) = hello_app(&a, "hello", 2);
     let pids = pids_of(&a, &ids);
 
     // SIGKILL, then `up` on the same data dir: the same containers (same
     // init pids), not restarted, nothing taken for an orphan.
-    a.sigkill();
-    let lines = log_lines(tmp.path());
-    let mut a = Up::start(tmp.path(), api, ingress, &["--runtime", "container"]);
+    a.kill();
+    let lines = log_lines(&a);
+    a.restart();
     wait_agent_synced(&a, lines);
     let after = a.wait_app(&app, "healthy after a restart", 60, |v| healthy(v, 2));
     assert_eq!(instance_ids(&after), ids);
@@ -307,7 +254,7 @@ fn a_killed_up_re_adopts_its_containers_and_an_emptied_data_dir_removes_them_not
     // `up` on the emptied path: nothing of the old instances is left.
     let data = tmp.path().join("data");
     assert!(!leftovers(&ids, &data).is_empty(), "the test sees nothing");
-    a.sigkill();
+    a.kill();
     // (`rm -rf` goes on past what it cannot remove; std's remove_dir_all
     // stops at the first mount point.)
     let _ = Command::new("rm").arg("-rf").arg(&data).status();
@@ -317,9 +264,9 @@ fn a_killed_up_re_adopts_its_containers_and_an_emptied_data_dir_removes_them_not
         .join(&ids[0])
         .join("state.json")
         .exists());
-    let a = Up::start(tmp.path(), api, ingress, &["--runtime", "container"]);
+    a.restart();
     // (The new `up` mounts nothing under the data dir: it has no apps.)
-    wait_no_leftovers(&ids, &data, tmp.path());
+    wait_no_leftovers(&ids, &data, &a.log());
     assert!(pids.iter().all(|p| !alive(*p)));
     // Each is reported, on the node.
     let t = Instant::now();
@@ -344,10 +291,11 @@ fn a_killed_up_re_adopts_its_containers_and_an_emptied_data_dir_removes_them_not
     assert_eq!(pids_of(&b, &b_ids), b_pids);
     assert!(b_pids.iter().all(|p| alive(*p)));
     b.wait_app(&b_app, "the bystander still healthy", 10, |v| healthy(v, 1));
+    let log_b = b.log();
     drop(a);
     drop(b);
     let data_b = other.path().join("data");
-    wait_no_leftovers(&b_ids, &data_b, other.path());
+    wait_no_leftovers(&b_ids, &data_b, &log_b);
 }
 
 #[test]
@@ -358,15 +306,15 @@ fn ctrl_c_stops_the_instances_of_up_unless_it_keeps_them() {
     let start = |extra: &[&str]| {
         let mut args = vec!["--runtime", "process"];
         args.extend(extra);
-        Up::start(tmp.path(), api, ingress, &args)
+        up(tmp.path(), &args).ports(api, ingress).start()
     };
     let mut up = start(&[]);
     let (app, ids) = hello_app(&up, "hello", 1);
     let pids = pids_of(&up, &ids);
 
     // SIGKILL: the process is re-adopted by the next `up`.
-    up.sigkill();
-    let lines = log_lines(tmp.path());
+    up.kill();
+    let lines = log_lines(&up);
     let mut up = start(&[]);
     wait_agent_synced(&up, lines);
     up.wait_app(&app, "healthy after a restart", 60, |v| healthy(v, 1));
@@ -375,23 +323,19 @@ fn ctrl_c_stops_the_instances_of_up_unless_it_keeps_them() {
 
     // Ctrl-C: the instance stops (quickly: the app handles SIGTERM), and
     // its cgroups go.
-    let took = signal(&mut up, "INT");
+    let took = signal(&mut up, Signal::SIGINT);
     println!("up stopped with its instance in {took:?}");
     assert!(!alive(pids[0]));
     assert!(processes_of(&app).is_empty());
     assert_eq!(leftovers(&ids, &data), Vec::<String>::new());
-    assert!(
-        Up::log_of(tmp.path()).contains("stopping the instances"),
-        "{}",
-        Up::log_of(tmp.path())
-    );
+    assert!(up.log().contains("stopping the instances"), "{}", up.log());
 
     // `up --keep-instances` restarts it (still wanted); Ctrl-C leaves it.
-    let lines = log_lines(tmp.path());
+    let lines = log_lines(&up);
     let mut up = start(&["--keep-instances"]);
     wait_agent_synced(&up, lines);
     let t = Instant::now();
-    while pid_of(&up.dir, &ids[0]).is_none() {
+    while pid_of(&up, &ids[0]).is_none() {
         assert!(t.elapsed() < Duration::from_secs(60), "not restarted");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -399,17 +343,17 @@ fn ctrl_c_stops_the_instances_of_up_unless_it_keeps_them() {
     assert_eq!(instance_ids(&v), ids);
     let kept = pids_of(&up, &ids);
     assert_ne!(kept, pids);
-    signal(&mut up, "INT");
+    signal(&mut up, Signal::SIGINT);
     assert!(alive(kept[0]), "--keep-instances stopped it");
     assert_eq!(processes_of(&app), kept);
 
     // And the next `up` re-adopts it; SIGTERM stops it like Ctrl-C.
-    let lines = log_lines(tmp.path());
+    let lines = log_lines(&up);
     let mut up = start(&[]);
     wait_agent_synced(&up, lines);
     up.wait_app(&app, "healthy after a restart", 60, |v| healthy(v, 1));
     assert_eq!(pids_of(&up, &ids), kept);
-    signal(&mut up, "TERM");
+    signal(&mut up, Signal::SIGTERM);
     assert!(!alive(kept[0]));
     assert_eq!(leftovers(&ids, &data), Vec::<String>::new());
 }

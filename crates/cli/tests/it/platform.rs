@@ -10,230 +10,47 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{json, Value};
+use shellwego_testkit::fixtures::{app_serving, hello_tar_gz, tar_gz, write_busybox_rootfs};
+use shellwego_testkit::free_port;
+use shellwego_testkit::platform::{instance_pid, processes_of, through, Platform, PlatformBuilder};
 
-pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
-pub(crate) const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello");
+use crate::support::{bin, healthy, instance_ids, BIN};
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `up` in `dir` with private targets allowed (the tests' registries and
+/// file servers are on loopback), on `ports` when given.
+pub(crate) fn up(dir: &Path, extra: &[&str]) -> PlatformBuilder {
+    up_with_ssrf(dir, extra, "[ssrf]\nallow_private_targets = true\n")
 }
 
-pub(crate) struct Up {
-    pub(crate) child: Option<Child>,
-    pub(crate) dir: PathBuf,
-    pub(crate) api: u16,
-    pub(crate) ingress: u16,
-    pub(crate) token: String,
-    pub(crate) http: reqwest::blocking::Client,
+/// `up` in `dir` with `ssrf` as its config file.
+fn up_with_ssrf(dir: &Path, extra: &[&str], ssrf: &str) -> PlatformBuilder {
+    let config = dir.join("shellwego.toml");
+    std::fs::write(&config, ssrf).unwrap();
+    Platform::up(bin())
+        .dir(dir)
+        .args(extra)
+        .arg("--config")
+        .arg(&config)
 }
 
-impl Up {
-    /// `up` with private targets allowed: the tests' registries and file
-    /// servers are on loopback.
-    pub(crate) fn start(dir: &Path, api: u16, ingress: u16, extra: &[&str]) -> Up {
-        Self::start_with_ssrf(
-            dir,
-            api,
-            ingress,
-            extra,
-            "[ssrf]\nallow_private_targets = true\n",
-        )
-    }
-
-    /// `up` with `ssrf` as its config file.
-    fn start_with_ssrf(dir: &Path, api: u16, ingress: u16, extra: &[&str], ssrf: &str) -> Up {
-        let config = dir.join("shellwego.toml");
-        std::fs::write(&config, ssrf).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("up.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .arg("up")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{api}"),
-                "--ingress-listen",
-                &format!("127.0.0.1:{ingress}"),
-            ])
-            .args(extra)
-            .arg("--config")
-            .arg(&config)
-            .env("SHELLWEGO_LOG", "info,sqlx=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let tok_path = dir.join("data/admin-token");
-        let t = Instant::now();
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        loop {
-            let ready = http
-                .get(format!("http://127.0.0.1:{api}/readyz"))
-                .send()
-                .is_ok_and(|r| r.status() == 200);
-            if ready && tok_path.exists() {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "up did not start: {}",
-                Self::log_of(dir)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Up {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            api,
-            ingress,
-            token: std::fs::read_to_string(tok_path)
-                .unwrap()
-                .trim()
-                .to_string(),
-            http,
-        }
-    }
-
-    pub(crate) fn log_of(dir: &Path) -> String {
-        std::fs::read_to_string(dir.join("up.log")).unwrap_or_default()
-    }
-
-    pub(crate) fn api(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("http://127.0.0.1:{}{path}", self.api))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().unwrap();
-        let st = r.status().as_u16();
-        (st, r.json().unwrap_or(Value::Null))
-    }
-
-    pub(crate) fn get(&self, path: &str) -> Value {
-        self.api(reqwest::Method::GET, path, None).1
-    }
-
-    /// GET through the ingress as `<app>.localhost`.
-    fn through_ingress(&self, app: &str) -> (u16, String) {
-        let r = self
-            .http
-            .get(format!("http://127.0.0.1:{}/", self.ingress))
-            .header("Host", format!("{app}.localhost"))
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.text().unwrap())
-    }
-
-    pub(crate) fn wait_app(
-        &self,
-        id: &str,
-        what: &str,
-        secs: u64,
-        ok: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let t = Instant::now();
-        loop {
-            let a = self.get(&format!("/v1/apps/{id}"));
-            if ok(&a) {
-                return a;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(secs),
-                "{what}: {a:#}\n{}",
-                Self::log_of(&self.dir)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    pub(crate) fn sigkill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub(crate) fn sigterm(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let _ = c.wait();
-        }
-    }
+/// pid of an instance of `up`'s local agent, from its saved state.
+pub(crate) fn pid_of(up: &Platform, inst: &str) -> Option<u32> {
+    instance_pid(&up.agent_dir(), inst)
 }
 
-impl Drop for Up {
-    /// SIGTERM: `up` stops its instances, so a failed test leaves none
-    /// running (SIGKILL when it does not exit within a minute).
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let t = Instant::now();
-            while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(60) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Stop `up` with SIGTERM (it stops its instances).
+pub(crate) fn sigterm(up: &mut Platform) {
+    up.terminate(Duration::from_secs(60));
 }
 
-pub(crate) fn healthy(a: &Value, n: usize) -> bool {
-    a["status"] == "running" && a["replicas"]["healthy"] == n as i64
-}
-
-/// pid of an instance, from the agent's saved state.
-pub(crate) fn pid_of(dir: &Path, inst: &str) -> Option<u32> {
-    let s = std::fs::read_to_string(dir.join(format!("data/agent/instances/{inst}/state.json")))
-        .ok()?;
-    let v: Value = serde_json::from_str(&s).ok()?;
-    v["running"]["pid"].as_u64().map(|p| p as u32)
-}
-
-/// Processes whose environment says they are an instance of `app_id`.
-pub(crate) fn processes_of(app_id: &str) -> Vec<u32> {
-    let needle = format!("SHELLWEGO_APP_ID={app_id}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-        })
-        .collect()
-}
-
-fn delete_and_wait_gone(up: &Up, id: &str) {
-    let (st, _) = up.api(reqwest::Method::DELETE, &format!("/v1/apps/{id}"), None);
+fn delete_and_wait_gone(up: &Platform, id: &str) {
+    let (st, _) = up.call(Method::DELETE, &format!("/v1/apps/{id}"), None);
     assert_eq!(st, 204);
     // Its processes are gone (a microVM's app runs inside QEMU, invisible
     // here), and so are the agent's instances of it (QEMU included).
-    let instances = up.dir.join("data/agent/instances");
+    let instances = up.agent_dir().join("instances");
     let held_by_agent = || {
         std::fs::read_dir(&instances)
             .into_iter()
@@ -253,54 +70,23 @@ fn delete_and_wait_gone(up: &Up, id: &str) {
     }
 }
 
-pub(crate) fn instance_ids(a: &Value) -> Vec<String> {
-    let mut v: Vec<String> = a["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn a_tarball_app_serves_through_the_ingress_survives_crashes_and_restarts() {
     let tmp = tempfile::tempdir().unwrap();
-    let (api, ingress) = (free_port(), free_port());
-    let mut up = Up::start(tmp.path(), api, ingress, &["--runtime", "process"]);
-    let archive = tmp.path().join("hello.tgz");
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(HELLO)
-        .arg("-czf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    let r = up
-        .http
-        .post(format!("http://127.0.0.1:{api}/v1/uploads"))
-        .bearer_auth(&up.token)
-        .body(std::fs::read(&archive).unwrap())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let upload: Value = r.json().unwrap();
+    let mut up = up(tmp.path(), &["--runtime", "process"]).start();
+    let upload = up.upload(&hello_tar_gz().unwrap());
     let t0 = Instant::now();
-    let (st, created) = up.api(
-        reqwest::Method::POST,
+    let (st, created) = up.call(
+        Method::POST,
         "/v1/apps",
-        Some(json!({"name": "hello", "replicas": 2, "source": {"type": "tarball", "upload_id": upload["upload_id"]},
-            "health_check": {"path": "/health", "interval": "1s"}})),
+        Some(app_serving("hello", 2).body(&upload)),
     );
     assert_eq!(st, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
     let a = up.wait_app(&id, "2 healthy replicas", 60, |a| healthy(a, 2));
     println!("create to healthy: {:?}", t0.elapsed());
     // Started with a core to boot on; held to its 0.5 CPU once healthy.
-    let first = pid_of(tmp.path(), &instance_ids(&a)[0]).unwrap();
+    let first = pid_of(&up, &instance_ids(&a)[0]).unwrap();
     if shellwego_agent::cgroup::cpu_limit_of(first).is_some() {
         let t = Instant::now();
         while shellwego_agent::cgroup::cpu_limit_of(first) != Some(500) {
@@ -337,7 +123,7 @@ fn a_tarball_app_serves_through_the_ingress_survives_crashes_and_restarts() {
     // Kill an instance's process: the agent restarts it, the app is
     // healthy again, and an app.crashed event says so.
     let victim = instance_ids(&a)[0].clone();
-    let pid = pid_of(tmp.path(), &victim).unwrap();
+    let pid = pid_of(&up, &victim).unwrap();
     assert!(Command::new("kill")
         .arg("-KILL")
         .arg(pid.to_string())
@@ -352,7 +138,7 @@ fn a_tarball_app_serves_through_the_ingress_survives_crashes_and_restarts() {
                 .iter()
                 .any(|i| i["id"] == victim.as_str() && i["restarts"] == 1)
     });
-    assert_ne!(pid_of(tmp.path(), &victim), Some(pid));
+    assert_ne!(pid_of(&up, &victim), Some(pid));
     let ev = up.get(&format!(
         "/v1/events?filter[type]=app.crashed&filter[resource_id]={id}"
     ));
@@ -369,18 +155,12 @@ fn a_tarball_app_serves_through_the_ingress_survives_crashes_and_restarts() {
     // SIGKILL everything (control plane, agent, ingress) and start again:
     // same instances, same processes still serving, no duplicates.
     let before = instance_ids(&a);
-    let pids: Vec<u32> = before
-        .iter()
-        .map(|i| pid_of(tmp.path(), i).unwrap())
-        .collect();
-    up.sigkill();
-    let mut up = Up::start(tmp.path(), api, ingress, &["--runtime", "process"]);
+    let pids: Vec<u32> = before.iter().map(|i| pid_of(&up, i).unwrap()).collect();
+    up.kill();
+    up.restart();
     let a = up.wait_app(&id, "healthy after a restart", 60, |a| healthy(a, 2));
     assert_eq!(instance_ids(&a), before);
-    let after: Vec<u32> = before
-        .iter()
-        .map(|i| pid_of(tmp.path(), i).unwrap())
-        .collect();
+    let after: Vec<u32> = before.iter().map(|i| pid_of(&up, i).unwrap()).collect();
     assert_eq!(after, pids, "the same processes were re-adopted");
     let mut running = processes_of(&id);
     running.sort();
@@ -390,11 +170,7 @@ fn a_tarball_app_serves_through_the_ingress_survives_crashes_and_restarts() {
     assert_eq!(up.through_ingress("hello").0, 200);
 
     // Stop: nothing healthy, the ingress answers 503.
-    let (st, _) = up.api(
-        reqwest::Method::POST,
-        &format!("/v1/apps/{id}/actions/stop"),
-        None,
-    );
+    let (st, _) = up.call(Method::POST, &format!("/v1/apps/{id}/actions/stop"), None);
     assert_eq!(st, 200);
     up.wait_app(&id, "stopped", 30, |a| a["status"] == "stopped");
     let t = Instant::now();
@@ -412,7 +188,7 @@ fn a_tarball_app_serves_through_the_ingress_survives_crashes_and_restarts() {
     }
     assert!(processes_of(&id).is_empty());
     delete_and_wait_gone(&up, &id);
-    up.sigterm();
+    sigterm(&mut up);
 }
 
 /// Debian's docker-registry on a free loopback port, storing in `dir`.
@@ -469,16 +245,8 @@ fn image_from_a_real_registry(test: &str, runtime: Option<&str>) {
     }
     // The image: busybox, serving a page naming the instance that served it.
     let root = tmp.path().join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
-    let layer = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .args(["-czf", "-", "."])
-        .output()
-        .unwrap()
-        .stdout;
+    write_busybox_rootfs(&root).unwrap();
+    let layer = tar_gz(&root).unwrap();
     let config = shellwego_image::ImageConfig {
         entrypoint: vec!["/bin/sh".into(), "-c".into()],
         cmd: vec!["mkdir -p /tmp/www/$SHELLWEGO_INSTANCE_ID && echo \"$SHELLWEGO_INSTANCE_ID\" > /tmp/www/$SHELLWEGO_INSTANCE_ID/index.html && exec /bin/busybox httpd -f -p $PORT -h /tmp/www/$SHELLWEGO_INSTANCE_ID".into()],
@@ -496,16 +264,15 @@ fn image_from_a_real_registry(test: &str, runtime: Option<&str>) {
             None,
         ))
         .unwrap();
-    let (api, ingress) = (free_port(), free_port());
     let registry = format!("127.0.0.1:{port}");
     let mut args = vec!["--insecure-registry", &registry];
     if let Some(r) = runtime {
         args.extend(["--runtime", r]);
     }
-    let mut up = Up::start(tmp.path(), api, ingress, &args);
+    let mut up = up(tmp.path(), &args).start();
     let image = format!("{registry}/demo/web:v1");
-    let (st, created) = up.api(
-        reqwest::Method::POST,
+    let (st, created) = up.call(
+        Method::POST,
         "/v1/apps",
         Some(json!({"name": "web", "image": image, "replicas": 2, "health_check": {"path": "/", "interval": "1s"}})),
     );
@@ -531,7 +298,7 @@ fn image_from_a_real_registry(test: &str, runtime: Option<&str>) {
     both.sort();
     assert_eq!(both, instance_ids(&a));
     delete_and_wait_gone(&up, &id);
-    up.sigterm();
+    sigterm(&mut up);
 }
 
 #[test]
@@ -593,19 +360,6 @@ fn serve_files(files: Vec<(String, Vec<u8>)>) -> u16 {
     port
 }
 
-fn tar_dir(dir: &Path, out: &Path) -> Vec<u8> {
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(dir)
-        .arg("-czf")
-        .arg(out)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    std::fs::read(out).unwrap()
-}
-
 /// Can this host limit memory (a memory cgroup we may create)?
 fn memory_cgroup_usable() -> Result<(), String> {
     let v1 = Path::new("/sys/fs/cgroup/memory");
@@ -632,7 +386,7 @@ fn memory_cgroup_usable() -> Result<(), String> {
 #[test]
 fn tarballs_from_a_url_run_and_an_app_over_its_memory_limit_is_reported_oom_killed() {
     let tmp = tempfile::tempdir().unwrap();
-    let hello = tar_dir(Path::new(HELLO), &tmp.path().join("hello.tgz"));
+    let hello = hello_tar_gz().unwrap();
     let hog_dir = tmp.path().join("hog");
     std::fs::create_dir(&hog_dir).unwrap();
     std::fs::write(hog_dir.join("Procfile"), "web: exec python3 hog.py\n").unwrap();
@@ -642,14 +396,13 @@ fn tarballs_from_a_url_run_and_an_app_over_its_memory_limit_is_reported_oom_kill
         "import time\nx = b'x' * (256 << 20)\ntime.sleep(3600)\n",
     )
     .unwrap();
-    let hog = tar_dir(&hog_dir, &tmp.path().join("hog.tgz"));
+    let hog = tar_gz(&hog_dir).unwrap();
     let files = serve_files(vec![("hello.tgz".into(), hello), ("hog.tgz".into(), hog)]);
-    let (api, ingress) = (free_port(), free_port());
-    let mut up = Up::start(tmp.path(), api, ingress, &["--runtime", "process"]);
+    let mut up = up(tmp.path(), &["--runtime", "process"]).start();
 
     // `{type: "tarball", url}`: fetched by the agent, served through the ingress.
-    let (st, created) = up.api(
-        reqwest::Method::POST,
+    let (st, created) = up.call(
+        Method::POST,
         "/v1/apps",
         Some(json!({"name": "fromurl", "source": {"type": "tarball", "url": format!("http://127.0.0.1:{files}/hello.tgz")},
             "health_check": {"path": "/health", "interval": "1s"}})),
@@ -663,25 +416,8 @@ fn tarballs_from_a_url_run_and_an_app_over_its_memory_limit_is_reported_oom_kill
 
     // `shellwego router` on its own, fed from the same store, routes it too.
     let rport = free_port();
-    let mut router = Command::new(BIN)
-        .args([
-            "router",
-            "--listen",
-            &format!("127.0.0.1:{rport}"),
-            "--data-dir",
-        ])
-        .arg(tmp.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let via_router = |host: &str| {
-        up.http
-            .get(format!("http://127.0.0.1:{rport}/"))
-            .header("Host", format!("{host}.localhost"))
-            .send()
-            .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
-    };
+    let mut router = up.router(rport);
+    let via_router = |host: &str| through(rport, host);
     let t = Instant::now();
     loop {
         if let Ok((200, body)) = via_router("fromurl") {
@@ -697,8 +433,8 @@ fn tarballs_from_a_url_run_and_an_app_over_its_memory_limit_is_reported_oom_kill
     assert_eq!(via_router("nope").unwrap().0, 404);
 
     // An archive over the size limit is refused with the reason.
-    let (st, created) = up.api(
-        reqwest::Method::POST,
+    let (st, created) = up.call(
+        Method::POST,
         "/v1/apps",
         Some(json!({"name": "huge", "source": {"type": "tarball", "url": format!("http://127.0.0.1:{files}/huge.tgz")}})),
     );
@@ -717,13 +453,12 @@ fn tarballs_from_a_url_run_and_an_app_over_its_memory_limit_is_reported_oom_kill
     // Over its memory limit: OOM-killed, and said so.
     if let Err(why) = memory_cgroup_usable() {
         eprintln!("SKIPPED the OOM part: {why}; the process driver cannot limit memory here");
-        let _ = router.kill();
-        let _ = router.wait();
-        up.sigterm();
+        router.kill();
+        sigterm(&mut up);
         return;
     }
-    let (st, created) = up.api(
-        reqwest::Method::POST,
+    let (st, created) = up.call(
+        Method::POST,
         "/v1/apps",
         Some(json!({"name": "hog", "resources": {"memory": "64m"},
             "source": {"type": "tarball", "url": format!("http://127.0.0.1:{files}/hog.tgz")}})),
@@ -763,9 +498,8 @@ fn tarballs_from_a_url_run_and_an_app_over_its_memory_limit_is_reported_oom_kill
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = router.kill();
-    let _ = router.wait();
-    up.sigterm();
+    router.kill();
+    sigterm(&mut up);
 }
 
 #[test]
@@ -902,21 +636,19 @@ fn source_urls_reaching_refused_addresses_are_refused_when_given_and_when_fetche
             );
         }
     });
-    let (api, ingress) = (free_port(), free_port());
-    let mut up = Up::start_with_ssrf(
+    let mut up = up_with_ssrf(
         tmp.path(),
-        api,
-        ingress,
         &["--runtime", "process"],
         "[ssrf]\nallow = [\"127.0.0.2/32\"]\n",
-    );
+    )
+    .start();
 
     // Given: loopback is refused, naming the field and the way to allow it.
     for url in [
         format!("http://127.0.0.1:{secret_port}/hello.tgz"),
         "http://169.254.169.254/latest/meta-data".to_string(),
     ] {
-        let (st, p) = up.api(
+        let (st, p) = up.call(
             reqwest::Method::POST,
             "/v1/apps",
             Some(json!({"name": "direct", "source": {"type": "tarball", "url": url}})),
@@ -933,8 +665,8 @@ fn source_urls_reaching_refused_addresses_are_refused_when_given_and_when_fetche
     }
 
     // Fetched: the allowed server is asked, its redirect is not followed.
-    let (st, created) = up.api(
-        reqwest::Method::POST,
+    let (st, created) = up.call(
+        Method::POST,
         "/v1/apps",
         Some(json!({"name": "redirected", "source": {"type": "tarball", "url": format!("http://127.0.0.2:{allowed_port}/hello.tgz")}})),
     );
@@ -956,5 +688,5 @@ fn source_urls_reaching_refused_addresses_are_refused_when_given_and_when_fetche
     );
     assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
     delete_and_wait_gone(&up, &id);
-    up.sigterm();
+    sigterm(&mut up);
 }

@@ -46,9 +46,10 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use shellwego_testkit::free_port;
+use shellwego_testkit::platform::{Platform, Ready};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shellwego");
+use crate::support::{bin, BIN};
 const README: &str = include_str!("../../../../README.md");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 /// The section whose first ```sh block is the walkthrough.
@@ -179,19 +180,6 @@ fn substitute(text: &str, subs: &[(&'static str, String)]) -> String {
         .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 fn indent(text: &str) -> String {
     if text.is_empty() {
         return "    (nothing)".into();
@@ -202,118 +190,35 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
-/// `shellwego up --cpus 2` in `work` (its data dir `work/.shellwego`), its
-/// node ready.
-struct Up {
-    child: Option<Child>,
-    work: PathBuf,
-    log: PathBuf,
-    api: u16,
-    http: reqwest::blocking::Client,
-    token: String,
-}
-
-impl Up {
-    fn start(work: &Path, log: &Path, api: u16, ingress: u16) -> Up {
-        let child = Command::new(BIN)
-            .args(["up", "--cpus", "2"])
-            .args(["--listen", &format!("127.0.0.1:{api}")])
-            .args(["--ingress-listen", &format!("127.0.0.1:{ingress}")])
-            .current_dir(work)
-            // Without a line per request: the tail shown on a failure is
-            // what happened.
-            .env(
-                "SHELLWEGO_LOG",
-                "info,sqlx=warn,shellwego_server::http=warn",
-            )
-            .env_remove("SHELLWEGO_CONFIG")
-            .env_remove("SHELLWEGO_DATA_DIR")
-            .env_remove("SHELLWEGO_DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut up = Up {
-            child: Some(child),
-            work: work.to_path_buf(),
-            log: log.to_path_buf(),
-            api,
-            http: reqwest::blocking::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            token: String::new(),
-        };
+/// `shellwego up --cpus 2` in `work` (its data dir `work/.shellwego`, the
+/// default), its node ready, its log in `dir/up.log`.
+fn start_up(work: &Path, dir: &Path, api: u16, ingress: u16) -> Platform {
+    let up = Platform::up(bin())
+        .dir(dir)
+        .cwd(work)
+        .data_dir(work.join(".shellwego"))
+        .data_dir_flag(false)
+        .ports(api, ingress)
+        .args(&["--cpus", "2"])
+        // Without a line per request: the tail shown on a failure is
+        // what happened.
+        .env(
+            "SHELLWEGO_LOG",
+            "info,sqlx=warn,shellwego_server::http=warn",
+        )
         // Ready, and its node joined (the agent probes the drivers first).
-        let t = Instant::now();
-        loop {
-            if let Ok(tok) = std::fs::read_to_string(work.join(".shellwego/admin-token")) {
-                up.token = tok.trim().to_string();
-                let nodes = up.get("/v1/nodes").unwrap_or_default();
-                if let Some(node) = nodes["data"]
-                    .as_array()
-                    .and_then(|d| d.iter().find(|n| n["status"] == "ready"))
-                {
-                    assert_eq!(node["capacity"]["cpu_cores"], 2, "up --cpus 2: {node:#}");
-                    return up;
-                }
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "`shellwego up --cpus 2` did not start with its node ready in 60 s; its log:\n{}",
-                up.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<Value> {
-        let r = self
-            .http
-            .get(format!("http://127.0.0.1:{}{path}", self.api))
-            .bearer_auth(&self.token)
-            .send()
-            .ok()?;
-        r.status().is_success().then(|| r.json().ok()).flatten()
-    }
-
-    fn log_tail(&self) -> String {
-        tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 40)
-    }
-}
-
-impl Drop for Up {
-    /// Instances outlive `up`: when the walkthrough stopped before its
-    /// end, delete its apps and wait for their instances to go first.
-    fn drop(&mut self) {
-        let instances = self.work.join(".shellwego/agent/instances");
-        let left = || std::fs::read_dir(&instances).is_ok_and(|mut d| d.next().is_some());
-        if left() {
-            let apps = self.get("/v1/apps?limit=100").unwrap_or_default();
-            for id in apps["data"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a["id"].as_str())
-            {
-                let _ = self
-                    .http
-                    .delete(format!("http://127.0.0.1:{}/v1/apps/{id}", self.api))
-                    .bearer_auth(&self.token)
-                    .send();
-            }
-            let t = Instant::now();
-            while left() && t.elapsed() < Duration::from_secs(60) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+        .ready(Ready::Node)
+        .try_start()
+        .unwrap_or_else(|e| {
+            panic!("`shellwego up --cpus 2` did not start with its node ready: {e:#}")
+        });
+    let nodes = up.get("/v1/nodes");
+    let node = nodes["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|n| n["status"] == "ready"))
+        .unwrap();
+    assert_eq!(node["capacity"]["cpu_cores"], 2, "up --cpus 2: {node:#}");
+    up
 }
 
 /// One bash for the whole walkthrough (so `export` carries over), in a
@@ -443,7 +348,7 @@ fn the_readme_walkthrough_runs_as_written_on_two_cores() {
     ];
 
     let t0 = Instant::now();
-    let up = Up::start(&work, &dir.path().join("up.log"), api, ingress);
+    let up = start_up(&work, dir.path(), api, ingress);
     println!("up --cpus 2: ready in {:.1}s", t0.elapsed().as_secs_f64());
     let path = format!(
         "{}:{}",
@@ -481,7 +386,7 @@ fn the_readme_walkthrough_runs_as_written_on_two_cores() {
                 "{name}\ndid not finish in {}s; its output so far:\n{}\n\nup's log (last lines):\n{}",
                 STEP_LIMIT.as_secs(),
                 indent(&partial),
-                up.log_tail()
+                up.log_tail(40)
             ),
         };
         println!(
@@ -502,7 +407,7 @@ fn the_readme_walkthrough_runs_as_written_on_two_cores() {
                  the README shows:\n{}\n\nup's log (last lines):\n{}",
                 indent(&output),
                 shown(),
-                up.log_tail()
+                up.log_tail(40)
             );
         }
         if let Some(missing) = first_missing(&expected, &output) {

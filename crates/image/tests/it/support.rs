@@ -2,7 +2,7 @@
 //! token proxy in front of it, and tar builders (including malicious ones).
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -164,13 +164,8 @@ impl Drop for Registry {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A TCP port nothing listens on now (the kit's).
+pub use shellwego_testkit::free_port;
 
 // ---------------------------------------------------------------------------
 // Bearer-token proxy: the token flow without a JWT-signing token server. It

@@ -7,71 +7,19 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::both_backends;
-use crate::kit::{fields, problem, Srv};
+use shellwego_testkit::agent::{report, AgentEvent, AgentSync, FakeAgent, InstanceReport};
+use shellwego_testkit::both_backends;
+use shellwego_testkit::server::{fields, problem, TestServer};
 
-pub(crate) async fn post(s: &Srv, path: &str, token: &str, body: Value) -> reqwest::Response {
-    s.call(Method::POST, path, Some(token), Some(body)).await
+async fn wait_app(s: &TestServer, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    s.wait_for(&format!("/v1/apps/{id}"), what, ok).await
 }
 
-/// Register and join a node through the API; returns (node id, credential).
-pub(crate) async fn join_node(s: &Srv, name: &str, cores: i64, memory: i64) -> (String, String) {
-    let reg: Value = post(
-        s,
-        "/v1/nodes",
-        &s.token,
-        json!({"hostname": name, "region": "eu"}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let joined: Value = s
-        .call(
-            Method::POST,
-            "/v1/agent/join",
-            None,
-            Some(
-                json!({"join_token": reg["join_token"], "hostname": name, "cpu_cores": cores,
-                "memory_total": memory, "memory_available": memory, "disk_total": 100u64 << 30,
-                "drivers": ["process"], "zone": format!("{name}-zone")}),
-            ),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    (
-        reg["id"].as_str().unwrap().to_string(),
-        joined["credential"].as_str().unwrap().to_string(),
-    )
-}
-
-pub(crate) async fn sync(s: &Srv, cred: &str, body: Value) -> Value {
-    let r = s
-        .call(Method::POST, "/v1/agent/sync", Some(cred), Some(body))
-        .await;
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
-async fn wait_app(s: &Srv, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let t = Instant::now();
-    loop {
-        let (_, a) = s.get(&format!("/v1/apps/{id}")).await;
-        if ok(&a) {
-            return a;
-        }
-        assert!(t.elapsed() < Duration::from_secs(15), "{what}: {a:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn apps_validate_their_input(s: Srv) {
+async fn apps_validate_their_input(s: TestServer) {
     let bad = json!({"name": "Bad_Name", "image": "x", "resources": {"memory": "32m", "cpu": 0.05},
         "replicas": 101, "env": {"1X": "v"}, "health_check": {"path": "health", "interval": "5x", "retries": 0},
         "runtime": "vm", "stop_timeout": "10m"});
-    let p = problem(post(&s, "/v1/apps", &s.token, bad).await, 400).await;
+    let p = problem(s.post("/v1/apps", &s.token, bad).await, 400).await;
     let f = fields(&p);
     for want in [
         "name",
@@ -88,14 +36,14 @@ async fn apps_validate_their_input(s: Srv) {
         assert!(f.iter().any(|x| x == want), "{want} not in {f:?}");
     }
     let p = problem(
-        post(&s, "/v1/apps", &s.token, json!({"name": "noimage"})).await,
+        s.post("/v1/apps", &s.token, json!({"name": "noimage"}))
+            .await,
         400,
     )
     .await;
     assert_eq!(fields(&p), ["image"]);
     let p = problem(
-        post(
-            &s,
+        s.post(
             "/v1/apps",
             &s.token,
             json!({"name": "x", "source": {"type": "tarball", "upload_id": "upl_nope"}}),
@@ -106,28 +54,27 @@ async fn apps_validate_their_input(s: Srv) {
     .await;
     assert_eq!(fields(&p), ["source.upload_id"]);
     // Bounds are inclusive.
-    let r = post(
-        &s,
-        "/v1/apps",
-        &s.token,
-        json!({"name": "edge", "image": "x", "replicas": 0,
+    let r = s
+        .post(
+            "/v1/apps",
+            &s.token,
+            json!({"name": "edge", "image": "x", "replicas": 0,
         "resources": {"memory": "64m", "cpu": "16"}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(r.status(), 201);
-    let r = post(
-        &s,
-        "/v1/apps",
-        &s.token,
-        json!({"name": "edge", "image": "y", "replicas": 0}),
-    )
-    .await;
+    let r = s
+        .post(
+            "/v1/apps",
+            &s.token,
+            json!({"name": "edge", "image": "y", "replicas": 0}),
+        )
+        .await;
     let p = problem(r, 409).await;
     assert!(p["detail"].as_str().unwrap().contains("edge"), "{p}");
     // A typo is named.
     let p = problem(
-        post(
-            &s,
+        s.post(
             "/v1/apps",
             &s.token,
             json!({"name": "t", "image": "x", "replica": 2}),
@@ -149,16 +96,16 @@ async fn apps_validate_their_input(s: Srv) {
     assert!(fields(&p).contains(&"constraints".to_string()), "{p}");
 }
 
-async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
+async fn placement_waits_for_room_and_resumes_by_itself(s: TestServer) {
     // No node: pending, with the reason, and an event.
-    let r = post(
-        &s,
-        "/v1/apps",
-        &s.token,
-        json!({"name": "big", "image": "nginx:alpine", "replicas": 2,
+    let r = s
+        .post(
+            "/v1/apps",
+            &s.token,
+            json!({"name": "big", "image": "nginx:alpine", "replicas": 2,
         "resources": {"memory": "1g", "cpu": "4"}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let created: Value = r.json().await.unwrap();
     assert_eq!(created["status"], "deploying");
@@ -176,13 +123,13 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
         "{a}"
     );
     // A node registered, its agent not joined yet: the reason says so.
-    let r = post(
-        &s,
-        "/v1/nodes",
-        &s.token,
-        json!({"hostname": "soon", "region": "eu"}),
-    )
-    .await;
+    let r = s
+        .post(
+            "/v1/nodes",
+            &s.token,
+            json!({"hostname": "soon", "region": "eu"}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let a = wait_app(&s, &id, "pending on a joining node", |a| {
         a["status_reason"]
@@ -192,7 +139,7 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
     .await;
     assert_eq!(a["status"], "pending", "{a}");
     // A node too small: the reason says what is missing.
-    let (small, _) = join_node(&s, "small", 2, 8 << 30).await;
+    let small = s.fake_agent("small", 2, 8 << 30).await.node_id;
     let a = wait_app(&s, &id, "pending on cpu", |a| {
         a["status_reason"]
             .as_str()
@@ -208,7 +155,8 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
         "{a}"
     );
     // Room appears: placement resumes without anyone asking.
-    let (n1, c1) = join_node(&s, "big-1", 16, 64 << 30).await;
+    let big1 = s.fake_agent("big-1", 16, 64 << 30).await;
+    let n1 = big1.node_id.clone();
     let a = wait_app(&s, &id, "placed", |a| {
         a["instances"]
             .as_array()
@@ -226,14 +174,14 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
         .await;
     assert_eq!(ev["data"].as_array().unwrap().len(), 1, "{ev}");
     // With two nodes, replicas of one app spread over them.
-    let (_n2, c2) = join_node(&s, "big-2", 16, 64 << 30).await;
-    let r = post(
-        &s,
-        "/v1/apps",
-        &s.token,
-        json!({"name": "spread", "image": "nginx", "replicas": 2}),
-    )
-    .await;
+    let big2 = s.fake_agent("big-2", 16, 64 << 30).await;
+    let r = s
+        .post(
+            "/v1/apps",
+            &s.token,
+            json!({"name": "spread", "image": "nginx", "replicas": 2}),
+        )
+        .await;
     let sp: Value = r.json().await.unwrap();
     let sp = wait_app(&s, sp["id"].as_str().unwrap(), "spread placed", |a| {
         a["instances"]
@@ -254,20 +202,40 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
     assert!(!nodes.contains(&small.as_str()));
 
     // The agent channel: instances come down with their spec, status goes up.
-    for cred in [&c1, &c2] {
-        let d = sync(&s, cred, json!({"generation": 0, "wait_secs": 1})).await;
-        let insts = d["instances"].as_array().unwrap();
-        let reports: Vec<Value> = insts
+    for agent in [&big1, &big2] {
+        let d = agent
+            .sync(&AgentSync {
+                generation: 0,
+                wait_secs: Some(1),
+                ..Default::default()
+            })
+            .await;
+        let reports: Vec<InstanceReport> = d
+            .instances
             .iter()
-            .map(|i| json!({"id": i["id"], "status": "healthy", "port": 4567, "pid": 42, "health_checks_passed": 3}))
+            .map(|i| InstanceReport {
+                id: i.id.clone(),
+                port: Some(4567),
+                pid: Some(42),
+                health_checks_passed: 3,
+                ..report("healthy")
+            })
             .collect();
-        if let Some(big) = insts.iter().find(|i| i["app_name"] == "big") {
-            assert_eq!(big["memory"], 1i64 << 30);
-            assert_eq!(big["cpu_millis"], 4000);
-            assert_eq!(big["driver"], "process");
-            assert_eq!(big["image"], "nginx:alpine");
+        if let Some(big) = d.instances.iter().find(|i| i.app_name == "big") {
+            assert_eq!(big.memory, 1i64 << 30);
+            assert_eq!(big.cpu_millis, 4000);
+            assert_eq!(big.driver, "process");
+            assert_eq!(big.image.as_deref(), Some("nginx:alpine"));
         }
-        sync(&s, cred, json!({"generation": d["generation"], "wait_secs": 1, "internal_ip": "10.1.2.3", "instances": reports})).await;
+        agent
+            .sync(&AgentSync {
+                generation: d.generation,
+                wait_secs: Some(1),
+                internal_ip: Some("10.1.2.3".into()),
+                instances: Some(reports),
+                ..Default::default()
+            })
+            .await;
     }
     let a = wait_app(&s, &id, "running", |a| a["status"] == "running").await;
     assert_eq!(
@@ -296,13 +264,38 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
     assert!(!l["data"][0]["events"].as_array().unwrap().is_empty());
 
     // A crash reported by an agent is an app.crashed event.
-    let inst = a["instances"][0]["id"].clone();
-    let cred = &c1;
-    let g = sync(&s, cred, json!({"generation": -1, "wait_secs": 1})).await["generation"].clone();
-    sync(&s, cred, json!({"generation": g, "wait_secs": 1, "seq": 200,
-        "instances": [{"id": inst, "status": "crashed", "reason": "exited with code 3", "restarts": 1},
-                      {"id": a["instances"][1]["id"], "status": "healthy", "port": 4567}],
-        "events": [{"instance_id": inst, "kind": "crashed", "reason": "exited with code 3", "exit_code": 3, "at": 1}]})).await;
+    let inst = a["instances"][0]["id"].as_str().unwrap().to_string();
+    let other = a["instances"][1]["id"].as_str().unwrap().to_string();
+    let agent = &big1;
+    let g = agent.desired().await.generation;
+    agent
+        .sync(&AgentSync {
+            generation: g,
+            wait_secs: Some(1),
+            seq: Some(200),
+            instances: Some(vec![
+                InstanceReport {
+                    id: inst.clone(),
+                    reason: Some("exited with code 3".into()),
+                    restarts: 1,
+                    ..report("crashed")
+                },
+                InstanceReport {
+                    id: other.clone(),
+                    port: Some(4567),
+                    ..report("healthy")
+                },
+            ]),
+            events: vec![AgentEvent {
+                instance_id: inst.clone(),
+                kind: "crashed".into(),
+                reason: "exited with code 3".into(),
+                exit_code: Some(3),
+                at: 1,
+            }],
+            ..Default::default()
+        })
+        .await;
     let (_, ev) = s
         .get(&format!(
             "/v1/events?filter[type]=app.crashed&filter[resource_id]={id}"
@@ -316,37 +309,41 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
     assert_eq!(a["replicas"]["healthy"], 1);
     // A report that was overtaken (an older seq, processed late) changes
     // nothing: the crash stays reported.
-    sync(
-        &s,
-        cred,
-        json!({"generation": g, "wait_secs": 1, "seq": 150,
-        "instances": [{"id": inst, "status": "healthy", "port": 4567},
-                      {"id": a["instances"][1]["id"], "status": "healthy", "port": 4567}]}),
-    )
-    .await;
+    agent
+        .sync(&AgentSync {
+            generation: g,
+            wait_secs: Some(1),
+            seq: Some(150),
+            instances: Some(
+                [&inst, &other]
+                    .map(|id| InstanceReport {
+                        id: (*id).clone(),
+                        port: Some(4567),
+                        ..report("healthy")
+                    })
+                    .to_vec(),
+            ),
+            ..Default::default()
+        })
+        .await;
     let (_, a) = s.get(&format!("/v1/apps/{id}")).await;
     assert_eq!(
         a["replicas"]["healthy"], 1,
         "a stale report was applied: {a}"
     );
     assert_eq!(a["instances"][0]["status"], "crashed", "{a}");
-    let r = post(
-        &s,
-        "/v1/agent/sync",
-        cred,
-        json!({"generation": g, "seq": 0}),
-    )
-    .await;
+    // (Not what an agent sends: a sync the channel refuses.)
+    let r = agent.sync_raw(&json!({"generation": g, "seq": 0})).await;
     assert_eq!(fields(&problem(r, 400).await), ["seq"]);
 
     // Scale down stops one (the agent is told), delete stops all.
-    let r = post(
-        &s,
-        &format!("/v1/apps/{id}/scale"),
-        &s.token,
-        json!({"replicas": 1}),
-    )
-    .await;
+    let r = s
+        .post(
+            &format!("/v1/apps/{id}/scale"),
+            &s.token,
+            json!({"replicas": 1}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let a: Value = r.json().await.unwrap();
     assert_eq!(a["replicas"]["desired"], 1);
@@ -359,29 +356,27 @@ async fn placement_waits_for_room_and_resumes_by_itself(s: Srv) {
         )
         .await;
     assert_eq!(r.status(), 204);
-    for cred in [&c1, &c2] {
-        let d = sync(&s, cred, json!({"generation": -1, "wait_secs": 1})).await;
+    for agent in [&big1, &big2] {
+        let d = agent.desired().await;
         assert!(
-            d["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|i| i["app_name"] != "big"),
-            "deleted apps leave nothing to run: {d}"
+            d.instances.iter().all(|i| i.app_name != "big"),
+            "deleted apps leave nothing to run: {d:?}"
         );
     }
     let (st, _) = s.get(&format!("/v1/apps/{id}")).await;
     assert_eq!(st, 404);
 }
 
-async fn scopes_and_app_restrictions_hold_on_app_routes(s: Srv) {
+async fn scopes_and_app_restrictions_hold_on_app_routes(s: TestServer) {
     let mk = |name: &str| json!({"name": name, "image": "nginx", "replicas": 0});
-    let a1: Value = post(&s, "/v1/apps", &s.token, mk("one"))
+    let a1: Value = s
+        .post("/v1/apps", &s.token, mk("one"))
         .await
         .json()
         .await
         .unwrap();
-    let a2: Value = post(&s, "/v1/apps", &s.token, mk("two"))
+    let a2: Value = s
+        .post("/v1/apps", &s.token, mk("two"))
         .await
         .json()
         .await
@@ -395,7 +390,8 @@ async fn scopes_and_app_restrictions_hold_on_app_routes(s: Srv) {
     let tok = |body: Value| {
         let s = &s;
         async move {
-            let r: Value = post(s, "/v1/user/tokens", &s.token, body)
+            let r: Value = s
+                .post("/v1/user/tokens", &s.token, body)
                 .await
                 .json()
                 .await
@@ -456,7 +452,7 @@ async fn scopes_and_app_restrictions_hold_on_app_routes(s: Srv) {
 }
 
 /// Instances on `node` across the given apps: (healthy or not) per instance.
-async fn on_node(s: &Srv, apps: &[&str], node: &str) -> Vec<(String, String)> {
+async fn on_node(s: &TestServer, apps: &[&str], node: &str) -> Vec<(String, String)> {
     let mut out = vec![];
     for id in apps {
         let (_, a) = s.get(&format!("/v1/apps/{id}")).await;
@@ -472,32 +468,12 @@ async fn on_node(s: &Srv, apps: &[&str], node: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Report every instance the node should run as healthy.
-pub(crate) async fn all_healthy(s: &Srv, cred: &str) -> usize {
-    let d = sync(s, cred, json!({"generation": -1, "wait_secs": 1})).await;
-    let reports: Vec<Value> = d["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| json!({"id": i["id"], "status": "healthy", "port": 4567, "pid": 42}))
-        .collect();
-    let n = reports.len();
-    sync(
-        s,
-        cred,
-        json!({"generation": d["generation"], "wait_secs": 1, "instances": reports}),
-    )
-    .await;
-    n
-}
-
-async fn a_drain_moves_batch_size_instances_at_a_time_across_apps(s: Srv) {
-    let (a_node, a_cred) = join_node(&s, "old", 16, 64 << 30).await;
+async fn a_drain_moves_batch_size_instances_at_a_time_across_apps(s: TestServer) {
+    let old = s.fake_agent("old", 16, 64 << 30).await;
+    let a_node = old.node_id.clone();
     let mut ids = vec![];
     for name in ["one", "two"] {
-        let r = post(
-            &s,
-            "/v1/apps",
+        let r = s.post("/v1/apps",
             &s.token,
             json!({"name": name, "image": "nginx", "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
         )
@@ -507,21 +483,22 @@ async fn a_drain_moves_batch_size_instances_at_a_time_across_apps(s: Srv) {
         ids.push(v["id"].as_str().unwrap().to_string());
     }
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    assert_eq!(all_healthy(&s, &a_cred).await, 4);
+    assert_eq!(old.report_healthy().await, 4);
     for id in &ids {
         wait_app(&s, id, "running on the old node", |a| {
             a["status"] == "running"
         })
         .await;
     }
-    let (b_node, b_cred) = join_node(&s, "new", 16, 64 << 30).await;
-    let r = post(
-        &s,
-        &format!("/v1/nodes/{a_node}/actions/drain"),
-        &s.token,
-        json!({"batch_size": 1}),
-    )
-    .await;
+    let new = s.fake_agent("new", 16, 64 << 30).await;
+    let b_node = new.node_id.clone();
+    let r = s
+        .post(
+            &format!("/v1/nodes/{a_node}/actions/drain"),
+            &s.token,
+            json!({"batch_size": 1}),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     // One replacement at a time, across both apps: each must be healthy
     // before the next starts, and the old instance stops only then.
@@ -550,8 +527,8 @@ async fn a_drain_moves_batch_size_instances_at_a_time_across_apps(s: Srv) {
             4 - (moved - 1),
             "the old ones stay until replaced: {left:?}"
         );
-        all_healthy(&s, &b_cred).await;
-        all_healthy(&s, &a_cred).await;
+        new.report_healthy().await;
+        old.report_healthy().await;
     }
     for id in &ids {
         wait_app(&s, id, "all on the new node", |a| {
@@ -567,49 +544,19 @@ async fn a_drain_moves_batch_size_instances_at_a_time_across_apps(s: Srv) {
 }
 
 /// The instances the node should run for `app`: (id, memory).
-pub(crate) async fn desired_of(s: &Srv, cred: &str, app: &str) -> Vec<(String, i64)> {
-    let d = sync(s, cred, json!({"generation": -1, "wait_secs": 1})).await;
-    d["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["app_id"] == app)
-        .map(|i| {
-            (
-                i["id"].as_str().unwrap().to_string(),
-                i["memory"].as_i64().unwrap(),
-            )
-        })
+async fn desired_of(agent: &FakeAgent, app: &str) -> Vec<(String, i64)> {
+    agent
+        .desired_of(app)
+        .await
+        .into_iter()
+        .map(|i| (i.id, i.memory))
         .collect()
 }
 
-/// Keep a node alive (the test server's node timeout is 2 s) while a
-/// test waits: a sync with no reports every 300 ms.
-pub(crate) fn heartbeat(s: &Srv, cred: &str) -> tokio::task::JoinHandle<()> {
-    let (http, url, cred) = (
-        s.http.clone(),
-        format!("{}/v1/agent/sync", s.base),
-        cred.to_string(),
-    );
-    tokio::spawn(async move {
-        loop {
-            let _ = http
-                .post(&url)
-                .bearer_auth(&cred)
-                .json(&json!({"generation": -1, "wait_secs": 1}))
-                .send()
-                .await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    })
-}
-
-async fn restarts_and_resource_changes_roll_or_replace_at_once(s: Srv) {
-    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
-    let beat = heartbeat(&s, &cred);
-    let r = post(
-        &s,
-        "/v1/apps",
+async fn restarts_and_resource_changes_roll_or_replace_at_once(s: TestServer) {
+    let agent = s.fake_agent("n", 16, 64 << 30).await;
+    let beat = agent.heartbeat();
+    let r = s.post("/v1/apps",
         &s.token,
         json!({"name": "roll", "image": "nginx", "replicas": 3, "resources": {"memory": "128m", "cpu": 0.1}}),
     )
@@ -618,9 +565,9 @@ async fn restarts_and_resource_changes_roll_or_replace_at_once(s: Srv) {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(all_healthy(&s, &cred).await, 3);
+    assert_eq!(agent.report_healthy().await, 3);
     wait_app(&s, &id, "running", |a| a["status"] == "running").await;
-    let first: Vec<String> = desired_of(&s, &cred, &id)
+    let first: Vec<String> = desired_of(&agent, &id)
         .await
         .into_iter()
         .map(|x| x.0)
@@ -628,27 +575,27 @@ async fn restarts_and_resource_changes_roll_or_replace_at_once(s: Srv) {
 
     // Rolling, batch 2: two replacements start; the three old ones keep
     // running until replacements are healthy.
-    let r = post(
-        &s,
-        &format!("/v1/apps/{id}/actions/restart"),
-        &s.token,
-        json!({"strategy": "rolling", "batch_size": 2}),
-    )
-    .await;
+    let r = s
+        .post(
+            &format!("/v1/apps/{id}/actions/restart"),
+            &s.token,
+            json!({"strategy": "rolling", "batch_size": 2}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
-    let now = desired_of(&s, &cred, &id).await;
+    let now = desired_of(&agent, &id).await;
     assert_eq!(now.len(), 5, "3 old + 2 replacements: {now:?}");
     assert!(first.iter().all(|o| now.iter().any(|(n, _)| n == o)));
-    all_healthy(&s, &cred).await; // 2 replaced; the third gets its replacement
-    let now = desired_of(&s, &cred, &id).await;
+    agent.report_healthy().await; // 2 replaced; the third gets its replacement
+    let now = desired_of(&agent, &id).await;
     assert_eq!(now.len(), 4, "1 old + 3 new: {now:?}");
-    all_healthy(&s, &cred).await;
-    all_healthy(&s, &cred).await; // the agent no longer reports the stopped one
+    agent.report_healthy().await;
+    agent.report_healthy().await; // the agent no longer reports the stopped one
     let a = wait_app(&s, &id, "rolled", |a| {
         a["status"] == "running" && a["instances"].as_array().unwrap().len() == 3
     })
     .await;
-    let second: Vec<String> = desired_of(&s, &cred, &id)
+    let second: Vec<String> = desired_of(&agent, &id)
         .await
         .into_iter()
         .map(|x| x.0)
@@ -661,22 +608,22 @@ async fn restarts_and_resource_changes_roll_or_replace_at_once(s: Srv) {
     assert_eq!(a["replicas"]["healthy"], 3);
 
     // Immediate: the old ones stop at once, all three new start together.
-    let r = post(
-        &s,
-        &format!("/v1/apps/{id}/actions/restart"),
-        &s.token,
-        json!({"strategy": "immediate"}),
-    )
-    .await;
+    let r = s
+        .post(
+            &format!("/v1/apps/{id}/actions/restart"),
+            &s.token,
+            json!({"strategy": "immediate"}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
-    let now: Vec<String> = desired_of(&s, &cred, &id)
+    let now: Vec<String> = desired_of(&agent, &id)
         .await
         .into_iter()
         .map(|x| x.0)
         .collect();
     assert_eq!(now.len(), 3, "{now:?}");
     assert!(now.iter().all(|n| !second.contains(n)), "{now:?}");
-    all_healthy(&s, &cred).await;
+    agent.report_healthy().await;
     wait_app(&s, &id, "running after an immediate restart", |a| {
         a["status"] == "running"
     })
@@ -692,17 +639,17 @@ async fn restarts_and_resource_changes_roll_or_replace_at_once(s: Srv) {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let d = desired_of(&s, &cred, &id).await;
+    let d = desired_of(&agent, &id).await;
     assert_eq!(d.len(), 4, "3 old + 1 replacement: {d:?}");
     assert_eq!(d.iter().filter(|x| x.1 == 256 << 20).count(), 1, "{d:?}");
     for _ in 0..4 {
-        all_healthy(&s, &cred).await;
+        agent.report_healthy().await;
     }
     let a = wait_app(&s, &id, "rolled to 256m", |a| {
         a["status"] == "running" && a["instances"].as_array().unwrap().len() == 3
     })
     .await;
-    let d = desired_of(&s, &cred, &id).await;
+    let d = desired_of(&agent, &id).await;
     assert!(d.iter().all(|x| x.1 == 256 << 20), "{d:?}");
     assert_eq!(a["resources"]["memory"], "256m", "{a}");
 
@@ -717,7 +664,7 @@ async fn restarts_and_resource_changes_roll_or_replace_at_once(s: Srv) {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let after: Vec<String> = desired_of(&s, &cred, &id)
+    let after: Vec<String> = desired_of(&agent, &id)
         .await
         .into_iter()
         .map(|x| x.0)

@@ -5,10 +5,10 @@ use reqwest::Method;
 use serde_json::json;
 use shellwego_core::token::{self, TokenKind};
 
-use crate::both_backends;
-use crate::kit::{problem, slug, Srv};
+use shellwego_testkit::both_backends;
+use shellwego_testkit::server::{problem, slug, TestServer};
 
-async fn bootstrap_token_authenticates(s: Srv) {
+async fn bootstrap_token_authenticates(s: TestServer) {
     let (status, user) = s.get("/v1/user").await;
     assert_eq!(status, 200);
     assert_eq!(user["email"], "admin@localhost");
@@ -37,7 +37,7 @@ async fn bootstrap_token_authenticates(s: Srv) {
     assert_eq!(ev["pagination"]["total"], 3);
 }
 
-async fn bad_tokens_get_401_problems(s: Srv) {
+async fn bad_tokens_get_401_problems(s: TestServer) {
     let garbage = "pat_thisisnotarealtokenbutithastherightshape0123";
     let unknown = token::generate(TokenKind::Pat).secret;
     for (name, header) in [
@@ -65,7 +65,7 @@ async fn bad_tokens_get_401_problems(s: Srv) {
     }
 }
 
-async fn revoked_and_expired_tokens_stop_working(s: Srv) {
+async fn revoked_and_expired_tokens_stop_working(s: TestServer) {
     // Make a token, use it, revoke it, and it is dead.
     let r = s
         .call(
@@ -141,7 +141,7 @@ async fn revoked_and_expired_tokens_stop_working(s: Srv) {
     problem(s.call(Method::GET, "/v1/user", Some(tok), None).await, 401).await;
 }
 
-async fn token_use_is_recorded(s: Srv) {
+async fn token_use_is_recorded(s: TestServer) {
     assert_eq!(s.get("/v1/user").await.0, 200);
     // Recorded in the background, at most once a minute.
     let mut seen = false;
@@ -158,7 +158,7 @@ async fn token_use_is_recorded(s: Srv) {
     assert!(seen, "last_used_at was never set");
 }
 
-async fn a_user_who_left_the_organization_loses_access(s: Srv) {
+async fn a_user_who_left_the_organization_loses_access(s: TestServer) {
     let (org, user, tok) = s
         .org_with_user(shellwego_core::plan::Plan::Free, "leaver@example.com")
         .await;

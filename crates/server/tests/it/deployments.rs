@@ -8,49 +8,28 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::apps::{heartbeat, join_node, post, sync};
-use crate::both_backends;
-use crate::kit::{problem, Srv};
+use shellwego_testkit::agent::{report, DesiredInstance, FakeAgent, InstanceReport};
+use shellwego_testkit::both_backends;
+use shellwego_testkit::server::{problem, TestServer};
 
-/// What the node should run for `app`.
-async fn desired(s: &Srv, cred: &str, app: &str) -> Vec<Value> {
-    let d = sync(s, cred, json!({"generation": -1, "wait_secs": 1})).await;
-    d["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["app_id"] == app)
-        .cloned()
-        .collect()
+/// A node of `cores` cores and 64 GiB joined by a fake agent, which
+/// reports its instances at 10.0.0.7.
+async fn node(s: &TestServer, name: &str, cores: i64) -> FakeAgent {
+    let mut agent = s.fake_agent(name, cores, 64 << 30).await;
+    agent.internal_ip = Some("10.0.0.7".into());
+    agent
 }
 
-/// Report the node's instances: `status(image)` says each one's state.
-async fn report(s: &Srv, cred: &str, status: impl Fn(&Value) -> Value) {
-    let d = sync(s, cred, json!({"generation": -1, "wait_secs": 1})).await;
-    let reports: Vec<Value> = d["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            let mut r = status(i);
-            r["id"] = i["id"].clone();
-            r["port"] = json!(4567);
-            r
-        })
-        .collect();
-    sync(
-        s,
-        cred,
-        json!({"generation": d["generation"], "wait_secs": 1, "internal_ip": "10.0.0.7", "instances": reports}),
-    )
-    .await;
+fn healthy(_: &DesiredInstance) -> InstanceReport {
+    report("healthy")
 }
 
-fn healthy(_: &Value) -> Value {
-    json!({"status": "healthy"})
+/// The instance runs `image`.
+fn runs(i: &DesiredInstance, image: &str) -> bool {
+    i.image.as_deref() == Some(image)
 }
 
-async fn wait_dep(s: &Srv, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+async fn wait_dep(s: &TestServer, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let t = Instant::now();
     loop {
         let (_, d) = s.get(&format!("/v1/deployments/{id}")).await;
@@ -63,7 +42,7 @@ async fn wait_dep(s: &Srv, id: &str, what: &str, ok: impl Fn(&Value) -> bool) ->
 }
 
 /// Images of the instances the routers send requests to.
-async fn routed(s: &Srv, cred: &str, app: &str) -> Vec<String> {
+async fn routed(s: &TestServer, agent: &FakeAgent, app: &str) -> Vec<String> {
     let ids: Vec<String> = s
         .store
         .routable_instances()
@@ -72,18 +51,21 @@ async fn routed(s: &Srv, cred: &str, app: &str) -> Vec<String> {
         .into_iter()
         .map(|r| r.1)
         .collect();
-    let mut images: Vec<String> = desired(s, cred, app)
+    let mut images: Vec<String> = agent
+        .desired_of(app)
         .await
         .iter()
-        .filter(|i| ids.contains(&i["id"].as_str().unwrap().to_string()))
-        .map(|i| i["image"].as_str().unwrap().to_string())
+        .filter(|i| ids.contains(&i.id))
+        .map(|i| i.image.clone().unwrap())
         .collect();
     images.sort();
     images
 }
 
-async fn deploy(s: &Srv, app: &str, body: Value) -> String {
-    let r = post(s, &format!("/v1/apps/{app}/deploy"), &s.token, body).await;
+async fn deploy(s: &TestServer, app: &str, body: Value) -> String {
+    let r = s
+        .post(&format!("/v1/apps/{app}/deploy"), &s.token, body)
+        .await;
     assert_eq!(r.status(), 202);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "in_progress", "{v}");
@@ -91,12 +73,10 @@ async fn deploy(s: &Srv, app: &str, body: Value) -> String {
     v["deployment_id"].as_str().unwrap().to_string()
 }
 
-async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
-    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
-    let beat = heartbeat(&s, &cred);
-    let r = post(
-        &s,
-        "/v1/apps",
+async fn deployments_switch_fail_roll_back_and_restore(s: TestServer) {
+    let agent = node(&s, "n", 16).await;
+    let beat = agent.heartbeat();
+    let r = s.post("/v1/apps",
         &s.token,
         json!({"name": "web", "image": "web:v1", "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
     )
@@ -105,12 +85,12 @@ async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
     let app = created["id"].as_str().unwrap().to_string();
     let first = created["deployment_id"].as_str().unwrap().to_string();
     // The agent pulled v1 and pins it by digest.
-    report(
-        &s,
-        &cred,
-        |_| json!({"status": "healthy", "image_pinned": "web:v1@sha256:1111"}),
-    )
-    .await;
+    agent
+        .report(|_| InstanceReport {
+            image_pinned: Some("web:v1@sha256:1111".into()),
+            ..report("healthy")
+        })
+        .await;
     let d = wait_dep(&s, &first, "the first deployment completes", |d| {
         d["status"] == "successful"
     })
@@ -127,18 +107,22 @@ async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
     // beside the old one, traffic stays on the old set until every new
     // instance is healthy, then switches at once.
     let bg = deploy(&s, &app, json!({"image": "web:v2", "warm_window": "1s"})).await;
-    let now = desired(&s, &cred, &app).await;
+    let now = agent.desired_of(&app).await;
     assert_eq!(now.len(), 4, "2 old + 2 new: {now:#?}");
-    report(&s, &cred, |i| {
-        if i["image"] == "web:v2" {
-            json!({"status": "starting", "reason": "waiting for the health check"})
-        } else {
-            json!({"status": "healthy"})
-        }
-    })
-    .await;
+    agent
+        .report(|i| {
+            if runs(i, "web:v2") {
+                InstanceReport {
+                    reason: Some("waiting for the health check".into()),
+                    ..report("starting")
+                }
+            } else {
+                report("healthy")
+            }
+        })
+        .await;
     assert_eq!(
-        routed(&s, &cred, &app).await,
+        routed(&s, &agent, &app).await,
         ["web:v1@sha256:1111", "web:v1@sha256:1111"]
     );
     let d = wait_dep(&s, &bg, "health checks under way", |d| {
@@ -146,28 +130,28 @@ async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
     })
     .await;
     assert_eq!(d["strategy"], "blue-green");
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     wait_dep(&s, &bg, "traffic switched", |d| {
         d["progress"]["current_step"] == "draining_old"
     })
     .await;
-    assert_eq!(routed(&s, &cred, &app).await, ["web:v2", "web:v2"]);
+    assert_eq!(routed(&s, &agent, &app).await, ["web:v2", "web:v2"]);
     assert_eq!(
-        desired(&s, &cred, &app).await.len(),
+        agent.desired_of(&app).await.len(),
         4,
         "the old set stays warm for the window"
     );
     // After the window the old set stops, and the deployment completes.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let t = Instant::now();
-    while desired(&s, &cred, &app).await.len() != 2 {
+    while agent.desired_of(&app).await.len() != 2 {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "the old set never stopped"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     let d = wait_dep(&s, &bg, "blue-green completes", |d| {
         d["status"] == "successful"
     })
@@ -183,16 +167,21 @@ async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
         json!({"image": "web:v3", "strategy": "rolling", "health_check_timeout": "30s"}),
     )
     .await;
-    let now = desired(&s, &cred, &app).await;
+    let now = agent.desired_of(&app).await;
     assert_eq!(now.len(), 3, "one replacement at a time: {now:#?}");
-    report(&s, &cred, |i| {
-        if i["image"] == "web:v3" {
-            json!({"status": "crashed", "reason": "exited with code 1", "restarts": 3})
-        } else {
-            json!({"status": "healthy"})
-        }
-    })
-    .await;
+    agent
+        .report(|i| {
+            if runs(i, "web:v3") {
+                InstanceReport {
+                    reason: Some("exited with code 1".into()),
+                    restarts: 3,
+                    ..report("crashed")
+                }
+            } else {
+                report("healthy")
+            }
+        })
+        .await;
     let d = wait_dep(&s, &bad, "failed", |d| d["status"] != "in_progress").await;
     assert!(
         d["status_reason"]
@@ -201,10 +190,10 @@ async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
             .contains("crash-looping"),
         "{d:#}"
     );
-    let now = desired(&s, &cred, &app).await;
-    assert!(now.iter().all(|i| i["image"] == "web:v2"), "{now:#?}");
+    let now = agent.desired_of(&app).await;
+    assert!(now.iter().all(|i| runs(i, "web:v2")), "{now:#?}");
     assert_eq!(now.len(), 2);
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     let d = wait_dep(&s, &bad, "rolled back", |d| d["status"] == "rolled_back").await;
     assert!(d["status_reason"]
         .as_str()
@@ -224,20 +213,20 @@ async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
     assert_eq!(a["status"], "running");
 
     // Manual rollback to the first deployment: its release again.
-    let r = post(
-        &s,
-        &format!("/v1/deployments/{first}/actions/rollback"),
-        &s.token,
-        json!({"strategy": "gradual", "reason": "v2 is slow"}),
-    )
-    .await;
+    let r = s
+        .post(
+            &format!("/v1/deployments/{first}/actions/rollback"),
+            &s.token,
+            json!({"strategy": "gradual", "reason": "v2 is slow"}),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     let rb = r.json::<Value>().await.unwrap()["deployment_id"]
         .as_str()
         .unwrap()
         .to_string();
     for _ in 0..4 {
-        report(&s, &cred, healthy).await;
+        agent.report(healthy).await;
     }
     let d = wait_dep(&s, &rb, "the rollback completes", |d| {
         d["status"] == "successful"
@@ -245,9 +234,9 @@ async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
     .await;
     assert_eq!(d["rollback_target"], first.as_str());
     assert_eq!(d["version"], "v1", "the first release, not a copy");
-    let now = desired(&s, &cred, &app).await;
+    let now = agent.desired_of(&app).await;
     assert!(
-        now.iter().all(|i| i["image"] == "web:v1@sha256:1111"),
+        now.iter().all(|i| runs(i, "web:v1@sha256:1111")),
         "the first release's exact digest: {now:#?}"
     );
     assert_eq!(d["image"], "web:v1@sha256:1111", "{d:#}");
@@ -256,13 +245,13 @@ async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
     let (_, old) = s.get(&format!("/v1/deployments/{bg}")).await;
     assert_eq!(old["status"], "rolled_back");
     // Rolling back to what already runs is a conflict.
-    let r = post(
-        &s,
-        &format!("/v1/deployments/{first}/actions/rollback"),
-        &s.token,
-        json!({}),
-    )
-    .await;
+    let r = s
+        .post(
+            &format!("/v1/deployments/{first}/actions/rollback"),
+            &s.token,
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status(), 409);
 
     // PATCH with a new image deploys it blue-green.
@@ -280,7 +269,7 @@ async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
     assert_eq!(l["data"][0]["image"], "web:v9", "{l}");
     let patched = l["data"][0]["id"].as_str().unwrap().to_string();
     for _ in 0..3 {
-        report(&s, &cred, healthy).await;
+        agent.report(healthy).await;
     }
 
     // The list, newest first; the step log.
@@ -318,14 +307,14 @@ async fn deployments_switch_fail_roll_back_and_restore(s: Srv) {
     beat.abort();
 }
 
-async fn deploy_requests_are_validated(s: Srv) {
-    let r = post(
-        &s,
-        "/v1/apps",
-        &s.token,
-        json!({"name": "v", "image": "web:v1", "replicas": 0}),
-    )
-    .await;
+async fn deploy_requests_are_validated(s: TestServer) {
+    let r = s
+        .post(
+            "/v1/apps",
+            &s.token,
+            json!({"name": "v", "image": "web:v1", "replicas": 0}),
+        )
+        .await;
     let app = r.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
@@ -348,17 +337,15 @@ async fn deploy_requests_are_validated(s: Srv) {
             "source",
         ),
     ] {
-        let r = post(
-            &s,
-            &format!("/v1/apps/{app}/deploy"),
-            &s.token,
-            body.clone(),
-        )
-        .await;
+        let r = s
+            .post(&format!("/v1/apps/{app}/deploy"), &s.token, body.clone())
+            .await;
         let p = problem(r, 400).await;
         assert_eq!(p["errors"][0]["field"], field, "{body}: {p}");
     }
-    let r = post(&s, "/v1/apps/app_nope/deploy", &s.token, json!({})).await;
+    let r = s
+        .post("/v1/apps/app_nope/deploy", &s.token, json!({}))
+        .await;
     assert_eq!(r.status(), 404);
     let (st, _) = s.get("/v1/deployments/dep_nope").await;
     assert_eq!(st, 404);
@@ -369,12 +356,10 @@ async fn deploy_requests_are_validated(s: Srv) {
 /// A release whose image cannot be pulled, one that crash-loops and one
 /// whose health check never passes each end rolled back with the reason,
 /// while the old version keeps serving.
-async fn every_failure_mode_rolls_back_and_keeps_the_old_version_serving(s: Srv) {
-    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
-    let beat = heartbeat(&s, &cred);
-    let r = post(
-        &s,
-        "/v1/apps",
+async fn every_failure_mode_rolls_back_and_keeps_the_old_version_serving(s: TestServer) {
+    let agent = node(&s, "n", 16).await;
+    let beat = agent.heartbeat();
+    let r = s.post("/v1/apps",
         &s.token,
         json!({"name": "keep", "image": "keep:v1", "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
     )
@@ -383,21 +368,31 @@ async fn every_failure_mode_rolls_back_and_keeps_the_old_version_serving(s: Srv)
         .as_str()
         .unwrap()
         .to_string();
-    report(&s, &cred, healthy).await;
-    let cases: [(&str, Value, &str); 3] = [
+    agent.report(healthy).await;
+    let cases: [(&str, InstanceReport, &str); 3] = [
         (
             "keep:missing",
-            json!({"status": "failed", "reason": "cannot pull keep:missing: manifest unknown"}),
+            InstanceReport {
+                reason: Some("cannot pull keep:missing: manifest unknown".into()),
+                ..report("failed")
+            },
             "manifest unknown",
         ),
         (
             "keep:crashy",
-            json!({"status": "crashed", "reason": "exited with code 2", "restarts": 5}),
+            InstanceReport {
+                reason: Some("exited with code 2".into()),
+                restarts: 5,
+                ..report("crashed")
+            },
             "crash-looping",
         ),
         (
             "keep:sick",
-            json!({"status": "unhealthy", "reason": "health check failing: GET /health answered 500"}),
+            InstanceReport {
+                reason: Some("health check failing: GET /health answered 500".into()),
+                ..report("unhealthy")
+            },
             "healthy after 1s",
         ),
     ];
@@ -410,17 +405,18 @@ async fn every_failure_mode_rolls_back_and_keeps_the_old_version_serving(s: Srv)
         .await;
         let t = Instant::now();
         loop {
-            report(&s, &cred, |i| {
-                if i["image"] == image {
-                    state.clone()
-                } else {
-                    json!({"status": "healthy"})
-                }
-            })
-            .await;
+            agent
+                .report(|i| {
+                    if runs(i, image) {
+                        state.clone()
+                    } else {
+                        report("healthy")
+                    }
+                })
+                .await;
             // Throughout, every request goes to the old version.
             assert_eq!(
-                routed(&s, &cred, &app).await,
+                routed(&s, &agent, &app).await,
                 ["keep:v1", "keep:v1"],
                 "{image}"
             );
@@ -448,14 +444,14 @@ async fn every_failure_mode_rolls_back_and_keeps_the_old_version_serving(s: Srv)
 }
 
 /// The share of the app's requests the routers give instances of `image`.
-async fn share_of(s: &Srv, cred: &str, app: &str, image: &str) -> f64 {
+async fn share_of(s: &TestServer, agent: &FakeAgent, app: &str, image: &str) -> f64 {
     let routes = s.store.routable_instances().await.unwrap();
-    let d = desired(s, cred, app).await;
+    let d = agent.desired_of(app).await;
     let (mut mine, mut all) = (0u64, 0u64);
     for r in routes {
-        if let Some(i) = d.iter().find(|i| i["id"] == r.1.as_str()) {
+        if let Some(i) = d.iter().find(|i| i.id == r.1) {
             all += u64::from(r.4);
-            if i["image"] == image {
+            if runs(i, image) {
                 mine += u64::from(r.4);
             }
         }
@@ -466,12 +462,10 @@ async fn share_of(s: &Srv, cred: &str, app: &str, image: &str) -> f64 {
 /// Canary: a share of the new version, its traffic share in the routers,
 /// promotion step by step while its error rate (counted by the routers)
 /// stays low, automatic rollback when it does not, and `promote`.
-async fn canaries_step_up_roll_back_on_errors_and_promote(s: Srv) {
-    let (_node, cred) = join_node(&s, "n", 16, 64 << 30).await;
-    let beat = heartbeat(&s, &cred);
-    let r = post(
-        &s,
-        "/v1/apps",
+async fn canaries_step_up_roll_back_on_errors_and_promote(s: TestServer) {
+    let agent = node(&s, "n", 16).await;
+    let beat = agent.heartbeat();
+    let r = s.post("/v1/apps",
         &s.token,
         json!({"name": "can", "image": "can:v1", "replicas": 4, "resources": {"memory": "64m", "cpu": 0.1}}),
     )
@@ -480,7 +474,7 @@ async fn canaries_step_up_roll_back_on_errors_and_promote(s: Srv) {
         .as_str()
         .unwrap()
         .to_string();
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     let counts = |id: &str, req: u64, err: u64| {
         std::collections::HashMap::from([(id.to_string(), (req, err))])
     };
@@ -492,45 +486,44 @@ async fn canaries_step_up_roll_back_on_errors_and_promote(s: Srv) {
         json!({"image": "can:v2", "strategy": "canary", "canary_steps": [25, 100], "canary_pause": "30s"}),
     )
     .await;
-    let d = desired(&s, &cred, &app).await;
+    let d = agent.desired_of(&app).await;
     assert_eq!(d.len(), 5, "4 old + 1 canary: {d:#?}");
     assert_eq!(
-        share_of(&s, &cred, &app, "can:v2").await,
+        share_of(&s, &agent, &app, "can:v2").await,
         0.0,
         "not before it is healthy"
     );
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     let t = Instant::now();
-    while share_of(&s, &cred, &app, "can:v2").await == 0.0 {
+    while share_of(&s, &agent, &app, "can:v2").await == 0.0 {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "the canary never got traffic"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!((share_of(&s, &cred, &app, "can:v2").await - 0.25).abs() < 1e-9);
-    let canary = desired(&s, &cred, &app)
+    assert!((share_of(&s, &agent, &app, "can:v2").await - 0.25).abs() < 1e-9);
+    let canary = agent
+        .desired_of(&app)
         .await
         .into_iter()
-        .find(|i| i["image"] == "can:v2")
-        .unwrap()["id"]
-        .as_str()
+        .find(|i| runs(i, "can:v2"))
         .unwrap()
-        .to_string();
+        .id;
     // Few requests decide nothing; many with errors do.
     s.store
         .add_instance_traffic(&counts(&canary, 5, 5))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     let (_, d) = s.get(&format!("/v1/deployments/{bad}")).await;
     assert_eq!(d["status"], "in_progress", "{d:#}");
     s.store
         .add_instance_traffic(&counts(&canary, 95, 35))
         .await
         .unwrap();
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     let d = wait_dep(&s, &bad, "the bad canary rolled back", |d| {
         d["status"] == "failed" || d["status"] == "rolled_back"
     })
@@ -542,10 +535,10 @@ async fn canaries_step_up_roll_back_on_errors_and_promote(s: Srv) {
             .contains("40 of 100 requests"),
         "{d:#}"
     );
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     wait_dep(&s, &bad, "rolled back", |d| d["status"] == "rolled_back").await;
-    assert_eq!(share_of(&s, &cred, &app, "can:v1").await, 1.0);
-    assert_eq!(desired(&s, &cred, &app).await.len(), 4);
+    assert_eq!(share_of(&s, &agent, &app, "can:v1").await, 1.0);
+    assert_eq!(agent.desired_of(&app).await.len(), 4);
 
     // A good canary steps up after its pause, then replaces the rest.
     let good = deploy(
@@ -554,10 +547,10 @@ async fn canaries_step_up_roll_back_on_errors_and_promote(s: Srv) {
         json!({"image": "can:v3", "strategy": "canary", "canary_steps": [25, 100], "canary_pause": "1s"}),
     )
     .await;
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     let t = Instant::now();
     loop {
-        report(&s, &cred, healthy).await;
+        agent.report(healthy).await;
         let (_, d) = s.get(&format!("/v1/deployments/{good}")).await;
         if d["status"] == "successful" {
             break;
@@ -566,9 +559,9 @@ async fn canaries_step_up_roll_back_on_errors_and_promote(s: Srv) {
         assert!(t.elapsed() < Duration::from_secs(20), "{d:#}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let d = desired(&s, &cred, &app).await;
+    let d = agent.desired_of(&app).await;
     assert!(
-        d.iter().all(|i| i["image"] == "can:v3") && d.len() == 4,
+        d.iter().all(|i| runs(i, "can:v3")) && d.len() == 4,
         "{d:#?}"
     );
     let log = s
@@ -587,40 +580,38 @@ async fn canaries_step_up_roll_back_on_errors_and_promote(s: Srv) {
 
     // Promote skips the remaining steps and pauses.
     let promoted = deploy(&s, &app, json!({"image": "can:v4", "strategy": "canary"})).await;
-    report(&s, &cred, healthy).await;
-    let r = post(
-        &s,
-        &format!("/v1/deployments/{promoted}/actions/promote"),
-        &s.token,
-        json!({}),
-    )
-    .await;
+    agent.report(healthy).await;
+    let r = s
+        .post(
+            &format!("/v1/deployments/{promoted}/actions/promote"),
+            &s.token,
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     for _ in 0..4 {
-        report(&s, &cred, healthy).await;
+        agent.report(healthy).await;
     }
     wait_dep(&s, &promoted, "promoted to the end", |d| {
         d["status"] == "successful"
     })
     .await;
-    let r = post(
-        &s,
-        &format!("/v1/deployments/{promoted}/actions/promote"),
-        &s.token,
-        json!({}),
-    )
-    .await;
+    let r = s
+        .post(
+            &format!("/v1/deployments/{promoted}/actions/promote"),
+            &s.token,
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status(), 409, "nothing left to promote");
     beat.abort();
 }
 
 /// A node, and an app `name` (image `name:v1`, 2 replicas) serving on it:
-/// (the node's credential, the app id).
-async fn serving_app(s: &Srv, name: &str) -> (String, String) {
-    let (_node, cred) = join_node(s, "n", 16, 64 << 30).await;
-    let r = post(
-        s,
-        "/v1/apps",
+/// (the node's agent, the app id).
+async fn serving_app(s: &TestServer, name: &str) -> (FakeAgent, String) {
+    let agent = node(s, "n", 16).await;
+    let r = s.post("/v1/apps",
         &s.token,
         json!({"name": name, "image": format!("{name}:v1"), "replicas": 2, "resources": {"memory": "64m", "cpu": 0.1}}),
     )
@@ -629,25 +620,29 @@ async fn serving_app(s: &Srv, name: &str) -> (String, String) {
         .as_str()
         .unwrap()
         .to_string();
-    report(s, &cred, healthy).await;
-    (cred, app)
+    agent.report(healthy).await;
+    (agent, app)
 }
 
 /// One deployment at a time: a new one supersedes the one in progress,
 /// which ends `failed` with the reason; the app goes to the newest release.
-async fn a_new_deployment_supersedes_the_one_in_progress(s: Srv) {
-    let (cred, app) = serving_app(&s, "sup").await;
-    let beat = heartbeat(&s, &cred);
+async fn a_new_deployment_supersedes_the_one_in_progress(s: TestServer) {
+    let (agent, app) = serving_app(&s, "sup").await;
+    let beat = agent.heartbeat();
     let slow = deploy(&s, &app, json!({"image": "sup:v2"})).await;
     // v2 never gets healthy; v3 is deployed over it.
-    report(&s, &cred, |i| {
-        if i["image"] == "sup:v2" {
-            json!({"status": "starting", "reason": "waiting for the health check"})
-        } else {
-            json!({"status": "healthy"})
-        }
-    })
-    .await;
+    agent
+        .report(|i| {
+            if runs(i, "sup:v2") {
+                InstanceReport {
+                    reason: Some("waiting for the health check".into()),
+                    ..report("starting")
+                }
+            } else {
+                report("healthy")
+            }
+        })
+        .await;
     let fast = deploy(&s, &app, json!({"image": "sup:v3", "warm_window": "0s"})).await;
     let (_, d) = s.get(&format!("/v1/deployments/{slow}")).await;
     assert_eq!(d["status"], "failed", "{d:#}");
@@ -659,7 +654,7 @@ async fn a_new_deployment_supersedes_the_one_in_progress(s: Srv) {
     assert!(d["completed_at"].is_string(), "{d:#}");
     let t = Instant::now();
     let d = loop {
-        report(&s, &cred, healthy).await;
+        agent.report(healthy).await;
         let (_, d) = s.get(&format!("/v1/deployments/{fast}")).await;
         if d["status"] == "successful" {
             break d;
@@ -671,9 +666,9 @@ async fn a_new_deployment_supersedes_the_one_in_progress(s: Srv) {
         d["previous_version"], "v1",
         "the last version known to serve: {d:#}"
     );
-    let now = desired(&s, &cred, &app).await;
+    let now = agent.desired_of(&app).await;
     assert!(
-        now.iter().all(|i| i["image"] == "sup:v3") && now.len() == 2,
+        now.iter().all(|i| runs(i, "sup:v3")) && now.len() == 2,
         "{now:#?}"
     );
     beat.abort();
@@ -682,17 +677,17 @@ async fn a_new_deployment_supersedes_the_one_in_progress(s: Srv) {
 /// A blue-green deployment superseded while its old set is held warm: the
 /// warm set does not outlive it, and the new deployment starts from the
 /// version that was serving (the switched-to one).
-async fn superseding_a_blue_green_in_its_warm_window_retires_the_warm_set(s: Srv) {
-    let (cred, app) = serving_app(&s, "warm").await;
-    let beat = heartbeat(&s, &cred);
+async fn superseding_a_blue_green_in_its_warm_window_retires_the_warm_set(s: TestServer) {
+    let (agent, app) = serving_app(&s, "warm").await;
+    let beat = agent.heartbeat();
     let bg = deploy(&s, &app, json!({"image": "warm:v2", "warm_window": "1h"})).await;
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     wait_dep(&s, &bg, "traffic switched", |d| {
         d["progress"]["current_step"] == "draining_old"
     })
     .await;
-    assert_eq!(routed(&s, &cred, &app).await, ["warm:v2", "warm:v2"]);
-    assert_eq!(desired(&s, &cred, &app).await.len(), 4, "v1 held warm");
+    assert_eq!(routed(&s, &agent, &app).await, ["warm:v2", "warm:v2"]);
+    assert_eq!(agent.desired_of(&app).await.len(), 4, "v1 held warm");
 
     let next = deploy(
         &s,
@@ -709,12 +704,12 @@ async fn superseding_a_blue_green_in_its_warm_window_retires_the_warm_set(s: Srv
     // Traffic never leaves v2 for v1 while v3 comes up.
     let t = Instant::now();
     let d = loop {
-        let routes = routed(&s, &cred, &app).await;
+        let routes = routed(&s, &agent, &app).await;
         assert!(
             !routes.iter().any(|i| i == "warm:v1"),
             "traffic went back to the warm set: {routes:?}"
         );
-        report(&s, &cred, healthy).await;
+        agent.report(healthy).await;
         let (_, d) = s.get(&format!("/v1/deployments/{next}")).await;
         if d["status"] == "successful" {
             break d;
@@ -723,9 +718,9 @@ async fn superseding_a_blue_green_in_its_warm_window_retires_the_warm_set(s: Srv
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(d["previous_version"], "v2", "{d:#}");
-    let now = desired(&s, &cred, &app).await;
+    let now = agent.desired_of(&app).await;
     assert!(
-        now.iter().all(|i| i["image"] == "warm:v3") && now.len() == 2,
+        now.iter().all(|i| runs(i, "warm:v3")) && now.len() == 2,
         "only v3 is left: {now:#?}"
     );
     beat.abort();
@@ -756,14 +751,10 @@ fn assert_stages_in_order(d: &Value) {
 }
 
 /// `POST …/actions/restart` with `body`: the restart's deployment id.
-async fn restart(s: &Srv, app: &str, body: Value) -> String {
-    let r = post(
-        s,
-        &format!("/v1/apps/{app}/actions/restart"),
-        &s.token,
-        body,
-    )
-    .await;
+async fn restart(s: &TestServer, app: &str, body: Value) -> String {
+    let r = s
+        .post(&format!("/v1/apps/{app}/actions/restart"), &s.token, body)
+        .await;
     assert_eq!(r.status(), 200);
     r.json::<Value>().await.unwrap()["deployment_id"]
         .as_str()
@@ -772,12 +763,10 @@ async fn restart(s: &Srv, app: &str, body: Value) -> String {
 }
 
 /// A node with 2 cores and an app of 4 replicas at 0.5 CPU: no room for
-/// one more. Returns (node credential, app id).
-async fn full_node(s: &Srv, name: &str) -> (String, String) {
-    let (_node, cred) = join_node(s, "small", 2, 64 << 30).await;
-    let r = post(
-        s,
-        "/v1/apps",
+/// one more. Returns (the node's agent, the app id).
+async fn full_node(s: &TestServer, name: &str) -> (FakeAgent, String) {
+    let agent = node(s, "small", 2).await;
+    let r = s.post("/v1/apps",
         &s.token,
         json!({"name": name, "image": format!("{name}:v1"), "replicas": 4, "resources": {"memory": "64m", "cpu": 0.5}}),
     )
@@ -787,16 +776,16 @@ async fn full_node(s: &Srv, name: &str) -> (String, String) {
         .as_str()
         .unwrap()
         .to_string();
-    report(s, &cred, healthy).await;
-    (cred, app)
+    agent.report(healthy).await;
+    (agent, app)
 }
 
 /// Report every instance healthy until `dep` ends, checking on the way
 /// that the node never runs more than `most` instances of the app and
 /// that at least `least` of them serve. The deployment's body at the end.
 async fn roll_to_the_end(
-    s: &Srv,
-    cred: &str,
+    s: &TestServer,
+    agent: &FakeAgent,
     app: &str,
     dep: &str,
     most: usize,
@@ -804,7 +793,7 @@ async fn roll_to_the_end(
 ) -> Value {
     let t = Instant::now();
     loop {
-        let now = desired(s, cred, app).await;
+        let now = agent.desired_of(app).await;
         assert!(now.len() <= most, "{} instances: {now:#?}", now.len());
         let serving = s.store.routable_instances().await.unwrap().len();
         if serving < least {
@@ -812,7 +801,7 @@ async fn roll_to_the_end(
             let (_, a) = s.get(&format!("/v1/apps/{app}")).await;
             panic!("only {serving} serving: {now:#?} {d:#} {a:#}");
         }
-        report(s, cred, healthy).await;
+        agent.report(healthy).await;
         let (_, d) = s.get(&format!("/v1/deployments/{dep}")).await;
         if d["status"] != "in_progress" {
             return d;
@@ -824,9 +813,9 @@ async fn roll_to_the_end(
 /// No room for a surge instance: a rolling restart replaces in place, one
 /// at a time, saying so; a canary does the same; a blue-green deployment
 /// fails at once, naming the room it needs.
-async fn rollouts_without_room_replace_in_place(s: Srv) {
-    let (cred, app) = full_node(&s, "tight").await;
-    let beat = heartbeat(&s, &cred);
+async fn rollouts_without_room_replace_in_place(s: TestServer) {
+    let (agent, app) = full_node(&s, "tight").await;
+    let beat = agent.heartbeat();
     let restart = restart(&s, &app, json!({})).await;
     // The first pass already fell back: the stage in progress says how.
     let (_, d) = s.get(&format!("/v1/deployments/{restart}")).await;
@@ -843,7 +832,7 @@ async fn rollouts_without_room_replace_in_place(s: Srv) {
             .is_some_and(|r| r.contains("replacing in place, 1 at a time")),
         "{d:#}"
     );
-    let d = roll_to_the_end(&s, &cred, &app, &restart, 4, 3).await;
+    let d = roll_to_the_end(&s, &agent, &app, &restart, 4, 3).await;
     assert_eq!(d["status"], "successful", "{d:#}");
     assert_stages_in_order(&d);
     let (_, ev) = s
@@ -862,23 +851,23 @@ async fn rollouts_without_room_replace_in_place(s: Srv) {
         json!({"image": "tight:v2", "strategy": "canary", "canary_steps": [25, 100], "canary_pause": "1s"}),
     )
     .await;
-    let d = roll_to_the_end(&s, &cred, &app, &canary, 4, 3).await;
+    let d = roll_to_the_end(&s, &agent, &app, &canary, 4, 3).await;
     assert_eq!(d["status"], "successful", "{d:#}");
     assert_stages_in_order(&d);
-    let now = desired(&s, &cred, &app).await;
+    let now = agent.desired_of(&app).await;
     assert!(
-        now.len() == 4 && now.iter().all(|i| i["image"] == "tight:v2"),
+        now.len() == 4 && now.iter().all(|i| runs(i, "tight:v2")),
         "{now:#?}"
     );
 
     // Blue-green needs a second set: it fails at once and says so.
-    let r = post(
-        &s,
-        &format!("/v1/apps/{app}/deploy"),
-        &s.token,
-        json!({"image": "tight:v3", "strategy": "blue-green"}),
-    )
-    .await;
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/deploy"),
+            &s.token,
+            json!({"image": "tight:v3", "strategy": "blue-green"}),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     let bg = r.json::<Value>().await.unwrap()["deployment_id"]
         .as_str()
@@ -898,10 +887,10 @@ async fn rollouts_without_room_replace_in_place(s: Srv) {
             && why.contains("--strategy rolling"),
         "{why}"
     );
-    report(&s, &cred, healthy).await;
-    let now = desired(&s, &cred, &app).await;
+    agent.report(healthy).await;
+    let now = agent.desired_of(&app).await;
     assert!(
-        now.len() == 4 && now.iter().all(|i| i["image"] == "tight:v2"),
+        now.len() == 4 && now.iter().all(|i| runs(i, "tight:v2")),
         "v2 serves on: {now:#?}"
     );
     beat.abort();
@@ -910,13 +899,13 @@ async fn rollouts_without_room_replace_in_place(s: Srv) {
 /// A rollout superseded while one of its instances is pending: that
 /// instance never starts, and the app converges to the desired count of
 /// the newest version.
-async fn a_superseded_rollout_cancels_its_pending_instances(s: Srv) {
-    let (cred, app) = full_node(&s, "cancel").await;
-    let beat = heartbeat(&s, &cred);
+async fn a_superseded_rollout_cancels_its_pending_instances(s: TestServer) {
+    let (agent, app) = full_node(&s, "cancel").await;
+    let beat = agent.heartbeat();
     let restart = restart(&s, &app, json!({})).await;
     // The first old instance stops in place; once it is gone its
     // replacement is placed, and not started yet.
-    assert_eq!(desired(&s, &cred, &app).await.len(), 3);
+    assert_eq!(agent.desired_of(&app).await.len(), 3);
     let (_, a) = s.get(&format!("/v1/apps/{app}")).await;
     assert_eq!(a["status"], "deploying", "{a:#}");
     assert!(
@@ -925,12 +914,13 @@ async fn a_superseded_rollout_cancels_its_pending_instances(s: Srv) {
             .is_some_and(|r| r.contains("replacing in place, 1 at a time")),
         "{a:#}"
     );
-    report(&s, &cred, healthy).await;
-    let pending: Vec<String> = desired(&s, &cred, &app)
+    agent.report(healthy).await;
+    let pending: Vec<String> = agent
+        .desired_of(&app)
         .await
         .iter()
-        .filter(|i| i["version"] == 2)
-        .map(|i| i["id"].as_str().unwrap().to_string())
+        .filter(|i| i.version == 2)
+        .map(|i| i.id.clone())
         .collect();
     assert_eq!(pending.len(), 1, "one replaced in place");
     let next = deploy(
@@ -948,23 +938,22 @@ async fn a_superseded_rollout_cancels_its_pending_instances(s: Srv) {
     );
     let t = Instant::now();
     loop {
-        let now = desired(&s, &cred, &app).await;
+        let now = agent.desired_of(&app).await;
         assert!(
-            !now.iter()
-                .any(|i| pending.contains(&i["id"].as_str().unwrap().to_string())),
+            !now.iter().any(|i| pending.contains(&i.id)),
             "the cancelled instance is to run again: {now:#?}"
         );
         assert!(now.len() <= 4, "{now:#?}");
-        report(&s, &cred, healthy).await;
+        agent.report(healthy).await;
         let (_, d) = s.get(&format!("/v1/deployments/{next}")).await;
         if d["status"] == "successful" {
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(30), "{d:#}");
     }
-    let now = desired(&s, &cred, &app).await;
+    let now = agent.desired_of(&app).await;
     assert!(
-        now.len() == 4 && now.iter().all(|i| i["image"] == "cancel:v3"),
+        now.len() == 4 && now.iter().all(|i| runs(i, "cancel:v3")),
         "{now:#?}"
     );
     beat.abort();
@@ -972,30 +961,26 @@ async fn a_superseded_rollout_cancels_its_pending_instances(s: Srv) {
 
 /// Stopping an app mid-canary cancels the deployment (never
 /// `successful`); deleting one mid-rollout cancels its deployment too.
-async fn stopping_an_app_mid_rollout_cancels_its_deployment(s: Srv) {
-    let (cred, app) = serving_app(&s, "halt").await;
-    let beat = heartbeat(&s, &cred);
+async fn stopping_an_app_mid_rollout_cancels_its_deployment(s: TestServer) {
+    let (agent, app) = serving_app(&s, "halt").await;
+    let beat = agent.heartbeat();
     let canary = deploy(
         &s,
         &app,
         json!({"image": "halt:v2", "strategy": "canary", "canary_steps": [50, 100], "canary_pause": "1h"}),
     )
     .await;
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     wait_dep(&s, &canary, "the canary's first step", |d| {
         d["progress"]["current_step"] == "shifting_traffic"
     })
     .await;
-    let r = post(
-        &s,
-        &format!("/v1/apps/{app}/actions/stop"),
-        &s.token,
-        json!({}),
-    )
-    .await;
+    let r = s
+        .post(&format!("/v1/apps/{app}/actions/stop"), &s.token, json!({}))
+        .await;
     assert_eq!(r.status(), 200);
     for _ in 0..3 {
-        report(&s, &cred, healthy).await;
+        agent.report(healthy).await;
     }
     let (_, d) = s.get(&format!("/v1/deployments/{canary}")).await;
     assert_eq!(d["status"], "cancelled", "{d:#}");
@@ -1021,14 +1006,13 @@ async fn stopping_an_app_mid_rollout_cancels_its_deployment(s: Srv) {
     assert_eq!(ev["data"].as_array().unwrap().len(), 1, "{ev:#}");
 
     // Started again and deployed, then deleted mid-rollout.
-    post(
-        &s,
+    s.post(
         &format!("/v1/apps/{app}/actions/start"),
         &s.token,
         json!({}),
     )
     .await;
-    report(&s, &cred, healthy).await;
+    agent.report(healthy).await;
     let rolling = deploy(&s, &app, json!({"image": "halt:v3", "strategy": "rolling"})).await;
     let r = s
         .call(
@@ -1061,13 +1045,13 @@ async fn stopping_an_app_mid_rollout_cancels_its_deployment(s: Srv) {
 
 /// A restart that has shifted all its traffic and is only draining, then
 /// a deploy at once: the restart stays `successful`.
-async fn a_deploy_right_after_a_restart_leaves_it_successful(s: Srv) {
-    let (cred, app) = serving_app(&s, "next").await;
-    let beat = heartbeat(&s, &cred);
+async fn a_deploy_right_after_a_restart_leaves_it_successful(s: TestServer) {
+    let (agent, app) = serving_app(&s, "next").await;
+    let beat = agent.heartbeat();
     let restart = restart(&s, &app, json!({})).await;
     let t = Instant::now();
     loop {
-        report(&s, &cred, healthy).await;
+        agent.report(healthy).await;
         let (_, d) = s.get(&format!("/v1/deployments/{restart}")).await;
         if d["progress"]["current_step"] == "draining_old" || d["status"] == "successful" {
             break;
@@ -1078,26 +1062,26 @@ async fn a_deploy_right_after_a_restart_leaves_it_successful(s: Srv) {
     let (_, d) = s.get(&format!("/v1/deployments/{restart}")).await;
     assert_eq!(d["status"], "successful", "{d:#}");
     assert_stages_in_order(&d);
-    let d = roll_to_the_end(&s, &cred, &app, &next, 3, 0).await;
+    let d = roll_to_the_end(&s, &agent, &app, &next, 3, 0).await;
     assert_eq!(d["status"], "successful", "{d:#}");
     beat.abort();
 }
 
 /// `max_surge: 0, max_unavailable: 1`: a restart in place by choice,
 /// never more instances than the replicas.
-async fn a_restart_without_surge_replaces_in_place(s: Srv) {
-    let (cred, app) = serving_app(&s, "nosurge").await;
-    let beat = heartbeat(&s, &cred);
+async fn a_restart_without_surge_replaces_in_place(s: TestServer) {
+    let (agent, app) = serving_app(&s, "nosurge").await;
+    let beat = agent.heartbeat();
     let dep = restart(&s, &app, json!({"max_surge": 0, "max_unavailable": 1})).await;
-    let d = roll_to_the_end(&s, &cred, &app, &dep, 2, 1).await;
+    let d = roll_to_the_end(&s, &agent, &app, &dep, 2, 1).await;
     assert_eq!(d["status"], "successful", "{d:#}");
-    let r = post(
-        &s,
-        &format!("/v1/apps/{app}/actions/restart"),
-        &s.token,
-        json!({"max_surge": 0}),
-    )
-    .await;
+    let r = s
+        .post(
+            &format!("/v1/apps/{app}/actions/restart"),
+            &s.token,
+            json!({"max_surge": 0}),
+        )
+        .await;
     let p = problem(r, 400).await;
     assert_eq!(p["errors"][0]["field"], "max_surge", "{p}");
     beat.abort();

@@ -5,11 +5,12 @@ use axum::routing::get;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::kit::{fields, problem, slug, start, Backend, Srv};
+use shellwego_testkit::server::{fields, problem, slug, TestServer};
+use shellwego_testkit::Backend;
 
 #[tokio::test]
 async fn bodies_with_typos_bad_json_and_out_of_range_values_name_the_field() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let post = |body: &'static str| {
         s.http
             .post(s.url("/v1/user/tokens"))
@@ -65,7 +66,7 @@ async fn bodies_with_typos_bad_json_and_out_of_range_values_name_the_field() {
     assert_eq!(list["pagination"]["total"], 1);
 }
 
-async fn nul_bytes_and_huge_bodies_are_4xx(s: Srv) {
+async fn nul_bytes_and_huge_bodies_are_4xx(s: TestServer) {
     let r = s
         .call(
             Method::POST,
@@ -89,11 +90,11 @@ async fn nul_bytes_and_huge_bodies_are_4xx(s: Srv) {
     assert_eq!(slug(&p), "payload-too-large");
 }
 
-crate::both_backends!(nul_bytes_and_huge_bodies_are_4xx);
+shellwego_testkit::both_backends!(nul_bytes_and_huge_bodies_are_4xx);
 
 #[tokio::test]
 async fn query_parameter_typos_are_400() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let p = problem(
         s.call(Method::GET, "/v1/events?limt=5", Some(&s.token), None)
             .await,
@@ -105,7 +106,7 @@ async fn query_parameter_typos_are_400() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_are_problems() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let p = problem(
         s.call(Method::GET, "/v1/nope", Some(&s.token), None).await,
         404,
@@ -135,7 +136,7 @@ async fn unknown_routes_and_methods_are_problems() {
 
 #[tokio::test]
 async fn a_panicking_handler_is_a_generic_500_and_the_server_keeps_serving() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let state = s.started.as_ref().unwrap().state.clone();
     #[allow(unreachable_code)]
     let router = axum::Router::new()
@@ -173,7 +174,7 @@ async fn a_panicking_handler_is_a_generic_500_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn every_error_response_has_a_request_id() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let r = s.call(Method::GET, "/healthz", None, None).await;
     assert!(r
         .headers()

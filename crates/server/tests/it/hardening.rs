@@ -12,10 +12,11 @@ use shellwego_core::plan::Plan;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::both_backends;
-use crate::kit::{fields, problem, slug, start, start_with, Backend, Srv, ADMIN_PASSWORD};
+use shellwego_testkit::both_backends;
+use shellwego_testkit::server::{fields, problem, slug, TestServer, ADMIN_PASSWORD};
+use shellwego_testkit::Backend;
 
-fn addr(s: &Srv) -> SocketAddr {
+fn addr(s: &TestServer) -> SocketAddr {
     s.started.as_ref().unwrap().addr
 }
 
@@ -84,7 +85,7 @@ fn assert_raw_problem(resp: &str, status: u16) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_half_open_connections_are_closed_while_healthz_answers() {
-    let s = start_with(Backend::Sqlite, |c| {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.http.header_read_timeout = Duration::from_secs(1);
         c.http.max_connections_per_ip = 5000;
     })
@@ -121,7 +122,7 @@ async fn a_thousand_half_open_connections_are_closed_while_healthz_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_dribbled_too_slowly_gets_408_and_the_connection_ends() {
-    let s = start_with(Backend::Sqlite, |c| {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.http.body_read_timeout = Duration::from_secs(1);
         c.http.body_min_rate = 1000;
     })
@@ -153,7 +154,7 @@ async fn a_body_dribbled_too_slowly_gets_408_and_the_connection_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed() {
-    let s = start_with(Backend::Sqlite, |c| {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.http.idle_timeout = Duration::from_secs(1);
     })
     .await
@@ -172,7 +173,7 @@ async fn idle_keep_alive_connections_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_per_address_cap_are_refused_others_are_served() {
-    let s = start_with(Backend::Sqlite, |c| {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.http.max_connections_per_ip = 3;
     })
     .await
@@ -208,7 +209,7 @@ async fn connections_over_the_per_address_cap_are_refused_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_total_cap_are_refused() {
-    let s = start_with(Backend::Sqlite, |c| {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.http.max_connections = 3;
     })
     .await
@@ -230,7 +231,7 @@ async fn connections_over_the_total_cap_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_of_the_http_layer_are_problem_documents() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let to = addr(&s);
     // A NUL byte in a header: hyper refuses to parse it.
     let r = raw(
@@ -268,7 +269,7 @@ async fn errors_of_the_http_layer_are_problem_documents() {
 
 // --- 2. Filter depth -------------------------------------------------------------
 
-async fn repeated_filters_are_a_400_naming_the_parameter(s: Srv) {
+async fn repeated_filters_are_a_400_naming_the_parameter(s: TestServer) {
     let q: String = (0..997)
         .map(|i| format!("filter[type]=t{i}"))
         .collect::<Vec<_>>()
@@ -307,7 +308,7 @@ async fn repeated_filters_are_a_400_naming_the_parameter(s: Srv) {
 
 // --- 3. Lockout behind a proxy ------------------------------------------------------
 
-async fn login_via(s: &Srv, forwarded_for: &str, body: Value) -> reqwest::Response {
+async fn login_via(s: &TestServer, forwarded_for: &str, body: Value) -> reqwest::Response {
     s.http
         .post(s.url("/v1/auth/token"))
         .header("x-forwarded-for", forwarded_for)
@@ -319,7 +320,7 @@ async fn login_via(s: &Srv, forwarded_for: &str, body: Value) -> reqwest::Respon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_from_one_address_slow_it_down_without_locking_out_a_right_password() {
-    let s = start_with(Backend::Sqlite, |c| {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.trusted_proxies =
             shellwego_net::client_ip::TrustedProxies::new(vec!["127.0.0.1/32".parse().unwrap()]);
     })
@@ -381,7 +382,7 @@ async fn failures_from_one_address_slow_it_down_without_locking_out_a_right_pass
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_of_untrusted_peers_are_ignored() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let r = login_via(
         &s,
         "203.0.113.9",
@@ -395,7 +396,7 @@ async fn forwarded_headers_of_untrusted_peers_are_ignored() {
 
 // --- 4. Free organizations ------------------------------------------------------
 
-async fn one_user_owns_one_free_organization(s: Srv) {
+async fn one_user_owns_one_free_organization(s: TestServer) {
     let (_, _, owner) = s.org_with_user(Plan::Free, "free@example.com").await;
     let p = problem(
         s.call(
@@ -439,7 +440,7 @@ async fn one_user_owns_one_free_organization(s: Srv) {
 
 // --- 5. Token rotation race --------------------------------------------------------
 
-async fn concurrent_rotations_of_one_token_have_one_winner(s: Srv) {
+async fn concurrent_rotations_of_one_token_have_one_winner(s: TestServer) {
     let created = s
         .call(
             Method::POST,
@@ -477,7 +478,7 @@ async fn concurrent_rotations_of_one_token_have_one_winner(s: Srv) {
 
 // --- 7. Names -----------------------------------------------------------------
 
-async fn names_with_invisible_or_reordering_characters_are_refused(s: Srv) {
+async fn names_with_invisible_or_reordering_characters_are_refused(s: TestServer) {
     for (path, body, field) in [
         (
             "/v1/user/tokens",
@@ -526,7 +527,7 @@ async fn names_with_invisible_or_reordering_characters_are_refused(s: Srv) {
 
 // --- 10. and 11. What a token may be given ----------------------------------------
 
-async fn a_token_cannot_claim_more_than_its_role_or_apps_that_do_not_exist(s: Srv) {
+async fn a_token_cannot_claim_more_than_its_role_or_apps_that_do_not_exist(s: TestServer) {
     let org = s.admin_org().await;
     let (_, viewer) = s
         .member_with_role(&org, "viewer", "viewer@example.com")

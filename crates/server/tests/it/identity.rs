@@ -5,10 +5,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use shellwego_core::plan::Plan;
 
-use crate::both_backends;
-use crate::kit::{fields, problem, slug, Srv, ADMIN_PASSWORD};
+use shellwego_testkit::both_backends;
+use shellwego_testkit::server::{fields, problem, slug, TestServer, ADMIN_PASSWORD};
 
-async fn login(s: &Srv, body: Value) -> reqwest::Response {
+async fn login(s: &TestServer, body: Value) -> reqwest::Response {
     s.call(Method::POST, "/v1/auth/token", None, Some(body))
         .await
 }
@@ -25,7 +25,7 @@ fn without_trace(mut v: Value) -> Value {
     v
 }
 
-async fn login_gives_a_working_token_and_failures_look_alike(s: Srv) {
+async fn login_gives_a_working_token_and_failures_look_alike(s: TestServer) {
     let r = login(
         &s,
         json!({"email": "ADMIN@localhost", "password": ADMIN_PASSWORD, "scope": ["events:read"]}),
@@ -76,7 +76,7 @@ async fn login_gives_a_working_token_and_failures_look_alike(s: Srv) {
     assert_eq!(ev["data"][0]["actor"]["ip"], "127.0.0.1");
 }
 
-async fn the_sixth_wrong_password_locks_the_account(s: Srv) {
+async fn the_sixth_wrong_password_locks_the_account(s: TestServer) {
     for _ in 0..5 {
         problem(
             login(
@@ -105,7 +105,7 @@ async fn the_sixth_wrong_password_locks_the_account(s: Srv) {
     assert_eq!(ev["pagination"]["total"], 5);
 }
 
-async fn mfa_enrollment_login_and_recovery_codes(s: Srv) {
+async fn mfa_enrollment_login_and_recovery_codes(s: TestServer) {
     let r = s
         .call(Method::POST, "/v1/user/mfa", Some(&s.token), None)
         .await;
@@ -216,7 +216,7 @@ async fn mfa_enrollment_login_and_recovery_codes(s: Srv) {
     .await;
 }
 
-async fn temporary_rotated_and_session_tokens(s: Srv) {
+async fn temporary_rotated_and_session_tokens(s: TestServer) {
     // temp_: one request.
     let t = json_of(
         s.call(
@@ -335,7 +335,7 @@ async fn temporary_rotated_and_session_tokens(s: Srv) {
 
 /// Invite `email` as `role` into the admin's org and accept by creating the
 /// account; returns (user id, token).
-async fn member(s: &Srv, org: &str, email: &str, role: &str) -> (String, String) {
+async fn member(s: &TestServer, org: &str, email: &str, role: &str) -> (String, String) {
     let inv = json_of(
         s.call(
             Method::POST,
@@ -365,7 +365,7 @@ async fn member(s: &Srv, org: &str, email: &str, role: &str) -> (String, String)
     )
 }
 
-async fn invitations_end_to_end(s: Srv) {
+async fn invitations_end_to_end(s: TestServer) {
     let org = s.admin_org().await;
     let inv = json_of(
         s.call(
@@ -519,7 +519,7 @@ async fn invitations_end_to_end(s: Srv) {
     assert_eq!(ev["pagination"]["total"], 5);
 }
 
-async fn roles_restrict_and_the_last_owner_stays(s: Srv) {
+async fn roles_restrict_and_the_last_owner_stays(s: TestServer) {
     let org = s.admin_org().await;
     let (viewer_id, viewer) = member(&s, &org, "viewer@example.com", "viewer").await;
     // A viewer reads, but cannot write.
@@ -640,7 +640,7 @@ async fn roles_restrict_and_the_last_owner_stays(s: Srv) {
     .await;
 }
 
-async fn organizations_settings_and_mfa_enforcement(s: Srv) {
+async fn organizations_settings_and_mfa_enforcement(s: TestServer) {
     let org = s.admin_org().await;
     let (_, o) = s.get(&format!("/v1/organizations/{org}")).await;
     assert_eq!(o["plan"], "enterprise");
@@ -713,7 +713,7 @@ async fn organizations_settings_and_mfa_enforcement(s: Srv) {
     );
 }
 
-async fn service_accounts_for_ci(s: Srv) {
+async fn service_accounts_for_ci(s: TestServer) {
     let org = s.admin_org().await;
     let sa = json_of(
         s.call(
@@ -780,7 +780,7 @@ both_backends!(
     service_accounts_for_ci,
 );
 
-async fn tokens_cannot_mint_more_than_they_can_do(s: Srv) {
+async fn tokens_cannot_mint_more_than_they_can_do(s: TestServer) {
     let mint = |tok: String, body: Value| {
         let s = &s;
         async move {
@@ -929,7 +929,7 @@ async fn tokens_cannot_mint_more_than_they_can_do(s: Srv) {
     .await;
 }
 
-async fn concurrent_guesses_are_all_counted(s: Srv) {
+async fn concurrent_guesses_are_all_counted(s: TestServer) {
     let mut handles = vec![];
     for _ in 0..12 {
         let (http, url) = (s.http.clone(), s.url("/v1/auth/token"));
@@ -951,7 +951,7 @@ async fn concurrent_guesses_are_all_counted(s: Srv) {
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 7, "{codes:?}");
 }
 
-async fn another_orgs_mfa_policy_and_owner_protections(s: Srv) {
+async fn another_orgs_mfa_policy_and_owner_protections(s: TestServer) {
     let org = s.admin_org().await;
     // A user whose own org does not enforce MFA reaches an org that does: refused there.
     let (_, _, other) = s.org_with_user(Plan::Free, "multi@example.com").await;

@@ -6,8 +6,8 @@ use chrono::{TimeZone, Utc};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::both_backends;
-use crate::kit::{fields, problem, NodeSpec, Srv};
+use shellwego_testkit::both_backends;
+use shellwego_testkit::server::{fields, problem, NodeSpec, TestServer};
 
 fn ids(page: &Value) -> Vec<String> {
     page["data"]
@@ -23,7 +23,7 @@ fn enc(s: &str) -> String {
 }
 
 /// Walk a list by next_cursor, inserting rows between pages; returns ids seen.
-async fn walk(s: &Srv, org: &str, first: &str, insert_between: bool) -> Vec<String> {
+async fn walk(s: &TestServer, org: &str, first: &str, insert_between: bool) -> Vec<String> {
     let mut seen = vec![];
     let mut url = first.to_string();
     let sep = if first.contains('?') { '&' } else { '?' };
@@ -55,7 +55,7 @@ async fn walk(s: &Srv, org: &str, first: &str, insert_between: bool) -> Vec<Stri
     seen
 }
 
-async fn pagination_visits_every_row_once_while_rows_are_inserted(s: Srv) {
+async fn pagination_visits_every_row_once_while_rows_are_inserted(s: TestServer) {
     let org = s.admin_org().await;
     let mut originals = vec![];
     for i in 0..250 {
@@ -111,7 +111,7 @@ async fn pagination_visits_every_row_once_while_rows_are_inserted(s: Srv) {
     writer.await.unwrap();
 }
 
-async fn limits_and_cursors_are_checked(s: Srv) {
+async fn limits_and_cursors_are_checked(s: TestServer) {
     let org = s.admin_org().await;
     for i in 0..25 {
         s.insert_node(NodeSpec::new(&org, &format!("n{i:02}")))
@@ -232,7 +232,7 @@ async fn limits_and_cursors_are_checked(s: Srv) {
     assert_eq!(ids(&first), ids(&p1));
 }
 
-async fn seed_fleet(s: &Srv) -> HashMap<&'static str, String> {
+async fn seed_fleet(s: &TestServer) -> HashMap<&'static str, String> {
     let org = s.admin_org().await;
     let t = |d: u32| Some(Utc.with_ymd_and_hms(2024, 1, d, 12, 0, 0).unwrap());
     let mut m = HashMap::new();
@@ -287,7 +287,7 @@ async fn seed_fleet(s: &Srv) -> HashMap<&'static str, String> {
     m
 }
 
-async fn hosts(s: &Srv, query: &str) -> Vec<String> {
+async fn hosts(s: &TestServer, query: &str) -> Vec<String> {
     let (status, page) = s.get(&format!("/v1/nodes?{query}")).await;
     assert_eq!(status, 200, "{query}: {page}");
     page["data"]
@@ -303,7 +303,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-async fn filters_or_ranges_nested_labels_and_search(s: Srv) {
+async fn filters_or_ranges_nested_labels_and_search(s: TestServer) {
     seed_fleet(&s).await;
     // Single value and OR.
     assert_eq!(
@@ -398,7 +398,7 @@ async fn filters_or_ranges_nested_labels_and_search(s: Srv) {
     assert_eq!(page["data"][0]["labels"]["storage"], "ssd");
 }
 
-async fn sorting_by_several_fields(s: Srv) {
+async fn sorting_by_several_fields(s: TestServer) {
     seed_fleet(&s).await;
     // Default: newest first.
     assert_eq!(
@@ -441,7 +441,7 @@ async fn sorting_by_several_fields(s: Srv) {
     );
 }
 
-async fn unknown_fields_and_bad_values_are_400(s: Srv) {
+async fn unknown_fields_and_bad_values_are_400(s: TestServer) {
     for (query, field) in [
         ("filter[colour]=red", "filter[colour]"),
         ("filter[status]=runing", "filter[status]"),
@@ -490,7 +490,7 @@ async fn unknown_fields_and_bad_values_are_400(s: Srv) {
     assert_eq!(fields(&p), ["filter[label][a]"]);
 }
 
-async fn events_filter_on_nested_fields(s: Srv) {
+async fn events_filter_on_nested_fields(s: TestServer) {
     let (_, all) = s.get("/v1/events").await;
     assert_eq!(all["pagination"]["total"], 3);
     let (_, ev) = s.get("/v1/events?filter[resource.type]=user").await;
@@ -515,7 +515,7 @@ async fn events_filter_on_nested_fields(s: Srv) {
     assert_eq!(ev["pagination"]["total"], 0);
 }
 
-async fn empty_pages_keep_their_cursors(s: Srv) {
+async fn empty_pages_keep_their_cursors(s: TestServer) {
     let org = s.admin_org().await;
     for i in 0..6 {
         s.insert_node(NodeSpec::new(&org, &format!("e{i}"))).await;
@@ -567,7 +567,7 @@ async fn empty_pages_keep_their_cursors(s: Srv) {
     assert_eq!(ids(&ahead), [z0]);
 }
 
-async fn sorting_by_id_first_orders_by_id(s: Srv) {
+async fn sorting_by_id_first_orders_by_id(s: TestServer) {
     seed_fleet(&s).await;
     let (_, page) = s.get("/v1/nodes?sort=id:asc,hostname:desc").await;
     let got = ids(&page);
@@ -576,7 +576,7 @@ async fn sorting_by_id_first_orders_by_id(s: Srv) {
     assert_eq!(got, want);
 }
 
-async fn search_and_text_filters_handle_unicode_and_nul(s: Srv) {
+async fn search_and_text_filters_handle_unicode_and_nul(s: TestServer) {
     let org = s.admin_org().await;
     s.insert_node(NodeSpec::new(&org, "École-1")).await;
     s.insert_node(NodeSpec::new(&org, "plain")).await;

@@ -1,10 +1,9 @@
 //! Integration tests of the control plane: one test binary (link once),
-//! a real server per test, a real HTTP client.
+//! a real server per test, a real HTTP client (`shellwego_testkit::server`),
+//! fake agents (`shellwego_testkit::agent`).
 
 // Test code may panic: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod kit;
 
 mod apps;
 mod auth;

@@ -6,27 +6,39 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::both_backends;
-use crate::kit::{fields, problem, Srv};
+use shellwego_testkit::agent::{AgentJoin, AgentSync, FakeAgent};
+use shellwego_testkit::both_backends;
+use shellwego_testkit::server::{fields, problem, TestServer};
 
-fn report(token: &str) -> Value {
-    json!({"join_token": token, "hostname": "worker-1", "cpu_cores": 8, "memory_total": 16u64 << 30,
-           "memory_available": 12u64 << 30, "disk_total": 100u64 << 30, "kernel_version": "6.1.0",
-           "agent_version": "0.1.0", "drivers": ["process", "container"], "kvm": false,
-           "zone": "fra1-b", "labels": {"rack": "r1"}})
+/// What the worker's agent reports when it joins with `token`.
+fn machine(token: &str) -> AgentJoin {
+    AgentJoin {
+        join_token: token.into(),
+        hostname: "worker-1".into(),
+        cpu_cores: 8,
+        memory_total: 16 << 30,
+        memory_available: 12 << 30,
+        disk_total: 100 << 30,
+        kernel_version: Some("6.1.0".into()),
+        agent_version: Some("0.1.0".into()),
+        drivers: vec!["process".into(), "container".into()],
+        kvm: false,
+        zone: Some("fra1-b".into()),
+        labels: [("rack".to_string(), "r1".to_string())].into(),
+        ..Default::default()
+    }
 }
 
-async fn sync(s: &Srv, credential: &str, body: Value) -> reqwest::Response {
-    s.http
-        .post(s.url("/v1/agent/sync"))
-        .bearer_auth(credential)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+/// A sync of generation 0, held at most a second.
+fn at_zero() -> AgentSync {
+    AgentSync {
+        generation: 0,
+        wait_secs: Some(1),
+        ..Default::default()
+    }
 }
 
-async fn nodes_register_join_heartbeat_and_go_offline(s: Srv) {
+async fn nodes_register_join_heartbeat_and_go_offline(s: TestServer) {
     let r = s
         .call(
             Method::POST,
@@ -61,17 +73,17 @@ async fn nodes_register_join_heartbeat_and_go_offline(s: Srv) {
     assert_eq!(n["last_seen"], Value::Null);
 
     // Join: the token is exchanged once for a credential.
-    let r = s
-        .call(Method::POST, "/v1/agent/join", None, Some(report(&token)))
-        .await;
-    assert_eq!(r.status(), 200);
-    let joined: Value = r.json().await.unwrap();
-    assert_eq!(joined["node_id"], id.as_str());
-    let cred = joined["credential"].as_str().unwrap().to_string();
-    assert!(cred.starts_with("nsec_"));
+    let agent = FakeAgent::join(&s.base, &machine(&token)).await;
+    assert_eq!(agent.node_id, id);
+    assert!(agent.credential.starts_with("nsec_"));
     problem(
-        s.call(Method::POST, "/v1/agent/join", None, Some(report(&token)))
-            .await,
+        s.call(
+            Method::POST,
+            "/v1/agent/join",
+            None,
+            Some(json!(machine(&token))),
+        )
+        .await,
         401,
     )
     .await;
@@ -91,15 +103,13 @@ async fn nodes_register_join_heartbeat_and_go_offline(s: Srv) {
     assert!(n["last_seen"].is_string());
 
     // Sync: the credential authenticates; a user token does not.
-    let r = sync(&s, &cred, json!({"generation": 0, "wait_secs": 1})).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["generation"], 0);
+    assert_eq!(agent.sync(&at_zero()).await.generation, 0);
     problem(
-        sync(&s, &s.token, json!({"generation": 0, "wait_secs": 1})).await,
+        agent.with_credential(&s.token).sync_raw(&at_zero()).await,
         401,
     )
     .await;
-    let p = problem(sync(&s, &cred, json!({"wait_secs": 99})).await, 400).await;
+    let p = problem(agent.sync_raw(&json!({"wait_secs": 99})).await, 400).await;
     assert_eq!(fields(&p), ["wait_secs"]);
 
     // An operator drains it; then it falls silent: offline, with an event.
@@ -129,12 +139,7 @@ async fn nodes_register_join_heartbeat_and_go_offline(s: Srv) {
         .await;
     assert_eq!(ev["pagination"]["total"], 1);
     assert_eq!(ev["data"][0]["severity"], "warning");
-    assert_eq!(
-        sync(&s, &cred, json!({"generation": 0, "wait_secs": 1}))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(agent.sync_raw(&at_zero()).await.status(), 200);
     assert_eq!(
         s.get(&format!("/v1/nodes/{id}")).await.1["status"],
         "draining"
@@ -193,14 +198,10 @@ async fn nodes_register_join_heartbeat_and_go_offline(s: Srv) {
         204
     );
     assert_eq!(s.get(&format!("/v1/nodes/{id}")).await.0, 404);
-    problem(
-        sync(&s, &cred, json!({"generation": 0, "wait_secs": 1})).await,
-        401,
-    )
-    .await;
+    problem(agent.sync_raw(&at_zero()).await, 401).await;
 }
 
-async fn expired_join_tokens_and_viewers(s: Srv) {
+async fn expired_join_tokens_and_viewers(s: TestServer) {
     let reg: Value = s
         .call(
             Method::POST,
@@ -222,7 +223,7 @@ async fn expired_join_tokens_and_viewers(s: Srv) {
             Method::POST,
             "/v1/agent/join",
             None,
-            Some(report(reg["join_token"].as_str().unwrap())),
+            Some(json!(machine(reg["join_token"].as_str().unwrap()))),
         )
         .await,
         401,
@@ -233,18 +234,20 @@ async fn expired_join_tokens_and_viewers(s: Srv) {
             Method::POST,
             "/v1/agent/join",
             None,
-            Some(report("sw_join_made_up")),
+            Some(json!(machine("sw_join_made_up"))),
         )
         .await,
         401,
     )
     .await;
     // Absurd reports are 400s, not overflows.
-    let mut bad = report("sw_join_made_up");
-    bad["cpu_cores"] = json!(i64::MAX);
-    bad["hostname"] = json!("a\u{0}b");
+    let bad = AgentJoin {
+        cpu_cores: i64::MAX,
+        hostname: "a\u{0}b".into(),
+        ..machine("sw_join_made_up")
+    };
     let p = problem(
-        s.call(Method::POST, "/v1/agent/join", None, Some(bad))
+        s.call(Method::POST, "/v1/agent/join", None, Some(json!(bad)))
             .await,
         400,
     )

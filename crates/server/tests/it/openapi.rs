@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::kit::{start, Backend};
+use shellwego_testkit::server::TestServer;
+use shellwego_testkit::Backend;
 
 fn checked_in_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../openapi/platform-api.json")
@@ -19,7 +20,7 @@ fn checked_in_agent_path() -> PathBuf {
 
 #[tokio::test]
 async fn served_document_is_openapi_3_1_and_matches_the_checked_in_copy() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let r = s.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(r.status(), 200);
     let served = r.text().await.unwrap();
@@ -153,7 +154,7 @@ fn operations_of(json: &str) -> Vec<(Method, String, String)> {
 
 #[tokio::test]
 async fn every_route_is_documented_and_every_documented_route_exists() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let ops = operations();
     assert!(ops.len() >= 11);
     for (method, template, path) in &ops {
@@ -203,7 +204,7 @@ async fn every_route_is_documented_and_every_documented_route_exists() {
 
 #[tokio::test]
 async fn docs_page_lists_the_endpoints() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let r = s.call(Method::GET, "/docs", None, None).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
@@ -220,7 +221,7 @@ async fn docs_page_lists_the_endpoints() {
 }
 
 /// The served document, parsed.
-async fn served(s: &crate::kit::Srv) -> Value {
+async fn served(s: &TestServer) -> Value {
     let r = s.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
@@ -254,7 +255,7 @@ fn is_problem(r: &Value) -> bool {
 /// - operations whose service can conflict: 409; invitation accept: 410.
 #[tokio::test]
 async fn every_operation_documents_the_problem_responses_it_can_answer() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let doc = served(&s).await;
     let checked = check_problem_responses(&doc);
     assert!(checked > 300, "only {checked} responses checked");
@@ -376,7 +377,7 @@ fn check_problem_responses(doc: &Value) -> usize {
 /// `application/problem+json` as the document says.
 #[tokio::test]
 async fn crude_probes_get_documented_answers() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let doc = served(&s).await;
     let [_, agent_doc] = documents();
     // A public route still answers 401 to a token that is not valid, hence
@@ -472,7 +473,7 @@ async fn crude_probes_get_documented_answers() {
 /// checks each event of a `text/event-stream` answer against the schema.
 #[tokio::test]
 async fn deployment_log_events_match_the_documented_event_schema() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let doc = served(&s).await;
     let op = &doc["paths"]["/v1/deployments/{deployment_id}/logs"]["get"];
     let schema = op

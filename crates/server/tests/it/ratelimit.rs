@@ -3,7 +3,8 @@
 use reqwest::Method;
 use shellwego_core::plan::Plan;
 
-use crate::kit::{problem, slug, start, Backend};
+use shellwego_testkit::server::{problem, slug, TestServer};
+use shellwego_testkit::Backend;
 
 fn header(r: &reqwest::Response, name: &str) -> Option<u64> {
     r.headers()
@@ -13,7 +14,7 @@ fn header(r: &reqwest::Response, name: &str) -> Option<u64> {
 
 #[tokio::test]
 async fn a_free_tier_token_gets_429_after_its_burst() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let (_, _, free) = s.org_with_user(Plan::Free, "free@example.com").await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -60,7 +61,7 @@ async fn a_free_tier_token_gets_429_after_its_burst() {
 
 #[tokio::test]
 async fn unauthenticated_callers_are_limited_per_ip() {
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let mut statuses = vec![];
     for _ in 0..21 {
         statuses.push(

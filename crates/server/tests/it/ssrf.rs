@@ -8,12 +8,13 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use shellwego_net::ssrf::SsrfConfig;
 
-use crate::apps::{join_node, post, sync};
-use crate::kit::{fields, problem, start, start_with, Backend, Srv};
+use shellwego_testkit::agent::SsrfPolicy;
+use shellwego_testkit::server::{fields, problem, TestServer};
+use shellwego_testkit::Backend;
 
 /// A server with the default policy (the kit opens private targets).
-async fn strict() -> Srv {
-    start_with(Backend::Sqlite, |c| c.ssrf = SsrfConfig::default())
+async fn strict() -> TestServer {
+    TestServer::start_with(Backend::Sqlite, |c| c.ssrf = SsrfConfig::default())
         .await
         .unwrap()
 }
@@ -27,9 +28,8 @@ fn refused(p: &Value, field: &str) -> String {
     msg
 }
 
-async fn create_with_source(s: &Srv, url: &str) -> reqwest::Response {
-    post(
-        s,
+async fn create_with_source(s: &TestServer, url: &str) -> reqwest::Response {
+    s.post(
         "/v1/apps",
         &s.token,
         json!({"name": "src", "replicas": 0, "source": {"type": "tarball", "url": url}}),
@@ -64,8 +64,7 @@ async fn source_urls_and_registries_reaching_internal_addresses_are_refused() {
     // (no registry host) are public.
     for image in ["127.0.0.1:5000/x", "localhost:5000/team/app:v1"] {
         let p = problem(
-            post(
-                &s,
+            s.post(
                 "/v1/apps",
                 &s.token,
                 json!({"name": "img", "image": image, "replicas": 0}),
@@ -76,13 +75,13 @@ async fn source_urls_and_registries_reaching_internal_addresses_are_refused() {
         .await;
         refused(&p, "image");
     }
-    let r = post(
-        &s,
-        "/v1/apps",
-        &s.token,
-        json!({"name": "hub", "image": "nginx:alpine", "replicas": 0}),
-    )
-    .await;
+    let r = s
+        .post(
+            "/v1/apps",
+            &s.token,
+            json!({"name": "hub", "image": "nginx:alpine", "replicas": 0}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let app = r.json::<Value>().await.unwrap()["id"]
         .as_str()
@@ -104,15 +103,14 @@ async fn source_urls_and_registries_reaching_internal_addresses_are_refused() {
     refused(&p, "image");
     let deploy = format!("/v1/apps/{app}/deploy");
     let p = problem(
-        post(&s, &deploy, &s.token, json!({"image": "[::1]:5000/x"})).await,
+        s.post(&deploy, &s.token, json!({"image": "[::1]:5000/x"}))
+            .await,
         400,
     )
     .await;
     refused(&p, "image");
     let p = problem(
-        post(
-            &s,
-            &deploy,
+        s.post(&deploy,
             &s.token,
             json!({"source": {"type": "tarball", "url": "http://169.254.169.254/latest/meta-data"}}),
         )
@@ -127,8 +125,7 @@ async fn source_urls_and_registries_reaching_internal_addresses_are_refused() {
 
     // Not http(s) at all: refused by validation, naming the field.
     let p = problem(
-        post(
-            &s,
+        s.post(
             &deploy,
             &s.token,
             json!({"source": {"type": "tarball", "url": "file:///etc/passwd"}}),
@@ -143,21 +140,19 @@ async fn source_urls_and_registries_reaching_internal_addresses_are_refused() {
 #[tokio::test]
 async fn allow_private_targets_opens_loopback_but_not_metadata() {
     // (The kit's default.)
-    let s = start(Backend::Sqlite).await.unwrap();
+    let s = TestServer::start(Backend::Sqlite).await.unwrap();
     let r = create_with_source(&s, "http://127.0.0.1:9/x").await;
     assert_eq!(r.status(), 201);
-    let r = post(
-        &s,
-        "/v1/apps",
-        &s.token,
-        json!({"name": "img", "image": "localhost:5000/x", "replicas": 0}),
-    )
-    .await;
+    let r = s
+        .post(
+            "/v1/apps",
+            &s.token,
+            json!({"name": "img", "image": "localhost:5000/x", "replicas": 0}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let p = problem(
-        post(
-            &s,
-            "/v1/apps",
+        s.post("/v1/apps",
             &s.token,
             json!({"name": "meta", "replicas": 0, "source": {"type": "tarball", "url": "http://169.254.169.254/latest/meta-data"}}),
         )
@@ -172,7 +167,7 @@ async fn allow_private_targets_opens_loopback_but_not_metadata() {
 
 #[tokio::test]
 async fn allowed_networks_are_exactly_those_listed() {
-    let s = start_with(Backend::Sqlite, |c| {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.ssrf = SsrfConfig {
             allow: vec!["127.0.0.2/32".parse().unwrap()],
             allow_private_targets: false,
@@ -183,9 +178,7 @@ async fn allowed_networks_are_exactly_those_listed() {
     let r = create_with_source(&s, "http://127.0.0.2:9/x").await;
     assert_eq!(r.status(), 201);
     let p = problem(
-        post(
-            &s,
-            "/v1/apps",
+        s.post("/v1/apps",
             &s.token,
             json!({"name": "other", "replicas": 0, "source": {"type": "tarball", "url": "http://127.0.0.1:9/x"}}),
         )
@@ -202,7 +195,7 @@ async fn allowed_networks_are_exactly_those_listed() {
 
 #[tokio::test]
 async fn agents_are_sent_the_policy() {
-    let s = start_with(Backend::Sqlite, |c| {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.ssrf = SsrfConfig {
             allow: vec!["10.1.0.0/16".parse().unwrap()],
             allow_private_targets: false,
@@ -210,11 +203,13 @@ async fn agents_are_sent_the_policy() {
     })
     .await
     .unwrap();
-    let (_, cred) = join_node(&s, "n1", 4, 8 << 30).await;
-    let d = sync(&s, &cred, json!({"generation": -1, "wait_secs": 1})).await;
+    let d = s.fake_agent("n1", 4, 8 << 30).await.desired().await;
     assert_eq!(
-        d["ssrf"],
-        json!({"allow": ["10.1.0.0/16"], "allow_private_targets": false}),
-        "{d:#}"
+        d.ssrf,
+        SsrfPolicy {
+            allow: vec!["10.1.0.0/16".into()],
+            allow_private_targets: false
+        },
+        "{d:#?}"
     );
 }

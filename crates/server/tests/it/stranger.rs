@@ -5,10 +5,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use shellwego_core::plan::Plan;
 
-use crate::both_backends;
-use crate::kit::{NodeSpec, Srv};
+use shellwego_testkit::both_backends;
+use shellwego_testkit::server::{NodeSpec, TestServer};
 
-async fn strangers_see_nothing_of_another_organization(s: Srv) {
+async fn strangers_see_nothing_of_another_organization(s: TestServer) {
     let org = s.admin_org().await;
     let node = s.insert_node(NodeSpec::new(&org, "owners-node")).await;
     let (_, list) = s.get("/v1/user/tokens").await;

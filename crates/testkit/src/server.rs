@@ -1,50 +1,40 @@
-//! The test kit: a real server on an ephemeral port with its own store
-//! (a temp SQLite file, or a scratch PostgreSQL database when
-//! SHELLWEGO_TEST_DATABASE_URL is set), and a real HTTP client.
+//! A real control plane in-process on an ephemeral port, with a store of
+//! its own (a temp SQLite file, or a PostgreSQL database on
+//! SHELLWEGO_TEST_DATABASE_URL), both copied from a migrated template
+//! ([`crate::db`]), and a real HTTP client.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, Response};
 use serde_json::Value;
 use shellwego_core::plan::Plan;
 use shellwego_core::time::Timestamp;
-use shellwego_core::token::TokenKind;
 use shellwego_server::serve::{start as start_server, Started};
 use shellwego_server::ServerConfig;
 use shellwego_store::nodes::Node;
-use shellwego_store::tokens::NewTokenSpec;
-use shellwego_store::{commit, nodes, orgs, tokens, users, Store};
+use shellwego_store::{commit, nodes, Backend, Store};
 
-#[derive(Debug, Clone, Copy)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+use crate::agent::FakeAgent;
+use crate::db::PgDb;
 
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
-struct PgDb {
-    server_url: String,
-    name: String,
+/// The environment variable naming the PostgreSQL server the PostgreSQL
+/// half of the suite runs on.
+pub const DATABASE_URL_VAR: &str = "SHELLWEGO_TEST_DATABASE_URL";
+
+/// Where a test's database starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// A copy of the migrated template (the default).
+    Migrated,
+    /// Empty: the server runs every migration itself at start.
+    Empty,
 }
 
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let (url, name) = (self.server_url.clone(), self.name.clone());
-        // Drop runs outside any runtime we may block on: use a thread.
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                let _ = rt.block_on(shellwego_store::scratch::drop(&url, &name));
-            }
-        })
-        .join();
-    }
-}
-
-pub struct Srv {
+/// A started server and what a test needs to talk to it.
+pub struct TestServer {
     pub base: String,
     /// The bootstrap admin's token.
     pub token: String,
@@ -56,56 +46,8 @@ pub struct Srv {
     _pg: Option<PgDb>,
 }
 
-/// Start a server on `backend`; `None` (with a message) when PostgreSQL is
-/// asked for but SHELLWEGO_TEST_DATABASE_URL is not set.
-pub async fn start(backend: Backend) -> Option<Srv> {
-    start_with(backend, |_| {}).await
-}
-
-/// [`start`], with `configure` changing the configuration first.
-pub async fn start_with(
-    backend: Backend,
-    configure: impl FnOnce(&mut ServerConfig),
-) -> Option<Srv> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
-    cfg.admin_password = Some(ADMIN_PASSWORD.into());
-    cfg.shutdown_timeout = std::time::Duration::from_secs(5);
-    // Short, so that the liveness tests need not wait 30 s.
-    cfg.node_timeout = std::time::Duration::from_secs(2);
-    // Tests serve registries and sources on loopback, as a self-hosted
-    // setup would on its private network (the ssrf tests say otherwise).
-    cfg.ssrf.allow_private_targets = true;
-    configure(&mut cfg);
-    let pg = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => {
-            let Ok(server_url) = std::env::var("SHELLWEGO_TEST_DATABASE_URL") else {
-                eprintln!("SKIPPED on PostgreSQL: set SHELLWEGO_TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run it");
-                return None;
-            };
-            let (url, name) = shellwego_store::scratch::create(&server_url, "swtest")
-                .await
-                .unwrap();
-            cfg.database_url = Some(url);
-            Some(PgDb { server_url, name })
-        }
-    };
-    let started = start_server(cfg.clone()).await.unwrap();
-    let token = std::fs::read_to_string(cfg.admin_token_path()).unwrap();
-    Some(Srv {
-        base: format!("http://{}", started.addr),
-        token,
-        http: reqwest::Client::new(),
-        store: started.ctx.store.clone(),
-        started: Some(started),
-        cfg,
-        _dir: dir,
-        _pg: pg,
-    })
-}
-
-/// Run `$f(srv)` once on SQLite and once on PostgreSQL.
+/// Run `$f(server)` once on SQLite and once on PostgreSQL (a test per
+/// backend, in a module named after `$f`).
 #[macro_export]
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
@@ -113,13 +55,13 @@ macro_rules! both_backends {
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
-                    if let Some(s) = $crate::kit::start($crate::kit::Backend::Sqlite).await {
+                    if let Some(s) = $crate::server::TestServer::start($crate::Backend::Sqlite).await {
                         super::$name(s).await
                     }
                 }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
-                    if let Some(s) = $crate::kit::start($crate::kit::Backend::Postgres).await {
+                    if let Some(s) = $crate::server::TestServer::start($crate::Backend::Postgres).await {
                         super::$name(s).await
                     }
                 }
@@ -128,7 +70,74 @@ macro_rules! both_backends {
     };
 }
 
-impl Srv {
+impl TestServer {
+    /// Start a server on `backend`; `None` (with a message) when PostgreSQL
+    /// is asked for but SHELLWEGO_TEST_DATABASE_URL is not set.
+    pub async fn start(backend: Backend) -> Option<TestServer> {
+        TestServer::start_with(backend, |_| {}).await
+    }
+
+    /// [`TestServer::start`], with `configure` changing the configuration first.
+    pub async fn start_with(
+        backend: Backend,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Option<TestServer> {
+        TestServer::start_on(backend, Schema::Migrated, configure).await
+    }
+
+    /// [`TestServer::start_with`] on a database that starts as `schema` says.
+    pub async fn start_on(
+        backend: Backend,
+        schema: Schema,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Option<TestServer> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        cfg.admin_password = Some(ADMIN_PASSWORD.into());
+        cfg.shutdown_timeout = Duration::from_secs(5);
+        // Short, so that the liveness tests need not wait 30 s.
+        cfg.node_timeout = Duration::from_secs(2);
+        // Tests serve registries and sources on loopback, as a self-hosted
+        // setup would on its private network (the ssrf tests say otherwise).
+        cfg.ssrf.allow_private_targets = true;
+        configure(&mut cfg);
+        let pg = match backend {
+            Backend::Sqlite => {
+                if schema == Schema::Migrated && cfg.database_url.is_none() {
+                    crate::db::write_sqlite_template(&cfg.data_dir.join("shellwego.db"))
+                        .await
+                        .unwrap();
+                }
+                None
+            }
+            Backend::Postgres => {
+                let Ok(server_url) = std::env::var(DATABASE_URL_VAR) else {
+                    eprintln!("SKIPPED on PostgreSQL: set {DATABASE_URL_VAR} (e.g. postgres://postgres@127.0.0.1:5432/test) to run it");
+                    return None;
+                };
+                let db = match schema {
+                    Schema::Migrated => PgDb::from_template(&server_url, "swtest").await,
+                    Schema::Empty => PgDb::empty(&server_url, "swtest").await,
+                }
+                .unwrap();
+                cfg.database_url = Some(db.url().to_string());
+                Some(db)
+            }
+        };
+        let started = start_server(cfg.clone()).await.unwrap();
+        let token = std::fs::read_to_string(cfg.admin_token_path()).unwrap();
+        Some(TestServer {
+            base: format!("http://{}", started.addr),
+            token,
+            http: reqwest::Client::new(),
+            store: started.ctx.store.clone(),
+            started: Some(started),
+            cfg,
+            _dir: dir,
+            _pg: pg,
+        })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -150,6 +159,11 @@ impl Srv {
         r.send().await.unwrap()
     }
 
+    /// POST `body` as the holder of `token`.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
     /// GET with the admin token; returns status and JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self.call(Method::GET, path, Some(&self.token), None).await;
@@ -163,50 +177,41 @@ impl Srv {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// GET `path` (as the admin) every 100 ms until `ok` says yes (up to
+    /// 15 s); the body.
+    pub async fn wait_for(&self, path: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let t = Instant::now();
+        loop {
+            let (_, v) = self.get(path).await;
+            if ok(&v) {
+                return v;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "{what}: {v:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The bootstrap organization.
     pub async fn admin_org(&self) -> String {
         let (_, u) = self.get("/v1/user").await;
         u["organizations"][0]["id"].as_str().unwrap().to_string()
     }
 
-    /// A new organization on `plan` with one owner and a token for them.
-    /// (The Identity issue adds the API for this; the store is used here.)
+    /// A new organization on `plan` with one owner and a token for them:
+    /// (organization, user, token). See [`crate::fixtures::org_with_owner`].
     pub async fn org_with_user(&self, plan: Plan, email: &str) -> (String, String, String) {
-        let mut tx = self.store.begin().await.unwrap();
-        let org = orgs::create(&mut tx, email, &shellwego_core::id::new_id("slug"), plan)
-            .await
-            .unwrap();
-        commit(tx).await.unwrap();
-        let (user, secret) = self.member_with_role(&org.id, "owner", email).await;
-        (org.id, user, secret)
+        let o = crate::fixtures::org_with_owner(&self.store, plan, email).await;
+        (o.org, o.user, o.token)
     }
 
     /// A new user with `role` in `org`, and a token of theirs there.
     pub async fn member_with_role(&self, org: &str, role: &str, email: &str) -> (String, String) {
-        let mut tx = self.store.begin().await.unwrap();
-        let user = users::create(&mut tx, email, "Test User", "x")
-            .await
-            .unwrap();
-        orgs::add_member(&mut tx, org, &user.id, role)
-            .await
-            .unwrap();
-        let (_, secret) = tokens::create(
-            &mut tx,
-            NewTokenSpec {
-                kind: TokenKind::Pat,
-                name: "test",
-                user_id: Some(&user.id),
-                service_account_id: None,
-                organization_id: org,
-                scope: &[],
-                restrict_to_apps: &[],
-                expires_at: None,
-            },
-        )
-        .await
-        .unwrap();
-        commit(tx).await.unwrap();
-        (user.id, secret)
+        crate::fixtures::member_with_role(&self.store, org, role, email).await
+    }
+
+    /// Register a node named `name` and join it as a fake agent.
+    pub async fn fake_agent(&self, name: &str, cores: i64, memory: i64) -> FakeAgent {
+        FakeAgent::register(&self.base, &self.token, name, cores, memory).await
     }
 
     pub async fn insert_node(&self, n: NodeSpec<'_>) -> String {
@@ -239,6 +244,7 @@ impl Srv {
     }
 }
 
+/// A node to insert into the store directly ([`TestServer::insert_node`]).
 pub struct NodeSpec<'a> {
     pub org: &'a str,
     pub hostname: &'a str,
@@ -265,8 +271,8 @@ impl<'a> NodeSpec<'a> {
     }
 }
 
-/// Assert `body` is a complete RFC 7807 problem whose trace id is the
-/// response's X-Request-Id, and return it.
+/// Assert `r` is a complete RFC 7807 problem with `status` whose trace id
+/// is the response's X-Request-Id, and return its body.
 pub async fn problem(r: Response, status: u16) -> Value {
     assert_eq!(r.status().as_u16(), status, "unexpected status");
     let ct = r
