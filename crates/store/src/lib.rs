@@ -247,10 +247,16 @@ pub(crate) fn json_col<T: serde::de::DeserializeOwned>(
     col: &str,
 ) -> Result<T, Error> {
     let s: String = row.try_get(col).map_err(db_err)?;
-    let id = row
-        .try_get::<String, _>("id")
-        .unwrap_or_else(|_| "?".into());
-    doc("a", &id, col, &s)
+    serde_json::from_str(&s).map_err(|e| {
+        // The row is named only when it is needed (the hot path parses).
+        let id = row
+            .try_get::<String, _>("id")
+            .unwrap_or_else(|_| "?".into());
+        Error::internal_source(
+            format!("store: row {id}: the {col} document does not parse"),
+            e,
+        )
+    })
 }
 
 /// Decode a JSON document column of one row. A document that does not
