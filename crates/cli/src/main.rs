@@ -95,24 +95,35 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed
+/// when this is called, not when it is first polled: a server polls it only
+/// once it serves, and a signal that came before (right after it wrote its
+/// admin token, say) would otherwise kill it with the default action.
+/// Called inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(term) => {},
+                _ = wait(int) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -155,6 +166,8 @@ struct UpArgs {
 
 /// Control plane + local agent + ingress, until a signal.
 async fn up(a: UpArgs) -> anyhow::Result<()> {
+    // Before anything starts: a SIGTERM during start-up stops it cleanly.
+    let shutdown = shutdown_signal();
     let settings = a.server.resolve(true)?;
     init_logging(settings.log_format);
     let data_dir = settings.server.data_dir.clone();
@@ -226,7 +239,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     // The local agent ending on its own (a driver that does not work here,
     // say) ends `up` with its error.
     let agent_failed = tokio::select! {
-        _ = shutdown_signal() => None,
+        _ = shutdown => None,
         r = &mut agent => Some(match r {
             Ok(Ok(())) => anyhow::anyhow!("the local agent stopped"),
             Ok(Err(e)) => e.context("the local agent failed"),
@@ -254,9 +267,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServerArgs, up: bool) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let settings = args.resolve(up)?;
     init_logging(settings.log_format);
-    shellwego_server::run(settings.server, shutdown_signal()).await
+    shellwego_server::run(settings.server, shutdown).await
 }
 
 fn main() -> ExitCode {

@@ -26,10 +26,7 @@ fn get(port: u16, path: &str, token: &str) -> String {
     http(port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"))
 }
 
-/// SIGTERM through kill(1), as an operator would send it. (Sent the
-/// moment the admin token exists, with no process spawned in between, it
-/// can beat the server's signal handler, which is installed once the
-/// server has started: the server then dies of the signal.)
+/// SIGTERM through kill(1), as an operator would send it.
 fn sigterm(p: &Proc) {
     let _ = Command::new("kill")
         .args(["-TERM", &p.id().to_string()])
@@ -64,6 +61,30 @@ fn start(dir: &Path) -> Server {
         .env("SHELLWEGO_ADMIN_PASSWORD", ADMIN_PASSWORD);
     let proc = Proc::spawn("shellwego server", &mut cmd, &log).unwrap();
     Server { proc, port, log }
+}
+
+/// A SIGTERM sent the moment the server has written its admin token (it
+/// has not finished starting) still stops it cleanly: its handlers are
+/// installed before anything starts. (They used to be installed once it
+/// served, and such a signal killed it with the default action.)
+#[test]
+fn a_sigterm_during_start_up_stops_the_server_cleanly() {
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut srv = start(dir.path());
+        wait_for_file(&dir.path().join("data/admin-token"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(srv.proc.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = srv.proc.wait();
+        assert!(
+            status.success(),
+            "exit status {status}; log:\n{}",
+            std::fs::read_to_string(&srv.log).unwrap_or_default()
+        );
+    }
 }
 
 #[test]
