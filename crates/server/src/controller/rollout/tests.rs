@@ -87,6 +87,15 @@ fn deployment(strategy: Strategy, from: Option<i64>) -> Deployment {
     }
 }
 
+/// What a pass sees: the app and its instances (no router counts).
+fn observe<'a>(app: &'a App, insts: &'a [Instance]) -> Observed<'a> {
+    Observed {
+        app,
+        insts,
+        canary_traffic: (0, 0),
+    }
+}
+
 fn stages(d: &Deployment) -> String {
     d.stages
         .iter()
@@ -231,11 +240,7 @@ fn rolling_and_immediate_walk_every_stage() {
         // A finished deployment no longer moves.
         let a = app(2, 2, None);
         let insts = new(2, InstanceStatus::Healthy);
-        let obs = Observed {
-            app: &a,
-            insts: &insts,
-            canary_traffic: (0, 0),
-        };
+        let obs = observe(&a, &insts);
         assert_eq!(step(&d, &obs, T0 + 7 * SEC), (d.clone(), vec![]));
     }
 }
@@ -269,11 +274,7 @@ fn stage_reasons_say_why_a_rollout_waits() {
             "no node has 256 MiB free",
         )],
     );
-    let obs = Observed {
-        app: &a,
-        insts: &insts,
-        canary_traffic: (0, 0),
-    };
+    let obs = observe(&a, &insts);
     let (d, _) = step(&deployment(Strategy::Rolling, Some(1)), &obs, T0 + SEC);
     assert_eq!(
         d.stages[0].reason.as_deref(),
@@ -340,11 +341,7 @@ fn blue_green_switches_traffic_keeps_the_old_set_warm_then_completes() {
 fn blue_green_switch_window_is_the_warm_time() {
     let a = app(2, 2, Some(r#"{"1":100}"#));
     let insts = both(old(2), new(2, InstanceStatus::Healthy));
-    let obs = Observed {
-        app: &a,
-        insts: &insts,
-        canary_traffic: (0, 0),
-    };
+    let obs = observe(&a, &insts);
     let (d, _) = step(&deployment(Strategy::BlueGreen, Some(1)), &obs, T0);
     assert_eq!(d.wait_until, Some(T0 + Options::default().warm_ms * 1000));
     // The controller's plan holds the old set until then.
@@ -589,11 +586,7 @@ fn failures_roll_back() {
     ];
     for (what, strategy, insts, at, want_stages, want_effects) in cases {
         let a = app(2, 2, None);
-        let obs = Observed {
-            app: &a,
-            insts: &insts,
-            canary_traffic: (0, 0),
-        };
+        let obs = observe(&a, &insts);
         let (d, fx) = step(&deployment(strategy, Some(1)), &obs, T0 + at * SEC);
         assert_eq!(stages(&d), want_stages, "{what}: stages");
         assert_eq!(d.status, DeploymentStatus::Failed, "{what}");
@@ -637,11 +630,7 @@ fn without_rollback_a_failure_ends_the_deployment() {
     d.options.rollback_on_failure = false;
     let a = app(2, 2, None);
     let insts = both(old(2), new(1, InstanceStatus::Failed));
-    let obs = Observed {
-        app: &a,
-        insts: &insts,
-        canary_traffic: (0, 0),
-    };
+    let obs = observe(&a, &insts);
     let (d, fx) = step(&d, &obs, T0 + SEC);
     assert_eq!(d.status, DeploymentStatus::Failed);
     assert_eq!(d.finished_at, Some(T0 + SEC));
@@ -651,11 +640,7 @@ fn without_rollback_a_failure_ends_the_deployment() {
     );
     // A first deploy has nothing to return to either.
     let insts = new(1, InstanceStatus::Failed);
-    let obs = Observed {
-        app: &a,
-        insts: &insts,
-        canary_traffic: (0, 0),
-    };
+    let obs = observe(&a, &insts);
     let (d, _) = step(&deployment(Strategy::Rolling, None), &obs, T0 + SEC);
     assert_eq!(d.finished_at, Some(T0 + SEC));
 }
@@ -700,11 +685,7 @@ fn a_superseded_deployment_only_draining_succeeded() {
     // Its traffic has shifted; the old set drains.
     let a = app(2, 2, None);
     let insts = both(old(2), new(2, InstanceStatus::Healthy));
-    let obs = Observed {
-        app: &a,
-        insts: &insts,
-        canary_traffic: (0, 0),
-    };
+    let obs = observe(&a, &insts);
     let (draining, _) = step(&deployment(Strategy::Rolling, Some(1)), &obs, T0 + SEC);
     assert_eq!(stages(&draining), "CCCCCIP");
     let (d, fx) = supersede_step(&draining, &by, &insts, T0 + 2 * SEC);
@@ -732,11 +713,7 @@ fn a_deployment_rolling_back_when_superseded_stays_failed() {
 fn stopping_the_app_cancels_its_deployment() {
     let a = app(2, 2, Some(r#"{"1":100}"#));
     let insts = both(old(2), new(2, InstanceStatus::Starting));
-    let obs = Observed {
-        app: &a,
-        insts: &insts,
-        canary_traffic: (0, 0),
-    };
+    let obs = observe(&a, &insts);
     let (under_way, _) = step(&deployment(Strategy::BlueGreen, Some(1)), &obs, T0 + SEC);
     assert_eq!(stages(&under_way), "CCCIPPP");
     let (d, fx) = cancel_step(&under_way, "the app was stopped", T0 + 2 * SEC);
