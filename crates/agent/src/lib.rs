@@ -27,8 +27,10 @@ use shellwego_client::agent::{AgentClient, AgentError};
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// The control plane's URL, e.g. http://10.0.0.1:3000.
-    #[arg(long, env = "SHELLWEGO_CONTROL_PLANE", value_name = "URL")]
+    /// The control plane's URL, e.g. http://10.0.0.1:3000; with several
+    /// replicas, their URLs separated by commas (the agent fails over
+    /// between them) or one load balancer's.
+    #[arg(long, env = "SHELLWEGO_CONTROL_PLANE", value_name = "URL[,URL…]")]
     pub control_plane: String,
     /// One-time token from `POST /v1/nodes` (needed only on the first start).
     #[arg(long, env = "SHELLWEGO_JOIN_TOKEN", value_name = "TOKEN")]
@@ -357,14 +359,14 @@ pub async fn run(
         }
     }
     let cred = load_or_join(&args, &channel).await?;
-    // The control plane the credential was issued by.
-    let channel = channel
-        .at(&cred.control_plane)
-        .with_credential(&cred.credential);
+    if cred.control_plane != args.control_plane {
+        tracing::info!(joined = %cred.control_plane, now = %args.control_plane, "using the control-plane URLs given now, not those the node joined with");
+    }
+    let channel = channel.with_credential(&cred.credential);
     let advertise_ip = args
         .advertise_ip
         .clone()
-        .unwrap_or_else(|| detect_ip(&cred.control_plane));
+        .unwrap_or_else(|| detect_ip(channel.control_plane()));
     // User-given URLs (sources, registries) are fetched through the SSRF
     // guard: strict until the first sync brings the control plane's policy.
     let ssrf = shellwego_net::ssrf::Guard::strict();

@@ -79,3 +79,22 @@ pub struct Pagination {
 pub struct Health {
     pub status: &'static str,
 }
+
+/// `GET /readyz`: the store answers, and what this replica is.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct Readiness {
+    #[schema(example = "ok")]
+    pub status: String,
+    /// This control-plane replica's id (new at every start).
+    #[schema(example = "rep_2xK9mP4qR7sT1vW3")]
+    pub replica: String,
+    /// The singleton controllers this replica leads now (one replica leads
+    /// each: `reconcile`, `liveness`, `drained-nodes`).
+    #[schema(example = json!(["reconcile", "liveness"]))]
+    pub leads: Vec<String>,
+    /// What carries change notifications between replicas: `in-process`
+    /// (SQLite, one replica), `postgres` (LISTEN/NOTIFY) or
+    /// `postgres (reconnecting)`.
+    #[schema(example = "postgres")]
+    pub bus: String,
+}

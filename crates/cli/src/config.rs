@@ -34,6 +34,12 @@ pub struct ServerArgs {
     /// Store URL: sqlite://PATH or postgres://USER@HOST/DB [default: SQLite in the data dir].
     #[arg(long, env = "SHELLWEGO_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
+    /// Where uploaded archives and other objects are kept: database,
+    /// file:///DIR or s3://BUCKET[/PREFIX] [default: database with
+    /// PostgreSQL, the data dir with SQLite]. Replicas sharing a database
+    /// must share this too.
+    #[arg(long, env = "SHELLWEGO_STORAGE_URL", value_name = "URL")]
+    pub storage_url: Option<String>,
     /// Log format [default: pretty].
     #[arg(long, env = "SHELLWEGO_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -52,6 +58,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    pub storage_url: Option<String>,
     pub log_format: Option<LogFormat>,
     pub shutdown_timeout: Option<String>,
     pub node_timeout: Option<String>,
@@ -168,6 +175,7 @@ impl ServerArgs {
                 bail!("--database-url must start with sqlite: or postgres:// (got '{url}')");
             }
         }
+        server.storage_url = self.storage_url.or(file.storage_url);
         if let Some(t) = self.shutdown_timeout.or(file.shutdown_timeout) {
             server.shutdown_timeout = parse_duration(&t)
                 .with_context(|| format!("shutdown timeout '{t}' is not a duration such as 30s"))?;
@@ -260,6 +268,7 @@ mod tests {
             listen: None,
             data_dir: None,
             database_url: None,
+            storage_url: None,
             log_format: None,
             shutdown_timeout: None,
             node_timeout: None,
@@ -303,6 +312,7 @@ mod tests {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 5000))),
             data_dir: None,
             database_url: None,
+            storage_url: None,
             log_format: None,
             shutdown_timeout: None,
             node_timeout: None,

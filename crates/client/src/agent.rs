@@ -3,6 +3,8 @@
 //! protocol, versioned apart from `/v1`). Every call names the protocol
 //! version in the [`PROTOCOL_HEADER`] header.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -38,37 +40,36 @@ pub enum AgentError {
     },
 }
 
-/// A client of one control plane's agent channel, with the node
-/// credential once the node has joined. Cheap to clone (the connection
-/// pool is shared).
+/// A client of a control plane's agent channel, with the node credential
+/// once the node has joined. Cheap to clone (the connection pool, and which
+/// replica is in use, are shared).
+///
+/// A control plane may be several replicas: given several URLs, the client
+/// uses one until it cannot be reached (or answers 502/503/504, a replica
+/// going away or a load balancer without one), then the next; the caller
+/// retries as it would anyway, and the retry goes to the next replica.
 #[derive(Clone)]
 pub struct AgentClient {
-    control_plane: String,
+    control_planes: Arc<[String]>,
+    /// Index into `control_planes` of the one in use.
+    current: Arc<AtomicUsize>,
     credential: Option<String>,
     http: reqwest::Client,
 }
 
 impl AgentClient {
-    /// A client of the control plane at `control_plane` (its URL, e.g.
-    /// `http://10.0.0.1:3000`); a call may take up to `timeout` (a sync is
-    /// held by the control plane for up to its `wait_secs`).
+    /// A client of the control plane at `control_plane`: its URL (e.g.
+    /// `http://10.0.0.1:3000`), or the URLs of its replicas separated by
+    /// commas. A call may take up to `timeout` (a sync is held by the
+    /// control plane for up to its `wait_secs`).
     pub fn new(control_plane: &str, timeout: Duration) -> Result<AgentClient, reqwest::Error> {
         let http = reqwest::Client::builder().timeout(timeout).build()?;
         Ok(AgentClient {
-            control_plane: control_plane.to_string(),
+            control_planes: split_urls(control_plane).into(),
+            current: Arc::new(AtomicUsize::new(0)),
             credential: None,
             http,
         })
-    }
-
-    /// The same client (connection pool and timeout) for the control plane
-    /// at `control_plane`, the one a node credential was issued by.
-    pub fn at(&self, control_plane: &str) -> AgentClient {
-        AgentClient {
-            control_plane: control_plane.to_string(),
-            credential: self.credential.clone(),
-            http: self.http.clone(),
-        }
     }
 
     /// The client that authenticates as the node with `credential`
@@ -78,14 +79,35 @@ impl AgentClient {
         self
     }
 
-    /// The control plane's URL.
+    /// The URL of the control-plane replica in use.
     pub fn control_plane(&self) -> &str {
-        &self.control_plane
+        let i = self.current.load(Ordering::Relaxed) % self.control_planes.len();
+        &self.control_planes[i]
     }
 
-    /// The URL of `path` (`/v1/agent/sync`) on the control plane.
+    /// Every control-plane URL this client may use.
+    pub fn control_planes(&self) -> &[String] {
+        &self.control_planes
+    }
+
+    /// The URL of `path` (`/v1/agent/sync`) on the control plane in use.
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.control_plane.trim_end_matches('/'))
+        format!("{}{path}", self.control_plane().trim_end_matches('/'))
+    }
+
+    /// The replica at `url` failed: use the next one from now on (unless
+    /// another call already moved on).
+    fn fail_over(&self, url: &str) {
+        let n = self.control_planes.len();
+        if n < 2 {
+            return;
+        }
+        let i = self.current.load(Ordering::Relaxed);
+        if url.starts_with(self.control_planes[i % n].trim_end_matches('/')) {
+            let _ =
+                self.current
+                    .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// A request of the channel: the protocol version, and the node
@@ -107,13 +129,22 @@ impl AgentClient {
         url: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, AgentError> {
-        let res = req.send().await.map_err(|source| AgentError::Transport {
-            url: url.to_string(),
-            source,
+        let res = req.send().await.map_err(|source| {
+            self.fail_over(url);
+            AgentError::Transport {
+                url: url.to_string(),
+                source,
+            }
         })?;
         let status = res.status();
         if status.is_success() {
             return Ok(res);
+        }
+        if matches!(
+            status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ) {
+            self.fail_over(url);
         }
         let body: serde_json::Value = res.json().await.unwrap_or_default();
         Err(AgentError::Refused {
@@ -152,6 +183,22 @@ impl AgentClient {
     }
 }
 
+/// `a,b , c` → the URLs, without empty entries (at least one entry, even
+/// if empty, so that a client always has a URL to report).
+fn split_urls(s: &str) -> Vec<String> {
+    let urls: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        vec![s.trim().to_string()]
+    } else {
+        urls
+    }
+}
+
 /// The control plane's answer to a sync, its body not read yet.
 pub struct SyncAnswer {
     url: String,
@@ -169,4 +216,31 @@ async fn read<T: DeserializeOwned>(url: String, res: reqwest::Response) -> Resul
     res.json()
         .await
         .map_err(|source| AgentError::Decode { url, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_urls_and_failing_over_between_them() {
+        let c = AgentClient::new(" http://a:1/, http://b:2 ,", Duration::from_secs(1)).unwrap();
+        assert_eq!(c.control_planes(), ["http://a:1/", "http://b:2"]);
+        assert_eq!(c.url("/v1/agent/sync"), "http://a:1/v1/agent/sync");
+        let copy = c.clone();
+        c.fail_over("http://a:1/v1/agent/sync");
+        assert_eq!(
+            copy.control_plane(),
+            "http://b:2",
+            "clones share the replica in use"
+        );
+        // A late failure of the replica already left changes nothing.
+        c.fail_over("http://a:1/v1/agent/sync");
+        assert_eq!(c.control_plane(), "http://b:2");
+        c.fail_over("http://b:2/v1/agent/sync");
+        assert_eq!(c.control_plane(), "http://a:1/");
+        let one = AgentClient::new("http://only:1", Duration::from_secs(1)).unwrap();
+        one.fail_over("http://only:1/x");
+        assert_eq!(one.control_plane(), "http://only:1");
+    }
 }

@@ -3,7 +3,6 @@
 //! `AppState` (the HTTP side) holds one of these behind an `Arc`, and so
 //! does every controller.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,9 @@ use shellwego_store::{Store, Tx};
 use tokio::sync::watch;
 
 use crate::bus::{EventBus, Topic};
+use crate::leader::{Fence, Replica};
 
+#[derive(Clone)]
 pub struct ServerCtx {
     pub store: Store,
     pub bus: Arc<dyn EventBus>,
@@ -23,6 +24,12 @@ pub struct ServerCtx {
     /// Becomes true when the server starts shutting down (ends long-polls
     /// and controllers).
     pub stopping: watch::Receiver<bool>,
+    /// This replica: its id and the controllers it leads.
+    pub replica: Arc<Replica>,
+    /// Set in the context a leading controller runs with: every
+    /// transaction begun through it first checks that this replica still
+    /// leads (see [`crate::leader`]).
+    pub fence: Option<Fence>,
 }
 
 /// The settings services and controllers read.
@@ -30,8 +37,8 @@ pub struct ServerCtx {
 pub struct Settings {
     /// A node silent this long is offline; agents sync at least 3× as often.
     pub node_timeout: Duration,
-    /// Where uploaded archives are kept.
-    pub uploads_dir: PathBuf,
+    /// Where uploaded archives (and later other objects) are kept.
+    pub objects: crate::objects::Objects,
     /// How many Free-plan organizations one user may own.
     pub max_free_orgs_per_user: u32,
     /// The `[ssrf]` policy: which targets user-given URLs may reach (checked
@@ -40,11 +47,12 @@ pub struct Settings {
     pub ssrf: shellwego_net::ssrf::Guard,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
+impl Settings {
+    /// Defaults, with objects in `objects` (tests).
+    pub fn with_objects(objects: crate::objects::Objects) -> Settings {
         Settings {
             node_timeout: Duration::from_secs(30),
-            uploads_dir: std::env::temp_dir().join("shellwego-uploads"),
+            objects,
             max_free_orgs_per_user: 1,
             ssrf: shellwego_net::ssrf::Guard::strict(),
         }
@@ -52,11 +60,36 @@ impl Default for Settings {
 }
 
 impl ServerCtx {
+    /// The same context for a controller leading under `fence`.
+    pub fn fenced(&self, fence: Fence) -> ServerCtx {
+        ServerCtx {
+            fence: Some(fence),
+            ..self.clone()
+        }
+    }
+
+    /// Begin a transaction. In a leader's context its first statement
+    /// checks the lease's term (and holds the lease until it ends), so a
+    /// deposed leader commits nothing.
+    pub async fn begin(&self) -> Result<Tx, Error> {
+        let mut tx = self.store.begin().await?;
+        if let Some(f) = &self.fence {
+            let backend = self.store.backend();
+            if !shellwego_store::leases::fence(&mut tx, backend, f.name, &f.holder, f.term).await? {
+                return Err(Error::Unavailable(format!(
+                    "this replica no longer leads {} (term {} is over)",
+                    f.name, f.term
+                )));
+            }
+        }
+        Ok(tx)
+    }
+
     /// Begin a unit of work: a transaction whose topics are published once
     /// it commits.
     pub async fn unit(&self) -> Result<Unit<'_>, Error> {
         Ok(Unit {
-            tx: self.store.begin().await?,
+            tx: self.begin().await?,
             topics: Vec::new(),
             audit: Vec::new(),
             bus: &*self.bus,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -23,8 +24,14 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
+    leader: Family<ControllerLabels, Gauge>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
 }
@@ -48,8 +55,15 @@ impl Metrics {
             "HTTP request latency",
             latency.clone(),
         );
+        let leader = Family::<ControllerLabels, Gauge>::default();
+        registry.register(
+            "controller_leader",
+            "1 when this replica leads the singleton controller",
+            leader.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            leader,
             requests,
             latency,
         }
@@ -62,8 +76,16 @@ impl Metrics {
         self.requests.get_or_create(&labels).inc();
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition, with which singleton controllers
+    /// this replica leads.
+    pub fn render(&self, leading: &[(&str, bool)]) -> String {
+        for (name, leads) in leading {
+            self.leader
+                .get_or_create(&ControllerLabels {
+                    controller: name.to_string(),
+                })
+                .set(i64::from(*leads));
+        }
         let mut out = String::new();
         if let Ok(reg) = self.registry.lock() {
             let _ = prometheus_client::encoding::text::encode(&mut out, &reg);

@@ -14,6 +14,7 @@ use totp_rs::{Algorithm, TOTP};
 
 /// The installation's master key. Every control plane sharing a store must
 /// use the same one (`SHELLWEGO_MASTER_KEY`, or `<data-dir>/master.key`).
+#[derive(Clone)]
 pub struct Key(ChaCha20Poly1305);
 
 impl std::fmt::Debug for Key {

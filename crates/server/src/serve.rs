@@ -24,6 +24,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// `None`: SQLite in the data directory.
     pub database_url: Option<String>,
+    /// Where objects (uploaded archives) are kept: `database`,
+    /// `file:///DIR`, `s3://BUCKET/PREFIX`; `None`: the database with
+    /// PostgreSQL, the data directory with SQLite (see [`crate::objects`]).
+    pub storage_url: Option<String>,
     /// Password for the bootstrap admin; random when absent.
     pub admin_password: Option<String>,
     /// How long in-flight requests may take to finish after a shutdown signal.
@@ -48,6 +52,7 @@ impl ServerConfig {
             listen,
             data_dir: data_dir.into(),
             database_url: None,
+            storage_url: None,
             admin_password: None,
             shutdown_timeout: Duration::from_secs(30),
             master_key: None,
@@ -138,21 +143,42 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
 
     let key = crate::mfa::Key::load_or_create(&config.data_dir, config.master_key.as_deref())
         .map_err(|e| anyhow::anyhow!("master key: {e}"))?;
+    check_master_key(&store, &key).await?;
     let (stop, stop_rx) = watch::channel(false);
     let settings = crate::ctx::Settings {
         node_timeout: config.node_timeout,
-        uploads_dir: config.data_dir.join("uploads"),
+        objects: crate::objects::Objects::open(
+            config.storage_url.as_deref(),
+            &store,
+            &config.data_dir,
+        )
+        .map_err(|e| anyhow::anyhow!("object storage: {e}"))?,
         max_free_orgs_per_user: config.max_free_orgs_per_user,
         ssrf: shellwego_net::ssrf::Guard::new(&config.ssrf),
     };
-    std::fs::create_dir_all(&settings.uploads_dir)
-        .with_context(|| format!("cannot create {}", settings.uploads_dir.display()))?;
+    tracing::info!(storage = %settings.objects.describe(), "object storage ready");
+    let replica = crate::leader::Replica::new();
+    // One process on SQLite; replicas that may be several on PostgreSQL
+    // tell each other through it.
+    let bus: Arc<dyn crate::bus::EventBus> = match store.backend() {
+        shellwego_store::Backend::Sqlite => crate::bus::InProcessBus::new(),
+        shellwego_store::Backend::Postgres => {
+            crate::bus::PgBus::start(&url, store.clone(), replica.holder(), stop_rx.clone())
+        }
+    };
+    tracing::info!(
+        replica = replica.id(),
+        bus = bus.describe(),
+        "replica ready"
+    );
     let ctx = Arc::new(ServerCtx {
         store: store.clone(),
-        bus: crate::bus::InProcessBus::new(),
+        bus,
         key,
         config: settings,
         stopping: stop_rx.clone(),
+        replica,
+        fence: None,
     });
     let mut state = AppState::new(ctx.clone(), crate::openapi::document_json());
     state.trusted_proxies = Arc::new(config.trusted_proxies.clone());
@@ -206,6 +232,25 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         stop,
         task,
     })
+}
+
+/// Every replica of an installation must hold the same master key (what
+/// one encrypts, the others decrypt). The first to start stores a value
+/// sealed with its key; a replica whose key cannot open it refuses to
+/// start, instead of writing secrets the others cannot read.
+async fn check_master_key(store: &Store, key: &crate::mfa::Key) -> anyhow::Result<()> {
+    const PROBE: &[u8] = b"shellwego master key check";
+    let sealed = key.seal(PROBE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut c = store.conn().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stored = shellwego_store::system::claim_value(&mut c, "master_key_check", &sealed)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match key.open(&stored) {
+        Ok(p) if p == PROBE => Ok(()),
+        _ => anyhow::bail!(
+            "this control plane's master key is not the installation's: every replica sharing the database must use the same key (set SHELLWEGO_MASTER_KEY to the same value on each, or copy <data-dir>/master.key from the first replica)"
+        ),
+    }
 }
 
 /// Run until `signal` resolves, then shut down gracefully.

@@ -402,11 +402,15 @@ mod tests {
             shellwego_store::commit(tx).await.unwrap();
             let (stop, stopping) = watch::channel(false);
             let ctx = Arc::new(ServerCtx {
-                store,
+                store: store.clone(),
                 bus: crate::bus::InProcessBus::new(),
                 key: crate::mfa::Key::load_or_create(dir.path(), None).unwrap(),
-                config: Default::default(),
+                config: crate::ctx::Settings::with_objects(crate::objects::Objects::Database(
+                    store,
+                )),
                 stopping,
+                replica: crate::leader::Replica::new(),
+                fence: None,
             });
             Db {
                 ctx,

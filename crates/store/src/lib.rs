@@ -8,12 +8,16 @@ pub mod bootstrap;
 pub mod deployments;
 pub mod events;
 pub mod invitations;
+pub mod leases;
 pub mod list;
 pub mod logins;
 pub mod nodes;
+pub mod notify;
+pub mod objects;
 pub mod operations;
 pub mod orgs;
 pub mod service_accounts;
+pub mod system;
 pub mod tokens;
 pub mod users;
 
@@ -217,6 +221,11 @@ impl Store {
         .await
         .map_err(|e| Error::Internal(format!("the transaction task failed: {e}")))?
         .map_err(db_err)
+    }
+
+    /// A connection of the pool, for reads outside a transaction.
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<Any>, Error> {
+        self.pool.acquire().await.map_err(db_err)
     }
 
     /// Is the store reachable? (`/readyz`)

@@ -116,6 +116,14 @@ impl FakeAgent {
 
     /// The same node's agent presenting `credential` instead (a test of
     /// the channel's authentication).
+    /// The same node, talking to the control-plane replica at `base`.
+    pub fn at(&self, base: &str) -> FakeAgent {
+        FakeAgent {
+            base: base.to_string(),
+            ..self.clone()
+        }
+    }
+
     pub fn with_credential(&self, credential: &str) -> FakeAgent {
         FakeAgent {
             credential: credential.to_string(),

@@ -142,6 +142,40 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// Another replica of this control plane: a server of its own (its own
+    /// port and data directory) on the same database, with the same master
+    /// key, as an operator runs several behind a load balancer. Its
+    /// `token` is this one's admin token. Keep `self` alive while it runs
+    /// (`self` owns the test database).
+    pub async fn replica(&self) -> TestServer {
+        self.replica_with(|_| {}).await
+    }
+
+    /// [`TestServer::replica`], with `configure` changing its configuration.
+    pub async fn replica_with(&self, configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = self.cfg.clone();
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.data_dir = dir.path().to_path_buf();
+        cfg.database_url = Some(self.cfg.database_url());
+        cfg.master_key = Some(match &self.cfg.master_key {
+            Some(k) => k.clone(),
+            None => std::fs::read_to_string(self.cfg.data_dir.join("master.key")).unwrap(),
+        });
+        configure(&mut cfg);
+        let started = start_server(cfg.clone()).await.unwrap();
+        TestServer {
+            base: format!("http://{}", started.addr),
+            token: self.token.clone(),
+            http: reqwest::Client::new(),
+            store: started.ctx.store.clone(),
+            started: Some(started),
+            cfg,
+            _dir: dir,
+            _pg: None,
+        }
+    }
+
     pub async fn call(
         &self,
         method: Method,

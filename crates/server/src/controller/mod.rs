@@ -8,7 +8,10 @@
 //! - [`nodes::DrainedNodes`]: drained nodes marked for deletion go;
 //! - [`routes::RouteFeed`]: the in-process ingress's route table.
 //!
-//! [`run`] is the one loop they all share.
+//! [`run`] is the one loop they all share. A singleton controller (all of
+//! them but the route feed, which serves its own replica's ingress) runs
+//! only on the replica that leads it ([`crate::leader`]), with a context
+//! whose transactions are fenced by its term.
 
 pub mod instances;
 pub mod nodes;
@@ -24,10 +27,14 @@ use shellwego_core::Error;
 
 use crate::bus::Topic;
 use crate::ctx::ServerCtx;
+use crate::leader::{self, Fence};
 
 pub trait Controller: Send + 'static {
-    /// For log lines.
+    /// For log lines, and the name of its lease.
     const NAME: &'static str;
+    /// One replica runs it at a time (it decides for the whole
+    /// installation); `false`: every replica runs its own.
+    const SINGLETON: bool = true;
     /// Topics that wake it before `every()` is up.
     fn wakes_on(&self) -> &'static [Topic];
     /// The longest it sleeps between passes.
@@ -45,8 +52,65 @@ pub trait Controller: Send + 'static {
     ) -> impl Future<Output = Result<&'static [Topic], Error>> + Send;
 }
 
-/// Run `c` until the server stops.
+/// Run `c` until the server stops: a singleton while this replica leads
+/// it, any other always.
 pub async fn run<C: Controller>(mut c: C, ctx: Arc<ServerCtx>) {
+    if !C::SINGLETON {
+        return passes(&mut c, ctx).await;
+    }
+    let replica = ctx.replica.clone();
+    let mut stopping = ctx.stopping.clone();
+    loop {
+        // A follower asks for the lease until it is this replica's.
+        let term = loop {
+            match leader::acquire(&ctx.store, C::NAME, replica.id()).await {
+                Ok(Some(t)) => break t,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(controller = C::NAME, error = %e, "cannot ask for the lease")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(leader::RETRY_EVERY) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        };
+        let fence = Fence {
+            name: C::NAME,
+            holder: replica.holder(),
+            term,
+        };
+        tracing::info!(
+            controller = C::NAME,
+            term,
+            replica = replica.id(),
+            "leading"
+        );
+        replica.set(C::NAME, Some(term));
+        let led = Arc::new(ctx.fenced(fence.clone()));
+        // The passes stop the moment the lease is lost (a pass cut short
+        // rolls its transaction back; the fence refuses what it would
+        // commit late).
+        let stopped = tokio::select! {
+            _ = passes(&mut c, led) => true,
+            _ = leader::keep(&ctx.store, &fence) => false,
+        };
+        replica.set(C::NAME, None);
+        if stopped {
+            leader::release(&ctx.store, &fence).await;
+            return;
+        }
+        tracing::warn!(
+            controller = C::NAME,
+            term,
+            "lost the lease; no longer leading"
+        );
+    }
+}
+
+/// Passes of `c`: at start, on its topics and every `every()`, until the
+/// server stops.
+async fn passes<C: Controller>(c: &mut C, ctx: Arc<ServerCtx>) {
     let mut wake = ctx.bus.subscribe(c.wakes_on());
     let mut stopping = ctx.stopping.clone();
     let first = c.first_pass_after(&ctx);
@@ -73,6 +137,13 @@ pub async fn run<C: Controller>(mut c: C, ctx: Arc<ServerCtx>) {
     }
 }
 
+/// The singleton controllers (their lease names).
+pub const SINGLETONS: [&str; 3] = [
+    reconcile::Reconcile::NAME,
+    nodes::DrainedNodes::NAME,
+    nodes::Liveness::NAME,
+];
+
 /// Start every controller of a control plane.
 pub fn start_all(ctx: &Arc<ServerCtx>) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
@@ -92,6 +163,7 @@ mod tests {
 
     impl Controller for Counter {
         const NAME: &'static str = "counter";
+        const SINGLETON: bool = false;
         fn wakes_on(&self) -> &'static [Topic] {
             &[Topic::Apps]
         }
@@ -121,12 +193,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let (stop, stopping) = tokio::sync::watch::channel(false);
+        let store = shellwego_store::Store::connect(&url).await.unwrap();
         let ctx = Arc::new(ServerCtx {
-            store: shellwego_store::Store::connect(&url).await.unwrap(),
+            store: store.clone(),
             bus: crate::bus::InProcessBus::new(),
             key: crate::mfa::Key::load_or_create(dir.path(), None).unwrap(),
-            config: Default::default(),
+            config: crate::ctx::Settings::with_objects(crate::objects::Objects::Database(store)),
             stopping,
+            replica: crate::leader::Replica::new(),
+            fence: None,
         });
         let passes = Arc::new(AtomicU32::new(0));
         let mut routes = ctx.bus.subscribe(&[Topic::Routes]);

@@ -48,7 +48,7 @@ pub async fn mark_silent_nodes_offline(ctx: &ServerCtx, timeout: Duration) -> Re
     let cutoff = to_micros(now()) - i64::try_from(timeout.as_micros()).unwrap_or(0);
     let mut n = 0;
     for (id, org, last_seen) in store.stale_nodes(cutoff).await? {
-        let mut tx = store.begin().await?;
+        let mut tx = ctx.begin().await?;
         if nodes::mark_offline(&mut tx, &id, cutoff).await? {
             let last = last_seen.map(|t| rfc3339(shellwego_core::time::from_micros(t)));
             events::record(
@@ -85,7 +85,7 @@ impl Controller for DrainedNodes {
         let store = &ctx.store;
         let mut n = 0;
         for (id, org) in store.drained_nodes_to_delete().await? {
-            let mut tx = store.begin().await?;
+            let mut tx = ctx.begin().await?;
             nodes::delete(&mut tx, &id).await?;
             events::record(
                 &mut tx,

@@ -43,8 +43,7 @@ use crate::ctx::ServerCtx;
 
 /// Reconcile one app in its own transaction.
 pub async fn reconcile(ctx: &ServerCtx, app_id: &str) -> Result<(), Error> {
-    let store = &ctx.store;
-    let mut tx = store.begin().await?;
+    let mut tx = ctx.begin().await?;
     reconcile_in(&mut tx, app_id).await?;
     commit(tx).await
 }

@@ -67,6 +67,7 @@ impl RouteFeed {
 
 impl Controller for RouteFeed {
     const NAME: &'static str = "routes";
+    const SINGLETON: bool = false;
 
     fn wakes_on(&self) -> &'static [Topic] {
         &[Topic::Routes]

@@ -123,8 +123,8 @@ pub async fn agent_upload_get(
     headers: HeaderMap,
     crate::extract::PathParam(id): crate::extract::PathParam,
 ) -> ApiResult<axum::response::Response> {
-    let (f, len) = agent_channel::agent_upload(&st.ctx, bearer(&headers), &id).await?;
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(f));
+    let (bytes, len) = agent_channel::agent_upload(&st.ctx, bearer(&headers), &id).await?;
+    let body = axum::body::Body::from_stream(bytes);
     Ok(axum::response::Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len)

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use shellwego_api::Health;
+use shellwego_api::{Health, Readiness};
 
 use crate::problem::ApiResult;
 use crate::state::AppState;
@@ -15,14 +15,14 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the database is reachable (503 when it is not).
+/// Readiness: the database is reachable (503 when it is not); which
+/// controllers this replica leads.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, body = Health),
+    (status = 200, body = Readiness),
     (status = 503, body = shellwego_api::problem::Problem, content_type = "application/problem+json"),
 ))]
-pub async fn readyz(State(st): State<AppState>) -> ApiResult<Json<Health>> {
-    crate::service::health::ready(&st.ctx).await?;
-    Ok(Json(Health { status: "ok" }))
+pub async fn readyz(State(st): State<AppState>) -> ApiResult<Json<Readiness>> {
+    Ok(Json(crate::service::health::ready(&st.ctx).await?))
 }
 
 /// Prometheus metrics (OpenMetrics text): request count and latency by
@@ -34,6 +34,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        st.metrics.render(),
+        st.metrics
+            .render(&crate::service::health::leadership(&st.ctx)),
     )
 }

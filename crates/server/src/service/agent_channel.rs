@@ -66,12 +66,18 @@ pub async fn agent_join(
     Ok((node_id, credential))
 }
 
+/// How often a held sync re-reads its node's generation without being
+/// woken: a safety net only, since every replica's changes wake it
+/// through the event bus (in-process, or PostgreSQL's NOTIFY, which
+/// resynchronises everyone after a lost connection).
+const SYNC_RECHECK: Duration = Duration::from_secs(5);
+
 /// One sync call: apply what the agent reports (it is also the node's
 /// heartbeat), reconcile the apps that changed, then hold the call until
 /// the node's desired state differs from the generation the agent has —
-/// woken at once by changes of this process, and re-reading the store
-/// every second for those of other control planes sharing the database —
-/// but never past a third of the liveness timeout, nor a shutdown.
+/// woken by the event bus when any replica changes what nodes run (and
+/// re-reading the store every [`SYNC_RECHECK`] regardless) — but never
+/// past a third of the liveness timeout, nor a shutdown.
 pub async fn agent_sync(
     ctx: &ServerCtx,
     credential: Option<&str>,
@@ -114,7 +120,7 @@ pub async fn agent_sync(
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = stopping.wait_for(|s| *s) => break,
                 _ = changes.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(SYNC_RECHECK) => {}
             }
             generation = ctx.store.node_generation(&node_id).await?;
             if generation != req.generation {
@@ -141,12 +147,12 @@ pub async fn agent_sync(
 }
 
 /// An uploaded archive a node may download (one of its organization's):
-/// its path and size. Anything else is a 404.
+/// its bytes and size. Anything else is a 404.
 pub async fn agent_upload(
     ctx: &ServerCtx,
     credential: Option<&str>,
     upload_id: &str,
-) -> Result<(tokio::fs::File, u64), Error> {
+) -> Result<(crate::objects::ByteStream, u64), Error> {
     let (_, org, _) = node_for_credential(ctx, credential).await?;
     let not_found = || Error::not_found("upload", upload_id);
     if !upload_id.starts_with("upl_")
@@ -159,11 +165,11 @@ pub async fn agent_upload(
     if ctx.store.upload_org(upload_id).await?.as_deref() != Some(org.as_str()) {
         return Err(not_found());
     }
-    let f = tokio::fs::File::open(ctx.config.uploads_dir.join(upload_id))
-        .await
-        .map_err(|_| not_found())?;
-    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    Ok((f, len))
+    ctx.config
+        .objects
+        .get(&crate::service::apps::upload_key(upload_id))
+        .await?
+        .ok_or_else(not_found)
 }
 
 /// The node a request's `Authorization: Bearer nsec_…` belongs to.

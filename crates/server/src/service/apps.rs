@@ -490,62 +490,39 @@ pub async fn instances_of(ctx: &ServerCtx, apps: &[&App]) -> Result<Vec<Instance
     ctx.store.instances_of_apps(&ids).await
 }
 
+/// Where upload `id`'s archive is kept in the object storage.
+pub fn upload_key(id: &str) -> String {
+    format!("uploads/{id}")
+}
+
 /// The largest archive `POST /v1/uploads` takes.
 pub const MAX_UPLOAD: u64 = 1 << 30;
 
-/// Keep an uploaded archive (streamed to a file next to the others, then
-/// recorded): its id, size and SHA-256 (lower-case hex).
+/// Keep an uploaded archive (streamed to the object storage every replica
+/// reaches, then recorded): its id, size and SHA-256 (lower-case hex).
 pub async fn upload_create<B: AsRef<[u8]>>(
     ctx: &ServerCtx,
     p: &Principal,
-    mut stream: impl futures::Stream<Item = Result<B, Error>> + Unpin,
+    stream: impl futures::Stream<Item = Result<B, Error>> + Unpin,
 ) -> Result<(String, i64, String), Error> {
-    use futures::StreamExt;
-    use sha2::Digest;
-    use tokio::io::AsyncWriteExt;
     p.authorize("apps", "write", None)?;
     let id = shellwego_core::id::new_id("upl");
-    let path = ctx.config.uploads_dir.join(&id);
-    let tmp = ctx.config.uploads_dir.join(format!("{id}.part"));
-    let mut f = tokio::fs::File::create(&tmp)
-        .await
-        .map_err(Error::internal)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut size: u64 = 0;
-    let res: Result<(), Error> = async {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            let chunk = chunk.as_ref();
-            size += chunk.len() as u64;
-            if size > MAX_UPLOAD {
-                return Err(Error::PayloadTooLarge("An upload is at most 1 GiB.".into()));
-            }
-            hasher.update(chunk);
-            f.write_all(chunk).await.map_err(Error::internal)?;
-        }
-        if size == 0 {
-            return Err(Error::field(
-                "body",
-                "required",
-                "send the archive (.tar or .tar.gz) as the request body",
-            ));
-        }
-        f.sync_all().await.map_err(Error::internal)?;
-        Ok(())
+    let key = upload_key(&id);
+    let objects = &ctx.config.objects;
+    let stored = objects
+        .put(&key, stream, MAX_UPLOAD, || {
+            Error::PayloadTooLarge("An upload is at most 1 GiB.".into())
+        })
+        .await?;
+    if stored.size == 0 {
+        objects.delete(&key).await?;
+        return Err(Error::field(
+            "body",
+            "required",
+            "send the archive (.tar or .tar.gz) as the request body",
+        ));
     }
-    .await;
-    if let Err(e) = res {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e);
-    }
-    tokio::fs::rename(&tmp, &path)
-        .await
-        .map_err(Error::internal)?;
-    let sha: String = hasher
-        .finalize()
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect();
+    let (size, sha) = (stored.size, stored.sha256);
     let mut tx = ctx.unit().await?;
     apps::insert_upload(
         &mut tx,

@@ -16,5 +16,6 @@ mod node_join;
 mod openapi;
 mod ops;
 mod ratelimit;
+mod replicas;
 mod ssrf;
 mod stranger;
