@@ -288,7 +288,7 @@ async fn v1_gate(State(state): State<AppState>, mut req: Request, next: Next) ->
             format!("ip:{}", ip.map(|i| i.to_string()).unwrap_or_default()),
         ),
     };
-    let decision = state.limits.check(plan, &key);
+    let decision = state.limits.admit(plan, &key).await;
     let mut res = match (decision.refused.clone(), auth) {
         (Some(info), _) => ApiError(Error::RateLimited(info)).into_response(),
         (None, Err(e)) => ApiError(e).into_response(),

@@ -1,5 +1,9 @@
 //! Per-token (per-IP when unauthenticated) rate limits by the
-//! organization's plan, with GCRA from `governor`.
+//! organization's plan, with GCRA: in this process (`governor`) for one
+//! server on SQLite, or in PostgreSQL when several replicas share it, so
+//! that a client spreading its requests over replicas gets the plan's
+//! limit, not one per replica (one conditional upsert per request; see
+//! `shellwego_store::rate_limits`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -10,6 +14,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
 use shellwego_core::plan::Plan;
 use shellwego_core::RateLimitInfo;
+use shellwego_store::{rate_limits, Store};
 
 type Keyed = RateLimiter<
     String,
@@ -35,6 +40,8 @@ pub struct Decision {
 
 pub struct RateLimits {
     limiters: HashMap<Plan, (Keyed, u32)>,
+    /// Where buckets are kept when shared by replicas.
+    shared: Option<Store>,
 }
 
 fn unix_now() -> Duration {
@@ -67,7 +74,70 @@ impl RateLimits {
                 )
             })
             .collect();
-        RateLimits { limiters }
+        RateLimits {
+            limiters,
+            shared: None,
+        }
+    }
+
+    /// Limits kept in `store`, shared by every replica using it.
+    pub fn shared(store: Store) -> RateLimits {
+        RateLimits {
+            shared: Some(store),
+            ..RateLimits::new()
+        }
+    }
+
+    /// Count one request of `key` against `plan`'s quota: in the shared
+    /// store if there is one, else here.
+    pub async fn admit(&self, plan: Plan, key: &str) -> Decision {
+        let Some(store) = &self.shared else {
+            return self.check(plan, key);
+        };
+        let q = plan.rate_quota();
+        let per_minute = q.per_minute.max(1);
+        let burst = q.burst.max(1);
+        let interval = 60_000_000 / i64::from(per_minute);
+        let capacity = interval * i64::from(burst);
+        let now = i64::try_from(unix_now().as_micros()).unwrap_or(i64::MAX);
+        let admitted = async {
+            let mut c = store.conn().await?;
+            rate_limits::admit(&mut c, key, now, interval, capacity).await
+        }
+        .await;
+        let secs = |us: i64| u64::try_from(us.max(0)).unwrap_or(0).div_ceil(1_000_000);
+        match admitted {
+            Ok(Ok(tat)) => Decision {
+                limit: per_minute,
+                burst,
+                remaining: u32::try_from((capacity - (tat - now)).max(0) / interval).unwrap_or(0),
+                reset: secs(tat),
+                refused: None,
+            },
+            Ok(Err(tat)) => Decision {
+                limit: per_minute,
+                burst,
+                remaining: 0,
+                reset: secs(tat),
+                refused: Some(RateLimitInfo {
+                    limit: per_minute,
+                    window_secs: 60,
+                    retry_after_secs: secs(tat + interval - capacity - now).max(1),
+                }),
+            },
+            // The store is out of reach: the request fails on its own
+            // there; the limiter does not add a second error.
+            Err(e) => {
+                tracing::warn!(error = %e, "rate limit: the shared buckets are out of reach; admitting");
+                Decision {
+                    limit: per_minute,
+                    burst,
+                    remaining: burst,
+                    reset: secs(now),
+                    refused: None,
+                }
+            }
+        }
     }
 
     /// Count one request of `key` against `plan`'s quota.

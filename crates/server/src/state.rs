@@ -21,10 +21,15 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(ctx: Arc<ServerCtx>, openapi_json: String) -> AppState {
+        // Several replicas may share a PostgreSQL: so do their buckets.
+        let limits = match ctx.store.backend() {
+            shellwego_store::Backend::Sqlite => RateLimits::new(),
+            shellwego_store::Backend::Postgres => RateLimits::shared(ctx.store.clone()),
+        };
         AppState {
             ctx,
             metrics: Arc::new(Metrics::new()),
-            limits: Arc::new(RateLimits::new()),
+            limits: Arc::new(limits),
             openapi_json: Arc::new(openapi_json),
             trusted_proxies: Arc::default(),
         }

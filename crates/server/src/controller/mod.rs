@@ -138,10 +138,11 @@ async fn passes<C: Controller>(c: &mut C, ctx: Arc<ServerCtx>) {
 }
 
 /// The singleton controllers (their lease names).
-pub const SINGLETONS: [&str; 3] = [
+pub const SINGLETONS: [&str; 4] = [
     reconcile::Reconcile::NAME,
     nodes::DrainedNodes::NAME,
     nodes::Liveness::NAME,
+    nodes::RateLimitSweep::NAME,
 ];
 
 /// Start every controller of a control plane.
@@ -150,6 +151,7 @@ pub fn start_all(ctx: &Arc<ServerCtx>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(run(reconcile::Reconcile::default(), ctx.clone())),
         tokio::spawn(run(nodes::DrainedNodes, ctx.clone())),
         tokio::spawn(run(nodes::Liveness, ctx.clone())),
+        tokio::spawn(run(nodes::RateLimitSweep, ctx.clone())),
     ]
 }
 

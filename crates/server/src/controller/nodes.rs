@@ -104,3 +104,25 @@ impl Controller for DrainedNodes {
         })
     }
 }
+
+/// Rate-limit buckets that are full again are deleted from the store
+/// (the shared limiter's table; empty when the limiter is in-process).
+pub struct RateLimitSweep;
+
+impl Controller for RateLimitSweep {
+    const NAME: &'static str = "rate-limit-sweep";
+
+    fn wakes_on(&self) -> &'static [Topic] {
+        &[]
+    }
+
+    fn every(&self, _: &ServerCtx) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    async fn pass(&mut self, ctx: &ServerCtx) -> Result<&'static [Topic], Error> {
+        let mut c = ctx.store.conn().await?;
+        shellwego_store::rate_limits::sweep(&mut c, to_micros(now())).await?;
+        Ok(&[])
+    }
+}

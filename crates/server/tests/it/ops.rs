@@ -159,3 +159,88 @@ mod migrations_apply_to_an_empty_database_and_rerun_cleanly {
         super::migrations_apply_to_an_empty_database_and_rerun_cleanly(Backend::Postgres).await
     }
 }
+
+/// During a rolling upgrade an older replica restarts on a database a
+/// newer one already migrated: it must start (its migrations are all
+/// applied; the unknown newer one is ignored), not refuse.
+async fn an_older_release_starts_on_a_newer_schema(backend: Backend) {
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) VALUES (99990101000000, 'from a newer release', CURRENT_TIMESTAMP, TRUE, $1, 0)",
+    )
+    .bind(vec![0u8; 48])
+    .execute(s.store.pool())
+    .await
+    .unwrap();
+    s.store
+        .migrate()
+        .await
+        .expect("an older release accepts a newer schema");
+}
+
+mod an_older_release_starts_on_a_newer_schema {
+    use shellwego_testkit::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::an_older_release_starts_on_a_newer_schema(Backend::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::an_older_release_starts_on_a_newer_schema(Backend::Postgres).await
+    }
+}
+
+/// Migrations only add, from the first release that runs several replicas
+/// (0012) on: no drop, rename, type change or new NOT NULL on an existing
+/// column, so that the replicas still on the previous release keep working
+/// on the new schema (docs/operations.md, "Upgrades").
+#[test]
+fn migrations_from_0012_on_only_add() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../store/migrations");
+    let forbidden = [
+        "DROP TABLE",
+        "DROP COLUMN",
+        "RENAME",
+        "ALTER COLUMN",
+        "DROP INDEX",
+        "DROP CONSTRAINT",
+    ];
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let Some(n) = name.get(..4).and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if n < 12 {
+            continue;
+        }
+        let sql: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .to_uppercase();
+        for f in forbidden {
+            assert!(
+                !sql.contains(f),
+                "{name} has {f}: migrations only add (docs/operations.md)"
+            );
+        }
+        for stmt in sql.split(';') {
+            if stmt.contains("ALTER TABLE") && stmt.contains("ADD COLUMN") {
+                assert!(
+                    !stmt.contains("NOT NULL") || stmt.contains("DEFAULT"),
+                    "{name}: a column added to an existing table is nullable or has a default: {stmt}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "found the migrations in {}", dir.display());
+}

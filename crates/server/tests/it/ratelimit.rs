@@ -3,6 +3,7 @@
 use reqwest::Method;
 use shellwego_core::plan::Plan;
 
+use shellwego_testkit::both_backends;
 use shellwego_testkit::server::{problem, slug, TestServer};
 use shellwego_testkit::Backend;
 
@@ -12,9 +13,12 @@ fn header(r: &reqwest::Response, name: &str) -> Option<u64> {
         .map(|v| v.to_str().unwrap().parse().unwrap())
 }
 
-#[tokio::test]
-async fn a_free_tier_token_gets_429_after_its_burst() {
-    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+both_backends!(
+    a_free_tier_token_gets_429_after_its_burst,
+    unauthenticated_callers_are_limited_per_ip
+);
+
+async fn a_free_tier_token_gets_429_after_its_burst(s: TestServer) {
     let (_, _, free) = s.org_with_user(Plan::Free, "free@example.com").await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -59,9 +63,7 @@ async fn a_free_tier_token_gets_429_after_its_burst() {
     assert_eq!(header(&r, "x-ratelimit-limit"), Some(50_000));
 }
 
-#[tokio::test]
-async fn unauthenticated_callers_are_limited_per_ip() {
-    let s = TestServer::start(Backend::Sqlite).await.unwrap();
+async fn unauthenticated_callers_are_limited_per_ip(s: TestServer) {
     let mut statuses = vec![];
     for _ in 0..21 {
         statuses.push(
@@ -80,4 +82,30 @@ async fn unauthenticated_callers_are_limited_per_ip() {
             .status(),
         200
     );
+}
+
+/// With several replicas on one PostgreSQL, a client spreading its
+/// requests over them still has one budget, not one per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_budget() {
+    let Some(a) = TestServer::start(Backend::Postgres).await else {
+        return;
+    };
+    let b = a.replica().await;
+    let (_, _, free) = a.org_with_user(Plan::Free, "free@example.com").await;
+    let mut statuses = vec![];
+    let mut remaining = vec![];
+    for i in 0..21 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let r = s.call(Method::GET, "/v1/user", Some(&free), None).await;
+        statuses.push(r.status().as_u16());
+        remaining.push(header(&r, "x-ratelimit-remaining").unwrap());
+    }
+    assert!(statuses[..20].iter().all(|c| *c == 200), "{statuses:?}");
+    assert_eq!(
+        statuses[20], 429,
+        "the 21st request, whichever replica: {statuses:?}"
+    );
+    assert_eq!(remaining[0], 19, "{remaining:?}");
+    assert_eq!(remaining[19], 0, "{remaining:?}");
 }
