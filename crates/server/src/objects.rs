@@ -79,23 +79,47 @@ impl Objects {
             return Ok(Objects::Database(store.clone()));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
+            let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
             if rest.is_empty() || rest.starts_with('/') {
                 return Err(bad(format!(
-                    "'{url}' names no bucket: use s3://BUCKET[/PREFIX]"
+                    "'s3://{rest}' names no bucket: use s3://BUCKET[/PREFIX]"
                 )));
             }
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // Settings in the URL win over the environment's:
+            // ?endpoint=…&region=…&allow_http=true (and the credentials,
+            // though the environment is the better place for those).
+            for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                use object_store::aws::AmazonS3ConfigKey as Key;
+                let key = match k.as_ref() {
+                    "endpoint" => Key::Endpoint,
+                    "region" => Key::Region,
+                    "allow_http" => {
+                        b = b.with_allow_http(v == "true");
+                        continue;
+                    }
+                    "access_key_id" => Key::AccessKeyId,
+                    "secret_access_key" => Key::SecretAccessKey,
+                    other => {
+                        return Err(bad(format!(
+                            "'{other}' is not a setting of an s3:// storage URL (endpoint, region, allow_http, access_key_id, secret_access_key)"
+                        )))
+                    }
+                };
+                b = b.with_config(key, v.to_string());
+            }
+            let s3 = b
                 .build()
-                .map_err(|e| bad(format!("cannot use '{url}': {e}")))?;
+                .map_err(|e| bad(format!("cannot use s3://{rest}: {e}")))?;
             let store: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
                 "" => Arc::new(s3),
                 p => Arc::new(object_store::prefix::PrefixStore::new(s3, p)),
             };
             return Ok(Objects::Remote {
                 store,
-                describe: url,
+                // Without the query: it may hold credentials.
+                describe: format!("s3://{rest}"),
             });
         }
         let dir = url.strip_prefix("file://").unwrap_or(&url);

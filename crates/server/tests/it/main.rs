@@ -13,6 +13,7 @@ mod hardening;
 mod identity;
 mod lists;
 mod node_join;
+mod objects;
 mod openapi;
 mod ops;
 mod ratelimit;
