@@ -1,6 +1,8 @@
 //! `shellwego router`: the ingress on its own, fed from the control plane's
 //! store. Run several beside one or more control planes (same
-//! `--database-url`); each refreshes its route table every second.
+//! `--database-url`); on PostgreSQL each is told of route changes by the
+//! replicas' NOTIFYs (and re-reads every 5 s regardless), on SQLite it
+//! re-reads every second.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,10 +69,12 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
     let routes = shellwego_ingress::Routes::new();
-    let feed = tokio::spawn(shellwego_server::controller::routes::feed_routes_from(
-        store.clone(),
-        routes.clone(),
-    ));
+    let feed = {
+        let (store, routes, url) = (store.clone(), routes.clone(), url.clone());
+        tokio::spawn(async move {
+            shellwego_server::controller::routes::feed_routes_from(store, &url, routes).await
+        })
+    };
     tracing::info!(listen = %addr, base_domain = %a.base_domain, "router is up: apps answer at http://<app>.{}:{}", a.base_domain, addr.port());
     let res = shellwego_ingress::serve(
         listener,

@@ -83,12 +83,35 @@ impl Controller for RouteFeed {
     }
 }
 
-/// Keep `routes` equal to the healthy instances in `store`, every second,
-/// forever (a router without a control plane in its process).
-pub async fn feed_routes_from(store: Store, routes: Routes) {
+/// Keep `routes` equal to the healthy instances in `store`, forever (a
+/// router without a control plane in its process, `url` being the store's
+/// URL): on PostgreSQL at once when a replica publishes a routes change
+/// (its `NOTIFY`), and every 5 s regardless; on SQLite (no notifications
+/// between processes) every second.
+pub async fn feed_routes_from(store: Store, url: &str, routes: Routes) {
     let mut feed = RouteFeed::new(routes);
+    let (_keep, stopping) = tokio::sync::watch::channel(false);
+    let (mut wake, every) = match store.backend() {
+        shellwego_store::Backend::Postgres => {
+            let origin: std::sync::Arc<str> = shellwego_core::id::new_id("rtr").into();
+            let bus = crate::bus::PgBus::start(url, store.clone(), origin, stopping);
+            (
+                Some(crate::bus::EventBus::subscribe(&*bus, &[Topic::Routes])),
+                Duration::from_secs(5),
+            )
+        }
+        shellwego_store::Backend::Sqlite => (None, EVERY),
+    };
     loop {
         feed.step(&store).await;
-        tokio::time::sleep(EVERY).await;
+        match wake.as_mut() {
+            Some(w) => {
+                tokio::select! {
+                    _ = w.changed() => {}
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+            None => tokio::time::sleep(every).await,
+        }
     }
 }
