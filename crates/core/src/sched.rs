@@ -8,7 +8,8 @@
 //! same app wins, then the zone with the fewest replicas of the app, then
 //! the most free memory; so replicas spread across nodes and zones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Instances a node takes at most.
 pub const MAX_INSTANCES_PER_NODE: i64 = 256;
@@ -55,60 +56,115 @@ pub struct Placed {
 
 /// A cluster being filled: node states plus how many replicas of each app
 /// are on each node and in each zone.
+///
+/// Placing is indexed, not a scan of every node: each zone keeps its nodes
+/// ordered by free memory, so the best node that holds no replica of the
+/// app yet (the usual case: an app has far fewer replicas than a cluster
+/// has nodes) is the first one that fits in the zone with the fewest of the
+/// app's replicas — a few steps, whatever the number of nodes. Only when
+/// every node that fits already holds a replica of the app does a placement
+/// scan all nodes ([`Cluster::place_by_scan`], which also says why nothing
+/// fits). Both choose the same node (a test holds them to it).
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
-    pub nodes: Vec<NodeState>,
-    per_node: HashMap<(String, usize), i64>,
-    per_zone: HashMap<(String, String), i64>,
+    nodes: Vec<NodeState>,
+    /// The zone (index into `zones`) of each node.
+    zone_of: Vec<usize>,
+    zones: Vec<String>,
+    /// Per zone: its nodes, most free memory first (then lowest index).
+    by_memory: Vec<BTreeSet<(Reverse<i64>, usize)>>,
+    /// Per app: how many of its replicas each node holds (nodes with none
+    /// absent).
+    per_node: HashMap<String, HashMap<usize, i64>>,
+    /// Per app: how many of its replicas each zone holds.
+    per_zone: HashMap<String, Vec<i64>>,
 }
 
 impl Cluster {
     pub fn new(nodes: Vec<NodeState>) -> Cluster {
+        let mut zones: Vec<String> = vec![];
+        let mut zone_of = Vec::with_capacity(nodes.len());
+        for n in &nodes {
+            let z = match zones.iter().position(|z| *z == n.zone) {
+                Some(z) => z,
+                None => {
+                    zones.push(n.zone.clone());
+                    zones.len() - 1
+                }
+            };
+            zone_of.push(z);
+        }
+        let mut by_memory = vec![BTreeSet::new(); zones.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            by_memory[zone_of[i]].insert((Reverse(n.free_memory), i));
+        }
         Cluster {
             nodes,
-            ..Default::default()
+            zone_of,
+            zones,
+            by_memory,
+            per_node: HashMap::new(),
+            per_zone: HashMap::new(),
+        }
+    }
+
+    /// The nodes, with their free figures as placed so far.
+    pub fn nodes(&self) -> &[NodeState] {
+        &self.nodes
+    }
+
+    /// Change node `idx`'s free resources by these amounts (keeping the
+    /// index ordered).
+    fn adjust(&mut self, idx: usize, memory: i64, cpu_millis: i64, slots: i64) {
+        let Some(n) = self.nodes.get_mut(idx) else {
+            return;
+        };
+        let z = self.zone_of[idx];
+        self.by_memory[z].remove(&(Reverse(n.free_memory), idx));
+        n.free_memory += memory;
+        n.free_cpu_millis += cpu_millis;
+        n.free_slots += slots;
+        self.by_memory[z].insert((Reverse(n.free_memory), idx));
+    }
+
+    fn count(&mut self, app_id: &str, idx: usize, by: i64) {
+        let Some(&z) = self.zone_of.get(idx) else {
+            return;
+        };
+        if !self.per_node.contains_key(app_id) {
+            self.per_node.insert(app_id.to_string(), HashMap::new());
+            self.per_zone
+                .insert(app_id.to_string(), vec![0; self.zones.len()]);
+        }
+        if let Some(m) = self.per_node.get_mut(app_id) {
+            let c = m.entry(idx).or_default();
+            *c = (*c + by).max(0);
+            if *c == 0 {
+                m.remove(&idx);
+            }
+        }
+        if let Some(v) = self.per_zone.get_mut(app_id) {
+            v[z] = (v[z] + by).max(0);
         }
     }
 
     /// Count an instance of `app_id` already on node `idx` (its resources
     /// are already subtracted from the node's free figures).
     pub fn count_existing(&mut self, app_id: &str, idx: usize) {
-        if let Some(n) = self.nodes.get(idx) {
-            *self
-                .per_zone
-                .entry((app_id.to_string(), n.zone.clone()))
-                .or_default() += 1;
-            *self.per_node.entry((app_id.to_string(), idx)).or_default() += 1;
-        }
+        self.count(app_id, idx, 1);
     }
 
     /// Resources on node `idx` are free again (an instance not counted
     /// with `count_existing` is gone).
     pub fn free(&mut self, idx: usize, memory: i64, cpu_millis: i64) {
-        if let Some(n) = self.nodes.get_mut(idx) {
-            n.free_cpu_millis += cpu_millis;
-            n.free_memory += memory;
-            n.free_slots += 1;
-        }
+        self.adjust(idx, memory, cpu_millis, 1);
     }
 
     /// An instance of `app_id` on node `idx` (counted with
     /// `count_existing`) is gone: its resources are free again.
     pub fn release(&mut self, app_id: &str, idx: usize, memory: i64, cpu_millis: i64) {
         self.free(idx, memory, cpu_millis);
-        let Some(n) = self.nodes.get(idx) else {
-            return;
-        };
-        let zone = n.zone.clone();
-        for c in [
-            self.per_node.get_mut(&(app_id.to_string(), idx)),
-            self.per_zone.get_mut(&(app_id.to_string(), zone)),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            *c = (*c - 1).max(0);
-        }
+        self.count(app_id, idx, -1);
     }
 
     /// Place one instance on one of the nodes with these ids only.
@@ -126,23 +182,65 @@ impl Cluster {
 
     /// Place one instance, updating the free figures; or say why not.
     pub fn place(&mut self, r: &Request) -> Result<Placed, String> {
+        match self.best_without_replica(r) {
+            Some((i, driver)) => Ok(self.take(r, i, driver)),
+            None => self.place_by_scan(r),
+        }
+    }
+
+    /// The best node that fits and holds no replica of the app yet: the
+    /// lowest (replicas of the app in its zone, -free memory, index).
+    fn best_without_replica(&self, r: &Request) -> Option<(usize, String)> {
+        let in_zone = self.per_zone.get(&r.app_id);
+        let hosting = self.per_node.get(&r.app_id);
+        let mut zones: Vec<(i64, usize)> = (0..self.zones.len())
+            .map(|z| (in_zone.map_or(0, |v| v[z]), z))
+            .collect();
+        zones.sort_unstable();
+        let mut best: Option<(i64, (Reverse<i64>, usize), String)> = None;
+        let mut why = Why::default();
+        for (count, z) in zones {
+            if best.as_ref().is_some_and(|(c, ..)| *c < count) {
+                break;
+            }
+            for key in &self.by_memory[z] {
+                let (Reverse(memory), i) = *key;
+                if memory < r.memory {
+                    break;
+                }
+                if best
+                    .as_ref()
+                    .is_some_and(|(c, k, _)| *c == count && *k <= *key)
+                {
+                    break;
+                }
+                if hosting.is_some_and(|h| h.contains_key(&i)) {
+                    continue;
+                }
+                if let Some(driver) = fits(&self.nodes[i], r, &mut why) {
+                    best = Some((count, *key, driver));
+                    break;
+                }
+            }
+        }
+        best.map(|(_, (_, i), driver)| (i, driver))
+    }
+
+    /// Place one instance by looking at every node (the reference the
+    /// index agrees with; and the way to place next to the app's other
+    /// replicas, or to say why nothing fits).
+    pub fn place_by_scan(&mut self, r: &Request) -> Result<Placed, String> {
         let mut best: Option<(usize, String, (i64, i64, i64))> = None;
         let mut why = Why::default();
+        let in_zone = self.per_zone.get(&r.app_id);
+        let hosting = self.per_node.get(&r.app_id);
         for (i, n) in self.nodes.iter().enumerate() {
             let Some(driver) = fits(n, r, &mut why) else {
                 continue;
             };
-            let on_node = self
-                .per_node
-                .get(&(r.app_id.clone(), i))
-                .copied()
-                .unwrap_or(0);
-            let in_zone = self
-                .per_zone
-                .get(&(r.app_id.clone(), n.zone.clone()))
-                .copied()
-                .unwrap_or(0);
-            let score = (on_node, in_zone, -n.free_memory);
+            let on_node = hosting.and_then(|h| h.get(&i)).copied().unwrap_or(0);
+            let zone = in_zone.map_or(0, |v| v[self.zone_of[i]]);
+            let score = (on_node, zone, -n.free_memory);
             if best.as_ref().is_none_or(|(_, _, s)| score < *s) {
                 best = Some((i, driver, score));
             }
@@ -150,12 +248,13 @@ impl Cluster {
         let Some((i, driver, _)) = best else {
             return Err(why.explain(self.nodes.len(), r));
         };
-        let n = &mut self.nodes[i];
-        n.free_cpu_millis -= r.cpu_millis;
-        n.free_memory -= r.memory;
-        n.free_slots -= 1;
+        Ok(self.take(r, i, driver))
+    }
+
+    fn take(&mut self, r: &Request, i: usize, driver: String) -> Placed {
+        self.adjust(i, -r.memory, -r.cpu_millis, -1);
         self.count_existing(&r.app_id, i);
-        Ok(Placed { node: i, driver })
+        Placed { node: i, driver }
     }
 }
 
@@ -307,7 +406,7 @@ mod tests {
             "three replicas on three nodes: {picks:?}"
         );
         // The second pick must be the other zone.
-        assert_eq!(c.nodes[picks[1]].zone, "z2");
+        assert_eq!(c.nodes()[picks[1]].zone, "z2");
         assert_eq!(c.place(&req(1 << 30)).unwrap().driver, "container");
     }
 
@@ -326,6 +425,70 @@ mod tests {
             .place(&req(1))
             .unwrap_err()
             .contains("no node has joined"));
+    }
+
+    /// The index picks exactly the node the scan of every node picks, over
+    /// a long random run of placements, releases and frees on a cluster of
+    /// mixed zones, sizes, drivers, labels and readiness.
+    #[test]
+    fn the_index_and_the_scan_agree() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let nodes: Vec<NodeState> = (0..60)
+            .map(|i| {
+                let mut n = node(
+                    &format!("n{i}"),
+                    &format!("z{}", rnd(5)),
+                    (rnd(8) as i64 + 1) << 30,
+                );
+                n.ready = rnd(10) != 0;
+                n.free_slots = rnd(6) as i64;
+                n.free_cpu_millis = rnd(4000) as i64;
+                if rnd(3) == 0 {
+                    n.labels.insert("disk".into(), "ssd".into());
+                }
+                if rnd(4) == 0 {
+                    n.drivers = vec!["process".into()];
+                }
+                n
+            })
+            .collect();
+        let mut indexed = Cluster::new(nodes);
+        let mut placed: Vec<(String, usize, i64, i64)> = vec![];
+        for step in 0..3000 {
+            if rnd(4) == 0 && !placed.is_empty() {
+                let (app, idx, mem, cpu) = placed.swap_remove(rnd(placed.len() as u64) as usize);
+                indexed.release(&app, idx, mem, cpu);
+                continue;
+            }
+            let mut r = req(((rnd(6) + 1) as i64) << 28);
+            r.app_id = format!("app{}", rnd(12));
+            r.cpu_millis = rnd(600) as i64;
+            if rnd(5) == 0 {
+                r.labels.insert("disk".into(), "ssd".into());
+            }
+            if rnd(6) == 0 {
+                r.driver = Some("container".into());
+            }
+            let mut scanned = indexed.clone();
+            let by_scan = scanned.place_by_scan(&r);
+            let by_index = indexed.place(&r);
+            assert_eq!(by_index, by_scan, "step {step}: {r:?}");
+            if let Ok(p) = by_index {
+                placed.push((r.app_id.clone(), p.node, r.memory, r.cpu_millis));
+            }
+            for (a, b) in indexed.nodes().iter().zip(scanned.nodes()) {
+                assert_eq!(
+                    (a.free_memory, a.free_cpu_millis, a.free_slots),
+                    (b.free_memory, b.free_cpu_millis, b.free_slots)
+                );
+            }
+        }
     }
 
     #[test]
