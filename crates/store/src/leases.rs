@@ -19,9 +19,8 @@ use std::time::Duration;
 
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::Error;
-use sqlx::AnyConnection;
 
-use crate::{db_err, Backend};
+use crate::{db_err, Backend, Conn};
 
 /// A lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -36,7 +35,7 @@ pub struct Lease {
 
 /// The time by which leases are compared: the database's clock on
 /// PostgreSQL, this process's on SQLite (one process).
-pub async fn clock(db: &mut AnyConnection, backend: Backend) -> Result<i64, Error> {
+pub async fn clock(db: &mut Conn, backend: Backend) -> Result<i64, Error> {
     match backend {
         Backend::Sqlite => Ok(to_micros(now())),
         Backend::Postgres => {
@@ -58,7 +57,7 @@ fn micros(d: Duration) -> i64 {
 /// Take the lease `name` for `holder` for `ttl`, if nobody holds it or its
 /// holder let it expire: its new term. `None`: someone else holds it.
 pub async fn acquire(
-    db: &mut AnyConnection,
+    db: &mut Conn,
     backend: Backend,
     name: &str,
     holder: &str,
@@ -85,7 +84,7 @@ pub async fn acquire(
 /// Extend `holder`'s lease `name` of `term` by `ttl` from now. `false`: the
 /// lease expired or was taken over (the term is no longer current).
 pub async fn renew(
-    db: &mut AnyConnection,
+    db: &mut Conn,
     backend: Backend,
     name: &str,
     holder: &str,
@@ -109,12 +108,7 @@ pub async fn renew(
 }
 
 /// Give the lease up (a replica shutting down): others take it at once.
-pub async fn release(
-    db: &mut AnyConnection,
-    name: &str,
-    holder: &str,
-    term: i64,
-) -> Result<(), Error> {
+pub async fn release(db: &mut Conn, name: &str, holder: &str, term: i64) -> Result<(), Error> {
     sqlx::query("UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND term = $3")
         .bind(name)
         .bind(holder)
@@ -130,7 +124,7 @@ pub async fn release(
 /// until the transaction ends (PostgreSQL: a share lock on its row).
 /// `false`: it does not; the caller must not commit.
 pub async fn fence(
-    db: &mut AnyConnection,
+    db: &mut Conn,
     backend: Backend,
     name: &str,
     holder: &str,
@@ -153,7 +147,7 @@ pub async fn fence(
 }
 
 /// Every lease (`/readyz` of any replica can say who leads what).
-pub async fn all(db: &mut AnyConnection) -> Result<Vec<Lease>, Error> {
+pub async fn all(db: &mut Conn) -> Result<Vec<Lease>, Error> {
     sqlx::query_as("SELECT name, holder, term, expires_at, updated_at FROM leases ORDER BY name")
         .fetch_all(&mut *db)
         .await

@@ -4,17 +4,11 @@
 //! time (never whole in memory).
 
 use shellwego_core::Error;
-use sqlx::AnyConnection;
 
-use crate::db_err;
+use crate::{db_err, Conn};
 
 /// Store chunk `seq` of object `key`.
-pub async fn put_chunk(
-    db: &mut AnyConnection,
-    key: &str,
-    seq: i64,
-    data: &[u8],
-) -> Result<(), Error> {
+pub async fn put_chunk(db: &mut Conn, key: &str, seq: i64, data: &[u8]) -> Result<(), Error> {
     sqlx::query("INSERT INTO object_chunks (key, seq, data) VALUES ($1, $2, $3)")
         .bind(key)
         .bind(seq)
@@ -26,7 +20,7 @@ pub async fn put_chunk(
 }
 
 /// Chunk `seq` of object `key`, if there is one.
-pub async fn chunk(db: &mut AnyConnection, key: &str, seq: i64) -> Result<Option<Vec<u8>>, Error> {
+pub async fn chunk(db: &mut Conn, key: &str, seq: i64) -> Result<Option<Vec<u8>>, Error> {
     let row: Option<(Vec<u8>,)> =
         sqlx::query_as("SELECT data FROM object_chunks WHERE key = $1 AND seq = $2")
             .bind(key)
@@ -38,7 +32,7 @@ pub async fn chunk(db: &mut AnyConnection, key: &str, seq: i64) -> Result<Option
 }
 
 /// The size of object `key` in bytes; `None` when there is no such object.
-pub async fn size(db: &mut AnyConnection, key: &str) -> Result<Option<u64>, Error> {
+pub async fn size(db: &mut Conn, key: &str) -> Result<Option<u64>, Error> {
     let (n, size): (i64, i64) = sqlx::query_as(
         "SELECT COUNT(*), CAST(COALESCE(SUM(LENGTH(data)), 0) AS BIGINT) FROM object_chunks WHERE key = $1",
     )
@@ -50,7 +44,7 @@ pub async fn size(db: &mut AnyConnection, key: &str) -> Result<Option<u64>, Erro
 }
 
 /// Delete object `key` (all its chunks).
-pub async fn delete(db: &mut AnyConnection, key: &str) -> Result<(), Error> {
+pub async fn delete(db: &mut Conn, key: &str) -> Result<(), Error> {
     sqlx::query("DELETE FROM object_chunks WHERE key = $1")
         .bind(key)
         .execute(&mut *db)

@@ -2,16 +2,15 @@
 //! migration 0014 and `shellwego_server::ratelimit`).
 
 use shellwego_core::Error;
-use sqlx::AnyConnection;
 
-use crate::db_err;
+use crate::{db_err, Conn};
 
 /// Admit one request of bucket `key` at `now` (microseconds), where each
 /// request costs `interval` and the bucket holds `capacity` (= burst ×
 /// interval): `Ok(tat)` with the bucket's new theoretical arrival time, or
 /// `Err(tat)` with its current one when the request is refused.
 pub async fn admit(
-    db: &mut AnyConnection,
+    db: &mut Conn,
     key: &str,
     now: i64,
     interval: i64,
@@ -45,7 +44,7 @@ pub async fn admit(
 }
 
 /// Delete the buckets that are full again (their time has passed).
-pub async fn sweep(db: &mut AnyConnection, now: i64) -> Result<u64, Error> {
+pub async fn sweep(db: &mut Conn, now: i64) -> Result<u64, Error> {
     let done = sqlx::query("DELETE FROM rate_limits WHERE tat <= $1")
         .bind(now)
         .execute(&mut *db)

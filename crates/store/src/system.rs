@@ -3,13 +3,12 @@
 
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::Error;
-use sqlx::AnyConnection;
 
-use crate::db_err;
+use crate::{db_err, Conn};
 
 /// The value of `key`, set to `value` if it had none: the first replica to
 /// ask decides, every later one reads what it decided.
-pub async fn claim_value(db: &mut AnyConnection, key: &str, value: &str) -> Result<String, Error> {
+pub async fn claim_value(db: &mut Conn, key: &str, value: &str) -> Result<String, Error> {
     sqlx::query(
         "INSERT INTO system_state (key, value, updated_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
     )

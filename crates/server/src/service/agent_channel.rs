@@ -44,7 +44,11 @@ pub async fn agent_join(
         labels: req.labels.clone(),
     };
     let mut tx = ctx.unit().await?;
-    let Some((node_id, org, credential)) = nodes::join(&mut tx, &req.join_token, &report).await?
+    let Some(nodes::Joined {
+        node_id,
+        organization_id: org,
+        credential,
+    }) = nodes::join(&mut tx, &req.join_token, &report).await?
     else {
         return Err(Error::Unauthenticated(
             "The join token is invalid, used or expired; register the node again for a new one."
@@ -86,7 +90,11 @@ pub async fn agent_sync(
     // Subscribed before the generation is read: a change landing between
     // the read and the wait below still wakes the wait at once.
     let mut changes = ctx.bus.subscribe(&[Topic::Nodes]);
-    let (node_id, org, mut generation) = node_for_credential(ctx, credential).await?;
+    let nodes::NodeCredential {
+        id: node_id,
+        organization_id: org,
+        mut generation,
+    } = node_for_credential(ctx, credential).await?;
     let back = agent_heartbeat(
         ctx,
         &node_id,
@@ -122,18 +130,21 @@ pub async fn agent_sync(
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(SYNC_RECHECK) => {}
             }
-            generation = ctx.store.node_generation(&node_id).await?;
+            // A connection only for the read: none is held while waiting.
+            generation = nodes::generation(&mut *ctx.store.conn().await?, &node_id).await?;
             if generation != req.generation {
                 break;
             }
         }
     }
-    let region = ctx
-        .store
-        .node(&node_id, std::slice::from_ref(&org))
-        .await?
-        .map(|n| n.region)
-        .unwrap_or_default();
+    let region = nodes::get_visible(
+        &mut *ctx.store.conn().await?,
+        &node_id,
+        std::slice::from_ref(&org),
+    )
+    .await?
+    .map(|n| n.region)
+    .unwrap_or_default();
     let instances = desired_for_node(ctx, &node_id, &region).await?;
     let ssrf = ctx.config.ssrf.config();
     Ok(AgentDesired {
@@ -153,7 +164,7 @@ pub async fn agent_upload(
     credential: Option<&str>,
     upload_id: &str,
 ) -> Result<(crate::objects::ByteStream, u64), Error> {
-    let (_, org, _) = node_for_credential(ctx, credential).await?;
+    let org = node_for_credential(ctx, credential).await?.organization_id;
     let not_found = || Error::not_found("upload", upload_id);
     if !upload_id.starts_with("upl_")
         || !upload_id
@@ -162,7 +173,11 @@ pub async fn agent_upload(
     {
         return Err(not_found());
     }
-    if ctx.store.upload_org(upload_id).await?.as_deref() != Some(org.as_str()) {
+    if apps::upload_org(&mut *ctx.store.conn().await?, upload_id)
+        .await?
+        .as_deref()
+        != Some(org.as_str())
+    {
         return Err(not_found());
     }
     ctx.config
@@ -176,7 +191,7 @@ pub async fn agent_upload(
 pub async fn node_for_credential(
     ctx: &ServerCtx,
     credential: Option<&str>,
-) -> Result<(String, String, i64), Error> {
+) -> Result<nodes::NodeCredential, Error> {
     let store = &ctx.store;
     let denied = || {
         Error::Unauthenticated(
@@ -186,7 +201,9 @@ pub async fn node_for_credential(
     let c = credential
         .filter(|c| c.starts_with("nsec_"))
         .ok_or_else(denied)?;
-    store.node_by_credential(c).await?.ok_or_else(denied)
+    nodes::by_credential(&mut *store.conn().await?, c)
+        .await?
+        .ok_or_else(denied)
 }
 
 /// A sync is a heartbeat; a node that was offline is back (an event says so).
@@ -351,7 +368,11 @@ pub async fn desired_for_node(
             .collect();
     tx.commit().await?;
     let mut out = vec![];
-    for (i, a) in rows {
+    for apps::Assigned {
+        instance: i,
+        app: a,
+    } in rows
+    {
         // What the instance's own version runs (an older one during a
         // deployment), the image by digest once known.
         let release = releases.get(&(a.id.clone(), i.version));
