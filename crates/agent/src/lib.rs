@@ -283,15 +283,32 @@ async fn load_or_join(args: &AgentArgs, channel: &AgentClient) -> anyhow::Result
     let Some(token) = args.join_token.clone() else {
         bail!("this node has not joined yet: pass --join-token (from POST /v1/nodes)");
     };
-    let joined = match channel.join(&host_report(args, token)).await {
-        Ok(j) => j,
-        Err(AgentError::Refused { status, detail }) => bail!(
-            "joining failed ({status}): {}",
-            detail.as_deref().unwrap_or("no detail")
-        ),
-        // "cannot reach <url>", and why.
-        Err(e @ AgentError::Transport { .. }) => return Err(e.into()),
-        Err(AgentError::Decode { source, .. }) => return Err(source.into()),
+    // With several control-plane URLs, one that cannot be reached (or is
+    // going away: 502/503/504) is skipped for the next; the client moves on
+    // by itself, so trying once per URL tries each.
+    let report = host_report(args, token);
+    let urls = channel.control_planes().len();
+    let mut attempt = 0;
+    let joined = loop {
+        attempt += 1;
+        match channel.join(&report).await {
+            Ok(j) => break j,
+            Err(e @ AgentError::Transport { .. }) if attempt < urls => {
+                tracing::warn!(error = %e, "cannot join through this control-plane replica; trying the next");
+            }
+            Err(AgentError::Refused { status, .. })
+                if attempt < urls && matches!(status.as_u16(), 502..=504) =>
+            {
+                tracing::warn!(%status, "this control-plane replica is unavailable; trying the next");
+            }
+            Err(AgentError::Refused { status, detail }) => bail!(
+                "joining failed ({status}): {}",
+                detail.as_deref().unwrap_or("no detail")
+            ),
+            // "cannot reach <url>", and why.
+            Err(e @ AgentError::Transport { .. }) => return Err(e.into()),
+            Err(AgentError::Decode { source, .. }) => return Err(source.into()),
+        }
     };
     let c = Credential {
         control_plane: args.control_plane.clone(),

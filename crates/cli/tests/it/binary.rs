@@ -345,7 +345,13 @@ fn an_agent_joins_once_and_a_restart_reuses_its_credential() {
         reg["join_token"].as_str().unwrap().to_string(),
     );
     let agent_dir = dir.path().join("agent");
-    let cp = format!("http://127.0.0.1:{}", srv.port);
+    // Two control-plane URLs, the first with nobody listening: the agent
+    // joins (and syncs) through the second.
+    let cp = format!(
+        "http://127.0.0.1:{},http://127.0.0.1:{}",
+        shellwego_testkit::platform::free_port(),
+        srv.port
+    );
     let agent_log = dir.path().join("agent.log");
     let run_agent = |token: Option<&str>| {
         let mut args = vec![

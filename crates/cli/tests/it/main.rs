@@ -13,6 +13,7 @@ mod binary;
 mod client;
 mod cluster;
 mod deploy_cli;
+mod ha;
 mod orphans;
 mod platform;
 mod support;
