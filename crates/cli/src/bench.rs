@@ -2,9 +2,12 @@
 
 mod agent_memory;
 mod apps;
+mod cluster;
 mod deploy;
 mod ingress;
 mod kit;
+mod replicas;
+mod sim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,12 +47,65 @@ pub enum BenchCommand {
         seconds: u64,
     },
     /// Scheduler placements per second: N instances (of N/10 apps) onto M
-    /// simulated nodes in 4 zones, with the control plane's placement code.
+    /// simulated nodes in 4 zones, with the control plane's placement code
+    /// (in memory, one placement at a time).
     Scheduler {
         #[arg(long, default_value_t = 10_000)]
         instances: usize,
         #[arg(long, default_value_t = 1_000)]
         nodes: usize,
+    },
+    /// A real `shellwego server` (a child process) with N simulated agents
+    /// in this process (tokio tasks long-polling the agent channel, one
+    /// connection pool): placements/s end to end (apps created → every
+    /// instance healthy in the store), the latency of a change reaching
+    /// its agent's held sync (p50/p99), and the control plane's CPU and
+    /// peak memory. PostgreSQL (a scratch database) with --postgres-url or
+    /// SHELLWEGO_TEST_DATABASE_URL, else SQLite in a temp dir.
+    Cluster {
+        /// Simulated nodes, each with its own agent (at most 1000: the
+        /// bootstrap organization's plan).
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+        /// Apps to create (image apps; nothing runs, the agents report
+        /// every instance healthy at once).
+        #[arg(long, default_value_t = 200)]
+        apps: usize,
+        /// Replicas per app.
+        #[arg(long, default_value_t = 5)]
+        replicas: usize,
+        /// Scale changes (one up, one back down, …) made one at a time
+        /// for the sync latency.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// Registrations, joins and app creations in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Seconds of each idle CPU reading (before the apps, and after).
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
+        /// PostgreSQL server URL; a scratch database is created on it and
+        /// dropped [default: SQLite in a temp dir].
+        #[arg(long, env = "SHELLWEGO_TEST_DATABASE_URL")]
+        postgres_url: Option<String>,
+    },
+    /// Two `shellwego server` replicas on one PostgreSQL database and a
+    /// simulated agent long-polling replica B: the latency of a change made
+    /// through replica A reaching the agent (p50/p99; through B too, for
+    /// reference), then failover: the replica leading `reconcile` is
+    /// killed (SIGKILL) and the time until the other one leads it, per
+    /// round (the killed one is started again between rounds).
+    Replicas {
+        /// Scale changes through each replica, one at a time.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// Leaders killed, one after another.
+        #[arg(long, default_value_t = 5)]
+        failovers: usize,
+        /// PostgreSQL server URL (required); a scratch database is
+        /// created on it and dropped.
+        #[arg(long, env = "SHELLWEGO_TEST_DATABASE_URL")]
+        postgres_url: Option<String>,
     },
     /// Time from `shellwego server` exec on an empty data dir to a ready API.
     Startup {
@@ -131,6 +187,32 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             seconds,
         } => bench_http(connections, Duration::from_secs(seconds)).await,
         BenchCommand::Startup { runs } => bench_startup(runs).await,
+        BenchCommand::Cluster {
+            nodes,
+            apps,
+            replicas,
+            changes,
+            concurrency,
+            idle_secs,
+            postgres_url,
+        } => {
+            cluster::run(cluster::Opts {
+                nodes,
+                apps,
+                replicas,
+                changes,
+                concurrency,
+                idle_secs,
+                // An empty URL (SHELLWEGO_TEST_DATABASE_URL=) means SQLite.
+                postgres_url: postgres_url.filter(|u| !u.is_empty()),
+            })
+            .await
+        }
+        BenchCommand::Replicas {
+            changes,
+            failovers,
+            postgres_url,
+        } => replicas::run(changes, failovers, postgres_url.filter(|u| !u.is_empty())).await,
         BenchCommand::Apps { apps, runtime, app } => apps::run(apps, runtime, app).await,
         BenchCommand::AgentMemory { instances } => agent_memory::run(instances).await,
         BenchCommand::Deploy { runs, replicas } => deploy::run(runs, replicas).await,

@@ -97,6 +97,26 @@ pub fn cpu_time_at(stat: &Path) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// The PostgreSQL backends on this host serving database `db`: their
+/// pids (a backend's process title names its user and database:
+/// `postgres: [CLUSTER: ]USER DB HOST(PORT) STATE`).
+pub fn pg_backends(db: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let title = String::from_utf8_lossy(&c).replace('\0', " ");
+                let mut words = title.split_whitespace();
+                words.next() == Some("postgres:") && words.take(3).any(|w| w == db)
+            })
+        })
+        .collect()
+}
+
 /// The share of one core `pid` uses over `window`.
 pub async fn cpu_share(pid: u32, window: Duration) -> Option<f64> {
     let a = cpu_time(pid)?;

@@ -199,6 +199,9 @@ fn every_command_has_help() {
             vec!["bench", "list", "--help"],
             vec!["bench", "http", "--help"],
             vec!["bench", "startup", "--help"],
+            vec!["bench", "scheduler", "--help"],
+            vec!["bench", "cluster", "--help"],
+            vec!["bench", "replicas", "--help"],
         ]);
     } else {
         let out = Command::new(BIN)
@@ -420,4 +423,75 @@ fn an_agent_joins_once_and_a_restart_reuses_its_credential() {
         "no duplicate node: {list}"
     );
     again.kill();
+}
+
+/// `bench cluster` with a handful of simulated agents runs to its end and
+/// prints every figure (a smoke test: the figures are not checked). On
+/// SQLite, and on PostgreSQL too when SHELLWEGO_TEST_DATABASE_URL is set.
+#[cfg(feature = "bench")]
+#[test]
+fn bench_cluster_runs_with_tiny_sizes() {
+    let small = [
+        "bench",
+        "cluster",
+        "--nodes",
+        "4",
+        "--apps",
+        "3",
+        "--replicas",
+        "2",
+        "--changes",
+        "4",
+        "--idle-secs",
+        "1",
+    ];
+    let mut runs = vec![Command::new(BIN)];
+    runs[0]
+        .args(small)
+        .env_remove("SHELLWEGO_TEST_DATABASE_URL");
+    if std::env::var("SHELLWEGO_TEST_DATABASE_URL").is_ok() {
+        let mut pg = Command::new(BIN);
+        pg.args(small);
+        runs.push(pg);
+    }
+    for mut c in runs {
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for figure in [
+            "placements/s end to end",
+            "agent sync latency",
+            "cpu, the whole run",
+            "VmHWM",
+        ] {
+            assert!(text.contains(figure), "no {figure:?} in:\n{text}");
+        }
+    }
+}
+
+/// `bench replicas` with 2 changes and 1 failover runs to its end
+/// (PostgreSQL only: skipped without SHELLWEGO_TEST_DATABASE_URL).
+#[cfg(feature = "bench")]
+#[test]
+fn bench_replicas_runs_with_tiny_sizes() {
+    if std::env::var("SHELLWEGO_TEST_DATABASE_URL").is_err() {
+        eprintln!("SKIPPED (PostgreSQL only): set SHELLWEGO_TEST_DATABASE_URL to run it");
+        return;
+    }
+    let out = Command::new(BIN)
+        .args(["bench", "replicas", "--changes", "2", "--failovers", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("change to agent"), "{text}");
+    assert!(text.contains("failover time"), "{text}");
 }
