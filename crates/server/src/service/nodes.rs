@@ -71,12 +71,7 @@ pub async fn node_update(
     }
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
-    let status = req
-        .status
-        .as_deref()
-        .map(str::parse::<NodeStatus>)
-        .transpose()
-        .map_err(|e| Error::field("status", "invalid_value", e.to_string()))?;
+    let status = req.status.map(NodeStatus::from);
     nodes::update(&mut tx, node_id, status, req.labels.as_ref()).await?;
     tx.record(
         NewEvent::info("node.updated", &p.actor(), "node", node_id)

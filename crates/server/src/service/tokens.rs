@@ -51,10 +51,7 @@ pub async fn token_create(
     if !unknown.is_empty() {
         return Err(Error::invalid(unknown));
     }
-    let kind = match req.token_type.as_deref() {
-        Some("temporary_token") => TokenKind::Temp,
-        _ => TokenKind::Pat,
-    };
+    let kind = req.token_type.map_or(TokenKind::Pat, TokenKind::from);
     let lifetime = match kind {
         // Temporary tokens live 15 minutes at most, and for one request.
         TokenKind::Temp => TokenKind::Temp.default_lifespan(),
