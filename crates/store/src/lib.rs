@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use shellwego_core::Error;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Executor, Transaction};
 
 pub use sqlx::any::AnyRow;
@@ -181,7 +182,8 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn cursor_key(&self) -> Result<&[u8], Error> {
+    /// The key that signs list cursors (`list::list`, `ListParams::resolve`).
+    pub fn cursor_key(&self) -> Result<&[u8], Error> {
         self.cursor_key
             .get()
             .map(Vec::as_slice)
@@ -194,6 +196,12 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A connection from the pool, for the queries that take
+    /// `db: &mut AnyConnection`.
+    pub async fn conn(&self) -> Result<PoolConnection<Any>, Error> {
+        self.pool.acquire().await.map_err(db_err)
     }
 
     /// Start a transaction. On SQLite it takes the write lock up front

@@ -58,9 +58,8 @@ pub async fn app_list(
     let store = &ctx.store;
     p.authorize("apps", "list", None)
         .or_else(|_| p.authorize("apps", "read", None))?;
-    let mut page = store
-        .list(&APPS, &visible_scope(p), params, apps::from_row)
-        .await?;
+    let mut page =
+        crate::service::list_page(store, &APPS, &visible_scope(p), params, apps::from_row).await?;
     let ids: Vec<String> = page.items.iter().map(|a| a.id.clone()).collect();
     let tags = store.tags_of_apps(&ids).await?;
     for a in &mut page.items {

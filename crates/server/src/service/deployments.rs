@@ -127,14 +127,14 @@ pub async fn deployment_list(
     let scope = Scope::new()
         .is_in("t.organization_id", p.organization_ids())
         .is_in("t.app_id", vec![app_id.to_string()]);
-    store
-        .list(
-            &deployments::DEPLOYMENTS,
-            &scope,
-            params,
-            deployments::from_row,
-        )
-        .await
+    crate::service::list_page(
+        store,
+        &deployments::DEPLOYMENTS,
+        &scope,
+        params,
+        deployments::from_row,
+    )
+    .await
 }
 
 pub async fn deployment_get(ctx: &ServerCtx, p: &Principal, id: &str) -> Result<Deployment, Error> {

@@ -174,7 +174,8 @@ pub async fn node_list(
     p.authorize("nodes", "read", None)?;
     let orgs = p.organization_ids();
     let scope = Scope::new().is_in("t.organization_id", orgs);
-    let mut page = store.list(&NODES, &scope, params, nodes::from_row).await?;
+    let mut page =
+        crate::service::list_page(store, &NODES, &scope, params, nodes::from_row).await?;
     store.load_node_labels(&mut page.items).await?;
     Ok(page)
 }

@@ -92,7 +92,7 @@ pub async fn token_list(
     let store = &ctx.store;
     let uid = p.user_id()?;
     let scope = Scope::new().is_in("t.user_id", [uid.to_string()]);
-    store.list(&TOKENS, &scope, params, tokens::from_row).await
+    crate::service::list_page(store, &TOKENS, &scope, params, tokens::from_row).await
 }
 
 /// Revoke one of the calling user's tokens; another user's is "not found".
