@@ -59,9 +59,14 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
     // The router reads; it never migrates. A store without the apps
     // tables is an older or a foreign one: say so now, not once a second.
-    store.routable_instances().await.map_err(|e| {
+    let mut db = store
+        .conn()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
+    shellwego_store::apps::routable_instances(&mut db).await.map_err(|e| {
         anyhow::anyhow!("the store has no routes ({e}); is it a ShellWeGo control plane's store, migrated by a `shellwego server` of this version?")
     })?;
+    drop(db);
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;

@@ -83,6 +83,52 @@ impl TokenKind {
     }
 }
 
+/// With the `sqlx` feature, a token kind is TEXT in any sqlx database
+/// whose `str`/`String` are TEXT (the store's `Any`): written as
+/// [`TokenKind::as_str`], read back through [`TokenKind::parse`] (an
+/// unknown word is a decode error, never a default).
+#[cfg(feature = "sqlx")]
+mod sqlx_impls {
+    use super::TokenKind;
+    use sqlx::encode::IsNull;
+    use sqlx::error::BoxDynError;
+    use sqlx::{Database, Decode, Encode, Type};
+
+    impl<DB: Database> Type<DB> for TokenKind
+    where
+        str: Type<DB>,
+    {
+        fn type_info() -> DB::TypeInfo {
+            <str as Type<DB>>::type_info()
+        }
+        fn compatible(ty: &DB::TypeInfo) -> bool {
+            <str as Type<DB>>::compatible(ty)
+        }
+    }
+
+    impl<'q, DB: Database> Encode<'q, DB> for TokenKind
+    where
+        &'q str: Encode<'q, DB>,
+    {
+        fn encode_by_ref(
+            &self,
+            buf: &mut <DB as Database>::ArgumentBuffer<'q>,
+        ) -> Result<IsNull, BoxDynError> {
+            <&'q str as Encode<'q, DB>>::encode(self.as_str(), buf)
+        }
+    }
+
+    impl<'r, DB: Database> Decode<'r, DB> for TokenKind
+    where
+        String: Decode<'r, DB>,
+    {
+        fn decode(value: <DB as Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+            let s = <String as Decode<'r, DB>>::decode(value)?;
+            TokenKind::parse(&s).ok_or_else(|| format!("unknown token kind {s}").into())
+        }
+    }
+}
+
 /// A freshly minted token: the secret (shown once) and what we store.
 #[derive(Debug)]
 pub struct NewToken {

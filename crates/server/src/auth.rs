@@ -12,7 +12,7 @@ use shellwego_core::time::now;
 use shellwego_core::token::{self, TokenKind};
 use shellwego_core::Error;
 use shellwego_store::events::Actor;
-use shellwego_store::Store;
+use shellwego_store::{tokens, Store};
 
 use crate::problem::ApiError;
 
@@ -242,14 +242,16 @@ pub async fn authenticate(
     if !token::looks_valid(tok) {
         return Err(denied());
     }
-    let found = store
-        .authenticate(&token::hash(tok))
+    let mut db = store.conn().await?;
+    let found = tokens::authenticate(&mut db, &token::hash(tok))
         .await?
         .ok_or_else(denied)?;
     // Single-use tokens are used up by this request.
-    if found.token.kind == TokenKind::Temp && !store.consume_token(&found.token.id).await? {
+    if found.token.kind == TokenKind::Temp && !tokens::consume(&mut db, &found.token.id).await? {
         return Err(denied());
     }
+    // Back to the pool before the request's own work begins.
+    drop(db);
     let t = found.token;
     // Remember when a token was last used, at most once a minute.
     let stale = t
@@ -258,7 +260,11 @@ pub async fn authenticate(
     if stale {
         let (store, id, ip_s) = (store.clone(), t.id.clone(), ip.map(|i| i.to_string()));
         tokio::spawn(async move {
-            if let Err(e) = store.touch_token(&id, ip_s.as_deref()).await {
+            let touched = match store.conn().await {
+                Ok(mut db) => tokens::touch(&mut db, &id, ip_s.as_deref()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = touched {
                 tracing::debug!(error = %e, "could not record token use");
             }
         });

@@ -4,11 +4,11 @@
 //! business with the store.
 
 pub use shellwego_store::apps::{App, Instance};
-pub use shellwego_store::deployments::Deployment;
+pub use shellwego_store::deployments::{Deployment, LogLine};
 pub use shellwego_store::events::Event;
 pub use shellwego_store::invitations::Invitation;
 pub use shellwego_store::list::PageInfo;
-pub use shellwego_store::nodes::Node;
-pub use shellwego_store::orgs::{Member, Organization};
+pub use shellwego_store::nodes::{Node, NodeLoad};
+pub use shellwego_store::orgs::{Member, Membership, OrgUsage, Organization};
 pub use shellwego_store::service_accounts::ServiceAccount;
 pub use shellwego_store::tokens::Token;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use shellwego_store::Store;
+use shellwego_store::{orgs, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -120,12 +120,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     tracing::info!(backend = store.backend().as_str(), "store ready");
 
     let token_path = config.admin_token_path();
-    let boot = store
-        .bootstrap(config.admin_password.as_deref(), |tok| {
-            crate::secret_file::write_secret_file(&token_path, tok)
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
+    let boot = shellwego_store::bootstrap::run(&store, config.admin_password.as_deref(), |tok| {
+        crate::secret_file::write_secret_file(&token_path, tok)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
     if let Some(b) = boot {
         tracing::info!(
             organization_id = %b.organization_id,
@@ -226,11 +225,9 @@ pub async fn feed_routes(ctx: Arc<ServerCtx>, routes: shellwego_ingress::Routes)
 /// A one-time join token for a node of the installation's first
 /// organization (`shellwego up`'s local agent).
 pub async fn local_join_token(ctx: &ServerCtx, hostname: &str) -> anyhow::Result<String> {
-    let org = ctx
-        .store
-        .first_organization()
+    let org = async { orgs::first(&mut *ctx.store.conn().await?).await }
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map_err(|e: shellwego_core::Error| anyhow::anyhow!("{e}"))?
         .ok_or_else(|| anyhow::anyhow!("the installation has no organization"))?;
     let mut tx = ctx
         .store

@@ -171,7 +171,11 @@ impl<St: Step> Operation<St> {
     /// (its row does not parse) is logged and skipped.
     pub async fn resume(&self, ctx: &ServerCtx) -> Result<Vec<(OperationId, Outcome)>, Error> {
         let mut driven = Vec::new();
-        for id in ctx.store.claimable_operations(self.kind, 100).await? {
+        let claimable = {
+            let mut db = ctx.store.conn().await?;
+            operations::claimable(&mut db, self.kind, 100).await?
+        };
+        for id in claimable {
             match self.run(ctx, &id).await {
                 Ok(outcome) => driven.push((id, outcome)),
                 Err(e) => {
@@ -185,7 +189,11 @@ impl<St: Step> Operation<St> {
     /// Claim operation `id` and drive it from where it stands until it
     /// ends, an undo fails, its claim is lost or the server stops.
     pub async fn run(&self, ctx: &ServerCtx, id: &OperationId) -> Result<Outcome, Error> {
-        let Some(row) = ctx.store.claim_operation(id, self.lease).await? else {
+        let claimed = {
+            let mut db = ctx.store.conn().await?;
+            operations::claim(&mut db, id, self.lease).await?
+        };
+        let Some(row) = claimed else {
             return Ok(Outcome::NotClaimed);
         };
         let kind = row.kind;
@@ -310,19 +318,20 @@ impl<St: Step> Operation<St> {
             .map_err(|e| Error::Internal(format!("operation {}: its state: {e}", claim.id)))?;
         let step = i64::try_from(at.step)
             .map_err(|_| Error::Internal(format!("operation {}: step {}", claim.id, at.step)))?;
-        ctx.store
-            .save_operation(
-                claim,
-                &Progress {
-                    status: at.status,
-                    step,
-                    state: &state,
-                    error: at.error.as_deref(),
-                    undo_error: at.undo_error.as_deref(),
-                },
-                hold,
-            )
-            .await
+        let mut db = ctx.store.conn().await?;
+        operations::save(
+            &mut db,
+            claim,
+            &Progress {
+                status: at.status,
+                step,
+                state: &state,
+                error: at.error.as_deref(),
+                undo_error: at.undo_error.as_deref(),
+            },
+            hold,
+        )
+        .await
     }
 
     /// Run `work` (a step or an undo) while renewing the claim every third
@@ -342,7 +351,10 @@ impl<St: Step> Operation<St> {
             loop {
                 tokio::time::sleep_until((Instant::now() + self.lease / 3).min(held_until)).await;
                 let asked = Instant::now();
-                let renewed = ctx.store.renew_operation(claim, self.lease);
+                let renewed = async {
+                    let mut db = ctx.store.conn().await?;
+                    operations::renew(&mut db, claim, self.lease).await
+                };
                 match tokio::time::timeout_at(held_until, renewed).await {
                     Ok(Ok(true)) => held_until = asked + self.lease * 2 / 3,
                     Ok(Ok(false)) => {
@@ -562,7 +574,8 @@ mod tests {
     }
 
     async fn row(db: &Db, id: &OperationId) -> shellwego_store::operations::Operation {
-        db.ctx.store.operation(id).await.unwrap().unwrap()
+        let mut c = db.ctx.store.conn().await.unwrap();
+        operations::get(&mut c, id).await.unwrap().unwrap()
     }
 
     fn made(row: &shellwego_store::operations::Operation) -> Vec<String> {
@@ -753,13 +766,12 @@ mod tests {
                 .execute(db.ctx.store.pool())
                 .await
                 .unwrap();
-            let other = db
-                .ctx
-                .store
-                .claim_operation(&id, Duration::from_secs(60))
+            let mut c = db.ctx.store.conn().await.unwrap();
+            let other = operations::claim(&mut c, &id, Duration::from_secs(60))
                 .await
                 .unwrap()
                 .unwrap();
+            drop(c);
             assert_eq!(other.attempts, 2);
             // The stalled runner finds out at its next renewal and stops.
             let outcome = tokio::time::timeout(Duration::from_secs(5), task)
@@ -787,14 +799,12 @@ mod tests {
             assert_eq!(op.run(&db.ctx, &id).await.unwrap(), Outcome::Stopped);
             assert!(journal(&j).is_empty());
             // Claimable at once by the next start.
+            let mut c = db.ctx.store.conn().await.unwrap();
             assert_eq!(
-                db.ctx
-                    .store
-                    .claimable_operations("test.op", 10)
-                    .await
-                    .unwrap(),
+                operations::claimable(&mut c, "test.op", 10).await.unwrap(),
                 std::slice::from_ref(&id)
             );
+            drop(c);
             db.close().await;
         }
     }

@@ -7,14 +7,21 @@ use shellwego_core::model::{AppSpec, AppStatus, DesiredState, DriverKind, Instan
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
-use sqlx::{FromRow, Row};
 
 use crate::list::{FieldSql, Resource};
-use crate::{db_err, Store, Tx};
+use crate::{db_err, Conn};
 
-/// A route to one healthy instance: (app name, instance id, ip, port,
-/// weight among the app's routes).
-pub type Route = (String, String, String, i64, u32);
+/// A route to one healthy instance, for the routers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The app's name (the host it is reached by).
+    pub app: String,
+    pub instance_id: String,
+    pub ip: String,
+    pub port: i64,
+    /// Its weight among the app's routes.
+    pub weight: u32,
+}
 
 /// An app row; `spec` is the stored document of the rest of its spec.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -81,34 +88,63 @@ pub static APPS: Resource = Resource {
     labels: None,
 };
 
-pub fn from_row(row: &AnyRow) -> Result<App, Error> {
-    let id: String = row.try_get("id").map_err(db_err)?;
-    let spec = crate::doc_col(row, "apps", &id, "spec")?;
-    Ok(App {
-        id,
-        organization_id: row.try_get("organization_id").map_err(db_err)?,
-        name: row.try_get("name").map_err(db_err)?,
-        status: row.try_get("status").map_err(db_err)?,
-        status_reason: row.try_get("status_reason").map_err(db_err)?,
-        desired_state: row.try_get("desired_state").map_err(db_err)?,
-        replicas: row.try_get("replicas").map_err(db_err)?,
-        memory: row.try_get("memory").map_err(db_err)?,
-        cpu_millis: row.try_get("cpu_millis").map_err(db_err)?,
-        disk: row.try_get("disk").map_err(db_err)?,
-        spec,
-        image_pinned: row.try_get("image_pinned").map_err(db_err)?,
-        traffic: row.try_get("traffic").map_err(db_err)?,
-        deployment_id: row.try_get("deployment_id").map_err(db_err)?,
-        version: row.try_get("version").map_err(db_err)?,
-        created_by: row.try_get("created_by").map_err(db_err)?,
-        created_at: row.try_get("created_at").map_err(db_err)?,
-        updated_at: row.try_get("updated_at").map_err(db_err)?,
-        tags: vec![],
-    })
+/// An `apps` row as stored ([`APPS`]' columns): `spec` is a document.
+#[derive(sqlx::FromRow)]
+struct AppRow {
+    id: String,
+    organization_id: String,
+    name: String,
+    status: AppStatus,
+    status_reason: Option<String>,
+    desired_state: DesiredState,
+    replicas: i64,
+    memory: i64,
+    cpu_millis: i64,
+    disk: i64,
+    spec: String,
+    image_pinned: Option<String>,
+    deployment_id: Option<String>,
+    version: i64,
+    traffic: Option<String>,
+    created_by: Option<String>,
+    created_at: i64,
+    updated_at: i64,
 }
 
-fn lock_clause(tx: &Tx) -> &'static str {
-    if tx.backend_name() == "PostgreSQL" {
+impl TryFrom<AppRow> for App {
+    type Error = Error;
+    fn try_from(r: AppRow) -> Result<App, Error> {
+        Ok(App {
+            spec: crate::doc("apps", &r.id, "spec", &r.spec)?,
+            id: r.id,
+            organization_id: r.organization_id,
+            name: r.name,
+            status: r.status,
+            status_reason: r.status_reason,
+            desired_state: r.desired_state,
+            replicas: r.replicas,
+            memory: r.memory,
+            cpu_millis: r.cpu_millis,
+            disk: r.disk,
+            image_pinned: r.image_pinned,
+            deployment_id: r.deployment_id,
+            version: r.version,
+            traffic: r.traffic,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            tags: vec![],
+        })
+    }
+}
+
+/// An app from a row of [`APPS`]' columns (without its tags).
+pub fn from_row(row: &AnyRow) -> Result<App, Error> {
+    crate::decode::<AppRow, _>(row)
+}
+
+fn lock_clause(db: &Conn) -> &'static str {
+    if db.backend_name() == "PostgreSQL" {
         " FOR UPDATE"
     } else {
         ""
@@ -116,7 +152,7 @@ fn lock_clause(tx: &Tx) -> &'static str {
 }
 
 /// Insert an app with its tags; `a.id` is assigned when empty.
-pub async fn insert(tx: &mut Tx, mut a: App) -> Result<App, Error> {
+pub async fn insert(db: &mut Conn, mut a: App) -> Result<App, Error> {
     if a.id.is_empty() {
         a.id = id::new_id("app");
     }
@@ -143,7 +179,7 @@ pub async fn insert(tx: &mut Tx, mut a: App) -> Result<App, Error> {
     .bind(a.version)
     .bind(&a.created_by)
     .bind(t)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(|e| match db_err(e) {
         Error::Conflict(_) => Error::Conflict(format!(
@@ -152,14 +188,14 @@ pub async fn insert(tx: &mut Tx, mut a: App) -> Result<App, Error> {
         )),
         other => other,
     })?;
-    set_tags(tx, &a.id, &a.tags).await?;
+    set_tags(db, &a.id, &a.tags).await?;
     Ok(a)
 }
 
-pub async fn set_tags(tx: &mut Tx, app_id: &str, tags: &[String]) -> Result<(), Error> {
+pub async fn set_tags(db: &mut Conn, app_id: &str, tags: &[String]) -> Result<(), Error> {
     sqlx::query("DELETE FROM app_tags WHERE app_id = $1")
         .bind(app_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     let mut seen = std::collections::BTreeSet::new();
@@ -167,7 +203,7 @@ pub async fn set_tags(tx: &mut Tx, app_id: &str, tags: &[String]) -> Result<(), 
         sqlx::query("INSERT INTO app_tags (app_id, tag) VALUES ($1, $2)")
             .bind(app_id)
             .bind(t)
-            .execute(&mut **tx)
+            .execute(&mut *db)
             .await
             .map_err(db_err)?;
     }
@@ -176,38 +212,32 @@ pub async fn set_tags(tx: &mut Tx, app_id: &str, tags: &[String]) -> Result<(), 
 
 /// The app, locked for the rest of the transaction (PostgreSQL; SQLite's
 /// write transactions are serialized).
-pub async fn get_for_update(tx: &mut Tx, app_id: &str) -> Result<Option<App>, Error> {
-    let lock = lock_clause(tx);
-    let row = sqlx::query(&format!(
+pub async fn get_for_update(db: &mut Conn, app_id: &str) -> Result<Option<App>, Error> {
+    let lock = lock_clause(db);
+    let row = sqlx::query_as::<_, AppRow>(&format!(
         "SELECT {} FROM apps t WHERE t.id = $1{lock}",
         APPS.columns
     ))
     .bind(app_id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *db)
     .await
     .map_err(db_err)?;
     let Some(row) = row else { return Ok(None) };
-    let mut a = from_row(&row)?;
-    a.tags = tags_of(&mut **tx, &a.id).await?;
+    let mut a = App::try_from(row)?;
+    a.tags = tags_of(db, &a.id).await?;
     Ok(Some(a))
 }
 
-async fn tags_of<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
-    ex: E,
-    app_id: &str,
-) -> Result<Vec<String>, Error> {
-    let rows = sqlx::query("SELECT tag FROM app_tags WHERE app_id = $1 ORDER BY tag")
+async fn tags_of(db: &mut Conn, app_id: &str) -> Result<Vec<String>, Error> {
+    sqlx::query_scalar("SELECT tag FROM app_tags WHERE app_id = $1 ORDER BY tag")
         .bind(app_id)
-        .fetch_all(ex)
+        .fetch_all(&mut *db)
         .await
-        .map_err(db_err)?;
-    rows.iter()
-        .map(|r| r.try_get::<String, _>("tag").map_err(db_err))
-        .collect()
+        .map_err(db_err)
 }
 
 /// Write every mutable column of an app.
-pub async fn update(tx: &mut Tx, a: &App) -> Result<(), Error> {
+pub async fn update(db: &mut Conn, a: &App) -> Result<(), Error> {
     sqlx::query(
         "UPDATE apps SET status = $1, status_reason = $2, desired_state = $3, replicas = $4, memory = $5, cpu_millis = $6, disk = $7,
                          spec = $8, image_pinned = $9, deployment_id = $10, version = $11, updated_at = $12, traffic = $14
@@ -227,7 +257,7 @@ pub async fn update(tx: &mut Tx, a: &App) -> Result<(), Error> {
     .bind(to_micros(now()))
     .bind(&a.id)
     .bind(&a.traffic)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(())
@@ -235,7 +265,7 @@ pub async fn update(tx: &mut Tx, a: &App) -> Result<(), Error> {
 
 /// Only the derived status (no `updated_at` change: it is not a user edit).
 pub async fn set_status(
-    tx: &mut Tx,
+    db: &mut Conn,
     app_id: &str,
     status: AppStatus,
     reason: Option<&str>,
@@ -244,7 +274,7 @@ pub async fn set_status(
         .bind(status)
         .bind(reason)
         .bind(app_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
@@ -253,7 +283,7 @@ pub async fn set_status(
 /// The app's image by digest, when the instance reporting it runs the
 /// app's current version.
 pub async fn set_image_pinned(
-    tx: &mut Tx,
+    db: &mut Conn,
     app_id: &str,
     version: i64,
     pinned: &str,
@@ -262,22 +292,22 @@ pub async fn set_image_pinned(
         .bind(pinned)
         .bind(app_id)
         .bind(version)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
 /// Delete the app row (its instances are stopped by the caller first).
-pub async fn delete(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
+pub async fn delete(db: &mut Conn, app_id: &str) -> Result<(), Error> {
     sqlx::query("DELETE FROM app_tags WHERE app_id = $1")
         .bind(app_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     sqlx::query("DELETE FROM apps WHERE id = $1")
         .bind(app_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
@@ -311,11 +341,7 @@ pub struct Instance {
 
 const INSTANCE_COLUMNS: &str = "id, app_id, organization_id, node_id, version, desired, status, status_reason, replaces, driver, ip, port, pid, memory, cpu_millis, started_at, health_checks_passed, restarts, created_at, updated_at";
 
-fn instance_from_row(row: &AnyRow) -> Result<Instance, Error> {
-    Instance::from_row(row).map_err(db_err)
-}
-
-pub async fn insert_instance(tx: &mut Tx, mut i: Instance) -> Result<Instance, Error> {
+pub async fn insert_instance(db: &mut Conn, mut i: Instance) -> Result<Instance, Error> {
     if i.id.is_empty() {
         i.id = id::new_id("inst");
     }
@@ -344,38 +370,36 @@ pub async fn insert_instance(tx: &mut Tx, mut i: Instance) -> Result<Instance, E
     .bind(i.health_checks_passed)
     .bind(i.restarts)
     .bind(t)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(i)
 }
 
 /// All instances of an app (any desired state), oldest first.
-pub async fn instances_of_app(tx: &mut Tx, app_id: &str) -> Result<Vec<Instance>, Error> {
-    let rows = sqlx::query(&format!(
+pub async fn instances_of_app(db: &mut Conn, app_id: &str) -> Result<Vec<Instance>, Error> {
+    sqlx::query_as(&format!(
         "SELECT {INSTANCE_COLUMNS} FROM instances WHERE app_id = $1 ORDER BY created_at, id"
     ))
     .bind(app_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *db)
     .await
-    .map_err(db_err)?;
-    rows.iter().map(instance_from_row).collect()
+    .map_err(db_err)
 }
 
 /// All instances assigned to a node.
-pub async fn instances_on_node(tx: &mut Tx, node_id: &str) -> Result<Vec<Instance>, Error> {
-    let rows = sqlx::query(&format!(
+pub async fn instances_on_node(db: &mut Conn, node_id: &str) -> Result<Vec<Instance>, Error> {
+    sqlx::query_as(&format!(
         "SELECT {INSTANCE_COLUMNS} FROM instances WHERE node_id = $1 ORDER BY created_at, id"
     ))
     .bind(node_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *db)
     .await
-    .map_err(db_err)?;
-    rows.iter().map(instance_from_row).collect()
+    .map_err(db_err)
 }
 
 /// Write an instance's desired and observed columns.
-pub async fn update_instance(tx: &mut Tx, i: &Instance) -> Result<(), Error> {
+pub async fn update_instance(db: &mut Conn, i: &Instance) -> Result<(), Error> {
     sqlx::query(
         "UPDATE instances SET node_id = $1, desired = $2, status = $3, status_reason = $4, replaces = $5, driver = $6, ip = $7, port = $8, pid = $9,
                               started_at = $10, health_checks_passed = $11, restarts = $12, updated_at = $13
@@ -395,23 +419,23 @@ pub async fn update_instance(tx: &mut Tx, i: &Instance) -> Result<(), Error> {
     .bind(i.restarts)
     .bind(to_micros(now()))
     .bind(&i.id)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(())
 }
 
-pub async fn delete_instance(tx: &mut Tx, id: &str) -> Result<(), Error> {
+pub async fn delete_instance(db: &mut Conn, id: &str) -> Result<(), Error> {
     sqlx::query("DELETE FROM instances WHERE id = $1")
         .bind(id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
 pub async fn insert_upload(
-    tx: &mut Tx,
+    db: &mut Conn,
     id: &str,
     org: &str,
     size: i64,
@@ -425,314 +449,320 @@ pub async fn insert_upload(
         .bind(sha256)
         .bind(created_by)
         .bind(to_micros(now()))
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
-impl Store {
-    pub async fn app(&self, app_id: &str, orgs: &[String]) -> Result<Option<App>, Error> {
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM apps t WHERE t.id = $1",
-            APPS.columns
-        ))
-        .bind(app_id)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db_err)?;
-        let Some(row) = row else { return Ok(None) };
-        let mut a = from_row(&row)?;
-        if !orgs.contains(&a.organization_id) {
-            return Ok(None);
-        }
-        a.tags = tags_of(self.pool(), &a.id).await?;
-        Ok(Some(a))
-    }
-
-    pub async fn app_by_name(&self, org: &str, name: &str) -> Result<Option<App>, Error> {
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM apps t WHERE t.organization_id = $1 AND t.name = $2",
-            APPS.columns
-        ))
-        .bind(org)
-        .bind(name)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db_err)?;
-        row.as_ref().map(from_row).transpose()
-    }
-
-    /// Tags of many apps at once.
-    pub async fn tags_of_apps(&self, ids: &[String]) -> Result<Vec<(String, String)>, Error> {
-        let mut out = vec![];
-        for chunk in ids.chunks(100) {
-            let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let text = format!(
-                "SELECT app_id, tag FROM app_tags WHERE app_id IN ({}) ORDER BY tag",
-                ph.join(", ")
-            );
-            let mut q = sqlx::query_as::<_, (String, String)>(&text);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            out.extend(q.fetch_all(self.pool()).await.map_err(db_err)?);
-        }
-        Ok(out)
-    }
-
-    /// Instances of many apps at once (any desired state), oldest first.
-    pub async fn instances_of_apps(&self, ids: &[String]) -> Result<Vec<Instance>, Error> {
-        let mut out = vec![];
-        for chunk in ids.chunks(100) {
-            let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let text = format!(
-                "SELECT {INSTANCE_COLUMNS} FROM instances WHERE app_id IN ({}) ORDER BY created_at, id",
-                ph.join(", ")
-            );
-            let mut q = sqlx::query(&text);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            for r in q.fetch_all(self.pool()).await.map_err(db_err)? {
-                out.push(instance_from_row(&r)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Apps whose instances need attention: not yet placed, or on a node
-    /// that is not ready, or that stopped being wanted; and apps with a
-    /// deployment under way (a canary's pause ends by the clock).
-    pub async fn apps_needing_reconcile(&self) -> Result<Vec<String>, Error> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT i.app_id FROM instances i LEFT JOIN nodes n ON n.id = i.node_id
-             WHERE i.desired = 'running' AND (i.node_id IS NULL OR n.id IS NULL OR n.status <> 'ready' OR i.replaces IS NOT NULL)
-             UNION SELECT d.app_id FROM deployments d WHERE d.finished_at IS NULL",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("app_id").map_err(db_err))
-            .collect()
-    }
-
-    /// Every app id (the controller's periodic full pass).
-    pub async fn app_ids(&self) -> Result<Vec<String>, Error> {
-        let rows = sqlx::query("SELECT id FROM apps ORDER BY id")
-            .fetch_all(self.pool())
-            .await
-            .map_err(db_err)?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("id").map_err(db_err))
-            .collect()
-    }
-
-    /// Number of apps of an organization.
-    /// Which of `ids` are apps of `org`.
-    pub async fn app_ids_in(&self, org: &str, ids: &[String]) -> Result<Vec<String>, Error> {
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!(
-            "SELECT id FROM apps WHERE organization_id = $1 AND id IN ({})",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query(&sql).bind(org);
-        for id in ids {
-            q = q.bind(id);
-        }
-        let rows = q.fetch_all(self.pool()).await.map_err(db_err)?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("id").map_err(db_err))
-            .collect()
-    }
-
-    pub async fn app_count(&self, org: &str) -> Result<i64, Error> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM apps WHERE organization_id = $1")
-            .bind(org)
-            .fetch_one(self.pool())
-            .await
-            .map_err(db_err)?;
-        row.try_get("n").map_err(db_err)
-    }
-
-    /// Whether an upload exists in an organization.
-    pub async fn upload_exists(&self, id: &str, org: &str) -> Result<bool, Error> {
-        let row =
-            sqlx::query("SELECT 1 AS one FROM uploads WHERE id = $1 AND organization_id = $2")
-                .bind(id)
-                .bind(org)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(db_err)?;
-        Ok(row.is_some())
-    }
-
-    /// The organization of an upload.
-    pub async fn upload_org(&self, id: &str) -> Result<Option<String>, Error> {
-        let row = sqlx::query("SELECT organization_id FROM uploads WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db_err)?;
-        row.map(|r| r.try_get::<String, _>("organization_id").map_err(db_err))
-            .transpose()
-    }
-
-    /// Healthy, wanted instances with an address, for the router:
-    /// `(app name, instance id, ip, port)`.
-    pub async fn routable_instances(&self) -> Result<Vec<Route>, Error> {
-        let rows = sqlx::query(
-        "SELECT a.name, a.traffic, i.id, i.ip, i.port, i.version FROM instances i JOIN apps a ON a.id = i.app_id
-             WHERE i.status = 'healthy' AND i.desired = 'running' AND i.ip IS NOT NULL AND i.port IS NOT NULL
-             ORDER BY a.name, i.created_at, i.id",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err)?;
-        // (app, instance, ip, port, version, the app's version weights)
-        type Row = (
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            Option<std::collections::BTreeMap<String, u32>>,
-        );
-        let mut all: Vec<Row> = vec![];
-        for r in &rows {
-            let traffic: Option<String> = r.try_get("traffic").map_err(db_err)?;
-            let app: String = r.try_get("name").map_err(db_err)?;
-            let traffic = match traffic {
-                None => None,
-                Some(t) => Some(crate::doc("apps", &app, "traffic", &t)?),
-            };
-            all.push((
-                r.try_get("name").map_err(db_err)?,
-                r.try_get("id").map_err(db_err)?,
-                r.try_get("ip").map_err(db_err)?,
-                r.try_get("port").map_err(db_err)?,
-                r.try_get("version").map_err(db_err)?,
-                traffic,
-            ));
-        }
-        // An app's `traffic` splits its requests between versions (a
-        // version's share spread evenly over its healthy instances);
-        // versions it does not name get none. Without it, all alike.
-        let mut per_version: std::collections::HashMap<(String, i64), u32> = Default::default();
-        for (app, _, _, _, v, _) in &all {
-            *per_version.entry((app.clone(), *v)).or_default() += 1;
-        }
-        let mut out = vec![];
-        for (app, id, ip, port, v, traffic) in all {
-            let weight = match &traffic {
-                None => 1000,
-                Some(w) => {
-                    let share = w.get(&v.to_string()).copied().unwrap_or(0);
-                    let n = per_version
-                        .get(&(app.clone(), v))
-                        .copied()
-                        .unwrap_or(1)
-                        .max(1);
-                    share * 1000 / n
-                }
-            };
-            if weight > 0 {
-                out.push((app, id, ip, port, weight));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Add what a router counted: per instance, (requests, errors).
-    pub async fn add_instance_traffic(
-        &self,
-        counts: &std::collections::HashMap<String, (u64, u64)>,
-    ) -> Result<(), Error> {
-        if counts.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.begin().await?;
-        for (id, (req, err)) in counts {
-            sqlx::query(
-                "INSERT INTO instance_traffic (instance_id, requests, errors, updated_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (instance_id) DO UPDATE SET requests = instance_traffic.requests + $2,
-                     errors = instance_traffic.errors + $3, updated_at = $4",
-            )
-            .bind(id)
-            .bind(*req as i64)
-            .bind(*err as i64)
-            .bind(to_micros(now()))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        crate::commit(tx).await
-    }
-
-    /// Names of every app (the router answers 503, not 404, for these).
-    pub async fn app_names(&self) -> Result<Vec<String>, Error> {
-        let rows = sqlx::query("SELECT DISTINCT name FROM apps")
-            .fetch_all(self.pool())
-            .await
-            .map_err(db_err)?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("name").map_err(db_err))
-            .collect()
-    }
-}
-
-/// Instances a node should run (wanted and placed there), with their app rows.
-pub async fn desired_on_node(tx: &mut Tx, node_id: &str) -> Result<Vec<(Instance, App)>, Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT {} FROM instances WHERE node_id = $1 AND desired = 'running' ORDER BY created_at, id",
-        INSTANCE_COLUMNS
-    ))
-    .bind(node_id)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_err)?;
-    // Their apps, in one query (not one per instance).
-    let app_rows = sqlx::query(&format!(
-        "SELECT {} FROM apps t WHERE t.id IN
-           (SELECT app_id FROM instances WHERE node_id = $1 AND desired = 'running')",
+/// An app, if it belongs to one of `orgs`, with its tags.
+pub async fn get_visible(
+    db: &mut Conn,
+    app_id: &str,
+    orgs: &[String],
+) -> Result<Option<App>, Error> {
+    let row = sqlx::query_as::<_, AppRow>(&format!(
+        "SELECT {} FROM apps t WHERE t.id = $1",
         APPS.columns
     ))
-    .bind(node_id)
-    .fetch_all(&mut **tx)
+    .bind(app_id)
+    .fetch_optional(&mut *db)
     .await
     .map_err(db_err)?;
-    let mut apps = std::collections::HashMap::new();
-    for r in &app_rows {
-        let a = from_row(r)?;
-        apps.insert(a.id.clone(), a);
+    let Some(row) = row else { return Ok(None) };
+    let mut a = App::try_from(row)?;
+    if !orgs.contains(&a.organization_id) {
+        return Ok(None);
+    }
+    a.tags = tags_of(db, &a.id).await?;
+    Ok(Some(a))
+}
+
+/// An app of `org` by name (without its tags).
+pub async fn by_name(db: &mut Conn, org: &str, name: &str) -> Result<Option<App>, Error> {
+    sqlx::query_as::<_, AppRow>(&format!(
+        "SELECT {} FROM apps t WHERE t.organization_id = $1 AND t.name = $2",
+        APPS.columns
+    ))
+    .bind(org)
+    .bind(name)
+    .fetch_optional(&mut *db)
+    .await
+    .map_err(db_err)?
+    .map(App::try_from)
+    .transpose()
+}
+
+/// One tag of one app.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AppTag {
+    pub app_id: String,
+    pub tag: String,
+}
+
+/// Tags of many apps at once, in tag order.
+pub async fn tags_of_apps(db: &mut Conn, ids: &[String]) -> Result<Vec<AppTag>, Error> {
+    let mut out = vec![];
+    for chunk in ids.chunks(100) {
+        let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let text = format!(
+            "SELECT app_id, tag FROM app_tags WHERE app_id IN ({}) ORDER BY tag",
+            ph.join(", ")
+        );
+        let mut q = sqlx::query_as::<_, AppTag>(&text);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        out.extend(q.fetch_all(&mut *db).await.map_err(db_err)?);
+    }
+    Ok(out)
+}
+
+/// Instances of many apps at once (any desired state), oldest first.
+pub async fn instances_of_apps(db: &mut Conn, ids: &[String]) -> Result<Vec<Instance>, Error> {
+    let mut out = vec![];
+    for chunk in ids.chunks(100) {
+        let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let text = format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE app_id IN ({}) ORDER BY created_at, id",
+            ph.join(", ")
+        );
+        let mut q = sqlx::query_as::<_, Instance>(&text);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        out.extend(q.fetch_all(&mut *db).await.map_err(db_err)?);
+    }
+    Ok(out)
+}
+
+/// Apps whose instances need attention: not yet placed, or on a node
+/// that is not ready, or that stopped being wanted; and apps with a
+/// deployment under way (a canary's pause ends by the clock).
+pub async fn needing_reconcile(db: &mut Conn) -> Result<Vec<String>, Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT i.app_id FROM instances i LEFT JOIN nodes n ON n.id = i.node_id
+         WHERE i.desired = 'running' AND (i.node_id IS NULL OR n.id IS NULL OR n.status <> 'ready' OR i.replaces IS NOT NULL)
+         UNION SELECT d.app_id FROM deployments d WHERE d.finished_at IS NULL",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)
+}
+
+/// Every app id (the controller's periodic full pass).
+pub async fn ids(db: &mut Conn) -> Result<Vec<String>, Error> {
+    sqlx::query_scalar("SELECT id FROM apps ORDER BY id")
+        .fetch_all(&mut *db)
+        .await
+        .map_err(db_err)
+}
+
+/// Which of `ids` are apps of `org`.
+pub async fn ids_in(db: &mut Conn, org: &str, ids: &[String]) -> Result<Vec<String>, Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "SELECT id FROM apps WHERE organization_id = $1 AND id IN ({})",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query_scalar(&sql).bind(org);
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.fetch_all(&mut *db).await.map_err(db_err)
+}
+
+/// Number of apps of an organization.
+pub async fn count_in(db: &mut Conn, org: &str) -> Result<i64, Error> {
+    sqlx::query_scalar("SELECT COUNT(*) AS n FROM apps WHERE organization_id = $1")
+        .bind(org)
+        .fetch_one(&mut *db)
+        .await
+        .map_err(db_err)
+}
+
+/// Whether an upload exists in an organization.
+pub async fn upload_exists(db: &mut Conn, id: &str, org: &str) -> Result<bool, Error> {
+    let row = sqlx::query("SELECT 1 AS one FROM uploads WHERE id = $1 AND organization_id = $2")
+        .bind(id)
+        .bind(org)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(row.is_some())
+}
+
+/// The organization of an upload.
+pub async fn upload_org(db: &mut Conn, id: &str) -> Result<Option<String>, Error> {
+    sqlx::query_scalar("SELECT organization_id FROM uploads WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_err)
+}
+
+/// A healthy, wanted instance with an address, and its app's traffic split.
+#[derive(sqlx::FromRow)]
+struct RoutableRow {
+    name: String,
+    traffic: Option<String>,
+    id: String,
+    ip: String,
+    port: i64,
+    version: i64,
+}
+
+/// Healthy, wanted instances with an address, for the routers, weighted
+/// by their app's traffic split.
+pub async fn routable_instances(db: &mut Conn) -> Result<Vec<Route>, Error> {
+    let rows = sqlx::query_as::<_, RoutableRow>(
+        "SELECT a.name, a.traffic, i.id, i.ip, i.port, i.version FROM instances i JOIN apps a ON a.id = i.app_id
+         WHERE i.status = 'healthy' AND i.desired = 'running' AND i.ip IS NOT NULL AND i.port IS NOT NULL
+         ORDER BY a.name, i.created_at, i.id",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)?;
+    // Each row with its app's version weights.
+    let mut all: Vec<(RoutableRow, Option<std::collections::BTreeMap<String, u32>>)> = vec![];
+    for r in rows {
+        let weights = match &r.traffic {
+            None => None,
+            Some(t) => Some(crate::doc("apps", &r.name, "traffic", t)?),
+        };
+        all.push((r, weights));
+    }
+    // An app's `traffic` splits its requests between versions (a
+    // version's share spread evenly over its healthy instances);
+    // versions it does not name get none. Without it, all alike.
+    let mut per_version: std::collections::HashMap<(String, i64), u32> = Default::default();
+    for (r, _) in &all {
+        *per_version.entry((r.name.clone(), r.version)).or_default() += 1;
     }
     let mut out = vec![];
-    for r in &rows {
-        let i = instance_from_row(r)?;
-        if let Some(a) = apps.get(&i.app_id) {
-            out.push((i, a.clone()));
+    for (r, weights) in all {
+        let weight = match &weights {
+            None => 1000,
+            Some(w) => {
+                let share = w.get(&r.version.to_string()).copied().unwrap_or(0);
+                let n = per_version
+                    .get(&(r.name.clone(), r.version))
+                    .copied()
+                    .unwrap_or(1)
+                    .max(1);
+                share * 1000 / n
+            }
+        };
+        if weight > 0 {
+            out.push(Route {
+                app: r.name,
+                instance_id: r.id,
+                ip: r.ip,
+                port: r.port,
+                weight,
+            });
         }
     }
     Ok(out)
 }
 
-/// What the routers counted for these instances: (requests, errors).
-pub async fn instance_traffic(tx: &mut Tx, ids: &[String]) -> Result<(i64, i64), Error> {
-    let mut total = (0, 0);
+/// Add what a router counted: per instance, (requests, errors). Run it in
+/// a transaction, so that the counts land together.
+pub async fn add_instance_traffic(
+    db: &mut Conn,
+    counts: &std::collections::HashMap<String, (u64, u64)>,
+) -> Result<(), Error> {
+    for (id, (req, err)) in counts {
+        sqlx::query(
+            "INSERT INTO instance_traffic (instance_id, requests, errors, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (instance_id) DO UPDATE SET requests = instance_traffic.requests + $2,
+                 errors = instance_traffic.errors + $3, updated_at = $4",
+        )
+        .bind(id)
+        .bind(*req as i64)
+        .bind(*err as i64)
+        .bind(to_micros(now()))
+        .execute(&mut *db)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Names of every app (the router answers 503, not 404, for these).
+pub async fn names(db: &mut Conn) -> Result<Vec<String>, Error> {
+    sqlx::query_scalar("SELECT DISTINCT name FROM apps")
+        .fetch_all(&mut *db)
+        .await
+        .map_err(db_err)
+}
+
+/// An instance a node should run, with its app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assigned {
+    pub instance: Instance,
+    pub app: App,
+}
+
+/// Instances a node should run (wanted and placed there), with their app rows.
+pub async fn desired_on_node(db: &mut Conn, node_id: &str) -> Result<Vec<Assigned>, Error> {
+    let instances = sqlx::query_as::<_, Instance>(&format!(
+        "SELECT {} FROM instances WHERE node_id = $1 AND desired = 'running' ORDER BY created_at, id",
+        INSTANCE_COLUMNS
+    ))
+    .bind(node_id)
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)?;
+    // Their apps, in one query (not one per instance).
+    let app_rows = sqlx::query_as::<_, AppRow>(&format!(
+        "SELECT {} FROM apps t WHERE t.id IN
+           (SELECT app_id FROM instances WHERE node_id = $1 AND desired = 'running')",
+        APPS.columns
+    ))
+    .bind(node_id)
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)?;
+    let mut apps = std::collections::HashMap::new();
+    for r in app_rows {
+        let a = App::try_from(r)?;
+        apps.insert(a.id.clone(), a);
+    }
+    let mut out = vec![];
+    for instance in instances {
+        if let Some(app) = apps.get(&instance.app_id) {
+            let app = app.clone();
+            out.push(Assigned { instance, app });
+        }
+    }
+    Ok(out)
+}
+
+/// What the routers counted: requests and, of them, errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, sqlx::FromRow)]
+pub struct Traffic {
+    pub requests: i64,
+    pub errors: i64,
+}
+
+/// What the routers counted for these instances, summed.
+pub async fn instance_traffic(db: &mut Conn, ids: &[String]) -> Result<Traffic, Error> {
+    let mut total = Traffic::default();
     for id in ids {
-        let row =
-            sqlx::query("SELECT requests, errors FROM instance_traffic WHERE instance_id = $1")
-                .bind(id)
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(db_err)?;
-        if let Some(r) = row {
-            total.0 += r.try_get::<i64, _>("requests").map_err(db_err)?;
-            total.1 += r.try_get::<i64, _>("errors").map_err(db_err)?;
+        let row = sqlx::query_as::<_, Traffic>(
+            "SELECT requests, errors FROM instance_traffic WHERE instance_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_err)?;
+        if let Some(t) = row {
+            total.requests += t.requests;
+            total.errors += t.errors;
         }
     }
     Ok(total)

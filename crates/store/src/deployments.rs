@@ -7,10 +7,9 @@ use shellwego_core::model::{AppSpec, DeployOptions, DeploymentStage, DeploymentS
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
-use sqlx::Row;
 
 use crate::list::{FieldSql, Resource};
-use crate::{db_err, Store, Tx};
+use crate::{db_err, Conn};
 
 /// What one version of an app runs, frozen when the version is made.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -29,24 +28,42 @@ pub struct Release {
 const RELEASE_COLUMNS: &str =
     "app_id, version, spec, replicas, memory, cpu_millis, disk, image_pinned, created_at";
 
-fn release_from_row(r: &AnyRow) -> Result<Release, Error> {
-    let app_id: String = r.try_get("app_id").map_err(db_err)?;
-    let version: i64 = r.try_get("version").map_err(db_err)?;
-    let spec = crate::doc_col(r, "releases", &format!("{app_id} v{version}"), "spec")?;
-    Ok(Release {
-        app_id,
-        version,
-        spec,
-        replicas: r.try_get("replicas").map_err(db_err)?,
-        memory: r.try_get("memory").map_err(db_err)?,
-        cpu_millis: r.try_get("cpu_millis").map_err(db_err)?,
-        disk: r.try_get("disk").map_err(db_err)?,
-        image_pinned: r.try_get("image_pinned").map_err(db_err)?,
-        created_at: r.try_get("created_at").map_err(db_err)?,
-    })
+/// A `releases` row as stored: `spec` is a document.
+#[derive(sqlx::FromRow)]
+struct ReleaseRow {
+    app_id: String,
+    version: i64,
+    spec: String,
+    replicas: i64,
+    memory: i64,
+    cpu_millis: i64,
+    disk: i64,
+    image_pinned: Option<String>,
+    created_at: i64,
 }
 
-pub async fn insert_release(tx: &mut Tx, r: &Release) -> Result<(), Error> {
+impl TryFrom<ReleaseRow> for Release {
+    type Error = Error;
+    fn try_from(r: ReleaseRow) -> Result<Release, Error> {
+        let spec = serde_json::from_str(&r.spec).map_err(|e| {
+            let row = format!("{} v{}", r.app_id, r.version);
+            crate::doc_error("releases", &row, "spec", e)
+        })?;
+        Ok(Release {
+            spec,
+            app_id: r.app_id,
+            version: r.version,
+            replicas: r.replicas,
+            memory: r.memory,
+            cpu_millis: r.cpu_millis,
+            disk: r.disk,
+            image_pinned: r.image_pinned,
+            created_at: r.created_at,
+        })
+    }
+}
+
+pub async fn insert_release(db: &mut Conn, r: &Release) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO releases (app_id, version, spec, replicas, memory, cpu_millis, disk, image_pinned, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -60,52 +77,53 @@ pub async fn insert_release(tx: &mut Tx, r: &Release) -> Result<(), Error> {
     .bind(r.disk)
     .bind(&r.image_pinned)
     .bind(to_micros(now()))
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(())
 }
 
-pub async fn release(tx: &mut Tx, app_id: &str, version: i64) -> Result<Option<Release>, Error> {
-    let row = sqlx::query(&format!(
+pub async fn release(db: &mut Conn, app_id: &str, version: i64) -> Result<Option<Release>, Error> {
+    sqlx::query_as::<_, ReleaseRow>(&format!(
         "SELECT {RELEASE_COLUMNS} FROM releases WHERE app_id = $1 AND version = $2"
     ))
     .bind(app_id)
     .bind(version)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *db)
     .await
-    .map_err(db_err)?;
-    row.as_ref().map(release_from_row).transpose()
+    .map_err(db_err)?
+    .map(Release::try_from)
+    .transpose()
 }
 
 /// Releases of the given versions of one app.
-pub async fn releases_of(tx: &mut Tx, app_id: &str) -> Result<Vec<Release>, Error> {
-    let rows = sqlx::query(&format!(
+pub async fn releases_of(db: &mut Conn, app_id: &str) -> Result<Vec<Release>, Error> {
+    let rows = sqlx::query_as::<_, ReleaseRow>(&format!(
         "SELECT {RELEASE_COLUMNS} FROM releases WHERE app_id = $1 ORDER BY version"
     ))
     .bind(app_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *db)
     .await
     .map_err(db_err)?;
-    rows.iter().map(release_from_row).collect()
+    crate::convert(rows)
 }
 
 /// Releases of every app with an instance meant to run on `node_id`.
-pub async fn releases_for_node(tx: &mut Tx, node_id: &str) -> Result<Vec<Release>, Error> {
-    let rows = sqlx::query(&format!(
+pub async fn releases_for_node(db: &mut Conn, node_id: &str) -> Result<Vec<Release>, Error> {
+    let rows = sqlx::query_as::<_, ReleaseRow>(&format!(
         "SELECT {RELEASE_COLUMNS} FROM releases WHERE app_id IN
            (SELECT app_id FROM instances WHERE node_id = $1 AND desired = 'running')"
     ))
     .bind(node_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *db)
     .await
     .map_err(db_err)?;
-    rows.iter().map(release_from_row).collect()
+    crate::convert(rows)
 }
 
 /// Record the digest an agent resolved for a version's image (first wins).
 pub async fn pin_release_image(
-    tx: &mut Tx,
+    db: &mut Conn,
     app_id: &str,
     version: i64,
     pinned: &str,
@@ -116,16 +134,16 @@ pub async fn pin_release_image(
     .bind(pinned)
     .bind(app_id)
     .bind(version)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(())
 }
 
-pub async fn delete_releases(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
+pub async fn delete_releases(db: &mut Conn, app_id: &str) -> Result<(), Error> {
     sqlx::query("DELETE FROM releases WHERE app_id = $1")
         .bind(app_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
@@ -184,38 +202,71 @@ pub static DEPLOYMENTS: Resource = Resource {
     labels: None,
 };
 
-pub fn from_row(r: &AnyRow) -> Result<Deployment, Error> {
-    let id: String = r.try_get("id").map_err(db_err)?;
-    let mut stages: Vec<DeploymentStage> = crate::doc_col(r, "deployments", &id, "stages")?;
-    if stages.is_empty() {
-        stages = DeploymentStage::initial();
-    }
-    let options = crate::doc_col(r, "deployments", &id, "options")?;
-    Ok(Deployment {
-        id,
-        app_id: r.try_get("app_id").map_err(db_err)?,
-        organization_id: r.try_get("organization_id").map_err(db_err)?,
-        status: r.try_get("status").map_err(db_err)?,
-        version: r.try_get("version").map_err(db_err)?,
-        image: r.try_get("image").map_err(db_err)?,
-        strategy: r.try_get("strategy").map_err(db_err)?,
-        initiated_by: r.try_get("initiated_by").map_err(db_err)?,
-        reason: r.try_get("reason").map_err(db_err)?,
-        stages,
-        options,
-        from_version: r.try_get("from_version").map_err(db_err)?,
-        rollback_target: r.try_get("rollback_target").map_err(db_err)?,
-        started_at: r.try_get("started_at").map_err(db_err)?,
-        finished_at: r.try_get("finished_at").map_err(db_err)?,
-        wait_until: r.try_get("wait_until").map_err(db_err)?,
-        canary_step: r.try_get("canary_step").map_err(db_err)?,
-        step_started_at: r.try_get("step_started_at").map_err(db_err)?,
-        created_at: r.try_get("created_at").map_err(db_err)?,
-        updated_at: r.try_get("updated_at").map_err(db_err)?,
-    })
+/// A `deployments` row as stored ([`DEPLOYMENTS`]' columns): `stages` and
+/// `options` are documents.
+#[derive(sqlx::FromRow)]
+struct DeploymentRow {
+    id: String,
+    app_id: String,
+    organization_id: String,
+    status: DeploymentStatus,
+    version: i64,
+    image: Option<String>,
+    strategy: Strategy,
+    initiated_by: Option<String>,
+    reason: Option<String>,
+    stages: String,
+    options: String,
+    from_version: Option<i64>,
+    rollback_target: Option<String>,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    wait_until: Option<i64>,
+    canary_step: i64,
+    step_started_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
 }
 
-pub async fn insert(tx: &mut Tx, mut d: Deployment) -> Result<Deployment, Error> {
+impl TryFrom<DeploymentRow> for Deployment {
+    type Error = Error;
+    fn try_from(r: DeploymentRow) -> Result<Deployment, Error> {
+        let mut stages: Vec<DeploymentStage> =
+            crate::doc("deployments", &r.id, "stages", &r.stages)?;
+        if stages.is_empty() {
+            stages = DeploymentStage::initial();
+        }
+        Ok(Deployment {
+            options: crate::doc("deployments", &r.id, "options", &r.options)?,
+            stages,
+            id: r.id,
+            app_id: r.app_id,
+            organization_id: r.organization_id,
+            status: r.status,
+            version: r.version,
+            image: r.image,
+            strategy: r.strategy,
+            initiated_by: r.initiated_by,
+            reason: r.reason,
+            from_version: r.from_version,
+            rollback_target: r.rollback_target,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            wait_until: r.wait_until,
+            canary_step: r.canary_step,
+            step_started_at: r.step_started_at,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+/// A deployment from a row of [`DEPLOYMENTS`]' columns.
+pub fn from_row(row: &AnyRow) -> Result<Deployment, Error> {
+    crate::decode::<DeploymentRow, _>(row)
+}
+
+pub async fn insert(db: &mut Conn, mut d: Deployment) -> Result<Deployment, Error> {
     if d.id.is_empty() {
         d.id = id::new_id("dep");
     }
@@ -242,14 +293,14 @@ pub async fn insert(tx: &mut Tx, mut d: Deployment) -> Result<Deployment, Error>
     .bind(d.from_version)
     .bind(&d.rollback_target)
     .bind(t)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(d)
 }
 
 /// Write the mutable part of a deployment.
-pub async fn update(tx: &mut Tx, d: &Deployment) -> Result<(), Error> {
+pub async fn update(db: &mut Conn, d: &Deployment) -> Result<(), Error> {
     sqlx::query(
         "UPDATE deployments SET status = $1, reason = $2, stages = $3, finished_at = $4, wait_until = $5, image = $6, updated_at = $7,
                                 canary_step = $9, step_started_at = $10, options = $11
@@ -266,7 +317,7 @@ pub async fn update(tx: &mut Tx, d: &Deployment) -> Result<(), Error> {
     .bind(d.canary_step)
     .bind(d.step_started_at)
     .bind(crate::to_json(&d.options))
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(())
@@ -274,47 +325,54 @@ pub async fn update(tx: &mut Tx, d: &Deployment) -> Result<(), Error> {
 
 /// The app's active deployment, if any (at most one): in progress, or
 /// failed and rolling back.
-pub async fn active(tx: &mut Tx, app_id: &str) -> Result<Option<Deployment>, Error> {
-    let row = sqlx::query(&format!(
+pub async fn active(db: &mut Conn, app_id: &str) -> Result<Option<Deployment>, Error> {
+    sqlx::query_as::<_, DeploymentRow>(&format!(
         "SELECT {} FROM deployments t WHERE t.app_id = $1 AND t.finished_at IS NULL ORDER BY t.created_at DESC LIMIT 1",
         DEPLOYMENTS.columns
     ))
     .bind(app_id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *db)
     .await
-    .map_err(db_err)?;
-    row.as_ref().map(from_row).transpose()
+    .map_err(db_err)?
+    .map(Deployment::try_from)
+    .transpose()
 }
 
 /// The newest successful deployment of `version` (what serves it).
-pub async fn serving(tx: &mut Tx, app_id: &str, version: i64) -> Result<Option<Deployment>, Error> {
-    let row = sqlx::query(&format!(
+pub async fn serving(
+    db: &mut Conn,
+    app_id: &str,
+    version: i64,
+) -> Result<Option<Deployment>, Error> {
+    sqlx::query_as::<_, DeploymentRow>(&format!(
         "SELECT {} FROM deployments t WHERE t.app_id = $1 AND t.version = $2 AND t.status = 'successful'
          ORDER BY t.created_at DESC LIMIT 1",
         DEPLOYMENTS.columns
     ))
     .bind(app_id)
     .bind(version)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *db)
     .await
-    .map_err(db_err)?;
-    row.as_ref().map(from_row).transpose()
+    .map_err(db_err)?
+    .map(Deployment::try_from)
+    .transpose()
 }
 
-pub async fn get_in(tx: &mut Tx, id: &str) -> Result<Option<Deployment>, Error> {
-    let row = sqlx::query(&format!(
+pub async fn get_in(db: &mut Conn, id: &str) -> Result<Option<Deployment>, Error> {
+    sqlx::query_as::<_, DeploymentRow>(&format!(
         "SELECT {} FROM deployments t WHERE t.id = $1",
         DEPLOYMENTS.columns
     ))
     .bind(id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *db)
     .await
-    .map_err(db_err)?;
-    row.as_ref().map(from_row).transpose()
+    .map_err(db_err)?
+    .map(Deployment::try_from)
+    .transpose()
 }
 
 /// Append a line to a deployment's step log.
-pub async fn log(tx: &mut Tx, deployment_id: &str, message: &str) -> Result<(), Error> {
+pub async fn log(db: &mut Conn, deployment_id: &str, message: &str) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO deployment_logs (deployment_id, seq, at, message)
          VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM deployment_logs WHERE deployment_id = $1), $2, $3)",
@@ -322,51 +380,41 @@ pub async fn log(tx: &mut Tx, deployment_id: &str, message: &str) -> Result<(), 
     .bind(deployment_id)
     .bind(to_micros(now()))
     .bind(message)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(())
 }
 
-impl Store {
-    pub async fn deployment(&self, id: &str, orgs: &[String]) -> Result<Option<Deployment>, Error> {
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM deployments t WHERE t.id = $1",
-            DEPLOYMENTS.columns
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db_err)?;
-        Ok(row
-            .as_ref()
-            .map(from_row)
-            .transpose()?
-            .filter(|d| orgs.contains(&d.organization_id)))
-    }
+/// A deployment, if it belongs to one of `orgs`.
+pub async fn get_visible(
+    db: &mut Conn,
+    id: &str,
+    orgs: &[String],
+) -> Result<Option<Deployment>, Error> {
+    Ok(get_in(db, id)
+        .await?
+        .filter(|d| orgs.contains(&d.organization_id)))
+}
 
-    /// A deployment's log lines after `after_seq`: (seq, at, message).
-    pub async fn deployment_log(
-        &self,
-        id: &str,
-        after_seq: i64,
-    ) -> Result<Vec<(i64, i64, String)>, Error> {
-        let rows = sqlx::query(
-            "SELECT seq, at, message FROM deployment_logs WHERE deployment_id = $1 AND seq > $2 ORDER BY seq",
-        )
-        .bind(id)
-        .bind(after_seq)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("seq").map_err(db_err)?,
-                    r.try_get("at").map_err(db_err)?,
-                    r.try_get("message").map_err(db_err)?,
-                ))
-            })
-            .collect()
-    }
+/// One line of a deployment's step log.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LogLine {
+    /// Its number in the log (from 1).
+    pub seq: i64,
+    /// When it was written (microseconds).
+    pub at: i64,
+    pub message: String,
+}
+
+/// A deployment's log lines after `after_seq`.
+pub async fn log_after(db: &mut Conn, id: &str, after_seq: i64) -> Result<Vec<LogLine>, Error> {
+    sqlx::query_as(
+        "SELECT seq, at, message FROM deployment_logs WHERE deployment_id = $1 AND seq > $2 ORDER BY seq",
+    )
+    .bind(id)
+    .bind(after_seq)
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)
 }

@@ -5,13 +5,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shellwego_core::list::{Dir, FieldSpec, Kind, ListSchema};
-use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
+use shellwego_core::time::{now, to_micros, Timestamp};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
-use sqlx::Row;
 
 use crate::list::{FieldSql, Resource};
-use crate::{db_err, json_col, to_json, Tx};
+use crate::{db_err, to_json, Conn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -126,12 +125,12 @@ pub struct Event {
 }
 
 /// Record `e` inside the caller's transaction; returns the event id.
-pub async fn record(tx: &mut Tx, e: NewEvent) -> Result<String, Error> {
-    record_at(tx, e, to_micros(now())).await
+pub async fn record(db: &mut Conn, e: NewEvent) -> Result<String, Error> {
+    record_at(db, e, to_micros(now())).await
 }
 
 /// Record with an explicit time (tests and imports).
-pub async fn record_at(tx: &mut Tx, e: NewEvent, at_micros: i64) -> Result<String, Error> {
+pub async fn record_at(db: &mut Conn, e: NewEvent, at_micros: i64) -> Result<String, Error> {
     let id = id::new_id("evt");
     sqlx::query(
         "INSERT INTO events (id, organization_id, event_type, severity, actor_type, actor_id, actor_ip, resource_type, resource_id, metadata, created_at)
@@ -148,7 +147,7 @@ pub async fn record_at(tx: &mut Tx, e: NewEvent, at_micros: i64) -> Result<Strin
     .bind(e.resource_id)
     .bind(to_json(&e.metadata))
     .bind(at_micros)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(id)
@@ -193,20 +192,44 @@ pub static EVENTS: Resource = Resource {
     labels: None,
 };
 
+/// An `events` row as stored ([`EVENTS`]' columns).
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: String,
+    organization_id: Option<String>,
+    event_type: String,
+    severity: String,
+    actor_type: String,
+    actor_id: Option<String>,
+    actor_ip: Option<String>,
+    resource_type: String,
+    resource_id: String,
+    metadata: String,
+    created_at: i64,
+}
+
+impl TryFrom<EventRow> for Event {
+    type Error = Error;
+    fn try_from(r: EventRow) -> Result<Event, Error> {
+        Ok(Event {
+            metadata: crate::doc("events", &r.id, "metadata", &r.metadata)?,
+            id: r.id,
+            organization_id: r.organization_id,
+            event_type: r.event_type,
+            severity: Severity::parse(&r.severity),
+            actor: Actor {
+                kind: r.actor_type,
+                id: r.actor_id,
+                ip: r.actor_ip,
+            },
+            resource_type: r.resource_type,
+            resource_id: r.resource_id,
+            timestamp: crate::time(r.created_at),
+        })
+    }
+}
+
+/// An event from a row of [`EVENTS`]' columns.
 pub fn from_row(row: &AnyRow) -> Result<Event, Error> {
-    Ok(Event {
-        id: row.try_get("id").map_err(db_err)?,
-        organization_id: row.try_get("organization_id").map_err(db_err)?,
-        event_type: row.try_get("event_type").map_err(db_err)?,
-        severity: Severity::parse(&row.try_get::<String, _>("severity").map_err(db_err)?),
-        actor: Actor {
-            kind: row.try_get("actor_type").map_err(db_err)?,
-            id: row.try_get("actor_id").map_err(db_err)?,
-            ip: row.try_get("actor_ip").map_err(db_err)?,
-        },
-        resource_type: row.try_get("resource_type").map_err(db_err)?,
-        resource_id: row.try_get("resource_id").map_err(db_err)?,
-        metadata: json_col::<Value>(row, "metadata")?,
-        timestamp: from_micros(row.try_get("created_at").map_err(db_err)?),
-    })
+    crate::decode::<EventRow, _>(row)
 }

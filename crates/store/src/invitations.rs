@@ -5,10 +5,9 @@ use shellwego_core::list::{Dir, FieldSpec, Kind, ListSchema};
 use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::{id, token, Error};
 use sqlx::any::AnyRow;
-use sqlx::Row;
 
 use crate::list::{FieldSql, Resource};
-use crate::{db_err, json_col, to_json, Store, Tx};
+use crate::{db_err, to_json, Conn};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Invitation {
@@ -39,24 +38,40 @@ impl Invitation {
 
 const COLUMNS: &str = "t.id, t.organization_id, t.email, t.role, t.resources, t.created_at, t.expires_at, t.accepted_at, t.revoked_at";
 
+/// An `invitations` row as stored (`COLUMNS`).
+#[derive(sqlx::FromRow)]
+struct InvitationRow {
+    id: String,
+    organization_id: String,
+    email: String,
+    role: String,
+    resources: String,
+    created_at: i64,
+    expires_at: i64,
+    accepted_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl TryFrom<InvitationRow> for Invitation {
+    type Error = Error;
+    fn try_from(r: InvitationRow) -> Result<Invitation, Error> {
+        Ok(Invitation {
+            resources: crate::doc("invitations", &r.id, "resources", &r.resources)?,
+            id: r.id,
+            organization_id: r.organization_id,
+            email: r.email,
+            role: r.role,
+            created_at: crate::time(r.created_at),
+            expires_at: crate::time(r.expires_at),
+            accepted_at: crate::opt_time(r.accepted_at),
+            revoked_at: crate::opt_time(r.revoked_at),
+        })
+    }
+}
+
+/// An invitation from a row of `COLUMNS`.
 pub fn from_row(row: &AnyRow) -> Result<Invitation, Error> {
-    let opt = |c: &str| -> Result<Option<Timestamp>, Error> {
-        Ok(row
-            .try_get::<Option<i64>, _>(c)
-            .map_err(db_err)?
-            .map(from_micros))
-    };
-    Ok(Invitation {
-        id: row.try_get("id").map_err(db_err)?,
-        organization_id: row.try_get("organization_id").map_err(db_err)?,
-        email: row.try_get("email").map_err(db_err)?,
-        role: row.try_get("role").map_err(db_err)?,
-        resources: json_col(row, "resources")?,
-        created_at: from_micros(row.try_get("created_at").map_err(db_err)?),
-        expires_at: from_micros(row.try_get("expires_at").map_err(db_err)?),
-        accepted_at: opt("accepted_at")?,
-        revoked_at: opt("revoked_at")?,
-    })
+    crate::decode::<InvitationRow, _>(row)
 }
 
 pub static INVITATIONS: Resource = Resource {
@@ -86,7 +101,7 @@ pub static INVITATIONS: Resource = Resource {
 
 /// Create an invitation; returns it with its one-time token (`inv_…`).
 pub async fn create(
-    tx: &mut Tx,
+    db: &mut Conn,
     org_id: &str,
     email: &str,
     role: &str,
@@ -113,7 +128,7 @@ pub async fn create(
     .bind(created_by)
     .bind(created)
     .bind(expires)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     let inv = Invitation {
@@ -130,62 +145,56 @@ pub async fn create(
     Ok((inv, secret))
 }
 
-/// The invitation a token stands for (in a transaction, locked for update
-/// on PostgreSQL).
-pub async fn by_token(
-    tx: &mut Tx,
+/// The invitation a token stands for, locked for the rest of the
+/// transaction (PostgreSQL; SQLite's write transactions are serialized).
+pub async fn by_token_for_update(db: &mut Conn, secret: &str) -> Result<Option<Invitation>, Error> {
+    let lock = if db.backend_name() == "PostgreSQL" {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    find_by_token(db, secret, lock).await
+}
+
+/// The invitation a token stands for, read without locking.
+pub async fn by_token(db: &mut Conn, secret: &str) -> Result<Option<Invitation>, Error> {
+    find_by_token(db, secret, "").await
+}
+
+async fn find_by_token(
+    db: &mut Conn,
     secret: &str,
-    postgres: bool,
+    lock: &str,
 ) -> Result<Option<Invitation>, Error> {
-    let lock = if postgres { " FOR UPDATE" } else { "" };
-    let row = sqlx::query(&format!(
+    sqlx::query_as::<_, InvitationRow>(&format!(
         "SELECT {COLUMNS} FROM invitations t WHERE t.token_hash = $1{lock}"
     ))
     .bind(token::hash(secret))
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *db)
     .await
-    .map_err(db_err)?;
-    row.as_ref().map(from_row).transpose()
+    .map_err(db_err)?
+    .map(Invitation::try_from)
+    .transpose()
 }
 
-pub async fn mark_accepted(tx: &mut Tx, inv_id: &str, user_id: &str) -> Result<bool, Error> {
+pub async fn mark_accepted(db: &mut Conn, inv_id: &str, user_id: &str) -> Result<bool, Error> {
     let r = sqlx::query("UPDATE invitations SET accepted_at = $1, accepted_by = $2 WHERE id = $3 AND accepted_at IS NULL AND revoked_at IS NULL")
         .bind(to_micros(now()))
         .bind(user_id)
         .bind(inv_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn revoke(tx: &mut Tx, org_id: &str, inv_id: &str) -> Result<bool, Error> {
+pub async fn revoke(db: &mut Conn, org_id: &str, inv_id: &str) -> Result<bool, Error> {
     let r = sqlx::query("UPDATE invitations SET revoked_at = $1 WHERE id = $2 AND organization_id = $3 AND revoked_at IS NULL AND accepted_at IS NULL")
         .bind(to_micros(now()))
         .bind(inv_id)
         .bind(org_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(r.rows_affected() == 1)
-}
-
-impl Store {
-    pub fn is_postgres(&self) -> bool {
-        self.backend() == crate::Backend::Postgres
-    }
-}
-
-impl Store {
-    /// The invitation a token stands for, read without locking.
-    pub async fn invitation_by_token(&self, secret: &str) -> Result<Option<Invitation>, Error> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM invitations t WHERE t.token_hash = $1"
-        ))
-        .bind(token::hash(secret))
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db_err)?;
-        row.as_ref().map(from_row).transpose()
-    }
 }

@@ -2,6 +2,20 @@
 //! binary) and one set of queries, run on SQLite (the embedded default) and
 //! PostgreSQL (for HA) through sqlx's `Any` driver. Every query is written
 //! once, with `$n` placeholders, which both backends accept.
+//!
+//! One calling convention: every query is a free function in its table's
+//! module whose first parameter is `db: &mut Conn` (sqlx's
+//! `AnyConnection`). A transaction ([`Tx`], or anything that dereferences
+//! to one) coerces to it, so writes pass `&mut tx`; reads outside a
+//! transaction pass a pooled connection from [`Store::conn`], held only as
+//! long as the reads (a caller that then begins a transaction drops it
+//! first, so one request never holds two of the pool's connections).
+//! [`Store`] itself only manages connections. Rows are decoded by
+//! `#[derive(sqlx::FromRow)]` structs: a public struct derives it when its
+//! fields are the columns as stored; otherwise a private `…Row` struct holds
+//! the columns as stored (times as BIGINT microseconds, JSON documents as
+//! TEXT) and `TryFrom` turns it into the public one, a document that does
+//! not parse being an error that names its table, row and column.
 
 pub mod apps;
 pub mod bootstrap;
@@ -24,9 +38,11 @@ use std::time::Duration;
 use shellwego_core::Error;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool, Executor, Transaction};
+use sqlx::{Any, AnyPool, Executor, FromRow, Transaction};
 
 pub use sqlx::any::AnyRow;
+/// What every query runs on: a transaction or a pooled connection.
+pub use sqlx::AnyConnection as Conn;
 pub use sqlx::Row;
 
 pub type Tx = Transaction<'static, Any>;
@@ -165,7 +181,7 @@ impl Store {
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|e| Error::Internal(format!("migrations failed: {e}")))?;
+            .map_err(|e| Error::internal_source("migrations failed", e))?;
         let fresh = shellwego_core::token::generate(shellwego_core::token::TokenKind::Temp).hash;
         sqlx::query("INSERT INTO system_state (key, value, updated_at) VALUES ('cursor_key', $1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(fresh)
@@ -173,11 +189,11 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
-        let row = sqlx::query("SELECT value FROM system_state WHERE key = 'cursor_key'")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-        let key: String = row.try_get("value").map_err(db_err)?;
+        let key: String =
+            sqlx::query_scalar("SELECT value FROM system_state WHERE key = 'cursor_key'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
         let _ = self.cursor_key.set(key.into_bytes());
         Ok(())
     }
@@ -198,8 +214,9 @@ impl Store {
         &self.pool
     }
 
-    /// A connection from the pool, for the queries that take
-    /// `db: &mut AnyConnection`.
+    /// A pooled connection, for reads outside a transaction. It goes back
+    /// to the pool when dropped: hold it only for the reads (not across a
+    /// wait, nor while beginning a transaction).
     pub async fn conn(&self) -> Result<PoolConnection<Any>, Error> {
         self.pool.acquire().await.map_err(db_err)
     }
@@ -223,7 +240,7 @@ impl Store {
             }
         })
         .await
-        .map_err(|e| Error::Internal(format!("the transaction task failed: {e}")))?
+        .map_err(|e| Error::internal_source("the transaction task failed", e))?
         .map_err(db_err)
     }
 
@@ -247,37 +264,34 @@ pub async fn commit(tx: Tx) -> Result<(), Error> {
     tx.commit().await.map_err(db_err)
 }
 
-/// Decode a JSON TEXT column.
-/// One that does not parse is an error naming the column and the row (its
-/// `id` column, when it has one), never a default.
-pub(crate) fn json_col<T: serde::de::DeserializeOwned>(
-    row: &AnyRow,
-    col: &str,
-) -> Result<T, Error> {
-    let s: String = row.try_get(col).map_err(db_err)?;
-    serde_json::from_str(&s).map_err(|e| {
-        // The row is named only when it is needed (the hot path parses).
-        let id = row
-            .try_get::<String, _>("id")
-            .unwrap_or_else(|_| "?".into());
-        Error::internal_source(
-            format!("store: row {id}: the {col} document does not parse"),
-            e,
-        )
-    })
+/// Decode a row through its `FromRow` struct `R`, then into `T` (for the
+/// list mappers, which get the row itself).
+pub(crate) fn decode<R, T>(row: &AnyRow) -> Result<T, Error>
+where
+    R: for<'r> FromRow<'r, AnyRow>,
+    T: TryFrom<R, Error = Error>,
+{
+    T::try_from(R::from_row(row).map_err(db_err)?)
 }
 
-/// Decode a JSON document column of one row. A document that does not
-/// parse is an error naming the table, the row and the column: never a
-/// silent default.
-pub(crate) fn doc_col<T: serde::de::DeserializeOwned>(
-    row: &AnyRow,
-    table: &str,
-    id: &str,
-    col: &str,
-) -> Result<T, Error> {
-    let s: String = row.try_get(col).map_err(db_err)?;
-    doc(table, id, col, &s)
+/// Turn every decoded row into `T`.
+pub(crate) fn convert<R, T: TryFrom<R, Error = Error>>(rows: Vec<R>) -> Result<Vec<T>, Error> {
+    rows.into_iter().map(T::try_from).collect()
+}
+
+/// A time column: BIGINT microseconds since the epoch.
+pub(crate) fn time(micros: i64) -> shellwego_core::time::Timestamp {
+    shellwego_core::time::from_micros(micros)
+}
+
+/// A nullable time column.
+pub(crate) fn opt_time(micros: Option<i64>) -> Option<shellwego_core::time::Timestamp> {
+    micros.map(time)
+}
+
+/// A boolean column: an integer, 0 being false (SQLite has no boolean).
+pub(crate) fn flag(v: i64) -> bool {
+    v != 0
 }
 
 /// Parse a stored JSON document of row `id` of `table`.
@@ -287,12 +301,16 @@ pub fn doc<T: serde::de::DeserializeOwned>(
     col: &str,
     text: &str,
 ) -> Result<T, Error> {
-    serde_json::from_str(text).map_err(|e| {
-        Error::internal_source(
-            format!("store: {table} row {id}: the {col} document does not parse"),
-            e,
-        )
-    })
+    serde_json::from_str(text).map_err(|e| doc_error(table, id, col, e))
+}
+
+/// A stored JSON document of row `id` of `table` that does not parse (for
+/// callers that name the row only when it is needed).
+pub(crate) fn doc_error(table: &str, id: &str, col: &str, e: serde_json::Error) -> Error {
+    Error::internal_source(
+        format!("store: {table} row {id}: the {col} document does not parse"),
+        e,
+    )
 }
 
 pub(crate) fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> String {

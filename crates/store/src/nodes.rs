@@ -8,10 +8,9 @@ use shellwego_core::model::NodeStatus;
 use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
-use sqlx::Row;
 
-use crate::list::{Arg, FieldSql, Resource, Sql};
-use crate::{db_err, Store, Tx};
+use crate::list::{FieldSql, Resource};
+use crate::{db_err, Conn};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Node {
@@ -82,41 +81,71 @@ pub static NODES: Resource = Resource {
     labels: Some("node"),
 };
 
+/// A `nodes` row as stored ([`NODES`]' columns).
+#[derive(sqlx::FromRow)]
+struct NodeRow {
+    id: String,
+    organization_id: String,
+    hostname: String,
+    status: NodeStatus,
+    region: String,
+    zone: String,
+    cpu_cores: i64,
+    memory_total: i64,
+    disk_total: i64,
+    memory_available: i64,
+    cpu_available: i64,
+    microvm_total: i64,
+    microvm_used: i64,
+    internal_ip: Option<String>,
+    public_ip: Option<String>,
+    kernel_version: Option<String>,
+    firecracker_version: Option<String>,
+    agent_version: Option<String>,
+    last_seen: Option<i64>,
+    created_at: i64,
+    drivers: String,
+    qemu_version: Option<String>,
+}
+
+impl TryFrom<NodeRow> for Node {
+    type Error = Error;
+    fn try_from(r: NodeRow) -> Result<Node, Error> {
+        Ok(Node {
+            drivers: crate::doc("nodes", &r.id, "drivers", &r.drivers)?,
+            id: r.id,
+            organization_id: r.organization_id,
+            hostname: r.hostname,
+            status: r.status,
+            region: r.region,
+            zone: r.zone,
+            cpu_cores: r.cpu_cores,
+            memory_total: r.memory_total,
+            disk_total: r.disk_total,
+            memory_available: r.memory_available,
+            cpu_available: r.cpu_available,
+            microvm_total: r.microvm_total,
+            microvm_used: r.microvm_used,
+            internal_ip: r.internal_ip,
+            public_ip: r.public_ip,
+            kernel_version: r.kernel_version,
+            firecracker_version: r.firecracker_version,
+            agent_version: r.agent_version,
+            last_seen: crate::opt_time(r.last_seen),
+            created_at: crate::time(r.created_at),
+            labels: BTreeMap::new(),
+            qemu_version: r.qemu_version,
+        })
+    }
+}
+
+/// A node from a row of [`NODES`]' columns (without its labels).
 pub fn from_row(row: &AnyRow) -> Result<Node, Error> {
-    let g = |c: &str| row.try_get::<i64, _>(c).map_err(db_err);
-    let s = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db_err);
-    Ok(Node {
-        id: row.try_get("id").map_err(db_err)?,
-        organization_id: row.try_get("organization_id").map_err(db_err)?,
-        hostname: row.try_get("hostname").map_err(db_err)?,
-        status: row.try_get("status").map_err(db_err)?,
-        region: row.try_get("region").map_err(db_err)?,
-        zone: row.try_get("zone").map_err(db_err)?,
-        cpu_cores: g("cpu_cores")?,
-        memory_total: g("memory_total")?,
-        disk_total: g("disk_total")?,
-        memory_available: g("memory_available")?,
-        cpu_available: g("cpu_available")?,
-        microvm_total: g("microvm_total")?,
-        microvm_used: g("microvm_used")?,
-        internal_ip: s("internal_ip")?,
-        public_ip: s("public_ip")?,
-        kernel_version: s("kernel_version")?,
-        firecracker_version: s("firecracker_version")?,
-        agent_version: s("agent_version")?,
-        last_seen: row
-            .try_get::<Option<i64>, _>("last_seen")
-            .map_err(db_err)?
-            .map(from_micros),
-        created_at: from_micros(g("created_at")?),
-        labels: BTreeMap::new(),
-        drivers: crate::json_col(row, "drivers")?,
-        qemu_version: s("qemu_version")?,
-    })
+    crate::decode::<NodeRow, _>(row)
 }
 
 /// Insert a node and its labels. `n.id` is assigned when empty.
-pub async fn insert(tx: &mut Tx, mut n: Node) -> Result<Node, Error> {
+pub async fn insert(db: &mut Conn, mut n: Node) -> Result<Node, Error> {
     if n.id.is_empty() {
         n.id = id::new_id("node");
     }
@@ -151,16 +180,16 @@ pub async fn insert(tx: &mut Tx, mut n: Node) -> Result<Node, Error> {
     .bind(&n.agent_version)
     .bind(n.last_seen.map(to_micros))
     .bind(t)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
-    put_labels(tx, &n.id, &n.labels, false).await?;
+    put_labels(db, &n.id, &n.labels, false).await?;
     Ok(n)
 }
 
 /// Set a node's labels: replacing all of them, or only the keys given.
 async fn put_labels(
-    tx: &mut Tx,
+    db: &mut Conn,
     node_id: &str,
     labels: &BTreeMap<String, String>,
     replace_all: bool,
@@ -168,7 +197,7 @@ async fn put_labels(
     if replace_all {
         sqlx::query("DELETE FROM labels WHERE resource_type = 'node' AND resource_id = $1")
             .bind(node_id)
-            .execute(&mut **tx)
+            .execute(&mut *db)
             .await
             .map_err(db_err)?;
     }
@@ -179,7 +208,7 @@ async fn put_labels(
             )
             .bind(node_id)
             .bind(k)
-            .execute(&mut **tx)
+            .execute(&mut *db)
             .await
             .map_err(db_err)?;
         }
@@ -187,70 +216,75 @@ async fn put_labels(
             .bind(node_id)
             .bind(k)
             .bind(v)
-            .execute(&mut **tx)
+            .execute(&mut *db)
             .await
             .map_err(db_err)?;
     }
     Ok(())
 }
 
-impl Store {
-    /// Fill in the labels of `nodes` with one query.
-    pub async fn load_node_labels(&self, nodes: &mut [Node]) -> Result<(), Error> {
-        if nodes.is_empty() {
-            return Ok(());
-        }
-        let mut sql = Sql::default();
-        sql.push("SELECT resource_id, key, value FROM labels WHERE resource_type = 'node' AND resource_id IN (");
-        for (i, n) in nodes.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.arg(Arg::Text(n.id.clone()));
-        }
-        sql.push(")");
-        let rows = sql.query().fetch_all(self.pool()).await.map_err(db_err)?;
-        for r in rows {
-            let rid: String = r.try_get("resource_id").map_err(db_err)?;
-            if let Some(n) = nodes.iter_mut().find(|n| n.id == rid) {
-                n.labels.insert(
-                    r.try_get("key").map_err(db_err)?,
-                    r.try_get("value").map_err(db_err)?,
-                );
-            }
-        }
-        Ok(())
-    }
+/// One label of a node.
+#[derive(sqlx::FromRow)]
+struct LabelRow {
+    resource_id: String,
+    key: String,
+    value: String,
+}
 
-    /// A node, if it belongs to one of `org_ids`.
-    pub async fn node(&self, node_id: &str, org_ids: &[String]) -> Result<Option<Node>, Error> {
-        let mut sql = Sql::default();
-        sql.push("SELECT ")
-            .push(NODES.columns)
-            .push(" FROM nodes t WHERE t.id = ")
-            .arg(Arg::Text(node_id.into()));
-        sql.push(" AND t.organization_id IN (");
-        if org_ids.is_empty() {
-            sql.push("NULL");
-        }
-        for (i, o) in org_ids.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.arg(Arg::Text(o.clone()));
-        }
-        sql.push(")");
-        let row = sql
-            .query()
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db_err)?;
-        let Some(row) = row else { return Ok(None) };
-        let mut nodes = [from_row(&row)?];
-        self.load_node_labels(&mut nodes).await?;
-        let [n] = nodes;
-        Ok(Some(n))
+/// `$first, $first+1, …`: one placeholder per value.
+fn marks(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Fill in the labels of `nodes` with one query.
+pub async fn load_labels(db: &mut Conn, nodes: &mut [Node]) -> Result<(), Error> {
+    if nodes.is_empty() {
+        return Ok(());
     }
+    let sql = format!(
+        "SELECT resource_id, key, value FROM labels WHERE resource_type = 'node' AND resource_id IN ({})",
+        marks(1, nodes.len())
+    );
+    let mut q = sqlx::query_as::<_, LabelRow>(&sql);
+    for n in nodes.iter() {
+        q = q.bind(n.id.clone());
+    }
+    for l in q.fetch_all(&mut *db).await.map_err(db_err)? {
+        if let Some(n) = nodes.iter_mut().find(|n| n.id == l.resource_id) {
+            n.labels.insert(l.key, l.value);
+        }
+    }
+    Ok(())
+}
+
+/// A node, with its labels, if it belongs to one of `org_ids`.
+pub async fn get_visible(
+    db: &mut Conn,
+    node_id: &str,
+    org_ids: &[String],
+) -> Result<Option<Node>, Error> {
+    let orgs = if org_ids.is_empty() {
+        "NULL".to_string()
+    } else {
+        marks(2, org_ids.len())
+    };
+    let sql = format!(
+        "SELECT {} FROM nodes t WHERE t.id = $1 AND t.organization_id IN ({orgs})",
+        NODES.columns
+    );
+    let mut q = sqlx::query_as::<_, NodeRow>(&sql).bind(node_id);
+    for o in org_ids {
+        q = q.bind(o);
+    }
+    let row = q.fetch_optional(&mut *db).await.map_err(db_err)?;
+    let Some(row) = row else { return Ok(None) };
+    let mut nodes = [Node::try_from(row)?];
+    load_labels(db, &mut nodes).await?;
+    let [n] = nodes;
+    Ok(Some(n))
 }
 
 /// What an agent reports about its host when it joins or syncs.
@@ -278,14 +312,14 @@ pub struct HostReport {
 /// `node`) that an agent will join with the returned one-time token
 /// (`sw_join_…`, valid for `valid_for`).
 pub async fn register(
-    tx: &mut Tx,
+    db: &mut Conn,
     node: Node,
     capabilities: &serde_json::Value,
     valid_for: std::time::Duration,
 ) -> Result<(Node, String), Error> {
     let (secret, hash) = shellwego_core::token::secret_with_prefix("sw_join_");
     let node = insert(
-        tx,
+        db,
         Node {
             status: NodeStatus::Joining,
             ..node
@@ -298,40 +332,56 @@ pub async fn register(
         .bind(expires)
         .bind(crate::to_json(capabilities))
         .bind(&node.id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok((node, secret))
 }
 
+/// A node a join token stands for.
+#[derive(sqlx::FromRow)]
+struct JoiningRow {
+    id: String,
+    organization_id: String,
+    join_expires_at: Option<i64>,
+    capabilities: String,
+}
+
+/// A node that joined: what its agent is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub node_id: String,
+    pub organization_id: String,
+    /// The node's credential (`nsec_…`), shown once; only its hash is kept.
+    pub credential: String,
+}
+
 /// Exchange a join token for a node credential (`nsec_…`): once, before it
 /// expires. Records what the host reported and marks the node ready.
-/// Returns `(node id, organization id, credential)`.
 pub async fn join(
-    tx: &mut Tx,
+    db: &mut Conn,
     join_secret: &str,
     r: &HostReport,
-) -> Result<Option<(String, String, String)>, Error> {
-    let lock = if tx.backend_name() == "PostgreSQL" {
+) -> Result<Option<Joined>, Error> {
+    let lock = if db.backend_name() == "PostgreSQL" {
         " FOR UPDATE"
     } else {
         ""
     };
-    let row = sqlx::query(&format!(
+    let row = sqlx::query_as::<_, JoiningRow>(&format!(
         "SELECT id, organization_id, join_expires_at, capabilities FROM nodes WHERE join_token_hash = $1{lock}"
     ))
     .bind(shellwego_core::token::hash(join_secret))
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *db)
     .await
     .map_err(db_err)?;
     let Some(row) = row else { return Ok(None) };
-    let expires: Option<i64> = row.try_get("join_expires_at").map_err(db_err)?;
-    if expires.is_none_or(|e| e <= to_micros(now())) {
+    if row.join_expires_at.is_none_or(|e| e <= to_micros(now())) {
         return Ok(None);
     }
-    let id: String = row.try_get("id").map_err(db_err)?;
-    let org: String = row.try_get("organization_id").map_err(db_err)?;
-    let mut caps: serde_json::Value = crate::json_col(&row, "capabilities")?;
+    let id = row.id;
+    let org = row.organization_id;
+    let mut caps: serde_json::Value = crate::doc("nodes", &id, "capabilities", &row.capabilities)?;
     if !caps.is_object() {
         caps = serde_json::json!({});
     }
@@ -360,84 +410,80 @@ pub async fn join(
     .bind(crate::to_json(&r.drivers))
     .bind(crate::to_json(&caps))
     .bind(&id)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     sqlx::query("UPDATE nodes SET region = CASE WHEN $1 = '' THEN region ELSE $1 END, zone = CASE WHEN $2 = '' THEN zone ELSE $2 END WHERE id = $3")
         .bind(&r.region)
         .bind(&r.zone)
         .bind(&id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
-    put_labels(tx, &id, &r.labels, false).await?;
-    Ok(Some((id, org, credential)))
+    put_labels(db, &id, &r.labels, false).await?;
+    Ok(Some(Joined {
+        node_id: id,
+        organization_id: org,
+        credential,
+    }))
 }
 
-/// The node a credential belongs to: `(id, organization id, generation)`.
-impl Store {
-    /// The node's desired-state generation.
-    pub async fn node_generation(&self, node_id: &str) -> Result<i64, Error> {
-        let row = sqlx::query("SELECT generation FROM nodes WHERE id = $1")
-            .bind(node_id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db_err)?;
-        row.map(|r| r.try_get::<i64, _>("generation").map_err(db_err))
-            .transpose()
-            .map(|g| g.unwrap_or(-1))
-    }
+/// The node's desired-state generation (-1: no such node).
+pub async fn generation(db: &mut Conn, node_id: &str) -> Result<i64, Error> {
+    let g: Option<i64> = sqlx::query_scalar("SELECT generation FROM nodes WHERE id = $1")
+        .bind(node_id)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(g.unwrap_or(-1))
+}
 
-    pub async fn node_by_credential(
-        &self,
-        credential: &str,
-    ) -> Result<Option<(String, String, i64)>, Error> {
-        let row = sqlx::query(
-            "SELECT id, organization_id, generation FROM nodes WHERE credential_hash = $1",
-        )
+/// The node a credential belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct NodeCredential {
+    pub id: String,
+    pub organization_id: String,
+    /// Its desired-state generation.
+    pub generation: i64,
+}
+
+/// The node a credential belongs to.
+pub async fn by_credential(
+    db: &mut Conn,
+    credential: &str,
+) -> Result<Option<NodeCredential>, Error> {
+    sqlx::query_as("SELECT id, organization_id, generation FROM nodes WHERE credential_hash = $1")
         .bind(shellwego_core::token::hash(credential))
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *db)
         .await
-        .map_err(db_err)?;
-        row.map(|r| {
-            Ok::<_, Error>((
-                r.try_get("id").map_err(db_err)?,
-                r.try_get("organization_id").map_err(db_err)?,
-                r.try_get("generation").map_err(db_err)?,
-            ))
-        })
-        .transpose()
-    }
+        .map_err(db_err)
+}
 
-    /// Nodes not heard from since `cutoff` that are not offline yet.
-    pub async fn stale_nodes(
-        &self,
-        cutoff_micros: i64,
-    ) -> Result<Vec<(String, String, Option<i64>)>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, organization_id, last_seen FROM nodes WHERE status <> 'offline' AND credential_hash IS NOT NULL AND (last_seen IS NULL OR last_seen < $1)",
-        )
-        .bind(cutoff_micros)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("id").map_err(db_err)?,
-                    r.try_get("organization_id").map_err(db_err)?,
-                    r.try_get("last_seen").map_err(db_err)?,
-                ))
-            })
-            .collect()
-    }
+/// A node not heard from lately.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StaleNode {
+    pub id: String,
+    pub organization_id: String,
+    /// When it was last heard from (microseconds; never: none).
+    pub last_seen: Option<i64>,
+}
+
+/// Nodes not heard from since `cutoff` that are not offline yet.
+pub async fn stale(db: &mut Conn, cutoff_micros: i64) -> Result<Vec<StaleNode>, Error> {
+    sqlx::query_as(
+        "SELECT id, organization_id, last_seen FROM nodes WHERE status <> 'offline' AND credential_hash IS NOT NULL AND (last_seen IS NULL OR last_seen < $1)",
+    )
+    .bind(cutoff_micros)
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)
 }
 
 /// A heartbeat: the node is alive. An offline node comes back with the
 /// status it had before (ready, draining or maintenance). Returns true when
 /// it came back.
 pub async fn heartbeat(
-    tx: &mut Tx,
+    db: &mut Conn,
     node_id: &str,
     memory_available: Option<i64>,
     internal_ip: Option<&str>,
@@ -448,7 +494,7 @@ pub async fn heartbeat(
     )
     .bind(t)
     .bind(node_id)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?
     .rows_affected()
@@ -458,7 +504,7 @@ pub async fn heartbeat(
         .bind(memory_available)
         .bind(internal_ip)
         .bind(node_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(back)
@@ -467,7 +513,7 @@ pub async fn heartbeat(
 /// Mark a node offline if it is not already and has still not been heard
 /// from since `cutoff` (a heartbeat racing this check wins). True when this
 /// call did it.
-pub async fn mark_offline(tx: &mut Tx, node_id: &str, cutoff_micros: i64) -> Result<bool, Error> {
+pub async fn mark_offline(db: &mut Conn, node_id: &str, cutoff_micros: i64) -> Result<bool, Error> {
     let r = sqlx::query(
         "UPDATE nodes SET status_before_offline = status, status = 'offline', updated_at = $1
          WHERE id = $2 AND status <> 'offline' AND (last_seen IS NULL OR last_seen < $3)",
@@ -475,7 +521,7 @@ pub async fn mark_offline(tx: &mut Tx, node_id: &str, cutoff_micros: i64) -> Res
     .bind(to_micros(now()))
     .bind(node_id)
     .bind(cutoff_micros)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(r.rows_affected() == 1)
@@ -483,7 +529,7 @@ pub async fn mark_offline(tx: &mut Tx, node_id: &str, cutoff_micros: i64) -> Res
 
 /// Change status and/or replace labels.
 pub async fn update(
-    tx: &mut Tx,
+    db: &mut Conn,
     node_id: &str,
     status: Option<NodeStatus>,
     labels: Option<&BTreeMap<String, String>>,
@@ -492,24 +538,24 @@ pub async fn update(
         .bind(status)
         .bind(to_micros(now()))
         .bind(node_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     if let Some(labels) = labels {
-        put_labels(tx, node_id, labels, true).await?;
+        put_labels(db, node_id, labels, true).await?;
     }
     Ok(())
 }
 
-pub async fn delete(tx: &mut Tx, node_id: &str) -> Result<(), Error> {
+pub async fn delete(db: &mut Conn, node_id: &str) -> Result<(), Error> {
     sqlx::query("DELETE FROM labels WHERE resource_type = 'node' AND resource_id = $1")
         .bind(node_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     sqlx::query("DELETE FROM nodes WHERE id = $1")
         .bind(node_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
@@ -518,11 +564,11 @@ pub async fn delete(tx: &mut Tx, node_id: &str) -> Result<(), Error> {
 /// Record `seq` as the node's newest applied instance report, if it is
 /// newer than the one recorded. False: an older report arrived late and
 /// must not overwrite what a newer one said.
-pub async fn claim_report_seq(tx: &mut Tx, node_id: &str, seq: i64) -> Result<bool, Error> {
+pub async fn claim_report_seq(db: &mut Conn, node_id: &str, seq: i64) -> Result<bool, Error> {
     let r = sqlx::query("UPDATE nodes SET report_seq = $1 WHERE id = $2 AND report_seq < $1")
         .bind(seq)
         .bind(node_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(r.rows_affected() > 0)
@@ -545,12 +591,71 @@ pub struct NodeRoom {
     pub drain_deadline: Option<i64>,
 }
 
+/// A node with what the scheduler needs, and what instances on it hold.
+#[derive(sqlx::FromRow)]
+struct NodeRoomRow {
+    id: String,
+    organization_id: String,
+    status: NodeStatus,
+    region: String,
+    zone: String,
+    cpu_cores: i64,
+    memory_total: i64,
+    drivers: String,
+    drain_batch: Option<i64>,
+    drain_destinations: Option<String>,
+    drain_deadline: Option<i64>,
+    used_memory: i64,
+    used_cpu: i64,
+    used_slots: i64,
+}
+
+impl TryFrom<NodeRoomRow> for NodeUse {
+    type Error = Error;
+    fn try_from(r: NodeRoomRow) -> Result<NodeUse, Error> {
+        let room = NodeRoom {
+            drivers: crate::doc("nodes", &r.id, "drivers", &r.drivers)?,
+            drain_destinations: match &r.drain_destinations {
+                None => vec![],
+                Some(s) => crate::doc("nodes", &r.id, "drain_destinations", s)?,
+            },
+            id: r.id,
+            organization_id: r.organization_id,
+            status: r.status,
+            region: r.region,
+            zone: r.zone,
+            cpu_millis: r.cpu_cores.saturating_mul(1000),
+            memory: r.memory_total,
+            labels: Default::default(),
+            drain_batch: r.drain_batch,
+            drain_deadline: r.drain_deadline,
+        };
+        Ok(NodeUse {
+            room,
+            memory: r.used_memory,
+            cpu_millis: r.used_cpu,
+            instances: r.used_slots,
+        })
+    }
+}
+
+/// A node's room and what the instances on it hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeUse {
+    pub room: NodeRoom,
+    /// Memory held by its instances.
+    pub memory: i64,
+    /// Millicores held by its instances.
+    pub cpu_millis: i64,
+    /// How many instances it holds.
+    pub instances: i64,
+}
+
 /// Nodes of an organization with what the scheduler needs, and the
 /// resources held by instances on each (a stopping instance holds its
-/// room until its agent reports it gone):
-/// `(node, used memory, used millicores, instances)`.
-pub async fn node_rooms(tx: &mut Tx, org: &str) -> Result<Vec<(NodeRoom, i64, i64, i64)>, Error> {
-    let rows = sqlx::query(
+/// room until its agent reports it gone).
+pub async fn node_rooms(db: &mut Conn, org: &str) -> Result<Vec<NodeUse>, Error> {
+    let rows = sqlx::query_as::<_, NodeRoomRow>(
         "SELECT n.id, n.organization_id, n.status, n.region, n.zone, n.cpu_cores, n.memory_total, n.drivers, n.drain_batch, n.drain_destinations, n.drain_deadline,
                 CAST(COALESCE(SUM(i.memory), 0) AS BIGINT) AS used_memory,
                 CAST(COALESCE(SUM(i.cpu_millis), 0) AS BIGINT) AS used_cpu,
@@ -561,89 +666,56 @@ pub async fn node_rooms(tx: &mut Tx, org: &str) -> Result<Vec<(NodeRoom, i64, i6
          ORDER BY n.id",
     )
     .bind(org)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *db)
     .await
     .map_err(db_err)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let id: String = r.try_get("id").map_err(db_err)?;
-        let n = NodeRoom {
-            organization_id: r.try_get("organization_id").map_err(db_err)?,
-            status: r.try_get("status").map_err(db_err)?,
-            region: r.try_get("region").map_err(db_err)?,
-            zone: r.try_get("zone").map_err(db_err)?,
-            cpu_millis: r
-                .try_get::<i64, _>("cpu_cores")
-                .map_err(db_err)?
-                .saturating_mul(1000),
-            memory: r.try_get("memory_total").map_err(db_err)?,
-            drivers: crate::json_col(r, "drivers")?,
-            labels: Default::default(),
-            drain_batch: r.try_get("drain_batch").map_err(db_err)?,
-            drain_destinations: match r
-                .try_get::<Option<String>, _>("drain_destinations")
-                .map_err(db_err)?
-            {
-                None => vec![],
-                Some(s) => crate::doc("nodes", &id, "drain_destinations", &s)?,
-            },
-            id,
-            drain_deadline: r.try_get("drain_deadline").map_err(db_err)?,
-        };
-        out.push((
-            n,
-            r.try_get("used_memory").map_err(db_err)?,
-            r.try_get("used_cpu").map_err(db_err)?,
-            r.try_get("used_slots").map_err(db_err)?,
-        ));
-    }
-    let labels = sqlx::query_as::<_, (String, String, String)>(
+    let mut out: Vec<NodeUse> = crate::convert(rows)?;
+    let labels = sqlx::query_as::<_, LabelRow>(
         "SELECT l.resource_id, l.key, l.value FROM labels l JOIN nodes n ON n.id = l.resource_id
          WHERE l.resource_type = 'node' AND n.organization_id = $1",
     )
     .bind(org)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *db)
     .await
     .map_err(db_err)?;
-    for (id, k, v) in labels {
-        if let Some((n, ..)) = out.iter_mut().find(|(n, ..)| n.id == id) {
-            n.labels.insert(k, v);
+    for l in labels {
+        if let Some(u) = out.iter_mut().find(|u| u.room.id == l.resource_id) {
+            u.room.labels.insert(l.key, l.value);
         }
     }
     Ok(out)
 }
 
 /// Bump a node's generation so that its agent's waiting sync returns.
-pub async fn bump_node(tx: &mut Tx, node_id: &str) -> Result<(), Error> {
+pub async fn bump_node(db: &mut Conn, node_id: &str) -> Result<(), Error> {
     sqlx::query("UPDATE nodes SET generation = generation + 1 WHERE id = $1")
         .bind(node_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
 /// Nodes of an organization registered whose agent has not joined yet.
-pub async fn joining_nodes(tx: &mut Tx, org: &str) -> Result<i64, Error> {
-    let row = sqlx::query(
+pub async fn joining_nodes(db: &mut Conn, org: &str) -> Result<i64, Error> {
+    sqlx::query_scalar(
         "SELECT COUNT(*) AS n FROM nodes WHERE organization_id = $1 AND credential_hash IS NULL",
     )
     .bind(org)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *db)
     .await
-    .map_err(db_err)?;
-    row.try_get::<i64, _>("n").map_err(db_err)
+    .map_err(db_err)
 }
 
 /// Replacements under way (not healthy yet) for instances on `node_id`,
 /// across every app: what a drain has in flight.
-pub async fn drain_in_flight(tx: &mut Tx, node_id: &str) -> Result<i64, Error> {
+pub async fn drain_in_flight(db: &mut Conn, node_id: &str) -> Result<i64, Error> {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM instances n JOIN instances o ON o.id = n.replaces
          WHERE o.node_id = $1 AND n.desired = 'running' AND n.status <> 'healthy'",
     )
     .bind(node_id)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(n)
@@ -651,7 +723,7 @@ pub async fn drain_in_flight(tx: &mut Tx, node_id: &str) -> Result<i64, Error> {
 
 /// Start draining a node: no new placements, instances move elsewhere.
 pub async fn start_drain(
-    tx: &mut Tx,
+    db: &mut Conn,
     node_id: &str,
     batch: i64,
     destinations: &[String],
@@ -670,65 +742,69 @@ pub async fn start_drain(
     .bind(i64::from(delete_when_drained))
     .bind(to_micros(now()))
     .bind(node_id)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(())
 }
 
 /// Instances (wanted) on a node.
-pub async fn count_on_node(tx: &mut Tx, node_id: &str) -> Result<i64, Error> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE node_id = $1")
+pub async fn count_on_node(db: &mut Conn, node_id: &str) -> Result<i64, Error> {
+    sqlx::query_scalar("SELECT COUNT(*) AS n FROM instances WHERE node_id = $1")
         .bind(node_id)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db_err)?;
-    row.try_get("n").map_err(db_err)
-}
-
-impl Store {
-    /// Nodes marked for deletion once drained that now run nothing.
-    pub async fn drained_nodes_to_delete(&self) -> Result<Vec<(String, String)>, Error> {
-        sqlx::query_as::<_, (String, String)>(
-            "SELECT n.id, n.organization_id FROM nodes n WHERE n.delete_when_drained = 1
-             AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.node_id = n.id)",
-        )
-        .fetch_all(self.pool())
+        .fetch_one(&mut *db)
         .await
         .map_err(db_err)
-    }
+}
 
-    /// Apps with instances on a node.
-    /// What instances hold on each node: `(node, apps, reserved memory,
-    /// reserved millicores)`, counting instances meant to run (what the
-    /// scheduler counts).
-    pub async fn node_loads(&self, ids: &[String]) -> Result<Vec<(String, i64, i64, i64)>, Error> {
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        let marks: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT node_id, COUNT(DISTINCT app_id) AS n,
-                    CAST(COALESCE(SUM(memory), 0) AS BIGINT) AS mem,
-                    CAST(COALESCE(SUM(cpu_millis), 0) AS BIGINT) AS cpu
-             FROM instances WHERE desired = 'running' AND node_id IN ({})
-             GROUP BY node_id",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for id in ids {
-            q = q.bind(id);
-        }
-        let rows = q.fetch_all(self.pool()).await.map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("node_id").map_err(db_err)?,
-                    r.try_get("n").map_err(db_err)?,
-                    r.try_get("mem").map_err(db_err)?,
-                    r.try_get("cpu").map_err(db_err)?,
-                ))
-            })
-            .collect()
+/// A node to delete: marked for deletion once drained, and running nothing.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DrainedNode {
+    pub id: String,
+    pub organization_id: String,
+}
+
+/// Nodes marked for deletion once drained that now run nothing.
+pub async fn drained_to_delete(db: &mut Conn) -> Result<Vec<DrainedNode>, Error> {
+    sqlx::query_as(
+        "SELECT n.id, n.organization_id FROM nodes n WHERE n.delete_when_drained = 1
+         AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.node_id = n.id)",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)
+}
+
+/// What the instances meant to run on a node hold (what the scheduler
+/// counts).
+#[derive(Debug, Clone, PartialEq, Eq, Default, sqlx::FromRow)]
+pub struct NodeLoad {
+    pub node_id: String,
+    /// How many apps have instances there.
+    pub apps: i64,
+    /// Memory reserved.
+    pub memory: i64,
+    /// Millicores reserved.
+    pub cpu_millis: i64,
+}
+
+/// What instances hold on each of `ids` (nodes running nothing are left
+/// out).
+pub async fn loads(db: &mut Conn, ids: &[String]) -> Result<Vec<NodeLoad>, Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
     }
+    let sql = format!(
+        "SELECT node_id, COUNT(DISTINCT app_id) AS apps,
+                CAST(COALESCE(SUM(memory), 0) AS BIGINT) AS memory,
+                CAST(COALESCE(SUM(cpu_millis), 0) AS BIGINT) AS cpu_millis
+         FROM instances WHERE desired = 'running' AND node_id IN ({})
+         GROUP BY node_id",
+        marks(1, ids.len())
+    );
+    let mut q = sqlx::query_as::<_, NodeLoad>(&sql);
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.fetch_all(&mut *db).await.map_err(db_err)
 }

@@ -5,7 +5,7 @@
 //!
 //! Claims: several control-plane replicas may share one PostgreSQL, and
 //! only one of them may drive an operation at a time. A runner claims an
-//! unfinished operation whose lease has run out ([`Store::claim_operation`]:
+//! unfinished operation whose lease has run out ([`claim`]:
 //! one conditional `UPDATE`, so two claimants cannot both win), which
 //! counts one more attempt; every later write names that attempt
 //! ([`Claim`]), so a runner that lost its claim (it stalled past its lease
@@ -19,7 +19,7 @@ use shellwego_core::model::{OperationId, OperationStatus};
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::Error;
 
-use crate::{db_err, Store, Tx};
+use crate::{db_err, Conn};
 
 /// An operation row.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -70,7 +70,7 @@ pub struct Claim {
     pub attempt: i64,
 }
 
-/// Where an operation stands after a step or an undo ([`Store::save_operation`]).
+/// Where an operation stands after a step or an undo ([`save`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Progress<'a> {
     pub status: OperationStatus,
@@ -97,7 +97,7 @@ fn micros(d: Duration) -> i64 {
 /// Start an operation, in the caller's transaction (so that it exists if
 /// and only if the change that needs it commits). It is `running` at step
 /// 0, and claimable at once.
-pub async fn insert(tx: &mut Tx, new: NewOperation<'_>) -> Result<Operation, Error> {
+pub async fn insert(db: &mut Conn, new: NewOperation<'_>) -> Result<Operation, Error> {
     let t = to_micros(now());
     let op = Operation {
         id: OperationId::new(),
@@ -132,117 +132,112 @@ pub async fn insert(tx: &mut Tx, new: NewOperation<'_>) -> Result<Operation, Err
     .bind(op.lease_until)
     .bind(op.created_at)
     .bind(op.updated_at)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(op)
 }
 
-impl Store {
-    pub async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, Error> {
-        sqlx::query_as::<_, Operation>(&format!("SELECT {COLUMNS} FROM operations WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db_err)
-    }
-
-    /// Claim an unfinished operation whose lease has run out, for `lease`:
-    /// counts one more attempt and returns the row as claimed (its
-    /// `attempts` is the claim's). `None`: it is finished, held by another
-    /// runner (or pausing before a retry), or does not exist.
-    pub async fn claim_operation(
-        &self,
-        id: &OperationId,
-        lease: Duration,
-    ) -> Result<Option<Operation>, Error> {
-        let t = to_micros(now());
-        sqlx::query_as::<_, Operation>(&format!(
-            "UPDATE operations SET attempts = attempts + 1, lease_until = $2, updated_at = $3
-             WHERE id = $1 AND {} AND lease_until <= $3
-             RETURNING {COLUMNS}",
-            unfinished()
-        ))
+pub async fn get(db: &mut Conn, id: &OperationId) -> Result<Option<Operation>, Error> {
+    sqlx::query_as::<_, Operation>(&format!("SELECT {COLUMNS} FROM operations WHERE id = $1"))
         .bind(id)
-        .bind(t.saturating_add(micros(lease)))
-        .bind(t)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *db)
         .await
         .map_err(db_err)
-    }
+}
 
-    /// Save progress under `claim`, and hold the operation for `hold` more
-    /// (the lease while it runs, zero to let anyone claim it now, or the
-    /// pause before a retry). False: the claim was replaced, nothing was
-    /// written, and the caller must stop.
-    pub async fn save_operation(
-        &self,
-        claim: &Claim,
-        progress: &Progress<'_>,
-        hold: Duration,
-    ) -> Result<bool, Error> {
-        let t = to_micros(now());
-        let done = sqlx::query(
-            "UPDATE operations SET status = $3, step = $4, state = $5, error = $6, undo_error = $7,
-                                   lease_until = $8, updated_at = $9
-             WHERE id = $1 AND attempts = $2",
-        )
-        .bind(&claim.id)
-        .bind(claim.attempt)
-        .bind(progress.status)
-        .bind(progress.step)
-        .bind(progress.state)
-        .bind(progress.error)
-        .bind(progress.undo_error)
-        .bind(t.saturating_add(micros(hold)))
-        .bind(t)
-        .execute(self.pool())
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
-    }
+/// Claim an unfinished operation whose lease has run out, for `lease`:
+/// counts one more attempt and returns the row as claimed (its
+/// `attempts` is the claim's). `None`: it is finished, held by another
+/// runner (or pausing before a retry), or does not exist.
+pub async fn claim(
+    db: &mut Conn,
+    id: &OperationId,
+    lease: Duration,
+) -> Result<Option<Operation>, Error> {
+    let t = to_micros(now());
+    sqlx::query_as::<_, Operation>(&format!(
+        "UPDATE operations SET attempts = attempts + 1, lease_until = $2, updated_at = $3
+         WHERE id = $1 AND {} AND lease_until <= $3
+         RETURNING {COLUMNS}",
+        unfinished()
+    ))
+    .bind(id)
+    .bind(t.saturating_add(micros(lease)))
+    .bind(t)
+    .fetch_optional(&mut *db)
+    .await
+    .map_err(db_err)
+}
 
-    /// Extend `claim`'s lease to `lease` from now. False: the claim was
-    /// replaced (or the operation finished).
-    pub async fn renew_operation(&self, claim: &Claim, lease: Duration) -> Result<bool, Error> {
-        let t = to_micros(now());
-        let done = sqlx::query(&format!(
-            "UPDATE operations SET lease_until = $3 WHERE id = $1 AND attempts = $2 AND {}",
-            unfinished()
-        ))
-        .bind(&claim.id)
-        .bind(claim.attempt)
-        .bind(t.saturating_add(micros(lease)))
-        .execute(self.pool())
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
-    }
+/// Save progress under `claim`, and hold the operation for `hold` more
+/// (the lease while it runs, zero to let anyone claim it now, or the
+/// pause before a retry). False: the claim was replaced, nothing was
+/// written, and the caller must stop.
+pub async fn save(
+    db: &mut Conn,
+    claim: &Claim,
+    progress: &Progress<'_>,
+    hold: Duration,
+) -> Result<bool, Error> {
+    let t = to_micros(now());
+    let done = sqlx::query(
+        "UPDATE operations SET status = $3, step = $4, state = $5, error = $6, undo_error = $7,
+                               lease_until = $8, updated_at = $9
+         WHERE id = $1 AND attempts = $2",
+    )
+    .bind(&claim.id)
+    .bind(claim.attempt)
+    .bind(progress.status)
+    .bind(progress.step)
+    .bind(progress.state)
+    .bind(progress.error)
+    .bind(progress.undo_error)
+    .bind(t.saturating_add(micros(hold)))
+    .bind(t)
+    .execute(&mut *db)
+    .await
+    .map_err(db_err)?;
+    Ok(done.rows_affected() == 1)
+}
 
-    /// Up to `limit` unfinished operations of `kind` that no runner holds,
-    /// oldest first: what a runner resumes.
-    pub async fn claimable_operations(
-        &self,
-        kind: &str,
-        limit: i64,
-    ) -> Result<Vec<OperationId>, Error> {
-        sqlx::query_scalar::<_, OperationId>(&format!(
-            "SELECT id FROM operations WHERE kind = $1 AND {} AND lease_until <= $2
-             ORDER BY created_at, id LIMIT $3",
-            unfinished()
-        ))
-        .bind(kind)
-        .bind(to_micros(now()))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err)
-    }
+/// Extend `claim`'s lease to `lease` from now. False: the claim was
+/// replaced (or the operation finished).
+pub async fn renew(db: &mut Conn, claim: &Claim, lease: Duration) -> Result<bool, Error> {
+    let t = to_micros(now());
+    let done = sqlx::query(&format!(
+        "UPDATE operations SET lease_until = $3 WHERE id = $1 AND attempts = $2 AND {}",
+        unfinished()
+    ))
+    .bind(&claim.id)
+    .bind(claim.attempt)
+    .bind(t.saturating_add(micros(lease)))
+    .execute(&mut *db)
+    .await
+    .map_err(db_err)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Up to `limit` unfinished operations of `kind` that no runner holds,
+/// oldest first: what a runner resumes.
+pub async fn claimable(db: &mut Conn, kind: &str, limit: i64) -> Result<Vec<OperationId>, Error> {
+    sqlx::query_scalar::<_, OperationId>(&format!(
+        "SELECT id FROM operations WHERE kind = $1 AND {} AND lease_until <= $2
+         ORDER BY created_at, id LIMIT $3",
+        unfinished()
+    ))
+    .bind(kind)
+    .bind(to_micros(now()))
+    .bind(limit)
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Store;
     use shellwego_core::plan::Plan;
 
     /// Run `check` on a migrated SQLite store, and on a scratch PostgreSQL
@@ -305,12 +300,18 @@ mod tests {
         on_each_backend(|store, org| async move {
             let op = start(&store, &org, "volume.restore").await;
             assert!(op.id.as_str().starts_with("op_"));
-            let read = store.operation(&op.id).await.unwrap().unwrap();
+            let read = get(&mut store.conn().await.unwrap(), &op.id)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(read, op);
             assert_eq!(read.status, OperationStatus::Running);
             assert_eq!(read.state, r#"{"n":1}"#);
             let other = OperationId::new();
-            assert_eq!(store.operation(&other).await.unwrap(), None);
+            assert_eq!(
+                get(&mut store.conn().await.unwrap(), &other).await.unwrap(),
+                None
+            );
         })
         .await;
     }
@@ -319,16 +320,25 @@ mod tests {
     async fn one_claim_at_a_time_and_a_replaced_claim_writes_nothing() {
         on_each_backend(|store, org| async move {
             let op = start(&store, &org, "volume.restore").await;
-            let first = store.claim_operation(&op.id, LEASE).await.unwrap().unwrap();
+            let first = claim(&mut store.conn().await.unwrap(), &op.id, LEASE)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(first.attempts, 1);
             assert!(first.lease_until > first.updated_at);
             // Held: nobody else claims it, and it is not listed.
-            assert_eq!(store.claim_operation(&op.id, LEASE).await.unwrap(), None);
-            assert!(store
-                .claimable_operations("volume.restore", 10)
-                .await
-                .unwrap()
-                .is_empty());
+            assert_eq!(
+                claim(&mut store.conn().await.unwrap(), &op.id, LEASE)
+                    .await
+                    .unwrap(),
+                None
+            );
+            assert!(
+                claimable(&mut store.conn().await.unwrap(), "volume.restore", 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
             let first = Claim {
                 id: op.id.clone(),
                 attempt: first.attempts,
@@ -340,20 +350,28 @@ mod tests {
                 error: None,
                 undo_error: None,
             };
-            assert!(store.renew_operation(&first, LEASE).await.unwrap());
-            // Released (hold zero): claimable again, by a second runner.
-            assert!(store
-                .save_operation(&first, &progress, Duration::ZERO)
+            assert!(renew(&mut store.conn().await.unwrap(), &first, LEASE)
                 .await
                 .unwrap());
+            // Released (hold zero): claimable again, by a second runner.
+            assert!(save(
+                &mut store.conn().await.unwrap(),
+                &first,
+                &progress,
+                Duration::ZERO
+            )
+            .await
+            .unwrap());
             assert_eq!(
-                store
-                    .claimable_operations("volume.restore", 10)
+                claimable(&mut store.conn().await.unwrap(), "volume.restore", 10)
                     .await
                     .unwrap(),
                 std::slice::from_ref(&op.id)
             );
-            let second = store.claim_operation(&op.id, LEASE).await.unwrap().unwrap();
+            let second = claim(&mut store.conn().await.unwrap(), &op.id, LEASE)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!((second.attempts, second.step), (2, 1));
             assert_eq!(second.state, r#"{"n":2}"#);
             // The first runner's claim is gone: its writes match nothing.
@@ -361,9 +379,22 @@ mod tests {
                 step: 2,
                 ..progress
             };
-            assert!(!store.save_operation(&first, &stale, LEASE).await.unwrap());
-            assert!(!store.renew_operation(&first, LEASE).await.unwrap());
-            assert_eq!(store.operation(&op.id).await.unwrap().unwrap().step, 1);
+            assert!(
+                !save(&mut store.conn().await.unwrap(), &first, &stale, LEASE)
+                    .await
+                    .unwrap()
+            );
+            assert!(!renew(&mut store.conn().await.unwrap(), &first, LEASE)
+                .await
+                .unwrap());
+            assert_eq!(
+                get(&mut store.conn().await.unwrap(), &op.id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .step,
+                1
+            );
         })
         .await;
     }
@@ -378,7 +409,10 @@ mod tests {
                 (&done, OperationStatus::Succeeded, Duration::ZERO),
                 (&pausing, OperationStatus::UndoFailed, LEASE),
             ] {
-                let c = store.claim_operation(&op.id, LEASE).await.unwrap().unwrap();
+                let c = claim(&mut store.conn().await.unwrap(), &op.id, LEASE)
+                    .await
+                    .unwrap()
+                    .unwrap();
                 let claim = Claim {
                     id: op.id.clone(),
                     attempt: c.attempts,
@@ -390,26 +424,40 @@ mod tests {
                     error: Some("step `copy` failed: disk full"),
                     undo_error: None,
                 };
-                assert!(store.save_operation(&claim, &progress, hold).await.unwrap());
+                assert!(
+                    save(&mut store.conn().await.unwrap(), &claim, &progress, hold)
+                        .await
+                        .unwrap()
+                );
             }
-            assert!(store
-                .claimable_operations("volume.restore", 10)
-                .await
-                .unwrap()
-                .is_empty());
-            assert_eq!(store.claim_operation(&done.id, LEASE).await.unwrap(), None);
+            assert!(
+                claimable(&mut store.conn().await.unwrap(), "volume.restore", 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
             assert_eq!(
-                store.claim_operation(&pausing.id, LEASE).await.unwrap(),
+                claim(&mut store.conn().await.unwrap(), &done.id, LEASE)
+                    .await
+                    .unwrap(),
                 None
             );
             assert_eq!(
-                store
-                    .claimable_operations("certificate.order", 10)
+                claim(&mut store.conn().await.unwrap(), &pausing.id, LEASE)
+                    .await
+                    .unwrap(),
+                None
+            );
+            assert_eq!(
+                claimable(&mut store.conn().await.unwrap(), "certificate.order", 10)
                     .await
                     .unwrap(),
                 std::slice::from_ref(&other_kind.id)
             );
-            let read = store.operation(&done.id).await.unwrap().unwrap();
+            let read = get(&mut store.conn().await.unwrap(), &done.id)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(read.status, OperationStatus::Succeeded);
             assert_eq!(read.error.as_deref(), Some("step `copy` failed: disk full"));
         })

@@ -5,9 +5,8 @@ use shellwego_core::plan::Plan;
 use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
-use sqlx::Row;
 
-use crate::{db_err, json_col, Store, Tx};
+use crate::{db_err, Conn};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Organization {
@@ -22,12 +21,35 @@ pub struct Organization {
 
 const COLUMNS: &str = "o.id, o.name, o.slug, o.plan, o.settings, o.billing, o.created_at";
 
-fn from_row(row: &AnyRow) -> Result<Organization, Error> {
-    org_from_row(row)
+/// An `organizations` row as stored (`COLUMNS`).
+#[derive(sqlx::FromRow)]
+struct OrgRow {
+    id: String,
+    name: String,
+    slug: String,
+    plan: String,
+    settings: String,
+    billing: String,
+    created_at: i64,
+}
+
+impl TryFrom<OrgRow> for Organization {
+    type Error = Error;
+    fn try_from(r: OrgRow) -> Result<Organization, Error> {
+        Ok(Organization {
+            settings: crate::doc("organizations", &r.id, "settings", &r.settings)?,
+            billing: crate::doc("organizations", &r.id, "billing", &r.billing)?,
+            id: r.id,
+            name: r.name,
+            slug: r.slug,
+            plan: Plan::parse(&r.plan),
+            created_at: crate::time(r.created_at),
+        })
+    }
 }
 
 pub async fn create(
-    tx: &mut Tx,
+    db: &mut Conn,
     name: &str,
     slug: &str,
     plan: Plan,
@@ -40,7 +62,7 @@ pub async fn create(
         .bind(slug)
         .bind(plan.as_str())
         .bind(to_micros(t))
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(Organization {
@@ -54,13 +76,18 @@ pub async fn create(
     })
 }
 
-pub async fn add_member(tx: &mut Tx, org_id: &str, user_id: &str, role: &str) -> Result<(), Error> {
+pub async fn add_member(
+    db: &mut Conn,
+    org_id: &str,
+    user_id: &str,
+    role: &str,
+) -> Result<(), Error> {
     sqlx::query("INSERT INTO memberships (organization_id, user_id, role, resources, created_at) VALUES ($1, $2, $3, '[]', $4)")
         .bind(org_id)
         .bind(user_id)
         .bind(role)
         .bind(to_micros(now()))
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
@@ -70,59 +97,79 @@ pub async fn add_member(tx: &mut Tx, org_id: &str, user_id: &str, role: &str) ->
 /// calls for one user are serialized until the transaction ends (an
 /// advisory lock on PostgreSQL; SQLite's write transactions are serialized
 /// anyway), so two concurrent creations cannot both see room for one more.
-pub async fn free_orgs_owned(tx: &mut Tx, user_id: &str) -> Result<i64, Error> {
-    if tx.backend_name() == "PostgreSQL" {
+pub async fn free_orgs_owned(db: &mut Conn, user_id: &str) -> Result<i64, Error> {
+    if db.backend_name() == "PostgreSQL" {
         sqlx::query("SELECT CAST(1 AS BIGINT) AS locked FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS l")
             .bind(format!("free-orgs:{user_id}"))
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *db)
             .await
             .map_err(db_err)?;
     }
-    let row = sqlx::query(
+    sqlx::query_scalar(
         "SELECT COUNT(*) AS n FROM memberships m JOIN organizations o ON o.id = m.organization_id
          WHERE m.user_id = $1 AND m.role = 'owner' AND o.plan = 'free'",
     )
     .bind(user_id)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *db)
     .await
-    .map_err(db_err)?;
-    row.try_get::<i64, _>("n").map_err(db_err)
+    .map_err(db_err)
 }
 
-impl Store {
-    /// The organizations `user_id` belongs to, with the user's role in each,
-    /// oldest membership first.
-    pub async fn memberships_of(
-        &self,
-        user_id: &str,
-    ) -> Result<Vec<(Organization, String)>, Error> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS}, m.role FROM memberships m JOIN organizations o ON o.id = m.organization_id WHERE m.user_id = $1 ORDER BY m.created_at, o.id"
-        ))
-        .bind(user_id)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    from_row(r)?,
-                    r.try_get::<String, _>("role").map_err(db_err)?,
-                ))
-            })
-            .collect()
-    }
+/// An organization a user belongs to, and the user's role there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Membership {
+    pub organization: Organization,
+    pub role: String,
+}
 
-    pub async fn organization(&self, org_id: &str) -> Result<Option<Organization>, Error> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM organizations o WHERE o.id = $1"
-        ))
-        .bind(org_id)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db_err)?;
-        row.as_ref().map(from_row).transpose()
+#[derive(sqlx::FromRow)]
+struct MembershipRow {
+    #[sqlx(flatten)]
+    organization: OrgRow,
+    role: String,
+}
+
+impl TryFrom<MembershipRow> for Membership {
+    type Error = Error;
+    fn try_from(r: MembershipRow) -> Result<Membership, Error> {
+        Ok(Membership {
+            organization: r.organization.try_into()?,
+            role: r.role,
+        })
     }
+}
+
+/// The organizations `user_id` belongs to, with the user's role in each,
+/// oldest membership first.
+pub async fn memberships_of(db: &mut Conn, user_id: &str) -> Result<Vec<Membership>, Error> {
+    let rows = sqlx::query_as::<_, MembershipRow>(&format!(
+        "SELECT {COLUMNS}, m.role FROM memberships m JOIN organizations o ON o.id = m.organization_id WHERE m.user_id = $1 ORDER BY m.created_at, o.id"
+    ))
+    .bind(user_id)
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)?;
+    crate::convert(rows)
+}
+
+pub async fn get(db: &mut Conn, org_id: &str) -> Result<Option<Organization>, Error> {
+    sqlx::query_as::<_, OrgRow>(&format!(
+        "SELECT {COLUMNS} FROM organizations o WHERE o.id = $1"
+    ))
+    .bind(org_id)
+    .fetch_optional(&mut *db)
+    .await
+    .map_err(db_err)?
+    .map(Organization::try_from)
+    .transpose()
+}
+
+/// How many organizations there are.
+pub async fn count(db: &mut Conn) -> Result<i64, Error> {
+    sqlx::query_scalar("SELECT COUNT(*) AS n FROM organizations")
+        .fetch_one(&mut *db)
+        .await
+        .map_err(db_err)
 }
 
 /// Organizations a user belongs to, as a list resource (scope: `m.user_id`).
@@ -154,21 +201,14 @@ pub static ORGANIZATIONS: crate::list::Resource = crate::list::Resource {
     labels: None,
 };
 
+/// An organization from a row of [`ORGANIZATIONS`]' columns.
 pub fn org_from_row(row: &AnyRow) -> Result<Organization, Error> {
-    Ok(Organization {
-        id: row.try_get("id").map_err(db_err)?,
-        name: row.try_get("name").map_err(db_err)?,
-        slug: row.try_get("slug").map_err(db_err)?,
-        plan: Plan::parse(&row.try_get::<String, _>("plan").map_err(db_err)?),
-        settings: json_col(row, "settings")?,
-        billing: json_col(row, "billing")?,
-        created_at: from_micros(row.try_get("created_at").map_err(db_err)?),
-    })
+    crate::decode::<OrgRow, _>(row)
 }
 
 /// Change name, billing and settings (None leaves a field alone).
 pub async fn update(
-    tx: &mut Tx,
+    db: &mut Conn,
     org_id: &str,
     name: Option<&str>,
     billing: Option<&Value>,
@@ -182,7 +222,7 @@ pub async fn update(
     .bind(settings.map(crate::to_json))
     .bind(to_micros(now()))
     .bind(org_id)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(())
@@ -228,55 +268,72 @@ pub static MEMBERS: crate::list::Resource = crate::list::Resource {
     labels: None,
 };
 
-pub fn member_from_row(row: &AnyRow) -> Result<Member, Error> {
-    Ok(Member {
-        user_id: row.try_get("id").map_err(db_err)?,
-        email: row.try_get("email").map_err(db_err)?,
-        name: row.try_get("name").map_err(db_err)?,
-        role: row.try_get("role").map_err(db_err)?,
-        resources: json_col(row, "resources")?,
-        mfa_enabled: row.try_get::<i64, _>("mfa_enabled").map_err(db_err)? != 0,
-        joined_at: from_micros(row.try_get("created_at").map_err(db_err)?),
-    })
+/// A member row as stored ([`MEMBERS`]' columns; `id` is the user's).
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    id: String,
+    email: String,
+    name: String,
+    role: String,
+    resources: String,
+    mfa_enabled: i64,
+    created_at: i64,
 }
 
-/// The role of `user_id` in `org_id`, inside a transaction.
+impl TryFrom<MemberRow> for Member {
+    type Error = Error;
+    fn try_from(r: MemberRow) -> Result<Member, Error> {
+        Ok(Member {
+            resources: crate::doc("memberships", &r.id, "resources", &r.resources)?,
+            user_id: r.id,
+            email: r.email,
+            name: r.name,
+            role: r.role,
+            mfa_enabled: crate::flag(r.mfa_enabled),
+            joined_at: crate::time(r.created_at),
+        })
+    }
+}
+
+/// A member from a row of [`MEMBERS`]' columns.
+pub fn member_from_row(row: &AnyRow) -> Result<Member, Error> {
+    crate::decode::<MemberRow, _>(row)
+}
+
+/// The role of `user_id` in `org_id`.
 pub async fn member_role(
-    tx: &mut Tx,
+    db: &mut Conn,
     org_id: &str,
     user_id: &str,
 ) -> Result<Option<String>, Error> {
-    let row =
-        sqlx::query("SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2")
-            .bind(org_id)
-            .bind(user_id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(db_err)?;
-    row.map(|r| r.try_get::<String, _>("role").map_err(db_err))
-        .transpose()
+    sqlx::query_scalar("SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2")
+        .bind(org_id)
+        .bind(user_id)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_err)
 }
 
 /// The number of owners, with their rows locked until the transaction
 /// ends (PostgreSQL; SQLite's write transactions are serialized anyway), so
 /// two concurrent demotions cannot both see "another owner is left".
-pub async fn count_owners(tx: &mut Tx, org_id: &str) -> Result<i64, Error> {
-    let lock = match tx.backend_name() {
+pub async fn count_owners(db: &mut Conn, org_id: &str) -> Result<i64, Error> {
+    let lock = match db.backend_name() {
         "PostgreSQL" => " FOR UPDATE",
         _ => "",
     };
-    let rows = sqlx::query(&format!(
+    let owners: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT user_id FROM memberships WHERE organization_id = $1 AND role = 'owner'{lock}"
     ))
     .bind(org_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *db)
     .await
     .map_err(db_err)?;
-    Ok(rows.len() as i64)
+    Ok(owners.len() as i64)
 }
 
 pub async fn update_member(
-    tx: &mut Tx,
+    db: &mut Conn,
     org_id: &str,
     user_id: &str,
     role: Option<&str>,
@@ -287,17 +344,17 @@ pub async fn update_member(
         .bind(resources.map(crate::to_json))
         .bind(org_id)
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
-pub async fn remove_member(tx: &mut Tx, org_id: &str, user_id: &str) -> Result<(), Error> {
+pub async fn remove_member(db: &mut Conn, org_id: &str, user_id: &str) -> Result<(), Error> {
     sqlx::query("DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2")
         .bind(org_id)
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     // Their tokens for this organization stop working with the membership
@@ -306,14 +363,14 @@ pub async fn remove_member(tx: &mut Tx, org_id: &str, user_id: &str) -> Result<(
         .bind(to_micros(now()))
         .bind(org_id)
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
 pub async fn add_member_with(
-    tx: &mut Tx,
+    db: &mut Conn,
     org_id: &str,
     user_id: &str,
     role: &str,
@@ -325,7 +382,7 @@ pub async fn add_member_with(
         .bind(role)
         .bind(crate::to_json(&resources))
         .bind(to_micros(now()))
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(|e| match db_err(e) {
             Error::Conflict(_) => Error::Conflict("the user is already a member of this organization".into()),
@@ -334,73 +391,73 @@ pub async fn add_member_with(
     Ok(())
 }
 
-impl Store {
-    /// A membership's resource restrictions.
-    pub async fn member_resources(
-        &self,
-        org_id: &str,
-        user_id: &str,
-    ) -> Result<Vec<String>, Error> {
-        let row = sqlx::query(
-            "SELECT resources FROM memberships WHERE organization_id = $1 AND user_id = $2",
-        )
-        .bind(org_id)
-        .bind(user_id)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db_err)?;
-        match row {
-            Some(r) => json_col(&r, "resources"),
-            None => Ok(vec![]),
-        }
-    }
-
-    /// Rows counted for an organization's usage.
-    /// `(nodes, members, memory used, apps)`.
-    pub async fn org_usage(&self, org_id: &str) -> Result<(i64, i64, i64, i64), Error> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM nodes WHERE organization_id = $1) AS nodes,
-                    (SELECT COUNT(*) FROM apps WHERE organization_id = $1) AS apps,
-                    (SELECT COUNT(*) FROM memberships WHERE organization_id = $1) AS members,
-                    (SELECT CAST(COALESCE(SUM(memory_total - memory_available), 0) AS BIGINT) FROM nodes WHERE organization_id = $1) AS memory",
-        )
-        .bind(org_id)
-        .fetch_one(self.pool())
-        .await
-        .map_err(db_err)?;
-        Ok((
-            row.try_get("nodes").map_err(db_err)?,
-            row.try_get("members").map_err(db_err)?,
-            row.try_get("memory").map_err(db_err)?,
-            row.try_get("apps").map_err(db_err)?,
-        ))
+/// A membership's resource restrictions (none: no such membership).
+pub async fn member_resources(
+    db: &mut Conn,
+    org_id: &str,
+    user_id: &str,
+) -> Result<Vec<String>, Error> {
+    let resources: Option<String> = sqlx::query_scalar(
+        "SELECT resources FROM memberships WHERE organization_id = $1 AND user_id = $2",
+    )
+    .bind(org_id)
+    .bind(user_id)
+    .fetch_optional(&mut *db)
+    .await
+    .map_err(db_err)?;
+    match resources {
+        Some(r) => crate::doc(
+            "memberships",
+            &format!("{org_id}/{user_id}"),
+            "resources",
+            &r,
+        ),
+        None => Ok(vec![]),
     }
 }
 
-impl Store {
-    /// The oldest organization (the one bootstrap made).
-    pub async fn first_organization(&self) -> Result<Option<String>, Error> {
-        let row = sqlx::query("SELECT id FROM organizations ORDER BY created_at, id LIMIT 1")
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db_err)?;
-        row.map(|r| r.try_get::<String, _>("id").map_err(db_err))
-            .transpose()
-    }
+/// What counts toward an organization's plan limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, sqlx::FromRow)]
+pub struct OrgUsage {
+    pub nodes: i64,
+    pub members: i64,
+    /// Memory in use on its nodes (total less available).
+    pub memory: i64,
+    pub apps: i64,
+}
+
+/// What counts toward an organization's plan limits.
+pub async fn usage(db: &mut Conn, org_id: &str) -> Result<OrgUsage, Error> {
+    sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM nodes WHERE organization_id = $1) AS nodes,
+                (SELECT COUNT(*) FROM apps WHERE organization_id = $1) AS apps,
+                (SELECT COUNT(*) FROM memberships WHERE organization_id = $1) AS members,
+                (SELECT CAST(COALESCE(SUM(memory_total - memory_available), 0) AS BIGINT) FROM nodes WHERE organization_id = $1) AS memory",
+    )
+    .bind(org_id)
+    .fetch_one(&mut *db)
+    .await
+    .map_err(db_err)
+}
+
+/// The oldest organization (the one bootstrap made).
+pub async fn first(db: &mut Conn) -> Result<Option<String>, Error> {
+    sqlx::query_scalar("SELECT id FROM organizations ORDER BY created_at, id LIMIT 1")
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_err)
 }
 
 /// An organization's settings (JSON), read inside a transaction.
-pub async fn org_settings(tx: &mut Tx, org: &str) -> Result<serde_json::Value, Error> {
-    let row = sqlx::query("SELECT settings FROM organizations WHERE id = $1")
-        .bind(org)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db_err)?;
-    match row {
+pub async fn org_settings(db: &mut Conn, org: &str) -> Result<serde_json::Value, Error> {
+    let settings: Option<String> =
+        sqlx::query_scalar("SELECT settings FROM organizations WHERE id = $1")
+            .bind(org)
+            .fetch_optional(&mut *db)
+            .await
+            .map_err(db_err)?;
+    match settings {
         None => Ok(serde_json::Value::Null),
-        Some(r) => {
-            let s: String = r.try_get("settings").map_err(db_err)?;
-            crate::doc("organizations", org, "settings", &s)
-        }
+        Some(s) => crate::doc("organizations", org, "settings", &s),
     }
 }

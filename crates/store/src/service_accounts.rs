@@ -5,10 +5,9 @@ use shellwego_core::list::{Dir, FieldSpec, Kind, ListSchema};
 use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
-use sqlx::Row;
 
 use crate::list::{FieldSql, Resource};
-use crate::{db_err, json_col, to_json, Tx};
+use crate::{db_err, to_json, Conn};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceAccount {
@@ -20,15 +19,34 @@ pub struct ServiceAccount {
     pub created_at: Timestamp,
 }
 
+/// A `service_accounts` row as stored ([`SERVICE_ACCOUNTS`]' columns).
+#[derive(sqlx::FromRow)]
+struct ServiceAccountRow {
+    id: String,
+    organization_id: String,
+    name: String,
+    role: String,
+    scope: String,
+    created_at: i64,
+}
+
+impl TryFrom<ServiceAccountRow> for ServiceAccount {
+    type Error = Error;
+    fn try_from(r: ServiceAccountRow) -> Result<ServiceAccount, Error> {
+        Ok(ServiceAccount {
+            scope: crate::doc("service_accounts", &r.id, "scope", &r.scope)?,
+            id: r.id,
+            organization_id: r.organization_id,
+            name: r.name,
+            role: r.role,
+            created_at: crate::time(r.created_at),
+        })
+    }
+}
+
+/// A service account from a row of [`SERVICE_ACCOUNTS`]' columns.
 pub fn from_row(row: &AnyRow) -> Result<ServiceAccount, Error> {
-    Ok(ServiceAccount {
-        id: row.try_get("id").map_err(db_err)?,
-        organization_id: row.try_get("organization_id").map_err(db_err)?,
-        name: row.try_get("name").map_err(db_err)?,
-        role: row.try_get("role").map_err(db_err)?,
-        scope: json_col(row, "scope")?,
-        created_at: from_micros(row.try_get("created_at").map_err(db_err)?),
-    })
+    crate::decode::<ServiceAccountRow, _>(row)
 }
 
 pub static SERVICE_ACCOUNTS: Resource = Resource {
@@ -56,7 +74,7 @@ pub static SERVICE_ACCOUNTS: Resource = Resource {
 };
 
 pub async fn create(
-    tx: &mut Tx,
+    db: &mut Conn,
     org_id: &str,
     name: &str,
     role: &str,
@@ -73,7 +91,7 @@ pub async fn create(
         .bind(to_json(&scope))
         .bind(created_by)
         .bind(t)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(ServiceAccount {
@@ -87,13 +105,13 @@ pub async fn create(
 }
 
 /// Delete a service account and revoke its tokens.
-pub async fn delete(tx: &mut Tx, org_id: &str, sa_id: &str) -> Result<bool, Error> {
+pub async fn delete(db: &mut Conn, org_id: &str, sa_id: &str) -> Result<bool, Error> {
     let t = to_micros(now());
     let r = sqlx::query("UPDATE service_accounts SET deleted_at = $1 WHERE id = $2 AND organization_id = $3 AND deleted_at IS NULL")
         .bind(t)
         .bind(sa_id)
         .bind(org_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     sqlx::query(
@@ -101,7 +119,7 @@ pub async fn delete(tx: &mut Tx, org_id: &str, sa_id: &str) -> Result<bool, Erro
     )
     .bind(t)
     .bind(sa_id)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(r.rows_affected() == 1)

@@ -6,10 +6,9 @@ use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::token::{self, NewToken, TokenKind};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
-use sqlx::Row;
 
 use crate::list::{FieldSql, Resource};
-use crate::{db_err, json_col, to_json, Store, Tx};
+use crate::{db_err, to_json, Conn};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Token {
@@ -57,36 +56,55 @@ pub struct NewTokenSpec<'a> {
 const COLUMNS: &str =
     "t.id, t.kind, t.name, t.hint, t.user_id, t.service_account_id, t.organization_id, t.scope, t.restrict_to_apps, t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.last_used_ip";
 
+/// A `tokens` row as stored (`COLUMNS`).
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    id: String,
+    kind: TokenKind,
+    name: String,
+    hint: String,
+    user_id: Option<String>,
+    service_account_id: Option<String>,
+    organization_id: String,
+    scope: String,
+    restrict_to_apps: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
+    last_used_ip: Option<String>,
+}
+
+impl TryFrom<TokenRow> for Token {
+    type Error = Error;
+    fn try_from(r: TokenRow) -> Result<Token, Error> {
+        Ok(Token {
+            scope: crate::doc("tokens", &r.id, "scope", &r.scope)?,
+            restrict_to_apps: crate::doc("tokens", &r.id, "restrict_to_apps", &r.restrict_to_apps)?,
+            id: r.id,
+            kind: r.kind,
+            name: r.name,
+            hint: r.hint,
+            user_id: r.user_id,
+            service_account_id: r.service_account_id,
+            organization_id: r.organization_id,
+            created_at: crate::time(r.created_at),
+            expires_at: crate::opt_time(r.expires_at),
+            revoked_at: crate::opt_time(r.revoked_at),
+            last_used_at: crate::opt_time(r.last_used_at),
+            last_used_ip: r.last_used_ip,
+        })
+    }
+}
+
+/// A token from a row of `COLUMNS`.
 pub fn from_row(row: &AnyRow) -> Result<Token, Error> {
-    let opt_time = |c: &str| -> Result<Option<Timestamp>, Error> {
-        Ok(row
-            .try_get::<Option<i64>, _>(c)
-            .map_err(db_err)?
-            .map(from_micros))
-    };
-    let kind: String = row.try_get("kind").map_err(db_err)?;
-    Ok(Token {
-        id: row.try_get("id").map_err(db_err)?,
-        kind: TokenKind::parse(&kind)
-            .ok_or_else(|| Error::Internal(format!("unknown token kind {kind}")))?,
-        name: row.try_get("name").map_err(db_err)?,
-        hint: row.try_get("hint").map_err(db_err)?,
-        user_id: row.try_get("user_id").map_err(db_err)?,
-        service_account_id: row.try_get("service_account_id").map_err(db_err)?,
-        organization_id: row.try_get("organization_id").map_err(db_err)?,
-        scope: json_col(row, "scope")?,
-        restrict_to_apps: json_col(row, "restrict_to_apps")?,
-        created_at: from_micros(row.try_get("created_at").map_err(db_err)?),
-        expires_at: opt_time("expires_at")?,
-        revoked_at: opt_time("revoked_at")?,
-        last_used_at: opt_time("last_used_at")?,
-        last_used_ip: row.try_get("last_used_ip").map_err(db_err)?,
-    })
+    crate::decode::<TokenRow, _>(row)
 }
 
 /// Mint a token and store its hash. Returns the record and the secret,
 /// which is shown once and never stored.
-pub async fn create(tx: &mut Tx, spec: NewTokenSpec<'_>) -> Result<(Token, String), Error> {
+pub async fn create(db: &mut Conn, spec: NewTokenSpec<'_>) -> Result<(Token, String), Error> {
     let NewToken { secret, hash, hint } = token::generate(spec.kind);
     let id = id::new_id("tok");
     let created = from_micros(to_micros(now()));
@@ -96,7 +114,7 @@ pub async fn create(tx: &mut Tx, spec: NewTokenSpec<'_>) -> Result<(Token, Strin
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(&id)
-    .bind(spec.kind.as_str())
+    .bind(spec.kind)
     .bind(&hash)
     .bind(&hint)
     .bind(spec.name)
@@ -107,7 +125,7 @@ pub async fn create(tx: &mut Tx, spec: NewTokenSpec<'_>) -> Result<(Token, Strin
     .bind(to_micros(created))
     .bind(expires.map(to_micros))
     .bind(spec.service_account_id)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     let t = Token {
@@ -130,14 +148,14 @@ pub async fn create(tx: &mut Tx, spec: NewTokenSpec<'_>) -> Result<(Token, Strin
 }
 
 /// Revoke a token of `user_id`. Returns false when there is no such live token.
-pub async fn revoke(tx: &mut Tx, token_id: &str, user_id: &str) -> Result<bool, Error> {
+pub async fn revoke(db: &mut Conn, token_id: &str, user_id: &str) -> Result<bool, Error> {
     let r = sqlx::query(
         "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
     )
     .bind(to_micros(now()))
     .bind(token_id)
     .bind(user_id)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(r.rows_affected() > 0)
@@ -177,84 +195,116 @@ pub static TOKENS: Resource = Resource {
     labels: None,
 };
 
-impl Store {
-    /// Find the live token whose hash is `hash`. Expired and revoked tokens,
-    /// and user tokens whose user has left the token's organization, are
-    /// not found.
-    pub async fn authenticate(&self, hash: &str) -> Result<Option<Authenticated>, Error> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS}, o.plan, o.settings AS org_settings, COALESCE(m.role, sa.role) AS holder_role,
-                    COALESCE(m.resources, '[]') AS member_resources, COALESCE(u.mfa_enabled, 1) AS user_mfa
-             FROM tokens t
-             JOIN organizations o ON o.id = t.organization_id
-             LEFT JOIN memberships m ON m.organization_id = t.organization_id AND m.user_id = t.user_id
-             LEFT JOIN service_accounts sa ON sa.id = t.service_account_id AND sa.organization_id = t.organization_id AND sa.deleted_at IS NULL
-             LEFT JOIN users u ON u.id = t.user_id
-             WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)
-               AND (m.user_id IS NOT NULL OR sa.id IS NOT NULL)"
-        ))
-        .bind(hash)
-        .bind(to_micros(now()))
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db_err)?;
-        let Some(row) = row else { return Ok(None) };
-        let settings: serde_json::Value = json_col(&row, "org_settings")?;
+/// A token row with what authenticating it needs of its organization,
+/// membership or service account, and user.
+#[derive(sqlx::FromRow)]
+struct AuthenticatedRow {
+    #[sqlx(flatten)]
+    token: TokenRow,
+    plan: String,
+    org_settings: String,
+    holder_role: String,
+    member_resources: String,
+    user_mfa: i64,
+}
+
+impl TryFrom<AuthenticatedRow> for Authenticated {
+    type Error = Error;
+    fn try_from(r: AuthenticatedRow) -> Result<Authenticated, Error> {
+        let settings: serde_json::Value = crate::doc(
+            "organizations",
+            &r.token.organization_id,
+            "settings",
+            &r.org_settings,
+        )?;
         let enforce = settings
             .get("enforce_mfa")
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);
-        let user_mfa = row.try_get::<i64, _>("user_mfa").map_err(db_err)? != 0;
-        Ok(Some(Authenticated {
-            token: from_row(&row)?,
-            plan: Plan::parse(&row.try_get::<String, _>("plan").map_err(db_err)?),
-            role: row.try_get("holder_role").map_err(db_err)?,
-            member_resources: json_col(&row, "member_resources")?,
-            mfa_required: enforce && !user_mfa,
-        }))
-    }
-
-    /// Use up a single-use token. False when it was used already.
-    pub async fn consume_token(&self, token_id: &str) -> Result<bool, Error> {
-        let r =
-            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(to_micros(now()))
-                .bind(token_id)
-                .execute(self.pool())
-                .await
-                .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// A token by id, if it belongs to one of `org_ids`.
-    pub async fn token(&self, token_id: &str) -> Result<Option<Token>, Error> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens t WHERE t.id = $1"))
-            .bind(token_id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db_err)?;
-        row.as_ref().map(from_row).transpose()
-    }
-
-    /// Record that a token was used (callers throttle this).
-    pub async fn touch_token(&self, token_id: &str, ip: Option<&str>) -> Result<(), Error> {
-        sqlx::query("UPDATE tokens SET last_used_at = $1, last_used_ip = $2 WHERE id = $3")
-            .bind(to_micros(now()))
-            .bind(ip)
-            .bind(token_id)
-            .execute(self.pool())
-            .await
-            .map_err(db_err)?;
-        Ok(())
+        // The membership is named only when it is needed (this is the
+        // hot path of every authenticated request).
+        let member_resources = serde_json::from_str(&r.member_resources).map_err(|e| {
+            let membership = format!(
+                "{}/{}",
+                r.token.organization_id,
+                r.token.user_id.as_deref().unwrap_or("")
+            );
+            crate::doc_error("memberships", &membership, "resources", e)
+        })?;
+        Ok(Authenticated {
+            token: r.token.try_into()?,
+            plan: Plan::parse(&r.plan),
+            role: r.holder_role,
+            member_resources,
+            mfa_required: enforce && !crate::flag(r.user_mfa),
+        })
     }
 }
 
-/// Revoke any token by id (authorization is the caller's job).
-pub async fn revoke_any(tx: &mut Tx, token_id: &str) -> Result<bool, Error> {
+/// Find the live token whose hash is `hash`. Expired and revoked tokens,
+/// and user tokens whose user has left the token's organization, are
+/// not found.
+pub async fn authenticate(db: &mut Conn, hash: &str) -> Result<Option<Authenticated>, Error> {
+    sqlx::query_as::<_, AuthenticatedRow>(&format!(
+        "SELECT {COLUMNS}, o.plan, o.settings AS org_settings, COALESCE(m.role, sa.role) AS holder_role,
+                COALESCE(m.resources, '[]') AS member_resources, COALESCE(u.mfa_enabled, 1) AS user_mfa
+         FROM tokens t
+         JOIN organizations o ON o.id = t.organization_id
+         LEFT JOIN memberships m ON m.organization_id = t.organization_id AND m.user_id = t.user_id
+         LEFT JOIN service_accounts sa ON sa.id = t.service_account_id AND sa.organization_id = t.organization_id AND sa.deleted_at IS NULL
+         LEFT JOIN users u ON u.id = t.user_id
+         WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)
+           AND (m.user_id IS NOT NULL OR sa.id IS NOT NULL)"
+    ))
+    .bind(hash)
+    .bind(to_micros(now()))
+    .fetch_optional(&mut *db)
+    .await
+    .map_err(db_err)?
+    .map(Authenticated::try_from)
+    .transpose()
+}
+
+/// Use up a single-use token. False when it was used already.
+pub async fn consume(db: &mut Conn, token_id: &str) -> Result<bool, Error> {
     let r = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
         .bind(to_micros(now()))
         .bind(token_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A token by id (revoked ones too).
+pub async fn get(db: &mut Conn, token_id: &str) -> Result<Option<Token>, Error> {
+    sqlx::query_as::<_, TokenRow>(&format!("SELECT {COLUMNS} FROM tokens t WHERE t.id = $1"))
+        .bind(token_id)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_err)?
+        .map(Token::try_from)
+        .transpose()
+}
+
+/// Record that a token was used (callers throttle this).
+pub async fn touch(db: &mut Conn, token_id: &str, ip: Option<&str>) -> Result<(), Error> {
+    sqlx::query("UPDATE tokens SET last_used_at = $1, last_used_ip = $2 WHERE id = $3")
+        .bind(to_micros(now()))
+        .bind(ip)
+        .bind(token_id)
+        .execute(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Revoke any token by id (authorization is the caller's job).
+pub async fn revoke_any(db: &mut Conn, token_id: &str) -> Result<bool, Error> {
+    let r = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        .bind(to_micros(now()))
+        .bind(token_id)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(r.rows_affected() > 0)
@@ -269,7 +319,7 @@ pub const ROTATION_INTERVAL: std::time::Duration = std::time::Duration::from_sec
 /// [`ROTATION_INTERVAL`]: of a burst of rotations exactly one succeeds,
 /// the others get 409.
 pub async fn rotate(
-    tx: &mut Tx,
+    db: &mut Conn,
     token_id: &str,
     kind: TokenKind,
     expected_hash: &str,
@@ -288,7 +338,7 @@ pub async fn rotate(
     .bind(token_id)
     .bind(expected_hash)
     .bind(since)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     if r.rows_affected() == 0 {
@@ -301,29 +351,25 @@ pub async fn rotate(
     Ok((secret, hint))
 }
 
-impl Store {
-    /// The hash of a token's current secret (to rotate it exactly once).
-    pub async fn token_secret_hash(&self, token_id: &str) -> Result<Option<String>, Error> {
-        let row = sqlx::query("SELECT token_hash FROM tokens WHERE id = $1")
-            .bind(token_id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db_err)?;
-        row.map(|r| r.try_get::<String, _>("token_hash").map_err(db_err))
-            .transpose()
-    }
+/// The hash of a token's current secret (to rotate it exactly once).
+pub async fn secret_hash(db: &mut Conn, token_id: &str) -> Result<Option<String>, Error> {
+    sqlx::query_scalar("SELECT token_hash FROM tokens WHERE id = $1")
+        .bind(token_id)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_err)
 }
 
 /// Revoke every token of a user except `keep` (after a password change:
 /// whoever knew the old password may have made tokens with it).
-pub async fn revoke_all_but(tx: &mut Tx, user_id: &str, keep: &str) -> Result<u64, Error> {
+pub async fn revoke_all_but(db: &mut Conn, user_id: &str, keep: &str) -> Result<u64, Error> {
     let r = sqlx::query(
         "UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND id <> $3 AND revoked_at IS NULL",
     )
     .bind(to_micros(now()))
     .bind(user_id)
     .bind(keep)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(db_err)?;
     Ok(r.rows_affected())

@@ -2,10 +2,8 @@
 
 use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::{id, Error};
-use sqlx::any::AnyRow;
-use sqlx::Row;
 
-use crate::{db_err, Store, Tx};
+use crate::{db_err, Conn};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
@@ -17,20 +15,35 @@ pub struct User {
     pub created_at: Timestamp,
 }
 
-fn from_row(row: &AnyRow) -> Result<User, Error> {
-    Ok(User {
-        id: row.try_get("id").map_err(db_err)?,
-        email: row.try_get("email").map_err(db_err)?,
-        name: row.try_get("name").map_err(db_err)?,
-        avatar_url: row.try_get("avatar_url").map_err(db_err)?,
-        mfa_enabled: row.try_get::<i64, _>("mfa_enabled").map_err(db_err)? != 0,
-        created_at: from_micros(row.try_get("created_at").map_err(db_err)?),
-    })
+/// A `users` row as stored (`USER_COLUMNS`).
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: String,
+    email: String,
+    name: String,
+    avatar_url: Option<String>,
+    mfa_enabled: i64,
+    created_at: i64,
 }
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> User {
+        User {
+            id: r.id,
+            email: r.email,
+            name: r.name,
+            avatar_url: r.avatar_url,
+            mfa_enabled: crate::flag(r.mfa_enabled),
+            created_at: crate::time(r.created_at),
+        }
+    }
+}
+
+const USER_COLUMNS: &str = "id, email, name, avatar_url, mfa_enabled, created_at";
 
 /// Create a user. `password_hash` is an argon2id PHC string.
 pub async fn create(
-    tx: &mut Tx,
+    db: &mut Conn,
     email: &str,
     name: &str,
     password_hash: &str,
@@ -47,7 +60,7 @@ pub async fn create(
     .bind(name)
     .bind(password_hash)
     .bind(t)
-    .execute(&mut **tx)
+    .execute(&mut *db)
     .await
     .map_err(|e| match db_err(e) {
         Error::Conflict(_) => Error::Conflict(format!("a user with email '{email}' already exists")),
@@ -63,17 +76,14 @@ pub async fn create(
     })
 }
 
-impl Store {
-    pub async fn user(&self, user_id: &str) -> Result<Option<User>, Error> {
-        let row = sqlx::query(
-            "SELECT id, email, name, avatar_url, mfa_enabled, created_at FROM users WHERE id = $1",
-        )
-        .bind(user_id)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db_err)?;
-        row.as_ref().map(from_row).transpose()
-    }
+pub async fn get(db: &mut Conn, user_id: &str) -> Result<Option<User>, Error> {
+    let row =
+        sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(user_id)
+            .fetch_optional(&mut *db)
+            .await
+            .map_err(db_err)?;
+    Ok(row.map(User::from))
 }
 
 /// What a password login needs to know about a user.
@@ -87,42 +97,57 @@ pub struct Credentials {
     pub mfa_pending_enc: Option<String>,
 }
 
-const CRED_COLUMNS: &str = "id, email, name, avatar_url, mfa_enabled, created_at, password_hash, mfa_secret_enc, mfa_pending_enc";
-
-fn credentials_from_row(row: &AnyRow) -> Result<Credentials, Error> {
-    Ok(Credentials {
-        user: from_row(row)?,
-        password_hash: row.try_get("password_hash").map_err(db_err)?,
-        mfa_secret_enc: row.try_get("mfa_secret_enc").map_err(db_err)?,
-        mfa_pending_enc: row.try_get("mfa_pending_enc").map_err(db_err)?,
-    })
+/// A `users` row with its credentials (`CRED_COLUMNS`).
+#[derive(sqlx::FromRow)]
+struct CredentialsRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: Option<String>,
+    mfa_secret_enc: Option<String>,
+    mfa_pending_enc: Option<String>,
 }
 
-impl Store {
-    pub async fn credentials_by_email(&self, email: &str) -> Result<Option<Credentials>, Error> {
-        let row = sqlx::query(&format!(
-            "SELECT {CRED_COLUMNS} FROM users WHERE email_normalized = $1"
-        ))
-        .bind(email.trim().to_lowercase())
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db_err)?;
-        row.as_ref().map(credentials_from_row).transpose()
+impl From<CredentialsRow> for Credentials {
+    fn from(r: CredentialsRow) -> Credentials {
+        Credentials {
+            user: r.user.into(),
+            password_hash: r.password_hash,
+            mfa_secret_enc: r.mfa_secret_enc,
+            mfa_pending_enc: r.mfa_pending_enc,
+        }
     }
+}
 
-    pub async fn credentials(&self, user_id: &str) -> Result<Option<Credentials>, Error> {
-        let row = sqlx::query(&format!("SELECT {CRED_COLUMNS} FROM users WHERE id = $1"))
-            .bind(user_id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db_err)?;
-        row.as_ref().map(credentials_from_row).transpose()
-    }
+const CRED_COLUMNS: &str = "id, email, name, avatar_url, mfa_enabled, created_at, password_hash, mfa_secret_enc, mfa_pending_enc";
+
+pub async fn credentials_by_email(
+    db: &mut Conn,
+    email: &str,
+) -> Result<Option<Credentials>, Error> {
+    let row = sqlx::query_as::<_, CredentialsRow>(&format!(
+        "SELECT {CRED_COLUMNS} FROM users WHERE email_normalized = $1"
+    ))
+    .bind(email.trim().to_lowercase())
+    .fetch_optional(&mut *db)
+    .await
+    .map_err(db_err)?;
+    Ok(row.map(Credentials::from))
+}
+
+pub async fn credentials(db: &mut Conn, user_id: &str) -> Result<Option<Credentials>, Error> {
+    let row = sqlx::query_as::<_, CredentialsRow>(&format!(
+        "SELECT {CRED_COLUMNS} FROM users WHERE id = $1"
+    ))
+    .bind(user_id)
+    .fetch_optional(&mut *db)
+    .await
+    .map_err(db_err)?;
+    Ok(row.map(Credentials::from))
 }
 
 /// Change name and avatar (None leaves a field alone).
 pub async fn update_profile(
-    tx: &mut Tx,
+    db: &mut Conn,
     user_id: &str,
     name: Option<&str>,
     avatar_url: Option<&str>,
@@ -132,30 +157,30 @@ pub async fn update_profile(
         .bind(avatar_url)
         .bind(to_micros(now()))
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
-pub async fn set_password(tx: &mut Tx, user_id: &str, password_hash: &str) -> Result<(), Error> {
+pub async fn set_password(db: &mut Conn, user_id: &str, password_hash: &str) -> Result<(), Error> {
     sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
         .bind(password_hash)
         .bind(to_micros(now()))
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
 /// Store an encrypted TOTP secret awaiting confirmation.
-pub async fn set_mfa_pending(tx: &mut Tx, user_id: &str, secret_enc: &str) -> Result<(), Error> {
+pub async fn set_mfa_pending(db: &mut Conn, user_id: &str, secret_enc: &str) -> Result<(), Error> {
     sqlx::query("UPDATE users SET mfa_pending_enc = $1, updated_at = $2 WHERE id = $3")
         .bind(secret_enc)
         .bind(to_micros(now()))
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(())
@@ -164,7 +189,7 @@ pub async fn set_mfa_pending(tx: &mut Tx, user_id: &str, secret_enc: &str) -> Re
 /// Turn MFA on with the pending secret and these recovery code hashes, or
 /// off (secret None), replacing any recovery codes.
 pub async fn set_mfa(
-    tx: &mut Tx,
+    db: &mut Conn,
     user_id: &str,
     secret_enc: Option<&str>,
     recovery_hashes: &[String],
@@ -175,12 +200,12 @@ pub async fn set_mfa(
         .bind(i64::from(secret_enc.is_some()))
         .bind(t)
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     for h in recovery_hashes {
@@ -188,7 +213,7 @@ pub async fn set_mfa(
             .bind(user_id)
             .bind(h)
             .bind(t)
-            .execute(&mut **tx)
+            .execute(&mut *db)
             .await
             .map_err(db_err)?;
     }
@@ -196,12 +221,16 @@ pub async fn set_mfa(
 }
 
 /// Use up a recovery code. False when it does not exist or was used.
-pub async fn use_recovery_code(tx: &mut Tx, user_id: &str, code_hash: &str) -> Result<bool, Error> {
+pub async fn use_recovery_code(
+    db: &mut Conn,
+    user_id: &str,
+    code_hash: &str,
+) -> Result<bool, Error> {
     let r = sqlx::query("UPDATE recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL")
         .bind(to_micros(now()))
         .bind(user_id)
         .bind(code_hash)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(r.rows_affected() == 1)
@@ -209,11 +238,11 @@ pub async fn use_recovery_code(tx: &mut Tx, user_id: &str, code_hash: &str) -> R
 
 /// Accept a TOTP time step for a user if it is newer than the last one
 /// accepted (a code cannot be replayed). False when it is not.
-pub async fn use_totp_step(tx: &mut Tx, user_id: &str, step: i64) -> Result<bool, Error> {
+pub async fn use_totp_step(db: &mut Conn, user_id: &str, step: i64) -> Result<bool, Error> {
     let r = sqlx::query("UPDATE users SET mfa_last_step = $1 WHERE id = $2 AND (mfa_last_step IS NULL OR mfa_last_step < $1)")
         .bind(step)
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *db)
         .await
         .map_err(db_err)?;
     Ok(r.rows_affected() == 1)

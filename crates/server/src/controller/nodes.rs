@@ -47,7 +47,13 @@ pub async fn mark_silent_nodes_offline(ctx: &ServerCtx, timeout: Duration) -> Re
     let store = &ctx.store;
     let cutoff = to_micros(now()) - i64::try_from(timeout.as_micros()).unwrap_or(0);
     let mut n = 0;
-    for (id, org, last_seen) in store.stale_nodes(cutoff).await? {
+    let stale = nodes::stale(&mut *store.conn().await?, cutoff).await?;
+    for nodes::StaleNode {
+        id,
+        organization_id: org,
+        last_seen,
+    } in stale
+    {
         let mut tx = store.begin().await?;
         if nodes::mark_offline(&mut tx, &id, cutoff).await? {
             let last = last_seen.map(|t| rfc3339(shellwego_core::time::from_micros(t)));
@@ -84,7 +90,12 @@ impl Controller for DrainedNodes {
     async fn pass(&mut self, ctx: &ServerCtx) -> Result<&'static [Topic], Error> {
         let store = &ctx.store;
         let mut n = 0;
-        for (id, org) in store.drained_nodes_to_delete().await? {
+        let drained = nodes::drained_to_delete(&mut *store.conn().await?).await?;
+        for nodes::DrainedNode {
+            id,
+            organization_id: org,
+        } in drained
+        {
             let mut tx = store.begin().await?;
             nodes::delete(&mut tx, &id).await?;
             events::record(

@@ -34,7 +34,7 @@ use shellwego_core::Error;
 use shellwego_store::apps::{self, App, Instance};
 use shellwego_store::deployments::Deployment;
 use shellwego_store::events::{self, Actor, NewEvent, Severity};
-use shellwego_store::nodes::{self, NodeRoom};
+use shellwego_store::nodes::{self, NodeUse};
 use shellwego_store::{commit, Tx};
 
 use super::instances::{blank_instance, org_allowed_regions, stop_instance, CRASH_LOOP_RESTARTS};
@@ -70,7 +70,7 @@ pub async fn reconcile_in(tx: &mut Tx, app_id: &str) -> Result<(), Error> {
 struct Pass {
     app: App,
     dep: Option<Deployment>,
-    rooms: Vec<(NodeRoom, i64, i64, i64)>,
+    rooms: Vec<NodeUse>,
     node_status: HashMap<String, NodeStatus>,
     now_us: i64,
     plan: Plan,
@@ -98,7 +98,7 @@ async fn reconcile_pass(tx: &mut Tx, app_id: &str) -> Result<bool, Error> {
     let rooms = nodes::node_rooms(tx, &app.organization_id).await?;
     let node_status: HashMap<String, NodeStatus> = rooms
         .iter()
-        .map(|(n, ..)| (n.id.clone(), n.status))
+        .map(|u| (u.room.id.clone(), u.room.status))
         .collect();
     let now_us = shellwego_core::time::to_micros(shellwego_core::time::now());
     let plan = deploy::plan(dep.as_ref(), app.replicas, now_us);
@@ -200,7 +200,7 @@ async fn lose(tx: &mut Tx, p: &mut Pass) -> Result<(), Error> {
         .filter(|i| i.desired == DesiredState::Running)
     {
         let Some(n) = i.node_id.clone() else { continue };
-        let overdue = rooms.iter().any(|(r, ..)| {
+        let overdue = rooms.iter().map(|u| &u.room).any(|r| {
             r.id == n
                 && r.status == NodeStatus::Draining
                 && r.drain_deadline.is_some_and(|d| d < *now_us)
@@ -359,8 +359,9 @@ async fn replace(tx: &mut Tx, p: &mut Pass, to_create: i64) -> Result<(), Error>
             let drain = i.node_id.as_ref().and_then(|n| {
                 rooms
                     .iter()
-                    .find(|(r, ..)| &r.id == n && r.status == NodeStatus::Draining)
-                    .map(|(r, ..)| (r.id.clone(), r.drain_batch.unwrap_or(1).max(1)))
+                    .map(|u| &u.room)
+                    .find(|r| &r.id == n && r.status == NodeStatus::Draining)
+                    .map(|r| (r.id.clone(), r.drain_batch.unwrap_or(1).max(1)))
             });
             (i.id.clone(), drain)
         })
@@ -451,7 +452,9 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
     let mut cluster = Cluster::new(
         rooms
             .iter()
-            .map(|(n, used_mem, used_cpu, used_slots)| {
+            .map(|u| {
+                let (n, used_mem, used_cpu, used_slots) =
+                    (&u.room, u.memory, u.cpu_millis, u.instances);
                 nodes_idx.push(n.id.clone());
                 NodeState {
                     id: n.id.clone(),
@@ -513,9 +516,10 @@ async fn place(tx: &mut Tx, p: &mut Pass) -> Result<Placement, Error> {
             .and_then(|n| {
                 rooms
                     .iter()
-                    .find(|(r, ..)| &r.id == n && r.status == NodeStatus::Draining)
+                    .map(|u| &u.room)
+                    .find(|r| &r.id == n && r.status == NodeStatus::Draining)
             })
-            .map(|(r, ..)| r.drain_destinations.clone())
+            .map(|r| r.drain_destinations.clone())
             .unwrap_or_default()
     };
     for k in 0..insts.len() {
@@ -781,9 +785,9 @@ impl Controller for Reconcile {
     async fn pass(&mut self, ctx: &ServerCtx) -> Result<&'static [Topic], Error> {
         self.passes = self.passes.wrapping_add(1);
         let ids = if self.passes.is_multiple_of(FULL_PASS_EVERY) {
-            ctx.store.app_ids().await?
+            apps::ids(&mut *ctx.store.conn().await?).await?
         } else {
-            ctx.store.apps_needing_reconcile().await?
+            apps::needing_reconcile(&mut *ctx.store.conn().await?).await?
         };
         let mut any = false;
         for id in ids {

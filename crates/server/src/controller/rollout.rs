@@ -501,7 +501,8 @@ pub async fn advance(
             .filter(|i| i.desired == DesiredState::Running && i.version == dep.version)
             .map(|i| i.id.clone())
             .collect();
-        apps::instance_traffic(tx, &ids).await?
+        let t = apps::instance_traffic(tx, &ids).await?;
+        (t.requests, t.errors)
     } else {
         (0, 0)
     };

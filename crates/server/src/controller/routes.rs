@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use shellwego_core::Error;
 use shellwego_ingress::{Backend, Routes};
-use shellwego_store::Store;
+use shellwego_store::{apps, Store};
 
 use super::Controller;
 use crate::bus::Topic;
@@ -33,36 +33,56 @@ impl RouteFeed {
     /// Read the table, replace it when it changed, and record the traffic
     /// counted since the last step.
     pub async fn step(&mut self, store: &Store) {
-        match (store.routable_instances().await, store.app_names().await) {
-            (Ok(rows), Ok(names)) => {
+        let read = async {
+            let mut db = store.conn().await?;
+            let rows = apps::routable_instances(&mut db).await?;
+            let names = apps::names(&mut db).await?;
+            Ok::<_, Error>((rows, names))
+        };
+        match read.await {
+            Ok((rows, names)) => {
                 if self.last.as_ref() != Some(&rows) || self.routes.snapshot().len() != names.len()
                 {
                     let mut table: HashMap<String, Vec<Backend>> =
                         names.into_iter().map(|n| (n, vec![])).collect();
-                    for (app, id, ip, port, weight) in &rows {
-                        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+                    for r in &rows {
+                        let Ok(ip) = r.ip.parse::<std::net::IpAddr>() else {
                             continue;
                         };
-                        let Ok(port) = u16::try_from(*port) else {
+                        let Ok(port) = u16::try_from(r.port) else {
                             continue;
                         };
-                        table.entry(app.clone()).or_default().push(Backend {
-                            instance_id: id.clone(),
+                        table.entry(r.app.clone()).or_default().push(Backend {
+                            instance_id: r.instance_id.clone(),
                             addr: SocketAddr::new(ip, port),
-                            weight: *weight,
+                            weight: r.weight,
                         });
                     }
                     self.routes.replace(table);
                     self.last = Some(rows);
                 }
             }
-            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "router: cannot read routes"),
+            Err(e) => tracing::warn!(error = %e, "router: cannot read routes"),
         }
         let counts = self.routes.take_stats();
-        if let Err(e) = store.add_instance_traffic(&counts).await {
+        if let Err(e) = record_traffic(store, &counts).await {
             tracing::warn!(error = %e, "router: cannot record traffic counts");
         }
     }
+}
+
+/// Add what a router counted (per instance: requests, errors), in one
+/// transaction.
+pub async fn record_traffic(
+    store: &Store,
+    counts: &HashMap<String, (u64, u64)>,
+) -> Result<(), Error> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let mut tx = store.begin().await?;
+    apps::add_instance_traffic(&mut tx, counts).await?;
+    shellwego_store::commit(tx).await
 }
 
 impl Controller for RouteFeed {

@@ -211,7 +211,7 @@ pub async fn deployment_logs(
         }
     };
     let d = svc::deployment_get(&st.ctx, &p, &id).await?;
-    let line = |(_, at, m): &(i64, i64, String)| format!("{} {m}", time(*at));
+    let line = |l: &model::LogLine| format!("{} {}", time(l.at), l.message);
     if !follow {
         let lines = svc::deployment_log(&st.ctx, &d, 0).await?;
         let mut body: String = lines.iter().map(|l| line(l) + "\n").collect();
@@ -230,8 +230,8 @@ pub async fn deployment_logs(
             loop {
                 let lines = svc::deployment_log(&ctx, &d, seq).await.unwrap_or_default();
                 if let Some(l) = lines.first() {
-                    let ev = Event::default().id(l.0.to_string()).data(line(l));
-                    return Some((Ok::<_, Infallible>(ev), (l.0, false)));
+                    let ev = Event::default().id(l.seq.to_string()).data(line(l));
+                    return Some((Ok::<_, Infallible>(ev), (l.seq, false)));
                 }
                 let finished = svc::deployment_ended(&ctx, &p, &d.id).await;
                 if finished {

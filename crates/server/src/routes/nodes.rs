@@ -102,8 +102,8 @@ pub async fn node_list(
             .map(|n| {
                 let l = loads
                     .iter()
-                    .find(|(id, ..)| *id == n.id)
-                    .map_or((0, 0, 0), |(_, a, m, c)| (*a, *m, *c));
+                    .find(|l| l.node_id == n.id)
+                    .map_or((0, 0, 0), |l| (l.apps, l.memory, l.cpu_millis));
                 view(n, l)
             })
             .collect(),
@@ -131,7 +131,7 @@ async fn node_view(st: &AppState, p: &Principal, id: &str) -> ApiResult<Json<Nod
     let l = service::nodes::node_loads(&st.ctx, &[&n])
         .await?
         .first()
-        .map_or((0, 0, 0), |(_, a, m, c)| (*a, *m, *c));
+        .map_or((0, 0, 0), |l| (l.apps, l.memory, l.cpu_millis));
     Ok(Json(view(n, l)))
 }
 

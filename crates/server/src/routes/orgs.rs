@@ -20,9 +20,10 @@ use crate::routes::{pagination, ListQueryDoc};
 use crate::service::orgs as svc;
 use crate::state::AppState;
 
-fn org_view(o: crate::model::Organization, usage: Option<(i64, i64, i64, i64)>) -> Organization {
+fn org_view(o: crate::model::Organization, usage: Option<crate::model::OrgUsage>) -> Organization {
     let (nodes, memory, volumes) = o.plan.resource_limits();
-    let (u_nodes, u_members, u_mem, u_apps) = usage.unwrap_or_default();
+    let u = usage.unwrap_or_default();
+    let (u_nodes, u_members, u_mem, u_apps) = (u.nodes, u.members, u.memory, u.apps);
     Organization {
         id: o.id,
         name: o.name,

@@ -31,10 +31,10 @@ pub async fn user_get(State(st): State<AppState>, p: Principal) -> ApiResult<Jso
         mfa_enabled: user.mfa_enabled,
         organizations: orgs
             .into_iter()
-            .map(|(o, role)| UserOrganization {
-                id: o.id,
-                name: o.name,
-                role,
+            .map(|m| UserOrganization {
+                id: m.organization.id,
+                name: m.organization.name,
+                role: m.role,
             })
             .collect(),
         api_quotas: ApiQuotas {

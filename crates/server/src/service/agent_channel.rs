@@ -44,7 +44,11 @@ pub async fn agent_join(
         labels: req.labels.clone(),
     };
     let mut tx = ctx.unit().await?;
-    let Some((node_id, org, credential)) = nodes::join(&mut tx, &req.join_token, &report).await?
+    let Some(nodes::Joined {
+        node_id,
+        organization_id: org,
+        credential,
+    }) = nodes::join(&mut tx, &req.join_token, &report).await?
     else {
         return Err(Error::Unauthenticated(
             "The join token is invalid, used or expired; register the node again for a new one."
@@ -80,7 +84,11 @@ pub async fn agent_sync(
     // Subscribed before the generation is read: a change landing between
     // the read and the wait below still wakes the wait at once.
     let mut changes = ctx.bus.subscribe(&[Topic::Nodes]);
-    let (node_id, org, mut generation) = node_for_credential(ctx, credential).await?;
+    let nodes::NodeCredential {
+        id: node_id,
+        organization_id: org,
+        mut generation,
+    } = node_for_credential(ctx, credential).await?;
     let back = agent_heartbeat(
         ctx,
         &node_id,
@@ -116,18 +124,21 @@ pub async fn agent_sync(
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            generation = ctx.store.node_generation(&node_id).await?;
+            // A connection only for the read: none is held while waiting.
+            generation = nodes::generation(&mut *ctx.store.conn().await?, &node_id).await?;
             if generation != req.generation {
                 break;
             }
         }
     }
-    let region = ctx
-        .store
-        .node(&node_id, std::slice::from_ref(&org))
-        .await?
-        .map(|n| n.region)
-        .unwrap_or_default();
+    let region = nodes::get_visible(
+        &mut *ctx.store.conn().await?,
+        &node_id,
+        std::slice::from_ref(&org),
+    )
+    .await?
+    .map(|n| n.region)
+    .unwrap_or_default();
     let instances = desired_for_node(ctx, &node_id, &region).await?;
     let ssrf = ctx.config.ssrf.config();
     Ok(AgentDesired {
@@ -147,7 +158,7 @@ pub async fn agent_upload(
     credential: Option<&str>,
     upload_id: &str,
 ) -> Result<(tokio::fs::File, u64), Error> {
-    let (_, org, _) = node_for_credential(ctx, credential).await?;
+    let org = node_for_credential(ctx, credential).await?.organization_id;
     let not_found = || Error::not_found("upload", upload_id);
     if !upload_id.starts_with("upl_")
         || !upload_id
@@ -156,7 +167,11 @@ pub async fn agent_upload(
     {
         return Err(not_found());
     }
-    if ctx.store.upload_org(upload_id).await?.as_deref() != Some(org.as_str()) {
+    if apps::upload_org(&mut *ctx.store.conn().await?, upload_id)
+        .await?
+        .as_deref()
+        != Some(org.as_str())
+    {
         return Err(not_found());
     }
     let f = tokio::fs::File::open(ctx.config.uploads_dir.join(upload_id))
@@ -170,7 +185,7 @@ pub async fn agent_upload(
 pub async fn node_for_credential(
     ctx: &ServerCtx,
     credential: Option<&str>,
-) -> Result<(String, String, i64), Error> {
+) -> Result<nodes::NodeCredential, Error> {
     let store = &ctx.store;
     let denied = || {
         Error::Unauthenticated(
@@ -180,7 +195,9 @@ pub async fn node_for_credential(
     let c = credential
         .filter(|c| c.starts_with("nsec_"))
         .ok_or_else(denied)?;
-    store.node_by_credential(c).await?.ok_or_else(denied)
+    nodes::by_credential(&mut *store.conn().await?, c)
+        .await?
+        .ok_or_else(denied)
 }
 
 /// A sync is a heartbeat; a node that was offline is back (an event says so).
@@ -345,7 +362,11 @@ pub async fn desired_for_node(
             .collect();
     tx.commit().await?;
     let mut out = vec![];
-    for (i, a) in rows {
+    for apps::Assigned {
+        instance: i,
+        app: a,
+    } in rows
+    {
         // What the instance's own version runs (an older one during a
         // deployment), the image by digest once known.
         let release = releases.get(&(a.id.clone(), i.version));

@@ -19,6 +19,7 @@ use shellwego_net::ssrf::{Guard, SsrfError};
 use shellwego_store::apps::{self, App, Instance, APPS};
 use shellwego_store::events::NewEvent;
 use shellwego_store::list::{Page, Scope};
+use shellwego_store::orgs;
 use shellwego_store::Tx;
 
 use crate::auth::Principal;
@@ -61,22 +62,20 @@ pub async fn app_list(
     let mut page =
         crate::service::list_page(store, &APPS, &visible_scope(p), params, apps::from_row).await?;
     let ids: Vec<String> = page.items.iter().map(|a| a.id.clone()).collect();
-    let tags = store.tags_of_apps(&ids).await?;
+    let tags = apps::tags_of_apps(&mut *store.conn().await?, &ids).await?;
     for a in &mut page.items {
         a.tags = tags
             .iter()
-            .filter(|(id, _)| *id == a.id)
-            .map(|(_, t)| t.clone())
+            .filter(|t| t.app_id == a.id)
+            .map(|t| t.tag.clone())
             .collect();
     }
     Ok(page)
 }
 
 pub async fn app_get(ctx: &ServerCtx, p: &Principal, app_id: &str) -> Result<App, Error> {
-    let store = &ctx.store;
     p.authorize("apps", "read", Some(app_id))?;
-    store
-        .app(app_id, &p.organization_ids())
+    apps::get_visible(&mut *ctx.store.conn().await?, app_id, &p.organization_ids())
         .await?
         .ok_or_else(|| Error::not_found("app", app_id))
 }
@@ -130,12 +129,13 @@ pub async fn app_create(
     let store = &ctx.store;
     p.authorize("apps", "write", None)?;
     check_fetch_targets(&ctx.config.ssrf, req.image.as_deref(), req.source.as_ref()).await?;
-    let org = store
-        .organization(&p.organization_id)
+    // Reads first, on a connection given back before the unit begins.
+    let mut db = store.conn().await?;
+    let org = orgs::get(&mut db, &p.organization_id)
         .await?
         .ok_or_else(|| Error::not_found("organization", &p.organization_id))?;
     if let Some(upl) = req.source.as_ref().and_then(|s| s.upload_id.as_ref()) {
-        if !store.upload_exists(upl, &p.organization_id).await? {
+        if !apps::upload_exists(&mut db, upl, &p.organization_id).await? {
             return Err(Error::field(
                 "source.upload_id",
                 "not_found",
@@ -156,7 +156,7 @@ pub async fn app_create(
             ));
         }
     }
-    if store.app_count(&org.id).await? >= i64::from(org.plan.apps_limit()) {
+    if apps::count_in(&mut db, &org.id).await? >= i64::from(org.plan.apps_limit()) {
         return Err(Error::QuotaExceeded(format!(
             "The {} plan allows {} apps; delete one or upgrade the plan.",
             org.plan.as_str(),
@@ -178,6 +178,7 @@ pub async fn app_create(
         autoscale: None,
         rollout_batch: None,
     };
+    drop(db);
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
     let mut app = apps::insert(
@@ -476,7 +477,7 @@ pub async fn app_scale(
 /// already scoped to what it may see).
 pub async fn instances_of(ctx: &ServerCtx, apps: &[&App]) -> Result<Vec<Instance>, Error> {
     let ids: Vec<String> = apps.iter().map(|a| a.id.clone()).collect();
-    ctx.store.instances_of_apps(&ids).await
+    apps::instances_of_apps(&mut *ctx.store.conn().await?, &ids).await
 }
 
 /// The largest archive `POST /v1/uploads` takes.

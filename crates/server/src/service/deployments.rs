@@ -7,7 +7,7 @@ use shellwego_core::model::{DeploymentStatus, RollbackStrategy, Strategy};
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::Error;
 use shellwego_store::apps::{self};
-use shellwego_store::deployments::{self, Deployment};
+use shellwego_store::deployments::{self, Deployment, LogLine};
 use shellwego_store::events::NewEvent;
 
 use shellwego_api::deployments::{DeployRequest, RollbackRequest};
@@ -42,7 +42,7 @@ pub async fn app_deploy(
     )
     .await?;
     if let Some(upl) = req.source.as_ref().and_then(|s| s.upload_id.as_ref()) {
-        if !store.upload_exists(upl, &p.organization_id).await? {
+        if !apps::upload_exists(&mut *store.conn().await?, upl, &p.organization_id).await? {
             return Err(Error::field(
                 "source.upload_id",
                 "not_found",
@@ -139,8 +139,7 @@ pub async fn deployment_list(
 
 pub async fn deployment_get(ctx: &ServerCtx, p: &Principal, id: &str) -> Result<Deployment, Error> {
     let store = &ctx.store;
-    let d = store
-        .deployment(id, &p.organization_ids())
+    let d = deployments::get_visible(&mut *store.conn().await?, id, &p.organization_ids())
         .await?
         .ok_or_else(|| Error::not_found("deployment", id))?;
     p.authorize("apps", "read", Some(&d.app_id))
@@ -276,22 +275,21 @@ pub async fn deployment_promote(
     Ok(d)
 }
 
-/// A deployment's log lines after `seq` (`(seq, at, message)`), of a
-/// deployment the caller fetched through this service.
+/// A deployment's log lines after `seq`, of a deployment the caller
+/// fetched through this service.
 pub async fn deployment_log(
     ctx: &ServerCtx,
     d: &Deployment,
     after: i64,
-) -> Result<Vec<(i64, i64, String)>, Error> {
-    ctx.store.deployment_log(&d.id, after).await
+) -> Result<Vec<LogLine>, Error> {
+    deployments::log_after(&mut *ctx.store.conn().await?, &d.id, after).await
 }
 
 /// Whether a deployment the caller may see has ended (or is gone).
 pub async fn deployment_ended(ctx: &ServerCtx, p: &Principal, id: &str) -> bool {
-    ctx.store
-        .deployment(id, &p.organization_ids())
-        .await
-        .ok()
-        .flatten()
-        .is_none_or(|d| d.finished_at.is_some())
+    let found = match ctx.store.conn().await {
+        Ok(mut db) => deployments::get_visible(&mut db, id, &p.organization_ids()).await,
+        Err(e) => Err(e),
+    };
+    found.ok().flatten().is_none_or(|d| d.finished_at.is_some())
 }

@@ -14,7 +14,7 @@ use shellwego_store::tokens::{self, NewTokenSpec, Token};
 use shellwego_store::{logins, users};
 
 use shellwego_core::plan::Plan;
-use shellwego_store::orgs::Organization;
+use shellwego_store::orgs::{self, Membership};
 use shellwego_store::users::User;
 
 use crate::auth::Principal;
@@ -91,9 +91,13 @@ async fn guard(
     if !over_account {
         return Ok((id, over_ip.then(|| ip_tarpit(f.ip))));
     }
-    let nth = store
-        .nth_recent_failure(Some(email), None, MAX_ACCOUNT_FAILURES)
-        .await?;
+    let nth = logins::nth_recent_failure(
+        &mut *store.conn().await?,
+        Some(email),
+        None,
+        MAX_ACCOUNT_FAILURES,
+    )
+    .await?;
     let retry = ((nth.unwrap_or(0) + window - to_micros(now())) / 1_000_000).max(1) as u64;
     Err(Error::RateLimited(RateLimitInfo {
         limit: u32::try_from(MAX_ACCOUNT_FAILURES).unwrap_or(u32::MAX),
@@ -156,13 +160,17 @@ pub async fn login(
         .map(|i| i.to_string())
         .unwrap_or_else(|| "unknown".into());
     let email = req.email.trim().to_lowercase();
-    let creds = store.credentials_by_email(&email).await?;
-    let user_id = creds.as_ref().map(|c| c.user.id.clone());
-    let user_orgs = match &user_id {
-        Some(u) => store.memberships_of(u).await?,
-        None => vec![],
+    let (creds, user_orgs) = {
+        let mut db = store.conn().await?;
+        let creds = users::credentials_by_email(&mut db, &email).await?;
+        let user_orgs = match &creds {
+            Some(c) => orgs::memberships_of(&mut db, &c.user.id).await?,
+            None => vec![],
+        };
+        (creds, user_orgs)
     };
-    let first_org = user_orgs.first().map(|(o, _)| o.id.clone());
+    let user_id = creds.as_ref().map(|c| c.user.id.clone());
+    let first_org = user_orgs.first().map(|m| m.organization.id.clone());
     let (attempt, tarpit) =
         guard(ctx, &email, &ip_s, user_id.as_deref(), first_org.as_deref()).await?;
     let hash = creds.as_ref().and_then(|c| c.password_hash.clone());
@@ -246,8 +254,8 @@ pub async fn login(
     let org = match &req.organization_id {
         Some(o) => user_orgs
             .iter()
-            .find(|(x, _)| &x.id == o)
-            .map(|(x, _)| x.id.clone())
+            .find(|m| &m.organization.id == o)
+            .map(|m| m.organization.id.clone())
             .ok_or_else(|| Error::not_found("organization", o))?,
         None => first_org
             .ok_or_else(|| Error::Forbidden("You are not a member of any organization.".into()))?,
@@ -288,8 +296,7 @@ pub async fn login(
 /// Anyone else is told it does not exist.
 pub async fn token_revoke_any(ctx: &ServerCtx, p: &Principal, token_id: &str) -> Result<(), Error> {
     let store = &ctx.store;
-    let t = store
-        .token(token_id)
+    let t = tokens::get(&mut *store.conn().await?, token_id)
         .await?
         .ok_or_else(|| Error::not_found("token", token_id))?;
     let own = t.user_id.is_some() && t.user_id == p.user_id;
@@ -318,14 +325,14 @@ pub async fn token_rotate(
     let uid = p.self_service()?;
     // The secret as it is now, read first: of concurrent rotations only
     // the first to write finds it unchanged.
-    let expected = store
-        .token_secret_hash(token_id)
+    let mut db = store.conn().await?;
+    let expected = tokens::secret_hash(&mut db, token_id)
         .await?
         .ok_or_else(|| Error::not_found("token", token_id))?;
-    let t = store
-        .token(token_id)
+    let t = tokens::get(&mut db, token_id)
         .await?
         .filter(|t| t.user_id.as_deref() == Some(uid) && t.revoked_at.is_none());
+    drop(db);
     let t = t.ok_or_else(|| Error::not_found("token", token_id))?;
     // Rotating hands out the token's secret: only to a caller that could
     // have made such a token itself.
@@ -356,8 +363,7 @@ pub async fn user_update(ctx: &ServerCtx, p: &Principal, req: &UserUpdate) -> Re
     let uid = p.self_service()?;
     let new_hash = match &req.password {
         Some(change) => {
-            let creds = store
-                .credentials(uid)
+            let creds = users::credentials(&mut *store.conn().await?, uid)
                 .await?
                 .ok_or_else(|| Error::not_found("user", uid))?;
             let (cur, h) = (
@@ -426,8 +432,7 @@ pub async fn user_update(ctx: &ServerCtx, p: &Principal, req: &UserUpdate) -> Re
 pub async fn mfa_enroll(ctx: &ServerCtx, p: &Principal) -> Result<(String, String), Error> {
     let store = &ctx.store;
     let uid = p.self_service()?;
-    let user = store
-        .user(uid)
+    let user = users::get(&mut *store.conn().await?, uid)
         .await?
         .ok_or_else(|| Error::not_found("user", uid))?;
     if user.mfa_enabled {
@@ -447,8 +452,7 @@ pub async fn mfa_enroll(ctx: &ServerCtx, p: &Principal) -> Result<(String, Strin
 pub async fn mfa_confirm(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<Vec<String>, Error> {
     let store = &ctx.store;
     let uid = p.self_service()?;
-    let creds = store
-        .credentials(uid)
+    let creds = users::credentials(&mut *store.conn().await?, uid)
         .await?
         .ok_or_else(|| Error::not_found("user", uid))?;
     let pending = creds
@@ -476,8 +480,7 @@ pub async fn mfa_confirm(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<V
 pub async fn mfa_disable(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<(), Error> {
     let store = &ctx.store;
     let uid = p.self_service()?;
-    let creds = store
-        .credentials(uid)
+    let creds = users::credentials(&mut *store.conn().await?, uid)
         .await?
         .ok_or_else(|| Error::not_found("user", uid))?;
     if !creds.user.mfa_enabled {
@@ -529,14 +532,13 @@ pub async fn mfa_disable(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<(
 pub async fn user_current(
     ctx: &ServerCtx,
     p: &Principal,
-) -> Result<(User, Vec<(Organization, String)>), Error> {
+) -> Result<(User, Vec<Membership>), Error> {
     let store = &ctx.store;
     let uid = p.user_id()?;
-    let user = store
-        .user(uid)
+    let user = users::get(&mut *store.conn().await?, uid)
         .await?
         .ok_or_else(|| Error::Unauthenticated("the token's user no longer exists".into()))?;
-    let orgs = store.memberships_of(uid).await?;
+    let orgs = orgs::memberships_of(&mut *store.conn().await?, uid).await?;
     Ok((user, orgs))
 }
 

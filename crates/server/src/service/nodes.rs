@@ -12,7 +12,7 @@ use shellwego_core::time::{now, to_micros};
 use shellwego_core::Error;
 use shellwego_store::events::NewEvent;
 use shellwego_store::list::{Page, Scope};
-use shellwego_store::nodes::{self, Node, NODES};
+use shellwego_store::nodes::{self, Node, NodeLoad, NODES};
 
 use crate::auth::Principal;
 use crate::ctx::{ServerCtx, DESIRED};
@@ -55,8 +55,7 @@ pub async fn node_update(
 ) -> Result<(), Error> {
     let store = &ctx.store;
     p.authorize("nodes", "write", Some(node_id))?;
-    let node = store
-        .node(node_id, &p.organization_ids())
+    let node = nodes::get_visible(&mut *store.conn().await?, node_id, &p.organization_ids())
         .await?
         .ok_or_else(|| Error::not_found("node", node_id))?;
     if req.status.is_some() && node.status == NodeStatus::Offline {
@@ -86,8 +85,7 @@ pub async fn node_update(
 pub async fn node_delete(ctx: &ServerCtx, p: &Principal, node_id: &str) -> Result<(), Error> {
     let store = &ctx.store;
     p.authorize("nodes", "write", Some(node_id))?;
-    let node = store
-        .node(node_id, &p.organization_ids())
+    let node = nodes::get_visible(&mut *store.conn().await?, node_id, &p.organization_ids())
         .await?
         .ok_or_else(|| Error::not_found("node", node_id))?;
     let mut tx = ctx.unit().await?;
@@ -113,12 +111,15 @@ pub async fn node_drain(
 ) -> Result<i64, Error> {
     let store = &ctx.store;
     p.authorize("nodes", "write", Some(node_id))?;
-    let node = store
-        .node(node_id, &p.organization_ids())
+    let node = nodes::get_visible(&mut *store.conn().await?, node_id, &p.organization_ids())
         .await?
         .ok_or_else(|| Error::not_found("node", node_id))?;
     for (i, d) in req.destination_nodes.iter().enumerate() {
-        if d == node_id || store.node(d, &p.organization_ids()).await?.is_none() {
+        if d == node_id
+            || nodes::get_visible(&mut *store.conn().await?, d, &p.organization_ids())
+                .await?
+                .is_none()
+        {
             return Err(Error::field(
                 format!("destination_nodes[{i}]"),
                 "not_found",
@@ -176,7 +177,7 @@ pub async fn node_list(
     let scope = Scope::new().is_in("t.organization_id", orgs);
     let mut page =
         crate::service::list_page(store, &NODES, &scope, params, nodes::from_row).await?;
-    store.load_node_labels(&mut page.items).await?;
+    nodes::load_labels(&mut *store.conn().await?, &mut page.items).await?;
     Ok(page)
 }
 
@@ -185,19 +186,14 @@ pub async fn node_get(ctx: &ServerCtx, p: &Principal, node_id: &str) -> Result<N
     let store = &ctx.store;
     p.authorize("nodes", "read", Some(node_id))?;
     let orgs = p.organization_ids();
-    store
-        .node(node_id, &orgs)
+    nodes::get_visible(&mut *store.conn().await?, node_id, &orgs)
         .await?
         .ok_or_else(|| Error::not_found("node", node_id))
 }
 
 /// What runs on nodes the caller fetched through this service: per node,
-/// its instances, reserved memory and CPU (`(id, instances, memory,
-/// cpu_millis)`).
-pub async fn node_loads(
-    ctx: &ServerCtx,
-    nodes: &[&Node],
-) -> Result<Vec<(String, i64, i64, i64)>, Error> {
+/// its apps, reserved memory and CPU (nodes running nothing are left out).
+pub async fn node_loads(ctx: &ServerCtx, nodes: &[&Node]) -> Result<Vec<NodeLoad>, Error> {
     let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
-    ctx.store.node_loads(&ids).await
+    nodes::loads(&mut *ctx.store.conn().await?, &ids).await
 }

@@ -16,7 +16,9 @@ use shellwego_core::{password, Error};
 use shellwego_store::events::{Actor, NewEvent};
 use shellwego_store::invitations::{self, Invitation, INVITATIONS};
 use shellwego_store::list::{Page, Scope};
-use shellwego_store::orgs::{self, Member, Organization, MEMBERS, ORGANIZATIONS};
+use shellwego_store::orgs::{
+    self, Member, Membership, OrgUsage, Organization, MEMBERS, ORGANIZATIONS,
+};
 use shellwego_store::service_accounts::{self, ServiceAccount, SERVICE_ACCOUNTS};
 use shellwego_store::tokens::{self, NewTokenSpec, Token};
 use shellwego_store::users;
@@ -35,22 +37,29 @@ pub async fn as_member(ctx: &ServerCtx, p: &Principal, org_id: &str) -> Result<P
     let Some(uid) = &p.user_id else {
         return Err(Error::not_found("organization", org_id));
     };
-    let found = store
-        .memberships_of(uid)
+    let mut db = store.conn().await?;
+    let found = orgs::memberships_of(&mut db, uid)
         .await?
         .into_iter()
-        .find(|(o, _)| o.id == org_id);
-    let Some((org, role)) = found else {
+        .find(|m| m.organization.id == org_id);
+    let Some(Membership {
+        organization: org,
+        role,
+    }) = found
+    else {
         return Err(Error::not_found("organization", org_id));
     };
-    let resources = store.member_resources(&org.id, uid).await?;
+    let resources = orgs::member_resources(&mut db, &org.id, uid).await?;
     // That organization's own MFA policy applies, not the token's.
     let enforce = org
         .settings
         .get("enforce_mfa")
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
-    let has_mfa = store.user(uid).await?.is_some_and(|u| u.mfa_enabled);
+    let has_mfa = users::get(&mut db, uid)
+        .await?
+        .is_some_and(|u| u.mfa_enabled);
+    drop(db);
     if enforce && !has_mfa {
         return Err(Error::Forbidden(
             "This organization requires multi-factor authentication: enroll at POST /v1/user/mfa, then confirm it.".into(),
@@ -102,9 +111,9 @@ pub async fn org_create(
     ctx: &ServerCtx,
     p: &Principal,
     req: &OrganizationCreate,
-) -> Result<(Organization, (i64, i64, i64, i64)), Error> {
+) -> Result<(Organization, OrgUsage), Error> {
     let org = org_insert(ctx, p, req).await?;
-    let usage = ctx.store.org_usage(&org.id).await?;
+    let usage = orgs::usage(&mut *ctx.store.conn().await?, &org.id).await?;
     Ok((org, usage))
 }
 
@@ -182,15 +191,15 @@ pub async fn org_get(
     ctx: &ServerCtx,
     p: &Principal,
     org_id: &str,
-) -> Result<(Organization, (i64, i64, i64, i64)), Error> {
+) -> Result<(Organization, OrgUsage), Error> {
     let store = &ctx.store;
     let m = as_member(ctx, p, org_id).await?;
     m.authorize("organizations", "read", None)?;
-    let org = store
-        .organization(org_id)
+    let mut db = store.conn().await?;
+    let org = orgs::get(&mut db, org_id)
         .await?
         .ok_or_else(|| Error::not_found("organization", org_id))?;
-    let usage = store.org_usage(org_id).await?;
+    let usage = orgs::usage(&mut db, org_id).await?;
     Ok((org, usage))
 }
 
@@ -447,8 +456,7 @@ pub async fn invitation_accept(
     }
     // Everything slow or read-only happens before the write transaction
     // (on SQLite it holds the database's write lock).
-    let peek = store
-        .invitation_by_token(secret)
+    let peek = invitations::by_token(&mut *store.conn().await?, secret)
         .await?
         .ok_or_else(|| Error::not_found("invitation", "(token)"))?;
     usable(&peek)?;
@@ -459,8 +467,7 @@ pub async fn invitation_accept(
     let who = match p {
         Some(p) => {
             let uid = p.user_id()?.to_string();
-            let user = store
-                .user(&uid)
+            let user = users::get(&mut *store.conn().await?, &uid)
                 .await?
                 .ok_or_else(|| Error::not_found("user", &uid))?;
             if !user.email.eq_ignore_ascii_case(&peek.email) {
@@ -479,7 +486,10 @@ pub async fn invitation_accept(
                     shellwego_core::FieldError::new("password", "required", msg),
                 ]));
             };
-            if store.credentials_by_email(&peek.email).await?.is_some() {
+            if users::credentials_by_email(&mut *store.conn().await?, &peek.email)
+                .await?
+                .is_some()
+            {
                 return Err(Error::Conflict(format!(
                     "An account for {} exists: log in and accept the invitation with its token.",
                     peek.email
@@ -497,7 +507,7 @@ pub async fn invitation_accept(
     };
 
     let mut tx = ctx.unit().await?;
-    let inv = invitations::by_token(&mut tx, secret, store.is_postgres())
+    let inv = invitations::by_token_for_update(&mut tx, secret)
         .await?
         .ok_or_else(|| Error::not_found("invitation", "(token)"))?;
     usable(&inv)?;

@@ -8,6 +8,7 @@ use shellwego_core::list::ListParams;
 use shellwego_core::time::now;
 use shellwego_core::token::TokenKind;
 use shellwego_core::{Error, FieldError};
+use shellwego_store::apps;
 use shellwego_store::events::NewEvent;
 use shellwego_store::list::{Page, Scope};
 use shellwego_store::tokens::{self, NewTokenSpec, Token, TOKENS};
@@ -34,7 +35,7 @@ pub async fn token_create(
     // than the holder's role.
     let (scope, restrict) = m.grantable(&req.scope, &req.restrict_to_apps)?;
     // The apps it is restricted to must be apps of that organization.
-    let known = store.app_ids_in(&org, &restrict).await?;
+    let known = apps::ids_in(&mut *store.conn().await?, &org, &restrict).await?;
     let unknown: Vec<FieldError> = restrict
         .iter()
         .enumerate()

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use shellwego_server::controller::routes::record_traffic;
+use shellwego_store::apps;
 use shellwego_testkit::agent::{report, DesiredInstance, FakeAgent, InstanceReport};
 use shellwego_testkit::both_backends;
 use shellwego_testkit::server::{problem, TestServer};
@@ -41,15 +43,18 @@ async fn wait_dep(s: &TestServer, id: &str, what: &str, ok: impl Fn(&Value) -> b
     }
 }
 
+/// The routers' table, as the store has it.
+async fn routes_of(s: &TestServer) -> Vec<apps::Route> {
+    let mut db = s.store.conn().await.unwrap();
+    apps::routable_instances(&mut db).await.unwrap()
+}
+
 /// Images of the instances the routers send requests to.
 async fn routed(s: &TestServer, agent: &FakeAgent, app: &str) -> Vec<String> {
-    let ids: Vec<String> = s
-        .store
-        .routable_instances()
+    let ids: Vec<String> = routes_of(s)
         .await
-        .unwrap()
         .into_iter()
-        .map(|r| r.1)
+        .map(|r| r.instance_id)
         .collect();
     let mut images: Vec<String> = agent
         .desired_of(app)
@@ -478,14 +483,14 @@ async fn every_failure_mode_rolls_back_and_keeps_the_old_version_serving(s: Test
 
 /// The share of the app's requests the routers give instances of `image`.
 async fn share_of(s: &TestServer, agent: &FakeAgent, app: &str, image: &str) -> f64 {
-    let routes = s.store.routable_instances().await.unwrap();
+    let routes = routes_of(s).await;
     let d = agent.desired_of(app).await;
     let (mut mine, mut all) = (0u64, 0u64);
     for r in routes {
-        if let Some(i) = d.iter().find(|i| i.id == r.1) {
-            all += u64::from(r.4);
+        if let Some(i) = d.iter().find(|i| i.id == r.instance_id) {
+            all += u64::from(r.weight);
             if runs(i, image) {
-                mine += u64::from(r.4);
+                mine += u64::from(r.weight);
             }
         }
     }
@@ -544,16 +549,14 @@ async fn canaries_step_up_roll_back_on_errors_and_promote(s: TestServer) {
         .unwrap()
         .id;
     // Few requests decide nothing; many with errors do.
-    s.store
-        .add_instance_traffic(&counts(&canary, 5, 5))
+    record_traffic(&s.store, &counts(&canary, 5, 5))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     agent.report(healthy).await;
     let (_, d) = s.get(&format!("/v1/deployments/{bad}")).await;
     assert_eq!(d["status"], "in_progress", "{d:#}");
-    s.store
-        .add_instance_traffic(&counts(&canary, 95, 35))
+    record_traffic(&s.store, &counts(&canary, 95, 35))
         .await
         .unwrap();
     agent.report(healthy).await;
@@ -828,7 +831,7 @@ async fn roll_to_the_end(
     loop {
         let now = agent.desired_of(app).await;
         assert!(now.len() <= most, "{} instances: {now:#?}", now.len());
-        let serving = s.store.routable_instances().await.unwrap().len();
+        let serving = routes_of(s).await.len();
         if serving < least {
             let (_, d) = s.get(&format!("/v1/deployments/{dep}")).await;
             let (_, a) = s.get(&format!("/v1/apps/{app}")).await;
