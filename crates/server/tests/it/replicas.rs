@@ -331,7 +331,7 @@ async fn an_archive_uploaded_through_one_replica_is_served_by_another() {
     let (_, ready) = b.get("/readyz").await;
     assert_eq!(ready["status"], "ok");
     // Larger than a stored chunk (1 MiB), and not a multiple of it.
-    let archive: Vec<u8> = (0..(2_500_000u32)).map(|i| (i * 7 % 251) as u8).collect();
+    let archive: Vec<u8> = (0..2_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let r = b
         .http
         .post(b.url("/v1/uploads"))
