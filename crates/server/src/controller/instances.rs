@@ -8,15 +8,21 @@ use shellwego_store::apps::{self, App, Instance};
 use shellwego_store::Tx;
 
 /// Tell an instance to stop (an unplaced one is simply deleted).
+///
+/// The node's row is locked (its generation moved) before the instance's:
+/// an agent's report locks its node's row first too (the report's `seq`,
+/// `apply_reports`), then the instances it reports, so the opposite order
+/// here deadlocked with a report of the same instance on PostgreSQL (one
+/// of the two aborted after a second: a scale-down answered 500).
 pub async fn stop_instance(tx: &mut Tx, i: &mut Instance, why: &str) -> Result<(), Error> {
     match &i.node_id {
         None => apps::delete_instance(tx, &i.id).await?,
         Some(n) => {
+            shellwego_store::nodes::bump_node(tx, n).await?;
             i.desired = DesiredState::Stopped;
             i.status = InstanceStatus::Stopping;
             i.status_reason = Some(why.into());
             apps::update_instance(tx, i).await?;
-            shellwego_store::nodes::bump_node(tx, n).await?;
         }
     }
     Ok(())

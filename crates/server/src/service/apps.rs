@@ -341,11 +341,14 @@ pub async fn app_delete(ctx: &ServerCtx, p: &Principal, app_id: &str) -> Result<
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
     let a = locked(&mut tx, p, app_id).await?;
-    let mut nodes = BTreeSet::new();
-    for mut i in apps::instances_of_app(&mut tx, app_id).await? {
-        if let Some(n) = &i.node_id {
-            nodes.insert(n.clone());
-        }
+    let insts = apps::instances_of_app(&mut tx, app_id).await?;
+    // The nodes' rows before the instances' (the order an agent's report
+    // locks them in; see `stop_instance`).
+    let nodes: BTreeSet<&String> = insts.iter().filter_map(|i| i.node_id.as_ref()).collect();
+    for n in nodes {
+        shellwego_store::nodes::bump_node(&mut tx, n).await?;
+    }
+    for mut i in insts {
         if i.node_id.is_none() {
             apps::delete_instance(&mut tx, &i.id).await?;
         } else if i.desired != DesiredState::Stopped {
@@ -353,9 +356,6 @@ pub async fn app_delete(ctx: &ServerCtx, p: &Principal, app_id: &str) -> Result<
             i.status = InstanceStatus::Stopping;
             apps::update_instance(&mut tx, &i).await?;
         }
-    }
-    for n in &nodes {
-        shellwego_store::nodes::bump_node(&mut tx, n).await?;
     }
     let mut a = a;
     deploy::cancel_active(&mut tx, &mut a, "the app was deleted").await?;

@@ -3,7 +3,9 @@
 //! LISTEN/NOTIFY, even across a lost LISTEN connection; each singleton
 //! controller has exactly one leader, and a deposed leader commits
 //! nothing; objects uploaded through one replica are served by another;
-//! a replica with another master key refuses to start.
+//! a replica with another master key refuses to start; and a stop and an
+//! agent's report of the same instance at once queue rather than deadlock
+//! (PostgreSQL's row locks: SQLite has one writer).
 //!
 //! PostgreSQL only (SQLite is one process): skipped without
 //! SHELLWEGO_TEST_DATABASE_URL, which CI sets.
@@ -63,8 +65,10 @@ async fn create_app(s: &TestServer, name: &str) -> String {
 async fn a_change_through_one_replica_wakes_an_agent_held_by_another() {
     let Some(a) = pg().await else { return };
     let b = a.replica().await;
-    let (_, ready) = b.get("/readyz").await;
-    assert_eq!(ready["bus"], "postgres", "{ready}");
+    // The replica listens once its LISTEN connection is up (a moment after
+    // it serves; what it misses meanwhile it re-reads when it connects).
+    b.wait_for("/readyz", "b listening", |r| r["bus"] == "postgres")
+        .await;
     let agent = a.fake_agent("n1", 16, 64 << 30).await.at(&b.base);
     let before = agent.desired().await.generation;
     let held = held_sync(&agent).await;
@@ -391,5 +395,66 @@ async fn a_replica_with_another_master_key_refuses_to_start() {
     assert!(
         msg.contains("master key") && msg.contains("SHELLWEGO_MASTER_KEY"),
         "{msg}"
+    );
+}
+
+/// A scale-down racing the agent's report of the instance it stops (the
+/// newest, which its agent has just reported healthy): the report holds
+/// its node's row (the report's `seq`) and then updates the instance; the
+/// stop must take the node's row before the instance's, or each waits for
+/// the other and PostgreSQL aborts one after a second (the scale answered
+/// 500; `bench cluster` hit it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_racing_a_report_of_the_same_instance_does_not_deadlock() {
+    let Some(s) = pg().await else { return };
+    let agent = s.fake_agent("n1", 4, 8 << 30).await;
+    let app = create_app(&s, "race").await;
+    assert_eq!(agent.report_healthy().await, 1);
+    // The agent's next report, as the control plane applies it: the node's
+    // row claimed first, held until the report is applied.
+    let mut report = s.store.begin().await.unwrap();
+    let seq = shellwego_core::time::to_micros(shellwego_core::time::now());
+    assert!(
+        shellwego_store::nodes::claim_report_seq(&mut report, &agent.node_id, seq)
+            .await
+            .unwrap()
+    );
+    // Meanwhile the app is scaled to 0, which stops that instance.
+    let scale = {
+        let (http, url, token) = (
+            s.http.clone(),
+            s.url(&format!("/v1/apps/{app}/scale")),
+            s.token.clone(),
+        );
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"replicas": 0}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!scale.is_finished(), "the stop waits for the node's row");
+    // The report goes on to the instance: the stop holds nothing it needs.
+    let mut inst = shellwego_store::apps::instances_on_node(&mut report, &agent.node_id)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the app's instance is on the node");
+    inst.health_checks_passed += 1;
+    shellwego_store::apps::update_instance(&mut report, &inst)
+        .await
+        .expect("the report is not blocked by the stop (no deadlock)");
+    shellwego_store::commit(report).await.unwrap();
+    let (status, body) = scale.await.unwrap();
+    assert_eq!(status, 200, "the scale: {body}");
+    assert_eq!(
+        agent.desired_of(&app).await.len(),
+        0,
+        "the instance is stopping"
     );
 }
