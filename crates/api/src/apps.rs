@@ -94,7 +94,7 @@ pub struct HealthCheck {
 pub struct Source {
     /// `docker`, `tarball` (or `git`, in a later release).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: model::SourceKind,
     /// tarball: an http(s) URL of a .tar or .tar.gz (at most 1 GiB). Its
     /// host must be a public address unless the operator's `[ssrf]` config
     /// section allows it (loopback, private, link-local and cloud metadata
@@ -167,7 +167,7 @@ pub struct AppCreate {
     pub source: Option<Source>,
     /// `process`, `container` or `microvm`; default: the strongest isolation the node offers.
     #[serde(default)]
-    pub runtime: Option<String>,
+    pub runtime: Option<model::DriverKind>,
     #[serde(default)]
     pub placement: Option<Placement>,
     /// Seconds between SIGTERM and SIGKILL when an instance stops (default `10s`, at most `5m`).
@@ -193,7 +193,7 @@ pub struct AppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<String>,
+    pub runtime: Option<model::DriverKind>,
     #[serde(default)]
     pub placement: Placement,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -240,7 +240,7 @@ pub struct AppUpdate {
 pub struct RestartRequest {
     /// `rolling` (default) or `immediate`.
     #[serde(default)]
-    pub strategy: Option<String>,
+    pub strategy: Option<model::RestartStrategy>,
     /// Instances restarted at a time when rolling (default 1); the older
     /// name of `max_surge`.
     #[serde(default)]
@@ -275,7 +275,7 @@ pub struct ScaleRequest {
     pub replicas: Option<i64>,
     /// `manual` (default) or `auto` (stored; acted on by metrics-driven autoscaling).
     #[serde(default)]
-    pub strategy: Option<String>,
+    pub strategy: Option<model::ScaleMode>,
     #[serde(default)]
     pub constraints: Option<ScaleConstraints>,
 }
@@ -639,11 +639,13 @@ impl crate::Validate for AppCreate {
                 "required",
                 "give an image, or a source ({\"type\": \"tarball\", \"upload_id\": …})",
             )),
-            (Some(_), Some(s)) if s.kind != "docker" => errs.push(FieldError::new(
-                "source",
-                "invalid_value",
-                "give either an image or a tarball source, not both",
-            )),
+            (Some(_), Some(s)) if s.kind != model::SourceKind::Docker => {
+                errs.push(FieldError::new(
+                    "source",
+                    "invalid_value",
+                    "give either an image or a tarball source, not both",
+                ))
+            }
             (None, Some(s)) => check_source(&mut errs, s),
             _ => {}
         }
@@ -675,18 +677,6 @@ impl crate::Validate for AppCreate {
         }
         check_replicas(&mut errs, self.replicas);
         check_tags(&mut errs, &self.tags);
-        if let Some(r) = &self.runtime {
-            if !RUNTIMES.contains(&r.as_str()) {
-                errs.push(
-                    FieldError::new(
-                        "runtime",
-                        "invalid_value",
-                        "must be process, container or microvm",
-                    )
-                    .with_value(r.clone()),
-                );
-            }
-        }
         for (i, d) in self.domains.iter().enumerate() {
             if d.is_empty()
                 || d.len() > 253
@@ -749,8 +739,8 @@ impl crate::Validate for AppCreate {
 }
 
 pub(crate) fn check_source(errs: &mut Vec<FieldError>, s: &Source) {
-    match s.kind.as_str() {
-        "tarball" => match (&s.url, &s.upload_id) {
+    match s.kind {
+        model::SourceKind::Tarball => match (&s.url, &s.upload_id) {
             (Some(u), None) => {
                 if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 2048 {
                     errs.push(
@@ -781,24 +771,16 @@ pub(crate) fn check_source(errs: &mut Vec<FieldError>, s: &Source) {
                 "a tarball source has exactly one of url or upload_id",
             )),
         },
-        "docker" => errs.push(FieldError::new(
+        model::SourceKind::Docker => errs.push(FieldError::new(
             "image",
             "required",
             "a docker source needs image",
         )),
-        "git" => errs.push(FieldError::new(
+        model::SourceKind::Git => errs.push(FieldError::new(
             "source.type",
             "unsupported",
             "git sources are not supported yet; build an image or upload a tarball",
         )),
-        other => errs.push(
-            FieldError::new(
-                "source.type",
-                "invalid_value",
-                "must be docker, tarball or git",
-            )
-            .with_value(other.to_string()),
-        ),
     }
 }
 
@@ -837,14 +819,6 @@ impl crate::Validate for AppUpdate {
 impl crate::Validate for RestartRequest {
     fn validate(&self) -> Result<(), Error> {
         let mut errs = vec![];
-        if let Some(s) = &self.strategy {
-            if s != "rolling" && s != "immediate" {
-                errs.push(
-                    FieldError::new("strategy", "invalid_value", "must be rolling or immediate")
-                        .with_value(s.clone()),
-                );
-            }
-        }
         crate::deployments::check_rollout_limits(
             &mut errs,
             self.batch_size,
@@ -859,9 +833,8 @@ impl crate::Validate for ScaleRequest {
     fn validate(&self) -> Result<(), Error> {
         let mut errs = vec![];
         check_replicas(&mut errs, self.replicas);
-        let strategy = self.strategy.as_deref().unwrap_or("manual");
-        match strategy {
-            "manual" => {
+        match self.strategy.unwrap_or(model::ScaleMode::Manual) {
+            model::ScaleMode::Manual => {
                 if self.replicas.is_none() {
                     errs.push(FieldError::new(
                         "replicas",
@@ -870,7 +843,7 @@ impl crate::Validate for ScaleRequest {
                     ));
                 }
             }
-            "auto" => match &self.constraints {
+            model::ScaleMode::Auto => match &self.constraints {
                 None => errs.push(FieldError::new(
                     "constraints",
                     "required",
@@ -909,10 +882,6 @@ impl crate::Validate for ScaleRequest {
                     }
                 }
             },
-            other => errs.push(
-                FieldError::new("strategy", "invalid_value", "must be manual or auto")
-                    .with_value(other.to_string()),
-            ),
         }
         crate::finish(errs)
     }
@@ -962,12 +931,12 @@ impl From<&model::AppSpec> for AppSpec {
                 grace_period: s.health_check.grace_period.clone(),
             },
             source: s.source.as_ref().map(|src| Source {
-                kind: src.kind.to_string(),
+                kind: src.kind,
                 url: src.url.clone(),
                 upload_id: src.upload_id.as_ref().map(|u| u.to_string()),
                 git: src.git.clone(),
             }),
-            runtime: s.runtime.map(|r| r.to_string()),
+            runtime: s.runtime,
             placement: Placement {
                 region: s.placement.region.clone(),
                 labels: s.placement.labels.clone(),
@@ -985,48 +954,27 @@ impl From<&model::AppSpec> for AppSpec {
 
 impl AppSpec {
     /// The spec to store, once validated: its words become the model's
-    /// (an unknown source type, runtime or upload id is a 400 naming it).
+    /// (an upload id that is not one is a 400 naming it).
     pub fn to_model(&self) -> Result<model::AppSpec, Error> {
-        let mut errs = vec![];
-        let runtime = match self.runtime.as_deref().map(str::parse::<model::DriverKind>) {
-            None => None,
-            Some(Ok(r)) => Some(r),
-            Some(Err(e)) => {
-                errs.push(FieldError::new("runtime", "invalid_value", e.to_string()));
-                None
-            }
-        };
         let source = match &self.source {
             None => None,
             Some(src) => {
-                let kind = src
-                    .kind
-                    .parse::<model::SourceKind>()
-                    .map_err(|e| FieldError::new("source.type", "invalid_value", e.to_string()));
                 let upload_id = src
                     .upload_id
                     .as_deref()
                     .map(str::parse::<model::UploadId>)
                     .transpose()
                     .map_err(|e| {
-                        FieldError::new("source.upload_id", "invalid_value", e.to_string())
-                    });
-                match (kind, upload_id) {
-                    (Ok(kind), Ok(upload_id)) => Some(model::SourceSpec {
-                        kind,
-                        url: src.url.clone(),
-                        upload_id,
-                        git: src.git.clone(),
-                    }),
-                    (kind, upload_id) => {
-                        errs.extend(kind.err());
-                        errs.extend(upload_id.err());
-                        None
-                    }
-                }
+                        Error::field("source.upload_id", "invalid_value", e.to_string())
+                    })?;
+                Some(model::SourceSpec {
+                    kind: src.kind,
+                    url: src.url.clone(),
+                    upload_id,
+                    git: src.git.clone(),
+                })
             }
         };
-        crate::finish(errs)?;
         Ok(model::AppSpec {
             version: model::SPEC_VERSION,
             image: self.image.clone(),
@@ -1044,7 +992,7 @@ impl AppSpec {
                 .collect(),
             health_check: (&self.health_check).into(),
             source,
-            runtime,
+            runtime: self.runtime,
             placement: model::PlacementSpec {
                 region: self.placement.region.clone(),
                 labels: self.placement.labels.clone(),

@@ -21,7 +21,7 @@ pub struct LoginRequest {
     pub scope: Vec<String>,
     /// `personal_access_token` (default, 1 year) or `session_token` (24 hours).
     #[serde(default, rename = "type")]
-    pub token_type: Option<String>,
+    pub token_type: Option<shellwego_core::model::LoginTokenType>,
     /// The organization the token acts in; default: the user's first.
     #[serde(default)]
     pub organization_id: Option<String>,
@@ -37,18 +37,6 @@ impl Validate for LoginRequest {
             errs.push(FieldError::new("password", "required", "must not be empty"));
         }
         crate::check_scope(&mut errs, &self.scope);
-        if let Some(t) = &self.token_type {
-            if t != "personal_access_token" && t != "session_token" {
-                errs.push(
-                    FieldError::new(
-                        "type",
-                        "invalid_value",
-                        "must be personal_access_token or session_token",
-                    )
-                    .with_value(t.clone()),
-                );
-            }
-        }
         crate::finish(errs)
     }
 }

@@ -35,7 +35,7 @@ pub struct DeployRequest {
     /// `rolling`, `blue-green` or `canary` [default: blue-green when the
     /// image changes, else rolling].
     #[serde(default)]
-    pub strategy: Option<String>,
+    pub strategy: Option<model::DeployStrategy>,
     /// How long new instances have to become healthy [default: 5m].
     #[serde(default)]
     pub health_check_timeout: Option<String>,
@@ -70,18 +70,6 @@ pub struct DeployRequest {
 impl crate::Validate for DeployRequest {
     fn validate(&self) -> Result<(), Error> {
         let mut errs = vec![];
-        if let Some(s) = &self.strategy {
-            if !STRATEGIES.contains(&s.as_str()) {
-                errs.push(
-                    FieldError::new(
-                        "strategy",
-                        "invalid_value",
-                        "must be rolling, blue-green or canary",
-                    )
-                    .with_value(s.clone()),
-                );
-            }
-        }
         crate::apps::check_image(&mut errs, self.image.as_deref());
         if self.image.is_some() && self.source.is_some() {
             errs.push(FieldError::new(
@@ -91,7 +79,7 @@ impl crate::Validate for DeployRequest {
             ));
         }
         if let Some(s) = &self.source {
-            if s.kind == "tarball" {
+            if s.kind == model::SourceKind::Tarball {
                 crate::apps::check_source(&mut errs, s);
             } else {
                 errs.push(FieldError::new(
@@ -290,7 +278,7 @@ pub struct RollbackRequest {
     /// `immediate` (all instances of the target start at once; traffic
     /// switches when they are healthy) or `gradual` (rolling) [default: immediate].
     #[serde(default)]
-    pub strategy: Option<String>,
+    pub strategy: Option<model::RollbackStrategy>,
     #[serde(default)]
     pub reason: Option<String>,
 }
@@ -298,14 +286,6 @@ pub struct RollbackRequest {
 impl crate::Validate for RollbackRequest {
     fn validate(&self) -> Result<(), Error> {
         let mut errs = vec![];
-        if let Some(s) = &self.strategy {
-            if s != "immediate" && s != "gradual" {
-                errs.push(
-                    FieldError::new("strategy", "invalid_value", "must be immediate or gradual")
-                        .with_value(s.clone()),
-                );
-            }
-        }
         if self.reason.as_ref().is_some_and(|r| r.len() > 1000) {
             errs.push(FieldError::new(
                 "reason",

@@ -114,7 +114,7 @@ pub struct NodeUpdate {
     pub labels: Option<BTreeMap<String, String>>,
     /// `ready`, `draining` (no new instances) or `maintenance`.
     #[serde(default)]
-    pub status: Option<String>,
+    pub status: Option<model::SettableNodeStatus>,
 }
 
 /// `POST /v1/nodes/{node_id}/actions/drain`.
@@ -203,18 +203,6 @@ impl crate::Validate for NodeRegister {
 impl crate::Validate for NodeUpdate {
     fn validate(&self) -> Result<(), shellwego_core::Error> {
         let mut errs = vec![];
-        if let Some(s) = &self.status {
-            if !["ready", "draining", "maintenance"].contains(&s.as_str()) {
-                errs.push(
-                    shellwego_core::FieldError::new(
-                        "status",
-                        "invalid_value",
-                        "must be ready, draining or maintenance",
-                    )
-                    .with_value(s.clone()),
-                );
-            }
-        }
         if let Some(l) = &self.labels {
             check_labels(&mut errs, l);
         }

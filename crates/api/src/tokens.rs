@@ -33,7 +33,7 @@ pub struct TokenCreateRequest {
     /// `personal_access_token` (default) or `temporary_token` (15 minutes,
     /// works for one request).
     #[serde(default, rename = "type")]
-    pub token_type: Option<String>,
+    pub token_type: Option<shellwego_core::model::NewTokenType>,
     /// The organization the token acts in (one you belong to); default: the
     /// organization of the token making this request.
     #[serde(default)]
@@ -93,18 +93,6 @@ impl Validate for TokenCreateRequest {
                         .with_value(e.clone()),
                 ),
                 Some(_) => {}
-            }
-        }
-        if let Some(t) = &self.token_type {
-            if t != "personal_access_token" && t != "temporary_token" {
-                errs.push(
-                    FieldError::new(
-                        "type",
-                        "invalid_value",
-                        "must be personal_access_token or temporary_token",
-                    )
-                    .with_value(t.clone()),
-                );
             }
         }
         for (i, a) in self.restrict_to_apps.iter().enumerate() {

@@ -47,12 +47,12 @@ fn full_spec() -> AppSpec {
             grace_period: Some("1m".into()),
         },
         source: Some(Source {
-            kind: "tarball".into(),
+            kind: model::SourceKind::Tarball,
             url: None,
             upload_id: Some("upl_0123456789abcdefghij".into()),
             git: None,
         }),
-        runtime: Some("container".into()),
+        runtime: Some(DriverKind::Container),
         placement: Placement {
             region: Some("eu-west".into()),
             labels: BTreeMap::from([("gpu".into(), "true".into())]),

@@ -246,10 +246,13 @@ async fn bench_list(backend: &str, url: &str, rows: u32, page: u32) -> anyhow::R
     let list = |p: ListParams| {
         let (store, scope) = (store.clone(), scope.clone());
         async move {
-            store
-                .list(&EVENTS, &scope, &p, |_| Ok(()))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))
+            let page = async {
+                let key = store.cursor_key()?;
+                let q = p.resolve(EVENTS.schema, key)?;
+                let mut conn = store.conn().await?;
+                shellwego_store::list::list(&mut conn, &EVENTS, &scope, &q, key, |_| Ok(())).await
+            };
+            page.await.map_err(|e| anyhow::anyhow!("{e}"))
         }
     };
     // Walk to the target page.

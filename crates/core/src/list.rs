@@ -10,8 +10,12 @@
 //! filter[q]=my-blog                      (text search over name-like fields)
 //! ```
 //!
-//! This module parses the syntax and encodes cursors; which fields exist and
-//! how they map to columns is declared per resource in the store.
+//! This module parses the syntax, checks a query against the [`ListSchema`]
+//! of the resource listed (which fields exist, how their values are
+//! written, which can be sorted) and encodes cursors: [`ListParams::resolve`]
+//! turns a query into a typed [`ListQuery`], or into a 400 naming the
+//! parameter that is wrong. How fields map to columns is the store's
+//! business; it receives only resolved queries.
 
 #[cfg(feature = "crypto")]
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -22,6 +26,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, FieldError, Result};
+#[cfg(feature = "crypto")]
+use crate::time::{parse_filter_time, DateEdge};
+#[cfg(feature = "crypto")]
+use crate::units::parse_size;
 
 pub const DEFAULT_LIMIT: u32 = 20;
 pub const MAX_LIMIT: u32 = 100;
@@ -377,6 +385,172 @@ fn parse_filter(key: &str, value: &str) -> std::result::Result<Filter, FieldErro
     }
 }
 
+/// How a field's values are written in a filter and stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Int,
+    /// Microseconds since the epoch; filter values are RFC 3339 or dates.
+    Time,
+    /// Bytes; filter values are sizes (`512m`).
+    Size,
+}
+
+/// One field a list can be filtered or sorted by.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldSpec {
+    /// The name in `filter[…]` and `sort=` (`status`, `resources.memory`).
+    pub name: &'static str,
+    pub kind: Kind,
+    pub filter: bool,
+    pub sort: bool,
+    /// Allowed values (empty: any).
+    pub values: &'static [&'static str],
+    /// A field with several values per row, kept elsewhere (an app's tags):
+    /// a row matches when any of its values does. Never sortable.
+    pub multi: bool,
+}
+
+impl FieldSpec {
+    pub const fn new(name: &'static str, kind: Kind) -> FieldSpec {
+        FieldSpec {
+            name,
+            kind,
+            filter: true,
+            sort: true,
+            values: &[],
+            multi: false,
+        }
+    }
+    pub const fn multi(mut self) -> FieldSpec {
+        self.multi = true;
+        self.sort = false;
+        self
+    }
+    pub const fn one_of(mut self, values: &'static [&'static str]) -> FieldSpec {
+        self.values = values;
+        self
+    }
+    pub const fn no_sort(mut self) -> FieldSpec {
+        self.sort = false;
+        self
+    }
+}
+
+/// What a listable resource offers to the list query language, without a
+/// word of SQL: its fields, whether it can be searched (`filter[q]`) and
+/// has labels (`filter[label][key]`), its default order. Every resource
+/// can also be sorted by `id`.
+#[derive(Debug)]
+pub struct ListSchema {
+    /// Name used in messages and cursor fingerprints (`events`).
+    pub name: &'static str,
+    pub fields: &'static [FieldSpec],
+    pub searchable: bool,
+    pub labels: bool,
+    pub default_sort: &'static [(&'static str, Dir)],
+}
+
+/// A filter or cursor value, typed after its field's kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scalar {
+    /// Integers, sizes (bytes) and times (microseconds).
+    Int(i64),
+    Text(String),
+}
+
+impl Scalar {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Scalar::Int(i) => serde_json::Value::from(*i),
+            Scalar::Text(s) => serde_json::Value::from(s.clone()),
+        }
+    }
+}
+
+/// What a sort key sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyField {
+    /// The resource's id (unique: the last key of every order).
+    Id,
+    /// The schema's field at this index.
+    Field(usize),
+}
+
+/// One key of a resolved order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderKey {
+    pub field: KeyField,
+    pub kind: Kind,
+    pub dir: Dir,
+}
+
+/// A range comparison (`filter[f][gte]=v`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+/// A filter checked against the schema, with typed values. `field` is an
+/// index into the schema's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The field is one of the values (a multi-valued field: any of its
+    /// values is).
+    In { field: usize, values: Vec<Scalar> },
+    /// The (time) field falls in one of the inclusive ranges: a time
+    /// equals a bare date when it falls on that day.
+    Ranges {
+        field: usize,
+        ranges: Vec<(i64, i64)>,
+    },
+    Cmp {
+        field: usize,
+        op: Cmp,
+        value: Scalar,
+    },
+    /// The label `key` is one of the values.
+    Label { key: String, values: Vec<String> },
+    /// Every term is in one of the searched columns (case-insensitive).
+    Search(Vec<String>),
+}
+
+/// Where the page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    First,
+    Last,
+    /// After the row with these key values (one per order key).
+    After(Vec<Scalar>),
+    /// Before the row with these key values.
+    Before(Vec<Scalar>),
+}
+
+/// A list query resolved against a [`ListSchema`]: what the store runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    /// The schema's name.
+    pub resource: &'static str,
+    /// The order: the sort asked for (or the default), ending with the id.
+    pub keys: Vec<OrderKey>,
+    pub conditions: Vec<Condition>,
+    pub position: Position,
+    /// Rows per page (at least 1).
+    pub limit: u32,
+    /// Ties cursors to this resource, sort and filter.
+    pub fingerprint: String,
+}
+
+impl ListQuery {
+    /// Does the page run against the order (a cursor `Before`, or `Last`)?
+    pub fn backwards(&self) -> bool {
+        matches!(self.position, Position::Before(_) | Position::Last)
+    }
+}
+
 /// Where a cursor points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CursorPos {
@@ -481,6 +655,292 @@ impl Cursor {
     }
 }
 
+#[cfg(feature = "crypto")]
+impl ListQuery {
+    /// A signed cursor to the page at `pos`, next to the row whose order
+    /// keys are `keys` (none for `First` and `Last`).
+    pub fn cursor(&self, pos: CursorPos, keys: &[Scalar], cursor_key: &[u8]) -> String {
+        Cursor {
+            pos,
+            keys: keys.iter().map(Scalar::to_json).collect(),
+            fingerprint: self.fingerprint.clone(),
+        }
+        .encode(cursor_key)
+    }
+}
+
+#[cfg(feature = "crypto")]
+impl ListParams {
+    /// Check this query against `schema` and type its values: a 400 naming
+    /// the parameter (`sort`, `filter[…]`, `cursor`) when something does
+    /// not fit. `cursor_key` checks the cursor's signature.
+    pub fn resolve(&self, schema: &ListSchema, cursor_key: &[u8]) -> Result<ListQuery> {
+        let sort = resolve_sort(schema, &self.sort)?;
+        let conditions = resolve_filters(schema, &self.filters)?;
+        let fp = fingerprint(schema.name, &sort, &self.filters);
+        let keys = order_keys(schema, &sort);
+        let position = match &self.cursor {
+            None => Position::First,
+            Some(c) => {
+                let cur = Cursor::decode(c, &fp, cursor_key)?;
+                match cur.pos {
+                    CursorPos::First => Position::First,
+                    CursorPos::Last => Position::Last,
+                    CursorPos::After => Position::After(cursor_values(&cur, &keys)?),
+                    CursorPos::Before => Position::Before(cursor_values(&cur, &keys)?),
+                }
+            }
+        };
+        Ok(ListQuery {
+            resource: schema.name,
+            keys,
+            conditions,
+            position,
+            limit: self.limit.max(1),
+            fingerprint: fp,
+        })
+    }
+}
+
+#[cfg(feature = "crypto")]
+fn field_names(schema: &ListSchema, pred: impl Fn(&FieldSpec) -> bool) -> String {
+    schema
+        .fields
+        .iter()
+        .filter(|f| pred(f))
+        .map(|f| f.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The sort asked for, or the default; every field sortable.
+#[cfg(feature = "crypto")]
+fn resolve_sort(schema: &ListSchema, sort: &[SortKey]) -> Result<Vec<SortKey>> {
+    let sort: Vec<SortKey> = if sort.is_empty() {
+        schema
+            .default_sort
+            .iter()
+            .map(|(f, d)| SortKey {
+                field: f.to_string(),
+                dir: *d,
+            })
+            .collect()
+    } else {
+        sort.to_vec()
+    };
+    for k in &sort {
+        if k.field != "id" && !schema.fields.iter().any(|f| f.sort && f.name == k.field) {
+            return Err(Error::invalid(vec![FieldError::new(
+                "sort",
+                "invalid_value",
+                format!(
+                    "cannot sort {} by '{}'; sortable fields: {}",
+                    schema.name,
+                    k.field,
+                    field_names(schema, |f| f.sort)
+                ),
+            )
+            .with_value(k.field.clone())]));
+        }
+    }
+    Ok(sort)
+}
+
+/// The order keys: the sort as given, ending with the id (unique, so the
+/// order is total). Keys after an explicit `id` could never decide
+/// anything and are dropped.
+#[cfg(feature = "crypto")]
+fn order_keys(schema: &ListSchema, sort: &[SortKey]) -> Vec<OrderKey> {
+    let mut out = vec![];
+    for k in sort {
+        if k.field == "id" {
+            out.push(OrderKey {
+                field: KeyField::Id,
+                kind: Kind::Text,
+                dir: k.dir,
+            });
+            return out;
+        }
+        if let Some(i) = schema.fields.iter().position(|f| f.name == k.field) {
+            out.push(OrderKey {
+                field: KeyField::Field(i),
+                kind: schema.fields[i].kind,
+                dir: k.dir,
+            });
+        }
+    }
+    let dir = out.last().map(|k| k.dir).unwrap_or(Dir::Asc);
+    out.push(OrderKey {
+        field: KeyField::Id,
+        kind: Kind::Text,
+        dir,
+    });
+    out
+}
+
+#[cfg(feature = "crypto")]
+fn parse_value(
+    f: &FieldSpec,
+    param: &str,
+    v: &str,
+    edge: DateEdge,
+) -> std::result::Result<Scalar, FieldError> {
+    let bad = |what: &str| {
+        FieldError::new(param, "invalid_value", format!("'{v}' is not {what}")).with_value(v)
+    };
+    match f.kind {
+        Kind::Text => {
+            if !f.values.is_empty() && !f.values.contains(&v) {
+                return Err(FieldError::new(
+                    param,
+                    "invalid_value",
+                    format!("'{v}' is not one of: {}", f.values.join(", ")),
+                )
+                .with_value(v));
+            }
+            Ok(Scalar::Text(v.to_string()))
+        }
+        Kind::Int => v
+            .parse::<i64>()
+            .map(Scalar::Int)
+            .map_err(|_| bad("an integer")),
+        Kind::Time => parse_filter_time(v, edge)
+            .map(Scalar::Int)
+            .ok_or_else(|| bad("an RFC 3339 time or a YYYY-MM-DD date")),
+        Kind::Size => parse_size(v)
+            .and_then(|b| i64::try_from(b).ok())
+            .map(Scalar::Int)
+            .ok_or_else(|| bad("a size such as 512m or 10gb")),
+    }
+}
+
+#[cfg(feature = "crypto")]
+fn resolve_filters(schema: &ListSchema, filters: &[Filter]) -> Result<Vec<Condition>> {
+    let mut out = vec![];
+    let mut errors = vec![];
+    for flt in filters {
+        let param = flt.param_name();
+        match flt {
+            Filter::Search(q) => {
+                if !schema.searchable {
+                    errors.push(FieldError::new(
+                        param,
+                        "unknown_field",
+                        format!("{} cannot be searched", schema.name),
+                    ));
+                    continue;
+                }
+                let terms: Vec<String> = q.split_whitespace().take(8).map(str::to_string).collect();
+                out.push(Condition::Search(terms));
+            }
+            Filter::Label { key, values } => {
+                if !schema.labels {
+                    errors.push(FieldError::new(
+                        param,
+                        "unknown_field",
+                        format!("{} have no labels", schema.name),
+                    ));
+                    continue;
+                }
+                out.push(Condition::Label {
+                    key: key.clone(),
+                    values: values.clone(),
+                });
+            }
+            Filter::Field { field, op, values } => {
+                let Some(i) = schema
+                    .fields
+                    .iter()
+                    .position(|f| f.filter && f.name == field)
+                else {
+                    errors.push(
+                        FieldError::new(
+                            param,
+                            "unknown_field",
+                            format!(
+                                "{} cannot be filtered by '{field}'; filterable fields: {}, q{}",
+                                schema.name,
+                                field_names(schema, |f| f.filter),
+                                if schema.labels { ", label[key]" } else { "" }
+                            ),
+                        )
+                        .with_value(field.clone()),
+                    );
+                    continue;
+                };
+                let f = &schema.fields[i];
+                let cmp = match op {
+                    Op::In => None,
+                    Op::Gt => Some((Cmp::Gt, DateEdge::End)),
+                    Op::Gte => Some((Cmp::Gte, DateEdge::Start)),
+                    Op::Lt => Some((Cmp::Lt, DateEdge::Start)),
+                    Op::Lte => Some((Cmp::Lte, DateEdge::End)),
+                };
+                match cmp {
+                    Some(_) if f.kind == Kind::Text => errors.push(FieldError::new(
+                        param,
+                        "invalid_value",
+                        format!("'{field}' is text: use filter[{field}]=a,b; ranges apply to numbers, sizes and times"),
+                    )),
+                    Some((op, edge)) => match values.first().map(|v| parse_value(f, &param, v, edge)) {
+                        Some(Ok(value)) => out.push(Condition::Cmp { field: i, op, value }),
+                        Some(Err(e)) => errors.push(e),
+                        None => {}
+                    },
+                    None if f.kind == Kind::Time => {
+                        // A time equals a bare date when it falls on that day.
+                        let mut ranges = vec![];
+                        for v in values {
+                            match (parse_value(f, &param, v, DateEdge::Start), parse_value(f, &param, v, DateEdge::End)) {
+                                (Ok(Scalar::Int(a)), Ok(Scalar::Int(b))) => ranges.push((a, b)),
+                                (Err(e), _) | (_, Err(e)) => errors.push(e),
+                                _ => {}
+                            }
+                        }
+                        out.push(Condition::Ranges { field: i, ranges });
+                    }
+                    None => {
+                        let parsed: std::result::Result<Vec<Scalar>, FieldError> = values.iter().map(|v| parse_value(f, &param, v, DateEdge::Start)).collect();
+                        match parsed {
+                            Ok(values) => out.push(Condition::In { field: i, values }),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::invalid(errors));
+    }
+    Ok(out)
+}
+
+/// The cursor's key values, typed after the order keys.
+#[cfg(feature = "crypto")]
+fn cursor_values(cur: &Cursor, keys: &[OrderKey]) -> Result<Vec<Scalar>> {
+    let bad = || {
+        Error::field(
+            "cursor",
+            "invalid_value",
+            "the cursor does not match this list; start again without a cursor",
+        )
+    };
+    if cur.keys.len() != keys.len() {
+        return Err(bad());
+    }
+    keys.iter()
+        .zip(&cur.keys)
+        .map(|(k, v)| match (k.kind, v) {
+            (Kind::Text, serde_json::Value::String(s)) => Ok(Scalar::Text(s.clone())),
+            (Kind::Int | Kind::Time | Kind::Size, serde_json::Value::Number(n)) => {
+                n.as_i64().map(Scalar::Int).ok_or_else(bad)
+            }
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,5 +1026,271 @@ mod tests {
             &[],
         );
         assert!(Cursor::decode(&s, &other, key).is_err());
+    }
+
+    #[cfg(feature = "crypto")]
+    mod resolve {
+        use super::super::*;
+        use crate::time::{parse_filter_time, DateEdge};
+
+        static THINGS: ListSchema = ListSchema {
+            name: "things",
+            fields: &[
+                FieldSpec::new("name", Kind::Text),
+                FieldSpec::new("status", Kind::Text).one_of(&["on", "off"]),
+                FieldSpec::new("count", Kind::Int),
+                FieldSpec::new("memory", Kind::Size),
+                FieldSpec::new("created_at", Kind::Time),
+                FieldSpec::new("owner", Kind::Text).no_sort(),
+                FieldSpec::new("tags", Kind::Text).multi(),
+            ],
+            searchable: true,
+            labels: false,
+            default_sort: &[("created_at", Dir::Desc)],
+        };
+        const KEY: &[u8] = b"installation secret";
+
+        fn resolve(q: &str) -> Result<ListQuery> {
+            ListParams::parse(q, &[]).unwrap().resolve(&THINGS, KEY)
+        }
+
+        /// The field errors of a refused query: (field, code, message).
+        fn refused(q: &str) -> Vec<(String, String, String)> {
+            match resolve(q) {
+                Err(Error::Validation { errors, .. }) => errors
+                    .into_iter()
+                    .map(|e| (e.field, e.code, e.message))
+                    .collect(),
+                other => panic!("{q}: expected a validation error, got {other:?}"),
+            }
+        }
+
+        fn key(field: KeyField, kind: Kind, dir: Dir) -> OrderKey {
+            OrderKey { field, kind, dir }
+        }
+
+        #[test]
+        fn the_order_is_the_sort_asked_for_or_the_default_ending_with_the_id() {
+            let q = resolve("").unwrap();
+            assert_eq!(
+                q.keys,
+                [
+                    key(KeyField::Field(4), Kind::Time, Dir::Desc),
+                    key(KeyField::Id, Kind::Text, Dir::Desc)
+                ]
+            );
+            assert_eq!(q.resource, "things");
+            assert_eq!((q.limit, q.position.clone()), (20, Position::First));
+            assert!(!q.backwards());
+            let q = resolve("sort=name,count:desc").unwrap();
+            assert_eq!(
+                q.keys,
+                [
+                    key(KeyField::Field(0), Kind::Text, Dir::Asc),
+                    key(KeyField::Field(2), Kind::Int, Dir::Desc),
+                    key(KeyField::Id, Kind::Text, Dir::Desc)
+                ]
+            );
+            // Nothing after the id could decide anything.
+            let q = resolve("sort=name,id:desc,count").unwrap();
+            assert_eq!(
+                q.keys,
+                [
+                    key(KeyField::Field(0), Kind::Text, Dir::Asc),
+                    key(KeyField::Id, Kind::Text, Dir::Desc)
+                ]
+            );
+        }
+
+        #[test]
+        fn only_sortable_fields_sort() {
+            for f in ["nope", "owner", "tags"] {
+                let e = refused(&format!("sort={f}"));
+                assert_eq!(
+                    e,
+                    [(
+                        "sort".to_string(),
+                        "invalid_value".to_string(),
+                        format!("cannot sort things by '{f}'; sortable fields: name, status, count, memory, created_at")
+                    )]
+                );
+            }
+            match resolve("sort=nope") {
+                Err(Error::Validation { errors, .. }) => {
+                    assert_eq!(errors[0].value, Some(serde_json::json!("nope")))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn filters_become_typed_conditions() {
+            let q = resolve(
+                "filter[status]=on,off&filter[count][gte]=5&filter[memory]=512m&filter[tags]=a&filter[q]=one two",
+            )
+            .unwrap();
+            let day = |edge| parse_filter_time("2024-01-01", edge).unwrap();
+            for c in [
+                Condition::In {
+                    field: 1,
+                    values: vec![Scalar::Text("on".into()), Scalar::Text("off".into())],
+                },
+                Condition::Cmp {
+                    field: 2,
+                    op: Cmp::Gte,
+                    value: Scalar::Int(5),
+                },
+                Condition::In {
+                    field: 3,
+                    values: vec![Scalar::Int(512 << 20)],
+                },
+                Condition::In {
+                    field: 6,
+                    values: vec![Scalar::Text("a".into())],
+                },
+                Condition::Search(vec!["one".into(), "two".into()]),
+            ] {
+                assert!(q.conditions.contains(&c), "{c:?} not in {:?}", q.conditions);
+            }
+            assert_eq!(q.conditions.len(), 5);
+            // A bare date is that whole day; a bound is its start or end.
+            let q = resolve("filter[created_at]=2024-01-01").unwrap();
+            assert_eq!(
+                q.conditions,
+                [Condition::Ranges {
+                    field: 4,
+                    ranges: vec![(day(DateEdge::Start), day(DateEdge::End))]
+                }]
+            );
+            let q = resolve("filter[created_at][gt]=2024-01-01").unwrap();
+            assert_eq!(
+                q.conditions,
+                [Condition::Cmp {
+                    field: 4,
+                    op: Cmp::Gt,
+                    value: Scalar::Int(day(DateEdge::End))
+                }]
+            );
+            let q = resolve("filter[created_at][lt]=2024-01-01").unwrap();
+            assert_eq!(
+                q.conditions,
+                [Condition::Cmp {
+                    field: 4,
+                    op: Cmp::Lt,
+                    value: Scalar::Int(day(DateEdge::Start))
+                }]
+            );
+            let terms = match &resolve("filter[q]=a b c d e f g h i j").unwrap().conditions[0] {
+                Condition::Search(t) => t.len(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(terms, 8, "at most 8 search terms");
+        }
+
+        #[test]
+        fn bad_filters_name_their_parameter_all_at_once() {
+            let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+            assert_eq!(
+                refused("filter[status]=bogus&filter[count]=many&filter[name][gt]=a&filter[nope]=1&filter[label][gpu]=1"),
+                [
+                    s("filter[count]", "invalid_value", "'many' is not an integer"),
+                    s("filter[name][gt]", "invalid_value", "'name' is text: use filter[name]=a,b; ranges apply to numbers, sizes and times"),
+                    s("filter[nope]", "unknown_field", "things cannot be filtered by 'nope'; filterable fields: name, status, count, memory, created_at, owner, tags, q"),
+                    s("filter[status]", "invalid_value", "'bogus' is not one of: on, off"),
+                    s("filter[label][gpu]", "unknown_field", "things have no labels"),
+                ]
+            );
+            assert_eq!(
+                refused("filter[memory]=lots&filter[created_at][gte]=yesterday"),
+                [
+                    s(
+                        "filter[created_at][gte]",
+                        "invalid_value",
+                        "'yesterday' is not an RFC 3339 time or a YYYY-MM-DD date"
+                    ),
+                    s(
+                        "filter[memory]",
+                        "invalid_value",
+                        "'lots' is not a size such as 512m or 10gb"
+                    ),
+                ]
+            );
+            // A bad sort is told before bad filters.
+            assert_eq!(refused("sort=nope&filter[nope]=1")[0].0, "sort");
+            static PLAIN: ListSchema = ListSchema {
+                name: "plain",
+                fields: &[FieldSpec::new("name", Kind::Text)],
+                searchable: false,
+                labels: false,
+                default_sort: &[("name", Dir::Asc)],
+            };
+            match ListParams::parse("filter[q]=x", &[])
+                .unwrap()
+                .resolve(&PLAIN, KEY)
+            {
+                Err(Error::Validation { errors, .. }) => {
+                    assert_eq!(
+                        (errors[0].field.as_str(), errors[0].message.as_str()),
+                        ("filter[q]", "plain cannot be searched")
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn cursors_carry_typed_keys_and_belong_to_their_query() {
+            let q = resolve("sort=count&filter[status]=on").unwrap();
+            let vals = [Scalar::Int(7), Scalar::Text("thg_1".into())];
+            let after = q.cursor(CursorPos::After, &vals, KEY);
+            let next = resolve(&format!("sort=count&filter[status]=on&cursor={after}")).unwrap();
+            assert_eq!(next.position, Position::After(vals.to_vec()));
+            assert_eq!(next.fingerprint, q.fingerprint);
+            assert!(!next.backwards());
+            let before = q.cursor(CursorPos::Before, &vals, KEY);
+            let prev = resolve(&format!("sort=count&filter[status]=on&cursor={before}")).unwrap();
+            assert_eq!(prev.position, Position::Before(vals.to_vec()));
+            assert!(prev.backwards());
+            let last = q.cursor(CursorPos::Last, &[], KEY);
+            let end = resolve(&format!("sort=count&filter[status]=on&cursor={last}")).unwrap();
+            assert_eq!(end.position, Position::Last);
+            // The same fingerprint as before the schema moved to core:
+            // cursors handed out earlier keep working.
+            let p = ListParams::parse("sort=count&filter[status]=on", &[]).unwrap();
+            let sort = vec![SortKey {
+                field: "count".into(),
+                dir: Dir::Asc,
+            }];
+            assert_eq!(q.fingerprint, fingerprint("things", &sort, &p.filters));
+
+            // Another sort or filter: refused, naming the cursor.
+            let e = refused(&format!("sort=name&filter[status]=on&cursor={after}"));
+            assert_eq!(e[0].0, "cursor");
+            assert!(e[0].2.contains("different sort or filter"), "{e:?}");
+            // Keys that do not fit the order (a forged or stale cursor
+            // signed with this key).
+            for bad in [
+                vec![Scalar::Text("x".into()), Scalar::Text("thg_1".into())],
+                vec![Scalar::Int(7)],
+            ] {
+                let c = q.cursor(CursorPos::After, &bad, KEY);
+                let e = refused(&format!("sort=count&filter[status]=on&cursor={c}"));
+                assert_eq!(
+                    e,
+                    [(
+                        "cursor".to_string(),
+                        "invalid_value".to_string(),
+                        "the cursor does not match this list; start again without a cursor"
+                            .to_string()
+                    )]
+                );
+            }
+            // Another installation's cursor.
+            let foreign = q.cursor(CursorPos::After, &vals, b"another key");
+            assert_eq!(
+                refused(&format!("sort=count&filter[status]=on&cursor={foreign}"))[0].0,
+                "cursor"
+            );
+        }
     }
 }

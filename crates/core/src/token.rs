@@ -21,6 +21,24 @@ pub enum TokenKind {
     Temp,
 }
 
+impl From<crate::model::LoginTokenType> for TokenKind {
+    fn from(t: crate::model::LoginTokenType) -> TokenKind {
+        match t {
+            crate::model::LoginTokenType::PersonalAccessToken => TokenKind::Pat,
+            crate::model::LoginTokenType::SessionToken => TokenKind::Session,
+        }
+    }
+}
+
+impl From<crate::model::NewTokenType> for TokenKind {
+    fn from(t: crate::model::NewTokenType) -> TokenKind {
+        match t {
+            crate::model::NewTokenType::PersonalAccessToken => TokenKind::Pat,
+            crate::model::NewTokenType::TemporaryToken => TokenKind::Temp,
+        }
+    }
+}
+
 impl TokenKind {
     pub const ALL: [TokenKind; 4] = [Self::Pat, Self::Sat, Self::Session, Self::Temp];
 
@@ -192,5 +210,16 @@ mod tests {
         );
         assert!(!looks_valid("pat_short"));
         assert!(!looks_valid("garbage"));
+    }
+
+    #[test]
+    fn request_token_types_are_token_kinds_of_the_same_name() {
+        use crate::model::{LoginTokenType, NewTokenType};
+        for t in LoginTokenType::ALL {
+            assert_eq!(TokenKind::from(*t).as_str(), t.as_str());
+        }
+        for t in NewTokenType::ALL {
+            assert_eq!(TokenKind::from(*t).as_str(), t.as_str());
+        }
     }
 }

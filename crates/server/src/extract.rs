@@ -108,6 +108,7 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
         }
     };
     let ticked = |m: &str| m.split('`').nth(1).map(str::to_string);
+    let word = unknown_word(&msg);
     let fe = match inner.classify() {
         Category::Syntax | Category::Eof | Category::Io => FieldError::new(
             "body",
@@ -136,6 +137,21 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
             let name = ticked(&msg).unwrap_or_default();
             FieldError::new(join(&name), "required", "this field is required")
         }
+        // A word that is not one of an enum's (a strategy, a status): name
+        // the field and what it accepts, as the services' own checks do.
+        Category::Data if word.is_some() => {
+            let (value, accepted) = word.unwrap_or_default();
+            FieldError::new(
+                if path.is_empty() {
+                    "body".to_string()
+                } else {
+                    path.clone()
+                },
+                "invalid_value",
+                format!("must be one of: {}", accepted.join(", ")),
+            )
+            .with_value(value)
+        }
         Category::Data => FieldError::new(
             if path.is_empty() {
                 "body".to_string()
@@ -147,6 +163,35 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
         ),
     };
     Error::invalid(vec![fe])
+}
+
+/// The value and the accepted names of an "unknown word" deserialization
+/// error: the model's enums say `unknown deployment strategy "x"; expected
+/// one of: a, b` (`shellwego_core::model::UnknownValue`), serde's derived
+/// enums `unknown variant `x`, expected one of `a`, `b`` (or `` `a` or `b` ``).
+fn unknown_word(msg: &str) -> Option<(String, Vec<String>)> {
+    if let Some(rest) = msg.strip_prefix("unknown variant `") {
+        let (value, rest) = rest.split_once('`')?;
+        let expected = rest.strip_prefix(", expected ")?;
+        let accepted: Vec<String> = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        return (!accepted.is_empty()).then(|| (value.to_string(), accepted));
+    }
+    let rest = msg.strip_prefix("unknown ")?;
+    let (head, list) = rest.rsplit_once("; expected one of: ")?;
+    // `head` is `<what> "<value>"`, the value written as a Rust string.
+    let quoted = &head[head.find('"')?..];
+    let value = quoted
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))?
+        .replace("\\\"", "\"")
+        .replace("\\\\", "\\");
+    let accepted: Vec<String> = list.split(", ").map(str::to_string).collect();
+    Some((value, accepted))
 }
 
 /// Parse the query string of a list endpoint. `extra` names the
@@ -260,5 +305,71 @@ mod tests {
         );
         assert_eq!(field(r#"{}"#), ("replicas".into(), "required".into()));
         assert_eq!(field(""), ("body".into(), "required".into()));
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Words {
+        #[serde(default)]
+        strategy: Option<shellwego_core::model::DeployStrategy>,
+        #[serde(default)]
+        nested: Option<Nested>,
+        #[serde(default)]
+        mode: Option<Mode>,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Nested {
+        #[serde(rename = "type")]
+        kind: shellwego_core::model::SourceKind,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Mode {
+        Fast,
+        Slow,
+    }
+    impl Validate for Words {
+        fn validate(&self) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    fn word_error(body: &str) -> (String, FieldError) {
+        match parse_json::<Words>(body.as_bytes()) {
+            Err(Error::Validation { detail, errors }) => (detail, errors[0].clone()),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_word_names_the_field_and_what_it_accepts() {
+        let (detail, e) = word_error(r#"{"strategy": "yolo"}"#);
+        assert_eq!(e.field, "strategy");
+        assert_eq!(e.code, "invalid_value");
+        assert_eq!(e.message, "must be one of: rolling, blue-green, canary");
+        assert_eq!(e.value, Some(serde_json::json!("yolo")));
+        assert_eq!(
+            detail,
+            "'strategy': must be one of: rolling, blue-green, canary"
+        );
+        let (_, e) = word_error(r#"{"nested": {"type": "svn \"x\""}}"#);
+        assert_eq!(e.field, "nested.type");
+        assert_eq!(e.message, "must be one of: docker, tarball, git");
+        assert_eq!(e.value, Some(serde_json::json!("svn \"x\"")));
+        // serde's own enums too.
+        let (_, e) = word_error(r#"{"mode": "medium"}"#);
+        assert_eq!(e.field, "mode");
+        assert_eq!(e.code, "invalid_value");
+        assert_eq!(e.message, "must be one of: fast, slow");
+        assert_eq!(e.value, Some(serde_json::json!("medium")));
+        // Not a string at all: still a type error.
+        let (_, e) = word_error(r#"{"strategy": 3}"#);
+        assert_eq!(
+            (e.field.as_str(), e.code.as_str()),
+            ("strategy", "invalid_type")
+        );
     }
 }

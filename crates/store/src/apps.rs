@@ -2,13 +2,13 @@
 //! (what to run where, what an app's status is) live in the server's
 //! services; these are the queries.
 
-use shellwego_core::list::Dir;
+use shellwego_core::list::{Dir, FieldSpec, Kind, ListSchema};
 use shellwego_core::model::{AppSpec, AppStatus, DesiredState, DriverKind, InstanceStatus};
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
 
-use crate::list::{Field, Kind, Resource};
+use crate::list::{FieldSql, Resource};
 use crate::{db_err, Conn};
 
 /// A route to one healthy instance, for the routers.
@@ -51,25 +51,41 @@ pub struct App {
 }
 
 pub static APPS: Resource = Resource {
-    name: "apps",
+    schema: &ListSchema {
+        name: "apps",
+        fields: &[
+            FieldSpec::new("name", Kind::Text),
+            FieldSpec::new("status", Kind::Text).one_of(AppStatus::NAMES),
+            FieldSpec::new("organization_id", Kind::Text).no_sort(),
+            FieldSpec::new("replicas.desired", Kind::Int),
+            FieldSpec::new("resources.memory", Kind::Size),
+            FieldSpec::new("resources.cpu_millis", Kind::Int),
+            FieldSpec::new("created_at", Kind::Time),
+            FieldSpec::new("updated_at", Kind::Time),
+            FieldSpec::new("tags", Kind::Text).multi(),
+            FieldSpec::new("node_id", Kind::Text).multi(),
+        ],
+        searchable: true,
+        labels: false,
+        default_sort: &[("created_at", Dir::Desc)],
+    },
     from: "apps t",
     columns: "t.id, t.organization_id, t.name, t.status, t.status_reason, t.desired_state, t.replicas, t.memory, t.cpu_millis, t.disk, t.spec, t.image_pinned, t.deployment_id, t.version, t.traffic, t.created_by, t.created_at, t.updated_at",
     fields: &[
-        Field::new("name", "t.name", Kind::Text),
-        Field::new("status", "t.status", Kind::Text).one_of(AppStatus::NAMES),
-        Field::new("organization_id", "t.organization_id", Kind::Text).no_sort(),
-        Field::new("replicas.desired", "t.replicas", Kind::Int),
-        Field::new("resources.memory", "t.memory", Kind::Size),
-        Field::new("resources.cpu_millis", "t.cpu_millis", Kind::Int),
-        Field::new("created_at", "t.created_at", Kind::Time),
-        Field::new("updated_at", "t.updated_at", Kind::Time),
-        Field::new("tags", "x.tag", Kind::Text).within("app_tags x WHERE x.app_id = t.id"),
-        Field::new("node_id", "x.node_id", Kind::Text)
+        FieldSql::new("name", "t.name"),
+        FieldSql::new("status", "t.status"),
+        FieldSql::new("organization_id", "t.organization_id"),
+        FieldSql::new("replicas.desired", "t.replicas"),
+        FieldSql::new("resources.memory", "t.memory"),
+        FieldSql::new("resources.cpu_millis", "t.cpu_millis"),
+        FieldSql::new("created_at", "t.created_at"),
+        FieldSql::new("updated_at", "t.updated_at"),
+        FieldSql::new("tags", "x.tag").within("app_tags x WHERE x.app_id = t.id"),
+        FieldSql::new("node_id", "x.node_id")
             .within("instances x WHERE x.app_id = t.id AND x.desired = 'running'"),
     ],
     search: &["t.name"],
     labels: None,
-    default_sort: &[("created_at", Dir::Desc)],
 };
 
 /// An `apps` row as stored ([`APPS`]' columns): `spec` is a document.

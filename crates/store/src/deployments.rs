@@ -2,13 +2,13 @@
 //! of a change of version) and their step logs: the rows. The state
 //! machine lives in the server's `service::deploy`.
 
-use shellwego_core::list::Dir;
+use shellwego_core::list::{Dir, FieldSpec, Kind, ListSchema};
 use shellwego_core::model::{AppSpec, DeployOptions, DeploymentStage, DeploymentStatus, Strategy};
 use shellwego_core::time::{now, to_micros};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
 
-use crate::list::{Field, Kind, Resource};
+use crate::list::{FieldSql, Resource};
 use crate::{db_err, Conn};
 
 /// What one version of an app runs, frozen when the version is made.
@@ -178,18 +178,28 @@ pub struct Deployment {
 }
 
 pub static DEPLOYMENTS: Resource = Resource {
-    name: "deployments",
+    schema: &ListSchema {
+        name: "deployments",
+        fields: &[
+            FieldSpec::new("status", Kind::Text).one_of(DeploymentStatus::NAMES),
+            FieldSpec::new("strategy", Kind::Text),
+            FieldSpec::new("app_id", Kind::Text).no_sort(),
+            FieldSpec::new("created_at", Kind::Time),
+        ],
+        searchable: false,
+        labels: false,
+        default_sort: &[("created_at", Dir::Desc)],
+    },
     from: "deployments t",
     columns: "t.id, t.app_id, t.organization_id, t.status, t.version, t.image, t.strategy, t.initiated_by, t.reason, t.stages, t.options, t.from_version, t.rollback_target, t.started_at, t.finished_at, t.wait_until, t.canary_step, t.step_started_at, t.created_at, t.updated_at",
     fields: &[
-        Field::new("status", "t.status", Kind::Text).one_of(DeploymentStatus::NAMES),
-        Field::new("strategy", "t.strategy", Kind::Text),
-        Field::new("app_id", "t.app_id", Kind::Text).no_sort(),
-        Field::new("created_at", "t.created_at", Kind::Time),
+        FieldSql::new("status", "t.status"),
+        FieldSql::new("strategy", "t.strategy"),
+        FieldSql::new("app_id", "t.app_id"),
+        FieldSql::new("created_at", "t.created_at"),
     ],
     search: &[],
     labels: None,
-    default_sort: &[("created_at", Dir::Desc)],
 };
 
 /// A `deployments` row as stored ([`DEPLOYMENTS`]' columns): `stages` and

@@ -4,12 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shellwego_core::list::Dir;
+use shellwego_core::list::{Dir, FieldSpec, Kind, ListSchema};
 use shellwego_core::time::{now, to_micros, Timestamp};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
 
-use crate::list::{Field, Kind, Resource};
+use crate::list::{FieldSql, Resource};
 use crate::{db_err, to_json, Conn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,25 +154,42 @@ pub async fn record_at(db: &mut Conn, e: NewEvent, at_micros: i64) -> Result<Str
 }
 
 pub static EVENTS: Resource = Resource {
-    name: "events",
+    schema: &ListSchema {
+        name: "events",
+        fields: &[
+            FieldSpec::new("type", Kind::Text),
+            FieldSpec::new("severity", Kind::Text).one_of(&["info", "warning", "error", "critical"]),
+            FieldSpec::new("resource_type", Kind::Text),
+            FieldSpec::new("resource_id", Kind::Text),
+            FieldSpec::new("resource.type", Kind::Text),
+            FieldSpec::new("resource.id", Kind::Text),
+            FieldSpec::new("actor.type", Kind::Text).one_of(&["user", "token", "system"]),
+            FieldSpec::new("actor.id", Kind::Text).no_sort(),
+            FieldSpec::new("organization_id", Kind::Text).no_sort(),
+            FieldSpec::new("timestamp", Kind::Time),
+            FieldSpec::new("created_at", Kind::Time),
+        ],
+        searchable: true,
+        labels: false,
+        default_sort: &[("timestamp", Dir::Desc)],
+    },
     from: "events t",
     columns: "t.id, t.organization_id, t.event_type, t.severity, t.actor_type, t.actor_id, t.actor_ip, t.resource_type, t.resource_id, t.metadata, t.created_at",
     fields: &[
-        Field::new("type", "t.event_type", Kind::Text),
-        Field::new("severity", "t.severity", Kind::Text).one_of(&["info", "warning", "error", "critical"]),
-        Field::new("resource_type", "t.resource_type", Kind::Text),
-        Field::new("resource_id", "t.resource_id", Kind::Text),
-        Field::new("resource.type", "t.resource_type", Kind::Text),
-        Field::new("resource.id", "t.resource_id", Kind::Text),
-        Field::new("actor.type", "t.actor_type", Kind::Text).one_of(&["user", "token", "system"]),
-        Field::new("actor.id", "t.actor_id", Kind::Text).no_sort(),
-        Field::new("organization_id", "t.organization_id", Kind::Text).no_sort(),
-        Field::new("timestamp", "t.created_at", Kind::Time),
-        Field::new("created_at", "t.created_at", Kind::Time),
+        FieldSql::new("type", "t.event_type"),
+        FieldSql::new("severity", "t.severity"),
+        FieldSql::new("resource_type", "t.resource_type"),
+        FieldSql::new("resource_id", "t.resource_id"),
+        FieldSql::new("resource.type", "t.resource_type"),
+        FieldSql::new("resource.id", "t.resource_id"),
+        FieldSql::new("actor.type", "t.actor_type"),
+        FieldSql::new("actor.id", "t.actor_id"),
+        FieldSql::new("organization_id", "t.organization_id"),
+        FieldSql::new("timestamp", "t.created_at"),
+        FieldSql::new("created_at", "t.created_at"),
     ],
     search: &["t.event_type", "t.resource_id"],
     labels: None,
-    default_sort: &[("timestamp", Dir::Desc)],
 };
 
 /// An `events` row as stored ([`EVENTS`]' columns).

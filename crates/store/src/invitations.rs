@@ -1,12 +1,12 @@
 //! Invitations to join an organization, redeemed with a one-time token
 //! (only its hash is stored).
 
-use shellwego_core::list::Dir;
+use shellwego_core::list::{Dir, FieldSpec, Kind, ListSchema};
 use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::{id, token, Error};
 use sqlx::any::AnyRow;
 
-use crate::list::{Field, Kind, Resource};
+use crate::list::{FieldSql, Resource};
 use crate::{db_err, to_json, Conn};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,18 +75,28 @@ pub fn from_row(row: &AnyRow) -> Result<Invitation, Error> {
 }
 
 pub static INVITATIONS: Resource = Resource {
-    name: "invitations",
+    schema: &ListSchema {
+        name: "invitations",
+        fields: &[
+            FieldSpec::new("email", Kind::Text),
+            FieldSpec::new("role", Kind::Text),
+            FieldSpec::new("created_at", Kind::Time),
+            FieldSpec::new("expires_at", Kind::Time),
+        ],
+        searchable: true,
+        labels: false,
+        default_sort: &[("created_at", Dir::Desc)],
+    },
     from: "invitations t",
     columns: COLUMNS,
     fields: &[
-        Field::new("email", "t.email", Kind::Text),
-        Field::new("role", "t.role", Kind::Text),
-        Field::new("created_at", "t.created_at", Kind::Time),
-        Field::new("expires_at", "t.expires_at", Kind::Time),
+        FieldSql::new("email", "t.email"),
+        FieldSql::new("role", "t.role"),
+        FieldSql::new("created_at", "t.created_at"),
+        FieldSql::new("expires_at", "t.expires_at"),
     ],
     search: &["t.email"],
     labels: None,
-    default_sort: &[("created_at", Dir::Desc)],
 };
 
 /// Create an invitation; returns it with its one-time token (`inv_…`).

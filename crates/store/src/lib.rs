@@ -212,7 +212,8 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn cursor_key(&self) -> Result<&[u8], Error> {
+    /// The key that signs list cursors (`list::list`, `ListParams::resolve`).
+    pub fn cursor_key(&self) -> Result<&[u8], Error> {
         self.cursor_key
             .get()
             .map(Vec::as_slice)

@@ -1,93 +1,107 @@
-//! Keyset (seek) pagination, filtering and sorting: one implementation for
-//! every list endpoint and both backends.
+//! Keyset (seek) pagination, filtering and sorting: the SQL of every list
+//! endpoint, on both backends.
 //!
-//! A resource declares its filterable and sortable fields as SQL
-//! expressions. A page is `WHERE <scope> AND <filters> AND (<sort keys>, id)
-//! beyond the cursor ORDER BY <sort keys>, id LIMIT n+1`, so a page deep in
-//! the list costs the same as the first (the index is entered at the cursor)
-//! and rows inserted meanwhile never shift rows between pages.
+//! A list query arrives resolved ([`ListQuery`], checked against the
+//! resource's [`ListSchema`] by `shellwego_core::list`); a [`Resource`]
+//! gives each schema field its SQL. A page is `WHERE <scope> AND <filters>
+//! AND (<sort keys>, id) beyond the cursor ORDER BY <sort keys>, id LIMIT
+//! n+1`, so a page deep in the list costs the same as the first (the index
+//! is entered at the cursor) and rows inserted meanwhile never shift rows
+//! between pages.
 
-use serde_json::Value;
-use shellwego_core::list::{fingerprint, Cursor, CursorPos, Dir, Filter, ListParams, Op, SortKey};
-use shellwego_core::time::{parse_filter_time, DateEdge};
-use shellwego_core::units::parse_size;
-use shellwego_core::{Error, FieldError};
+use shellwego_core::list::{
+    Cmp, Condition, CursorPos, Dir, KeyField, Kind, ListQuery, ListSchema, OrderKey, Position,
+    Scalar,
+};
+use shellwego_core::Error;
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
-use crate::{db_err, Store};
+use crate::db_err;
 
-/// How a field's values are written in a filter and stored in its column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Text,
-    Int,
-    /// Microseconds since the epoch; filter values are RFC 3339 or dates.
-    Time,
-    /// Bytes; filter values are sizes (`512m`).
-    Size,
-}
-
-/// One field a list can be filtered or sorted by.
+/// The SQL of one schema field.
 #[derive(Debug, Clone, Copy)]
-pub struct Field {
-    /// The name in `filter[…]` and `sort=` (`status`, `resources.memory`).
+pub struct FieldSql {
+    /// The schema field's name (checked against the schema).
     pub name: &'static str,
-    /// SQL expression over the table alias `t`.
+    /// SQL expression over the table alias `t` (or over `within`'s alias).
     pub expr: &'static str,
-    pub kind: Kind,
-    pub filter: bool,
-    pub sort: bool,
-    /// Allowed values (empty: any).
-    pub values: &'static [&'static str],
     /// A multi-valued field kept in another table: `FROM … WHERE` text
     /// relating it to `t` (e.g. `app_tags x WHERE x.app_id = t.id`); a row
     /// matches when any of its values does.
     pub within: Option<&'static str>,
 }
 
-impl Field {
-    pub const fn new(name: &'static str, expr: &'static str, kind: Kind) -> Field {
-        Field {
+impl FieldSql {
+    pub const fn new(name: &'static str, expr: &'static str) -> FieldSql {
+        FieldSql {
             name,
             expr,
-            kind,
-            filter: true,
-            sort: true,
-            values: &[],
             within: None,
         }
     }
-    pub const fn within(mut self, from_where: &'static str) -> Field {
+    pub const fn within(mut self, from_where: &'static str) -> FieldSql {
         self.within = Some(from_where);
-        self.sort = false;
-        self
-    }
-    pub const fn one_of(mut self, values: &'static [&'static str]) -> Field {
-        self.values = values;
-        self
-    }
-    pub const fn no_sort(mut self) -> Field {
-        self.sort = false;
         self
     }
 }
 
-/// A listable resource.
+/// A listable resource: its schema and the SQL behind it.
 #[derive(Debug)]
 pub struct Resource {
-    /// Name used in messages and cursor fingerprints (`events`).
-    pub name: &'static str,
+    pub schema: &'static ListSchema,
     /// `FROM` clause; the main table has alias `t`.
     pub from: &'static str,
     /// Columns selected for the row mapper.
     pub columns: &'static str,
-    pub fields: &'static [Field],
-    /// Columns searched by `filter[q]`.
+    /// The SQL of each schema field, in the schema's order.
+    pub fields: &'static [FieldSql],
+    /// Columns searched by `filter[q]` (the schema is searchable).
     pub search: &'static [&'static str],
-    /// `resource_type` in the labels table, when the resource has labels.
+    /// `resource_type` in the labels table (the schema has labels).
     pub labels: Option<&'static str>,
-    pub default_sort: &'static [(&'static str, Dir)],
+}
+
+/// The id of every resource.
+const ID_EXPR: &str = "t.id";
+
+fn mismatch(res: &Resource, what: &str) -> Error {
+    Error::Internal(format!(
+        "the list of {} does not match its SQL: {what}",
+        res.schema.name
+    ))
+}
+
+impl Resource {
+    /// The SQL of the schema's field `i`.
+    fn field(&self, i: usize) -> Result<&FieldSql, Error> {
+        match (self.schema.fields.get(i), self.fields.get(i)) {
+            (Some(spec), Some(sql))
+                if spec.name == sql.name && spec.multi == sql.within.is_some() =>
+            {
+                Ok(sql)
+            }
+            _ => Err(mismatch(self, &format!("field #{i}"))),
+        }
+    }
+
+    /// Does the SQL declare every field of the schema, in its order, and
+    /// search columns and labels exactly when the schema offers them?
+    pub fn check(&self) -> Result<(), Error> {
+        if self.fields.len() != self.schema.fields.len() {
+            return Err(mismatch(self, "the number of fields"));
+        }
+        for i in 0..self.fields.len() {
+            self.field(i)?;
+        }
+        if self.schema.searchable == self.search.is_empty() {
+            return Err(mismatch(self, "search columns"));
+        }
+        if self.schema.labels != self.labels.is_some() {
+            return Err(mismatch(self, "labels"));
+        }
+        Ok(())
+    }
 }
 
 /// A bound value.
@@ -97,11 +111,11 @@ pub enum Arg {
     Text(String),
 }
 
-impl Arg {
-    fn to_json(&self) -> Value {
-        match self {
-            Arg::Int(i) => Value::from(*i),
-            Arg::Text(s) => Value::from(s.clone()),
+impl From<&Scalar> for Arg {
+    fn from(v: &Scalar) -> Arg {
+        match v {
+            Scalar::Int(i) => Arg::Int(*i),
+            Scalar::Text(s) => Arg::Text(s.clone()),
         }
     }
 }
@@ -173,225 +187,82 @@ pub struct Page<T> {
     pub pagination: PageInfo,
 }
 
-/// A filter checked against the resource, with typed values.
-#[derive(Debug)]
-enum Cond {
-    In(&'static str, Vec<Arg>),
-    /// EXISTS (SELECT 1 FROM from_where AND expr IN values)
-    Within(&'static str, &'static str, Vec<Arg>),
-    /// (expr >= a AND expr <= b) OR … : a time filter with bare dates.
-    Ranges(&'static str, Vec<(i64, i64)>),
-    Cmp(&'static str, &'static str, Arg),
-    Label(String, Vec<String>),
-    Search(Vec<String>),
-}
-
+/// An order key's SQL.
 struct Key {
     expr: &'static str,
     kind: Kind,
     dir: Dir,
 }
 
-const ID_FIELD: Field = Field::new("id", "t.id", Kind::Text);
-
-fn field_names(res: &Resource, pred: impl Fn(&Field) -> bool) -> String {
-    res.fields
-        .iter()
-        .filter(|f| pred(f))
-        .map(|f| f.name)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn resolve_sort(res: &Resource, sort: &[SortKey]) -> Result<Vec<SortKey>, Error> {
-    let sort: Vec<SortKey> = if sort.is_empty() {
-        res.default_sort
-            .iter()
-            .map(|(f, d)| SortKey {
-                field: f.to_string(),
-                dir: *d,
+fn keys(res: &Resource, keys: &[OrderKey]) -> Result<Vec<Key>, Error> {
+    keys.iter()
+        .map(|k| {
+            let expr = match k.field {
+                KeyField::Id => ID_EXPR,
+                KeyField::Field(i) => {
+                    let f = res.field(i)?;
+                    if f.within.is_some() {
+                        return Err(mismatch(
+                            res,
+                            &format!("sorting by the multi-valued {}", f.name),
+                        ));
+                    }
+                    f.expr
+                }
+            };
+            Ok(Key {
+                expr,
+                kind: k.kind,
+                dir: k.dir,
             })
-            .collect()
-    } else {
-        sort.to_vec()
-    };
-    for k in &sort {
-        if k.field != "id" && !res.fields.iter().any(|f| f.sort && f.name == k.field) {
-            return Err(Error::invalid(vec![FieldError::new(
-                "sort",
-                "invalid_value",
-                format!(
-                    "cannot sort {} by '{}'; sortable fields: {}",
-                    res.name,
-                    k.field,
-                    field_names(res, |f| f.sort)
-                ),
-            )
-            .with_value(k.field.clone())]));
-        }
-    }
-    Ok(sort)
+        })
+        .collect()
 }
 
-/// The ORDER BY keys: the sort as given, ending with the id (unique, so
-/// the order is total). Keys after an explicit `id` could never decide
-/// anything and are dropped.
-fn keys(res: &Resource, sort: &[SortKey]) -> Vec<Key> {
-    let mut out = vec![];
-    for k in sort {
-        if k.field == "id" {
-            out.push(Key {
-                expr: ID_FIELD.expr,
-                kind: Kind::Text,
-                dir: k.dir,
-            });
-            return out;
-        }
-        if let Some(f) = res.fields.iter().find(|f| f.name == k.field) {
-            out.push(Key {
-                expr: f.expr,
-                kind: f.kind,
-                dir: k.dir,
-            });
-        }
-    }
-    let dir = out.last().map(|k| k.dir).unwrap_or(Dir::Asc);
-    out.push(Key {
-        expr: ID_FIELD.expr,
-        kind: Kind::Text,
-        dir,
-    });
-    out
+/// A condition's SQL, checked against the resource.
+enum Cond<'a> {
+    /// `expr IN values`, or `EXISTS (SELECT 1 FROM within AND expr IN values)`.
+    In(&'a FieldSql, Vec<Arg>),
+    /// (expr >= a AND expr <= b) OR … : a time filter with bare dates.
+    Ranges(&'a FieldSql, &'a [(i64, i64)]),
+    Cmp(&'a FieldSql, &'static str, Arg),
+    Label(&'static str, &'a str, &'a [String]),
+    Search(&'a [String]),
 }
 
-fn parse_value(f: &Field, param: &str, v: &str, edge: DateEdge) -> Result<Arg, FieldError> {
-    let bad = |what: &str| {
-        FieldError::new(param, "invalid_value", format!("'{v}' is not {what}")).with_value(v)
-    };
-    match f.kind {
-        Kind::Text => {
-            if !f.values.is_empty() && !f.values.contains(&v) {
-                return Err(FieldError::new(
-                    param,
-                    "invalid_value",
-                    format!("'{v}' is not one of: {}", f.values.join(", ")),
-                )
-                .with_value(v));
-            }
-            Ok(Arg::Text(v.to_string()))
-        }
-        Kind::Int => v
-            .parse::<i64>()
-            .map(Arg::Int)
-            .map_err(|_| bad("an integer")),
-        Kind::Time => parse_filter_time(v, edge)
-            .map(Arg::Int)
-            .ok_or_else(|| bad("an RFC 3339 time or a YYYY-MM-DD date")),
-        Kind::Size => parse_size(v)
-            .and_then(|b| i64::try_from(b).ok())
-            .map(Arg::Int)
-            .ok_or_else(|| bad("a size such as 512m or 10gb")),
-    }
-}
-
-fn resolve_filters(res: &Resource, filters: &[Filter]) -> Result<Vec<Cond>, Error> {
-    let mut out = vec![];
-    let mut errors = vec![];
-    for flt in filters {
-        let param = flt.param_name();
-        match flt {
-            Filter::Search(q) => {
-                if res.search.is_empty() {
-                    errors.push(FieldError::new(
-                        param,
-                        "unknown_field",
-                        format!("{} cannot be searched", res.name),
-                    ));
-                    continue;
+fn conds<'a>(res: &'a Resource, q: &'a ListQuery) -> Result<Vec<Cond<'a>>, Error> {
+    q.conditions
+        .iter()
+        .map(|c| {
+            Ok(match c {
+                Condition::In { field, values } => {
+                    Cond::In(res.field(*field)?, values.iter().map(Arg::from).collect())
                 }
-                let terms: Vec<String> = q.split_whitespace().take(8).map(str::to_string).collect();
-                out.push(Cond::Search(terms));
-            }
-            Filter::Label { key, values } => {
-                if res.labels.is_none() {
-                    errors.push(FieldError::new(
-                        param,
-                        "unknown_field",
-                        format!("{} have no labels", res.name),
-                    ));
-                    continue;
+                Condition::Ranges { field, ranges } => Cond::Ranges(res.field(*field)?, ranges),
+                Condition::Cmp { field, op, value } => {
+                    let op = match op {
+                        Cmp::Gt => ">",
+                        Cmp::Gte => ">=",
+                        Cmp::Lt => "<",
+                        Cmp::Lte => "<=",
+                    };
+                    Cond::Cmp(res.field(*field)?, op, Arg::from(value))
                 }
-                out.push(Cond::Label(key.clone(), values.clone()));
-            }
-            Filter::Field { field, op, values } => {
-                let Some(f) = res.fields.iter().find(|f| f.filter && f.name == field) else {
-                    errors.push(
-                        FieldError::new(
-                            param,
-                            "unknown_field",
-                            format!(
-                                "{} cannot be filtered by '{field}'; filterable fields: {}, q{}",
-                                res.name,
-                                field_names(res, |f| f.filter),
-                                if res.labels.is_some() {
-                                    ", label[key]"
-                                } else {
-                                    ""
-                                }
-                            ),
-                        )
-                        .with_value(field.clone()),
-                    );
-                    continue;
-                };
-                let cmp = match op {
-                    Op::In => None,
-                    Op::Gt => Some((">", DateEdge::End)),
-                    Op::Gte => Some((">=", DateEdge::Start)),
-                    Op::Lt => Some(("<", DateEdge::Start)),
-                    Op::Lte => Some(("<=", DateEdge::End)),
-                };
-                match cmp {
-                    Some(_) if f.kind == Kind::Text => errors.push(FieldError::new(
-                        param,
-                        "invalid_value",
-                        format!("'{field}' is text: use filter[{field}]=a,b; ranges apply to numbers, sizes and times"),
-                    )),
-                    Some((sql_op, edge)) => match values.first().map(|v| parse_value(f, &param, v, edge)) {
-                        Some(Ok(a)) => out.push(Cond::Cmp(f.expr, sql_op, a)),
-                        Some(Err(e)) => errors.push(e),
-                        None => {}
-                    },
-                    None if f.kind == Kind::Time => {
-                        // A time equals a bare date when it falls on that day.
-                        let mut ranges = vec![];
-                        for v in values {
-                            match (parse_value(f, &param, v, DateEdge::Start), parse_value(f, &param, v, DateEdge::End)) {
-                                (Ok(Arg::Int(a)), Ok(Arg::Int(b))) => ranges.push((a, b)),
-                                (Err(e), _) | (_, Err(e)) => errors.push(e),
-                                _ => {}
-                            }
-                        }
-                        out.push(Cond::Ranges(f.expr, ranges));
+                Condition::Label { key, values } => {
+                    let Some(labels) = res.labels else {
+                        return Err(mismatch(res, "a label filter, but no labels"));
+                    };
+                    Cond::Label(labels, key, values)
+                }
+                Condition::Search(terms) => {
+                    if res.search.is_empty() {
+                        return Err(mismatch(res, "a search, but no search columns"));
                     }
-                    None => {
-                        let parsed: Result<Vec<Arg>, FieldError> = values.iter().map(|v| parse_value(f, &param, v, DateEdge::Start)).collect();
-                        match parsed {
-                            Ok(args) => match f.within {
-                                Some(w) => out.push(Cond::Within(w, f.expr, args)),
-                                None => out.push(Cond::In(f.expr, args)),
-                            },
-                            Err(e) => errors.push(e),
-                        }
-                    }
+                    Cond::Search(terms)
                 }
-            }
-        }
-    }
-    if !errors.is_empty() {
-        return Err(Error::invalid(errors));
-    }
-    Ok(out)
+            })
+        })
+        .collect()
 }
 
 fn like_pattern(term: &str) -> String {
@@ -414,42 +285,35 @@ fn push_where(sql: &mut Sql, res: &Resource, scope: &Scope, conds: &[Cond]) {
     }
     for c in conds {
         match c {
-            Cond::In(expr, values) => in_list(sql, expr, values),
-            Cond::Within(from_where, expr, values) => {
-                sql.push(" AND EXISTS (SELECT 1 FROM ")
-                    .push(from_where)
-                    .push(" ");
-                in_list(sql, expr, values);
-                sql.push(")");
-            }
-            Cond::Ranges(expr, ranges) => {
+            Cond::In(f, values) => within(sql, f, |sql| in_list(sql, f.expr, values)),
+            Cond::Ranges(f, ranges) => within(sql, f, |sql| {
                 sql.push(" AND (1=0");
-                for (a, b) in ranges {
+                for (a, b) in *ranges {
                     sql.push(" OR (")
-                        .push(expr)
+                        .push(f.expr)
                         .push(" >= ")
                         .arg(Arg::Int(*a))
                         .push(" AND ")
-                        .push(expr)
+                        .push(f.expr)
                         .push(" <= ")
                         .arg(Arg::Int(*b))
                         .push(")");
                 }
                 sql.push(")");
-            }
-            Cond::Cmp(expr, op, a) => {
+            }),
+            Cond::Cmp(f, op, a) => within(sql, f, |sql| {
                 sql.push(" AND ")
-                    .push(expr)
+                    .push(f.expr)
                     .push(" ")
                     .push(op)
                     .push(" ")
                     .arg(a.clone());
-            }
-            Cond::Label(key, values) => {
+            }),
+            Cond::Label(resource_type, key, values) => {
                 sql.push(" AND EXISTS (SELECT 1 FROM labels l WHERE l.resource_type = ")
-                    .arg(Arg::Text(res.labels.unwrap_or_default().to_string()))
+                    .arg(Arg::Text(resource_type.to_string()))
                     .push(" AND l.resource_id = t.id AND l.key = ")
-                    .arg(Arg::Text(key.clone()));
+                    .arg(Arg::Text(key.to_string()));
                 in_list(
                     sql,
                     "l.value",
@@ -458,7 +322,7 @@ fn push_where(sql: &mut Sql, res: &Resource, scope: &Scope, conds: &[Cond]) {
                 sql.push(")");
             }
             Cond::Search(terms) => {
-                for term in terms {
+                for term in *terms {
                     sql.push(" AND (1=0");
                     // LOWER() on both sides, so that each backend folds case
                     // the same way for the text and the term (SQLite folds
@@ -473,6 +337,21 @@ fn push_where(sql: &mut Sql, res: &Resource, scope: &Scope, conds: &[Cond]) {
                     sql.push(")");
                 }
             }
+        }
+    }
+}
+
+/// `AND` the condition `cond` pushes about `f`: as it is, or, for a field
+/// kept in another table, as "any of the row's values meets it".
+fn within(sql: &mut Sql, f: &FieldSql, cond: impl FnOnce(&mut Sql)) {
+    match f.within {
+        None => cond(sql),
+        Some(from_where) => {
+            sql.push(" AND EXISTS (SELECT 1 FROM ")
+                .push(from_where)
+                .push(" ");
+            cond(sql);
+            sql.push(")");
         }
     }
 }
@@ -565,113 +444,94 @@ fn push_order(sql: &mut Sql, keys: &[Key], backwards: bool) {
     }
 }
 
-fn row_keys(row: &AnyRow, keys: &[Key]) -> Result<Vec<Arg>, Error> {
+fn row_keys(row: &AnyRow, keys: &[Key]) -> Result<Vec<Scalar>, Error> {
     keys.iter()
         .enumerate()
         .map(|(i, k)| {
             let col = format!("_k{i}");
             Ok(match k.kind {
-                Kind::Text => Arg::Text(row.try_get::<String, _>(col.as_str()).map_err(db_err)?),
+                Kind::Text => Scalar::Text(row.try_get::<String, _>(col.as_str()).map_err(db_err)?),
                 Kind::Int | Kind::Time | Kind::Size => {
-                    Arg::Int(row.try_get::<i64, _>(col.as_str()).map_err(db_err)?)
+                    Scalar::Int(row.try_get::<i64, _>(col.as_str()).map_err(db_err)?)
                 }
             })
         })
         .collect()
 }
 
-fn cursor_args(cur: &Cursor, keys: &[Key]) -> Result<Vec<Arg>, Error> {
-    let bad = || {
-        Error::field(
-            "cursor",
-            "invalid_value",
-            "the cursor does not match this list; start again without a cursor",
-        )
-    };
-    if cur.keys.len() != keys.len() {
-        return Err(bad());
+/// One page of `res` as seen by `scope`, per the resolved query `q`;
+/// `cursor_key` signs the cursors of the answer. Runs the page, then the
+/// count and (after a cursor) a probe of the side the caller came from,
+/// one after the other on `db`.
+pub async fn list<T>(
+    db: &mut AnyConnection,
+    res: &Resource,
+    scope: &Scope,
+    q: &ListQuery,
+    cursor_key: &[u8],
+    map: impl Fn(&AnyRow) -> Result<T, Error>,
+) -> Result<Page<T>, Error> {
+    if q.resource != res.schema.name {
+        return Err(mismatch(
+            res,
+            &format!("a query resolved for {}", q.resource),
+        ));
     }
-    keys.iter()
-        .zip(&cur.keys)
-        .map(|(k, v)| match (k.kind, v) {
-            (Kind::Text, Value::String(s)) => Ok(Arg::Text(s.clone())),
-            (Kind::Int | Kind::Time | Kind::Size, Value::Number(n)) => {
-                n.as_i64().map(Arg::Int).ok_or_else(bad)
+    let keys = keys(res, &q.keys)?;
+    let conds = conds(res, q)?;
+    let seek = match &q.position {
+        Position::After(vals) | Position::Before(vals) => {
+            if vals.len() != keys.len() {
+                return Err(mismatch(res, "cursor values for another order"));
             }
-            _ => Err(bad()),
-        })
-        .collect()
-}
+            Some(vals.iter().map(Arg::from).collect::<Vec<_>>())
+        }
+        Position::First | Position::Last => None,
+    };
+    let backwards = q.backwards();
+    let limit = q.limit.max(1);
 
-impl Store {
-    /// One page of `res` as seen by `scope`, per `params`.
-    pub async fn list<T>(
-        &self,
-        res: &Resource,
-        scope: &Scope,
-        params: &ListParams,
-        map: impl Fn(&AnyRow) -> Result<T, Error>,
-    ) -> Result<Page<T>, Error> {
-        let sort = resolve_sort(res, &params.sort)?;
-        let conds = resolve_filters(res, &params.filters)?;
-        let fp = fingerprint(res.name, &sort, &params.filters);
-        let keys = keys(res, &sort);
-        let cursor = match &params.cursor {
-            Some(c) => Cursor::decode(c, &fp, self.cursor_key()?)?,
-            None => Cursor {
-                pos: CursorPos::First,
-                keys: vec![],
-                fingerprint: fp.clone(),
-            },
-        };
-        let seek = match cursor.pos {
-            CursorPos::After | CursorPos::Before => Some(cursor_args(&cursor, &keys)?),
-            CursorPos::First | CursorPos::Last => None,
-        };
-        let backwards = matches!(cursor.pos, CursorPos::Before | CursorPos::Last);
-        let limit = params.limit.max(1);
+    // The page itself, one row more than asked to learn if there is more.
+    let mut sql = Sql::default();
+    sql.push("SELECT ").push(res.columns);
+    for (i, k) in keys.iter().enumerate() {
+        sql.push(", ").push(k.expr).push(&format!(" AS _k{i}"));
+    }
+    sql.push(" FROM ").push(res.from);
+    push_where(&mut sql, res, scope, &conds);
+    if let Some(vals) = &seek {
+        push_seek(&mut sql, &keys, vals, backwards);
+    }
+    push_order(&mut sql, &keys, backwards);
+    sql.push(&format!(" LIMIT {}", limit + 1));
+    let mut rows = sql.query().fetch_all(&mut *db).await.map_err(db_err)?;
+    let more_this_way = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    if backwards {
+        rows.reverse();
+    }
 
-        // The page itself, one row more than asked to learn if there is more.
+    let total = {
         let mut sql = Sql::default();
-        sql.push("SELECT ").push(res.columns);
-        for (i, k) in keys.iter().enumerate() {
-            sql.push(", ").push(k.expr).push(&format!(" AS _k{i}"));
-        }
-        sql.push(" FROM ").push(res.from);
+        sql.push("SELECT COUNT(*) AS n FROM ").push(res.from);
         push_where(&mut sql, res, scope, &conds);
-        if let Some(vals) = &seek {
-            push_seek(&mut sql, &keys, vals, backwards);
-        }
-        push_order(&mut sql, &keys, backwards);
-        sql.push(&format!(" LIMIT {}", limit + 1));
-        let mut rows = sql.query().fetch_all(self.pool()).await.map_err(db_err)?;
-        let more_this_way = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        if backwards {
-            rows.reverse();
-        }
+        let row = sql.query().fetch_one(&mut *db).await.map_err(db_err)?;
+        row.try_get::<i64, _>("n").map_err(db_err)?
+    };
 
-        let count = async {
-            let mut sql = Sql::default();
-            sql.push("SELECT COUNT(*) AS n FROM ").push(res.from);
-            push_where(&mut sql, res, scope, &conds);
-            let row = sql.query().fetch_one(self.pool()).await.map_err(db_err)?;
-            row.try_get::<i64, _>("n").map_err(db_err)
-        };
-
-        let first_keys = rows.first().map(|r| row_keys(r, &keys)).transpose()?;
-        let last_keys = rows.last().map(|r| row_keys(r, &keys)).transpose()?;
-        // After a seek, is there anything on the side of the page we came
-        // from? (Rows may have been deleted meanwhile, so ask.)
-        let probe = match cursor.pos {
-            CursorPos::After => first_keys.clone().map(|k| (k, true)),
-            CursorPos::Before => last_keys.clone().map(|k| (k, false)),
-            CursorPos::First | CursorPos::Last => None,
-        };
-        let beyond = async {
-            let Some((vals, backwards)) = probe else {
-                return Ok(None);
-            };
+    let first_keys = rows.first().map(|r| row_keys(r, &keys)).transpose()?;
+    let last_keys = rows.last().map(|r| row_keys(r, &keys)).transpose()?;
+    // After a seek, is there anything on the side of the page we came
+    // from? (Rows may have been deleted meanwhile, so ask.)
+    let probe = match q.position {
+        Position::After(_) => first_keys.as_ref().map(|k| (k, true)),
+        Position::Before(_) => last_keys.as_ref().map(|k| (k, false)),
+        Position::First | Position::Last => None,
+    };
+    let beyond = match probe {
+        None => None,
+        Some((vals, backwards)) => {
+            let vals: Vec<Arg> = vals.iter().map(Arg::from).collect();
             let mut sql = Sql::default();
             sql.push("SELECT t.id FROM ").push(res.from);
             push_where(&mut sql, res, scope, &conds);
@@ -680,52 +540,129 @@ impl Store {
             // scanning from wherever the table happens to start.
             push_order(&mut sql, &keys, backwards);
             sql.push(" LIMIT 1");
-            let found = sql
-                .query()
-                .fetch_optional(self.pool())
-                .await
-                .map_err(db_err)?;
-            Ok(Some(found.is_some()))
-        };
-        // Both are independent reads: run them side by side.
-        let (total, beyond) = tokio::try_join!(count, beyond)?;
-        let (has_next, has_prev) = match cursor.pos {
-            CursorPos::First => (more_this_way, false),
-            CursorPos::Last => (false, more_this_way),
-            // An empty page reached by a cursor (its neighbours were deleted)
-            // has every row on the side it came from: see the edge cursors.
-            CursorPos::After => (more_this_way, beyond.unwrap_or(total > 0)),
-            CursorPos::Before => (beyond.unwrap_or(total > 0), more_this_way),
-        };
+            let found = sql.query().fetch_optional(&mut *db).await.map_err(db_err)?;
+            Some(found.is_some())
+        }
+    };
+    let (has_next, has_prev) = match q.position {
+        Position::First => (more_this_way, false),
+        Position::Last => (false, more_this_way),
+        // An empty page reached by a cursor (its neighbours were deleted)
+        // has every row on the side it came from: see the edge cursors.
+        Position::After(_) => (more_this_way, beyond.unwrap_or(total > 0)),
+        Position::Before(_) => (beyond.unwrap_or(total > 0), more_this_way),
+    };
 
-        let key = self.cursor_key()?;
-        let make = |pos: CursorPos, vals: Option<&Vec<Arg>>| {
-            Cursor {
-                pos,
-                keys: vals
-                    .map(|v| v.iter().map(Arg::to_json).collect())
-                    .unwrap_or_default(),
-                fingerprint: fp.clone(),
+    let make = |pos: CursorPos, vals: &[Scalar]| q.cursor(pos, vals, cursor_key);
+    let pagination = PageInfo {
+        total,
+        limit,
+        has_more: has_next,
+        // Past an empty page the neighbour is the other end of the list.
+        next_cursor: has_next.then(|| match &last_keys {
+            Some(k) => make(CursorPos::After, k),
+            None => make(CursorPos::First, &[]),
+        }),
+        prev_cursor: has_prev.then(|| match &first_keys {
+            Some(k) => make(CursorPos::Before, k),
+            None => make(CursorPos::Last, &[]),
+        }),
+        first_cursor: Some(make(CursorPos::First, &[])),
+        last_cursor: Some(make(CursorPos::Last, &[])),
+    };
+    let items = rows.iter().map(map).collect::<Result<Vec<T>, Error>>()?;
+    Ok(Page { items, pagination })
+}
+
+#[cfg(test)]
+mod tests {
+    use shellwego_core::list::{FieldSpec, ListParams};
+
+    use super::*;
+
+    #[test]
+    fn every_resource_declares_the_sql_of_its_schema() {
+        for res in [
+            &crate::apps::APPS,
+            &crate::nodes::NODES,
+            &crate::events::EVENTS,
+            &crate::tokens::TOKENS,
+            &crate::deployments::DEPLOYMENTS,
+            &crate::invitations::INVITATIONS,
+            &crate::service_accounts::SERVICE_ACCOUNTS,
+            &crate::orgs::ORGANIZATIONS,
+            &crate::orgs::MEMBERS,
+        ] {
+            if let Err(e) = res.check() {
+                panic!("{}: {e}", res.schema.name);
             }
-            .encode(key)
+        }
+    }
+
+    static SCHEMA: ListSchema = ListSchema {
+        name: "things",
+        fields: &[
+            FieldSpec::new("name", Kind::Text),
+            FieldSpec::new("tags", Kind::Text).multi(),
+        ],
+        searchable: false,
+        labels: false,
+        default_sort: &[("name", Dir::Asc)],
+    };
+    /// SQL that lost track of its schema: a field renamed, one not
+    /// declared multi-valued.
+    static DRIFTED: Resource = Resource {
+        schema: &SCHEMA,
+        from: "things t",
+        columns: "t.id",
+        fields: &[
+            FieldSql::new("title", "t.title"),
+            FieldSql::new("tags", "x.tag"),
+        ],
+        search: &[],
+        labels: None,
+    };
+
+    #[test]
+    fn sql_that_does_not_match_its_schema_is_an_internal_error_naming_no_field() {
+        assert!(matches!(DRIFTED.check(), Err(Error::Internal(_))));
+        let q = ListParams::parse("filter[tags]=a", &[])
+            .unwrap()
+            .resolve(&SCHEMA, b"k")
+            .unwrap();
+        assert!(matches!(conds(&DRIFTED, &q), Err(Error::Internal(_))));
+        let q = ListParams::default().resolve(&SCHEMA, b"k").unwrap();
+        assert!(matches!(keys(&DRIFTED, &q.keys), Err(Error::Internal(_))));
+        // The right SQL for the same query.
+        static RIGHT: Resource = Resource {
+            schema: &SCHEMA,
+            from: "things t",
+            columns: "t.id",
+            fields: &[
+                FieldSql::new("name", "t.name"),
+                FieldSql::new("tags", "x.tag").within("thing_tags x WHERE x.thing_id = t.id"),
+            ],
+            search: &[],
+            labels: None,
         };
-        let pagination = PageInfo {
-            total,
-            limit,
-            has_more: has_next,
-            // Past an empty page the neighbour is the other end of the list.
-            next_cursor: has_next.then(|| match &last_keys {
-                Some(k) => make(CursorPos::After, Some(k)),
-                None => make(CursorPos::First, None),
-            }),
-            prev_cursor: has_prev.then(|| match &first_keys {
-                Some(k) => make(CursorPos::Before, Some(k)),
-                None => make(CursorPos::Last, None),
-            }),
-            first_cursor: Some(make(CursorPos::First, None)),
-            last_cursor: Some(make(CursorPos::Last, None)),
-        };
-        let items = rows.iter().map(map).collect::<Result<Vec<T>, Error>>()?;
-        Ok(Page { items, pagination })
+        RIGHT.check().unwrap();
+        let q = ListParams::parse("filter[tags]=a,b&filter[name]=n", &[])
+            .unwrap()
+            .resolve(&SCHEMA, b"k")
+            .unwrap();
+        let mut sql = Sql::default();
+        push_where(&mut sql, &RIGHT, &Scope::new(), &conds(&RIGHT, &q).unwrap());
+        assert_eq!(
+            sql.text,
+            " WHERE 1=1 AND t.name = $1 AND EXISTS (SELECT 1 FROM thing_tags x WHERE x.thing_id = t.id  AND x.tag IN ($2, $3))"
+        );
+        assert_eq!(
+            sql.args,
+            [
+                Arg::Text("n".into()),
+                Arg::Text("a".into()),
+                Arg::Text("b".into())
+            ]
+        );
     }
 }

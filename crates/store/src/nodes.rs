@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use shellwego_core::list::Dir;
+use shellwego_core::list::{Dir, FieldSpec, Kind, ListSchema};
 use shellwego_core::model::NodeStatus;
 use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
 
-use crate::list::{Field, Kind, Resource};
+use crate::list::{FieldSql, Resource};
 use crate::{db_err, Conn};
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -41,26 +41,44 @@ pub struct Node {
 }
 
 pub static NODES: Resource = Resource {
-    name: "nodes",
+    schema: &ListSchema {
+        name: "nodes",
+        fields: &[
+            FieldSpec::new("hostname", Kind::Text),
+            FieldSpec::new("status", Kind::Text).one_of(NodeStatus::NAMES),
+            FieldSpec::new("region", Kind::Text),
+            FieldSpec::new("zone", Kind::Text),
+            FieldSpec::new("organization_id", Kind::Text).no_sort(),
+            FieldSpec::new("capacity.cpu_cores", Kind::Int),
+            FieldSpec::new("capacity.memory_total", Kind::Size),
+            FieldSpec::new("capacity.disk_total", Kind::Size),
+            FieldSpec::new("capacity.memory_available", Kind::Size),
+            FieldSpec::new("created_at", Kind::Time),
+            FieldSpec::new("updated_at", Kind::Time),
+            FieldSpec::new("last_seen", Kind::Time),
+        ],
+        searchable: true,
+        labels: true,
+        default_sort: &[("created_at", Dir::Desc)],
+    },
     from: "nodes t",
     columns: "t.id, t.organization_id, t.hostname, t.status, t.region, t.zone, t.cpu_cores, t.memory_total, t.disk_total, t.memory_available, t.cpu_available, t.microvm_total, t.microvm_used, t.internal_ip, t.public_ip, t.kernel_version, t.firecracker_version, t.agent_version, t.last_seen, t.created_at, t.drivers, t.qemu_version",
     fields: &[
-        Field::new("hostname", "t.hostname", Kind::Text),
-        Field::new("status", "t.status", Kind::Text).one_of(NodeStatus::NAMES),
-        Field::new("region", "t.region", Kind::Text),
-        Field::new("zone", "t.zone", Kind::Text),
-        Field::new("organization_id", "t.organization_id", Kind::Text).no_sort(),
-        Field::new("capacity.cpu_cores", "t.cpu_cores", Kind::Int),
-        Field::new("capacity.memory_total", "t.memory_total", Kind::Size),
-        Field::new("capacity.disk_total", "t.disk_total", Kind::Size),
-        Field::new("capacity.memory_available", "t.memory_available", Kind::Size),
-        Field::new("created_at", "t.created_at", Kind::Time),
-        Field::new("updated_at", "t.updated_at", Kind::Time),
-        Field::new("last_seen", "COALESCE(t.last_seen, 0)", Kind::Time),
+        FieldSql::new("hostname", "t.hostname"),
+        FieldSql::new("status", "t.status"),
+        FieldSql::new("region", "t.region"),
+        FieldSql::new("zone", "t.zone"),
+        FieldSql::new("organization_id", "t.organization_id"),
+        FieldSql::new("capacity.cpu_cores", "t.cpu_cores"),
+        FieldSql::new("capacity.memory_total", "t.memory_total"),
+        FieldSql::new("capacity.disk_total", "t.disk_total"),
+        FieldSql::new("capacity.memory_available", "t.memory_available"),
+        FieldSql::new("created_at", "t.created_at"),
+        FieldSql::new("updated_at", "t.updated_at"),
+        FieldSql::new("last_seen", "COALESCE(t.last_seen, 0)"),
     ],
     search: &["t.hostname", "t.region", "t.zone"],
     labels: Some("node"),
-    default_sort: &[("created_at", Dir::Desc)],
 };
 
 /// A `nodes` row as stored ([`NODES`]' columns).

@@ -174,20 +174,31 @@ pub async fn count(db: &mut Conn) -> Result<i64, Error> {
 
 /// Organizations a user belongs to, as a list resource (scope: `m.user_id`).
 pub static ORGANIZATIONS: crate::list::Resource = crate::list::Resource {
-    name: "organizations",
+    schema: &shellwego_core::list::ListSchema {
+        name: "organizations",
+        fields: &[
+            shellwego_core::list::FieldSpec::new("name", shellwego_core::list::Kind::Text),
+            shellwego_core::list::FieldSpec::new("slug", shellwego_core::list::Kind::Text),
+            shellwego_core::list::FieldSpec::new("plan", shellwego_core::list::Kind::Text).one_of(&["free", "starter", "growth", "enterprise"]),
+            shellwego_core::list::FieldSpec::new("role", shellwego_core::list::Kind::Text),
+            shellwego_core::list::FieldSpec::new("created_at", shellwego_core::list::Kind::Time),
+        ],
+        searchable: true,
+        labels: false,
+        default_sort: &[("created_at", shellwego_core::list::Dir::Desc)],
+    },
     from: "(SELECT o.id, o.name, o.slug, o.plan, o.settings, o.billing, o.created_at, m.user_id AS member_id, m.role
             FROM organizations o JOIN memberships m ON m.organization_id = o.id) t",
     columns: "t.id, t.name, t.slug, t.plan, t.settings, t.billing, t.created_at, t.role",
     fields: &[
-        crate::list::Field::new("name", "t.name", crate::list::Kind::Text),
-        crate::list::Field::new("slug", "t.slug", crate::list::Kind::Text),
-        crate::list::Field::new("plan", "t.plan", crate::list::Kind::Text).one_of(&["free", "starter", "growth", "enterprise"]),
-        crate::list::Field::new("role", "t.role", crate::list::Kind::Text),
-        crate::list::Field::new("created_at", "t.created_at", crate::list::Kind::Time),
+        crate::list::FieldSql::new("name", "t.name"),
+        crate::list::FieldSql::new("slug", "t.slug"),
+        crate::list::FieldSql::new("plan", "t.plan"),
+        crate::list::FieldSql::new("role", "t.role"),
+        crate::list::FieldSql::new("created_at", "t.created_at"),
     ],
     search: &["t.name", "t.slug"],
     labels: None,
-    default_sort: &[("created_at", shellwego_core::list::Dir::Desc)],
 };
 
 /// An organization from a row of [`ORGANIZATIONS`]' columns.
@@ -230,20 +241,31 @@ pub struct Member {
 }
 
 pub static MEMBERS: crate::list::Resource = crate::list::Resource {
-    name: "members",
+    schema: &shellwego_core::list::ListSchema {
+        name: "members",
+        fields: &[
+            shellwego_core::list::FieldSpec::new("role", shellwego_core::list::Kind::Text),
+            shellwego_core::list::FieldSpec::new("email", shellwego_core::list::Kind::Text),
+            shellwego_core::list::FieldSpec::new("name", shellwego_core::list::Kind::Text),
+            shellwego_core::list::FieldSpec::new("created_at", shellwego_core::list::Kind::Time),
+            shellwego_core::list::FieldSpec::new("joined_at", shellwego_core::list::Kind::Time),
+        ],
+        searchable: true,
+        labels: false,
+        default_sort: &[("created_at", shellwego_core::list::Dir::Asc)],
+    },
     from: "(SELECT m.organization_id, m.user_id AS id, m.role, m.resources, m.created_at, u.email, u.name, u.mfa_enabled
             FROM memberships m JOIN users u ON u.id = m.user_id) t",
     columns: "t.id, t.role, t.resources, t.created_at, t.email, t.name, t.mfa_enabled",
     fields: &[
-        crate::list::Field::new("role", "t.role", crate::list::Kind::Text),
-        crate::list::Field::new("email", "t.email", crate::list::Kind::Text),
-        crate::list::Field::new("name", "t.name", crate::list::Kind::Text),
-        crate::list::Field::new("created_at", "t.created_at", crate::list::Kind::Time),
-        crate::list::Field::new("joined_at", "t.created_at", crate::list::Kind::Time),
+        crate::list::FieldSql::new("role", "t.role"),
+        crate::list::FieldSql::new("email", "t.email"),
+        crate::list::FieldSql::new("name", "t.name"),
+        crate::list::FieldSql::new("created_at", "t.created_at"),
+        crate::list::FieldSql::new("joined_at", "t.created_at"),
     ],
     search: &["t.email", "t.name"],
     labels: None,
-    default_sort: &[("created_at", shellwego_core::list::Dir::Asc)],
 };
 
 /// A member row as stored ([`MEMBERS`]' columns; `id` is the user's).

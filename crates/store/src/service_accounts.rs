@@ -1,12 +1,12 @@
 //! Service accounts: non-human members of an organization (CI/CD), holding
 //! `sat_` tokens.
 
-use shellwego_core::list::Dir;
+use shellwego_core::list::{Dir, FieldSpec, Kind, ListSchema};
 use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
 
-use crate::list::{Field, Kind, Resource};
+use crate::list::{FieldSql, Resource};
 use crate::{db_err, to_json, Conn};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,18 +50,27 @@ pub fn from_row(row: &AnyRow) -> Result<ServiceAccount, Error> {
 }
 
 pub static SERVICE_ACCOUNTS: Resource = Resource {
-    name: "service_accounts",
+    schema: &ListSchema {
+        name: "service_accounts",
+        fields: &[
+            FieldSpec::new("name", Kind::Text),
+            FieldSpec::new("role", Kind::Text),
+            FieldSpec::new("created_at", Kind::Time),
+        ],
+        searchable: true,
+        labels: false,
+        default_sort: &[("created_at", Dir::Desc)],
+    },
     // Deleted accounts are kept for the record, not listed.
     from: "(SELECT * FROM service_accounts WHERE deleted_at IS NULL) t",
     columns: "t.id, t.organization_id, t.name, t.role, t.scope, t.created_at",
     fields: &[
-        Field::new("name", "t.name", Kind::Text),
-        Field::new("role", "t.role", Kind::Text),
-        Field::new("created_at", "t.created_at", Kind::Time),
+        FieldSql::new("name", "t.name"),
+        FieldSql::new("role", "t.role"),
+        FieldSql::new("created_at", "t.created_at"),
     ],
     search: &["t.name"],
     labels: None,
-    default_sort: &[("created_at", Dir::Desc)],
 };
 
 pub async fn create(

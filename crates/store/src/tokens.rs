@@ -1,13 +1,13 @@
 //! API tokens. Only hashes are stored; see `shellwego_core::token`.
 
-use shellwego_core::list::Dir;
+use shellwego_core::list::{Dir, FieldSpec, Kind, ListSchema};
 use shellwego_core::plan::Plan;
 use shellwego_core::time::{from_micros, now, to_micros, Timestamp};
 use shellwego_core::token::{self, NewToken, TokenKind};
 use shellwego_core::{id, Error};
 use sqlx::any::AnyRow;
 
-use crate::list::{Field, Kind, Resource};
+use crate::list::{FieldSql, Resource};
 use crate::{db_err, to_json, Conn};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,30 +162,37 @@ pub async fn revoke(db: &mut Conn, token_id: &str, user_id: &str) -> Result<bool
 }
 
 pub static TOKENS: Resource = Resource {
-    name: "tokens",
+    schema: &ListSchema {
+        name: "tokens",
+        fields: &[
+            FieldSpec::new("name", Kind::Text),
+            FieldSpec::new("type", Kind::Text).one_of(&[
+                "personal_access_token",
+                "service_account_token",
+                "session_token",
+                "temporary_token",
+            ]),
+            FieldSpec::new("created_at", Kind::Time),
+            FieldSpec::new("expires_at", Kind::Time),
+            FieldSpec::new("last_used_at", Kind::Time),
+        ],
+        searchable: true,
+        labels: false,
+        default_sort: &[("created_at", Dir::Desc)],
+    },
     // Revoked (and used-up temporary) tokens are kept for the record, not listed.
     from: "(SELECT * FROM tokens WHERE revoked_at IS NULL) t",
     columns: COLUMNS,
     fields: &[
-        Field::new("name", "t.name", Kind::Text),
-        Field::new("type", "t.kind", Kind::Text).one_of(&[
-            "personal_access_token",
-            "service_account_token",
-            "session_token",
-            "temporary_token",
-        ]),
-        Field::new("created_at", "t.created_at", Kind::Time),
+        FieldSql::new("name", "t.name"),
+        FieldSql::new("type", "t.kind"),
+        FieldSql::new("created_at", "t.created_at"),
         // Tokens without expiry sort after every expiring one.
-        Field::new(
-            "expires_at",
-            "COALESCE(t.expires_at, 9223372036854775807)",
-            Kind::Time,
-        ),
-        Field::new("last_used_at", "COALESCE(t.last_used_at, 0)", Kind::Time),
+        FieldSql::new("expires_at", "COALESCE(t.expires_at, 9223372036854775807)"),
+        FieldSql::new("last_used_at", "COALESCE(t.last_used_at, 0)"),
     ],
     search: &["t.name"],
     labels: None,
-    default_sort: &[("created_at", Dir::Desc)],
 };
 
 /// A token row with what authenticating it needs of its organization,

@@ -1096,10 +1096,7 @@ impl Ctx {
             bail!("the archive at {url} is larger than 1 GiB");
         }
         // Two instances of one app may fetch at once: each its own file.
-        let tmp = dir.join(format!(
-            "{key}.{}.part",
-            std::process::id() as u64 * 1_000_000 + (now_micros() as u64 % 1_000_000)
-        ));
+        let tmp = dir.join(format!("{key}.{}.part", unique_suffix()));
         let mut f = tokio::fs::File::create(&tmp).await?;
         let mut size = 0u64;
         while let Some(chunk) = res.chunk().await? {
@@ -1116,6 +1113,21 @@ impl Ctx {
     }
 }
 
+/// A name part no other temporary file of this host uses: the process id
+/// and a counter. (It was the pid and the clock's microseconds, and two
+/// instances of one app unpacking the same archive in the same
+/// microsecond shared one temporary tree: the first renamed it away while
+/// the second still wrote into it, "creating file: No such file".)
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// The tree of a downloaded archive, unpacked once beside it
 /// (`<archive>.tree`, removed with it by [`Ctx::gc`]); instances copy it.
 fn unpacked(archive: &Path) -> anyhow::Result<PathBuf> {
@@ -1130,7 +1142,7 @@ fn unpacked(archive: &Path) -> anyhow::Result<PathBuf> {
     let tmp = archive.with_file_name(format!(
         "{}.tree-{}.part",
         archive.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id() as u64 * 1_000_000 + (now_micros() as u64 % 1_000_000)
+        unique_suffix()
     ));
     let f = std::fs::File::open(archive)?;
     let res = shellwego_image::unpack_archive(

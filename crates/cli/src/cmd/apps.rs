@@ -11,10 +11,12 @@ use shellwego_api::apps::{
     App, AppCreate, Cpu, HealthCheck, Placement, Resources, RestartRequest, ScaleRequest, Source,
 };
 use shellwego_client::{Answer, AppAction, Client, ListQuery};
-use shellwego_core::model::DeploymentStatus;
+use shellwego_core::model::{DeploymentStatus, DriverKind, RestartStrategy, SourceKind};
 
 use crate::cmd::wait::{self, app_line};
-use crate::cmd::{confirm, more_hint, parse_duration, parse_key_value, ClientArgs, Ctx, ListArgs};
+use crate::cmd::{
+    confirm, more_hint, parse_duration, parse_key_value, word, ClientArgs, Ctx, ListArgs,
+};
 use crate::output::{emit, fields, json, list, note, or_dash, table, Output};
 
 #[derive(Debug, Args)]
@@ -109,8 +111,8 @@ pub struct CreateArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub env: Vec<(String, String)>,
     /// Runtime driver [default: the strongest isolation the node offers].
-    #[arg(long, value_parser = ["process", "container", "microvm"])]
-    pub runtime: Option<String>,
+    #[arg(long, value_parser = word::<DriverKind>(DriverKind::NAMES))]
+    pub runtime: Option<DriverKind>,
     /// Place replicas only on nodes in this region.
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
@@ -184,8 +186,8 @@ pub struct RestartArgs {
     pub app: String,
     /// rolling: a replacement is healthy before each old instance stops;
     /// immediate: stop all at once [default: rolling].
-    #[arg(long, value_parser = ["rolling", "immediate"])]
-    pub strategy: Option<String>,
+    #[arg(long, value_parser = word::<RestartStrategy>(RestartStrategy::NAMES))]
+    pub strategy: Option<RestartStrategy>,
     /// Rolling: extra instances started next to the running ones at a
     /// time, 0 to 100 (`--batch-size` is the older name). When one fits on
     /// no node, the restart replaces in place instead: it stops an old
@@ -215,7 +217,7 @@ pub async fn run(args: AppsArgs) -> anyhow::Result<()> {
         AppsCommand::Stop(a) => action(&ctx, &a.app, AppAction::Stop, &a.wait).await,
         AppsCommand::Restart(r) => {
             let req = RestartRequest {
-                strategy: r.strategy.clone(),
+                strategy: r.strategy,
                 batch_size: None,
                 max_surge: r.max_surge,
                 max_unavailable: r.max_unavailable,
@@ -323,7 +325,7 @@ fn create_body(args: &CreateArgs, source: Option<Source>) -> anyhow::Result<AppC
         replicas: args.replicas,
         tags: args.tags.clone(),
         source,
-        runtime: args.runtime.clone(),
+        runtime: args.runtime,
         placement,
         ..Default::default()
     })
@@ -334,14 +336,14 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
     create_body(&args, None)?;
     let source = if let Some(path) = &args.upload {
         Some(Source {
-            kind: "tarball".into(),
+            kind: SourceKind::Tarball,
             url: None,
             upload_id: Some(upload(ctx, path).await?),
             git: None,
         })
     } else {
         args.source_url.as_ref().map(|u| Source {
-            kind: "tarball".into(),
+            kind: SourceKind::Tarball,
             url: Some(u.clone()),
             upload_id: None,
             git: None,
@@ -377,7 +379,7 @@ fn origin(a: &App) -> String {
         Some(s) => match (&s.upload_id, &s.url) {
             (Some(u), _) => format!("{} {u}", s.kind),
             (None, Some(u)) => format!("{} {u}", s.kind),
-            (None, None) => s.kind.clone(),
+            (None, None) => s.kind.to_string(),
         },
         None => "-".into(),
     }
@@ -572,9 +574,11 @@ async fn action(ctx: &Ctx, app: &str, what: AppAction, wait: &WaitArgs) -> anyho
         AppAction::Start => format!("Starting {name}."),
         AppAction::Stop => format!("Stopping {name}."),
         AppAction::Restart(r) => {
-            let strategy = r.strategy.as_deref().unwrap_or("rolling");
+            let strategy = r.strategy.unwrap_or_default();
             match (strategy, r.max_surge) {
-                ("rolling", Some(b)) => format!("Restarting {name} (rolling, {b} at a time)."),
+                (RestartStrategy::Rolling, Some(b)) => {
+                    format!("Restarting {name} (rolling, {b} at a time).")
+                }
                 (s, _) => format!("Restarting {name} ({s})."),
             }
         }

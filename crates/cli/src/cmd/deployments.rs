@@ -15,11 +15,13 @@ use serde_json::Value;
 use shellwego_api::apps::Source;
 use shellwego_api::deployments::{DeployRequest, Deployment, RollbackRequest};
 use shellwego_client::{Answer, ApiError, Client, LogEvent};
-use shellwego_core::model::{DeploymentStatus, StageStatus};
+use shellwego_core::model::{
+    DeployStrategy, DeploymentStatus, RollbackStrategy, SourceKind, StageStatus,
+};
 
 use crate::cmd::apps::{resolve, upload};
 use crate::cmd::wait::POLL;
-use crate::cmd::{more_hint, parse_duration, ClientArgs, Ctx, ListArgs};
+use crate::cmd::{more_hint, parse_duration, word, ClientArgs, Ctx, ListArgs};
 use crate::output::{emit, fields, json, note, or_dash, table, Output};
 
 /// How long `--wait` waits when `--timeout` is not given.
@@ -84,8 +86,8 @@ pub struct DeployArgs {
     /// whole new set and switch traffic when it is healthy; canary: send a
     /// growing share of requests to the new version, rolled back if it
     /// errs [default: blue-green when the image changes, else rolling].
-    #[arg(long, value_parser = ["rolling", "blue-green", "canary"])]
-    pub strategy: Option<String>,
+    #[arg(long, value_parser = word::<DeployStrategy>(DeployStrategy::NAMES))]
+    pub strategy: Option<DeployStrategy>,
     /// Rolling and canary: extra instances started next to the running
     /// ones at a time, 0 to 100 (`--batch-size` is the older name). When one
     /// fits on no node, the rollout replaces in place instead: it stops an
@@ -174,8 +176,8 @@ pub struct RollbackArgs {
     /// immediate: start every instance of the target at once and switch
     /// when they are healthy; gradual: replace instances one at a time
     /// [default: immediate].
-    #[arg(long, value_parser = ["immediate", "gradual"])]
-    pub strategy: Option<String>,
+    #[arg(long, value_parser = word::<RollbackStrategy>(RollbackStrategy::NAMES))]
+    pub strategy: Option<RollbackStrategy>,
     /// Why (kept with the deployment and its events).
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
@@ -188,7 +190,7 @@ fn deploy_body(args: &DeployArgs, source: Option<Source>) -> DeployRequest {
     DeployRequest {
         image: args.image.clone(),
         source,
-        strategy: args.strategy.clone(),
+        strategy: args.strategy,
         health_check_timeout: args.health_check_timeout.clone(),
         rollback_on_failure: args.no_rollback.then_some(false),
         batch_size: None,
@@ -206,14 +208,14 @@ pub async fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     let (id, name) = resolve(&ctx.client, &args.app).await?;
     let source = if let Some(path) = &args.upload {
         Some(Source {
-            kind: "tarball".into(),
+            kind: SourceKind::Tarball,
             url: None,
             upload_id: Some(upload(&ctx, path).await?),
             git: None,
         })
     } else {
         args.source_url.as_ref().map(|u| Source {
-            kind: "tarball".into(),
+            kind: SourceKind::Tarball,
             url: Some(u.clone()),
             upload_id: None,
             git: None,
@@ -710,7 +712,7 @@ async fn logs(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<()> {
 async fn rollback(ctx: &Ctx, args: &RollbackArgs) -> anyhow::Result<()> {
     let target = args.id.trim();
     let req = RollbackRequest {
-        strategy: args.strategy.clone(),
+        strategy: args.strategy,
         reason: args.reason.clone(),
     };
     let a = ctx.client.deployments().rollback(target, &req).await?;

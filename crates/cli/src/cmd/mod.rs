@@ -146,6 +146,17 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A flag taking one of the model's words (`--strategy`), given its
+/// `NAMES`: clap lists them in `--help` and in its usage error, and the
+/// value is the enum.
+pub fn word<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = shellwego_api::model::UnknownValue> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
+}
+
 /// A duration such as `90s`, `2m` or `1h` (for `--timeout`).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     shellwego_core::units::parse_duration(s)

@@ -65,7 +65,9 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
         scope: args.scope,
         expires_in: args.expires_in,
         restrict_to_apps: args.restrict_to_apps,
-        token_type: args.temporary.then(|| "temporary_token".to_string()),
+        token_type: args
+            .temporary
+            .then_some(shellwego_api::model::NewTokenType::TemporaryToken),
         organization_id: args.org,
     };
     let t = ctx.client.tokens().create(&req).await?;

@@ -657,7 +657,9 @@ async fn kill_9_of_the_agents_replica_while_it_long_polls() {
     };
     let (r1, r2) = (ha.api(0), ha.api(1));
     let node = ha.node.clone();
-    let app_id = create_hello(&r1, 2, json!({})).await;
+    // The archive is uploaded (and the app created) through r2; the agent,
+    // talking to r1, fetches it from r1 and runs it.
+    let app_id = create_hello(&r2, 2, json!({})).await;
     let app = wait_running(&r1, &app_id, 2, Duration::from_secs(90)).await;
     let before = ha.pids(&app);
     let addrs: Vec<String> = instances(&app)

@@ -20,15 +20,17 @@
 //! | [`AppStatus`] | `running`, `stopped`, `error`, `deploying`, `pending`, `paused` | `apps.status`; `STATUSES` in api and store (`paused` is listed but never set) |
 //! | [`DesiredState`] | `running`, `stopped` | `apps.desired_state` and `instances.desired` |
 //! | [`InstanceStatus`] | `pending`, `starting`, `healthy`, `unhealthy`, `crashed`, `stopping`, `stopped`, `failed`, `lost` | `instances.status`; agents report all but `pending` and `lost` ([`InstanceStatus::REPORTED`]) |
-//! | [`NodeStatus`] | `joining`, `ready`, `draining`, `maintenance`, `offline` | `nodes.status`; a PATCH may set `ready`, `draining`, `maintenance` ([`NodeStatus::SETTABLE`]) |
+//! | [`NodeStatus`] | `joining`, `ready`, `draining`, `maintenance`, `offline` | `nodes.status`; a PATCH may set `ready`, `draining`, `maintenance` ([`NodeStatus::SETTABLE`], the request's [`SettableNodeStatus`]) |
 //! | [`DeploymentStatus`] | `in_progress`, `successful`, `failed`, `rolled_back`, `cancelled` | `deployments.status` |
 //! | [`Stage`] | `resolving_image`, `pulling_image`, `creating_instances`, `starting_health_checks`, `shifting_traffic`, `draining_old`, `completed` | the stages of every deployment, in order (`api::deployments::STAGES`) |
 //! | [`StageStatus`] | `pending`, `in_progress`, `completed`, `failed` | each stage in `deployments.stages` |
-//! | [`Strategy`] | `rolling`, `blue-green`, `canary`, `immediate` | `deployments.strategy`; deploys accept the first three ([`Strategy::DEPLOY`]), restarts `rolling` and `immediate` ([`Strategy::RESTART`]) |
+//! | [`Strategy`] | `rolling`, `blue-green`, `canary`, `immediate` | `deployments.strategy`; deploys accept the first three ([`Strategy::DEPLOY`], the request's [`DeployStrategy`]), restarts `rolling` and `immediate` ([`Strategy::RESTART`], [`RestartStrategy`]) |
 //! | [`RollbackStrategy`] | `immediate`, `gradual` | the rollback request; stored as `blue-green` and `rolling` |
 //! | [`DriverKind`] | `process`, `container`, `microvm` | `spec.runtime`, `instances.driver`, a node's `drivers` |
 //! | [`SourceKind`] | `docker`, `tarball`, `git` | `spec.source.type` |
 //! | [`ScaleMode`] | `manual`, `auto` | the scale request's `strategy` |
+//! | [`LoginTokenType`] | `personal_access_token`, `session_token` | the login request's `type` |
+//! | [`NewTokenType`] | `personal_access_token`, `temporary_token` | the token create request's `type` |
 //! | [`AppAction`] | `start`, `stop`, `restart` | `POST /v1/apps/{id}/actions/{action}` |
 //! | [`AgentEventKind`] | `crashed`, `oom_killed`, `unhealthy`, `failed`, `orphan_removed` | `AgentEvent.kind` from the agent |
 //! | [`InvitationStatus`] | `pending`, `accepted`, `revoked`, `expired` | derived from an invitation row (the store's `Invitation::status`) |

@@ -93,6 +93,32 @@ impl NodeStatus {
 }
 
 vocabulary! {
+    /// The statuses `PATCH /v1/nodes/{id}` may set ([`NodeStatus::SETTABLE`]).
+    pub enum SettableNodeStatus ("node status") {
+        Ready = "ready",
+        Draining = "draining",
+        Maintenance = "maintenance",
+    }
+}
+
+impl SettableNodeStatus {
+    /// The node status it is.
+    pub const fn status(self) -> NodeStatus {
+        match self {
+            Self::Ready => NodeStatus::Ready,
+            Self::Draining => NodeStatus::Draining,
+            Self::Maintenance => NodeStatus::Maintenance,
+        }
+    }
+}
+
+impl From<SettableNodeStatus> for NodeStatus {
+    fn from(s: SettableNodeStatus) -> NodeStatus {
+        s.status()
+    }
+}
+
+vocabulary! {
     #[derive(Default)]
     /// A deployment's outcome so far (`deployments.status`).
     pub enum DeploymentStatus ("deployment status") {
@@ -161,6 +187,59 @@ impl Strategy {
 }
 
 vocabulary! {
+    /// The strategies `POST /v1/apps/{id}/deploy` accepts ([`Strategy::DEPLOY`]).
+    pub enum DeployStrategy ("deployment strategy") {
+        Rolling = "rolling",
+        BlueGreen = "blue-green",
+        Canary = "canary",
+    }
+}
+
+impl DeployStrategy {
+    /// The deployment strategy it is.
+    pub const fn strategy(self) -> Strategy {
+        match self {
+            Self::Rolling => Strategy::Rolling,
+            Self::BlueGreen => Strategy::BlueGreen,
+            Self::Canary => Strategy::Canary,
+        }
+    }
+}
+
+impl From<DeployStrategy> for Strategy {
+    fn from(s: DeployStrategy) -> Strategy {
+        s.strategy()
+    }
+}
+
+vocabulary! {
+    #[derive(Default)]
+    /// The strategies `POST /v1/apps/{id}/actions/restart` accepts
+    /// ([`Strategy::RESTART`]).
+    pub enum RestartStrategy ("restart strategy") {
+        #[default]
+        Rolling = "rolling",
+        Immediate = "immediate",
+    }
+}
+
+impl RestartStrategy {
+    /// The deployment strategy a restart runs with.
+    pub const fn strategy(self) -> Strategy {
+        match self {
+            Self::Rolling => Strategy::Rolling,
+            Self::Immediate => Strategy::Immediate,
+        }
+    }
+}
+
+impl From<RestartStrategy> for Strategy {
+    fn from(s: RestartStrategy) -> Strategy {
+        s.strategy()
+    }
+}
+
+vocabulary! {
     /// How `POST /v1/deployments/{id}/actions/rollback` returns.
     pub enum RollbackStrategy ("rollback strategy") {
         /// All instances of the target start at once; traffic switches when
@@ -209,6 +288,26 @@ vocabulary! {
         Manual = "manual",
         /// Stored; acted on by metrics-driven autoscaling.
         Auto = "auto",
+    }
+}
+
+vocabulary! {
+    /// The token types `POST /v1/auth/token` issues (its `type`). (All
+    /// token kinds are `token::TokenKind`.)
+    pub enum LoginTokenType ("token type") {
+        /// One year.
+        PersonalAccessToken = "personal_access_token",
+        /// 24 hours (the web dashboard).
+        SessionToken = "session_token",
+    }
+}
+
+vocabulary! {
+    /// The token types `POST /v1/user/tokens` creates (its `type`).
+    pub enum NewTokenType ("token type") {
+        PersonalAccessToken = "personal_access_token",
+        /// 15 minutes, for one request.
+        TemporaryToken = "temporary_token",
     }
 }
 
@@ -503,6 +602,36 @@ mod tests {
             &["docker", "tarball", "git"],
         );
         check(
+            DeployStrategy::ALL,
+            DeployStrategy::NAMES,
+            DeployStrategy::as_str,
+            &["rolling", "blue-green", "canary"],
+        );
+        check(
+            RestartStrategy::ALL,
+            RestartStrategy::NAMES,
+            RestartStrategy::as_str,
+            &["rolling", "immediate"],
+        );
+        check(
+            SettableNodeStatus::ALL,
+            SettableNodeStatus::NAMES,
+            SettableNodeStatus::as_str,
+            &["ready", "draining", "maintenance"],
+        );
+        check(
+            LoginTokenType::ALL,
+            LoginTokenType::NAMES,
+            LoginTokenType::as_str,
+            &["personal_access_token", "session_token"],
+        );
+        check(
+            NewTokenType::ALL,
+            NewTokenType::NAMES,
+            NewTokenType::as_str,
+            &["personal_access_token", "temporary_token"],
+        );
+        check(
             ScaleMode::ALL,
             ScaleMode::NAMES,
             ScaleMode::as_str,
@@ -573,6 +702,23 @@ mod tests {
         // NodeUpdate::validate
         let settable: Vec<_> = NodeStatus::SETTABLE.iter().map(|s| s.as_str()).collect();
         assert_eq!(settable, ["ready", "draining", "maintenance"]);
+        // The requests' narrower enums are exactly these subsets.
+        let deploy: Vec<Strategy> = DeployStrategy::ALL.iter().map(|s| s.strategy()).collect();
+        assert_eq!(deploy, Strategy::DEPLOY);
+        let restart: Vec<Strategy> = RestartStrategy::ALL.iter().map(|s| s.strategy()).collect();
+        assert_eq!(restart, Strategy::RESTART);
+        let settable: Vec<NodeStatus> =
+            SettableNodeStatus::ALL.iter().map(|s| s.status()).collect();
+        assert_eq!(settable, NodeStatus::SETTABLE);
+        for s in DeployStrategy::ALL {
+            assert_eq!(s.as_str(), Strategy::from(*s).as_str());
+        }
+        for s in RestartStrategy::ALL {
+            assert_eq!(s.as_str(), Strategy::from(*s).as_str());
+        }
+        for s in SettableNodeStatus::ALL {
+            assert_eq!(s.as_str(), NodeStatus::from(*s).as_str());
+        }
         // InstanceReport.status
         let reported: Vec<_> = InstanceStatus::REPORTED
             .iter()

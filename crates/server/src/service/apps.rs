@@ -59,9 +59,8 @@ pub async fn app_list(
     let store = &ctx.store;
     p.authorize("apps", "list", None)
         .or_else(|_| p.authorize("apps", "read", None))?;
-    let mut page = store
-        .list(&APPS, &visible_scope(p), params, apps::from_row)
-        .await?;
+    let mut page =
+        crate::service::list_page(store, &APPS, &visible_scope(p), params, apps::from_row).await?;
     let ids: Vec<String> = page.items.iter().map(|a| a.id.clone()).collect();
     let tags = apps::tags_of_apps(&mut *store.conn().await?, &ids).await?;
     for a in &mut page.items {
@@ -173,7 +172,7 @@ pub async fn app_create(
         volumes: req.volumes.clone(),
         health_check: req.health_check.clone().unwrap_or_default(),
         source: req.source.clone(),
-        runtime: req.runtime.clone(),
+        runtime: req.runtime,
         placement: req.placement.clone().unwrap_or_default(),
         stop_timeout: req.stop_timeout.clone(),
         autoscale: None,
@@ -400,12 +399,7 @@ pub async fn app_action(
         }
         AppAction::Restart => {
             let r = restart.cloned().unwrap_or_default();
-            let strategy = match r.strategy.as_deref() {
-                None => Strategy::Rolling,
-                Some(s) => s
-                    .parse::<Strategy>()
-                    .map_err(|e| Error::field("strategy", "invalid_value", e.to_string()))?,
-            };
+            let strategy = r.strategy.unwrap_or_default().strategy();
             let surge = r.max_surge.or(r.batch_size).unwrap_or(DEFAULT_BATCH);
             let unavailable = r.max_unavailable.unwrap_or(0);
             meta =
@@ -457,12 +451,7 @@ pub async fn app_scale(
     tx.touch(DESIRED);
     let mut a = locked(&mut tx, p, app_id).await?;
     let before = a.replicas;
-    let mode = match req.strategy.as_deref() {
-        None => ScaleMode::Manual,
-        Some(s) => s
-            .parse::<ScaleMode>()
-            .map_err(|e| Error::field("strategy", "invalid_value", e.to_string()))?,
-    };
+    let mode = req.strategy.unwrap_or(ScaleMode::Manual);
     match mode {
         ScaleMode::Auto => {
             a.spec.autoscale = req.constraints.as_ref().map(Into::into);

@@ -71,10 +71,8 @@ pub async fn app_deploy(
         spec.image = None;
     }
     app.spec = spec.to_model()?;
-    let strategy = match req.strategy.as_deref() {
-        Some(s) => s
-            .parse::<Strategy>()
-            .map_err(|e| Error::field("strategy", "invalid_value", e.to_string()))?,
+    let strategy = match req.strategy {
+        Some(s) => s.strategy(),
         None if image_changed => Strategy::BlueGreen,
         None => Strategy::Rolling,
     };
@@ -129,14 +127,14 @@ pub async fn deployment_list(
     let scope = Scope::new()
         .is_in("t.organization_id", p.organization_ids())
         .is_in("t.app_id", vec![app_id.to_string()]);
-    store
-        .list(
-            &deployments::DEPLOYMENTS,
-            &scope,
-            params,
-            deployments::from_row,
-        )
-        .await
+    crate::service::list_page(
+        store,
+        &deployments::DEPLOYMENTS,
+        &scope,
+        params,
+        deployments::from_row,
+    )
+    .await
 }
 
 pub async fn deployment_get(ctx: &ServerCtx, p: &Principal, id: &str) -> Result<Deployment, Error> {
@@ -172,13 +170,10 @@ pub async fn deployment_rollback(
             target.id
         )));
     }
-    let strategy = match req.strategy.as_deref() {
-        None => RollbackStrategy::Immediate,
-        Some(s) => s
-            .parse::<RollbackStrategy>()
-            .map_err(|e| Error::field("strategy", "invalid_value", e.to_string()))?,
-    }
-    .strategy();
+    let strategy = req
+        .strategy
+        .unwrap_or(RollbackStrategy::Immediate)
+        .strategy();
     let options = Options {
         warm_ms: 0,
         ..Default::default()

@@ -18,5 +18,5 @@ pub async fn event_list(
     p.authorize("events", "read", None)?;
     let orgs = p.organization_ids();
     let scope = Scope::new().is_in("t.organization_id", orgs);
-    store.list(&EVENTS, &scope, params, events::from_row).await
+    crate::service::list_page(store, &EVENTS, &scope, params, events::from_row).await
 }

@@ -260,10 +260,7 @@ pub async fn login(
         None => first_org
             .ok_or_else(|| Error::Forbidden("You are not a member of any organization.".into()))?,
     };
-    let kind = match req.token_type.as_deref() {
-        Some("session_token") => TokenKind::Session,
-        _ => TokenKind::Pat,
-    };
+    let kind = req.token_type.map_or(TokenKind::Pat, TokenKind::from);
     let expires =
         now() + chrono::Duration::from_std(kind.default_lifespan()).map_err(Error::internal)?;
     let mut tx = ctx.unit().await?;

@@ -70,12 +70,7 @@ pub async fn node_update(
     }
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
-    let status = req
-        .status
-        .as_deref()
-        .map(str::parse::<NodeStatus>)
-        .transpose()
-        .map_err(|e| Error::field("status", "invalid_value", e.to_string()))?;
+    let status = req.status.map(NodeStatus::from);
     nodes::update(&mut tx, node_id, status, req.labels.as_ref()).await?;
     tx.record(
         NewEvent::info("node.updated", &p.actor(), "node", node_id)
@@ -180,7 +175,8 @@ pub async fn node_list(
     p.authorize("nodes", "read", None)?;
     let orgs = p.organization_ids();
     let scope = Scope::new().is_in("t.organization_id", orgs);
-    let mut page = store.list(&NODES, &scope, params, nodes::from_row).await?;
+    let mut page =
+        crate::service::list_page(store, &NODES, &scope, params, nodes::from_row).await?;
     nodes::load_labels(&mut *store.conn().await?, &mut page.items).await?;
     Ok(page)
 }

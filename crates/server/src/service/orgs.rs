@@ -177,14 +177,14 @@ pub async fn org_list(
 ) -> Result<Page<Organization>, Error> {
     let store = &ctx.store;
     let uid = p.user_id()?;
-    store
-        .list(
-            &ORGANIZATIONS,
-            &Scope::new().is_in("t.member_id", [uid.to_string()]),
-            params,
-            orgs::org_from_row,
-        )
-        .await
+    crate::service::list_page(
+        store,
+        &ORGANIZATIONS,
+        &Scope::new().is_in("t.member_id", [uid.to_string()]),
+        params,
+        orgs::org_from_row,
+    )
+    .await
 }
 
 pub async fn org_get(
@@ -252,14 +252,14 @@ pub async fn member_list(
     let store = &ctx.store;
     let m = as_member(ctx, p, org_id).await?;
     m.authorize("members", "read", None)?;
-    store
-        .list(
-            &MEMBERS,
-            &Scope::new().is_in("t.organization_id", [org_id.to_string()]),
-            params,
-            orgs::member_from_row,
-        )
-        .await
+    crate::service::list_page(
+        store,
+        &MEMBERS,
+        &Scope::new().is_in("t.organization_id", [org_id.to_string()]),
+        params,
+        orgs::member_from_row,
+    )
+    .await
 }
 
 /// Change a member's role or restrictions. Making or unmaking an owner
@@ -398,14 +398,14 @@ pub async fn invitation_list(
     let store = &ctx.store;
     let m = as_member(ctx, p, org_id).await?;
     m.authorize("invitations", "read", None)?;
-    store
-        .list(
-            &INVITATIONS,
-            &Scope::new().is_in("t.organization_id", [org_id.to_string()]),
-            params,
-            invitations::from_row,
-        )
-        .await
+    crate::service::list_page(
+        store,
+        &INVITATIONS,
+        &Scope::new().is_in("t.organization_id", [org_id.to_string()]),
+        params,
+        invitations::from_row,
+    )
+    .await
 }
 
 pub async fn invitation_revoke(
@@ -642,14 +642,14 @@ pub async fn service_account_list(
     let m = as_member(ctx, p, org_id).await?;
     m.authorize("service_accounts", "read", None)?;
     let scope = Scope::new().is_in("t.organization_id", [org_id.to_string()]);
-    store
-        .list(
-            &SERVICE_ACCOUNTS,
-            &scope,
-            params,
-            service_accounts::from_row,
-        )
-        .await
+    crate::service::list_page(
+        store,
+        &SERVICE_ACCOUNTS,
+        &scope,
+        params,
+        service_accounts::from_row,
+    )
+    .await
 }
 
 pub async fn service_account_delete(

@@ -52,10 +52,7 @@ pub async fn token_create(
     if !unknown.is_empty() {
         return Err(Error::invalid(unknown));
     }
-    let kind = match req.token_type.as_deref() {
-        Some("temporary_token") => TokenKind::Temp,
-        _ => TokenKind::Pat,
-    };
+    let kind = req.token_type.map_or(TokenKind::Pat, TokenKind::from);
     let lifetime = match kind {
         // Temporary tokens live 15 minutes at most, and for one request.
         TokenKind::Temp => TokenKind::Temp.default_lifespan(),
@@ -96,7 +93,7 @@ pub async fn token_list(
     let store = &ctx.store;
     let uid = p.user_id()?;
     let scope = Scope::new().is_in("t.user_id", [uid.to_string()]);
-    store.list(&TOKENS, &scope, params, tokens::from_row).await
+    crate::service::list_page(store, &TOKENS, &scope, params, tokens::from_row).await
 }
 
 /// Revoke one of the calling user's tokens; another user's is "not found".

@@ -18,7 +18,7 @@ async fn wait_app(s: &TestServer, id: &str, what: &str, ok: impl Fn(&Value) -> b
 async fn apps_validate_their_input(s: TestServer) {
     let bad = json!({"name": "Bad_Name", "image": "x", "resources": {"memory": "32m", "cpu": 0.05},
         "replicas": 101, "env": {"1X": "v"}, "health_check": {"path": "health", "interval": "5x", "retries": 0},
-        "runtime": "vm", "stop_timeout": "10m"});
+        "stop_timeout": "10m"});
     let p = problem(s.post("/v1/apps", &s.token, bad).await, 400).await;
     let f = fields(&p);
     for want in [
@@ -30,10 +30,37 @@ async fn apps_validate_their_input(s: TestServer) {
         "health_check.path",
         "health_check.interval",
         "health_check.retries",
-        "runtime",
         "stop_timeout",
     ] {
         assert!(f.iter().any(|x| x == want), "{want} not in {f:?}");
+    }
+    // A word that is none of the model's is refused as the body is read,
+    // naming the field and the words it takes.
+    for (body, field, accepted) in [
+        (
+            json!({"name": "x", "image": "x", "runtime": "vm"}),
+            "runtime",
+            "process, container, microvm",
+        ),
+        (
+            json!({"name": "x", "source": {"type": "svn", "url": "http://x/a.tgz"}}),
+            "source.type",
+            "docker, tarball, git",
+        ),
+    ] {
+        let p = problem(s.post("/v1/apps", &s.token, body.clone()).await, 400).await;
+        assert_eq!(fields(&p), [field], "{body}: {p}");
+        assert_eq!(p["errors"][0]["code"], "invalid_value", "{p}");
+        assert_eq!(
+            p["errors"][0]["message"],
+            format!("must be one of: {accepted}"),
+            "{p}"
+        );
+        let detail = p["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("'{field}'")) && detail.contains(accepted),
+            "{detail}"
+        );
     }
     let p = problem(
         s.post("/v1/apps", &s.token, json!({"name": "noimage"}))
@@ -94,6 +121,27 @@ async fn apps_validate_their_input(s: TestServer) {
         .await;
     let p = problem(r, 400).await;
     assert!(fields(&p).contains(&"constraints".to_string()), "{p}");
+    for (path, body, accepted) in [
+        (
+            "/v1/apps/app_nope/scale",
+            json!({"strategy": "sideways", "replicas": 1}),
+            "manual, auto",
+        ),
+        (
+            "/v1/apps/app_nope/actions/restart",
+            json!({"strategy": "blue-green"}),
+            "rolling, immediate",
+        ),
+    ] {
+        let r = s.call(Method::POST, path, Some(&s.token), Some(body)).await;
+        let p = problem(r, 400).await;
+        assert_eq!(fields(&p), ["strategy"], "{p}");
+        assert_eq!(
+            p["errors"][0]["message"],
+            format!("must be one of: {accepted}"),
+            "{p}"
+        );
+    }
 }
 
 async fn placement_waits_for_room_and_resumes_by_itself(s: TestServer) {

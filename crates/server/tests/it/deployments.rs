@@ -326,6 +326,9 @@ async fn deploy_requests_are_validated(s: TestServer) {
         .to_string();
     for (body, field) in [
         (json!({"strategy": "yolo"}), "strategy"),
+        // A restart's strategy, not a deploy's.
+        (json!({"strategy": "immediate"}), "strategy"),
+        (json!({"source": {"type": "svn"}}), "source.type"),
         (
             json!({"health_check_timeout": "soon"}),
             "health_check_timeout",
@@ -352,6 +355,36 @@ async fn deploy_requests_are_validated(s: TestServer) {
         .post("/v1/apps/app_nope/deploy", &s.token, json!({}))
         .await;
     assert_eq!(r.status(), 404);
+    // An unknown word names the field and every word it takes.
+    for (path, accepted) in [
+        (
+            format!("/v1/apps/{app}/deploy"),
+            "rolling, blue-green, canary",
+        ),
+        (
+            "/v1/deployments/dep_nope/actions/rollback".to_string(),
+            "immediate, gradual",
+        ),
+    ] {
+        let p = problem(
+            s.post(&path, &s.token, json!({"strategy": "yolo"})).await,
+            400,
+        )
+        .await;
+        assert_eq!(p["errors"][0]["field"], "strategy", "{p}");
+        assert_eq!(p["errors"][0]["code"], "invalid_value", "{p}");
+        assert_eq!(p["errors"][0]["value"], "yolo", "{p}");
+        assert_eq!(
+            p["errors"][0]["message"],
+            format!("must be one of: {accepted}"),
+            "{p}"
+        );
+        assert_eq!(
+            p["detail"],
+            format!("'strategy': must be one of: {accepted}"),
+            "{p}"
+        );
+    }
     let (st, _) = s.get("/v1/deployments/dep_nope").await;
     assert_eq!(st, 404);
     let (st, _) = s.get("/v1/deployments/dep_nope/logs?follow=maybe").await;

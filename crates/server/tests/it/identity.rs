@@ -217,6 +217,35 @@ async fn mfa_enrollment_login_and_recovery_codes(s: TestServer) {
 }
 
 async fn temporary_rotated_and_session_tokens(s: TestServer) {
+    // Each endpoint takes the token types it issues, and says which.
+    for (r, accepted) in [
+        (
+            s.call(
+                Method::POST,
+                "/v1/user/tokens",
+                Some(&s.token),
+                Some(json!({"name": "t", "type": "session_token"})),
+            )
+            .await,
+            "personal_access_token, temporary_token",
+        ),
+        (
+            login(
+                &s,
+                json!({"email": "admin@localhost", "password": ADMIN_PASSWORD, "type": "temporary_token"}),
+            )
+            .await,
+            "personal_access_token, session_token",
+        ),
+    ] {
+        let p = problem(r, 400).await;
+        assert_eq!(fields(&p), ["type"], "{p}");
+        assert_eq!(
+            p["errors"][0]["message"],
+            format!("must be one of: {accepted}"),
+            "{p}"
+        );
+    }
     // temp_: one request.
     let t = json_of(
         s.call(

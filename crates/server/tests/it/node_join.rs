@@ -175,6 +175,10 @@ async fn nodes_register_join_heartbeat_and_go_offline(s: TestServer) {
     )
     .await;
     assert_eq!(fields(&p), ["status"]);
+    assert_eq!(
+        p["errors"][0]["message"], "must be one of: ready, draining, maintenance",
+        "{p}"
+    );
     problem(
         s.call(
             Method::DELETE,

@@ -65,8 +65,10 @@ async fn create_app(s: &TestServer, name: &str) -> String {
 async fn a_change_through_one_replica_wakes_an_agent_held_by_another() {
     let Some(a) = pg().await else { return };
     let b = a.replica().await;
-    let (_, ready) = b.get("/readyz").await;
-    assert_eq!(ready["bus"], "postgres", "{ready}");
+    // The replica listens once its LISTEN connection is up (a moment after
+    // it serves; what it misses meanwhile it re-reads when it connects).
+    b.wait_for("/readyz", "b listening", |r| r["bus"] == "postgres")
+        .await;
     let agent = a.fake_agent("n1", 16, 64 << 30).await.at(&b.base);
     let before = agent.desired().await.generation;
     let held = held_sync(&agent).await;
