@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,101 +21,10 @@ use shellwego_testkit::api::Api;
 use shellwego_testkit::fixtures::{app_serving, tar_gz, HELLO_PROCFILE, HELLO_SERVER_PY};
 use shellwego_testkit::platform::{Platform, Proc as Process, Ready};
 
-use crate::support::bin;
+use crate::support::{all_instance_procs, bin, instance_proc, Deadline, Proc};
 
 const POLL: Duration = Duration::from_millis(200);
 const APP: &str = "hello";
-
-/// A process as the agents record it: a pid and its start time, so that a
-/// reused pid is never taken for the instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Proc {
-    pid: u32,
-    start_ticks: u64,
-}
-
-/// `/proc/<pid>/stat` after the command name: state, ppid, …
-fn proc_stat(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(stat[stat.rfind(')')? + 2..].to_string())
-}
-
-impl Proc {
-    /// `kill -0`, but a zombie (dead, not yet reaped by whoever inherited
-    /// it) counts as gone.
-    fn alive(&self) -> bool {
-        proc_stat(self.pid).is_some_and(|s| {
-            !s.starts_with('Z')
-                && s.split_whitespace().nth(19).and_then(|t| t.parse().ok())
-                    == Some(self.start_ticks)
-        })
-    }
-
-    /// SIGKILL its process group (the process driver makes the instance a
-    /// group leader) and itself.
-    fn kill(&self) {
-        if !self.alive() {
-            return;
-        }
-        for target in [format!("-{}", self.pid), self.pid.to_string()] {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &target])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// The running process of instance `id` on the agent with data dir `agent_dir`.
-fn instance_proc(agent_dir: &Path, id: &str) -> Option<Proc> {
-    let text =
-        std::fs::read_to_string(agent_dir.join("instances").join(id).join("state.json")).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    Some(Proc {
-        pid: u32::try_from(v["running"]["pid"].as_u64()?).ok()?,
-        start_ticks: v["running"]["start_ticks"].as_u64()?,
-    })
-}
-
-/// Every instance process an agent has recorded.
-fn all_instance_procs(agent_dir: &Path) -> Vec<Proc> {
-    let Ok(entries) = std::fs::read_dir(agent_dir.join("instances")) else {
-        return vec![];
-    };
-    entries
-        .flatten()
-        .filter_map(|e| instance_proc(agent_dir, &e.file_name().to_string_lossy()))
-        .collect()
-}
-
-/// A bounded wait: `tick` sleeps one poll interval, or fails the test with
-/// what was last seen.
-struct Deadline {
-    what: String,
-    start: Instant,
-    limit: Duration,
-}
-
-impl Deadline {
-    fn new(what: impl Into<String>, limit: Duration) -> Deadline {
-        Deadline {
-            what: what.into(),
-            start: Instant::now(),
-            limit,
-        }
-    }
-
-    async fn tick(&self, seen: &dyn std::fmt::Display) {
-        assert!(
-            self.start.elapsed() < self.limit,
-            "{} did not happen within {:?}; last seen: {seen}",
-            self.what,
-            self.limit
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// `up` (node A) and `agent` (node B), each with its log in the temp dir.
 struct Cluster {

@@ -27,8 +27,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,109 +42,16 @@ use shellwego_testkit::platform::{free_port, Platform, Proc as Process, Ready};
 use shellwego_testkit::server::DATABASE_URL_VAR;
 use sqlx::Connection;
 
-use crate::support::bin;
+use crate::support::{
+    all_instance_procs as all_instance_pids, bin, instance_proc as instance_pid, Deadline,
+    Proc as Pid,
+};
 
-const POLL: Duration = Duration::from_millis(200);
 const APP: &str = "hello";
 /// Every replica's `SHELLWEGO_MASTER_KEY` (base64 of 32 bytes).
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// The singleton controllers (their lease names), each led by one replica.
-const SINGLETONS: [&str; 4] = ["reconcile", "drained-nodes", "liveness", "rate-limit-sweep"];
-
-/// An instance's process as its agent records it: a pid and its start
-/// time, so that a reused pid is never taken for the instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Pid {
-    pid: u32,
-    start_ticks: u64,
-}
-
-impl Pid {
-    /// `kill -0`, but a zombie counts as gone.
-    fn alive(&self) -> bool {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
-            return false;
-        };
-        let Some(i) = stat.rfind(')') else {
-            return false;
-        };
-        let s = &stat[i + 2..];
-        !s.starts_with('Z')
-            && s.split_whitespace().nth(19).and_then(|t| t.parse().ok()) == Some(self.start_ticks)
-    }
-
-    /// SIGKILL its process group (the process driver makes the instance a
-    /// group leader) and itself.
-    fn kill(&self) {
-        if !self.alive() {
-            return;
-        }
-        for target in [format!("-{}", self.pid), self.pid.to_string()] {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &target])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// The running process of instance `id` on the agent with data dir `agent_dir`.
-fn instance_pid(agent_dir: &Path, id: &str) -> Option<Pid> {
-    let text =
-        std::fs::read_to_string(agent_dir.join("instances").join(id).join("state.json")).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    Some(Pid {
-        pid: u32::try_from(v["running"]["pid"].as_u64()?).ok()?,
-        start_ticks: v["running"]["start_ticks"].as_u64()?,
-    })
-}
-
-/// Every instance process an agent has recorded.
-fn all_instance_pids(agent_dir: &Path) -> Vec<Pid> {
-    let Ok(entries) = std::fs::read_dir(agent_dir.join("instances")) else {
-        return vec![];
-    };
-    entries
-        .flatten()
-        .filter_map(|e| instance_pid(agent_dir, &e.file_name().to_string_lossy()))
-        .collect()
-}
-
-/// A bounded wait: `tick` sleeps `every`, or fails the test with what
-/// was last seen.
-struct Deadline {
-    what: String,
-    start: Instant,
-    limit: Duration,
-    every: Duration,
-}
-
-impl Deadline {
-    fn new(what: impl Into<String>, limit: Duration) -> Deadline {
-        Deadline {
-            what: what.into(),
-            start: Instant::now(),
-            limit,
-            every: POLL,
-        }
-    }
-
-    fn every(mut self, every: Duration) -> Deadline {
-        self.every = every;
-        self
-    }
-
-    async fn tick(&self, seen: &dyn std::fmt::Display) {
-        assert!(
-            self.start.elapsed() < self.limit,
-            "{} did not happen within {:?}; last seen: {seen}",
-            self.what,
-            self.limit
-        );
-        tokio::time::sleep(self.every).await;
-    }
-}
+const SINGLETONS: [&str; 4] = shellwego_server::controller::SINGLETONS;
 
 /// `n` control-plane replicas on one scratch database, one agent given
 /// all their URLs (process driver, `--sync-wait 1`), and optionally a

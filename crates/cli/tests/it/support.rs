@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shellwego_testkit::platform::{run, Out, Platform};
@@ -99,4 +101,99 @@ pub(crate) fn instance_ids(a: &Value) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// An instance's process as its agent records it: a pid and its start
+/// time, so that a reused pid is never taken for the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Proc {
+    pub(crate) pid: u32,
+    pub(crate) start_ticks: u64,
+}
+
+impl Proc {
+    /// `kill -0`, but a zombie counts as gone.
+    pub(crate) fn alive(&self) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        let Some(i) = stat.rfind(')') else {
+            return false;
+        };
+        let s = &stat[i + 2..];
+        !s.starts_with('Z')
+            && s.split_whitespace().nth(19).and_then(|t| t.parse().ok()) == Some(self.start_ticks)
+    }
+
+    /// SIGKILL its process group (the process driver makes the instance a
+    /// group leader) and itself.
+    pub(crate) fn kill(&self) {
+        if !self.alive() {
+            return;
+        }
+        for target in [format!("-{}", self.pid), self.pid.to_string()] {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &target])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The running process of instance `id` on the agent with data dir `agent_dir`.
+pub(crate) fn instance_proc(agent_dir: &Path, id: &str) -> Option<Proc> {
+    let text =
+        std::fs::read_to_string(agent_dir.join("instances").join(id).join("state.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    Some(Proc {
+        pid: u32::try_from(v["running"]["pid"].as_u64()?).ok()?,
+        start_ticks: v["running"]["start_ticks"].as_u64()?,
+    })
+}
+
+/// Every instance process an agent has recorded.
+pub(crate) fn all_instance_procs(agent_dir: &Path) -> Vec<Proc> {
+    let Ok(entries) = std::fs::read_dir(agent_dir.join("instances")) else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| instance_proc(agent_dir, &e.file_name().to_string_lossy()))
+        .collect()
+}
+
+/// A bounded wait: `tick` sleeps `every`, or fails the test with what
+/// was last seen.
+pub(crate) struct Deadline {
+    what: String,
+    start: Instant,
+    limit: Duration,
+    every: Duration,
+}
+
+impl Deadline {
+    pub(crate) fn new(what: impl Into<String>, limit: Duration) -> Deadline {
+        Deadline {
+            what: what.into(),
+            start: Instant::now(),
+            limit,
+            every: Duration::from_millis(200),
+        }
+    }
+
+    pub(crate) fn every(mut self, every: Duration) -> Deadline {
+        self.every = every;
+        self
+    }
+
+    pub(crate) async fn tick(&self, seen: &dyn std::fmt::Display) {
+        assert!(
+            self.start.elapsed() < self.limit,
+            "{} did not happen within {:?}; last seen: {seen}",
+            self.what,
+            self.limit
+        );
+        tokio::time::sleep(self.every).await;
+    }
 }
