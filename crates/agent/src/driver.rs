@@ -33,6 +33,22 @@ pub struct Launch {
     pub cpu_millis: i64,
     /// Where stdout and stderr go (appended).
     pub log: PathBuf,
+    /// Only these destinations (canonical CIDRs) may be connected to; none:
+    /// anywhere. A driver that cannot enforce it refuses to start.
+    pub allowed_egress: Option<Vec<String>>,
+}
+
+impl Launch {
+    /// Refuse an egress policy a driver cannot enforce (it would run the
+    /// instance unrestricted otherwise).
+    pub fn refuse_egress_policy(&self, driver: &str, why: &str) -> anyhow::Result<()> {
+        match &self.allowed_egress {
+            Some(_) => anyhow::bail!(
+                "the app's networking.allowed_egress cannot be enforced by the {driver} driver ({why}); run it on a node with the container driver, or allow 0.0.0.0/0"
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A started instance: what is saved to disk and re-adopted after an agent

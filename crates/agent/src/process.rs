@@ -56,6 +56,12 @@ impl ProcessDriver {
     }
 
     fn start(&self, l: &Launch) -> anyhow::Result<Running> {
+        // The instance shares the node's network namespace: nothing can
+        // hold its connections to a policy without holding the node's.
+        l.refuse_egress_policy(
+            self.kind.unwrap_or("process"),
+            "its instances share the node's network",
+        )?;
         let cg = Cgroup::create(
             &self.owner.cgroup_parent(self.kind.unwrap_or("process")),
             &l.instance_id,

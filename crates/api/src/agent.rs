@@ -147,6 +147,11 @@ pub struct DesiredInstance {
     pub health_check: DesiredHealthCheck,
     pub stop_timeout_ms: u64,
     pub region: String,
+    /// The CIDRs the instance may connect to (the app's
+    /// `networking.allowed_egress` when it is a policy); none: anywhere.
+    /// A driver that cannot enforce a policy refuses to start the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_egress: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -173,6 +173,99 @@ pub struct AppCreate {
     /// Seconds between SIGTERM and SIGKILL when an instance stops (default `10s`, at most `5m`).
     #[serde(default)]
     pub stop_timeout: Option<String>,
+    /// Ingress exposure and egress policy (default: public, egress anywhere).
+    #[serde(default)]
+    pub networking: Option<NetworkingRequest>,
+}
+
+/// `networking` of a create or an update; every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkingRequest {
+    /// `false`: the ingress does not route to the app (it answers 404 for
+    /// its host name); instances of the organization's other apps still
+    /// reach it by its `internal_dns` name.
+    #[serde(default)]
+    pub public: Option<bool>,
+    /// CIDRs the app's instances may connect to (at most 64), e.g.
+    /// `["10.99.0.0/24"]`; a bare address means `/32`. `["0.0.0.0/0"]`
+    /// (the default) allows anywhere. A policy is enforced for the
+    /// container and microvm drivers; the process driver refuses to start
+    /// an instance whose egress it cannot restrict.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub allowed_egress: Option<Vec<String>>,
+    /// Read-only (`<name>.internal`): accepted only with that value.
+    #[serde(default)]
+    pub internal_dns: Option<String>,
+}
+
+impl NetworkingRequest {
+    /// The canonical egress list, or the field errors that say what to change.
+    pub fn egress(&self) -> Result<Option<Vec<String>>, Vec<FieldError>> {
+        let Some(list) = &self.allowed_egress else {
+            return Ok(None);
+        };
+        let mut errs = vec![];
+        if list.len() > 64 {
+            errs.push(FieldError::new(
+                "networking.allowed_egress",
+                "too_many",
+                "at most 64 CIDRs; merge neighbouring ranges",
+            ));
+        }
+        let mut out: Vec<String> = vec![];
+        for (i, c) in list.iter().enumerate() {
+            match model::NetworkingSpec::canonical_cidr(c) {
+                Ok(c) if !out.contains(&c) => out.push(c),
+                Ok(_) => {}
+                Err(m) => errs.push(
+                    FieldError::new(
+                        format!("networking.allowed_egress[{i}]"),
+                        "invalid_value",
+                        m,
+                    )
+                    .with_value(c.clone()),
+                ),
+            }
+        }
+        if errs.is_empty() {
+            Ok(Some(out))
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// Errors in this block of the app named `name`.
+    pub fn check(&self, errs: &mut Vec<FieldError>, name: &str) {
+        if let Err(e) = self.egress() {
+            errs.extend(e);
+        }
+        if let Some(d) = &self.internal_dns {
+            let want = format!("{name}.internal");
+            if *d != want {
+                errs.push(
+                    FieldError::new(
+                        "networking.internal_dns",
+                        "read_only",
+                        format!("is the app's name under .internal ({want}); leave it out"),
+                    )
+                    .with_value(d.clone()),
+                );
+            }
+        }
+    }
+
+    /// Apply to a stored spec's block.
+    pub fn apply(&self, n: &mut model::NetworkingSpec) -> Result<(), Error> {
+        if let Some(p) = self.public {
+            n.public = p;
+        }
+        if let Some(e) = self.egress().map_err(Error::invalid)? {
+            n.allowed_egress = e;
+        }
+        Ok(())
+    }
 }
 
 /// What of an app decides how its instances run; kept as JSON in the store.
@@ -203,6 +296,36 @@ pub struct AppSpec {
     /// Replacements in flight at a time during the current rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_batch: Option<i64>,
+    #[serde(default, skip_serializing_if = "NetworkingPolicy::is_default")]
+    pub networking: NetworkingPolicy,
+}
+
+/// The stored part of `networking` (`internal_dns` is derived from the name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkingPolicy {
+    pub public: bool,
+    pub allowed_egress: Vec<String>,
+}
+
+impl Default for NetworkingPolicy {
+    fn default() -> Self {
+        (&model::NetworkingSpec::default()).into()
+    }
+}
+
+impl NetworkingPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == NetworkingPolicy::default()
+    }
+}
+
+impl From<&model::NetworkingSpec> for NetworkingPolicy {
+    fn from(n: &model::NetworkingSpec) -> NetworkingPolicy {
+        NetworkingPolicy {
+            public: n.public,
+            allowed_egress: n.allowed_egress.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -232,6 +355,11 @@ pub struct AppUpdate {
     /// A new image: deployed blue-green (`POST …/deploy` chooses the strategy).
     #[serde(default)]
     pub image: Option<String>,
+    /// `public` applies at once (the ingress's table); a new
+    /// `allowed_egress` rolls the instances (a policy is set when an
+    /// instance starts).
+    #[serde(default)]
+    pub networking: Option<NetworkingRequest>,
 }
 
 /// `POST /v1/apps/{app_id}/actions/restart`.
@@ -734,6 +862,9 @@ impl crate::Validate for AppCreate {
             300_000,
             "0s and 5m",
         );
+        if let Some(n) = &self.networking {
+            n.check(&mut errs, &self.name);
+        }
         crate::finish(errs)
     }
 }
@@ -788,6 +919,9 @@ impl crate::Validate for AppUpdate {
     fn validate(&self) -> Result<(), Error> {
         let mut errs = vec![];
         check_image(&mut errs, self.image.as_deref());
+        if let Some(Err(e)) = self.networking.as_ref().map(NetworkingRequest::egress) {
+            errs.extend(e);
+        }
         if let Some(r) = &self.resources {
             check_resources(&mut errs, r);
         }
@@ -948,6 +1082,7 @@ impl From<&model::AppSpec> for AppSpec {
                 cpu_threshold: a.cpu_threshold,
             }),
             rollout_batch: s.rollout_batch,
+            networking: (&s.networking).into(),
         }
     }
 }
@@ -1000,6 +1135,10 @@ impl AppSpec {
             stop_timeout: self.stop_timeout.clone(),
             autoscale: self.autoscale.as_ref().map(Into::into),
             rollout_batch: self.rollout_batch,
+            networking: model::NetworkingSpec {
+                public: self.networking.public,
+                allowed_egress: self.networking.allowed_egress.clone(),
+            },
         })
     }
 }

@@ -64,6 +64,10 @@ fn full_spec() -> AppSpec {
             cpu_threshold: Some(80),
         }),
         rollout_batch: Some(2),
+        networking: shellwego_api::apps::NetworkingPolicy {
+            public: false,
+            allowed_egress: vec!["10.99.0.0/24".into(), "fd00::/8".into()],
+        },
     }
 }
 

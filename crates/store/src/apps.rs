@@ -160,8 +160,8 @@ pub async fn insert(db: &mut Conn, mut a: App) -> Result<App, Error> {
     a.created_at = t;
     a.updated_at = t;
     sqlx::query(
-        "INSERT INTO apps (id, organization_id, name, status, status_reason, desired_state, replicas, memory, cpu_millis, disk, spec, image_pinned, deployment_id, version, created_by, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)",
+        "INSERT INTO apps (id, organization_id, name, status, status_reason, desired_state, replicas, memory, cpu_millis, disk, spec, image_pinned, deployment_id, version, created_by, created_at, updated_at, internal_only)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16, $17)",
     )
     .bind(&a.id)
     .bind(&a.organization_id)
@@ -179,6 +179,7 @@ pub async fn insert(db: &mut Conn, mut a: App) -> Result<App, Error> {
     .bind(a.version)
     .bind(&a.created_by)
     .bind(t)
+    .bind(i64::from(!a.spec.networking.public))
     .execute(&mut *db)
     .await
     .map_err(|e| match db_err(e) {
@@ -240,7 +241,8 @@ async fn tags_of(db: &mut Conn, app_id: &str) -> Result<Vec<String>, Error> {
 pub async fn update(db: &mut Conn, a: &App) -> Result<(), Error> {
     sqlx::query(
         "UPDATE apps SET status = $1, status_reason = $2, desired_state = $3, replicas = $4, memory = $5, cpu_millis = $6, disk = $7,
-                         spec = $8, image_pinned = $9, deployment_id = $10, version = $11, updated_at = $12, traffic = $14
+                         spec = $8, image_pinned = $9, deployment_id = $10, version = $11, updated_at = $12, traffic = $14,
+                         internal_only = $15
          WHERE id = $13",
     )
     .bind(a.status)
@@ -257,6 +259,7 @@ pub async fn update(db: &mut Conn, a: &App) -> Result<(), Error> {
     .bind(to_micros(now()))
     .bind(&a.id)
     .bind(&a.traffic)
+    .bind(i64::from(!a.spec.networking.public))
     .execute(&mut *db)
     .await
     .map_err(db_err)?;
@@ -621,6 +624,7 @@ pub async fn routable_instances(db: &mut Conn) -> Result<Vec<Route>, Error> {
     let rows = sqlx::query_as::<_, RoutableRow>(
         "SELECT a.name, a.traffic, i.id, i.ip, i.port, i.version FROM instances i JOIN apps a ON a.id = i.app_id
          WHERE i.status = 'healthy' AND i.desired = 'running' AND i.ip IS NOT NULL AND i.port IS NOT NULL
+           AND a.internal_only = 0
          ORDER BY a.name, i.created_at, i.id",
     )
     .fetch_all(&mut *db)
@@ -694,7 +698,7 @@ pub async fn add_instance_traffic(
 
 /// Names of every app (the router answers 503, not 404, for these).
 pub async fn names(db: &mut Conn) -> Result<Vec<String>, Error> {
-    sqlx::query_scalar("SELECT DISTINCT name FROM apps")
+    sqlx::query_scalar("SELECT DISTINCT name FROM apps WHERE internal_only = 0")
         .fetch_all(&mut *db)
         .await
         .map_err(db_err)

@@ -214,6 +214,10 @@ impl ContainerDriver {
     ) -> anyhow::Result<Running> {
         let layout = self.prepare_fs(launch, root, bundle)?;
         let net = self.setup_net(cid)?;
+        self.node_egress();
+        if let Some(allowed) = &launch.allowed_egress {
+            self.restrict_egress(&net, allowed)?;
+        }
         let cgroup = format!("/{}/{cid}", self.owner.cgroup_parent("container").display());
 
         let mut env: Vec<String> = launch

@@ -14,12 +14,25 @@
 //! two `ip -batch` calls, one on the host and one in the namespace: each
 //! `ip` process costs about 4 ms). The host reaches
 //! `ip:port` directly through the connected /31 route: no bridge, no NAT, no
-//! iptables. Egress beyond the host is not set up. The /31 is chosen by
+//! iptables between the host and the container. The /31 is chosen by
 //! scanning the host's addresses (starting from a hash of the container id),
 //! under an exclusive `flock` on `/run/shellwego/net.lock` held until the host
 //! end has its address, so concurrent starts (threads or agents) never pick
 //! the same pair and nothing has to be persisted: deleting the namespace (or
 //! a reboot) frees the address.
+//!
+//! # Egress
+//!
+//! Beyond the host, a container's connections leave masqueraded as the
+//! node (the node's table `ip shellwego_nat`, made once per agent process
+//! with forwarding switched on, as Docker does; identical for every agent
+//! of the host, so several agents never disagree). An app's
+//! `allowed_egress` policy is a table `inet shellwego` in the container's
+//! own namespace (an `output` hook: the app cannot leave it, the host's
+//! rules are untouched): loopback, replies to connections made to the
+//! container, and the listed CIDRs pass; every other destination is
+//! refused at once (a TCP reset, else ICMP administratively prohibited: a
+//! connect fails fast instead of hanging).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -124,6 +137,60 @@ impl ContainerDriver {
         made
     }
 
+    /// The `nft` binary, or why a policy cannot be enforced.
+    fn nft(&self) -> anyhow::Result<&Path> {
+        self.tools.nft.as_deref().ok_or_else(|| {
+            anyhow!("nftables (`nft`) is not installed on this node: cannot enforce the app's allowed_egress (install the nftables package)")
+        })
+    }
+
+    /// Run `nft -f -` with `rules` (in `netns` when given).
+    fn nft_apply(&self, netns: Option<&str>, rules: &str) -> anyhow::Result<()> {
+        let nft = self.nft()?;
+        let mut cmd = match netns {
+            Some(n) => {
+                let mut c = Proc::new(&self.tools.ip);
+                c.args(["netns", "exec", n]).arg(nft);
+                c
+            }
+            None => Proc::new(nft),
+        };
+        cmd.args(["-f", "-"]);
+        let out = run_input(cmd, Some(rules.as_bytes().to_vec()), TOOL_TIMEOUT)?;
+        if !out.status.success() {
+            bail!(
+                "nft{}: {}",
+                netns.map(|n| format!(" (in {n})")).unwrap_or_default(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// The container may only connect to `allowed` (canonical CIDRs).
+    pub(super) fn restrict_egress(&self, net: &Net, allowed: &[String]) -> anyhow::Result<()> {
+        self.nft_apply(Some(&net.netns), &egress_rules(allowed))
+            .context("cannot set the app's allowed_egress policy")
+    }
+
+    /// Once per agent process: forwarding on and the node's masquerade for
+    /// containers' connections beyond the host. Best effort (a host that
+    /// refuses keeps its containers' traffic on the host), logged once.
+    pub(super) fn node_egress(&self) {
+        static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        DONE.get_or_init(|| {
+            let made = (|| {
+                fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                    .context("cannot switch on IPv4 forwarding")?;
+                self.nft_apply(None, &nat_rules())
+            })();
+            match made {
+                Ok(()) => tracing::info!("containers reach beyond the node, masqueraded as it"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "containers cannot reach beyond the node"),
+            }
+        });
+    }
+
     /// A /31 of 10.89.0.0/16 no host interface uses, searched from `seed`.
     pub(super) fn free_pair(&self, seed: u64) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
         let used: HashSet<u32> = nix::ifaddrs::getifaddrs()
@@ -159,6 +226,47 @@ impl ContainerDriver {
             }
         }
     }
+}
+
+/// The node's NAT for containers, replaced whole (idempotent).
+fn nat_rules() -> String {
+    let net = format!("{}.{}.0.0/16", NET_PREFIX[0], NET_PREFIX[1]);
+    format!(
+        "table ip shellwego_nat {{}}\n\
+         delete table ip shellwego_nat\n\
+         table ip shellwego_nat {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr {net} ip daddr != {net} masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// A container's egress policy: only `allowed` (canonical CIDRs; the ones
+/// that do not parse are left out, the API validated them).
+pub(super) fn egress_rules(allowed: &[String]) -> String {
+    let (mut v4, mut v6) = (vec![], vec![]);
+    for c in allowed {
+        match c.split('/').next().map(str::parse::<std::net::IpAddr>) {
+            Some(Ok(std::net::IpAddr::V4(_))) => v4.push(c.as_str()),
+            Some(Ok(std::net::IpAddr::V6(_))) => v6.push(c.as_str()),
+            _ => {}
+        }
+    }
+    let mut rules = String::from(
+        "table inet shellwego {\n\tchain egress {\n\t\ttype filter hook output priority filter; policy accept;\n\t\toifname \"lo\" accept\n\t\tct state established,related accept\n",
+    );
+    if !v4.is_empty() {
+        rules += &format!("\t\tip daddr {{ {} }} accept\n", v4.join(", "));
+    }
+    if !v6.is_empty() {
+        rules += &format!("\t\tip6 daddr {{ {} }} accept\n", v6.join(", "));
+    }
+    // TCP gets a reset (an ICMP error is a soft error to a connecting
+    // socket: it would retransmit its SYN for a second first).
+    rules += "\t\tmeta l4proto tcp reject with tcp reset\n\t\treject with icmpx admin-prohibited\n\t}\n}\n";
+    rules
 }
 
 pub(super) struct Net {

@@ -53,6 +53,9 @@ impl Runtime {
 pub(super) struct Tools {
     pub(super) ip: PathBuf,
     pub(super) umount: PathBuf,
+    /// nftables: egress policies and the node's NAT; optional (a
+    /// container without a policy does without it).
+    pub(super) nft: Option<PathBuf>,
 }
 
 impl Tools {
@@ -63,6 +66,7 @@ impl Tools {
         Ok(Tools {
             ip: get("ip", "iproute2")?,
             umount: get("umount", "mount/util-linux")?,
+            nft: find_binary("nft"),
         })
     }
 }
@@ -171,6 +175,7 @@ impl ContainerDriver {
             memory: 64 << 20,
             cpu_millis: 500,
             log: dir.join("probe.log"),
+            allowed_egress: None,
         };
         let ran = (|| {
             let r = self.start(&launch)?;

@@ -238,6 +238,7 @@ pub(super) fn probe_boot(host: &Host, accel: Accel, timeout: Duration) -> Result
             memory: 0,
             cpu_millis: 1000,
             log: dir.join("console.log"),
+            allowed_egress: None,
         };
         let initrd = dir.join("initrd.cpio");
         write_initramfs(&initrd, host, None, &l).map_err(|e| format!("{e:#}"))?;

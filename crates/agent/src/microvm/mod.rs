@@ -165,6 +165,9 @@ impl MicrovmDriver {
         if !l.is_rootfs {
             bail!("the microvm driver runs root filesystems (images) only, not app directories");
         }
+        // QEMU's user-mode network proxies the guest's connections through
+        // host sockets of QEMU's own: nothing per-instance to filter yet.
+        l.refuse_egress_policy("microvm", "its user-mode network is not filtered yet")?;
         let vm = l.dir.join("microvm");
         let _ = fs::remove_dir_all(&vm);
         fs::create_dir_all(&vm).with_context(|| format!("cannot create {}", vm.display()))?;
@@ -207,6 +210,7 @@ impl MicrovmDriver {
             memory: (guest_mib + QEMU_OVERHEAD_MIB) * 1024 * 1024,
             cpu_millis: l.cpu_millis,
             log: l.log.clone(),
+            allowed_egress: None,
         };
         let mut r = match self.process.run(Command::Start(&host_launch))? {
             Reply::Started(r) => r,

@@ -940,6 +940,7 @@ impl Ctx {
             memory: d.memory,
             cpu_millis: d.cpu_millis,
             log: l.dir.join("output.log"),
+            allowed_egress: d.allowed_egress.clone(),
         };
         match driver.run(Command::Start(&launch))? {
             Reply::Started(r) => {
@@ -1637,6 +1638,7 @@ mod tests {
                     },
                     stop_timeout_ms: 2000,
                     region: "local".into(),
+                    allowed_egress: None,
                 },
                 port,
                 running: Some(Running {

@@ -276,6 +276,33 @@ fn cleanup_leaves_nothing(s: &Subject) {
 }
 
 /// What exists on the host of the objects `r`'s handle names.
+/// An `allowed_egress` policy is enforced (the container driver: its
+/// rules are tested in `container::an_egress_policy_refuses_what_it_does_not_list`)
+/// or the instance is not started at all: never run unrestricted.
+fn an_egress_policy_is_enforced_or_refused(s: &Subject) {
+    let mut l = launch(s, "egress", &["sh", "-c", "exec sleep 60"]);
+    l.allowed_egress = Some(vec!["10.99.0.0/24".into()]);
+    match s.driver.run(Command::Start(&l)) {
+        Ok(shellwego_agent::driver::Reply::Started(r)) => {
+            let _g = Guard::new(s.driver.as_ref(), &l, &r);
+            assert_eq!(
+                s.driver.name(),
+                "container",
+                "started under a policy it cannot enforce"
+            );
+        }
+        Ok(_) => panic!("no handle"),
+        Err(e) => {
+            assert_ne!(s.driver.name(), "container", "{e:#}");
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("allowed_egress cannot be enforced") && e.contains(s.driver.name()),
+                "{e}"
+            );
+        }
+    }
+}
+
 fn traces(r: &Running) -> Vec<String> {
     let mut paths: Vec<PathBuf> = vec![];
     if let Some(cgs) = r.extra.get("cgroups") {
@@ -341,6 +368,13 @@ macro_rules! conformance {
             fn a_new_driver_re_adopts_it() {
                 if let Some(s) = super::$driver() {
                     super::a_new_driver_re_adopts_it(&s);
+                }
+            }
+
+            #[test]
+            fn an_egress_policy_is_enforced_or_refused() {
+                if let Some(s) = super::$driver() {
+                    super::an_egress_policy_is_enforced_or_refused(&s);
                 }
             }
 

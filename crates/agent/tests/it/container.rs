@@ -599,3 +599,92 @@ fn orphans_of_the_app_are_reaped() {
         "zombies left in the container: {zombies:?}"
     );
 }
+
+/// Whether the container's app could connect to `port` on its gateway
+/// (the host end of its veth), as its log tells.
+fn egress_outcome(
+    d: &ContainerDriver,
+    root: &Path,
+    base: &Path,
+    name: &str,
+    allowed: Option<Vec<String>>,
+    port: u16,
+) -> (&'static str, Duration) {
+    let script = format!(
+        "GW=$(ip route | awk '/default/ {{print $3}}'); \
+         if nc -w 3 \"$GW\" {port} </dev/null; then echo EGRESS_OK; else echo EGRESS_REFUSED; fi; \
+         exec sleep 60"
+    );
+    let mut l = launch(base, name, root, &["sh", "-c", &script], 64 << 20);
+    l.allowed_egress = allowed;
+    let r = start(d, &l);
+    let _g = Guard {
+        d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&l.log).unwrap_or_default();
+        for word in ["EGRESS_OK", "EGRESS_REFUSED"] {
+            if log.contains(word) {
+                return (word, t.elapsed());
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no outcome; log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An app's `allowed_egress` holds in the container's own namespace: a
+/// destination in the list is reached, one outside it is refused at once
+/// (not after a timeout); without a policy both are reached. The traffic
+/// goes only to a listener of the test's on the container's gateway.
+#[test]
+fn an_egress_policy_refuses_what_it_does_not_list() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            drop(c);
+        }
+    });
+    let open = egress_outcome(&d, &root, tmp.path(), "eg-open", None, port);
+    assert!(open.0 == "EGRESS_OK", "no policy: {open:?}");
+    // The whole container range: the gateway is in it.
+    let listed = egress_outcome(
+        &d,
+        &root,
+        tmp.path(),
+        "eg-listed",
+        Some(vec!["10.89.0.0/16".into()]),
+        port,
+    );
+    assert!(listed.0 == "EGRESS_OK", "listed: {listed:?}");
+    let refused = egress_outcome(
+        &d,
+        &root,
+        tmp.path(),
+        "eg-refused",
+        Some(vec!["192.0.2.0/24".into()]),
+        port,
+    );
+    assert!(refused.0 == "EGRESS_REFUSED", "not listed: {refused:?}");
+    // A refusal, not a timeout (nc gives up after 3 s) nor a retransmitted
+    // SYN (1 s).
+    assert!(
+        refused.1 < Duration::from_millis(900),
+        "refused at once, not by nc's timeout: {refused:?}"
+    );
+    println!(
+        "egress (outcome, time after start): open {open:?}; listed {listed:?}; refused {refused:?}"
+    );
+}

@@ -64,6 +64,7 @@ pub fn launch(base: &Path, instance_id: &str, root: &Path, argv: &[&str]) -> Lau
     Launch {
         instance_id: instance_id.to_string(),
         log: dir.join("out.log"),
+        allowed_egress: None,
         dir,
         root: root.to_path_buf(),
         is_rootfs: true,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
 use shellwego_api::apps::{
-    App, AppCreate, Cpu, HealthCheck, Placement, Resources, RestartRequest, ScaleRequest, Source,
+    App, AppCreate, AppUpdate, Cpu, HealthCheck, NetworkingRequest, Placement, Resources,
+    RestartRequest, ScaleRequest, Source,
 };
 use shellwego_client::{Answer, AppAction, Client, ListQuery};
 use shellwego_core::model::{DeploymentStatus, DriverKind, RestartStrategy, SourceKind};
@@ -49,6 +50,9 @@ pub enum AppsCommand {
     /// Restart every instance: rolling (a replacement is healthy before an
     /// old instance stops) or immediate.
     Restart(RestartArgs),
+    /// Change an app's networking: --private/--public apply at once; a new
+    /// egress policy rolls the instances. Prints the networking block.
+    Network(NetworkArgs),
 }
 
 /// `--wait` and its `--timeout`.
@@ -127,7 +131,54 @@ pub struct CreateArgs {
     #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
     pub command: Option<String>,
     #[command(flatten)]
+    pub networking: NetworkingArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// An app's `networking`: ingress exposure and egress policy.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NetworkingArgs {
+    /// Keep the app off the ingress (its host name answers 404); the
+    /// organization's other apps still reach it at <name>.internal.
+    #[arg(long, conflicts_with = "public")]
+    pub private: bool,
+    /// Route the app through the ingress again (the default).
+    #[arg(long)]
+    pub public: bool,
+    /// A CIDR the app's instances may connect to (10.0.0.0/8, 192.0.2.7);
+    /// repeatable. Any other destination is refused (container driver;
+    /// other drivers refuse to run an app with a policy). Default:
+    /// anywhere (0.0.0.0/0).
+    #[arg(long = "allow-egress", value_name = "CIDR")]
+    pub allow_egress: Vec<String>,
+}
+
+impl NetworkingArgs {
+    fn request(&self) -> Option<NetworkingRequest> {
+        let public = match (self.private, self.public) {
+            (true, _) => Some(false),
+            (_, true) => Some(true),
+            _ => None,
+        };
+        let allowed_egress = (!self.allow_egress.is_empty()).then(|| self.allow_egress.clone());
+        (public.is_some() || allowed_egress.is_some()).then_some(NetworkingRequest {
+            public,
+            allowed_egress,
+            internal_dns: None,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct NetworkArgs {
+    /// The app's name or id (app_…).
+    pub app: String,
+    #[command(flatten)]
+    pub networking: NetworkingArgs,
+    /// Allow connections anywhere again (drops the --allow-egress policy).
+    #[arg(long, conflicts_with = "allow_egress")]
+    pub allow_egress_anywhere: bool,
 }
 
 #[derive(Debug, Args)]
@@ -224,7 +275,42 @@ pub async fn run(args: AppsArgs) -> anyhow::Result<()> {
             };
             action(&ctx, &r.app, AppAction::Restart(req), &r.wait).await
         }
+        AppsCommand::Network(n) => network(&ctx, &n).await,
     }
+}
+
+async fn network(ctx: &Ctx, args: &NetworkArgs) -> anyhow::Result<()> {
+    let mut req = args.networking.request().unwrap_or_default();
+    if args.allow_egress_anywhere {
+        req.allowed_egress = Some(vec!["0.0.0.0/0".into()]);
+    }
+    let (id, _) = resolve(&ctx.client, &args.app).await?;
+    if req != NetworkingRequest::default() {
+        let update = AppUpdate {
+            networking: Some(req),
+            ..Default::default()
+        };
+        ctx.client.apps().update(&id, &update).await?;
+    }
+    let app = ctx.client.apps().get(&id).await?.into_inner();
+    let n = &app.networking;
+    match ctx.output {
+        Output::Json => emit(&json(&serde_json::to_value(n)?)?)?,
+        Output::Table => emit(&fields(&[
+            ("INTERNAL DNS", n.internal_dns.clone()),
+            (
+                "PUBLIC",
+                if n.public {
+                    "yes"
+                } else {
+                    "no (internal only)"
+                }
+                .to_string(),
+            ),
+            ("ALLOWED EGRESS", n.allowed_egress.join(", ")),
+        ]))?,
+    }
+    Ok(())
 }
 
 /// An app named by id or by name: `(id, name)`.
@@ -327,6 +413,7 @@ fn create_body(args: &CreateArgs, source: Option<Source>) -> anyhow::Result<AppC
         source,
         runtime: args.runtime,
         placement,
+        networking: args.networking.request(),
         ..Default::default()
     })
 }

@@ -68,6 +68,9 @@ pub struct AppSpec {
     /// Replacements in flight at a time during the current rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_batch: Option<i64>,
+    /// Ingress exposure and egress policy; absent: public, egress anywhere.
+    #[serde(default, skip_serializing_if = "NetworkingSpec::is_default")]
+    pub networking: NetworkingSpec,
 }
 
 impl Default for AppSpec {
@@ -86,6 +89,7 @@ impl Default for AppSpec {
             stop_timeout: None,
             autoscale: None,
             rollout_batch: None,
+            networking: NetworkingSpec::default(),
         }
     }
 }
@@ -171,6 +175,102 @@ pub struct SourceSpec {
     /// git: repository, branch, commit (not supported yet; kept as given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<serde_json::Value>,
+}
+
+/// An app's place on the network: whether the ingress routes to it, and
+/// where its instances may open connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkingSpec {
+    /// Routed by the ingress (default). `false`: reachable only from other
+    /// instances of the organization, by its internal name.
+    #[serde(default = "yes")]
+    pub public: bool,
+    /// CIDRs (canonical, `10.99.0.0/24`) instances may connect to;
+    /// default `["0.0.0.0/0"]`: anywhere. Without `0.0.0.0/0` the list is
+    /// a policy, enforced where the instance has a network namespace of its
+    /// own (container, microVM): every other destination is refused, IPv6
+    /// ones unless listed too.
+    #[serde(default = "NetworkingSpec::open_egress")]
+    pub allowed_egress: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NetworkingSpec {
+    fn default() -> Self {
+        NetworkingSpec {
+            public: true,
+            allowed_egress: NetworkingSpec::open_egress(),
+        }
+    }
+}
+
+impl NetworkingSpec {
+    /// Anywhere.
+    pub const OPEN: &'static str = "0.0.0.0/0";
+
+    pub fn open_egress() -> Vec<String> {
+        vec![Self::OPEN.to_string()]
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == NetworkingSpec::default()
+    }
+
+    /// `10.99.0.0/24`, `::/0`, or a bare address (`10.0.0.7`, meaning
+    /// `/32`, or `/128`) in canonical form; an error that says what to
+    /// change otherwise (host bits set, a prefix too long, not an address).
+    pub fn canonical_cidr(s: &str) -> Result<String, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let ip: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len: u32 = match len {
+            None => max,
+            Some(l) => l
+                .parse()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        let bits = |v: u128, width: u32| -> u128 {
+            if len == 0 {
+                0
+            } else {
+                v & (u128::MAX << (width - len)) & (u128::MAX >> (128 - width))
+            }
+        };
+        let (net, host_bits) = match ip {
+            std::net::IpAddr::V4(v) => {
+                let n = bits(u128::from(u32::from(v)), 32);
+                let net = std::net::Ipv4Addr::from(n as u32);
+                (std::net::IpAddr::V4(net), net != v)
+            }
+            std::net::IpAddr::V6(v) => {
+                let n = bits(u128::from(v), 128);
+                let net = std::net::Ipv6Addr::from(n);
+                (std::net::IpAddr::V6(net), net != v)
+            }
+        };
+        if host_bits {
+            return Err(format!(
+                "{s:?} has host bits set: did you mean {net}/{len}?"
+            ));
+        }
+        Ok(format!("{net}/{len}"))
+    }
+
+    /// True when the list is a policy (it lacks `0.0.0.0/0`).
+    pub fn restricts_egress(&self) -> bool {
+        !self.allowed_egress.iter().any(|c| c == Self::OPEN)
+    }
 }
 
 /// Which nodes may run the app.
@@ -299,6 +399,37 @@ impl DeploymentStage {
                 reason: None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod cidr_tests {
+    use super::NetworkingSpec;
+
+    #[test]
+    fn cidrs_are_canonical_or_refused_with_a_reason() {
+        let c = NetworkingSpec::canonical_cidr;
+        assert_eq!(c("10.99.0.0/24").unwrap(), "10.99.0.0/24");
+        assert_eq!(c("10.0.0.7").unwrap(), "10.0.0.7/32");
+        assert_eq!(c("0.0.0.0/0").unwrap(), "0.0.0.0/0");
+        assert_eq!(c("::/0").unwrap(), "::/0");
+        assert_eq!(c("FD00::/8").unwrap(), "fd00::/8");
+        assert_eq!(c("fd00::1").unwrap(), "fd00::1/128");
+        assert!(c("10.99.0.5/24").unwrap_err().contains("10.99.0.0/24"));
+        assert!(c("10.0.0.0/33").unwrap_err().contains("0 to 32"));
+        assert!(c("example.com/8").unwrap_err().contains("not a CIDR"));
+        assert!(c("10.0.0.0/x").is_err());
+        assert!(c("fd00::1/64").unwrap_err().contains("fd00::/64"));
+    }
+
+    #[test]
+    fn egress_is_restricted_unless_anywhere_is_allowed() {
+        let mut n = NetworkingSpec::default();
+        assert!(!n.restricts_egress());
+        n.allowed_egress = vec!["10.0.0.0/8".into(), "0.0.0.0/0".into()];
+        assert!(!n.restricts_egress());
+        n.allowed_egress = vec!["10.99.0.0/24".into()];
+        assert!(n.restricts_egress());
     }
 }
 

@@ -73,8 +73,8 @@ pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
         slug: a.name.clone(),
         networking: AppNetworking {
             internal_dns: format!("{}.internal", a.name),
-            public: true,
-            allowed_egress: vec!["0.0.0.0/0".into()],
+            public: spec.networking.public,
+            allowed_egress: spec.networking.allowed_egress.clone(),
         },
         name: a.name,
         status: a.status,

@@ -412,6 +412,10 @@ pub async fn desired_for_node(
             },
             stop_timeout_ms: ms(spec.stop_timeout()),
             region: region.to_string(),
+            allowed_egress: spec
+                .networking
+                .restricts_egress()
+                .then(|| spec.networking.allowed_egress.clone()),
         });
     }
     Ok(out)

@@ -164,6 +164,10 @@ pub async fn app_create(
         )));
     }
     let (memory, cpu_millis, disk) = resolve_resources(&req.resources);
+    let mut networking = shellwego_core::model::NetworkingSpec::default();
+    if let Some(n) = &req.networking {
+        n.apply(&mut networking)?;
+    }
     let spec = AppSpec {
         image: req.image.clone(),
         command: req.command.clone(),
@@ -177,6 +181,7 @@ pub async fn app_create(
         stop_timeout: req.stop_timeout.clone(),
         autoscale: None,
         rollout_batch: None,
+        networking: (&networking).into(),
     };
     drop(db);
     let mut tx = ctx.unit().await?;
@@ -290,6 +295,24 @@ pub async fn app_update(
             spec.health_check = h;
             new_version = true;
             changed.push("health_check");
+        }
+    }
+    if let Some(n) = &req.networking {
+        let mut errs = vec![];
+        n.check(&mut errs, &a.name);
+        if !errs.is_empty() {
+            return Err(Error::invalid(errs));
+        }
+        let before = spec.networking.clone();
+        n.apply(&mut spec.networking)?;
+        if spec.networking.public != before.public {
+            // The ingress's table only (Routes is touched): no new instances.
+            changed.push("networking.public");
+        }
+        if spec.networking.allowed_egress != before.allowed_egress {
+            // Set when an instance starts: roll them.
+            new_version = true;
+            changed.push("networking.allowed_egress");
         }
     }
     let mut strategy = Strategy::Rolling;

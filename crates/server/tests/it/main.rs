@@ -12,6 +12,7 @@ mod errors;
 mod hardening;
 mod identity;
 mod lists;
+mod networking;
 mod node_join;
 mod objects;
 mod openapi;

@@ -1,0 +1,203 @@
+//! An app's `networking` block is input (issue 14): `public: false` keeps
+//! it out of every router's table (the ingress answers 404 for its host)
+//! and back in when switched on, without new instances; `allowed_egress`
+//! is validated, stored canonical, handed to the agent with each instance
+//! and rolls the instances when it changes; `internal_dns` is read-only.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use shellwego_ingress::Routes;
+use shellwego_server::controller::routes::RouteFeed;
+use shellwego_testkit::agent::{DesiredInstance, FakeAgent};
+use shellwego_testkit::both_backends;
+use shellwego_testkit::server::{fields, problem, TestServer};
+
+/// What a router fed from the store would do with `app`'s host: `None`
+/// (404, not in the table), else its backends' count (0: 503).
+async fn routed(s: &TestServer, app: &str) -> Option<usize> {
+    let routes = Routes::new();
+    RouteFeed::new(routes.clone()).step(&s.store).await;
+    routes.snapshot().backends(app).map(<[_]>::len)
+}
+
+async fn create(s: &TestServer, body: Value) -> (String, Value) {
+    let r = s.post("/v1/apps", &s.token, body).await;
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    (v["id"].as_str().unwrap().to_string(), v)
+}
+
+async fn patch(s: &TestServer, app: &str, body: Value) -> (u16, Value) {
+    let r = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/apps/{app}"),
+            Some(&s.token),
+            Some(body),
+        )
+        .await;
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+fn versions(d: &[DesiredInstance]) -> Vec<i64> {
+    let mut v: Vec<i64> = d.iter().map(|i| i.version).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+async fn private_apps_leave_the_ingress_and_egress_policies_reach_the_agent(s: TestServer) {
+    let mut agent: FakeAgent = s.fake_agent("n", 8, 16 << 30).await;
+    // Reported instances get this address (routes need one).
+    agent.internal_ip = Some("10.0.0.7".into());
+    let (app, _) = create(
+        &s,
+        json!({"name": "db", "image": "db:1", "replicas": 2,
+               "networking": {"public": false, "allowed_egress": ["10.99.0.0/24", "10.0.0.7", "10.99.0.0/24"]}}),
+    )
+    .await;
+    let (_, got) = s.get(&format!("/v1/apps/{app}")).await;
+    assert_eq!(
+        got["networking"],
+        json!({"internal_dns": "db.internal", "public": false,
+               "allowed_egress": ["10.99.0.0/24", "10.0.0.7/32"]}),
+        "canonical, deduplicated: {got:#}"
+    );
+    // The agent is told the policy with every instance.
+    let desired = agent.desired_of(&app).await;
+    assert_eq!(desired.len(), 2);
+    for d in &desired {
+        assert_eq!(
+            d.allowed_egress.as_deref(),
+            Some(&["10.99.0.0/24".to_string(), "10.0.0.7/32".to_string()][..])
+        );
+    }
+    agent.report_healthy().await;
+    assert_eq!(routed(&s, "db").await, None, "a private app is no route");
+
+    // A public app beside it is routed; its agent gets no policy.
+    let (web, _) = create(&s, json!({"name": "web", "image": "web:1"})).await;
+    let (_, w) = s.get(&format!("/v1/apps/{web}")).await;
+    assert_eq!(
+        w["networking"],
+        json!({"internal_dns": "web.internal", "public": true, "allowed_egress": ["0.0.0.0/0"]})
+    );
+    let t = std::time::Instant::now();
+    let mut placed = agent.desired_of(&web).await;
+    while placed.is_empty() && t.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        placed = agent.desired_of(&web).await;
+    }
+    assert_eq!(placed.len(), 1);
+    assert!(placed.iter().all(|d| d.allowed_egress.is_none()));
+    agent.report_healthy().await;
+    assert_eq!(routed(&s, "web").await, Some(1));
+
+    // Public again: routed at once, by the same instances (no new version).
+    let before = versions(&agent.desired_of(&app).await);
+    let (st, body) = patch(&s, &app, json!({"networking": {"public": true}})).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(routed(&s, "db").await, Some(2));
+    assert_eq!(versions(&agent.desired_of(&app).await), before);
+    let (st, body) = patch(&s, &app, json!({"networking": {"public": false}})).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(routed(&s, "db").await, None);
+
+    // A new policy is a new version (set when an instance starts).
+    let (st, body) = patch(
+        &s,
+        &app,
+        json!({"networking": {"allowed_egress": ["0.0.0.0/0"]}}),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let now = agent.desired_of(&app).await;
+    assert!(
+        versions(&now).iter().any(|v| !before.contains(v)),
+        "a new version rolls out: {before:?} -> {:?}",
+        versions(&now)
+    );
+    let newest = now.iter().map(|i| i.version).max().unwrap();
+    assert!(now
+        .iter()
+        .filter(|i| i.version == newest)
+        .all(|i| i.allowed_egress.is_none()));
+    let (_, got) = s.get(&format!("/v1/apps/{app}")).await;
+    assert_eq!(got["networking"]["allowed_egress"], json!(["0.0.0.0/0"]));
+    assert_eq!(got["networking"]["public"], false);
+}
+
+async fn networking_input_is_validated(s: TestServer) {
+    let bad = |networking: Value| json!({"name": "x", "image": "x:1", "networking": networking});
+    for (body, field, says) in [
+        (
+            bad(json!({"allowed_egress": ["10.99.0.5/24"]})),
+            "networking.allowed_egress[0]",
+            "10.99.0.0/24",
+        ),
+        (
+            bad(json!({"allowed_egress": ["10.0.0.0/8", "example.com"]})),
+            "networking.allowed_egress[1]",
+            "not a CIDR",
+        ),
+        (
+            bad(json!({"allowed_egress": ["10.0.0.0/40"]})),
+            "networking.allowed_egress[0]",
+            "0 to 32",
+        ),
+        (
+            bad(json!({"internal_dns": "other.internal"})),
+            "networking.internal_dns",
+            "x.internal",
+        ),
+        (
+            bad(
+                json!({"allowed_egress": (0..65).map(|i| format!("10.0.{i}.0/24")).collect::<Vec<_>>()}),
+            ),
+            "networking.allowed_egress",
+            "at most 64",
+        ),
+    ] {
+        let r = s.post("/v1/apps", &s.token, body.clone()).await;
+        let p = problem(r, 400).await;
+        assert!(fields(&p).contains(&field.to_string()), "{body} -> {p:#}");
+        assert!(p.to_string().contains(says), "{body} -> {p:#}");
+    }
+    // Unknown keys and wrong types are 400s too.
+    for networking in [json!({"publik": false}), json!({"public": "no"})] {
+        let r = s.post("/v1/apps", &s.token, bad(networking.clone())).await;
+        problem(r, 400).await;
+    }
+    // Its own name under .internal is accepted (the value GET shows).
+    let (app, _) = create(
+        &s,
+        json!({"name": "x", "image": "x:1", "networking": {"internal_dns": "x.internal"}}),
+    )
+    .await;
+    let (st, p) = patch(
+        &s,
+        &app,
+        json!({"networking": {"internal_dns": "y.internal"}}),
+    )
+    .await;
+    assert_eq!(st, 400, "{p}");
+    assert_eq!(p["errors"][0]["field"], "networking.internal_dns", "{p}");
+    let (st, p) = patch(
+        &s,
+        &app,
+        json!({"networking": {"allowed_egress": ["::1/200"]}}),
+    )
+    .await;
+    assert_eq!(st, 400, "{p}");
+    assert_eq!(
+        p["errors"][0]["field"], "networking.allowed_egress[0]",
+        "{p}"
+    );
+}
+
+both_backends!(
+    private_apps_leave_the_ingress_and_egress_policies_reach_the_agent,
+    networking_input_is_validated
+);
