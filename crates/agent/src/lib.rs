@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod dns;
 pub mod driver;
 pub mod host;
 pub mod init;
@@ -115,8 +116,12 @@ impl AgentArgs {
 }
 
 /// The drivers that work here (and that `--drivers` allows), making the
-/// instances of `owner`.
-pub fn available_drivers(args: &AgentArgs, owner: &owner::Owner) -> Vec<Arc<dyn driver::Driver>> {
+/// instances of `owner`; containers get resolvers of `dns`.
+pub fn available_drivers(
+    args: &AgentArgs,
+    owner: &owner::Owner,
+    dns: Option<Arc<dns::InternalDns>>,
+) -> Vec<Arc<dyn driver::Driver>> {
     let allowed = |n: &str| args.drivers.is_empty() || args.drivers.iter().any(|d| d == n);
     let mut out: Vec<Arc<dyn driver::Driver>> = vec![];
     if allowed("microvm") {
@@ -139,7 +144,13 @@ pub fn available_drivers(args: &AgentArgs, owner: &owner::Owner) -> Vec<Arc<dyn 
     }
     if allowed("container") {
         match container::ContainerDriver::probe() {
-            Ok(d) => out.push(Arc::new(d.owned_by(owner.clone()))),
+            Ok(d) => {
+                let d = d.owned_by(owner.clone());
+                out.push(Arc::new(match dns {
+                    Some(dns) => d.with_dns(dns),
+                    None => d,
+                }))
+            }
             Err(why) if args.drivers.is_empty() => {
                 tracing::info!(%why, "the container driver is not available here")
             }
@@ -212,7 +223,7 @@ fn read_first_number(text: &str, key: &str) -> Option<i64> {
 
 /// What this host has: cores, memory, disk, kernel, drivers that work here.
 fn host_report(args: &AgentArgs, join_token: String) -> AgentJoin {
-    let drivers: Vec<String> = available_drivers(args, &owner::Owner::default())
+    let drivers: Vec<String> = available_drivers(args, &owner::Owner::default(), None)
         .iter()
         .map(|d| d.name().to_string())
         .collect();
@@ -363,7 +374,13 @@ pub async fn run(
             }
         }
     }
-    let drivers = available_drivers(&args, &owner);
+    // Binding port 53 needs root, as containers do.
+    let dns = if host::is_root() {
+        dns::InternalDns::new().ok().map(Arc::new)
+    } else {
+        None
+    };
+    let drivers = available_drivers(&args, &owner, dns.clone());
     for want in &args.drivers {
         match want.as_str() {
             "process" | "container" | "microvm" => {}
@@ -380,6 +397,13 @@ pub async fn run(
         tracing::info!(joined = %cred.control_plane, now = %args.control_plane, "using the control-plane URLs given now, not those the node joined with");
     }
     let channel = channel.with_credential(&cred.credential);
+    if let Some(dns) = &dns {
+        let c = channel.clone();
+        dns.set_lookup(Arc::new(move |req| {
+            let c = c.clone();
+            Box::pin(async move { c.resolve(&req).await.map_err(anyhow::Error::from) })
+        }));
+    }
     let advertise_ip = args
         .advertise_ip
         .clone()

@@ -330,3 +330,51 @@ impl crate::Validate for AgentSync {
         Ok(())
     }
 }
+
+/// `POST /v1/agent/resolve`: a name an instance of the node looked up in
+/// its internal DNS (`<app>.internal`, `<instance_id>.<app>.internal`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// The instance that asked (one of the node's).
+    pub instance_id: String,
+    pub name: String,
+}
+
+/// The healthy instances a name stands for, in the asker's organization;
+/// none when the name is no app of it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResolveAnswer {
+    pub records: Vec<InternalEndpoint>,
+    /// How long the agent may keep the answer.
+    pub ttl_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InternalEndpoint {
+    pub instance_id: String,
+    pub ip: String,
+    pub port: u16,
+}
+
+impl crate::Validate for ResolveRequest {
+    fn validate(&self) -> Result<(), shellwego_core::Error> {
+        use shellwego_core::FieldError;
+        let mut errs = vec![];
+        if self.instance_id.is_empty() || self.instance_id.len() > 64 {
+            errs.push(FieldError::new(
+                "instance_id",
+                "invalid_value",
+                "must be one of the node's instance ids",
+            ));
+        }
+        if self.name.is_empty() || self.name.len() > 253 {
+            errs.push(FieldError::new(
+                "name",
+                "invalid_value",
+                "must be a DNS name of at most 253 characters",
+            ));
+        }
+        crate::finish(errs)
+    }
+}

@@ -174,6 +174,18 @@ impl AgentClient {
         Ok(SyncAnswer { url, res })
     }
 
+    /// `POST /v1/agent/resolve`: what an internal name stands for, asked
+    /// for one of the node's instances.
+    pub async fn resolve(
+        &self,
+        req: &shellwego_api::agent::ResolveRequest,
+    ) -> Result<shellwego_api::agent::ResolveAnswer, AgentError> {
+        let url = self.url("/v1/agent/resolve");
+        let r = self.request(reqwest::Method::POST, &url).json(req);
+        let res = self.send(&url, r).await?;
+        read(url, res).await
+    }
+
     /// `GET <path>` of an archive the control plane keeps (a desired
     /// instance's `archive_url`, `/v1/agent/uploads/upl_…`), with the node
     /// credential: the request, for the caller to send (with its own

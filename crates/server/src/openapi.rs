@@ -144,6 +144,7 @@ pub fn agent_router() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::agent_join))
         .routes(routes!(agent::agent_sync))
         .routes(routes!(agent::agent_upload_get))
+        .routes(routes!(agent::agent_resolve))
 }
 
 /// The public `/v1` document.
@@ -320,7 +321,7 @@ const GONE: &[&str] = &["invitation_accept"];
 /// in front of `path`, as in `http::v1_gate`: every `/v1` route but the
 /// agent channel's node-authenticated ones.
 fn gated(path: &str) -> bool {
-    path.starts_with("/v1/") && path != "/v1/agent/sync" && !path.starts_with("/v1/agent/uploads/")
+    path.starts_with("/v1/") && !crate::http::node_authenticated(path)
 }
 
 /// The shared problem statuses `op` (at `path`) can answer.

@@ -696,6 +696,47 @@ pub async fn add_instance_traffic(
     Ok(())
 }
 
+/// An instance a name of the internal DNS stands for.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Endpoint {
+    pub instance_id: String,
+    pub ip: String,
+    pub port: i64,
+}
+
+/// The healthy instances of the app `name` of `org` (of `instance` only,
+/// when given), with their addresses: what `<app>.internal` resolves to.
+pub async fn internal_endpoints(
+    db: &mut Conn,
+    org: &str,
+    name: &str,
+    instance: Option<&str>,
+) -> Result<Vec<Endpoint>, Error> {
+    sqlx::query_as::<_, Endpoint>(
+        "SELECT i.id AS instance_id, i.ip, i.port FROM instances i JOIN apps a ON a.id = i.app_id
+         WHERE a.organization_id = $1 AND a.name = $2 AND ($3 = '' OR i.id = $3)
+           AND i.status = 'healthy' AND i.desired = 'running' AND i.ip IS NOT NULL AND i.port IS NOT NULL
+         ORDER BY i.id",
+    )
+    .bind(org)
+    .bind(name)
+    .bind(instance.unwrap_or(""))
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)
+}
+
+/// The node an instance is placed on (none: no such instance, or unplaced).
+pub async fn node_of_instance(db: &mut Conn, id: &str) -> Result<Option<String>, Error> {
+    let n: Option<Option<String>> =
+        sqlx::query_scalar("SELECT node_id FROM instances WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *db)
+            .await
+            .map_err(db_err)?;
+    Ok(n.flatten())
+}
+
 /// Names of every app (the router answers 503, not 404, for these).
 pub async fn names(db: &mut Conn) -> Result<Vec<String>, Error> {
     sqlx::query_scalar("SELECT DISTINCT name FROM apps WHERE internal_only = 0")

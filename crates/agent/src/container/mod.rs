@@ -92,6 +92,9 @@ pub struct ContainerDriver {
     /// Bundles of containers started by this driver, for a `Cleanup` that
     /// comes without a handle.
     bundles: Mutex<HashMap<String, PathBuf>>,
+    /// The node's internal DNS (a resolver per container), when the agent
+    /// runs one.
+    dns: Option<std::sync::Arc<crate::dns::InternalDns>>,
 }
 
 impl ContainerDriver {
@@ -115,7 +118,15 @@ impl ContainerDriver {
             tools,
             owner: Owner::default(),
             bundles: Mutex::new(HashMap::new()),
+            dns: None,
         }
+    }
+
+    /// Give each container a resolver of `dns` (its `/etc/resolv.conf`
+    /// names it): `<app>.internal` resolves (see [`crate::dns`]).
+    pub fn with_dns(mut self, dns: std::sync::Arc<crate::dns::InternalDns>) -> ContainerDriver {
+        self.dns = Some(dns);
+        self
     }
 
     /// The driver, making (and sweeping) the containers of `owner`.
@@ -201,6 +212,9 @@ impl ContainerDriver {
                 tracing::warn!(container = %cid, error = %format!("{e:#}"), "cleaning up a failed start");
             }
             self.remember(&cid, None);
+            if let Some(dns) = &self.dns {
+                dns.stop(&cid);
+            }
         }
         started
     }
@@ -216,7 +230,16 @@ impl ContainerDriver {
         let net = self.setup_net(cid)?;
         self.node_egress();
         if let Some(allowed) = &launch.allowed_egress {
-            self.restrict_egress(&net, allowed)?;
+            self.restrict_egress(&net, allowed, self.dns.is_some())?;
+        }
+        let resolv = bundle.join("resolv.conf");
+        if let Some(dns) = &self.dns {
+            fs::write(
+                &resolv,
+                format!("nameserver {}\noptions timeout:2 attempts:2\n", net.host_ip),
+            )
+            .context("cannot write the container's /etc/resolv.conf")?;
+            dns.serve(cid, net.host_ip.into())?;
         }
         let cgroup = format!("/{}/{cid}", self.owner.cgroup_parent("container").display());
 
@@ -251,6 +274,9 @@ impl ContainerDriver {
         let init = crate::init::install(Path::new(RUN_DIR))?;
         let mut mounts = layout.mounts;
         mounts.push(bind_ro(&init, crate::init::IN_CONTAINER));
+        if self.dns.is_some() {
+            mounts.push(bind_ro(&resolv, "/etc/resolv.conf"));
+        }
         let argv: Vec<String> = [crate::init::IN_CONTAINER.to_string(), "--".to_string()]
             .into_iter()
             .chain(launch.argv.iter().cloned())
@@ -372,6 +398,9 @@ impl ContainerDriver {
 
     fn cleanup(&self, instance_id: &str, handle: Option<&Running>) -> anyhow::Result<()> {
         let cid = Self::cid_of(instance_id, handle);
+        if let Some(dns) = &self.dns {
+            dns.stop(&cid);
+        }
         let (rt, root) = match handle {
             Some(r) => self.runtime_for(r),
             None => (self.runtime.clone(), self.state_root()),
@@ -622,6 +651,12 @@ impl Driver for ContainerDriver {
             == Some(OciStatus::Running);
         if running {
             self.remember(&cid, r.extra.get("bundle").map(PathBuf::from));
+            let gateway = r.extra.get("host_ip").and_then(|h| h.parse().ok());
+            if let (Some(dns), Some(ip)) = (&self.dns, gateway) {
+                if let Err(e) = dns.serve(&cid, ip) {
+                    tracing::warn!(container = %cid, error = %format!("{e:#}"), "an adopted container gets no internal DNS");
+                }
+            }
         }
         running
     }

@@ -168,8 +168,14 @@ impl ContainerDriver {
     }
 
     /// The container may only connect to `allowed` (canonical CIDRs).
-    pub(super) fn restrict_egress(&self, net: &Net, allowed: &[String]) -> anyhow::Result<()> {
-        self.nft_apply(Some(&net.netns), &egress_rules(allowed))
+    pub(super) fn restrict_egress(
+        &self,
+        net: &Net,
+        allowed: &[String],
+        dns: bool,
+    ) -> anyhow::Result<()> {
+        let resolver = dns.then_some(net.host_ip);
+        self.nft_apply(Some(&net.netns), &egress_rules(allowed, resolver))
             .context("cannot set the app's allowed_egress policy")
     }
 
@@ -245,7 +251,7 @@ fn nat_rules() -> String {
 
 /// A container's egress policy: only `allowed` (canonical CIDRs; the ones
 /// that do not parse are left out, the API validated them).
-pub(super) fn egress_rules(allowed: &[String]) -> String {
+pub(super) fn egress_rules(allowed: &[String], resolver: Option<Ipv4Addr>) -> String {
     let (mut v4, mut v6) = (vec![], vec![]);
     for c in allowed {
         match c.split('/').next().map(str::parse::<std::net::IpAddr>) {
@@ -257,6 +263,10 @@ pub(super) fn egress_rules(allowed: &[String]) -> String {
     let mut rules = String::from(
         "table inet shellwego {\n\tchain egress {\n\t\ttype filter hook output priority filter; policy accept;\n\t\toifname \"lo\" accept\n\t\tct state established,related accept\n",
     );
+    if let Some(r) = resolver {
+        // Its own resolver (internal DNS) stays reachable.
+        rules += &format!("\t\tip daddr {r} meta l4proto {{ udp, tcp }} th dport 53 accept\n");
+    }
     if !v4.is_empty() {
         rules += &format!("\t\tip daddr {{ {} }} accept\n", v4.join(", "));
     }

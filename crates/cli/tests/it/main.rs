@@ -14,6 +14,7 @@ mod client;
 mod cluster;
 mod deploy_cli;
 mod ha;
+mod network;
 mod orphans;
 mod platform;
 mod support;

@@ -167,7 +167,7 @@ fn orphan_events(up: &Platform) -> Vec<Value> {
 
 /// The container driver works here, or why not (printed; a failure when
 /// SHELLWEGO_REQUIRE_CONTAINER is set, as in CI).
-fn containers_work() -> bool {
+pub(crate) fn containers_work() -> bool {
     match shellwego_agent::container::ContainerDriver::probe() {
         Ok(_) => true,
         Err(why) => {

@@ -9,7 +9,8 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use shellwego_api::agent::{
-    AgentDesired, AgentJoin, AgentJoined, AgentSync, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    AgentDesired, AgentJoin, AgentJoined, AgentSync, ResolveAnswer, ResolveRequest,
+    PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
 use shellwego_api::problem::Problem;
 use shellwego_core::{Error, FieldError};
@@ -108,6 +109,28 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim)
+}
+
+/// What an internal DNS name (`<app>.internal`) stands for, asked on behalf
+/// of one of the node's instances: the healthy instances of that app in the
+/// node's organization.
+#[utoipa::path(post, path = "/v1/agent/resolve", tag = "agent", security(("bearer" = [])), request_body = ResolveRequest,
+    params(("ShellWeGo-Agent-Protocol" = Option<u32>, Header, description = "The agent protocol version the agent speaks (absent: 1).")),
+    responses(
+    (status = 200, body = ResolveAnswer),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn agent_resolve(
+    _: AgentProtocol,
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<ResolveRequest>,
+) -> ApiResult<Json<ResolveAnswer>> {
+    Ok(Json(
+        agent_channel::agent_resolve(&st.ctx, bearer(&headers), &req).await?,
+    ))
 }
 
 /// Download an uploaded archive for an instance of the node's organization.

@@ -187,6 +187,56 @@ pub async fn agent_upload(
         .ok_or_else(not_found)
 }
 
+/// How long an agent may keep an internal DNS answer.
+pub const RESOLVE_TTL_SECS: u32 = 2;
+
+/// What an internal name stands for, asked by an instance of the calling
+/// node: the healthy instances of the app of that name in the node's
+/// organization (nothing of another organization, whatever the name).
+pub async fn agent_resolve(
+    ctx: &ServerCtx,
+    credential: Option<&str>,
+    req: &shellwego_api::agent::ResolveRequest,
+) -> Result<shellwego_api::agent::ResolveAnswer, Error> {
+    let node = node_for_credential(ctx, credential).await?;
+    let mut db = ctx.store.conn().await?;
+    if apps::node_of_instance(&mut db, &req.instance_id)
+        .await?
+        .as_deref()
+        != Some(node.id.as_str())
+    {
+        return Err(Error::not_found("instance", &req.instance_id));
+    }
+    let name = req.name.trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = name.split('.').collect();
+    let (instance, app) = match labels.as_slice() {
+        [app, "internal"] => (None, *app),
+        [inst, app, "internal"] => (Some(*inst), *app),
+        _ => {
+            return Err(Error::field(
+                "name",
+                "invalid_value",
+                "must be <app>.internal or <instance_id>.<app>.internal",
+            ))
+        }
+    };
+    let records = apps::internal_endpoints(&mut db, &node.organization_id, app, instance)
+        .await?
+        .into_iter()
+        .filter_map(|e| {
+            Some(shellwego_api::agent::InternalEndpoint {
+                port: u16::try_from(e.port).ok()?,
+                instance_id: e.instance_id,
+                ip: e.ip,
+            })
+        })
+        .collect();
+    Ok(shellwego_api::agent::ResolveAnswer {
+        records,
+        ttl_secs: RESOLVE_TTL_SECS,
+    })
+}
+
 /// The node a request's `Authorization: Bearer nsec_…` belongs to.
 pub async fn node_for_credential(
     ctx: &ServerCtx,
