@@ -13,6 +13,9 @@
 //!   SIGTERM or SIGKILL, killed when dropped, their log tail printed when a
 //!   test fails. [`api::Api`] talks JSON to one (async); the platform's
 //!   own methods do so blocking.
+//! - [`netns::Lan`]: a test LAN of network namespaces on a bridge, so that
+//!   agents run on hosts of their own ([`platform::Proc::shellwego_in`])
+//!   and are reached across a (virtual) network rather than loopback.
 //! - [`fixtures`]: the sample app, busybox root filesystems, archives, and
 //!   ready-made organizations and apps.
 //!
@@ -30,6 +33,7 @@ pub mod api;
 pub mod db;
 pub mod fixtures;
 pub mod http;
+pub mod netns;
 pub mod platform;
 #[cfg(feature = "server")]
 pub mod server;

@@ -8,7 +8,7 @@
 //! readings of the instances a platform runs.
 
 use std::ffi::{OsStr, OsString};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -89,7 +89,18 @@ pub const LOG_FILTER: &str = "info,sqlx=warn";
 /// removed, `SHELLWEGO_LOG` set to [`LOG_FILTER`], no colours, and an empty
 /// stdin. Tests set what they need on top.
 pub fn shellwego_command(bin: &Path, args: &[impl AsRef<OsStr>]) -> Command {
-    let mut c = Command::new(bin);
+    configured(Command::new(bin), args)
+}
+
+/// [`shellwego_command`] run in network namespace `netns` (a host of a
+/// [`crate::netns::Lan`]; see [`crate::netns::command_in`]).
+pub fn shellwego_command_in(netns: &str, bin: &Path, args: &[impl AsRef<OsStr>]) -> Command {
+    configured(crate::netns::command_in(netns, bin), args)
+}
+
+/// `c` (the program to run) with `args` and the environment of
+/// [`shellwego_command`].
+fn configured(mut c: Command, args: &[impl AsRef<OsStr>]) -> Command {
     c.args(args);
     for k in CONFIGURING {
         c.env_remove(k);
@@ -98,6 +109,16 @@ pub fn shellwego_command(bin: &Path, args: &[impl AsRef<OsStr>]) -> Command {
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
     c
+}
+
+/// `shellwego <subcommand>`, naming a [`Proc`].
+fn shellwego_name(args: &[impl AsRef<OsStr>]) -> String {
+    format!(
+        "shellwego {}",
+        args.first()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .unwrap_or_default()
+    )
 }
 
 /// A child process, its stdout and stderr appended to a log file. Killed
@@ -132,13 +153,22 @@ impl Proc {
 
     /// `shellwego args…` (see [`shellwego_command`]), logging to `log`.
     pub fn shellwego(bin: &Path, args: &[impl AsRef<OsStr>], log: &Path) -> anyhow::Result<Proc> {
-        let name = format!(
-            "shellwego {}",
-            args.first()
-                .map(|a| a.as_ref().to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
-        Proc::spawn(name, &mut shellwego_command(bin, args), log)
+        Proc::spawn(shellwego_name(args), &mut shellwego_command(bin, args), log)
+    }
+
+    /// [`Proc::shellwego`] in network namespace `netns` (a host of a
+    /// [`crate::netns::Lan`]): its pid is the program's, so signals reach it.
+    pub fn shellwego_in(
+        netns: &str,
+        bin: &Path,
+        args: &[impl AsRef<OsStr>],
+        log: &Path,
+    ) -> anyhow::Result<Proc> {
+        Proc::spawn(
+            format!("{} (in {netns})", shellwego_name(args)),
+            &mut shellwego_command_in(netns, bin, args),
+            log,
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -288,6 +318,7 @@ pub struct PlatformBuilder {
     data_dir_flag: bool,
     cwd: Option<PathBuf>,
     ports: Option<(u16, u16)>,
+    listen_ip: IpAddr,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     log_name: Option<String>,
@@ -330,6 +361,15 @@ impl PlatformBuilder {
     /// ports again to restart on them.
     pub fn ports(mut self, api: u16, ingress: u16) -> Self {
         self.ports = Some((api, ingress));
+        self
+    }
+
+    /// The address its API (and `up`'s ingress) listens on, and where the
+    /// platform's own requests and [`Platform::url`] go [default:
+    /// 127.0.0.1], e.g. a [`crate::netns::Lan`]'s gateway, which agents in
+    /// the LAN's hosts reach. The ports are chosen free on loopback.
+    pub fn listen_ip(mut self, ip: impl Into<IpAddr>) -> Self {
+        self.listen_ip = ip.into();
         self
     }
 
@@ -478,6 +518,7 @@ impl Platform {
             data_dir_flag: true,
             cwd: None,
             ports: None,
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             args: vec![],
             env: vec![],
             log_name: None,
@@ -493,11 +534,15 @@ impl Platform {
         let mut args: Vec<OsString> = vec![
             s.role.as_str().into(),
             "--listen".into(),
-            format!("127.0.0.1:{}", self.api_port).into(),
+            self.api_addr().to_string().into(),
         ];
         if s.role == Role::Up {
             args.push("--ingress-listen".into());
-            args.push(format!("127.0.0.1:{}", self.ingress_port).into());
+            args.push(
+                SocketAddr::new(s.listen_ip, self.ingress_port)
+                    .to_string()
+                    .into(),
+            );
         }
         if s.data_dir_flag {
             args.push("--data-dir".into());
@@ -605,9 +650,15 @@ impl Platform {
         self.ingress_port
     }
 
-    /// `http://127.0.0.1:<api port>`.
+    /// Where its API listens (`127.0.0.1:<api port>` unless
+    /// [`PlatformBuilder::listen_ip`] said otherwise).
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.spec.listen_ip, self.api_port)
+    }
+
+    /// `http://<api addr>` (`http://127.0.0.1:<api port>` by default).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        format!("http://{}", self.api_addr())
     }
 
     /// The bootstrap admin's token.
@@ -687,7 +738,7 @@ impl Platform {
         if let Some(b) = body {
             req = req.body(content_type.unwrap_or("application/json"), b);
         }
-        crate::http::send(SocketAddr::from(([127, 0, 0, 1], self.api_port)), &req)
+        crate::http::send(self.api_addr(), &req)
     }
 
     /// `(status, JSON body)` as the admin; an error when the request fails.
@@ -746,7 +797,7 @@ impl Platform {
 
     /// GET `/` through the ingress as `<app>.localhost`: status and body.
     pub fn through_ingress(&self, app: &str) -> (u16, String) {
-        through(self.ingress_port, app)
+        through_at(SocketAddr::new(self.spec.listen_ip, self.ingress_port), app)
             .unwrap_or_else(|e| panic!("GET / as {app}.localhost through the ingress: {e}"))
     }
 
@@ -966,11 +1017,13 @@ impl Default for CliHome {
 /// GET `/` from a router or ingress on `port` as `<app>.localhost`:
 /// status and body.
 pub fn through(port: u16, app: &str) -> std::io::Result<(u16, String)> {
+    through_at(SocketAddr::from(([127, 0, 0, 1], port)), app)
+}
+
+/// [`through`] a router or ingress at `addr`.
+pub fn through_at(addr: SocketAddr, app: &str) -> std::io::Result<(u16, String)> {
     let host = format!("{app}.localhost");
-    let r = crate::http::send(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        &crate::http::Request::new("GET", "/").host(&host),
-    )?;
+    let r = crate::http::send(addr, &crate::http::Request::new("GET", "/").host(&host))?;
     Ok((r.status, r.text()))
 }
 

@@ -13,12 +13,21 @@
 //!   and no failed request through a standalone `shellwego router`;
 //!   whether the agent talked to the leader or to the other replica;
 //! - an app created through r1, scaled through r2 and deployed through r3
-//!   ends as asked, with one deployment per change on every replica.
+//!   ends as asked, with one deployment per change on every replica;
+//! - the same with two agents on hosts of their own (network namespaces on
+//!   a bridge, `shellwego_testkit::netns::Lan`; the replicas listen on its
+//!   gateway, the agents advertise their hosts' addresses): the instances
+//!   end on both nodes, each made once (the store's rows), and a
+//!   standalone router, reaching them across the bridge, is answered by
+//!   instances of both nodes with no failed request during the
+//!   blue-green deployment.
 //!
 //! PostgreSQL only (SQLite is one process): skipped without
 //! SHELLWEGO_TEST_DATABASE_URL. Each test has a scratch database of its own
 //! (the test kit's `server` feature, which the CLI's `bench` feature turns
-//! on: CI runs `--all-features`). Logs (`r1.log`, `r2.log`, `agent.log`,
+//! on: CI runs `--all-features`). The LAN needs root: without it the test
+//! of it skips saying why, unless SHELLWEGO_REQUIRE_NETNS=1 (CI), which
+//! makes that a failure. Logs (`r1.log`, `r2.log`…, `n1.log`…,
 //! `router.log`) go to the temp dir, which is kept, and their ends printed,
 //! when a test fails.
 
@@ -26,7 +35,8 @@
 // Test code may panic: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,13 +48,14 @@ use serde_json::{json, Value};
 use shellwego_testkit::api::Api;
 use shellwego_testkit::db::PgDb;
 use shellwego_testkit::fixtures::app_serving;
+use shellwego_testkit::netns::{self, Host, Lan};
 use shellwego_testkit::platform::{free_port, Platform, Proc as Process, Ready};
 use shellwego_testkit::server::DATABASE_URL_VAR;
 use sqlx::Connection;
 
 use crate::support::{
-    all_instance_procs as all_instance_pids, bin, instance_proc as instance_pid, Deadline,
-    Proc as Pid,
+    all_instance_procs as all_instance_pids, bin, instance_ids, instance_proc as instance_pid,
+    Deadline, Proc as Pid,
 };
 
 const APP: &str = "hello";
@@ -53,16 +64,59 @@ const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// The singleton controllers (their lease names), each led by one replica.
 const SINGLETONS: [&str; 4] = shellwego_server::controller::SINGLETONS;
 
-/// `n` control-plane replicas on one scratch database, one agent given
-/// all their URLs (process driver, `--sync-wait 1`), and optionally a
-/// standalone router on the same database.
+/// How [`Ha::start`] starts the system.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    /// `shellwego server` replicas (`r1` first: it bootstraps).
+    replicas: usize,
+    /// A standalone `shellwego router` on the same database (on loopback).
+    router: bool,
+    /// Agent `i`'s `--control-plane` lists the replicas from replica
+    /// `agent_first + i` on (index from 0, round the list).
+    agent_first: usize,
+    /// Agents (nodes `n1`, `n2`…; process driver, `--sync-wait 1`).
+    agents: usize,
+    /// Each agent on a host of its own (a network namespace of a
+    /// [`Lan`], `--advertise-ip` its address), the replicas listening on
+    /// the LAN's gateway; otherwise everything on loopback.
+    lan: bool,
+}
+
+impl Setup {
+    /// `replicas` replicas, one agent on loopback, no router.
+    fn replicas(replicas: usize) -> Setup {
+        Setup {
+            replicas,
+            router: false,
+            agent_first: 0,
+            agents: 1,
+            lan: false,
+        }
+    }
+}
+
+/// One `shellwego agent` and its node.
+struct Agent {
+    /// Its node's name (`n1`…) and id.
+    name: String,
+    node: String,
+    dir: PathBuf,
+    /// Its host on the LAN, when on one.
+    host: Option<Host>,
+    proc: Option<Process>,
+}
+
+/// Control-plane replicas on one scratch database, agents given all their
+/// URLs, and optionally a standalone router on the same database; see
+/// [`Setup`].
 struct Ha {
     replicas: Vec<Platform>,
     apis: Vec<Api>,
-    agent: Option<Process>,
+    agents: Vec<Agent>,
     router: Option<Process>,
     router_port: u16,
-    node: String,
+    /// The agents' hosts (`Setup::lan`); removed once every process is stopped.
+    lan: Option<Lan>,
     /// Dropped once every process is stopped.
     db: Option<PgDb>,
     // Last: removed after `drop` has stopped everything (kept on failure).
@@ -70,14 +124,22 @@ struct Ha {
 }
 
 impl Ha {
-    /// `n` replicas (`r1` first: it bootstraps), the agent's
-    /// `--control-plane` listing them from replica `agent_first` (index
-    /// from 0) on, and a router when `router`. `None` (with a message) when
-    /// SHELLWEGO_TEST_DATABASE_URL is not set.
-    async fn start(n: usize, router: bool, agent_first: usize) -> Option<Ha> {
+    /// Start as `setup` says and wait until every node is ready. `None`
+    /// (with a message) when SHELLWEGO_TEST_DATABASE_URL is not set, or
+    /// when `setup.lan` and no LAN can be made here (a failure instead
+    /// with SHELLWEGO_REQUIRE_NETNS=1); `test` names the test then.
+    async fn start(test: &str, setup: Setup) -> Option<Ha> {
         let Ok(server_url) = std::env::var(DATABASE_URL_VAR) else {
             eprintln!("SKIPPED (PostgreSQL only): set {DATABASE_URL_VAR} (e.g. postgres://postgres@127.0.0.1:5432/test) to run it");
             return None;
+        };
+        let lan = if setup.lan {
+            if !netns::skip_unless_available(test) {
+                return None;
+            }
+            Some(Lan::new(setup.agents).unwrap_or_else(|e| panic!("the test LAN: {e:#}")))
+        } else {
+            None
         };
         let db = PgDb::from_template(&server_url, "swha")
             .await
@@ -86,16 +148,21 @@ impl Ha {
         let mut ha = Ha {
             replicas: vec![],
             apis: vec![],
-            agent: None,
+            agents: vec![],
             router: None,
             router_port: 0,
-            node: String::new(),
+            lan,
             db: None,
             dir,
         };
         let url = db.url().to_string();
         ha.db = Some(db);
-        for i in 1..=n {
+        // Where the replicas listen: where the agents reach them.
+        let listen_ip: IpAddr = ha
+            .lan
+            .as_ref()
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |l| l.gateway().into());
+        for i in 1..=setup.replicas {
             let data = ha.dir.path().join(format!("r{i}"));
             if i > 1 {
                 // A replica on a bootstrapped database writes no admin
@@ -111,6 +178,7 @@ impl Ha {
                 .dir(ha.dir.path())
                 .data_dir(&data)
                 .log_name(format!("r{i}.log"))
+                .listen_ip(listen_ip)
                 .args(&["--database-url", &url])
                 .env("SHELLWEGO_MASTER_KEY", MASTER_KEY)
                 .ready(Ready::Api)
@@ -121,40 +189,58 @@ impl Ha {
             ha.replicas.push(p);
         }
 
-        // The node, registered through r1; its agent knows every replica.
-        let reg = ha.apis[0]
-            .post("/v1/nodes", &json!({"hostname": "n1"}))
-            .await
-            .unwrap_or_else(|e| panic!("register the node: {e:#}"));
-        ha.node = reg["id"].as_str().unwrap().to_string();
-        let mut urls: Vec<String> = ha.replicas.iter().map(Platform::url).collect();
-        urls.rotate_left(agent_first);
-        let agent_dir = ha.agent_dir();
-        let args: Vec<String> = vec![
-            "agent".into(),
-            "--control-plane".into(),
-            urls.join(","),
-            "--join-token".into(),
-            reg["join_token"].as_str().unwrap().into(),
-            "--data-dir".into(),
-            agent_dir.display().to_string(),
-            "--name".into(),
-            "n1".into(),
-            "--sync-wait".into(),
-            "1".into(),
-            "--drivers".into(),
-            "process".into(),
-            "--cpus".into(),
-            "16".into(),
-        ];
-        ha.agent =
-            Some(Process::shellwego(bin(), &args, &ha.dir.path().join("agent.log")).unwrap());
-        ha.apis[0]
-            .wait_node(Some(&ha.node), "process")
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        // The nodes, registered through r1; each agent knows every replica.
+        for i in 0..setup.agents {
+            let name = format!("n{}", i + 1);
+            let reg = ha.apis[0]
+                .post("/v1/nodes", &json!({"hostname": name}))
+                .await
+                .unwrap_or_else(|e| panic!("register node {name}: {e:#}"));
+            let mut urls: Vec<String> = ha.replicas.iter().map(Platform::url).collect();
+            urls.rotate_left((setup.agent_first + i) % setup.replicas);
+            let dir = ha.dir.path().join(&name);
+            let host = ha.lan.as_ref().map(|l| l.host(i).clone());
+            let mut args: Vec<String> = vec![
+                "agent".into(),
+                "--control-plane".into(),
+                urls.join(","),
+                "--join-token".into(),
+                reg["join_token"].as_str().unwrap().into(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--name".into(),
+                name.clone(),
+                "--sync-wait".into(),
+                "1".into(),
+                "--drivers".into(),
+                "process".into(),
+                "--cpus".into(),
+                "16".into(),
+            ];
+            let log = ha.dir.path().join(format!("{name}.log"));
+            let proc = match &host {
+                Some(h) => {
+                    args.extend(["--advertise-ip".into(), h.ip.to_string()]);
+                    Process::shellwego_in(&h.netns, bin(), &args, &log)
+                }
+                None => Process::shellwego(bin(), &args, &log),
+            };
+            ha.agents.push(Agent {
+                node: reg["id"].as_str().unwrap().to_string(),
+                name,
+                dir,
+                host,
+                proc: Some(proc.unwrap()),
+            });
+        }
+        for a in &ha.agents {
+            ha.apis[0]
+                .wait_node(Some(&a.node), "process")
+                .await
+                .unwrap_or_else(|e| panic!("node {}: {e:#}", a.name));
+        }
 
-        if router {
+        if setup.router {
             ha.router_port = free_port();
             let listen = format!("127.0.0.1:{}", ha.router_port);
             ha.router = Some(
@@ -169,8 +255,27 @@ impl Ha {
         Some(ha)
     }
 
-    fn agent_dir(&self) -> PathBuf {
-        self.dir.path().join("agent")
+    /// The first agent's node.
+    fn node(&self) -> String {
+        self.agents[0].node.clone()
+    }
+
+    /// The data dir of the agent of `node`.
+    fn agent_dir_of(&self, node: &str) -> PathBuf {
+        self.agents
+            .iter()
+            .find(|a| a.node == node)
+            .unwrap_or_else(|| panic!("no agent runs node {node}"))
+            .dir
+            .clone()
+    }
+
+    /// Every instance process the agents have recorded.
+    fn all_instance_pids(&self) -> Vec<Pid> {
+        self.agents
+            .iter()
+            .flat_map(|a| all_instance_pids(&a.dir))
+            .collect()
     }
 
     fn api(&self, i: usize) -> Api {
@@ -197,13 +302,15 @@ impl Ha {
         )
     }
 
-    /// The running process of each of the app's instances.
+    /// The running process of each of the app's instances (on the node
+    /// the app says).
     fn pids(&self, app: &Value) -> Vec<(String, Pid)> {
         instances(app)
             .iter()
             .map(|i| {
                 let id = i["id"].as_str().unwrap().to_string();
-                let p = instance_pid(&self.agent_dir(), &id)
+                let dir = self.agent_dir_of(i["node_id"].as_str().unwrap());
+                let p = instance_pid(&dir, &id)
                     .unwrap_or_else(|| panic!("no running process for {id}; app: {app}"));
                 assert!(p.alive(), "instance {id} (pid {}) is not alive", p.pid);
                 (id, p)
@@ -212,9 +319,9 @@ impl Ha {
     }
 
     /// Delete the app through `api`, wait until its processes are gone,
-    /// then stop the agent, the router and the replicas still running.
+    /// then stop the agents, the router and the replicas still running.
     async fn shutdown(mut self, api: &Api, app_id: &str) {
-        let procs = all_instance_pids(&self.agent_dir());
+        let procs = self.all_instance_pids();
         let (status, body) = api
             .call(Method::DELETE, &format!("/v1/apps/{app_id}"), None)
             .await;
@@ -230,8 +337,10 @@ impl Ha {
             }
             d.tick(&format!("{left:?}")).await;
         }
-        if let Some(mut a) = self.agent.take() {
-            a.terminate_async(Duration::from_secs(15)).await;
+        for a in &mut self.agents {
+            if let Some(mut p) = a.proc.take() {
+                p.terminate_async(Duration::from_secs(15)).await;
+            }
         }
         if let Some(mut r) = self.router.take() {
             r.terminate_async(Duration::from_secs(15)).await;
@@ -248,12 +357,14 @@ impl Drop for Ha {
         if std::thread::panicking() {
             self.dir.disable_cleanup(true);
             eprintln!(
-                "----- the test's files (logs: r1.log, r2.log…, agent.log, router.log) are kept in {} -----",
+                "----- the test's files (logs: r1.log, r2.log…, n1.log…, router.log) are kept in {} -----",
                 self.dir.path().display()
             );
         }
-        if let Some(mut a) = self.agent.take() {
-            a.kill();
+        for a in &mut self.agents {
+            if let Some(mut p) = a.proc.take() {
+                p.kill();
+            }
         }
         if let Some(mut r) = self.router.take() {
             r.kill();
@@ -262,13 +373,16 @@ impl Drop for Ha {
             r.terminate(Duration::from_secs(10));
         }
         // Agents leave instances running when they stop.
-        for p in all_instance_pids(&self.agent_dir()) {
+        for p in self.all_instance_pids() {
             p.kill();
         }
-        if let Ok(owner) = shellwego_agent::owner::Owner::for_data_dir(&self.agent_dir()) {
-            shellwego_agent::owner::remove_all(&owner);
+        for a in &self.agents {
+            if let Ok(owner) = shellwego_agent::owner::Owner::for_data_dir(&a.dir) {
+                shellwego_agent::owner::remove_all(&owner);
+            }
         }
-        // The database last: nothing uses it any more.
+        // The hosts and the database last: nothing uses them any more.
+        drop(self.lan.take());
         drop(self.db.take());
     }
 }
@@ -356,20 +470,32 @@ async fn instance_rows(
 }
 
 /// What the store wanted at once while a sampler ran: the most instances
-/// wanted running, the most of them of the new version, and each
-/// different set of rows seen.
+/// wanted running, the most of them of each version, every instance seen
+/// of each version, and each different set of rows seen.
 #[derive(Debug, Default)]
 struct Wanted {
     most: usize,
-    most_new: usize,
+    most_of: BTreeMap<i64, usize>,
+    ids: BTreeMap<i64, BTreeSet<String>>,
     seen: Vec<String>,
+}
+
+impl Wanted {
+    /// The most instances of `version` wanted running at once.
+    fn most_of(&self, version: i64) -> usize {
+        self.most_of.get(&version).copied().unwrap_or(0)
+    }
+
+    /// How many instances of `version` there ever were.
+    fn made_of(&self, version: i64) -> usize {
+        self.ids.get(&version).map_or(0, BTreeSet::len)
+    }
 }
 
 /// Read the app's instance rows every 50 ms until `stop`.
 fn sample_wanted(
     url: String,
     app_id: String,
-    new_version: i64,
     origin: Instant,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Wanted> {
@@ -381,9 +507,17 @@ fn sample_wanted(
             let rows = instance_rows(&mut db, &app_id).await;
             let wanted: Vec<_> = rows.iter().filter(|r| r.2 == "running").collect();
             w.most = w.most.max(wanted.len());
-            w.most_new = w
-                .most_new
-                .max(wanted.iter().filter(|r| r.1 == new_version).count());
+            let mut of = BTreeMap::<i64, usize>::new();
+            for r in &wanted {
+                *of.entry(r.1).or_default() += 1;
+            }
+            for (v, n) in of {
+                let most = w.most_of.entry(v).or_default();
+                *most = (*most).max(n);
+            }
+            for r in &rows {
+                w.ids.entry(r.1).or_default().insert(r.0.clone());
+            }
             if rows != last {
                 w.seen
                     .push(format!("{:+.2}s: {rows:?}", secs_since(origin)));
@@ -558,11 +692,16 @@ async fn wait_routed(port: u16, ids: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_the_agents_replica_while_it_long_polls() {
     let t0 = Instant::now();
-    let Some(mut ha) = Ha::start(2, false, 0).await else {
+    let Some(mut ha) = Ha::start(
+        "kill_9_of_the_agents_replica_while_it_long_polls",
+        Setup::replicas(2),
+    )
+    .await
+    else {
         return;
     };
     let (r1, r2) = (ha.api(0), ha.api(1));
-    let node = ha.node.clone();
+    let node = ha.node();
     // The archive is uploaded (and the app created) through r2; the agent,
     // talking to r1, fetches it from r1 and runs it.
     let app_id = create_hello(&r2, 2, json!({})).await;
@@ -653,10 +792,15 @@ async fn kill_9_of_the_leader_mid_rolling_deploy_while_the_agent_talks_to_the_ot
 /// deployment started through the other.
 async fn leader_killed_mid_rolling_deploy(agent_first: usize) {
     let t0 = Instant::now();
-    let Some(mut ha) = Ha::start(2, true, agent_first).await else {
+    let setup = Setup {
+        router: true,
+        agent_first,
+        ..Setup::replicas(2)
+    };
+    let Some(mut ha) = Ha::start("leader_killed_mid_rolling_deploy", setup).await else {
         return;
     };
-    let node = ha.node.clone();
+    let node = ha.node();
     // What the store says the instances should be (the API shows what they are).
     let mut db = sqlx::postgres::PgConnection::connect(ha.db.as_ref().unwrap().url())
         .await
@@ -726,7 +870,6 @@ async fn leader_killed_mid_rolling_deploy(agent_first: usize) {
     let sampler = sample_wanted(
         ha.db.as_ref().unwrap().url().to_string(),
         app_id.clone(),
-        new_version,
         origin,
         sampling.clone(),
     );
@@ -808,7 +951,8 @@ async fn leader_killed_mid_rolling_deploy(agent_first: usize) {
         Duration::from_secs(30),
     );
     loop {
-        let live: Vec<Pid> = all_instance_pids(&ha.agent_dir())
+        let live: Vec<Pid> = ha
+            .all_instance_pids()
             .into_iter()
             .filter(Pid::alive)
             .collect();
@@ -844,7 +988,7 @@ async fn leader_killed_mid_rolling_deploy(agent_first: usize) {
         .unwrap_or_default(),
         done["metrics"]["deploy_time_ms"],
         wanted.most,
-        wanted.most_new,
+        wanted.most_of(new_version),
         r.requests,
         r.failures,
         r.served_by,
@@ -860,10 +1004,10 @@ async fn leader_killed_mid_rolling_deploy(agent_first: usize) {
     // 2 replicas and one surge instance; never a second copy of a
     // replacement (a new leader redoing what the old one did).
     assert!(
-        wanted.most <= 3 && wanted.most_new <= 2,
+        wanted.most <= 3 && wanted.most_of(new_version) <= 2,
         "{} instances wanted at once, {} of v{new_version}; the instance rows from the kill on:\n{}",
         wanted.most,
-        wanted.most_new,
+        wanted.most_of(new_version),
         wanted.seen.join("\n")
     );
     assert_eq!(deps.first().copied(), Some(dep.as_str()), "{list}");
@@ -875,7 +1019,7 @@ async fn leader_killed_mid_rolling_deploy(agent_first: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_act_as_one() {
     let t0 = Instant::now();
-    let Some(ha) = Ha::start(3, false, 0).await else {
+    let Some(ha) = Ha::start("three_replicas_act_as_one", Setup::replicas(3)).await else {
         return;
     };
     let (r1, r2, r3) = (ha.api(0), ha.api(1), ha.api(2));
@@ -946,5 +1090,278 @@ async fn three_replicas_act_as_one() {
         lists[0],
         t0.elapsed().as_secs_f64()
     );
+    ha.shutdown(&r1, &app_id).await;
+}
+
+/// Which node each instance of `app` is on (added to `into`).
+fn record_nodes(into: &mut BTreeMap<String, String>, app: &Value) {
+    for i in instances(app) {
+        if let (Some(id), Some(node)) = (i["id"].as_str(), i["node_id"].as_str()) {
+            into.insert(id.to_string(), node.to_string());
+        }
+    }
+}
+
+/// The nodes `app`'s instances are on.
+fn nodes_of(app: &Value) -> BTreeSet<String> {
+    instances(app)
+        .iter()
+        .filter_map(|i| i["node_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// `/proc/<pid>/ns/net`'s link for a process in network namespace `netns`.
+fn netns_link(netns: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/run/netns/{netns}"))
+        .unwrap_or_else(|e| panic!("/run/netns/{netns}: {e}"))
+        .ino();
+    format!("net:[{ino}]")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_and_two_agents_on_hosts_of_their_own() {
+    let t0 = Instant::now();
+    let setup = Setup {
+        replicas: 3,
+        router: true,
+        agent_first: 0,
+        agents: 2,
+        lan: true,
+    };
+    let Some(ha) = Ha::start("three_replicas_and_two_agents_on_hosts_of_their_own", setup).await
+    else {
+        return;
+    };
+    let started_in = t0.elapsed();
+    let (r1, r2, r3) = (ha.api(0), ha.api(1), ha.api(2));
+    let nodes: BTreeSet<String> = ha.agents.iter().map(|a| a.node.clone()).collect();
+    let url = ha.db.as_ref().unwrap().url().to_string();
+    let mut node_of = BTreeMap::new();
+
+    // Created through r1 (one instance on each node: replicas spread),
+    // scaled through r2; the store's rows sampled from the start.
+    let app_id = create_hello(&r1, 2, json!({})).await;
+    let origin = Instant::now();
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = sample_wanted(url.clone(), app_id.clone(), origin, sampling.clone());
+    let app = wait_running(&r3, &app_id, 2, Duration::from_secs(90)).await;
+    record_nodes(&mut node_of, &app);
+    assert_eq!(nodes_of(&app), nodes, "one instance on each node: {app}");
+    let (st, body) = r2
+        .call(
+            Method::POST,
+            &format!("/v1/apps/{app_id}/scale"),
+            Some(json!({"replicas": 3})),
+        )
+        .await;
+    assert_eq!(st, 200, "scale through r2: {body}");
+    let app = wait_running(&r1, &app_id, 3, Duration::from_secs(60)).await;
+    record_nodes(&mut node_of, &app);
+    assert_eq!(nodes_of(&app), nodes, "instances on both nodes: {app}");
+    wait_routed(ha.router_port, &instance_ids(&app)).await;
+
+    // Blue-green through r3, with traffic through the router from before.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_from = secs_since(origin);
+    let load = load_through(ha.router_port, origin, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deployed_at = secs_since(origin);
+    let bg = deploy(
+        &r3,
+        &app_id,
+        json!({"strategy": "blue-green", "warm_window": "1s"}),
+    )
+    .await;
+    let d = Deadline::new(
+        format!("deployment {bg} successful"),
+        Duration::from_secs(120),
+    );
+    let done = loop {
+        let v = deployment(&r1, &bg).await;
+        if v["status"] == "successful" {
+            break v;
+        }
+        assert_eq!(v["status"], "in_progress", "the deployment ended: {v:#}");
+        d.tick(&v).await;
+    };
+    let version = version_of(&done);
+    let app = wait_running(&r2, &app_id, 3, Duration::from_secs(60)).await;
+    record_nodes(&mut node_of, &app);
+    assert!(
+        instances(&app).iter().all(|i| i["version"] == version),
+        "not all of v{version}: {app}"
+    );
+    assert_eq!(nodes_of(&app), nodes, "new instances on both nodes: {app}");
+    // The old instances' processes are gone: each node runs its own.
+    let d = Deadline::new(
+        "only the app's 3 instances running on the nodes",
+        Duration::from_secs(30),
+    );
+    loop {
+        let live: Vec<Pid> = ha
+            .all_instance_pids()
+            .into_iter()
+            .filter(Pid::alive)
+            .collect();
+        if live.len() == 3 {
+            break;
+        }
+        d.tick(&format!("{live:?}")).await;
+    }
+    let ids = instance_ids(&app);
+    wait_routed(ha.router_port, &ids).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let r = load.await.unwrap();
+    sampling.store(true, Ordering::SeqCst);
+    let wanted = sampler.await.unwrap();
+
+    // Each instance runs on its node's host: its address, a process its
+    // agent recorded, in that host's network namespace.
+    let pids = ha.pids(&app);
+    for i in instances(&app) {
+        let agent = ha
+            .agents
+            .iter()
+            .find(|a| i["node_id"] == a.node.as_str())
+            .unwrap();
+        let host = agent.host.as_ref().unwrap();
+        assert_eq!(
+            i["ip"],
+            host.ip.to_string(),
+            "{} on {}: {i}",
+            i["id"],
+            agent.name
+        );
+        let pid = pids
+            .iter()
+            .find(|(id, _)| i["id"] == id.as_str())
+            .unwrap()
+            .1;
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{}/ns/net", pid.pid))
+                .unwrap()
+                .to_string_lossy(),
+            netns_link(&host.netns),
+            "instance {} (pid {}) is not in {}'s namespace",
+            i["id"],
+            pid.pid,
+            host.netns
+        );
+    }
+
+    // Served by instances on both nodes, none failed.
+    let served_nodes: BTreeSet<String> = r
+        .served_by
+        .keys()
+        .map(|id| {
+            node_of
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| format!("? ({id})"))
+        })
+        .collect();
+    // The store made each instance once: v1's two and the scale's one,
+    // and three of the new version; never more wanted at once than the
+    // old and the new set.
+    let mut db = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+    let rows = instance_rows(&mut db, &app_id).await;
+    let _ = db.close().await;
+    // Every replica tells the same: two deployments, the blue-green one last.
+    let mut lists = vec![];
+    for api in [&r1, &r2, &r3] {
+        let (_, list) = api
+            .call(Method::GET, &format!("/v1/apps/{app_id}/deployments"), None)
+            .await;
+        let deps: Vec<(String, String, String)> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["id"].as_str().unwrap_or("?").to_string(),
+                    d["version"].as_str().unwrap_or("?").to_string(),
+                    d["status"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect();
+        lists.push(deps);
+    }
+    let per_node: BTreeMap<&str, usize> = ha
+        .agents
+        .iter()
+        .map(|a| {
+            (
+                a.name.as_str(),
+                instances(&app)
+                    .iter()
+                    .filter(|i| i["node_id"] == a.node.as_str())
+                    .count(),
+            )
+        })
+        .collect();
+    println!(
+        "three replicas, two agents on hosts of their own ({}, gateway {}; started in {:.1}s): created through r1, scaled through r2, deployed blue-green through r3 ({} ms); instances per node {per_node:?}; {} requests through the router (from {:.2}s after the creation; the deployment at {:.2}s), {} failed, served by {} instances on {} nodes; instances made: {:?}; deployments {:?}; test took {:.1}s",
+        ha.lan.as_ref().unwrap().cidr(),
+        ha.lan.as_ref().unwrap().gateway(),
+        started_in.as_secs_f64(),
+        done["metrics"]["deploy_time_ms"],
+        r.requests,
+        load_from,
+        deployed_at,
+        r.failures,
+        r.served_by.len(),
+        served_nodes.len(),
+        wanted
+            .ids
+            .iter()
+            .map(|(v, ids)| (*v, ids.len()))
+            .collect::<Vec<_>>(),
+        lists[0],
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        r.failures, 0,
+        "requests through the router failed (times from the creation; the deployment at {deployed_at:+.2}s): {:#?}\nthe instance rows:\n{}",
+        r.failed,
+        wanted.seen.join("\n")
+    );
+    assert!(r.requests >= 50, "too few requests: {r:?}");
+    assert_eq!(
+        served_nodes, nodes,
+        "served by {:?} (instance → node: {node_of:?})",
+        r.served_by
+    );
+    let history = wanted.seen.join("\n");
+    assert_eq!(
+        wanted.ids.keys().copied().collect::<Vec<_>>(),
+        vec![1, version],
+        "{history}"
+    );
+    assert_eq!(wanted.made_of(1), 3, "instances of v1:\n{history}");
+    assert_eq!(
+        wanted.made_of(version),
+        3,
+        "instances of v{version}:\n{history}"
+    );
+    assert!(
+        wanted.most_of(1) <= 3 && wanted.most_of(version) <= 3 && wanted.most <= 6,
+        "{} instances wanted at once, {} of v1, {} of v{version}:\n{history}",
+        wanted.most,
+        wanted.most_of(1),
+        wanted.most_of(version)
+    );
+    let running: Vec<_> = rows.iter().filter(|r| r.2 == "running").collect();
+    assert!(
+        running.len() == 3 && running.iter().all(|r| r.1 == version && r.3 == "healthy"),
+        "instances wanted running in the store: {rows:?}"
+    );
+    assert_eq!(lists[0], lists[1]);
+    assert_eq!(lists[0], lists[2]);
+    assert_eq!(lists[0].len(), 2, "{:?}", lists[0]);
+    assert_eq!(lists[0][0].0, bg, "{:?}", lists[0]);
+    assert_eq!(lists[0][0].2, "successful", "{:?}", lists[0]);
+    assert_eq!(lists[0][1].1, "v1", "{:?}", lists[0]);
     ha.shutdown(&r1, &app_id).await;
 }
