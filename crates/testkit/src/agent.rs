@@ -143,6 +143,20 @@ impl FakeAgent {
             .unwrap()
     }
 
+    /// `POST /v1/agent/resolve` for `instance_id`: (status, body).
+    pub async fn resolve(&self, instance_id: &str, name: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}/v1/agent/resolve", self.base))
+            .bearer_auth(&self.credential)
+            .json(&serde_json::json!({"instance_id": instance_id, "name": name}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+
     /// One sync; panics unless it is accepted. The node's desired state.
     pub async fn sync(&self, body: &AgentSync) -> AgentDesired {
         let r = self.sync_raw(body).await;

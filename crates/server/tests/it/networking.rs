@@ -197,7 +197,113 @@ async fn networking_input_is_validated(s: TestServer) {
     );
 }
 
+/// `<app>.internal` as an agent asks it for one of its instances: the
+/// healthy instances of the app in the node's organization, one of them by
+/// `<instance>.<app>.internal`; nothing of another organization's app of
+/// the same name; a 404 for an instance not on the asking node; a 400 for a
+/// name outside `.internal`; a 401 without the node's credential.
+async fn internal_names_resolve_within_the_organization(s: TestServer) {
+    let mut agent: FakeAgent = s.fake_agent("n", 8, 16 << 30).await;
+    agent.internal_ip = Some("10.0.0.7".into());
+    let (db, _) = create(
+        &s,
+        json!({"name": "db", "image": "db:1", "replicas": 2, "networking": {"public": false}}),
+    )
+    .await;
+    let (web, _) = create(&s, json!({"name": "web", "image": "web:1"})).await;
+    let t = std::time::Instant::now();
+    while agent.desired().await.instances.len() < 3 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    agent.report_healthy().await;
+    let asker = agent.desired_of(&web).await[0].id.clone();
+    let mut dbs: Vec<String> = agent
+        .desired_of(&db)
+        .await
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    dbs.sort();
+
+    let (st, a) = agent.resolve(&asker, "DB.internal.").await;
+    assert_eq!(st, 200, "{a}");
+    let mut got: Vec<String> = a["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["ip"], "10.0.0.7", "{a}");
+            assert!(r["port"].as_u64().is_some(), "{a}");
+            r["instance_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, dbs);
+    assert!(a["ttl_secs"].as_u64().unwrap() >= 1, "{a}");
+    let (_, one) = agent
+        .resolve(&asker, &format!("{}.db.internal", dbs[1]))
+        .await;
+    assert_eq!(one["records"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["records"][0]["instance_id"], dbs[1].as_str());
+    let (st, none) = agent.resolve(&asker, "nosuch.internal").await;
+    assert_eq!(
+        (st, none["records"].as_array().unwrap().len()),
+        (200, 0),
+        "{none}"
+    );
+
+    // Another organization's node, with an app named db of its own: it
+    // never sees this one's, and cannot ask for this one's instances.
+    let (other_org, _, other_token) = s
+        .org_with_user(shellwego_core::plan::Plan::Growth, "o@example.com")
+        .await;
+    let stranger = FakeAgent::register(&s.base, &other_token, "s", 8, 16 << 30).await;
+    let r = s
+        .call(
+            Method::POST,
+            "/v1/apps",
+            Some(&other_token),
+            Some(json!({"name": "db", "image": "db:1"})),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        201,
+        "{other_org}: {}",
+        r.text().await.unwrap_or_default()
+    );
+    let t = std::time::Instant::now();
+    while stranger.desired().await.instances.is_empty() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let theirs = stranger.desired().await.instances[0].id.clone();
+    let (st, a) = stranger.resolve(&theirs, "db.internal").await;
+    assert_eq!(st, 200, "{a}");
+    assert!(
+        a["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| !dbs.contains(&r["instance_id"].as_str().unwrap().to_string())),
+        "another organization's instances: {a}"
+    );
+    let (st, p) = stranger.resolve(&asker, "db.internal").await;
+    assert_eq!(st, 404, "an instance of another node: {p}");
+
+    let (st, p) = agent.resolve(&asker, "example.com").await;
+    assert_eq!(st, 400, "{p}");
+    assert_eq!(p["errors"][0]["field"], "name", "{p}");
+    let (st, _) = agent
+        .with_credential("nsec_nope")
+        .resolve(&asker, "db.internal")
+        .await;
+    assert_eq!(st, 401);
+}
+
 both_backends!(
+    internal_names_resolve_within_the_organization,
     private_apps_leave_the_ingress_and_egress_policies_reach_the_agent,
     networking_input_is_validated
 );

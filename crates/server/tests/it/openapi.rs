@@ -85,6 +85,7 @@ fn agent_document_is_openapi_3_1_and_matches_the_checked_in_copy() {
     for path in [
         "/v1/agent/join",
         "/v1/agent/sync",
+        "/v1/agent/resolve",
         "/v1/agent/uploads/{upload_id}",
     ] {
         assert!(
@@ -92,7 +93,7 @@ fn agent_document_is_openapi_3_1_and_matches_the_checked_in_copy() {
             "{path} is not in the agent document"
         );
     }
-    assert_eq!(paths.len(), 3, "only the agent channel's routes");
+    assert_eq!(paths.len(), 4, "only the agent channel's routes");
 
     let path = checked_in_agent_path();
     if std::env::var("SHELLWEGO_UPDATE_OPENAPI").is_ok() {
@@ -294,7 +295,9 @@ fn check_problem_responses(doc: &Value) -> usize {
             let body = op.get("requestBody").is_some();
             let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
             let v1 = path.starts_with("/v1/");
-            let gated = v1 && path != "/v1/agent/sync" && !path.starts_with("/v1/agent/uploads/");
+            let gated = v1
+                && !["/v1/agent/sync", "/v1/agent/resolve"].contains(&path.as_str())
+                && !path.starts_with("/v1/agent/uploads/");
             let mut needed = vec![500];
             if v1 {
                 needed.push(503);
