@@ -39,6 +39,9 @@ pub type LookupFn = Arc<
         + Sync,
 >;
 
+/// An answer and until when it may be used.
+type Cached = (Instant, Arc<ResolveAnswer>);
+
 /// The suffix every internal name ends with (lowercase, fully qualified).
 const SUFFIX: &str = ".internal.";
 /// A TCP question must arrive within this.
@@ -52,7 +55,8 @@ pub struct InternalDns {
 
 struct Shared {
     lookup: RwLock<Option<LookupFn>>,
-    cache: Mutex<HashMap<(String, String), (Instant, Arc<ResolveAnswer>)>>,
+    /// (asking instance, name) → (good until, answer).
+    cache: Mutex<HashMap<(String, String), Cached>>,
     servers: Mutex<HashMap<String, CancellationToken>>,
 }
 

@@ -215,6 +215,7 @@ impl ContainerDriver {
             if let Some(dns) = &self.dns {
                 dns.stop(&cid);
             }
+            self.unpublish(launch.port);
         }
         started
     }
@@ -229,6 +230,7 @@ impl ContainerDriver {
         let layout = self.prepare_fs(launch, root, bundle)?;
         let net = self.setup_net(cid)?;
         self.node_egress();
+        let published = self.publish(launch.port, net.ip);
         if let Some(allowed) = &launch.allowed_egress {
             self.restrict_egress(&net, allowed, self.dns.is_some())?;
         }
@@ -348,6 +350,8 @@ impl ContainerDriver {
             ("container_id", cid.to_string()),
             ("ip", net.ip.to_string()),
             ("host_ip", net.host_ip.to_string()),
+            ("port", launch.port.to_string()),
+            ("published", published.to_string()),
             ("netns", net.netns),
             ("veth", net.host_veth),
             ("runtime", self.runtime.name.to_string()),
@@ -400,6 +404,9 @@ impl ContainerDriver {
         let cid = Self::cid_of(instance_id, handle);
         if let Some(dns) = &self.dns {
             dns.stop(&cid);
+        }
+        if let Some(port) = handle.and_then(|r| r.extra.get("port")?.parse().ok()) {
+            self.unpublish(port);
         }
         let (rt, root) = match handle {
             Some(r) => self.runtime_for(r),

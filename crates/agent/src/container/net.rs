@@ -21,12 +21,16 @@
 //! the same pair and nothing has to be persisted: deleting the namespace (or
 //! a reboot) frees the address.
 //!
-//! # Egress
+//! # Egress, and reaching a container from other nodes
 //!
 //! Beyond the host, a container's connections leave masqueraded as the
 //! node (the node's table `ip shellwego_nat`, made once per agent process
 //! with forwarding switched on, as Docker does; identical for every agent
-//! of the host, so several agents never disagree). An app's
+//! of the host, so several agents never disagree). Its port is published
+//! on the node's own addresses (the map `published`: port → container,
+//! an element added when it starts and removed when it goes): a router or
+//! an instance on another node reaches it at `<node address>:<port>`,
+//! which is what the agent reports when it has a routable address. An app's
 //! `allowed_egress` policy is a table `inet shellwego` in the container's
 //! own namespace (an `output` hook: the app cannot leave it, the host's
 //! rules are untouched): loopback, replies to connections made to the
@@ -197,6 +201,34 @@ impl ContainerDriver {
         });
     }
 
+    /// Publish the container's `port` on the node's own addresses (not
+    /// loopback): another node, or a router, reaches it at the node's
+    /// address. Best effort: without it the container is reachable from
+    /// this node only.
+    pub(super) fn publish(&self, port: u16, ip: Ipv4Addr) -> bool {
+        if self.tools.nft.is_none() {
+            return false;
+        }
+        let rule = format!("add element ip {NAT_TABLE} published {{ {port} : {ip} }}\n");
+        match self.nft_apply(None, &rule) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(port, %ip, error = %format!("{e:#}"), "cannot publish a container's port on the node");
+                false
+            }
+        }
+    }
+
+    /// Take the container's port off the node (best effort: it may not be
+    /// published).
+    pub(super) fn unpublish(&self, port: u16) {
+        if self.tools.nft.is_none() {
+            return;
+        }
+        let rule = format!("delete element ip {NAT_TABLE} published {{ {port} }}\n");
+        let _ = self.nft_apply(None, &rule);
+    }
+
     /// A /31 of 10.89.0.0/16 no host interface uses, searched from `seed`.
     pub(super) fn free_pair(&self, seed: u64) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
         let used: HashSet<u32> = nix::ifaddrs::getifaddrs()
@@ -234,20 +266,29 @@ impl ContainerDriver {
     }
 }
 
-/// The node's NAT for containers, replaced whole (idempotent).
+/// The node's NAT for containers (idempotent: the chains are rewritten,
+/// the map of published ports is kept, so containers an agent re-adopts
+/// stay reachable): masquerade beyond the node, and each container's port
+/// published on the node's addresses (`published`: port → container).
 fn nat_rules() -> String {
     let net = format!("{}.{}.0.0/16", NET_PREFIX[0], NET_PREFIX[1]);
     format!(
-        "table ip shellwego_nat {{}}\n\
-         delete table ip shellwego_nat\n\
-         table ip shellwego_nat {{\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {net} ip daddr != {net} masquerade\n\
-         \t}}\n\
-         }}\n"
+        "add table ip {NAT_TABLE}\n\
+         add chain ip {NAT_TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+         add chain ip {NAT_TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
+         add chain ip {NAT_TABLE} output {{ type nat hook output priority -100; policy accept; }}\n\
+         add map ip {NAT_TABLE} published {{ type inet_service : ipv4_addr; }}\n\
+         flush chain ip {NAT_TABLE} postrouting\n\
+         flush chain ip {NAT_TABLE} prerouting\n\
+         flush chain ip {NAT_TABLE} output\n\
+         add rule ip {NAT_TABLE} postrouting ip saddr {net} ip daddr != {net} masquerade\n\
+         add rule ip {NAT_TABLE} prerouting fib daddr type local dnat to tcp dport map @published\n\
+         add rule ip {NAT_TABLE} output ip daddr != 127.0.0.0/8 fib daddr type local dnat to tcp dport map @published\n"
     )
 }
+
+/// The node's NAT table (shared by every agent of the host).
+const NAT_TABLE: &str = "shellwego_nat";
 
 /// A container's egress policy: only `allowed` (canonical CIDRs; the ones
 /// that do not parse are left out, the API validated them).

@@ -199,13 +199,7 @@ impl Shared {
                 status: l.phase.status().to_string(),
                 reason: l.reason.clone(),
                 driver: Some(l.saved.desired.driver.clone()),
-                ip: Some(
-                    l.saved
-                        .running
-                        .as_ref()
-                        .and_then(|r| r.extra.get("ip").cloned())
-                        .unwrap_or_else(|| advertise_ip.to_string()),
-                ),
+                ip: Some(report_ip(l.saved.running.as_ref(), advertise_ip)),
                 port: Some(l.saved.port),
                 pid: l.saved.running.as_ref().map(|r| r.pid),
                 started_at: l.saved.started_at,
@@ -259,6 +253,28 @@ fn save(l: &Local) {
         if std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, l.dir.join("state.json"));
         }
+    }
+}
+
+/// Where routers and other nodes reach an instance: the node's address
+/// when it has a routable one and the port answers there (the process's
+/// own socket, QEMU's forward, a container's published port), else (a
+/// loopback node, `shellwego up`; a container not published) the
+/// instance's own address when it has one.
+fn report_ip(r: Option<&Running>, advertise_ip: &str) -> String {
+    let routable = advertise_ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    match r {
+        Some(r) => match r.extra.get("ip") {
+            Some(own)
+                if !routable || r.extra.get("published").map(String::as_str) != Some("true") =>
+            {
+                own.clone()
+            }
+            _ => advertise_ip.to_string(),
+        },
+        None => advertise_ip.to_string(),
     }
 }
 

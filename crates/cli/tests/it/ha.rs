@@ -80,6 +80,8 @@ struct Setup {
     /// [`Lan`], `--advertise-ip` its address), the replicas listening on
     /// the LAN's gateway; otherwise everything on loopback.
     lan: bool,
+    /// The agents' driver (`--drivers`): `process`, or `container`.
+    driver: &'static str,
 }
 
 impl Setup {
@@ -91,6 +93,7 @@ impl Setup {
             agent_first: 0,
             agents: 1,
             lan: false,
+            driver: "process",
         }
     }
 }
@@ -213,7 +216,10 @@ impl Ha {
                 "--sync-wait".into(),
                 "1".into(),
                 "--drivers".into(),
-                "process".into(),
+                setup.driver.into(),
+                // Apps can be pinned to a node (placement.labels).
+                "--label".into(),
+                format!("host={name}"),
                 "--cpus".into(),
                 "16".into(),
             ];
@@ -235,7 +241,7 @@ impl Ha {
         }
         for a in &ha.agents {
             ha.apis[0]
-                .wait_node(Some(&a.node), "process")
+                .wait_node(Some(&a.node), setup.driver)
                 .await
                 .unwrap_or_else(|e| panic!("node {}: {e:#}", a.name));
         }
@@ -1128,6 +1134,7 @@ async fn three_replicas_and_two_agents_on_hosts_of_their_own() {
         agent_first: 0,
         agents: 2,
         lan: true,
+        driver: "process",
     };
     let Some(ha) = Ha::start("three_replicas_and_two_agents_on_hosts_of_their_own", setup).await
     else {
@@ -1364,4 +1371,168 @@ async fn three_replicas_and_two_agents_on_hosts_of_their_own() {
     assert_eq!(lists[0][0].2, "successful", "{:?}", lists[0]);
     assert_eq!(lists[0][1].1, "v1", "{:?}", lists[0]);
     ha.shutdown(&r1, &app_id).await;
+}
+
+/// Nodes on hosts of their own, talking across the (virtual) network:
+/// `db` (private) runs in a container on n1, `web` in a container on n2
+/// with `allowed_egress` the LAN's CIDR. web asks its resolver for
+/// `db.internal` (A for the address, SRV for the port) and gets n1's
+/// address, where db's port is published; it reaches db over the LAN (its
+/// connections leave n2 masqueraded as n2). Its policy lets it reach the
+/// LAN's gateway and refuses an address outside the CIDR that is reachable
+/// from n2 (a second address of the gateway's, in 10.98.0.0/16). The
+/// router, in the root namespace, routes web and answers 404 for db.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn across_hosts_an_instance_reaches_a_private_app_by_name_and_its_egress_policy_holds() {
+    const TEST: &str =
+        "across_hosts_an_instance_reaches_a_private_app_by_name_and_its_egress_policy_holds";
+    if !crate::orphans::containers_work() {
+        return;
+    }
+    let setup = Setup {
+        replicas: 1,
+        router: true,
+        agent_first: 0,
+        agents: 2,
+        lan: true,
+        driver: "container",
+    };
+    let Some(ha) = Ha::start(TEST, setup).await else {
+        return;
+    };
+    let api = ha.api(0);
+    let lan = ha.lan.as_ref().unwrap();
+    // Inside the policy: a listener on the gateway; outside it: one on a
+    // second address of the bridge, reachable from the hosts (their
+    // default route is the gateway) and outside the LAN's /24.
+    let third = lan.gateway().octets()[2];
+    let outside = Ipv4Addr::new(10, 98, third, 1);
+    let st = std::process::Command::new("ip")
+        .args(["addr", "add", &format!("{outside}/32"), "dev", lan.bridge()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip addr add {outside}");
+    let listen = |ip: Ipv4Addr| {
+        let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                drop(c);
+            }
+        });
+        port
+    };
+    let (in_port, out_port) = (listen(lan.gateway()), listen(outside));
+    // Without a policy, n2 reaches the outside address (the control).
+    let control = netns::command_in(&lan.host(1).netns, "/bin/busybox")
+        .args(["nc", "-w", "2", &outside.to_string(), &out_port.to_string()])
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        control.success(),
+        "n2 cannot reach {outside}:{out_port} at all"
+    );
+
+    let root = ha.dir.path().join("rootfs");
+    shellwego_testkit::fixtures::write_busybox_rootfs(&root).unwrap();
+    let upload = api
+        .upload(shellwego_testkit::fixtures::tar_gz(&root).unwrap())
+        .await
+        .unwrap();
+    let create = |name: &'static str, host: &'static str, script: String, extra: Value| {
+        let api = api.clone();
+        let upload = upload.clone();
+        async move {
+            let mut body = json!({
+                "name": name,
+                "replicas": 1,
+                "runtime": "container",
+                "resources": {"memory": "64m", "cpu": "0.1"},
+                "source": {"type": "tarball", "upload_id": upload},
+                "command": ["/bin/busybox", "sh", "-c", script],
+                "health_check": {"path": "/", "interval": "1s"},
+                "placement": {"labels": {"host": host}},
+                "stop_timeout": "1s",
+            });
+            if let (Some(into), Some(from)) = (body.as_object_mut(), extra.as_object()) {
+                into.extend(from.clone());
+            }
+            let created = api
+                .post("/v1/apps", &body)
+                .await
+                .unwrap_or_else(|e| panic!("create {name}: {e:#}"));
+            created["id"].as_str().unwrap().to_string()
+        }
+    };
+    let db = create(
+        "db",
+        "n1",
+        "echo \"db says hi from $SHELLWEGO_INSTANCE_ID\" > /www/index.html; \
+         exec /bin/busybox httpd -f -p $PORT -h /www"
+            .into(),
+        json!({"networking": {"public": false}}),
+    )
+    .await;
+    let web = create(
+        "web",
+        "n2",
+        "B=/bin/busybox; echo waiting > /www/index.html; \
+         ( while true; do \
+             A=$($B nslookup -type=a db.internal 2>&1 | $B awk '/^Address: / {print $2}' | $B tail -n 1); \
+             P=$($B nslookup -type=srv db.internal 2>&1 | $B awk '/service =/ {print $(NF-1)}' | $B head -n 1); \
+             if [ -n \"$A\" ] && [ -n \"$P\" ] && printf 'GET / HTTP/1.0\\r\\n\\r\\n' | $B nc -w 2 \"$A\" \"$P\" > /tmp/db.html && $B grep -q 'db says' /tmp/db.html; then \
+               DB=$($B grep 'db says' /tmp/db.html); else DB=\"no answer from $A:$P\"; fi; \
+             if $B nc -w 2 $IN_IP $IN_PORT </dev/null; then IN=ok; else IN=refused; fi; \
+             if $B nc -w 2 $OUT_IP $OUT_PORT </dev/null; then OUT=ok; else OUT=refused; fi; \
+             echo \"db.internal is $A:$P; $DB; inside=$IN outside=$OUT\" > /www/index.new && $B mv /www/index.new /www/index.html; \
+             $B sleep 0.5; \
+           done ) & \
+         exec $B httpd -f -p $PORT -h /www"
+            .into(),
+        json!({
+            "networking": {"allowed_egress": [lan.cidr()]},
+            "env": {"IN_IP": lan.gateway().to_string(), "IN_PORT": in_port.to_string(),
+                    "OUT_IP": outside.to_string(), "OUT_PORT": out_port.to_string()},
+        }),
+    )
+    .await;
+    let d = wait_running(&api, &db, 1, Duration::from_secs(120)).await;
+    let w = wait_running(&api, &web, 1, Duration::from_secs(120)).await;
+    let node_of = |a: &Value| instances(a)[0]["node_id"].as_str().unwrap().to_string();
+    assert_eq!(node_of(&d), ha.agents[0].node, "db on n1: {d:#}");
+    assert_eq!(node_of(&w), ha.agents[1].node, "web on n2: {w:#}");
+    // Reported at their nodes' addresses (the routers and other nodes
+    // reach them there).
+    assert_eq!(instances(&d)[0]["ip"], lan.host(0).ip.to_string(), "{d:#}");
+    let db_inst = instances(&d)[0]["id"].as_str().unwrap().to_string();
+
+    let router = std::net::SocketAddr::from(([127, 0, 0, 1], ha.router_port));
+    let dl = Deadline::new("web's page to show db's answer", Duration::from_secs(60));
+    let page = loop {
+        if let Ok((200, page)) = shellwego_testkit::platform::through_at(router, "web") {
+            if page.contains("db says hi") {
+                break page;
+            }
+            dl.tick(&page).await;
+        } else {
+            dl.tick(&"no answer from web through the router").await;
+        }
+    };
+    println!("web's page (through the router): {}", page.trim());
+    assert!(page.contains(&db_inst), "{page}");
+    assert!(
+        page.contains(&format!("db.internal is {}:", lan.host(0).ip)),
+        "db is reached at n1's address: {page}"
+    );
+    assert!(page.contains("inside=ok"), "{page}");
+    assert!(page.contains("outside=refused"), "{page}");
+    let (st, body) = shellwego_testkit::platform::through_at(router, "db").unwrap();
+    assert_eq!(st, 404, "a private app through the router: {body}");
+
+    let (st, body) = api
+        .call(Method::DELETE, &format!("/v1/apps/{db}"), None)
+        .await;
+    assert!((200..300).contains(&st), "delete db: {st} {body}");
+    ha.shutdown(&api, &web).await;
 }

@@ -10,6 +10,9 @@
 //! Skipped without a working container driver unless
 //! SHELLWEGO_REQUIRE_CONTAINER is set (CI).
 
+// Test code may panic: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
