@@ -10,6 +10,7 @@ pub mod dns;
 pub mod driver;
 pub mod host;
 pub mod init;
+pub mod mesh;
 pub mod microvm;
 pub mod owner;
 pub mod process;
@@ -53,6 +54,14 @@ pub struct AgentArgs {
     /// Zone to report.
     #[arg(long)]
     pub zone: Option<String>,
+    /// The UDP port of the node's WireGuard mesh interface.
+    #[arg(long, default_value_t = mesh::DEFAULT_PORT, value_name = "PORT")]
+    pub wireguard_port: u16,
+    /// No WireGuard mesh (it is made when the agent runs as root and has a
+    /// routable --advertise-ip; internal traffic between nodes then goes
+    /// over the nodes' network unencrypted).
+    #[arg(long)]
+    pub no_wireguard: bool,
     /// A label `key=value` to add to the node; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -408,6 +417,20 @@ pub async fn run(
         .advertise_ip
         .clone()
         .unwrap_or_else(|| detect_ip(channel.control_plane()));
+    let routable = advertise_ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    let mesh = if routable && !args.no_wireguard && host::is_root() {
+        match mesh::Mesh::start(&args.data_dir, &owner, args.wireguard_port) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "no WireGuard mesh on this node: traffic to other nodes goes unencrypted");
+                None
+            }
+        }
+    } else {
+        None
+    };
     // User-given URLs (sources, registries) are fetched through the SSRF
     // guard: strict until the first sync brings the control plane's policy.
     let ssrf = shellwego_net::ssrf::Guard::strict();
@@ -465,6 +488,7 @@ pub async fn run(
                 events: events.clone(),
                 internal_ip: Some(advertise_ip.clone()),
                 seq: Some(seq),
+                wireguard: mesh.as_ref().map(mesh::Mesh::report),
             };
             let send = channel.sync(&body);
             // A status change goes up at once: the waiting call is dropped
@@ -498,6 +522,11 @@ pub async fn run(
                             generation = d.generation;
                             // Before the instances: they may need fetching.
                             apply_ssrf_policy(&ssrf, &d.ssrf);
+                            if let (Some(m), Some(o)) = (&mesh, &d.overlay) {
+                                if let Err(e) = m.apply(o) {
+                                    tracing::warn!(error = %format!("{e:#}"), "cannot apply the mesh's peers");
+                                }
+                            }
                             if let Ok(mut w) = shared.desired.lock() {
                                 *w = Some(d.instances);
                             }

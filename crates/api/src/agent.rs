@@ -95,6 +95,40 @@ pub struct AgentSync {
     /// and its `instances` are ignored; absent: always applied.
     #[serde(default)]
     pub seq: Option<i64>,
+    /// The node's WireGuard public key and port: the control plane gives
+    /// it an address on the organization's mesh and its peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WireguardReport {
+    /// Base64 of the 32-byte Curve25519 public key.
+    pub public_key: String,
+    /// The UDP port its WireGuard listens on.
+    pub port: u16,
+}
+
+/// The node's place on its organization's WireGuard mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Overlay {
+    /// The node's own address on the mesh (`10.90.x.y`).
+    pub address: String,
+    /// The mesh's prefix length (16).
+    pub prefix: u8,
+    /// The organization's other nodes on the mesh.
+    pub peers: Vec<OverlayPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OverlayPeer {
+    pub node_id: String,
+    pub public_key: String,
+    /// `ip:port` where its WireGuard answers.
+    pub endpoint: String,
+    /// Its address on the mesh.
+    pub address: String,
 }
 
 /// The node's desired state coming down.
@@ -108,6 +142,9 @@ pub struct AgentDesired {
     /// registries) from. Absent: none.
     #[serde(default)]
     pub ssrf: SsrfPolicy,
+    /// The mesh, once the node reported its WireGuard key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<Overlay>,
 }
 
 /// Private targets user-given URLs may reach besides public addresses.
@@ -278,6 +315,23 @@ impl crate::Validate for AgentJoin {
 
 impl crate::Validate for AgentSync {
     fn validate(&self) -> Result<(), shellwego_core::Error> {
+        if let Some(w) = &self.wireguard {
+            // Base64 of 32 bytes: 43 characters and one '='.
+            let k = &w.public_key;
+            if k.len() != 44
+                || !k.ends_with('=')
+                || !k[..43]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+                || w.port == 0
+            {
+                return Err(shellwego_core::Error::field(
+                    "wireguard.public_key",
+                    "invalid_value",
+                    "must be a WireGuard public key (base64 of 32 bytes) with a non-zero port",
+                ));
+            }
+        }
         if self.seq.is_some_and(|s| s < 1) {
             return Err(shellwego_core::Error::field(
                 "seq",

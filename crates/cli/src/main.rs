@@ -230,6 +230,9 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         owner_tag: a.owner_tag.clone(),
         no_cgroup_favordynmods: a.no_cgroup_favordynmods,
         stop_instances_on_exit: !a.keep_instances,
+        // One node on loopback: no mesh.
+        wireguard_port: shellwego_agent::mesh::DEFAULT_PORT,
+        no_wireguard: true,
     };
     let mut agent_stop = stop_rx.clone();
     let mut agent = tokio::spawn(shellwego_agent::run(agent_args, async move {

@@ -702,6 +702,8 @@ pub struct Endpoint {
     pub instance_id: String,
     pub ip: String,
     pub port: i64,
+    /// Its node's address on the WireGuard mesh, if it is on it.
+    pub overlay: Option<String>,
 }
 
 /// The healthy instances of the app `name` of `org` (of `instance` only,
@@ -713,7 +715,8 @@ pub async fn internal_endpoints(
     instance: Option<&str>,
 ) -> Result<Vec<Endpoint>, Error> {
     sqlx::query_as::<_, Endpoint>(
-        "SELECT i.id AS instance_id, i.ip, i.port FROM instances i JOIN apps a ON a.id = i.app_id
+        "SELECT i.id AS instance_id, i.ip, i.port, o.address AS overlay
+         FROM instances i JOIN apps a ON a.id = i.app_id LEFT JOIN node_overlay o ON o.node_id = i.node_id
          WHERE a.organization_id = $1 AND a.name = $2 AND ($3 = '' OR i.id = $3)
            AND i.status = 'healthy' AND i.desired = 'running' AND i.ip IS NOT NULL AND i.port IS NOT NULL
          ORDER BY i.id",

@@ -30,6 +30,7 @@ pub mod notify;
 pub mod objects;
 pub mod operations;
 pub mod orgs;
+pub mod overlay;
 pub mod rate_limits;
 pub mod service_accounts;
 pub mod system;

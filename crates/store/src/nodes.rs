@@ -38,6 +38,8 @@ pub struct Node {
     pub labels: BTreeMap<String, String>,
     pub drivers: Vec<String>,
     pub qemu_version: Option<String>,
+    /// Its WireGuard public key, once its agent reported one.
+    pub wireguard_pubkey: Option<String>,
 }
 
 pub static NODES: Resource = Resource {
@@ -62,7 +64,7 @@ pub static NODES: Resource = Resource {
         default_sort: &[("created_at", Dir::Desc)],
     },
     from: "nodes t",
-    columns: "t.id, t.organization_id, t.hostname, t.status, t.region, t.zone, t.cpu_cores, t.memory_total, t.disk_total, t.memory_available, t.cpu_available, t.microvm_total, t.microvm_used, t.internal_ip, t.public_ip, t.kernel_version, t.firecracker_version, t.agent_version, t.last_seen, t.created_at, t.drivers, t.qemu_version",
+    columns: "t.id, t.organization_id, t.hostname, t.status, t.region, t.zone, t.cpu_cores, t.memory_total, t.disk_total, t.memory_available, t.cpu_available, t.microvm_total, t.microvm_used, t.internal_ip, t.public_ip, t.kernel_version, t.firecracker_version, t.agent_version, t.last_seen, t.created_at, t.drivers, t.qemu_version, (SELECT o.public_key FROM node_overlay o WHERE o.node_id = t.id) AS wireguard_pubkey",
     fields: &[
         FieldSql::new("hostname", "t.hostname"),
         FieldSql::new("status", "t.status"),
@@ -106,6 +108,7 @@ struct NodeRow {
     created_at: i64,
     drivers: String,
     qemu_version: Option<String>,
+    wireguard_pubkey: Option<String>,
 }
 
 impl TryFrom<NodeRow> for Node {
@@ -135,6 +138,7 @@ impl TryFrom<NodeRow> for Node {
             created_at: crate::time(r.created_at),
             labels: BTreeMap::new(),
             qemu_version: r.qemu_version,
+            wireguard_pubkey: r.wireguard_pubkey,
         })
     }
 }
@@ -687,6 +691,16 @@ pub async fn node_rooms(db: &mut Conn, org: &str) -> Result<Vec<NodeUse>, Error>
 }
 
 /// Bump a node's generation so that its agent's waiting sync returns.
+/// Every node of `org` has something new to hear (the mesh changed).
+pub async fn bump_org(db: &mut Conn, org: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE nodes SET generation = generation + 1 WHERE organization_id = $1")
+        .bind(org)
+        .execute(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
 pub async fn bump_node(db: &mut Conn, node_id: &str) -> Result<(), Error> {
     sqlx::query("UPDATE nodes SET generation = generation + 1 WHERE id = $1")
         .bind(node_id)

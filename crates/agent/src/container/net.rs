@@ -287,6 +287,9 @@ fn nat_rules() -> String {
     )
 }
 
+/// The WireGuard mesh between the organization's nodes (see `crate::mesh`).
+const MESH: &str = "10.90.0.0/16";
+
 /// The node's NAT table (shared by every agent of the host).
 const NAT_TABLE: &str = "shellwego_nat";
 
@@ -308,6 +311,9 @@ pub(super) fn egress_rules(allowed: &[String], resolver: Option<Ipv4Addr>) -> St
         // Its own resolver (internal DNS) stays reachable.
         rules += &format!("\t\tip daddr {r} meta l4proto {{ udp, tcp }} th dport 53 accept\n");
     }
+    // The organization's private network (the WireGuard mesh, where
+    // internal names point) is not egress.
+    rules += &format!("\t\tip daddr {MESH} accept\n");
     if !v4.is_empty() {
         rules += &format!("\t\tip daddr {{ {} }} accept\n", v4.join(", "));
     }

@@ -385,6 +385,15 @@ impl Drop for Ha {
         for a in &self.agents {
             if let Ok(owner) = shellwego_agent::owner::Owner::for_data_dir(&a.dir) {
                 shellwego_agent::owner::remove_all(&owner);
+                // The mesh interface outlives its agent, as on a real host
+                // (wireguard-go ends with it).
+                if let Some(h) = &a.host {
+                    let iface: String = format!("swg-{}", owner.tag()).chars().take(15).collect();
+                    let _ = netns::command_in(&h.netns, "ip")
+                        .args(["link", "del", &iface])
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                }
             }
         }
         // The hosts and the database last: nothing uses them any more.
@@ -1373,12 +1382,53 @@ async fn three_replicas_and_two_agents_on_hosts_of_their_own() {
     ha.shutdown(&r1, &app_id).await;
 }
 
+/// `wg show <agent i's mesh interface> <what>`, in its host.
+fn wg(ha: &Ha, i: usize, what: &[&str]) -> String {
+    let owner = shellwego_agent::owner::Owner::for_data_dir(&ha.agents[i].dir).unwrap();
+    let iface: String = format!("swg-{}", owner.tag()).chars().take(15).collect();
+    let out = netns::command_in(&ha.lan.as_ref().unwrap().host(i).netns, "wg")
+        .arg("show")
+        .arg(&iface)
+        .args(what)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wg show {iface}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mesh_key(ha: &Ha, i: usize) -> String {
+    wg(ha, i, &["public-key"]).trim().to_string()
+}
+
+/// Agent `i`'s address on the mesh (its interface's IPv4 address).
+fn mesh_address(ha: &Ha, i: usize) -> String {
+    let owner = shellwego_agent::owner::Owner::for_data_dir(&ha.agents[i].dir).unwrap();
+    let iface: String = format!("swg-{}", owner.tag()).chars().take(15).collect();
+    let out = netns::command_in(&ha.lan.as_ref().unwrap().host(i).netns, "ip")
+        .args(["-4", "-o", "addr", "show", "dev", &iface])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no address on {iface}: {text}"))
+        .to_string()
+}
+
 /// Nodes on hosts of their own, talking across the (virtual) network:
 /// `db` (private) runs in a container on n1, `web` in a container on n2
 /// with `allowed_egress` the LAN's CIDR. web asks its resolver for
 /// `db.internal` (A for the address, SRV for the port) and gets n1's
-/// address, where db's port is published; it reaches db over the LAN (its
-/// connections leave n2 masqueraded as n2). Its policy lets it reach the
+/// address on the nodes' WireGuard mesh (kernel WireGuard, else
+/// wireguard-go), where db's port is published; it reaches db through the
+/// tunnel (its connections leave n2 masqueraded as n2's mesh address); the
+/// nodes show their real public keys and the tunnel counted the bytes. Its policy lets it reach the
 /// LAN's gateway and refuses an address outside the CIDR that is reachable
 /// from n2 (a second address of the gateway's, in 10.98.0.0/16). The
 /// router, in the root namespace, routes web and answers 404 for db.
@@ -1521,10 +1571,44 @@ async fn across_hosts_an_instance_reaches_a_private_app_by_name_and_its_egress_p
     };
     println!("web's page (through the router): {}", page.trim());
     assert!(page.contains(&db_inst), "{page}");
+    // Over the mesh: db.internal is n1's WireGuard address.
+    let n1_key = mesh_key(&ha, 0);
+    let n2_key = mesh_key(&ha, 1);
+    let n1_mesh = mesh_address(&ha, 0);
     assert!(
-        page.contains(&format!("db.internal is {}:", lan.host(0).ip)),
-        "db is reached at n1's address: {page}"
+        page.contains(&format!("db.internal is {n1_mesh}:")),
+        "db is reached at n1's mesh address {n1_mesh}: {page}"
     );
+    // The nodes show their real public keys, and each has had a handshake
+    // with the other and moved bytes through the tunnel.
+    for (i, key) in [(0, &n1_key), (1, &n2_key)] {
+        let (st, n) = api
+            .call(
+                Method::GET,
+                &format!("/v1/nodes/{}", ha.agents[i].node),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{n}");
+        assert_eq!(n["networking"]["wireguard_pubkey"], key.as_str(), "{n:#}");
+    }
+    let transfer = wg(&ha, 0, &["transfer"]);
+    let (rx, tx) = transfer
+        .lines()
+        .find(|l| l.starts_with(&n2_key))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.get(1)?.parse::<u64>().ok()?,
+                f.get(2)?.parse::<u64>().ok()?,
+            ))
+        })
+        .unwrap_or_else(|| panic!("n1 has no peer n2: {transfer}"));
+    assert!(
+        rx > 0 && tx > 0,
+        "no traffic through the tunnel: {transfer}"
+    );
+    println!("n1 <-> n2 over WireGuard: {rx} bytes in, {tx} out");
     assert!(page.contains("inside=ok"), "{page}");
     assert!(page.contains("outside=refused"), "{page}");
     let (st, body) = shellwego_testkit::platform::through_at(router, "db").unwrap();

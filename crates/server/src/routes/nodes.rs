@@ -64,7 +64,7 @@ fn view(n: crate::model::Node, load: (i64, i64, i64)) -> Node {
         networking: NodeNetworking {
             internal_ip: n.internal_ip,
             public_ip: n.public_ip,
-            wireguard_pubkey: None,
+            wireguard_pubkey: n.wireguard_pubkey,
         },
         labels: n.labels,
         kernel_version: n.kernel_version,

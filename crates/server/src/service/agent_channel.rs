@@ -116,7 +116,14 @@ pub async fn agent_sync(
     for app_id in &changed {
         crate::controller::reconcile::reconcile(ctx, app_id).await?;
     }
-    if back || !changed.is_empty() {
+    let mesh_changed = match &req.wireguard {
+        Some(w) => mesh_report(ctx, &node_id, &org, w).await?,
+        None => false,
+    };
+    if mesh_changed {
+        generation = nodes::generation(&mut *ctx.store.conn().await?, &node_id).await?;
+    }
+    if back || !changed.is_empty() || mesh_changed {
         ctx.publish(DESIRED);
     }
     if req.generation == generation {
@@ -147,6 +154,7 @@ pub async fn agent_sync(
     .unwrap_or_default();
     let instances = desired_for_node(ctx, &node_id, &region).await?;
     let ssrf = ctx.config.ssrf.config();
+    let overlay = overlay_of(ctx, &node_id, &org).await?;
     Ok(AgentDesired {
         generation,
         instances,
@@ -154,7 +162,60 @@ pub async fn agent_sync(
             allow: ssrf.allow.iter().map(ToString::to_string).collect(),
             allow_private_targets: ssrf.allow_private_targets,
         },
+        overlay,
     })
+}
+
+/// Record the node's WireGuard key and port; when they changed (or the
+/// node is new on the mesh), every node of the organization is told (its
+/// generation moves). True then.
+async fn mesh_report(
+    ctx: &ServerCtx,
+    node_id: &str,
+    org: &str,
+    w: &shellwego_api::agent::WireguardReport,
+) -> Result<bool, Error> {
+    let mut tx = ctx.unit().await?;
+    let changed =
+        shellwego_store::overlay::report(&mut tx, node_id, &w.public_key, i64::from(w.port))
+            .await?;
+    if changed {
+        nodes::bump_org(&mut tx, org).await?;
+        tx.touch(&[Topic::Nodes]);
+    }
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// The node's place on the mesh: its address and the organization's
+/// other nodes that have one and an address to reach them at.
+async fn overlay_of(
+    ctx: &ServerCtx,
+    node_id: &str,
+    org: &str,
+) -> Result<Option<shellwego_api::agent::Overlay>, Error> {
+    let peers = shellwego_store::overlay::peers_of_org(&mut *ctx.store.conn().await?, org).await?;
+    let Some(me) = peers.iter().find(|p| p.node_id == node_id) else {
+        return Ok(None);
+    };
+    Ok(Some(shellwego_api::agent::Overlay {
+        address: me.address.clone(),
+        prefix: shellwego_store::overlay::OVERLAY_PREFIX,
+        peers: peers
+            .iter()
+            .filter(|p| p.node_id != node_id)
+            .filter_map(|p| {
+                let ip = p.internal_ip.as_deref()?.parse::<std::net::IpAddr>().ok()?;
+                Some(shellwego_api::agent::OverlayPeer {
+                    node_id: p.node_id.clone(),
+                    public_key: p.public_key.clone(),
+                    endpoint: std::net::SocketAddr::new(ip, u16::try_from(p.port).ok()?)
+                        .to_string(),
+                    address: p.address.clone(),
+                })
+            })
+            .collect(),
+    }))
 }
 
 /// An uploaded archive a node may download (one of its organization's):
@@ -220,14 +281,25 @@ pub async fn agent_resolve(
             ))
         }
     };
+    // From a node on the mesh, at the target node's mesh address
+    // (encrypted between nodes; on the same node, the published port
+    // answers there too); off the mesh, at the address the routers use.
+    let on_mesh = shellwego_store::overlay::peers_of_org(&mut db, &node.organization_id)
+        .await?
+        .iter()
+        .any(|p| p.node_id == node.id);
     let records = apps::internal_endpoints(&mut db, &node.organization_id, app, instance)
         .await?
         .into_iter()
         .filter_map(|e| {
+            let ip = match e.overlay {
+                Some(o) if on_mesh => o,
+                _ => e.ip,
+            };
             Some(shellwego_api::agent::InternalEndpoint {
                 port: u16::try_from(e.port).ok()?,
                 instance_id: e.instance_id,
-                ip: e.ip,
+                ip,
             })
         })
         .collect();

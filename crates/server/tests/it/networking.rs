@@ -302,7 +302,76 @@ async fn internal_names_resolve_within_the_organization(s: TestServer) {
     assert_eq!(st, 401);
 }
 
+/// The mesh: a node that reports a WireGuard key gets an address of its
+/// own on 10.90.0.0/16 and the organization's other nodes as peers (not
+/// another organization's); its key shows in the node's view; a new node
+/// on the mesh wakes the others; a key that is not one is a 400.
+async fn nodes_report_wireguard_keys_and_get_their_peers(s: TestServer) {
+    use shellwego_testkit::agent::AgentSync;
+    let key = |c: char| format!("{}=", c.to_string().repeat(43));
+    let mut a = s.fake_agent("a", 4, 8 << 30).await;
+    a.internal_ip = Some("10.99.0.2".into());
+    let b = s.fake_agent("b", 4, 8 << 30).await;
+    let report = |agent: &FakeAgent, k: String, ip: &str, generation: i64| {
+        let body = AgentSync {
+            generation,
+            wait_secs: Some(1),
+            internal_ip: Some(ip.to_string()),
+            wireguard: Some(shellwego_api::agent::WireguardReport {
+                public_key: k,
+                port: 51820,
+            }),
+            ..Default::default()
+        };
+        let agent = agent.clone();
+        async move { agent.sync(&body).await }
+    };
+    let da = report(&a, key('A'), "10.99.0.2", -1).await;
+    let oa = da.overlay.clone().expect("a is on the mesh");
+    assert_eq!(oa.prefix, 16);
+    assert!(oa.address.starts_with("10.90."), "{oa:?}");
+    assert!(oa.peers.is_empty(), "{oa:?}");
+    // b joins: a is told (its generation moved), each sees the other.
+    let db = report(&b, key('B'), "10.99.0.3", -1).await;
+    let ob = db.overlay.clone().unwrap();
+    assert_ne!(ob.address, oa.address);
+    assert_eq!(ob.peers.len(), 1);
+    assert_eq!(ob.peers[0].public_key, key('A'));
+    assert_eq!(ob.peers[0].endpoint, "10.99.0.2:51820");
+    assert_eq!(ob.peers[0].address, oa.address);
+    let again = report(&a, key('A'), "10.99.0.2", da.generation).await;
+    assert_ne!(again.generation, da.generation, "a was not woken");
+    let peers = again.overlay.unwrap().peers;
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].public_key, key('B'));
+    assert_eq!(peers[0].address, ob.address);
+    // The key shows in the node's view.
+    let (_, n) = s.get(&format!("/v1/nodes/{}", a.node_id)).await;
+    assert_eq!(n["networking"]["wireguard_pubkey"], key('A'), "{n:#}");
+
+    // Another organization's node is no peer of these.
+    let (_, _, other) = s
+        .org_with_user(shellwego_core::plan::Plan::Growth, "m@example.com")
+        .await;
+    let c = FakeAgent::register(&s.base, &other, "c", 4, 8 << 30).await;
+    let dc = report(&c, key('C'), "10.99.0.4", -1).await;
+    let oc = dc.overlay.unwrap();
+    assert!(oc.peers.is_empty(), "{oc:?}");
+    assert!(oc.address != oa.address && oc.address != ob.address);
+
+    // Not a key: 400, naming the field.
+    let r = a
+        .sync_raw(&serde_json::json!({"generation": -1, "wireguard": {"public_key": "nope", "port": 51820}}))
+        .await;
+    let p = problem(r, 400).await;
+    assert!(
+        fields(&p).contains(&"wireguard.public_key".to_string()),
+        "{p:#}"
+    );
+}
+
 both_backends!(
+    nodes_report_wireguard_keys_and_get_their_peers,
     internal_names_resolve_within_the_organization,
     private_apps_leave_the_ingress_and_egress_policies_reach_the_agent,
     networking_input_is_validated
