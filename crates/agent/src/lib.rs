@@ -9,6 +9,7 @@ pub mod container;
 pub mod dns;
 pub mod driver;
 pub mod host;
+pub mod hostnet;
 pub mod init;
 pub mod mesh;
 pub mod microvm;

@@ -185,7 +185,7 @@ impl ContainerDriver {
             bail!("{} is not a directory", root.display());
         }
         let bundle = dir.join("bundle");
-        let (netns, veth, _) = self.net_names(&cid);
+        let (netns, veth, _) = self.hostnet().net_names(&cid);
         // Leftovers of an earlier run of this instance (not cleaned up).
         self.teardown(
             &self.runtime,
@@ -215,7 +215,7 @@ impl ContainerDriver {
             if let Some(dns) = &self.dns {
                 dns.stop(&cid);
             }
-            self.unpublish(launch.port);
+            self.hostnet().unpublish(launch.port);
         }
         started
     }
@@ -228,11 +228,12 @@ impl ContainerDriver {
         bundle: &Path,
     ) -> anyhow::Result<Running> {
         let layout = self.prepare_fs(launch, root, bundle)?;
-        let net = self.setup_net(cid)?;
-        self.node_egress();
-        let published = self.publish(launch.port, net.ip);
+        let net = self.hostnet().setup_net(cid)?;
+        self.hostnet().node_egress();
+        let published = self.hostnet().publish(launch.port, net.ip);
         if let Some(allowed) = &launch.allowed_egress {
-            self.restrict_egress(&net, allowed, self.dns.is_some())?;
+            self.hostnet()
+                .restrict_egress(&net, allowed, self.dns.is_some())?;
         }
         let resolv = bundle.join("resolv.conf");
         if let Some(dns) = &self.dns {
@@ -406,7 +407,7 @@ impl ContainerDriver {
             dns.stop(&cid);
         }
         if let Some(port) = handle.and_then(|r| r.extra.get("port")?.parse().ok()) {
-            self.unpublish(port);
+            self.hostnet().unpublish(port);
         }
         let (rt, root) = match handle {
             Some(r) => self.runtime_for(r),
@@ -425,7 +426,7 @@ impl ContainerDriver {
                 Self::state(&rt, &root, &cid)
                     .and_then(|s| s.get("bundle")?.as_str().map(PathBuf::from))
             });
-        let (mut netns, mut veth, _) = self.net_names(&cid);
+        let (mut netns, mut veth, _) = self.hostnet().net_names(&cid);
         if let Some(r) = handle {
             if let Some(n) = r.extra.get("netns") {
                 netns.clone_from(n);
@@ -462,7 +463,7 @@ impl ContainerDriver {
                 );
             }
         }
-        self.teardown_net(netns, veth);
+        self.hostnet().teardown_net(netns, veth);
         if let Some(b) = bundle {
             self.remove_tree(b)?;
         }
@@ -503,7 +504,7 @@ impl ContainerDriver {
                 if keep.contains(&cid) {
                     continue;
                 }
-                let (netns, veth, _) = self.net_names(&cid);
+                let (netns, veth, _) = self.hostnet().net_names(&cid);
                 match self.teardown(&rt, &root, &cid, bundle.as_deref(), &netns, &veth) {
                     Ok(()) => note(
                         &cid,
@@ -535,7 +536,7 @@ impl ContainerDriver {
                 continue;
             }
             let cid = cid.to_string();
-            match self.ip(&["netns", "del", &name]) {
+            match self.hostnet().ip(&["netns", "del", &name]) {
                 Ok(_) => note(&cid, format!("network namespace {name}")),
                 Err(e) => {
                     tracing::warn!(netns = %name, error = %format!("{e:#}"), "cannot delete an orphaned network namespace")

@@ -116,7 +116,7 @@ impl ContainerDriver {
         let root = self.state_root();
         for (cid, bundle, _) in Self::listed(&self.runtime, &root).unwrap_or_default() {
             if cid.strip_prefix(PREFIX).is_some_and(dead) {
-                let (netns, veth, _) = self.net_names(&cid);
+                let (netns, veth, _) = self.hostnet().net_names(&cid);
                 let _ = self.teardown(&self.runtime, &root, &cid, bundle.as_deref(), &netns, &veth);
             }
         }
@@ -128,7 +128,7 @@ impl ContainerDriver {
                 .and_then(|c| c.strip_prefix(PREFIX))
                 .is_some_and(dead);
             if stale {
-                let _ = self.ip(&["netns", "del", &name]);
+                let _ = self.hostnet().ip(&["netns", "del", &name]);
             }
         }
         for e in fs::read_dir(RUN_DIR).into_iter().flatten().flatten() {
@@ -158,8 +158,8 @@ impl ContainerDriver {
             &self.state_root(),
             &id,
             Some(&dir),
-            &self.net_names(&id).0,
-            &self.net_names(&id).1,
+            &self.hostnet().net_names(&id).0,
+            &self.hostnet().net_names(&id).1,
         )?;
         fs::create_dir_all(dir.join("app"))
             .with_context(|| format!("cannot create {}", dir.display()))?;

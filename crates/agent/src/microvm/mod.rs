@@ -53,6 +53,13 @@
 //! passes too early; an HTTP check (`path`) is accurate. A health check on
 //! another port than `$PORT` is not forwarded.
 //!
+//! With an egress policy (`Launch::allowed_egress`), QEMU (whose own
+//! sockets carry the guest's connections) runs under `nsenter` in a
+//! network namespace of the VM's own, made like a container's
+//! ([`crate::hostnet`]: a /31 on a veth pair, the policy as nftables
+//! rules there, its port published on the node's addresses); the forward
+//! then answers at that namespace's address (`Running.extra["ip"]`).
+//!
 //! # Stopping, exit status, OOM
 //!
 //! `Terminate` writes `term` to the VM's second serial port (a FIFO pair
@@ -135,6 +142,7 @@ const START_MARK: &str = "shellwego-microvm: app starting";
 pub struct MicrovmDriver {
     host: Host,
     process: ProcessDriver,
+    owner: Owner,
 }
 
 impl MicrovmDriver {
@@ -147,6 +155,7 @@ impl MicrovmDriver {
             .map(|host| MicrovmDriver {
                 host,
                 process: ProcessDriver::new(),
+                owner: Owner::default(),
             })
     }
 
@@ -157,17 +166,34 @@ impl MicrovmDriver {
     /// The driver, making the VMs of `owner`: QEMU runs in the cgroup
     /// `shellwego/<owner tag>/microvm/<instance id>` (see [`crate::owner`]).
     pub fn owned_by(mut self, owner: Owner) -> MicrovmDriver {
-        self.process = ProcessDriver::new().owned_by(owner, "microvm");
+        self.process = ProcessDriver::new().owned_by(owner.clone(), "microvm");
+        self.owner = owner;
         self
+    }
+
+    /// The network helpers for a VM with an egress policy, or why there
+    /// are none.
+    fn hostnet(&self) -> anyhow::Result<(crate::hostnet::HostNet, std::path::PathBuf)> {
+        use crate::host::find_binary;
+        let ip = find_binary("ip").context("`ip` not found (install iproute2)")?;
+        let nsenter = find_binary("nsenter").context("`nsenter` not found (install util-linux)")?;
+        Ok((
+            crate::hostnet::HostNet {
+                ip,
+                nft: find_binary("nft"),
+                owner: self.owner.clone(),
+            },
+            nsenter,
+        ))
     }
 
     fn start(&self, l: &Launch) -> anyhow::Result<Running> {
         if !l.is_rootfs {
             bail!("the microvm driver runs root filesystems (images) only, not app directories");
         }
-        // QEMU's user-mode network proxies the guest's connections through
-        // host sockets of QEMU's own: nothing per-instance to filter yet.
-        l.refuse_egress_policy("microvm", "its user-mode network is not filtered yet")?;
+        if !crate::host::is_root() {
+            l.refuse_egress_policy("microvm", "its network namespace needs root")?;
+        }
         let vm = l.dir.join("microvm");
         let _ = fs::remove_dir_all(&vm);
         fs::create_dir_all(&vm).with_context(|| format!("cannot create {}", vm.display()))?;
@@ -184,7 +210,7 @@ impl MicrovmDriver {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as i64);
         let smp = ((l.cpu_millis + 999) / 1000).clamp(1, cpus);
         let log_offset = fs::metadata(&l.log).map(|m| m.len()).unwrap_or(0);
-        let argv = qemu_argv(
+        let mut argv = qemu_argv(
             &self.host,
             self.host.accel,
             &initrd,
@@ -194,6 +220,40 @@ impl MicrovmDriver {
             Some(&vm.join("ctl")),
             Some(l.port),
         );
+        // An egress policy: QEMU (whose own sockets carry the guest's
+        // connections) runs in a network namespace of the VM's own, held to
+        // the policy there, like a container; its port forward answers at
+        // that namespace's address, published on the node's.
+        let mut netinfo: Vec<(&str, String)> = vec![];
+        let mut made: Option<(crate::hostnet::HostNet, crate::hostnet::Net)> = None;
+        if let Some(allowed) = &l.allowed_egress {
+            let (hn, nsenter) = self.hostnet()?;
+            let net = hn.setup_net(&l.instance_id)?;
+            let policy = hn.restrict_egress(&net, allowed, false);
+            if let Err(e) = policy {
+                hn.teardown_net(&net.netns, &net.host_veth);
+                return Err(e);
+            }
+            hn.node_egress();
+            let published = hn.publish(l.port, net.ip);
+            argv.splice(
+                0..0,
+                [
+                    nsenter.display().to_string(),
+                    format!("--net={}/{}", crate::hostnet::NETNS_DIR, net.netns),
+                    "--".to_string(),
+                ],
+            );
+            netinfo = vec![
+                ("ip", net.ip.to_string()),
+                ("host_ip", net.host_ip.to_string()),
+                ("netns", net.netns.clone()),
+                ("veth", net.host_veth.clone()),
+                ("port", l.port.to_string()),
+                ("published", published.to_string()),
+            ];
+            made = Some((hn, net));
+        }
         let env = BTreeMap::from([(
             "PATH".to_string(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
@@ -212,10 +272,23 @@ impl MicrovmDriver {
             log: l.log.clone(),
             allowed_egress: None,
         };
-        let mut r = match self.process.run(Command::Start(&host_launch))? {
-            Reply::Started(r) => r,
-            Reply::Done => bail!("qemu was not started"),
+        let started = self.process.run(Command::Start(&host_launch));
+        let mut r = match started {
+            Ok(Reply::Started(r)) => r,
+            other => {
+                if let Some((hn, net)) = &made {
+                    hn.unpublish(l.port);
+                    hn.teardown_net(&net.netns, &net.host_veth);
+                }
+                match other {
+                    Err(e) => return Err(e),
+                    _ => bail!("qemu was not started"),
+                }
+            }
         };
+        for (k, v) in netinfo {
+            r.extra.insert(k.into(), v);
+        }
         r.driver = "microvm".into();
         r.extra
             .insert("accel".into(), self.host.accel.name().into());
@@ -341,6 +414,15 @@ impl Driver for MicrovmDriver {
                 })?;
                 if let Some(d) = handle.and_then(|r| r.extra.get("vm_dir")) {
                     let _ = fs::remove_dir_all(d);
+                }
+                // The VM's own network, when it had an egress policy.
+                if let (Some(r), Ok((hn, _))) = (handle, self.hostnet()) {
+                    if let Some(port) = r.extra.get("port").and_then(|p| p.parse().ok()) {
+                        hn.unpublish(port);
+                    }
+                    if let (Some(ns), Some(veth)) = (r.extra.get("netns"), r.extra.get("veth")) {
+                        hn.teardown_net(ns, veth);
+                    }
                 }
                 Ok(Reply::Done)
             }

@@ -276,24 +276,30 @@ fn cleanup_leaves_nothing(s: &Subject) {
 }
 
 /// What exists on the host of the objects `r`'s handle names.
-/// An `allowed_egress` policy is enforced (the container driver: its
-/// rules are tested in `container::an_egress_policy_refuses_what_it_does_not_list`)
-/// or the instance is not started at all: never run unrestricted.
+/// An `allowed_egress` policy is enforced (container and microvm: their
+/// rules are tested in `container::an_egress_policy_refuses_what_it_does_not_list`
+/// and `microvm::an_egress_policy_holds_for_the_guest`) or the instance is
+/// not started at all (process): never run unrestricted.
 fn an_egress_policy_is_enforced_or_refused(s: &Subject) {
     let mut l = launch(s, "egress", &["sh", "-c", "exec sleep 60"]);
     l.allowed_egress = Some(vec!["10.99.0.0/24".into()]);
     match s.driver.run(Command::Start(&l)) {
         Ok(shellwego_agent::driver::Reply::Started(r)) => {
             let _g = Guard::new(s.driver.as_ref(), &l, &r);
-            assert_eq!(
+            assert_ne!(
                 s.driver.name(),
-                "container",
+                "process",
                 "started under a policy it cannot enforce"
+            );
+            assert!(
+                r.extra.contains_key("netns"),
+                "no namespace of its own: {:?}",
+                r.extra
             );
         }
         Ok(_) => panic!("no handle"),
         Err(e) => {
-            assert_ne!(s.driver.name(), "container", "{e:#}");
+            assert_eq!(s.driver.name(), "process", "{e:#}");
             let e = format!("{e:#}");
             assert!(
                 e.contains("allowed_egress cannot be enforced") && e.contains(s.driver.name()),

@@ -218,3 +218,102 @@ fn the_guest_kernel_ooms_a_hog() {
     assert!(log.contains("Out of memory: Killed process"), "log: {log}");
     assert!(!log.contains("survived"), "log: {log}");
 }
+
+/// A non-loopback IPv4 address of the host outside the instance networks,
+/// to connect to from a guest (the traffic stays on this machine).
+fn host_address() -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w != "inet");
+            w.nth(1)?.split('/').next().map(str::to_string)
+        })
+        .find(|a| !a.starts_with("10.89.") && !a.starts_with("10.99.") && !a.starts_with("10.90."))
+}
+
+/// An app's `allowed_egress` holds for a microVM: QEMU (whose sockets
+/// carry the guest's connections) runs in a network namespace of the VM's
+/// own with the policy there. A guest allowed the host's address reaches a
+/// listener on it; one allowed only another address is refused. Both serve
+/// at their namespace's address.
+#[test]
+fn an_egress_policy_holds_for_the_guest() {
+    let Some(d) = driver() else { return };
+    if !shellwego_agent::host::is_root() {
+        skip(Some(REQUIRE_MICROVM), "an egress policy needs root");
+        return;
+    }
+    let Some(target) = host_address() else {
+        println!("SKIPPED: this host has no global IPv4 address to connect to");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind((target.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            drop(c);
+        }
+    });
+    let script = format!(
+        "R=EGRESS_REFUSED; for i in 1 2 3; do if nc -w 3 {target} {port} </dev/null; then R=EGRESS_OK; break; fi; sleep 1; done; \
+         echo \"egress outcome: $R\"; exec httpd -f -p $PORT -h /www"
+    );
+    // Some documentation address that is not the target (this sandbox's
+    // own address is one).
+    let other = ["203.0.113.7", "198.51.100.7"]
+        .into_iter()
+        .find(|a| *a != target)
+        .unwrap();
+    let mut vms = vec![];
+    for (name, allowed) in [
+        ("eg-allowed", format!("{target}/32")),
+        ("eg-refused", format!("{other}/32")),
+    ] {
+        let mut l = launch(tmp.path(), name, &root, &["sh", "-c", &script], 64 << 20);
+        l.allowed_egress = Some(vec![allowed]);
+        let r = start(&d, &l);
+        assert!(r.extra.contains_key("netns"), "{:?}", r.extra);
+        vms.push((l, r));
+    }
+    let _guards: Vec<Guard> = vms
+        .iter()
+        .map(|(l, r)| Guard {
+            d: &d,
+            id: l.instance_id.clone(),
+            r: Some(r.clone()),
+        })
+        .collect();
+    let outcome = |l: &Launch| {
+        let t = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(&l.log).unwrap_or_default();
+            if let Some(line) = log.lines().find(|x| x.contains("egress outcome: ")) {
+                return line.trim().to_string();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(180),
+                "no outcome; console: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let allowed = outcome(&vms[0].0);
+    let refused = outcome(&vms[1].0);
+    println!("allowed: {allowed}; refused: {refused}");
+    assert!(allowed.ends_with("EGRESS_OK"), "{allowed}");
+    assert!(refused.ends_with("EGRESS_REFUSED"), "{refused}");
+    // Each serves at its namespace's address.
+    for (l, r) in &vms {
+        let addr = SocketAddr::new(r.extra["ip"].parse().unwrap(), l.port);
+        let body = support::http_get(addr, "/index.html", Duration::from_secs(60));
+        assert!(body.contains("hello from the image"), "{body}");
+    }
+}

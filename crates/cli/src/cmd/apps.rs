@@ -147,9 +147,9 @@ pub struct NetworkingArgs {
     #[arg(long)]
     pub public: bool,
     /// A CIDR the app's instances may connect to (10.0.0.0/8, 192.0.2.7);
-    /// repeatable. Any other destination is refused (container driver;
-    /// other drivers refuse to run an app with a policy). Default:
-    /// anywhere (0.0.0.0/0).
+    /// repeatable. Any other destination is refused (container and microvm
+    /// drivers; the process driver refuses to run an app with a policy).
+    /// Default: anywhere (0.0.0.0/0).
     #[arg(long = "allow-egress", value_name = "CIDR")]
     pub allow_egress: Vec<String>,
 }
