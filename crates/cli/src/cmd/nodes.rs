@@ -259,6 +259,10 @@ async fn get(ctx: &Ctx, node: &str) -> anyhow::Result<()> {
                 ("INTERNAL IP", or_dash(n.networking.internal_ip.as_deref())),
                 ("PUBLIC IP", or_dash(n.networking.public_ip.as_deref())),
                 (
+                    "WIREGUARD KEY",
+                    or_dash(n.networking.wireguard_pubkey.as_deref()),
+                ),
+                (
                     "VERSIONS",
                     if versions.is_empty() {
                         "-".into()

@@ -182,6 +182,16 @@ async fn mesh_report(
     if changed {
         nodes::bump_org(&mut tx, org).await?;
         tx.touch(&[Topic::Nodes]);
+        let actor = Actor {
+            kind: "system".into(),
+            id: Some(node_id.to_string()),
+            ip: None,
+        };
+        tx.record(
+            NewEvent::info("node.mesh_updated", &actor, "node", node_id)
+                .in_org(org)
+                .meta(json!({"wireguard_pubkey": w.public_key, "port": w.port})),
+        );
     }
     tx.commit().await?;
     Ok(changed)

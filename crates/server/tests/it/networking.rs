@@ -345,9 +345,20 @@ async fn nodes_report_wireguard_keys_and_get_their_peers(s: TestServer) {
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].public_key, key('B'));
     assert_eq!(peers[0].address, ob.address);
-    // The key shows in the node's view.
+    // The key shows in the node's view; joining the mesh is an event.
     let (_, n) = s.get(&format!("/v1/nodes/{}", a.node_id)).await;
     assert_eq!(n["networking"]["wireguard_pubkey"], key('A'), "{n:#}");
+    let (_, ev) = s
+        .get("/v1/events?filter[type]=node.mesh_updated&limit=10")
+        .await;
+    assert!(
+        ev["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["resource"]["id"] == a.node_id.as_str()),
+        "{ev:#}"
+    );
 
     // Another organization's node is no peer of these.
     let (_, _, other) = s

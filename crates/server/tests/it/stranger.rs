@@ -348,6 +348,13 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
             401,
         ),
         (
+            Method::POST,
+            "/v1/agent/resolve",
+            "/v1/agent/resolve".into(),
+            Some(json!({"instance_id": "inst_x", "name": "web.internal"})),
+            401,
+        ),
+        (
             Method::GET,
             "/v1/openapi.json",
             "/v1/openapi.json".into(),
