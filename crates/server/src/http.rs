@@ -260,14 +260,6 @@ fn redact_path(path: &str) -> String {
         .join("/")
 }
 
-/// The agent channel's routes that authenticate a node credential
-/// themselves (not user tokens; no API rate limit).
-pub(crate) fn node_authenticated(path: &str) -> bool {
-    path == "/v1/agent/sync"
-        || path == "/v1/agent/resolve"
-        || path.starts_with("/v1/agent/uploads/")
-}
-
 /// `/v1` requests: resolve the bearer token, then count the request against
 /// the token's (or, without one, the client IP's) rate limit.
 async fn v1_gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -275,7 +267,9 @@ async fn v1_gate(State(state): State<AppState>, mut req: Request, next: Next) ->
     // The agent channel authenticates nodes itself (node credentials are
     // not user tokens) and is not subject to API rate limits. (Joining
     // carries no token, so it is limited per IP like any anonymous call.)
-    if !(path == "/v1" || path.starts_with("/v1/")) || node_authenticated(path) {
+    if !(path == "/v1" || path.starts_with("/v1/"))
+        || crate::routes::agent::node_authenticated(path)
+    {
         return next.run(req).await;
     }
     let ip = req.extensions().get::<RealIp>().map(|c| c.0);

@@ -321,7 +321,7 @@ const GONE: &[&str] = &["invitation_accept"];
 /// in front of `path`, as in `http::v1_gate`: every `/v1` route but the
 /// agent channel's node-authenticated ones.
 fn gated(path: &str) -> bool {
-    path.starts_with("/v1/") && !crate::http::node_authenticated(path)
+    path.starts_with("/v1/") && !crate::routes::agent::node_authenticated(path)
 }
 
 /// The shared problem statuses `op` (at `path`) can answer.

@@ -462,6 +462,29 @@ async fn deployment(api: &Api, dep: &str) -> Value {
         .1
 }
 
+/// A blue-green deployment of the app started through `via`, watched
+/// through `watch` until it is successful: (its id, it).
+async fn blue_green(via: &Api, watch: &Api, app_id: &str) -> (String, Value) {
+    let bg = deploy(
+        via,
+        app_id,
+        json!({"strategy": "blue-green", "warm_window": "1s"}),
+    )
+    .await;
+    let d = Deadline::new(
+        format!("deployment {bg} successful"),
+        Duration::from_secs(120),
+    );
+    loop {
+        let v = deployment(watch, &bg).await;
+        if v["status"] == "successful" {
+            return (bg, v);
+        }
+        assert_eq!(v["status"], "in_progress", "the deployment ended: {v:#}");
+        d.tick(&v).await;
+    }
+}
+
 /// A deployment's version as a number (`"v2"` → 2).
 fn version_of(dep: &Value) -> i64 {
     dep["version"]
@@ -1049,24 +1072,7 @@ async fn three_replicas_act_as_one() {
         .await;
     assert_eq!(st, 200, "scale through r2: {body}");
     wait_running(&r1, &app_id, 3, Duration::from_secs(60)).await;
-    let bg = deploy(
-        &r3,
-        &app_id,
-        json!({"strategy": "blue-green", "warm_window": "1s"}),
-    )
-    .await;
-    let d = Deadline::new(
-        format!("deployment {bg} successful"),
-        Duration::from_secs(120),
-    );
-    let done = loop {
-        let v = deployment(&r1, &bg).await;
-        if v["status"] == "successful" {
-            break v;
-        }
-        assert_eq!(v["status"], "in_progress", "the deployment ended: {v:#}");
-        d.tick(&v).await;
-    };
+    let (bg, done) = blue_green(&r3, &r1, &app_id).await;
     let version = version_of(&done);
     let app = wait_running(&r2, &app_id, 3, Duration::from_secs(60)).await;
     assert!(
@@ -1183,24 +1189,7 @@ async fn three_replicas_and_two_agents_on_hosts_of_their_own() {
     let load = load_through(ha.router_port, origin, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let deployed_at = secs_since(origin);
-    let bg = deploy(
-        &r3,
-        &app_id,
-        json!({"strategy": "blue-green", "warm_window": "1s"}),
-    )
-    .await;
-    let d = Deadline::new(
-        format!("deployment {bg} successful"),
-        Duration::from_secs(120),
-    );
-    let done = loop {
-        let v = deployment(&r1, &bg).await;
-        if v["status"] == "successful" {
-            break v;
-        }
-        assert_eq!(v["status"], "in_progress", "the deployment ended: {v:#}");
-        d.tick(&v).await;
-    };
+    let (bg, done) = blue_green(&r3, &r1, &app_id).await;
     let version = version_of(&done);
     let app = wait_running(&r2, &app_id, 3, Duration::from_secs(60)).await;
     record_nodes(&mut node_of, &app);
@@ -1492,22 +1481,9 @@ async fn across_hosts_an_instance_reaches_a_private_app_by_name_and_its_egress_p
         .unwrap();
     let create = |name: &'static str, host: &'static str, script: String, extra: Value| {
         let api = api.clone();
-        let upload = upload.clone();
+        let mut body = crate::support::busybox_app(name, &upload, &script, extra);
+        body["placement"] = json!({"labels": {"host": host}});
         async move {
-            let mut body = json!({
-                "name": name,
-                "replicas": 1,
-                "runtime": "container",
-                "resources": {"memory": "64m", "cpu": "0.1"},
-                "source": {"type": "tarball", "upload_id": upload},
-                "command": ["/bin/busybox", "sh", "-c", script],
-                "health_check": {"path": "/", "interval": "1s"},
-                "placement": {"labels": {"host": host}},
-                "stop_timeout": "1s",
-            });
-            if let (Some(into), Some(from)) = (body.as_object_mut(), extra.as_object()) {
-                into.extend(from.clone());
-            }
             let created = api
                 .post("/v1/apps", &body)
                 .await

@@ -27,19 +27,7 @@ use crate::support::healthy;
 /// Create an app running `script` (sh) in the busybox root filesystem
 /// uploaded as `upload`, as a container.
 fn create(up: &Platform, name: &str, upload: &str, script: &str, extra: Value) -> String {
-    let mut body = json!({
-        "name": name,
-        "replicas": 1,
-        "runtime": "container",
-        "resources": {"memory": "64m", "cpu": "0.1"},
-        "source": {"type": "tarball", "upload_id": upload},
-        "command": ["/bin/busybox", "sh", "-c", script],
-        "health_check": {"path": "/", "interval": "1s"},
-        "stop_timeout": "1s",
-    });
-    if let (Some(into), Some(from)) = (body.as_object_mut(), extra.as_object()) {
-        into.extend(from.clone());
-    }
+    let body = crate::support::busybox_app(name, upload, script, extra);
     let (st, created) = up.call(Method::POST, "/v1/apps", Some(body));
     assert_eq!(st, 201, "{created}");
     created["id"].as_str().unwrap().to_string()

@@ -86,6 +86,26 @@ pub(crate) fn row(table: &str, first: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no row {first} in:\n{table}"))
 }
 
+/// The `POST /v1/apps` body of a one-replica container app running
+/// `script` (busybox sh) in the busybox root filesystem uploaded as
+/// `upload`, health-checked on `/`; `extra`'s members merged in.
+pub(crate) fn busybox_app(name: &str, upload: &str, script: &str, extra: Value) -> Value {
+    let mut body = serde_json::json!({
+        "name": name,
+        "replicas": 1,
+        "runtime": "container",
+        "resources": {"memory": "64m", "cpu": "0.1"},
+        "source": {"type": "tarball", "upload_id": upload},
+        "command": ["/bin/busybox", "sh", "-c", script],
+        "health_check": {"path": "/", "interval": "1s"},
+        "stop_timeout": "1s",
+    });
+    if let (Some(into), Some(from)) = (body.as_object_mut(), extra.as_object()) {
+        into.extend(from.clone());
+    }
+    body
+}
+
 /// `up`'s app `a` is running with `n` healthy replicas.
 pub(crate) fn healthy(a: &Value, n: usize) -> bool {
     a["status"] == "running" && a["replicas"]["healthy"] == n as i64

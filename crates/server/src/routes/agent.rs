@@ -21,6 +21,14 @@ use crate::problem::{ApiError, ApiResult};
 use crate::service::agent_channel;
 use crate::state::AppState;
 
+/// The agent channel's routes that authenticate a node credential
+/// themselves (not user tokens; no API rate limit).
+pub(crate) fn node_authenticated(path: &str) -> bool {
+    path == "/v1/agent/sync"
+        || path == "/v1/agent/resolve"
+        || path.starts_with("/v1/agent/uploads/")
+}
+
 /// The agent protocol version a call is made in: its
 /// `ShellWeGo-Agent-Protocol` header, 1 when there is none (agents older
 /// than the header). A version this control plane does not speak is a 400
