@@ -782,11 +782,48 @@ mod tests {
                 "replicas": 3, "tags": ["prod", "api"], "source": null,
                 "runtime": "process",
                 "placement": {"region": "fra1", "labels": {"ssd": "true"}},
-                "stop_timeout": null
+                "stop_timeout": null, "networking": null
             })
         );
         // The server's own parser takes it.
         let _: AppCreate = serde_json::from_value(body).unwrap();
+    }
+
+    #[test]
+    fn networking_flags_map_to_the_networking_block() {
+        let AppsCommand::Create(c) = parse(&[
+            "create",
+            "db",
+            "--image",
+            "postgres:16",
+            "--private",
+            "--allow-egress",
+            "10.99.0.0/24",
+            "--allow-egress",
+            "192.0.2.7",
+        ])
+        .unwrap() else {
+            panic!("not create")
+        };
+        let body = serde_json::to_value(create_body(&c, None).unwrap()).unwrap();
+        assert_eq!(
+            body["networking"],
+            serde_json::json!({"public": false, "allowed_egress": ["10.99.0.0/24", "192.0.2.7"], "internal_dns": null})
+        );
+        assert!(parse(&["create", "db", "--image", "a", "--private", "--public"]).is_err());
+        let AppsCommand::Network(n) = parse(&["network", "db", "--allow-egress-anywhere"]).unwrap()
+        else {
+            panic!("not network")
+        };
+        assert!(n.allow_egress_anywhere && n.networking.request().is_none());
+        assert!(parse(&[
+            "network",
+            "db",
+            "--allow-egress",
+            "10.0.0.0/8",
+            "--allow-egress-anywhere"
+        ])
+        .is_err());
     }
 
     #[test]
