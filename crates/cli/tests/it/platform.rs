@@ -167,7 +167,18 @@ fn a_tarball_app_serves_through_the_ingress_survives_crashes_and_restarts() {
     let mut expected = pids.clone();
     expected.sort();
     assert_eq!(running, expected, "no duplicates, no orphans");
-    assert_eq!(up.through_ingress("hello").0, 200);
+    // The app read healthy may be the store's state from before the kill
+    // (the restarted agent re-checks its instances before it reports them
+    // healthy again): the restarted ingress routes once it has.
+    let t = Instant::now();
+    while up.through_ingress("hello").0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the restarted ingress never routed hello: {}",
+            up.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Stop: nothing healthy, the ingress answers 503.
     let (st, _) = up.call(Method::POST, &format!("/v1/apps/{id}/actions/stop"), None);
