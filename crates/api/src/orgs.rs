@@ -59,6 +59,26 @@ fn default_retention() -> String {
     "1y".into()
 }
 
+/// An `audit_log_retention` value as a duration: `90d`, `12h`, `1y` (365
+/// days); none when it is not one.
+pub fn retention(s: &str) -> Option<std::time::Duration> {
+    shellwego_core::units::parse_duration(s).or_else(|| {
+        s.strip_suffix('y')
+            .and_then(|n| n.parse::<u64>().ok())
+            .and_then(|y| y.checked_mul(365 * 86_400))
+            .map(std::time::Duration::from_secs)
+    })
+}
+
+/// How long an organization keeps its events (its settings document's
+/// `audit_log_retention`, else the default year).
+pub fn retention_of(settings: &serde_json::Value) -> std::time::Duration {
+    settings["audit_log_retention"]
+        .as_str()
+        .and_then(retention)
+        .unwrap_or(std::time::Duration::from_secs(365 * 86_400))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrganizationCreate {
@@ -294,15 +314,7 @@ impl Validate for OrganizationUpdate {
             }
         }
         if let Some(s) = &self.settings {
-            let ok = shellwego_core::units::parse_duration(&s.audit_log_retention)
-                .or_else(|| {
-                    s.audit_log_retention
-                        .strip_suffix('y')
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .and_then(|y| y.checked_mul(365 * 86_400))
-                        .map(std::time::Duration::from_secs)
-                })
-                .is_some_and(|d| d.as_secs() >= 86_400 && d.as_secs() <= 10 * 365 * 86_400);
+            let ok = retention(&s.audit_log_retention).is_some_and(|d| d.as_secs() >= 86_400 && d.as_secs() <= 10 * 365 * 86_400);
             if !ok {
                 errs.push(
                     FieldError::new(

@@ -409,6 +409,9 @@ pub struct FieldSpec {
     /// A field with several values per row, kept elsewhere (an app's tags):
     /// a row matches when any of its values does. Never sortable.
     pub multi: bool,
+    /// A text field whose filter values may end with `*`: a prefix
+    /// (`filter[type]=app.*`).
+    pub prefix: bool,
 }
 
 impl FieldSpec {
@@ -420,7 +423,12 @@ impl FieldSpec {
             sort: true,
             values: &[],
             multi: false,
+            prefix: false,
         }
+    }
+    pub const fn prefix(mut self) -> FieldSpec {
+        self.prefix = true;
+        self
     }
     pub const fn multi(mut self) -> FieldSpec {
         self.multi = true;
@@ -511,6 +519,13 @@ pub enum Condition {
         field: usize,
         op: Cmp,
         value: Scalar,
+    },
+    /// The (text) field is one of `exact` or starts with one of
+    /// `prefixes` (values given as `app.*`).
+    Text {
+        field: usize,
+        exact: Vec<String>,
+        prefixes: Vec<String>,
     },
     /// The label `key` is one of the values.
     Label { key: String, values: Vec<String> },
@@ -898,6 +913,31 @@ fn resolve_filters(schema: &ListSchema, filters: &[Filter]) -> Result<Vec<Condit
                             }
                         }
                         out.push(Condition::Ranges { field: i, ranges });
+                    }
+                    None if values.iter().any(|v| v.contains('*')) => {
+                        let (mut exact, mut prefixes) = (vec![], vec![]);
+                        for v in values {
+                            let stem = v.strip_suffix('*').unwrap_or(v);
+                            if !f.prefix || stem.contains('*') {
+                                errors.push(
+                                    FieldError::new(
+                                        param.clone(),
+                                        "invalid_value",
+                                        if f.prefix {
+                                            format!("'{v}': '*' may only end a value ({field}=app.* matches every {field} starting with app.)")
+                                        } else {
+                                            format!("'{field}' takes exact values, not patterns")
+                                        },
+                                    )
+                                    .with_value(v.clone()),
+                                );
+                            } else if v.ends_with('*') {
+                                prefixes.push(stem.to_string());
+                            } else {
+                                exact.push(v.clone());
+                            }
+                        }
+                        out.push(Condition::Text { field: i, exact, prefixes });
                     }
                     None => {
                         let parsed: std::result::Result<Vec<Scalar>, FieldError> = values.iter().map(|v| parse_value(f, &param, v, DateEdge::Start)).collect();

@@ -157,7 +157,7 @@ pub static EVENTS: Resource = Resource {
     schema: &ListSchema {
         name: "events",
         fields: &[
-            FieldSpec::new("type", Kind::Text),
+            FieldSpec::new("type", Kind::Text).prefix(),
             FieldSpec::new("severity", Kind::Text).one_of(&["info", "warning", "error", "critical"]),
             FieldSpec::new("resource_type", Kind::Text),
             FieldSpec::new("resource_id", Kind::Text),
@@ -227,6 +227,40 @@ impl TryFrom<EventRow> for Event {
             timestamp: crate::time(r.created_at),
         })
     }
+}
+
+/// One event, whatever its organization (the caller scopes it).
+pub async fn get(db: &mut Conn, id: &str) -> Result<Option<Event>, Error> {
+    let row = sqlx::query_as::<_, EventRow>(&format!(
+        "SELECT {} FROM events t WHERE t.id = $1",
+        EVENTS.columns
+    ))
+    .bind(id)
+    .fetch_optional(&mut *db)
+    .await
+    .map_err(db_err)?;
+    row.map(Event::try_from).transpose()
+}
+
+/// Delete the events of `org` recorded before `before` (micros), at most
+/// `limit` of them (the oldest); how many went.
+pub async fn delete_older(
+    db: &mut Conn,
+    org: &str,
+    before: i64,
+    limit: i64,
+) -> Result<u64, Error> {
+    let r = sqlx::query(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events
+           WHERE organization_id = $1 AND created_at < $2 ORDER BY created_at LIMIT $3)",
+    )
+    .bind(org)
+    .bind(before)
+    .bind(limit)
+    .execute(&mut *db)
+    .await
+    .map_err(db_err)?;
+    Ok(r.rows_affected())
 }
 
 /// An event from a row of [`EVENTS`]' columns.

@@ -228,6 +228,8 @@ enum Cond<'a> {
     Cmp(&'a FieldSql, &'static str, Arg),
     Label(&'static str, &'a str, &'a [String]),
     Search(&'a [String]),
+    /// expr IN (exact) OR expr LIKE 'prefix%' …
+    Text(&'a FieldSql, &'a [String], &'a [String]),
 }
 
 fn conds<'a>(res: &'a Resource, q: &'a ListQuery) -> Result<Vec<Cond<'a>>, Error> {
@@ -248,6 +250,11 @@ fn conds<'a>(res: &'a Resource, q: &'a ListQuery) -> Result<Vec<Cond<'a>>, Error
                     };
                     Cond::Cmp(res.field(*field)?, op, Arg::from(value))
                 }
+                Condition::Text {
+                    field,
+                    exact,
+                    prefixes,
+                } => Cond::Text(res.field(*field)?, exact, prefixes),
                 Condition::Label { key, values } => {
                     let Some(labels) = res.labels else {
                         return Err(mismatch(res, "a label filter, but no labels"));
@@ -266,8 +273,12 @@ fn conds<'a>(res: &'a Resource, q: &'a ListQuery) -> Result<Vec<Cond<'a>>, Error
 }
 
 fn like_pattern(term: &str) -> String {
-    let mut s = String::with_capacity(term.len() + 2);
-    s.push('%');
+    format!("%{}", prefix_pattern(term))
+}
+
+/// `term%`, with LIKE's own characters escaped by `!`.
+fn prefix_pattern(term: &str) -> String {
+    let mut s = String::with_capacity(term.len() + 1);
     for c in term.chars() {
         if matches!(c, '%' | '_' | '!') {
             s.push('!');
@@ -321,6 +332,23 @@ fn push_where(sql: &mut Sql, res: &Resource, scope: &Scope, conds: &[Cond]) {
                 );
                 sql.push(")");
             }
+            Cond::Text(f, exact, prefixes) => within(sql, f, |sql| {
+                sql.push(" AND (1=0");
+                for e in *exact {
+                    sql.push(" OR ")
+                        .push(f.expr)
+                        .push(" = ")
+                        .arg(Arg::Text(e.clone()));
+                }
+                for p in *prefixes {
+                    sql.push(" OR ")
+                        .push(f.expr)
+                        .push(" LIKE ")
+                        .arg(Arg::Text(prefix_pattern(p)))
+                        .push(" ESCAPE '!'");
+                }
+                sql.push(")");
+            }),
             Cond::Search(terms) => {
                 for term in *terms {
                     sql.push(" AND (1=0");

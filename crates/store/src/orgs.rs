@@ -449,6 +449,14 @@ pub async fn first(db: &mut Conn) -> Result<Option<String>, Error> {
 }
 
 /// An organization's settings (JSON), read inside a transaction.
+/// Every organization's settings document, as stored: (id, settings).
+pub async fn all_settings(db: &mut Conn) -> Result<Vec<(String, String)>, Error> {
+    sqlx::query_as("SELECT id, settings FROM organizations ORDER BY id")
+        .fetch_all(&mut *db)
+        .await
+        .map_err(db_err)
+}
+
 pub async fn org_settings(db: &mut Conn, org: &str) -> Result<serde_json::Value, Error> {
     let settings: Option<String> =
         sqlx::query_scalar("SELECT settings FROM organizations WHERE id = $1")

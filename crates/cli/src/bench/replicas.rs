@@ -25,7 +25,7 @@ use super::sim::{self, Seen};
 /// must share it.
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// The singleton controllers (their lease names).
-const SINGLETONS: [&str; 4] = ["reconcile", "drained-nodes", "liveness", "rate-limit-sweep"];
+const SINGLETONS: [&str; 5] = shellwego_server::controller::SINGLETONS;
 
 pub async fn run(
     changes: usize,

@@ -423,6 +423,7 @@ vocabulary! {
         NodeOnline = "node.online",
         NodeOffline = "node.offline",
         NodeDeleted = "node.deleted",
+        NodeMeshUpdated = "node.mesh_updated",
         OrganizationCreated = "organization.created",
         OrganizationUpdated = "organization.updated",
         MemberInvited = "member.invited",
@@ -677,7 +678,7 @@ mod tests {
 
     #[test]
     fn event_kinds_are_resource_dot_verb() {
-        assert_eq!(EventKind::ALL.len(), 52);
+        assert_eq!(EventKind::ALL.len(), 53);
         for n in EventKind::NAMES {
             let (resource, verb) = n.split_once('.').unwrap();
             assert!(

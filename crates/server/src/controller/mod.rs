@@ -16,6 +16,7 @@
 pub mod instances;
 pub mod nodes;
 pub mod reconcile;
+pub mod retention;
 pub mod rollout;
 pub mod routes;
 
@@ -138,11 +139,12 @@ async fn passes<C: Controller>(c: &mut C, ctx: Arc<ServerCtx>) {
 }
 
 /// The singleton controllers (their lease names).
-pub const SINGLETONS: [&str; 4] = [
+pub const SINGLETONS: [&str; 5] = [
     reconcile::Reconcile::NAME,
     nodes::DrainedNodes::NAME,
     nodes::Liveness::NAME,
     nodes::RateLimitSweep::NAME,
+    retention::EventRetention::NAME,
 ];
 
 /// Start every controller of a control plane.
@@ -152,6 +154,7 @@ pub fn start_all(ctx: &Arc<ServerCtx>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(run(nodes::DrainedNodes, ctx.clone())),
         tokio::spawn(run(nodes::Liveness, ctx.clone())),
         tokio::spawn(run(nodes::RateLimitSweep, ctx.clone())),
+        tokio::spawn(run(retention::EventRetention, ctx.clone())),
     ]
 }
 

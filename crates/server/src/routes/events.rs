@@ -34,7 +34,7 @@ fn view(e: crate::model::Event) -> Event {
 
 /// List events of your organizations, newest first.
 ///
-/// Filters: `type`, `severity`, `resource_type`, `resource_id`,
+/// Filters: `type` (`app.*`: every type starting with `app.`), `severity`, `resource_type`, `resource_id`,
 /// `resource.type`, `resource.id`, `actor.type`, `actor.id`,
 /// `organization_id`, `timestamp` (ranges), `q`. Default sort `timestamp:desc`.
 #[utoipa::path(get, path = "/v1/events", tag = "events", security(("bearer" = [])), params(ListQueryDoc), responses(
@@ -52,6 +52,23 @@ pub async fn event_list(
         data: page.items.into_iter().map(view).collect(),
         pagination: pagination(page.pagination),
     }))
+}
+
+/// One event of your organizations.
+#[utoipa::path(get, path = "/v1/events/{event_id}", tag = "events", security(("bearer" = [])),
+    params(("event_id" = String, Path, description = "Event id (evt_…)")),
+    responses(
+    (status = 200, body = Event),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn event_get(
+    State(st): State<AppState>,
+    p: Principal,
+    crate::extract::PathParam(id): crate::extract::PathParam,
+) -> ApiResult<Json<Event>> {
+    Ok(Json(view(
+        service::events::event_get(&st.ctx, &p, &id).await?,
+    )))
 }
 
 /// The latest events about one app (newest first, at most 20), for

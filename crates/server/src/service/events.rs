@@ -20,3 +20,19 @@ pub async fn event_list(
     let scope = Scope::new().is_in("t.organization_id", orgs);
     crate::service::list_page(store, &EVENTS, &scope, params, events::from_row).await
 }
+
+/// One event of the caller's organizations; 404 otherwise.
+pub async fn event_get(ctx: &ServerCtx, p: &Principal, id: &str) -> Result<Event, Error> {
+    p.authorize("events", "read", None)?;
+    let e = events::get(&mut *ctx.store.conn().await?, id).await?;
+    match e {
+        Some(e)
+            if e.organization_id
+                .as_ref()
+                .is_some_and(|o| p.organization_ids().contains(o)) =>
+        {
+            Ok(e)
+        }
+        _ => Err(Error::not_found("event", id)),
+    }
+}

@@ -9,6 +9,7 @@ mod apps;
 mod auth;
 mod deployments;
 mod errors;
+mod events;
 mod hardening;
 mod identity;
 mod lists;
