@@ -314,7 +314,8 @@ impl Validate for OrganizationUpdate {
             }
         }
         if let Some(s) = &self.settings {
-            let ok = retention(&s.audit_log_retention).is_some_and(|d| d.as_secs() >= 86_400 && d.as_secs() <= 10 * 365 * 86_400);
+            let ok = retention(&s.audit_log_retention)
+                .is_some_and(|d| d.as_secs() >= 86_400 && d.as_secs() <= 10 * 365 * 86_400);
             if !ok {
                 errs.push(
                     FieldError::new(

@@ -244,12 +244,7 @@ pub async fn get(db: &mut Conn, id: &str) -> Result<Option<Event>, Error> {
 
 /// Delete the events of `org` recorded before `before` (micros), at most
 /// `limit` of them (the oldest); how many went.
-pub async fn delete_older(
-    db: &mut Conn,
-    org: &str,
-    before: i64,
-    limit: i64,
-) -> Result<u64, Error> {
+pub async fn delete_older(db: &mut Conn, org: &str, before: i64, limit: i64) -> Result<u64, Error> {
     let r = sqlx::query(
         "DELETE FROM events WHERE id IN (SELECT id FROM events
            WHERE organization_id = $1 AND created_at < $2 ORDER BY created_at LIMIT $3)",

@@ -17,7 +17,7 @@ use shellwego_testkit::server::{fields, problem, TestServer};
 const DAY: i64 = 86_400_000_000;
 
 /// Record an event of `org` of `kind`, `days_ago` days old.
-async fn record(s: &TestServer, org: &str, kind: &str, days_ago: i64) -> String {
+async fn record(s: &TestServer, org: &str, kind: &'static str, days_ago: i64) -> String {
     let mut tx = s.store.begin().await.unwrap();
     let id = events::record_at(
         &mut tx,
@@ -49,17 +49,22 @@ async fn types_filtered_by_prefix_and_one_event_by_id(s: TestServer) {
     record(&s, &org, "application.odd", 0).await;
     let (st, l) = s.get("/v1/events?filter[type]=app.*&limit=100").await;
     assert_eq!(st, 200, "{l}");
-    assert_eq!(types(&l), ["app.created", "app.crashed"]);
+    assert_eq!(types(&l), ["app.crashed", "app.created"]);
     let (_, l) = s
         .get("/v1/events?filter[type]=app.*,node.registered&limit=100")
         .await;
-    assert_eq!(types(&l), ["app.created", "app.crashed", "node.registered"]);
+    assert_eq!(types(&l), ["app.crashed", "app.created", "node.registered"]);
     // `_` and `%` are no wildcards.
     let (_, l) = s.get("/v1/events?filter[type]=app_*&limit=100").await;
     assert_eq!(types(&l), Vec::<String>::new());
     for bad in ["filter[type]=a*p", "filter[severity]=inf*"] {
         let r = s
-            .call(Method::GET, &format!("/v1/events?{bad}"), Some(&s.token), None)
+            .call(
+                Method::GET,
+                &format!("/v1/events?{bad}"),
+                Some(&s.token),
+                None,
+            )
             .await;
         let p = problem(r, 400).await;
         assert_eq!(fields(&p).len(), 1, "{bad}: {p:#}");
@@ -70,7 +75,10 @@ async fn types_filtered_by_prefix_and_one_event_by_id(s: TestServer) {
     assert_eq!(st, 200, "{e}");
     assert_eq!(e["id"], node.as_str());
     assert_eq!(e["type"], "node.registered");
-    assert!(e["timestamp"].is_string() && e["actor"]["type"] == "system", "{e}");
+    assert!(
+        e["timestamp"].is_string() && e["actor"]["type"] == "system",
+        "{e}"
+    );
     // Another organization's event, and none at all: 404.
     let (other, _, other_token) = s.org_with_user(Plan::Growth, "o@example.com").await;
     let theirs = record(&s, &other, "app.created", 0).await;
@@ -78,7 +86,9 @@ async fn types_filtered_by_prefix_and_one_event_by_id(s: TestServer) {
     assert_eq!(st, 404);
     let (st, _) = s.get_as(&other_token, &format!("/v1/events/{node}")).await;
     assert_eq!(st, 404);
-    let (st, mine) = s.get_as(&other_token, &format!("/v1/events/{theirs}")).await;
+    let (st, mine) = s
+        .get_as(&other_token, &format!("/v1/events/{theirs}"))
+        .await;
     assert_eq!((st, mine["id"].as_str()), (200, Some(theirs.as_str())));
     let (st, _) = s.get("/v1/events/evt_nosuchevent").await;
     assert_eq!(st, 404);

@@ -96,6 +96,11 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
 
     // (method, route template, concrete path, body, expected status)
     let o = &org;
+    // One of the owner's events (the bootstrap and the calls above made some).
+    let evt = s.get("/v1/events?limit=1").await.1["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let cases: Vec<(Method, &str, String, Option<Value>, u16)> = vec![
         (
             Method::POST,
@@ -181,6 +186,13 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
             format!("/v1/events?filter[organization_id]={o}"),
             None,
             200,
+        ),
+        (
+            Method::GET,
+            "/v1/events/{event_id}",
+            format!("/v1/events/{evt}"),
+            None,
+            404,
         ),
         (Method::GET, "/v1/nodes", "/v1/nodes".into(), None, 200),
         (
