@@ -73,6 +73,9 @@ enum Command {
     Deployments(cmd::deployments::DeploymentsArgs),
     /// List nodes, register machines, drain and remove nodes.
     Nodes(cmd::nodes::NodesArgs),
+    /// The audit log: list events (filter by type, `app.*`, severity,
+    /// resource, time) and show one.
+    Events(cmd::events::EventsArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -312,6 +315,7 @@ fn main() -> ExitCode {
             Command::Bench(b) => bench::run(b).await,
             Command::Auth(a) => cmd::auth::run(a).await,
             Command::Tokens(t) => cmd::tokens::run(t).await,
+            Command::Events(e) => cmd::events::run(e).await,
             Command::Orgs(o) => cmd::orgs::run(o).await,
             Command::Apps(a) => cmd::apps::run(a).await,
             Command::Deploy(d) => cmd::deployments::run_deploy(*d).await,

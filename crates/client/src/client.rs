@@ -100,6 +100,13 @@ impl ListQuery {
     }
 
     /// The order, e.g. `created_at:desc`.
+    /// `filter[field][op]=value`: a range (`op` is gt, gte, lt or lte).
+    pub fn range(mut self, field: &str, op: &str, value: impl Into<String>) -> ListQuery {
+        self.filters
+            .push((format!("filter[{field}][{op}]"), value.into()));
+        self
+    }
+
     pub fn sort(mut self, sort: impl Into<String>) -> ListQuery {
         self.sort = Some(sort.into());
         self

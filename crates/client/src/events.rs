@@ -1,6 +1,6 @@
 //! `client.events()`: the audit trail (`/v1/events`).
 
-use shellwego_api::events::EventList;
+use shellwego_api::events::{Event, EventList};
 
 use crate::{Answer, ApiError, Client, ListQuery};
 
@@ -16,6 +16,13 @@ impl Events<'_> {
     pub async fn list(&self, query: &ListQuery) -> Result<Answer<EventList>, ApiError> {
         self.client
             .list("GET /v1/events", &["v1", "events"], query)
+            .await
+    }
+
+    /// `GET /v1/events/{event_id}`: one event of the caller's organizations.
+    pub async fn get(&self, id: &str) -> Result<Answer<Event>, ApiError> {
+        self.client
+            .get("GET /v1/events/{event_id}", &["v1", "events", id], &[])
             .await
     }
 }

@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod auth;
 pub mod deployments;
+pub mod events;
 pub mod nodes;
 pub mod orgs;
 pub mod tokens;

@@ -428,3 +428,58 @@ fn every_apps_and_nodes_command_has_help() {
         assert!(o.stdout.contains(flag), "apps create --help lacks {flag}");
     }
 }
+
+#[test]
+fn events_list_and_get_through_the_cli() {
+    let p = start();
+    let archive = hello_tarball(p.dir());
+    let id = field(
+        &p.ok(&[
+            "apps",
+            "create",
+            "hello",
+            "--upload",
+            archive.to_str().unwrap(),
+        ])
+        .stdout,
+        "ID",
+    );
+    // Table: newest first; the type filter takes a prefix.
+    let t = p.ok(&["events", "list", "--type", "app.*"]).stdout;
+    let first: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(first[1], "app.created", "{t}");
+    assert_eq!(first[3..5], ["app", id.as_str()], "{t}");
+    assert!(!t.contains("node."), "{t}");
+    let all = p
+        .ok(&["events", "list", "--type", "app.*,node.*", "--all"])
+        .stdout;
+    assert!(
+        all.contains("node.joined") && all.contains("app.created"),
+        "{all}"
+    );
+    // JSON is the API's body; get shows one with its metadata.
+    let l = p.json(&[
+        "events",
+        "list",
+        "--type",
+        "app.created",
+        "--resource-id",
+        &id,
+        "--since",
+        "2020-01-01",
+    ]);
+    let evt = l["data"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(l["data"][0]["type"], "app.created", "{l:#}");
+    let g = p.ok(&["events", "get", &evt]).stdout;
+    assert_eq!(field(&g, "TYPE"), "app.created", "{g}");
+    assert!(field(&g, "METADATA").contains("\"name\":\"hello\""), "{g}");
+    // A pattern where none may be: the API's 400, said plainly.
+    let bad = p.fails(&["events", "list", "--severity", "inf*"]);
+    assert!(bad.stderr.contains("severity"), "{}", bad.stderr);
+    let none = p.fails(&["events", "get", "evt_nosuchevent"]);
+    assert!(
+        none.stderr.contains("404") || none.stderr.to_lowercase().contains("not found"),
+        "{}",
+        none.stderr
+    );
+}
