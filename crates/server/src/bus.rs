@@ -39,12 +39,20 @@ pub enum Topic {
     Nodes,
     /// Which instances serve traffic changed: routers re-read their table.
     Routes,
-    /// Events were recorded (the audit log grew): event streams read on.
+    /// Events were recorded (the audit log grew): the sequencer numbers them.
     Events,
+    /// Recorded events were numbered: event streams read on.
+    EventLog,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 4] = [Topic::Apps, Topic::Nodes, Topic::Routes, Topic::Events];
+    pub const ALL: [Topic; 5] = [
+        Topic::Apps,
+        Topic::Nodes,
+        Topic::Routes,
+        Topic::Events,
+        Topic::EventLog,
+    ];
 
     /// The topic's name (log lines, and the channel name of a bus that
     /// crosses processes).
@@ -54,6 +62,7 @@ impl Topic {
             Topic::Nodes => "nodes",
             Topic::Routes => "routes",
             Topic::Events => "events",
+            Topic::EventLog => "event_log",
         }
     }
 
@@ -63,6 +72,7 @@ impl Topic {
             Topic::Nodes => 1,
             Topic::Routes => 2,
             Topic::Events => 3,
+            Topic::EventLog => 4,
         }
     }
 }

@@ -229,6 +229,96 @@ impl TryFrom<EventRow> for Event {
     }
 }
 
+/// Number the committed events that have no `seq` yet, oldest first, after
+/// the highest one given (at most `limit`); how many were numbered. Run in
+/// the sequencer's own (fenced) transaction: one writer at a time.
+pub async fn sequence(db: &mut Conn, limit: i64) -> Result<u64, Error> {
+    let top: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+        .fetch_one(&mut *db)
+        .await
+        .map_err(db_err)?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM events WHERE seq IS NULL ORDER BY created_at, id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)?;
+    let mut next = top.unwrap_or(0);
+    for id in &ids {
+        next += 1;
+        sqlx::query("UPDATE events SET seq = $1 WHERE id = $2")
+            .bind(next)
+            .bind(id)
+            .execute(&mut *db)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(ids.len() as u64)
+}
+
+/// The highest `seq` given so far (0: none).
+pub async fn max_seq(db: &mut Conn) -> Result<i64, Error> {
+    let top: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+        .fetch_one(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(top.unwrap_or(0))
+}
+
+/// An event's place in the log (none: no such event, or not numbered yet).
+pub async fn seq_of(db: &mut Conn, id: &str) -> Result<Option<i64>, Error> {
+    let s: Option<Option<i64>> = sqlx::query_scalar("SELECT seq FROM events WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(s.flatten())
+}
+
+/// A numbered event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logged {
+    pub seq: i64,
+    pub event: Event,
+}
+
+#[derive(sqlx::FromRow)]
+struct LoggedRow {
+    seq: i64,
+    #[sqlx(flatten)]
+    row: EventRow,
+}
+
+/// The numbered events after `seq`, in order (at most `limit`), of `org`
+/// only when given.
+pub async fn after(
+    db: &mut Conn,
+    seq: i64,
+    org: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Logged>, Error> {
+    let rows = sqlx::query_as::<_, LoggedRow>(&format!(
+        "SELECT {}, t.seq FROM events t WHERE t.seq > $1 AND ($2 = '' OR t.organization_id = $2)
+         ORDER BY t.seq LIMIT $3",
+        EVENTS.columns
+    ))
+    .bind(seq)
+    .bind(org.unwrap_or(""))
+    .bind(limit)
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(Logged {
+                seq: r.seq,
+                event: Event::try_from(r.row)?,
+            })
+        })
+        .collect()
+}
+
 /// One event, whatever its organization (the caller scopes it).
 pub async fn get(db: &mut Conn, id: &str) -> Result<Option<Event>, Error> {
     let row = sqlx::query_as::<_, EventRow>(&format!(

@@ -139,12 +139,13 @@ async fn passes<C: Controller>(c: &mut C, ctx: Arc<ServerCtx>) {
 }
 
 /// The singleton controllers (their lease names).
-pub const SINGLETONS: [&str; 5] = [
+pub const SINGLETONS: [&str; 6] = [
     reconcile::Reconcile::NAME,
     nodes::DrainedNodes::NAME,
     nodes::Liveness::NAME,
     nodes::RateLimitSweep::NAME,
     retention::EventRetention::NAME,
+    retention::EventSequencer::NAME,
 ];
 
 /// Start every controller of a control plane.
@@ -155,6 +156,7 @@ pub fn start_all(ctx: &Arc<ServerCtx>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(run(nodes::Liveness, ctx.clone())),
         tokio::spawn(run(nodes::RateLimitSweep, ctx.clone())),
         tokio::spawn(run(retention::EventRetention, ctx.clone())),
+        tokio::spawn(run(retention::EventSequencer, ctx.clone())),
     ]
 }
 

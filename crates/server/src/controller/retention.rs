@@ -1,6 +1,7 @@
-//! Event retention: every organization's events older than its
-//! `audit_log_retention` setting (default one year) are deleted, oldest
-//! first, in batches, by the replica that leads this controller.
+//! The event log's upkeep, each by the replica that leads it: retention
+//! (every organization's events older than its `audit_log_retention`,
+//! default one year, are deleted, oldest first, in batches) and the
+//! sequencer (the log's order).
 
 use std::time::Duration;
 
@@ -52,5 +53,40 @@ impl Controller for EventRetention {
             }
         }
         Ok(&[])
+    }
+}
+
+/// Rows numbered per transaction.
+const SEQUENCE_BATCH: i64 = 1000;
+
+/// The event log's order: numbers committed events (`events.seq`, see
+/// migration 0017) in short fenced transactions, woken when events are
+/// recorded; streams read by that number, so an event whose transaction
+/// committed late is numbered after the ones already read, never skipped.
+pub struct EventSequencer;
+
+impl Controller for EventSequencer {
+    const NAME: &'static str = "event-sequencer";
+
+    fn wakes_on(&self) -> &'static [Topic] {
+        &[Topic::Events]
+    }
+
+    fn every(&self, _: &ServerCtx) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    async fn pass(&mut self, ctx: &ServerCtx) -> Result<&'static [Topic], Error> {
+        loop {
+            let mut unit = ctx.unit().await?;
+            let n = shellwego_store::events::sequence(&mut unit, SEQUENCE_BATCH).await?;
+            if n > 0 {
+                unit.touch(&[Topic::EventLog]);
+            }
+            unit.commit().await?;
+            if n < SEQUENCE_BATCH as u64 {
+                return Ok(&[]);
+            }
+        }
     }
 }

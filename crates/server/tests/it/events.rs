@@ -128,7 +128,60 @@ async fn events_past_the_retention_are_swept(s: TestServer) {
     }
 }
 
+/// Its number in the log, once the (running server's) sequencer gave one.
+async fn numbered(s: &TestServer, id: &str) -> i64 {
+    let t = std::time::Instant::now();
+    loop {
+        let mut db = s.store.conn().await.unwrap();
+        if let Some(n) = events::seq_of(&mut db, id).await.unwrap() {
+            return n;
+        }
+        drop(db);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{id} never numbered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The log's order: committed events are numbered oldest first by the
+/// sequencer; one committed after others were numbered comes after them,
+/// even with an older time (a transaction that committed late), so a
+/// reader that goes on "after the last number it saw" never skips one.
+async fn the_log_numbers_events_as_they_commit(s: TestServer) {
+    let org = s.admin_org().await;
+    let a = record(&s, &org, "app.created", 0).await;
+    let b = record(&s, &org, "app.updated", 0).await;
+    let (na, nb) = (numbered(&s, &a).await, numbered(&s, &b).await);
+    assert!(na < nb, "{na} {nb}");
+    let late = record(&s, &org, "app.crashed", 1).await;
+    let nl = numbered(&s, &late).await;
+    assert!(nl > nb, "a late commit is numbered after: {nb} {nl}");
+    let (other, _, _) = s.org_with_user(Plan::Growth, "o@example.com").await;
+    let theirs = record(&s, &other, "app.created", 0).await;
+    let nt = numbered(&s, &theirs).await;
+    let mut db = s.store.conn().await.unwrap();
+    let after: Vec<(i64, String)> = events::after(&mut db, na, Some(&org), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.seq, l.event.id))
+        .collect();
+    assert!(after.windows(2).all(|w| w[0].0 < w[1].0), "{after:?}");
+    let ids: Vec<&str> = after.iter().map(|(_, id)| id.as_str()).collect();
+    let pos = |id: &str| ids.iter().position(|x| *x == id);
+    assert!(
+        matches!((pos(&b), pos(&late)), (Some(i), Some(j)) if i < j),
+        "{ids:?}"
+    );
+    assert_eq!(pos(&a), None, "after {na}: {ids:?}");
+    assert!(!ids.contains(&theirs.as_str()), "{ids:?}");
+    assert!(nt > 0 && events::max_seq(&mut db).await.unwrap() >= nt);
+}
+
 both_backends!(
+    the_log_numbers_events_as_they_commit,
     types_filtered_by_prefix_and_one_event_by_id,
     events_past_the_retention_are_swept
 );
