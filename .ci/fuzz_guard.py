@@ -11,6 +11,10 @@ like any other answer):
 - turning on `enforce_mfa` in the admin's organization (every later call
   would be 403).
 
+And the event stream (`GET /v1/events/stream`), which never ends by design,
+is asked to end after a second (`max_seconds=1`) unless the case already
+asks for an invalid value (a 400, checked like any other answer).
+
 The ids come from `.ci/fuzz`, which reads them from the API before the run.
 """
 
@@ -68,3 +72,11 @@ def before_call(context, case, kwargs):
         and _enables_mfa(case.body)
     ):
         params["org_id"] = STAND_IN["org_id"]
+    if method == "GET" and path == "/v1/events/stream":
+        query = case.query if isinstance(case.query, dict) else {}
+        wanted = str(query.get("max_seconds", "1"))
+        valid = wanted.isdigit() and 1 <= int(wanted) <= 86400
+        if valid:
+            # A valid value (or none): a second at most.
+            query["max_seconds"] = 1
+        case.query = query

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod ctx;
 pub mod docs;
 pub mod extract;
+pub mod feed;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -116,6 +116,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(orgs::service_account_delete))
         .routes(routes!(events::event_list))
+        .routes(routes!(events::event_stream))
         .routes(routes!(events::event_get))
         .routes(routes!(nodes::node_list, nodes::node_create))
         .routes(routes!(

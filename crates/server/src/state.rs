@@ -17,6 +17,8 @@ pub struct AppState {
     pub openapi_json: Arc<String>,
     /// Proxies whose forwarding headers tell the client's address.
     pub trusted_proxies: Arc<shellwego_net::client_ip::TrustedProxies>,
+    /// The event log as it grows, for event streams.
+    pub events: Arc<crate::feed::EventFeed>,
 }
 
 impl AppState {
@@ -32,6 +34,7 @@ impl AppState {
             limits: Arc::new(limits),
             openapi_json: Arc::new(openapi_json),
             trusted_proxies: Arc::default(),
+            events: Arc::default(),
         }
     }
 }

@@ -189,6 +189,13 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         ),
         (
             Method::GET,
+            "/v1/events/stream",
+            format!("/v1/events/stream?last_event_id={evt}"),
+            None,
+            400,
+        ),
+        (
+            Method::GET,
             "/v1/events/{event_id}",
             format!("/v1/events/{evt}"),
             None,
