@@ -323,6 +323,67 @@ async fn streams_resume_in_order_and_stay_in_their_organization(s: TestServer) {
     }
 }
 
+/// A stream that does not read falls behind: the server keeps a bounded
+/// buffer for it, then ends it with a last `stream.overflow` event naming
+/// the id to resume from; resuming from there gets every later event, in
+/// order.
+async fn a_stream_that_falls_behind_is_told_where_to_resume(s: TestServer) {
+    let org = s.admin_org().await;
+    let mut st = Stream::open(&s, &s.token, "", None).await;
+    // Far more than the buffer (1 024 events) plus what the sockets hold
+    // (6 000 events of 4 KiB: 24 MiB).
+    let mut ids = vec![];
+    let mut tx = s.store.begin().await.unwrap();
+    for i in 0..6000i64 {
+        let e = NewEvent::info("app.scaled", &Actor::system(), "app", "app_x")
+            .in_org(&org)
+            .meta(json!({"padding": "x".repeat(4000)}));
+        ids.push(
+            events::record_at(&mut tx, e, to_micros(now()) + i)
+                .await
+                .unwrap(),
+        );
+    }
+    shellwego_store::commit(tx).await.unwrap();
+    // Let the sequencer number them and the tail send them unread.
+    numbered(&s, ids.last().unwrap()).await;
+    tokio::time::sleep(SECS(2)).await;
+    let mut seen = vec![];
+    let resume = loop {
+        let Some((ev, id, data)) = st.next(SECS(20)).await else {
+            panic!(
+                "the stream ended without an overflow event after {} events",
+                seen.len()
+            )
+        };
+        if ev == "stream.overflow" {
+            break data["resume_from"].as_str().unwrap().to_string();
+        }
+        seen.push(id);
+    };
+    assert!(
+        st.next(SECS(2)).await.is_none(),
+        "the stream ends after the overflow"
+    );
+    assert!(seen.len() < ids.len(), "{} of {}", seen.len(), ids.len());
+    assert_eq!(seen[..], ids[..seen.len()], "what came, came in order");
+    assert_eq!(resume, *seen.last().unwrap());
+    // Resuming gets the rest, in order.
+    let mut st = Stream::open(&s, &s.token, "", Some(&resume)).await;
+    let mut rest = vec![];
+    while rest.len() < ids.len() - seen.len() {
+        let (_, id, _) = st.next(SECS(20)).await.expect("the rest");
+        rest.push(id);
+    }
+    assert_eq!(rest[..], ids[seen.len()..]);
+    println!(
+        "overflow after {} of {} events; resumed the other {}",
+        seen.len(),
+        ids.len(),
+        rest.len()
+    );
+}
+
 /// Two replicas on PostgreSQL: an event committed through one reaches a
 /// stream of the other within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,6 +415,7 @@ async fn an_event_through_one_replica_reaches_a_stream_of_the_other() {
 }
 
 both_backends!(
+    a_stream_that_falls_behind_is_told_where_to_resume,
     streams_resume_in_order_and_stay_in_their_organization,
     the_log_numbers_events_as_they_commit,
     types_filtered_by_prefix_and_one_event_by_id,
