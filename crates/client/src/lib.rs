@@ -41,6 +41,7 @@ pub use auth::Auth;
 pub use client::{Answer, Client, ClientError, ListQuery};
 pub use deployments::{Deployments, LogEvent, LogStream, FOLLOW_TIMEOUT};
 pub use error::ApiError;
+pub use events::next_event;
 pub use events::Events;
 pub use nodes::Nodes;
 pub use orgs::Orgs;

@@ -17,6 +17,9 @@ pub struct EventsArgs {
 pub enum EventsCommand {
     /// List events, newest first.
     List(EventListArgs),
+    /// Follow events as they happen (until interrupted, or --max-seconds);
+    /// --last-event-id first shows every event since that one.
+    Stream(EventStreamArgs),
     /// Show one event with its metadata.
     Get {
         /// The event's id (evt_…).
@@ -49,13 +52,79 @@ pub struct EventListArgs {
     pub list: ListArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct EventStreamArgs {
+    /// Only these types; `app.*` takes every type starting with `app.`
+    /// (comma-separated for several).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+    /// Only this severity: info, warning, error, critical.
+    #[arg(long, value_name = "SEVERITY")]
+    pub severity: Option<String>,
+    /// Only events about this resource (app_…, node_…).
+    #[arg(long, value_name = "ID")]
+    pub resource_id: Option<String>,
+    /// Start with every event after this one (evt_…), then follow.
+    #[arg(long, value_name = "EVENT_ID")]
+    pub last_event_id: Option<String>,
+    /// Stop after this many seconds [default: never].
+    #[arg(long, value_name = "SECONDS")]
+    pub max_seconds: Option<u64>,
+}
+
 pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     let ctx = Ctx::new(&args.client, false)?;
     ctx.client.require_token()?;
     match args.command {
         EventsCommand::List(l) => list_events(&ctx, &l).await,
         EventsCommand::Get { event_id } => get(&ctx, &event_id).await,
+        EventsCommand::Stream(s) => stream(&ctx, &s).await,
     }
+}
+
+async fn stream(ctx: &Ctx, args: &EventStreamArgs) -> anyhow::Result<()> {
+    let mut query: Vec<(&str, String)> = vec![];
+    for (k, v) in [
+        ("filter[type]", &args.event_type),
+        ("filter[severity]", &args.severity),
+        ("filter[resource_id]", &args.resource_id),
+        ("last_event_id", &args.last_event_id),
+    ] {
+        if let Some(v) = v {
+            query.push((k, v.clone()));
+        }
+    }
+    if let Some(n) = args.max_seconds {
+        query.push(("max_seconds", n.to_string()));
+    }
+    let mut res = ctx.client.events().stream(&query).await?;
+    let mut buf = String::new();
+    while let Some((ev, id, data)) = shellwego_client::next_event(&mut res, &mut buf).await? {
+        let line = match ctx.output {
+            // One JSON event per line.
+            Output::Json => format!("{data}\n"),
+            Output::Table => {
+                let v: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+                if ev == "stream.overflow" {
+                    format!(
+                        "the stream fell behind; resume with --last-event-id {}\n",
+                        v["resume_from"].as_str().unwrap_or("-")
+                    )
+                } else {
+                    format!(
+                        "{}  {}  {}  {} {}  {id}\n",
+                        v["timestamp"].as_str().unwrap_or("-"),
+                        ev,
+                        v["severity"].as_str().unwrap_or("-"),
+                        v["resource"]["type"].as_str().unwrap_or("-"),
+                        v["resource"]["id"].as_str().unwrap_or("-"),
+                    )
+                }
+            }
+        };
+        emit(&line)?;
+    }
+    Ok(())
 }
 
 async fn list_events(ctx: &Ctx, args: &EventListArgs) -> anyhow::Result<()> {

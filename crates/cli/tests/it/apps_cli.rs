@@ -473,6 +473,37 @@ fn events_list_and_get_through_the_cli() {
     let g = p.ok(&["events", "get", &evt]).stdout;
     assert_eq!(field(&g, "TYPE"), "app.created", "{g}");
     assert!(field(&g, "METADATA").contains("\"name\":\"hello\""), "{g}");
+    // Stream: from an earlier event on, the later ones come (then it ends).
+    let joined = p.json(&["events", "list", "--type", "node.joined"]);
+    let from = joined["data"][0]["id"].as_str().unwrap().to_string();
+    let s = p
+        .ok(&[
+            "events",
+            "stream",
+            "--last-event-id",
+            &from,
+            "--type",
+            "app.*",
+            "--max-seconds",
+            "1",
+        ])
+        .stdout;
+    assert!(s.contains("app.created") && s.contains(&evt), "{s}");
+    assert!(!s.contains("node.joined"), "{s}");
+    let j = p
+        .ok(&[
+            "events",
+            "stream",
+            "--last-event-id",
+            &from,
+            "--max-seconds",
+            "1",
+            "-o",
+            "json",
+        ])
+        .stdout;
+    let first: Value = serde_json::from_str(j.lines().next().unwrap()).unwrap();
+    assert!(first["id"].as_str().unwrap().starts_with("evt_"), "{j}");
     // A pattern where none may be: the API's 400, said plainly.
     let bad = p.fails(&["events", "list", "--severity", "inf*"]);
     assert!(bad.stderr.contains("severity"), "{}", bad.stderr);
