@@ -180,6 +180,28 @@ async fn the_log_numbers_events_as_they_commit(s: TestServer) {
     assert!(nt > 0 && events::max_seq(&mut db).await.unwrap() >= nt);
 }
 
+/// Wait until the sequencer has numbered every event recorded so far (the
+/// setup's own): a stream opened after that sees only the test's.
+async fn settled(s: &TestServer) {
+    let t = std::time::Instant::now();
+    loop {
+        let mut db = s.store.conn().await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE seq IS NULL")
+            .fetch_one(&mut *db)
+            .await
+            .unwrap();
+        if left == 0 {
+            return;
+        }
+        drop(db);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{left} events never numbered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A client of `GET /v1/events/stream`.
 struct Stream {
     res: reqwest::Response,
@@ -248,6 +270,7 @@ const SECS: fn(u64) -> std::time::Duration = std::time::Duration::from_secs;
 async fn streams_resume_in_order_and_stay_in_their_organization(s: TestServer) {
     let org = s.admin_org().await;
     let (other, _, other_token) = s.org_with_user(Plan::Growth, "o@example.com").await;
+    settled(&s).await;
     let mut st = Stream::open(&s, &s.token, "", None).await;
     let first = record(&s, &org, "app.created", 0).await;
     let (ev, id, data) = st.next(SECS(10)).await.expect("the live event");
@@ -329,6 +352,7 @@ async fn streams_resume_in_order_and_stay_in_their_organization(s: TestServer) {
 /// order.
 async fn a_stream_that_falls_behind_is_told_where_to_resume(s: TestServer) {
     let org = s.admin_org().await;
+    settled(&s).await;
     let mut st = Stream::open(&s, &s.token, "", None).await;
     // Far more than the buffer (1 024 events) plus what the sockets hold
     // (6 000 events of 4 KiB: 24 MiB).
