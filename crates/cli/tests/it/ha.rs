@@ -485,6 +485,30 @@ async fn blue_green(via: &Api, watch: &Api, app_id: &str) -> (String, Value) {
     }
 }
 
+/// The app's deployments as each replica lists them: (id, version, status).
+async fn deployments_seen_by(apis: &[&Api], app_id: &str) -> Vec<Vec<(String, String, String)>> {
+    let mut lists = vec![];
+    for api in apis {
+        let (_, list) = api
+            .call(Method::GET, &format!("/v1/apps/{app_id}/deployments"), None)
+            .await;
+        let deps: Vec<(String, String, String)> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["id"].as_str().unwrap_or("?").to_string(),
+                    d["version"].as_str().unwrap_or("?").to_string(),
+                    d["status"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect();
+        lists.push(deps);
+    }
+    lists
+}
+
 /// A deployment's version as a number (`"v2"` → 2).
 fn version_of(dep: &Value) -> i64 {
     dep["version"]
@@ -1080,25 +1104,7 @@ async fn three_replicas_act_as_one() {
         "not all of v{version}: {app}"
     );
     // Every replica tells the same: two deployments, the blue-green one last.
-    let mut lists = vec![];
-    for api in [&r1, &r2, &r3] {
-        let (_, list) = api
-            .call(Method::GET, &format!("/v1/apps/{app_id}/deployments"), None)
-            .await;
-        let deps: Vec<(String, String, String)> = list["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| {
-                (
-                    d["id"].as_str().unwrap_or("?").to_string(),
-                    d["version"].as_str().unwrap_or("?").to_string(),
-                    d["status"].as_str().unwrap_or("?").to_string(),
-                )
-            })
-            .collect();
-        lists.push(deps);
-    }
+    let lists = deployments_seen_by(&[&r1, &r2, &r3], &app_id).await;
     assert_eq!(lists[0], lists[1]);
     assert_eq!(lists[0], lists[2]);
     assert_eq!(lists[0].len(), 2, "{:?}", lists[0]);
@@ -1274,25 +1280,7 @@ async fn three_replicas_and_two_agents_on_hosts_of_their_own() {
     let rows = instance_rows(&mut db, &app_id).await;
     let _ = db.close().await;
     // Every replica tells the same: two deployments, the blue-green one last.
-    let mut lists = vec![];
-    for api in [&r1, &r2, &r3] {
-        let (_, list) = api
-            .call(Method::GET, &format!("/v1/apps/{app_id}/deployments"), None)
-            .await;
-        let deps: Vec<(String, String, String)> = list["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| {
-                (
-                    d["id"].as_str().unwrap_or("?").to_string(),
-                    d["version"].as_str().unwrap_or("?").to_string(),
-                    d["status"].as_str().unwrap_or("?").to_string(),
-                )
-            })
-            .collect();
-        lists.push(deps);
-    }
+    let lists = deployments_seen_by(&[&r1, &r2, &r3], &app_id).await;
     let per_node: BTreeMap<&str, usize> = ha
         .agents
         .iter()
