@@ -36,7 +36,7 @@
 //! | [`InvitationStatus`] | `pending`, `accepted`, `revoked`, `expired` | derived from an invitation row (the store's `Invitation::status`) |
 //! | [`OperationStatus`] | `running`, `undoing`, `succeeded`, `undone`, `undo_failed` | `operations.status` (the server's step runner); the first, second and last are picked up again ([`OperationStatus::UNFINISHED`]) |
 //! | [`ActorKind`] | `user`, `token`, `system` | `events.actor_type` |
-//! | [`EventKind`] | `app.created`, `deployment.started`, … (53 names, see the enum) | `events.event_type` |
+//! | [`EventKind`] | `app.created`, `deployment.started`, … (63 names, see the enum) | `events.event_type` |
 //!
 //! Already enums elsewhere, so not repeated here: token kinds
 //! (`token::TokenKind`), plans (`plan::Plan`), event severity (the store's

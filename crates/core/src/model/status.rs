@@ -446,6 +446,16 @@ vocabulary! {
         UserMfaEnabled = "user.mfa_enabled",
         UserMfaDisabled = "user.mfa_disabled",
         LoginThrottled = "login.throttled",
+        SecretCreated = "secret.created",
+        SecretRotated = "secret.rotated",
+        SecretDeleted = "secret.deleted",
+        SecretExpiring = "secret.expiring",
+        SecretExpired = "secret.expired",
+        MasterKeyRotated = "master_key.rotated",
+        WebhookCreated = "webhook.created",
+        WebhookUpdated = "webhook.updated",
+        WebhookDeleted = "webhook.deleted",
+        WebhookDisabled = "webhook.disabled",
     }
 }
 
@@ -678,7 +688,7 @@ mod tests {
 
     #[test]
     fn event_kinds_are_resource_dot_verb() {
-        assert_eq!(EventKind::ALL.len(), 53);
+        assert_eq!(EventKind::ALL.len(), 63);
         for n in EventKind::NAMES {
             let (resource, verb) = n.split_once('.').unwrap();
             assert!(
