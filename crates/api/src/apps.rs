@@ -149,8 +149,10 @@ pub struct AppCreate {
     pub command: Option<Vec<String>>,
     #[serde(default)]
     pub resources: Resources,
+    /// A value is a string, or `{"value": "…", "encrypted": true}` for a
+    /// write-only one. Every value is encrypted at rest.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvInput>,
     #[serde(default)]
     pub domains: Vec<String>,
     #[serde(default)]
@@ -345,9 +347,12 @@ pub struct AppUpdate {
     pub resources: Option<Resources>,
     #[serde(default)]
     pub replicas: Option<i64>,
-    /// Merged into the app's env; a `null` value removes the variable.
+    /// Merged into the app's env; a `null` value removes the variable. A
+    /// value is a string, or `{"value": "…", "encrypted": true}` for one
+    /// the API never shows again.
     #[serde(default)]
-    pub env: Option<BTreeMap<String, Option<String>>>,
+    #[schema(value_type = Option<Object>)]
+    pub env: Option<BTreeMap<String, Option<EnvInput>>>,
     #[serde(default)]
     pub tags: Option<Vec<String>>,
     #[serde(default)]
@@ -416,10 +421,49 @@ pub struct Replicas {
     pub healthy: i64,
 }
 
+/// An env variable as the API shows it. Every value is encrypted at rest;
+/// `encrypted: true` marks one given as write-only, whose value is never
+/// shown again (`null`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvValue {
-    pub value: String,
+    pub value: Option<String>,
     pub encrypted: bool,
+}
+
+/// An env value given to the API: a string, or `{"value": "…",
+/// "encrypted": true}` for a write-only one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum EnvInput {
+    Plain(String),
+    Marked(EnvMarked),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvMarked {
+    pub value: String,
+    /// Write-only: the API never shows the value again.
+    #[serde(default)]
+    pub encrypted: bool,
+}
+
+impl EnvInput {
+    pub fn value(&self) -> &str {
+        match self {
+            EnvInput::Plain(v) => v,
+            EnvInput::Marked(m) => &m.value,
+        }
+    }
+    pub fn write_only(&self) -> bool {
+        matches!(self, EnvInput::Marked(m) if m.encrypted)
+    }
+}
+
+impl From<&str> for EnvInput {
+    fn from(v: &str) -> EnvInput {
+        EnvInput::Plain(v.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -792,6 +836,7 @@ impl crate::Validate for AppCreate {
         }
         for (k, v) in &self.env {
             check_env_name(&mut errs, k);
+            let v = v.value();
             if v.contains('\0') || v.len() > 32 * 1024 {
                 errs.push(FieldError::new(
                     format!("env.{k}"),
@@ -930,6 +975,7 @@ impl crate::Validate for AppUpdate {
             for (k, v) in env {
                 check_env_name(&mut errs, k);
                 if v.as_ref()
+                    .map(EnvInput::value)
                     .is_some_and(|v| v.contains('\0') || v.len() > 32 * 1024)
                 {
                     errs.push(FieldError::new(
@@ -1115,6 +1161,10 @@ impl AppSpec {
             image: self.image.clone(),
             command: self.command.clone(),
             env: self.env.clone(),
+            // Kept by the caller across an edit (see the deploy service).
+            env_write_only: Default::default(),
+            // Pinned when a release is made.
+            secrets: Default::default(),
             domains: self.domains.clone(),
             volumes: self
                 .volumes

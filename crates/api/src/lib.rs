@@ -13,6 +13,7 @@ pub mod mfa;
 pub mod nodes;
 pub mod orgs;
 pub mod problem;
+pub mod secrets;
 pub mod tokens;
 
 /// The words the DTOs carry (statuses, stages, strategies, drivers): the

@@ -38,8 +38,9 @@ enum Command {
     /// ingress router (apps answer at http://<app>.localhost:8000). Ctrl-C or SIGTERM
     /// stops its instances too, unless started with --keep-instances.
     Up(UpArgs),
-    /// Run the control plane only (API server, controllers, store).
-    Server(ServerArgs),
+    /// Run the control plane only (API server, controllers, store); or,
+    /// with a subcommand, act on its installation (`rotate-master-key`).
+    Server(ServerCmd),
     /// Run a node agent: join a control plane and keep its channel open. Its
     /// instances keep running when it stops (a restarted agent re-adopts them).
     Agent(shellwego_agent::AgentArgs),
@@ -76,6 +77,10 @@ enum Command {
     /// The audit log: list events (filter by type, `app.*`, severity,
     /// resource, time) and show one.
     Events(cmd::events::EventsArgs),
+    /// Secrets: set (create or rotate; the value from a file or stdin),
+    /// list, get, rotate and delete. Apps receive them as environment
+    /// variables; values are never shown.
+    Secrets(cmd::secrets::SecretsArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -128,6 +133,67 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ServerCmd {
+    #[command(subcommand)]
+    action: Option<ServerAction>,
+    #[command(flatten)]
+    args: ServerArgs,
+}
+
+#[derive(Subcommand)]
+enum ServerAction {
+    /// Make a new master key the installation's: re-wraps every data key
+    /// (in one transaction) under it; the encrypted values themselves do not
+    /// change and running replicas keep serving. With <data-dir>/master.key
+    /// the new key is written there, before the old one (remove the old
+    /// line once every replica has the new key); with SHELLWEGO_MASTER_KEY
+    /// the new key is printed: give it to every replica first as
+    /// SHELLWEGO_MASTER_KEY=OLD,NEW (see docs/operations.md, "Rotating the
+    /// master key").
+    RotateMasterKey(RotateArgs),
+}
+
+#[derive(clap::Args)]
+struct RotateArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The new key (base64 of 32 bytes) from this file; default: a new
+    /// random key. Also SHELLWEGO_NEW_MASTER_KEY.
+    #[arg(long, value_name = "FILE")]
+    new_key_file: Option<std::path::PathBuf>,
+}
+
+async fn rotate_master_key(a: RotateArgs) -> anyhow::Result<()> {
+    let settings = a.server.resolve(false)?;
+    let given = match &a.new_key_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?,
+        ),
+        None => std::env::var("SHELLWEGO_NEW_MASTER_KEY")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    };
+    let r = shellwego_server::serve::rotate_master_key(&settings.server, given.as_deref()).await?;
+    eprintln!(
+        "master key rotated: {} -> {} ({} data keys re-wrapped, {} values resealed)",
+        r.rotated.old_key_id, r.rotated.new_key_id, r.rotated.data_keys, r.rotated.resealed
+    );
+    if let Some(f) = &r.key_file {
+        eprintln!(
+            "the new key is the first line of {}; remove the old line(s) once every replica holds the new key",
+            f.display()
+        );
+    }
+    if let Some(k) = &r.new_key {
+        eprintln!("set SHELLWEGO_MASTER_KEY to the new key (below) on every replica; keep the old one beside it (NEW,OLD) until each has restarted");
+        println!("{k}");
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -294,7 +360,11 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Up(a) => up(a).await,
-            Command::Server(a) => serve(a, false).await,
+            Command::Server(ServerCmd {
+                action: Some(ServerAction::RotateMasterKey(a)),
+                ..
+            }) => rotate_master_key(a).await,
+            Command::Server(ServerCmd { args, .. }) => serve(args, false).await,
             Command::Agent(a) => {
                 init_logging(LogFormat::Pretty);
                 shellwego_agent::run(a, shutdown_signal()).await
@@ -316,6 +386,7 @@ fn main() -> ExitCode {
             Command::Auth(a) => cmd::auth::run(a).await,
             Command::Tokens(t) => cmd::tokens::run(t).await,
             Command::Events(e) => cmd::events::run(e).await,
+            Command::Secrets(s) => cmd::secrets::run(s).await,
             Command::Orgs(o) => cmd::orgs::run(o).await,
             Command::Apps(a) => cmd::apps::run(a).await,
             Command::Deploy(d) => cmd::deployments::run_deploy(*d).await,

@@ -19,7 +19,7 @@
 //! Each resource's calls sit behind an accessor ([`Client::apps`],
 //! [`Client::deployments`], [`Client::nodes`], [`Client::orgs`],
 //! [`Client::tokens`], [`Client::auth`], [`Client::user`],
-//! [`Client::events`]), which builds its paths in one place. A successful
+//! [`Client::events`], [`Client::secrets`]), which builds its paths in one place. A successful
 //! call answers an [`Answer`]: the typed body, which it dereferences to,
 //! and the JSON the API sent. A failed one is an [`ApiError`], which keeps
 //! an RFC 7807 problem whole.
@@ -33,6 +33,7 @@ mod error;
 mod events;
 mod nodes;
 mod orgs;
+mod secrets;
 mod tokens;
 mod user;
 
@@ -47,6 +48,7 @@ pub use nodes::Nodes;
 pub use orgs::Orgs;
 /// The HTTP status of an [`ApiError`] ([`ApiError::status`]).
 pub use reqwest::StatusCode;
+pub use secrets::Secrets;
 pub use tokens::Tokens;
 pub use user::User;
 
@@ -89,5 +91,10 @@ impl Client {
     /// The audit trail.
     pub fn events(&self) -> Events<'_> {
         Events { client: self }
+    }
+
+    /// Secrets (values go in, metadata comes out).
+    pub fn secrets(&self) -> Secrets<'_> {
+        Secrets { client: self }
     }
 }

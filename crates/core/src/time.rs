@@ -21,6 +21,13 @@ pub fn rfc3339(t: Timestamp) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Parse an RFC 3339 time (any offset) into UTC.
+pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// How a time given in a filter should be read when it is a bare date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DateEdge {

@@ -18,8 +18,8 @@ use crate::leader::{Fence, Replica};
 pub struct ServerCtx {
     pub store: Store,
     pub bus: Arc<dyn EventBus>,
-    /// The master key (encrypts TOTP secrets at rest).
-    pub key: crate::mfa::Key,
+    /// Encryption at rest: the master keys and the data keys they wrap.
+    pub vault: crate::vault::Vault,
     pub config: Settings,
     /// Becomes true when the server starts shutting down (ends long-polls
     /// and controllers).

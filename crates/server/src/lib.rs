@@ -28,6 +28,7 @@ pub mod serve;
 pub mod service;
 pub mod state;
 pub mod steps;
+pub mod vault;
 
 pub use serve::{run, ServerConfig, Started};
 pub use state::AppState;

@@ -1,77 +1,10 @@
-//! TOTP (RFC 6238) second factor, recovery codes, and the installation's
-//! master key that encrypts TOTP secrets at rest (ChaCha20-Poly1305).
+//! TOTP (RFC 6238) second factor and recovery codes. TOTP secrets are
+//! sealed at rest by the vault (`crate::vault`, scope `system`).
 
-use std::path::Path;
-
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
-use chacha20poly1305::ChaCha20Poly1305;
 use rand::Rng;
 use shellwego_core::{token, Error};
 use shellwego_store::{users, Tx};
 use totp_rs::{Algorithm, TOTP};
-
-/// The installation's master key. Every control plane sharing a store must
-/// use the same one (`SHELLWEGO_MASTER_KEY`, or `<data-dir>/master.key`).
-#[derive(Clone)]
-pub struct Key(ChaCha20Poly1305);
-
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Key(…)")
-    }
-}
-
-impl Key {
-    pub fn from_base64(s: &str) -> Result<Key, Error> {
-        let bytes = STANDARD
-            .decode(s.trim())
-            .map_err(|_| Error::Internal("the master key is not base64".into()))?;
-        let cipher = ChaCha20Poly1305::new_from_slice(&bytes)
-            .map_err(|_| Error::Internal("the master key must be 32 bytes".into()))?;
-        Ok(Key(cipher))
-    }
-
-    /// `SHELLWEGO_MASTER_KEY` when given, else `<data_dir>/master.key`,
-    /// created (0600) on first use.
-    pub fn load_or_create(data_dir: &Path, given: Option<&str>) -> Result<Key, Error> {
-        if let Some(k) = given {
-            return Key::from_base64(k);
-        }
-        let path = data_dir.join("master.key");
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            return Key::from_base64(&s);
-        }
-        let fresh = STANDARD.encode(ChaCha20Poly1305::generate_key(&mut OsRng));
-        crate::secret_file::write_secret_file(&path, &fresh)?;
-        Key::from_base64(&fresh)
-    }
-
-    pub fn seal(&self, plaintext: &[u8]) -> Result<String, Error> {
-        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let ct = self
-            .0
-            .encrypt(&nonce, plaintext)
-            .map_err(|_| Error::Internal("encryption failed".into()))?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&ct);
-        Ok(STANDARD.encode(out))
-    }
-
-    pub fn open(&self, sealed: &str) -> Result<Vec<u8>, Error> {
-        let raw = STANDARD
-            .decode(sealed)
-            .map_err(|_| Error::Internal("sealed value is not base64".into()))?;
-        if raw.len() < 12 {
-            return Err(Error::Internal("sealed value too short".into()));
-        }
-        let (nonce, ct) = raw.split_at(12);
-        self.0
-            .decrypt(chacha20poly1305::Nonce::from_slice(nonce), ct)
-            .map_err(|_| Error::Internal("cannot decrypt: wrong master key?".into()))
-    }
-}
 
 /// A new 160-bit TOTP secret.
 pub fn new_secret() -> Vec<u8> {
@@ -163,7 +96,7 @@ pub fn hash_recovery(code: &str) -> String {
 /// (which is used up).
 pub async fn check_login_code(
     tx: &mut Tx,
-    key: &Key,
+    vault: &crate::vault::Vault,
     user_id: &str,
     secret_enc: Option<&str>,
     code: &str,
@@ -171,7 +104,9 @@ pub async fn check_login_code(
     let Some(enc) = secret_enc else {
         return Ok(false);
     };
-    let secret = key.open(enc)?;
+    let secret = vault
+        .open(tx, &crate::vault::totp_aad(user_id), enc)
+        .await?;
     if let Some(step) = totp_step(&secret, code) {
         // Each code works once: the step must be newer than the last one used.
         return users::use_totp_step(tx, user_id, i64::try_from(step).unwrap_or(i64::MAX)).await;
@@ -192,14 +127,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seal_open_and_totp() {
-        let key = Key::from_base64(&STANDARD.encode([7u8; 32])).unwrap();
-        let sealed = key.seal(b"secret").unwrap();
-        assert_eq!(key.open(&sealed).unwrap(), b"secret");
-        assert!(Key::from_base64(&STANDARD.encode([8u8; 32]))
-            .unwrap()
-            .open(&sealed)
-            .is_err());
+    fn totp_and_recovery_codes() {
         let s = new_secret();
         let code = current_code(&s).unwrap();
         assert!(verify_totp(&s, &code));

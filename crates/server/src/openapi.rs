@@ -15,7 +15,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::routes::{agent, apps, auth, deployments, events, health, nodes, orgs, tokens, user};
+use crate::routes::{
+    agent, apps, auth, deployments, events, health, nodes, orgs, secrets, tokens, user,
+};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -36,6 +38,7 @@ Every /v1 response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-R
         (name = "users", description = "The calling user, their tokens and MFA"),
         (name = "organizations", description = "Organizations, members, invitations, service accounts"),
         (name = "events", description = "The audit trail"),
+        (name = "secrets", description = "Secrets: encrypted at rest, given to apps as environment variables, never returned"),
         (name = "apps", description = "Apps, their instances, and uploaded archives"),
         (name = "deployments", description = "Rolling, blue-green and canary deployments, rollbacks and their logs"),
         (name = "nodes", description = "Machines that run apps"),
@@ -118,6 +121,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(events::event_list))
         .routes(routes!(events::event_stream))
         .routes(routes!(events::event_get))
+        .routes(routes!(secrets::secret_create, secrets::secret_list))
+        .routes(routes!(secrets::secret_get, secrets::secret_delete))
+        .routes(routes!(secrets::secret_rotate))
         .routes(routes!(nodes::node_list, nodes::node_create))
         .routes(routes!(
             nodes::node_get,

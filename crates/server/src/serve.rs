@@ -140,9 +140,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         );
     }
 
-    let key = crate::mfa::Key::load_or_create(&config.data_dir, config.master_key.as_deref())
-        .map_err(|e| anyhow::anyhow!("master key: {e}"))?;
-    check_master_key(&store, &key).await?;
+    let ring =
+        crate::vault::Keyring::load_or_create(&config.data_dir, config.master_key.as_deref())
+            .map_err(|e| anyhow::anyhow!("master key: {e}"))?;
+    crate::vault::check_master_key(&store, &ring)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let vault = crate::vault::Vault::new(ring);
     let (stop, stop_rx) = watch::channel(false);
     let settings = crate::ctx::Settings {
         node_timeout: config.node_timeout,
@@ -173,12 +177,23 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     let ctx = Arc::new(ServerCtx {
         store: store.clone(),
         bus,
-        key,
+        vault,
         config: settings,
         stopping: stop_rx.clone(),
         replica,
         fence: None,
     });
+    // Env values stored before env was encrypted at rest: sealed now,
+    // before anything reads them.
+    let sealed = crate::service::secrets::seal_stored_env(&ctx)
+        .await
+        .map_err(|e| anyhow::anyhow!("sealing stored env values: {e}"))?;
+    if sealed > 0 {
+        tracing::info!(
+            specs = sealed,
+            "env values stored in plaintext are sealed now"
+        );
+    }
     let mut state = AppState::new(ctx.clone(), crate::openapi::document_json());
     state.trusted_proxies = Arc::new(config.trusted_proxies.clone());
     let app = crate::http::app(state.clone());
@@ -233,25 +248,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
     })
 }
 
-/// Every replica of an installation must hold the same master key (what
-/// one encrypts, the others decrypt). The first to start stores a value
-/// sealed with its key; a replica whose key cannot open it refuses to
-/// start, instead of writing secrets the others cannot read.
-async fn check_master_key(store: &Store, key: &crate::mfa::Key) -> anyhow::Result<()> {
-    const PROBE: &[u8] = b"shellwego master key check";
-    let sealed = key.seal(PROBE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut c = store.conn().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let stored = shellwego_store::system::claim_value(&mut c, "master_key_check", &sealed)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    match key.open(&stored) {
-        Ok(p) if p == PROBE => Ok(()),
-        _ => anyhow::bail!(
-            "this control plane's master key is not the installation's: every replica sharing the database must use the same key (set SHELLWEGO_MASTER_KEY to the same value on each, or copy <data-dir>/master.key from the first replica)"
-        ),
-    }
-}
-
 /// Run until `signal` resolves, then shut down gracefully.
 pub async fn run(
     config: ServerConfig,
@@ -295,4 +291,74 @@ pub async fn local_join_token(ctx: &ServerCtx, hostname: &str) -> anyhow::Result
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(secret)
+}
+
+/// What `shellwego server rotate-master-key` did.
+#[derive(Debug)]
+pub struct MasterKeyRotation {
+    pub rotated: crate::vault::Rotated,
+    /// The new key's base64, when the keys come from `SHELLWEGO_MASTER_KEY`
+    /// (the operator must give it to every replica); `None` when it was
+    /// written to `<data-dir>/master.key`.
+    pub new_key: Option<String>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Make a new master key the installation's (`new_key`: its base64, else
+/// one is generated): the data keys are re-wrapped by it in one
+/// transaction. With the key file (`<data-dir>/master.key`) the new key is
+/// written there first, before the old one, so the replica on this host
+/// finds it; with `SHELLWEGO_MASTER_KEY` it is returned to be given to
+/// every replica (see docs/operations.md, "Rotating the master key").
+pub async fn rotate_master_key(
+    config: &ServerConfig,
+    new_key: Option<&str>,
+) -> anyhow::Result<MasterKeyRotation> {
+    let key_file = config.data_dir.join("master.key");
+    if config.master_key.is_none() && !key_file.exists() {
+        anyhow::bail!(
+            "no master key: neither SHELLWEGO_MASTER_KEY nor {} (run this with the server's data dir and environment)",
+            key_file.display()
+        );
+    }
+    let ring =
+        crate::vault::Keyring::load_or_create(&config.data_dir, config.master_key.as_deref())
+            .map_err(|e| anyhow::anyhow!("master key: {e}"))?;
+    let (text, key) = match new_key {
+        Some(t) => (
+            t.trim().to_string(),
+            crate::vault::MasterKey::from_base64(t)
+                .map_err(|e| anyhow::anyhow!("the new key: {e}"))?,
+        ),
+        None => crate::vault::MasterKey::generate(),
+    };
+    let store = Store::connect(&config.database_url())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
+    store.migrate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file = config.master_key.is_none();
+    if file {
+        // The new key first (the one this host's replica re-reads when it
+        // meets it), the old ones after (what is not re-wrapped yet).
+        let old = std::fs::read_to_string(&key_file)
+            .with_context(|| format!("cannot read {}", key_file.display()))?;
+        let mut lines = vec![text.clone()];
+        lines.extend(
+            old.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && *l != text)
+                .map(str::to_string),
+        );
+        crate::secret_file::write_secret_file(&key_file, &(lines.join("\n") + "\n"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let rotated = crate::vault::rotate_master_key(&store, &ring, &key)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    store.close().await;
+    Ok(MasterKeyRotation {
+        rotated,
+        new_key: (!file).then_some(text),
+        key_file: file.then_some(key_file),
+    })
 }

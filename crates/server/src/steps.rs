@@ -416,7 +416,9 @@ mod tests {
             let ctx = Arc::new(ServerCtx {
                 store: store.clone(),
                 bus: crate::bus::InProcessBus::new(),
-                key: crate::mfa::Key::load_or_create(dir.path(), None).unwrap(),
+                vault: crate::vault::Vault::new(
+                    crate::vault::Keyring::load_or_create(dir.path(), None).unwrap(),
+                ),
                 config: crate::ctx::Settings::with_objects(crate::objects::Objects::Database(
                     store,
                 )),

@@ -153,6 +153,7 @@ fn lock_clause(db: &Conn) -> &'static str {
 
 /// Insert an app with its tags; `a.id` is assigned when empty.
 pub async fn insert(db: &mut Conn, mut a: App) -> Result<App, Error> {
+    crate::secrets::check_env_sealed(&a.spec)?;
     if a.id.is_empty() {
         a.id = id::new_id("app");
     }
@@ -239,6 +240,7 @@ async fn tags_of(db: &mut Conn, app_id: &str) -> Result<Vec<String>, Error> {
 
 /// Write every mutable column of an app.
 pub async fn update(db: &mut Conn, a: &App) -> Result<(), Error> {
+    crate::secrets::check_env_sealed(&a.spec)?;
     sqlx::query(
         "UPDATE apps SET status = $1, status_reason = $2, desired_state = $3, replicas = $4, memory = $5, cpu_millis = $6, disk = $7,
                          spec = $8, image_pinned = $9, deployment_id = $10, version = $11, updated_at = $12, traffic = $14,
@@ -556,6 +558,67 @@ pub async fn needing_reconcile(db: &mut Conn) -> Result<Vec<String>, Error> {
 /// Every app id (the controller's periodic full pass).
 pub async fn ids(db: &mut Conn) -> Result<Vec<String>, Error> {
     sqlx::query_scalar("SELECT id FROM apps ORDER BY id")
+        .fetch_all(&mut *db)
+        .await
+        .map_err(db_err)
+}
+
+/// Specs (of apps, and of releases: `Some(version)`) holding an env value
+/// that is not sealed, written before env was encrypted at rest:
+/// (organization, app id, release version, spec).
+pub async fn legacy_env_specs(
+    db: &mut Conn,
+) -> Result<Vec<(String, String, Option<i64>, AppSpec)>, Error> {
+    let apps: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT organization_id, id, spec FROM apps")
+            .fetch_all(&mut *db)
+            .await
+            .map_err(db_err)?;
+    let releases: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT a.organization_id, r.app_id, r.version, r.spec FROM releases r JOIN apps a ON a.id = r.app_id",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)?;
+    let mut out = vec![];
+    let rows = apps
+        .into_iter()
+        .map(|(o, a, s)| (o, a, None, s))
+        .chain(releases.into_iter().map(|(o, a, v, s)| (o, a, Some(v), s)));
+    for (org, app, version, text) in rows {
+        let spec: AppSpec = crate::doc("apps", &app, "spec", &text)?;
+        if crate::secrets::check_env_sealed(&spec).is_err() {
+            out.push((org, app, version, spec));
+        }
+    }
+    Ok(out)
+}
+
+/// Store a spec whose env was just sealed (see [`legacy_env_specs`]).
+pub async fn set_sealed_spec(
+    db: &mut Conn,
+    app_id: &str,
+    release: Option<i64>,
+    spec: &AppSpec,
+) -> Result<(), Error> {
+    crate::secrets::check_env_sealed(spec)?;
+    let q = match release {
+        None => sqlx::query("UPDATE apps SET spec = $1 WHERE id = $2")
+            .bind(crate::to_json(spec))
+            .bind(app_id),
+        Some(v) => sqlx::query("UPDATE releases SET spec = $1 WHERE app_id = $2 AND version = $3")
+            .bind(crate::to_json(spec))
+            .bind(app_id)
+            .bind(v),
+    };
+    q.execute(&mut *db).await.map_err(db_err)?;
+    Ok(())
+}
+
+/// Every app of `org`.
+pub async fn ids_of_org(db: &mut Conn, org: &str) -> Result<Vec<String>, Error> {
+    sqlx::query_scalar("SELECT id FROM apps WHERE organization_id = $1 ORDER BY id")
+        .bind(org)
         .fetch_all(&mut *db)
         .await
         .map_err(db_err)

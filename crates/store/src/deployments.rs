@@ -64,6 +64,7 @@ impl TryFrom<ReleaseRow> for Release {
 }
 
 pub async fn insert_release(db: &mut Conn, r: &Release) -> Result<(), Error> {
+    crate::secrets::check_env_sealed(&r.spec)?;
     sqlx::query(
         "INSERT INTO releases (app_id, version, spec, replicas, memory, cpu_millis, disk, image_pinned, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -94,6 +95,18 @@ pub async fn release(db: &mut Conn, app_id: &str, version: i64) -> Result<Option
     .map_err(db_err)?
     .map(Release::try_from)
     .transpose()
+}
+
+/// The spec of every release (which secrets some release still pins).
+pub async fn all_release_specs(db: &mut Conn) -> Result<Vec<AppSpec>, Error> {
+    let rows: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT app_id, version, spec FROM releases")
+            .fetch_all(&mut *db)
+            .await
+            .map_err(db_err)?;
+    rows.into_iter()
+        .map(|(a, v, s)| crate::doc("releases", &format!("{a}@{v}"), "spec", &s))
+        .collect()
 }
 
 /// Releases of the given versions of one app.

@@ -32,6 +32,7 @@ pub mod operations;
 pub mod orgs;
 pub mod overlay;
 pub mod rate_limits;
+pub mod secrets;
 pub mod service_accounts;
 pub mod system;
 pub mod tokens;
@@ -175,7 +176,10 @@ impl Store {
                 Box::pin(async move {
                     // WAL: readers never block the writer. busy_timeout: a
                     // writer waits for another instead of failing.
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;")
+                    // secure_delete: what is overwritten or deleted is
+                    // zeroed in the file, not left in free pages (values
+                    // that were plaintext before they were sealed).
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA secure_delete = ON;")
                         .await?;
                     Ok(())
                 })
@@ -227,6 +231,21 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// SQLite: copy the write-ahead log into the database file and empty
+    /// it, so that page versions it still holds (values that were
+    /// overwritten, such as plaintext just sealed) leave the disk; with
+    /// `secure_delete` the file keeps none either. Best effort (a reader
+    /// holding an old snapshot keeps its frames); PostgreSQL: nothing.
+    pub async fn compact_log(&self) -> Result<(), Error> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
     }
 
     /// A pooled connection, for reads outside a transaction. It goes back

@@ -247,3 +247,40 @@ pub async fn use_totp_step(db: &mut Conn, user_id: &str, step: i64) -> Result<bo
         .map_err(db_err)?;
     Ok(r.rows_affected() == 1)
 }
+
+/// TOTP secrets still sealed by the master key directly (written before
+/// data keys existed): (user id, column, sealed value).
+pub async fn master_sealed(db: &mut Conn) -> Result<Vec<(String, &'static str, String)>, Error> {
+    let mut out = vec![];
+    for col in ["mfa_secret_enc", "mfa_pending_enc"] {
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT id, {col} FROM users WHERE {col} IS NOT NULL AND {col} NOT LIKE 'v1.%'"
+        ))
+        .fetch_all(&mut *db)
+        .await
+        .map_err(db_err)?;
+        out.extend(rows.into_iter().map(|(id, v)| (id, col, v)));
+    }
+    Ok(out)
+}
+
+/// Replace a sealed TOTP column (`col` from [`master_sealed`]).
+pub async fn set_sealed(
+    db: &mut Conn,
+    user_id: &str,
+    col: &str,
+    sealed: &str,
+) -> Result<(), Error> {
+    let col = match col {
+        "mfa_secret_enc" => "mfa_secret_enc",
+        "mfa_pending_enc" => "mfa_pending_enc",
+        other => return Err(Error::Internal(format!("not a sealed column: {other}"))),
+    };
+    sqlx::query(&format!("UPDATE users SET {col} = $1 WHERE id = $2"))
+        .bind(sealed)
+        .bind(user_id)
+        .execute(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}

@@ -406,7 +406,11 @@ fn create_body(args: &CreateArgs, source: Option<Source>) -> anyhow::Result<AppC
             cpu: args.cpu.clone().map(Cpu::Text),
             disk: None,
         },
-        env: args.env.iter().cloned().collect(),
+        env: args
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().into()))
+            .collect(),
         health_check,
         replicas: args.replicas,
         tags: args.tags.clone(),

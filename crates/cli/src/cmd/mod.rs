@@ -9,6 +9,7 @@ pub mod deployments;
 pub mod events;
 pub mod nodes;
 pub mod orgs;
+pub mod secrets;
 pub mod tokens;
 mod wait;
 

@@ -17,5 +17,6 @@ mod ha;
 mod network;
 mod orphans;
 mod platform;
+mod secrets_cli;
 mod support;
 mod walkthrough;

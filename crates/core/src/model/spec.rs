@@ -15,7 +15,7 @@
 //! parse them (`HealthCheckSpec::interval`), with the defaults the
 //! control plane applies today.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -44,8 +44,19 @@ pub struct AppSpec {
     /// Overrides the image's entrypoint/cmd (or the Procfile's `web:` line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// Environment variables. In the store every value is sealed
+    /// (`v1.<data key>.…`, see the server's vault); opened only to show it
+    /// and to hand it to an instance.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Env names whose values the API never shows again (`encrypted: true`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub env_write_only: BTreeSet<String>,
+    /// The secrets (id → version) this version's instances receive in
+    /// their environment: the app's and its organization's live ones when
+    /// the release was made.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, i64>,
     #[serde(default)]
     pub domains: Vec<String>,
     #[serde(default)]
@@ -80,6 +91,8 @@ impl Default for AppSpec {
             image: None,
             command: None,
             env: BTreeMap::new(),
+            env_write_only: BTreeSet::new(),
+            secrets: BTreeMap::new(),
             domains: vec![],
             volumes: vec![],
             health_check: HealthCheckSpec::default(),

@@ -19,6 +19,7 @@ pub mod reconcile;
 pub mod retention;
 pub mod rollout;
 pub mod routes;
+pub mod secrets;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -139,13 +140,14 @@ async fn passes<C: Controller>(c: &mut C, ctx: Arc<ServerCtx>) {
 }
 
 /// The singleton controllers (their lease names).
-pub const SINGLETONS: [&str; 6] = [
+pub const SINGLETONS: [&str; 7] = [
     reconcile::Reconcile::NAME,
     nodes::DrainedNodes::NAME,
     nodes::Liveness::NAME,
     nodes::RateLimitSweep::NAME,
     retention::EventRetention::NAME,
     retention::EventSequencer::NAME,
+    secrets::SecretExpiry::NAME,
 ];
 
 /// Start every controller of a control plane.
@@ -157,6 +159,7 @@ pub fn start_all(ctx: &Arc<ServerCtx>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(run(nodes::RateLimitSweep, ctx.clone())),
         tokio::spawn(run(retention::EventRetention, ctx.clone())),
         tokio::spawn(run(retention::EventSequencer, ctx.clone())),
+        tokio::spawn(run(secrets::SecretExpiry, ctx.clone())),
     ]
 }
 
@@ -204,7 +207,9 @@ mod tests {
         let ctx = Arc::new(ServerCtx {
             store: store.clone(),
             bus: crate::bus::InProcessBus::new(),
-            key: crate::mfa::Key::load_or_create(dir.path(), None).unwrap(),
+            vault: crate::vault::Vault::new(
+                crate::vault::Keyring::load_or_create(dir.path(), None).unwrap(),
+            ),
             config: crate::ctx::Settings::with_objects(crate::objects::Objects::Database(store)),
             stopping,
             replica: crate::leader::Replica::new(),

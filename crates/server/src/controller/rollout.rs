@@ -225,6 +225,9 @@ pub async fn start(
     };
     let version = match target {
         Target::New => {
+            // A new release gets the secrets live now, latest versions.
+            app.spec.secrets =
+                shellwego_store::secrets::current_pins(tx, &app.organization_id, &app.id).await?;
             let v = deployments::releases_of(tx, &app.id)
                 .await?
                 .iter()

@@ -41,8 +41,11 @@ fn instance_view(i: model::Instance) -> Instance {
     }
 }
 
+/// The API's view of an app whose env has been opened
+/// ([`crate::service::secrets::reveal_env`]).
 pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
     let spec = shellwego_api::apps::AppSpec::from(&a.spec);
+    let write_only = a.spec.env_write_only.clone();
     let current: Vec<&model::Instance> = insts
         .iter()
         .filter(|i| i.desired == DesiredState::Running)
@@ -90,11 +93,12 @@ pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
             .env
             .into_iter()
             .map(|(k, v)| {
+                let hidden = write_only.contains(&k);
                 (
                     k,
                     EnvValue {
-                        value: v,
-                        encrypted: false,
+                        value: (!hidden).then_some(v),
+                        encrypted: hidden,
                     },
                 )
             })
@@ -141,9 +145,10 @@ pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
 async fn full_view(
     st: &AppState,
     p: &Principal,
-    a: model::App,
+    mut a: model::App,
     include_events: bool,
 ) -> Result<App, Error> {
+    crate::service::secrets::reveal_env(&st.ctx, &mut a).await?;
     let insts = svc::instances_of(&st.ctx, &[&a]).await?;
     let id = a.id.clone();
     let mut v = view(a, insts);
@@ -191,7 +196,8 @@ pub async fn app_list(
     let page = svc::app_list(&st.ctx, &p, &params).await?;
     let mut insts = svc::instances_of(&st.ctx, &page.items.iter().collect::<Vec<_>>()).await?;
     let mut data = Vec::with_capacity(page.items.len());
-    for a in page.items {
+    for mut a in page.items {
+        crate::service::secrets::reveal_env(&st.ctx, &mut a).await?;
         let (mine, rest): (Vec<_>, Vec<_>) = insts.into_iter().partition(|i| i.app_id == a.id);
         insts = rest;
         let id = a.id.clone();

@@ -8,6 +8,7 @@ pub mod events;
 pub mod health;
 pub mod nodes;
 pub mod orgs;
+pub mod secrets;
 pub mod tokens;
 pub mod user;
 

@@ -499,6 +499,8 @@ pub async fn desired_for_node(
             .map(|r| ((r.app_id.clone(), r.version), r))
             .collect();
     tx.commit().await?;
+    // Env values and secrets are opened here, for the agent only.
+    let mut db = ctx.store.conn().await?;
     let mut out = vec![];
     for apps::Assigned {
         instance: i,
@@ -531,7 +533,7 @@ pub async fn desired_for_node(
             image,
             archive_url,
             command: spec.command.clone(),
-            env: spec.env.clone(),
+            env: crate::service::secrets::instance_env(&ctx.vault, &mut db, &a.id, spec).await?,
             memory: i.memory,
             cpu_millis: i.cpu_millis,
             health_check: shellwego_api::agent::DesiredHealthCheck {

@@ -168,10 +168,19 @@ pub async fn app_create(
     if let Some(n) = &req.networking {
         n.apply(&mut networking)?;
     }
+    drop(db);
+    // The id first: env values are sealed with it as associated data.
+    let app_id = shellwego_core::id::new_id("app");
+    let plain: std::collections::BTreeMap<String, String> = req
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value().to_string()))
+        .collect();
+    let env = crate::service::secrets::seal_env_values(ctx, &org.id, &app_id, &plain).await?;
     let spec = AppSpec {
         image: req.image.clone(),
         command: req.command.clone(),
-        env: req.env.clone(),
+        env,
         domains: req.domains.clone(),
         volumes: req.volumes.clone(),
         health_check: req.health_check.clone().unwrap_or_default(),
@@ -183,12 +192,19 @@ pub async fn app_create(
         rollout_batch: None,
         networking: (&networking).into(),
     };
-    drop(db);
+    let mut model = spec.to_model()?;
+    model.env_write_only = req
+        .env
+        .iter()
+        .filter(|(_, v)| v.write_only())
+        .map(|(k, _)| k.clone())
+        .collect();
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
     let mut app = apps::insert(
         &mut tx,
         App {
+            id: app_id,
             organization_id: org.id.clone(),
             name: req.name.clone(),
             status: AppStatus::Deploying,
@@ -197,7 +213,7 @@ pub async fn app_create(
             memory,
             cpu_millis,
             disk,
-            spec: spec.to_model()?,
+            spec: model,
             // Its first release (made next) is version 1.
             version: 0,
             created_by: p.user_id.clone(),
@@ -245,6 +261,20 @@ pub async fn app_update(
 ) -> Result<(), Error> {
     p.authorize("apps", "write", Some(app_id))?;
     check_fetch_targets(&ctx.config.ssrf, req.image.as_deref(), None).await?;
+    // New env values sealed before the unit begins (a data key may have to
+    // be made, in a transaction of its own). Their organization is the
+    // caller's: another's app is a 404 below, before they are used.
+    let sealed = match &req.env {
+        Some(env) => {
+            let plain = env
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.value().to_string())))
+                .collect();
+            crate::service::secrets::seal_env_values(ctx, &p.organization_id, app_id, &plain)
+                .await?
+        }
+        None => Default::default(),
+    };
     let mut tx = ctx.unit().await?;
     tx.touch(DESIRED);
     let mut a = locked(&mut tx, p, app_id).await?;
@@ -277,14 +307,33 @@ pub async fn app_update(
         }
     }
     if let Some(env) = &req.env {
-        let before = spec.env.clone();
+        let current = crate::service::secrets::open_env(&ctx.vault, &mut tx, app_id, spec).await?;
+        let mut env_changed = false;
         for (k, v) in env {
             match v {
-                Some(v) => spec.env.insert(k.clone(), v.clone()),
-                None => spec.env.remove(k),
-            };
+                Some(v) => {
+                    let write_only = v.write_only();
+                    if current.get(k).map(String::as_str) != Some(v.value())
+                        || spec.env_write_only.contains(k) != write_only
+                    {
+                        env_changed = true;
+                    }
+                    if let Some(s) = sealed.get(k) {
+                        spec.env.insert(k.clone(), s.clone());
+                    }
+                    if write_only {
+                        spec.env_write_only.insert(k.clone());
+                    } else {
+                        spec.env_write_only.remove(k);
+                    }
+                }
+                None => {
+                    env_changed |= spec.env.remove(k).is_some();
+                    spec.env_write_only.remove(k);
+                }
+            }
         }
-        if spec.env != before {
+        if env_changed {
             new_version = true;
             changed.push("env");
         }

@@ -70,7 +70,10 @@ pub async fn app_deploy(
         spec.source = Some(s.clone());
         spec.image = None;
     }
-    app.spec = spec.to_model()?;
+    let mut model = spec.to_model()?;
+    // What the API's view of a spec does not carry.
+    model.env_write_only = std::mem::take(&mut app.spec.env_write_only);
+    app.spec = model;
     let strategy = match req.strategy {
         Some(s) => s.strategy(),
         None if image_changed => Strategy::BlueGreen,

@@ -206,7 +206,7 @@ pub async fn login(
                 let mut tx = ctx.unit().await?;
                 let ok = mfa::check_login_code(
                     &mut tx,
-                    &ctx.key,
+                    &ctx.vault,
                     &c.user.id,
                     c.mfa_secret_enc.as_deref(),
                     code,
@@ -442,8 +442,13 @@ pub async fn mfa_enroll(ctx: &ServerCtx, p: &Principal) -> Result<(String, Strin
     }
     let secret = mfa::new_secret();
     let (b32, uri) = mfa::enrollment(&secret, &user.email)?;
+    let sealed = ctx
+        .vault
+        .key_for(&ctx.store, crate::vault::SYSTEM)
+        .await?
+        .seal(&crate::vault::totp_aad(uid), &secret)?;
     let mut tx = ctx.unit().await?;
-    users::set_mfa_pending(&mut tx, uid, &ctx.key.seal(&secret)?).await?;
+    users::set_mfa_pending(&mut tx, uid, &sealed).await?;
     tx.commit().await?;
     Ok((b32, uri))
 }
@@ -458,7 +463,15 @@ pub async fn mfa_confirm(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<V
     let pending = creds
         .mfa_pending_enc
         .ok_or_else(|| Error::Conflict("Start with POST /v1/user/mfa to get a secret.".into()))?;
-    if !mfa::verify_totp(&ctx.key.open(&pending)?, code) {
+    let secret = ctx
+        .vault
+        .open(
+            &mut *store.conn().await?,
+            &crate::vault::totp_aad(uid),
+            &pending,
+        )
+        .await?;
+    if !mfa::verify_totp(&secret, code) {
         return Err(Error::field(
             "code",
             "invalid_value",
@@ -501,7 +514,7 @@ pub async fn mfa_disable(ctx: &ServerCtx, p: &Principal, code: &str) -> Result<(
     logins::succeeded(&mut tx, &attempt).await?;
     if !mfa::check_login_code(
         &mut tx,
-        &ctx.key,
+        &ctx.vault,
         uid,
         creds.mfa_secret_enc.as_deref(),
         code,

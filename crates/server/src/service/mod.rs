@@ -9,6 +9,7 @@ pub mod health;
 pub mod identity;
 pub mod nodes;
 pub mod orgs;
+pub mod secrets;
 pub mod tokens;
 
 use shellwego_core::list::ListParams;

@@ -20,5 +20,6 @@ mod openapi;
 mod ops;
 mod ratelimit;
 mod replicas;
+mod secrets;
 mod ssrf;
 mod stranger;

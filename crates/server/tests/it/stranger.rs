@@ -77,6 +77,20 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         .as_str()
         .unwrap()
         .to_string();
+    let sec = s
+        .call(
+            Method::POST,
+            "/v1/secrets",
+            Some(&s.token),
+            Some(json!({"name": "OWNERS_KEY", "value": "owners-secret-value"})),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Enterprise: its burst (500) covers the whole table with room to grow;
     // the table outgrew Starter's 50 once deployments landed.
     let (_, _, stranger) = s
@@ -91,6 +105,9 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         sa.as_str(),
         app.as_str(),
         upl.as_str(),
+        sec.as_str(),
+        "OWNERS_KEY",
+        "owners-secret-value",
         "admin@localhost",
     ];
 
@@ -102,6 +119,35 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         .unwrap()
         .to_string();
     let cases: Vec<(Method, &str, String, Option<Value>, u16)> = vec![
+        (Method::GET, "/v1/secrets", "/v1/secrets".into(), None, 200),
+        (
+            Method::POST,
+            "/v1/secrets",
+            "/v1/secrets".into(),
+            Some(json!({"name": "OWNERS_KEY", "value": "x", "app_id": app})),
+            400,
+        ),
+        (
+            Method::GET,
+            "/v1/secrets/{secret_id}",
+            format!("/v1/secrets/{sec}"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/secrets/{secret_id}/versions",
+            format!("/v1/secrets/{sec}/versions"),
+            Some(json!({"value": "strangers value"})),
+            404,
+        ),
+        (
+            Method::DELETE,
+            "/v1/secrets/{secret_id}",
+            format!("/v1/secrets/{sec}"),
+            None,
+            404,
+        ),
         (
             Method::POST,
             "/v1/auth/token",
@@ -524,6 +570,8 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
     let (_, a) = s.get(&format!("/v1/apps/{app}")).await;
     assert_eq!(a["name"], "owners-app");
     assert_eq!(a["replicas"]["desired"], 0);
+    let (_, owned) = s.get(&format!("/v1/secrets/{sec}")).await;
+    assert_eq!(owned["version"], 1, "{owned}");
     let (_, mine) = s.get("/v1/apps").await;
     assert_eq!(mine["data"].as_array().unwrap().len(), 1, "{mine}");
 
