@@ -4,6 +4,7 @@ mod agent_memory;
 mod apps;
 mod cluster;
 mod deploy;
+mod events;
 mod ingress;
 mod kit;
 mod replicas;
@@ -150,6 +151,26 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// The event log: events per second the recorder and the SSE fan-out
+    /// sustain with N subscribers on GET /v1/events/stream, and the latency
+    /// from an event's commit to each subscriber reading it (p50/p99). An
+    /// in-process server, SQLite in a temp dir or a scratch PostgreSQL
+    /// database (--postgres-url / SHELLWEGO_TEST_DATABASE_URL).
+    Events {
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// Seconds of producing.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent producers (each commits one event per transaction).
+        #[arg(long, default_value_t = 4)]
+        producers: usize,
+        /// Events per second offered in all; 0: as fast as they commit.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, env = "SHELLWEGO_TEST_DATABASE_URL")]
+        postgres_url: Option<String>,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -220,6 +241,22 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             seconds,
             connections,
         } => ingress::run(seconds, connections).await,
+        BenchCommand::Events {
+            subscribers,
+            seconds,
+            producers,
+            rate,
+            postgres_url,
+        } => {
+            events::run(events::Opts {
+                subscribers,
+                seconds,
+                producers,
+                rate,
+                postgres_url: postgres_url.filter(|u| !u.is_empty()),
+            })
+            .await
+        }
     }
 }
 

@@ -202,6 +202,7 @@ fn every_command_has_help() {
             vec!["bench", "scheduler", "--help"],
             vec!["bench", "cluster", "--help"],
             vec!["bench", "replicas", "--help"],
+            vec!["bench", "events", "--help"],
         ]);
     } else {
         let out = Command::new(BIN)
@@ -423,6 +424,43 @@ fn an_agent_joins_once_and_a_restart_reuses_its_credential() {
         "no duplicate node: {list}"
     );
     again.kill();
+}
+
+/// `bench events` with a few subscribers runs to its end and prints every
+/// figure, every subscriber getting every event (a smoke test).
+#[cfg(feature = "bench")]
+#[test]
+fn bench_events_runs_with_tiny_sizes() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "events",
+            "--subscribers",
+            "3",
+            "--seconds",
+            "1",
+            "--rate",
+            "50",
+        ])
+        .env_remove("SHELLWEGO_TEST_DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for figure in ["committed:", "delivered:", "commit -> SSE read: p50"] {
+        assert!(text.contains(figure), "no {figure} in:\n{text}");
+    }
+    assert!(text.contains("overflow ends: 0"), "{text}");
+    let line = text.lines().find(|l| l.contains("committed:")).unwrap();
+    let n: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        text.contains(&format!("every subscriber {n} of {n}")),
+        "{text}"
+    );
 }
 
 /// `bench cluster` with a handful of simulated agents runs to its end and

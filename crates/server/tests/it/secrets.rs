@@ -291,11 +291,17 @@ async fn app_env_is_encrypted_at_rest_and_write_only_values_are_never_shown(s: T
 /// Env values stored in plaintext by an older version are sealed when a
 /// control plane starts, and still read back.
 async fn plaintext_env_of_an_older_version_is_sealed_at_start(s: TestServer) {
+    let agent = s.fake_agent("legacy-node", 4, 8 << 30).await;
+    create(
+        &s,
+        json!({"name": "FROM_SECRET", "value": "secret-for-legacy"}),
+    )
+    .await;
     let r = s
         .post(
             "/v1/apps",
             &s.token,
-            json!({"name": "legacy", "image": "nginx:alpine", "replicas": 0, "env": {"A": "x"}}),
+            json!({"name": "legacy", "image": "nginx:alpine", "replicas": 1, "env": {"A": "x"}}),
         )
         .await;
     let id = r.json::<Value>().await.unwrap()["id"]
@@ -326,6 +332,16 @@ async fn plaintext_env_of_an_older_version_is_sealed_at_start(s: TestServer) {
     let (_, a) = r2.get(&format!("/v1/apps/{id}")).await;
     assert_eq!(a["env"]["A"]["value"], "legacy-plain-value", "{a:#}");
     assert_eq!(a["env"]["PORTISH"]["value"], "v1.2.3", "{a:#}");
+    // The instance still receives them (and the organization's secret).
+    let desired = agent.desired_of(&id).await;
+    assert_eq!(desired.len(), 1, "{desired:?}");
+    let env = &desired[0].env;
+    assert_eq!(env.get("A").map(String::as_str), Some("legacy-plain-value"));
+    assert_eq!(env.get("PORTISH").map(String::as_str), Some("v1.2.3"));
+    assert_eq!(
+        env.get("FROM_SECRET").map(String::as_str),
+        Some("secret-for-legacy")
+    );
 }
 
 /// `rotate-master-key` while the server runs: the data keys are wrapped by
