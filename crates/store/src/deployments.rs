@@ -97,13 +97,15 @@ pub async fn release(db: &mut Conn, app_id: &str, version: i64) -> Result<Option
     .transpose()
 }
 
-/// The spec of every release (which secrets some release still pins).
-pub async fn all_release_specs(db: &mut Conn) -> Result<Vec<AppSpec>, Error> {
-    let rows: Vec<(String, i64, String)> =
-        sqlx::query_as("SELECT app_id, version, spec FROM releases")
-            .fetch_all(&mut *db)
-            .await
-            .map_err(db_err)?;
+/// The specs of the releases some instance runs (or is meant to run).
+pub async fn specs_in_use(db: &mut Conn) -> Result<Vec<AppSpec>, Error> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT r.app_id, r.version, r.spec FROM releases r
+         WHERE EXISTS (SELECT 1 FROM instances i WHERE i.app_id = r.app_id AND i.version = r.version)",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)?;
     rows.into_iter()
         .map(|(a, v, s)| crate::doc("releases", &format!("{a}@{v}"), "spec", &s))
         .collect()

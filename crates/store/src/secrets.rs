@@ -362,7 +362,7 @@ pub async fn versions(db: &mut Conn, id: &str) -> Result<Vec<Version>, Error> {
 }
 
 /// Mark a secret deleted (its name is free again; its versions stay until
-/// no release pins them, see [`purge_unpinned`]).
+/// no instance runs a release that pins them, see [`purge_deleted`]).
 pub async fn delete(db: &mut Conn, id: &str) -> Result<bool, Error> {
     let r = sqlx::query("UPDATE secrets SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
         .bind(to_micros(now()))
@@ -512,8 +512,18 @@ pub async fn set_expired_handled(db: &mut Conn, id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Remove deleted secrets none of whose versions is pinned by a release
-/// in `pinned` (the ids of secrets some release still uses).
+/// Whether a deleted secret waits to be purged.
+pub async fn any_deleted(db: &mut Conn) -> Result<bool, Error> {
+    let id: Option<String> =
+        sqlx::query_scalar("SELECT id FROM secrets WHERE deleted_at IS NOT NULL LIMIT 1")
+            .fetch_optional(&mut *db)
+            .await
+            .map_err(db_err)?;
+    Ok(id.is_some())
+}
+
+/// Remove deleted secrets not in `pinned` (the secrets pinned by a release
+/// some instance runs).
 pub async fn purge_deleted(db: &mut Conn, pinned: &[String]) -> Result<u64, Error> {
     let ids: Vec<String> =
         sqlx::query_scalar("SELECT id FROM secrets WHERE deleted_at IS NOT NULL")

@@ -127,16 +127,19 @@ pub async fn sweep(ctx: &ServerCtx) -> Result<usize, Error> {
         tx.commit().await?;
         n += 1;
     }
-    let mut tx = ctx.begin().await?;
-    let pinned = pinned_secret_ids(&mut tx).await?;
-    n += secrets::purge_deleted(&mut tx, &pinned).await? as usize;
-    shellwego_store::commit(tx).await?;
+    // Reading every release's spec only when there is something to purge.
+    if secrets::any_deleted(&mut *ctx.store.conn().await?).await? {
+        let mut tx = ctx.begin().await?;
+        let pinned = pinned_secret_ids(&mut tx).await?;
+        n += secrets::purge_deleted(&mut tx, &pinned).await? as usize;
+        shellwego_store::commit(tx).await?;
+    }
     Ok(n)
 }
 
-/// The secrets some release still pins.
+/// The secrets pinned by a release some instance runs.
 async fn pinned_secret_ids(tx: &mut Tx) -> Result<Vec<String>, Error> {
-    let mut ids: Vec<String> = shellwego_store::deployments::all_release_specs(tx)
+    let mut ids: Vec<String> = shellwego_store::deployments::specs_in_use(tx)
         .await?
         .into_iter()
         .flat_map(|s| s.secrets.into_keys())

@@ -479,6 +479,32 @@ async fn expiring_secrets_warn_and_expired_ones_are_rolled_out(s: TestServer) {
         .get("/v1/events?filter[type]=secret.expiring,secret.expired")
         .await;
     assert_eq!(again["data"].as_array().unwrap().len(), got.len());
+    // A deleted secret that no instance's release pins is purged.
+    let gone_id = gone["id"].as_str().unwrap();
+    let r = s
+        .call(
+            Method::DELETE,
+            &format!("/v1/secrets/{}", warned["id"].as_str().unwrap()),
+            Some(&s.token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    shellwego_server::controller::secrets::sweep(&ctx)
+        .await
+        .unwrap();
+    let left: Vec<String> = sqlx::query("SELECT id FROM secrets")
+        .fetch_all(s.store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("id"))
+        .collect();
+    assert_eq!(
+        left,
+        [gone_id.to_string()],
+        "the expired one stays (not deleted)"
+    );
 }
 
 both_backends!(
