@@ -76,6 +76,9 @@ enum Command {
     /// The audit log: list events (filter by type, `app.*`, severity,
     /// resource, time) and show one.
     Events(cmd::events::EventsArgs),
+    /// Webhooks: create and change them, list their deliveries, redeliver
+    /// one, send a test ping.
+    Webhooks(cmd::webhooks::WebhooksArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -316,6 +319,7 @@ fn main() -> ExitCode {
             Command::Auth(a) => cmd::auth::run(a).await,
             Command::Tokens(t) => cmd::tokens::run(t).await,
             Command::Events(e) => cmd::events::run(e).await,
+            Command::Webhooks(w) => cmd::webhooks::run(w).await,
             Command::Orgs(o) => cmd::orgs::run(o).await,
             Command::Apps(a) => cmd::apps::run(a).await,
             Command::Deploy(d) => cmd::deployments::run_deploy(*d).await,

@@ -19,7 +19,7 @@
 //! Each resource's calls sit behind an accessor ([`Client::apps`],
 //! [`Client::deployments`], [`Client::nodes`], [`Client::orgs`],
 //! [`Client::tokens`], [`Client::auth`], [`Client::user`],
-//! [`Client::events`]), which builds its paths in one place. A successful
+//! [`Client::events`], [`Client::webhooks`]), which builds its paths in one place. A successful
 //! call answers an [`Answer`]: the typed body, which it dereferences to,
 //! and the JSON the API sent. A failed one is an [`ApiError`], which keeps
 //! an RFC 7807 problem whole.
@@ -35,6 +35,7 @@ mod nodes;
 mod orgs;
 mod tokens;
 mod user;
+mod webhooks;
 
 pub use apps::{AppAction, Apps, UPLOAD_TIMEOUT};
 pub use auth::Auth;
@@ -49,6 +50,7 @@ pub use orgs::Orgs;
 pub use reqwest::StatusCode;
 pub use tokens::Tokens;
 pub use user::User;
+pub use webhooks::Webhooks;
 
 impl Client {
     /// Apps, their actions and deployments, and archive uploads.
@@ -89,5 +91,10 @@ impl Client {
     /// The audit trail.
     pub fn events(&self) -> Events<'_> {
         Events { client: self }
+    }
+
+    /// Webhooks, their deliveries, test pings and redeliveries.
+    pub fn webhooks(&self) -> Webhooks<'_> {
+        Webhooks { client: self }
     }
 }

@@ -15,7 +15,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::routes::{agent, apps, auth, deployments, events, health, nodes, orgs, tokens, user};
+use crate::routes::{
+    agent, apps, auth, deployments, events, health, nodes, orgs, tokens, user, webhooks,
+};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -36,6 +38,7 @@ Every /v1 response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-R
         (name = "users", description = "The calling user, their tokens and MFA"),
         (name = "organizations", description = "Organizations, members, invitations, service accounts"),
         (name = "events", description = "The audit trail"),
+        (name = "webhooks", description = "Webhooks: signed deliveries of events to your endpoints, with retries"),
         (name = "apps", description = "Apps, their instances, and uploaded archives"),
         (name = "deployments", description = "Rolling, blue-green and canary deployments, rollbacks and their logs"),
         (name = "nodes", description = "Machines that run apps"),
@@ -118,6 +121,16 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(events::event_list))
         .routes(routes!(events::event_stream))
         .routes(routes!(events::event_get))
+        .routes(routes!(webhooks::webhook_create, webhooks::webhook_list))
+        .routes(routes!(
+            webhooks::webhook_get,
+            webhooks::webhook_update,
+            webhooks::webhook_delete
+        ))
+        .routes(routes!(webhooks::webhook_test))
+        .routes(routes!(webhooks::delivery_list))
+        .routes(routes!(webhooks::delivery_get))
+        .routes(routes!(webhooks::delivery_redeliver))
         .routes(routes!(nodes::node_list, nodes::node_create))
         .routes(routes!(
             nodes::node_get,
@@ -299,6 +312,8 @@ when reporting the problem.",
 /// unique constraint can refuse the write).
 const CONFLICTS: &[&str] = &[
     "app_create",
+    "webhook_test",
+    "delivery_redeliver",
     "token_rotate",
     "mfa_enroll",
     "mfa_confirm",

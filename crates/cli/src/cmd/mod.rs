@@ -1,5 +1,5 @@
 //! The client commands (`auth`, `tokens`, `orgs`, `apps`, `deploy`,
-//! `deployments`, `nodes`): the
+//! `deployments`, `nodes`, `events`, `webhooks`): the
 //! options they share, how the API URL and the token are found, list paging
 //! and `KEY=VALUE` arguments.
 
@@ -11,6 +11,7 @@ pub mod nodes;
 pub mod orgs;
 pub mod tokens;
 mod wait;
+pub mod webhooks;
 
 use std::path::PathBuf;
 

@@ -10,6 +10,7 @@ pub mod nodes;
 pub mod orgs;
 pub mod tokens;
 pub mod user;
+pub mod webhooks;
 
 use crate::model::PageInfo;
 use shellwego_api::Pagination;

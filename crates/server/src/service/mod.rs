@@ -10,6 +10,7 @@ pub mod identity;
 pub mod nodes;
 pub mod orgs;
 pub mod tokens;
+pub mod webhooks;
 
 use shellwego_core::list::ListParams;
 use shellwego_core::Error;
