@@ -237,7 +237,10 @@ impl Controller for Dispatcher {
         let free = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
         let t = to_micros(now());
         let mut db = ctx.store.conn().await?;
-        if free > 0 {
+        // A read first: on SQLite even an UPDATE that matches nothing takes
+        // the write lock, and most passes find nothing due.
+        let due = store::next_due(&mut db, t).await?.is_some_and(|at| at <= t);
+        if free > 0 && due {
             let lease = ctx.config.webhooks.timeout + CLAIM_MARGIN;
             let claimed = store::claim_due(
                 &mut db,
@@ -487,11 +490,11 @@ fn human(d: Duration) -> String {
     let s = d.as_secs();
     if s == 0 {
         format!("{}ms", d.as_millis())
-    } else if s % 86_400 == 0 {
+    } else if s.is_multiple_of(86_400) {
         format!("{}d", s / 86_400)
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

@@ -22,3 +22,4 @@ mod ratelimit;
 mod replicas;
 mod ssrf;
 mod stranger;
+mod webhooks;
