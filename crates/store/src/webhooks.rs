@@ -316,6 +316,14 @@ pub async fn insert_delivery(db: &mut Conn, d: &NewDelivery<'_>) -> Result<(), E
     Ok(())
 }
 
+/// What an event is matched against: an active webhook's id and patterns
+/// (a JSON array, as stored).
+#[derive(sqlx::FromRow)]
+struct Subscription {
+    id: String,
+    events: String,
+}
+
 /// The outbox: one pending delivery of the event `event_id` per active
 /// webhook of `org` whose patterns take `event_type`, in the caller's
 /// transaction (the one recording the event). How many were written.
@@ -327,7 +335,7 @@ pub async fn enqueue_for_event(
     data: &Value,
     at_micros: i64,
 ) -> Result<u64, Error> {
-    let hooks: Vec<(String, String)> = sqlx::query_as(
+    let hooks: Vec<Subscription> = sqlx::query_as(
         "SELECT id, events FROM webhooks WHERE organization_id = $1 AND status = $2",
     )
     .bind(org)
@@ -337,7 +345,7 @@ pub async fn enqueue_for_event(
     .map_err(db_err)?;
     let mut payload = None;
     let mut n = 0;
-    for (hook, events) in hooks {
+    for Subscription { id: hook, events } in hooks {
         let patterns: Vec<String> = crate::doc("webhooks", &hook, "events", &events)?;
         if !patterns.iter().any(|p| pattern_matches(p, event_type)) {
             continue;
@@ -590,12 +598,8 @@ pub async fn record_attempt(
 /// A failed attempt of webhook `id` at `at`: it has been failing since the
 /// first failure after its last success. The webhook's status and that
 /// time (`None`: there is no such webhook).
-pub async fn mark_failing(
-    db: &mut Conn,
-    id: &str,
-    at: i64,
-) -> Result<Option<(WebhookStatus, i64)>, Error> {
-    sqlx::query_as::<_, (WebhookStatus, i64)>(
+pub async fn mark_failing(db: &mut Conn, id: &str, at: i64) -> Result<Option<Failing>, Error> {
+    sqlx::query_as::<_, Failing>(
         "UPDATE webhooks SET failing_since = COALESCE(failing_since, $2) WHERE id = $1
          RETURNING status, failing_since",
     )
@@ -604,6 +608,14 @@ pub async fn mark_failing(
     .fetch_optional(&mut *db)
     .await
     .map_err(db_err)
+}
+
+/// A webhook's failure record after a failed attempt ([`mark_failing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Failing {
+    pub status: WebhookStatus,
+    /// Microseconds: the first failed attempt since the last success.
+    pub failing_since: i64,
 }
 
 /// A successful attempt of webhook `id`: it is not failing any more.
@@ -837,14 +849,12 @@ mod tests {
                 (DeliveryStatus::Pending, 0, &stored.payload)
             );
             // Failing since the first failure; a success clears it.
-            assert_eq!(
-                mark_failing(&mut db, &all.id, 5).await.unwrap(),
-                Some((WebhookStatus::Active, 5))
-            );
-            assert_eq!(
-                mark_failing(&mut db, &all.id, 7).await.unwrap(),
-                Some((WebhookStatus::Active, 5))
-            );
+            let failing = Some(Failing {
+                status: WebhookStatus::Active,
+                failing_since: 5,
+            });
+            assert_eq!(mark_failing(&mut db, &all.id, 5).await.unwrap(), failing);
+            assert_eq!(mark_failing(&mut db, &all.id, 7).await.unwrap(), failing);
             mark_succeeded(&mut db, &all.id).await.unwrap();
             assert_eq!(
                 get(&mut db, &all.id).await.unwrap().unwrap().failing_since,

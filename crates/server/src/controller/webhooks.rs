@@ -449,8 +449,10 @@ async fn record(ctx: &ServerCtx, w: &Webhook, d: &Delivery, outcome: Outcome) ->
     }
     if status == DeliveryStatus::Succeeded {
         store::mark_succeeded(&mut unit, &w.id).await?;
-    } else if let Some((WebhookStatus::Active, since)) =
-        store::mark_failing(&mut unit, &w.id, t).await?
+    } else if let Some(store::Failing {
+        status: WebhookStatus::Active,
+        failing_since: since,
+    }) = store::mark_failing(&mut unit, &w.id, t).await?
     {
         let window = ctx.config.webhooks.disable_after;
         if t.saturating_sub(since) >= micros(window) {
