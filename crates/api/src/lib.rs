@@ -15,6 +15,7 @@ pub mod orgs;
 pub mod problem;
 pub mod secrets;
 pub mod tokens;
+pub mod webhooks;
 
 /// The words the DTOs carry (statuses, stages, strategies, drivers): the
 /// domain model's enums, re-exported so a client needs only this crate.

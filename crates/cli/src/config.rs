@@ -70,6 +70,39 @@ pub struct FileConfig {
     pub max_free_orgs_per_user: Option<u32>,
     /// Timeouts and connection caps of the listeners (`[http]`).
     pub http: Option<HttpSection>,
+    /// How webhook deliveries are sent and retried (`[webhooks]`).
+    pub webhooks: Option<WebhooksSection>,
+}
+
+/// `[webhooks]`: the delivery timeout, the retry base, and how long a
+/// webhook may fail before it is disabled.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksSection {
+    pub timeout: Option<String>,
+    pub retry_base: Option<String>,
+    pub disable_after: Option<String>,
+}
+
+impl WebhooksSection {
+    /// The settings, from the defaults overridden by what is set.
+    pub fn settings(&self) -> anyhow::Result<shellwego_server::ctx::WebhookConfig> {
+        let mut w = shellwego_server::ctx::WebhookConfig::default();
+        for (key, v, into) in [
+            ("timeout", &self.timeout, &mut w.timeout),
+            ("retry_base", &self.retry_base, &mut w.retry_base),
+            ("disable_after", &self.disable_after, &mut w.disable_after),
+        ] {
+            if let Some(t) = v {
+                *into = parse_duration(t)
+                    .filter(|d| !d.is_zero())
+                    .with_context(|| {
+                        format!("[webhooks] {key} = '{t}' is not a duration such as 10s or 3d")
+                    })?;
+            }
+        }
+        Ok(w)
+    }
 }
 
 /// `[http]`: how long clients may take and how many connections they may
@@ -187,6 +220,7 @@ impl ServerArgs {
         }
         server.ssrf = file.ssrf.unwrap_or_default();
         server.http = file.http.unwrap_or_default().limits()?;
+        server.webhooks = file.webhooks.unwrap_or_default().settings()?;
         server.trusted_proxies =
             shellwego_net::client_ip::TrustedProxies::new(file.trusted_proxies.unwrap_or_default());
         if let Some(n) = file.max_free_orgs_per_user {
@@ -227,6 +261,25 @@ mod tests {
         );
         assert_eq!(cfg.trusted_proxies, Some(vec![]));
         assert_eq!(cfg.max_free_orgs_per_user, Some(1));
+        assert_eq!(
+            cfg.webhooks.unwrap().settings().unwrap(),
+            shellwego_server::ctx::WebhookConfig::default()
+        );
+    }
+
+    #[test]
+    fn the_webhooks_section_parses_durations() {
+        let cfg: FileConfig = toml::from_str(
+            "[webhooks]\ntimeout = \"2s\"\nretry_base = \"1s\"\ndisable_after = \"1h\"\n",
+        )
+        .unwrap();
+        let w = cfg.webhooks.unwrap().settings().unwrap();
+        assert_eq!(w.timeout, Duration::from_secs(2));
+        assert_eq!(w.retry_base, Duration::from_secs(1));
+        assert_eq!(w.disable_after, Duration::from_secs(3600));
+        let bad: FileConfig = toml::from_str("[webhooks]\ntimeout = \"soon\"\n").unwrap();
+        assert!(bad.webhooks.unwrap().settings().is_err());
+        assert!(toml::from_str::<FileConfig>("[webhooks]\nretries = 3\n").is_err());
     }
 
     #[test]

@@ -81,6 +81,9 @@ enum Command {
     /// list, get, rotate and delete. Apps receive them as environment
     /// variables; values are never shown.
     Secrets(cmd::secrets::SecretsArgs),
+    /// Webhooks: create and change them, list their deliveries, redeliver
+    /// one, send a test ping.
+    Webhooks(cmd::webhooks::WebhooksArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -387,6 +390,7 @@ fn main() -> ExitCode {
             Command::Tokens(t) => cmd::tokens::run(t).await,
             Command::Events(e) => cmd::events::run(e).await,
             Command::Secrets(s) => cmd::secrets::run(s).await,
+            Command::Webhooks(w) => cmd::webhooks::run(w).await,
             Command::Orgs(o) => cmd::orgs::run(o).await,
             Command::Apps(a) => cmd::apps::run(a).await,
             Command::Deploy(d) => cmd::deployments::run_deploy(*d).await,

@@ -19,7 +19,7 @@
 //! Each resource's calls sit behind an accessor ([`Client::apps`],
 //! [`Client::deployments`], [`Client::nodes`], [`Client::orgs`],
 //! [`Client::tokens`], [`Client::auth`], [`Client::user`],
-//! [`Client::events`], [`Client::secrets`]), which builds its paths in one place. A successful
+//! [`Client::events`], [`Client::secrets`], [`Client::webhooks`]), which builds its paths in one place. A successful
 //! call answers an [`Answer`]: the typed body, which it dereferences to,
 //! and the JSON the API sent. A failed one is an [`ApiError`], which keeps
 //! an RFC 7807 problem whole.
@@ -36,6 +36,7 @@ mod orgs;
 mod secrets;
 mod tokens;
 mod user;
+mod webhooks;
 
 pub use apps::{AppAction, Apps, UPLOAD_TIMEOUT};
 pub use auth::Auth;
@@ -51,6 +52,7 @@ pub use reqwest::StatusCode;
 pub use secrets::Secrets;
 pub use tokens::Tokens;
 pub use user::User;
+pub use webhooks::Webhooks;
 
 impl Client {
     /// Apps, their actions and deployments, and archive uploads.
@@ -96,5 +98,10 @@ impl Client {
     /// Secrets (values go in, metadata comes out).
     pub fn secrets(&self) -> Secrets<'_> {
         Secrets { client: self }
+    }
+
+    /// Webhooks, their deliveries, test pings and redeliveries.
+    pub fn webhooks(&self) -> Webhooks<'_> {
+        Webhooks { client: self }
     }
 }

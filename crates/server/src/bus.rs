@@ -43,15 +43,19 @@ pub enum Topic {
     Events,
     /// Recorded events were numbered: event streams read on.
     EventLog,
+    /// Webhook deliveries became due without an event (a test ping, a
+    /// redelivery) or an attempt ended: the dispatchers look again.
+    Deliveries,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 5] = [
+    pub const ALL: [Topic; 6] = [
         Topic::Apps,
         Topic::Nodes,
         Topic::Routes,
         Topic::Events,
         Topic::EventLog,
+        Topic::Deliveries,
     ];
 
     /// The topic's name (log lines, and the channel name of a bus that
@@ -63,6 +67,7 @@ impl Topic {
             Topic::Routes => "routes",
             Topic::Events => "events",
             Topic::EventLog => "event_log",
+            Topic::Deliveries => "deliveries",
         }
     }
 
@@ -73,6 +78,7 @@ impl Topic {
             Topic::Routes => 2,
             Topic::Events => 3,
             Topic::EventLog => 4,
+            Topic::Deliveries => 5,
         }
     }
 }

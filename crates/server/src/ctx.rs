@@ -45,6 +45,33 @@ pub struct Settings {
     /// here when they are given, and sent to agents, which check it again
     /// when they fetch).
     pub ssrf: shellwego_net::ssrf::Guard,
+    /// How webhook deliveries are sent and retried (`[webhooks]`).
+    pub webhooks: WebhookConfig,
+}
+
+/// The `[webhooks]` settings: how the dispatcher sends and retries
+/// deliveries, and when it gives up on a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// The longest one attempt may take (connecting, sending, and the
+    /// answer's headers).
+    pub timeout: Duration,
+    /// The pause before the first retry; later ones grow from it by the
+    /// webhook's backoff (±20% jitter, at most an hour).
+    pub retry_base: Duration,
+    /// A webhook whose deliveries have failed for this long without a
+    /// success in between is disabled.
+    pub disable_after: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            timeout: Duration::from_secs(10),
+            retry_base: Duration::from_secs(10),
+            disable_after: Duration::from_secs(3 * 86_400),
+        }
+    }
 }
 
 impl Settings {
@@ -55,6 +82,7 @@ impl Settings {
             objects,
             max_free_orgs_per_user: 1,
             ssrf: shellwego_net::ssrf::Guard::strict(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }

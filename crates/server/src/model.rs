@@ -12,3 +12,4 @@ pub use shellwego_store::nodes::{Node, NodeLoad};
 pub use shellwego_store::orgs::{Member, Membership, OrgUsage, Organization};
 pub use shellwego_store::service_accounts::ServiceAccount;
 pub use shellwego_store::tokens::Token;
+pub use shellwego_store::webhooks::{Delivery, Webhook};

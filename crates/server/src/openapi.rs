@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::routes::{
-    agent, apps, auth, deployments, events, health, nodes, orgs, secrets, tokens, user,
+    agent, apps, auth, deployments, events, health, nodes, orgs, secrets, tokens, user, webhooks,
 };
 use crate::state::AppState;
 
@@ -39,6 +39,7 @@ Every /v1 response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-R
         (name = "organizations", description = "Organizations, members, invitations, service accounts"),
         (name = "events", description = "The audit trail"),
         (name = "secrets", description = "Secrets: encrypted at rest, given to apps as environment variables, never returned"),
+        (name = "webhooks", description = "Webhooks: signed deliveries of events to your endpoints, with retries"),
         (name = "apps", description = "Apps, their instances, and uploaded archives"),
         (name = "deployments", description = "Rolling, blue-green and canary deployments, rollbacks and their logs"),
         (name = "nodes", description = "Machines that run apps"),
@@ -124,6 +125,16 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(secrets::secret_create, secrets::secret_list))
         .routes(routes!(secrets::secret_get, secrets::secret_delete))
         .routes(routes!(secrets::secret_rotate))
+        .routes(routes!(webhooks::webhook_create, webhooks::webhook_list))
+        .routes(routes!(
+            webhooks::webhook_get,
+            webhooks::webhook_update,
+            webhooks::webhook_delete
+        ))
+        .routes(routes!(webhooks::webhook_test))
+        .routes(routes!(webhooks::delivery_list))
+        .routes(routes!(webhooks::delivery_get))
+        .routes(routes!(webhooks::delivery_redeliver))
         .routes(routes!(nodes::node_list, nodes::node_create))
         .routes(routes!(
             nodes::node_get,
@@ -305,6 +316,8 @@ when reporting the problem.",
 /// unique constraint can refuse the write).
 const CONFLICTS: &[&str] = &[
     "app_create",
+    "webhook_test",
+    "delivery_redeliver",
     "token_rotate",
     "mfa_enroll",
     "mfa_confirm",

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub trusted_proxies: shellwego_net::client_ip::TrustedProxies,
     /// How many organizations on the Free plan one user may own.
     pub max_free_orgs_per_user: u32,
+    /// The `[webhooks]` section: delivery timeout, retry base, when a
+    /// failing webhook is disabled.
+    pub webhooks: crate::ctx::WebhookConfig,
 }
 
 impl ServerConfig {
@@ -61,6 +64,7 @@ impl ServerConfig {
             http: Default::default(),
             trusted_proxies: Default::default(),
             max_free_orgs_per_user: 1,
+            webhooks: Default::default(),
         }
     }
 
@@ -158,6 +162,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         .map_err(|e| anyhow::anyhow!("object storage: {e}"))?,
         max_free_orgs_per_user: config.max_free_orgs_per_user,
         ssrf: shellwego_net::ssrf::Guard::new(&config.ssrf),
+        webhooks: config.webhooks,
     };
     tracing::info!(storage = %settings.objects.describe(), "object storage ready");
     let replica = crate::leader::Replica::new();

@@ -129,9 +129,18 @@ pub async fn record(db: &mut Conn, e: NewEvent) -> Result<String, Error> {
     record_at(db, e, to_micros(now())).await
 }
 
-/// Record with an explicit time (tests and imports).
+/// Record with an explicit time (tests and imports). With the event go
+/// its webhook deliveries, in the same transaction: one per active webhook
+/// of its organization that takes its type (the durable outbox, see
+/// [`crate::webhooks`]); an event of no organization has none.
 pub async fn record_at(db: &mut Conn, e: NewEvent, at_micros: i64) -> Result<String, Error> {
     let id = id::new_id("evt");
+    let data = e.organization_id.as_ref().map(|org| {
+        (
+            org.clone(),
+            crate::webhooks::event_data(&e.metadata, e.resource_type, &e.resource_id),
+        )
+    });
     sqlx::query(
         "INSERT INTO events (id, organization_id, event_type, severity, actor_type, actor_id, actor_ip, resource_type, resource_id, metadata, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -150,6 +159,9 @@ pub async fn record_at(db: &mut Conn, e: NewEvent, at_micros: i64) -> Result<Str
     .execute(&mut *db)
     .await
     .map_err(db_err)?;
+    if let Some((org, data)) = data {
+        crate::webhooks::enqueue_for_event(db, &org, &id, e.event_type, &data, at_micros).await?;
+    }
     Ok(id)
 }
 

@@ -37,6 +37,7 @@ pub mod service_accounts;
 pub mod system;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};

@@ -620,6 +620,8 @@ mod tests {
             &crate::service_accounts::SERVICE_ACCOUNTS,
             &crate::orgs::ORGANIZATIONS,
             &crate::orgs::MEMBERS,
+            &crate::webhooks::WEBHOOKS,
+            &crate::webhooks::DELIVERIES,
         ] {
             if let Err(e) = res.check() {
                 panic!("{}: {e}", res.schema.name);

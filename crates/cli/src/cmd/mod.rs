@@ -1,5 +1,5 @@
 //! The client commands (`auth`, `tokens`, `orgs`, `apps`, `deploy`,
-//! `deployments`, `nodes`): the
+//! `deployments`, `nodes`, `events`, `webhooks`): the
 //! options they share, how the API URL and the token are found, list paging
 //! and `KEY=VALUE` arguments.
 
@@ -12,6 +12,7 @@ pub mod orgs;
 pub mod secrets;
 pub mod tokens;
 mod wait;
+pub mod webhooks;
 
 use std::path::PathBuf;
 

@@ -104,12 +104,22 @@ struct Kit {
 
 impl Kit {
     fn start() -> Kit {
+        Kit::start_with_config(None)
+    }
+
+    /// [`Kit::start`], the server reading `config` (TOML) as its config file.
+    fn start_with_config(config: Option<&str>) -> Kit {
         let home = Home::new();
-        let server = Platform::server(bin())
+        let mut server = Platform::server(bin())
             .dir(home.cli.dir())
             .env("SHELLWEGO_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .ready(Ready::Token)
-            .start();
+            .ready(Ready::Token);
+        if let Some(c) = config {
+            let path = home.cli.dir().join("shellwego.toml");
+            std::fs::write(&path, c).unwrap();
+            server = server.env("SHELLWEGO_CONFIG", path);
+        }
+        let server = server.start();
         let admin_token = server.token().to_string();
         Kit {
             server,
@@ -142,6 +152,7 @@ fn every_client_command_has_help_with_a_one_line_about() {
         ("auth", "Log in"),
         ("tokens", "API tokens"),
         ("orgs", "organization"),
+        ("webhooks", "Webhooks"),
     ] {
         let line = top
             .lines()
@@ -162,6 +173,15 @@ fn every_client_command_has_help_with_a_one_line_about() {
         vec!["orgs", "get"],
         vec!["orgs", "members"],
         vec!["orgs", "invite"],
+        vec!["webhooks"],
+        vec!["webhooks", "create"],
+        vec!["webhooks", "list"],
+        vec!["webhooks", "get"],
+        vec!["webhooks", "update"],
+        vec!["webhooks", "delete"],
+        vec!["webhooks", "deliveries"],
+        vec!["webhooks", "redeliver"],
+        vec!["webhooks", "test"],
     ] {
         let mut a = args.clone();
         a.push("--help");
@@ -180,6 +200,18 @@ fn every_client_command_has_help_with_a_one_line_about() {
     let text = ok(Command::new(BIN).args(["tokens", "list", "--help"]));
     for flag in ["--limit", "--all", "--cursor"] {
         assert!(text.contains(flag), "tokens list --help lacks {flag}");
+    }
+    let text = ok(Command::new(BIN).args(["webhooks", "create", "--help"]));
+    for flag in [
+        "--event",
+        "--header",
+        "--secret-stdin",
+        "--secret-file",
+        "--max-retries",
+        "--backoff",
+        "exponential",
+    ] {
+        assert!(text.contains(flag), "webhooks create --help lacks {flag}");
     }
     let text = ok(Command::new(BIN).args(["auth", "login", "--help"]));
     for flag in ["--email", "--password-stdin", "--mfa-code"] {
@@ -427,7 +459,18 @@ fn an_unreachable_api_or_a_bad_url_is_a_clear_error() {
 struct Seen {
     request_line: String,
     authorization: Option<String>,
+    /// The request head (request line and headers).
+    head: String,
     body: String,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
 }
 
 struct Fake {
@@ -504,6 +547,7 @@ fn read_request(conn: &mut std::net::TcpStream) -> Seen {
         request_line: head.lines().next().unwrap_or_default().to_string(),
         authorization: header("authorization"),
         body: String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string(),
+        head,
     }
 }
 
@@ -807,5 +851,212 @@ fn orgs_get_members_invite() {
     assert!(o.stderr.contains("  role: "), "{}", o.stderr);
     assert!(o.stderr.contains("trace_id: req_"), "{}", o.stderr);
     let o = fails(&mut kit.admin(&["orgs", "get", "--org", "org_doesnotexist"]));
+    assert!(o.stderr.contains("trace_id: req_"), "{}", o.stderr);
+}
+
+/// A webhook receiver for the CLI's tests: answers every request 200 and
+/// keeps it.
+struct Hooked {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Hooked {
+    fn start() -> Hooked {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(vec![]));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            while let Ok((mut conn, _)) = listener.accept() {
+                let req = read_request(&mut conn);
+                log.lock().unwrap().push(req);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Hooked { port, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// Wait (up to 20 s) for `n` requests.
+    fn wait(&self, n: usize) -> Vec<Seen> {
+        let t = std::time::Instant::now();
+        loop {
+            let seen = self.seen.lock().unwrap().clone();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{} requests, not {n}",
+                seen.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn webhooks_create_test_deliveries_redeliver_update_delete() {
+    // The receiver is on loopback: the operator allows private targets.
+    let kit = Kit::start_with_config(Some(
+        "[ssrf]\nallow_private_targets = true\n[webhooks]\nretry_base = \"1s\"\n",
+    ));
+    let rx = Hooked::start();
+    let table = ok(&mut kit.admin(&[
+        "webhooks",
+        "create",
+        &rx.url(),
+        "--event",
+        "app.*,token.created",
+        "--header",
+        "X-Team=platform",
+        "--max-retries",
+        "3",
+        "--backoff",
+        "linear",
+    ]));
+    let id = field(&table, "ID");
+    assert!(id.starts_with("whk_"), "{table}");
+    let secret = field(&table, "SECRET");
+    assert!(secret.starts_with("whsec_"), "{table}");
+    assert_eq!(field(&table, "EVENTS"), "app.*,token.created");
+    assert_eq!(field(&table, "RETRIES"), "3 (linear)");
+    assert_eq!(field(&table, "STATUS"), "active");
+    assert_eq!(field(&table, "HEADERS"), "X-Team");
+
+    // The secret is never shown again.
+    let list = ok(&mut kit.admin(&["webhooks", "list"]));
+    assert!(list.lines().next().unwrap().starts_with("ID"), "{list}");
+    assert!(list.contains(&id), "{list}");
+    let got = json(&ok(&mut kit.admin(&["webhooks", "get", &id, "-o", "json"])));
+    assert_eq!(got["id"], id.as_str());
+    assert_eq!(got["headers"]["X-Team"], "[redacted]");
+    for out in [&list, &got.to_string()] {
+        assert!(!out.contains(&secret), "{out}");
+    }
+
+    // A secret of one's own, read from stdin (never a flag's value).
+    let mut c = kit.admin(&[
+        "webhooks",
+        "create",
+        &rx.url(),
+        "-e",
+        "deployment.*",
+        "--secret-stdin",
+        "-o",
+        "json",
+    ]);
+    let o = run_with_stdin(&mut c, "whsec_from_stdin_0123456789\n");
+    assert!(o.ok, "{}", o.stderr);
+    let own = json(&o.stdout);
+    assert_eq!(own["secret"], "whsec_from_stdin_0123456789");
+    let own_id = own["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        ok(&mut kit.admin(&["webhooks", "delete", &own_id, "--yes"])),
+        format!("Deleted webhook {own_id}.\n")
+    );
+
+    // A test ping reaches the receiver, signed.
+    let o = run(&mut kit.admin(&["webhooks", "test", &id]));
+    assert!(o.ok, "{}", o.stderr);
+    let delivery = field(&o.stdout, "ID");
+    assert!(delivery.starts_with("whd_"), "{}", o.stdout);
+    assert_eq!(field(&o.stdout, "STATUS"), "pending");
+    let seen = rx.wait(1);
+    assert_eq!(
+        seen[0].header("x-shellwego-delivery"),
+        Some(delivery.clone())
+    );
+    assert_eq!(seen[0].header("x-shellwego-event").as_deref(), Some("ping"));
+    assert_eq!(seen[0].header("x-team").as_deref(), Some("platform"));
+    assert!(seen[0]
+        .header("x-shellwego-signature")
+        .unwrap()
+        .starts_with("sha256="));
+
+    // Its deliveries: the list, and the one with its body.
+    let t = std::time::Instant::now();
+    let page = loop {
+        let page = json(&ok(&mut kit.admin(&[
+            "webhooks",
+            "deliveries",
+            &id,
+            "-o",
+            "json",
+        ])));
+        if page["data"][0]["status"] == "succeeded" {
+            break page;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{page:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(page["data"][0]["id"], delivery.as_str());
+    let rows = ok(&mut kit.admin(&["webhooks", "deliveries", &id]));
+    assert!(rows.lines().next().unwrap().starts_with("ID"), "{rows}");
+    assert!(
+        rows.contains(&delivery) && rows.contains("succeeded"),
+        "{rows}"
+    );
+    let one = json(&ok(&mut kit.admin(&[
+        "webhooks",
+        "deliveries",
+        &id,
+        &delivery,
+        "-o",
+        "json",
+    ])));
+    assert_eq!(one["payload"]["type"], "ping");
+    assert_eq!(one["payload"]["data"]["webhook_id"], id.as_str());
+
+    // Redeliver: the same delivery, once more.
+    let o = run(&mut kit.admin(&["webhooks", "redeliver", &id, &delivery]));
+    assert!(o.ok, "{}", o.stderr);
+    assert_eq!(field(&o.stdout, "ID"), delivery);
+    let seen = rx.wait(2);
+    assert_eq!(
+        seen[1].header("x-shellwego-delivery"),
+        Some(delivery.clone())
+    );
+    assert_eq!(seen[0].body, seen[1].body);
+
+    // Disabled: a ping is refused (409, with the trace id); enabled again.
+    let table = ok(&mut kit.admin(&["webhooks", "update", &id, "--disable"]));
+    assert_eq!(field(&table, "STATUS"), "disabled");
+    let o = fails(&mut kit.admin(&["webhooks", "test", &id]));
+    assert!(o.stderr.contains("trace_id: req_"), "{}", o.stderr);
+    assert!(o.stderr.contains("disabled"), "{}", o.stderr);
+    let table = ok(&mut kit.admin(&["webhooks", "update", &id, "--enable", "-e", "deployment.*"]));
+    assert_eq!(field(&table, "STATUS"), "active");
+    assert_eq!(field(&table, "EVENTS"), "deployment.*");
+
+    // Mistakes name the field.
+    let o = fails(&mut kit.admin(&["webhooks", "create", &rx.url(), "-e", "nope.*"]));
+    assert!(o.stderr.contains("events[0]"), "{}", o.stderr);
+    let o = fails(&mut kit.admin(&[
+        "webhooks",
+        "create",
+        &rx.url(),
+        "-e",
+        "*",
+        "--header",
+        "Host=x",
+    ]));
+    assert!(o.stderr.contains("headers.Host"), "{}", o.stderr);
+
+    // Deleting asks first; without a terminal it needs --yes.
+    let o = fails(&mut kit.admin(&["webhooks", "delete", &id]));
+    assert!(o.stderr.contains("--yes"), "{}", o.stderr);
+    assert_eq!(
+        ok(&mut kit.admin(&["webhooks", "delete", &id, "--yes", "-o", "json"])),
+        ""
+    );
+    let o = fails(&mut kit.admin(&["webhooks", "get", &id]));
     assert!(o.stderr.contains("trace_id: req_"), "{}", o.stderr);
 }

@@ -37,6 +37,9 @@
 //! | [`OperationStatus`] | `running`, `undoing`, `succeeded`, `undone`, `undo_failed` | `operations.status` (the server's step runner); the first, second and last are picked up again ([`OperationStatus::UNFINISHED`]) |
 //! | [`ActorKind`] | `user`, `token`, `system` | `events.actor_type` |
 //! | [`EventKind`] | `app.created`, `deployment.started`, … (63 names, see the enum) | `events.event_type` |
+//! | [`WebhookStatus`] | `active`, `disabled` | `webhooks.status` ([`webhooks`]) |
+//! | [`DeliveryStatus`] | `pending`, `succeeded`, `failed` | `webhook_deliveries.status` |
+//! | [`Backoff`] | `exponential`, `linear` | `webhooks.backoff` (`retry_policy.backoff`) |
 //!
 //! Already enums elsewhere, so not repeated here: token kinds
 //! (`token::TokenKind`), plans (`plan::Plan`), event severity (the store's
@@ -61,6 +64,7 @@ use crate::FieldError;
 pub mod ids;
 pub mod spec;
 pub mod status;
+pub mod webhooks;
 
 #[cfg(test)]
 #[cfg(feature = "sqlx")]
@@ -69,6 +73,7 @@ mod sqlx_tests;
 pub use ids::*;
 pub use spec::*;
 pub use status::*;
+pub use webhooks::{Backoff, DeliveryStatus, WebhookStatus};
 
 /// A word that is not one of an enum's names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,10 +6,14 @@
 //! - [`reconcile::Reconcile`]: apps whose instances need attention;
 //! - [`nodes::Liveness`]: silent nodes become offline;
 //! - [`nodes::DrainedNodes`]: drained nodes marked for deletion go;
-//! - [`routes::RouteFeed`]: the in-process ingress's route table.
+//! - [`routes::RouteFeed`]: the in-process ingress's route table;
+//! - [`retention::EventRetention`], [`retention::EventSequencer`]: the
+//!   event log's upkeep;
+//! - [`webhooks::Dispatcher`]: sends webhook deliveries.
 //!
 //! [`run`] is the one loop they all share. A singleton controller (all of
-//! them but the route feed, which serves its own replica's ingress) runs
+//! them but the route feed, which serves its own replica's ingress, and the
+//! webhook dispatcher, whose claims share the work between replicas) runs
 //! only on the replica that leads it ([`crate::leader`]), with a context
 //! whose transactions are fenced by its term.
 
@@ -20,6 +24,7 @@ pub mod retention;
 pub mod rollout;
 pub mod routes;
 pub mod secrets;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -160,6 +165,7 @@ pub fn start_all(ctx: &Arc<ServerCtx>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(run(retention::EventRetention, ctx.clone())),
         tokio::spawn(run(retention::EventSequencer, ctx.clone())),
         tokio::spawn(run(secrets::SecretExpiry, ctx.clone())),
+        tokio::spawn(run(webhooks::Dispatcher::default(), ctx.clone())),
     ]
 }
 

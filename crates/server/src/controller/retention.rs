@@ -1,6 +1,7 @@
 //! The event log's upkeep, each by the replica that leads it: retention
-//! (every organization's events older than its `audit_log_retention`,
-//! default one year, are deleted, oldest first, in batches) and the
+//! (every organization's events, and webhook deliveries, older than its
+//! `audit_log_retention`, default one year, are deleted, oldest first, in
+//! batches) and the
 //! sequencer (the log's order).
 
 use std::time::Duration;
@@ -50,6 +51,24 @@ impl Controller for EventRetention {
             }
             if gone > 0 {
                 tracing::info!(organization_id = %org, deleted = gone, retention = ?keep, "events past their retention deleted");
+            }
+            // Their webhook deliveries (and pings) go with them.
+            let mut gone = 0;
+            loop {
+                let n = shellwego_store::webhooks::delete_older_deliveries(
+                    &mut *ctx.store.conn().await?,
+                    &org,
+                    before,
+                    BATCH,
+                )
+                .await?;
+                gone += n;
+                if n < BATCH as u64 {
+                    break;
+                }
+            }
+            if gone > 0 {
+                tracing::info!(organization_id = %org, deleted = gone, retention = ?keep, "webhook deliveries past their retention deleted");
             }
         }
         Ok(&[])

@@ -11,6 +11,7 @@ pub mod orgs;
 pub mod secrets;
 pub mod tokens;
 pub mod user;
+pub mod webhooks;
 
 use crate::model::PageInfo;
 use shellwego_api::Pagination;

@@ -103,7 +103,7 @@ pub(crate) async fn check_fetch_targets(
     Ok(())
 }
 
-fn target_error(field: &str, value: &str, e: &SsrfError) -> Error {
+pub(crate) fn target_error(field: &str, value: &str, e: &SsrfError) -> Error {
     let (code, message) = match e {
         SsrfError::Refused { .. } => ("forbidden_target", e.to_string()),
         SsrfError::Unresolvable { .. } => (

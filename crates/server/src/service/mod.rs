@@ -11,6 +11,7 @@ pub mod nodes;
 pub mod orgs;
 pub mod secrets;
 pub mod tokens;
+pub mod webhooks;
 
 use shellwego_core::list::ListParams;
 use shellwego_core::Error;

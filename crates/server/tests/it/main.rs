@@ -23,3 +23,4 @@ mod replicas;
 mod secrets;
 mod ssrf;
 mod stranger;
+mod webhooks;

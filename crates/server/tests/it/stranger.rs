@@ -91,6 +91,34 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         .as_str()
         .unwrap()
         .to_string();
+    let hook = s
+        .call(
+            Method::POST,
+            "/v1/webhooks",
+            Some(&s.token),
+            Some(json!({"url": "http://127.0.0.1:9/owners", "events": ["*"], "secret": "whsec_owners_secret_0123456789"})),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ping = s
+        .call(
+            Method::POST,
+            &format!("/v1/webhooks/{hook}/test"),
+            Some(&s.token),
+            None,
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Enterprise: its burst (500) covers the whole table with room to grow;
     // the table outgrew Starter's 50 once deployments landed.
     let (_, _, stranger) = s
@@ -108,6 +136,9 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         sec.as_str(),
         "OWNERS_KEY",
         "owners-secret-value",
+        hook.as_str(),
+        ping.as_str(),
+        "whsec_owners_secret_0123456789",
         "admin@localhost",
     ];
 
@@ -244,6 +275,69 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
             Method::GET,
             "/v1/events/{event_id}",
             format!("/v1/events/{evt}"),
+            None,
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks",
+            "/v1/webhooks".into(),
+            None,
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks",
+            "/v1/webhooks".into(),
+            Some(json!({"url": "http://127.0.0.1:9/strangers", "events": ["*"]})),
+            201,
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks/{webhook_id}",
+            format!("/v1/webhooks/{hook}"),
+            None,
+            404,
+        ),
+        (
+            Method::PATCH,
+            "/v1/webhooks/{webhook_id}",
+            format!("/v1/webhooks/{hook}"),
+            Some(json!({"url": "http://127.0.0.1:9/stolen", "enabled": false})),
+            404,
+        ),
+        (
+            Method::DELETE,
+            "/v1/webhooks/{webhook_id}",
+            format!("/v1/webhooks/{hook}"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/{webhook_id}/test",
+            format!("/v1/webhooks/{hook}/test"),
+            None,
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks/{webhook_id}/deliveries",
+            format!("/v1/webhooks/{hook}/deliveries"),
+            None,
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
+            format!("/v1/webhooks/{hook}/deliveries/{ping}"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+            format!("/v1/webhooks/{hook}/deliveries/{ping}/redeliver"),
             None,
             404,
         ),
@@ -574,6 +668,13 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
     assert_eq!(owned["version"], 1, "{owned}");
     let (_, mine) = s.get("/v1/apps").await;
     assert_eq!(mine["data"].as_array().unwrap().len(), 1, "{mine}");
+    let (_, h) = s.get(&format!("/v1/webhooks/{hook}")).await;
+    assert_eq!(
+        (&h["url"], &h["status"]),
+        (&json!("http://127.0.0.1:9/owners"), &json!("active"))
+    );
+    let (_, hooks) = s.get("/v1/webhooks").await;
+    assert_eq!(hooks["data"].as_array().unwrap().len(), 1, "{hooks}");
 
     for (method, template, _) in crate::openapi::operations() {
         if template.starts_with("/v1/") {
