@@ -26,6 +26,9 @@ async fn stored_text(s: &TestServer) -> String {
         "SELECT wrapped AS t FROM data_keys",
         "SELECT metadata AS t FROM events",
         "SELECT message AS t FROM deployment_logs",
+        "SELECT secret AS t FROM webhooks",
+        "SELECT headers AS t FROM webhooks",
+        "SELECT payload AS t FROM webhook_deliveries",
     ] {
         for r in sqlx::query(q).fetch_all(s.store.pool()).await.unwrap() {
             out.push_str(&r.get::<String, _>("t"));
@@ -123,11 +126,24 @@ async fn secrets_are_write_only_and_encrypted_at_rest(s: TestServer) {
     ] {
         assert!(!everything.contains(v), "the API returned {v}");
     }
+    // A webhook's signing secret and header values are sealed too.
+    let r = s
+        .post(
+            "/v1/webhooks",
+            &s.token,
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["secret.*"],
+                   "secret": "whsec_never_stored_plain_0123456789",
+                   "headers": {"Authorization": "Bearer header-credential-0xabc"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let stored = stored_text(&s).await;
     for v in [
         "very-secret-org-value",
         "very-secret-rotated-value",
         "very-secret-app-value",
+        "whsec_never_stored_plain_0123456789",
+        "header-credential-0xabc",
     ] {
         assert!(!stored.contains(v), "{v} is in the store in plaintext");
     }
