@@ -495,11 +495,32 @@ impl Guard {
     /// said about these. (Do not give `builder` `resolve()` overrides: they
     /// bypass the resolver; the connection check still catches them.)
     pub fn client(&self, builder: reqwest::ClientBuilder) -> reqwest::Result<reqwest::Client> {
+        self.client_with(builder, true)
+    }
+
+    /// [`Guard::client`] that never follows a redirect (a 3xx is the
+    /// answer): for requests whose body and headers must reach the URL
+    /// given and no other (webhook deliveries).
+    pub fn client_without_redirects(
+        &self,
+        builder: reqwest::ClientBuilder,
+    ) -> reqwest::Result<reqwest::Client> {
+        self.client_with(builder, false)
+    }
+
+    fn client_with(
+        &self,
+        builder: reqwest::ClientBuilder,
+        follow: bool,
+    ) -> reqwest::Result<reqwest::Client> {
         let redirects = self.clone();
         builder
             .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver(self.clone())))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if !follow {
+                    return attempt.stop();
+                }
                 if attempt.previous().len() > MAX_REDIRECTS {
                     return attempt.error(SsrfError::TooManyRedirects);
                 }

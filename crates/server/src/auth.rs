@@ -77,11 +77,34 @@ impl Principal {
                 )),
             });
         }
-        if resource == "apps" && !self.restrict_to_apps.is_empty() {
-            if let Some(i) = id {
-                if !self.restrict_to_apps.iter().any(|a| a == i) {
-                    return Err(Error::not_found("app", i));
+        if !self.restrict_to_apps.is_empty() {
+            match resource {
+                "apps" => {
+                    if let Some(i) = id {
+                        if !self.restrict_to_apps.iter().any(|a| a == i) {
+                            return Err(Error::not_found("app", i));
+                        }
+                    }
                 }
+                // A secret is its app's (`id` is the app): an organization
+                // secret reaches every app, so it is beyond a token
+                // restricted to some.
+                "secrets" => match id {
+                    Some(i) if self.restrict_to_apps.iter().any(|a| a == i) => {}
+                    Some(i) => return Err(Error::not_found("app", i)),
+                    None => {
+                        return Err(Error::Forbidden(
+                            "This token is restricted to some apps; organization secrets reach every app. Use an app secret (app_id) of one of its apps.".into(),
+                        ))
+                    }
+                },
+                // Webhooks see every app's events.
+                "webhooks" => {
+                    return Err(Error::Forbidden(
+                        "This token is restricted to some apps; webhooks receive every app's events.".into(),
+                    ))
+                }
+                _ => {}
             }
         }
         Ok(())

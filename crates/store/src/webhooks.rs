@@ -595,16 +595,27 @@ pub async fn record_attempt(
     Ok(r.rows_affected() == 1)
 }
 
+/// How long without a failed attempt ends a streak of failures (twice the
+/// longest pause between retries, in microseconds): a webhook is failing
+/// "straight" only while failures keep coming.
+pub const STREAK_GAP_MICROS: i64 = 2 * 3600 * 1_000_000;
+
 /// A failed attempt of webhook `id` at `at`: it has been failing since the
-/// first failure after its last success. The webhook's status and that
-/// time (`None`: there is no such webhook).
+/// first failure after its last success, or after the last quiet gap of
+/// [`STREAK_GAP_MICROS`]. The webhook's status and that time (`None`: there
+/// is no such webhook).
 pub async fn mark_failing(db: &mut Conn, id: &str, at: i64) -> Result<Option<Failing>, Error> {
     sqlx::query_as::<_, Failing>(
-        "UPDATE webhooks SET failing_since = COALESCE(failing_since, $2) WHERE id = $1
+        "UPDATE webhooks SET
+           failing_since = CASE WHEN failing_since IS NULL OR last_failure_at IS NULL OR last_failure_at < $3
+                                THEN $2 ELSE failing_since END,
+           last_failure_at = $2
+         WHERE id = $1
          RETURNING status, failing_since",
     )
     .bind(id)
     .bind(at)
+    .bind(at - STREAK_GAP_MICROS)
     .fetch_optional(&mut *db)
     .await
     .map_err(db_err)
@@ -621,7 +632,7 @@ pub struct Failing {
 /// A successful attempt of webhook `id`: it is not failing any more.
 pub async fn mark_succeeded(db: &mut Conn, id: &str) -> Result<(), Error> {
     sqlx::query(
-        "UPDATE webhooks SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+        "UPDATE webhooks SET failing_since = NULL, last_failure_at = NULL WHERE id = $1 AND failing_since IS NOT NULL",
     )
     .bind(id)
     .execute(&mut *db)
@@ -860,6 +871,26 @@ mod tests {
                 get(&mut db, &all.id).await.unwrap().unwrap().failing_since,
                 None
             );
+            // A failure after a quiet gap starts a new streak.
+            let t = 1_000_000_000_000;
+            mark_failing(&mut db, &all.id, t).await.unwrap();
+            let later = t + STREAK_GAP_MICROS + 1;
+            assert_eq!(
+                mark_failing(&mut db, &all.id, later).await.unwrap(),
+                Some(Failing {
+                    status: WebhookStatus::Active,
+                    failing_since: later,
+                })
+            );
+            assert_eq!(
+                mark_failing(&mut db, &all.id, later + 10)
+                    .await
+                    .unwrap()
+                    .map(|f| f.failing_since),
+                Some(later),
+                "failures that keep coming continue it"
+            );
+            mark_succeeded(&mut db, &all.id).await.unwrap();
             // Disabling cancels what is pending.
             assert!(disable(&mut db, &all.id, "failing", 8).await.unwrap());
             assert!(!disable(&mut db, &all.id, "failing", 8).await.unwrap());

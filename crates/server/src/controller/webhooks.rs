@@ -235,10 +235,13 @@ impl Dispatcher {
             // address each connection reaches, now, not when a pooled one
             // was opened.
             .pool_max_idle_per_host(0);
+        // No redirects: a 3xx would turn the POST into a GET (and a 200
+        // there into a false success) or carry the signed body and the
+        // custom headers to another host. A 3xx is a failed attempt.
         let c = ctx
             .config
             .ssrf
-            .client(builder)
+            .client_without_redirects(builder)
             .map_err(|e| Error::internal_source("cannot build the webhook client", e))?;
         self.client = Some(c.clone());
         Ok(c)

@@ -199,8 +199,15 @@ pub async fn secret_list(
     p: &Principal,
     params: &ListParams,
 ) -> Result<Page<Detailed>, Error> {
-    p.authorize("secrets", "read", None)?;
-    let scope = Scope::new().is_in("t.organization_id", p.organization_ids());
+    // A token restricted to some apps lists their secrets only.
+    let mut scope = Scope::new().is_in("t.organization_id", p.organization_ids());
+    match p.restrict_to_apps.first() {
+        None => p.authorize("secrets", "read", None)?,
+        Some(a) => {
+            p.authorize("secrets", "read", Some(a))?;
+            scope = scope.is_in("t.app_id", p.restrict_to_apps.clone());
+        }
+    }
     let page =
         crate::service::list_page(&ctx.store, &SECRETS, &scope, params, secrets::from_row).await?;
     let mut db = ctx.store.conn().await?;

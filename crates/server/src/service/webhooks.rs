@@ -268,6 +268,18 @@ pub async fn webhook_update(
     let mut changed = vec![];
     if let Some(u) = url {
         if u != w.url {
+            // Another host does not inherit the custom headers (they often
+            // carry credentials, which the API never shows): given again
+            // with the change, or dropped.
+            let host = |x: &str| {
+                reqwest::Url::parse(x)
+                    .ok()
+                    .map(|u| (u.host_str().map(str::to_string), u.port_or_known_default()))
+            };
+            if host(u) != host(&w.url) && req.headers.is_none() {
+                w.headers = seal_headers(&key, &w.id, &BTreeMap::new())?;
+                changed.push("headers");
+            }
             w.url = u.to_string();
             changed.push("url");
         }

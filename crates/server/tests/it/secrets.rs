@@ -210,6 +210,63 @@ async fn secrets_are_write_only_and_encrypted_at_rest(s: TestServer) {
     assert_eq!(r.status(), 204);
     assert_eq!(s.get(&format!("/v1/secrets/{id}")).await.0, 404);
     create(&s, json!({"name": "DATABASE_URL", "value": "again"})).await;
+    // A token restricted to an app: that app's secrets only; organization
+    // secrets and webhooks (which reach every app) are beyond it.
+    let r = s
+        .post(
+            "/v1/user/tokens",
+            &s.token,
+            json!({"name": "ci-payments", "restrict_to_apps": [app]}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let restricted = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, mine) = s.get_as(&restricted, "/v1/secrets").await;
+    assert_eq!(st, 200, "{mine:#}");
+    assert!(
+        mine["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["app_id"] == app.as_str()),
+        "{mine:#}"
+    );
+    let r = s
+        .post(
+            "/v1/secrets",
+            &restricted,
+            json!({"name": "NODE_OPTIONS", "value": "--require /tmp/x"}),
+        )
+        .await;
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+    let r = s
+        .post(
+            "/v1/secrets",
+            &restricted,
+            json!({"name": "OWN", "value": "ok", "app_id": app}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let org_secret = list["data"][0]["id"].as_str().unwrap().to_string();
+    let r = s
+        .post(
+            &format!("/v1/secrets/{org_secret}/versions"),
+            &restricted,
+            json!({"value": "x"}),
+        )
+        .await;
+    assert!(r.status() == 403 || r.status() == 404, "{}", r.status());
+    let r = s
+        .post(
+            "/v1/webhooks",
+            &restricted,
+            json!({"url": "http://127.0.0.1:9/", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
     // A viewer sees no secrets at all.
     let org = s.admin_org().await;
     let (_, viewer) = s.member_with_role(&org, "viewer", "v@example.com").await;

@@ -571,6 +571,42 @@ async fn other_client_errors_are_not_retried_but_408_and_429_are(s: TestServer) 
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(rx.got().len(), 2);
+
+    // A redirect is not followed: the signed body and the headers go to the
+    // URL given and nowhere else; a 3xx fails the attempt.
+    let elsewhere = Receiver::start(|_| 200).await;
+    let to = format!("{}/stolen", elsewhere.url());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector = format!("http://{}/hook", l.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/{*path}",
+        axum::routing::post(move || {
+            let to = to.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]) }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        axum::serve(l, app).await.unwrap();
+    });
+    let w = id(&create(
+        &s,
+        json!({"url": redirector, "events": ["token.created"], "headers": {"X-Api-Key": "k"}}),
+    )
+    .await);
+    token_event(&s, "redirected").await;
+    let t = Instant::now();
+    let d = loop {
+        let ds = deliveries(&s, &w).await;
+        if let Some(d) = ds.iter().find(|d| d["status"] == "failed") {
+            break d.clone();
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{ds:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(d["response_code"], 307, "{d:#}");
+    assert_eq!(d["attempts"], 1, "{d:#}");
+    assert!(elsewhere.got().is_empty(), "the redirect was followed");
+    task.abort();
 }
 
 async fn a_failing_webhook_is_disabled_after_the_window(backend: Backend) {
