@@ -162,6 +162,30 @@ pub trait Driver: Send + Sync {
     fn sweep(&self, _keep: &HashSet<String>) -> Vec<crate::owner::Orphan> {
         vec![]
     }
+    /// A command that runs `argv` inside the running instance `r` (its
+    /// environment, root filesystem and namespaces), for `exec`. The caller
+    /// sets its stdio, puts it in a process group of its own and kills the
+    /// group on timeout.
+    fn exec(
+        &self,
+        _r: &Running,
+        _t: &ExecTarget<'_>,
+        _argv: &[String],
+    ) -> anyhow::Result<std::process::Command> {
+        anyhow::bail!(
+            "the {} driver cannot run a command in an instance yet",
+            self.name()
+        )
+    }
+}
+
+/// What `exec` knows of the instance it runs a command in (as launched).
+pub struct ExecTarget<'a> {
+    pub instance_id: &'a str,
+    pub root: &'a std::path::Path,
+    pub is_rootfs: bool,
+    pub workdir: &'a str,
+    pub env: &'a BTreeMap<String, String>,
 }
 
 /// Field 22 of `/proc/<pid>/stat`: when the process started.

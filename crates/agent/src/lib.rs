@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod container;
 pub mod dns;
 pub mod driver;
+pub mod exec;
 pub mod host;
 pub mod hostnet;
 pub mod init;
@@ -463,6 +464,10 @@ pub async fn run(
         tracing::warn!(error = %e, "the sweep for orphaned instances failed");
     }
     let reconciler = tokio::spawn(ctx.clone().run(shared.clone()));
+    // The tasks this agent has (running, or sending their result): told to
+    // the control plane with every sync, so a task in an answer that was
+    // dropped comes again and one already here does not run twice.
+    let known_tasks: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     let sync_loop = async {
         let mut generation = -1;
         let mut backoff = Duration::from_millis(500);
@@ -490,6 +495,10 @@ pub async fn run(
                 internal_ip: Some(advertise_ip.clone()),
                 seq: Some(seq),
                 wireguard: mesh.as_ref().map(mesh::Mesh::report),
+                tasks: known_tasks
+                    .lock()
+                    .map(|k| k.iter().cloned().collect())
+                    .unwrap_or_default(),
             };
             let send = channel.sync(&body);
             // A status change goes up at once: the waiting call is dropped
@@ -532,6 +541,20 @@ pub async fn run(
                                 *w = Some(d.instances);
                             }
                             shared.wake.notify_one();
+                            for task in d.tasks {
+                                let new = known_tasks
+                                    .lock()
+                                    .map(|mut k| k.insert(task.id.clone()))
+                                    .unwrap_or(false);
+                                if new {
+                                    tokio::spawn(exec::run(
+                                        ctx.clone(),
+                                        shared.clone(),
+                                        known_tasks.clone(),
+                                        task,
+                                    ));
+                                }
+                            }
                         }
                         Err(
                             AgentError::Decode { source: e, .. }

@@ -167,6 +167,55 @@ impl Driver for ProcessDriver {
         "process"
     }
 
+    /// As the instance was launched: its root (chrooted into when it is a
+    /// root filesystem and the agent is root), working directory and
+    /// environment, in its cgroups (its memory limit holds the command too).
+    fn exec(
+        &self,
+        r: &Running,
+        t: &crate::driver::ExecTarget<'_>,
+        argv: &[String],
+    ) -> anyhow::Result<Cmd> {
+        let chroot = t.is_rootfs && crate::host::is_root();
+        let procs: Vec<String> = r
+            .extra
+            .get("cgroups")
+            .map(|c| {
+                c.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|d| format!("{d}/cgroup.procs"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut full: Vec<String> = vec![];
+        if chroot {
+            full.extend(["chroot".to_string(), t.root.display().to_string()]);
+            if t.workdir != "/" && !t.workdir.is_empty() && t.root.join("bin/sh").exists() {
+                full.extend(["/bin/sh", "-c", "cd \"$0\" && exec \"$@\""].map(String::from));
+                full.push(t.workdir.to_string());
+            }
+        }
+        full.extend(argv.iter().cloned());
+        let script = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1\" 2>/dev/null; shift; n=$((n-1)); done; exec \"$@\"";
+        let mut cmd = Cmd::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(procs.len().to_string())
+            .args(&procs)
+            .args(&full);
+        let cwd = if chroot {
+            t.root.to_path_buf()
+        } else {
+            t.root.join(t.workdir.trim_start_matches('/'))
+        };
+        cmd.current_dir(cwd).env_clear().envs(t.env);
+        if !t.env.contains_key("PATH") {
+            cmd.env("PATH", crate::host::DEFAULT_PATH);
+        }
+        Ok(cmd)
+    }
+
     fn settle(&self, r: &Running, cpu_millis: i64) -> anyhow::Result<()> {
         if let Some(cg) = cgroup_of(r) {
             cg.set_cpu(cpu_millis)

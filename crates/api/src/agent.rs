@@ -86,6 +86,11 @@ pub struct AgentSync {
     /// What happened since the last sync (crashes, OOM kills).
     #[serde(default)]
     pub events: Vec<AgentEvent>,
+    /// The tasks the agent has (running, or answering): a task handed out
+    /// in an answer the agent never read (it dropped the call for fresher
+    /// news) is handed out again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
     /// The address instances on this node are reached at.
     #[serde(default)]
     pub internal_ip: Option<String>,
@@ -145,6 +150,54 @@ pub struct AgentDesired {
     /// The mesh, once the node reported its WireGuard key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<Overlay>,
+    /// Work the control plane asks of the node now (each task is handed
+    /// out once); the agent answers each with `POST
+    /// /v1/agent/tasks/{task_id}/result`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<AgentTask>,
+}
+
+/// A task for the agent: run a command in an instance (`exec`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentTask {
+    #[schema(example = "tsk_2v8s9d2k1m")]
+    pub id: String,
+    /// `exec`.
+    pub kind: String,
+    pub instance_id: String,
+    /// The command and its arguments (no shell unless it names one).
+    pub command: Vec<String>,
+    /// Given to the command's standard input, then closed.
+    #[serde(default)]
+    pub stdin: String,
+    /// The command's process tree is killed when it runs longer.
+    pub timeout_ms: u64,
+    /// Bytes kept of each of stdout and stderr (the rest is dropped and
+    /// `truncated` is set).
+    pub output_limit: u64,
+}
+
+/// What a task came to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentTaskResult {
+    /// None when the command did not run to an exit (see `error`), or was
+    /// killed by a signal.
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    /// A stream was longer than the limit.
+    #[serde(default)]
+    pub truncated: bool,
+    /// It ran past its timeout and was killed.
+    #[serde(default)]
+    pub timed_out: bool,
+    pub execution_time_ms: u64,
+    /// Why the command could not run (no such instance here, a driver that
+    /// cannot exec, the program not found, …).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Private targets user-given URLs may reach besides public addresses.
@@ -428,6 +481,26 @@ impl crate::Validate for ResolveRequest {
                 "invalid_value",
                 "must be a DNS name of at most 253 characters",
             ));
+        }
+        crate::finish(errs)
+    }
+}
+
+/// The most output an agent may send back for one stream (1 MiB, the limit
+/// it is given, with room for escaping).
+pub const MAX_TASK_OUTPUT: usize = 4 << 20;
+
+impl crate::Validate for AgentTaskResult {
+    fn validate(&self) -> Result<(), shellwego_core::Error> {
+        let mut errs = vec![];
+        for (field, v) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            if v.len() > MAX_TASK_OUTPUT {
+                errs.push(shellwego_core::FieldError::new(
+                    field,
+                    "too_long",
+                    "at most 4 MiB",
+                ));
+            }
         }
         crate::finish(errs)
     }

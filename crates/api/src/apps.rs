@@ -1256,3 +1256,109 @@ mod tests {
         assert!(d.validate().is_err());
     }
 }
+
+/// `POST /v1/apps/{app_id}/exec`: run a command in a running instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments (no shell unless you name one:
+    /// `["/bin/sh", "-c", "echo $PORT"]`).
+    #[schema(example = json!(["/bin/sh", "-c", "ps aux"]))]
+    pub command: Vec<String>,
+    /// The instance (inst_…); default: a healthy one.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Given to the command's standard input (at most 1 MiB), then closed.
+    #[serde(default)]
+    pub stdin: String,
+    /// Interactive sessions with a terminal are not available yet; must be
+    /// false.
+    #[serde(default)]
+    pub tty: bool,
+    /// `30s` (default), 1 s to 1 h: the command's process tree is killed
+    /// when it runs longer.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// The most of each output stream an exec returns.
+pub const EXEC_OUTPUT_LIMIT: u64 = 512 * 1024;
+
+impl ExecRequest {
+    /// The timeout asked for, or the default (30 s).
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .as_deref()
+            .and_then(shellwego_core::units::parse_duration)
+            .unwrap_or(std::time::Duration::from_secs(30))
+    }
+}
+
+impl crate::Validate for ExecRequest {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        if self.command.is_empty() || self.command[0].is_empty() {
+            errs.push(FieldError::new(
+                "command",
+                "required",
+                "name the program to run, e.g. [\"/bin/sh\", \"-c\", \"ls\"]",
+            ));
+        }
+        if self.command.len() > 256 {
+            errs.push(FieldError::new(
+                "command",
+                "too_long",
+                "at most 256 arguments",
+            ));
+        }
+        for (i, a) in self.command.iter().enumerate() {
+            if a.contains('\0') || a.len() > 8192 {
+                errs.push(FieldError::new(
+                    format!("command[{i}]"),
+                    "invalid_value",
+                    "at most 8 KiB, no NUL bytes",
+                ));
+            }
+        }
+        if self.stdin.len() > 1 << 20 {
+            errs.push(FieldError::new("stdin", "too_long", "at most 1 MiB"));
+        }
+        if self.tty {
+            errs.push(FieldError::new(
+                "tty",
+                "not_supported",
+                "interactive sessions are not available yet; run a command without tty",
+            ));
+        }
+        if let Some(t) = &self.timeout {
+            match shellwego_core::units::parse_duration(t) {
+                Some(d) if (1..=3600).contains(&d.as_secs()) => {}
+                _ => errs.push(
+                    FieldError::new(
+                        "timeout",
+                        "invalid_value",
+                        "a duration from 1s to 1h, e.g. 30s",
+                    )
+                    .with_value(t.clone()),
+                ),
+            }
+        }
+        crate::finish(errs)
+    }
+}
+
+/// What an exec came to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecResponse {
+    /// None when the command was killed (a signal, or `timed_out`).
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub execution_time_ms: u64,
+    /// A stream was longer than 512 KiB; the rest was dropped.
+    pub truncated: bool,
+    /// It ran past its timeout and its process tree was killed.
+    pub timed_out: bool,
+    /// The instance it ran in.
+    pub instance_id: String,
+}

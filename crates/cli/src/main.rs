@@ -81,6 +81,9 @@ enum Command {
     /// list, get, rotate and delete. Apps receive them as environment
     /// variables; values are never shown.
     Secrets(cmd::secrets::SecretsArgs),
+    /// Run a command in a running instance of an app (`--app APP -- CMD
+    /// ARGS…`) and print its output; exits with the command's exit code.
+    Exec(cmd::exec::ExecArgs),
     /// Webhooks: create and change them, list their deliveries, redeliver
     /// one, send a test ping.
     Webhooks(cmd::webhooks::WebhooksArgs),
@@ -360,6 +363,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The exit code of a command that passes one on (`exec`).
+    let mut code: i32 = 0;
     let result = rt.block_on(async {
         match cli.command {
             Command::Up(a) => up(a).await,
@@ -390,6 +395,10 @@ fn main() -> ExitCode {
             Command::Tokens(t) => cmd::tokens::run(t).await,
             Command::Events(e) => cmd::events::run(e).await,
             Command::Secrets(s) => cmd::secrets::run(s).await,
+            Command::Exec(x) => {
+                code = cmd::exec::run(x).await?;
+                Ok(())
+            }
             Command::Webhooks(w) => cmd::webhooks::run(w).await,
             Command::Orgs(o) => cmd::orgs::run(o).await,
             Command::Apps(a) => cmd::apps::run(a).await,
@@ -399,7 +408,7 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {
             // A problem document: its detail, field errors and trace id.
             match e.downcast_ref::<shellwego_client::ApiError>() {

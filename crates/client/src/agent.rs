@@ -186,6 +186,18 @@ impl AgentClient {
         read(url, res).await
     }
 
+    /// `POST /v1/agent/tasks/{task_id}/result`: the answer to a task the
+    /// sync handed out.
+    pub async fn task_result(
+        &self,
+        task_id: &str,
+        result: &shellwego_api::agent::AgentTaskResult,
+    ) -> Result<(), AgentError> {
+        let url = self.url(&format!("/v1/agent/tasks/{task_id}/result"));
+        let r = self.request(reqwest::Method::POST, &url).json(result);
+        self.send(&url, r).await.map(|_| ())
+    }
+
     /// `GET <path>` of an archive the control plane keeps (a desired
     /// instance's `archive_url`, `/v1/agent/uploads/upl_…`), with the node
     /// credential: the request, for the caller to send (with its own

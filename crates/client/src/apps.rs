@@ -46,6 +46,23 @@ impl Apps<'_> {
             .await
     }
 
+    /// `POST /v1/apps/{app_id}/exec`: run a command in a running instance;
+    /// waits as long as the command may run (its timeout) and a minute more.
+    pub async fn exec(
+        &self,
+        id: &str,
+        req: &shellwego_api::apps::ExecRequest,
+    ) -> Result<Answer<shellwego_api::apps::ExecResponse>, ApiError> {
+        self.client
+            .post_json_within(
+                "POST /v1/apps/{app_id}/exec",
+                &["v1", "apps", id, "exec"],
+                req,
+                req.timeout() + Duration::from_secs(60),
+            )
+            .await
+    }
+
     /// `GET /v1/apps/{app_id}?include=events`: the app with its latest events.
     pub async fn get_with_events(&self, id: &str) -> Result<Answer<App>, ApiError> {
         self.client

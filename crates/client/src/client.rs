@@ -283,6 +283,21 @@ impl Client {
         answer(what, body)
     }
 
+    /// Send `body` as JSON with POST, with `timeout` instead of the usual
+    /// one (a call that lasts as long as what it runs: an exec).
+    pub(crate) async fn post_json_within<T: DeserializeOwned, B: Serialize>(
+        &self,
+        what: &str,
+        segments: &[&str],
+        body: &B,
+        timeout: Duration,
+    ) -> Result<Answer<T>, ApiError> {
+        let url = self.url(segments, &[]);
+        let req = self.http.post(url.clone()).timeout(timeout).json(body);
+        let body = self.finish(url, req).await?;
+        answer(what, body)
+    }
+
     /// GET a body that is not JSON (a deployment's text log): the response
     /// once its status is a success, for the caller to read whole or as a
     /// stream. `timeout` replaces the usual one (a followed stream lasts as

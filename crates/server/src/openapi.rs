@@ -148,6 +148,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(apps::app_stop))
         .routes(routes!(apps::app_restart))
         .routes(routes!(apps::app_scale))
+        .routes(routes!(apps::app_exec))
         .routes(routes!(apps::upload_create))
         .routes(routes!(deployments::app_deploy))
         .routes(routes!(deployments::deployment_list))
@@ -164,6 +165,7 @@ pub fn agent_router() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::agent_sync))
         .routes(routes!(agent::agent_upload_get))
         .routes(routes!(agent::agent_resolve))
+        .routes(routes!(agent::agent_task_result))
 }
 
 /// The public `/v1` document.

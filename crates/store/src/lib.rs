@@ -35,6 +35,7 @@ pub mod rate_limits;
 pub mod secrets;
 pub mod service_accounts;
 pub mod system;
+pub mod tasks;
 pub mod tokens;
 pub mod users;
 pub mod webhooks;

@@ -576,6 +576,25 @@ impl Driver for ContainerDriver {
         "container"
     }
 
+    /// `runc exec`: in the container's namespaces and root filesystem, as
+    /// its process (its environment and working directory).
+    fn exec(
+        &self,
+        r: &Running,
+        t: &crate::driver::ExecTarget<'_>,
+        argv: &[String],
+    ) -> anyhow::Result<std::process::Command> {
+        let (rt, root) = self.runtime_for(r);
+        let cid = Self::cid_of(t.instance_id, Some(r));
+        let mut cmd = rt.cmd(&root);
+        cmd.arg("exec");
+        for (k, v) in t.env {
+            cmd.arg("--env").arg(format!("{k}={v}"));
+        }
+        cmd.arg(&cid).args(argv);
+        Ok(cmd)
+    }
+
     fn settle(&self, r: &Running, cpu_millis: i64) -> anyhow::Result<()> {
         if cpu_millis <= 0 {
             return Ok(());

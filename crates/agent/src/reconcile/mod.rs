@@ -146,6 +146,49 @@ pub struct Shared {
     watchers: std::sync::atomic::AtomicU32,
 }
 
+/// An instance's environment: the image's (or archive's), the app's, and
+/// what the platform sets (`PORT`, `SHELLWEGO_*`).
+fn launch_env(saved: &Saved, sl: &SavedLaunch) -> BTreeMap<String, String> {
+    let d = &saved.desired;
+    let mut env = sl.env.clone();
+    env.extend(d.env.clone());
+    env.insert("PORT".into(), saved.port.to_string());
+    env.insert("SHELLWEGO_APP".into(), d.app_name.clone());
+    env.insert("SHELLWEGO_APP_ID".into(), d.app_id.clone());
+    env.insert("SHELLWEGO_INSTANCE_ID".into(), d.id.clone());
+    env.insert("SHELLWEGO_REGION".into(), d.region.clone());
+    env
+}
+
+/// What an `exec` in an instance needs of it: its driver's name, its
+/// running handle, and how it was launched.
+pub struct ExecInfo {
+    pub driver: String,
+    pub running: Running,
+    pub root: PathBuf,
+    pub is_rootfs: bool,
+    pub workdir: String,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Shared {
+    /// The instance `id`, if it runs here.
+    pub fn exec_info(&self, id: &str) -> Option<ExecInfo> {
+        let locals = self.locals.lock().ok()?;
+        let l = locals.get(id)?;
+        let running = l.saved.running.clone()?;
+        let launch = l.saved.launch.clone()?;
+        Some(ExecInfo {
+            driver: running.driver.clone(),
+            env: launch_env(&l.saved, &launch),
+            running,
+            root: launch.root,
+            is_rootfs: launch.is_rootfs,
+            workdir: launch.workdir,
+        })
+    }
+}
+
 pub struct Ctx {
     pub data_dir: PathBuf,
     /// Names what the drivers make on the host; see [`crate::owner`].
@@ -937,13 +980,7 @@ impl Ctx {
             bail!("not prepared")
         };
         let d = &l.saved.desired;
-        let mut env = sl.env.clone();
-        env.extend(d.env.clone());
-        env.insert("PORT".into(), l.saved.port.to_string());
-        env.insert("SHELLWEGO_APP".into(), d.app_name.clone());
-        env.insert("SHELLWEGO_APP_ID".into(), d.app_id.clone());
-        env.insert("SHELLWEGO_INSTANCE_ID".into(), d.id.clone());
-        env.insert("SHELLWEGO_REGION".into(), d.region.clone());
+        let env = launch_env(&l.saved, &sl);
         let launch = Launch {
             instance_id: d.id.clone(),
             dir: l.dir.clone(),

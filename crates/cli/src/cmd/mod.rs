@@ -7,6 +7,7 @@ pub mod apps;
 pub mod auth;
 pub mod deployments;
 pub mod events;
+pub mod exec;
 pub mod nodes;
 pub mod orgs;
 pub mod secrets;

@@ -13,6 +13,7 @@ mod binary;
 mod client;
 mod cluster;
 mod deploy_cli;
+mod exec_cli;
 mod ha;
 mod network;
 mod orphans;

@@ -36,7 +36,7 @@
 //! | [`InvitationStatus`] | `pending`, `accepted`, `revoked`, `expired` | derived from an invitation row (the store's `Invitation::status`) |
 //! | [`OperationStatus`] | `running`, `undoing`, `succeeded`, `undone`, `undo_failed` | `operations.status` (the server's step runner); the first, second and last are picked up again ([`OperationStatus::UNFINISHED`]) |
 //! | [`ActorKind`] | `user`, `token`, `system` | `events.actor_type` |
-//! | [`EventKind`] | `app.created`, `deployment.started`, … (63 names, see the enum) | `events.event_type` |
+//! | [`EventKind`] | `app.created`, `deployment.started`, … (64 names, see the enum) | `events.event_type` |
 //! | [`WebhookStatus`] | `active`, `disabled` | `webhooks.status` ([`webhooks`]) |
 //! | [`DeliveryStatus`] | `pending`, `succeeded`, `failed` | `webhook_deliveries.status` |
 //! | [`Backoff`] | `exponential`, `linear` | `webhooks.backoff` (`retry_policy.backoff`) |

@@ -407,6 +407,7 @@ vocabulary! {
         AppCrashed = "app.crashed",
         AppUnhealthy = "app.unhealthy",
         AppInstanceFailed = "app.instance_failed",
+        AppExec = "app.exec",
         DeploymentStarted = "deployment.started",
         DeploymentInPlace = "deployment.in_place",
         DeploymentPromoted = "deployment.promoted",
@@ -688,7 +689,7 @@ mod tests {
 
     #[test]
     fn event_kinds_are_resource_dot_verb() {
-        assert_eq!(EventKind::ALL.len(), 63);
+        assert_eq!(EventKind::ALL.len(), 64);
         for n in EventKind::NAMES {
             let (resource, verb) = n.split_once('.').unwrap();
             assert!(

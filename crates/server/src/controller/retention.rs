@@ -30,6 +30,10 @@ impl Controller for EventRetention {
     }
 
     async fn pass(&mut self, ctx: &ServerCtx) -> Result<&'static [Topic], Error> {
+        // Agent tasks whose requester is long gone (it deletes its own; a
+        // replica that died while waiting leaves them).
+        let old = now() - chrono::Duration::hours(1);
+        shellwego_store::tasks::delete_expired(&mut *ctx.store.conn().await?, old).await?;
         let orgs = shellwego_store::orgs::all_settings(&mut *ctx.store.conn().await?).await?;
         for (org, settings) in orgs {
             let settings: serde_json::Value = serde_json::from_str(&settings).unwrap_or_default();

@@ -27,6 +27,7 @@ pub(crate) fn node_authenticated(path: &str) -> bool {
     path == "/v1/agent/sync"
         || path == "/v1/agent/resolve"
         || path.starts_with("/v1/agent/uploads/")
+        || (path.starts_with("/v1/agent/tasks/") && path.ends_with("/result"))
 }
 
 /// The agent protocol version a call is made in: its
@@ -106,6 +107,29 @@ pub async fn agent_sync(
     Ok(Json(
         agent_channel::agent_sync(&st.ctx, bearer(&headers), &req).await?,
     ))
+}
+
+/// The agent's answer to a task it was handed (`AgentDesired.tasks`).
+#[utoipa::path(post, path = "/v1/agent/tasks/{task_id}/result", tag = "agent", security(("bearer" = [])), request_body = shellwego_api::agent::AgentTaskResult,
+    params(
+        ("task_id" = String, Path, description = "Task id (tsk_…)"),
+        ("ShellWeGo-Agent-Protocol" = Option<u32>, Header, description = "The agent protocol version the agent speaks (absent: 1)."),
+    ),
+    responses(
+    (status = 204, description = "Recorded"),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No such task of this node waits for an answer", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn agent_task_result(
+    _: AgentProtocol,
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::extract::PathParam(id): crate::extract::PathParam,
+    JsonBody(req): JsonBody<shellwego_api::agent::AgentTaskResult>,
+) -> ApiResult<axum::http::StatusCode> {
+    agent_channel::agent_task_result(&st.ctx, bearer(&headers), &id, &req).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -382,3 +382,30 @@ pub async fn upload_create(
         }),
     ))
 }
+
+/// Run a command in a running instance of the app (`instance_id`, else a
+/// healthy one), on whichever node it runs, with the instance's
+/// environment, root filesystem and namespaces; `stdin` is given to it,
+/// `timeout` (default 30 s) kills its process tree, each output stream is
+/// capped at 512 KiB (`truncated`). Needs `apps:exec` (not a viewer's).
+/// Recorded as an `app.exec` event with the command line.
+#[utoipa::path(post, path = "/v1/apps/{app_id}/exec", tag = "apps", security(("bearer" = [])),
+    params(("app_id" = String, Path, description = "App id (app_…)")), request_body = shellwego_api::apps::ExecRequest,
+    responses(
+        (status = 200, body = shellwego_api::apps::ExecResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No running instance, or the instance's driver cannot run the command", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The instance's node did not answer in time", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn app_exec(
+    State(st): State<AppState>,
+    p: Principal,
+    PathParam(id): PathParam,
+    JsonBody(req): JsonBody<shellwego_api::apps::ExecRequest>,
+) -> ApiResult<Json<shellwego_api::apps::ExecResponse>> {
+    Ok(Json(
+        crate::service::exec::app_exec(&st.ctx, &p, &id, &req).await?,
+    ))
+}

@@ -126,7 +126,11 @@ pub async fn agent_sync(
     if back || !changed.is_empty() || mesh_changed {
         ctx.publish(DESIRED);
     }
-    if req.generation == generation {
+    // Tasks waiting: answer at once (they may have been written between
+    // this node's last answer and now).
+    let tasks_waiting =
+        shellwego_store::tasks::has_pending(&mut *ctx.store.conn().await?, &node_id).await?;
+    if req.generation == generation && !tasks_waiting {
         let wait = Duration::from_secs(req.wait_secs.unwrap_or(10)).min(ctx.sync_wait());
         let deadline = tokio::time::Instant::now() + wait;
         let mut stopping = ctx.stopping.clone();
@@ -155,7 +159,9 @@ pub async fn agent_sync(
     let instances = desired_for_node(ctx, &node_id, &region).await?;
     let ssrf = ctx.config.ssrf.config();
     let overlay = overlay_of(ctx, &node_id, &org).await?;
+    let tasks = take_tasks(ctx, &node_id, &req.tasks).await?;
     Ok(AgentDesired {
+        tasks,
         generation,
         instances,
         ssrf: SsrfPolicy {
@@ -195,6 +201,39 @@ async fn mesh_report(
     }
     tx.commit().await?;
     Ok(changed)
+}
+
+/// The node's pending tasks, handed out now (each once).
+async fn take_tasks(
+    ctx: &ServerCtx,
+    node_id: &str,
+    known: &[String],
+) -> Result<Vec<shellwego_api::agent::AgentTask>, Error> {
+    let mut tx = ctx.begin().await?;
+    let requests = shellwego_store::tasks::take_pending(&mut tx, node_id, known).await?;
+    shellwego_store::commit(tx).await?;
+    Ok(requests
+        .iter()
+        .filter_map(|r| serde_json::from_str(r).ok())
+        .collect())
+}
+
+/// The agent's answer to a task of its node.
+pub async fn agent_task_result(
+    ctx: &ServerCtx,
+    credential: Option<&str>,
+    task_id: &str,
+    result: &shellwego_api::agent::AgentTaskResult,
+) -> Result<(), Error> {
+    let node = node_for_credential(ctx, credential).await?;
+    let text = serde_json::to_string(result).map_err(Error::internal)?;
+    let mut tx = ctx.begin().await?;
+    let done = shellwego_store::tasks::complete(&mut tx, task_id, &node.id, &text).await?;
+    shellwego_store::commit(tx).await?;
+    if !done {
+        return Err(Error::not_found("task", task_id));
+    }
+    Ok(())
 }
 
 /// The node's place on the mesh: its address and the organization's

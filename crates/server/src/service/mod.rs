@@ -5,6 +5,7 @@ pub mod agent_channel;
 pub mod apps;
 pub mod deployments;
 pub mod events;
+pub mod exec;
 pub mod health;
 pub mod identity;
 pub mod nodes;

@@ -10,6 +10,7 @@ mod auth;
 mod deployments;
 mod errors;
 mod events;
+mod exec;
 mod hardening;
 mod identity;
 mod lists;

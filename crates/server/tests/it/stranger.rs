@@ -508,6 +508,20 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         ),
         (
             Method::POST,
+            "/v1/agent/tasks/{task_id}/result",
+            "/v1/agent/tasks/tsk_guess/result".into(),
+            Some(json!({"exit_code": 0, "execution_time_ms": 1})),
+            401,
+        ),
+        (
+            Method::POST,
+            "/v1/apps/{app_id}/exec",
+            format!("/v1/apps/{app}/exec"),
+            Some(json!({"command": ["/bin/true"]})),
+            404,
+        ),
+        (
+            Method::POST,
             "/v1/agent/resolve",
             "/v1/agent/resolve".into(),
             Some(json!({"instance_id": "inst_x", "name": "web.internal"})),
