@@ -403,28 +403,34 @@ pub async fn pinned_values(
     db: &mut Conn,
     pins: &[(String, i64)],
 ) -> Result<Vec<PinnedValue>, Error> {
-    let mut out = Vec::with_capacity(pins.len());
-    for (id, v) in pins {
-        let row: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT s.name, s.scope, sv.value_enc FROM secret_versions sv JOIN secrets s ON s.id = sv.secret_id
-             WHERE sv.secret_id = $1 AND sv.version = $2",
-        )
-        .bind(id)
-        .bind(*v)
-        .fetch_optional(&mut *db)
-        .await
-        .map_err(db_err)?;
-        if let Some((name, scope, value_enc)) = row {
-            out.push(PinnedValue {
-                secret_id: id.clone(),
-                version: *v,
-                name,
-                scope,
-                value_enc,
-            });
-        }
+    if pins.is_empty() {
+        return Ok(vec![]);
     }
-    Ok(out)
+    // One query for all of them (a sync asks for every instance's).
+    let marks: Vec<String> = (0..pins.len())
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let sql = format!(
+        "SELECT sv.secret_id, sv.version, s.name, s.scope, sv.value_enc
+         FROM secret_versions sv JOIN secrets s ON s.id = sv.secret_id
+         WHERE (sv.secret_id, sv.version) IN ({})",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query_as::<_, (String, i64, String, String, String)>(&sql);
+    for (id, v) in pins {
+        q = q.bind(id).bind(*v);
+    }
+    let rows = q.fetch_all(&mut *db).await.map_err(db_err)?;
+    Ok(rows
+        .into_iter()
+        .map(|(secret_id, version, name, scope, value_enc)| PinnedValue {
+            secret_id,
+            version,
+            name,
+            scope,
+            value_enc,
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -564,6 +564,33 @@ pub struct Attempt<'a> {
 /// `claim_expires_at`), and release the claim. False: the claim is no
 /// longer the row's (it expired and another took the delivery over, or
 /// the delivery was redelivered, cancelled or deleted); nothing was written.
+/// Extend this replica's claim on a delivery (still pending, still held
+/// with `expires_at`, which is after `at`) to `until`; false when the
+/// claim is not held any more.
+pub async fn renew_claim(
+    db: &mut Conn,
+    id: &str,
+    holder: &str,
+    expires_at: i64,
+    at: i64,
+    until: i64,
+) -> Result<bool, Error> {
+    let r = sqlx::query(
+        "UPDATE webhook_deliveries SET claim_expires_at = $4
+         WHERE id = $1 AND claimed_by = $2 AND claim_expires_at = $3 AND claim_expires_at > $5 AND status = $6",
+    )
+    .bind(id)
+    .bind(holder)
+    .bind(expires_at)
+    .bind(until)
+    .bind(at)
+    .bind(DeliveryStatus::Pending)
+    .execute(&mut *db)
+    .await
+    .map_err(db_err)?;
+    Ok(r.rows_affected() == 1)
+}
+
 pub async fn record_attempt(
     db: &mut Conn,
     id: &str,

@@ -189,6 +189,9 @@ enum Outcome {
         latency_ms: Option<i64>,
         error: String,
     },
+    /// The claim ran out before the send began (the secret and headers
+    /// took long to read) and another replica may have taken it: not sent.
+    Lost,
 }
 
 /// What an answer's status means for the delivery.
@@ -313,19 +316,29 @@ async fn deliver(ctx: &ServerCtx, client: &reqwest::Client, d: Delivery) -> Resu
         // Deleted with its deliveries meanwhile.
         return Ok(());
     };
+    let mut d = d;
     let outcome = match w.status {
-        WebhookStatus::Active => attempt(ctx, client, &w, &d).await,
+        WebhookStatus::Active => attempt(ctx, client, &w, &mut d).await,
         WebhookStatus::Disabled => Outcome::Fail {
             code: None,
             latency_ms: None,
             error: "cancelled: the webhook is disabled".into(),
         },
     };
-    record(ctx, &w, &d, outcome).await
+    match outcome {
+        // Another replica holds it now: it sends it, and records that.
+        Outcome::Lost => Ok(()),
+        outcome => record(ctx, &w, &d, outcome).await,
+    }
 }
 
 /// One attempt: sign, send through the guard, classify the answer.
-async fn attempt(ctx: &ServerCtx, client: &reqwest::Client, w: &Webhook, d: &Delivery) -> Outcome {
+async fn attempt(
+    ctx: &ServerCtx,
+    client: &reqwest::Client,
+    w: &Webhook,
+    d: &mut Delivery,
+) -> Outcome {
     let opened = match open_sealed(ctx, w, SECRET, &w.secret).await {
         Ok(s) => headers_of(ctx, w).await.map(|h| (s, h)),
         Err(e) => Err(e),
@@ -361,6 +374,28 @@ async fn attempt(ctx: &ServerCtx, client: &reqwest::Client, w: &Webhook, d: &Del
             }
         }
     }
+    // The claim is renewed right before the send, for the whole send: the
+    // reads above may have taken part of it, and a claim that ran out may
+    // be another replica's now (then this one does not send at all).
+    let at = to_micros(now());
+    let renewed = at.saturating_add(micros(ctx.config.webhooks.timeout + CLAIM_MARGIN));
+    let kept = match ctx.store.conn().await {
+        Ok(mut db) => store::renew_claim(
+            &mut db,
+            &d.id,
+            ctx.replica.id(),
+            d.claim_expires_at,
+            at,
+            renewed,
+        )
+        .await
+        .unwrap_or(false),
+        Err(_) => false,
+    };
+    if !kept {
+        return Outcome::Lost;
+    }
+    d.claim_expires_at = renewed;
     let body = d.payload.as_bytes();
     let ts = now().timestamp();
     let mut req = client.post(&w.url);
@@ -462,6 +497,8 @@ async fn record(ctx: &ServerCtx, w: &Webhook, d: &Delivery, outcome: Outcome) ->
             latency_ms,
             error,
         } => (DeliveryStatus::Failed, t, code, latency_ms, Some(error)),
+        // Not sent: nothing to write (the replica holding it writes).
+        Outcome::Lost => return Ok(()),
     };
     let mut unit = ctx.unit().await?;
     let written = store::record_attempt(
