@@ -309,6 +309,56 @@ fn an_egress_policy_is_enforced_or_refused(s: &Subject) {
     }
 }
 
+/// `exec` runs a command inside the running instance (its environment and
+/// root filesystem), or the driver says it cannot.
+fn exec_runs_in_the_instance_or_is_refused(s: &Subject) {
+    let mut l = launch(
+        s,
+        "exec",
+        &["sh", "-c", "echo inside > /marker; exec sleep 60"],
+    );
+    l.env.insert("GREETING".into(), "hello-from-env".into());
+    let r = start(s.driver.as_ref(), &l);
+    let _g = Guard::new(s.driver.as_ref(), &l, &r);
+    let target = shellwego_agent::driver::ExecTarget {
+        instance_id: &l.instance_id,
+        root: &l.root,
+        is_rootfs: l.is_rootfs,
+        workdir: &l.workdir,
+        env: &l.env,
+    };
+    let argv: Vec<String> = ["sh", "-c", "echo $GREETING; cat /marker || echo no-marker"]
+        .map(String::from)
+        .to_vec();
+    let cmd = match s.driver.exec(&r, &target, &argv) {
+        Ok(c) => c,
+        Err(e) => {
+            assert_eq!(s.driver.name(), "microvm", "{e:#}");
+            assert!(format!("{e:#}").contains("cannot run a command"), "{e:#}");
+            return;
+        }
+    };
+    let task = shellwego_api::agent::AgentTask {
+        id: "tsk_conformance".into(),
+        kind: "exec".into(),
+        instance_id: l.instance_id.clone(),
+        command: argv,
+        stdin: String::new(),
+        timeout_ms: 20_000,
+        output_limit: 4096,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let out = rt.block_on(shellwego_agent::exec::exec_command(cmd, &task));
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"hello-from-env"), "{out:?}");
+    // In its root filesystem when it has one of its own (the process
+    // driver runs as the agent's user here, without chroot, unless root).
+    if s.driver.name() == "container" || shellwego_agent::host::is_root() {
+        assert_eq!(lines.get(1), Some(&"inside"), "{out:?}");
+    }
+}
+
 fn traces(r: &Running) -> Vec<String> {
     let mut paths: Vec<PathBuf> = vec![];
     if let Some(cgs) = r.extra.get("cgroups") {
@@ -381,6 +431,13 @@ macro_rules! conformance {
             fn an_egress_policy_is_enforced_or_refused() {
                 if let Some(s) = super::$driver() {
                     super::an_egress_policy_is_enforced_or_refused(&s);
+                }
+            }
+
+            #[test]
+            fn exec_runs_in_the_instance_or_is_refused() {
+                if let Some(s) = super::$driver() {
+                    super::exec_runs_in_the_instance_or_is_refused(&s);
                 }
             }
 
