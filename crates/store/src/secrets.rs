@@ -373,6 +373,25 @@ pub async fn delete(db: &mut Conn, id: &str) -> Result<bool, Error> {
     Ok(r.rows_affected() > 0)
 }
 
+/// Mark every live secret of app `app_id` deleted (the app is going):
+/// their (id, name).
+pub async fn delete_of_app(db: &mut Conn, app_id: &str) -> Result<Vec<(String, String)>, Error> {
+    let gone: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, name FROM secrets WHERE app_id = $1 AND deleted_at IS NULL ORDER BY name",
+    )
+    .bind(app_id)
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)?;
+    sqlx::query("UPDATE secrets SET deleted_at = $1 WHERE app_id = $2 AND deleted_at IS NULL")
+        .bind(to_micros(now()))
+        .bind(app_id)
+        .execute(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(gone)
+}
+
 /// The live secrets an app of `org` receives: the organization's and the
 /// app's own, not expired at `at`.
 pub async fn for_app(

@@ -433,6 +433,14 @@ pub async fn app_delete(ctx: &ServerCtx, p: &Principal, app_id: &str) -> Result<
     deploy::cancel_active(&mut tx, &mut a, "the app was deleted").await?;
     shellwego_store::deployments::delete_releases(&mut tx, app_id).await?;
     apps::delete(&mut tx, app_id).await?;
+    // Its own secrets go with it (their values once no instance uses them).
+    for (id, name) in shellwego_store::secrets::delete_of_app(&mut tx, app_id).await? {
+        tx.record(
+            NewEvent::info("secret.deleted", &p.actor(), "secret", &id)
+                .in_org(&a.organization_id)
+                .meta(json!({"name": name, "scope": "app", "app_id": app_id, "with_app": true})),
+        );
+    }
     tx.record(
         NewEvent::info("app.deleted", &p.actor(), "app", app_id)
             .in_org(&a.organization_id)

@@ -267,6 +267,18 @@ async fn secrets_are_write_only_and_encrypted_at_rest(s: TestServer) {
         )
         .await;
     assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+    // Deleting the app deletes its own secrets.
+    let r = s
+        .call(
+            Method::DELETE,
+            &format!("/v1/apps/{app}"),
+            Some(&s.token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    let (_, left) = s.get(&format!("/v1/secrets?filter[app_id]={app}")).await;
+    assert_eq!(left["data"].as_array().map(Vec::len), Some(0), "{left:#}");
     // A viewer sees no secrets at all.
     let org = s.admin_org().await;
     let (_, viewer) = s.member_with_role(&org, "viewer", "v@example.com").await;
