@@ -804,3 +804,39 @@ async fn canaries_get_their_share_through_the_ingress_and_a_failing_one_rolls_ba
     assert_eq!(statuses.keys().collect::<Vec<_>>(), [&200], "{statuses:?}");
     cl.shutdown(&app_id).await;
 }
+
+/// Exec reaches an instance on the second node (node B, a `shellwego
+/// agent` of its own) through its agent channel, and runs in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exec_runs_in_an_instance_on_another_node() {
+    let cl = Cluster::start("30s").await;
+    let (a, b) = (cl.node_a.clone(), cl.node_b.clone());
+    let app_id = cl.create_hello(2).await;
+    let app = cl
+        .wait_running(&app_id, 2, &[&a, &b], true, Duration::from_secs(90))
+        .await;
+    let on_b = instances(&app)
+        .into_iter()
+        .find(|i| i["node_id"] == b.as_str())
+        .unwrap();
+    let inst = on_b["id"].as_str().unwrap().to_string();
+    let (status, r) = cl
+        .api
+        .call(
+            Method::POST,
+            &format!("/v1/apps/{app_id}/exec"),
+            Some(
+                json!({"command": ["/bin/sh", "-c", "echo $SHELLWEGO_INSTANCE_ID $PORT"],
+                        "instance_id": inst}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{r:#}");
+    assert_eq!(r["exit_code"], 0, "{r:#}");
+    assert_eq!(
+        r["stdout"].as_str().unwrap().trim(),
+        format!("{inst} {}", on_b["port"]),
+        "{r:#}"
+    );
+    cl.shutdown(&app_id).await;
+}
