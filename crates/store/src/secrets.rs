@@ -490,18 +490,24 @@ pub async fn touch_used(db: &mut Conn, ids: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Live secrets expiring before `before` whose warning has not been
-/// recorded yet.
-pub async fn expiring_unwarned(db: &mut Conn, before: Timestamp) -> Result<Vec<Secret>, Error> {
+/// Live secrets expiring by `by` whose `mark` column (a time it was acted
+/// on) is still empty, soonest first (at most 100).
+async fn expiring_unmarked(db: &mut Conn, by: Timestamp, mark: &str) -> Result<Vec<Secret>, Error> {
     let rows: Vec<SecretRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM secrets t WHERE t.deleted_at IS NULL AND t.expires_at IS NOT NULL
-           AND t.expires_at <= $1 AND t.expiry_warned_at IS NULL ORDER BY t.expires_at LIMIT 100"
+           AND t.expires_at <= $1 AND t.{mark} IS NULL ORDER BY t.expires_at LIMIT 100"
     ))
-    .bind(to_micros(before))
+    .bind(to_micros(by))
     .fetch_all(&mut *db)
     .await
     .map_err(db_err)?;
     crate::convert(rows)
+}
+
+/// Live secrets expiring before `before` whose warning has not been
+/// recorded yet.
+pub async fn expiring_unwarned(db: &mut Conn, before: Timestamp) -> Result<Vec<Secret>, Error> {
+    expiring_unmarked(db, before, "expiry_warned_at").await
 }
 
 pub async fn set_warned(db: &mut Conn, id: &str) -> Result<(), Error> {
@@ -516,15 +522,7 @@ pub async fn set_warned(db: &mut Conn, id: &str) -> Result<(), Error> {
 
 /// Live secrets that have expired and whose expiry has not been acted on.
 pub async fn expired_unhandled(db: &mut Conn, at: Timestamp) -> Result<Vec<Secret>, Error> {
-    let rows: Vec<SecretRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM secrets t WHERE t.deleted_at IS NULL AND t.expires_at IS NOT NULL
-           AND t.expires_at <= $1 AND t.expired_handled_at IS NULL ORDER BY t.expires_at LIMIT 100"
-    ))
-    .bind(to_micros(at))
-    .fetch_all(&mut *db)
-    .await
-    .map_err(db_err)?;
-    crate::convert(rows)
+    expiring_unmarked(db, at, "expired_handled_at").await
 }
 
 pub async fn set_expired_handled(db: &mut Conn, id: &str) -> Result<(), Error> {
