@@ -31,11 +31,33 @@ pub struct Launch {
     /// Bytes; the instance is OOM-killed above it (where cgroups allow).
     pub memory: i64,
     pub cpu_millis: i64,
-    /// Where stdout and stderr go (appended).
-    pub log: PathBuf,
+    /// Where stdout goes (appended).
+    pub stdout: PathBuf,
+    /// Where stderr goes (appended); may be the same file as `stdout`.
+    pub stderr: PathBuf,
     /// Only these destinations (canonical CIDRs) may be connected to; none:
     /// anywhere. A driver that cannot enforce it refuses to start.
     pub allowed_egress: Option<Vec<String>>,
+}
+
+/// The launch's stdout and stderr, opened for appending (one file twice
+/// when they are the same).
+pub fn output_files(l: &Launch) -> anyhow::Result<(std::fs::File, std::fs::File)> {
+    use anyhow::Context;
+    let open = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("cannot open {}", p.display()))
+    };
+    let out = open(&l.stdout)?;
+    let err = if l.stderr == l.stdout {
+        out.try_clone()?
+    } else {
+        open(&l.stderr)?
+    };
+    Ok((out, err))
 }
 
 impl Launch {

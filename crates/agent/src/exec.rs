@@ -60,11 +60,15 @@ fn failed(error: String) -> AgentTaskResult {
         truncated: false,
         timed_out: false,
         execution_time_ms: 0,
+        lines: vec![],
         error: Some(error),
     }
 }
 
 async fn execute(ctx: &Ctx, shared: &Shared, task: &AgentTask) -> AgentTaskResult {
+    if task.kind == "logs" {
+        return logs_query(ctx, task).await;
+    }
     if task.kind != "exec" {
         return failed(format!(
             "this agent does not know tasks of kind {}",
@@ -144,6 +148,7 @@ pub async fn exec_command(mut cmd: std::process::Command, task: &AgentTask) -> A
         },
         stdout,
         stderr,
+        lines: vec![],
         truncated: t1 || t2 || t3 || t4,
         timed_out,
         execution_time_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
@@ -199,6 +204,28 @@ fn fit(mut s: String) -> (String, bool) {
     (s, true)
 }
 
+/// A `logs` task: the app's stored lines that answer the query.
+async fn logs_query(ctx: &Ctx, task: &AgentTask) -> AgentTaskResult {
+    let Some(q) = task.logs.clone() else {
+        return failed("a logs task without its query".into());
+    };
+    let logs = ctx.logs.clone();
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || logs.query(&q)).await {
+        Ok(lines) => AgentTaskResult {
+            exit_code: Some(0),
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            timed_out: false,
+            execution_time_ms: started.elapsed().as_millis() as u64,
+            lines,
+            error: None,
+        },
+        Err(e) => failed(format!("the log query failed: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +236,7 @@ mod tests {
             kind: "exec".into(),
             instance_id: "inst_test".into(),
             command: command.iter().map(|s| s.to_string()).collect(),
+            logs: None,
             stdin: stdin.into(),
             timeout_ms,
             output_limit: limit,

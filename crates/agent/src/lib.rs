@@ -12,6 +12,7 @@ pub mod exec;
 pub mod host;
 pub mod hostnet;
 pub mod init;
+pub mod logs;
 pub mod mesh;
 pub mod microvm;
 pub mod owner;
@@ -112,6 +113,14 @@ pub struct AgentArgs {
     /// does unless started with `--keep-instances`.
     #[arg(skip)]
     pub stop_instances_on_exit: bool,
+    /// How long instance output is kept on this node, for apps that set no
+    /// `logging.retention` (e.g. 7d, 24h).
+    #[arg(long, default_value = "7d", value_parser = parse_duration_arg, value_name = "DURATION")]
+    pub log_retention: Duration,
+    /// The most bytes of one app's output kept on this node, for apps that
+    /// set no `logging.max_size` (e.g. 64mb, 1gb; at least 1mb).
+    #[arg(long, default_value = "64mb", value_parser = parse_size_arg, value_name = "SIZE")]
+    pub log_max_app_bytes: u64,
 }
 
 impl AgentArgs {
@@ -202,6 +211,15 @@ fn detect_ip(control_plane: &str) -> String {
         })
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    shellwego_core::units::parse_duration(s)
+        .ok_or_else(|| format!("{s}: a duration like 30m, 24h or 7d"))
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    shellwego_core::units::parse_size(s).ok_or_else(|| format!("{s}: a size like 64mb or 1gb"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -437,6 +455,13 @@ pub async fn run(
     // guard: strict until the first sync brings the control plane's policy.
     let ssrf = shellwego_net::ssrf::Guard::strict();
     let fetch = ssrf.client(reqwest::Client::builder().connect_timeout(Duration::from_secs(30)))?;
+    let logs = logs::Logs::new(
+        &args.data_dir,
+        shellwego_api::logs::LogPolicy {
+            retention_secs: args.log_retention.as_secs().max(1),
+            max_bytes: args.log_max_app_bytes.max(1 << 20),
+        },
+    );
     let ctx = Arc::new(reconcile::Ctx {
         data_dir: args.data_dir.clone(),
         owner: owner.clone(),
@@ -451,9 +476,15 @@ pub async fn run(
         ssrf: ssrf.clone(),
         fetch,
         fetching: Default::default(),
+        logs: logs.clone(),
     });
     let shared = Arc::new(reconcile::Shared::new());
     ctx.adopt(&shared);
+    {
+        let shared = shared.clone();
+        logs.start(Arc::new(move |id: &str| shared.has_instance(id)))
+            .context("cannot start the log tailer")?;
+    }
     // What earlier runs left that the saved state does not describe goes
     // before anything new is made (which the sweep would take for orphans).
     let sweep = {
@@ -468,6 +499,9 @@ pub async fn run(
     // the control plane with every sync, so a task in an answer that was
     // dropped comes again and one already here does not run twice.
     let known_tasks: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+    // The log follows pushing now, by follow id.
+    let mut follows: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
+        Default::default();
     let sync_loop = async {
         let mut generation = -1;
         let mut backoff = Duration::from_millis(500);
@@ -537,10 +571,33 @@ pub async fn run(
                                     tracing::warn!(error = %format!("{e:#}"), "cannot apply the mesh's peers");
                                 }
                             }
+                            logs.apply_desired(&d.instances);
                             if let Ok(mut w) = shared.desired.lock() {
                                 *w = Some(d.instances);
                             }
                             shared.wake.notify_one();
+                            // Follows before tasks: a query handed out with
+                            // a follow sees no gap between the two.
+                            follows.retain(|id, h| {
+                                let keep = d.log_follows.iter().any(|f| &f.id == id);
+                                if !keep {
+                                    h.abort();
+                                }
+                                keep
+                            });
+                            for f in &d.log_follows {
+                                if !follows.contains_key(&f.id) {
+                                    let sub = logs.subscribe(&f.app_id, f.filter.clone(), 256);
+                                    follows.insert(
+                                        f.id.clone(),
+                                        tokio::spawn(logs::follow(
+                                            sub,
+                                            channel.clone(),
+                                            f.id.clone(),
+                                        )),
+                                    );
+                                }
+                            }
                             for task in d.tasks {
                                 let new = known_tasks
                                     .lock()

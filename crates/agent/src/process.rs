@@ -9,7 +9,6 @@
 //! such processes cannot be told apart from others and are left alone.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command as Cmd, Stdio};
@@ -71,11 +70,7 @@ impl ProcessDriver {
         if cg.is_none() {
             tracing::info!(instance_id = %l.instance_id, "no usable cgroup on this host: running without memory/cpu limits");
         }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&l.log)
-            .with_context(|| format!("cannot open {}", l.log.display()))?;
+        let (stdout, stderr) = crate::driver::output_files(l)?;
         let chroot = l.is_rootfs && crate::host::is_root();
         // The instance joins its cgroup before it execs the app, so every
         // byte it allocates is counted: a tiny host shell writes its own
@@ -114,8 +109,8 @@ impl ProcessDriver {
             .env_clear()
             .envs(&l.env)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(stdout)
+            .stderr(stderr)
             .process_group(0);
         if !l.env.contains_key("PATH") {
             cmd.env("PATH", crate::host::DEFAULT_PATH);

@@ -155,26 +155,39 @@ pub struct AgentDesired {
     /// /v1/agent/tasks/{task_id}/result`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<AgentTask>,
+    /// Follows of app logs held open on the control plane: push each new
+    /// line of those apps that passes the filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_follows: Vec<crate::logs::LogFollow>,
 }
 
-/// A task for the agent: run a command in an instance (`exec`).
+/// A task for the agent: run a command in an instance (`exec`), or read
+/// an app's stored lines (`logs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AgentTask {
     #[schema(example = "tsk_2v8s9d2k1m")]
     pub id: String,
-    /// `exec`.
+    /// `exec` or `logs`.
     pub kind: String,
+    /// exec: the instance (logs: empty).
+    #[serde(default)]
     pub instance_id: String,
-    /// The command and its arguments (no shell unless it names one).
+    /// exec: the command and its arguments (no shell unless it names one).
+    #[serde(default)]
     pub command: Vec<String>,
-    /// Given to the command's standard input, then closed.
+    /// exec: given to the command's standard input, then closed.
     #[serde(default)]
     pub stdin: String,
-    /// The command's process tree is killed when it runs longer.
+    /// exec: the command's process tree is killed when it runs longer.
+    #[serde(default)]
     pub timeout_ms: u64,
-    /// Bytes kept of each of stdout and stderr (the rest is dropped and
-    /// `truncated` is set).
+    /// exec: bytes kept of each of stdout and stderr (the rest is dropped
+    /// and `truncated` is set).
+    #[serde(default)]
     pub output_limit: u64,
+    /// logs: which lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<crate::logs::LogQuery>,
 }
 
 /// What a task came to.
@@ -182,6 +195,7 @@ pub struct AgentTask {
 pub struct AgentTaskResult {
     /// None when the command did not run to an exit (see `error`), or was
     /// killed by a signal.
+    #[serde(default)]
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub stdout: String,
@@ -193,7 +207,11 @@ pub struct AgentTaskResult {
     /// It ran past its timeout and was killed.
     #[serde(default)]
     pub timed_out: bool,
+    #[serde(default)]
     pub execution_time_ms: u64,
+    /// logs: the lines found, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<crate::logs::LogLine>,
     /// Why the command could not run (no such instance here, a driver that
     /// cannot exec, the program not found, …).
     #[serde(default)]
@@ -242,6 +260,10 @@ pub struct DesiredInstance {
     /// A driver that cannot enforce a policy refuses to start the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_egress: Option<Vec<String>>,
+    /// How long and how much of the app's output the node keeps (each
+    /// absent: the node's default).
+    #[serde(default, skip_serializing_if = "crate::logs::LogSettings::is_empty")]
+    pub log_policy: crate::logs::LogSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

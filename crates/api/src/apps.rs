@@ -178,6 +178,76 @@ pub struct AppCreate {
     /// Ingress exposure and egress policy (default: public, egress anywhere).
     #[serde(default)]
     pub networking: Option<NetworkingRequest>,
+    /// Log retention and size cap (default: the nodes').
+    #[serde(default)]
+    pub logging: Option<Logging>,
+}
+
+/// How long and how much of the app's output each node keeps (absent:
+/// the node's defaults, 7 days and 64 MiB unless its operator set others).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// `1h` to `365d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "7d")]
+    pub retention: Option<String>,
+    /// Per node, `1mb` to `10gb`; the oldest lines go first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "64mb")]
+    pub max_size: Option<String>,
+}
+
+impl Logging {
+    fn check(&self, errs: &mut Vec<FieldError>) {
+        check_duration(
+            errs,
+            "logging.retention",
+            &self.retention,
+            3_600_000,
+            365 * 86_400_000,
+            "1h and 365d",
+        );
+        if let Some(v) = &self.max_size {
+            match parse_size(v) {
+                Some(n) if ((1 << 20)..=(10u64 << 30)).contains(&n) => {}
+                Some(_) => errs.push(
+                    FieldError::new(
+                        "logging.max_size",
+                        "out_of_range",
+                        "must be between 1mb and 10gb",
+                    )
+                    .with_value(v.clone()),
+                ),
+                None => errs.push(
+                    FieldError::new(
+                        "logging.max_size",
+                        "invalid_value",
+                        "must be a size such as 64mb or 1gb",
+                    )
+                    .with_value(v.clone()),
+                ),
+            }
+        }
+    }
+}
+
+impl From<&Logging> for model::LoggingSpec {
+    fn from(l: &Logging) -> model::LoggingSpec {
+        model::LoggingSpec {
+            retention: l.retention.clone(),
+            max_size: l.max_size.clone(),
+        }
+    }
+}
+
+impl From<&model::LoggingSpec> for Logging {
+    fn from(l: &model::LoggingSpec) -> Logging {
+        Logging {
+            retention: l.retention.clone(),
+            max_size: l.max_size.clone(),
+        }
+    }
 }
 
 /// `networking` of a create or an update; every field optional.
@@ -298,6 +368,8 @@ pub struct AppSpec {
     /// Replacements in flight at a time during the current rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_batch: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
     #[serde(default, skip_serializing_if = "NetworkingPolicy::is_default")]
     pub networking: NetworkingPolicy,
 }
@@ -365,6 +437,10 @@ pub struct AppUpdate {
     /// instance starts).
     #[serde(default)]
     pub networking: Option<NetworkingRequest>,
+    /// Log retention and size cap; applies at once (no rollout). Fields
+    /// given replace those stored; `{}` goes back to the nodes' defaults.
+    #[serde(default)]
+    pub logging: Option<Logging>,
 }
 
 /// `POST /v1/apps/{app_id}/actions/restart`.
@@ -532,6 +608,9 @@ pub struct App {
     pub source: Option<Source>,
     pub placement: Placement,
     pub runtime: AppRuntime,
+    /// Log retention and size cap; absent: the nodes' defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
     pub instances: Vec<Instance>,
     pub deployment_id: Option<String>,
     pub version: i64,
@@ -910,6 +989,9 @@ impl crate::Validate for AppCreate {
         if let Some(n) = &self.networking {
             n.check(&mut errs, &self.name);
         }
+        if let Some(l) = &self.logging {
+            l.check(&mut errs);
+        }
         crate::finish(errs)
     }
 }
@@ -991,6 +1073,9 @@ impl crate::Validate for AppUpdate {
         }
         if let Some(h) = &self.health_check {
             check_health(&mut errs, h);
+        }
+        if let Some(l) = &self.logging {
+            l.check(&mut errs);
         }
         crate::finish(errs)
     }
@@ -1128,6 +1213,7 @@ impl From<&model::AppSpec> for AppSpec {
                 cpu_threshold: a.cpu_threshold,
             }),
             rollout_batch: s.rollout_batch,
+            logging: s.logging.as_ref().map(Into::into),
             networking: (&s.networking).into(),
         }
     }
@@ -1185,6 +1271,7 @@ impl AppSpec {
             stop_timeout: self.stop_timeout.clone(),
             autoscale: self.autoscale.as_ref().map(Into::into),
             rollout_batch: self.rollout_batch,
+            logging: self.logging.as_ref().map(Into::into),
             networking: model::NetworkingSpec {
                 public: self.networking.public,
                 allowed_egress: self.networking.allowed_egress.clone(),

@@ -9,6 +9,7 @@ pub mod apps;
 pub mod auth;
 pub mod deployments;
 pub mod events;
+pub mod logs;
 pub mod mfa;
 pub mod nodes;
 pub mod orgs;

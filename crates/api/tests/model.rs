@@ -68,6 +68,10 @@ fn full_spec() -> AppSpec {
             public: false,
             allowed_egress: vec!["10.99.0.0/24".into(), "fd00::/8".into()],
         },
+        logging: Some(shellwego_api::apps::Logging {
+            retention: Some("3d".into()),
+            max_size: Some("16mb".into()),
+        }),
     }
 }
 

@@ -84,6 +84,9 @@ enum Command {
     /// Run a command in a running instance of an app (`--app APP -- CMD
     /// ARGS…`) and print its output; exits with the command's exit code.
     Exec(cmd::exec::ExecArgs),
+    /// An app's output lines, merged across its instances and nodes in
+    /// time order (`--follow` keeps printing new ones).
+    Logs(cmd::logs::LogsArgs),
     /// Webhooks: create and change them, list their deliveries, redeliver
     /// one, send a test ping.
     Webhooks(cmd::webhooks::WebhooksArgs),
@@ -308,6 +311,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         // One node on loopback: no mesh.
         wireguard_port: shellwego_agent::mesh::DEFAULT_PORT,
         no_wireguard: true,
+        log_retention: shellwego_agent::logs::DEFAULT_POLICY_RETENTION,
+        log_max_app_bytes: shellwego_agent::logs::DEFAULT_POLICY.max_bytes,
     };
     let mut agent_stop = stop_rx.clone();
     let mut agent = tokio::spawn(shellwego_agent::run(agent_args, async move {
@@ -399,6 +404,7 @@ fn main() -> ExitCode {
                 code = cmd::exec::run(x).await?;
                 Ok(())
             }
+            Command::Logs(l) => cmd::logs::run(l).await,
             Command::Webhooks(w) => cmd::webhooks::run(w).await,
             Command::Orgs(o) => cmd::orgs::run(o).await,
             Command::Apps(a) => cmd::apps::run(a).await,

@@ -198,6 +198,14 @@ impl AgentClient {
         self.send(&url, r).await.map(|_| ())
     }
 
+    /// `POST /v1/agent/logs`: new lines for a follow the control plane
+    /// holds (404: the follow is over).
+    pub async fn push_logs(&self, push: &shellwego_api::logs::LogPush) -> Result<(), AgentError> {
+        let url = self.url("/v1/agent/logs");
+        let r = self.request(reqwest::Method::POST, &url).json(push);
+        self.send(&url, r).await.map(|_| ())
+    }
+
     /// `GET <path>` of an archive the control plane keeps (a desired
     /// instance's `archive_url`, `/v1/agent/uploads/upl_…`), with the node
     /// credential: the request, for the caller to send (with its own

@@ -46,6 +46,64 @@ impl Apps<'_> {
             .await
     }
 
+    /// `GET /v1/apps/{app_id}/logs` (as JSON lines): the last lines that
+    /// answer the query (`since`, `until`, `tail`, `instance_id`, `level`,
+    /// `search`), oldest first, and the nodes that did not answer.
+    pub async fn logs(
+        &self,
+        id: &str,
+        query: &[(&str, String)],
+    ) -> Result<(Vec<shellwego_api::logs::LogEntry>, Vec<String>), ApiError> {
+        let res = self
+            .client
+            .get_raw(
+                &["v1", "apps", id, "logs"],
+                query,
+                "application/x-ndjson",
+                Duration::from_secs(60),
+            )
+            .await?;
+        let missing = res
+            .headers()
+            .get("shellwego-missing-nodes")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        let url = res.url().to_string();
+        let text = res.text().await.map_err(|e| ApiError::Transport {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        let mut lines = vec![];
+        for l in text.lines().filter(|l| !l.is_empty()) {
+            lines.push(serde_json::from_str(l).map_err(|e| ApiError::Transport {
+                url: url.clone(),
+                message: format!("an unreadable log line: {e}"),
+            })?);
+        }
+        Ok((lines, missing))
+    }
+
+    /// `GET /v1/apps/{app_id}/logs?follow=true`: the last lines, then new
+    /// ones as they are printed (Server-Sent Events: `log`, `logs.partial`,
+    /// `logs.dropped`; read with [`crate::events::next_event`]).
+    pub async fn logs_follow(
+        &self,
+        id: &str,
+        query: &[(&str, String)],
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut q = query.to_vec();
+        q.push(("follow", "true".into()));
+        self.client
+            .get_raw(
+                &["v1", "apps", id, "logs"],
+                &q,
+                "text/event-stream",
+                Duration::from_secs(365 * 86_400),
+            )
+            .await
+    }
+
     /// `POST /v1/apps/{app_id}/exec`: run a command in a running instance;
     /// waits as long as the command may run (its timeout) and a minute more.
     pub async fn exec(

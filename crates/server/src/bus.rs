@@ -46,16 +46,19 @@ pub enum Topic {
     /// Webhook deliveries became due without an event (a test ping, a
     /// redelivery) or an attempt ended: the dispatchers look again.
     Deliveries,
+    /// A node pushed log lines for a follow: its holder reads them.
+    Logs,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 6] = [
+    pub const ALL: [Topic; 7] = [
         Topic::Apps,
         Topic::Nodes,
         Topic::Routes,
         Topic::Events,
         Topic::EventLog,
         Topic::Deliveries,
+        Topic::Logs,
     ];
 
     /// The topic's name (log lines, and the channel name of a bus that
@@ -68,6 +71,7 @@ impl Topic {
             Topic::Events => "events",
             Topic::EventLog => "event_log",
             Topic::Deliveries => "deliveries",
+            Topic::Logs => "logs",
         }
     }
 
@@ -79,6 +83,7 @@ impl Topic {
             Topic::Events => 3,
             Topic::EventLog => 4,
             Topic::Deliveries => 5,
+            Topic::Logs => 6,
         }
     }
 }

@@ -32,6 +32,7 @@ pub struct ControllerLabels {
 pub struct Metrics {
     registry: Mutex<Registry>,
     leader: Family<ControllerLabels, Gauge>,
+    log_follows: Gauge,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
 }
@@ -61,9 +62,16 @@ impl Metrics {
             "1 when this replica leads the singleton controller",
             leader.clone(),
         );
+        let log_follows = Gauge::default();
+        registry.register(
+            "log_follows_open",
+            "Log follow streams (SSE, WebSocket) held open by this process",
+            log_follows.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             leader,
+            log_follows,
             requests,
             latency,
         }
@@ -86,6 +94,7 @@ impl Metrics {
                 })
                 .set(i64::from(*leads));
         }
+        self.log_follows.set(crate::service::logs::open_follows());
         let mut out = String::new();
         if let Ok(reg) = self.registry.lock() {
             let _ = prometheus_client::encoding::text::encode(&mut out, &reg);

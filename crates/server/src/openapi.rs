@@ -16,7 +16,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::routes::{
-    agent, apps, auth, deployments, events, health, nodes, orgs, secrets, tokens, user, webhooks,
+    agent, apps, auth, deployments, events, health, logs, nodes, orgs, secrets, tokens, user,
+    webhooks,
 };
 use crate::state::AppState;
 
@@ -149,6 +150,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(apps::app_restart))
         .routes(routes!(apps::app_scale))
         .routes(routes!(apps::app_exec))
+        .routes(routes!(logs::app_logs))
         .routes(routes!(apps::upload_create))
         .routes(routes!(deployments::app_deploy))
         .routes(routes!(deployments::deployment_list))
@@ -166,6 +168,9 @@ pub fn agent_router() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::agent_upload_get))
         .routes(routes!(agent::agent_resolve))
         .routes(routes!(agent::agent_task_result))
+        .routes(routes!(agent::agent_log_push))
+        // A log query's answer carries up to 10 000 lines.
+        .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
 }
 
 /// The public `/v1` document.

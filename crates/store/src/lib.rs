@@ -24,6 +24,7 @@ pub mod events;
 pub mod invitations;
 pub mod leases;
 pub mod list;
+pub mod log_follows;
 pub mod logins;
 pub mod nodes;
 pub mod notify;

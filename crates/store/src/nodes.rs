@@ -710,6 +710,18 @@ pub async fn bump_node(db: &mut Conn, node_id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The organization's nodes whose agents are syncing (joined, not offline).
+pub async fn reachable_in_org(db: &mut Conn, org: &str) -> Result<Vec<String>, Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM nodes WHERE organization_id = $1 AND credential_hash IS NOT NULL AND status <> $2 ORDER BY id",
+    )
+    .bind(org)
+    .bind(shellwego_core::model::NodeStatus::Offline.as_str())
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)
+}
+
 /// Nodes of an organization registered whose agent has not joined yet.
 pub async fn joining_nodes(db: &mut Conn, org: &str) -> Result<i64, Error> {
     sqlx::query_scalar(

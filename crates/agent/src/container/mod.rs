@@ -55,7 +55,7 @@ mod net;
 mod runtime;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
 use std::sync::Mutex;
@@ -302,11 +302,7 @@ impl ContainerDriver {
         let state_root = self.state_root();
         fs::create_dir_all(&state_root)
             .with_context(|| format!("cannot create {}", state_root.display()))?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&launch.log)
-            .with_context(|| format!("cannot open the log {}", launch.log.display()))?;
+        let (stdout, stderr) = crate::driver::output_files(launch)?;
         let pid_file = bundle.join("pid");
         let runtime_log = bundle.join("runtime.log");
         // The init reports how the app ended on fd 3, a file of the bundle
@@ -326,8 +322,8 @@ impl ContainerDriver {
             .arg(&pid_file)
             .arg(cid)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .stdout(stdout)
+            .stderr(stderr);
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot run {}", self.runtime.path.display()))?;

@@ -174,7 +174,8 @@ impl ContainerDriver {
             port: 8080,
             memory: 64 << 20,
             cpu_millis: 500,
-            log: dir.join("probe.log"),
+            stdout: dir.join("probe.log"),
+            stderr: dir.join("probe.log"),
             allowed_egress: None,
         };
         let ran = (|| {
@@ -183,7 +184,7 @@ impl ContainerDriver {
             while alive(&r) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let said = fs::read_to_string(&launch.log).unwrap_or_default();
+            let said = fs::read_to_string(&launch.stdout).unwrap_or_default();
             if !said.contains("shellwego-probe-ok") {
                 bail!("the probe container printed nothing: {}", said.trim());
             }

@@ -237,12 +237,22 @@ pub(super) fn probe_boot(host: &Host, accel: Accel, timeout: Duration) -> Result
             port: 0,
             memory: 0,
             cpu_millis: 1000,
-            log: dir.join("console.log"),
+            stdout: dir.join("console.log"),
+            stderr: dir.join("console.log"),
             allowed_egress: None,
         };
         let initrd = dir.join("initrd.cpio");
         write_initramfs(&initrd, host, None, &l).map_err(|e| format!("{e:#}"))?;
-        let argv = qemu_argv(host, accel, &initrd, MIN_GUEST_MIB, 1, &l.log, None, None);
+        let argv = qemu_argv(
+            host,
+            accel,
+            &initrd,
+            MIN_GUEST_MIB,
+            1,
+            &l.stdout,
+            None,
+            None,
+        );
         let t = Instant::now();
         // The probe guest dies with the thread waiting for it, even when the
         // agent is killed mid-probe (a stalled KVM guest would spin on):
@@ -273,7 +283,7 @@ pub(super) fn probe_boot(host: &Host, accel: Accel, timeout: Duration) -> Result
                 }
             }
         };
-        let console = fs::read_to_string(&l.log).unwrap_or_default();
+        let console = fs::read_to_string(&l.stdout).unwrap_or_default();
         let err = fs::read_to_string(dir.join("qemu.err")).unwrap_or_default();
         let tail = |s: &str| s.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
         if console.contains("shellwego-probe-ok") && console.contains(&format!("{EXIT_MARK}0")) {

@@ -28,7 +28,7 @@
 //!    -m <MiB> -smp <n> -kernel <vmlinuz> -initrd initrd.cpio
 //!    -append "console=ttyS0 quiet panic=-1 rdinit=/.shellwego/init"
 //!    -nic user,model=virtio-net-pci,hostfwd=tcp::<port>-:<port>
-//!    -chardev file,append=on,path=<launch.log> -serial (ttyS0)
+//!    -chardev file,append=on,path=<launch.stdout> -serial (ttyS0)
 //!    -chardev pipe,path=microvm/ctl -serial (ttyS1)`
 //!
 //! 3. In the guest, `init` mounts `/proc`, `/sys`, `/dev` (devtmpfs),
@@ -38,7 +38,7 @@
 //!    environment (`PORT` included), `cd`s to `launch.workdir` and runs
 //!    `launch.argv` (argv\[0\] looked up in `PATH` inside the image, never
 //!    a busybox applet) as its child, stdin from `/dev/null`, stdout and
-//!    stderr on the serial console, which QEMU appends to `launch.log`
+//!    stderr on the serial console, which QEMU appends to `launch.stdout`
 //!    (with the guest kernel's errors, e.g. its OOM killer).
 //!
 //! # Networking
@@ -209,14 +209,14 @@ impl MicrovmDriver {
             + i64::try_from(size.div_ceil(1024 * 1024)).unwrap_or(i64::MAX / 4);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as i64);
         let smp = ((l.cpu_millis + 999) / 1000).clamp(1, cpus);
-        let log_offset = fs::metadata(&l.log).map(|m| m.len()).unwrap_or(0);
+        let log_offset = fs::metadata(&l.stdout).map(|m| m.len()).unwrap_or(0);
         let mut argv = qemu_argv(
             &self.host,
             self.host.accel,
             &initrd,
             guest_mib,
             smp,
-            &l.log,
+            &l.stdout,
             Some(&vm.join("ctl")),
             Some(l.port),
         );
@@ -269,7 +269,8 @@ impl MicrovmDriver {
             port: l.port,
             memory: (guest_mib + QEMU_OVERHEAD_MIB) * 1024 * 1024,
             cpu_millis: l.cpu_millis,
-            log: l.log.clone(),
+            stdout: l.stdout.clone(),
+            stderr: l.stdout.clone(),
             allowed_egress: None,
         };
         let started = self.process.run(Command::Start(&host_launch));
@@ -293,7 +294,7 @@ impl MicrovmDriver {
         r.extra
             .insert("accel".into(), self.host.accel.name().into());
         r.extra.insert("vm_dir".into(), vm.display().to_string());
-        r.extra.insert("log".into(), l.log.display().to_string());
+        r.extra.insert("log".into(), l.stdout.display().to_string());
         r.extra.insert("log_offset".into(), log_offset.to_string());
         r.extra
             .insert("guest_memory_mib".into(), guest_mib.to_string());

@@ -172,6 +172,14 @@ pub struct ExecInfo {
 }
 
 impl Shared {
+    /// Whether the instance is this agent's (wanted, running or stopping).
+    pub fn has_instance(&self, id: &str) -> bool {
+        self.locals
+            .lock()
+            .map(|l| l.contains_key(id))
+            .unwrap_or(true)
+    }
+
     /// The instance `id`, if it runs here.
     pub fn exec_info(&self, id: &str) -> Option<ExecInfo> {
         let locals = self.locals.lock().ok()?;
@@ -208,6 +216,8 @@ pub struct Ctx {
     /// One lock per archive being downloaded: replicas starting together
     /// share one download.
     pub fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Instance output: where each start writes it, how it is kept.
+    pub logs: Arc<crate::logs::Logs>,
 }
 
 fn now_micros() -> i64 {
@@ -981,6 +991,10 @@ impl Ctx {
         };
         let d = &l.saved.desired;
         let env = launch_env(&l.saved, &sl);
+        let (stdout, stderr) = self
+            .logs
+            .output_files(&d.app_id, &d.id, d.log_policy)
+            .context("cannot make the instance's output files")?;
         let launch = Launch {
             instance_id: d.id.clone(),
             dir: l.dir.clone(),
@@ -992,7 +1006,8 @@ impl Ctx {
             port: l.saved.port,
             memory: d.memory,
             cpu_millis: d.cpu_millis,
-            log: l.dir.join("output.log"),
+            stdout,
+            stderr,
             allowed_egress: d.allowed_egress.clone(),
         };
         match driver.run(Command::Start(&launch))? {
@@ -1551,6 +1566,7 @@ mod tests {
             fetch: ssrf.client(reqwest::Client::builder()).unwrap(),
             ssrf,
             fetching: Default::default(),
+            logs: crate::logs::Logs::new(data_dir, crate::logs::DEFAULT_POLICY),
         }
     }
 
@@ -1692,6 +1708,7 @@ mod tests {
                     stop_timeout_ms: 2000,
                     region: "local".into(),
                     allowed_egress: None,
+                    log_policy: Default::default(),
                 },
                 port,
                 running: Some(Running {

@@ -165,7 +165,7 @@ fn sigterm_stops_it_within_its_time(s: &Subject) {
     assert!(log.contains("ready"), "log: {log}");
     d.run(Command::Terminate(&r)).unwrap();
     let exit = wait_exit(d, &r, DEFAULT_GRACE).expect("Terminate did not stop it in time");
-    let log = std::fs::read_to_string(&l.log).unwrap();
+    let log = std::fs::read_to_string(&l.stdout).unwrap();
     assert_eq!(exit.code, Some(0), "{exit:?}; log: {log}");
     assert!(!exit.oom_killed, "{exit:?}");
     assert!(log.contains("bye"), "log: {log}");
@@ -212,7 +212,7 @@ fn an_oom_kill_is_reported(s: &Subject) {
         return;
     }
     let exit = wait_exit(d, &r, s.hog_patience).expect("the hog is still running");
-    let log = std::fs::read_to_string(&l.log).unwrap();
+    let log = std::fs::read_to_string(&l.stdout).unwrap();
     assert!(exit.oom_killed, "{exit:?}; log: {log}");
     assert!(exit.describe().contains("out of memory"), "{exit:?}");
     assert!(!log.contains("survived"), "log: {log}");
@@ -346,6 +346,7 @@ fn exec_runs_in_the_instance_or_is_refused(s: &Subject) {
         stdin: String::new(),
         timeout_ms: 20_000,
         output_limit: 4096,
+        logs: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let out = rt.block_on(shellwego_agent::exec::exec_command(cmd, &task));

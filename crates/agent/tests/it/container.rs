@@ -161,7 +161,7 @@ fn serves_http_from_its_own_namespaces_without_touching_the_image() {
     );
 
     // stdout goes to the log, with the environment given.
-    let log = std::fs::read_to_string(&l.log).unwrap();
+    let log = std::fs::read_to_string(&l.stdout).unwrap();
     assert!(log.contains("started with hi on 8080"), "log: {log}");
 
     // The limits reached the cgroup: memory, and the CPU boot allowance
@@ -218,7 +218,7 @@ fn the_memory_limit_ooms_a_hog() {
     };
     assert_eq!(limit, 64 << 20);
     let exit = wait_exit(&d, &r, Duration::from_secs(60)).expect("the hog is still running");
-    let log = std::fs::read_to_string(&l.log).unwrap();
+    let log = std::fs::read_to_string(&l.stdout).unwrap();
     assert!(exit.oom_killed, "{exit:?}; log: {log}");
     assert!(exit.describe().contains("out of memory"));
     assert!(!log.contains("survived"), "log: {log}");
@@ -267,7 +267,7 @@ fn terminate_cleanup_restart_and_distinct_addresses() {
     d.run(Command::Terminate(&ra)).unwrap();
     let exit = wait_exit(&d, &ra, Duration::from_secs(15)).expect("Terminate did not stop it");
     assert!(!exit.oom_killed);
-    assert!(std::fs::read_to_string(&la.log).unwrap().contains("bye"));
+    assert!(std::fs::read_to_string(&la.stdout).unwrap().contains("bye"));
 
     // `sleep` has no SIGTERM handler; our init (pid 1) forwards the signal
     // and `sleep` dies of it.
@@ -300,7 +300,7 @@ fn terminate_cleanup_restart_and_distinct_addresses() {
     ga.r = Some(again.clone());
     assert!(d.adopt(&again));
     assert!(
-        std::fs::read_to_string(&la.log)
+        std::fs::read_to_string(&la.stdout)
             .unwrap()
             .matches("ready")
             .count()
@@ -374,14 +374,14 @@ fn an_app_directory_runs_on_the_hosts_userland() {
         r: Some(r.clone()),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&l.log)
+    while !std::fs::read_to_string(&l.stdout)
         .unwrap_or_default()
         .contains("in /app")
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let log = std::fs::read_to_string(&l.log).unwrap();
+    let log = std::fs::read_to_string(&l.stdout).unwrap();
     assert!(log.contains("in /app"), "log: {log}");
     assert!(d.poll(&r).is_none(), "log: {log}");
     assert!(
@@ -418,7 +418,7 @@ fn copies_the_root_where_an_overlay_cannot_be_mounted() {
     };
     assert_eq!(r.extra["rootfs"], "copy");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&l.log)
+    while !std::fs::read_to_string(&l.stdout)
         .unwrap_or_default()
         .contains("done")
         && Instant::now() < deadline
@@ -524,7 +524,7 @@ fn the_apps_exit_code_is_reported() {
         assert_eq!((exit.code, exit.signal), (code, signal), "{name}: {exit:?}");
         assert!(!exit.oom_killed);
         if name == "missing" {
-            let log = std::fs::read_to_string(&l.log).unwrap();
+            let log = std::fs::read_to_string(&l.stdout).unwrap();
             assert!(
                 log.contains("cannot run no-such-program"),
                 "{name}: log: {log}"
@@ -584,7 +584,7 @@ fn orphans_of_the_app_are_reaped() {
         r: Some(r.clone()),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&l.log)
+    while !std::fs::read_to_string(&l.stdout)
         .unwrap_or_default()
         .contains("forked")
         && Instant::now() < deadline
@@ -625,7 +625,7 @@ fn egress_outcome(
     };
     let t = Instant::now();
     loop {
-        let log = std::fs::read_to_string(&l.log).unwrap_or_default();
+        let log = std::fs::read_to_string(&l.stdout).unwrap_or_default();
         for word in ["EGRESS_OK", "EGRESS_REFUSED"] {
             if log.contains(word) {
                 return (word, t.elapsed());

@@ -7,6 +7,7 @@
 
 mod conformance;
 mod container;
+mod logs;
 mod microvm;
 mod orphans;
 mod support;

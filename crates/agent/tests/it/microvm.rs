@@ -119,7 +119,7 @@ fn serves_http_over_the_forwarded_port_and_stops_on_terminate() {
     // busybox httpd has no SIGTERM handler: killed by it, in the guest.
     assert_eq!(exit.signal, Some(15), "{exit:?}");
     assert!(!exit.oom_killed);
-    let log = std::fs::read_to_string(&l.log).unwrap();
+    let log = std::fs::read_to_string(&l.stdout).unwrap();
     println!("console log:\n{log}");
     assert!(log.contains(&format!("serving on {}", l.port)), "{log}");
     g.r = None;
@@ -152,7 +152,7 @@ fn the_exit_code_and_output_come_back() {
         r: Some(r.clone()),
     };
     let exit = wait_exit(&d, &r, Duration::from_secs(180)).expect("did not exit");
-    let log = std::fs::read_to_string(&l.log).unwrap();
+    let log = std::fs::read_to_string(&l.stdout).unwrap();
     assert_eq!(exit.code, Some(3), "{exit:?}; log: {log}");
     assert!(log.contains("in /www as hi 'there'"), "{log}");
 }
@@ -211,7 +211,7 @@ fn the_guest_kernel_ooms_a_hog() {
         r: Some(r.clone()),
     };
     let exit = wait_exit(&d, &r, Duration::from_secs(300)).expect("the hog is still running");
-    let log = std::fs::read_to_string(&l.log).unwrap();
+    let log = std::fs::read_to_string(&l.stdout).unwrap();
     println!("hog: {}; its log:\n{log}", exit.describe());
     assert!(exit.oom_killed, "{exit:?}; log: {log}");
     // The guest kernel's OOM killer, not the host's (QEMU's cgroup).
@@ -294,7 +294,7 @@ fn an_egress_policy_holds_for_the_guest() {
     let outcome = |l: &Launch| {
         let t = Instant::now();
         loop {
-            let log = std::fs::read_to_string(&l.log).unwrap_or_default();
+            let log = std::fs::read_to_string(&l.stdout).unwrap_or_default();
             if let Some(line) = log.lines().find(|x| x.contains("egress outcome: ")) {
                 return line.trim().to_string();
             }

@@ -63,7 +63,8 @@ pub fn launch(base: &Path, instance_id: &str, root: &Path, argv: &[&str]) -> Lau
     std::fs::create_dir_all(&dir).unwrap();
     Launch {
         instance_id: instance_id.to_string(),
-        log: dir.join("out.log"),
+        stdout: dir.join("out.log"),
+        stderr: dir.join("out.log"),
         allowed_egress: None,
         dir,
         root: root.to_path_buf(),
@@ -195,9 +196,9 @@ pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// The log of `l` once it holds `what` (or as it is after `within`).
 pub fn log_once_it_says(l: &Launch, what: &str, within: Duration) -> String {
     eventually(within, || {
-        std::fs::read_to_string(&l.log)
+        std::fs::read_to_string(&l.stdout)
             .unwrap_or_default()
             .contains(what)
     });
-    std::fs::read_to_string(&l.log).unwrap_or_default()
+    std::fs::read_to_string(&l.stdout).unwrap_or_default()
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod deployments;
 pub mod events;
 pub mod exec;
+pub mod logs;
 pub mod nodes;
 pub mod orgs;
 pub mod secrets;

@@ -15,6 +15,7 @@ mod cluster;
 mod deploy_cli;
 mod exec_cli;
 mod ha;
+mod logs_cli;
 mod network;
 mod orphans;
 mod platform;

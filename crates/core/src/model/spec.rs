@@ -82,6 +82,34 @@ pub struct AppSpec {
     /// Ingress exposure and egress policy; absent: public, egress anywhere.
     #[serde(default, skip_serializing_if = "NetworkingSpec::is_default")]
     pub networking: NetworkingSpec,
+    /// How long and how much of its output each node keeps; absent: the
+    /// node's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<LoggingSpec>,
+}
+
+/// An app's log retention and size cap, as given (`"7d"`, `"64mb"`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoggingSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<String>,
+}
+
+impl LoggingSpec {
+    /// Seconds of retention, when given and readable.
+    pub fn retention_secs(&self) -> Option<u64> {
+        self.retention
+            .as_deref()
+            .and_then(parse_duration)
+            .map(|d| d.as_secs())
+    }
+
+    /// Bytes of the cap, when given and readable.
+    pub fn max_bytes(&self) -> Option<u64> {
+        self.max_size.as_deref().and_then(crate::units::parse_size)
+    }
 }
 
 impl Default for AppSpec {
@@ -103,6 +131,7 @@ impl Default for AppSpec {
             autoscale: None,
             rollout_batch: None,
             networking: NetworkingSpec::default(),
+            logging: None,
         }
     }
 }

@@ -28,6 +28,7 @@ pub(crate) fn node_authenticated(path: &str) -> bool {
         || path == "/v1/agent/resolve"
         || path.starts_with("/v1/agent/uploads/")
         || (path.starts_with("/v1/agent/tasks/") && path.ends_with("/result"))
+        || path == "/v1/agent/logs"
 }
 
 /// The agent protocol version a call is made in: its
@@ -129,6 +130,28 @@ pub async fn agent_task_result(
     JsonBody(req): JsonBody<shellwego_api::agent::AgentTaskResult>,
 ) -> ApiResult<axum::http::StatusCode> {
     agent_channel::agent_task_result(&st.ctx, bearer(&headers), &id, &req).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// New output lines of an app for a follow the control plane holds
+/// (`AgentDesired.log_follows`).
+#[utoipa::path(post, path = "/v1/agent/logs", tag = "agent", security(("bearer" = [])), request_body = shellwego_api::logs::LogPush,
+    params(
+        ("ShellWeGo-Agent-Protocol" = Option<u32>, Header, description = "The agent protocol version the agent speaks (absent: 1)."),
+    ),
+    responses(
+    (status = 204, description = "Passed on to the follow's holder"),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
+    (status = 404, description = "The follow is over: stop pushing for it", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn agent_log_push(
+    _: AgentProtocol,
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<shellwego_api::logs::LogPush>,
+) -> ApiResult<axum::http::StatusCode> {
+    agent_channel::agent_log_push(&st.ctx, bearer(&headers), &req).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 

@@ -117,6 +117,7 @@ pub(crate) fn view(a: model::App, insts: Vec<model::Instance>) -> App {
         health_check: spec.health_check,
         source: spec.source,
         placement: spec.placement,
+        logging: spec.logging,
         runtime: AppRuntime {
             driver,
             requested: a.spec.runtime,

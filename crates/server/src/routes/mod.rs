@@ -6,6 +6,7 @@ pub mod auth;
 pub mod deployments;
 pub mod events;
 pub mod health;
+pub mod logs;
 pub mod nodes;
 pub mod orgs;
 pub mod secrets;

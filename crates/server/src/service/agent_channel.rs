@@ -160,8 +160,12 @@ pub async fn agent_sync(
     let ssrf = ctx.config.ssrf.config();
     let overlay = overlay_of(ctx, &node_id, &org).await?;
     let tasks = take_tasks(ctx, &node_id, &req.tasks).await?;
+    // After the tasks: a log query handed out here comes with the follow
+    // its request made first.
+    let log_follows = crate::service::logs::follows_for_node(ctx, &org).await?;
     Ok(AgentDesired {
         tasks,
+        log_follows,
         generation,
         instances,
         ssrf: SsrfPolicy {
@@ -233,6 +237,30 @@ pub async fn agent_task_result(
     if !done {
         return Err(Error::not_found("task", task_id));
     }
+    Ok(())
+}
+
+/// `POST /v1/agent/logs`: a node's new lines for a follow (404 when the
+/// follow is over: the agent stops).
+pub async fn agent_log_push(
+    ctx: &ServerCtx,
+    credential: Option<&str>,
+    push: &shellwego_api::logs::LogPush,
+) -> Result<(), Error> {
+    let node = node_for_credential(ctx, credential).await?;
+    let body = serde_json::to_string(push).map_err(Error::internal)?;
+    let stored = shellwego_store::log_follows::push(
+        &mut *ctx.store.conn().await?,
+        &push.follow_id,
+        &node.id,
+        &shellwego_core::id::new_id("lgc"),
+        &body,
+    )
+    .await?;
+    if !stored {
+        return Err(Error::not_found("log follow", &push.follow_id));
+    }
+    ctx.publish(&[Topic::Logs]);
     Ok(())
 }
 
@@ -589,6 +617,17 @@ pub async fn desired_for_node(
                 .networking
                 .restricts_egress()
                 .then(|| spec.networking.allowed_egress.clone()),
+            // The app's current settings (not its release's): they apply
+            // at once.
+            log_policy: a
+                .spec
+                .logging
+                .as_ref()
+                .map(|l| shellwego_api::logs::LogSettings {
+                    retention_secs: l.retention_secs(),
+                    max_bytes: l.max_bytes(),
+                })
+                .unwrap_or_default(),
         });
     }
     Ok(out)

@@ -191,6 +191,7 @@ pub async fn app_create(
         autoscale: None,
         rollout_batch: None,
         networking: (&networking).into(),
+        logging: req.logging.clone().filter(|l| *l != Default::default()),
     };
     let mut model = spec.to_model()?;
     model.env_write_only = req
@@ -362,6 +363,14 @@ pub async fn app_update(
             // Set when an instance starts: roll them.
             new_version = true;
             changed.push("networking.allowed_egress");
+        }
+    }
+    if let Some(l) = &req.logging {
+        // Read by the nodes with every sync: applies without a rollout.
+        let new = (*l != Default::default()).then(|| l.into());
+        if new != spec.logging {
+            spec.logging = new;
+            changed.push("logging");
         }
     }
     let mut strategy = Strategy::Rolling;

@@ -84,6 +84,7 @@ pub async fn app_exec(
         stdin: req.stdin.clone(),
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         output_limit: EXEC_OUTPUT_LIMIT,
+        logs: None,
     };
     let request = serde_json::to_string(&task).map_err(Error::internal)?;
     let expires = now() + chrono::Duration::from_std(PICKUP).map_err(Error::internal)?;

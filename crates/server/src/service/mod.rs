@@ -8,6 +8,7 @@ pub mod events;
 pub mod exec;
 pub mod health;
 pub mod identity;
+pub mod logs;
 pub mod nodes;
 pub mod orgs;
 pub mod secrets;

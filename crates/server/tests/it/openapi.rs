@@ -88,13 +88,14 @@ fn agent_document_is_openapi_3_1_and_matches_the_checked_in_copy() {
         "/v1/agent/resolve",
         "/v1/agent/uploads/{upload_id}",
         "/v1/agent/tasks/{task_id}/result",
+        "/v1/agent/logs",
     ] {
         assert!(
             paths.contains_key(path),
             "{path} is not in the agent document"
         );
     }
-    assert_eq!(paths.len(), 5, "only the agent channel's routes");
+    assert_eq!(paths.len(), 6, "only the agent channel's routes");
 
     let path = checked_in_agent_path();
     if std::env::var("SHELLWEGO_UPDATE_OPENAPI").is_ok() {
@@ -305,7 +306,8 @@ fn check_problem_responses(doc: &Value) -> usize {
             let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
             let v1 = path.starts_with("/v1/");
             let gated = v1
-                && !["/v1/agent/sync", "/v1/agent/resolve"].contains(&path.as_str())
+                && !["/v1/agent/sync", "/v1/agent/resolve", "/v1/agent/logs"]
+                    .contains(&path.as_str())
                 && !path.starts_with("/v1/agent/uploads/")
                 && !path.starts_with("/v1/agent/tasks/");
             let mut needed = vec![500];

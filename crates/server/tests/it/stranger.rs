@@ -515,6 +515,20 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         ),
         (
             Method::POST,
+            "/v1/agent/logs",
+            "/v1/agent/logs".into(),
+            Some(json!({"follow_id": "lgf_guess", "lines": []})),
+            401,
+        ),
+        (
+            Method::GET,
+            "/v1/apps/{app_id}/logs",
+            format!("/v1/apps/{app}/logs"),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
             "/v1/apps/{app_id}/exec",
             format!("/v1/apps/{app}/exec"),
             Some(json!({"command": ["/bin/true"]})),
