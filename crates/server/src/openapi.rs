@@ -151,6 +151,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(apps::app_scale))
         .routes(routes!(apps::app_exec))
         .routes(routes!(logs::app_logs))
+        .routes(routes!(logs::app_logs_stream))
         .routes(routes!(apps::upload_create))
         .routes(routes!(deployments::app_deploy))
         .routes(routes!(deployments::deployment_list))

@@ -328,6 +328,65 @@ fn lines_are_merged_filtered_followed_and_kept_after_a_stop() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // The same over WebSocket: a line printed now comes as a message, and
+    // closing the socket ends the follow.
+    {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = format!(
+            "ws://127.0.0.1:{}/v1/apps/{}/logs/stream?tail=0&search=wsmark",
+            p.api_port(),
+            app["id"].as_str().unwrap()
+        );
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", p.token()).parse().unwrap(),
+        );
+        let (mut ws, got) = rt.block_on(async {
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            let t = Instant::now();
+            let got = 'got: loop {
+                let (port, text) = (port, format!("wsmark-{}", t.elapsed().as_millis()));
+                tokio::task::spawn_blocking(move || {
+                    reqwest::blocking::get(format!("http://127.0.0.1:{port}/say?{text}")).unwrap();
+                })
+                .await
+                .unwrap();
+                let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                while let Ok(Some(m)) = tokio::time::timeout_at(until, ws.next()).await {
+                    let m = m.unwrap();
+                    if let Ok(text) = m.to_text() {
+                        if text.contains("wsmark-") {
+                            break 'got text.to_string();
+                        }
+                    }
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "nothing came over the WebSocket"
+                );
+            };
+            (ws, got)
+        });
+        let e: Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(e["instance_id"], insts[0].0.as_str());
+        assert_eq!(open_follows(&p), 1);
+        rt.block_on(async {
+            ws.close(None).await.unwrap();
+            let _ = ws.flush().await;
+        });
+        let t = Instant::now();
+        while open_follows(&p) != 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the WebSocket's follow outlived it"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     // Logs of stopped instances stay.
     p.ok(&["apps", "scale", "chatty", "1", "--wait"]);
     let t = Instant::now();

@@ -219,3 +219,66 @@ async fn follow_sse(
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
+
+/// The same follow over WebSocket: the last lines (`tail`, default 100),
+/// then new ones as they are printed, each a text message holding the
+/// line's JSON object; `{"dropped": n}` when the stream fell behind and
+/// lines were left out, `{"missing_nodes": [...]}` when nodes did not
+/// answer. Same query parameters (but `follow`), same permission
+/// (`apps:read`). Closing the socket ends the follow.
+#[utoipa::path(get, path = "/v1/apps/{app_id}/logs/stream", tag = "apps", security(("bearer" = [])),
+    params(("app_id" = String, Path, description = "App id (app_…)"), LogsParams),
+    responses(
+        (status = 101, description = "Switching to WebSocket: one text message per line"),
+        (status = 400, description = "Not a WebSocket upgrade, or a bad parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn app_logs_stream(
+    State(st): State<AppState>,
+    p: Principal,
+    PathParam(id): PathParam,
+    Query(q): Query,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> ApiResult<axum::response::Response> {
+    let r = Request::parse(&params(q.as_deref())?)?;
+    let org = svc::authorize(&st.ctx, &p, &id).await?;
+    let Ok(ws) = ws else {
+        return Err(Error::field(
+            "upgrade",
+            "invalid_value",
+            "this route speaks WebSocket only (Connection: Upgrade, Upgrade: websocket); GET …/logs?follow=true streams Server-Sent Events",
+        )
+        .into());
+    };
+    let mut rx = follow_items(st.ctx.clone(), org, id, r).await?;
+    Ok(ws.on_upgrade(move |mut socket| async move {
+        use axum::extract::ws::Message;
+        loop {
+            tokio::select! {
+                item = rx.recv() => {
+                    let Some(item) = item else { break };
+                    let text = match item {
+                        Item::Line(e) => serde_json::to_string(&e).unwrap_or_default(),
+                        Item::Partial(nodes) => serde_json::json!({"missing_nodes": nodes}).to_string(),
+                        Item::Dropped(n) => serde_json::json!({"dropped": n}).to_string(),
+                    };
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                got = socket.recv() => match got {
+                    // The client's messages are not read (pings are
+                    // answered by the library); a close or an error ends it.
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        // `rx` dropped: the follow task sees it and ends the follow.
+    }))
+}

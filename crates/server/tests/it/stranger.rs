@@ -528,6 +528,13 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
             404,
         ),
         (
+            Method::GET,
+            "/v1/apps/{app_id}/logs/stream",
+            format!("/v1/apps/{app}/logs/stream"),
+            None,
+            404,
+        ),
+        (
             Method::POST,
             "/v1/apps/{app_id}/exec",
             format!("/v1/apps/{app}/exec"),
