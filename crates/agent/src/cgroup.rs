@@ -101,6 +101,17 @@ impl Cgroup {
                     break;
                 }
             }
+            // CPU accounting (the sampler's CPU use) where `cpuacct` is a
+            // hierarchy of its own.
+            let acct = Path::new(ROOT).join("cpuacct");
+            if acct.join("cpuacct.usage").exists()
+                && !dirs.iter().any(|d| d.join("cpuacct.usage").exists())
+            {
+                let d = acct.join(parent).join(id);
+                if std::fs::create_dir_all(&d).is_ok() {
+                    dirs.push(d);
+                }
+            }
             return (!dirs.is_empty()).then_some(Cgroup {
                 dirs,
                 oom_file,

@@ -14,6 +14,7 @@ pub mod hostnet;
 pub mod init;
 pub mod logs;
 pub mod mesh;
+pub mod metrics;
 pub mod microvm;
 pub mod owner;
 pub mod process;
@@ -495,6 +496,7 @@ pub async fn run(
         tracing::warn!(error = %e, "the sweep for orphaned instances failed");
     }
     let reconciler = tokio::spawn(ctx.clone().run(shared.clone()));
+    let sampler = tokio::spawn(metrics::run(shared.clone(), args.data_dir.clone()));
     // The tasks this agent has (running, or sending their result): told to
     // the control plane with every sync, so a task in an answer that was
     // dropped comes again and one already here does not run twice.
@@ -518,7 +520,9 @@ pub async fn run(
                 .sync_wait_secs
                 .map_or(args.sync_wait, |w| w.clamp(1, 30).min(args.sync_wait));
             let events = shared.take_events();
+            let samples = shared.take_samples();
             let body = AgentSync {
+                samples: samples.clone(),
                 generation,
                 // A call carrying events is not held long (it is not
                 // dropped for newer news, see below).
@@ -549,6 +553,7 @@ pub async fn run(
             };
             let Some(res) = res else {
                 put_back(&shared, events);
+                shared.add_samples(samples.clone());
                 continue;
             };
             match res {
@@ -633,12 +638,14 @@ pub async fn run(
                 }
                 Err(AgentError::Refused { status, .. }) => {
                     put_back(&shared, events);
+                    shared.add_samples(samples.clone());
                     tracing::warn!(status = %status, "sync refused; retrying")
                 }
                 Err(
                     AgentError::Transport { source: e, .. } | AgentError::Decode { source: e, .. },
                 ) => {
                     put_back(&shared, events);
+                    shared.add_samples(samples.clone());
                     tracing::warn!(error = %e, "control plane unreachable; retrying")
                 }
             }
@@ -658,6 +665,7 @@ pub async fn run(
         }
     };
     reconciler.abort();
+    sampler.abort();
     if args.stop_instances_on_exit {
         // Nothing may start one while they stop.
         let _ = reconciler.await;

@@ -104,6 +104,10 @@ pub struct AgentSync {
     /// it an address on the organization's mesh and its peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<WireguardReport>,
+    /// Samples of the node and its instances taken since the last sync
+    /// (every 10 s).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<crate::metrics::Sample>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -406,6 +410,13 @@ impl crate::Validate for AgentSync {
                     "must be a WireGuard public key (base64 of 32 bytes) with a non-zero port",
                 ));
             }
+        }
+        if self.samples.len() > 20_000 {
+            return Err(shellwego_core::Error::field(
+                "samples",
+                "too_many",
+                "at most 20 000 samples per sync; send the rest with the next",
+            ));
         }
         if self.seq.is_some_and(|s| s < 1) {
             return Err(shellwego_core::Error::field(

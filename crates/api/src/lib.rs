@@ -10,6 +10,7 @@ pub mod auth;
 pub mod deployments;
 pub mod events;
 pub mod logs;
+pub mod metrics;
 pub mod mfa;
 pub mod nodes;
 pub mod orgs;

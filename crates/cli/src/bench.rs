@@ -7,6 +7,7 @@ mod deploy;
 mod events;
 mod ingress;
 mod kit;
+mod logs;
 mod replicas;
 mod sim;
 
@@ -151,6 +152,21 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// App logs: lines per second a node's agent stores (N real processes'
+    /// output, read, classified and stored by its tailer thread), and the
+    /// latency from a line printed by an instance to a follower's SSE
+    /// stream on a real `shellwego up` (p50/p99).
+    Logs {
+        /// Lines in all (100 bytes each).
+        #[arg(long, default_value_t = 1_000_000)]
+        lines: u64,
+        /// Instances writing them.
+        #[arg(long, default_value_t = 8)]
+        instances: u64,
+        /// Lines followed for the latency.
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+    },
     /// The event log: events per second the recorder and the SSE fan-out
     /// sustain with N subscribers on GET /v1/events/stream, and the latency
     /// from an event's commit to each subscriber reading it (p50/p99). An
@@ -241,6 +257,11 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             seconds,
             connections,
         } => ingress::run(seconds, connections).await,
+        BenchCommand::Logs {
+            lines,
+            instances,
+            samples,
+        } => logs::run(lines, instances, samples).await,
         BenchCommand::Events {
             subscribers,
             seconds,

@@ -72,6 +72,44 @@ pub struct FileConfig {
     pub http: Option<HttpSection>,
     /// How webhook deliveries are sent and retried (`[webhooks]`).
     pub webhooks: Option<WebhooksSection>,
+    /// How long app metrics are kept per resolution (`[metrics]`).
+    pub metrics: Option<MetricsSection>,
+}
+
+/// `[metrics]`: how long each resolution of app metrics is kept.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// 10-second samples (default 24h).
+    pub raw: Option<String>,
+    /// 1-minute points (default 7d).
+    pub minute: Option<String>,
+    /// 1-hour points (default 90d).
+    pub hour: Option<String>,
+    /// 1-day points (default 365d).
+    pub day: Option<String>,
+}
+
+impl MetricsSection {
+    pub fn settings(&self) -> anyhow::Result<shellwego_server::service::metrics::Retention> {
+        let mut r = shellwego_server::service::metrics::Retention::default();
+        for (key, v, into) in [
+            ("raw", &self.raw, &mut r.raw),
+            ("minute", &self.minute, &mut r.minute),
+            ("hour", &self.hour, &mut r.hour),
+            ("day", &self.day, &mut r.day),
+        ] {
+            if let Some(t) = v {
+                *into = parse_duration(t)
+                    .filter(|d| d.as_secs() >= 60)
+                    .with_context(|| {
+                        format!("[metrics] {key} = '{t}' is not a duration of a minute or more, such as 24h or 90d")
+                    })?
+                    .as_secs() as i64;
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// `[webhooks]`: the delivery timeout, the retry base, and how long a
@@ -221,6 +259,7 @@ impl ServerArgs {
         server.ssrf = file.ssrf.unwrap_or_default();
         server.http = file.http.unwrap_or_default().limits()?;
         server.webhooks = file.webhooks.unwrap_or_default().settings()?;
+        server.metrics = file.metrics.unwrap_or_default().settings()?;
         server.trusted_proxies =
             shellwego_net::client_ip::TrustedProxies::new(file.trusted_proxies.unwrap_or_default());
         if let Some(n) = file.max_free_orgs_per_user {

@@ -87,6 +87,9 @@ enum Command {
     /// An app's output lines, merged across its instances and nodes in
     /// time order (`--follow` keeps printing new ones).
     Logs(cmd::logs::LogsArgs),
+    /// An app's CPU, memory, disk, network, requests and latency over time
+    /// (statistics and a chart per metric).
+    Metrics(cmd::metrics::MetricsArgs),
     /// Webhooks: create and change them, list their deliveries, redeliver
     /// one, send a test ping.
     Webhooks(cmd::webhooks::WebhooksArgs),
@@ -405,6 +408,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Logs(l) => cmd::logs::run(l).await,
+            Command::Metrics(m) => cmd::metrics::run(m).await,
             Command::Webhooks(w) => cmd::webhooks::run(w).await,
             Command::Orgs(o) => cmd::orgs::run(o).await,
             Command::Apps(a) => cmd::apps::run(a).await,

@@ -46,6 +46,22 @@ impl Apps<'_> {
             .await
     }
 
+    /// `GET /v1/apps/{app_id}/metrics` with `metric`, `resolution`,
+    /// `from`, `to`.
+    pub async fn metrics(
+        &self,
+        id: &str,
+        query: &[(&str, String)],
+    ) -> Result<Answer<shellwego_api::metrics::AppMetrics>, ApiError> {
+        self.client
+            .get(
+                "GET /v1/apps/{app_id}/metrics",
+                &["v1", "apps", id, "metrics"],
+                query,
+            )
+            .await
+    }
+
     /// `GET /v1/apps/{app_id}/logs` (as JSON lines): the last lines that
     /// answer the query (`since`, `until`, `tail`, `instance_id`, `level`,
     /// `search`), oldest first, and the nodes that did not answer.

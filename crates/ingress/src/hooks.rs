@@ -176,6 +176,11 @@ struct CountAnswers {
 impl Hook for CountAnswers {
     fn logging(&self, ctx: &RequestCtx) {
         let Some(backend) = ctx.backend() else { return };
+        self.routes.record_request(
+            &backend.instance_id,
+            ctx.upstream_status,
+            ctx.started.elapsed(),
+        );
         match (ctx.upstream_status, &ctx.error) {
             (Some(status), _) => self
                 .routes

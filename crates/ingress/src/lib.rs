@@ -97,7 +97,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 pub use error::{BoxError, Chain, Phase, ProxyError};
-pub use routes::{Backend, RouteTable, Routes};
+pub use routes::{Backend, RequestCounts, RouteTable, Routes, SLOT_MICROS};
 
 use proxy::Proxy;
 

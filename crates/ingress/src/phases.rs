@@ -158,6 +158,8 @@ pub(crate) struct RequestCtx {
     pub(crate) upstream_status: Option<StatusCode>,
     /// Why the request failed after a route was chosen, if it did.
     pub(crate) error: Option<ProxyError>,
+    /// When the request head arrived.
+    pub(crate) started: std::time::Instant,
 }
 
 impl RequestCtx {
@@ -172,6 +174,7 @@ impl RequestCtx {
             backend: None,
             upstream_status: None,
             error: None,
+            started: std::time::Instant::now(),
         }
     }
 

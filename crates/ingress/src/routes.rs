@@ -33,7 +33,24 @@ pub struct Routes {
     /// Per instance: (responses, of which 5xx or failed to answer), since
     /// the last [`Routes::take_stats`].
     stats: Arc<std::sync::Mutex<HashMap<String, (u64, u64)>>>,
+    /// Per instance and 10-second slot: what it answered and how fast,
+    /// since the last [`Routes::take_requests`].
+    requests: Arc<std::sync::Mutex<HashMap<(String, i64), RequestCounts>>>,
 }
+
+/// Requests an instance answered in a slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RequestCounts {
+    pub requests: u64,
+    /// 2xx, 3xx, 4xx, 5xx (a request the backend did not answer counts as
+    /// 5xx: the client got our 502/504).
+    pub status: [u64; 4],
+    /// Milliseconds from the request to the response head, summed.
+    pub latency_ms_sum: f64,
+}
+
+/// The length of a request-count slot, in microseconds.
+pub const SLOT_MICROS: i64 = 10_000_000;
 
 impl std::fmt::Debug for Routes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,6 +97,38 @@ impl Routes {
         let e = m.entry(instance_id.to_string()).or_default();
         e.0 += 1;
         e.1 += u64::from(error);
+    }
+
+    /// Count one request answered by `instance_id` (`status`: none when
+    /// it did not answer).
+    pub(crate) fn record_request(
+        &self,
+        instance_id: &str,
+        status: Option<http::StatusCode>,
+        latency: std::time::Duration,
+    ) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let slot = now - now.rem_euclid(SLOT_MICROS);
+        let class = status.map_or(3, |s| match s.as_u16() {
+            200..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            _ => 3,
+        });
+        let mut m = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = m.entry((instance_id.to_string(), slot)).or_default();
+        e.requests += 1;
+        e.status[class] += 1;
+        e.latency_ms_sum += latency.as_secs_f64() * 1000.0;
+    }
+
+    /// Per instance and slot (microseconds), the requests counted since
+    /// the last call.
+    pub fn take_requests(&self) -> HashMap<(String, i64), RequestCounts> {
+        let mut m = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *m)
     }
 
     /// Per instance, (requests, errors) counted since the last call.

@@ -47,6 +47,8 @@ pub struct Settings {
     pub ssrf: shellwego_net::ssrf::Guard,
     /// How webhook deliveries are sent and retried (`[webhooks]`).
     pub webhooks: WebhookConfig,
+    /// How long each resolution of app metrics is kept (`[metrics]`).
+    pub metrics: MetricsRetention,
 }
 
 /// The `[webhooks]` settings: how the dispatcher sends and retries
@@ -74,6 +76,27 @@ impl Default for WebhookConfig {
     }
 }
 
+/// How long each resolution is kept (seconds): raw 10 s for a day, 1 m for
+/// a week, 1 h for 90 days, 1 d for a year.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricsRetention {
+    pub raw: i64,
+    pub minute: i64,
+    pub hour: i64,
+    pub day: i64,
+}
+
+impl Default for MetricsRetention {
+    fn default() -> Self {
+        MetricsRetention {
+            raw: 86_400,
+            minute: 7 * 86_400,
+            hour: 90 * 86_400,
+            day: 365 * 86_400,
+        }
+    }
+}
+
 impl Settings {
     /// Defaults, with objects in `objects` (tests).
     pub fn with_objects(objects: crate::objects::Objects) -> Settings {
@@ -83,6 +106,7 @@ impl Settings {
             max_free_orgs_per_user: 1,
             ssrf: shellwego_net::ssrf::Guard::strict(),
             webhooks: WebhookConfig::default(),
+            metrics: Default::default(),
         }
     }
 }

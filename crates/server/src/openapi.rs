@@ -16,8 +16,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::routes::{
-    agent, apps, auth, deployments, events, health, logs, nodes, orgs, secrets, tokens, user,
-    webhooks,
+    agent, apps, auth, deployments, events, health, logs, metrics, nodes, orgs, secrets, tokens,
+    user, webhooks,
 };
 use crate::state::AppState;
 
@@ -152,6 +152,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(apps::app_exec))
         .routes(routes!(logs::app_logs))
         .routes(routes!(logs::app_logs_stream))
+        .routes(routes!(metrics::app_metrics))
         .routes(routes!(apps::upload_create))
         .routes(routes!(deployments::app_deploy))
         .routes(routes!(deployments::deployment_list))

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     /// The `[webhooks]` section: delivery timeout, retry base, when a
     /// failing webhook is disabled.
     pub webhooks: crate::ctx::WebhookConfig,
+    /// The `[metrics]` section: how long each resolution is kept.
+    pub metrics: crate::ctx::MetricsRetention,
 }
 
 impl ServerConfig {
@@ -65,6 +67,7 @@ impl ServerConfig {
             trusted_proxies: Default::default(),
             max_free_orgs_per_user: 1,
             webhooks: Default::default(),
+            metrics: Default::default(),
         }
     }
 
@@ -163,6 +166,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         max_free_orgs_per_user: config.max_free_orgs_per_user,
         ssrf: shellwego_net::ssrf::Guard::new(&config.ssrf),
         webhooks: config.webhooks,
+        metrics: config.metrics,
     };
     tracing::info!(storage = %settings.objects.describe(), "object storage ready");
     let replica = crate::leader::Replica::new();

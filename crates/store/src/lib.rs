@@ -26,6 +26,7 @@ pub mod leases;
 pub mod list;
 pub mod log_follows;
 pub mod logins;
+pub mod metrics;
 pub mod nodes;
 pub mod notify;
 pub mod objects;

@@ -40,6 +40,10 @@ pub struct Node {
     pub qemu_version: Option<String>,
     /// Its WireGuard public key, once its agent reported one.
     pub wireguard_pubkey: Option<String>,
+    /// Its latest measured usage (percentages), once its agent sampled.
+    pub usage_cpu: Option<f64>,
+    pub usage_memory: Option<f64>,
+    pub usage_disk: Option<f64>,
 }
 
 pub static NODES: Resource = Resource {
@@ -64,7 +68,7 @@ pub static NODES: Resource = Resource {
         default_sort: &[("created_at", Dir::Desc)],
     },
     from: "nodes t",
-    columns: "t.id, t.organization_id, t.hostname, t.status, t.region, t.zone, t.cpu_cores, t.memory_total, t.disk_total, t.memory_available, t.cpu_available, t.microvm_total, t.microvm_used, t.internal_ip, t.public_ip, t.kernel_version, t.firecracker_version, t.agent_version, t.last_seen, t.created_at, t.drivers, t.qemu_version, (SELECT o.public_key FROM node_overlay o WHERE o.node_id = t.id) AS wireguard_pubkey",
+    columns: "t.id, t.organization_id, t.hostname, t.status, t.region, t.zone, t.cpu_cores, t.memory_total, t.disk_total, t.memory_available, t.cpu_available, t.microvm_total, t.microvm_used, t.internal_ip, t.public_ip, t.kernel_version, t.firecracker_version, t.agent_version, t.last_seen, t.created_at, t.drivers, t.qemu_version, (SELECT o.public_key FROM node_overlay o WHERE o.node_id = t.id) AS wireguard_pubkey, t.usage_cpu, t.usage_memory, t.usage_disk",
     fields: &[
         FieldSql::new("hostname", "t.hostname"),
         FieldSql::new("status", "t.status"),
@@ -109,6 +113,9 @@ struct NodeRow {
     drivers: String,
     qemu_version: Option<String>,
     wireguard_pubkey: Option<String>,
+    usage_cpu: Option<f64>,
+    usage_memory: Option<f64>,
+    usage_disk: Option<f64>,
 }
 
 impl TryFrom<NodeRow> for Node {
@@ -139,6 +146,9 @@ impl TryFrom<NodeRow> for Node {
             labels: BTreeMap::new(),
             qemu_version: r.qemu_version,
             wireguard_pubkey: r.wireguard_pubkey,
+            usage_cpu: r.usage_cpu,
+            usage_memory: r.usage_memory,
+            usage_disk: r.usage_disk,
         })
     }
 }

@@ -144,6 +144,8 @@ pub struct Shared {
     pub ready: std::sync::atomic::AtomicBool,
     /// `watch_start` tasks running.
     watchers: std::sync::atomic::AtomicU32,
+    /// Usage samples waiting for the next sync.
+    samples: Mutex<Vec<shellwego_api::metrics::Sample>>,
 }
 
 /// An instance's environment: the image's (or archive's), the app's, and
@@ -237,6 +239,7 @@ impl Shared {
             wake: Notify::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
             watchers: std::sync::atomic::AtomicU32::new(0),
+            samples: Mutex::new(vec![]),
         }
     }
 
@@ -261,6 +264,42 @@ impl Shared {
                 image_pinned: l.saved.image_pinned.clone(),
             })
             .collect()
+    }
+
+    /// What the sampler measures: the instances running now.
+    pub fn sample_targets(&self) -> Vec<crate::metrics::Target> {
+        let Ok(locals) = self.locals.lock() else {
+            return vec![];
+        };
+        locals
+            .iter()
+            .filter_map(|(id, l)| {
+                Some(crate::metrics::Target {
+                    id: id.clone(),
+                    running: l.saved.running.clone()?,
+                    memory: l.saved.desired.memory,
+                    cpu_millis: l.saved.desired.cpu_millis,
+                    dir: l.dir.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Keep samples for the next sync (the newest 10 000 at most: a
+    /// control plane away for long loses the oldest).
+    pub fn add_samples(&self, mut new: Vec<shellwego_api::metrics::Sample>) {
+        if let Ok(mut s) = self.samples.lock() {
+            s.append(&mut new);
+            let over = s.len().saturating_sub(10_000);
+            s.drain(..over);
+        }
+    }
+
+    pub fn take_samples(&self) -> Vec<shellwego_api::metrics::Sample> {
+        self.samples
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
     }
 
     pub fn take_events(&self) -> Vec<AgentEvent> {

@@ -132,6 +132,14 @@ pub struct CreateArgs {
     pub command: Option<String>,
     #[command(flatten)]
     pub networking: NetworkingArgs,
+    /// How long each node keeps the app's output (1h to 365d) [default:
+    /// the node's, 7d unless its operator set another].
+    #[arg(long, value_name = "DURATION")]
+    pub log_retention: Option<String>,
+    /// The most of the app's output each node keeps (1mb to 10gb)
+    /// [default: the node's, 64mb unless its operator set another].
+    #[arg(long, value_name = "SIZE")]
+    pub log_max_size: Option<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -418,6 +426,12 @@ fn create_body(args: &CreateArgs, source: Option<Source>) -> anyhow::Result<AppC
         runtime: args.runtime,
         placement,
         networking: args.networking.request(),
+        logging: (args.log_retention.is_some() || args.log_max_size.is_some()).then(|| {
+            shellwego_api::apps::Logging {
+                retention: args.log_retention.clone(),
+                max_size: args.log_max_size.clone(),
+            }
+        }),
         ..Default::default()
     })
 }
@@ -786,7 +800,7 @@ mod tests {
                 "replicas": 3, "tags": ["prod", "api"], "source": null,
                 "runtime": "process",
                 "placement": {"region": "fra1", "labels": {"ssd": "true"}},
-                "stop_timeout": null, "networking": null
+                "stop_timeout": null, "networking": null, "logging": null
             })
         );
         // The server's own parser takes it.

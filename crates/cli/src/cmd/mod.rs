@@ -9,6 +9,7 @@ pub mod deployments;
 pub mod events;
 pub mod exec;
 pub mod logs;
+pub mod metrics;
 pub mod nodes;
 pub mod orgs;
 pub mod secrets;

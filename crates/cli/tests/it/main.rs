@@ -16,6 +16,7 @@ mod deploy_cli;
 mod exec_cli;
 mod ha;
 mod logs_cli;
+mod metrics_cli;
 mod network;
 mod orphans;
 mod platform;

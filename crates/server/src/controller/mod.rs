@@ -18,6 +18,7 @@
 //! whose transactions are fenced by its term.
 
 pub mod instances;
+pub mod metrics;
 pub mod nodes;
 pub mod reconcile;
 pub mod retention;
@@ -145,7 +146,7 @@ async fn passes<C: Controller>(c: &mut C, ctx: Arc<ServerCtx>) {
 }
 
 /// The singleton controllers (their lease names).
-pub const SINGLETONS: [&str; 7] = [
+pub const SINGLETONS: [&str; 8] = [
     reconcile::Reconcile::NAME,
     nodes::DrainedNodes::NAME,
     nodes::Liveness::NAME,
@@ -153,6 +154,7 @@ pub const SINGLETONS: [&str; 7] = [
     retention::EventRetention::NAME,
     retention::EventSequencer::NAME,
     secrets::SecretExpiry::NAME,
+    metrics::MetricRollups::NAME,
 ];
 
 /// Start every controller of a control plane.
@@ -165,6 +167,7 @@ pub fn start_all(ctx: &Arc<ServerCtx>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(run(retention::EventRetention, ctx.clone())),
         tokio::spawn(run(retention::EventSequencer, ctx.clone())),
         tokio::spawn(run(secrets::SecretExpiry, ctx.clone())),
+        tokio::spawn(run(metrics::MetricRollups, ctx.clone())),
         tokio::spawn(run(webhooks::Dispatcher::default(), ctx.clone())),
     ]
 }

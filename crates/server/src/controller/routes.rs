@@ -23,11 +23,17 @@ const EVERY: Duration = Duration::from_secs(1);
 pub struct RouteFeed {
     routes: Routes,
     last: Option<Vec<shellwego_store::apps::Route>>,
+    /// Names this process's request counts (`request_samples.source`).
+    source: String,
 }
 
 impl RouteFeed {
     pub fn new(routes: Routes) -> RouteFeed {
-        RouteFeed { routes, last: None }
+        RouteFeed {
+            routes,
+            last: None,
+            source: shellwego_core::id::new_id("ing"),
+        }
     }
 
     /// Read the table, replace it when it changed, and record the traffic
@@ -67,6 +73,30 @@ impl RouteFeed {
         let counts = self.routes.take_stats();
         if let Err(e) = record_traffic(store, &counts).await {
             tracing::warn!(error = %e, "router: cannot record traffic counts");
+        }
+        // Requests per instance and slot, for the apps' metrics.
+        let requests = self.routes.take_requests();
+        if !requests.is_empty() {
+            let rows: Vec<shellwego_store::metrics::RequestRow> = requests
+                .into_iter()
+                .map(
+                    |((instance_id, slot), c)| shellwego_store::metrics::RequestRow {
+                        instance_id,
+                        slot,
+                        requests: c.requests as i64,
+                        status: c.status.map(|x| x as i64),
+                        latency_ms_sum: c.latency_ms_sum,
+                    },
+                )
+                .collect();
+            let write = async {
+                let mut tx = store.begin().await?;
+                shellwego_store::metrics::put_requests(&mut tx, &self.source, &rows).await?;
+                shellwego_store::commit(tx).await
+            };
+            if let Err(e) = write.await {
+                tracing::warn!(error = %e, "router: cannot record request counts");
+            }
         }
     }
 }

@@ -26,15 +26,25 @@ pub async fn readyz(State(st): State<AppState>) -> ApiResult<Json<Readiness>> {
 }
 
 /// Prometheus metrics (OpenMetrics text): request count and latency by
-/// route template and status.
+/// route template and status, the controllers this replica leads, log
+/// follows held; and per app (every organization's: protect this route
+/// at the network) its latest CPU (`shellwego_app_cpu_percent`, of its
+/// allocation) and memory (`shellwego_app_memory_bytes`).
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    let mut text = st
+        .metrics
+        .render(&crate::service::health::leadership(&st.ctx));
+    let apps = crate::service::metrics::latest_by_app(&st.ctx).await;
+    if let Ok(apps) = apps {
+        let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
+        text = body + &crate::service::metrics::exposition(&apps) + "# EOF\n";
+    }
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        st.metrics
-            .render(&crate::service::health::leadership(&st.ctx)),
+        text,
     )
 }

@@ -7,6 +7,7 @@ pub mod deployments;
 pub mod events;
 pub mod health;
 pub mod logs;
+pub mod metrics;
 pub mod nodes;
 pub mod orgs;
 pub mod secrets;

@@ -16,6 +16,10 @@ use crate::routes::{pagination, ListQueryDoc};
 use crate::service;
 use crate::state::AppState;
 
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
 fn pct(used: i64, total: i64) -> f64 {
     if total <= 0 {
         0.0
@@ -46,15 +50,21 @@ fn view(n: crate::model::Node, load: (i64, i64, i64)) -> Node {
                 cpu_total.saturating_sub(reserved_cpu).max(0) as f64 / 1000.0
             ),
         },
-        // Memory: measured on the host by its agent. CPU: the share
-        // reserved by instances (measured use comes with metrics).
+        // Measured on the host by its agent's sampler (every 10 s); until
+        // its first samples: CPU reserved by instances, memory from the
+        // heartbeat.
         usage: NodeUsage {
-            cpu_percent: pct(reserved_cpu, cpu_total),
-            memory_percent: pct(
-                n.memory_total.saturating_sub(n.memory_available.max(0)),
-                n.memory_total,
-            ),
-            disk_percent: 0.0,
+            cpu_percent: n
+                .usage_cpu
+                .map(round1)
+                .unwrap_or_else(|| pct(reserved_cpu, cpu_total)),
+            memory_percent: n.usage_memory.map(round1).unwrap_or_else(|| {
+                pct(
+                    n.memory_total.saturating_sub(n.memory_available.max(0)),
+                    n.memory_total,
+                )
+            }),
+            disk_percent: n.usage_disk.map(round1).unwrap_or(0.0),
         },
         running_apps,
         microvm_capacity: MicrovmCapacity {

@@ -116,6 +116,9 @@ pub async fn agent_sync(
     for app_id in &changed {
         crate::controller::reconcile::reconcile(ctx, app_id).await?;
     }
+    if !req.samples.is_empty() {
+        crate::service::metrics::ingest(ctx, &node_id, &req.samples).await?;
+    }
     let mesh_changed = match &req.wireguard {
         Some(w) => mesh_report(ctx, &node_id, &org, w).await?,
         None => false,

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod health;
 pub mod identity;
 pub mod logs;
+pub mod metrics;
 pub mod nodes;
 pub mod orgs;
 pub mod secrets;

@@ -14,6 +14,7 @@ mod exec;
 mod hardening;
 mod identity;
 mod lists;
+mod metrics;
 mod networking;
 mod node_join;
 mod objects;

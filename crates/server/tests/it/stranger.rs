@@ -529,6 +529,13 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         ),
         (
             Method::GET,
+            "/v1/apps/{app_id}/metrics",
+            format!("/v1/apps/{app}/metrics"),
+            None,
+            404,
+        ),
+        (
+            Method::GET,
             "/v1/apps/{app_id}/logs/stream",
             format!("/v1/apps/{app}/logs/stream"),
             None,
