@@ -470,9 +470,18 @@ pub struct RestartRequest {
 pub struct ScaleConstraints {
     pub min: i64,
     pub max: i64,
-    /// Percent of the CPU limit above which to add a replica (1 … 100).
+    /// Percent of the CPU limit above which to add a replica (1 … 100,
+    /// default 70). Replicas are removed when the average is below half
+    /// of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_threshold: Option<i64>,
+    /// Time after a scaling before the next scale-out (default `1m`,
+    /// `10s` … `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_out_cooldown: Option<String>,
+    /// Time after a scaling before a scale-in (default `5m`, `10s` … `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_in_cooldown: Option<String>,
 }
 
 /// `POST /v1/apps/{app_id}/scale`.
@@ -1136,6 +1145,22 @@ impl crate::Validate for ScaleRequest {
                             "must be between 1 and 100 (percent)",
                         ));
                     }
+                    check_duration(
+                        &mut errs,
+                        "constraints.scale_out_cooldown",
+                        &c.scale_out_cooldown,
+                        10_000,
+                        3_600_000,
+                        "10s and 1h",
+                    );
+                    check_duration(
+                        &mut errs,
+                        "constraints.scale_in_cooldown",
+                        &c.scale_in_cooldown,
+                        10_000,
+                        3_600_000,
+                        "10s and 1h",
+                    );
                     if let Some(r) = self.replicas {
                         if r < c.min || r > c.max {
                             errs.push(FieldError::new(
@@ -1211,6 +1236,8 @@ impl From<&model::AppSpec> for AppSpec {
                 min: a.min,
                 max: a.max,
                 cpu_threshold: a.cpu_threshold,
+                scale_out_cooldown: a.scale_out_cooldown.clone(),
+                scale_in_cooldown: a.scale_in_cooldown.clone(),
             }),
             rollout_batch: s.rollout_batch,
             logging: s.logging.as_ref().map(Into::into),
@@ -1299,6 +1326,8 @@ impl From<&ScaleConstraints> for model::ScaleConstraints {
             min: a.min,
             max: a.max,
             cpu_threshold: a.cpu_threshold,
+            scale_out_cooldown: a.scale_out_cooldown.clone(),
+            scale_in_cooldown: a.scale_in_cooldown.clone(),
         }
     }
 }

@@ -62,6 +62,8 @@ fn full_spec() -> AppSpec {
             min: 1,
             max: 5,
             cpu_threshold: Some(80),
+            scale_out_cooldown: Some("30s".into()),
+            scale_in_cooldown: None,
         }),
         rollout_batch: Some(2),
         networking: shellwego_api::apps::NetworkingPolicy {

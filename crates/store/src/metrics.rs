@@ -356,3 +356,48 @@ pub async fn instances_on_node(
         .await
         .map_err(db_err)
 }
+
+/// The mean CPU (percent of allocation) of the app's instances' samples
+/// in slots from `from` on, and how many samples that is.
+pub async fn cpu_average(
+    db: &mut Conn,
+    app_id: &str,
+    from: i64,
+) -> Result<(Option<f64>, i64), Error> {
+    sqlx::query_as(
+        "SELECT AVG(cpu_percent), COUNT(cpu_percent) FROM metric_samples WHERE owner_id = $1 AND slot >= $2",
+    )
+    .bind(app_id)
+    .bind(from)
+    .fetch_one(&mut *db)
+    .await
+    .map_err(db_err)
+}
+
+/// Apps whose spec asks for autoscaling (candidates: their spec decides).
+pub async fn autoscaled_apps(db: &mut Conn) -> Result<Vec<String>, Error> {
+    sqlx::query_scalar("SELECT id FROM apps WHERE spec LIKE '%\"autoscale\"%' ORDER BY id")
+        .fetch_all(&mut *db)
+        .await
+        .map_err(db_err)
+}
+
+/// When the app's replicas were last changed by scaling.
+pub async fn autoscaled_at(db: &mut Conn, app_id: &str) -> Result<Option<i64>, Error> {
+    let r: Option<Option<i64>> = sqlx::query_scalar("SELECT autoscaled_at FROM apps WHERE id = $1")
+        .bind(app_id)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(r.flatten())
+}
+
+pub async fn set_autoscaled_at(db: &mut Conn, app_id: &str, at: i64) -> Result<(), Error> {
+    sqlx::query("UPDATE apps SET autoscaled_at = $1 WHERE id = $2")
+        .bind(at)
+        .bind(app_id)
+        .execute(&mut *db)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}

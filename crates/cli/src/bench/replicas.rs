@@ -25,7 +25,7 @@ use super::sim::{self, Seen};
 /// must share it.
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// The singleton controllers (their lease names).
-const SINGLETONS: [&str; 8] = shellwego_server::controller::SINGLETONS;
+const SINGLETONS: [&str; 9] = shellwego_server::controller::SINGLETONS;
 
 pub async fn run(
     changes: usize,

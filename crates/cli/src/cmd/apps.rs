@@ -224,9 +224,28 @@ pub struct DeleteArgs {
 pub struct ScaleArgs {
     /// The app's name or id (app_…).
     pub app: String,
-    /// The number of replicas, 0 to 100.
-    #[arg(value_parser = clap::value_parser!(i64).range(0..=100))]
-    pub replicas: i64,
+    /// The number of replicas, 0 to 100 (with --auto: where to start,
+    /// within --min and --max).
+    #[arg(value_parser = clap::value_parser!(i64).range(0..=100), required_unless_present = "auto")]
+    pub replicas: Option<i64>,
+    /// Scale by CPU between --min and --max: out when the instances' mean
+    /// CPU over a minute is above --cpu-threshold (% of their allocation),
+    /// in when it is below half of it.
+    #[arg(long, requires_all = ["min", "max"])]
+    pub auto: bool,
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..=100))]
+    pub min: Option<i64>,
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=100))]
+    pub max: Option<i64>,
+    /// Percent of the CPU allocation [default: 70].
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=100))]
+    pub cpu_threshold: Option<i64>,
+    /// Time after a scaling before the next scale-out [default: 1m].
+    #[arg(long, value_name = "DURATION")]
+    pub scale_out_cooldown: Option<String>,
+    /// Time after a scaling before a scale-in [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub scale_in_cooldown: Option<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -654,21 +673,28 @@ async fn delete(ctx: &Ctx, args: &DeleteArgs) -> anyhow::Result<()> {
 async fn scale(ctx: &Ctx, args: &ScaleArgs) -> anyhow::Result<()> {
     let (id, name) = resolve(&ctx.client, &args.app).await?;
     let req = ScaleRequest {
-        replicas: Some(args.replicas),
-        strategy: None,
-        constraints: None,
+        replicas: args.replicas,
+        strategy: args.auto.then_some(shellwego_api::model::ScaleMode::Auto),
+        constraints: args.auto.then(|| shellwego_api::apps::ScaleConstraints {
+            min: args.min.unwrap_or(1),
+            max: args.max.unwrap_or(1),
+            cpu_threshold: args.cpu_threshold,
+            scale_out_cooldown: args.scale_out_cooldown.clone(),
+            scale_in_cooldown: args.scale_in_cooldown.clone(),
+        }),
     };
     let a = ctx.client.apps().scale(&id, &req).await?;
-    let plural = if args.replicas == 1 { "" } else { "s" };
-    finish_action(
-        ctx,
-        &id,
-        &a,
-        &format!("Scaled {name} to {} replica{plural}.", args.replicas),
-        &args.wait,
-        false,
-    )
-    .await
+    let done = match (args.auto, args.replicas) {
+        (true, _) => format!(
+            "Autoscaling {name} between {} and {} replicas (now {}).",
+            args.min.unwrap_or(1),
+            args.max.unwrap_or(1),
+            a.body()["replicas"]["desired"]
+        ),
+        (false, Some(1)) => format!("Scaled {name} to 1 replica."),
+        (false, r) => format!("Scaled {name} to {} replicas.", r.unwrap_or(0)),
+    };
+    finish_action(ctx, &id, &a, &done, &args.wait, false).await
 }
 
 async fn action(ctx: &Ctx, app: &str, what: AppAction, wait: &WaitArgs) -> anyhow::Result<()> {

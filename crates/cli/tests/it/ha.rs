@@ -62,7 +62,7 @@ const APP: &str = "hello";
 /// Every replica's `SHELLWEGO_MASTER_KEY` (base64 of 32 bytes).
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// The singleton controllers (their lease names), each led by one replica.
-const SINGLETONS: [&str; 8] = shellwego_server::controller::SINGLETONS;
+const SINGLETONS: [&str; 9] = shellwego_server::controller::SINGLETONS;
 
 /// How [`Ha::start`] starts the system.
 #[derive(Debug, Clone, Copy)]

@@ -9,6 +9,7 @@
 //! the platforms: `shellwego_testkit::platform::Platform`).
 
 mod apps_cli;
+mod autoscale_cli;
 mod binary;
 mod client;
 mod cluster;

@@ -345,6 +345,28 @@ pub struct ScaleConstraints {
     /// Percent of the CPU limit above which to add a replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_threshold: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_out_cooldown: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_in_cooldown: Option<String>,
+}
+
+impl ScaleConstraints {
+    pub const DEFAULT_CPU_THRESHOLD: i64 = 70;
+    pub const DEFAULT_SCALE_OUT_COOLDOWN: Duration = Duration::from_secs(60);
+    pub const DEFAULT_SCALE_IN_COOLDOWN: Duration = Duration::from_secs(300);
+
+    pub fn cpu_threshold(&self) -> i64 {
+        self.cpu_threshold.unwrap_or(Self::DEFAULT_CPU_THRESHOLD)
+    }
+
+    pub fn scale_out_cooldown(&self) -> Duration {
+        parsed_or(&self.scale_out_cooldown, Self::DEFAULT_SCALE_OUT_COOLDOWN)
+    }
+
+    pub fn scale_in_cooldown(&self) -> Duration {
+        parsed_or(&self.scale_in_cooldown, Self::DEFAULT_SCALE_IN_COOLDOWN)
+    }
 }
 
 /// What one release of an app runs: its spec frozen at release time, with

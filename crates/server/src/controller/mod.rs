@@ -17,6 +17,7 @@
 //! only on the replica that leads it ([`crate::leader`]), with a context
 //! whose transactions are fenced by its term.
 
+pub mod autoscale;
 pub mod instances;
 pub mod metrics;
 pub mod nodes;
@@ -146,7 +147,7 @@ async fn passes<C: Controller>(c: &mut C, ctx: Arc<ServerCtx>) {
 }
 
 /// The singleton controllers (their lease names).
-pub const SINGLETONS: [&str; 8] = [
+pub const SINGLETONS: [&str; 9] = [
     reconcile::Reconcile::NAME,
     nodes::DrainedNodes::NAME,
     nodes::Liveness::NAME,
@@ -155,6 +156,7 @@ pub const SINGLETONS: [&str; 8] = [
     retention::EventSequencer::NAME,
     secrets::SecretExpiry::NAME,
     metrics::MetricRollups::NAME,
+    autoscale::Autoscaler::NAME,
 ];
 
 /// Start every controller of a control plane.
@@ -168,6 +170,7 @@ pub fn start_all(ctx: &Arc<ServerCtx>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(run(retention::EventSequencer, ctx.clone())),
         tokio::spawn(run(secrets::SecretExpiry, ctx.clone())),
         tokio::spawn(run(metrics::MetricRollups, ctx.clone())),
+        tokio::spawn(run(autoscale::Autoscaler, ctx.clone())),
         tokio::spawn(run(webhooks::Dispatcher::default(), ctx.clone())),
     ]
 }

@@ -554,6 +554,15 @@ pub async fn app_scale(
         }
     }
     apps::update(&mut tx, &a).await?;
+    if mode == ScaleMode::Auto {
+        // The autoscaler's cooldowns count from here.
+        shellwego_store::metrics::set_autoscaled_at(
+            &mut tx,
+            app_id,
+            shellwego_core::time::to_micros(shellwego_core::time::now()),
+        )
+        .await?;
+    }
     tx.record(NewEvent::info("app.scaled", &p.actor(), "app", app_id)
             .in_org(&a.organization_id)
             .meta(json!({"from": before, "to": a.replicas, "strategy": mode, "constraints": req.constraints})));
