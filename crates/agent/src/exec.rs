@@ -237,6 +237,7 @@ mod tests {
             instance_id: "inst_test".into(),
             command: command.iter().map(|s| s.to_string()).collect(),
             logs: None,
+            session: None,
             stdin: stdin.into(),
             timeout_ms,
             output_limit: limit,

@@ -9,6 +9,7 @@ pub mod container;
 pub mod dns;
 pub mod driver;
 pub mod exec;
+pub mod exec_session;
 pub mod host;
 pub mod hostnet;
 pub mod init;
@@ -608,7 +609,14 @@ pub async fn run(
                                     .lock()
                                     .map(|mut k| k.insert(task.id.clone()))
                                     .unwrap_or(false);
-                                if new {
+                                if new && task.kind == "exec_session" {
+                                    tokio::spawn(exec_session::start(
+                                        ctx.clone(),
+                                        shared.clone(),
+                                        known_tasks.clone(),
+                                        task,
+                                    ));
+                                } else if new {
                                     tokio::spawn(exec::run(
                                         ctx.clone(),
                                         shared.clone(),
@@ -636,10 +644,11 @@ pub async fn run(
                         credential_path(&args.data_dir).display()
                     ));
                 }
-                Err(AgentError::Refused { status, .. }) => {
+                Err(AgentError::Refused { status, detail, .. }) => {
                     put_back(&shared, events);
-                    shared.add_samples(samples.clone());
-                    tracing::warn!(status = %status, "sync refused; retrying")
+                    // Samples are not sent again after a refusal (were they
+                    // the reason, every later sync would be refused too).
+                    tracing::warn!(status = %status, detail = detail.as_deref().unwrap_or(""), "sync refused; retrying")
                 }
                 Err(
                     AgentError::Transport { source: e, .. } | AgentError::Decode { source: e, .. },

@@ -171,7 +171,7 @@ pub struct AgentDesired {
 pub struct AgentTask {
     #[schema(example = "tsk_2v8s9d2k1m")]
     pub id: String,
-    /// `exec` or `logs`.
+    /// `exec`, `exec_session` or `logs`.
     pub kind: String,
     /// exec: the instance (logs: empty).
     #[serde(default)]
@@ -192,6 +192,10 @@ pub struct AgentTask {
     /// logs: which lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<crate::logs::LogQuery>,
+    /// exec_session: an interactive session to start (its input and
+    /// output go through `/v1/agent/exec/{session_id}/…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<crate::exec::ExecSession>,
 }
 
 /// What a task came to.

@@ -9,6 +9,7 @@ pub mod apps;
 pub mod auth;
 pub mod deployments;
 pub mod events;
+pub mod exec;
 pub mod logs;
 pub mod metrics;
 pub mod mfa;

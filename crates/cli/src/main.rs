@@ -87,6 +87,10 @@ enum Command {
     /// An app's output lines, merged across its instances and nodes in
     /// time order (`--follow` keeps printing new ones).
     Logs(cmd::logs::LogsArgs),
+    /// An interactive session in a running instance of an app (a shell by
+    /// default; `-- CMD ARGS…` for another command), with a terminal when
+    /// stdin is one; exits with the command's exit code.
+    Ssh(cmd::ssh::SshArgs),
     /// An app's CPU, memory, disk, network, requests and latency over time
     /// (statistics and a chart per metric).
     Metrics(cmd::metrics::MetricsArgs),
@@ -408,6 +412,10 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Logs(l) => cmd::logs::run(l).await,
+            Command::Ssh(x) => {
+                code = cmd::ssh::run(x).await?;
+                Ok(())
+            }
             Command::Metrics(m) => cmd::metrics::run(m).await,
             Command::Webhooks(w) => cmd::webhooks::run(w).await,
             Command::Orgs(o) => cmd::orgs::run(o).await,

@@ -198,6 +198,30 @@ impl AgentClient {
         self.send(&url, r).await.map(|_| ())
     }
 
+    /// `GET /v1/agent/exec/{session_id}/input?after=N`: an interactive
+    /// session's input after frame N (held until there is some).
+    pub async fn exec_input(
+        &self,
+        session_id: &str,
+        after: i64,
+    ) -> Result<shellwego_api::exec::ExecInput, AgentError> {
+        let url = self.url(&format!("/v1/agent/exec/{session_id}/input?after={after}"));
+        let r = self.request(reqwest::Method::GET, &url);
+        let res = self.send(&url, r).await?;
+        read(url, res).await
+    }
+
+    /// `POST /v1/agent/exec/{session_id}/output` (404: the client left).
+    pub async fn exec_output(
+        &self,
+        session_id: &str,
+        out: &shellwego_api::exec::ExecOutput,
+    ) -> Result<(), AgentError> {
+        let url = self.url(&format!("/v1/agent/exec/{session_id}/output"));
+        let r = self.request(reqwest::Method::POST, &url).json(out);
+        self.send(&url, r).await.map(|_| ())
+    }
+
     /// `POST /v1/agent/logs`: new lines for a follow the control plane
     /// holds (404: the follow is over).
     pub async fn push_logs(&self, push: &shellwego_api::logs::LogPush) -> Result<(), AgentError> {

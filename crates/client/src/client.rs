@@ -190,6 +190,15 @@ impl Client {
         self.base.as_str().trim_end_matches('/')
     }
 
+    /// The `ws://`/`wss://` URL of `segments` with `query` (for the
+    /// WebSocket routes), and the bearer token to send with it.
+    pub fn websocket(&self, segments: &[&str], query: &[(&str, String)]) -> (String, Option<&str>) {
+        let mut url = self.url(segments, query);
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        let _ = url.set_scheme(scheme);
+        (url.to_string(), self.token.as_deref())
+    }
+
     /// Whether a token is sent.
     pub fn has_token(&self) -> bool {
         self.token.is_some()

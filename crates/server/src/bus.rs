@@ -48,10 +48,12 @@ pub enum Topic {
     Deliveries,
     /// A node pushed log lines for a follow: its holder reads them.
     Logs,
+    /// Frames of an interactive exec session were written.
+    Exec,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 8] = [
         Topic::Apps,
         Topic::Nodes,
         Topic::Routes,
@@ -59,6 +61,7 @@ impl Topic {
         Topic::EventLog,
         Topic::Deliveries,
         Topic::Logs,
+        Topic::Exec,
     ];
 
     /// The topic's name (log lines, and the channel name of a bus that
@@ -72,6 +75,7 @@ impl Topic {
             Topic::EventLog => "event_log",
             Topic::Deliveries => "deliveries",
             Topic::Logs => "logs",
+            Topic::Exec => "exec",
         }
     }
 
@@ -84,6 +88,7 @@ impl Topic {
             Topic::EventLog => 4,
             Topic::Deliveries => 5,
             Topic::Logs => 6,
+            Topic::Exec => 7,
         }
     }
 }

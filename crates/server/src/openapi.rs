@@ -16,8 +16,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::routes::{
-    agent, apps, auth, deployments, events, health, logs, metrics, nodes, orgs, secrets, tokens,
-    user, webhooks,
+    agent, apps, auth, deployments, events, exec_ws, health, logs, metrics, nodes, orgs, secrets,
+    tokens, user, webhooks,
 };
 use crate::state::AppState;
 
@@ -150,6 +150,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(apps::app_restart))
         .routes(routes!(apps::app_scale))
         .routes(routes!(apps::app_exec))
+        .routes(routes!(exec_ws::app_exec_ws))
         .routes(routes!(logs::app_logs))
         .routes(routes!(logs::app_logs_stream))
         .routes(routes!(metrics::app_metrics))
@@ -171,6 +172,8 @@ pub fn agent_router() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::agent_resolve))
         .routes(routes!(agent::agent_task_result))
         .routes(routes!(agent::agent_log_push))
+        .routes(routes!(agent::agent_exec_input))
+        .routes(routes!(agent::agent_exec_output))
         // A log query's answer carries up to 10 000 lines.
         .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
 }

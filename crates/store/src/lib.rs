@@ -21,6 +21,7 @@ pub mod apps;
 pub mod bootstrap;
 pub mod deployments;
 pub mod events;
+pub mod exec_sessions;
 pub mod invitations;
 pub mod leases;
 pub mod list;

@@ -347,6 +347,7 @@ fn exec_runs_in_the_instance_or_is_refused(s: &Subject) {
         timeout_ms: 20_000,
         output_limit: 4096,
         logs: None,
+        session: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let out = rt.block_on(shellwego_agent::exec::exec_command(cmd, &task));

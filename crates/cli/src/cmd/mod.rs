@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod orgs;
 pub mod secrets;
+pub mod ssh;
 pub mod tokens;
 mod wait;
 pub mod webhooks;

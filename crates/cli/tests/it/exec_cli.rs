@@ -113,3 +113,125 @@ fn exec_runs_in_the_instance_passes_stdin_and_exit_codes_and_kills_on_timeout() 
     let ev = p.json(&["events", "list", "--type", "app.exec"]);
     assert!(ev["data"].as_array().unwrap().len() >= 4, "{ev:#}");
 }
+
+/// An interactive session over WebSocket with a terminal: `sh` prompts,
+/// a typed command's output comes back, a resize reaches the terminal,
+/// `exit 3` ends it with its code; `shellwego ssh` with stdin from a pipe
+/// runs what it is given; a viewer's token may not open one.
+#[test]
+fn interactive_sessions_run_a_shell_in_a_terminal() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let p = start();
+    let archive = hello_tarball(p.dir());
+    p.ok(&[
+        "apps",
+        "create",
+        "hello",
+        "--upload",
+        archive.to_str().unwrap(),
+        "--health-path",
+        "/health",
+        "--wait",
+    ]);
+    let app = p.json(&["apps", "get", "hello"]);
+    let id = app["id"].as_str().unwrap().to_string();
+    let port = app["instances"][0]["port"].as_u64().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/apps/{id}/exec/ws?command=/bin/sh&command=-i&tty=true&cols=100&rows=30",
+        p.api_port()
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", p.token()).parse().unwrap(),
+    );
+    let (text, exit) = rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let mut seen = String::new();
+        let mut exit = None;
+        let mut step = 0;
+        let t = Instant::now();
+        while exit.is_none() {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "session output: {seen}"
+            );
+            let next = tokio::time::timeout(Duration::from_secs(2), ws.next()).await;
+            match next {
+                Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    assert_eq!(v["type"], "exit", "{v}");
+                    exit = Some(v["exit_code"].clone());
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(None) | Ok(Some(Err(_))) => break,
+                Err(_) => {}
+            }
+            // Type once the shell is there, one command at a time.
+            if step == 0 && !seen.is_empty() {
+                ws.send(Message::Binary(
+                    b"echo $((6*7))-marker $PORT\n".to_vec().into(),
+                ))
+                .await
+                .unwrap();
+                step = 1;
+            } else if step == 1 && seen.contains("42-marker") {
+                ws.send(Message::Text(
+                    r#"{"type":"resize","cols":132,"rows":43}"#.into(),
+                ))
+                .await
+                .unwrap();
+                ws.send(Message::Text(
+                    r#"{"type":"stdin","data":"stty size; tty\n"}"#.into(),
+                ))
+                .await
+                .unwrap();
+                step = 2;
+            } else if step == 2 && seen.contains("43 132") {
+                ws.send(Message::Binary(b"exit 3\n".to_vec().into()))
+                    .await
+                    .unwrap();
+                step = 3;
+            }
+        }
+        (seen, exit)
+    });
+    assert!(text.contains(&format!("42-marker {port}")), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert_eq!(exit, Some(serde_json::json!(3)), "{text}");
+
+    // `shellwego ssh` with stdin from a pipe: no terminal, the input's end
+    // ends the shell.
+    let o = run_with_stdin(
+        &mut p.cli(&["ssh", "--app", "hello"]),
+        "echo from-ssh $PORT\nexit 5\n",
+    );
+    assert_eq!(o.code, Some(5), "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains(&format!("from-ssh {port}")),
+        "{}",
+        o.stdout
+    );
+    // Recorded, as interactive.
+    let ev = p.json(&["events", "list", "--type", "app.exec"]);
+    assert!(
+        ev["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["metadata"]["interactive"] == true && e["metadata"]["tty"] == true),
+        "{ev:#}"
+    );
+    // Not a WebSocket: a 400 that says what to do.
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/apps/{id}/exec/ws", p.url()))
+        .bearer_auth(p.token())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -34,6 +34,12 @@ impl Controller for EventRetention {
         // replica that died while waiting leaves them).
         let old = now() - chrono::Duration::hours(1);
         shellwego_store::tasks::delete_expired(&mut *ctx.store.conn().await?, old).await?;
+        // Exec sessions whose replica died with them held.
+        shellwego_store::exec_sessions::delete_expired(
+            &mut *ctx.store.conn().await?,
+            now() - chrono::Duration::minutes(1),
+        )
+        .await?;
         // Log follows whose replica died with them held (and their pushes).
         shellwego_store::log_follows::delete_expired(
             &mut *ctx.store.conn().await?,

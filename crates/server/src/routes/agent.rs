@@ -29,6 +29,7 @@ pub(crate) fn node_authenticated(path: &str) -> bool {
         || path.starts_with("/v1/agent/uploads/")
         || (path.starts_with("/v1/agent/tasks/") && path.ends_with("/result"))
         || path == "/v1/agent/logs"
+        || path.starts_with("/v1/agent/exec/")
 }
 
 /// The agent protocol version a call is made in: its
@@ -152,6 +153,65 @@ pub async fn agent_log_push(
     JsonBody(req): JsonBody<shellwego_api::logs::LogPush>,
 ) -> ApiResult<axum::http::StatusCode> {
     agent_channel::agent_log_push(&st.ctx, bearer(&headers), &req).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// An interactive exec session's input (`AgentDesired.tasks` of kind
+/// `exec_session`): the frames after `after`, held up to 10 s until there
+/// are some; `closed` once the client has gone (end the command).
+#[utoipa::path(get, path = "/v1/agent/exec/{session_id}/input", tag = "agent", security(("bearer" = [])),
+    params(
+        ("session_id" = String, Path, description = "Session id (exs_…)"),
+        ("after" = Option<i64>, Query, description = "The last input frame the agent has (default 0)"),
+        ("ShellWeGo-Agent-Protocol" = Option<u32>, Header, description = "The agent protocol version the agent speaks (absent: 1)."),
+    ),
+    responses(
+    (status = 200, body = shellwego_api::exec::ExecInput),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn agent_exec_input(
+    _: AgentProtocol,
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::extract::PathParam(id): crate::extract::PathParam,
+    crate::extract::Query(q): crate::extract::Query,
+) -> ApiResult<Json<shellwego_api::exec::ExecInput>> {
+    let after = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "after")
+        .map(|(_, v)| {
+            v.parse::<i64>().map_err(|_| {
+                shellwego_core::Error::field("after", "invalid_value", "a frame number")
+            })
+        })
+        .transpose()?
+        .unwrap_or(0);
+    Ok(Json(
+        crate::service::exec_session::agent_input(&st.ctx, bearer(&headers), &id, after).await?,
+    ))
+}
+
+/// An interactive exec session's output frames, in order (the last with
+/// `end`).
+#[utoipa::path(post, path = "/v1/agent/exec/{session_id}/output", tag = "agent", security(("bearer" = [])), request_body = shellwego_api::exec::ExecOutput,
+    params(
+        ("session_id" = String, Path, description = "Session id (exs_…)"),
+        ("ShellWeGo-Agent-Protocol" = Option<u32>, Header, description = "The agent protocol version the agent speaks (absent: 1)."),
+    ),
+    responses(
+    (status = 204, description = "Passed on to the client"),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
+    (status = 404, description = "The session is over: end the command", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn agent_exec_output(
+    _: AgentProtocol,
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    crate::extract::PathParam(id): crate::extract::PathParam,
+    JsonBody(req): JsonBody<shellwego_api::exec::ExecOutput>,
+) -> ApiResult<axum::http::StatusCode> {
+    crate::service::exec_session::agent_output(&st.ctx, bearer(&headers), &id, &req).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 

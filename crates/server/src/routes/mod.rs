@@ -5,6 +5,7 @@ pub mod apps;
 pub mod auth;
 pub mod deployments;
 pub mod events;
+pub mod exec_ws;
 pub mod health;
 pub mod logs;
 pub mod metrics;

@@ -26,12 +26,14 @@ const PICKUP: Duration = Duration::from_secs(15);
 /// How often the waiting request reads the task's row.
 const POLL: Duration = Duration::from_millis(50);
 
-pub async fn app_exec(
+/// The running instance a command goes to (`want`, else a healthy one,
+/// else any running one), its app and its node.
+pub async fn pick(
     ctx: &ServerCtx,
     p: &Principal,
     app_id: &str,
-    req: &ExecRequest,
-) -> Result<ExecResponse, Error> {
+    want: Option<&str>,
+) -> Result<(apps::App, apps::Instance, String), Error> {
     p.authorize("apps", "exec", Some(app_id))?;
     let mut db = ctx.store.conn().await?;
     let app = apps::get_visible(&mut db, app_id, &p.organization_ids())
@@ -45,11 +47,11 @@ pub async fn app_exec(
             InstanceStatus::Healthy | InstanceStatus::Starting | InstanceStatus::Unhealthy
         )
     };
-    let inst = match &req.instance_id {
+    let inst = match want {
         Some(want) => {
             let i = insts
                 .iter()
-                .find(|i| &i.id == want)
+                .find(|i| i.id == want)
                 .ok_or_else(|| Error::not_found("instance", want))?;
             if !running(i.status) {
                 return Err(Error::Conflict(format!(
@@ -75,6 +77,18 @@ pub async fn app_exec(
         .node_id
         .clone()
         .ok_or_else(|| Error::Conflict(format!("instance {} is not on a node yet", inst.id)))?;
+    let inst = inst.clone();
+    Ok((app, inst, node_id))
+}
+
+pub async fn app_exec(
+    ctx: &ServerCtx,
+    p: &Principal,
+    app_id: &str,
+    req: &ExecRequest,
+) -> Result<ExecResponse, Error> {
+    let (app, inst, node_id) = pick(ctx, p, app_id, req.instance_id.as_deref()).await?;
+    let inst = &inst;
     let timeout = req.timeout();
     let task = AgentTask {
         id: id::new_id("tsk"),
@@ -85,6 +99,7 @@ pub async fn app_exec(
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         output_limit: EXEC_OUTPUT_LIMIT,
         logs: None,
+        session: None,
     };
     let request = serde_json::to_string(&task).map_err(Error::internal)?;
     let expires = now() + chrono::Duration::from_std(PICKUP).map_err(Error::internal)?;

@@ -180,6 +180,7 @@ pub async fn query(ctx: &ServerCtx, org: &str, app_id: &str, r: &Request) -> Res
                 timeout_ms: 0,
                 output_limit: 0,
                 logs: Some(q.clone()),
+                session: None,
             };
             let request = serde_json::to_string(&task).map_err(Error::internal)?;
             tasks::insert(

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod deployments;
 pub mod events;
 pub mod exec;
+pub mod exec_session;
 pub mod health;
 pub mod identity;
 pub mod logs;

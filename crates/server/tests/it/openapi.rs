@@ -89,13 +89,15 @@ fn agent_document_is_openapi_3_1_and_matches_the_checked_in_copy() {
         "/v1/agent/uploads/{upload_id}",
         "/v1/agent/tasks/{task_id}/result",
         "/v1/agent/logs",
+        "/v1/agent/exec/{session_id}/input",
+        "/v1/agent/exec/{session_id}/output",
     ] {
         assert!(
             paths.contains_key(path),
             "{path} is not in the agent document"
         );
     }
-    assert_eq!(paths.len(), 6, "only the agent channel's routes");
+    assert_eq!(paths.len(), 8, "only the agent channel's routes");
 
     let path = checked_in_agent_path();
     if std::env::var("SHELLWEGO_UPDATE_OPENAPI").is_ok() {
@@ -309,7 +311,8 @@ fn check_problem_responses(doc: &Value) -> usize {
                 && !["/v1/agent/sync", "/v1/agent/resolve", "/v1/agent/logs"]
                     .contains(&path.as_str())
                 && !path.starts_with("/v1/agent/uploads/")
-                && !path.starts_with("/v1/agent/tasks/");
+                && !path.starts_with("/v1/agent/tasks/")
+                && !path.starts_with("/v1/agent/exec/");
             let mut needed = vec![500];
             if v1 {
                 needed.push(503);

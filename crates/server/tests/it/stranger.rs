@@ -529,6 +529,27 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         ),
         (
             Method::GET,
+            "/v1/apps/{app_id}/exec/ws",
+            format!("/v1/apps/{app}/exec/ws"),
+            None,
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/agent/exec/{session_id}/input",
+            "/v1/agent/exec/exs_guess/input".into(),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/v1/agent/exec/{session_id}/output",
+            "/v1/agent/exec/exs_guess/output".into(),
+            Some(json!({"frames": []})),
+            401,
+        ),
+        (
+            Method::GET,
             "/v1/apps/{app_id}/metrics",
             format!("/v1/apps/{app}/metrics"),
             None,
