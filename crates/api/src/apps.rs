@@ -1387,8 +1387,8 @@ pub struct ExecRequest {
     /// Given to the command's standard input (at most 1 MiB), then closed.
     #[serde(default)]
     pub stdin: String,
-    /// Interactive sessions with a terminal are not available yet; must be
-    /// false.
+    /// A terminal needs an interactive session: `GET …/exec/ws?tty=true`
+    /// (here, must be false).
     #[serde(default)]
     pub tty: bool,
     /// `30s` (default), 1 s to 1 h: the command's process tree is killed
@@ -1443,7 +1443,7 @@ impl crate::Validate for ExecRequest {
             errs.push(FieldError::new(
                 "tty",
                 "not_supported",
-                "interactive sessions are not available yet; run a command without tty",
+                "a terminal needs an interactive session: GET /v1/apps/{app_id}/exec/ws?tty=true (shellwego ssh)",
             ));
         }
         if let Some(t) = &self.timeout {
