@@ -28,8 +28,11 @@ pub const BUDGET: u64 = 1 << 20;
 /// or cannot keep up, and raw output must not fill the disk.
 pub const RAW_BACKLOG: u64 = 16 << 20;
 /// The start of every raw file is kept (a microVM's boot messages, which
-/// its driver reads), and holes are punched in steps of this.
+/// its driver reads); holes are punched in steps of `PUNCH_STEP`.
 const KEEP_HEAD: u64 = 64 << 10;
+/// Nor are the last bytes read given back: a microVM's driver reads its
+/// console's end for the guest's exit status and OOM kills.
+const KEEP_TAIL: u64 = 256 << 10;
 const PUNCH_STEP: u64 = 1 << 20;
 /// A raw directory of an instance that is not this agent's any more and
 /// has had nothing new for this long is removed (once read to its end).
@@ -357,7 +360,7 @@ fn punch(f: &File, p: &mut Pos, works: &mut bool) {
         }
         return;
     }
-    let end = p.offset & !4095;
+    let end = p.offset.saturating_sub(KEEP_TAIL) & !4095;
     let from = p.punched.max(KEEP_HEAD);
     if end < from + PUNCH_STEP {
         return;

@@ -233,8 +233,10 @@ pub struct ScaleArgs {
     /// in when it is below half of it.
     #[arg(long, requires_all = ["min", "max"])]
     pub auto: bool,
+    /// With --auto: the fewest replicas (0 to 100).
     #[arg(long, value_parser = clap::value_parser!(i64).range(0..=100))]
     pub min: Option<i64>,
+    /// With --auto: the most replicas (1 to 100).
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..=100))]
     pub max: Option<i64>,
     /// Percent of the CPU allocation [default: 70].
