@@ -178,6 +178,35 @@ async fn exec_is_a_task_for_the_instances_node(s: TestServer) {
         )
         .await;
     assert_eq!(r.status(), 403, "a viewer cannot exec");
+    // Nor open an interactive session; but may read the app's logs.
+    let r = s
+        .call(
+            Method::GET,
+            &format!("/v1/apps/{app}/exec/ws?command=sh&tty=true"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 403, "a viewer cannot open a session");
+    let r = s
+        .call(
+            Method::GET,
+            &format!("/v1/apps/{app}/logs?tail=0"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200, "a viewer reads logs");
+    let r = s
+        .call(
+            Method::GET,
+            &format!("/v1/apps/{app}/exec/ws"),
+            Some(&s.token),
+            None,
+        )
+        .await;
+    let p = problem(r, 400).await;
+    assert_eq!(fields(&p), ["upgrade"]);
     // An app with no running instance: 409.
     let idle = s
         .post(
