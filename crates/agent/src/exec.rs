@@ -156,7 +156,7 @@ pub async fn exec_command(mut cmd: std::process::Command, task: &AgentTask) -> A
     }
 }
 
-fn kill_group(pid: Option<u32>) {
+pub(crate) fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),

@@ -24,6 +24,7 @@ use shellwego_api::exec::{ExecFrame, ExecOutput};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::driver::ExecTarget;
+use crate::exec::kill_group;
 use crate::reconcile::{Ctx, Shared};
 
 type Readers = Vec<Box<dyn AsyncRead + Unpin + Send>>;
@@ -34,15 +35,6 @@ const GATHER: Duration = Duration::from_millis(20);
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
-}
-
-fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
 }
 
 /// Send the end (an error) when the command cannot start.
