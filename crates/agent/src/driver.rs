@@ -184,21 +184,25 @@ pub trait Driver: Send + Sync {
     fn sweep(&self, _keep: &HashSet<String>) -> Vec<crate::owner::Orphan> {
         vec![]
     }
-    /// A command that runs `argv` inside the running instance `r` (its
-    /// environment, root filesystem and namespaces), for `exec`. The caller
-    /// sets its stdio, puts it in a process group of its own and kills the
-    /// group on timeout.
-    fn exec(
-        &self,
-        _r: &Running,
-        _t: &ExecTarget<'_>,
-        _argv: &[String],
-    ) -> anyhow::Result<std::process::Command> {
+    /// How `argv` runs inside the running instance `r` (its environment,
+    /// root filesystem and namespaces), for `exec` and exec sessions: a host
+    /// command (the caller sets its stdio, puts it in a process group of
+    /// its own and kills the group on timeout), or a microVM's guest
+    /// daemon. [`crate::exec::start`] starts either.
+    fn exec(&self, _r: &Running, _t: &ExecTarget<'_>, _argv: &[String]) -> anyhow::Result<ExecVia> {
         anyhow::bail!(
             "the {} driver cannot run a command in an instance yet",
             self.name()
         )
     }
+}
+
+/// How a command reaches an instance ([`Driver::exec`]).
+pub enum ExecVia {
+    /// A host process that enters the instance (chroot, `runc exec`, …).
+    Host(std::process::Command),
+    /// A microVM's guest daemon, which starts it inside the guest.
+    Guest(crate::microvm::guest::Channel),
 }
 
 /// What `exec` knows of the instance it runs a command in (as launched).

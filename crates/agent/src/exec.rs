@@ -1,5 +1,6 @@
 //! Tasks the control plane hands out with a sync (`AgentDesired.tasks`):
-//! `exec` runs a command in an instance through its driver, with a timeout
+//! `exec` runs a command in an instance through its driver ([`start`]: a
+//! host process, or the guest daemon of a microVM), with a timeout
 //! that kills the command's process group, stdin given and closed, each
 //! output stream kept up to a limit; the result goes back with `POST
 //! /v1/agent/tasks/{id}/result`. Each task runs in a task of its own: a
@@ -11,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shellwego_api::agent::{AgentTask, AgentTaskResult};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::driver::ExecTarget;
+use crate::driver::{Driver, ExecTarget, ExecVia, Running};
 use crate::reconcile::{Ctx, Shared};
 
 /// The most of one stream sent back, as JSON text (the control plane takes
@@ -91,68 +92,274 @@ async fn execute(ctx: &Ctx, shared: &Shared, task: &AgentTask) -> AgentTaskResul
         workdir: &info.workdir,
         env: &info.env,
     };
-    let std_cmd = match driver.exec(&info.running, &target, &task.command) {
-        Ok(c) => c,
-        Err(e) => return failed(format!("{e:#}")),
-    };
-    exec_command(std_cmd, task).await
+    match start(driver.as_ref(), &info.running, &target, &task.command, None).await {
+        Ok(s) => collect(s, task).await,
+        Err(e) => failed(format!("{e:#}")),
+    }
 }
 
-/// Run `cmd` as `task` says: stdin, timeout (the process group is killed),
-/// output limits.
-pub async fn exec_command(mut cmd: std::process::Command, task: &AgentTask) -> AgentTaskResult {
-    cmd.process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
+pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A command started in an instance ([`start`]), on the host or in a
+/// microVM's guest.
+pub struct Started {
+    /// Its standard input (with a terminal: the terminal's input).
+    pub stdin: Option<Writer>,
+    /// Its standard output (with a terminal: all it writes).
+    pub stdout: Option<Reader>,
+    pub stderr: Option<Reader>,
+    pub control: Control,
+    pub waiter: Waiter,
+}
+
+/// Kills or resizes a started command (cheap to clone).
+#[derive(Clone)]
+pub enum Control {
+    /// A host process group, and its PTY's slave when it has one.
+    Host {
+        pid: Option<u32>,
+        slave: Option<String>,
+    },
+    Guest(crate::microvm::guest::Control),
+}
+
+impl Control {
+    /// SIGKILL to the whole command (its process group).
+    pub fn kill(&self) {
+        match self {
+            Control::Host { pid, .. } => kill_group(*pid),
+            Control::Guest(g) => g.kill(9),
+        }
+    }
+
+    /// Its terminal's new size (nothing without a terminal).
+    pub async fn resize(&self, cols: u16, rows: u16) {
+        match self {
+            Control::Host {
+                slave: Some(path), ..
+            } => {
+                let _ = tokio::process::Command::new("stty")
+                    .args([
+                        "-F",
+                        path,
+                        "cols",
+                        &cols.to_string(),
+                        "rows",
+                        &rows.to_string(),
+                    ])
+                    .status()
+                    .await;
+            }
+            Control::Host { .. } => {}
+            Control::Guest(g) => g.resize(cols, rows),
+        }
+    }
+
+    /// After the command ended: what it left running goes too (the guest
+    /// daemon does this itself).
+    pub fn end(&self) {
+        if let Control::Host { pid, .. } = self {
+            kill_group(*pid);
+        }
+    }
+}
+
+/// Waits for a started command's end.
+pub enum Waiter {
+    Host(tokio::process::Child),
+    Guest(crate::microvm::guest::Session),
+}
+
+impl Waiter {
+    /// Its exit code (`None` when a signal ended a host process; a guest
+    /// reports 128 + the signal), or why it cannot be known.
+    pub async fn wait(&mut self) -> Result<Option<i32>, String> {
+        match self {
+            Waiter::Host(c) => c.wait().await.map(|s| s.code()).map_err(|e| e.to_string()),
+            Waiter::Guest(s) => s.wait().await.map(Some),
+        }
+    }
+}
+
+/// Start `argv` in the instance `r` through its driver, with a terminal of
+/// (columns, rows) `tty` when given, else pipes.
+pub async fn start(
+    driver: &dyn Driver,
+    r: &Running,
+    t: &ExecTarget<'_>,
+    argv: &[String],
+    tty: Option<(u16, u16)>,
+) -> anyhow::Result<Started> {
+    match driver.exec(r, t, argv)? {
+        ExecVia::Host(cmd) => start_host(cmd, tty),
+        ExecVia::Guest(ch) => {
+            let g = crate::microvm::guest::start(&ch, argv, tty).await?;
+            Ok(Started {
+                stdin: Some(Box::new(g.stdin)),
+                stdout: Some(Box::new(g.stdout)),
+                stderr: if tty.is_some() {
+                    None
+                } else {
+                    Some(Box::new(g.stderr))
+                },
+                control: Control::Guest(g.session.control.clone()),
+                waiter: Waiter::Guest(g.session),
+            })
+        }
+    }
+}
+
+/// Start a host command in a process group of its own, with a PTY of
+/// (columns, rows) `tty` as its three streams when given, else pipes. The
+/// command gets the PTY as its standard streams but not as a controlling
+/// terminal (Ctrl-C reaches it as a byte; the agent has no `unsafe` for
+/// `setsid`/`TIOCSCTTY`).
+pub fn start_host(
+    mut cmd: std::process::Command,
+    tty: Option<(u16, u16)>,
+) -> anyhow::Result<Started> {
+    use anyhow::Context as _;
+    cmd.process_group(0);
+    let mut master: Option<(std::os::fd::OwnedFd, String)> = None;
+    if let Some((cols, rows)) = tty {
+        let ws = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&ws), None).context("cannot open a terminal")?;
+        let slave_path = nix::unistd::ttyname(&pty.slave)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let (i, o) = (pty.slave.try_clone()?, pty.slave.try_clone()?);
+        cmd.stdin(Stdio::from(i))
+            .stdout(Stdio::from(o))
+            .stderr(Stdio::from(pty.slave));
+        if !cmd.get_envs().any(|(k, _)| k == "TERM") {
+            cmd.env("TERM", "xterm-256color");
+        }
+        master = Some((pty.master, slave_path));
+    } else {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
-    let started = Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return failed(format!("cannot start {:?}: {e}", task.command)),
-    };
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.as_std().get_program()))?;
     let pid = child.id();
-    if let Some(mut stdin) = child.stdin.take() {
+    // The slave's copies in this process go with the command builder: the
+    // master then reads EOF (EIO) once the command and its children exit.
+    drop(cmd);
+    let (stdin, stdout, stderr, slave): (Option<Writer>, Option<Reader>, Option<Reader>, _) =
+        match master {
+            Some((m, path)) => {
+                let w = m.try_clone().context("cannot use the terminal")?;
+                (
+                    Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(w)))),
+                    Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(m)))),
+                    None,
+                    Some(path),
+                )
+            }
+            None => (
+                child.stdin.take().map(|w| Box::new(w) as Writer),
+                child.stdout.take().map(|r| Box::new(r) as Reader),
+                child.stderr.take().map(|r| Box::new(r) as Reader),
+                None,
+            ),
+        };
+    Ok(Started {
+        stdin,
+        stdout,
+        stderr,
+        control: Control::Host { pid, slave },
+        waiter: Waiter::Host(child),
+    })
+}
+
+/// Run a host command as `task` says (see [`collect`]).
+pub async fn exec_command(cmd: std::process::Command, task: &AgentTask) -> AgentTaskResult {
+    match start_host(cmd, None) {
+        Ok(s) => collect(s, task).await,
+        Err(e) => failed(format!("{e:#}")),
+    }
+}
+
+/// How long a killed command (and its output) may take to end.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Finish a started command as `task` says: its stdin given and closed,
+/// each output stream kept up to the task's limit, killed (its whole
+/// process group) when it passes the timeout.
+pub async fn collect(s: Started, task: &AgentTask) -> AgentTaskResult {
+    let Started {
+        stdin,
+        stdout,
+        stderr,
+        control,
+        mut waiter,
+    } = s;
+    let started = Instant::now();
+    if let Some(mut stdin) = stdin {
         let input = task.stdin.clone().into_bytes();
         tokio::spawn(async move {
             let _ = stdin.write_all(&input).await;
+            let _ = stdin.shutdown().await;
             // Dropped: the command sees the end of its input.
         });
     }
     let limit = usize::try_from(task.output_limit).unwrap_or(usize::MAX);
-    let out = tokio::spawn(capture(child.stdout.take(), limit));
-    let err = tokio::spawn(capture(child.stderr.take(), limit));
+    let out = tokio::spawn(capture(stdout, limit));
+    let err = tokio::spawn(capture(stderr, limit));
     let timeout = Duration::from_millis(task.timeout_ms);
-    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(s) => (s.ok(), false),
+    let (status, timed_out) = match tokio::time::timeout(timeout, waiter.wait()).await {
+        Ok(s) => (s, false),
         Err(_) => {
-            kill_group(pid);
-            (child.wait().await.ok(), true)
+            control.kill();
+            let ended = tokio::time::timeout(KILL_GRACE, waiter.wait()).await;
+            (ended.unwrap_or(Ok(None)), true)
         }
     };
     let elapsed = started.elapsed();
     // Children left behind holding the pipes: the group goes once the
     // command itself has ended (what it started in the background does
     // not outlive the exec).
-    kill_group(pid);
-    let (stdout, t1) = out.await.unwrap_or_default();
-    let (stderr, t2) = err.await.unwrap_or_default();
+    control.end();
+    let (stdout, t1) = joined(out).await;
+    let (stderr, t2) = joined(err).await;
     let (stdout, t3) = fit(stdout);
     let (stderr, t4) = fit(stderr);
+    let (exit_code, error) = match status {
+        _ if timed_out => (None, None),
+        Ok(code) => (code, None),
+        Err(e) => (None, Some(e)),
+    };
     AgentTaskResult {
-        exit_code: if timed_out {
-            None
-        } else {
-            status.and_then(|s| s.code())
-        },
+        exit_code,
         stdout,
         stderr,
         lines: vec![],
         truncated: t1 || t2 || t3 || t4,
         timed_out,
         execution_time_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        error: None,
+        error,
+    }
+}
+
+/// A capture's result, given up (empty) when its stream does not end soon
+/// after the command did.
+async fn joined(mut h: tokio::task::JoinHandle<(String, bool)>) -> (String, bool) {
+    match tokio::time::timeout(KILL_GRACE, &mut h).await {
+        Ok(r) => r.unwrap_or_default(),
+        Err(_) => {
+            h.abort();
+            (String::new(), true)
+        }
     }
 }
 
@@ -166,7 +373,7 @@ pub(crate) fn kill_group(pid: Option<u32>) {
 }
 
 /// Read all of `r`, keeping the first `limit` bytes: (text, truncated).
-async fn capture(r: Option<impl AsyncRead + Unpin>, limit: usize) -> (String, bool) {
+async fn capture(r: Option<Reader>, limit: usize) -> (String, bool) {
     let Some(mut r) = r else {
         return (String::new(), false);
     };

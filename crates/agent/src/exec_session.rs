@@ -1,34 +1,31 @@
 //! Interactive exec sessions (`exec_session` tasks): the command runs in
-//! the instance through its driver (as `exec` does), with a PTY when the
-//! session asks for a terminal (else pipes); its input comes from
+//! the instance through its driver ([`crate::exec::start`], as `exec` does:
+//! on the host, or in a microVM's guest), with a PTY when the session asks
+//! for a terminal (else pipes); its input comes from
 //! `GET /v1/agent/exec/{id}/input` (long-polled), its output goes to
 //! `POST /v1/agent/exec/{id}/output` in small batches. The session ends
 //! when the command exits (a last frame with its exit code) or the client
 //! leaves (the input poll says `closed`, or an output push gets 404: the
 //! command's process group is killed).
 //!
-//! The terminal's size is set when the PTY is made and changed with
-//! `stty` on its slave (no `ioctl` here: the agent has no `unsafe`). The
-//! command gets the PTY as its standard streams but not as a controlling
-//! terminal, so Ctrl-C reaches it as a byte, not as SIGINT.
+//! On the host, the terminal's size is set when the PTY is made and changed
+//! with `stty` on its slave (no `ioctl` here: the agent has no `unsafe`);
+//! the command gets the PTY as its standard streams but not as a
+//! controlling terminal, so Ctrl-C reaches it as a byte, not as SIGINT. In a
+//! microVM the guest daemon makes the PTY the command's controlling
+//! terminal (Ctrl-C is SIGINT there).
 
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use shellwego_api::agent::AgentTask;
 use shellwego_api::exec::{ExecFrame, ExecOutput};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::driver::ExecTarget;
-use crate::exec::kill_group;
+use crate::exec::{Reader, Started};
 use crate::reconcile::{Ctx, Shared};
-
-type Readers = Vec<Box<dyn AsyncRead + Unpin + Send>>;
-type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// How long output is gathered before it is sent.
 const GATHER: Duration = Duration::from_millis(20);
@@ -108,78 +105,20 @@ pub async fn run(ctx: Arc<Ctx>, shared: Arc<Shared>, task: AgentTask) {
         workdir: &info.workdir,
         env: &info.env,
     };
-    let mut cmd = match driver.exec(&info.running, &target, &s.command) {
-        Ok(c) => c,
+    let tty = s.tty.then_some((s.cols, s.rows));
+    let started =
+        crate::exec::start(driver.as_ref(), &info.running, &target, &s.command, tty).await;
+    let Started {
+        stdin: writer,
+        stdout,
+        stderr,
+        control,
+        mut waiter,
+    } = match started {
+        Ok(st) => st,
         Err(e) => return fail(&ctx, &s.id, format!("{e:#}")).await,
     };
-    cmd.process_group(0);
-    // A terminal: the PTY's slave as the three streams, its master here.
-    let mut master: Option<(OwnedFd, String)> = None;
-    if s.tty {
-        let ws = nix::pty::Winsize {
-            ws_row: s.rows,
-            ws_col: s.cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = match nix::pty::openpty(Some(&ws), None) {
-            Ok(p) => p,
-            Err(e) => return fail(&ctx, &s.id, format!("cannot open a terminal: {e}")).await,
-        };
-        let slave_path = nix::unistd::ttyname(&pty.slave)
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let streams = (|| {
-            Ok::<_, std::io::Error>((pty.slave.try_clone()?, pty.slave.try_clone()?, pty.slave))
-        })();
-        let Ok((i, o, e)) = streams else {
-            return fail(&ctx, &s.id, "cannot set up the terminal".into()).await;
-        };
-        cmd.stdin(Stdio::from(i))
-            .stdout(Stdio::from(o))
-            .stderr(Stdio::from(e));
-        if !cmd.get_envs().any(|(k, _)| k == "TERM") {
-            cmd.env("TERM", "xterm-256color");
-        }
-        master = Some((pty.master, slave_path));
-    } else {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-    }
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return fail(&ctx, &s.id, format!("cannot start {:?}: {e}", s.command)).await,
-    };
-    let pid = child.id();
-    // The slave's copies in this process go with the command builder: the
-    // master then reads EOF (EIO) once the command and its children exit.
-    drop(cmd);
-    let (reader, writer, slave): (Readers, Option<Writer>, Option<String>) = match master {
-        Some((m, path)) => {
-            let w = match m.try_clone() {
-                Ok(w) => w,
-                Err(e) => return fail(&ctx, &s.id, format!("cannot use the terminal: {e}")).await,
-            };
-            (
-                vec![Box::new(tokio::fs::File::from_std(std::fs::File::from(m)))],
-                Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(w)))),
-                Some(path),
-            )
-        }
-        None => {
-            let mut r: Readers = vec![];
-            if let Some(o) = child.stdout.take() {
-                r.push(Box::new(o));
-            }
-            if let Some(e) = child.stderr.take() {
-                r.push(Box::new(e));
-            }
-            (r, child.stdin.take().map(|w| Box::new(w) as Writer), None)
-        }
-    };
+    let reader: Vec<Reader> = [stdout, stderr].into_iter().flatten().collect();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     for mut r in reader {
         let tx = tx.clone();
@@ -201,7 +140,8 @@ pub async fn run(ctx: Arc<Ctx>, shared: Arc<Shared>, task: AgentTask) {
     // Input: until the client leaves (then the command goes) or the
     // command ends (this task is aborted).
     let input = {
-        let (channel, id) = (ctx.channel.clone(), s.id.clone());
+        let (channel, id, control, tty) =
+            (ctx.channel.clone(), s.id.clone(), control.clone(), s.tty);
         tokio::spawn(async move {
             let mut writer = writer;
             let mut after = 0;
@@ -215,23 +155,13 @@ pub async fn run(ctx: Arc<Ctx>, shared: Arc<Shared>, task: AgentTask) {
                     }
                 };
                 if got.closed {
-                    kill_group(pid);
+                    control.kill();
                     return;
                 }
                 for f in got.frames {
                     after = after.max(f.seq);
-                    if let (Some((cols, rows)), Some(path)) = (f.resize, &slave) {
-                        let _ = tokio::process::Command::new("stty")
-                            .args([
-                                "-F",
-                                path,
-                                "cols",
-                                &cols.to_string(),
-                                "rows",
-                                &rows.to_string(),
-                            ])
-                            .status()
-                            .await;
+                    if let Some((cols, rows)) = f.resize {
+                        control.resize(cols, rows).await;
                     }
                     if !f.data.is_empty() {
                         let bytes = b64().decode(&f.data).unwrap_or_default();
@@ -241,7 +171,7 @@ pub async fn run(ctx: Arc<Ctx>, shared: Arc<Shared>, task: AgentTask) {
                         }
                     }
                     if f.end {
-                        if slave.is_some() {
+                        if tty {
                             // Ctrl-D at the terminal.
                             if let Some(w) = writer.as_mut() {
                                 let _ = w.write_all(&[4]).await;
@@ -280,13 +210,13 @@ pub async fn run(ctx: Arc<Ctx>, shared: Arc<Shared>, task: AgentTask) {
         {
             if status == shellwego_client::StatusCode::NOT_FOUND {
                 gone = true;
-                kill_group(pid);
+                control.kill();
                 break;
             }
         }
     }
-    let status = child.wait().await.ok();
-    kill_group(pid);
+    let status = waiter.wait().await;
+    control.end();
     input.abort();
     if gone {
         return;
@@ -296,7 +226,8 @@ pub async fn run(ctx: Arc<Ctx>, shared: Arc<Shared>, task: AgentTask) {
         frames: vec![ExecFrame {
             seq,
             end: true,
-            exit_code: status.and_then(|s| s.code()),
+            exit_code: status.as_ref().ok().copied().flatten(),
+            error: status.err(),
             ..Default::default()
         }],
     };

@@ -170,7 +170,7 @@ impl Driver for ProcessDriver {
         r: &Running,
         t: &crate::driver::ExecTarget<'_>,
         argv: &[String],
-    ) -> anyhow::Result<Cmd> {
+    ) -> anyhow::Result<crate::driver::ExecVia> {
         let chroot = t.is_rootfs && crate::host::is_root();
         let procs: Vec<String> = r
             .extra
@@ -208,7 +208,7 @@ impl Driver for ProcessDriver {
         if !t.env.contains_key("PATH") {
             cmd.env("PATH", crate::host::DEFAULT_PATH);
         }
-        Ok(cmd)
+        Ok(crate::driver::ExecVia::Host(cmd))
     }
 
     fn settle(&self, r: &Running, cpu_millis: i64) -> anyhow::Result<()> {

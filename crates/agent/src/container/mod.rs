@@ -579,7 +579,7 @@ impl Driver for ContainerDriver {
         r: &Running,
         t: &crate::driver::ExecTarget<'_>,
         argv: &[String],
-    ) -> anyhow::Result<std::process::Command> {
+    ) -> anyhow::Result<crate::driver::ExecVia> {
         let (rt, root) = self.runtime_for(r);
         let cid = Self::cid_of(t.instance_id, Some(r));
         let mut cmd = rt.cmd(&root);
@@ -588,7 +588,7 @@ impl Driver for ContainerDriver {
             cmd.arg("--env").arg(format!("{k}={v}"));
         }
         cmd.arg(&cid).args(argv);
-        Ok(cmd)
+        Ok(crate::driver::ExecVia::Host(cmd))
     }
 
     fn settle(&self, r: &Running, cpu_millis: i64) -> anyhow::Result<()> {

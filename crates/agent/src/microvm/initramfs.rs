@@ -67,6 +67,7 @@ case "$1" in
    shift; set -- "$p" "$@" ;;
 esac
 cd {workdir} || done_with 126
+[ -x /.shellwego/sw-guestd ] && /.shellwego/sw-guestd /dev/ttyS2 </dev/null >/dev/null &
 echo "{START_MARK}"
 "$@" </dev/null &
 app=$!
@@ -281,6 +282,9 @@ pub(super) fn write_initramfs(
     c.file(".shellwego/busybox", &host.busybox, 0o755)?;
     for (name, path) in &host.modules {
         c.file(&format!(".shellwego/modules/{name}.ko"), path, 0o644)?;
+    }
+    if !super::guest::GUESTD.is_empty() {
+        c.bytes(".shellwego/sw-guestd", 0o755, super::guest::GUESTD)?;
     }
     c.bytes(".shellwego/env", 0o644, env_file(l).as_bytes())?;
     c.bytes(".shellwego/init", 0o755, init_script(host, l).as_bytes())?;

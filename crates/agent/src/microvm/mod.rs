@@ -29,13 +29,15 @@
 //!    -append "console=ttyS0 quiet panic=-1 rdinit=/.shellwego/init"
 //!    -nic user,model=virtio-net-pci,hostfwd=tcp::<port>-:<port>
 //!    -chardev file,append=on,path=<launch.stdout> -serial (ttyS0)
-//!    -chardev pipe,path=microvm/ctl -serial (ttyS1)`
+//!    -chardev pipe,path=microvm/ctl -serial (ttyS1)
+//!    -chardev pipe,path=microvm/exec -serial (ttyS2)`
 //!
 //! 3. In the guest, `init` mounts `/proc`, `/sys`, `/dev` (devtmpfs),
 //!    `/dev/pts`, `/dev/shm`, loads the modules, sets up `lo` and `eth0`
 //!    for QEMU's user-mode network (`10.0.2.15/24`, gateway `10.0.2.2`:
 //!    egress is NATed by QEMU, nothing to set up on the host), sources the
-//!    environment (`PORT` included), `cd`s to `launch.workdir` and runs
+//!    environment (`PORT` included), `cd`s to `launch.workdir`, starts the
+//!    guest daemon `sw-guestd` on ttyS2 (commands for `exec`: [`guest`]) and runs
 //!    `launch.argv` (argv\[0\] looked up in `PATH` inside the image, never
 //!    a busybox applet) as its child, stdin from `/dev/null`, stdout and
 //!    stderr on the serial console, which QEMU appends to `launch.stdout`
@@ -104,11 +106,16 @@
 //! * File owners and modes are kept; the image's hard links become copies;
 //!   files larger than 4 GiB cannot be put in the archive.
 //! * x86-64 guests only; one forwarded TCP port; no UDP in.
+//! * Commands (`exec`, sessions) go through one serial line per VM: under
+//!   TCG it carries a few MB/s, shared by the VM's commands; at most 32
+//!   run at once in one VM. A VM started before this channel existed must
+//!   be restarted before commands run in it.
 //! * The probe costs up to 10 s at agent start where KVM stalls (the first
 //!   call to [`MicrovmDriver::probe`]). Its guests run under util-linux's
 //!   `setpriv --pdeathsig KILL`, so an agent killed mid-probe leaves none
 //!   behind (a stalled KVM guest would otherwise spin on).
 
+pub mod guest;
 mod host;
 mod initramfs;
 mod qemu;
@@ -200,7 +207,7 @@ impl MicrovmDriver {
         let initrd = vm.join("initrd.cpio");
         let size = write_initramfs(&initrd, &self.host, Some(&l.root), l)
             .with_context(|| format!("cannot write {}", initrd.display()))?;
-        for f in ["ctl.in", "ctl.out"] {
+        for f in ["ctl.in", "ctl.out", "exec.in", "exec.out"] {
             nix::unistd::mkfifo(&vm.join(f), nix::sys::stat::Mode::from_bits_truncate(0o600))
                 .with_context(|| format!("cannot make the fifo {}", vm.join(f).display()))?;
         }
@@ -217,7 +224,7 @@ impl MicrovmDriver {
             guest_mib,
             smp,
             &l.stdout,
-            Some(&vm.join("ctl")),
+            Some(&vm),
             Some(l.port),
         );
         // An egress policy: QEMU (whose own sockets carry the guest's
@@ -428,6 +435,30 @@ impl Driver for MicrovmDriver {
                 Ok(Reply::Done)
             }
         }
+    }
+
+    /// Through the guest daemon (see [`guest`]): in the guest, with the
+    /// instance's environment and working directory.
+    fn exec(
+        &self,
+        r: &Running,
+        _t: &crate::driver::ExecTarget<'_>,
+        _argv: &[String],
+    ) -> anyhow::Result<crate::driver::ExecVia> {
+        if guest::GUESTD.is_empty() {
+            bail!("this agent was built without the microVM guest daemon (a static C library was missing), so it cannot run a command in a microVM");
+        }
+        let Some(vm) = r.extra.get("vm_dir").map(std::path::PathBuf::from) else {
+            bail!("this microVM has no directory on the node");
+        };
+        if !vm.join("exec.in").exists() {
+            bail!("this microVM was started by an older agent without a command channel: restart the instance to run commands in it");
+        }
+        Ok(crate::driver::ExecVia::Guest(guest::Channel {
+            key: format!("{}#{}", vm.display(), r.pid),
+            vm_dir: vm,
+            pid: r.pid,
+        }))
     }
 
     fn poll(&self, r: &Running) -> Option<Exit> {

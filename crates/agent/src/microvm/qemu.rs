@@ -14,7 +14,7 @@ pub(super) fn qemu_argv(
     guest_mib: i64,
     smp: i64,
     console: &Path,
-    ctl: Option<&Path>,
+    vm: Option<&Path>,
     port: Option<u16>,
 ) -> Vec<String> {
     let mut a: Vec<String> = vec![host.qemu.display().to_string()];
@@ -55,13 +55,19 @@ pub(super) fn qemu_argv(
         "-serial".into(),
         "chardev:con".into(),
     ]);
-    if let Some(ctl) = ctl {
-        a.extend([
-            "-chardev".into(),
-            format!("pipe,id=ctl,path={}", qemu_opt(&ctl.display().to_string())),
-            "-serial".into(),
-            "chardev:ctl".into(),
-        ]);
+    // ttyS1: `term`/`kill` for init; ttyS2: the guest daemon (commands).
+    if let Some(vm) = vm {
+        for name in ["ctl", "exec"] {
+            a.extend([
+                "-chardev".into(),
+                format!(
+                    "pipe,id={name},path={}",
+                    qemu_opt(&vm.join(name).display().to_string())
+                ),
+                "-serial".into(),
+                format!("chardev:{name}"),
+            ]);
+        }
     }
     a
 }

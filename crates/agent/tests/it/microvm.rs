@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use shellwego_agent::driver::{Command, Driver, Launch, Running};
+use shellwego_agent::driver::{Command, Driver, ExecTarget, Launch, Running};
+use shellwego_agent::exec;
 use shellwego_agent::microvm::MicrovmDriver;
+use shellwego_api::agent::AgentTask;
 
 use crate::support::{self, free_port, skip, wait_exit, Guard, REQUIRE_MICROVM};
 
@@ -315,5 +317,202 @@ fn an_egress_policy_holds_for_the_guest() {
         let addr = SocketAddr::new(r.extra["ip"].parse().unwrap(), l.port);
         let body = support::http_get(addr, "/index.html", Duration::from_secs(60));
         assert!(body.contains("hello from the image"), "{body}");
+    }
+}
+
+fn exec_task(command: &[&str], stdin: &str, timeout_ms: u64, limit: u64) -> AgentTask {
+    AgentTask {
+        id: "tsk_microvm".into(),
+        kind: "exec".into(),
+        instance_id: String::new(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        stdin: stdin.into(),
+        timeout_ms,
+        output_limit: limit,
+        logs: None,
+        session: None,
+    }
+}
+
+/// Commands run inside the guest through its guest daemon: environment,
+/// working directory, stdin, exit code, stderr, a timeout that kills what
+/// the command started (and the guest keeps answering afterwards), the
+/// output cap, several at once, and a terminal (size, resize, Ctrl-C as
+/// SIGINT).
+#[test]
+fn exec_runs_in_the_guest() {
+    let Some(d) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_rootfs(tmp.path()) else {
+        return;
+    };
+    let l = launch(tmp.path(), "exec", &root, &["sh", "-c", SERVE], 64 << 20);
+    let r = start(&d, &l);
+    let _g = Guard {
+        d: &d,
+        id: l.instance_id.clone(),
+        r: Some(r.clone()),
+    };
+    let body = http_get(l.port, "/index.html", Duration::from_secs(180));
+    assert!(body.contains("hello from the image"), "{body}");
+    let target = ExecTarget {
+        instance_id: &l.instance_id,
+        root: &l.root,
+        is_rootfs: true,
+        workdir: &l.workdir,
+        env: &l.env,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run = |task: AgentTask| {
+        rt.block_on(async {
+            let s = exec::start(&d, &r, &target, &task.command, None)
+                .await
+                .expect("started");
+            exec::collect(s, &task).await
+        })
+    };
+
+    let t = Instant::now();
+    let out = run(exec_task(
+        &[
+            "sh",
+            "-c",
+            "echo \"$GREETING in $(pwd)\"; cat greeting.txt; cat; echo oops >&2; exit 3",
+        ],
+        "from stdin\n",
+        30_000,
+        4096,
+    ));
+    println!("first exec (connects): {:?}: {out:?}", t.elapsed());
+    assert_eq!(out.exit_code, Some(3), "{out:?}");
+    assert_eq!(
+        out.stdout, "hi 'there' in /www\nhi 'there'\nfrom stdin\n",
+        "{out:?}"
+    );
+    assert_eq!(out.stderr, "oops\n");
+    assert!(!out.timed_out && !out.truncated && out.error.is_none());
+
+    // A program that is not there: 127 and why, as a shell says.
+    let out = run(exec_task(&["no-such-program"], "", 10_000, 4096));
+    assert_eq!(out.exit_code, Some(127), "{out:?}");
+    assert!(out.stderr.contains("no-such-program"), "{out:?}");
+
+    // The timeout kills the command and what it started in the background.
+    let t = Instant::now();
+    let out = run(exec_task(
+        &["sh", "-c", "sleep 300 & echo started; sleep 301"],
+        "",
+        1_500,
+        4096,
+    ));
+    println!("timed out after {:?}: {out:?}", t.elapsed());
+    assert!(out.timed_out, "{out:?}");
+    assert_eq!(out.exit_code, None);
+    assert_eq!(out.stdout, "started\n");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // The guest still answers, and nothing of that command is left.
+    let out = run(exec_task(&["busybox", "ps"], "", 10_000, 64 * 1024));
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    assert!(!out.stdout.contains("sleep 30"), "{}", out.stdout);
+    assert!(out.stdout.contains("httpd"), "{}", out.stdout);
+
+    // The cap on output: the first bytes and the flag.
+    let out = run(exec_task(
+        &[
+            "sh",
+            "-c",
+            "head -c 300000 /dev/zero | tr '\\0' a; echo done >&2",
+        ],
+        "",
+        60_000,
+        100_000,
+    ));
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.len(), 100_000);
+    assert!(out.truncated && out.stdout.bytes().all(|b| b == b'a'));
+    assert_eq!(out.stderr, "done\n");
+
+    // Several at once, each its own output.
+    let outs = rt.block_on(async {
+        let mut hs = vec![];
+        for i in 0..4 {
+            let task = exec_task(
+                &["sh", "-c", &format!("sleep 1; echo n{i}")],
+                "",
+                30_000,
+                4096,
+            );
+            let s = exec::start(&d, &r, &target, &task.command, None)
+                .await
+                .unwrap();
+            hs.push(tokio::spawn(async move { exec::collect(s, &task).await }));
+        }
+        let mut outs = vec![];
+        for h in hs {
+            outs.push(h.await.unwrap());
+        }
+        outs
+    });
+    for (i, o) in outs.iter().enumerate() {
+        assert_eq!(o.stdout, format!("n{i}\n"), "{o:?}");
+    }
+
+    // A terminal: its size, a resize, and Ctrl-C interrupting the
+    // foreground program (the terminal controls the command).
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let argv = ["sh".to_string()];
+        let mut s = exec::start(&d, &r, &target, &argv, Some((100, 30)))
+            .await
+            .unwrap();
+        assert!(s.stderr.is_none());
+        let mut input = s.stdin.take().unwrap();
+        let mut output = s.stdout.take().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = output.read(&mut buf).await {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = String::new();
+        input
+            .write_all(b"busybox stty size; busybox tty\n")
+            .await
+            .unwrap();
+        until(&mut rx, &mut seen, "30 100").await;
+        until(&mut rx, &mut seen, "/dev/pts/").await;
+        s.control.resize(120, 40).await;
+        input.write_all(b"busybox stty size\n").await.unwrap();
+        until(&mut rx, &mut seen, "40 120").await;
+        let t = Instant::now();
+        input.write_all(b"sleep 100\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        input.write_all(&[3]).await.unwrap();
+        input.write_all(b"echo after-$?\n").await.unwrap();
+        until(&mut rx, &mut seen, "after-130").await;
+        assert!(t.elapsed() < Duration::from_secs(20));
+        input.write_all(b"exit 7\n").await.unwrap();
+        let code = tokio::time::timeout(Duration::from_secs(20), s.waiter.wait())
+            .await
+            .expect("the shell did not exit");
+        assert_eq!(code, Ok(Some(7)));
+    });
+}
+
+/// Read `rx` into `seen` until it holds `want` (20 s at most).
+async fn until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    seen: &mut String,
+    want: &str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains(want) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
+            _ => panic!("no {want:?} in {seen:?}"),
+        }
     }
 }

@@ -308,6 +308,34 @@ fn image_from_a_real_registry(test: &str, runtime: Option<&str>) {
     let mut both = seen[..2].to_vec();
     both.sort();
     assert_eq!(both, instance_ids(&a));
+    // A command in each instance, through the API and the agent channel (in
+    // a microVM: the guest daemon), with the image's environment and files.
+    for inst in &both {
+        let (st, out) = up.call(
+            Method::POST,
+            &format!("/v1/apps/{id}/exec"),
+            Some(json!({
+                "command": ["/bin/sh", "-c", "echo $GREETING; cat /tmp/www/$SHELLWEGO_INSTANCE_ID/index.html; cat"],
+                "instance_id": inst,
+                "stdin": "in\n",
+            })),
+        );
+        assert_eq!(st, 200, "{out}");
+        assert_eq!(out["exit_code"], 0, "{out}");
+        assert_eq!(out["stdout"], format!("hi\n{inst}\nin\n"), "{out}");
+    }
+    // An interactive session (WebSocket) into one, from `shellwego ssh`
+    // with its input from a pipe.
+    let o = shellwego_testkit::platform::run_with_stdin(
+        &mut up.cli(&["ssh", "--app", "web", "--instance", &both[0]]),
+        "echo from-ssh $GREETING $SHELLWEGO_INSTANCE_ID\nexit 5\n",
+    );
+    assert_eq!(o.code, Some(5), "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains(&format!("from-ssh hi {}", both[0])),
+        "{}",
+        o.stdout
+    );
     delete_and_wait_gone(&up, &id);
     sigterm(&mut up);
 }
