@@ -939,22 +939,10 @@ impl crate::Validate for AppCreate {
         check_replicas(&mut errs, self.replicas);
         check_tags(&mut errs, &self.tags);
         for (i, d) in self.domains.iter().enumerate() {
-            if d.is_empty()
-                || d.len() > 253
-                || !d.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
-                })
-            {
+            if let Err(m) = crate::domains::normalize_hostname(d) {
                 errs.push(
-                    FieldError::new(
-                        format!("domains[{i}]"),
-                        "invalid_value",
-                        "must be a host name such as api.example.com",
-                    )
-                    .with_value(d.clone()),
+                    FieldError::new(format!("domains[{i}]"), "invalid_value", m)
+                        .with_value(d.chars().take(300).collect::<String>()),
                 );
             }
         }

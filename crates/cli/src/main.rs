@@ -77,6 +77,9 @@ enum Command {
     /// The audit log: list events (filter by type, `app.*`, severity,
     /// resource, time) and show one.
     Events(cmd::events::EventsArgs),
+    /// Custom domains: route a host name (or a path under it) to an app;
+    /// list, show, change and remove routes.
+    Domains(cmd::domains::DomainsArgs),
     /// Secrets: set (create or rotate; the value from a file or stdin),
     /// list, get, rotate and delete. Apps receive them as environment
     /// variables; values are never shown.
@@ -253,8 +256,9 @@ struct UpArgs {
 async fn up(a: UpArgs) -> anyhow::Result<()> {
     // Before anything starts: a SIGTERM during start-up stops it cleanly.
     let shutdown = shutdown_signal();
-    let settings = a.server.resolve(true)?;
+    let mut settings = a.server.resolve(true)?;
     init_logging(settings.log_format);
+    settings.server.domains.base_domain = a.base_domain.clone();
     let data_dir = settings.server.data_dir.clone();
     let (http_limits, trusted_proxies) = (
         settings.server.http.clone(),
@@ -407,6 +411,7 @@ fn main() -> ExitCode {
             Command::Tokens(t) => cmd::tokens::run(t).await,
             Command::Events(e) => cmd::events::run(e).await,
             Command::Secrets(s) => cmd::secrets::run(s).await,
+            Command::Domains(d) => cmd::domains::run(d).await,
             Command::Exec(x) => {
                 code = cmd::exec::run(x).await?;
                 Ok(())

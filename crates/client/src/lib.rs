@@ -29,6 +29,7 @@ mod apps;
 mod auth;
 mod client;
 mod deployments;
+mod domains;
 mod error;
 mod events;
 mod nodes;
@@ -42,6 +43,7 @@ pub use apps::{AppAction, Apps, UPLOAD_TIMEOUT};
 pub use auth::Auth;
 pub use client::{Answer, Client, ClientError, ListQuery};
 pub use deployments::{Deployments, LogEvent, LogStream, FOLLOW_TIMEOUT};
+pub use domains::Domains;
 pub use error::ApiError;
 pub use events::next_event;
 pub use events::Events;
@@ -93,6 +95,11 @@ impl Client {
     /// The audit trail.
     pub fn events(&self) -> Events<'_> {
         Events { client: self }
+    }
+
+    /// Custom domains: host names (and paths under them) routed to apps.
+    pub fn domains(&self) -> Domains<'_> {
+        Domains { client: self }
     }
 
     /// Secrets (values go in, metadata comes out).

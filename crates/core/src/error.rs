@@ -75,6 +75,10 @@ pub enum Error {
     PaymentRequired(String),
     #[error("{0}")]
     DeploymentFailed(String),
+    /// A well-formed request for something this installation does not
+    /// offer (422).
+    #[error("{0}")]
+    NotOffered(String),
     /// The request body is larger than the server accepts.
     #[error("{0}")]
     PayloadTooLarge(String),

@@ -14,8 +14,8 @@ use http::{request, response, HeaderValue, Method, StatusCode};
 
 use crate::error::{Phase, ProxyError};
 use crate::headers::{
-    append_forwarded_for, id_str, strip_hop_by_hop, X_FORWARDED_HOST, X_FORWARDED_PROTO,
-    X_REQUEST_ID,
+    append_forwarded_for, id_str, strip_hop_by_hop, X_FORWARDED_HOST, X_FORWARDED_PREFIX,
+    X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use crate::phases::{Flow, Hook, Hooks, RequestCtx};
 use crate::routes::{app_of_host, Routes};
@@ -91,9 +91,10 @@ impl Hook for FindHost {
     }
 }
 
-/// `<app>.<base_domain>` to the app's route in the current table: 404 for
-/// a host that names no app in the table, 503 (`Retry-After: 1`) for an
-/// app without a healthy backend.
+/// `<app>.<base_domain>` to the app's route in the current table, else a
+/// custom domain's route by host and longest path prefix: 404 for a host
+/// that names no app in the table (or a path no route of its host takes),
+/// 503 (`Retry-After: 1`) for an app without a healthy backend.
 struct RouteByHost {
     routes: Routes,
     /// Normalised: lowercase, no leading or trailing dot.
@@ -101,7 +102,7 @@ struct RouteByHost {
 }
 
 impl Hook for RouteByHost {
-    fn upstream_peer(&self, _req: &request::Parts, ctx: &mut RequestCtx) -> Flow {
+    fn upstream_peer(&self, req: &request::Parts, ctx: &mut RequestCtx) -> Flow {
         if ctx.route.is_some() {
             return ControlFlow::Continue(());
         }
@@ -111,20 +112,44 @@ impl Hook for RouteByHost {
             return ControlFlow::Continue(());
         };
         let table = self.routes.snapshot();
-        let Some((app, route)) = app_of_host(host, &self.base_domain)
-            .and_then(|app| table.lookup(app).map(|route| (app, route)))
-        else {
-            let shown = host.get(..MAX_HOST_SHOWN).unwrap_or(host);
-            return ControlFlow::Break(ctx.page(
-                StatusCode::NOT_FOUND,
-                format!("404 Not Found: no app is served at host \"{shown}\".\n"),
-            ));
+        let shown = host.get(..MAX_HOST_SHOWN).unwrap_or(host);
+        let by_app = app_of_host(host, &self.base_domain)
+            .and_then(|app| table.lookup(app).map(|route| (app, route)));
+        let (route, app, strip) = match by_app {
+            // The app is the host's first label, so its first `len` bytes.
+            Some((app, route)) => (Arc::clone(route), Some(0..app.len()), None),
+            None => match table.by_domain(host, req.uri.path()) {
+                Ok(Some(r)) => {
+                    let strip = (r.strip && &*r.prefix != "/").then_some(r.prefix.len());
+                    (Arc::clone(&r.route), None, strip)
+                }
+                Ok(None) => {
+                    return ControlFlow::Break(ctx.page(
+                        StatusCode::NOT_FOUND,
+                        format!("404 Not Found: no app is served at host \"{shown}\".\n"),
+                    ))
+                }
+                Err(()) => {
+                    let path = req.uri.path();
+                    let path = path.get(..MAX_HOST_SHOWN).unwrap_or(path);
+                    return ControlFlow::Break(ctx.page(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "404 Not Found: no app is served at host \"{shown}\" under path \"{path}\".\n"
+                        ),
+                    ));
+                }
+            },
         };
         if route.backends.is_empty() {
+            let name = match &app {
+                Some(range) => host.get(range.clone()).unwrap_or(""),
+                None => &route.name,
+            };
             let mut resp = ctx.page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "503 Service Unavailable: no healthy instance of app \"{app}\"; \
+                    "503 Service Unavailable: no healthy instance of app \"{name}\"; \
                      try again shortly.\n"
                 ),
             );
@@ -132,11 +157,41 @@ impl Hook for RouteByHost {
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             return ControlFlow::Break(resp);
         }
-        // The app is the host's first label, so its first `len` bytes.
-        let (app, route) = (0..app.len(), Arc::clone(route));
-        ctx.set_app(app);
+        if let Some(app) = app {
+            ctx.set_app(app);
+        }
+        ctx.strip = strip;
         ctx.route = Some(route);
         ControlFlow::Continue(())
+    }
+}
+
+/// A custom domain's path prefix cut off (`strip_prefix`): `/api/x?q` to
+/// `/x?q`, `/api` to `/`, with `X-Forwarded-Prefix: /api`.
+fn strip_prefix(req: &mut request::Parts, n: usize) {
+    let Some(pq) = req.uri.path_and_query() else {
+        return;
+    };
+    let path = pq.path();
+    let (Some(prefix), Some(rest)) = (path.get(..n), path.get(n..)) else {
+        return;
+    };
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let new = match pq.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    let Ok(prefix) = HeaderValue::from_str(prefix) else {
+        return;
+    };
+    let Ok(pq) = http::uri::PathAndQuery::try_from(new) else {
+        return;
+    };
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        req.uri = uri;
+        req.headers.insert(&X_FORWARDED_PREFIX, prefix);
     }
 }
 
@@ -146,6 +201,9 @@ struct ForwardHeaders;
 
 impl Hook for ForwardHeaders {
     fn upstream_request_filter(&self, req: &mut request::Parts, ctx: &RequestCtx) {
+        if let Some(n) = ctx.strip {
+            strip_prefix(req, n);
+        }
         let headers = &mut req.headers;
         strip_hop_by_hop(headers, ctx.upgrade);
         append_forwarded_for(headers, ctx.client.ip());

@@ -19,7 +19,12 @@
 //!   trailing dot, case-insensitive; `a.b.<base_domain>` is no app. Unknown
 //!   host or app → 404; app in the table with no healthy backend → 503 with
 //!   `Retry-After: 1`. Our own pages are short `text/plain` (with
-//!   `nosniff`), since they repeat the client's Host.
+//!   `nosniff`), since they repeat the client's Host. A host that is not
+//!   under the base domain may be a custom domain
+//!   ([`Routes::replace_with_domains`]): its routes are matched by longest
+//!   path prefix at a `/` boundary (its own, else its parent's wildcard
+//!   `*.<parent>`); `strip_prefix` cuts the prefix off the forwarded path
+//!   and sets `X-Forwarded-Prefix`.
 //! * **Balancing.** Each app has an atomic counter, kept across `replace`
 //!   for apps that stay in the table; a request starts at the next backend
 //!   in turn.
@@ -97,7 +102,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 pub use error::{BoxError, Chain, Phase, ProxyError};
-pub use routes::{Backend, RequestCounts, RouteTable, Routes, SLOT_MICROS};
+pub use routes::{Backend, DomainRoute, RequestCounts, RouteTable, Routes, SLOT_MICROS};
 
 use proxy::Proxy;
 

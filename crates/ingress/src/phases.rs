@@ -150,6 +150,8 @@ pub(crate) struct RequestCtx {
     pub(crate) host: Option<HeaderValue>,
     /// Where in `host` the app's name is, as the client wrote it.
     app: Option<Range<usize>>,
+    /// A custom domain's prefix to cut off the path (its length).
+    pub(crate) strip: Option<usize>,
     /// The app's backends; set in `upstream_peer`.
     pub(crate) route: Option<Arc<AppRoute>>,
     /// Which of `route`'s backends answered, or failed after connecting.
@@ -170,6 +172,7 @@ impl RequestCtx {
             upgrade: false,
             host: None,
             app: None,
+            strip: None,
             route: None,
             backend: None,
             upstream_status: None,
@@ -186,7 +189,11 @@ impl RequestCtx {
     /// The app's name as the client wrote it (not lowercased), once
     /// `upstream_peer` found it.
     pub(crate) fn app(&self) -> Option<&str> {
-        self.host_str()?.get(self.app.clone()?)
+        match self.app.clone() {
+            Some(range) => self.host_str()?.get(range),
+            // A custom domain's: the route's.
+            None => self.route.as_deref().map(|r| &*r.name),
+        }
     }
 
     /// Name the app: the bytes `range` of the host.

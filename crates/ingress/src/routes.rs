@@ -1,4 +1,5 @@
-//! The route table: app name → healthy backends, swapped atomically.
+//! The route table: app name → healthy backends, and custom domains (host
+//! and path prefix → an app's backends), swapped atomically.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -38,6 +39,22 @@ pub struct Routes {
     requests: Arc<std::sync::Mutex<HashMap<(String, i64), RequestCounts>>>,
 }
 
+/// A custom domain's route: requests for `host` whose path is `path` or
+/// under it go to `backends` (see [`Routes::replace_with_domains`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRoute {
+    /// Lowercase ASCII; `*.example.com` for a wildcard (one label).
+    pub host: String,
+    /// `/`, or a prefix without a trailing slash (`/api`): it matches
+    /// `/api` and `/api/…`, not `/apix`.
+    pub path: String,
+    /// Whether the prefix is cut off the path the backend sees.
+    pub strip_prefix: bool,
+    /// The app's name, for logs and pages.
+    pub app: String,
+    pub backends: Vec<Backend>,
+}
+
 /// Requests an instance answered in a slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RequestCounts {
@@ -73,6 +90,18 @@ impl Routes {
     /// position, so a feeder that republishes the same set every few seconds
     /// does not reset the rotation to the first backend.
     pub fn replace(&self, table: HashMap<String, Vec<Backend>>) {
+        self.replace_with_domains(table, vec![]);
+    }
+
+    /// [`replace`](Routes::replace), with the custom domains' routes too:
+    /// a host's routes are matched longest path prefix first; a host with
+    /// no route for the path gets a 404, a route without backends a 503.
+    /// Each route keeps its round-robin position across replacements.
+    pub fn replace_with_domains(
+        &self,
+        table: HashMap<String, Vec<Backend>>,
+        domains: Vec<DomainRoute>,
+    ) {
         let old = self.snapshot();
         let apps = table
             .into_iter()
@@ -86,7 +115,32 @@ impl Routes {
                 (name, route)
             })
             .collect();
-        let new = Arc::new(RouteTable { apps });
+        let mut hosts: HashMap<Box<str>, Vec<PathRoute>> = HashMap::new();
+        for d in domains {
+            let host = d.host.to_ascii_lowercase();
+            let next = old
+                .hosts
+                .get(host.as_str())
+                .and_then(|rs| rs.iter().find(|r| *r.prefix == *d.path))
+                .map_or_else(Arc::default, |r| Arc::clone(&r.route.next));
+            let route = Arc::new(AppRoute::new(&d.app, d.backends, next));
+            hosts
+                .entry(host.into_boxed_str())
+                .or_default()
+                .push(PathRoute {
+                    prefix: d.path.into_boxed_str(),
+                    strip: d.strip_prefix,
+                    route,
+                });
+        }
+        let hosts = hosts
+            .into_iter()
+            .map(|(h, mut rs)| {
+                rs.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+                (h, rs.into_boxed_slice())
+            })
+            .collect();
+        let new = Arc::new(RouteTable { apps, hosts });
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         *current = new;
     }
@@ -152,6 +206,28 @@ pub struct RouteTable {
     /// Each route behind its own `Arc`, so a request holds on to its app's
     /// route without holding (or copying) the whole table.
     apps: HashMap<String, Arc<AppRoute>>,
+    /// Custom domains: host (lowercase, `*.x` for a wildcard) → its routes,
+    /// longest prefix first.
+    hosts: HashMap<Box<str>, Box<[PathRoute]>>,
+}
+
+/// One path prefix of a custom domain.
+#[derive(Debug)]
+pub(crate) struct PathRoute {
+    pub(crate) prefix: Box<str>,
+    pub(crate) strip: bool,
+    pub(crate) route: Arc<AppRoute>,
+}
+
+impl PathRoute {
+    /// Whether `path` is this prefix or under it (at a `/`).
+    fn matches(&self, path: &str) -> bool {
+        let p = &*self.prefix;
+        p == "/"
+            || path
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
 }
 
 impl RouteTable {
@@ -179,6 +255,31 @@ impl RouteTable {
         self.apps.is_empty()
     }
 
+    /// The custom domain route for `host` (a Host header: optional port and
+    /// trailing dot, any case) and `path`: the host's own routes, else its
+    /// parent's wildcard's. `Err(())` when the host is a custom domain but
+    /// no prefix matches; `Ok(None)` when it is none.
+    pub(crate) fn by_domain(&self, host: &str, path: &str) -> Result<Option<&PathRoute>, ()> {
+        if self.hosts.is_empty() {
+            return Ok(None);
+        }
+        let host = strip_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
+        let routes = self.hosts.get(&*host).or_else(|| {
+            let (_, parent) = host.split_once('.')?;
+            self.hosts.get(format!("*.{parent}").as_str())
+        });
+        match routes {
+            None => Ok(None),
+            Some(rs) => rs.iter().find(|r| r.matches(path)).map(Some).ok_or(()),
+        }
+    }
+
     /// The route of `app`; allocates only when `app` has uppercase letters.
     pub(crate) fn lookup(&self, app: &str) -> Option<&Arc<AppRoute>> {
         let key: Cow<'_, str> = if app.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -193,6 +294,8 @@ impl RouteTable {
 /// One app's backends, with what the proxy needs precomputed.
 #[derive(Debug)]
 pub(crate) struct AppRoute {
+    /// The app's name (lowercase for the base domain's apps).
+    pub(crate) name: Box<str>,
     pub(crate) backends: Box<[Backend]>,
     /// `authorities[i]` is `backends[i].addr` as a URI authority, built once
     /// here rather than per request.
@@ -228,6 +331,7 @@ impl AppRoute {
         }
         let schedule = schedule(&kept);
         Self {
+            name: app.into(),
             backends: kept.into_boxed_slice(),
             authorities: authorities.into_boxed_slice(),
             next,
@@ -282,14 +386,7 @@ fn schedule(backends: &[Backend]) -> Box<[usize]> {
 /// no app. `base_domain` must already be normalised (lowercase, no leading
 /// or trailing dot).
 pub(crate) fn app_of_host<'h>(host: &'h str, base_domain: &str) -> Option<&'h str> {
-    let host = match host.rfind(':') {
-        Some(colon)
-            if colon + 1 < host.len() && host[colon + 1..].bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            &host[..colon]
-        }
-        _ => host,
-    };
+    let host = strip_port(host);
     let host = host.strip_suffix('.').unwrap_or(host);
     let split = host.len().checked_sub(base_domain.len() + 1)?;
     let (app, rest) = (host.get(..split)?, host.get(split..)?);
@@ -298,6 +395,18 @@ pub(crate) fn app_of_host<'h>(host: &'h str, base_domain: &str) -> Option<&'h st
         return None;
     }
     Some(app)
+}
+
+/// `host` without a `:port` suffix.
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(colon)
+            if colon + 1 < host.len() && host[colon + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            &host[..colon]
+        }
+        _ => host,
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +446,48 @@ mod tests {
         assert_eq!(app_of_host("", base), None);
         assert_eq!(app_of_host("[::1]:80", base), None);
         assert_eq!(app_of_host("x.localhost:1", "localhost"), Some("x"));
+    }
+
+    #[test]
+    fn domains_route_by_longest_prefix_and_wildcards() {
+        let routes = Routes::new();
+        let d = |host: &str, path: &str, app: &str| DomainRoute {
+            host: host.into(),
+            path: path.into(),
+            strip_prefix: false,
+            app: app.into(),
+            backends: vec![],
+        };
+        routes.replace_with_domains(
+            HashMap::new(),
+            vec![
+                d("shop.example.com", "/", "web"),
+                d("shop.example.com", "/api", "api"),
+                d("shop.example.com", "/api/v2", "api2"),
+                d("docs.example.com", "/docs", "docs"),
+                d("*.example.org", "/", "wild"),
+            ],
+        );
+        let t = routes.snapshot();
+        let app = |host: &str, path: &str| {
+            t.by_domain(host, path)
+                .map(|r| r.map(|r| r.route.name.to_string()))
+        };
+        assert_eq!(app("shop.example.com", "/"), Ok(Some("web".into())));
+        assert_eq!(app("SHOP.example.com.:443", "/x"), Ok(Some("web".into())));
+        assert_eq!(app("shop.example.com", "/api"), Ok(Some("api".into())));
+        assert_eq!(app("shop.example.com", "/api/x"), Ok(Some("api".into())));
+        assert_eq!(app("shop.example.com", "/apix"), Ok(Some("web".into())));
+        assert_eq!(
+            app("shop.example.com", "/api/v2/y"),
+            Ok(Some("api2".into()))
+        );
+        assert_eq!(app("docs.example.com", "/"), Err(()));
+        assert_eq!(app("docs.example.com", "/docs/a"), Ok(Some("docs".into())));
+        assert_eq!(app("a.example.org", "/"), Ok(Some("wild".into())));
+        assert_eq!(app("a.b.example.org", "/"), Ok(None));
+        assert_eq!(app("example.org", "/"), Ok(None));
+        assert_eq!(app("other.com", "/"), Ok(None));
     }
 
     #[test]

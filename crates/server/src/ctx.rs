@@ -49,6 +49,28 @@ pub struct Settings {
     pub webhooks: WebhookConfig,
     /// How long each resolution of app metrics is kept (`[metrics]`).
     pub metrics: MetricsRetention,
+    /// Custom domains.
+    pub domains: DomainSettings,
+}
+
+/// What custom domains need to know of the installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSettings {
+    /// The ingress's base domain (`<app>.<base>`): custom domains under it
+    /// are refused.
+    pub base_domain: String,
+    /// What a custom domain's CNAME record points at (`dns_validation`);
+    /// default: the base domain (its wildcard record reaches the ingress).
+    pub cname_target: Option<String>,
+}
+
+impl Default for DomainSettings {
+    fn default() -> Self {
+        DomainSettings {
+            base_domain: "localhost".into(),
+            cname_target: None,
+        }
+    }
 }
 
 /// The `[webhooks]` settings: how the dispatcher sends and retries
@@ -107,6 +129,7 @@ impl Settings {
             ssrf: shellwego_net::ssrf::Guard::strict(),
             webhooks: WebhookConfig::default(),
             metrics: Default::default(),
+            domains: Default::default(),
         }
     }
 }

@@ -16,8 +16,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::routes::{
-    agent, apps, auth, deployments, events, exec_ws, health, logs, metrics, nodes, orgs, secrets,
-    tokens, user, webhooks,
+    agent, apps, auth, deployments, domains, events, exec_ws, health, logs, metrics, nodes, orgs,
+    secrets, tokens, user, webhooks,
 };
 use crate::state::AppState;
 
@@ -39,6 +39,7 @@ Every /v1 response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-R
         (name = "users", description = "The calling user, their tokens and MFA"),
         (name = "organizations", description = "Organizations, members, invitations, service accounts"),
         (name = "events", description = "The audit trail"),
+        (name = "domains", description = "Custom domains: host names (and path prefixes under them) routed to apps"),
         (name = "secrets", description = "Secrets: encrypted at rest, given to apps as environment variables, never returned"),
         (name = "webhooks", description = "Webhooks: signed deliveries of events to your endpoints, with retries"),
         (name = "apps", description = "Apps, their instances, and uploaded archives"),
@@ -123,6 +124,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(events::event_list))
         .routes(routes!(events::event_stream))
         .routes(routes!(events::event_get))
+        .routes(routes!(domains::domain_create, domains::domain_list))
+        .routes(routes!(
+            domains::domain_get,
+            domains::domain_update,
+            domains::domain_delete
+        ))
         .routes(routes!(secrets::secret_create, secrets::secret_list))
         .routes(routes!(secrets::secret_get, secrets::secret_delete))
         .routes(routes!(secrets::secret_rotate))

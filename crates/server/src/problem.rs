@@ -168,6 +168,9 @@ pub fn spec_for(e: Error) -> ProblemSpec {
             "Deployment Failed",
             d,
         ),
+        Error::NotOffered(d) => {
+            ProblemSpec::new(S::UNPROCESSABLE_ENTITY, "not-offered", "Not Offered", d)
+        }
         Error::PayloadTooLarge(d) => ProblemSpec::new(
             S::PAYLOAD_TOO_LARGE,
             "payload-too-large",

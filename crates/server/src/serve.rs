@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub webhooks: crate::ctx::WebhookConfig,
     /// The `[metrics]` section: how long each resolution is kept.
     pub metrics: crate::ctx::MetricsRetention,
+    /// Custom domains: the ingress's base domain and the DNS target.
+    pub domains: crate::ctx::DomainSettings,
 }
 
 impl ServerConfig {
@@ -68,6 +70,7 @@ impl ServerConfig {
             max_free_orgs_per_user: 1,
             webhooks: Default::default(),
             metrics: Default::default(),
+            domains: Default::default(),
         }
     }
 
@@ -167,6 +170,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         ssrf: shellwego_net::ssrf::Guard::new(&config.ssrf),
         webhooks: config.webhooks,
         metrics: config.metrics,
+        domains: config.domains.clone(),
     };
     tracing::info!(storage = %settings.objects.describe(), "object storage ready");
     let replica = crate::leader::Replica::new();

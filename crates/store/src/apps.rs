@@ -16,6 +16,8 @@ use crate::{db_err, Conn};
 pub struct Route {
     /// The app's name (the host it is reached by).
     pub app: String,
+    /// The app's id (what its custom domains name).
+    pub app_id: String,
     pub instance_id: String,
     pub ip: String,
     pub port: i64,
@@ -674,6 +676,7 @@ pub async fn upload_org(db: &mut Conn, id: &str) -> Result<Option<String>, Error
 #[derive(sqlx::FromRow)]
 struct RoutableRow {
     name: String,
+    app_id: String,
     traffic: Option<String>,
     id: String,
     ip: String,
@@ -685,7 +688,7 @@ struct RoutableRow {
 /// by their app's traffic split.
 pub async fn routable_instances(db: &mut Conn) -> Result<Vec<Route>, Error> {
     let rows = sqlx::query_as::<_, RoutableRow>(
-        "SELECT a.name, a.traffic, i.id, i.ip, i.port, i.version FROM instances i JOIN apps a ON a.id = i.app_id
+        "SELECT a.name, a.id AS app_id, a.traffic, i.id, i.ip, i.port, i.version FROM instances i JOIN apps a ON a.id = i.app_id
          WHERE i.status = 'healthy' AND i.desired = 'running' AND i.ip IS NOT NULL AND i.port IS NOT NULL
            AND a.internal_only = 0
          ORDER BY a.name, i.created_at, i.id",
@@ -726,6 +729,7 @@ pub async fn routable_instances(db: &mut Conn) -> Result<Vec<Route>, Error> {
         if weight > 0 {
             out.push(Route {
                 app: r.name,
+                app_id: r.app_id,
                 instance_id: r.id,
                 ip: r.ip,
                 port: r.port,

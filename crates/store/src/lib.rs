@@ -20,6 +20,7 @@
 pub mod apps;
 pub mod bootstrap;
 pub mod deployments;
+pub mod domains;
 pub mod events;
 pub mod exec_sessions;
 pub mod invitations;

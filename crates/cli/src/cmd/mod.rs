@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod auth;
 pub mod deployments;
+pub mod domains;
 pub mod events;
 pub mod exec;
 pub mod logs;

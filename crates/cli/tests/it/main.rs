@@ -14,6 +14,7 @@ mod binary;
 mod client;
 mod cluster;
 mod deploy_cli;
+mod domains_cli;
 mod exec_cli;
 mod ha;
 mod logs_cli;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shellwego_core::Error;
-use shellwego_ingress::{Backend, Routes};
+use shellwego_ingress::{Backend, DomainRoute, Routes};
 use shellwego_store::{apps, Store};
 
 use super::Controller;
@@ -22,7 +22,10 @@ const EVERY: Duration = Duration::from_secs(1);
 
 pub struct RouteFeed {
     routes: Routes,
-    last: Option<Vec<shellwego_store::apps::Route>>,
+    last: Option<(
+        Vec<shellwego_store::apps::Route>,
+        Vec<shellwego_store::domains::RouteRow>,
+    )>,
     /// Names this process's request counts (`request_samples.source`).
     source: String,
 }
@@ -43,29 +46,41 @@ impl RouteFeed {
             let mut db = store.conn().await?;
             let rows = apps::routable_instances(&mut db).await?;
             let names = apps::names(&mut db).await?;
-            Ok::<_, Error>((rows, names))
+            let domains = shellwego_store::domains::routes(&mut db).await?;
+            Ok::<_, Error>((rows, names, domains))
         };
         match read.await {
-            Ok((rows, names)) => {
-                if self.last.as_ref() != Some(&rows) || self.routes.snapshot().len() != names.len()
-                {
+            Ok((rows, names, domains)) => {
+                let now = (rows, domains);
+                if self.last.as_ref() != Some(&now) || self.routes.snapshot().len() != names.len() {
+                    let (rows, domains) = &now;
                     let mut table: HashMap<String, Vec<Backend>> =
                         names.into_iter().map(|n| (n, vec![])).collect();
-                    for r in &rows {
-                        let Ok(ip) = r.ip.parse::<std::net::IpAddr>() else {
-                            continue;
-                        };
-                        let Ok(port) = u16::try_from(r.port) else {
-                            continue;
-                        };
-                        table.entry(r.app.clone()).or_default().push(Backend {
-                            instance_id: r.instance_id.clone(),
-                            addr: SocketAddr::new(ip, port),
-                            weight: r.weight,
-                        });
+                    for r in rows {
+                        if let Some(b) = backend(r, None) {
+                            table.entry(r.app.clone()).or_default().push(b);
+                        }
                     }
-                    self.routes.replace(table);
-                    self.last = Some(rows);
+                    // A custom domain: its app's backends, at its port
+                    // when it names one.
+                    let routes = domains
+                        .iter()
+                        .map(|d| DomainRoute {
+                            host: d.hostname.clone(),
+                            path: d.path.clone(),
+                            strip_prefix: d.strip_prefix != 0,
+                            app: d.app.clone(),
+                            backends: rows
+                                .iter()
+                                .filter(|r| r.app_id == d.app_id)
+                                .filter_map(|r| {
+                                    backend(r, d.port.and_then(|p| u16::try_from(p).ok()))
+                                })
+                                .collect(),
+                        })
+                        .collect();
+                    self.routes.replace_with_domains(table, routes);
+                    self.last = Some(now);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "router: cannot read routes"),
@@ -99,6 +114,20 @@ impl RouteFeed {
             }
         }
     }
+}
+
+/// An instance as a backend, at `port` when given (else its own).
+fn backend(r: &shellwego_store::apps::Route, port: Option<u16>) -> Option<Backend> {
+    let ip = r.ip.parse::<std::net::IpAddr>().ok()?;
+    let port = match port {
+        Some(p) => p,
+        None => u16::try_from(r.port).ok()?,
+    };
+    Some(Backend {
+        instance_id: r.instance_id.clone(),
+        addr: SocketAddr::new(ip, port),
+        weight: r.weight,
+    })
 }
 
 /// Add what a router counted (per instance: requests, errors), in one

@@ -153,10 +153,34 @@ async fn full_view(
     let insts = svc::instances_of(&st.ctx, &[&a]).await?;
     let id = a.id.clone();
     let mut v = view(a, insts);
+    v.domains = domains_of(st, std::slice::from_ref(&id))
+        .await?
+        .remove(&id)
+        .unwrap_or_default();
     if include_events {
         v.events = Some(crate::routes::events::app_events(st, p, &id).await?);
     }
     Ok(v)
+}
+
+/// The custom domains of these apps (their routes' hosts, once each).
+async fn domains_of(
+    st: &AppState,
+    app_ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<AppDomain>>, Error> {
+    let mut db = st.ctx.store.conn().await?;
+    let mut out: std::collections::HashMap<String, Vec<AppDomain>> = Default::default();
+    for d in shellwego_store::domains::of_apps(&mut db, app_ids).await? {
+        let list = out.entry(d.app_id.clone()).or_default();
+        if !list.iter().any(|x| x.hostname == d.hostname) {
+            list.push(AppDomain {
+                hostname: d.hostname,
+                tls_status: d.tls_status,
+                certificate_expires: d.tls_expires_at.map(shellwego_core::time::rfc3339),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn includes(q: Option<&str>) -> Result<(bool, shellwego_core::list::ListParams), Error> {
@@ -196,6 +220,8 @@ pub async fn app_list(
     let (events, params) = includes(q.as_deref())?;
     let page = svc::app_list(&st.ctx, &p, &params).await?;
     let mut insts = svc::instances_of(&st.ctx, &page.items.iter().collect::<Vec<_>>()).await?;
+    let ids: Vec<String> = page.items.iter().map(|a| a.id.clone()).collect();
+    let mut domains = domains_of(&st, &ids).await?;
     let mut data = Vec::with_capacity(page.items.len());
     for mut a in page.items {
         crate::service::secrets::reveal_env(&st.ctx, &mut a).await?;
@@ -203,6 +229,7 @@ pub async fn app_list(
         insts = rest;
         let id = a.id.clone();
         let mut v = view(a, mine);
+        v.domains = domains.remove(&id).unwrap_or_default();
         if events {
             v.events = Some(crate::routes::events::app_events(&st, &p, &id).await?);
         }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod apps;
 pub mod auth;
 pub mod deployments;
+pub mod domains;
 pub mod events;
 pub mod exec_ws;
 pub mod health;

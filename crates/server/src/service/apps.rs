@@ -128,6 +128,9 @@ pub async fn app_create(
 ) -> Result<(App, String), Error> {
     let store = &ctx.store;
     p.authorize("apps", "write", None)?;
+    if !req.domains.is_empty() {
+        p.authorize("domains", "write", None)?;
+    }
     check_fetch_targets(&ctx.config.ssrf, req.image.as_deref(), req.source.as_ref()).await?;
     // Reads first, on a connection given back before the unit begins.
     let mut db = store.conn().await?;
@@ -241,6 +244,26 @@ pub async fn app_create(
             .in_org(&app.organization_id)
             .meta(json!({"name": app.name, "replicas": app.replicas, "deployment_id": dep})),
     );
+    // Its custom domains, claimed with it (or neither).
+    for (i, hostname) in req.domains.iter().enumerate() {
+        crate::service::domains::create_in(
+            ctx,
+            &mut tx,
+            &p.actor(),
+            &app.organization_id,
+            crate::service::domains::Wanted {
+                hostname,
+                app_id: &app.id,
+                path: None,
+                port: None,
+                strip_prefix: false,
+                tls_provider: shellwego_api::domains::TlsProvider::Letsencrypt,
+                tls_auto_renew: true,
+            },
+            &format!("domains[{i}]"),
+        )
+        .await?;
+    }
     reconcile_in(&mut tx, &app.id).await?;
     tx.commit().await?;
     Ok((app, dep))
@@ -450,6 +473,7 @@ pub async fn app_delete(ctx: &ServerCtx, p: &Principal, app_id: &str) -> Result<
                 .meta(json!({"name": name, "scope": "app", "app_id": app_id, "with_app": true})),
         );
     }
+    crate::service::domains::delete_of_app(&mut tx, &p.actor(), &a.organization_id, app_id).await?;
     tx.record(
         NewEvent::info("app.deleted", &p.actor(), "app", app_id)
             .in_org(&a.organization_id)

@@ -4,6 +4,7 @@
 pub mod agent_channel;
 pub mod apps;
 pub mod deployments;
+pub mod domains;
 pub mod events;
 pub mod exec;
 pub mod exec_session;

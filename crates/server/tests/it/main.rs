@@ -8,6 +8,7 @@
 mod apps;
 mod auth;
 mod deployments;
+mod domains;
 mod errors;
 mod events;
 mod exec;

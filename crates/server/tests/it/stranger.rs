@@ -119,6 +119,20 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         .as_str()
         .unwrap()
         .to_string();
+    let dom = s
+        .call(
+            Method::POST,
+            "/v1/domains",
+            Some(&s.token),
+            Some(json!({"hostname": "owners.example.com", "app_id": app})),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Enterprise: its burst (500) covers the whole table with room to grow;
     // the table outgrew Starter's 50 once deployments landed.
     let (_, _, stranger) = s
@@ -134,6 +148,8 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         app.as_str(),
         upl.as_str(),
         sec.as_str(),
+        dom.as_str(),
+        "owners.example.com",
         "OWNERS_KEY",
         "owners-secret-value",
         hook.as_str(),
@@ -150,6 +166,36 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
         .unwrap()
         .to_string();
     let cases: Vec<(Method, &str, String, Option<Value>, u16)> = vec![
+        (Method::GET, "/v1/domains", "/v1/domains".into(), None, 200),
+        // Attaching the owner's app: no such app in the stranger's org.
+        (
+            Method::POST,
+            "/v1/domains",
+            "/v1/domains".into(),
+            Some(json!({"hostname": "strangers.example.com", "app_id": app})),
+            400,
+        ),
+        (
+            Method::GET,
+            "/v1/domains/{domain_id}",
+            format!("/v1/domains/{dom}"),
+            None,
+            404,
+        ),
+        (
+            Method::PATCH,
+            "/v1/domains/{domain_id}",
+            format!("/v1/domains/{dom}"),
+            Some(json!({"path": "/x"})),
+            404,
+        ),
+        (
+            Method::DELETE,
+            "/v1/domains/{domain_id}",
+            format!("/v1/domains/{dom}"),
+            None,
+            404,
+        ),
         (Method::GET, "/v1/secrets", "/v1/secrets".into(), None, 200),
         (
             Method::POST,
