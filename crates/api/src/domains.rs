@@ -101,6 +101,56 @@ pub struct DomainUpdate {
     pub waf_enabled: Option<bool>,
 }
 
+/// `POST /v1/domains/{id}/certificate`: your own certificate for the
+/// domain's host (all its routes). Checked, then kept with the key
+/// encrypted; the key is never returned.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateUpload {
+    /// PEM: the host's certificate (the chain may follow it here).
+    #[schema(example = "-----BEGIN CERTIFICATE-----\n...")]
+    pub certificate: String,
+    /// PEM: its private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[schema(example = "-----BEGIN PRIVATE KEY-----\n...")]
+    pub private_key: String,
+    /// PEM: the intermediate certificates, each followed by its issuer.
+    #[serde(default)]
+    pub chain: Option<String>,
+}
+
+/// The most PEM text taken per field.
+pub const MAX_PEM: usize = 64 * 1024;
+
+impl Validate for CertificateUpload {
+    fn validate(&self) -> Result<(), Error> {
+        let mut errs = vec![];
+        for (f, v) in [
+            ("certificate", Some(&self.certificate)),
+            ("private_key", Some(&self.private_key)),
+            ("chain", self.chain.as_ref()),
+        ] {
+            if v.is_some_and(|v| v.len() > MAX_PEM) {
+                errs.push(FieldError::new(f, "too_long", "at most 64 KiB of PEM"));
+            }
+        }
+        if self.certificate.trim().is_empty() {
+            errs.push(FieldError::new(
+                "certificate",
+                "required",
+                "the PEM certificate",
+            ));
+        }
+        if self.private_key.trim().is_empty() {
+            errs.push(FieldError::new(
+                "private_key",
+                "required",
+                "the PEM private key",
+            ));
+        }
+        crate::finish(errs)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TlsCertificate {
     #[schema(example = "Let's Encrypt")]

@@ -1,7 +1,7 @@
 //! `client.domains()`: custom domains (`/v1/domains`).
 
 use reqwest::Method;
-use shellwego_api::domains::{Domain, DomainCreate, DomainList, DomainUpdate};
+use shellwego_api::domains::{CertificateUpload, Domain, DomainCreate, DomainList, DomainUpdate};
 
 use crate::{Answer, ApiError, Client, ListQuery};
 
@@ -39,6 +39,22 @@ impl Domains<'_> {
                 "PATCH /v1/domains/{domain_id}",
                 Method::PATCH,
                 &["v1", "domains", id],
+                req,
+            )
+            .await
+    }
+
+    /// `POST /v1/domains/{domain_id}/certificate`: your own certificate.
+    pub async fn upload_certificate(
+        &self,
+        id: &str,
+        req: &CertificateUpload,
+    ) -> Result<Answer<Domain>, ApiError> {
+        self.client
+            .send_json(
+                "POST /v1/domains/{domain_id}/certificate",
+                Method::POST,
+                &["v1", "domains", id, "certificate"],
                 req,
             )
             .await

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod certs;
 pub mod controller;
 pub mod ctx;
 pub mod docs;

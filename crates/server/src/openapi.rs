@@ -130,6 +130,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             domains::domain_update,
             domains::domain_delete
         ))
+        .routes(routes!(domains::domain_certificate))
         .routes(routes!(secrets::secret_create, secrets::secret_list))
         .routes(routes!(secrets::secret_get, secrets::secret_delete))
         .routes(routes!(secrets::secret_rotate))

@@ -359,3 +359,70 @@ pub async fn routes(db: &mut Conn) -> Result<Vec<RouteRow>, Error> {
     .await
     .map_err(db_err)
 }
+
+/// A host's certificate as kept (the key sealed).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HostCert {
+    pub hostname: String,
+    pub organization_id: String,
+    pub cert_pem: String,
+    pub key_enc: String,
+    pub cert_updated_at: i64,
+}
+
+/// What is kept of a certificate set on a host.
+pub struct NewCert<'a> {
+    pub cert_pem: &'a str,
+    pub key_enc: &'a str,
+    pub source: &'a str,
+    pub issuer: &'a str,
+    pub not_after: Timestamp,
+    pub serial: &'a str,
+}
+
+/// Set `hostname`'s certificate, and what its routes show of it.
+pub async fn set_host_cert(db: &mut Conn, hostname: &str, c: NewCert<'_>) -> Result<(), Error> {
+    let at = to_micros(now());
+    sqlx::query(
+        "UPDATE domain_hosts SET cert_pem = $1, key_enc = $2, cert_source = $3, cert_issuer = $4, cert_not_after = $5, cert_serial = $6, cert_updated_at = $7 WHERE hostname = $8",
+    )
+    .bind(c.cert_pem)
+    .bind(c.key_enc)
+    .bind(c.source)
+    .bind(c.issuer)
+    .bind(to_micros(c.not_after))
+    .bind(c.serial)
+    .bind(at)
+    .bind(hostname)
+    .execute(&mut *db)
+    .await
+    .map_err(db_err)?;
+    let provider = if c.source == "custom" {
+        "custom"
+    } else {
+        "letsencrypt"
+    };
+    sqlx::query(
+        "UPDATE domains SET tls_status = 'active', tls_provider = $1, tls_issuer = $2, tls_expires_at = $3, tls_error = NULL, updated_at = $4 WHERE hostname = $5",
+    )
+    .bind(provider)
+    .bind(c.issuer)
+    .bind(to_micros(c.not_after))
+    .bind(at)
+    .bind(hostname)
+    .execute(&mut *db)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Every host's certificate (for the ingress).
+pub async fn host_certs(db: &mut Conn) -> Result<Vec<HostCert>, Error> {
+    sqlx::query_as(
+        "SELECT hostname, organization_id, cert_pem, key_enc, cert_updated_at FROM domain_hosts
+         WHERE cert_pem IS NOT NULL AND key_enc IS NOT NULL ORDER BY hostname",
+    )
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_err)
+}

@@ -68,11 +68,14 @@ case "$1" in
 esac
 cd {workdir} || done_with 126
 [ -x /.shellwego/sw-guestd ] && /.shellwego/sw-guestd /dev/ttyS2 </dev/null >/dev/null &
+# The control port is open before the start mark: a `term` written as soon
+# as the agent sees the mark is buffered, not lost.
+$B stty -F /dev/ttyS1 -echo 2>/dev/null
+exec 3</dev/ttyS1
 echo "{START_MARK}"
-"$@" </dev/null &
+"$@" </dev/null 3<&- &
 app=$!
-( $B stty -F /dev/ttyS1 -echo 2>/dev/null
-  while read -r c </dev/ttyS1; do case "$c" in term) kill -TERM $app ;; kill) kill -KILL $app ;; esac; done ) &
+( while read -r c <&3; do case "$c" in term) kill -TERM $app ;; kill) kill -KILL $app ;; esac; done ) &
 wait $app
 done_with $?
 "#,

@@ -1,9 +1,12 @@
-//! `shellwego domains add|list|get|update|remove`: custom domains, host
-//! names (and path prefixes under them) routed to apps.
+//! `shellwego domains add|list|get|update|remove|cert upload`: custom
+//! domains, host names (and path prefixes under them) routed to apps, and
+//! their certificates.
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use shellwego_api::domains::{Domain, DomainCreate, DomainUpdate, TlsProvider, TlsRequest};
+use shellwego_api::domains::{
+    CertificateUpload, Domain, DomainCreate, DomainUpdate, TlsProvider, TlsRequest,
+};
 
 use crate::cmd::{more_hint, ClientArgs, Ctx, ListArgs};
 use crate::output::{emit, fields, json, or_dash, table, Output};
@@ -30,6 +33,32 @@ pub enum DomainsCommand {
     Update(UpdateArgs),
     /// Remove a domain route.
     Remove(Target),
+    /// Certificates: `cert upload` sets your own for the domain's host.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Upload your own certificate (PEM files) for the domain's host; it is
+    /// checked (valid now, covers the host, key matches, chain in order) and
+    /// served by the ingress; the key is kept encrypted.
+    Upload(UploadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The certificate (PEM; the chain may follow it).
+    #[arg(long, value_name = "FILE")]
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: std::path::PathBuf,
+    /// The intermediate certificates (PEM), each followed by its issuer.
+    #[arg(long, value_name = "FILE")]
+    pub chain: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +177,20 @@ pub async fn run(args: DomainsArgs) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
+            show(&ctx, d)
+        }
+        DomainsCommand::Cert(CertCommand::Upload(u)) => {
+            let id = resolve(&ctx, &u.target).await?;
+            let read = |p: &std::path::PathBuf| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+            };
+            let req = CertificateUpload {
+                certificate: read(&u.cert)?,
+                private_key: read(&u.key)?,
+                chain: u.chain.as_ref().map(read).transpose()?,
+            };
+            let d = ctx.client.domains().upload_certificate(&id, &req).await?;
             show(&ctx, d)
         }
         DomainsCommand::Remove(t) => {

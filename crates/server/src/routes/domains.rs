@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use shellwego_api::domains::{
-    DnsValidation, Domain, DomainCreate, DomainList, DomainRouting, DomainUpdate, TlsCertificate,
-    TlsProvider,
+    CertificateUpload, DnsValidation, Domain, DomainCreate, DomainList, DomainRouting,
+    DomainUpdate, TlsCertificate, TlsProvider,
 };
 use shellwego_api::problem::Problem;
 use shellwego_core::time::rfc3339;
@@ -156,4 +156,31 @@ pub async fn domain_delete(
 ) -> ApiResult<StatusCode> {
     svc::domain_delete(&st.ctx, &p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Upload your own certificate for the domain's host (every route of the
+/// host uses it). Checked: the certificate parses, is valid now and covers
+/// the host; the key matches it; the chain is in order. A failed check is
+/// a 400 naming the field (`certificate`, `private_key`, `chain`). The key
+/// is kept encrypted and never returned.
+#[utoipa::path(post, path = "/v1/domains/{domain_id}/certificate", tag = "domains", security(("bearer" = [])),
+    params(("domain_id" = String, Path, description = "Domain id (dom_…)")),
+    request_body = CertificateUpload,
+    responses(
+    (status = 200, body = Domain),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
+    (status = 403, body = Problem, content_type = "application/problem+json"),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn domain_certificate(
+    State(st): State<AppState>,
+    p: Principal,
+    PathParam(id): PathParam,
+    JsonBody(req): JsonBody<CertificateUpload>,
+) -> ApiResult<Json<Domain>> {
+    Ok(Json(view(
+        &st,
+        svc::domain_certificate(&st.ctx, &p, &id, &req).await?,
+    )))
 }

@@ -5,7 +5,8 @@
 
 use serde_json::json;
 use shellwego_api::domains::{
-    normalize_hostname, normalize_path, CdnRequest, DomainCreate, DomainUpdate, TlsProvider,
+    normalize_hostname, normalize_path, CdnRequest, CertificateUpload, DomainCreate, DomainUpdate,
+    TlsProvider,
 };
 use shellwego_core::list::ListParams;
 use shellwego_core::Error;
@@ -261,6 +262,57 @@ pub async fn domain_delete(ctx: &ServerCtx, p: &Principal, id: &str) -> Result<(
     );
     tx.touch(&[Topic::Routes]);
     tx.commit().await
+}
+
+/// The associated data of a host's sealed private key.
+pub fn cert_key_aad(hostname: &str) -> String {
+    format!("cert-key:{hostname}")
+}
+
+/// Your own certificate for the domain's host: checked (400 naming the
+/// field), kept with the key sealed, served by every ingress at once.
+pub async fn domain_certificate(
+    ctx: &ServerCtx,
+    p: &Principal,
+    id: &str,
+    req: &CertificateUpload,
+) -> Result<Domain, Error> {
+    let d = domain_get(ctx, p, id).await?;
+    p.authorize("domains", "write", Some(&d.app_id))?;
+    let c = crate::certs::check(
+        &d.hostname,
+        &req.certificate,
+        &req.private_key,
+        req.chain.as_deref(),
+        shellwego_core::time::now(),
+    )?;
+    let key = ctx.vault.key_for(&ctx.store, &d.organization_id).await?;
+    let key_enc = key.seal(&cert_key_aad(&d.hostname), c.key_pem.as_bytes())?;
+    let mut tx = ctx.unit().await?;
+    domains::set_host_cert(
+        &mut tx,
+        &d.hostname,
+        domains::NewCert {
+            cert_pem: &c.chain_pem,
+            key_enc: &key_enc,
+            source: "custom",
+            issuer: &c.issuer,
+            not_after: c.not_after,
+            serial: &c.serial,
+        },
+    )
+    .await?;
+    tx.record(
+        NewEvent::info("domain.certificate_uploaded", &p.actor(), "domain", id)
+            .in_org(&d.organization_id)
+            .meta(json!({"hostname": d.hostname, "issuer": c.issuer, "expires_at": shellwego_core::time::rfc3339(c.not_after), "serial": c.serial})),
+    );
+    tx.touch(&[Topic::Routes]);
+    let out = domains::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| Error::not_found("domain", id))?;
+    tx.commit().await?;
+    Ok(out)
 }
 
 /// Delete an app's routes with it (in its deletion's transaction).

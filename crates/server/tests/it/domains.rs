@@ -363,3 +363,157 @@ async fn domains_are_claimed_routed_and_released(s: TestServer) {
 }
 
 both_backends!(domains_are_claimed_routed_and_released);
+
+/// A CA, an intermediate it signed, and a leaf for `names` signed by the
+/// intermediate (valid `days` from `from_days` days ago).
+struct Pki {
+    root: rcgen::Certificate,
+    inter: rcgen::Certificate,
+    inter_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let root_key = rcgen::KeyPair::generate().unwrap();
+        let mut rp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        rp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        rp.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Test Root");
+        let root = rp.self_signed(&root_key).unwrap();
+        let inter_key = rcgen::KeyPair::generate().unwrap();
+        let mut ip = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ip.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Test Intermediate");
+        let inter = ip.signed_by(&inter_key, &root, &root_key).unwrap();
+        Pki {
+            root,
+            inter,
+            inter_key,
+        }
+    }
+
+    /// (certificate PEM, key PEM) of a leaf for `names`.
+    fn leaf(&self, names: &[&str], expired: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let c = p.signed_by(&key, &self.inter, &self.inter_key).unwrap();
+        (c.pem(), key.serialize_pem())
+    }
+}
+
+async fn upload(s: &TestServer, id: &str, body: Value) -> reqwest::Response {
+    s.post(&format!("/v1/domains/{id}/certificate"), &s.token, body)
+        .await
+}
+
+async fn custom_certificates_are_checked_and_kept_sealed(s: TestServer) {
+    let web = app(&s, &s.token, "web").await;
+    let d = created(
+        s.post(
+            "/v1/domains",
+            &s.token,
+            json!({"hostname": "secure.example.com", "app_id": web, "tls": {"provider": "custom"}}),
+        )
+        .await,
+    )
+    .await;
+    let id = d["id"].as_str().unwrap().to_string();
+    assert_eq!(d["tls_provider"], "custom");
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf(&["secure.example.com"], false);
+    let inter = pki.inter.pem();
+    let root = pki.root.pem();
+
+    // Each check, its field.
+    let (_, other_key) = pki.leaf(&["secure.example.com"], false);
+    let (expired, expired_key) = pki.leaf(&["secure.example.com"], true);
+    let (elsewhere, elsewhere_key) = pki.leaf(&["other.example.com"], false);
+    for (body, field, says) in [
+        (
+            json!({"certificate": cert, "private_key": other_key, "chain": inter}),
+            "private_key",
+            "does not match",
+        ),
+        (
+            json!({"certificate": cert, "private_key": "not a key", "chain": inter}),
+            "private_key",
+            "PEM",
+        ),
+        (
+            json!({"certificate": "garbage", "private_key": key}),
+            "certificate",
+            "no certificate",
+        ),
+        (
+            json!({"certificate": expired, "private_key": expired_key, "chain": inter}),
+            "certificate",
+            "expired",
+        ),
+        (
+            json!({"certificate": elsewhere, "private_key": elsewhere_key, "chain": inter}),
+            "certificate",
+            "does not cover secure.example.com",
+        ),
+        (
+            json!({"certificate": cert, "private_key": key, "chain": format!("{root}{inter}")}),
+            "chain",
+            "out of order",
+        ),
+    ] {
+        let p = problem(upload(&s, &id, body).await, 400).await;
+        assert_eq!(fields(&p), [field], "{p:#}");
+        assert!(
+            p["errors"][0]["message"].as_str().unwrap().contains(says),
+            "{says}: {p:#}"
+        );
+    }
+
+    // A good one: kept, shown without its key, the key sealed at rest.
+    let r = upload(
+        &s,
+        &id,
+        json!({"certificate": cert, "private_key": key, "chain": format!("{inter}{root}")}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["tls_status"], "active", "{v:#}");
+    assert_eq!(v["tls_certificate"]["issuer"], "Test Intermediate");
+    assert!(v["tls_certificate"]["expires_at"].is_string(), "{v:#}");
+    let mut db = s.store.conn().await.unwrap();
+    let kept = shellwego_store::domains::host_certs(&mut db).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].cert_pem.contains("BEGIN CERTIFICATE"));
+    assert!(!kept[0].key_enc.contains("PRIVATE KEY"), "sealed");
+    let body = key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>();
+    assert!(!kept[0].key_enc.contains(&body[..40]));
+    let (_, ev) = s
+        .get("/v1/events?filter[type]=domain.certificate_uploaded")
+        .await;
+    assert_eq!(ev["data"][0]["resource"]["id"], id.as_str(), "{ev:#}");
+    // A viewer cannot upload.
+    let org = s.admin_org().await;
+    let (_, viewer) = s.member_with_role(&org, "viewer", "v@example.com").await;
+    let r = s
+        .post(
+            &format!("/v1/domains/{id}/certificate"),
+            &viewer,
+            json!({"certificate": cert, "private_key": key}),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 403);
+}
+
+both_backends!(custom_certificates_are_checked_and_kept_sealed);

@@ -190,6 +190,13 @@ async fn strangers_see_nothing_of_another_organization(s: TestServer) {
             404,
         ),
         (
+            Method::POST,
+            "/v1/domains/{domain_id}/certificate",
+            format!("/v1/domains/{dom}/certificate"),
+            Some(json!({"certificate": "x", "private_key": "y"})),
+            404,
+        ),
+        (
             Method::DELETE,
             "/v1/domains/{domain_id}",
             format!("/v1/domains/{dom}"),
