@@ -222,6 +222,10 @@ struct UpArgs {
     /// Address of the ingress router (HTTP).
     #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
     ingress_listen: std::net::SocketAddr,
+    /// Address of the ingress router's HTTPS listener (custom domains with
+    /// a certificate; their plain-HTTP requests are redirected to it).
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
+    ingress_https_listen: std::net::SocketAddr,
     /// Apps answer at <app>.<base-domain>.
     #[arg(long, default_value = "localhost", value_name = "DOMAIN")]
     base_domain: String,
@@ -274,23 +278,49 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             anyhow::anyhow!("cannot listen on {} for the ingress: {e}", a.ingress_listen)
         })?;
     let ingress_addr = listener.local_addr()?;
-    let feed = tokio::spawn(shellwego_server::serve::feed_routes(
+    let tls_listener = tokio::net::TcpListener::bind(a.ingress_https_listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} for the ingress's HTTPS: {e}",
+                a.ingress_https_listen
+            )
+        })?;
+    let https_addr = tls_listener.local_addr()?;
+    let certs = shellwego_ingress::Certs::new();
+    let feed = tokio::spawn(shellwego_server::serve::feed_routes_and_certs(
         started.ctx.clone(),
         routes.clone(),
+        certs.clone(),
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx = stop_rx.clone();
+    let ingress_cfg = shellwego_ingress::IngressConfig {
+        base_domain: a.base_domain.clone(),
+        limits: http_limits,
+        trusted_proxies,
+        https_redirect: Some((certs.clone(), https_addr.port())),
+        ..Default::default()
+    };
     let ingress = tokio::spawn(shellwego_ingress::serve(
         listener,
-        routes,
-        shellwego_ingress::IngressConfig {
-            base_domain: a.base_domain.clone(),
-            limits: http_limits,
-            trusted_proxies,
-            ..Default::default()
-        },
+        routes.clone(),
+        ingress_cfg.clone(),
         async move {
             let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
+    let mut tls_rx = stop_rx.clone();
+    let ingress_tls = tokio::spawn(shellwego_ingress::serve_tls(
+        tls_listener,
+        routes,
+        shellwego_ingress::IngressConfig {
+            https_redirect: None,
+            ..ingress_cfg
+        },
+        certs,
+        async move {
+            let _ = tls_rx.wait_for(|s| *s).await;
         },
     ));
     // The local agent: joined once, its credential kept in <data>/agent.
@@ -329,7 +359,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let mut agent = tokio::spawn(shellwego_agent::run(agent_args, async move {
         let _ = agent_stop.wait_for(|s| *s).await;
     }));
-    tracing::info!(api = %api, ingress = %ingress_addr, base_domain = %a.base_domain, "shellwego is up: apps answer at http://<app>.{}:{}", a.base_domain, ingress_addr.port());
+    tracing::info!(api = %api, ingress = %ingress_addr, ingress_https = %https_addr, base_domain = %a.base_domain, "shellwego is up: apps answer at http://<app>.{}:{}", a.base_domain, ingress_addr.port());
     // The local agent ending on its own (a driver that does not work here,
     // say) ends `up` with its error.
     let agent_failed = tokio::select! {
@@ -353,6 +383,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     feed.abort();
     let _ = ingress.await;
+    let _ = ingress_tls.await;
     started.shutdown().await?;
     match agent_failed {
         Some(e) => Err(e),

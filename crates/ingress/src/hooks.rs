@@ -28,23 +28,76 @@ const MAX_HOST_SHOWN: usize = 255;
 
 /// The hooks of a server: `base_domain` normalised (lowercase, no leading
 /// or trailing dot).
-pub(crate) fn standard(routes: Routes, base_domain: Box<str>) -> Hooks {
-    Hooks::new(standard_list(routes, base_domain))
+pub(crate) fn standard(
+    routes: Routes,
+    base_domain: Box<str>,
+    https: bool,
+    redirect: Option<(crate::Certs, u16)>,
+) -> Hooks {
+    Hooks::new(standard_list(routes, base_domain, https, redirect))
 }
 
 /// The list behind [`standard`]; a new concern is one more entry here.
-fn standard_list(routes: Routes, base_domain: Box<str>) -> Vec<Box<dyn Hook>> {
-    vec![
-        Box::new(RejectConnect),
-        Box::new(FindHost),
+fn standard_list(
+    routes: Routes,
+    base_domain: Box<str>,
+    https: bool,
+    redirect: Option<(crate::Certs, u16)>,
+) -> Vec<Box<dyn Hook>> {
+    let mut hooks: Vec<Box<dyn Hook>> = vec![Box::new(RejectConnect), Box::new(FindHost)];
+    if let Some((certs, port)) = redirect {
+        hooks.push(Box::new(RedirectToHttps { certs, port }));
+    }
+    hooks.extend::<Vec<Box<dyn Hook>>>(vec![
         Box::new(RouteByHost {
             routes: routes.clone(),
             base_domain,
         }),
-        Box::new(ForwardHeaders),
+        Box::new(ForwardHeaders {
+            proto: if https { "https" } else { "http" },
+        }),
         Box::new(CountAnswers { routes }),
         Box::new(LogOutcome),
-    ]
+    ]);
+    hooks
+}
+
+/// On plain HTTP, a host with a certificate goes to HTTPS (308, method and
+/// body kept), except ACME http-01 challenges, which must stay reachable
+/// over HTTP.
+struct RedirectToHttps {
+    certs: crate::Certs,
+    port: u16,
+}
+
+impl Hook for RedirectToHttps {
+    fn request_filter(&self, req: &request::Parts, ctx: &mut RequestCtx) -> Flow {
+        let Some(host) = ctx.host_str() else {
+            return ControlFlow::Continue(());
+        };
+        if req.uri.path().starts_with("/.well-known/acme-challenge/") {
+            return ControlFlow::Continue(());
+        }
+        let name = crate::routes::strip_port(host);
+        if !self.certs.covers(name) {
+            return ControlFlow::Continue(());
+        }
+        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let location = if self.port == 443 {
+            format!("https://{name}{target}")
+        } else {
+            format!("https://{name}:{}{target}", self.port)
+        };
+        let Ok(location) = HeaderValue::from_str(&location) else {
+            return ControlFlow::Continue(());
+        };
+        let mut resp = ctx.page(
+            StatusCode::PERMANENT_REDIRECT,
+            "308 Permanent Redirect: this host is served over HTTPS.\n".into(),
+        );
+        resp.headers_mut().insert(http::header::LOCATION, location);
+        ControlFlow::Break(resp)
+    }
 }
 
 /// `CONNECT` gets a 405: the ingress is no forward proxy.
@@ -197,7 +250,10 @@ fn strip_prefix(req: &mut request::Parts, n: usize) {
 
 /// Hop-by-hop headers out both ways; `X-Forwarded-*`, `Host` and
 /// `X-Request-Id` to the backend; `X-Request-Id` to the client.
-struct ForwardHeaders;
+struct ForwardHeaders {
+    /// `http` or `https`: how the client reached us.
+    proto: &'static str,
+}
 
 impl Hook for ForwardHeaders {
     fn upstream_request_filter(&self, req: &mut request::Parts, ctx: &RequestCtx) {
@@ -207,7 +263,7 @@ impl Hook for ForwardHeaders {
         let headers = &mut req.headers;
         strip_hop_by_hop(headers, ctx.upgrade);
         append_forwarded_for(headers, ctx.client.ip());
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
         if let Some(host) = &ctx.host {
             headers.insert(&X_FORWARDED_HOST, host.clone());
             headers.insert(HOST, host.clone());
@@ -343,7 +399,7 @@ mod tests {
     }
 
     fn hooks(routes: &Routes) -> Hooks {
-        standard(routes.clone(), "localhost".into())
+        standard(routes.clone(), "localhost".into(), false, None)
     }
 
     /// The page a phase answered with.
@@ -574,7 +630,7 @@ mod tests {
             })
         };
         let mut list = vec![trace("first")];
-        list.extend(standard_list(routes(), "localhost".into()));
+        list.extend(standard_list(routes(), "localhost".into(), false, None));
         list.push(trace("last"));
         let hooks = Hooks::new(list);
         let take = || std::mem::take(&mut *seen.lock().unwrap()).join(" ");

@@ -78,8 +78,13 @@
 //! when there is a body, and the header copy mentioned above. The route
 //! lookup lowercases (allocating) only a host that has uppercase letters.
 //!
-//! Out of scope here: TLS (the ingress speaks plain HTTP, hence
-//! `X-Forwarded-Proto: http`), HTTP/2 to backends, and `CONNECT` (405).
+//! * **HTTPS.** [`serve_tls`] serves the same routes over TLS (rustls, the
+//!   certificate chosen by SNI from [`Certs`], ALPN `h2`/`http/1.1`,
+//!   `X-Forwarded-Proto: https`); the plain listener redirects (308) hosts
+//!   that have a certificate to it ([`IngressConfig::https_redirect`]),
+//!   except ACME http-01 challenges.
+//!
+//! Out of scope here: HTTP/2 to backends, and `CONNECT` (405).
 
 mod body;
 mod error;
@@ -88,6 +93,7 @@ mod hooks;
 mod phases;
 mod proxy;
 mod routes;
+mod tls;
 
 use std::future::Future;
 use std::io;
@@ -103,6 +109,7 @@ use tokio::net::TcpListener;
 
 pub use error::{BoxError, Chain, Phase, ProxyError};
 pub use routes::{Backend, DomainRoute, RequestCounts, RouteTable, Routes, SLOT_MICROS};
+pub use tls::{server_config, Certs};
 
 use proxy::Proxy;
 
@@ -129,6 +136,10 @@ pub struct IngressConfig {
     pub upstream_idle_timeout: Duration,
     /// How many idle connections are kept per backend. Default 128.
     pub upstream_max_idle_per_backend: usize,
+    /// On the plain-HTTP listener: requests for a host with a certificate
+    /// here are redirected (308) to HTTPS on this port, except ACME
+    /// challenges (`/.well-known/acme-challenge/`). `None`: no redirects.
+    pub https_redirect: Option<(Certs, u16)>,
 }
 
 impl Default for IngressConfig {
@@ -141,6 +152,7 @@ impl Default for IngressConfig {
             trusted_proxies: TrustedProxies::default(),
             upstream_idle_timeout: Duration::from_secs(30),
             upstream_max_idle_per_backend: 128,
+            https_redirect: None,
         }
     }
 }
@@ -163,13 +175,45 @@ pub async fn serve(
     // the shared `Proxy`), so `stage.closed()` doubles as "all finished".
     // Dropping `serve` drops the sender, which cuts everything.
     let (stage, stage_rx) = Stage::channel();
-    let proxy = Arc::new(Proxy::new(routes, &cfg, base_domain, stage_rx));
+    let proxy = Arc::new(Proxy::new(routes, &cfg, base_domain, stage_rx, false));
     let opts = ServeOptions {
         limits: cfg.limits.clone().fitted_to_open_files(),
         trusted_proxies: cfg.trusted_proxies.clone(),
         shutdown_grace: cfg.shutdown_grace,
         protocol_error: None,
         name: "ingress",
+        tls: None,
+    };
+    let make = move |peer: SocketAddr| {
+        let proxy = Arc::clone(&proxy);
+        service_fn(move |req| Arc::clone(&proxy).handle(peer, req))
+    };
+    shellwego_net::serve::serve(listener, opts, stage, make, shutdown).await
+}
+
+/// [`serve`] over HTTPS: the certificate chosen by SNI from `certs` (a
+/// client without SNI, or for a host without a certificate, fails the
+/// handshake), HTTP/2 or HTTP/1.1 by ALPN, `X-Forwarded-Proto: https`.
+/// Certificates replaced in `certs` apply to new handshakes; open
+/// connections keep theirs.
+pub async fn serve_tls(
+    listener: TcpListener,
+    routes: Routes,
+    cfg: IngressConfig,
+    certs: Certs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let base_domain = normalise_base_domain(&cfg.base_domain)?;
+    let tls = server_config(certs).map_err(io::Error::other)?;
+    let (stage, stage_rx) = Stage::channel();
+    let proxy = Arc::new(Proxy::new(routes, &cfg, base_domain, stage_rx, true));
+    let opts = ServeOptions {
+        limits: cfg.limits.clone().fitted_to_open_files(),
+        trusted_proxies: cfg.trusted_proxies.clone(),
+        shutdown_grace: cfg.shutdown_grace,
+        protocol_error: None,
+        name: "ingress-https",
+        tls: Some(tls),
     };
     let make = move |peer: SocketAddr| {
         let proxy = Arc::clone(&proxy);

@@ -46,6 +46,7 @@ impl Proxy {
         cfg: &IngressConfig,
         base_domain: Box<str>,
         stage: watch::Receiver<Stage>,
+        https: bool,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
@@ -60,7 +61,16 @@ impl Proxy {
             .build(connector);
         Self {
             client,
-            hooks: hooks::standard(routes, base_domain),
+            hooks: hooks::standard(
+                routes,
+                base_domain,
+                https,
+                if https {
+                    None
+                } else {
+                    cfg.https_redirect.clone()
+                },
+            ),
             ids: RequestIds::new(),
             stage,
         }

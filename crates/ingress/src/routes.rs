@@ -398,7 +398,7 @@ pub(crate) fn app_of_host<'h>(host: &'h str, base_domain: &str) -> Option<&'h st
 }
 
 /// `host` without a `:port` suffix.
-fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     match host.rfind(':') {
         Some(colon)
             if colon + 1 < host.len() && host[colon + 1..].bytes().all(|b| b.is_ascii_digit()) =>

@@ -170,6 +170,11 @@ pub struct ServeOptions {
     pub protocol_error: Option<ProtocolErrorFn>,
     /// Names the listener in logs ("api", "ingress").
     pub name: &'static str,
+    /// Serve HTTPS with this configuration (its certificate resolver, ALPN
+    /// `h2`/`http/1.1`): the handshake must finish within the header
+    /// timeout. [`ServeOptions::protocol_error`] is not applied to TLS
+    /// connections (hyper's answers are encrypted by then).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Default for ServeOptions {
@@ -180,6 +185,7 @@ impl Default for ServeOptions {
             shutdown_grace: Duration::from_secs(30),
             protocol_error: None,
             name: "http",
+            tls: None,
         }
     }
 }
@@ -279,42 +285,27 @@ where
         };
         let builder = Arc::clone(&builder);
         let limits = Arc::clone(&limits);
-        let mut stage = stage_rx.clone();
+        let stage = stage_rx.clone();
+        let tls = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             let _permit = permit;
-            let c = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            tokio::pin!(c);
-            let mut draining = false;
-            let result = loop {
-                // Until the next deadline of the state the connection is in,
-                // but no longer than the shortest timeout: the state changes
-                // without waking us (a request per wake-up would cost more
-                // than the whole check), so a deadline that moved earlier is
-                // seen at most that late.
-                let (deadline, _) = conn.deadline(&limits);
-                let wake = deadline.min(Instant::now() + limits.recheck());
-                tokio::select! {
-                    result = c.as_mut() => break result,
-                    () = tokio::time::sleep_until(wake) => {
-                        let (deadline, why) = conn.deadline(&limits);
-                        if deadline <= Instant::now() {
-                            tracing::debug!(listener = name, %peer, reason = why, "connection closed: timeout");
-                            break Ok(());
+            match tls {
+                None => drive(io, &builder, service, &conn, &limits, stage, name, peer).await,
+                Some(acceptor) => {
+                    let shake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io));
+                    match shake.await {
+                        Ok(Ok(tls)) => {
+                            drive(tls, &builder, service, &conn, &limits, stage, name, peer).await
                         }
-                    }
-                    () = Stage::reached(&mut stage, |s| if draining { s == Stage::Stopping } else { s != Stage::Serving }) => {
-                        if draining {
-                            break Ok(());
+                        Ok(Err(error)) => {
+                            tracing::debug!(listener = name, %peer, %error, "TLS handshake failed");
                         }
-                        // Finish what is in flight, then close; idle
-                        // keep-alive connections close at once.
-                        draining = true;
-                        c.as_mut().graceful_shutdown();
+                        Err(_) => {
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                        }
                     }
                 }
-            };
-            if let Err(error) = result {
-                tracing::debug!(listener = name, %peer, %error, "client connection ended with an error");
             }
         });
     }
@@ -344,6 +335,65 @@ where
         stage.closed().await;
     }
     Ok(())
+}
+
+/// Serve one connection (plain or TLS) under the watchdog until it ends,
+/// times out or is cut by the shutdown stage.
+#[allow(clippy::too_many_arguments)]
+async fn drive<I, S, B>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    service: Tracked<S>,
+    conn: &ConnState,
+    limits: &Limits,
+    mut stage: watch::Receiver<Stage>,
+    name: &'static str,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<RequestBody>, Response = Response<B>>
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let c = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(c);
+    let mut draining = false;
+    let result = loop {
+        // Until the next deadline of the state the connection is in,
+        // but no longer than the shortest timeout: the state changes
+        // without waking us (a request per wake-up would cost more
+        // than the whole check), so a deadline that moved earlier is
+        // seen at most that late.
+        let (deadline, _) = conn.deadline(limits);
+        let wake = deadline.min(Instant::now() + limits.recheck());
+        tokio::select! {
+            result = c.as_mut() => break result,
+            () = tokio::time::sleep_until(wake) => {
+                let (deadline, why) = conn.deadline(limits);
+                if deadline <= Instant::now() {
+                    tracing::debug!(listener = name, %peer, reason = why, "connection closed: timeout");
+                    break Ok(());
+                }
+            }
+            () = Stage::reached(&mut stage, |s| if draining { s == Stage::Stopping } else { s != Stage::Serving }) => {
+                if draining {
+                    break Ok(());
+                }
+                // Finish what is in flight, then close; idle
+                // keep-alive connections close at once.
+                draining = true;
+                c.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(listener = name, %peer, %error, "client connection ended with an error");
+    }
 }
 
 /// Log a failed `accept`. Errors that concern one connection are skipped;

@@ -8,6 +8,11 @@ use rustls::sign::CertifiedKey;
 use shellwego_core::time::{from_micros, Timestamp};
 use shellwego_core::{Error, FieldError};
 
+/// The associated data of a host's sealed private key.
+pub fn key_aad(hostname: &str) -> String {
+    format!("cert-key:{hostname}")
+}
+
 /// A chain and key that passed [`check`].
 #[derive(Debug, Clone)]
 pub struct Checked {

@@ -229,6 +229,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Started> {
         shutdown_grace: config.shutdown_timeout,
         protocol_error: Some(std::sync::Arc::new(crate::http::protocol_error)),
         name: "api",
+        tls: None,
     };
     let task = tokio::spawn(async move {
         let (stage, _) = shellwego_net::serve::Stage::channel();
@@ -274,6 +275,17 @@ pub async fn run(
 /// control planes or routers sharing the store), until the server stops.
 pub async fn feed_routes(ctx: Arc<ServerCtx>, routes: shellwego_ingress::Routes) {
     crate::controller::run(crate::controller::routes::RouteFeed::new(routes), ctx).await
+}
+
+/// [`feed_routes`], keeping `certs` (an HTTPS listener's) equal to the
+/// hosts' certificates too.
+pub async fn feed_routes_and_certs(
+    ctx: Arc<ServerCtx>,
+    routes: shellwego_ingress::Routes,
+    certs: shellwego_ingress::Certs,
+) {
+    let feed = crate::controller::routes::RouteFeed::new(routes).with_certs(certs);
+    crate::controller::run(feed, ctx).await
 }
 
 /// A one-time join token for a node of the installation's first

@@ -464,6 +464,7 @@ impl PlatformBuilder {
             Some(p) => p,
             None => (try_free_port()?, try_free_port()?),
         };
+        let https_port = try_free_port()?;
         let log = dir.join(
             self.log_name
                 .clone()
@@ -476,6 +477,7 @@ impl PlatformBuilder {
             data_dir,
             api_port,
             ingress_port,
+            https_port,
             log,
             token: String::new(),
             proc: None,
@@ -491,6 +493,7 @@ pub struct Platform {
     data_dir: PathBuf,
     api_port: u16,
     ingress_port: u16,
+    https_port: u16,
     log: PathBuf,
     token: String,
     proc: Option<Proc>,
@@ -540,6 +543,12 @@ impl Platform {
             args.push("--ingress-listen".into());
             args.push(
                 SocketAddr::new(s.listen_ip, self.ingress_port)
+                    .to_string()
+                    .into(),
+            );
+            args.push("--ingress-https-listen".into());
+            args.push(
+                SocketAddr::new(s.listen_ip, self.https_port)
                     .to_string()
                     .into(),
             );
@@ -648,6 +657,11 @@ impl Platform {
 
     pub fn ingress_port(&self) -> u16 {
         self.ingress_port
+    }
+
+    /// The ingress's HTTPS port (`up` only).
+    pub fn https_port(&self) -> u16 {
+        self.https_port
     }
 
     /// Where its API listens (`127.0.0.1:<api port>` unless

@@ -28,6 +28,9 @@ pub struct RouteFeed {
     )>,
     /// Names this process's request counts (`request_samples.source`).
     source: String,
+    /// The certificates the HTTPS listener serves, and the version of
+    /// each host's certificate loaded into them.
+    certs: Option<(shellwego_ingress::Certs, Vec<(String, i64)>)>,
 }
 
 impl RouteFeed {
@@ -36,7 +39,57 @@ impl RouteFeed {
             routes,
             last: None,
             source: shellwego_core::id::new_id("ing"),
+            certs: None,
         }
+    }
+
+    /// Also keep `certs` equal to the hosts' certificates in the store
+    /// (their keys opened with the control plane's vault).
+    pub fn with_certs(mut self, certs: shellwego_ingress::Certs) -> RouteFeed {
+        self.certs = Some((certs, vec![]));
+        self
+    }
+
+    /// Load the hosts' certificates when one changed.
+    async fn load_certs(&mut self, ctx: &ServerCtx) -> Result<(), Error> {
+        let Some((certs, loaded)) = self.certs.as_mut() else {
+            return Ok(());
+        };
+        let mut db = ctx.store.conn().await?;
+        let rows = shellwego_store::domains::host_certs(&mut db).await?;
+        let now: Vec<(String, i64)> = rows
+            .iter()
+            .map(|r| (r.hostname.clone(), r.cert_updated_at))
+            .collect();
+        if &now == loaded {
+            return Ok(());
+        }
+        let mut map = HashMap::new();
+        for r in &rows {
+            let key = match ctx
+                .vault
+                .open_string(&mut db, &crate::certs::key_aad(&r.hostname), &r.key_enc)
+                .await
+            {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(hostname = %r.hostname, error = %e, "router: cannot open a certificate's key");
+                    continue;
+                }
+            };
+            match crate::certs::certified_key(&r.cert_pem, &key) {
+                Ok(ck) => {
+                    map.insert(r.hostname.clone(), std::sync::Arc::new(ck));
+                }
+                Err(e) => {
+                    tracing::warn!(hostname = %r.hostname, error = %e, "router: cannot use a certificate")
+                }
+            }
+        }
+        tracing::info!(certificates = map.len(), "router: certificates loaded");
+        certs.replace(map);
+        *loaded = now;
+        Ok(())
     }
 
     /// Read the table, replace it when it changed, and record the traffic
@@ -158,6 +211,9 @@ impl Controller for RouteFeed {
 
     async fn pass(&mut self, ctx: &ServerCtx) -> Result<&'static [Topic], Error> {
         self.step(&ctx.store).await;
+        if let Err(e) = self.load_certs(ctx).await {
+            tracing::warn!(error = %e, "router: cannot read certificates");
+        }
         Ok(&[])
     }
 }

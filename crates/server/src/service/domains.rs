@@ -264,11 +264,6 @@ pub async fn domain_delete(ctx: &ServerCtx, p: &Principal, id: &str) -> Result<(
     tx.commit().await
 }
 
-/// The associated data of a host's sealed private key.
-pub fn cert_key_aad(hostname: &str) -> String {
-    format!("cert-key:{hostname}")
-}
-
 /// Your own certificate for the domain's host: checked (400 naming the
 /// field), kept with the key sealed, served by every ingress at once.
 pub async fn domain_certificate(
@@ -287,7 +282,7 @@ pub async fn domain_certificate(
         shellwego_core::time::now(),
     )?;
     let key = ctx.vault.key_for(&ctx.store, &d.organization_id).await?;
-    let key_enc = key.seal(&cert_key_aad(&d.hostname), c.key_pem.as_bytes())?;
+    let key_enc = key.seal(&crate::certs::key_aad(&d.hostname), c.key_pem.as_bytes())?;
     let mut tx = ctx.unit().await?;
     domains::set_host_cert(
         &mut tx,
