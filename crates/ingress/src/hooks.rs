@@ -219,6 +219,35 @@ impl Hook for RouteByHost {
     }
 }
 
+/// RFC 7239 `Forwarded`: this hop (`for`, `proto`, `host`) appended to
+/// what the client sent.
+fn append_forwarded(
+    headers: &mut http::HeaderMap,
+    client: std::net::IpAddr,
+    proto: &str,
+    host: Option<&str>,
+) {
+    let mut el = match client {
+        std::net::IpAddr::V4(a) => format!("for={a}"),
+        std::net::IpAddr::V6(a) => format!("for=\"[{a}]\""),
+    };
+    el.push_str(";proto=");
+    el.push_str(proto);
+    if let Some(h) = host.filter(|h| !h.contains(['"', '\\'])) {
+        el.push_str(&format!(";host=\"{h}\""));
+    }
+    let value = match headers
+        .get(http::header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {el}"),
+        _ => el,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(http::header::FORWARDED, v);
+    }
+}
+
 /// A custom domain's path prefix cut off (`strip_prefix`): `/api/x?q` to
 /// `/x?q`, `/api` to `/`, with `X-Forwarded-Prefix: /api`.
 fn strip_prefix(req: &mut request::Parts, n: usize) {
@@ -264,6 +293,7 @@ impl Hook for ForwardHeaders {
         strip_hop_by_hop(headers, ctx.upgrade);
         append_forwarded_for(headers, ctx.client.ip());
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
+        append_forwarded(headers, ctx.client.ip(), self.proto, ctx.host_str());
         if let Some(host) = &ctx.host {
             headers.insert(&X_FORWARDED_HOST, host.clone());
             headers.insert(HOST, host.clone());

@@ -41,8 +41,9 @@
 //! * **Forwarding.** Hop-by-hop headers (`Connection` and what it names,
 //!   `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`,
 //!   `Upgrade`) are stripped both ways; `X-Forwarded-For` gets the client
-//!   address appended, `X-Forwarded-Proto: http` and `X-Forwarded-Host`
-//!   (the original host) are set, `Host` is passed through unchanged, and
+//!   address appended, `X-Forwarded-Proto` (`http`, or `https` on the TLS
+//!   listener) and `X-Forwarded-Host` (the original host) are set, RFC
+//!   7239 `Forwarded` gets this hop (`for`, `proto`, `host`) appended, `Host` is passed through unchanged, and
 //!   `X-Request-Id` is the client's when it is sane (1–128 characters of
 //!   `[A-Za-z0-9._:+/=@-]`) or a generated one; the response carries the
 //!   same id.

@@ -492,6 +492,7 @@ async fn forwarding_headers_and_request_ids() {
     let resp = client
         .get(ing.url("web.localhost", "/path?q=1"))
         .header("x-forwarded-for", "203.0.113.7")
+        .header("forwarded", "for=203.0.113.7")
         .header("x-request-id", "abc-123")
         .send()
         .await
@@ -501,6 +502,7 @@ async fn forwarding_headers_and_request_ids() {
     for expected in [
         "x-forwarded-for: 203.0.113.7, 127.0.0.1".to_owned(),
         "x-forwarded-proto: http".to_owned(),
+        format!("forwarded: for=203.0.113.7, for=127.0.0.1;proto=http;host=\"{host}\""),
         format!("x-forwarded-host: {host}"),
         format!("host: {host}"),
         "x-request-id: abc-123".to_owned(),
