@@ -26,7 +26,7 @@
 //!    `qemu-system-x86_64 -nodefaults -no-reboot -display none -monitor none
 //!    -accel kvm -cpu host | -accel tcg,tb-size=64 -cpu max
 //!    -m <MiB> -smp <n> -kernel <vmlinuz> -initrd initrd.cpio
-//!    -append "console=ttyS0 quiet panic=-1 rdinit=/.shellwego/init"
+//!    -append "console=ttyS0 quiet panic=-1 no_timer_check rdinit=/.shellwego/init"
 //!    -nic user,model=virtio-net-pci,hostfwd=tcp::<port>-:<port>
 //!    -chardev file,append=on,path=<launch.stdout> -serial (ttyS0)
 //!    -chardev pipe,path=microvm/ctl -serial (ttyS1)

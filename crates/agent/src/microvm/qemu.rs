@@ -41,7 +41,9 @@ pub(super) fn qemu_argv(
         "-initrd".into(),
         initrd.display().to_string(),
         "-append".into(),
-        "console=ttyS0 quiet panic=-1 rdinit=/.shellwego/init".into(),
+        // no_timer_check: a slow (TCG, loaded host) CPU can fail the
+        // kernel's IO-APIC timer check and panic at boot.
+        "console=ttyS0 quiet panic=-1 no_timer_check rdinit=/.shellwego/init".into(),
         "-nic".into(),
         match port {
             Some(p) => format!("user,model=virtio-net-pci,hostfwd=tcp::{p}-:{p}"),
