@@ -54,6 +54,8 @@ pub struct ProxyError {
     retry_safe: bool,
     what: &'static str,
     source: Option<BoxError>,
+    /// The backend did not answer in time (a 504).
+    timed_out: bool,
 }
 
 impl ProxyError {
@@ -66,7 +68,28 @@ impl ProxyError {
             retry_safe,
             what,
             source: None,
+            timed_out: false,
         }
+    }
+
+    /// The backend did not send a response head within the ingress's
+    /// upstream timeout: a 504.
+    #[must_use]
+    pub fn upstream_timeout() -> Self {
+        Self {
+            timed_out: true,
+            ..Self::new(
+                Phase::Upstream,
+                false,
+                "the instance did not answer in time",
+            )
+        }
+    }
+
+    /// Whether this is [`ProxyError::upstream_timeout`].
+    #[must_use]
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
     }
 
     /// Attach the underlying cause.
@@ -107,6 +130,7 @@ impl ProxyError {
         match self.phase {
             Phase::Downstream => StatusCode::BAD_REQUEST,
             Phase::Ingress => StatusCode::INTERNAL_SERVER_ERROR,
+            Phase::Upstream if self.timed_out => StatusCode::GATEWAY_TIMEOUT,
             Phase::Upstream => StatusCode::BAD_GATEWAY,
         }
     }

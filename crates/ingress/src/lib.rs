@@ -65,7 +65,8 @@
 //!   whether the client, the ingress or a backend failed, and whether a
 //!   retry is safe. Client failures are logged at debug, the others at
 //!   warn, with the request id, app and instance; bodies are never logged.
-//!   A backend failure after connecting is a 502.
+//!   A backend failure after connecting is a 502; a backend that sends no
+//!   response head within [`IngressConfig::upstream_timeout`] is a 504.
 //! * **Shutdown.** When the `shutdown` future resolves, [`serve`] stops
 //!   accepting, closes idle keep-alive connections, lets in-flight requests
 //!   (and open tunnels) finish, and returns when they have — or when
@@ -133,6 +134,9 @@ pub struct IngressConfig {
     /// Proxies in front of the ingress: exempt from the per-address
     /// connection cap.
     pub trusted_proxies: TrustedProxies,
+    /// How long a backend may take to send its response head once the
+    /// request is sent; past it the client gets our 504. Default 60 s.
+    pub upstream_timeout: Duration,
     /// How long an idle pooled connection to a backend is kept. Default 30 s.
     pub upstream_idle_timeout: Duration,
     /// How many idle connections are kept per backend. Default 128.
@@ -148,6 +152,7 @@ impl Default for IngressConfig {
         Self {
             base_domain: "localhost".to_owned(),
             connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             limits: Limits::default(),
             trusted_proxies: TrustedProxies::default(),

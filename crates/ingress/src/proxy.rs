@@ -32,6 +32,8 @@ use shellwego_net::serve::Stage;
 /// Everything a request needs, shared by all connections.
 pub(crate) struct Proxy {
     client: Client<HttpConnector, UpstreamBody>,
+    /// How long a backend may take to send its response head.
+    upstream_timeout: std::time::Duration,
     /// The phase hooks, in order.
     hooks: Hooks,
     ids: RequestIds,
@@ -61,6 +63,7 @@ impl Proxy {
             .build(connector);
         Self {
             client,
+            upstream_timeout: cfg.upstream_timeout,
             hooks: hooks::standard(
                 routes,
                 base_domain,
@@ -225,7 +228,11 @@ impl Proxy {
             *out.version_mut() = Version::HTTP_11;
             *out.headers_mut() = headers;
 
-            match self.client.request(out).await {
+            let answered = tokio::time::timeout(self.upstream_timeout, self.client.request(out));
+            let Ok(answered) = answered.await else {
+                return Err((ProxyError::upstream_timeout(), Some(index)));
+            };
+            match answered {
                 Ok(resp) => return Ok((resp, index)),
                 Err(error) => {
                     let untouched = slot.as_ref().is_none_or(|(slot, _)| body::untouched(slot));
@@ -378,6 +385,9 @@ struct Tunnel {
 fn error_page(error: &ProxyError, ctx: &RequestCtx) -> Response<ResponseBody> {
     let app = ctx.app().unwrap_or("");
     let text = match error.phase() {
+        Phase::Upstream if error.timed_out() => {
+            format!("504 Gateway Timeout: the instance of app \"{app}\" did not answer in time.\n")
+        }
         Phase::Upstream if error.retry_safe() => {
             format!("502 Bad Gateway: no instance of app \"{app}\" accepted a connection.\n")
         }

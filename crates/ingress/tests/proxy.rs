@@ -1015,3 +1015,27 @@ async fn slow_clients_are_cut_and_caps_hold() {
     }
     assert_eq!(ing.get("web.localhost", "/").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_backend_that_does_not_answer_in_time_is_a_504() {
+    let (slow, mut arrived, release) = slow_backend("late").await;
+    let ing = ingress_with(
+        &[("web", vec![slow.backend("slow")])],
+        IngressConfig {
+            upstream_timeout: Duration::from_millis(300),
+            ..IngressConfig::default()
+        },
+    )
+    .await;
+    let t = std::time::Instant::now();
+    let resp = ing.get("web.localhost", "/").await;
+    arrived.recv().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("504 Gateway Timeout") && text.contains("\"web\""),
+        "{text}"
+    );
+    release.notify_waiters();
+}
