@@ -78,6 +78,11 @@ pub struct DomainCreate {
     /// The web application firewall (not offered yet: true is a 422).
     #[serde(default)]
     pub waf_enabled: Option<bool>,
+    /// Send `Strict-Transport-Security: max-age=31536000` on HTTPS
+    /// answers (default false; browsers then refuse plain HTTP to the host
+    /// for a year).
+    #[serde(default)]
+    pub hsts: Option<bool>,
 }
 
 /// `PATCH /v1/domains/{id}`: its routing (absent fields stay).
@@ -99,6 +104,9 @@ pub struct DomainUpdate {
     pub cdn: Option<CdnRequest>,
     #[serde(default)]
     pub waf_enabled: Option<bool>,
+    /// `Strict-Transport-Security` on HTTPS answers.
+    #[serde(default)]
+    pub hsts: Option<bool>,
 }
 
 /// `POST /v1/domains/{id}/certificate`: your own certificate for the
@@ -203,6 +211,8 @@ pub struct Domain {
     pub routing: DomainRouting,
     pub cdn_enabled: bool,
     pub waf_enabled: bool,
+    /// `Strict-Transport-Security` on its HTTPS answers.
+    pub hsts: bool,
     pub created_at: String,
     pub updated_at: String,
 }

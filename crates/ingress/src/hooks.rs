@@ -168,13 +168,13 @@ impl Hook for RouteByHost {
         let shown = host.get(..MAX_HOST_SHOWN).unwrap_or(host);
         let by_app = app_of_host(host, &self.base_domain)
             .and_then(|app| table.lookup(app).map(|route| (app, route)));
-        let (route, app, strip) = match by_app {
+        let (route, app, strip, hsts) = match by_app {
             // The app is the host's first label, so its first `len` bytes.
-            Some((app, route)) => (Arc::clone(route), Some(0..app.len()), None),
+            Some((app, route)) => (Arc::clone(route), Some(0..app.len()), None, false),
             None => match table.by_domain(host, req.uri.path()) {
                 Ok(Some(r)) => {
                     let strip = (r.strip && &*r.prefix != "/").then_some(r.prefix.len());
-                    (Arc::clone(&r.route), None, strip)
+                    (Arc::clone(&r.route), None, strip, r.hsts)
                 }
                 Ok(None) => {
                     return ControlFlow::Break(ctx.page(
@@ -214,6 +214,7 @@ impl Hook for RouteByHost {
             ctx.set_app(app);
         }
         ctx.strip = strip;
+        ctx.hsts = hsts;
         ctx.route = Some(route);
         ControlFlow::Continue(())
     }
@@ -307,6 +308,12 @@ impl Hook for ForwardHeaders {
         let switching = resp.status == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(&mut resp.headers, switching);
         resp.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+        if ctx.hsts && self.proto == "https" {
+            resp.headers.insert(
+                http::header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            );
+        }
     }
 }
 

@@ -152,6 +152,8 @@ pub(crate) struct RequestCtx {
     app: Option<Range<usize>>,
     /// A custom domain's prefix to cut off the path (its length).
     pub(crate) strip: Option<usize>,
+    /// A custom domain route that wants HSTS on HTTPS answers.
+    pub(crate) hsts: bool,
     /// The app's backends; set in `upstream_peer`.
     pub(crate) route: Option<Arc<AppRoute>>,
     /// Which of `route`'s backends answered, or failed after connecting.
@@ -173,6 +175,7 @@ impl RequestCtx {
             host: None,
             app: None,
             strip: None,
+            hsts: false,
             route: None,
             backend: None,
             upstream_status: None,

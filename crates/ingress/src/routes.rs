@@ -50,6 +50,8 @@ pub struct DomainRoute {
     pub path: String,
     /// Whether the prefix is cut off the path the backend sees.
     pub strip_prefix: bool,
+    /// `Strict-Transport-Security` on its HTTPS answers.
+    pub hsts: bool,
     /// The app's name, for logs and pages.
     pub app: String,
     pub backends: Vec<Backend>,
@@ -130,6 +132,7 @@ impl Routes {
                 .push(PathRoute {
                     prefix: d.path.into_boxed_str(),
                     strip: d.strip_prefix,
+                    hsts: d.hsts,
                     route,
                 });
         }
@@ -216,6 +219,7 @@ pub struct RouteTable {
 pub(crate) struct PathRoute {
     pub(crate) prefix: Box<str>,
     pub(crate) strip: bool,
+    pub(crate) hsts: bool,
     pub(crate) route: Arc<AppRoute>,
 }
 
@@ -455,6 +459,7 @@ mod tests {
             host: host.into(),
             path: path.into(),
             strip_prefix: false,
+            hsts: false,
             app: app.into(),
             backends: vec![],
         };

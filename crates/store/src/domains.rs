@@ -29,11 +29,13 @@ pub struct Domain {
     pub cdn_enabled: bool,
     pub cache_ttl_secs: Option<i64>,
     pub waf_enabled: bool,
+    /// `Strict-Transport-Security` on its HTTPS answers.
+    pub hsts: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
 
-const COLUMNS: &str = "t.id, t.organization_id, t.hostname, t.path, t.app_id, t.port, t.strip_prefix, t.status, t.tls_provider, t.tls_status, t.tls_auto_renew, t.tls_issuer, t.tls_expires_at, t.tls_error, t.cdn_enabled, t.cache_ttl_secs, t.waf_enabled, t.created_at, t.updated_at";
+const COLUMNS: &str = "t.id, t.organization_id, t.hostname, t.path, t.app_id, t.port, t.strip_prefix, t.status, t.tls_provider, t.tls_status, t.tls_auto_renew, t.tls_issuer, t.tls_expires_at, t.tls_error, t.cdn_enabled, t.cache_ttl_secs, t.waf_enabled, t.hsts, t.created_at, t.updated_at";
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -54,6 +56,7 @@ struct Row {
     cdn_enabled: i64,
     cache_ttl_secs: Option<i64>,
     waf_enabled: i64,
+    hsts: i64,
     created_at: i64,
     updated_at: i64,
 }
@@ -79,6 +82,7 @@ impl TryFrom<Row> for Domain {
             cdn_enabled: flag(r.cdn_enabled),
             cache_ttl_secs: r.cache_ttl_secs,
             waf_enabled: flag(r.waf_enabled),
+            hsts: flag(r.hsts),
             created_at: crate::time(r.created_at),
             updated_at: crate::time(r.updated_at),
         })
@@ -131,6 +135,7 @@ pub struct NewDomain<'a> {
     pub cdn_enabled: bool,
     pub cache_ttl_secs: Option<i64>,
     pub waf_enabled: bool,
+    pub hsts: bool,
 }
 
 /// Serialize claims of host names until the transaction ends (see the
@@ -220,8 +225,8 @@ pub async fn insert(db: &mut Conn, d: NewDomain<'_>) -> Result<Domain, Error> {
     let id = id::new_id("dom");
     let at = to_micros(now());
     let r = sqlx::query(
-        "INSERT INTO domains (id, organization_id, hostname, path, app_id, port, strip_prefix, status, tls_provider, tls_status, tls_auto_renew, cdn_enabled, cache_ttl_secs, waf_enabled, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, 'provisioning', $9, $10, $11, $12, $13, $13)",
+        "INSERT INTO domains (id, organization_id, hostname, path, app_id, port, strip_prefix, status, tls_provider, tls_status, tls_auto_renew, cdn_enabled, cache_ttl_secs, waf_enabled, created_at, updated_at, hsts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, 'provisioning', $9, $10, $11, $12, $13, $13, $14)",
     )
     .bind(&id)
     .bind(d.organization_id)
@@ -236,6 +241,7 @@ pub async fn insert(db: &mut Conn, d: NewDomain<'_>) -> Result<Domain, Error> {
     .bind(d.cache_ttl_secs)
     .bind(i64::from(d.waf_enabled))
     .bind(at)
+    .bind(i64::from(d.hsts))
     .execute(&mut *db)
     .await;
     if let Err(e) = r {
@@ -288,11 +294,12 @@ pub struct Routing<'a> {
     pub cdn_enabled: bool,
     pub cache_ttl_secs: Option<i64>,
     pub waf_enabled: bool,
+    pub hsts: bool,
 }
 
 pub async fn update(db: &mut Conn, id: &str, r: Routing<'_>) -> Result<(), Error> {
     let res = sqlx::query(
-        "UPDATE domains SET app_id = $1, path = $2, port = $3, strip_prefix = $4, tls_auto_renew = $5, cdn_enabled = $6, cache_ttl_secs = $7, waf_enabled = $8, updated_at = $9 WHERE id = $10",
+        "UPDATE domains SET app_id = $1, path = $2, port = $3, strip_prefix = $4, tls_auto_renew = $5, cdn_enabled = $6, cache_ttl_secs = $7, waf_enabled = $8, updated_at = $9, hsts = $11 WHERE id = $10",
     )
     .bind(r.app_id)
     .bind(r.path)
@@ -304,6 +311,7 @@ pub async fn update(db: &mut Conn, id: &str, r: Routing<'_>) -> Result<(), Error
     .bind(i64::from(r.waf_enabled))
     .bind(to_micros(now()))
     .bind(id)
+    .bind(i64::from(r.hsts))
     .execute(&mut *db)
     .await;
     match res {
@@ -344,6 +352,7 @@ pub struct RouteRow {
     pub path: String,
     pub strip_prefix: i64,
     pub port: Option<i64>,
+    pub hsts: i64,
     pub app_id: String,
     /// The app's name (for logs and pages).
     pub app: String,
@@ -352,7 +361,7 @@ pub struct RouteRow {
 /// Every route to an app that is served publicly, for the ingress.
 pub async fn routes(db: &mut Conn) -> Result<Vec<RouteRow>, Error> {
     sqlx::query_as(
-        "SELECT d.hostname, d.path, d.strip_prefix, d.port, d.app_id, a.name AS app FROM domains d JOIN apps a ON a.id = d.app_id
+        "SELECT d.hostname, d.path, d.strip_prefix, d.port, d.hsts, d.app_id, a.name AS app FROM domains d JOIN apps a ON a.id = d.app_id
          WHERE a.internal_only = 0 ORDER BY d.hostname, d.path",
     )
     .fetch_all(&mut *db)

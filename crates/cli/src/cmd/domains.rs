@@ -93,6 +93,9 @@ pub struct AddArgs {
     /// Do not renew the certificate automatically.
     #[arg(long)]
     pub no_auto_renew: bool,
+    /// Send Strict-Transport-Security (one year) on HTTPS answers.
+    #[arg(long)]
+    pub hsts: bool,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +114,9 @@ pub struct UpdateArgs {
     /// The port in the instance (0: the app's $PORT again).
     #[arg(long)]
     pub port: Option<u16>,
+    /// Strict-Transport-Security on HTTPS answers (true or false).
+    #[arg(long)]
+    pub hsts: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +153,7 @@ pub async fn run(args: DomainsArgs) -> anyhow::Result<()> {
                     }),
                     cdn: None,
                     waf_enabled: None,
+                    hsts: Some(a.hsts),
                 })
                 .await?;
             show(&ctx, d)
@@ -173,6 +180,7 @@ pub async fn run(args: DomainsArgs) -> anyhow::Result<()> {
                         port: u.port,
                         path: u.new_path,
                         strip_prefix: u.strip_prefix,
+                        hsts: u.hsts,
                         ..Default::default()
                     },
                 )
@@ -250,6 +258,7 @@ fn show(ctx: &Ctx, answer: shellwego_client::Answer<Domain>) -> anyhow::Result<(
                 .port
                 .map_or_else(|| "$PORT".to_string(), |p| p.to_string()),
         ),
+        ("HSTS", d.hsts.to_string()),
         ("STATUS", d.status),
         ("TLS", d.tls_status),
         ("TLS ERROR", or_dash(d.tls_error.as_deref())),

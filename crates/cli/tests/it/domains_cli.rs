@@ -226,6 +226,7 @@ fn a_custom_certificate_is_served_by_sni_and_http_is_redirected() {
         "--app",
         "web",
         "--custom-certificate",
+        "--hsts",
     ]);
     let (root, leaf, key) = pki(&[host]);
     let (leaf_f, key_f) = (p.dir().join("leaf.pem"), p.dir().join("key.pem"));
@@ -280,6 +281,12 @@ fn a_custom_certificate_is_served_by_sni_and_http_is_redirected() {
         "{text}"
     );
     assert!(text.contains("\"app\": \"web\""), "{text}");
+    // HSTS, asked for.
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=31536000"),
+        "{text}"
+    );
     let serial = |der: &[u8]| {
         x509_parser::parse_x509_certificate(der)
             .unwrap()

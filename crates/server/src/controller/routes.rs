@@ -122,6 +122,7 @@ impl RouteFeed {
                             host: d.hostname.clone(),
                             path: d.path.clone(),
                             strip_prefix: d.strip_prefix != 0,
+                            hsts: d.hsts != 0,
                             app: d.app.clone(),
                             backends: rows
                                 .iter()

@@ -52,6 +52,7 @@ pub(crate) fn view(st: &AppState, d: shellwego_store::domains::Domain) -> Domain
         },
         cdn_enabled: d.cdn_enabled,
         waf_enabled: d.waf_enabled,
+        hsts: d.hsts,
         created_at: rfc3339(d.created_at),
         updated_at: rfc3339(d.updated_at),
     }

@@ -259,6 +259,7 @@ pub async fn app_create(
                 strip_prefix: false,
                 tls_provider: shellwego_api::domains::TlsProvider::Letsencrypt,
                 tls_auto_renew: true,
+                hsts: false,
             },
             &format!("domains[{i}]"),
         )

@@ -63,6 +63,7 @@ pub struct Wanted<'a> {
     pub strip_prefix: bool,
     pub tls_provider: TlsProvider,
     pub tls_auto_renew: bool,
+    pub hsts: bool,
 }
 
 /// Create a route in `tx` (the caller checked the app): the host claimed
@@ -119,6 +120,7 @@ pub async fn create_in(
             cdn_enabled: false,
             cache_ttl_secs: None,
             waf_enabled: false,
+            hsts: w.hsts,
         },
     )
     .await?;
@@ -155,6 +157,7 @@ pub async fn domain_create(
             strip_prefix: req.strip_prefix.unwrap_or(false),
             tls_provider: tls.provider,
             tls_auto_renew: tls.auto_renew.unwrap_or(true),
+            hsts: req.hsts.unwrap_or(false),
         },
         "hostname",
     )
@@ -233,6 +236,7 @@ pub async fn domain_update(
             cdn_enabled: false,
             cache_ttl_secs: None,
             waf_enabled: false,
+            hsts: req.hsts.unwrap_or(d.hsts),
         },
     )
     .await?;

@@ -105,7 +105,7 @@ async fn domains_are_claimed_routed_and_released(s: TestServer) {
         s.post(
             "/v1/domains",
             &s.token,
-            json!({"hostname": "shop.example.com", "app_id": api, "path": "/api/", "strip_prefix": true, "port": 9000}),
+            json!({"hostname": "shop.example.com", "app_id": api, "path": "/api/", "strip_prefix": true, "port": 9000, "hsts": true}),
         )
         .await,
     )
@@ -113,6 +113,8 @@ async fn domains_are_claimed_routed_and_released(s: TestServer) {
     assert_eq!(under["routing"]["path"], "/api");
     assert_eq!(under["routing"]["strip_prefix"], true);
     assert_eq!(under["routing"]["port"], 9000);
+    assert_eq!(under["hsts"], true);
+    assert_eq!(root["hsts"], false);
     let idn = created(
         s.post(
             "/v1/domains",
@@ -251,7 +253,7 @@ async fn domains_are_claimed_routed_and_released(s: TestServer) {
             Method::PATCH,
             &format!("/v1/domains/{uid}"),
             Some(&s.token),
-            Some(json!({"path": "/v2", "port": 0, "strip_prefix": false})),
+            Some(json!({"path": "/v2", "port": 0, "strip_prefix": false, "hsts": false})),
         )
         .await;
     assert_eq!(r.status().as_u16(), 200);
@@ -259,6 +261,7 @@ async fn domains_are_claimed_routed_and_released(s: TestServer) {
     assert_eq!(u["routing"]["path"], "/v2");
     assert_eq!(u["routing"]["port"], Value::Null);
     assert_eq!(u["routing"]["strip_prefix"], false);
+    assert_eq!(u["hsts"], false);
 
     // A viewer reads but cannot change.
     let org = s.admin_org().await;
